@@ -1,0 +1,137 @@
+// Package ml is the compute backend seam: the model is written once against
+// Backend, and ml/cpu and ml/cuda implement it (see ml/mltest for the shared
+// conformance suite).
+//
+// All tensors are row-major 2-D matrices (rows × cols) owned by the backend.
+// Ops write into caller-given tensors and must not allocate on the hot path.
+// On asynchronous backends (CUDA) ops are queued; Download and Sync block.
+package ml
+
+import (
+	"errors"
+	"fmt"
+)
+
+// DType is an element type.
+type DType uint8
+
+const (
+	F32 DType = iota
+	F16
+	BF16
+	I8 // weight-only int8, symmetric per output row (row scales held by the tensor)
+	I32
+)
+
+func (d DType) String() string {
+	switch d {
+	case F32:
+		return "float32"
+	case F16:
+		return "float16"
+	case BF16:
+		return "bfloat16"
+	case I8:
+		return "int8"
+	case I32:
+		return "int32"
+	}
+	return fmt.Sprintf("DType(%d)", uint8(d))
+}
+
+// Size is the bytes per element (I8 excludes its per-row scales).
+func (d DType) Size() int {
+	switch d {
+	case F32, I32:
+		return 4
+	case F16, BF16:
+		return 2
+	case I8:
+		return 1
+	}
+	return 0
+}
+
+// ErrUnsupported is returned for a dtype or op a backend does not implement.
+var ErrUnsupported = errors.New("ml: unsupported")
+
+// Tensor is backend-owned memory holding a rows×cols matrix.
+type Tensor interface {
+	DType() DType
+	Rows() int
+	Cols() int
+}
+
+// KVCache is the backend-owned paged key/value memory of all layers:
+// numBlocks blocks of blockSize token slots, each slot holding numKVHeads×headDim
+// keys and values. Slot s of the cache is block s/blockSize, offset s%blockSize.
+type KVCache interface {
+	NumBlocks() int
+	BlockSize() int
+}
+
+// AttentionMeta describes one step's flat token batch for attention. All
+// tensors are I32 and uploaded once per step.
+type AttentionMeta struct {
+	NumTokens   int
+	NumSeqs     int
+	TokenSeq    Tensor // [1, NumTokens]: index of the sequence each token belongs to
+	Positions   Tensor // [1, NumTokens]: position of each token; it attends to keys at positions 0..pos of its sequence
+	BlockTables Tensor // [NumSeqs, MaxBlocks]: KV block ids of each sequence, by logical block
+	MaxBlocks   int
+	MaxContext  int // the largest position+1 of any token in the step (lets kernels size their work)
+	NumHeads    int
+	NumKVHeads  int
+	HeadDim     int
+	Scale       float32
+}
+
+// Backend creates tensors and runs ops on them.
+type Backend interface {
+	Name() string
+
+	// NewTensor allocates a zeroed rows×cols tensor of dtype dt (F32, I32, or a weight dtype).
+	NewTensor(dt DType, rows, cols int) (Tensor, error)
+	// LoadWeight creates a weight matrix from host data of dtype src
+	// (little-endian), stored as dtype store (F32, F16, BF16, or I8 with
+	// per-row symmetric scales computed here).
+	LoadWeight(rows, cols int, data []byte, src, store DType) (Tensor, error)
+	// View is rows [start, start+rows) of t, sharing its memory (for steps
+	// that use fewer rows than a scratch buffer holds).
+	View(t Tensor, start, rows int) Tensor
+	// UploadI32 and UploadF32 copy host data into the first len(src) elements of t.
+	UploadI32(t Tensor, src []int32) error
+	UploadF32(t Tensor, src []float32) error
+	// Download copies the F32 tensor t to dst (len rows*cols), waiting for queued work.
+	Download(dst []float32, t Tensor) error
+	Free(t Tensor)
+
+	NewKVCache(layers, numBlocks, blockSize, numKVHeads, headDim int, dt DType) (KVCache, error)
+	FreeKVCache(c KVCache)
+
+	// Embedding: dst[i] = table[ids[i]] (table of any weight dtype, dst F32).
+	Embedding(dst, table, ids Tensor) error
+	// RMSNorm: dst[i] = x[i] / rms(x[i]) * w.
+	RMSNorm(dst, x, w Tensor, eps float32) error
+	// AddRMSNorm: residual[i] += x[i]; dst[i] = RMSNorm(residual[i]).
+	AddRMSNorm(residual, dst, x, w Tensor, eps float32) error
+	// MatMul: dst[T,N] = x[T,K] · w[N,K]ᵀ (+ bias[1,N] when bias is non-nil).
+	MatMul(dst, x, w, bias Tensor) error
+	// RoPE rotates x[T, numHeads*headDim] in place, HF "rotate_half" layout,
+	// by positions[1,T] and invFreq[1, headDim/2].
+	RoPE(x, positions, invFreq Tensor, numHeads, headDim int) error
+	// WriteKV stores k and v ([T, numKVHeads*headDim]) of layer at slots[1,T].
+	WriteKV(c KVCache, layer int, k, v, slots Tensor) error
+	// Attention: dst[T, numHeads*headDim] = causal softmax(q·Kᵀ·scale)·V over
+	// each token's sequence in the paged cache (GQA: head h uses KV head
+	// h/(numHeads/numKVHeads)).
+	Attention(dst, q Tensor, c KVCache, layer int, meta *AttentionMeta) error
+	// SiLUMul: dst[T,I] = silu(gateUp[T,:I]) * gateUp[T,I:].
+	SiLUMul(dst, gateUp Tensor) error
+	// GatherRows: dst[i] = src[idx[i]] (F32).
+	GatherRows(dst, src, idx Tensor) error
+
+	// Sync waits for all queued work.
+	Sync() error
+	Close() error
+}

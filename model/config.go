@@ -1,0 +1,45 @@
+package model
+
+import "github.com/llmserve/llmserve/ml"
+
+// Config is the subset of a Hugging Face config.json the runtime uses.
+type Config struct {
+	Architectures         []string     `json:"architectures"`
+	ModelType             string       `json:"model_type"`
+	VocabSize             int          `json:"vocab_size"`
+	HiddenSize            int          `json:"hidden_size"`
+	IntermediateSize      int          `json:"intermediate_size"`
+	NumHiddenLayers       int          `json:"num_hidden_layers"`
+	NumAttentionHeads     int          `json:"num_attention_heads"`
+	NumKeyValueHeads      int          `json:"num_key_value_heads"`
+	HeadDim               int          `json:"head_dim"`
+	RMSNormEps            float64      `json:"rms_norm_eps"`
+	RopeTheta             float64      `json:"rope_theta"`
+	RopeScaling           *RopeScaling `json:"rope_scaling"`
+	MaxPositionEmbeddings int          `json:"max_position_embeddings"`
+	TieWordEmbeddings     bool         `json:"tie_word_embeddings"`
+	AttentionBias         bool         `json:"attention_bias"`
+	TorchDType            string       `json:"torch_dtype"`
+	DType                 string       `json:"dtype"` // newer transformers write "dtype"
+	BOSTokenID            any          `json:"bos_token_id"`
+	EOSTokenID            any          `json:"eos_token_id"` // int or list
+}
+
+// RopeScaling is config.json's rope_scaling (type "llama3" supported).
+type RopeScaling struct {
+	RopeType                      string  `json:"rope_type"`
+	Type                          string  `json:"type"`
+	Factor                        float64 `json:"factor"`
+	LowFreqFactor                 float64 `json:"low_freq_factor"`
+	HighFreqFactor                float64 `json:"high_freq_factor"`
+	OriginalMaxPositionEmbeddings int     `json:"original_max_position_embeddings"`
+}
+
+// LoadOptions select how a model is loaded (vLLM's flag names in comments).
+type LoadOptions struct {
+	Backend      ml.Backend
+	DType        string // --dtype: auto|float32|bfloat16|float16 (auto = the checkpoint's)
+	Quantization string // --quantization: "" or int8
+	LoadFormat   string // --load-format: auto|safetensors|dummy
+	Seed         int64  // dummy weights' seed
+}
