@@ -1,0 +1,240 @@
+package mltest
+
+import (
+	"encoding/binary"
+	"math"
+	"math/rand/v2"
+
+	"github.com/llmserve/llmserve/ml"
+)
+
+// This file holds the float64 reference implementations and the host-side
+// encoding helpers the conformance suite compares backends against. They are
+// exported so model tests can build their own naive reference forward.
+
+// BF16Bits rounds f to the nearest bfloat16 (ties to even).
+func BF16Bits(f float32) uint16 {
+	b := math.Float32bits(f)
+	if b&0x7fffffff > 0x7f800000 {
+		return uint16(b>>16) | 0x40
+	}
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
+}
+
+// BF16Value widens a bfloat16.
+func BF16Value(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// F16Bits rounds f to the nearest IEEE half (ties to even). It is written
+// with float64 arithmetic, independently of any backend's bit tricks.
+func F16Bits(f float32) uint16 {
+	if f != f {
+		return 0x7e00
+	}
+	var sign uint16
+	v := float64(f)
+	if math.Signbit(v) {
+		sign, v = 0x8000, -v
+	}
+	if v >= 65520 {
+		return sign | 0x7c00
+	}
+	if v < math.Ldexp(1, -14) { // subnormal: multiples of 2^-24
+		m := math.RoundToEven(v * (1 << 24))
+		return sign | uint16(m)
+	}
+	frac, exp := math.Frexp(v) // v = frac * 2^exp, frac in [0.5,1)
+	m := math.RoundToEven(frac * 2048)
+	if m == 2048 {
+		m, exp = 1024, exp+1
+	}
+	if exp+14 >= 31 {
+		return sign | 0x7c00
+	}
+	return sign | uint16(exp+14)<<10 | uint16(m-1024)
+}
+
+// F16Value widens an IEEE half.
+func F16Value(h uint16) float32 {
+	sign := 1.0
+	if h&0x8000 != 0 {
+		sign = -1
+	}
+	e := int(h>>10) & 0x1f
+	m := float64(h & 0x3ff)
+	switch e {
+	case 0:
+		return float32(sign * math.Ldexp(m, -24))
+	case 31:
+		if m != 0 {
+			return float32(math.NaN())
+		}
+		return float32(sign * math.Inf(1))
+	}
+	return float32(sign * math.Ldexp(1+m/1024, e-15))
+}
+
+// Round returns v as stored in dtype dt (F32, F16 or BF16) and widened back.
+func Round(dt ml.DType, v float32) float32 {
+	switch dt {
+	case ml.BF16:
+		return BF16Value(BF16Bits(v))
+	case ml.F16:
+		return F16Value(F16Bits(v))
+	}
+	return v
+}
+
+// Encode returns vals little-endian in dt (F32, F16 or BF16).
+func Encode(dt ml.DType, vals []float32) []byte {
+	out := make([]byte, len(vals)*dt.Size())
+	for i, v := range vals {
+		switch dt {
+		case ml.F32:
+			binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(v))
+		case ml.BF16:
+			binary.LittleEndian.PutUint16(out[2*i:], BF16Bits(v))
+		case ml.F16:
+			binary.LittleEndian.PutUint16(out[2*i:], F16Bits(v))
+		}
+	}
+	return out
+}
+
+// QuantizeI8 returns what symmetric per-row int8 storage of w (rows×cols)
+// holds: scale = max|row|/127, q = round(w/scale), value = q*scale.
+func QuantizeI8(w []float32, rows, cols int) []float32 {
+	out := make([]float32, len(w))
+	for r := range rows {
+		row := w[r*cols : (r+1)*cols]
+		var m float64
+		for _, v := range row {
+			m = math.Max(m, math.Abs(float64(v)))
+		}
+		if m == 0 {
+			continue
+		}
+		s := m / 127
+		for i, v := range row {
+			out[r*cols+i] = float32(math.Round(float64(v)/s) * s)
+		}
+	}
+	return out
+}
+
+// RandF32 returns n values uniform in [-a, a).
+func RandF32(r *rand.Rand, n int, a float32) []float32 {
+	out := make([]float32, n)
+	for i := range out {
+		out[i] = (r.Float32()*2 - 1) * a
+	}
+	return out
+}
+
+// RandI8Exact returns rows×cols values that int8 per-row storage represents
+// exactly: q*s with integer q in [-127,127], |q|=127 somewhere in each row,
+// and s a power of two per row (so q*s, max/127 and w/scale are exact in f32,
+// leaving no rounding ties to decide differently).
+func RandI8Exact(r *rand.Rand, rows, cols int) []float32 {
+	out := make([]float32, rows*cols)
+	for i := range rows {
+		s := float32(math.Ldexp(1, -7-r.IntN(3)))
+		for j := range cols {
+			out[i*cols+j] = float32(r.IntN(255)-127) * s
+		}
+		out[i*cols+r.IntN(cols)] = 127 * s
+	}
+	return out
+}
+
+// RefRMSNorm returns x[i]/rms(x[i])*w for rows×cols x.
+func RefRMSNorm(x, w []float32, rows, cols int, eps float64) []float64 {
+	out := make([]float64, rows*cols)
+	for r := range rows {
+		var ss float64
+		for c := range cols {
+			v := float64(x[r*cols+c])
+			ss += v * v
+		}
+		inv := 1 / math.Sqrt(ss/float64(cols)+eps)
+		for c := range cols {
+			out[r*cols+c] = float64(x[r*cols+c]) * inv * float64(w[c])
+		}
+	}
+	return out
+}
+
+// RefMatMul returns x[T,K]·w[N,K]ᵀ (+bias).
+func RefMatMul(x, w, bias []float32, T, N, K int) []float64 {
+	out := make([]float64, T*N)
+	for t := range T {
+		for n := range N {
+			var s float64
+			for k := range K {
+				s += float64(x[t*K+k]) * float64(w[n*K+k])
+			}
+			if bias != nil {
+				s += float64(bias[n])
+			}
+			out[t*N+n] = s
+		}
+	}
+	return out
+}
+
+// RefRoPE returns x[T, heads*hd] rotated in HF rotate_half layout.
+func RefRoPE(x []float32, pos []int32, invFreq []float32, T, heads, hd int) []float64 {
+	out := make([]float64, len(x))
+	half := hd / 2
+	for t := range T {
+		for h := range heads {
+			base := t*heads*hd + h*hd
+			for i := range half {
+				a := float64(pos[t]) * float64(invFreq[i])
+				c, s := math.Cos(a), math.Sin(a)
+				x1, x2 := float64(x[base+i]), float64(x[base+half+i])
+				out[base+i] = x1*c - x2*s
+				out[base+half+i] = x2*c + x1*s
+			}
+		}
+	}
+	return out
+}
+
+// RefAttention computes one token's attention output for all heads: q is
+// [heads*hd]; keys/vals(j) give position j's [kvHeads*hd] key and value
+// (already rounded to the KV dtype), for j in 0..n-1.
+func RefAttention(q []float32, n int, keys, vals func(j int) []float32, heads, kvHeads, hd int, scale float64) []float64 {
+	out := make([]float64, heads*hd)
+	group := heads / kvHeads
+	sc := make([]float64, n)
+	for h := range heads {
+		g := h / group
+		mx := math.Inf(-1)
+		for j := range n {
+			k := keys(j)[g*hd : (g+1)*hd]
+			var s float64
+			for d := range hd {
+				s += float64(q[h*hd+d]) * float64(k[d])
+			}
+			sc[j] = s * scale
+			mx = math.Max(mx, sc[j])
+		}
+		var sum float64
+		for j := range n {
+			sc[j] = math.Exp(sc[j] - mx)
+			sum += sc[j]
+		}
+		for j := range n {
+			v := vals(j)[g*hd : (g+1)*hd]
+			p := sc[j] / sum
+			for d := range hd {
+				out[h*hd+d] += p * float64(v[d])
+			}
+		}
+	}
+	return out
+}
+
+// SiLU is x*sigmoid(x).
+func SiLU(x float64) float64 { return x / (1 + math.Exp(-x)) }
