@@ -1,0 +1,118 @@
+package cpu
+
+import (
+	"fmt"
+
+	"github.com/llmserve/llmserve/ml"
+	"github.com/llmserve/llmserve/ml/cpu/kernels"
+)
+
+// matmulTask computes dst[T,N] = x[T,K]·w[N,K]ᵀ (+bias) as a grid of
+// items: blocks of tb token rows × nb weight rows, claimed dynamically.
+// Items are ordered weight-block-major so one worker's consecutive items
+// tend to reuse the same weight block from cache.
+type matmulTask struct {
+	c         counter
+	dst, x, w *Tensor
+	bias      []float32
+	T, N, K   int
+	tb, nb    int
+	tBlocks   int
+}
+
+func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
+	d, err := asTensor(dst, "MatMul dst", ml.F32)
+	if err != nil {
+		return err
+	}
+	xt, err := asTensor(x, "MatMul x", ml.F32)
+	if err != nil {
+		return err
+	}
+	wt, err := asTensor(w, "MatMul w", ml.F32, ml.F16, ml.BF16, ml.I8)
+	if err != nil {
+		return err
+	}
+	if xt.cols != wt.cols || d.rows != xt.rows || d.cols != wt.rows {
+		return fmt.Errorf("%w: MatMul dst %v = x %v · w %vᵀ", ErrShape, d, xt, wt)
+	}
+	var bs []float32
+	if bias != nil {
+		bt, err := asTensor(bias, "MatMul bias", ml.F32)
+		if err != nil {
+			return err
+		}
+		if len(bt.f32) != wt.rows {
+			return fmt.Errorf("%w: MatMul bias %v for w %v", ErrShape, bt, wt)
+		}
+		bs = bt.f32
+	}
+	T, N, K := xt.rows, wt.rows, wt.cols
+	if T == 0 || N == 0 {
+		return nil
+	}
+	m := &b.mm
+	m.dst, m.x, m.w, m.bias = d, xt, wt, bs
+	m.T, m.N, m.K = T, N, K
+	m.tb, m.nb = blocking(T, N, K, b.pool.n)
+	m.tBlocks = (T + m.tb - 1) / m.tb
+	nBlocks := (N + m.nb - 1) / m.nb
+	m.c.reset(m.tBlocks * nBlocks)
+	b.pool.runSerialOr(m, T*N*K >= 1<<15)
+	m.dst, m.x, m.w, m.bias = nil, nil, nil, nil
+	return nil
+}
+
+// blocking picks the item shape: weight rows split so every worker gets
+// several items (balance on a shared machine), token rows split only when
+// the activations stop fitting in L2.
+func blocking(T, N, K, workers int) (tb, nb int) {
+	tb = T
+	if T*K*4 > 512<<10 {
+		tb = max(16, (512<<10)/(K*4))
+	}
+	nb = N / (4 * workers)
+	nb = (nb + 15) &^ 15
+	nb = max(16, min(nb, 256))
+	return tb, nb
+}
+
+func (m *matmulTask) run(_, _ int) {
+	for {
+		item, ok := m.c.claim()
+		if !ok {
+			return
+		}
+		n0 := (item / m.tBlocks) * m.nb
+		t0 := (item % m.tBlocks) * m.tb
+		n1 := min(m.N, n0+m.nb)
+		t1 := min(m.T, t0+m.tb)
+		m.block(t0, t1, n0, n1)
+	}
+}
+
+func (m *matmulTask) block(t0, t1, n0, n1 int) {
+	K, N := m.K, m.N
+	dst := m.dst.f32[t0*N+n0:]
+	x := m.x.f32[t0*K : t1*K]
+	T, nn := t1-t0, n1-n0
+	switch m.w.dt {
+	case ml.F32:
+		kernels.GemmF32(dst, N, x, m.w.f32[n0*K:n1*K], T, nn, K)
+	case ml.BF16:
+		kernels.GemmBF16(dst, N, x, m.w.u16[n0*K:n1*K], T, nn, K)
+	case ml.F16:
+		kernels.GemmF16(dst, N, x, m.w.u16[n0*K:n1*K], T, nn, K)
+	case ml.I8:
+		kernels.GemmI8(dst, N, x, m.w.i8[n0*K:n1*K], m.w.scales[n0:n1], T, nn, K)
+	}
+	if m.bias != nil {
+		bias := m.bias[n0:n1]
+		for t := range T {
+			row := dst[t*N : t*N+nn]
+			for j, v := range bias {
+				row[j] += v
+			}
+		}
+	}
+}
