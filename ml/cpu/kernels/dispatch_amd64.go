@@ -2,9 +2,53 @@
 
 package kernels
 
-// Assembly kernels land here; until then amd64 uses the portable ones.
+import "golang.org/x/sys/cpu"
 
-func selectImpl() impl { return genericImpl }
+func hasAVX512() bool {
+	x := cpu.X86
+	return x.HasAVX512F && x.HasAVX512VL && x.HasAVX512BW && x.HasAVX2 && x.HasFMA && x.HasF16C
+}
+
+func hasAVX2() bool {
+	x := cpu.X86
+	return x.HasAVX2 && x.HasFMA && x.HasF16C
+}
+
+// simdImpl assembles an impl from one ISA's tile table.
+func simdImpl(name string, tiles *[4][5][9]tileFn, vl, tt, rr, rr1 int) impl {
+	mk := func(d, esz int) *tiler {
+		return &tiler{tiles: &tiles[d], vl: vl, esz: esz, tt: tt, rr: rr, rr1: rr1}
+	}
+	im := genericImpl
+	im.name = name
+	im.gemmF32 = mk(dF32, 4).gemmF32
+	im.gemmBF16 = mk(dBF16, 2).gemmBF16
+	im.gemmF16 = mk(dF16, 2).gemmF16
+	im.gemmI8 = mk(dI8, 1).gemmI8
+	return im
+}
+
+func avx512Impl() impl { return simdImpl("avx512", &tiles_avx512, 16, 4, 4, 8) }
+func avx2Impl() impl   { return simdImpl("avx2+fma", &tiles_avx2, 8, 4, 2, 4) }
+
+func selectImpl() impl {
+	switch {
+	case hasAVX512():
+		return avx512Impl()
+	case hasAVX2():
+		return avx2Impl()
+	}
+	return genericImpl
+}
 
 // impls lists every implementation usable on this machine, for tests.
-func impls() []impl { return []impl{genericImpl} }
+func impls() []impl {
+	l := []impl{genericImpl}
+	if hasAVX2() {
+		l = append(l, avx2Impl())
+	}
+	if hasAVX512() {
+		l = append(l, avx512Impl())
+	}
+	return l
+}

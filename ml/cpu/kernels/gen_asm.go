@@ -1,0 +1,274 @@
+//go:build ignore
+
+// gen_asm writes gemm_amd64.s and gemm_tiles_amd64.go: the register-blocked
+// GEMM tile kernels for every weight dtype, tile shape and ISA.
+//
+//	go run gen_asm.go
+//
+// A tile kernel computes, for t < T tokens and r < R weight rows,
+//
+//	dst[t*ldd+r] (=|+=) scale[r] * sum_{k<kn} x[t*ldx+k] * w[r*ldw+k]
+//
+// with kn a multiple of the vector length. Each k step loads T activation
+// vectors and R weight vectors (upcast in registers) and issues T*R FMAs
+// into T*R vector accumulators, reduced horizontally once at the end.
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"go/format"
+	"os"
+)
+
+type isa struct {
+	name string
+	vl   int    // f32 lanes
+	reg  string // vector register prefix
+	// tiles lists the (T, R) shapes generated.
+	tiles [][2]int
+}
+
+type dtype struct {
+	name  string // Go name part
+	esz   int    // bytes per weight
+	shift int    // log2(esz)
+}
+
+var isas = []isa{
+	{"avx512", 16, "Z", [][2]int{{1, 1}, {2, 1}, {3, 1}, {4, 1}, {1, 4}, {2, 4}, {3, 4}, {4, 4}, {1, 8}}},
+	{"avx2", 8, "Y", [][2]int{{1, 1}, {2, 1}, {3, 1}, {4, 1}, {1, 2}, {2, 2}, {3, 2}, {4, 2}, {1, 4}}},
+}
+
+var dtypes = []dtype{{"F32", 4, 2}, {"BF16", 2, 1}, {"F16", 2, 1}, {"I8", 1, 0}}
+
+type gen struct {
+	b bytes.Buffer
+}
+
+func (g *gen) p(format string, args ...any) { fmt.Fprintf(&g.b, "\t"+format+"\n", args...) }
+func (g *gen) label(l string)               { fmt.Fprintf(&g.b, "%s:\n", l) }
+
+func funcName(d dtype, is isa, T, R int) string {
+	return fmt.Sprintf("tile%s_%dx%d_%s", d.name, T, R, is.name)
+}
+
+// rowAddr addresses row i (0..7) of a matrix with group bases (rows 0-3 and
+// 4-7), a stride register l and its triple l3.
+func rowAddr(bases []string, l, l3 string, i int) string {
+	b := bases[i/4]
+	switch i % 4 {
+	case 0:
+		return fmt.Sprintf("(%s)", b)
+	case 1:
+		return fmt.Sprintf("(%s)(%s*1)", b, l)
+	case 2:
+		return fmt.Sprintf("(%s)(%s*2)", b, l)
+	}
+	return fmt.Sprintf("(%s)(%s*1)", b, l3)
+}
+
+func (g *gen) tile(d dtype, is isa, T, R int) {
+	v := func(i int) string { return fmt.Sprintf("%s%d", is.reg, i) }
+	y := func(i int) string { return fmt.Sprintf("Y%d", i) }
+	x := func(i int) string { return fmt.Sprintf("X%d", i) }
+	acc := func(t, r int) int { return t*R + r }
+	nacc := T * R
+	xr := func(t int) int { return nacc + t }
+	wr := func(r int) int { return nacc + T + r }
+	if nacc > 16 || nacc+T+R > map[string]int{"Z": 32, "Y": 16}[is.reg] {
+		panic("too many registers")
+	}
+	fmt.Fprintf(&g.b, "\n// func %s(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)\n", funcName(d, is, T, R))
+	fmt.Fprintf(&g.b, "TEXT ·%s(SB), NOSPLIT, $0-72\n", funcName(d, is, T, R))
+	g.p("MOVQ dst+0(FP), DX")
+	g.p("MOVQ ldd+8(FP), BX")
+	g.p("SHLQ $2, BX")
+	g.p("LEAQ (BX)(BX*2), R12")
+	g.p("MOVQ x+16(FP), SI")
+	g.p("MOVQ ldx+24(FP), R8")
+	g.p("SHLQ $2, R8")
+	g.p("LEAQ (R8)(R8*2), R9")
+	g.p("MOVQ w+32(FP), DI")
+	g.p("MOVQ ldw+40(FP), R10")
+	if d.shift > 0 {
+		g.p("SHLQ $%d, R10", d.shift)
+	}
+	g.p("LEAQ (R10)(R10*2), R11")
+	wb := []string{"DI"}
+	if R > 4 {
+		g.p("LEAQ (DI)(R10*4), R13")
+		wb = append(wb, "R13")
+	}
+	g.p("MOVQ kn+48(FP), CX")
+	g.p("SHRQ $%d, CX", map[int]int{16: 4, 8: 3}[is.vl])
+	if d.name == "I8" {
+		g.p("MOVQ scales+56(FP), AX")
+	}
+	for i := 0; i < nacc; i++ {
+		if is.reg == "Z" {
+			g.p("VPXORD %s, %s, %s", v(i), v(i), v(i))
+		} else {
+			g.p("VXORPS %s, %s, %s", v(i), v(i), v(i))
+		}
+	}
+	g.p("TESTQ CX, CX")
+	g.p("JZ reduce")
+	g.label("loop")
+	// f32 weights with one token: FMA straight from memory.
+	direct := d.name == "F32" && T == 1
+	xmem := func(t int) string { return rowAddr([]string{"SI"}, "R8", "R9", t) }
+	for t := 0; t < T; t++ {
+		g.p("VMOVUPS %s, %s", xmem(t), v(xr(t)))
+	}
+	for r := 0; r < R; r++ {
+		m := rowAddr(wb, "R10", "R11", r)
+		if direct {
+			g.p("VFMADD231PS %s, %s, %s", m, v(xr(0)), v(acc(0, r)))
+			continue
+		}
+		w := v(wr(r))
+		switch d.name {
+		case "F32":
+			g.p("VMOVUPS %s, %s", m, w)
+		case "BF16":
+			g.p("VPMOVZXWD %s, %s", m, w)
+			g.p("VPSLLD $16, %s, %s", w, w)
+		case "F16":
+			g.p("VCVTPH2PS %s, %s", m, w)
+		case "I8":
+			g.p("VPMOVSXBD %s, %s", m, w)
+			g.p("VCVTDQ2PS %s, %s", w, w)
+		}
+		for t := 0; t < T; t++ {
+			g.p("VFMADD231PS %s, %s, %s", v(xr(t)), w, v(acc(t, r)))
+		}
+	}
+	g.p("ADDQ $%d, SI", is.vl*4)
+	for _, b := range wb {
+		g.p("ADDQ $%d, %s", is.vl*d.esz, b)
+	}
+	g.p("DECQ CX")
+	g.p("JNZ loop")
+	g.label("reduce")
+	// Fold 512 -> 256 bits.
+	if is.reg == "Z" {
+		for i := 0; i < nacc; i++ {
+			tmp := 16 + i%16
+			g.p("VEXTRACTF64X4 $1, %s, %s", v(i), y(tmp))
+			g.p("VADDPS %s, %s, %s", y(tmp), y(i), y(i))
+		}
+	}
+	dstAddr := func(t, r int) string {
+		b := rowAddr([]string{"DX"}, "BX", "R12", t)
+		if r == 0 {
+			return b
+		}
+		return fmt.Sprintf("%d%s", 4*r, b)
+	}
+	type result struct {
+		reg  int  // X register holding the result(s)
+		t, r int  // first output
+		quad bool // four consecutive rows, else one scalar
+	}
+	var res []result
+	if R%4 == 0 {
+		// Four rows at once: [sum a, sum b, sum c, sum d] via horizontal adds.
+		for t := 0; t < T; t++ {
+			for r := 0; r < R; r += 4 {
+				a, b, c, e := acc(t, r), acc(t, r+1), acc(t, r+2), acc(t, r+3)
+				g.p("VHADDPS %s, %s, %s", y(b), y(a), y(a))
+				g.p("VHADDPS %s, %s, %s", y(e), y(c), y(c))
+				g.p("VHADDPS %s, %s, %s", y(c), y(a), y(a))
+				g.p("VEXTRACTF128 $1, %s, %s", y(a), x(b))
+				g.p("VADDPS %s, %s, %s", x(b), x(a), x(a))
+				if d.name == "I8" {
+					g.p("VMULPS %d(AX), %s, %s", 4*r, x(a), x(a))
+				}
+				res = append(res, result{a, t, r, true})
+			}
+		}
+	} else {
+		tmp := nacc // first free register below 16
+		for t := 0; t < T; t++ {
+			for r := 0; r < R; r++ {
+				a := acc(t, r)
+				g.p("VEXTRACTF128 $1, %s, %s", y(a), x(tmp))
+				g.p("VADDPS %s, %s, %s", x(tmp), x(a), x(a))
+				g.p("VMOVHLPS %s, %s, %s", x(a), x(tmp), x(tmp))
+				g.p("VADDPS %s, %s, %s", x(tmp), x(a), x(a))
+				g.p("VMOVSHDUP %s, %s", x(a), x(tmp))
+				g.p("VADDSS %s, %s, %s", x(tmp), x(a), x(a))
+				if d.name == "I8" {
+					g.p("VMULSS %d(AX), %s, %s", 4*r, x(a), x(a))
+				}
+				res = append(res, result{a, t, r, false})
+			}
+		}
+	}
+	g.p("MOVQ flags+64(FP), CX")
+	g.p("TESTQ CX, CX")
+	g.p("JZ store")
+	for _, q := range res {
+		if q.quad {
+			g.p("VADDPS %s, %s, %s", dstAddr(q.t, q.r), x(q.reg), x(q.reg))
+		} else {
+			g.p("VADDSS %s, %s, %s", dstAddr(q.t, q.r), x(q.reg), x(q.reg))
+		}
+	}
+	g.label("store")
+	for _, q := range res {
+		if q.quad {
+			g.p("VMOVUPS %s, %s", x(q.reg), dstAddr(q.t, q.r))
+		} else {
+			g.p("VMOVSS %s, %s", x(q.reg), dstAddr(q.t, q.r))
+		}
+	}
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+func main() {
+	var s gen
+	s.b.WriteString("// Code generated by gen_asm.go; DO NOT EDIT.\n\n//go:build amd64 && !purego\n\n#include \"textflag.h\"\n")
+	var gob bytes.Buffer
+	gob.WriteString("// Code generated by gen_asm.go; DO NOT EDIT.\n\n//go:build amd64 && !purego\n\npackage kernels\n\nimport \"unsafe\"\n\n")
+	for _, is := range isas {
+		for _, d := range dtypes {
+			for _, tr := range is.tiles {
+				s.tile(d, is, tr[0], tr[1])
+				fmt.Fprintf(&gob, "//go:noescape\nfunc %s(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)\n\n", funcName(d, is, tr[0], tr[1]))
+			}
+		}
+	}
+	// Tables of tiles: [dtype][T][R].
+	for _, is := range isas {
+		fmt.Fprintf(&gob, "// tiles_%s holds the %s tile kernels by dtype (F32, BF16, F16, I8), tokens and rows.\n", is.name, is.name)
+		fmt.Fprintf(&gob, "var tiles_%s = [4][5][9]tileFn{\n", is.name)
+		for _, d := range dtypes {
+			gob.WriteString("\t{\n")
+			for T := 1; T <= 4; T++ {
+				fmt.Fprintf(&gob, "\t\t%d: {", T)
+				for _, tr := range is.tiles {
+					if tr[0] == T {
+						fmt.Fprintf(&gob, "%d: %s, ", tr[1], funcName(d, is, tr[0], tr[1]))
+					}
+				}
+				gob.WriteString("},\n")
+			}
+			gob.WriteString("\t},\n")
+		}
+		gob.WriteString("}\n\n")
+	}
+	if err := os.WriteFile("gemm_amd64.s", s.b.Bytes(), 0o644); err != nil {
+		panic(err)
+	}
+	src, err := format.Source(gob.Bytes())
+	if err != nil {
+		os.WriteFile("gemm_tiles_amd64.go", gob.Bytes(), 0o644)
+		panic(err)
+	}
+	if err := os.WriteFile("gemm_tiles_amd64.go", src, 0o644); err != nil {
+		panic(err)
+	}
+}
