@@ -2,164 +2,15 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/llmserve/llmserve/bench/benchtest"
 )
-
-// fakeServer answers every endpoint shape with delays the prompt names:
-// "ttft=MS itl=MS n=TOKENS" (missing fields default to 0, 0, 4). Every
-// reject-th request (1-based, 0 = never) gets a 429.
-type fakeServer struct {
-	hits   atomic.Int64
-	reject int64
-	// usage: whether to report token counts (exercises the fallbacks).
-	usage bool
-}
-
-type fakeSpec struct {
-	ttft, itl time.Duration
-	n         int
-}
-
-func parseSpec(prompt string) fakeSpec {
-	s := fakeSpec{n: 4}
-	for _, f := range strings.Fields(prompt) {
-		k, v, _ := strings.Cut(f, "=")
-		var x int
-		fmt.Sscan(v, &x)
-		switch k {
-		case "ttft":
-			s.ttft = time.Duration(x) * time.Millisecond
-		case "itl":
-			s.itl = time.Duration(x) * time.Millisecond
-		case "n":
-			s.n = x
-		}
-	}
-	return s
-}
-
-func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/health" {
-		fmt.Fprint(w, `{"status":"ok","model":"fake","weights_bytes":1073741824,"kv_cache_capacity_tokens":4096}`)
-		return
-	}
-	if r.URL.Path == "/v1/models" {
-		fmt.Fprint(w, `{"object":"list","data":[{"id":"fake-model","object":"model"}]}`)
-		return
-	}
-	hit := f.hits.Add(1)
-	if f.reject > 0 && hit%f.reject == 0 {
-		w.Header().Set("Retry-After", "1")
-		w.WriteHeader(http.StatusTooManyRequests)
-		fmt.Fprint(w, `{"error":{"message":"overloaded","type":"overloaded","code":429}}`)
-		return
-	}
-	var req struct {
-		Prompt   string `json:"prompt"`
-		Messages []struct {
-			Content string `json:"content"`
-		} `json:"messages"`
-		Stream        bool `json:"stream"`
-		StreamOptions *struct {
-			IncludeUsage bool `json:"include_usage"`
-		} `json:"stream_options"`
-	}
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		http.Error(w, `{"error":{"message":"bad json"}}`, http.StatusBadRequest)
-		return
-	}
-	prompt := req.Prompt
-	if len(req.Messages) > 0 {
-		prompt = req.Messages[0].Content
-	}
-	spec := parseSpec(prompt)
-	// Server-side token count differs from the event count (2 tokens per
-	// event), so the tests can tell which one the client used.
-	completion := 2 * spec.n
-	kind := map[string]string{"/generate": "generate", "/v1/completions": "completions", "/v1/chat/completions": "chat"}[r.URL.Path]
-	if kind == "" {
-		http.NotFound(w, r)
-		return
-	}
-	start := time.Now()
-	if !req.Stream {
-		time.Sleep(spec.ttft + time.Duration(max(spec.n-1, 0))*spec.itl)
-		text := strings.Repeat("tok ", spec.n)
-		var body map[string]any
-		switch kind {
-		case "generate":
-			body = map[string]any{"text": text, "finish_reason": "length", "ttft_ms": float64(spec.ttft) / 1e6,
-				"total_ms": float64(time.Since(start)) / 1e6}
-			if f.usage {
-				body["prompt_tokens"], body["completion_tokens"] = 3, completion
-			}
-		case "completions":
-			body = map[string]any{"choices": []any{map[string]any{"text": text, "finish_reason": "length"}}}
-		case "chat":
-			body = map[string]any{"choices": []any{map[string]any{"message": map[string]any{"role": "assistant", "content": text}, "finish_reason": "length"}}}
-		}
-		if kind != "generate" && f.usage {
-			body["usage"] = map[string]any{"prompt_tokens": 3, "completion_tokens": completion}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(body)
-		return
-	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	fl := w.(http.Flusher)
-	send := func(v any) {
-		b, _ := json.Marshal(v)
-		fmt.Fprintf(w, "data: %s\n\n", b)
-		fl.Flush()
-	}
-	if kind == "chat" { // OpenAI's first chunk carries only the role
-		send(map[string]any{"choices": []any{map[string]any{"delta": map[string]any{"role": "assistant"}}}})
-	}
-	fmt.Fprint(w, ": keep-alive\n\n")
-	fl.Flush()
-	time.Sleep(spec.ttft)
-	for i := range spec.n {
-		if i > 0 {
-			time.Sleep(spec.itl)
-		}
-		last := i == spec.n-1
-		switch kind {
-		case "generate":
-			ev := map[string]any{"text": "tok "}
-			if last {
-				ev["finish_reason"] = "length"
-				if f.usage {
-					ev["prompt_tokens"], ev["completion_tokens"] = 3, completion
-				}
-			}
-			send(ev)
-		case "completions":
-			ch := map[string]any{"text": "tok ", "finish_reason": nil}
-			if last {
-				ch["finish_reason"] = "length"
-			}
-			send(map[string]any{"choices": []any{ch}, "usage": nil})
-		case "chat":
-			ch := map[string]any{"delta": map[string]any{"content": "tok "}, "finish_reason": nil}
-			if last {
-				ch["finish_reason"] = "length"
-			}
-			send(map[string]any{"choices": []any{ch}})
-		}
-	}
-	if kind != "generate" && f.usage && req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
-		send(map[string]any{"choices": []any{}, "usage": map[string]any{"prompt_tokens": 3, "completion_tokens": completion}})
-	}
-	fmt.Fprint(w, "data: [DONE]\n\n")
-	fl.Flush()
-}
 
 // slack bounds how late the client may see an event the fake server sent
 // after a known delay: scheduling on a busy machine, never speed.
@@ -178,7 +29,7 @@ func TestClientShapes(t *testing.T) {
 			for _, usage := range []bool{true, false} {
 				name := fmt.Sprintf("%s/stream=%v/usage=%v", ep, stream, usage)
 				t.Run(name, func(t *testing.T) {
-					fs := &fakeServer{usage: usage}
+					fs := &benchtest.Server{Usage: usage}
 					srv := httptest.NewServer(fs)
 					defer srv.Close()
 					c, err := NewClient(ClientOptions{URL: srv.URL, Endpoint: ep, Stream: stream, Model: "m"})
@@ -229,7 +80,7 @@ func TestClientShapes(t *testing.T) {
 }
 
 func TestPercentilesFromKnownDelays(t *testing.T) {
-	fs := &fakeServer{usage: true}
+	fs := &benchtest.Server{Usage: true}
 	srv := httptest.NewServer(fs)
 	defer srv.Close()
 	c, err := NewClient(ClientOptions{URL: srv.URL + "/generate", Stream: true})
@@ -247,8 +98,8 @@ func TestPercentilesFromKnownDelays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lr.Successes != 10 || len(res) != 10 || fs.hits.Load() != 10 {
-		t.Fatalf("successes %d results %d hits %d", lr.Successes, len(res), fs.hits.Load())
+	if lr.Successes != 10 || len(res) != 10 || fs.Hits() != 10 {
+		t.Fatalf("successes %d results %d hits %d", lr.Successes, len(res), fs.Hits())
 	}
 	// Each measured TTFT lies in [known, known+slack], so every order
 	// statistic, and so every interpolated percentile, does too.
@@ -273,7 +124,7 @@ func TestPercentilesFromKnownDelays(t *testing.T) {
 }
 
 func TestClosedLoopThroughput(t *testing.T) {
-	fs := &fakeServer{usage: true}
+	fs := &benchtest.Server{Usage: true}
 	srv := httptest.NewServer(fs)
 	defer srv.Close()
 	c, err := NewClient(ClientOptions{URL: srv.URL + "/v1/completions", Model: "m"})
@@ -293,7 +144,7 @@ func TestClosedLoopThroughput(t *testing.T) {
 }
 
 func TestRejectionsCountedNotRetried(t *testing.T) {
-	fs := &fakeServer{reject: 3, usage: true}
+	fs := &benchtest.Server{Reject: 3, Usage: true}
 	srv := httptest.NewServer(fs)
 	defer srv.Close()
 	c, err := NewClient(ClientOptions{URL: srv.URL + "/v1/chat/completions", Stream: true})
@@ -305,8 +156,8 @@ func TestRejectionsCountedNotRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fs.hits.Load() != 30 {
-		t.Errorf("server saw %d requests, want 30 (no retries)", fs.hits.Load())
+	if fs.Hits() != 30 {
+		t.Errorf("server saw %d requests, want 30 (no retries)", fs.Hits())
 	}
 	if lr.Rejected429 != 10 || lr.Successes != 20 || lr.Failures != 0 {
 		t.Errorf("429 %d ok %d failed %d", lr.Rejected429, lr.Successes, lr.Failures)
@@ -314,7 +165,7 @@ func TestRejectionsCountedNotRetried(t *testing.T) {
 }
 
 func TestOpenLoopFollowsArrivals(t *testing.T) {
-	fs := &fakeServer{usage: true}
+	fs := &benchtest.Server{Usage: true}
 	srv := httptest.NewServer(fs)
 	defer srv.Close()
 	c, err := NewClient(ClientOptions{URL: srv.URL + "/generate", Stream: true})
@@ -363,7 +214,7 @@ func sortDurations(d []time.Duration) {
 }
 
 func TestDurationBoundLevel(t *testing.T) {
-	fs := &fakeServer{usage: true}
+	fs := &benchtest.Server{Usage: true}
 	srv := httptest.NewServer(fs)
 	defer srv.Close()
 	c, _ := NewClient(ClientOptions{URL: srv.URL, Stream: true})
@@ -445,7 +296,7 @@ func TestErrorBodies(t *testing.T) {
 }
 
 func TestTimeout(t *testing.T) {
-	fs := &fakeServer{}
+	fs := &benchtest.Server{}
 	srv := httptest.NewServer(fs)
 	defer srv.Close()
 	c, _ := NewClient(ClientOptions{URL: srv.URL, Stream: true, Timeout: 30 * time.Millisecond})

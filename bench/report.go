@@ -129,7 +129,7 @@ func (r *Report) Markdown() string {
 	}
 	key := func(l LevelResult) string {
 		if openLoop {
-			return formatRate(l.RequestRate)
+			return formatRate(float64(l.RequestRate))
 		}
 		return strconv.Itoa(l.Concurrency)
 	}

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/llmserve/llmserve/bench/benchtest"
 )
 
 // referenceLevels are the reference README's RTX 4090 numbers.
@@ -119,7 +121,7 @@ garbage line here
 }
 
 func TestCollectEnvironment(t *testing.T) {
-	fs := &fakeServer{}
+	fs := &benchtest.Server{}
 	srv := httptest.NewServer(fs)
 	defer srv.Close()
 	e := CollectEnvironment(context.Background(), &Scraper{Base: srv.URL})

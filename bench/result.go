@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"math"
 	"time"
 )
@@ -50,15 +51,38 @@ type Level struct {
 	Concurrency int `json:"concurrency"`
 	// RequestRate is the open-loop mean arrival rate in requests per
 	// second; 0 is closed loop, +Inf sends everything at once.
-	RequestRate float64 `json:"request_rate,omitempty"`
+	RequestRate Rate `json:"request_rate,omitempty"`
 	// Burstiness is the gamma shape of inter-arrival times (1 = Poisson).
 	Burstiness float64 `json:"burstiness,omitempty"`
+}
+
+// Rate is requests per second; it encodes +Inf as the JSON string "inf".
+type Rate float64
+
+func (r Rate) MarshalJSON() ([]byte, error) {
+	if math.IsInf(float64(r), 1) {
+		return []byte(`"inf"`), nil
+	}
+	return json.Marshal(float64(r))
+}
+
+func (r *Rate) UnmarshalJSON(b []byte) error {
+	if string(b) == `"inf"` {
+		*r = Rate(math.Inf(1))
+		return nil
+	}
+	var f float64
+	if err := json.Unmarshal(b, &f); err != nil {
+		return err
+	}
+	*r = Rate(f)
+	return nil
 }
 
 // Label names the level for tables and plots.
 func (l Level) Label() string {
 	if l.RequestRate > 0 {
-		return "rate " + formatRate(l.RequestRate)
+		return "rate " + formatRate(float64(l.RequestRate))
 	}
 	return "c=" + itoa(l.Concurrency)
 }
@@ -67,7 +91,7 @@ func (l Level) Label() string {
 // concurrency in closed loop.
 func (l Level) X() float64 {
 	if l.RequestRate > 0 {
-		return l.RequestRate
+		return float64(l.RequestRate)
 	}
 	return float64(l.Concurrency)
 }

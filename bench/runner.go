@@ -116,7 +116,7 @@ func closedLoop(ctx context.Context, d Doer, w Workload, level Level, opts RunOp
 }
 
 func openLoop(ctx context.Context, d Doer, w Workload, level Level, opts RunOptions, start time.Time, ch chan<- Result) {
-	arr := NewArrivals(level.RequestRate, level.Burstiness, opts.Seed)
+	arr := NewArrivals(float64(level.RequestRate), level.Burstiness, opts.Seed)
 	var sem chan struct{}
 	if level.Concurrency > 0 {
 		sem = make(chan struct{}, level.Concurrency)
