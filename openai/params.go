@@ -1,0 +1,260 @@
+package openai
+
+import (
+	"math"
+	"strconv"
+
+	"github.com/llmserve/llmserve/sample"
+)
+
+// Limits bound what a request may ask for.
+type Limits struct {
+	VocabSize   int // token ids must be in [0, VocabSize); 0 = unchecked
+	MaxLogprobs int // top logprobs per token; 0 means 20 (vLLM's default)
+	MaxN        int // completions per prompt; 0 means 128
+}
+
+func (l Limits) maxLogprobs() int {
+	if l.MaxLogprobs <= 0 {
+		return 20
+	}
+	return l.MaxLogprobs
+}
+
+func (l Limits) maxN() int {
+	if l.MaxN <= 0 {
+		return 128
+	}
+	return l.MaxN
+}
+
+// CheckTokenID reports whether id is a valid token of a vocabulary of size vocab.
+func CheckTokenID(param string, id, vocab int) error {
+	if id < 0 || (vocab > 0 && id >= vocab) {
+		return Invalid(param, "token id %d is outside the vocabulary (size %d)", id, vocab)
+	}
+	return nil
+}
+
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
+
+// Params converts and validates the shared sampling fields. MaxTokens is 0
+// when the request gave none: the caller picks the endpoint's default.
+func (s *Sampling) Params(lim Limits) (sample.Params, error) {
+	p := sample.Defaults()
+	p.MaxTokens = 0
+	if s.StreamOptions != nil && !s.Stream {
+		return p, Invalid("stream_options", "stream_options is only allowed when stream is true")
+	}
+	if s.N != nil {
+		if *s.N < 1 || *s.N > lim.maxN() {
+			return p, Invalid("n", "n must be between 1 and %d, got %d", lim.maxN(), *s.N)
+		}
+		p.N = *s.N
+	}
+	if s.MaxTokens != nil {
+		if *s.MaxTokens < 1 {
+			return p, Invalid("max_tokens", "max_tokens must be at least 1, got %d", *s.MaxTokens)
+		}
+		p.MaxTokens = *s.MaxTokens
+	}
+	if s.Temperature != nil {
+		if !finite(*s.Temperature) || *s.Temperature < 0 {
+			return p, Invalid("temperature", "temperature must be non-negative, got %v", *s.Temperature)
+		}
+		p.Temperature = *s.Temperature
+	}
+	if s.TopP != nil {
+		if !finite(*s.TopP) || *s.TopP <= 0 || *s.TopP > 1 {
+			return p, Invalid("top_p", "top_p must be in (0, 1], got %v", *s.TopP)
+		}
+		p.TopP = *s.TopP
+	}
+	if s.TopK != nil {
+		if *s.TopK < -1 {
+			return p, Invalid("top_k", "top_k must be -1 (disable), 0 (disable) or at least 1, got %d", *s.TopK)
+		}
+		p.TopK = *s.TopK
+	}
+	if s.MinP != nil {
+		if !finite(*s.MinP) || *s.MinP < 0 || *s.MinP > 1 {
+			return p, Invalid("min_p", "min_p must be in [0, 1], got %v", *s.MinP)
+		}
+		p.MinP = *s.MinP
+	}
+	if s.PresencePenalty != nil {
+		if !finite(*s.PresencePenalty) || *s.PresencePenalty < -2 || *s.PresencePenalty > 2 {
+			return p, Invalid("presence_penalty", "presence_penalty must be in [-2, 2], got %v", *s.PresencePenalty)
+		}
+		p.PresencePenalty = *s.PresencePenalty
+	}
+	if s.FrequencyPenalty != nil {
+		if !finite(*s.FrequencyPenalty) || *s.FrequencyPenalty < -2 || *s.FrequencyPenalty > 2 {
+			return p, Invalid("frequency_penalty", "frequency_penalty must be in [-2, 2], got %v", *s.FrequencyPenalty)
+		}
+		p.FrequencyPenalty = *s.FrequencyPenalty
+	}
+	if s.RepetitionPenalty != nil {
+		if !finite(*s.RepetitionPenalty) || *s.RepetitionPenalty <= 0 {
+			return p, Invalid("repetition_penalty", "repetition_penalty must be greater than 0, got %v", *s.RepetitionPenalty)
+		}
+		p.RepetitionPenalty = *s.RepetitionPenalty
+	}
+	if s.MinTokens != nil {
+		if *s.MinTokens < 0 {
+			return p, Invalid("min_tokens", "min_tokens must be non-negative, got %d", *s.MinTokens)
+		}
+		p.MinTokens = *s.MinTokens
+	}
+	if s.Seed != nil {
+		seed := *s.Seed
+		p.Seed = &seed
+	}
+	for _, st := range s.Stop {
+		if st == "" {
+			return p, Invalid("stop", "stop strings must not be empty")
+		}
+	}
+	p.Stop = s.Stop
+	for _, id := range s.StopTokenIDs {
+		if err := CheckTokenID("stop_token_ids", id, lim.VocabSize); err != nil {
+			return p, err
+		}
+	}
+	p.StopTokenIDs = s.StopTokenIDs
+	if len(s.LogitBias) > 0 {
+		p.LogitBias = make(map[int]float64, len(s.LogitBias))
+		for k, v := range s.LogitBias {
+			id, err := strconv.Atoi(k)
+			if err != nil {
+				return p, Invalid("logit_bias", "logit_bias key %q is not a token id", k)
+			}
+			if err := CheckTokenID("logit_bias", id, lim.VocabSize); err != nil {
+				return p, err
+			}
+			if !finite(v) || v < -100 || v > 100 {
+				return p, Invalid("logit_bias", "logit_bias values must be in [-100, 100], got %v", v)
+			}
+			p.LogitBias[id] = v
+		}
+	}
+	p.IgnoreEOS = s.IgnoreEOS
+	if s.SkipSpecialTokens != nil {
+		p.SkipSpecialTokens = *s.SkipSpecialTokens
+	}
+	return p, nil
+}
+
+// CheckMinTokens validates min_tokens against the final max_tokens.
+func CheckMinTokens(p sample.Params) error {
+	if p.MinTokens > p.MaxTokens {
+		return Invalid("min_tokens", "min_tokens (%d) must not exceed max_tokens (%d)", p.MinTokens, p.MaxTokens)
+	}
+	return nil
+}
+
+// Params converts and validates a completion request's sampling fields.
+func (r *CompletionRequest) Params(lim Limits) (sample.Params, error) {
+	p, err := r.Sampling.Params(lim)
+	if err != nil {
+		return p, err
+	}
+	if r.Prompt.Len() == 0 {
+		return p, Invalid("prompt", "prompt is required and must not be empty")
+	}
+	if r.Logprobs != nil {
+		if *r.Logprobs < 0 || *r.Logprobs > lim.maxLogprobs() {
+			return p, Invalid("logprobs", "logprobs must be between 0 and %d, got %d", lim.maxLogprobs(), *r.Logprobs)
+		}
+		p.Logprobs = *r.Logprobs
+	}
+	if r.BestOf != nil && *r.BestOf != p.N {
+		return p, Invalid("best_of", "best_of is not supported unless equal to n")
+	}
+	if r.Echo {
+		return p, Invalid("echo", "echo is not supported")
+	}
+	if r.Suffix != "" {
+		return p, Invalid("suffix", "suffix is not supported")
+	}
+	return p, nil
+}
+
+// Params converts and validates a chat request's sampling fields.
+func (r *ChatCompletionRequest) Params(lim Limits) (sample.Params, error) {
+	p, err := r.Sampling.Params(lim)
+	if err != nil {
+		return p, err
+	}
+	if len(r.Messages) == 0 {
+		return p, Invalid("messages", "messages is required and must not be empty")
+	}
+	if r.MaxCompletionTokens != nil {
+		if *r.MaxCompletionTokens < 1 {
+			return p, Invalid("max_completion_tokens", "max_completion_tokens must be at least 1, got %d", *r.MaxCompletionTokens)
+		}
+		p.MaxTokens = *r.MaxCompletionTokens
+	}
+	if r.TopLogprobs != nil {
+		if !r.Logprobs {
+			return p, Invalid("top_logprobs", "top_logprobs requires logprobs to be true")
+		}
+		if *r.TopLogprobs < 0 || *r.TopLogprobs > lim.maxLogprobs() {
+			return p, Invalid("top_logprobs", "top_logprobs must be between 0 and %d, got %d", lim.maxLogprobs(), *r.TopLogprobs)
+		}
+	}
+	if r.Logprobs {
+		p.Logprobs = 0
+		if r.TopLogprobs != nil {
+			p.Logprobs = *r.TopLogprobs
+		}
+	}
+	if r.Echo {
+		return p, Invalid("echo", "echo is not supported")
+	}
+	return p, nil
+}
+
+// NormalizeMessages validates chat messages and flattens list-of-parts
+// content into a string, as vLLM does for text-only models.
+func NormalizeMessages(param string, msgs []map[string]any) ([]map[string]any, error) {
+	out := make([]map[string]any, len(msgs))
+	for i, m := range msgs {
+		role, ok := m["role"].(string)
+		if !ok || role == "" {
+			return nil, Invalid(param, "%s[%d].role must be a non-empty string", param, i)
+		}
+		c := make(map[string]any, len(m))
+		for k, v := range m {
+			c[k] = v
+		}
+		switch v := m["content"].(type) {
+		case nil, string:
+		case []any:
+			text := ""
+			for j, part := range v {
+				pm, ok := part.(map[string]any)
+				if !ok {
+					return nil, Invalid(param, "%s[%d].content[%d] must be an object", param, i, j)
+				}
+				typ, _ := pm["type"].(string)
+				if typ != "text" {
+					return nil, Invalid(param, "%s[%d].content[%d]: content type %q is not supported", param, i, j, typ)
+				}
+				s, ok := pm["text"].(string)
+				if !ok {
+					return nil, Invalid(param, "%s[%d].content[%d].text must be a string", param, i, j)
+				}
+				if text != "" {
+					text += "\n"
+				}
+				text += s
+			}
+			c["content"] = text
+		default:
+			return nil, Invalid(param, "%s[%d].content must be a string or a list of parts", param, i)
+		}
+		out[i] = c
+	}
+	return out, nil
+}

@@ -1,0 +1,248 @@
+// Package openai holds the OpenAI-compatible wire types (with vLLM's
+// extensions), their validation and conversion to engine requests, and
+// allocation-free encoders for the streamed chunks.
+package openai
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+)
+
+// ErrInvalidRequest is wrapped by every validation error of this package.
+var ErrInvalidRequest = errors.New("openai: invalid request")
+
+// ParamError is a validation error naming the offending request field.
+type ParamError struct {
+	Param   string
+	Message string
+}
+
+func (e *ParamError) Error() string { return e.Message }
+func (e *ParamError) Unwrap() error { return ErrInvalidRequest }
+
+// Invalid returns a *ParamError for param.
+func Invalid(param, format string, args ...any) error {
+	return &ParamError{Param: param, Message: fmt.Sprintf(format, args...)}
+}
+
+// Error is the body of an OpenAI error response.
+type Error struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    any     `json:"code"`
+}
+
+// ErrorResponse is OpenAI's error envelope: {"error": {...}}.
+type ErrorResponse struct {
+	Error Error `json:"error"`
+}
+
+// Prompt is a completion prompt: a string, a list of strings, a list of
+// token ids, or a list of token-id lists. Exactly one of Texts and IDs is set.
+type Prompt struct {
+	Texts []string
+	IDs   [][]int
+}
+
+// Len is the number of prompts.
+func (p Prompt) Len() int { return len(p.Texts) + len(p.IDs) }
+
+// UnmarshalJSON accepts the four OpenAI prompt shapes.
+func (p *Prompt) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	*p = Prompt{}
+	if len(b) == 0 || b[0] == 'n' { // null
+		return nil
+	}
+	if b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		p.Texts = []string{s}
+		return nil
+	}
+	if b[0] != '[' {
+		return &json.UnmarshalTypeError{Value: "non-list", Type: reflect.TypeFor[Prompt]()}
+	}
+	var raw []json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	if len(raw) == 0 {
+		return nil
+	}
+	switch first := bytes.TrimSpace(raw[0]); {
+	case len(first) > 0 && first[0] == '"':
+		var ss []string
+		if err := json.Unmarshal(b, &ss); err != nil {
+			return &json.UnmarshalTypeError{Value: "mixed list", Type: reflect.TypeFor[Prompt]()}
+		}
+		p.Texts = ss
+	case len(first) > 0 && first[0] == '[':
+		var ids [][]int
+		if err := json.Unmarshal(b, &ids); err != nil {
+			return &json.UnmarshalTypeError{Value: "list of non-integer lists", Type: reflect.TypeFor[Prompt]()}
+		}
+		p.IDs = ids
+	default:
+		var ids []int
+		if err := json.Unmarshal(b, &ids); err != nil {
+			return &json.UnmarshalTypeError{Value: "list of non-integers", Type: reflect.TypeFor[Prompt]()}
+		}
+		p.IDs = [][]int{ids}
+	}
+	return nil
+}
+
+// StringList is a string or a list of strings (the "stop" field).
+type StringList []string
+
+// UnmarshalJSON accepts a string, a list of strings or null.
+func (s *StringList) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	switch {
+	case len(b) == 0 || b[0] == 'n':
+		*s = nil
+	case b[0] == '"':
+		var one string
+		if err := json.Unmarshal(b, &one); err != nil {
+			return err
+		}
+		*s = StringList{one}
+	default:
+		var many []string
+		if err := json.Unmarshal(b, &many); err != nil {
+			return &json.UnmarshalTypeError{Value: "non-string list", Type: reflect.TypeFor[StringList]()}
+		}
+		*s = many
+	}
+	return nil
+}
+
+// StreamOptions are the stream_options of a request.
+type StreamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
+}
+
+// Sampling are the sampling fields common to completions and chat (OpenAI's
+// and vLLM's extensions).
+type Sampling struct {
+	Model            string             `json:"model"`
+	MaxTokens        *int               `json:"max_tokens"`
+	Temperature      *float64           `json:"temperature"`
+	TopP             *float64           `json:"top_p"`
+	N                *int               `json:"n"`
+	Stream           bool               `json:"stream"`
+	StreamOptions    *StreamOptions     `json:"stream_options"`
+	Stop             StringList         `json:"stop"`
+	Seed             *int64             `json:"seed"`
+	PresencePenalty  *float64           `json:"presence_penalty"`
+	FrequencyPenalty *float64           `json:"frequency_penalty"`
+	LogitBias        map[string]float64 `json:"logit_bias"`
+	User             string             `json:"user"`
+
+	// vLLM extensions.
+	TopK                   *int     `json:"top_k"`
+	MinP                   *float64 `json:"min_p"`
+	IgnoreEOS              bool     `json:"ignore_eos"`
+	MinTokens              *int     `json:"min_tokens"`
+	StopTokenIDs           []int    `json:"stop_token_ids"`
+	RepetitionPenalty      *float64 `json:"repetition_penalty"`
+	ReturnTokensAsTokenIDs bool     `json:"return_tokens_as_token_ids"`
+	Priority               int      `json:"priority"`
+	SkipSpecialTokens      *bool    `json:"skip_special_tokens"`
+	AddSpecialTokens       *bool    `json:"add_special_tokens"`
+}
+
+// CompletionRequest is POST /v1/completions.
+type CompletionRequest struct {
+	Sampling
+	Prompt   Prompt `json:"prompt"`
+	Logprobs *int   `json:"logprobs"`
+	Echo     bool   `json:"echo"`
+	BestOf   *int   `json:"best_of"`
+	Suffix   string `json:"suffix"`
+}
+
+// ChatCompletionRequest is POST /v1/chat/completions.
+type ChatCompletionRequest struct {
+	Sampling
+	Messages            []map[string]any `json:"messages"`
+	MaxCompletionTokens *int             `json:"max_completion_tokens"`
+	Logprobs            bool             `json:"logprobs"`
+	TopLogprobs         *int             `json:"top_logprobs"`
+	Tools               []any            `json:"tools"`
+	ToolChoice          any              `json:"tool_choice"`
+
+	// vLLM extensions.
+	AddGenerationPrompt  *bool          `json:"add_generation_prompt"`
+	ContinueFinalMessage bool           `json:"continue_final_message"`
+	ChatTemplateKwargs   map[string]any `json:"chat_template_kwargs"`
+	Echo                 bool           `json:"echo"`
+}
+
+// Usage is a response's token accounting.
+type Usage struct {
+	PromptTokens        int                  `json:"prompt_tokens"`
+	CompletionTokens    int                  `json:"completion_tokens"`
+	TotalTokens         int                  `json:"total_tokens"`
+	PromptTokensDetails *PromptTokensDetails `json:"prompt_tokens_details,omitempty"`
+}
+
+// PromptTokensDetails tells how many prompt tokens the prefix cache served.
+type PromptTokensDetails struct {
+	CachedTokens int `json:"cached_tokens"`
+}
+
+// Model is one entry of GET /v1/models.
+type Model struct {
+	ID          string  `json:"id"`
+	Object      string  `json:"object"`
+	Created     int64   `json:"created"`
+	OwnedBy     string  `json:"owned_by"`
+	Root        string  `json:"root"`
+	Parent      *string `json:"parent"`
+	MaxModelLen int     `json:"max_model_len"`
+}
+
+// ModelList is GET /v1/models.
+type ModelList struct {
+	Object string  `json:"object"`
+	Data   []Model `json:"data"`
+}
+
+// TokenizeRequest is vLLM's POST /tokenize: either Prompt or Messages.
+type TokenizeRequest struct {
+	Model                string           `json:"model"`
+	Prompt               *string          `json:"prompt"`
+	Messages             []map[string]any `json:"messages"`
+	AddSpecialTokens     *bool            `json:"add_special_tokens"`
+	AddGenerationPrompt  *bool            `json:"add_generation_prompt"`
+	ContinueFinalMessage bool             `json:"continue_final_message"`
+	ChatTemplateKwargs   map[string]any   `json:"chat_template_kwargs"`
+	ReturnTokenStrs      bool             `json:"return_token_strs"`
+}
+
+// TokenizeResponse is vLLM's /tokenize response.
+type TokenizeResponse struct {
+	Count       int      `json:"count"`
+	MaxModelLen int      `json:"max_model_len"`
+	Tokens      []int    `json:"tokens"`
+	TokenStrs   []string `json:"token_strs"`
+}
+
+// DetokenizeRequest is vLLM's POST /detokenize.
+type DetokenizeRequest struct {
+	Model  string `json:"model"`
+	Tokens []int  `json:"tokens"`
+}
+
+// DetokenizeResponse is vLLM's /detokenize response.
+type DetokenizeResponse struct {
+	Prompt string `json:"prompt"`
+}

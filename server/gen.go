@@ -1,0 +1,377 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/llmserve/llmserve/engine"
+	"github.com/llmserve/llmserve/metrics"
+	"github.com/llmserve/llmserve/openai"
+	"github.com/llmserve/llmserve/sample"
+)
+
+// genRequest is a validated generation: one engine request per prompt.
+type genRequest struct {
+	id       string
+	prompts  [][]int
+	params   sample.Params
+	priority int
+	// defaultMax: max_tokens was not given; use defaultMax capped by the context left.
+	defaultMax int
+}
+
+// checkPrompts validates token ids and lengths and settles max_tokens.
+// promptParam names the field for errors ("prompt" or "messages").
+func (s *Server) checkPrompts(g *genRequest, promptParam string) error {
+	vocab := s.opts.VocabSize
+	maxLen := s.opts.MaxModelLen
+	for _, ids := range g.prompts {
+		if len(ids) == 0 {
+			return openai.Invalid(promptParam, "%s must not be empty", promptParam)
+		}
+		for _, id := range ids {
+			if err := openai.CheckTokenID(promptParam, id, vocab); err != nil {
+				return err
+			}
+		}
+	}
+	longest := 0
+	for _, ids := range g.prompts {
+		longest = max(longest, len(ids))
+	}
+	if longest >= maxLen {
+		return openai.Invalid(promptParam, "This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input.", maxLen, longest)
+	}
+	if g.params.MaxTokens == 0 {
+		g.params.MaxTokens = maxLen - longest
+		if g.defaultMax > 0 {
+			g.params.MaxTokens = min(g.defaultMax, g.params.MaxTokens)
+		}
+	}
+	if longest+g.params.MaxTokens > maxLen {
+		return openai.Invalid("max_tokens", "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt, %d in the completion). Please reduce the length of the prompt or completion.", maxLen, longest+g.params.MaxTokens, longest, g.params.MaxTokens)
+	}
+	return openai.CheckMinTokens(g.params)
+}
+
+// seqState is one choice's progress: text not yet sent (streaming) or all
+// of it (non-streaming), reused across events so a token costs no allocation.
+type seqState struct {
+	text       []byte
+	lps        []engine.TokenLogprob
+	pending    bool
+	finish     string
+	stop       any
+	completion int
+	textOffset int
+	last       time.Time
+}
+
+type promptState struct {
+	arrival, scheduled, first, end time.Time
+	tokens, cached                 int
+	completion                     int
+	done                           int
+	finish                         string
+	observed                       bool
+}
+
+// call is one admitted generation in flight.
+type call struct {
+	s       *Server
+	ctx     context.Context
+	cancel  context.CancelFunc
+	release func()
+	n       int
+	ch      <-chan engine.Output
+	closed  bool
+	seqs    []seqState
+	prompts []promptState
+	start   time.Time // handler start
+	firstAt time.Time // first output at the server
+}
+
+// begin admits, submits and waits for the first output, so that every
+// refusal (429, 503, 400 from the engine) happens before a response byte.
+func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, error) {
+	eng := s.engine()
+	release, err := s.admit(len(g.prompts))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	c := &call{s: s, ctx: ctx, cancel: cancel, release: release, n: g.params.N, start: start,
+		seqs: make([]seqState, len(g.prompts)*g.params.N), prompts: make([]promptState, len(g.prompts))}
+	chans := make([]<-chan engine.Output, 0, len(g.prompts))
+	for i, ids := range g.prompts {
+		id := g.id
+		if len(g.prompts) > 1 {
+			id += "-" + strconv.Itoa(i)
+		}
+		c.prompts[i] = promptState{arrival: time.Now(), tokens: len(ids)}
+		ch, err := eng.Submit(ctx, &engine.Request{ID: id, PromptIDs: ids, Params: g.params, Priority: g.priority})
+		if err != nil {
+			cancel()
+			for _, ch := range chans {
+				for range ch {
+				}
+			}
+			release()
+			return nil, err
+		}
+		chans = append(chans, ch)
+	}
+	c.ch = chans[0]
+	if len(chans) > 1 {
+		c.ch = merge(chans, g.params.N)
+	}
+	// Wait for the first output, at most MaxQueueWait.
+	var timeout <-chan time.Time
+	if s.opts.MaxQueueWait > 0 {
+		t := time.NewTimer(s.opts.MaxQueueWait)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case o, ok := <-c.ch:
+		if !ok {
+			c.closed = true
+		} else {
+			c.fold(&o)
+		}
+	case <-timeout:
+		s.metrics.Reject(metrics.RejectQueueTimeout)
+		c.abort()
+		return nil, ErrQueueTimeout
+	}
+	c.firstAt = time.Now()
+	return c, nil
+}
+
+// merge fans the prompts' streams into one, renumbering choices as
+// prompt*n + index (vLLM's numbering).
+func merge(chans []<-chan engine.Output, n int) <-chan engine.Output {
+	out := make(chan engine.Output, len(chans))
+	var wg sync.WaitGroup
+	for p, ch := range chans {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for o := range ch {
+				o.Index += p * n
+				out <- o
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(out) }()
+	return out
+}
+
+// abort cancels the engine request, waits for the stream to close (the
+// engine has then freed its blocks) and releases the admission slots.
+func (c *call) abort() {
+	c.cancel()
+	c.drain()
+	c.done()
+}
+
+func (c *call) drain() {
+	for !c.closed {
+		o, ok := <-c.ch
+		if !ok {
+			c.closed = true
+			break
+		}
+		c.fold(&o)
+	}
+}
+
+// done records metrics for every prompt and releases the admission slots.
+func (c *call) done() {
+	now := time.Now()
+	for i := range c.prompts {
+		p := &c.prompts[i]
+		if p.observed {
+			continue
+		}
+		if p.end.IsZero() {
+			p.end = now
+		}
+		if p.finish == "" || p.done < c.n {
+			p.finish = engine.FinishAbort
+		}
+		p.observed = true
+		c.s.metrics.ObserveRequest(metrics.Request{
+			FinishReason: p.finish, PromptTokens: p.tokens, CompletionTokens: p.completion,
+			Arrival: p.arrival, Scheduled: p.scheduled, FirstToken: p.first, End: p.end,
+		})
+	}
+	c.cancel()
+	c.release()
+}
+
+// fold applies one engine output to the call's state.
+func (c *call) fold(o *engine.Output) {
+	if o.Index < 0 || o.Index >= len(c.seqs) {
+		c.s.log.Error("engine output index out of range", "index", o.Index, "request", o.RequestID)
+		return
+	}
+	sq := &c.seqs[o.Index]
+	p := &c.prompts[o.Index/c.n]
+	t := o.Time
+	if t.IsZero() {
+		t = time.Now()
+	}
+	if !o.ArrivalTime.IsZero() {
+		p.arrival = o.ArrivalTime
+	}
+	if p.scheduled.IsZero() {
+		p.scheduled = o.ScheduledTime
+	}
+	if o.PromptTokens > 0 {
+		p.tokens = o.PromptTokens
+	}
+	p.cached = max(p.cached, o.CachedTokens)
+	if n := len(o.TokenIDs); n > 0 {
+		if p.first.IsZero() {
+			p.first = o.FirstToken
+			if p.first.IsZero() {
+				p.first = t
+			}
+		}
+		if !sq.last.IsZero() {
+			c.s.metrics.ObserveInterToken(t.Sub(sq.last))
+		}
+		sq.last = t
+		p.completion += n
+		sq.completion += n
+	} else if o.CompletionTokens > sq.completion {
+		// Engines without token ids (fakes) may still count tokens.
+		p.completion += o.CompletionTokens - sq.completion
+		sq.completion = o.CompletionTokens
+	}
+	sq.text = append(sq.text, o.Text...)
+	sq.lps = append(sq.lps, o.Logprobs...)
+	sq.pending = true
+	if o.FinishReason != "" && sq.finish == "" {
+		sq.finish = o.FinishReason
+		sq.stop = o.StopReason
+		p.done++
+		p.finish = o.FinishReason
+		p.end = t
+	}
+}
+
+// next blocks for one output, then folds in every output already waiting:
+// a client that falls behind gets fewer, larger events instead of a backlog.
+func (c *call) next() {
+	if c.closed {
+		return
+	}
+	o, ok := <-c.ch
+	if !ok {
+		c.closed = true
+		return
+	}
+	c.fold(&o)
+	for {
+		select {
+		case o, ok := <-c.ch:
+			if !ok {
+				c.closed = true
+				return
+			}
+			c.fold(&o)
+		default:
+			return
+		}
+	}
+}
+
+// collect runs a non-streaming call to the end; false means the client left.
+func (c *call) collect() bool {
+	c.drain()
+	return c.ctx.Err() == nil
+}
+
+// usage totals the call.
+func (c *call) usage() openai.Usage {
+	var u openai.Usage
+	cached := 0
+	for _, p := range c.prompts {
+		u.PromptTokens += p.tokens
+		u.CompletionTokens += p.completion
+		cached += p.cached
+	}
+	u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	if cached > 0 {
+		u.PromptTokensDetails = &openai.PromptTokensDetails{CachedTokens: cached}
+	}
+	return u
+}
+
+// sse writes Server-Sent Events, flushing once per batch of outputs.
+type sse struct {
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	buf  []byte
+	gone bool
+}
+
+func startSSE(w http.ResponseWriter) *sse {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("Connection", "keep-alive")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	return &sse{w: w, rc: http.NewResponseController(w), buf: make([]byte, 0, 4096)}
+}
+
+// event starts a "data: " line in the buffer; end closes it.
+func (e *sse) event() { e.buf = append(e.buf, "data: "...) }
+func (e *sse) end()   { e.buf = append(e.buf, '\n', '\n') }
+
+// flush sends the buffered events; after a write error the client is gone
+// and further events are dropped.
+func (e *sse) flush() error {
+	if e.gone || len(e.buf) == 0 {
+		e.buf = e.buf[:0]
+		return nil
+	}
+	_, err := e.w.Write(e.buf)
+	if err == nil {
+		err = e.rc.Flush()
+	}
+	e.buf = e.buf[:0]
+	if err != nil {
+		e.gone = true
+		return fmt.Errorf("server: client write: %w", err)
+	}
+	return nil
+}
+
+// stream runs the call to the end, calling emit after each batch of
+// outputs to append events for the pending sequences. On a write failure
+// the engine request is cancelled and the stream drained.
+func (c *call) stream(e *sse, emit func()) {
+	emit()
+	for {
+		if err := e.flush(); err != nil {
+			c.cancel()
+		}
+		if c.closed {
+			return
+		}
+		c.next()
+		if !e.gone {
+			emit()
+		}
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

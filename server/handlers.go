@@ -1,0 +1,242 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llmserve/llmserve/openai"
+)
+
+// GenerateRequest is the reference server's POST /generate body.
+type GenerateRequest struct {
+	openai.Sampling
+	Prompt openai.Prompt `json:"prompt"`
+}
+
+// GenerateResponse is the reference server's non-streaming /generate answer.
+type GenerateResponse struct {
+	Text             string  `json:"text"`
+	FinishReason     string  `json:"finish_reason"`
+	PromptTokens     int     `json:"prompt_tokens"`
+	CompletionTokens int     `json:"completion_tokens"`
+	TTFTms           float64 `json:"ttft_ms"`
+	TotalMs          float64 `json:"total_ms"`
+}
+
+func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var req GenerateRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if _, err := s.resolveModel(req.Model); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	params, err := req.Sampling.Params(s.limits())
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if params.N != 1 {
+		s.writeErr(w, openai.Invalid("n", "/generate returns one completion; use /v1/completions for n > 1"))
+		return
+	}
+	g := &genRequest{id: s.newID("gen-"), params: params, priority: req.Priority, defaultMax: s.opts.DefaultMaxTokens}
+	switch {
+	case req.Prompt.Len() != 1:
+		s.writeErr(w, openai.Invalid("prompt", "prompt must be one string or one list of token ids"))
+		return
+	case len(req.Prompt.Texts) == 1:
+		if s.tok == nil {
+			s.writeErr(w, ErrNoTokenizer)
+			return
+		}
+		addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
+		g.prompts = [][]int{s.tok.Encode(req.Prompt.Texts[0], addSpecial)}
+	default:
+		g.prompts = req.Prompt.IDs
+	}
+	if err := s.checkPrompts(g, "prompt"); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	c, err := s.begin(r, start, g)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	defer c.done()
+	sq := &c.seqs[0]
+	if !req.Stream {
+		if !c.collect() {
+			return
+		}
+		resp := GenerateResponse{Text: string(sq.text), FinishReason: sq.finish, PromptTokens: c.prompts[0].tokens,
+			CompletionTokens: sq.completion, TTFTms: ms(c.firstAt.Sub(start)), TotalMs: ms(time.Since(start))}
+		writeJSON(w, http.StatusOK, resp)
+		return
+	}
+	e := startSSE(w)
+	c.stream(e, func() {
+		if !sq.pending {
+			return
+		}
+		if len(sq.text) > 0 || sq.finish != "" {
+			e.event()
+			e.buf = append(e.buf, `{"text":`...)
+			e.buf = openai.AppendString(e.buf, sq.text)
+			if sq.finish != "" {
+				e.buf = append(e.buf, `,"finish_reason":`...)
+				e.buf = openai.AppendString(e.buf, sq.finish)
+				e.buf = append(e.buf, `,"prompt_tokens":`...)
+				e.buf = strconv.AppendInt(e.buf, int64(c.prompts[0].tokens), 10)
+				e.buf = append(e.buf, `,"completion_tokens":`...)
+				e.buf = strconv.AppendInt(e.buf, int64(sq.completion), 10)
+				e.buf = append(e.buf, `,"ttft_ms":`...)
+				e.buf = strconv.AppendFloat(e.buf, ms(c.firstAt.Sub(start)), 'f', 3, 64)
+				e.buf = append(e.buf, `,"total_ms":`...)
+				e.buf = strconv.AppendFloat(e.buf, ms(time.Since(start)), 'f', 3, 64)
+			}
+			e.buf = append(e.buf, '}')
+			e.end()
+		}
+		sq.text = sq.text[:0]
+		sq.pending = false
+		if c.closed {
+			e.buf = append(e.buf, "data: [DONE]\n\n"...)
+		}
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
+	list := openai.ModelList{Object: "list", Data: make([]openai.Model, 0, len(s.opts.ModelNames))}
+	for _, n := range s.opts.ModelNames {
+		list.Data = append(list.Data, openai.Model{ID: n, Object: "model", Created: s.start.Unix(), OwnedBy: "llmserve",
+			Root: s.opts.ModelRoot, MaxModelLen: s.opts.MaxModelLen})
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+// HealthResponse is GET /health.
+type HealthResponse struct {
+	Status        string  `json:"status"` // ok, loading, draining
+	Model         string  `json:"model"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	Running       int     `json:"running"`
+	Waiting       int     `json:"waiting"`
+	Admitted      int     `json:"admitted"`
+	KVCacheUsage  float64 `json:"kv_cache_usage"`
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	st := s.stats()
+	h := HealthResponse{Status: "ok", Model: s.opts.ModelNames[0], UptimeSeconds: time.Since(s.start).Seconds(),
+		Running: st.Running, Waiting: st.Waiting, Admitted: s.Admitted(), KVCacheUsage: st.KVUsage}
+	code := http.StatusOK
+	switch {
+	case s.draining.Load():
+		h.Status, code = "draining", http.StatusServiceUnavailable
+	case s.engine() == nil:
+		h.Status, code = "loading", http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, h)
+}
+
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
+		writeJSON(w, http.StatusOK, s.metrics.Snapshot())
+		return
+	}
+	s.prom.ServeHTTP(w, r)
+}
+
+func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
+	var req openai.TokenizeRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if _, err := s.resolveModel(req.Model); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if s.tok == nil {
+		s.writeErr(w, ErrNoTokenizer)
+		return
+	}
+	var ids []int
+	switch {
+	case req.Prompt != nil && req.Messages != nil:
+		s.writeErr(w, openai.Invalid("prompt", "give either prompt or messages, not both"))
+		return
+	case req.Prompt != nil:
+		addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
+		ids = s.tok.Encode(*req.Prompt, addSpecial)
+	case req.Messages != nil:
+		addGen, err := chatAddGen(req.AddGenerationPrompt, req.ContinueFinalMessage)
+		if err != nil {
+			s.writeErr(w, err)
+			return
+		}
+		text, err := s.renderChat("messages", req.Messages, addGen, req.ContinueFinalMessage, req.ChatTemplateKwargs)
+		if err != nil {
+			s.writeErr(w, err)
+			return
+		}
+		ids = s.tok.Encode(text, req.AddSpecialTokens != nil && *req.AddSpecialTokens)
+	default:
+		s.writeErr(w, openai.Invalid("prompt", "prompt or messages is required"))
+		return
+	}
+	resp := openai.TokenizeResponse{Count: len(ids), MaxModelLen: s.opts.MaxModelLen, Tokens: ids}
+	if resp.Tokens == nil {
+		resp.Tokens = []int{}
+	}
+	if req.ReturnTokenStrs {
+		resp.TokenStrs = make([]string, len(ids))
+		for i, id := range ids {
+			resp.TokenStrs[i] = s.tok.TokenText(id)
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) handleDetokenize(w http.ResponseWriter, r *http.Request) {
+	var req openai.DetokenizeRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if _, err := s.resolveModel(req.Model); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if s.tok == nil {
+		s.writeErr(w, ErrNoTokenizer)
+		return
+	}
+	vocab := s.tok.VocabSize()
+	for _, id := range req.Tokens {
+		if err := openai.CheckTokenID("tokens", id, vocab); err != nil {
+			s.writeErr(w, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, openai.DetokenizeResponse{Prompt: s.tok.Decode(req.Tokens, false)})
+}

@@ -1,0 +1,252 @@
+package server
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/llmserve/llmserve/openai"
+)
+
+func (s *Server) limits() openai.Limits {
+	return openai.Limits{VocabSize: s.opts.VocabSize, MaxLogprobs: s.opts.MaxLogprobs}
+}
+
+// tokenText names a token for logprobs.
+func (s *Server) tokenText(id int) string { return s.tok.TokenText(id) }
+
+func (s *Server) newEncoder(kind openai.Kind, id, model string, asIDs bool) *openai.Encoder {
+	enc := openai.NewEncoder(kind, id, time.Now().Unix(), model)
+	enc.AsTokenIDs = asIDs
+	if s.tok != nil {
+		enc.TokenText = s.tokenText
+	}
+	return enc
+}
+
+func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var req openai.CompletionRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	model, err := s.resolveModel(req.Model)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	params, err := req.Params(s.limits())
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	g := &genRequest{id: s.newID("cmpl-"), params: params, priority: req.Priority, defaultMax: s.opts.DefaultMaxTokens}
+	addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
+	if len(req.Prompt.Texts) > 0 {
+		if s.tok == nil {
+			s.writeErr(w, ErrNoTokenizer)
+			return
+		}
+		for _, t := range req.Prompt.Texts {
+			g.prompts = append(g.prompts, s.tok.Encode(t, addSpecial))
+		}
+	} else {
+		g.prompts = req.Prompt.IDs
+	}
+	if err := s.checkPrompts(g, "prompt"); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	c, err := s.begin(r, start, g)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	defer c.done()
+	want := req.Logprobs != nil
+	if req.Stream {
+		enc := s.newEncoder(openai.KindCompletionChunk, g.id, model, req.ReturnTokensAsTokenIDs)
+		s.streamOpenAI(w, c, enc, want, req.StreamOptions, false)
+		return
+	}
+	if !c.collect() {
+		return
+	}
+	enc := s.newEncoder(openai.KindCompletion, g.id, model, req.ReturnTokensAsTokenIDs)
+	s.writeFull(w, c, enc, want, "")
+}
+
+// writeFull writes a non-streaming completion or chat completion.
+func (s *Server) writeFull(w http.ResponseWriter, c *call, enc *openai.Encoder, wantLogprobs bool, role string) {
+	choices := make([]openai.Choice, len(c.seqs))
+	for i := range c.seqs {
+		sq := &c.seqs[i]
+		choices[i] = openai.Choice{Index: i, Role: role, Text: sq.text, WantLogprobs: wantLogprobs,
+			Logprobs: sq.lps, FinishReason: sq.finish, StopReason: sq.stop}
+	}
+	u := c.usage()
+	b := enc.Append(make([]byte, 0, 512), choices, &u)
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// streamOpenAI streams chunks: for chat a role chunk per choice first, then
+// one chunk per choice per batch, the usage chunk when asked, and [DONE].
+func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encoder, wantLogprobs bool, so *openai.StreamOptions, chat bool) {
+	e := startSSE(w)
+	one := make([]openai.Choice, 1)
+	if chat {
+		for i := range c.seqs {
+			one[0] = openai.Choice{Index: i, Role: "assistant"}
+			e.event()
+			e.buf = enc.Append(e.buf, one, nil)
+			e.end()
+		}
+	}
+	c.stream(e, func() {
+		for i := range c.seqs {
+			sq := &c.seqs[i]
+			if !sq.pending {
+				continue
+			}
+			if len(sq.text) == 0 && len(sq.lps) == 0 && sq.finish == "" {
+				sq.pending = false
+				continue
+			}
+			ch := &one[0]
+			*ch = openai.Choice{Index: i, Text: sq.text, WantLogprobs: wantLogprobs, Logprobs: sq.lps,
+				TextOffset: sq.textOffset, FinishReason: sq.finish, StopReason: sq.stop}
+			e.event()
+			e.buf = enc.Append(e.buf, one, nil)
+			e.end()
+			sq.textOffset = ch.TextOffset
+			sq.text = sq.text[:0]
+			sq.lps = sq.lps[:0]
+			sq.pending = false
+		}
+		if c.closed {
+			if so != nil && so.IncludeUsage {
+				u := c.usage()
+				e.event()
+				e.buf = enc.Append(e.buf, nil, &u)
+				e.end()
+			}
+			e.buf = append(e.buf, "data: [DONE]\n\n"...)
+		}
+	})
+}
+
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var req openai.ChatCompletionRequest
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	model, err := s.resolveModel(req.Model)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	params, err := req.Params(s.limits())
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if s.tok == nil {
+		s.writeErr(w, ErrNoTokenizer)
+		return
+	}
+	addGen, err := chatAddGen(req.AddGenerationPrompt, req.ContinueFinalMessage)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	extra := req.ChatTemplateKwargs
+	if len(req.Tools) > 0 {
+		extra = cloneMap(extra)
+		extra["tools"] = req.Tools
+	}
+	text, err := s.renderChat("messages", req.Messages, addGen, req.ContinueFinalMessage, extra)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	addSpecial := req.AddSpecialTokens != nil && *req.AddSpecialTokens
+	g := &genRequest{id: s.newID("chatcmpl-"), params: params, priority: req.Priority,
+		prompts: [][]int{s.tok.Encode(text, addSpecial)}}
+	if err := s.checkPrompts(g, "messages"); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	c, err := s.begin(r, start, g)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	defer c.done()
+	if req.Stream {
+		enc := s.newEncoder(openai.KindChatChunk, g.id, model, req.ReturnTokensAsTokenIDs)
+		s.streamOpenAI(w, c, enc, req.Logprobs, req.StreamOptions, true)
+		return
+	}
+	if !c.collect() {
+		return
+	}
+	enc := s.newEncoder(openai.KindChat, g.id, model, req.ReturnTokensAsTokenIDs)
+	s.writeFull(w, c, enc, req.Logprobs, "assistant")
+}
+
+func cloneMap(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m)+1)
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// renderChat applies the chat template. continue_final_message renders the
+// conversation without a generation prompt and cuts it right after the last
+// message's content, so the model continues that message (as HF does).
+func (s *Server) renderChat(param string, msgs []map[string]any, addGen, continueFinal bool, extra map[string]any) (string, error) {
+	if len(msgs) == 0 {
+		return "", openai.Invalid(param, "%s must not be empty", param)
+	}
+	norm, err := openai.NormalizeMessages(param, msgs)
+	if err != nil {
+		return "", err
+	}
+	if !s.tok.HasChatTemplate() {
+		return "", openai.Invalid(param, "the model's tokenizer has no chat template; use /v1/completions")
+	}
+	if continueFinal {
+		addGen = false
+	}
+	text, err := s.tok.ApplyChatTemplate(norm, addGen, extra)
+	if err != nil {
+		return "", openai.Invalid(param, "chat template: %v", err)
+	}
+	if continueFinal {
+		last, _ := norm[len(norm)-1]["content"].(string)
+		last = strings.TrimSpace(last)
+		if last != "" {
+			if i := strings.LastIndex(text, last); i >= 0 {
+				text = text[:i+len(last)]
+			}
+		}
+	}
+	return text, nil
+}
+
+// chatAddGen settles add_generation_prompt (default true) against
+// continue_final_message, which excludes it.
+func chatAddGen(addGen *bool, continueFinal bool) (bool, error) {
+	if continueFinal {
+		if addGen != nil && *addGen {
+			return false, openai.Invalid("continue_final_message", "continue_final_message and add_generation_prompt cannot both be true")
+		}
+		return false, nil
+	}
+	return addGen == nil || *addGen, nil
+}
