@@ -1,0 +1,145 @@
+package cuda
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+)
+
+// Driver API constants (cuda.h).
+const (
+	attrMultiprocessorCount = 16
+	attrComputeMajor        = 75
+	attrComputeMinor        = 76
+	streamNonBlocking       = 1
+	captureModeThreadLocal  = 1
+	launchParamEnd          = 0
+	launchParamBufPtr       = 1
+	launchParamBufSize      = 2
+)
+
+// cuBLAS constants (cublas_api.h, library_types.h).
+const (
+	cublasOpN       = 0
+	cublasOpT       = 1
+	cudaR32F        = 0
+	cudaR16F        = 2
+	cudaR16BF       = 14
+	cublasCompute32 = 68
+)
+
+// call invokes a driver function and turns a non-zero CUresult into an error.
+//
+//go:uintptrescapes
+func (l *libs) call(fn uintptr, name string, args ...uintptr) error {
+	r, _, _ := purego.SyscallN(fn, args...)
+	if int32(r) != 0 {
+		return l.cuErr(name, int32(r))
+	}
+	return nil
+}
+
+func (l *libs) cuErr(name string, code int32) error {
+	var ename, estr uintptr
+	if l.cuGetErrorName != 0 {
+		purego.SyscallN(l.cuGetErrorName, uintptr(code), uintptr(unsafe.Pointer(&ename)))
+		purego.SyscallN(l.cuGetErrorString, uintptr(code), uintptr(unsafe.Pointer(&estr)))
+	}
+	return fmt.Errorf("%w: %s: %s (%d): %s", ErrDriver, name, gostr(ename), code, gostr(estr))
+}
+
+// nvcall invokes an NVRTC function.
+//
+//go:uintptrescapes
+func (l *libs) nvcall(fn uintptr, name string, args ...uintptr) error {
+	r, _, _ := purego.SyscallN(fn, args...)
+	if int32(r) != 0 {
+		s, _, _ := purego.SyscallN(l.nvrtcGetErrorString, r)
+		return fmt.Errorf("%w: %s: %s (%d)", ErrDriver, name, gostr(s), int32(r))
+	}
+	return nil
+}
+
+// blascall invokes a cuBLAS function.
+//
+//go:uintptrescapes
+func (l *libs) blascall(fn uintptr, name string, args ...uintptr) error {
+	r, _, _ := purego.SyscallN(fn, args...)
+	if int32(r) != 0 {
+		return fmt.Errorf("%w: %s: cublasStatus %d", ErrDriver, name, int32(r))
+	}
+	return nil
+}
+
+// deviceInfo describes the selected GPU.
+type deviceInfo struct {
+	ordinal      int
+	dev          int32
+	name         string
+	major, minor int32
+	sms          int32
+	totalMem     uint64
+	driver       int32
+}
+
+// probe initialises the driver and reads device ordinal's properties.
+func (l *libs) probe(ordinal int) (*deviceInfo, error) {
+	if err := l.call(l.cuInit, "cuInit", 0); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoDevice, err)
+	}
+	var n int32
+	if err := l.call(l.cuDeviceGetCount, "cuDeviceGetCount", uintptr(unsafe.Pointer(&n))); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoDevice, err)
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%w: the driver reports 0 devices", ErrNoDevice)
+	}
+	if ordinal < 0 || ordinal >= int(n) {
+		return nil, fmt.Errorf("%w: device %d requested, %d present", ErrNoDevice, ordinal, n)
+	}
+	d := &deviceInfo{ordinal: ordinal}
+	if err := l.call(l.cuDeviceGet, "cuDeviceGet", uintptr(unsafe.Pointer(&d.dev)), uintptr(ordinal)); err != nil {
+		return nil, err
+	}
+	name := make([]byte, 256)
+	if err := l.call(l.cuDeviceGetName, "cuDeviceGetName", uintptr(unsafe.Pointer(&name[0])), 256, uintptr(d.dev)); err != nil {
+		return nil, err
+	}
+	for i, c := range name {
+		if c == 0 {
+			name = name[:i]
+			break
+		}
+	}
+	d.name = string(name)
+	for _, a := range []struct {
+		attr int
+		dst  *int32
+	}{{attrComputeMajor, &d.major}, {attrComputeMinor, &d.minor}, {attrMultiprocessorCount, &d.sms}} {
+		if err := l.call(l.cuDeviceGetAttribute, "cuDeviceGetAttribute", uintptr(unsafe.Pointer(a.dst)), uintptr(a.attr), uintptr(d.dev)); err != nil {
+			return nil, err
+		}
+	}
+	_ = l.call(l.cuDeviceTotalMem, "cuDeviceTotalMem", uintptr(unsafe.Pointer(&d.totalMem)), uintptr(d.dev))
+	_ = l.call(l.cuDriverGetVersion, "cuDriverGetVersion", uintptr(unsafe.Pointer(&d.driver)))
+	if d.major < 7 {
+		return nil, fmt.Errorf("%w: %s has compute capability %d.%d, need 7.0 or newer", ErrNoDevice, d.name, d.major, d.minor)
+	}
+	return d, nil
+}
+
+// Available reports whether the CUDA backend can run here: the driver,
+// NVRTC and cuBLAS load and at least one GPU of compute capability ≥ 7.0 is
+// present. The error says what is missing.
+func Available() error {
+	l, err := loadLibs()
+	if err != nil {
+		return err
+	}
+	_, err = l.probe(0)
+	return err
+}
+
+// gemmAlgoDefault is CUBLAS_GEMM_DEFAULT (-1) as the 32-bit enum the callee reads.
+const gemmAlgoDefault = uint32(0xFFFFFFFF)

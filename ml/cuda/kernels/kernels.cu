@@ -1,0 +1,432 @@
+// llmserve CUDA kernels, compiled at run time by NVRTC for the device's
+// architecture. No headers: bf16/f16 conversions are done by hand so the
+// file compiles with any NVRTC without its include directory.
+//
+// Conventions: tensors are row-major; activations are f32; weights are
+// f32, f16 or bf16 (one extern "C" entry point per dtype, suffix _f32,
+// _f16, _bf16); sizes that can pass 2^31 are long long.
+
+typedef unsigned short u16;
+struct bf16 { u16 x; };
+struct f16 { u16 x; };
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float tof(float v) { return v; }
+__device__ __forceinline__ float tof(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
+__device__ __forceinline__ float tof(f16 v) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x));
+  return f;
+}
+
+__device__ __forceinline__ u16 f2bf(float v) {
+  unsigned u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return (u16)(u >> 16);
+}
+__device__ __forceinline__ u16 f2h(float v) {
+  u16 h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+  return h;
+}
+
+__device__ __forceinline__ void stf(float* p, float v) { *p = v; }
+__device__ __forceinline__ void stf(bf16* p, float v) { p->x = f2bf(v); }
+__device__ __forceinline__ void stf(f16* p, float v) { p->x = f2h(v); }
+
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// blockSum returns the sum of v over the block (blockDim.x a multiple of 32).
+__device__ float blockSum(float v) {
+  __shared__ float s[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warpSum(v);
+  __syncthreads();
+  if (lane == 0) s[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    v = (lane < (int)(blockDim.x >> 5)) ? s[lane] : 0.f;
+    v = warpSum(v);
+    if (lane == 0) s[0] = v;
+  }
+  __syncthreads();
+  return s[0];
+}
+
+// ---- casts (activations to the GEMM input dtype) ----
+
+extern "C" __global__ void cast_f32_bf16(bf16* dst, const float* src, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    dst[i].x = f2bf(src[i]);
+}
+extern "C" __global__ void cast_f32_f16(f16* dst, const float* src, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    dst[i].x = f2h(src[i]);
+}
+
+// ---- embedding: dst[r] = table[ids[r]]; out-of-range ids give zeros ----
+
+template <typename T>
+__device__ void embedding(float* dst, const T* table, const int* ids, int D, int vocab) {
+  const int r = blockIdx.x;
+  const int id = ids[r];
+  float* o = dst + (long long)r * D;
+  if (id < 0 || id >= vocab) {
+    for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = 0.f;
+    return;
+  }
+  const T* t = table + (long long)id * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = tof(t[d]);
+}
+
+// ---- RMSNorm (optionally after a residual add); dst16 (may be null) gets a
+// bf16 copy of dst for the GEMM that usually follows ----
+
+template <typename W>
+__device__ void rmsnorm(float* dst, bf16* dst16, const float* x, const W* w, int D, float eps) {
+  const long long off = (long long)blockIdx.x * D;
+  const float* xr = x + off;
+  float ss = 0.f;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    const float v = xr[d];
+    ss += v * v;
+  }
+  ss = blockSum(ss);
+  const float r = 1.0f / sqrtf(ss / (float)D + eps);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    const float y = (xr[d] * r) * tof(w[d]);
+    dst[off + d] = y;
+    if (dst16) dst16[off + d].x = f2bf(y);
+  }
+}
+
+template <typename W>
+__device__ void add_rmsnorm(float* residual, float* dst, bf16* dst16, const float* x, const W* w, int D, float eps) {
+  const long long off = (long long)blockIdx.x * D;
+  float* rr = residual + off;
+  const float* xr = x + off;
+  float ss = 0.f;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    const float v = rr[d] + xr[d];
+    rr[d] = v;
+    ss += v * v;
+  }
+  ss = blockSum(ss);
+  const float r = 1.0f / sqrtf(ss / (float)D + eps);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    const float y = (rr[d] * r) * tof(w[d]);
+    dst[off + d] = y;
+    if (dst16) dst16[off + d].x = f2bf(y);
+  }
+}
+
+// ---- bias: dst[t, n] += bias[n] ----
+
+template <typename B>
+__device__ void bias_add(float* dst, const B* bias, int N, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    dst[i] += tof(bias[i % N]);
+}
+
+#define INST_W(T, S)                                                                                   \
+  extern "C" __global__ void embedding_##S(float* dst, const T* table, const int* ids, int D, int vocab) { \
+    embedding<T>(dst, table, ids, D, vocab);                                                           \
+  }                                                                                                    \
+  extern "C" __global__ void rmsnorm_##S(float* dst, bf16* dst16, const float* x, const T* w, int D, float eps) { \
+    rmsnorm<T>(dst, dst16, x, w, D, eps);                                                              \
+  }                                                                                                    \
+  extern "C" __global__ void add_rmsnorm_##S(float* residual, float* dst, bf16* dst16, const float* x, const T* w, \
+                                             int D, float eps) {                                       \
+    add_rmsnorm<T>(residual, dst, dst16, x, w, D, eps);                                                \
+  }                                                                                                    \
+  extern "C" __global__ void bias_add_##S(float* dst, const T* bias, int N, long long n) {             \
+    bias_add<T>(dst, bias, N, n);                                                                      \
+  }
+
+INST_W(float, f32)
+INST_W(bf16, bf16)
+INST_W(f16, f16)
+
+// ---- RoPE, HF rotate_half layout, in place on x[T, stride] (first
+// numHeads*headDim columns) ----
+
+extern "C" __global__ void rope(float* x, const int* pos, const float* invFreq, int numHeads, int headDim, int stride) {
+  const int t = blockIdx.x;
+  const int half = headDim / 2;
+  const float p = (float)pos[t];
+  float* xr = x + (long long)t * stride;
+  for (int i = threadIdx.x; i < numHeads * half; i += blockDim.x) {
+    const int h = i / half, j = i - h * half;
+    float s, c;
+    sincosf(p * invFreq[j], &s, &c);
+    float* hp = xr + h * headDim;
+    const float a = hp[j], b = hp[j + half];
+    hp[j] = a * c - b * s;
+    hp[j + half] = b * c + a * s;
+  }
+}
+
+// ---- SiLU-and-mul: dst[t, i] = silu(gu[t, i]) * gu[t, I+i] ----
+
+extern "C" __global__ void silu_mul(float* dst, bf16* dst16, const float* gu, int I, long long n) {
+  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+    const long long t = idx / I;
+    const int i = (int)(idx - t * I);
+    const float g = gu[t * 2 * I + i];
+    const float u = gu[t * 2 * I + I + i];
+    const float y = g / (1.0f + expf(-g)) * u;
+    dst[idx] = y;
+    if (dst16) dst16[idx].x = f2bf(y);
+  }
+}
+
+// ---- GatherRows: dst[r] = src[idx[r]] (zeros when out of range) ----
+
+extern "C" __global__ void gather_rows(float* dst, const float* src, const int* idx, int cols, int srcRows) {
+  const int r = blockIdx.x;
+  const int i = idx[r];
+  float* o = dst + (long long)r * cols;
+  if (i < 0 || i >= srcRows) {
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = 0.f;
+    return;
+  }
+  const float* s = src + (long long)i * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = s[c];
+}
+
+// ---- argmax per row (lowest index wins ties) ----
+
+extern "C" __global__ void argmax_rows(int* out, const float* x, int N) {
+  const float* xr = x + (long long)blockIdx.x * N;
+  float best = NEG_INF;
+  int bi = 0x7fffffff;
+  for (int i = threadIdx.x; i < N; i += blockDim.x) {
+    const float v = xr[i];
+    if (v > best || (v == best && i < bi)) { best = v; bi = i; }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+  }
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  if (lane == 0) { sv[w] = best; si[w] = bi; }
+  __syncthreads();
+  if (w == 0) {
+    const int nw = blockDim.x >> 5;
+    best = lane < nw ? sv[lane] : NEG_INF;
+    bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+    }
+    if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+  }
+}
+
+// ---- KV cache write: cache[slot, :] = k[t, :] (slot < 0 skips a padding token) ----
+
+template <typename KV>
+__device__ void write_kv(KV* kc, KV* vc, const float* k, const float* v, const int* slots, int kvdim, int kStride,
+                         int vStride, long long numSlots) {
+  const int t = blockIdx.x;
+  const int s = slots[t];
+  if (s < 0 || s >= numSlots) return;
+  KV* ko = kc + (long long)s * kvdim;
+  KV* vo = vc + (long long)s * kvdim;
+  const float* kr = k + (long long)t * kStride;
+  const float* vr = v + (long long)t * vStride;
+  for (int d = threadIdx.x; d < kvdim; d += blockDim.x) {
+    stf(ko + d, kr[d]);
+    stf(vo + d, vr[d]);
+  }
+}
+
+// ---- paged attention ----
+//
+// Grid (KVH * ceil(G/MAXG), T, numSplits), NWARPS warps per block. A block
+// serves one token and up to MAXG query heads that share one KV head (GQA:
+// every K/V row is loaded once for the whole group). A token's context
+// [0, pos] is cut into numSplits equal pieces computed on the device from its
+// own position, so the launch shape depends only on T and numSplits (the
+// step can be replayed from a CUDA graph as the context grows). Each warp
+// walks keys p = s0+warp, s0+warp+NWARPS, ...; lane l holds elements
+// [l*EPL, l*EPL+EPL) of the head. With numSplits == 1 the block writes the
+// normalized output, else unnormalized partials that attn_combine merges.
+
+#define NWARPS 4
+#define MAXG 8
+#define KU 2
+
+template <typename KV, int EPL>
+__device__ void attention(float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc,
+                          const int* tokenSeq, const int* positions, const int* blockTables, int maxBlocks,
+                          int blockSize, int numBlocks, int H, int KVH, int D, float scale, int numSplits,
+                          int qStride, int outStride) {
+  __shared__ float sAcc[NWARPS][32 * EPL];
+  __shared__ float sM[NWARPS], sL[NWARPS];
+  const int G = H / KVH;
+  const int ngc = (G + MAXG - 1) / MAXG;
+  const int kvh = blockIdx.x / ngc;
+  const int g0 = (blockIdx.x - kvh * ngc) * MAXG;
+  const int gn = min(MAXG, G - g0);
+  const int h0 = kvh * G + g0;
+  const int t = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int seq = tokenSeq[t];
+  const int ctx = positions[t] + 1;
+  const int per = (ctx + numSplits - 1) / numSplits;
+  const int s0 = split * per;
+  const int s1 = min(ctx, s0 + per);
+  const int* bt = blockTables + (long long)seq * maxBlocks;
+  const long long kvRow = (long long)KVH * D;
+
+  float qr[MAXG][EPL], acc[MAXG][EPL], m[MAXG], l[MAXG];
+  const float* qt = q + (long long)t * qStride + (long long)h0 * D;
+#pragma unroll
+  for (int g = 0; g < MAXG; ++g) {
+    m[g] = NEG_INF;
+    l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) {
+      const int d = lane * EPL + e;
+      acc[g][e] = 0.f;
+      qr[g][e] = (g < gn && d < D) ? qt[g * D + d] * scale : 0.f;
+    }
+  }
+
+  for (int pb = s0 + warp * KU; pb < s1; pb += NWARPS * KU) {
+    float kr[KU][EPL], vr[KU][EPL];
+    bool ok[KU];
+#pragma unroll
+    for (int u = 0; u < KU; ++u) {
+      const int p = pb + u;
+      const int bi = p / blockSize;
+      ok[u] = p < s1 && bi < maxBlocks;
+      int blk = ok[u] ? bt[bi] : 0;
+      if (blk < 0 || blk >= numBlocks) { ok[u] = false; blk = 0; }
+      const long long base = ((long long)blk * blockSize + (p - bi * blockSize)) * kvRow + (long long)kvh * D;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) {
+        const int d = lane * EPL + e;
+        const bool in = ok[u] && d < D;
+        kr[u][e] = in ? tof(kc[base + d]) : 0.f;
+        vr[u][e] = in ? tof(vc[base + d]) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < KU; ++u) {
+      if (!ok[u]) continue;
+#pragma unroll
+      for (int g = 0; g < MAXG; ++g) {
+        if (g < gn) {
+          float s = 0.f;
+#pragma unroll
+          for (int e = 0; e < EPL; ++e) s += qr[g][e] * kr[u][e];
+          s = warpSum(s);
+          const float mn = fmaxf(m[g], s);
+          const float c = expf(m[g] - mn);
+          const float pe = expf(s - mn);
+          l[g] = l[g] * c + pe;
+#pragma unroll
+          for (int e = 0; e < EPL; ++e) acc[g][e] = acc[g][e] * c + pe * vr[u][e];
+          m[g] = mn;
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int g = 0; g < MAXG; ++g) {
+    if (g < gn) {
+      if (lane == 0) {
+        sM[warp] = m[g];
+        sL[warp] = l[g];
+      }
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) sAcc[warp][lane * EPL + e] = acc[g][e];
+      __syncthreads();
+      float M = NEG_INF;
+#pragma unroll
+      for (int w = 0; w < NWARPS; ++w) M = fmaxf(M, sM[w]);
+      float L = 0.f, f[NWARPS];
+#pragma unroll
+      for (int w = 0; w < NWARPS; ++w) {
+        f[w] = sM[w] == NEG_INF ? 0.f : expf(sM[w] - M);
+        L += sL[w] * f[w];
+      }
+      const int h = h0 + g;
+      for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float o = 0.f;
+#pragma unroll
+        for (int w = 0; w < NWARPS; ++w) o += sAcc[w][d] * f[w];
+        if (numSplits == 1)
+          out[(long long)t * outStride + (long long)h * D + d] = L > 0.f ? o / L : 0.f;
+        else
+          partO[(((long long)t * H + h) * numSplits + split) * D + d] = o;
+      }
+      if (numSplits > 1 && threadIdx.x == 0) {
+        const long long i = ((long long)t * H + h) * numSplits + split;
+        partML[2 * i] = M;
+        partML[2 * i + 1] = L;
+      }
+      __syncthreads();
+    }
+  }
+}
+
+#define INST_ATTN(KV, S, EPL)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(NWARPS * 32) attention_##S##_##EPL(                           \
+      float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc, const int* tokenSeq, \
+      const int* positions, const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int H, int KVH, \
+      int D, float scale, int numSplits, int qStride, int outStride) {                                          \
+    attention<KV, EPL>(out, partO, partML, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize,   \
+                       numBlocks, H, KVH, D, scale, numSplits, qStride, outStride);                             \
+  }
+
+#define INST_KV(KV, S)                                                                                          \
+  INST_ATTN(KV, S, 1)                                                                                           \
+  INST_ATTN(KV, S, 2)                                                                                           \
+  INST_ATTN(KV, S, 4)                                                                                           \
+  INST_ATTN(KV, S, 8)                                                                                           \
+  extern "C" __global__ void write_kv_##S(KV* kc, KV* vc, const float* k, const float* v, const int* slots,    \
+                                          int kvdim, int kStride, int vStride, long long numSlots) {           \
+    write_kv<KV>(kc, vc, k, v, slots, kvdim, kStride, vStride, numSlots);                                       \
+  }
+
+INST_KV(float, f32)
+INST_KV(bf16, bf16)
+
+// attn_combine merges the numSplits partials of each (token, head).
+// Grid (H, T), block >= 32 threads.
+extern "C" __global__ void attn_combine(float* out, const float* partO, const float* partML, int H, int D,
+                                        int numSplits, int outStride) {
+  const int h = blockIdx.x, t = blockIdx.y;
+  const long long i0 = ((long long)t * H + h) * numSplits;
+  float M = NEG_INF;
+  for (int s = 0; s < numSplits; ++s) M = fmaxf(M, partML[2 * (i0 + s)]);
+  float L = 0.f;
+  for (int s = 0; s < numSplits; ++s) {
+    const float ms = partML[2 * (i0 + s)];
+    if (ms != NEG_INF) L += partML[2 * (i0 + s) + 1] * expf(ms - M);
+  }
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float o = 0.f;
+    for (int s = 0; s < numSplits; ++s) {
+      const float ms = partML[2 * (i0 + s)];
+      if (ms != NEG_INF) o += partO[(i0 + s) * D + d] * expf(ms - M);
+    }
+    out[(long long)t * outStride + (long long)h * D + d] = L > 0.f ? o / L : 0.f;
+  }
+}

@@ -1,0 +1,596 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/llmserve/llmserve/ml"
+)
+
+func dtSuffix(dt ml.DType) (string, bool) {
+	switch dt {
+	case ml.F32:
+		return "f32", true
+	case ml.BF16:
+		return "bf16", true
+	case ml.F16:
+		return "f16", true
+	}
+	return "", false
+}
+
+func g1(x int) [3]uint32       { return [3]uint32{uint32(x), 1, 1} }
+func g3(x, y, z int) [3]uint32 { return [3]uint32{uint32(x), uint32(y), uint32(z)} }
+
+// threadsFor picks a block size (multiple of 32, ≤ max) for n elements per row.
+func threadsFor(n, maxT int) int {
+	t := (n + 31) / 32 * 32
+	return min(max(t, 32), maxT)
+}
+
+// gridFor sizes a grid-stride launch over n elements.
+func gridFor(n int64, threads int) int {
+	g := (n + int64(threads) - 1) / int64(threads)
+	return int(min(max(g, 1), 65535*8))
+}
+
+func shapeErr(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrShape}, a...)...)
+}
+
+func (b *Backend) f32(t ml.Tensor, what string) (*tensor, error) {
+	x, err := b.tens(t, what)
+	if err != nil {
+		return nil, err
+	}
+	if x.dt != ml.F32 {
+		return nil, fmt.Errorf("%w: %s must be float32, is %v", ErrShape, what, x.dt)
+	}
+	return x, nil
+}
+
+func (b *Backend) i32(t ml.Tensor, what string, need int) (*tensor, error) {
+	x, err := b.tens(t, what)
+	if err != nil {
+		return nil, err
+	}
+	if x.dt != ml.I32 {
+		return nil, fmt.Errorf("%w: %s must be int32, is %v", ErrShape, what, x.dt)
+	}
+	if x.n() < need {
+		return nil, shapeErr("%s has %d elements, need %d", what, x.n(), need)
+	}
+	return x, nil
+}
+
+// setShadow returns the bf16 copy buffer a norm/SiLU writing dst should fill
+// (0 when shadows are off) and records dst as its source.
+func (b *Backend) setShadow(dst *tensor) (uint64, error) {
+	b.shadow.valid = false
+	if !b.useShadow {
+		return 0, nil
+	}
+	if err := b.ensure(&b.sh16, int64(dst.n())*2); err != nil {
+		return 0, err
+	}
+	b.shadow.ptr, b.shadow.rows, b.shadow.cols, b.shadow.valid = dst.ptr, dst.rows, dst.cols, true
+	return b.sh16.ptr, nil
+}
+
+// Embedding implements ml.Backend.
+func (b *Backend) Embedding(dst, table, ids ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	d, err := b.f32(dst, "embedding dst")
+	if err != nil {
+		return err
+	}
+	tb, err := b.tens(table, "embedding table")
+	if err != nil {
+		return err
+	}
+	s, ok := dtSuffix(tb.dt)
+	if !ok {
+		return fmt.Errorf("%w: embedding table dtype %v", ml.ErrUnsupported, tb.dt)
+	}
+	id, err := b.i32(ids, "embedding ids", d.rows)
+	if err != nil {
+		return err
+	}
+	if d.cols != tb.cols {
+		return shapeErr("embedding dst %dx%d, table %dx%d", d.rows, d.cols, tb.rows, tb.cols)
+	}
+	if d.rows == 0 {
+		return nil
+	}
+	b.invalidate(d.ptr, d.bytes())
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(tb.ptr)
+	b.aP(id.ptr)
+	b.aI(d.cols)
+	b.aI(tb.rows)
+	return b.push("embedding_"+s, g1(d.rows), g1(threadsFor(d.cols, 256)), st)
+}
+
+func (b *Backend) normArgs(dst, x, w ml.Tensor) (*tensor, *tensor, *tensor, string, error) {
+	d, err := b.f32(dst, "norm dst")
+	if err != nil {
+		return nil, nil, nil, "", err
+	}
+	xx, err := b.f32(x, "norm input")
+	if err != nil {
+		return nil, nil, nil, "", err
+	}
+	ww, err := b.tens(w, "norm weight")
+	if err != nil {
+		return nil, nil, nil, "", err
+	}
+	s, ok := dtSuffix(ww.dt)
+	if !ok {
+		return nil, nil, nil, "", fmt.Errorf("%w: norm weight dtype %v", ml.ErrUnsupported, ww.dt)
+	}
+	if d.rows != xx.rows || d.cols != xx.cols || ww.n() != xx.cols {
+		return nil, nil, nil, "", shapeErr("norm dst %dx%d, x %dx%d, w %dx%d", d.rows, d.cols, xx.rows, xx.cols, ww.rows, ww.cols)
+	}
+	return d, xx, ww, s, nil
+}
+
+// RMSNorm implements ml.Backend.
+func (b *Backend) RMSNorm(dst, x, w ml.Tensor, eps float32) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	d, xx, ww, s, err := b.normArgs(dst, x, w)
+	if err != nil || d.rows == 0 {
+		return err
+	}
+	b.invalidate(d.ptr, d.bytes())
+	sh, err := b.setShadow(d)
+	if err != nil {
+		return err
+	}
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(sh)
+	b.aP(xx.ptr)
+	b.aP(ww.ptr)
+	b.aI(d.cols)
+	b.aF(eps)
+	return b.push("rmsnorm_"+s, g1(d.rows), g1(threadsFor((d.cols+3)/4, 1024)), st)
+}
+
+// AddRMSNorm implements ml.Backend.
+func (b *Backend) AddRMSNorm(residual, dst, x, w ml.Tensor, eps float32) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	d, xx, ww, s, err := b.normArgs(dst, x, w)
+	if err != nil {
+		return err
+	}
+	r, err := b.f32(residual, "residual")
+	if err != nil {
+		return err
+	}
+	if r.rows != xx.rows || r.cols != xx.cols {
+		return shapeErr("residual %dx%d, x %dx%d", r.rows, r.cols, xx.rows, xx.cols)
+	}
+	if d.rows == 0 {
+		return nil
+	}
+	b.invalidate(r.ptr, r.bytes())
+	b.invalidate(d.ptr, d.bytes())
+	sh, err := b.setShadow(d)
+	if err != nil {
+		return err
+	}
+	st := b.argStart()
+	b.aP(r.ptr)
+	b.aP(d.ptr)
+	b.aP(sh)
+	b.aP(xx.ptr)
+	b.aP(ww.ptr)
+	b.aI(d.cols)
+	b.aF(eps)
+	return b.push("add_rmsnorm_"+s, g1(d.rows), g1(threadsFor((d.cols+3)/4, 1024)), st)
+}
+
+// MatMul implements ml.Backend: dst[T,N] = x[T,K]·w[N,K]ᵀ (+bias). bf16 and
+// f16 weights multiply x rounded to the weight dtype, accumulating in f32.
+func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	d, err := b.f32(dst, "matmul dst")
+	if err != nil {
+		return err
+	}
+	xx, err := b.tens(x, "matmul x")
+	if err != nil {
+		return err
+	}
+	ww, err := b.tens(w, "matmul w")
+	if err != nil {
+		return err
+	}
+	T, K, N := xx.rows, xx.cols, ww.rows
+	if ww.cols != K || d.rows != T || d.cols != N {
+		return shapeErr("matmul dst %dx%d = x %dx%d · w %dx%dᵀ", d.rows, d.cols, xx.rows, xx.cols, ww.rows, ww.cols)
+	}
+	var bb *tensor
+	var bs string
+	if bias != nil {
+		if bb, err = b.tens(bias, "matmul bias"); err != nil {
+			return err
+		}
+		var ok bool
+		if bs, ok = dtSuffix(bb.dt); !ok || bb.n() != N {
+			return shapeErr("matmul bias %dx%d %v for N=%d", bb.rows, bb.cols, bb.dt, N)
+		}
+	}
+	if T == 0 || N == 0 {
+		return nil
+	}
+	var ctype int32
+	var bptr uint64
+	switch ww.dt {
+	case ml.F32:
+		ctype = cudaR32F
+		if xx.dt != ml.F32 {
+			return shapeErr("matmul x %v with f32 weights", xx.dt)
+		}
+		bptr = xx.ptr
+	case ml.BF16, ml.F16:
+		ctype = cudaR16BF
+		cast := "cast_f32_bf16"
+		if ww.dt == ml.F16 {
+			ctype, cast = cudaR16F, "cast_f32_f16"
+		}
+		switch {
+		case xx.dt == ww.dt:
+			bptr = xx.ptr
+		case xx.dt != ml.F32:
+			return shapeErr("matmul x %v with %v weights", xx.dt, ww.dt)
+		case ww.dt == ml.BF16 && b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
+			bptr = b.sh16.ptr // the producing norm/SiLU already wrote x in bf16
+		default:
+			n := int64(T) * int64(K)
+			if err := b.ensure(&b.act16, n*2); err != nil {
+				return err
+			}
+			st := b.argStart()
+			b.aP(b.act16.ptr)
+			b.aP(xx.ptr)
+			b.aL(n)
+			if err := b.push(cast, g1(gridFor(n, 256)), g1(256), st); err != nil {
+				return err
+			}
+			bptr = b.act16.ptr
+		}
+	default:
+		return fmt.Errorf("%w: matmul weight dtype %v", ml.ErrUnsupported, ww.dt)
+	}
+	b.invalidate(d.ptr, d.bytes())
+	// Row-major dst[T,N] is column-major dstᵀ[N,T] = wᵀ... : C(N×T) = A(K×N)ᵀ·B(K×T).
+	b.pushGemm(gemmArgs{transa: cublasOpT, transb: cublasOpN, m: int32(N), n: int32(T), k: int32(K),
+		a: ww.ptr, atype: ctype, lda: int32(K), b: bptr, btype: ctype, ldb: int32(K),
+		c: d.ptr, ctype: cudaR32F, ldc: int32(N)})
+	if bb != nil {
+		n := int64(T) * int64(N)
+		st := b.argStart()
+		b.aP(d.ptr)
+		b.aP(bb.ptr)
+		b.aI(N)
+		b.aL(n)
+		return b.push("bias_add_"+bs, g1(gridFor(n, 256)), g1(256), st)
+	}
+	return nil
+}
+
+// RoPE implements ml.Backend. x may have more columns than numHeads*headDim
+// (only the first numHeads heads are rotated).
+func (b *Backend) RoPE(x, positions, invFreq ml.Tensor, numHeads, headDim int) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	xx, err := b.f32(x, "rope x")
+	if err != nil {
+		return err
+	}
+	pos, err := b.i32(positions, "rope positions", xx.rows)
+	if err != nil {
+		return err
+	}
+	inv, err := b.f32(invFreq, "rope invFreq")
+	if err != nil {
+		return err
+	}
+	if headDim <= 0 || headDim%2 != 0 || numHeads <= 0 || numHeads*headDim > xx.cols || inv.n() < headDim/2 {
+		return shapeErr("rope x %dx%d, %d heads of %d, invFreq %d", xx.rows, xx.cols, numHeads, headDim, inv.n())
+	}
+	if xx.rows == 0 {
+		return nil
+	}
+	b.invalidate(xx.ptr, xx.bytes())
+	st := b.argStart()
+	b.aP(xx.ptr)
+	b.aP(pos.ptr)
+	b.aP(inv.ptr)
+	b.aI(numHeads)
+	b.aI(headDim)
+	b.aI(xx.cols)
+	return b.push("rope", g1(xx.rows), g1(threadsFor(numHeads*headDim/2, 256)), st)
+}
+
+func (b *Backend) cache(c ml.KVCache, layer int) (*kvCache, error) {
+	kc, ok := c.(*kvCache)
+	if !ok || kc == nil || kc.owner != b || kc.ptr == 0 {
+		return nil, fmt.Errorf("%w: not a live cuda kv cache (%T)", ErrShape, c)
+	}
+	if layer < 0 || layer >= kc.layers {
+		return nil, shapeErr("layer %d of %d", layer, kc.layers)
+	}
+	return kc, nil
+}
+
+func (c *kvCache) k(layer int) uint64 { return c.ptr + uint64(int64(layer)*2*c.layerBytes) }
+func (c *kvCache) v(layer int) uint64 { return c.k(layer) + uint64(c.layerBytes) }
+
+// WriteKV implements ml.Backend; slots < 0 are skipped (padding).
+func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	kc, err := b.cache(c, layer)
+	if err != nil {
+		return err
+	}
+	kk, err := b.f32(k, "k")
+	if err != nil {
+		return err
+	}
+	vv, err := b.f32(v, "v")
+	if err != nil {
+		return err
+	}
+	kvdim := kc.kvh * kc.hd
+	if kk.rows != vv.rows || kk.cols < kvdim || vv.cols < kvdim {
+		return shapeErr("write kv k %dx%d v %dx%d, kv dim %d", kk.rows, kk.cols, vv.rows, vv.cols, kvdim)
+	}
+	sl, err := b.i32(slots, "slots", kk.rows)
+	if err != nil {
+		return err
+	}
+	if kk.rows == 0 {
+		return nil
+	}
+	s, _ := dtSuffix(kc.dt)
+	st := b.argStart()
+	b.aP(kc.k(layer))
+	b.aP(kc.v(layer))
+	b.aP(kk.ptr)
+	b.aP(vv.ptr)
+	b.aP(sl.ptr)
+	b.aI(kvdim)
+	b.aI(kk.cols)
+	b.aI(vv.cols)
+	b.aL(int64(kc.numBlocks) * int64(kc.blockSize))
+	return b.push("write_kv_"+s, g1(kk.rows), g1(threadsFor(kvdim, 256)), st)
+}
+
+const attnMaxG = 8 // MAXG in kernels.cu
+
+// attnSplits picks how many pieces each token's context is cut into: enough
+// blocks to fill the GPU when the batch is small, never pieces under ~32
+// keys. It depends on MaxContext only while that is small, so steps of one
+// batch size soon repeat exactly (and replay from a graph).
+func (b *Backend) attnSplits(T, blocksPerToken, maxContext int) int {
+	want := (2*int(b.dev.sms) + T*blocksPerToken - 1) / (T * blocksPerToken)
+	want = min(want, 32, max(1, (maxContext+31)/32))
+	return max(want, 1)
+}
+
+// Attention implements ml.Backend.
+func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.AttentionMeta) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	if meta == nil {
+		return shapeErr("nil attention meta")
+	}
+	kc, err := b.cache(c, layer)
+	if err != nil {
+		return err
+	}
+	d, err := b.f32(dst, "attention dst")
+	if err != nil {
+		return err
+	}
+	qq, err := b.f32(q, "attention q")
+	if err != nil {
+		return err
+	}
+	T, H, KVH, D := meta.NumTokens, meta.NumHeads, meta.NumKVHeads, meta.HeadDim
+	if T < 0 || H <= 0 || KVH <= 0 || H%KVH != 0 || KVH != kc.kvh || D != kc.hd || meta.MaxBlocks <= 0 {
+		return shapeErr("attention %d heads, %d kv heads of %d (cache %d of %d), max blocks %d", H, KVH, D, kc.kvh, kc.hd, meta.MaxBlocks)
+	}
+	if qq.rows < T || d.rows < T || qq.cols < H*D || d.cols < H*D {
+		return shapeErr("attention q %dx%d dst %dx%d for %d tokens × %d", qq.rows, qq.cols, d.rows, d.cols, T, H*D)
+	}
+	if T > 65535 {
+		return fmt.Errorf("%w: %d tokens in one attention call (max 65535)", ml.ErrUnsupported, T)
+	}
+	tokSeq, err := b.i32(meta.TokenSeq, "TokenSeq", T)
+	if err != nil {
+		return err
+	}
+	pos, err := b.i32(meta.Positions, "Positions", T)
+	if err != nil {
+		return err
+	}
+	bt, err := b.i32(meta.BlockTables, "BlockTables", max(meta.NumSeqs, 1)*meta.MaxBlocks)
+	if err != nil {
+		return err
+	}
+	if T == 0 {
+		return nil
+	}
+	epl := 1
+	for epl*32 < D {
+		epl *= 2
+	}
+	G := H / KVH
+	ngc := (G + attnMaxG - 1) / attnMaxG
+	ns := b.attnSplits(T, KVH*ngc, meta.MaxContext)
+	var partO, partML uint64
+	if ns > 1 {
+		nO := int64(T) * int64(H) * int64(ns) * int64(D)
+		nML := int64(T) * int64(H) * int64(ns) * 2
+		if err := b.ensure(&b.part, (nO+nML)*4); err != nil {
+			return err
+		}
+		partO, partML = b.part.ptr, b.part.ptr+uint64(nO*4)
+	}
+	b.invalidate(d.ptr, d.bytes())
+	s, _ := dtSuffix(kc.dt)
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(partO)
+	b.aP(partML)
+	b.aP(qq.ptr)
+	b.aP(kc.k(layer))
+	b.aP(kc.v(layer))
+	b.aP(tokSeq.ptr)
+	b.aP(pos.ptr)
+	b.aP(bt.ptr)
+	b.aI(meta.MaxBlocks)
+	b.aI(kc.blockSize)
+	b.aI(kc.numBlocks)
+	b.aI(H)
+	b.aI(KVH)
+	b.aI(D)
+	b.aF(meta.Scale)
+	b.aI(ns)
+	b.aI(qq.cols)
+	b.aI(d.cols)
+	if err := b.push(fmt.Sprintf("attention_%s_%d", s, epl), g3(KVH*ngc, T, ns), g1(128), st); err != nil {
+		return err
+	}
+	if ns == 1 {
+		return nil
+	}
+	st = b.argStart()
+	b.aP(d.ptr)
+	b.aP(partO)
+	b.aP(partML)
+	b.aI(H)
+	b.aI(D)
+	b.aI(ns)
+	b.aI(d.cols)
+	return b.push("attn_combine", g3(H, T, 1), g1(threadsFor(D, 256)), st)
+}
+
+// SiLUMul implements ml.Backend.
+func (b *Backend) SiLUMul(dst, gateUp ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	d, err := b.f32(dst, "silu dst")
+	if err != nil {
+		return err
+	}
+	gu, err := b.f32(gateUp, "silu gateUp")
+	if err != nil {
+		return err
+	}
+	if gu.rows != d.rows || gu.cols != 2*d.cols {
+		return shapeErr("silu dst %dx%d, gateUp %dx%d", d.rows, d.cols, gu.rows, gu.cols)
+	}
+	if d.n() == 0 {
+		return nil
+	}
+	b.invalidate(d.ptr, d.bytes())
+	sh, err := b.setShadow(d)
+	if err != nil {
+		return err
+	}
+	n := int64(d.n())
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(sh)
+	b.aP(gu.ptr)
+	b.aI(d.cols)
+	b.aL(n)
+	return b.push("silu_mul", g1(gridFor(n, 256)), g1(256), st)
+}
+
+// GatherRows implements ml.Backend.
+func (b *Backend) GatherRows(dst, src, idx ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	d, err := b.f32(dst, "gather dst")
+	if err != nil {
+		return err
+	}
+	s, err := b.f32(src, "gather src")
+	if err != nil {
+		return err
+	}
+	ix, err := b.i32(idx, "gather idx", d.rows)
+	if err != nil {
+		return err
+	}
+	if d.cols != s.cols {
+		return shapeErr("gather dst %dx%d src %dx%d", d.rows, d.cols, s.rows, s.cols)
+	}
+	if d.rows == 0 {
+		return nil
+	}
+	b.invalidate(d.ptr, d.bytes())
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(s.ptr)
+	b.aP(ix.ptr)
+	b.aI(d.cols)
+	b.aI(s.rows)
+	return b.push("gather_rows", g1(d.rows), g1(threadsFor(d.cols, 256)), st)
+}
+
+// ArgMax writes the index of each row's largest value of the F32 tensor
+// logits[R, V] into the I32 tensor dst (≥ R elements); ties pick the lowest
+// index. With DownloadI32 it lets greedy decoding copy back 4 bytes a row
+// instead of the whole logits row.
+func (b *Backend) ArgMax(dst, logits ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	x, err := b.f32(logits, "argmax logits")
+	if err != nil {
+		return err
+	}
+	d, err := b.i32(dst, "argmax dst", x.rows)
+	if err != nil {
+		return err
+	}
+	if x.rows == 0 || x.cols == 0 {
+		return nil
+	}
+	b.invalidate(d.ptr, int64(x.rows)*4)
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(x.ptr)
+	b.aI(x.cols)
+	return b.push("argmax_rows", g1(x.rows), g1(threadsFor(x.cols, 1024)), st)
+}
