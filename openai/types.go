@@ -67,7 +67,7 @@ func (p *Prompt) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	if b[0] != '[' {
-		return &json.UnmarshalTypeError{Value: "non-list", Type: reflect.TypeFor[Prompt]()}
+		return &json.UnmarshalTypeError{Value: jsonValueKind(b), Type: reflect.TypeFor[Prompt]()}
 	}
 	var raw []json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
@@ -114,14 +114,33 @@ func (s *StringList) UnmarshalJSON(b []byte) error {
 			return err
 		}
 		*s = StringList{one}
-	default:
+	case b[0] == '[':
 		var many []string
 		if err := json.Unmarshal(b, &many); err != nil {
-			return &json.UnmarshalTypeError{Value: "non-string list", Type: reflect.TypeFor[StringList]()}
+			return &json.UnmarshalTypeError{Value: "list with non-strings", Type: reflect.TypeFor[StringList]()}
 		}
 		*s = many
+	default:
+		return &json.UnmarshalTypeError{Value: jsonValueKind(b), Type: reflect.TypeFor[StringList]()}
 	}
 	return nil
+}
+
+// jsonValueKind names the kind of a JSON value for error messages.
+func jsonValueKind(b []byte) string {
+	switch {
+	case len(b) == 0:
+		return "nothing"
+	case b[0] == '{':
+		return "object"
+	case b[0] == '[':
+		return "array"
+	case b[0] == '"':
+		return "string"
+	case b[0] == 't' || b[0] == 'f':
+		return "bool"
+	}
+	return "number"
 }
 
 // StreamOptions are the stream_options of a request.

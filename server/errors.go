@@ -102,13 +102,27 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 	case errors.As(err, &se), errors.Is(err, io.ErrUnexpectedEOF):
 		return openai.Invalid("", "malformed JSON: %v", err)
 	case errors.As(err, &te):
-		field := te.Field
+		field := jsonField(te.Field)
 		if field == "" {
 			return openai.Invalid("", "request body must be a JSON object")
 		}
 		return openai.Invalid(field, "%s: expected %s, got JSON %s", field, jsonKind(te.Type.String()), te.Value)
 	}
 	return openai.Invalid("", "invalid request: %v", err)
+}
+
+// jsonField drops the Go names of embedded structs from a decoder's field
+// path ("Sampling.temperature" -> "temperature"); JSON names are lowercase.
+func jsonField(path string) string {
+	parts := strings.Split(path, ".")
+	out := parts[:0]
+	for _, p := range parts {
+		if p != "" && p[0] >= 'A' && p[0] <= 'Z' {
+			continue
+		}
+		out = append(out, p)
+	}
+	return strings.Join(out, ".")
 }
 
 func jsonKind(goType string) string {

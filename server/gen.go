@@ -107,6 +107,19 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 	c := &call{s: s, ctx: ctx, cancel: cancel, release: release, n: g.params.N, start: start,
 		seqs: make([]seqState, len(g.prompts)*g.params.N), prompts: make([]promptState, len(g.prompts))}
 	chans := make([]<-chan engine.Output, 0, len(g.prompts))
+	submitted := false
+	defer func() {
+		// On an error or a panic in Submit: abort what was submitted and
+		// give the slots back.
+		if !submitted {
+			cancel()
+			for _, ch := range chans {
+				for range ch {
+				}
+			}
+			release()
+		}
+	}()
 	for i, ids := range g.prompts {
 		id := g.id
 		if len(g.prompts) > 1 {
@@ -115,16 +128,11 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 		c.prompts[i] = promptState{arrival: time.Now(), tokens: len(ids)}
 		ch, err := eng.Submit(ctx, &engine.Request{ID: id, PromptIDs: ids, Params: g.params, Priority: g.priority})
 		if err != nil {
-			cancel()
-			for _, ch := range chans {
-				for range ch {
-				}
-			}
-			release()
 			return nil, err
 		}
 		chans = append(chans, ch)
 	}
+	submitted = true
 	c.ch = chans[0]
 	if len(chans) > 1 {
 		c.ch = merge(chans, g.params.N)
