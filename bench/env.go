@@ -35,6 +35,12 @@ type Environment struct {
 	WeightsBytes          *float64 `json:"weights_bytes,omitempty"`
 	KVCacheCapacityTokens *float64 `json:"kv_cache_capacity_tokens,omitempty"`
 	KVCacheBytes          *float64 `json:"kv_cache_bytes,omitempty"`
+	// From /metrics when /health lacks a token capacity:
+	// llmserve_kv_cache_blocks_total and a block size (from /health's
+	// block_size, llmserve_kv_cache_block_size or vLLM's
+	// cache_config_info{block_size}); capacity = blocks * block size.
+	KVCacheBlocks *float64 `json:"kv_cache_blocks,omitempty"`
+	KVBlockSize   *float64 `json:"kv_block_size,omitempty"`
 }
 
 // CollectEnvironment describes this machine and, when s is not nil, the
@@ -65,6 +71,9 @@ func CollectEnvironment(ctx context.Context, s *Scraper) Environment {
 		if e.Model == "" {
 			e.Model, _ = e.ServerHealth["model"].(string)
 		}
+		if ms, err := s.Metrics(ctx); err == nil {
+			e.SetMetrics(ms)
+		}
 	}
 	return e
 }
@@ -75,6 +84,50 @@ func (e *Environment) SetHealth(h map[string]any) {
 	e.WeightsBytes = findNumber(h, "weights_bytes", "model_weights_bytes", "weights_memory_bytes")
 	e.KVCacheCapacityTokens = findNumber(h, "kv_cache_capacity_tokens", "kv_cache_tokens", "num_kv_cache_tokens")
 	e.KVCacheBytes = findNumber(h, "kv_cache_bytes", "kv_cache_memory_bytes")
+}
+
+// SetMetrics fills the KV cache capacity from a /metrics scrape where
+// /health did not give it.
+func (e *Environment) SetMetrics(ms []MetricSample) {
+	if v, ok := metricValue(ms, []string{"llmserve_kv_cache_blocks_total", "vllm:num_gpu_blocks"}); ok {
+		e.KVCacheBlocks = &v
+	}
+	if e.KVBlockSize == nil {
+		e.KVBlockSize = findNumber(e.ServerHealth, "block_size", "kv_block_size")
+	}
+	if e.KVBlockSize == nil {
+		if v, ok := metricValue(ms, []string{"llmserve_kv_cache_block_size"}); ok {
+			e.KVBlockSize = &v
+		}
+	}
+	if e.KVBlockSize == nil {
+		for _, m := range ms {
+			if m.Name == "vllm:cache_config_info" {
+				if v, ok := labelNumber(m.Labels, "block_size"); ok {
+					e.KVBlockSize = &v
+				}
+				if v, ok := labelNumber(m.Labels, "num_gpu_blocks"); ok && e.KVCacheBlocks == nil {
+					e.KVCacheBlocks = &v
+				}
+			}
+		}
+	}
+	if e.KVCacheCapacityTokens == nil && e.KVCacheBlocks != nil && e.KVBlockSize != nil {
+		c := *e.KVCacheBlocks * *e.KVBlockSize
+		e.KVCacheCapacityTokens = &c
+	}
+}
+
+// labelNumber reads a numeric label value from a raw label string.
+func labelNumber(labels, name string) (float64, bool) {
+	for _, kv := range strings.Split(labels, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if ok && k == name {
+			f, err := strconv.ParseFloat(strings.Trim(v, `"`), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 // findNumber looks for the first key present at the top level or one

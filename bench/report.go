@@ -251,8 +251,14 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "| KV cache memory | %s |\n", bytesText(env.KVCacheBytes))
 	}
 	capTok := "not reported"
-	if env.KVCacheCapacityTokens != nil {
+	switch {
+	case env.KVCacheCapacityTokens != nil:
 		capTok = fmt.Sprintf("%.0f tokens", *env.KVCacheCapacityTokens)
+		if env.KVCacheBlocks != nil && env.KVBlockSize != nil {
+			capTok += fmt.Sprintf(" (%.0f blocks of %.0f)", *env.KVCacheBlocks, *env.KVBlockSize)
+		}
+	case env.KVCacheBlocks != nil:
+		capTok = fmt.Sprintf("%.0f blocks (block size not reported)", *env.KVCacheBlocks)
 	}
 	fmt.Fprintf(&b, "| KV cache capacity | %s |\n", capTok)
 	if slices.ContainsFunc(levels, func(l LevelResult) bool { return l.Server != nil }) {

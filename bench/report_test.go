@@ -130,3 +130,21 @@ func TestCollectEnvironment(t *testing.T) {
 		t.Fatalf("%+v", e)
 	}
 }
+
+func TestCapacityFromMetrics(t *testing.T) {
+	ms, _ := ParseMetrics(strings.NewReader(
+		"llmserve_kv_cache_blocks_total{model_name=\"m\"} 100\n" +
+			"vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"100\"} 1\n"))
+	var e Environment
+	e.SetMetrics(ms)
+	if e.KVCacheCapacityTokens == nil || *e.KVCacheCapacityTokens != 1600 {
+		t.Fatalf("%+v", e)
+	}
+	// Blocks without a block size: no token capacity is invented.
+	ms, _ = ParseMetrics(strings.NewReader("llmserve_kv_cache_blocks_total 100\n"))
+	e = Environment{}
+	e.SetMetrics(ms)
+	if e.KVCacheCapacityTokens != nil || *e.KVCacheBlocks != 100 {
+		t.Fatalf("%+v", e)
+	}
+}
