@@ -110,6 +110,19 @@ func (h *fakeHub) reqs() []fakeRequest {
 	return append([]fakeRequest(nil), h.requests...)
 }
 
+// setCorrupt and setCut lock: handlers of cancelled requests may still run.
+func (h *fakeHub) setCorrupt(name string, on bool) {
+	h.mu.Lock()
+	h.corrupt[name] = on
+	h.mu.Unlock()
+}
+
+func (h *fakeHub) setCut(name string, after int) {
+	h.mu.Lock()
+	h.cutOnce[name] = after
+	h.mu.Unlock()
+}
+
 func (h *fakeHub) reset() {
 	h.mu.Lock()
 	h.requests = nil

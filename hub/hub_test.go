@@ -216,7 +216,7 @@ func TestResolveResumesInterruptedDownload(t *testing.T) {
 	repo := tinyRepo(t, h, "org/tiny")
 	size := len(repo.files["model.safetensors"].data)
 	cut := size / 2
-	h.cutOnce["model.safetensors"] = cut
+	h.setCut("model.safetensors", cut)
 	dir, err := Resolve(context.Background(), "org/tiny", h.opts(t.TempDir()))
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +276,7 @@ func TestResolveRejectsCorruptFile(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			h := newFakeHub(t)
 			repo := tinyRepo(t, h, "org/tiny")
-			h.corrupt[name] = true
+			h.setCorrupt(name, true)
 			cache := t.TempDir()
 			_, err := Resolve(context.Background(), "org/tiny", h.opts(cache))
 			if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), name) {
@@ -305,7 +305,7 @@ func TestResolveRejectsCorruptFile(t *testing.T) {
 				t.Errorf("offline after failure: %v", err)
 			}
 			// Once the hub serves good bytes, it succeeds.
-			h.corrupt[name] = false
+			h.setCorrupt(name, false)
 			if _, err := Resolve(context.Background(), "org/tiny", h.opts(cache)); err != nil {
 				t.Fatal(err)
 			}
@@ -395,7 +395,7 @@ func TestResolveHashesFromHeaders(t *testing.T) {
 		t.Error(err)
 	}
 	// And a corrupt file is still caught.
-	h.corrupt["model.safetensors"] = true
+	h.setCorrupt("model.safetensors", true)
 	if _, err := Resolve(context.Background(), "org/tiny", h.opts(t.TempDir())); !errors.Is(err, ErrChecksum) {
 		t.Errorf("corrupt via headers: %v", err)
 	}
