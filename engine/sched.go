@@ -1,0 +1,290 @@
+package engine
+
+import (
+	"container/heap"
+	"slices"
+	"time"
+
+	"github.com/llmserve/llmserve/model"
+)
+
+// schedule picks this step's work in the manner of vLLM v1's scheduler: a
+// token budget of MaxNumBatchedTokens shared by running sequences (decodes
+// first, so a long prompt being prefilled in chunks never holds them back;
+// then by priority and arrival) and then waiting ones, whose prompts are
+// chunked to what is left of the budget. When a running sequence needs a
+// block and none is free, the lowest-priority, latest-arrived running
+// sequence is preempted (its blocks freed, to be recomputed later), and no
+// waiting sequence is admitted in that step.
+func (e *Local) schedule() {
+	e.scheduled = e.scheduled[:0]
+	budget := e.opts.MaxNumBatchedTokens
+	preempted := false
+
+	cands := append(e.candidates[:0], e.running...)
+	slices.SortFunc(cands, func(a, b *sequence) int {
+		if ad, bd := a.remaining() == 1, b.remaining() == 1; ad != bd {
+			if ad {
+				return -1
+			}
+			return 1
+		}
+		if a.before(b) {
+			return -1
+		}
+		return 1
+	})
+	for _, s := range cands {
+		if budget == 0 {
+			break
+		}
+		if s.state != stRunning { // preempted for an earlier one
+			continue
+		}
+		n := min(s.remaining(), budget)
+		for !e.kv.Allocate(&s.table, nil, s.numComputed+n) {
+			v := e.victim()
+			budget += e.preempt(v)
+			preempted = true
+			if v == s {
+				break
+			}
+		}
+		if s.state != stRunning {
+			continue
+		}
+		s.newToks = n
+		budget -= n
+		e.scheduled = append(e.scheduled, s)
+	}
+	clear(cands)
+	e.candidates = cands[:0]
+	if preempted {
+		e.compactRunning()
+		return
+	}
+
+	for len(e.waiting) > 0 && budget > 0 {
+		s := e.waiting[0]
+		if e.seatsUsed+s.seats() > e.opts.MaxNumSeqs {
+			break
+		}
+		hits := e.kv.Match(&s.table, s.tokens)
+		cached := len(hits) * e.opts.BlockSize
+		n := min(len(s.tokens)-cached, budget)
+		if !e.kv.Allocate(&s.table, hits, cached+n) {
+			break // strict order: nothing jumps the queue head
+		}
+		if e.kv.PrefixCaching() {
+			e.kv.RecordLookup(len(s.tokens), cached)
+		}
+		heap.Pop(&e.waiting)
+		s.numComputed = cached
+		if !s.everScheduled {
+			s.everScheduled = true
+			s.cachedTokens = min(cached, s.promptLen)
+			if s.req.scheduled.IsZero() {
+				s.req.scheduled = e.stepTime
+			}
+		}
+		s.state = stRunning
+		e.running = append(e.running, s)
+		e.seatsUsed += s.seats()
+		s.newToks = n
+		budget -= n
+		e.scheduled = append(e.scheduled, s)
+	}
+}
+
+// victim is the running sequence to preempt: the lowest priority (largest
+// value), latest arrived.
+func (e *Local) victim() *sequence {
+	var v *sequence
+	for _, s := range e.running {
+		if s.state == stRunning && (v == nil || v.before(s)) {
+			v = s
+		}
+	}
+	return v
+}
+
+// preempt frees v's blocks and queues it to be recomputed from scratch
+// (its tokens and sampling state are kept, so it continues exactly where it
+// stopped). It returns the budget v had been given this step.
+func (e *Local) preempt(v *sequence) int {
+	back := 0
+	if i := slices.Index(e.scheduled, v); i >= 0 {
+		e.scheduled = slices.Delete(e.scheduled, i, i+1)
+		back = v.newToks
+		v.newToks = 0
+	}
+	e.kv.Free(&v.table)
+	v.numComputed = 0
+	v.state = stWaiting
+	e.seatsUsed -= v.seats()
+	heap.Push(&e.waiting, v)
+	e.counters.Preemptions++
+	e.log.Debug("engine: preempted", "request", v.req.id, "index", v.index, "tokens", len(v.tokens))
+	return back
+}
+
+// buildBatch lays out the scheduled sequences' new tokens as one flat batch.
+func (e *Local) buildBatch() {
+	b := &e.batch
+	b.Tokens, b.Positions, b.Seqs, b.LogitIndices = b.Tokens[:0], b.Positions[:0], b.Seqs[:0], b.LogitIndices[:0]
+	rows := 0
+	for _, s := range e.scheduled {
+		start := len(b.Tokens)
+		for p := s.numComputed; p < s.numComputed+s.newToks; p++ {
+			b.Tokens = append(b.Tokens, int32(s.tokens[p]))
+			b.Positions = append(b.Positions, int32(p))
+		}
+		b.Seqs = append(b.Seqs, model.SeqChunk{Start: start, Len: s.newToks, BlockTable: s.table.Blocks})
+		s.logitRow = -1
+		if s.numComputed+s.newToks == len(s.tokens) {
+			b.LogitIndices = append(b.LogitIndices, int32(len(b.Tokens)-1))
+			s.logitRow = rows
+			rows++
+		}
+	}
+	need := rows * e.vocab
+	if cap(e.logits) < need {
+		e.logits = make([]float32, need)
+	}
+	e.logits = e.logits[:need]
+}
+
+// afterStep commits the computed KV, samples the next token of every
+// sequence that reached its end, and checks stop conditions.
+func (e *Local) afterStep() {
+	now := time.Now()
+	for _, s := range e.scheduled {
+		s.numComputed += s.newToks
+		s.newToks = 0
+		e.kv.Commit(&s.table, s.tokens, s.numComputed)
+		if s.logitRow < 0 {
+			continue
+		}
+		row := e.logits[s.logitRow*e.vocab : (s.logitRow+1)*e.vocab]
+		if s.pendingChildren > 0 {
+			e.fork(s, row, now)
+		}
+		e.sampleAndEmit(s, row, now)
+	}
+	clear(e.scheduled)
+	e.scheduled = e.scheduled[:0]
+	e.compactRunning()
+}
+
+// fork creates the request's other N-1 sequences once the prompt is
+// computed: they share its full blocks and sample their first token from
+// the same logits (each with its own RNG).
+func (e *Local) fork(parent *sequence, row []float32, now time.Time) {
+	r := parent.req
+	k := parent.pendingChildren
+	parent.pendingChildren = 0 // its seats pass to the children
+	for i := 1; i <= k; i++ {
+		c := e.newSequence(r, i, r.seed, cap(parent.tokens))
+		c.tokens = append(c.tokens, r.prompt...)
+		c.numComputed = e.kv.Fork(&c.table, &parent.table, parent.promptLen)
+		c.everScheduled = true
+		c.cachedTokens = parent.cachedTokens
+		c.state = stRunning
+		e.running = append(e.running, c)
+		r.seqs = append(r.seqs, c)
+		e.sampleAndEmit(c, row, now)
+	}
+}
+
+// sampleAndEmit samples s's next token from its logits row, appends it,
+// applies the stop rules (vLLM's order: length, min_tokens, EOS, stop token
+// ids, then stop strings) and sends the event.
+func (e *Local) sampleAndEmit(s *sequence, row []float32, now time.Time) {
+	r := s.req
+	p := &r.params
+	tok := e.smp.Sample(s.sampling, row)
+	var lps []TokenLogprob
+	if p.Logprobs >= 0 {
+		lp, top := e.smp.Logprobs(row, tok, p.Logprobs, e.topBuf[:0])
+		e.topBuf = top
+		tl := TokenLogprob{TokenID: tok, Logprob: lp}
+		if len(top) > 0 {
+			tl.Top = make([]TopLogprob, len(top))
+			for i, t := range top {
+				tl.Top[i] = TopLogprob(t)
+			}
+		}
+		lps = []TokenLogprob{tl}
+	}
+	s.sampling.Accept(tok)
+	s.tokens = append(s.tokens, tok)
+	e.counters.GenerationTokens++
+	if r.firstTok.IsZero() {
+		r.firstTok = now
+		e.counters.PromptTokens += uint64(len(r.prompt))
+	}
+
+	nOut := s.numOutput()
+	var finish string
+	var stopReason any
+	switch {
+	case nOut >= p.MaxTokens || len(s.tokens) >= e.opts.MaxModelLen:
+		finish = FinishLength
+	case nOut < p.MinTokens:
+	case !p.IgnoreEOS && slices.Contains(e.opts.EOSTokenIDs, tok):
+		finish = FinishStop
+	case slices.Contains(p.StopTokenIDs, tok):
+		finish, stopReason = FinishStop, tok
+	}
+
+	var text string
+	if s.detok != nil {
+		// A stop token's own text is not part of the output (vLLM).
+		stopTok := finish == FinishStop
+		switch {
+		case len(p.Stop) == 0:
+			if !stopTok {
+				text = s.detok.Add(tok)
+			}
+		default:
+			from := s.text.Len()
+			if !stopTok {
+				s.text.WriteString(s.detok.Add(tok))
+			}
+			full := s.text.String()
+			end := len(full)
+			if pos, which := findStop(full, from, p.Stop); pos >= 0 && nOut >= p.MinTokens && !stopTok {
+				finish, stopReason = FinishStop, which
+				end = max(pos, s.emitted)
+			} else if finish == "" {
+				end -= holdBack(full[s.emitted:], p.Stop)
+			}
+			text = full[s.emitted:end]
+			s.emitted = end
+		}
+	}
+
+	o := Output{
+		RequestID:        r.id,
+		Index:            s.index,
+		Text:             text,
+		TokenIDs:         s.tokens[len(s.tokens)-1 : len(s.tokens) : len(s.tokens)],
+		Logprobs:         lps,
+		FinishReason:     finish,
+		StopReason:       stopReason,
+		PromptTokens:     s.promptLen,
+		CompletionTokens: nOut,
+		CachedTokens:     s.cachedTokens,
+		ArrivalTime:      r.arrival,
+		ScheduledTime:    r.scheduled,
+		FirstToken:       r.firstTok,
+		Time:             now,
+	}
+	if finish != "" {
+		e.finishSeq(s)
+	}
+	e.send(r, o)
+	if finish != "" {
+		e.maybeFinishRequest(r)
+	}
+}
