@@ -28,8 +28,26 @@ func simdImpl(name string, tiles *[4][5][9]tileFn, vl, tt, rr, rr1 int) impl {
 	return im
 }
 
-func avx512Impl() impl { return simdImpl("avx512", &tiles_avx512, 16, 4, 4, 8) }
-func avx2Impl() impl   { return simdImpl("avx2+fma", &tiles_avx2, 8, 4, 2, 4) }
+func avx512Impl() impl {
+	im := simdImpl("avx512", &tiles_avx512, 16, 4, 4, 8)
+	im.dot = dotAVX512Go
+	im.axpy = axpyAVX512Go
+	im.bf16ToF32 = convHalf(16, bf16ToF32AVX512, bf16ToF32Generic)
+	im.f16ToF32 = convHalf(16, f16ToF32AVX512, f16ToF32Generic)
+	im.f32ToF16 = convF32(16, f32ToF16AVX512, f32ToF16Generic)
+	im.f32ToBF16 = convF32(16, f32ToBF16AVX512, f32ToBF16Generic)
+	return im
+}
+
+func avx2Impl() impl {
+	im := simdImpl("avx2+fma", &tiles_avx2, 8, 4, 2, 4)
+	im.dot = dotAVX2Go
+	im.axpy = axpyAVX2Go
+	im.bf16ToF32 = convHalf(8, bf16ToF32AVX2, bf16ToF32Generic)
+	im.f16ToF32 = convHalf(8, f16ToF32AVX2, f16ToF32Generic)
+	im.f32ToF16 = convF32(8, f32ToF16AVX2, f32ToF16Generic)
+	return im
+}
 
 func selectImpl() impl {
 	switch {

@@ -101,7 +101,7 @@ func (g *gen) tile(d dtype, is isa, T, R int) {
 		wb = append(wb, "R13")
 	}
 	g.p("MOVQ kn+48(FP), CX")
-	g.p("SHRQ $%d, CX", map[int]int{16: 4, 8: 3}[is.vl])
+	g.p("SHRQ $%d, CX", log2(is.vl))
 	if d.name == "I8" {
 		g.p("MOVQ scales+56(FP), AX")
 	}
@@ -112,44 +112,105 @@ func (g *gen) tile(d dtype, is isa, T, R int) {
 			g.p("VXORPS %s, %s, %s", v(i), v(i), v(i))
 		}
 	}
-	g.p("TESTQ CX, CX")
-	g.p("JZ reduce")
-	g.label("loop")
-	// f32 weights with one token: FMA straight from memory.
-	direct := d.name == "F32" && T == 1
-	xmem := func(t int) string { return rowAddr([]string{"SI"}, "R8", "R9", t) }
-	for t := 0; t < T; t++ {
-		g.p("VMOVUPS %s, %s", xmem(t), v(xr(t)))
+	// Single-token tiles stream weights from memory: unroll so each
+	// iteration consumes a 64-byte line per row, and prefetch the same
+	// line of the next tile's rows (R rows further on).
+	U := 1
+	pf := T == 1 && R >= 4 && prefetch != ""
+	if T == 1 && unroll {
+		U = 64 / (is.vl * d.esz)
+		if U < 1 {
+			U = 1
+		}
 	}
-	for r := 0; r < R; r++ {
-		m := rowAddr(wb, "R10", "R11", r)
-		if direct {
-			g.p("VFMADD231PS %s, %s, %s", m, v(xr(0)), v(acc(0, r)))
-			continue
+	if pf {
+		g.p("MOVQ R10, R8")
+		g.p("IMULQ $%d, R8", R*pfTiles)
+		g.p("ADDQ DI, R8")
+		if R > 4 {
+			g.p("LEAQ (R8)(R10*4), R9")
 		}
-		w := v(wr(r))
-		switch d.name {
-		case "F32":
-			g.p("VMOVUPS %s, %s", m, w)
-		case "BF16":
-			g.p("VPMOVZXWD %s, %s", m, w)
-			g.p("VPSLLD $16, %s, %s", w, w)
-		case "F16":
-			g.p("VCVTPH2PS %s, %s", m, w)
-		case "I8":
-			g.p("VPMOVSXBD %s, %s", m, w)
-			g.p("VCVTDQ2PS %s, %s", w, w)
+	}
+	body := func(u int, pfNow bool) {
+		off := func(a string, o int) string {
+			if o == 0 {
+				return a
+			}
+			return fmt.Sprintf("%d%s", o, a)
 		}
+		xo, wo := u*is.vl*4, u*is.vl*d.esz
 		for t := 0; t < T; t++ {
-			g.p("VFMADD231PS %s, %s, %s", v(xr(t)), w, v(acc(t, r)))
+			g.p("VMOVUPS %s, %s", off(rowAddr([]string{"SI"}, "R8", "R9", t), xo), v(xr(t)))
+		}
+		for r := 0; r < R; r++ {
+			if pfNow {
+				g.p("%s %s", prefetch, rowAddr([]string{"R8", "R9"}, "R10", "R11", r))
+			}
+			m := off(rowAddr(wb, "R10", "R11", r), wo)
+			// f32 weights with one token: FMA straight from memory.
+			if d.name == "F32" && T == 1 {
+				g.p("VFMADD231PS %s, %s, %s", m, v(xr(0)), v(acc(0, r)))
+				continue
+			}
+			w := v(wr(r))
+			switch d.name {
+			case "F32":
+				g.p("VMOVUPS %s, %s", m, w)
+			case "BF16":
+				g.p("VPMOVZXWD %s, %s", m, w)
+				g.p("VPSLLD $16, %s, %s", w, w)
+			case "F16":
+				g.p("VCVTPH2PS %s, %s", m, w)
+			case "I8":
+				g.p("VPMOVSXBD %s, %s", m, w)
+				g.p("VCVTDQ2PS %s, %s", w, w)
+			}
+			for t := 0; t < T; t++ {
+				g.p("VFMADD231PS %s, %s, %s", v(xr(t)), w, v(acc(t, r)))
+			}
 		}
 	}
-	g.p("ADDQ $%d, SI", is.vl*4)
-	for _, b := range wb {
-		g.p("ADDQ $%d, %s", is.vl*d.esz, b)
+	advance := func(steps int, pfNow bool) {
+		g.p("ADDQ $%d, SI", steps*is.vl*4)
+		for _, b := range wb {
+			g.p("ADDQ $%d, %s", steps*is.vl*d.esz, b)
+		}
+		if pfNow {
+			g.p("ADDQ $%d, R8", steps*is.vl*d.esz)
+			if R > 4 {
+				g.p("ADDQ $%d, R9", steps*is.vl*d.esz)
+			}
+		}
 	}
-	g.p("DECQ CX")
-	g.p("JNZ loop")
+	if U > 1 {
+		g.p("SHRQ $%d, CX", log2(U))
+		g.p("JZ tail")
+		g.label("loop")
+		for u := 0; u < U; u++ {
+			body(u, pf && u == 0)
+		}
+		advance(U, pf)
+		g.p("DECQ CX")
+		g.p("JNZ loop")
+		g.label("tail")
+		g.p("MOVQ kn+48(FP), CX")
+		g.p("SHRQ $%d, CX", log2(is.vl))
+		g.p("ANDQ $%d, CX", U-1)
+		g.p("JZ reduce")
+		g.label("loop1")
+		body(0, false)
+		advance(1, false)
+		g.p("DECQ CX")
+		g.p("JNZ loop1")
+	} else {
+		g.p("TESTQ CX, CX")
+		g.p("JZ reduce")
+		g.label("loop")
+		body(0, pf)
+		advance(1, pf)
+		g.p("DECQ CX")
+		g.p("JNZ loop")
+	}
 	g.label("reduce")
 	// Fold 512 -> 256 bits.
 	if is.reg == "Z" {
@@ -227,6 +288,21 @@ func (g *gen) tile(d dtype, is isa, T, R int) {
 	g.p("VZEROUPPER")
 	g.p("RET")
 }
+
+func log2(n int) int {
+	l := 0
+	for 1<<l < n {
+		l++
+	}
+	return l
+}
+
+// Tuning switches for the single-token (matvec) tiles.
+var (
+	unroll   = true
+	prefetch = "PREFETCHT1"
+	pfTiles  = 2 // prefetch distance in tiles
+)
 
 func main() {
 	var s gen

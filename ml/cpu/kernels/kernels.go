@@ -114,7 +114,7 @@ func BF16ToF32(dst []float32, src []uint16) {
 	active.bf16ToF32(dst[:len(src)], src)
 }
 
-// F16ToF32 converts len(src) IEEE half values (exact).
+// F16ToF32 converts len(src) IEEE half values (exact; NaNs come out quiet).
 func F16ToF32(dst []float32, src []uint16) {
 	checkConv(len(dst), len(src))
 	active.f16ToF32(dst[:len(src)], src)

@@ -1,0 +1,96 @@
+//go:build amd64 && !purego
+
+package kernels
+
+import "unsafe"
+
+//go:noescape
+func dotAVX512(a, b *float32, n int) float32
+
+//go:noescape
+func axpyAVX512(a float32, x, y *float32, n int)
+
+//go:noescape
+func dotAVX2(a, b *float32, n int) float32
+
+//go:noescape
+func axpyAVX2(a float32, x, y *float32, n int)
+
+//go:noescape
+func bf16ToF32AVX512(dst *float32, src *uint16, n int)
+
+//go:noescape
+func f16ToF32AVX512(dst *float32, src *uint16, n int)
+
+//go:noescape
+func f32ToF16AVX512(dst *uint16, src *float32, n int)
+
+//go:noescape
+func f32ToBF16AVX512(dst *uint16, src *float32, n int)
+
+//go:noescape
+func bf16ToF32AVX2(dst *float32, src *uint16, n int)
+
+//go:noescape
+func f16ToF32AVX2(dst *float32, src *uint16, n int)
+
+//go:noescape
+func f32ToF16AVX2(dst *uint16, src *float32, n int)
+
+// Go wrappers: slices were length-checked by the exported functions.
+
+func dotAVX512Go(a, b []float32) float32 {
+	if len(a) == 0 {
+		return 0
+	}
+	return dotAVX512(unsafe.SliceData(a), unsafe.SliceData(b), len(a))
+}
+
+func axpyAVX512Go(a float32, x, y []float32) {
+	if len(x) > 0 {
+		axpyAVX512(a, unsafe.SliceData(x), unsafe.SliceData(y), len(x))
+	}
+}
+
+func dotAVX2Go(a, b []float32) float32 {
+	m := len(a) &^ 7
+	var s float32
+	if m > 0 {
+		s = dotAVX2(unsafe.SliceData(a), unsafe.SliceData(b), m)
+	}
+	for i := m; i < len(a); i++ {
+		s += a[i] * b[i]
+	}
+	return s
+}
+
+func axpyAVX2Go(a float32, x, y []float32) {
+	m := len(x) &^ 7
+	if m > 0 {
+		axpyAVX2(a, unsafe.SliceData(x), unsafe.SliceData(y), m)
+	}
+	for i := m; i < len(x); i++ {
+		y[i] += a * x[i]
+	}
+}
+
+// convHalf wraps a vector conversion kernel working on multiples of vl.
+func convHalf(vl int, k func(*float32, *uint16, int), tail func([]float32, []uint16)) func([]float32, []uint16) {
+	return func(dst []float32, src []uint16) {
+		m := len(src) &^ (vl - 1)
+		if m > 0 {
+			k(unsafe.SliceData(dst), unsafe.SliceData(src), m)
+		}
+		tail(dst[m:], src[m:])
+	}
+}
+
+func convF32(vl int, k func(*uint16, *float32, int), tail func([]uint16, []float32)) func([]uint16, []float32) {
+	return func(dst []uint16, src []float32) {
+		m := len(src) &^ (vl - 1)
+		if m > 0 {
+			k(unsafe.SliceData(dst), unsafe.SliceData(src), m)
+		}
+		tail(dst[m:], src[m:])
+	}
+}

@@ -1,0 +1,345 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// Vector helpers. AVX-512 versions finish ragged ends with masked
+// loads/stores (masked-off lanes never fault); AVX2 versions do multiples of
+// 8 and leave the rest to Go.
+
+// func dotAVX512(a, b *float32, n int) float32
+TEXT ·dotAVX512(SB), NOSPLIT, $0-28
+	MOVQ a+0(FP), SI
+	MOVQ b+8(FP), DI
+	MOVQ n+16(FP), CX
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	MOVQ CX, AX
+	SHRQ $6, AX
+	JZ   dot16
+dot64:
+	VMOVUPS     (SI), Z4
+	VFMADD231PS (DI), Z4, Z0
+	VMOVUPS     64(SI), Z5
+	VFMADD231PS 64(DI), Z5, Z1
+	VMOVUPS     128(SI), Z6
+	VFMADD231PS 128(DI), Z6, Z2
+	VMOVUPS     192(SI), Z7
+	VFMADD231PS 192(DI), Z7, Z3
+	ADDQ        $256, SI
+	ADDQ        $256, DI
+	DECQ        AX
+	JNZ         dot64
+dot16:
+	MOVQ CX, AX
+	ANDQ $63, AX
+	SHRQ $4, AX
+	JZ   dotmask
+dot16loop:
+	VMOVUPS     (SI), Z4
+	VFMADD231PS (DI), Z4, Z1
+	ADDQ        $64, SI
+	ADDQ        $64, DI
+	DECQ        AX
+	JNZ         dot16loop
+dotmask:
+	ANDQ $15, CX
+	JZ   dotreduce
+	MOVL $1, AX
+	SHLL CX, AX
+	DECL AX
+	KMOVW AX, K1
+	VMOVUPS.Z (SI), K1, Z4
+	VMOVUPS.Z (DI), K1, Z5
+	VFMADD231PS Z5, Z4, Z2
+dotreduce:
+	VADDPS        Z1, Z0, Z0
+	VADDPS        Z3, Z2, Z2
+	VADDPS        Z2, Z0, Z0
+	VEXTRACTF64X4 $1, Z0, Y1
+	VADDPS        Y1, Y0, Y0
+	VEXTRACTF128  $1, Y0, X1
+	VADDPS        X1, X0, X0
+	VMOVHLPS      X0, X1, X1
+	VADDPS        X1, X0, X0
+	VMOVSHDUP     X0, X1
+	VADDSS        X1, X0, X0
+	VZEROUPPER
+	MOVSS X0, ret+24(FP)
+	RET
+
+// func axpyAVX512(a float32, x, y *float32, n int)
+TEXT ·axpyAVX512(SB), NOSPLIT, $0-32
+	VBROADCASTSS a+0(FP), Z0
+	MOVQ x+8(FP), SI
+	MOVQ y+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVQ CX, AX
+	SHRQ $6, AX
+	JZ   axpy16
+axpy64:
+	VMOVUPS     (DI), Z1
+	VMOVUPS     64(DI), Z2
+	VMOVUPS     128(DI), Z3
+	VMOVUPS     192(DI), Z4
+	VFMADD231PS (SI), Z0, Z1
+	VFMADD231PS 64(SI), Z0, Z2
+	VFMADD231PS 128(SI), Z0, Z3
+	VFMADD231PS 192(SI), Z0, Z4
+	VMOVUPS     Z1, (DI)
+	VMOVUPS     Z2, 64(DI)
+	VMOVUPS     Z3, 128(DI)
+	VMOVUPS     Z4, 192(DI)
+	ADDQ        $256, SI
+	ADDQ        $256, DI
+	DECQ        AX
+	JNZ         axpy64
+axpy16:
+	MOVQ CX, AX
+	ANDQ $63, AX
+	SHRQ $4, AX
+	JZ   axpymask
+axpy16loop:
+	VMOVUPS     (DI), Z1
+	VFMADD231PS (SI), Z0, Z1
+	VMOVUPS     Z1, (DI)
+	ADDQ        $64, SI
+	ADDQ        $64, DI
+	DECQ        AX
+	JNZ         axpy16loop
+axpymask:
+	ANDQ $15, CX
+	JZ   axpydone
+	MOVL $1, AX
+	SHLL CX, AX
+	DECL AX
+	KMOVW AX, K1
+	VMOVUPS.Z   (DI), K1, Z1
+	VMOVUPS.Z   (SI), K1, Z2
+	VFMADD231PS Z2, Z0, Z1
+	VMOVUPS     Z1, K1, (DI)
+axpydone:
+	VZEROUPPER
+	RET
+
+// func dotAVX2(a, b *float32, n int) float32
+// n must be a multiple of 8.
+TEXT ·dotAVX2(SB), NOSPLIT, $0-28
+	MOVQ   a+0(FP), SI
+	MOVQ   b+8(FP), DI
+	MOVQ   n+16(FP), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	MOVQ   CX, AX
+	SHRQ   $5, AX
+	JZ     dot8
+dot32:
+	VMOVUPS     (SI), Y4
+	VFMADD231PS (DI), Y4, Y0
+	VMOVUPS     32(SI), Y5
+	VFMADD231PS 32(DI), Y5, Y1
+	VMOVUPS     64(SI), Y6
+	VFMADD231PS 64(DI), Y6, Y2
+	VMOVUPS     96(SI), Y7
+	VFMADD231PS 96(DI), Y7, Y3
+	ADDQ        $128, SI
+	ADDQ        $128, DI
+	DECQ        AX
+	JNZ         dot32
+dot8:
+	ANDQ $31, CX
+	SHRQ $3, CX
+	JZ   dotreduce
+dot8loop:
+	VMOVUPS     (SI), Y4
+	VFMADD231PS (DI), Y4, Y1
+	ADDQ        $32, SI
+	ADDQ        $32, DI
+	DECQ        CX
+	JNZ         dot8loop
+dotreduce:
+	VADDPS       Y1, Y0, Y0
+	VADDPS       Y3, Y2, Y2
+	VADDPS       Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVHLPS     X0, X1, X1
+	VADDPS       X1, X0, X0
+	VMOVSHDUP    X0, X1
+	VADDSS       X1, X0, X0
+	VZEROUPPER
+	MOVSS X0, ret+24(FP)
+	RET
+
+// func axpyAVX2(a float32, x, y *float32, n int)
+// n must be a multiple of 8.
+TEXT ·axpyAVX2(SB), NOSPLIT, $0-32
+	VBROADCASTSS a+0(FP), Y0
+	MOVQ x+8(FP), SI
+	MOVQ y+16(FP), DI
+	MOVQ n+24(FP), CX
+	SHRQ $3, CX
+	JZ   axpydone
+axpy8:
+	VMOVUPS     (DI), Y1
+	VFMADD231PS (SI), Y0, Y1
+	VMOVUPS     Y1, (DI)
+	ADDQ        $32, SI
+	ADDQ        $32, DI
+	DECQ        CX
+	JNZ         axpy8
+axpydone:
+	VZEROUPPER
+	RET
+
+// Conversions: n must be a multiple of the vector length (16 for AVX-512,
+// 8 for AVX2); Go converts the rest.
+
+// func bf16ToF32AVX512(dst *float32, src *uint16, n int)
+TEXT ·bf16ToF32AVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $4, CX
+	JZ   done
+loop:
+	VPMOVZXWD (SI), Z0
+	VPSLLD    $16, Z0, Z0
+	VMOVUPS   Z0, (DI)
+	ADDQ      $32, SI
+	ADDQ      $64, DI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
+
+// func f16ToF32AVX512(dst *float32, src *uint16, n int)
+TEXT ·f16ToF32AVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $4, CX
+	JZ   done
+loop:
+	VCVTPH2PS (SI), Z0
+	VMOVUPS   Z0, (DI)
+	ADDQ      $32, SI
+	ADDQ      $64, DI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
+
+// func f32ToF16AVX512(dst *uint16, src *float32, n int)
+TEXT ·f32ToF16AVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $4, CX
+	JZ   done
+loop:
+	VMOVUPS   (SI), Z0
+	VCVTPS2PH $0, Z0, Y1 // imm 0: round to nearest even
+	VMOVDQU   Y1, (DI)
+	ADDQ      $64, SI
+	ADDQ      $32, DI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
+
+// func f32ToBF16AVX512(dst *uint16, src *float32, n int)
+// Round to nearest even on the bits: (b + 0x7fff + (b>>16 & 1)) >> 16;
+// NaNs keep their top bits and get the quiet bit.
+TEXT ·f32ToBF16AVX512(SB), NOSPLIT, $0-24
+	MOVQ         dst+0(FP), DI
+	MOVQ         src+8(FP), SI
+	MOVQ         n+16(FP), CX
+	MOVL         $0x7fff, AX
+	VPBROADCASTD AX, Z10
+	MOVL         $1, AX
+	VPBROADCASTD AX, Z11
+	MOVL         $0x40, AX
+	VPBROADCASTD AX, Z12
+	SHRQ         $4, CX
+	JZ           done
+loop:
+	VMOVDQU32 (SI), Z0
+	VPSRLD    $16, Z0, Z1
+	VPANDD    Z11, Z1, Z1
+	VPADDD    Z10, Z1, Z1
+	VPADDD    Z0, Z1, Z1
+	VPSRLD    $16, Z1, Z1
+	VCMPPS    $3, Z0, Z0, K1 // unordered: NaN lanes
+	VPSRLD    $16, Z0, K1, Z1
+	VPORD     Z12, Z1, K1, Z1
+	VPMOVDW   Z1, (DI)
+	ADDQ      $64, SI
+	ADDQ      $32, DI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
+
+// func bf16ToF32AVX2(dst *float32, src *uint16, n int)
+TEXT ·bf16ToF32AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $3, CX
+	JZ   done
+loop:
+	VPMOVZXWD (SI), Y0
+	VPSLLD    $16, Y0, Y0
+	VMOVUPS   Y0, (DI)
+	ADDQ      $16, SI
+	ADDQ      $32, DI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
+
+// func f16ToF32AVX2(dst *float32, src *uint16, n int)
+TEXT ·f16ToF32AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $3, CX
+	JZ   done
+loop:
+	VCVTPH2PS (SI), Y0
+	VMOVUPS   Y0, (DI)
+	ADDQ      $16, SI
+	ADDQ      $32, DI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
+
+// func f32ToF16AVX2(dst *uint16, src *float32, n int)
+TEXT ·f32ToF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $3, CX
+	JZ   done
+loop:
+	VMOVUPS   (SI), Y0
+	VCVTPS2PH $0, Y0, X1
+	VMOVDQU   X1, (DI)
+	ADDQ      $32, SI
+	ADDQ      $16, DI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
