@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"bytes"
 	"container/heap"
 	"fmt"
 	"strings"
@@ -34,7 +35,7 @@ const noMerge = ^uint64(0)
 
 func pairKey(a, b int32) uint64 { return uint64(uint32(a))<<32 | uint64(uint32(b)) }
 
-func newBPE(vocab map[string]int, merges [][2]string, unk *string, fuseUnk, byteFallback, ignoreMerges bool, contPrefix, endSuffix string) (*bpeModel, error) {
+func newBPE(vocab map[string]int, mergesJSON []byte, unk *string, fuseUnk, byteFallback, ignoreMerges bool, contPrefix, endSuffix string) (*bpeModel, error) {
 	m := &bpeModel{
 		vocab:        vocab,
 		unkID:        -1,
@@ -67,23 +68,30 @@ func newBPE(vocab map[string]int, merges [][2]string, unk *string, fuseUnk, byte
 		}
 		m.unkID = id
 	}
-	m.merges = make(map[uint64]uint64, len(merges))
-	for rank, mg := range merges {
-		a, ok1 := vocab[mg[0]]
-		b, ok2 := vocab[mg[1]]
-		if !ok1 || !ok2 {
-			return nil, fmt.Errorf("%w: model.merges[%d]: token %q or %q is not in model.vocab", ErrMalformed, rank, mg[0], mg[1])
+	if len(mergesJSON) > 0 {
+		m.merges = make(map[uint64]uint64, len(vocab))
+		var joined []byte
+		_, err := parseMerges(mergesJSON, func(rank int, a, b []byte) error {
+			ia, ok1 := vocab[string(a)]
+			ib, ok2 := vocab[string(b)]
+			if !ok1 || !ok2 {
+				return fmt.Errorf("merges[%d]: token %q or %q is not in model.vocab", rank, a, b)
+			}
+			if contPrefix != "" {
+				b = bytes.TrimPrefix(b, []byte(contPrefix))
+			}
+			joined = append(append(joined[:0], a...), b...)
+			nid, ok := vocab[string(joined)]
+			if !ok {
+				return fmt.Errorf("merges[%d]: merged token %q is not in model.vocab", rank, joined)
+			}
+			// Later duplicates overwrite earlier ones, as in tokenizers' HashMap.
+			m.merges[pairKey(int32(ia), int32(ib))] = uint64(rank)<<32 | uint64(uint32(nid))
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%w: model.merges: %v", ErrMalformed, err)
 		}
-		right := mg[1]
-		if contPrefix != "" {
-			right = strings.TrimPrefix(right, contPrefix)
-		}
-		nid, ok := vocab[mg[0]+right]
-		if !ok {
-			return nil, fmt.Errorf("%w: model.merges[%d]: merged token %q is not in model.vocab", ErrMalformed, rank, mg[0]+right)
-		}
-		// Later duplicates overwrite earlier ones, as in tokenizers' HashMap.
-		m.merges[pairKey(int32(a), int32(b))] = uint64(rank)<<32 | uint64(uint32(nid))
 	}
 	for b := 0; b < 256; b++ {
 		m.byteLevelID[b] = -1

@@ -1,9 +1,9 @@
 package tokenizer
 
 import (
+	"bytes"
 	"errors"
 	"strconv"
-	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -52,8 +52,15 @@ func (s *jsonScanner) expect(c byte) error {
 
 // str reads a JSON string and returns it as a fresh Go string.
 func (s *jsonScanner) str() (string, error) {
+	b, err := s.strBytes(&s.buf)
+	return string(b), err
+}
+
+// strBytes reads a JSON string. The result aliases the input when the
+// string has no escapes, else it is *buf (reused by the next call with it).
+func (s *jsonScanner) strBytes(buf *[]byte) ([]byte, error) {
 	if s.peek() != '"' {
-		return "", errJSONSyntax
+		return nil, errJSONSyntax
 	}
 	s.pos++
 	start := s.pos
@@ -61,7 +68,7 @@ func (s *jsonScanner) str() (string, error) {
 	for s.pos < len(s.b) {
 		c := s.b[s.pos]
 		if c == '"' {
-			out := string(s.b[start:s.pos])
+			out := s.b[start:s.pos]
 			s.pos++
 			return out, nil
 		}
@@ -70,36 +77,37 @@ func (s *jsonScanner) str() (string, error) {
 		}
 		s.pos++
 	}
-	s.buf = append(s.buf[:0], s.b[start:s.pos]...)
+	out := append((*buf)[:0], s.b[start:s.pos]...)
+	defer func() { *buf = out[:0] }()
 	for s.pos < len(s.b) {
 		c := s.b[s.pos]
 		switch {
 		case c == '"':
 			s.pos++
-			return string(s.buf), nil
+			return out, nil
 		case c == '\\':
 			if s.pos+1 >= len(s.b) {
-				return "", errJSONSyntax
+				return nil, errJSONSyntax
 			}
 			e := s.b[s.pos+1]
 			s.pos += 2
 			switch e {
 			case '"', '\\', '/':
-				s.buf = append(s.buf, e)
+				out = append(out, e)
 			case 'b':
-				s.buf = append(s.buf, '\b')
+				out = append(out, '\b')
 			case 'f':
-				s.buf = append(s.buf, '\f')
+				out = append(out, '\f')
 			case 'n':
-				s.buf = append(s.buf, '\n')
+				out = append(out, '\n')
 			case 'r':
-				s.buf = append(s.buf, '\r')
+				out = append(out, '\r')
 			case 't':
-				s.buf = append(s.buf, '\t')
+				out = append(out, '\t')
 			case 'u':
 				r, ok := s.hex4()
 				if !ok {
-					return "", errJSONSyntax
+					return nil, errJSONSyntax
 				}
 				if utf16.IsSurrogate(r) {
 					// A high surrogate followed by \uDCxx forms one rune;
@@ -110,7 +118,7 @@ func (s *jsonScanner) str() (string, error) {
 						r2, ok2 := s.hex4()
 						if ok2 {
 							if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
-								s.buf = utf8.AppendRune(s.buf, dec)
+								out = utf8.AppendRune(out, dec)
 								continue
 							}
 						}
@@ -118,16 +126,16 @@ func (s *jsonScanner) str() (string, error) {
 					}
 					r = utf8.RuneError
 				}
-				s.buf = utf8.AppendRune(s.buf, r)
+				out = utf8.AppendRune(out, r)
 			default:
-				return "", errJSONSyntax
+				return nil, errJSONSyntax
 			}
 		default:
-			s.buf = append(s.buf, c)
+			out = append(out, c)
 			s.pos++
 		}
 	}
-	return "", errJSONSyntax
+	return nil, errJSONSyntax
 }
 
 func (s *jsonScanner) hex4() (rune, bool) {
@@ -203,71 +211,192 @@ func parseVocab(b []byte) (map[string]int, error) {
 	}
 }
 
-// parseMerges reads either ["a b", ...] or [["a","b"], ...].
-func parseMerges(b []byte) ([][2]string, error) {
+// parseMerges reads either ["a b", ...] or [["a","b"], ...] and calls fn
+// with each pair (the slices are only valid during the call).
+func parseMerges(b []byte, fn func(rank int, a, c []byte) error) (int, error) {
 	s := &jsonScanner{b: b}
 	if err := s.expect('['); err != nil {
-		return nil, err
+		return 0, err
 	}
-	out := make([][2]string, 0, len(b)/16+1)
 	if s.peek() == ']' {
 		s.pos++
-		return out, nil
+		return 0, nil
 	}
+	var bufA, bufB []byte
+	rank := 0
 	for i := 0; ; i++ {
 		switch s.peek() {
 		case '"':
-			m, err := s.str()
+			m, err := s.strBytes(&bufA)
 			if err != nil {
-				return nil, err
+				return 0, err
 			}
-			if strings.HasPrefix(m, "#version") {
+			if bytes.HasPrefix(m, []byte("#version")) {
 				// tokenizers skips merges.txt headers kept in the list.
 				break
 			}
-			a, rest, ok := cutSpace(m)
+			a, c, ok := cutSpace(m)
 			if !ok {
-				return nil, errors.New("merge " + strconv.Itoa(i) + " (" + strconv.Quote(m) + ") is not \"a b\"")
+				return 0, errors.New("merge " + strconv.Itoa(i) + " (" + strconv.Quote(string(m)) + ") is not \"a b\"")
 			}
-			out = append(out, [2]string{a, rest})
+			if err := fn(rank, a, c); err != nil {
+				return 0, err
+			}
+			rank++
 		case '[':
 			s.pos++
-			a, err := s.str()
+			a, err := s.strBytes(&bufA)
 			if err != nil {
-				return nil, err
+				return 0, err
 			}
 			if err := s.expect(','); err != nil {
-				return nil, err
+				return 0, err
 			}
-			c, err := s.str()
+			c, err := s.strBytes(&bufB)
 			if err != nil {
-				return nil, err
+				return 0, err
 			}
 			if err := s.expect(']'); err != nil {
-				return nil, errors.New("merge " + strconv.Itoa(i) + " is not a pair of strings")
+				return 0, errors.New("merge " + strconv.Itoa(i) + " is not a pair of strings")
 			}
-			out = append(out, [2]string{a, c})
+			if err := fn(rank, a, c); err != nil {
+				return 0, err
+			}
+			rank++
 		default:
-			return nil, errors.New("merge " + strconv.Itoa(i) + " is neither \"a b\" nor [\"a\", \"b\"]")
+			return 0, errors.New("merge " + strconv.Itoa(i) + " is neither \"a b\" nor [\"a\", \"b\"]")
 		}
 		switch s.peek() {
 		case ',':
 			s.pos++
 		case ']':
 			s.pos++
-			return out, nil
+			return rank, nil
 		default:
-			return nil, errJSONSyntax
+			return 0, errJSONSyntax
 		}
 	}
 }
 
 // cutSpace splits "a b" into exactly two parts, as tokenizers' legacy
 // merges do (a second space is an error there too).
-func cutSpace(m string) (string, string, bool) {
-	a, b, ok := strings.Cut(m, " ")
-	if !ok || strings.IndexByte(b, ' ') >= 0 {
-		return "", "", false
+func cutSpace(m []byte) ([]byte, []byte, bool) {
+	a, b, ok := bytes.Cut(m, []byte(" "))
+	if !ok || bytes.IndexByte(b, ' ') >= 0 {
+		return nil, nil, false
 	}
 	return a, b, true
+}
+
+// skipValue moves past one JSON value and returns its bytes.
+func (s *jsonScanner) skipValue() ([]byte, error) {
+	s.skipSpace()
+	start := s.pos
+	depth := 0
+	for {
+		if s.pos >= len(s.b) {
+			return nil, errJSONSyntax
+		}
+		switch c := s.b[s.pos]; c {
+		case '"':
+			if err := s.skipString(); err != nil {
+				return nil, err
+			}
+		case '{', '[':
+			depth++
+			if depth > 10000 {
+				return nil, errJSONSyntax
+			}
+			s.pos++
+		case '}', ']':
+			depth--
+			if depth < 0 {
+				return nil, errJSONSyntax
+			}
+			s.pos++
+		case ',', ':', ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return nil, errJSONSyntax
+			}
+			s.pos++
+		default:
+			// Numbers and literals: a run of their characters.
+			n := s.pos
+			for s.pos < len(s.b) && isScalarByte(s.b[s.pos]) {
+				s.pos++
+			}
+			if s.pos == n {
+				return nil, errJSONSyntax
+			}
+		}
+		if depth == 0 {
+			return s.b[start:s.pos], nil
+		}
+	}
+}
+
+func isScalarByte(c byte) bool {
+	return c == '-' || c == '+' || c == '.' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+}
+
+func (s *jsonScanner) skipString() error {
+	s.pos++ // opening quote
+	for s.pos < len(s.b) {
+		// IndexByte is vectorized; most strings have no escapes.
+		q := bytes.IndexByte(s.b[s.pos:], '"')
+		if q < 0 {
+			return errJSONSyntax
+		}
+		bs := bytes.IndexByte(s.b[s.pos:s.pos+q], '\\')
+		if bs < 0 {
+			s.pos += q + 1
+			return nil
+		}
+		s.pos += bs + 2 // skip the escaped character
+	}
+	return errJSONSyntax
+}
+
+// objectFields reads a JSON object and returns each key's raw value.
+func objectFields(b []byte) (map[string][]byte, error) {
+	s := &jsonScanner{b: b}
+	if err := s.expect('{'); err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	if s.peek() == '}' {
+		s.pos++
+		return out, s.end()
+	}
+	for {
+		k, err := s.str()
+		if err != nil {
+			return nil, err
+		}
+		if err := s.expect(':'); err != nil {
+			return nil, err
+		}
+		v, err := s.skipValue()
+		if err != nil {
+			return nil, err
+		}
+		out[k] = v
+		switch s.peek() {
+		case ',':
+			s.pos++
+		case '}':
+			s.pos++
+			return out, s.end()
+		default:
+			return nil, errJSONSyntax
+		}
+	}
+}
+
+// end checks that only white space follows.
+func (s *jsonScanner) end() error {
+	if s.peek() != 0 || s.pos < len(s.b) {
+		return errJSONSyntax
+	}
+	return nil
 }

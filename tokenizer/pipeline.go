@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -96,8 +97,8 @@ func parseComponent(raw json.RawMessage, path string) (*componentJSON, error) {
 }
 
 func isNull(raw json.RawMessage) bool {
-	s := strings.TrimSpace(string(raw))
-	return s == "" || s == "null"
+	s := bytes.TrimSpace(raw)
+	return len(s) == 0 || string(s) == "null"
 }
 
 // ---------------------------------------------------------------- normalizers
@@ -228,26 +229,31 @@ type piece struct {
 }
 
 type preTokenizer interface {
-	// split appends the pieces p splits into to dst.
-	split(dst []piece, p piece) ([]piece, error)
+	// split calls emit for each piece p splits into, in order.
+	split(p piece, emit func(piece)) error
 }
 
 type preSeq []preTokenizer
 
-func (seq preSeq) split(dst []piece, p piece) ([]piece, error) {
-	cur := []piece{p}
-	var next []piece
+func (seq preSeq) split(p piece, emit func(piece)) error {
+	if len(seq) == 0 {
+		emit(p)
+		return nil
+	}
 	var err error
-	for _, pt := range seq {
-		next = next[:0]
-		for _, q := range cur {
-			if next, err = pt.split(next, q); err != nil {
-				return dst, err
+	next := emit
+	if len(seq) > 1 {
+		rest := seq[1:]
+		next = func(q piece) {
+			if e := rest.split(q, emit); e != nil && err == nil {
+				err = e
 			}
 		}
-		cur, next = next, cur
 	}
-	return append(dst, cur...), nil
+	if e := seq[0].split(p, next); e != nil {
+		return e
+	}
+	return err
 }
 
 type splitBehavior int
@@ -266,8 +272,28 @@ type splitPre struct {
 	invert   bool
 }
 
-func (sp *splitPre) split(dst []piece, p piece) ([]piece, error) {
+func (sp *splitPre) split(p piece, emit func(piece)) error {
 	s := p.s
+	if !sp.invert && (sp.behavior == behIsolated || sp.behavior == behRemoved) {
+		// Streaming fast path (the common case): no span list.
+		prev := 0
+		err := sp.m.find(s, func(start, end int) {
+			if start > prev {
+				emit(piece{s[prev:start], p.first && prev == 0})
+			}
+			if sp.behavior == behIsolated && end > start {
+				emit(piece{s[start:end], p.first && start == 0})
+			}
+			prev = end
+		})
+		if err != nil {
+			return fmt.Errorf("%w: split: %v", ErrUnsupported, err)
+		}
+		if prev < len(s) {
+			emit(piece{s[prev:], p.first && prev == 0})
+		}
+		return nil
+	}
 	type span struct {
 		start, end int
 		match      bool
@@ -282,7 +308,7 @@ func (sp *splitPre) split(dst []piece, p piece) ([]piece, error) {
 		prev = end
 	})
 	if err != nil {
-		return dst, fmt.Errorf("%w: split: %v", ErrUnsupported, err)
+		return fmt.Errorf("%w: split: %v", ErrUnsupported, err)
 	}
 	if prev < len(s) {
 		spans = append(spans, span{prev, len(s), false})
@@ -337,10 +363,10 @@ func (sp *splitPre) split(dst []piece, p piece) ([]piece, error) {
 	}
 	for _, x := range out {
 		if x.end > x.start {
-			dst = append(dst, piece{s[x.start:x.end], p.first && x.start == 0})
+			emit(piece{s[x.start:x.end], p.first && x.start == 0})
 		}
 	}
-	return dst, nil
+	return nil
 }
 
 // byteLevelPre is ByteLevel: the byte mapping itself is done by the model
@@ -350,18 +376,18 @@ type byteLevelPre struct {
 	useRegex       bool
 }
 
-func (b byteLevelPre) split(dst []piece, p piece) ([]piece, error) {
+func (b byteLevelPre) split(p piece, emit func(piece)) error {
 	if b.addPrefixSpace && !strings.HasPrefix(p.s, " ") {
 		p.s = " " + p.s
 	}
 	if !b.useRegex {
-		return append(dst, p), nil
+		emit(p)
+		return nil
 	}
 	s := p.s
-	_ = gpt2Matcher{}.find(s, func(start, end int) {
-		dst = append(dst, piece{s[start:end], p.first && start == 0})
+	return gpt2Matcher{}.find(s, func(start, end int) {
+		emit(piece{s[start:end], p.first && start == 0})
 	})
-	return dst, nil
 }
 
 type prependScheme int
@@ -396,7 +422,7 @@ type metaspacePre struct {
 	split_ bool
 }
 
-func (m metaspacePre) split(dst []piece, p piece) ([]piece, error) {
+func (m metaspacePre) split(p piece, emit func(piece)) error {
 	s := strings.ReplaceAll(p.s, " ", m.repl)
 	switch m.scheme {
 	case prependAlways:
@@ -409,7 +435,8 @@ func (m metaspacePre) split(dst []piece, p piece) ([]piece, error) {
 		}
 	}
 	if !m.split_ {
-		return append(dst, piece{s, p.first}), nil
+		emit(piece{s, p.first})
+		return nil
 	}
 	// MergedWithNext on the replacement character.
 	start := 0
@@ -419,20 +446,20 @@ func (m metaspacePre) split(dst []piece, p piece) ([]piece, error) {
 			break
 		}
 		if i+k > start {
-			dst = append(dst, piece{s[start : i+k], p.first && start == 0})
+			emit(piece{s[start : i+k], p.first && start == 0})
 			start = i + k
 		}
 		i += k + len(m.repl)
 	}
 	if start < len(s) {
-		dst = append(dst, piece{s[start:], p.first && start == 0})
+		emit(piece{s[start:], p.first && start == 0})
 	}
-	return dst, nil
+	return nil
 }
 
 type digitsPre struct{ individual bool }
 
-func (d digitsPre) split(dst []piece, p piece) ([]piece, error) {
+func (d digitsPre) split(p piece, emit func(piece)) error {
 	s := p.s
 	start := 0
 	isDigit := func(i int) (bool, int) {
@@ -446,7 +473,7 @@ func (d digitsPre) split(dst []piece, p piece) ([]piece, error) {
 			continue
 		}
 		if i > start {
-			dst = append(dst, piece{s[start:i], p.first && start == 0})
+			emit(piece{s[start:i], p.first && start == 0})
 		}
 		j := i + size
 		if !d.individual {
@@ -458,13 +485,13 @@ func (d digitsPre) split(dst []piece, p piece) ([]piece, error) {
 				j += size2
 			}
 		}
-		dst = append(dst, piece{s[i:j], p.first && i == 0})
+		emit(piece{s[i:j], p.first && i == 0})
 		start, i = j, j
 	}
 	if start < len(s) {
-		dst = append(dst, piece{s[start:], p.first && start == 0})
+		emit(piece{s[start:], p.first && start == 0})
 	}
-	return dst, nil
+	return nil
 }
 
 // buildPreTokenizer returns the pre-tokenizer and whether its output is

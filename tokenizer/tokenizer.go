@@ -91,18 +91,65 @@ type tokenizerFile struct {
 	PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
 	PostProcessor json.RawMessage `json:"post_processor"`
 	Decoder       json.RawMessage `json:"decoder"`
-	Model         *struct {
-		Type                    *string         `json:"type"`
-		Dropout                 *float64        `json:"dropout"`
-		UnkToken                *string         `json:"unk_token"`
-		ContinuingSubwordPrefix *string         `json:"continuing_subword_prefix"`
-		EndOfWordSuffix         *string         `json:"end_of_word_suffix"`
-		FuseUnk                 bool            `json:"fuse_unk"`
-		ByteFallback            bool            `json:"byte_fallback"`
-		IgnoreMerges            bool            `json:"ignore_merges"`
-		Vocab                   json.RawMessage `json:"vocab"`
-		Merges                  json.RawMessage `json:"merges"`
-	} `json:"model"`
+	Model         *modelFile      `json:"model"`
+}
+
+type modelFile struct {
+	Type                    *string         `json:"type"`
+	Dropout                 *float64        `json:"dropout"`
+	UnkToken                *string         `json:"unk_token"`
+	ContinuingSubwordPrefix *string         `json:"continuing_subword_prefix"`
+	EndOfWordSuffix         *string         `json:"end_of_word_suffix"`
+	FuseUnk                 bool            `json:"fuse_unk"`
+	ByteFallback            bool            `json:"byte_fallback"`
+	IgnoreMerges            bool            `json:"ignore_merges"`
+	Vocab                   json.RawMessage `json:"-"`
+	Merges                  json.RawMessage `json:"-"`
+}
+
+// parseTokenizerFile splits tokenizer.json by hand so that the large
+// model.vocab and model.merges skip encoding/json (most of the load time);
+// the small parts still go through encoding/json.
+func parseTokenizerFile(b []byte) (*tokenizerFile, error) {
+	top, err := objectFields(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: tokenizer.json: expected a JSON object: %v", ErrMalformed, err)
+	}
+	var f tokenizerFile
+	f.Normalizer = top["normalizer"]
+	f.PreTokenizer = top["pre_tokenizer"]
+	f.PostProcessor = top["post_processor"]
+	f.Decoder = top["decoder"]
+	if raw, ok := top["added_tokens"]; ok && !isNull(raw) {
+		if err := json.Unmarshal(raw, &f.AddedTokens); err != nil {
+			return nil, fmt.Errorf("%w: tokenizer.json: added_tokens: %v", ErrMalformed, err)
+		}
+	}
+	rawModel, ok := top["model"]
+	if !ok || isNull(rawModel) {
+		return &f, nil
+	}
+	fields, err := objectFields(rawModel)
+	if err != nil {
+		return nil, fmt.Errorf("%w: tokenizer.json: model: expected an object: %v", ErrMalformed, err)
+	}
+	small := map[string]json.RawMessage{}
+	for k, v := range fields {
+		if k != "vocab" && k != "merges" {
+			small[k] = v
+		}
+	}
+	rebuilt, err := json.Marshal(small)
+	if err != nil {
+		return nil, fmt.Errorf("%w: tokenizer.json: model: %v", ErrMalformed, err)
+	}
+	f.Model = &modelFile{}
+	if err := json.Unmarshal(rebuilt, f.Model); err != nil {
+		return nil, fmt.Errorf("%w: tokenizer.json: model: %v", ErrMalformed, err)
+	}
+	f.Model.Vocab = fields["vocab"]
+	f.Model.Merges = fields["merges"]
+	return &f, nil
 }
 
 type tokenizerConfig struct {
@@ -220,9 +267,9 @@ func New(tokenizerJSON, configJSON []byte, opts Options) (t *Tokenizer, err erro
 			t, err = nil, fmt.Errorf("%w: %v", ErrMalformed, r)
 		}
 	}()
-	var f tokenizerFile
-	if err := json.Unmarshal(tokenizerJSON, &f); err != nil {
-		return nil, fmt.Errorf("%w: tokenizer.json: %v", ErrMalformed, err)
+	f, err := parseTokenizerFile(tokenizerJSON)
+	if err != nil {
+		return nil, err
 	}
 	var cfg tokenizerConfig
 	if configJSON != nil {
@@ -250,11 +297,9 @@ func New(tokenizerJSON, configJSON []byte, opts Options) (t *Tokenizer, err erro
 	if err != nil {
 		return nil, fmt.Errorf("%w: tokenizer.json: model.vocab: expected an object of token to id: %v", ErrMalformed, err)
 	}
-	var merges [][2]string
+	var mergesJSON []byte
 	if !isNull(mj.Merges) {
-		if merges, err = parseMerges(mj.Merges); err != nil {
-			return nil, fmt.Errorf("%w: tokenizer.json: model.merges: %v", ErrMalformed, err)
-		}
+		mergesJSON = mj.Merges
 	}
 	str := func(p *string) string {
 		if p == nil {
@@ -262,7 +307,7 @@ func New(tokenizerJSON, configJSON []byte, opts Options) (t *Tokenizer, err erro
 		}
 		return *p
 	}
-	model, err := newBPE(vocab, merges, mj.UnkToken, mj.FuseUnk, mj.ByteFallback, mj.IgnoreMerges,
+	model, err := newBPE(vocab, mergesJSON, mj.UnkToken, mj.FuseUnk, mj.ByteFallback, mj.IgnoreMerges,
 		str(mj.ContinuingSubwordPrefix), str(mj.EndOfWordSuffix))
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer.json: %w", err)
@@ -322,7 +367,7 @@ func New(tokenizerJSON, configJSON []byte, opts Options) (t *Tokenizer, err erro
 	if logger == nil {
 		logger = slog.Default()
 	}
-	logger.Debug("tokenizer loaded", "vocab", t.vocabSize, "merges", len(merges), "added", len(t.added), "byte_level", t.byteLevel)
+	logger.Debug("tokenizer loaded", "vocab", t.vocabSize, "merges", len(model.merges), "added", len(t.added), "byte_level", t.byteLevel)
 	return t, nil
 }
 
@@ -580,14 +625,13 @@ type cacheEntry struct{ off, n uint32 }
 
 // workspace is per-call scratch, pooled so encoding does not allocate per word.
 type workspace struct {
-	syms   []int32
-	ranks  []uint64
-	heap   []mergeItem
-	pieces []piece
-	segs   []segment
-	nsegs  []segment
-	cache  map[string]cacheEntry
-	arena  []int32
+	syms  []int32
+	ranks []uint64
+	heap  []mergeItem
+	segs  []segment
+	nsegs []segment
+	cache map[string]cacheEntry
+	arena []int32
 }
 
 const (
@@ -658,15 +702,14 @@ func (t *Tokenizer) encodePiece(ids []int, p piece, ws *workspace) []int {
 	if t.pre == nil {
 		return t.encodeWord(ids, p.s, ws)
 	}
-	pieces, err := t.pre.split(ws.pieces[:0], p)
-	ws.pieces = pieces[:0]
-	if err != nil {
-		// Only a regex engine failure (e.g. its time-out) gets here; treat
-		// the text as one word rather than dropping it.
-		return t.encodeWord(ids, p.s, ws)
-	}
-	for _, q := range pieces {
+	n := len(ids)
+	err := t.pre.split(p, func(q piece) {
 		ids = t.encodeWord(ids, q.s, ws)
+	})
+	if err != nil {
+		// Only a regex engine failure gets here; encode the text as one
+		// word rather than dropping it.
+		return t.encodeWord(ids[:n], p.s, ws)
 	}
 	return ids
 }
