@@ -1,0 +1,322 @@
+package llama
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/llmserve/llmserve/ml"
+	"github.com/llmserve/llmserve/model"
+)
+
+// scratch holds a step's activations and metadata tensors, sized for the
+// largest step seen so far: a step only allocates when it is bigger than
+// every earlier one.
+type scratch struct {
+	capT, capS, capB, capL int
+
+	h, xn, q, k, v, attn, down, gu, act ml.Tensor // [capT, ...]
+	tokens, pos, tokSeq, slots          ml.Tensor // I32 [capT, 1]
+	bt                                  ml.Tensor // I32 [capS, capB]
+	logitIdx                            ml.Tensor // I32 [capL, 1]
+	selH, selD, selX                    ml.Tensor // [capL, H]
+	logits                              ml.Tensor // [capL, V]
+
+	hTokSeq, hSlots []int32 // host copies, capT
+	hBT             []int32 // capS*capB
+	meta            ml.AttentionMeta
+	vw              stepViews
+}
+
+func (s *scratch) free(be ml.Backend) {
+	for _, t := range []ml.Tensor{s.h, s.xn, s.q, s.k, s.v, s.attn, s.down, s.gu, s.act,
+		s.tokens, s.pos, s.tokSeq, s.slots, s.bt, s.logitIdx, s.selH, s.selD, s.selX, s.logits} {
+		if t != nil {
+			be.Free(t)
+		}
+	}
+	*s = scratch{}
+}
+
+// grow rounds a new capacity up so that slowly growing steps do not
+// reallocate every time.
+func grow(need, old int) int {
+	c := max(need, old+old/4)
+	return (c + 15) &^ 15
+}
+
+func (m *Model) ensure(T, S, B, L int) error {
+	s := &m.s
+	be := m.be
+	var err error
+	alloc := func(dt ml.DType, rows, cols int) ml.Tensor {
+		if err != nil {
+			return nil
+		}
+		var t ml.Tensor
+		t, err = be.NewTensor(dt, rows, cols)
+		return t
+	}
+	replace := func(p *ml.Tensor, t ml.Tensor) {
+		s.vw = stepViews{} // views of replaced tensors are stale
+		if *p != nil {
+			be.Free(*p)
+		}
+		*p = t
+	}
+	if T > s.capT {
+		c := grow(T, s.capT)
+		qd, kvd := m.nh*m.hd, m.nkv*m.hd
+		for _, x := range []struct {
+			p    *ml.Tensor
+			dt   ml.DType
+			cols int
+		}{
+			{&s.h, ml.F32, m.H}, {&s.xn, ml.F32, m.H}, {&s.q, ml.F32, qd}, {&s.k, ml.F32, kvd},
+			{&s.v, ml.F32, kvd}, {&s.attn, ml.F32, qd}, {&s.down, ml.F32, m.H},
+			{&s.gu, ml.F32, 2 * m.I}, {&s.act, ml.F32, m.I},
+			{&s.tokens, ml.I32, 1}, {&s.pos, ml.I32, 1}, {&s.tokSeq, ml.I32, 1}, {&s.slots, ml.I32, 1},
+		} {
+			replace(x.p, alloc(x.dt, c, x.cols))
+		}
+		s.hTokSeq, s.hSlots = make([]int32, c), make([]int32, c)
+		s.capT = c
+	}
+	if S > s.capS || B > s.capB {
+		cs, cb := max(s.capS, grow(S, s.capS)), max(s.capB, grow(B, s.capB))
+		if S <= s.capS {
+			cs = s.capS
+		}
+		if B <= s.capB {
+			cb = s.capB
+		}
+		replace(&s.bt, alloc(ml.I32, cs, cb))
+		s.hBT = make([]int32, cs*cb)
+		s.capS, s.capB = cs, cb
+	}
+	if L > s.capL {
+		c := grow(L, s.capL)
+		replace(&s.logitIdx, alloc(ml.I32, c, 1))
+		replace(&s.selH, alloc(ml.F32, c, m.H))
+		replace(&s.selD, alloc(ml.F32, c, m.H))
+		replace(&s.selX, alloc(ml.F32, c, m.H))
+		replace(&s.logits, alloc(ml.F32, c, m.V))
+		s.capL = c
+	}
+	if err != nil {
+		s.free(be) // a half-grown scratch would be inconsistent
+		return fmt.Errorf("llama: allocating step buffers: %w", err)
+	}
+	return nil
+}
+
+// validate checks b against the model and the KV cache and returns the
+// number of block-table columns the step needs.
+func (m *Model) validate(b *model.Batch, logits []float32) (int, error) {
+	T := len(b.Tokens)
+	if len(b.Positions) != T {
+		return 0, fmt.Errorf("%w: %d tokens but %d positions", model.ErrBadBatch, T, len(b.Positions))
+	}
+	next, maxB := 0, 0
+	for i, sq := range b.Seqs {
+		if sq.Start != next || sq.Len < 0 || sq.Start+sq.Len > T {
+			return 0, fmt.Errorf("%w: sequence %d covers tokens [%d,%d), want it to start at %d within %d tokens",
+				model.ErrBadBatch, i, sq.Start, sq.Start+sq.Len, next, T)
+		}
+		next += sq.Len
+		for j := sq.Start; j < sq.Start+sq.Len; j++ {
+			p := b.Positions[j]
+			if p < 0 || int(p)/m.blockSize >= len(sq.BlockTable) {
+				return 0, fmt.Errorf("%w: sequence %d: position %d outside its %d blocks of %d",
+					model.ErrBadBatch, i, p, len(sq.BlockTable), m.blockSize)
+			}
+		}
+		for _, blk := range sq.BlockTable {
+			if blk < 0 || int(blk) >= m.numBlocks {
+				return 0, fmt.Errorf("%w: sequence %d: block %d outside the cache's %d", model.ErrBadBatch, i, blk, m.numBlocks)
+			}
+		}
+		maxB = max(maxB, len(sq.BlockTable))
+	}
+	if next != T {
+		return 0, fmt.Errorf("%w: sequences cover %d of %d tokens", model.ErrBadBatch, next, T)
+	}
+	for i, tok := range b.Tokens {
+		if tok < 0 || int(tok) >= m.V {
+			return 0, fmt.Errorf("%w: token %d at %d outside the vocabulary of %d", model.ErrBadBatch, tok, i, m.V)
+		}
+	}
+	for _, li := range b.LogitIndices {
+		if li < 0 || int(li) >= T {
+			return 0, fmt.Errorf("%w: logit index %d outside %d tokens", model.ErrBadBatch, li, T)
+		}
+	}
+	if want := len(b.LogitIndices) * m.V; len(logits) != want {
+		return 0, fmt.Errorf("%w: logits buffer holds %d values, want %d (%d rows of %d)",
+			model.ErrBadBatch, len(logits), want, len(b.LogitIndices), m.V)
+	}
+	return maxB, nil
+}
+
+// Forward runs one step; see model.Model.
+func (m *Model) Forward(ctx context.Context, b *model.Batch, logits []float32) error {
+	if m.be == nil {
+		return errClosed
+	}
+	if m.kv == nil {
+		return fmt.Errorf("%w: Forward before AllocateKV", model.ErrBadBatch)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	maxB, err := m.validate(b, logits)
+	if err != nil {
+		return err
+	}
+	T, S, L := len(b.Tokens), len(b.Seqs), len(b.LogitIndices)
+	if T == 0 {
+		return nil
+	}
+	if err := m.ensure(T, S, maxB, L); err != nil {
+		return err
+	}
+	s, be := &m.s, m.be
+
+	// Host-side metadata: each token's sequence and KV slot, block tables.
+	maxCtx := 0
+	for i, sq := range b.Seqs {
+		copy(s.hBT[i*s.capB:], sq.BlockTable)
+		for j := sq.Start; j < sq.Start+sq.Len; j++ {
+			p := int(b.Positions[j])
+			s.hTokSeq[j] = int32(i)
+			s.hSlots[j] = sq.BlockTable[p/m.blockSize]*int32(m.blockSize) + int32(p%m.blockSize)
+			maxCtx = max(maxCtx, p+1)
+		}
+	}
+	vw := m.views(T, S, L)
+	for _, e := range [...]error{
+		be.UploadI32(vw.tokens, b.Tokens), be.UploadI32(vw.pos, b.Positions),
+		be.UploadI32(vw.tokSeq, s.hTokSeq[:T]), be.UploadI32(vw.slots, s.hSlots[:T]),
+		be.UploadI32(vw.bt, s.hBT[:S*s.capB]),
+	} {
+		if e != nil {
+			return e
+		}
+	}
+	meta := &s.meta
+	*meta = ml.AttentionMeta{
+		NumTokens: T, NumSeqs: S, TokenSeq: vw.tokSeq, Positions: vw.pos, BlockTables: vw.bt,
+		MaxBlocks: s.capB, MaxContext: maxCtx, NumHeads: m.nh, NumKVHeads: m.nkv, HeadDim: m.hd, Scale: m.scale,
+	}
+
+	h, xn, down := vw.h, vw.xn, vw.down
+	if err := be.Embedding(h, m.embed, vw.tokens); err != nil {
+		return err
+	}
+	for i := range m.layers {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		l := &m.layers[i]
+		var err error
+		// down holds the previous layer's MLP output, added to the residual here.
+		if i == 0 {
+			err = be.RMSNorm(xn, h, l.inNorm, m.eps)
+		} else {
+			err = be.AddRMSNorm(h, xn, down, l.inNorm, m.eps)
+		}
+		if err != nil {
+			return err
+		}
+		if err := m.layer(l, i, vw); err != nil {
+			return fmt.Errorf("llama: layer %d: %w", i, err)
+		}
+	}
+	if L == 0 {
+		return be.Sync()
+	}
+	// Final norm and lm_head on the requested rows only.
+	if err := be.UploadI32(vw.logitIdx, b.LogitIndices); err != nil {
+		return err
+	}
+	if err := be.GatherRows(vw.selH, h, vw.logitIdx); err != nil {
+		return err
+	}
+	if err := be.GatherRows(vw.selD, down, vw.logitIdx); err != nil {
+		return err
+	}
+	if err := be.AddRMSNorm(vw.selH, vw.selX, vw.selD, m.finalNorm, m.eps); err != nil {
+		return err
+	}
+	if err := be.MatMul(vw.logits, vw.selX, m.lmHead, nil); err != nil {
+		return err
+	}
+	return be.Download(logits, vw.logits)
+}
+
+// stepViews are the scratch tensors cut to one step's sizes; they are
+// kept while consecutive steps have the same sizes (decode steps do), so
+// a step does not allocate views either.
+type stepViews struct {
+	T, S, L                             int
+	h, xn, q, k, v, attn, down, gu, act ml.Tensor
+	tokens, pos, tokSeq, slots, bt      ml.Tensor
+	logitIdx, selH, selD, selX, logits  ml.Tensor
+}
+
+func (m *Model) views(T, S, L int) *stepViews {
+	s, vw, be := &m.s, &m.s.vw, m.be
+	if vw.h != nil && vw.T == T && vw.S == S && vw.L == L {
+		return vw
+	}
+	r := func(t ml.Tensor, n int) ml.Tensor { return be.View(t, 0, n) }
+	*vw = stepViews{T: T, S: S, L: L,
+		h: r(s.h, T), xn: r(s.xn, T), q: r(s.q, T), k: r(s.k, T), v: r(s.v, T), attn: r(s.attn, T),
+		down: r(s.down, T), gu: r(s.gu, T), act: r(s.act, T),
+		tokens: r(s.tokens, T), pos: r(s.pos, T), tokSeq: r(s.tokSeq, T), slots: r(s.slots, T),
+		bt: r(s.bt, S), logitIdx: r(s.logitIdx, L), selH: r(s.selH, L), selD: r(s.selD, L),
+		selX: r(s.selX, L), logits: r(s.logits, L)}
+	return vw
+}
+
+// layer runs one decoder layer on xn (the normed residual) and leaves its
+// MLP output in down; the attention output is added to h on the way.
+func (m *Model) layer(l *layer, i int, vw *stepViews) error {
+	be := m.be
+	xn, q, k, v, attn, down, gu, act, h := vw.xn, vw.q, vw.k, vw.v, vw.attn, vw.down, vw.gu, vw.act, vw.h
+	pos, slots := vw.pos, vw.slots
+	if err := be.MatMul(q, xn, l.q, l.qb); err != nil {
+		return err
+	}
+	if err := be.MatMul(k, xn, l.k, l.kb); err != nil {
+		return err
+	}
+	if err := be.MatMul(v, xn, l.v, l.vb); err != nil {
+		return err
+	}
+	if err := be.RoPE(q, pos, m.invFreq, m.nh, m.hd); err != nil {
+		return err
+	}
+	if err := be.RoPE(k, pos, m.invFreq, m.nkv, m.hd); err != nil {
+		return err
+	}
+	if err := be.WriteKV(m.kv, i, k, v, slots); err != nil {
+		return err
+	}
+	if err := be.Attention(attn, q, m.kv, i, &m.s.meta); err != nil {
+		return err
+	}
+	// The o projection lands in down, free until the MLP.
+	if err := be.MatMul(down, attn, l.o, l.ob); err != nil {
+		return err
+	}
+	if err := be.AddRMSNorm(h, xn, down, l.postNorm, m.eps); err != nil {
+		return err
+	}
+	if err := be.MatMul(gu, xn, l.gateUp, l.gub); err != nil {
+		return err
+	}
+	if err := be.SiLUMul(act, gu); err != nil {
+		return err
+	}
+	return be.MatMul(down, act, l.down, l.db)
+}

@@ -1,0 +1,310 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/llmserve/llmserve/ml"
+	"github.com/llmserve/llmserve/ml/cpu"
+	"github.com/llmserve/llmserve/weights"
+)
+
+// More sentinel errors (see model.go for the others).
+var (
+	// ErrBadOption: an unsupported --dtype, --quantization, --load-format
+	// or --kv-cache-dtype value.
+	ErrBadOption = errors.New("model: unsupported option")
+	// ErrNotFound: the model path is neither a directory with config.json
+	// nor a built-in model name.
+	ErrNotFound = errors.New("model: not found")
+	// ErrBadBatch: a Forward batch that is inconsistent or out of range.
+	ErrBadBatch = errors.New("model: bad batch")
+)
+
+// Factory builds a model of one architecture from its config and weights.
+type Factory func(cfg *Config, w *Weights) (Model, error)
+
+// registry maps HF architecture names to factories. It is written only by
+// Register from init functions of architecture packages.
+var registry = struct {
+	sync.RWMutex
+	m map[string]Factory
+}{m: map[string]Factory{}}
+
+// Register makes an architecture loadable by name; it panics on a
+// duplicate name or a nil factory (both programming errors).
+func Register(arch string, f Factory) {
+	registry.Lock()
+	defer registry.Unlock()
+	if f == nil {
+		panic("model: Register " + arch + " with nil factory")
+	}
+	if _, dup := registry.m[arch]; dup {
+		panic("model: architecture " + arch + " registered twice")
+	}
+	registry.m[arch] = f
+}
+
+// Architectures lists the registered architecture names, sorted.
+func Architectures() []string {
+	registry.RLock()
+	defer registry.RUnlock()
+	out := make([]string, 0, len(registry.m))
+	for k := range registry.m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func lookup(cfg *Config) (Factory, string, error) {
+	registry.RLock()
+	defer registry.RUnlock()
+	for _, a := range cfg.Architectures {
+		if f, ok := registry.m[a]; ok {
+			return f, a, nil
+		}
+	}
+	sup := make([]string, 0, len(registry.m))
+	for k := range registry.m {
+		sup = append(sup, k)
+	}
+	sort.Strings(sup)
+	return nil, "", fmt.Errorf("%w: %v (supported: %s)", ErrUnsupportedArch, cfg.Architectures, strings.Join(sup, ", "))
+}
+
+// Options resolved from LoadOptions.
+type resolved struct {
+	format   string   // safetensors | dummy
+	ckpt     ml.DType // dtype of the checkpoint's tensors (dummy: generated in)
+	compute  ml.DType // --dtype: storage of the matmul weights before quantization
+	store    ml.DType // storage of matmul weights: compute, or I8
+	kv       ml.DType
+	quantize bool
+}
+
+func resolveOptions(cfg *Config, o LoadOptions) (resolved, error) {
+	var r resolved
+	switch f := strings.ToLower(o.LoadFormat); f {
+	case "", "auto", "safetensors":
+		r.format = "safetensors"
+	case "dummy":
+		r.format = "dummy"
+	default:
+		return r, fmt.Errorf("%w: --load-format %q (supported: auto, safetensors, dummy)", ErrBadOption, o.LoadFormat)
+	}
+	ck, err := ParseDType(cfg.CheckpointDType())
+	if err != nil {
+		return r, fmt.Errorf("%w: config.json dtype %q (supported: float32, bfloat16, float16)", ErrBadConfig, cfg.CheckpointDType())
+	}
+	r.ckpt = ck
+	switch strings.ToLower(o.DType) {
+	case "", "auto":
+		r.compute = ck
+	default:
+		if r.compute, err = ParseDType(o.DType); err != nil {
+			return r, fmt.Errorf("%w: --dtype %q (supported: auto, float32, bfloat16, float16)", ErrBadOption, o.DType)
+		}
+	}
+	r.store = r.compute
+	switch strings.ToLower(o.Quantization) {
+	case "", "none":
+	case "int8":
+		r.quantize, r.store = true, ml.I8
+	default:
+		return r, fmt.Errorf("%w: --quantization %q (supported: int8, or none)", ErrBadOption, o.Quantization)
+	}
+	switch strings.ToLower(o.KVCacheDType) {
+	case "", "auto":
+		r.kv = r.compute
+	default:
+		if r.kv, err = ParseDType(o.KVCacheDType); err != nil {
+			return r, fmt.Errorf("%w: --kv-cache-dtype %q (supported: auto, float32, bfloat16, float16)", ErrBadOption, o.KVCacheDType)
+		}
+	}
+	return r, nil
+}
+
+// Load loads a model: path is a Hugging Face model directory (config.json
+// plus model.safetensors or a sharded index), or with LoadFormat "dummy" a
+// directory holding only config.json or a built-in model name (see
+// BuiltinModels). opts.Backend nil means a CPU backend over all cores,
+// closed with the model.
+func Load(path string, opts LoadOptions) (Model, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg, dir, err := locate(path)
+	if err != nil {
+		return nil, err
+	}
+	r, err := resolveOptions(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	factory, arch, err := lookup(cfg)
+	if err != nil {
+		return nil, err
+	}
+	w := &Weights{Config: cfg, DType: r.store, Compute: r.compute, KVDType: r.kv, Logger: log,
+		ckpt: r.ckpt, seed: uint64(opts.Seed)}
+	if r.format == "safetensors" {
+		if dir == "" {
+			return nil, fmt.Errorf("%w: %q is a built-in config without local weights; use --load-format dummy or download the model", ErrNotFound, path)
+		}
+		src, err := weights.Open(dir)
+		if err != nil {
+			return nil, fmt.Errorf("model: loading %s: %w", dir, err)
+		}
+		defer src.Close() // the backend copies what it keeps
+		w.src = src
+	}
+	be := opts.Backend
+	if be == nil {
+		be = cpu.New(cpu.Options{Logger: log})
+	}
+	w.Backend = be
+	log.Info("loading model", "path", path, "arch", arch, "format", r.format,
+		"dtype", r.compute, "weights", r.store, "kv_cache_dtype", r.kv, "backend", be.Name())
+	m, err := factory(cfg, w)
+	if err != nil {
+		if opts.Backend == nil {
+			be.Close()
+		}
+		return nil, err
+	}
+	if opts.Backend == nil {
+		return &owning{Model: m, be: be}, nil
+	}
+	return m, nil
+}
+
+// owning closes the backend Load created along with the model.
+type owning struct {
+	Model
+	be ml.Backend
+}
+
+func (o *owning) Close() error {
+	return errors.Join(o.Model.Close(), o.be.Close())
+}
+
+// Unwrap returns the architecture's model (for benchmarks and tests).
+func (o *owning) Unwrap() Model { return o.Model }
+
+// locate finds the config: a directory's config.json, else a built-in
+// name. dir is "" for a built-in.
+func locate(path string) (*Config, string, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		cfg, err := ReadConfig(path)
+		return cfg, path, err
+	}
+	if cfg, ok := BuiltinConfig(path); ok {
+		return cfg, "", nil
+	}
+	return nil, "", fmt.Errorf("%w: %q is neither a directory with %s nor a built-in model (%s)",
+		ErrNotFound, path, ConfigFile, strings.Join(BuiltinModels(), ", "))
+}
+
+// Weights is what a Factory loads tensors through: from the checkpoint, or
+// generated for --load-format dummy. Shapes are checked here.
+type Weights struct {
+	Config  *Config
+	Backend ml.Backend
+	// DType is the storage of matmul weights (I8 when quantized); Compute
+	// is --dtype (for tensors that are not quantized, e.g. an untied
+	// embedding); KVDType is the KV cache's.
+	DType, Compute, KVDType ml.DType
+	Logger                  *slog.Logger
+
+	src  weights.Source // nil: dummy
+	ckpt ml.DType
+	seed uint64
+	// Bytes counts the memory of the tensors loaded through Load.
+	Bytes int64
+}
+
+// Dummy reports whether weights are generated.
+func (w *Weights) Dummy() bool { return w.src == nil }
+
+// Has reports whether the checkpoint holds a tensor (always true for dummy).
+func (w *Weights) Has(name string) bool {
+	if w.src == nil {
+		return true
+	}
+	return slices.Contains(w.src.Names(), name)
+}
+
+// Get returns the named tensor, which must have the given shape.
+func (w *Weights) Get(name string, shape ...int) (*weights.Tensor, error) {
+	if w.src == nil {
+		return w.dummy(name, shape), nil
+	}
+	t, err := w.src.Tensor(name)
+	if err != nil {
+		if errors.Is(err, weights.ErrMissingTensor) {
+			return nil, fmt.Errorf("%w: %q: %w", ErrMissingTensor, name, err)
+		}
+		return nil, fmt.Errorf("model: tensor %q: %w", name, err)
+	}
+	if !slices.Equal(t.Shape, shape) {
+		return nil, fmt.Errorf("%w: tensor %q has shape %v, want %v", ErrShape, name, t.Shape, shape)
+	}
+	return t, nil
+}
+
+// dummy makes a deterministic tensor: norm weights are ones (so
+// activations keep their scale), everything else N(0, 0.02²) like an HF
+// initializer.
+func (w *Weights) dummy(name string, shape []int) *weights.Tensor {
+	t := &weights.Tensor{Name: name, DType: w.ckpt, Shape: shape}
+	if strings.HasSuffix(name, "norm.weight") {
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		ones := make([]float32, n)
+		for i := range ones {
+			ones[i] = 1
+		}
+		t.DType = ml.F32
+		t.Data = make([]byte, 4*n)
+		weights.ConvertFromF32(t.Data, ones, ml.F32)
+		return t
+	}
+	t.Data = weights.Random(w.ckpt, shape, w.seed, name, 0.02)
+	return t
+}
+
+// Load creates a backend tensor rows×cols from the named tensor stored as
+// store (norms and biases: F32; matmul weights: w.DType).
+func (w *Weights) Load(name string, store ml.DType, rows, cols int, shape ...int) (ml.Tensor, error) {
+	if len(shape) == 0 {
+		shape = []int{rows, cols}
+	}
+	t, err := w.Get(name, shape...)
+	if err != nil {
+		return nil, err
+	}
+	return w.Upload(name, t.Data, t.DType, store, rows, cols)
+}
+
+// Upload creates a backend tensor from raw data (for fused tensors).
+func (w *Weights) Upload(name string, data []byte, src, store ml.DType, rows, cols int) (ml.Tensor, error) {
+	x, err := w.Backend.LoadWeight(rows, cols, data, src, store)
+	if err != nil {
+		return nil, fmt.Errorf("model: loading %q: %w", name, err)
+	}
+	w.Bytes += int64(rows) * int64(cols) * int64(store.Size())
+	if store == ml.I8 {
+		w.Bytes += 4 * int64(rows)
+	}
+	return x, nil
+}
