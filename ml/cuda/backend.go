@@ -51,6 +51,13 @@ type Options struct {
 	MaxGraphs int
 	// CublasWorkspace is cuBLAS's workspace in bytes (default 32 MiB).
 	CublasWorkspace int
+	// SkinnyMaxT: MatMuls of at most this many rows use the f32-activation
+	// GEMV kernel instead of cuBLAS (default 1; negative: never).
+	SkinnyMaxT int
+	// ExactActivations makes every bf16/f16 MatMul keep f32 activations (the
+	// GEMV kernel, slow for large batches) instead of rounding them to the
+	// weight dtype for cuBLAS: bit-for-bit closer to the CPU backend.
+	ExactActivations bool
 }
 
 // Backend is the CUDA ml.Backend. Its methods are safe for concurrent use
@@ -75,6 +82,8 @@ type Backend struct {
 		valid      bool
 	}
 	useShadow bool // a bf16 weight was loaded: norms also write bf16 copies
+	skinnyRec skinnyRec
+	ropeRec   ropeRec
 
 	// recording
 	ops    []op
@@ -108,6 +117,7 @@ const (
 
 type op struct {
 	kind          opKind
+	traceOff      int
 	fn            uintptr
 	grid, block   [3]uint32
 	argOff, argSz int
@@ -173,6 +183,9 @@ func NewBackend(opts Options) (*Backend, error) {
 	}
 	if opts.MaxGraphs <= 0 {
 		opts.MaxGraphs = 512
+	}
+	if opts.SkinnyMaxT == 0 {
+		opts.SkinnyMaxT = 1 // cuBLAS wins from 2 rows up (H100 measurements)
 	}
 	if opts.CublasWorkspace <= 0 {
 		opts.CublasWorkspace = 32 << 20
@@ -242,9 +255,12 @@ func NewBackend(opts Options) (*Backend, error) {
 }
 
 func kernelNames() []string {
-	n := []string{"cast_f32_bf16", "cast_f32_f16", "rope", "silu_mul", "gather_rows", "argmax_rows", "attn_combine"}
+	n := []string{"cast_f32_bf16", "cast_f32_f16", "rope_kv_f32", "rope_kv_bf16", "silu_mul", "gather_rows", "argmax_rows", "attn_combine"}
 	for _, s := range []string{"f32", "bf16", "f16"} {
 		n = append(n, "embedding_"+s, "rmsnorm_"+s, "add_rmsnorm_"+s, "bias_add_"+s)
+		for _, tt := range []int{1, 2, 4, 8} {
+			n = append(n, fmt.Sprintf("skinny_%s_%d", s, tt))
+		}
 	}
 	for _, s := range []string{"f32", "bf16"} {
 		n = append(n, "write_kv_"+s)
@@ -706,7 +722,7 @@ func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
 		b.args = b.args[:start]
 		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)
 	}
-	o := op{kind: opKernel, fn: fn, grid: grid, block: block, argOff: start, argSz: len(b.args) - start}
+	o := op{kind: opKernel, fn: fn, grid: grid, block: block, argOff: start, argSz: len(b.args) - start, traceOff: len(b.trace)}
 	b.ops = append(b.ops, o)
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, uint64(fn))
 	for _, v := range grid {
@@ -721,7 +737,7 @@ func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
 }
 
 func (b *Backend) pushGemm(g gemmArgs) {
-	b.ops = append(b.ops, op{kind: opGemm, g: g})
+	b.ops = append(b.ops, op{kind: opGemm, g: g, traceOff: len(b.trace), argOff: len(b.args)})
 	b.trace = append(b.trace, 0xFF)
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, g.a)
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, g.b)
@@ -731,7 +747,16 @@ func (b *Backend) pushGemm(g gemmArgs) {
 	}
 }
 
+// popOp removes the last recorded op (to re-record it fused with the next).
+func (b *Backend) popOp() {
+	o := b.ops[len(b.ops)-1]
+	b.ops = b.ops[:len(b.ops)-1]
+	b.args = b.args[:o.argOff]
+	b.trace = b.trace[:o.traceOff]
+}
+
 func (b *Backend) resetRec() {
+	b.skinnyRec.valid, b.ropeRec.valid = false, false
 	b.ops = b.ops[:0]
 	b.args = b.args[:0]
 	b.trace = b.trace[:0]

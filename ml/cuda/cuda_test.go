@@ -98,6 +98,13 @@ func TestConformance(t *testing.T) {
 		o.KVDTypes = []ml.DType{ml.BF16}
 		mltest.Run(t, newB, o)
 	})
+	t.Run("half-exact", func(t *testing.T) {
+		o := mltest.DefaultOptions()
+		o.Tol, o.MatMulTol, o.RoPETol = 1e-5, 5e-5, 2e-4
+		o.WeightDTypes = []ml.DType{ml.BF16, ml.F16}
+		o.KVDTypes = []ml.DType{ml.F32}
+		mltest.Run(t, func() ml.Backend { return newTestBackend(t, Options{ExactActivations: true}) }, o)
+	})
 }
 
 // ---- a synthetic decoder, run the way model/llama drives a backend ----
@@ -125,13 +132,12 @@ type synthModel struct {
 // randBytes makes n weights of dtype dt; a repeated pattern keeps big models
 // quick to build (values in [-a, a)).
 func randBytes(r *rand.Rand, n int, dt ml.DType, a float32) []byte {
-	const pat = 1 << 16
-	vals := mltest.RandF32(r, min(n, pat), a)
-	full := make([]float32, n)
-	for i := range full {
-		full[i] = vals[i%len(vals)]
+	pat := mltest.Encode(dt, mltest.RandF32(r, min(n, 1<<16), a))
+	out := make([]byte, n*dt.Size())
+	for i := 0; i < len(out); i += len(pat) {
+		copy(out[i:], pat)
 	}
-	return mltest.Encode(dt, full)
+	return out
 }
 
 func newSynth(t testing.TB, b ml.Backend, c synthConfig, maxT int, seed uint64) *synthModel {
@@ -146,14 +152,14 @@ func newSynth(t testing.TB, b ml.Backend, c synthConfig, maxT int, seed uint64) 
 		return x
 	}
 	w := func(rows, cols int, a float32) ml.Tensor {
-		return must(b.LoadWeight(rows, cols, randBytes(r, rows*cols, ml.F32, a), ml.F32, c.weight))
+		return must(b.LoadWeight(rows, cols, randBytes(r, rows*cols, c.weight, a), c.weight, c.weight))
 	}
 	norm := func() ml.Tensor {
 		vals := make([]float32, c.hidden)
 		for i := range vals {
 			vals[i] = 1 + 0.2*float32(r.Float64()-0.5)
 		}
-		return must(b.LoadWeight(1, c.hidden, mltest.Encode(ml.F32, vals), ml.F32, c.weight))
+		return must(b.LoadWeight(1, c.hidden, mltest.Encode(ml.F32, vals), ml.F32, ml.F32))
 	}
 	qd, kvd := c.heads*c.headDim, c.kvHeads*c.headDim
 	sc := float32(1 / math.Sqrt(float64(c.hidden)))
@@ -175,9 +181,12 @@ func newSynth(t testing.TB, b ml.Backend, c synthConfig, maxT int, seed uint64) 
 		m.wk = append(m.wk, w(kvd, c.hidden, sc))
 		m.wv = append(m.wv, w(kvd, c.hidden, sc))
 		if c.bias {
-			m.bq = append(m.bq, w(1, qd, 0.1))
-			m.bk = append(m.bk, w(1, kvd, 0.1))
-			m.bv = append(m.bv, w(1, kvd, 0.1))
+			bias := func(n int) ml.Tensor {
+				return must(b.LoadWeight(1, n, randBytes(r, n, ml.F32, 0.1), ml.F32, ml.F32))
+			}
+			m.bq = append(m.bq, bias(qd))
+			m.bk = append(m.bk, bias(kvd))
+			m.bv = append(m.bv, bias(kvd))
 		} else {
 			m.bq, m.bk, m.bv = append(m.bq, nil), append(m.bk, nil), append(m.bv, nil)
 		}
@@ -354,26 +363,38 @@ func TestSynthMatchesCPU(t *testing.T) {
 			cb := cpu.New(cpu.Options{})
 			want := runSynth(t, cb, c, 6)
 			cb.Close()
-			for _, graphs := range []bool{false, true} {
-				g := newTestBackend(t, Options{DisableGraphs: !graphs, GraphMinOps: 8})
+			for _, o := range []Options{
+				{DisableGraphs: true},
+				{GraphMinOps: 8},
+				{GraphMinOps: 8, SkinnyMaxT: 8},
+				{GraphMinOps: 8, ExactActivations: true},
+			} {
+				g := newTestBackend(t, o)
 				got := runSynth(t, g, c, 6)
-				if graphs {
-					n := 0
-					for _, e := range g.graphs {
-						if e.exec != 0 {
-							n++
-						}
+				n := 0
+				for _, e := range g.graphs {
+					if e.exec != 0 {
+						n++
 					}
-					t.Logf("graphs captured: %d", n)
 				}
 				g.Close()
+				tol := tc.tol
+				if o.ExactActivations || o.SkinnyMaxT > 1 {
+					tol = min(tol, 1e-4) // every MatMul (of ≤ 8 rows) keeps f32 activations
+				}
+				if o.SkinnyMaxT > 1 && !o.ExactActivations {
+					tol = tc.tol // the 27-row prefill still rounds
+				}
+				worst := 0.0
 				for i := range want {
 					d := maxRelDiff(got[i], want[i])
-					t.Logf("graphs=%v step %d: max rel diff %.3g", graphs, i, d)
-					if d > tc.tol {
-						t.Errorf("graphs=%v step %d: logits differ from CPU by %.3g > %.3g", graphs, i, d, tc.tol)
+					worst = math.Max(worst, d)
+					if d > tol {
+						t.Errorf("%+v step %d: logits differ from CPU by %.3g > %.3g", o, i, d, tol)
 					}
 				}
+				t.Logf("graphs=%v skinny≤%d exact=%v: %d graphs captured, max rel diff vs CPU %.3g",
+					!o.DisableGraphs, o.SkinnyMaxT, o.ExactActivations, n, worst)
 			}
 		})
 	}
@@ -545,37 +566,50 @@ func BenchmarkDecodeStep(bm *testing.B) {
 	}
 }
 
-// BenchmarkMatMul times single GEMMs of Qwen2.5-1.5B's shapes.
+// BenchmarkMatMul times single GEMMs of Qwen2.5-1.5B's shapes, through
+// cuBLAS (bf16 activations) and the skinny f32-activation kernel.
 func BenchmarkMatMul(bm *testing.B) {
 	gpuOrSkip(bm)
-	b := newTestBackend(bm, Options{DisableGraphs: true})
-	defer b.Close()
-	r := rand.New(rand.NewPCG(1, 1))
-	for _, sh := range [][2]int{{2 * 8960, 1536}, {1536, 8960}, {151936, 1536}} {
-		N, K := sh[0], sh[1]
-		w, err := b.LoadWeight(N, K, randBytes(r, N*K, ml.BF16, 0.05), ml.BF16, ml.BF16)
-		if err != nil {
-			bm.Fatal(err)
+	for _, skinny := range []bool{true, false} {
+		o := Options{DisableGraphs: true, SkinnyMaxT: -1}
+		if skinny {
+			o.SkinnyMaxT = 8
 		}
-		for _, T := range []int{1, 32, 256} {
-			x, _ := b.NewTensor(ml.F32, T, K)
-			d, _ := b.NewTensor(ml.F32, T, N)
-			bm.Run(fmt.Sprintf("N=%d/K=%d/T=%d", N, K, T), func(bm *testing.B) {
-				for i := 0; i < bm.N; i++ {
-					if err := b.MatMul(d, x, w, nil); err != nil {
+		b := newTestBackend(bm, o)
+		r := rand.New(rand.NewPCG(1, 1))
+		for _, sh := range [][2]int{{2 * 8960, 1536}, {1536, 8960}, {151936, 1536}} {
+			N, K := sh[0], sh[1]
+			w, err := b.LoadWeight(N, K, randBytes(r, N*K, ml.BF16, 0.05), ml.BF16, ml.BF16)
+			if err != nil {
+				bm.Fatal(err)
+			}
+			for _, T := range []int{1, 4, 8, 32, 256} {
+				if skinny && T > 8 {
+					continue
+				}
+				x, _ := b.NewTensor(ml.F32, T, K)
+				d, _ := b.NewTensor(ml.F32, T, N)
+				bm.Run(fmt.Sprintf("skinny=%v/N=%d/K=%d/T=%d", skinny, N, K, T), func(bm *testing.B) {
+					for i := 0; i < bm.N; i++ {
+						if err := b.MatMul(d, x, w, nil); err != nil {
+							bm.Fatal(err)
+						}
+						if i%64 == 63 {
+							_ = b.Sync()
+						}
+					}
+					if err := b.Sync(); err != nil {
 						bm.Fatal(err)
 					}
-				}
-				if err := b.Sync(); err != nil {
-					bm.Fatal(err)
-				}
-				sec := bm.Elapsed().Seconds() / float64(bm.N)
-				bm.ReportMetric(float64(N*K*2)/sec/1e9, "GB/s")
-				bm.ReportMetric(2*float64(N*K*T)/sec/1e12, "TFLOP/s")
-			})
-			b.Free(x)
-			b.Free(d)
+					sec := bm.Elapsed().Seconds() / float64(bm.N)
+					bm.ReportMetric(float64(N*K*2)/sec/1e9, "GB/s")
+					bm.ReportMetric(2*float64(N*K*T)/sec/1e12, "TFLOP/s")
+				})
+				b.Free(x)
+				b.Free(d)
+			}
+			b.Free(w)
 		}
-		b.Free(w)
+		b.Close()
 	}
 }

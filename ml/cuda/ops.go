@@ -236,6 +236,18 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 	if T == 0 || N == 0 {
 		return nil
 	}
+	if _, ok := dtSuffix(ww.dt); ok && xx.dt == ml.F32 &&
+		(T <= b.opts.SkinnyMaxT || (b.opts.ExactActivations && ww.dt != ml.F32)) {
+		b.invalidate(d.ptr, d.bytes())
+		sg := seg{d: d.ptr, w: ww.ptr, n: N, ldd: d.cols, dEnd: d.ptr + uint64(d.bytes())}
+		if bb != nil && bb.dt == ml.F32 {
+			sg.b, bb = bb.ptr, nil // fused into the GEMV
+		}
+		if err := b.pushSkinny(xx, T, K, ww.dt, sg); err != nil {
+			return err
+		}
+		return b.biasAdd(d, bb, bs, T, N)
+	}
 	var ctype int32
 	var bptr uint64
 	switch ww.dt {
@@ -280,16 +292,20 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 	b.pushGemm(gemmArgs{transa: cublasOpT, transb: cublasOpN, m: int32(N), n: int32(T), k: int32(K),
 		a: ww.ptr, atype: ctype, lda: int32(K), b: bptr, btype: ctype, ldb: int32(K),
 		c: d.ptr, ctype: cudaR32F, ldc: int32(N)})
-	if bb != nil {
-		n := int64(T) * int64(N)
-		st := b.argStart()
-		b.aP(d.ptr)
-		b.aP(bb.ptr)
-		b.aI(N)
-		b.aL(n)
-		return b.push("bias_add_"+bs, g1(gridFor(n, 256)), g1(256), st)
+	return b.biasAdd(d, bb, bs, T, N)
+}
+
+func (b *Backend) biasAdd(d, bb *tensor, bs string, T, N int) error {
+	if bb == nil {
+		return nil
 	}
-	return nil
+	n := int64(T) * int64(N)
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(bb.ptr)
+	b.aI(N)
+	b.aL(n)
+	return b.push("bias_add_"+bs, g1(gridFor(n, 256)), g1(256), st)
 }
 
 // RoPE implements ml.Backend. x may have more columns than numHeads*headDim
@@ -318,14 +334,142 @@ func (b *Backend) RoPE(x, positions, invFreq ml.Tensor, numHeads, headDim int) e
 		return nil
 	}
 	b.invalidate(xx.ptr, xx.bytes())
+	end := xx.ptr + uint64(xx.bytes())
+	r := &b.ropeRec
+	if r.valid && r.opIdx == len(b.ops)-1 && !r.merged && r.pos == pos.ptr && r.inv == inv.ptr &&
+		r.headDim == headDim && r.T == xx.rows && (end <= r.x0 || xx.ptr >= r.x0End) {
+		// RoPE of k right after RoPE of q: one launch rotates both.
+		b.popOp()
+		r.merged, r.x1, r.nh1, r.stride1 = true, xx.ptr, numHeads, xx.cols
+		return b.pushRope(r.x0, r.nh0, r.stride0, xx.ptr, numHeads, xx.cols, r.pos, r.inv, headDim, r.T)
+	}
+	*r = ropeRec{pos: pos.ptr, inv: inv.ptr, headDim: headDim, T: xx.rows, x0: xx.ptr, x0End: end, nh0: numHeads, stride0: xx.cols}
+	if err := b.pushRope(xx.ptr, numHeads, xx.cols, 0, 0, 0, pos.ptr, inv.ptr, headDim, xx.rows); err != nil {
+		return err
+	}
+	r.valid, r.opIdx = true, len(b.ops)-1
+	return nil
+}
+
+type ropeRec struct {
+	valid, merged           bool
+	opIdx                   int
+	pos, inv, x0, x0End, x1 uint64
+	headDim, T, nh0, nh1    int
+	stride0, stride1        int
+}
+
+func (b *Backend) pushRope(x0 uint64, nh0, s0 int, x1 uint64, nh1, s1 int, pos, inv uint64, headDim, T int) error {
+	return b.pushRopeKV(x0, nh0, s0, x1, nh1, s1, pos, inv, headDim, T, nil, 0, 0, 0, 0)
+}
+
+// pushRopeKV records rope_kv; with c non-nil the launch also writes x1 and v
+// into layer's cache at slots.
+func (b *Backend) pushRopeKV(x0 uint64, nh0, s0 int, x1 uint64, nh1, s1 int, pos, inv uint64, headDim, T int,
+	c *kvCache, layer int, v uint64, vStride int, slots uint64) error {
+	name := "rope_kv_f32"
+	var kc, vc uint64
+	var numSlots int64
+	if c != nil {
+		s, _ := dtSuffix(c.dt)
+		name, kc, vc, numSlots = "rope_kv_"+s, c.k(layer), c.v(layer), int64(c.numBlocks)*int64(c.blockSize)
+	}
 	st := b.argStart()
-	b.aP(xx.ptr)
-	b.aP(pos.ptr)
-	b.aP(inv.ptr)
-	b.aI(numHeads)
+	b.aP(x0)
+	b.aI(nh0)
+	b.aI(s0)
+	b.aP(x1)
+	b.aI(nh1)
+	b.aI(s1)
+	b.aP(pos)
+	b.aP(inv)
 	b.aI(headDim)
-	b.aI(xx.cols)
-	return b.push("rope", g1(xx.rows), g1(threadsFor(numHeads*headDim/2, 256)), st)
+	b.aP(kc)
+	b.aP(vc)
+	b.aP(v)
+	b.aI(vStride)
+	b.aP(slots)
+	b.aL(numSlots)
+	return b.push(name, g1(T), g1(threadsFor((nh0+nh1)*headDim/2, 256)), st)
+}
+
+// seg is one MatMul of a skinny launch.
+type seg struct {
+	d, w, b uint64
+	n, ldd  int
+	dEnd    uint64
+}
+
+type skinnyRec struct {
+	valid     bool
+	opIdx     int
+	x, xEnd   uint64
+	T, K, ldx int
+	wdt       ml.DType
+	segs      [3]seg
+	nseg      int
+}
+
+// pushSkinny records a GEMV-style MatMul, merged into the previous launch
+// when that was a skinny MatMul of the same x (q, k, v projections).
+func (b *Backend) pushSkinny(x *tensor, T, K int, wdt ml.DType, sg seg) error {
+	r := &b.skinnyRec
+	xEnd := x.ptr + uint64(x.bytes())
+	overlapX := sg.d < xEnd && x.ptr < sg.dEnd
+	merge := r.valid && r.opIdx == len(b.ops)-1 && r.x == x.ptr && r.T == T && r.K == K && r.ldx == x.cols &&
+		r.wdt == wdt && r.nseg < 3 && !overlapX
+	for i := 0; merge && i < r.nseg; i++ {
+		if sg.d < r.segs[i].dEnd && r.segs[i].d < sg.dEnd {
+			merge = false
+		}
+	}
+	if merge {
+		b.popOp()
+		r.segs[r.nseg] = sg
+		r.nseg++
+	} else {
+		*r = skinnyRec{x: x.ptr, xEnd: xEnd, T: T, K: K, ldx: x.cols, wdt: wdt, nseg: 1}
+		r.segs[0] = sg
+	}
+	tt := 8
+	for _, c := range []int{1, 2, 4} {
+		if T <= c {
+			tt = c
+			break
+		}
+	}
+	ws, _ := dtSuffix(wdt)
+	st := b.argStart()
+	b.aP(x.ptr)
+	b.aI(T)
+	b.aI(K)
+	b.aI(x.cols)
+	var segs [3]seg
+	copy(segs[:], r.segs[:r.nseg])
+	total := 0
+	for _, s := range segs {
+		b.aP(s.d)
+		total += s.n
+	}
+	for _, s := range segs {
+		b.aP(s.w)
+	}
+	for _, s := range segs {
+		b.aP(s.b)
+	}
+	for _, s := range segs {
+		b.aI(s.n)
+	}
+	for _, s := range segs {
+		b.aI(s.ldd)
+	}
+	if err := b.push(fmt.Sprintf("skinny_%s_%d", ws, tt), g3((total+7)/8, (T+tt-1)/tt, 1), g1(256), st); err != nil {
+		r.valid = false
+		return err
+	}
+	// A MatMul that overwrites its own input must not absorb later ones.
+	r.valid, r.opIdx = !overlapX, len(b.ops)-1
+	return nil
 }
 
 func (b *Backend) cache(c ml.KVCache, layer int) (*kvCache, error) {
@@ -370,6 +514,15 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 	}
 	if kk.rows == 0 {
 		return nil
+	}
+	r := &b.ropeRec
+	if r.valid && r.merged && r.opIdx == len(b.ops)-1 && r.x1 == kk.ptr && r.stride1 == kk.cols &&
+		r.nh1*r.headDim == kvdim && r.headDim == kc.hd && r.T == kk.rows {
+		// WriteKV right after RoPE(q), RoPE(k): the rotation launch stores k and v.
+		b.popOp()
+		r.valid = false
+		return b.pushRopeKV(r.x0, r.nh0, r.stride0, r.x1, r.nh1, r.stride1, r.pos, r.inv, r.headDim, r.T,
+			kc, layer, vv.ptr, vv.cols, sl.ptr)
 	}
 	s, _ := dtSuffix(kc.dt)
 	st := b.argStart()

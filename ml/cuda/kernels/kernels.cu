@@ -153,24 +153,154 @@ INST_W(float, f32)
 INST_W(bf16, bf16)
 INST_W(f16, f16)
 
+// ---- skinny GEMM: dst[t, n] = sum_k x[t, k] * w[n, k] for a few tokens ----
+//
+// One warp per output column n, TT tokens per block row (grid.y walks token
+// chunks). Activations stay f32 (exact products with the weight), weights
+// stream once per chunk with 16-byte loads: the decode-time GEMV.
+
+__device__ __forceinline__ void load8(const float* p, float* o) {
+  const float4 a = *(const float4*)p, b = *(const float4*)(p + 4);
+  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+__device__ __forceinline__ void load8(const bf16* p, float* o) {
+  const uint4 r = *(const uint4*)p;
+  const unsigned u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    o[2 * i] = __uint_as_float(u[i] << 16);
+    o[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void load8(const f16* p, float* o) {
+  const uint4 r = *(const uint4*)p;
+  const unsigned u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f16 lo, hi;
+    lo.x = (u16)(u[i] & 0xffffu);
+    hi.x = (u16)(u[i] >> 16);
+    o[2 * i] = tof(lo);
+    o[2 * i + 1] = tof(hi);
+  }
+}
+
+// A skinny launch serves up to three MatMuls that share x (q, k and v
+// projections): output column n of the concatenation [N0 | N1 | N2] picks
+// its weight, bias (f32, may be null) and destination.
+struct Seg3 {
+  float* d[3];
+  const void* w[3];
+  const float* b[3];
+  int n[3];
+  int ldd[3];
+};
+
+template <typename W, int TT>
+__device__ void skinny(const float* x, int T, int K, int ldx, Seg3 sg) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  int n = blockIdx.x * (blockDim.x >> 5) + warp;
+  int s = 0;
+  if (n >= sg.n[0]) { n -= sg.n[0]; s = 1; if (n >= sg.n[1]) { n -= sg.n[1]; s = 2; if (n >= sg.n[2]) return; } }
+  const W* wr = (const W*)sg.w[s] + (long long)n * K;
+  const int t0 = blockIdx.y * TT;
+  const int tn = min(TT, T - t0);
+  const float* xr = x + (long long)t0 * ldx;
+  float acc[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) acc[t] = 0.f;
+  if ((K & 7) == 0 && (ldx & 3) == 0) {
+    for (int k = lane * 8; k < K; k += 256) {
+      float wv[8];
+      load8(wr + k, wv);
+#pragma unroll
+      for (int t = 0; t < TT; ++t) {
+        if (t < tn) {
+          float xv[8];
+          load8(xr + (long long)t * ldx + k, xv);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[t] += wv[i] * xv[i];
+        }
+      }
+    }
+  } else {
+    for (int k = lane; k < K; k += 32) {
+      const float wv = tof(wr[k]);
+#pragma unroll
+      for (int t = 0; t < TT; ++t)
+        if (t < tn) acc[t] += wv * xr[(long long)t * ldx + k];
+    }
+  }
+  const float bias = sg.b[s] ? sg.b[s][n] : 0.f;
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    if (t < tn) {
+      const float v = warpSum(acc[t]);
+      if (lane == 0) sg.d[s][(long long)(t0 + t) * sg.ldd[s] + n] = v + bias;
+    }
+  }
+}
+
+#define INST_SKINNY(W, S, TT)                                                                    \
+  extern "C" __global__ void skinny_##S##_##TT(const float* x, int T, int K, int ldx, Seg3 sg) { \
+    skinny<W, TT>(x, T, K, ldx, sg);                                                             \
+  }
+#define INST_SKINNY_ALL(W, S) INST_SKINNY(W, S, 1) INST_SKINNY(W, S, 2) INST_SKINNY(W, S, 4) INST_SKINNY(W, S, 8)
+INST_SKINNY_ALL(float, f32)
+INST_SKINNY_ALL(bf16, bf16)
+INST_SKINNY_ALL(f16, f16)
+
 // ---- RoPE, HF rotate_half layout, in place on x[T, stride] (first
 // numHeads*headDim columns) ----
 
-extern "C" __global__ void rope(float* x, const int* pos, const float* invFreq, int numHeads, int headDim, int stride) {
+// rope_kv rotates x0 (nh0 heads, e.g. q) and x1 (nh1 heads, e.g. k) in
+// place; with kc non-null it also stores x1 (rotated) and v into the KV
+// cache at slots[t] (x1 then holds exactly the cache's nh1 KV heads).
+template <typename KV>
+__device__ void rope_kv(float* x0, int nh0, int stride0, float* x1, int nh1, int stride1, const int* pos,
+                        const float* invFreq, int headDim, KV* kc, KV* vc, const float* v, int vStride,
+                        const int* slots, long long numSlots) {
   const int t = blockIdx.x;
   const int half = headDim / 2;
   const float p = (float)pos[t];
-  float* xr = x + (long long)t * stride;
-  for (int i = threadIdx.x; i < numHeads * half; i += blockDim.x) {
-    const int h = i / half, j = i - h * half;
+  const int slot = kc ? slots[t] : -1;
+  const bool store = slot >= 0 && slot < numSlots;
+  for (int i = threadIdx.x; i < (nh0 + nh1) * half; i += blockDim.x) {
+    int h = i / half;
+    const int j = i - h * half;
+    float* xr = x0 + (long long)t * stride0;
+    const bool isK = h >= nh0;
+    if (isK) {
+      h -= nh0;
+      xr = x1 + (long long)t * stride1;
+    }
     float s, c;
     sincosf(p * invFreq[j], &s, &c);
     float* hp = xr + h * headDim;
     const float a = hp[j], b = hp[j + half];
-    hp[j] = a * c - b * s;
-    hp[j + half] = b * c + a * s;
+    const float na = a * c - b * s, nb = b * c + a * s;
+    hp[j] = na;
+    hp[j + half] = nb;
+    if (isK && store) {
+      const long long o = (long long)slot * nh1 * headDim + (long long)h * headDim;
+      const float* vr = v + (long long)t * vStride + h * headDim;
+      stf(kc + o + j, na);
+      stf(kc + o + j + half, nb);
+      stf(vc + o + j, vr[j]);
+      stf(vc + o + j + half, vr[j + half]);
+    }
   }
 }
+
+#define INST_ROPE(KV, S)                                                                                      \
+  extern "C" __global__ void rope_kv_##S(float* x0, int nh0, int stride0, float* x1, int nh1, int stride1,   \
+                                         const int* pos, const float* invFreq, int headDim, KV* kc, KV* vc,  \
+                                         const float* v, int vStride, const int* slots, long long numSlots) { \
+    rope_kv<KV>(x0, nh0, stride0, x1, nh1, stride1, pos, invFreq, headDim, kc, vc, v, vStride, slots,       \
+                numSlots);                                                                                    \
+  }
+INST_ROPE(float, f32)
+INST_ROPE(bf16, bf16)
 
 // ---- SiLU-and-mul: dst[t, i] = silu(gu[t, i]) * gu[t, I+i] ----
 
