@@ -924,3 +924,41 @@ func stress(t *testing.T, m model.Model, release func(), opts Options, vocab, n 
 	stop()
 	waitFor(t, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= before })
 }
+
+// nullModel returns constant logits at no cost: it measures the engine's
+// own per-step overhead.
+type nullModel struct{ fakeModel }
+
+func (n *nullModel) Forward(ctx context.Context, b *model.Batch, logits []float32) error {
+	for r := range len(b.LogitIndices) {
+		logits[r*n.vocab+int(b.Tokens[b.LogitIndices[r]])%n.vocab] = 1
+	}
+	return nil
+}
+
+// BenchmarkEngineOverhead: scheduler, sampling (greedy, 32k vocabulary),
+// stop checks and streaming per generated token, with a model that costs
+// nothing. 16 concurrent requests of 64 tokens per iteration.
+func BenchmarkEngineOverhead(b *testing.B) {
+	m := &nullModel{fakeModel{vocab: 32000}}
+	opts := fakeOpts()
+	opts.BlockSize = 16
+	opts.NumBlocks = 1024
+	e, stop := startEngine(b, m, opts)
+	defer stop()
+	b.ReportAllocs()
+	for b.Loop() {
+		var wg sync.WaitGroup
+		for i := range 16 {
+			ch := submit(b, e, context.Background(), &Request{PromptIDs: prompt(16, i), Params: greedyParams(64)})
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range ch {
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	b.ReportMetric(float64(b.N*16*64)/b.Elapsed().Seconds(), "tok/s")
+}
