@@ -1,0 +1,126 @@
+package llama
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/llmserve/llmserve/ml/cpu"
+	"github.com/llmserve/llmserve/model"
+)
+
+// Benchmarks on Qwen2.5-0.5B's shape with dummy weights:
+//
+//	go test ./model/llama -run '^$' -bench . -benchtime 20x -count 5
+//
+// decode: one token per step at batch 1 after a 128-token prompt;
+// prefill: a 128-token prompt in one step (logits of its last token).
+// GB/tok is the weight memory read per token (all of it per step, shared by
+// the step's tokens).
+
+var benchModels struct {
+	sync.Mutex
+	m map[string]*Model
+}
+
+// benchModel loads (once per process) the dummy model in the given quantization.
+func benchModel(b *testing.B, quant string) *Model {
+	benchModels.Lock()
+	defer benchModels.Unlock()
+	if m, ok := benchModels.m[quant]; ok {
+		return m
+	}
+	be := cpu.New(cpu.Options{})
+	lm, err := model.Load("Qwen/Qwen2.5-0.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", Quantization: quant})
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := lm.(*Model)
+	if err := m.AllocateKV(64, 16); err != nil {
+		b.Fatal(err)
+	}
+	if benchModels.m == nil {
+		benchModels.m = map[string]*Model{}
+	}
+	benchModels.m[quant] = m
+	return m
+}
+
+func prompt(n int) []int32 {
+	out := make([]int32, n)
+	for i := range out {
+		out[i] = int32((i*7919 + 13) % 150000)
+	}
+	return out
+}
+
+var blocks = func() []int32 {
+	var out []int32
+	for i := range 64 {
+		out = append(out, int32(63-i))
+	}
+	return out
+}()
+
+func BenchmarkDecode(b *testing.B) {
+	for _, q := range []string{"bf16", "int8"} {
+		b.Run(q, func(b *testing.B) {
+			m := benchModel(b, map[string]string{"bf16": "", "int8": "int8"}[q])
+			V := m.cfg.VocabSize
+			const ctx0 = 128
+			pre := &model.Batch{Tokens: prompt(ctx0), Positions: make([]int32, ctx0),
+				Seqs: []model.SeqChunk{{Len: ctx0, BlockTable: blocks}}, LogitIndices: []int32{ctx0 - 1}}
+			for i := range pre.Positions {
+				pre.Positions[i] = int32(i)
+			}
+			logits := make([]float32, V)
+			if err := m.Forward(b.Context(), pre, logits); err != nil {
+				b.Fatal(err)
+			}
+			step := &model.Batch{Tokens: []int32{0}, Positions: []int32{0},
+				Seqs: []model.SeqChunk{{Len: 1, BlockTable: blocks}}, LogitIndices: []int32{0}}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				step.Tokens[0] = argmax(logits)
+				step.Positions[0] = int32(ctx0 + i%512) // stays within the cache
+				if err := m.Forward(b.Context(), step, logits); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			sec := b.Elapsed().Seconds()
+			b.ReportMetric(float64(b.N)/sec, "tok/s")
+			b.ReportMetric(float64(m.WeightBytes())/1e9, "GB/tok")
+		})
+	}
+}
+
+func BenchmarkPrefill(b *testing.B) {
+	for _, q := range []string{"bf16", "int8"} {
+		b.Run(fmt.Sprintf("%s/128", q), func(b *testing.B) {
+			m := benchModel(b, map[string]string{"bf16": "", "int8": "int8"}[q])
+			const n = 128
+			batch := &model.Batch{Tokens: prompt(n), Positions: make([]int32, n),
+				Seqs: []model.SeqChunk{{Len: n, BlockTable: blocks}}, LogitIndices: []int32{n - 1}}
+			for i := range batch.Positions {
+				batch.Positions[i] = int32(i)
+			}
+			logits := make([]float32, m.cfg.VocabSize)
+			if err := m.Forward(b.Context(), batch, logits); err != nil { // warm the scratch
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if err := m.Forward(b.Context(), batch, logits); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			sec := b.Elapsed().Seconds()
+			b.ReportMetric(float64(n*b.N)/sec, "tok/s")
+			b.ReportMetric(float64(m.WeightBytes())/n/1e9, "GB/tok")
+		})
+	}
+}
