@@ -72,11 +72,11 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 	if err != nil {
 		return err
 	}
-	kt, err := asTensor(k, "WriteKV k", ml.F32)
+	kt, err := asTensor(k, "WriteKV k", f32Only)
 	if err != nil {
 		return err
 	}
-	vt, err := asTensor(v, "WriteKV v", ml.F32)
+	vt, err := asTensor(v, "WriteKV v", f32Only)
 	if err != nil {
 		return err
 	}
@@ -144,11 +144,11 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	if meta == nil {
 		return fmt.Errorf("%w: Attention without meta", ErrShape)
 	}
-	d, err := asTensor(dst, "Attention dst", ml.F32)
+	d, err := asTensor(dst, "Attention dst", f32Only)
 	if err != nil {
 		return err
 	}
-	qt, err := asTensor(q, "Attention q", ml.F32)
+	qt, err := asTensor(q, "Attention q", f32Only)
 	if err != nil {
 		return err
 	}

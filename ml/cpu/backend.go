@@ -243,7 +243,7 @@ func (b *Backend) View(t ml.Tensor, start, rows int) ml.Tensor {
 }
 
 func (b *Backend) UploadI32(t ml.Tensor, src []int32) error {
-	x, err := asTensor(t, "UploadI32 dst", ml.I32)
+	x, err := asTensor(t, "UploadI32 dst", i32Only)
 	if err != nil {
 		return err
 	}
@@ -255,7 +255,7 @@ func (b *Backend) UploadI32(t ml.Tensor, src []int32) error {
 }
 
 func (b *Backend) UploadF32(t ml.Tensor, src []float32) error {
-	x, err := asTensor(t, "UploadF32 dst", ml.F32)
+	x, err := asTensor(t, "UploadF32 dst", f32Only)
 	if err != nil {
 		return err
 	}
@@ -267,7 +267,7 @@ func (b *Backend) UploadF32(t ml.Tensor, src []float32) error {
 }
 
 func (b *Backend) Download(dst []float32, t ml.Tensor) error {
-	x, err := asTensor(t, "Download src", ml.F32)
+	x, err := asTensor(t, "Download src", f32Only)
 	if err != nil {
 		return err
 	}
@@ -297,27 +297,49 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// asTensor checks that t is a live CPU tensor of one of dts (any dtype
-// when dts is empty).
-func asTensor(t ml.Tensor, what string, dts ...ml.DType) (*Tensor, error) {
+// dtypes is a set of dtypes (a bit mask, so checking one allocates nothing).
+type dtypes uint32
+
+func set(ds ...ml.DType) dtypes {
+	var m dtypes
+	for _, d := range ds {
+		m |= 1 << d
+	}
+	return m
+}
+
+var (
+	f32Only   = set(ml.F32)
+	i32Only   = set(ml.I32)
+	anyWeight = set(ml.F32, ml.F16, ml.BF16, ml.I8)
+	anyDType  = ^dtypes(0)
+)
+
+func (m dtypes) String() string {
+	var names []string
+	for d := ml.DType(0); d < 32; d++ {
+		if m&(1<<d) != 0 && d.Size() > 0 {
+			names = append(names, d.String())
+		}
+	}
+	return fmt.Sprint(names)
+}
+
+// asTensor checks that t is a live CPU tensor of one of dts.
+func asTensor(t ml.Tensor, what string, dts dtypes) (*Tensor, error) {
 	x, ok := t.(*Tensor)
 	if !ok || x == nil {
 		return nil, fmt.Errorf("%w: %s is not a cpu tensor (%T)", ErrShape, what, t)
 	}
-	if len(dts) == 0 {
-		return x, nil
+	if dts&(1<<x.dt) == 0 {
+		return nil, fmt.Errorf("%w: %s has dtype %s, want %v", ml.ErrUnsupported, what, x.dt, dts)
 	}
-	for _, d := range dts {
-		if x.dt == d {
-			return x, nil
-		}
-	}
-	return nil, fmt.Errorf("%w: %s has dtype %s, want %v", ml.ErrUnsupported, what, x.dt, dts)
+	return x, nil
 }
 
 // indices returns the first n elements of an I32 index tensor.
 func indices(t ml.Tensor, what string, n int) ([]int32, error) {
-	x, err := asTensor(t, what, ml.I32)
+	x, err := asTensor(t, what, i32Only)
 	if err != nil {
 		return nil, err
 	}

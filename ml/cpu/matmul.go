@@ -21,15 +21,15 @@ type matmulTask struct {
 }
 
 func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
-	d, err := asTensor(dst, "MatMul dst", ml.F32)
+	d, err := asTensor(dst, "MatMul dst", f32Only)
 	if err != nil {
 		return err
 	}
-	xt, err := asTensor(x, "MatMul x", ml.F32)
+	xt, err := asTensor(x, "MatMul x", f32Only)
 	if err != nil {
 		return err
 	}
-	wt, err := asTensor(w, "MatMul w", ml.F32, ml.F16, ml.BF16, ml.I8)
+	wt, err := asTensor(w, "MatMul w", anyWeight)
 	if err != nil {
 		return err
 	}
@@ -38,7 +38,7 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 	}
 	var bs []float32
 	if bias != nil {
-		bt, err := asTensor(bias, "MatMul bias", ml.F32)
+		bt, err := asTensor(bias, "MatMul bias", f32Only)
 		if err != nil {
 			return err
 		}

@@ -125,11 +125,11 @@ func embedRow(dst []float32, table *Tensor, id int) {
 }
 
 func (b *Backend) Embedding(dst, table, ids ml.Tensor) error {
-	d, err := asTensor(dst, "Embedding dst", ml.F32)
+	d, err := asTensor(dst, "Embedding dst", f32Only)
 	if err != nil {
 		return err
 	}
-	tb, err := asTensor(table, "Embedding table", ml.F32, ml.F16, ml.BF16, ml.I8)
+	tb, err := asTensor(table, "Embedding table", anyWeight)
 	if err != nil {
 		return err
 	}
@@ -152,17 +152,19 @@ func (b *Backend) Embedding(dst, table, ids ml.Tensor) error {
 }
 
 func (b *Backend) normArgs(what string, dst, x, w ml.Tensor) (*Tensor, *Tensor, *Tensor, error) {
-	d, err := asTensor(dst, what+" dst", ml.F32)
+	// The operand names are only built on the error path: concatenating
+	// them up front would allocate on every call.
+	d, err := asTensor(dst, "dst", f32Only)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("%s: %w", what, err)
 	}
-	xt, err := asTensor(x, what+" x", ml.F32)
+	xt, err := asTensor(x, "x", f32Only)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("%s: %w", what, err)
 	}
-	wt, err := asTensor(w, what+" weight", ml.F32)
+	wt, err := asTensor(w, "weight", f32Only)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if d.rows != xt.rows || d.cols != xt.cols || wt.rows*wt.cols != xt.cols {
 		return nil, nil, nil, fmt.Errorf("%w: %s dst %v, x %v, weight %v", ErrShape, what, d, xt, wt)
@@ -186,7 +188,7 @@ func (b *Backend) AddRMSNorm(residual, dst, x, w ml.Tensor, eps float32) error {
 	if err != nil {
 		return err
 	}
-	res, err := asTensor(residual, "AddRMSNorm residual", ml.F32)
+	res, err := asTensor(residual, "AddRMSNorm residual", f32Only)
 	if err != nil {
 		return err
 	}
@@ -200,11 +202,11 @@ func (b *Backend) AddRMSNorm(residual, dst, x, w ml.Tensor, eps float32) error {
 }
 
 func (b *Backend) SiLUMul(dst, gateUp ml.Tensor) error {
-	d, err := asTensor(dst, "SiLUMul dst", ml.F32)
+	d, err := asTensor(dst, "SiLUMul dst", f32Only)
 	if err != nil {
 		return err
 	}
-	gu, err := asTensor(gateUp, "SiLUMul gateUp", ml.F32)
+	gu, err := asTensor(gateUp, "SiLUMul gateUp", f32Only)
 	if err != nil {
 		return err
 	}
@@ -218,11 +220,11 @@ func (b *Backend) SiLUMul(dst, gateUp ml.Tensor) error {
 }
 
 func (b *Backend) GatherRows(dst, src, idx ml.Tensor) error {
-	d, err := asTensor(dst, "GatherRows dst", ml.F32)
+	d, err := asTensor(dst, "GatherRows dst", f32Only)
 	if err != nil {
 		return err
 	}
-	s, err := asTensor(src, "GatherRows src", ml.F32)
+	s, err := asTensor(src, "GatherRows src", f32Only)
 	if err != nil {
 		return err
 	}
@@ -255,14 +257,14 @@ type ropeTask struct {
 }
 
 func (b *Backend) RoPE(x, positions, invFreq ml.Tensor, numHeads, headDim int) error {
-	xt, err := asTensor(x, "RoPE x", ml.F32)
+	xt, err := asTensor(x, "RoPE x", f32Only)
 	if err != nil {
 		return err
 	}
 	if headDim <= 0 || headDim%2 != 0 || numHeads <= 0 || xt.cols != numHeads*headDim {
 		return fmt.Errorf("%w: RoPE x %v with %d heads of %d", ErrShape, xt, numHeads, headDim)
 	}
-	it, err := asTensor(invFreq, "RoPE invFreq", ml.F32)
+	it, err := asTensor(invFreq, "RoPE invFreq", f32Only)
 	if err != nil {
 		return err
 	}

@@ -4,8 +4,8 @@
 
 #include "textflag.h"
 
-// func tileF32_1x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_1x1_avx512(SB), NOSPLIT, $0-72
+// func tileF32_1x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_1x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -48,8 +48,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_2x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_2x1_avx512(SB), NOSPLIT, $0-72
+// func tileF32_2x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_2x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -106,8 +106,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_3x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_3x1_avx512(SB), NOSPLIT, $0-72
+// func tileF32_3x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_3x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -177,8 +177,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_4x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_4x1_avx512(SB), NOSPLIT, $0-72
+// func tileF32_4x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_4x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -261,8 +261,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_1x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_1x4_avx512(SB), NOSPLIT, $0-72
+// func tileF32_1x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_1x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -281,12 +281,13 @@ TEXT ·tileF32_1x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
-	MOVQ R10, R8
-	IMULQ $8, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	TESTQ CX, CX
 	JZ reduce
-loop:
+pfloop:
 	VMOVUPS (SI), Z4
 	PREFETCHT1 (R8)
 	VFMADD231PS (DI), Z4, Z0
@@ -299,6 +300,20 @@ loop:
 	ADDQ $64, SI
 	ADDQ $64, DI
 	ADDQ $64, R8
+	DECQ CX
+	JNZ pfloop
+	JMP reduce
+nopf:
+	TESTQ CX, CX
+	JZ reduce
+loop:
+	VMOVUPS (SI), Z4
+	VFMADD231PS (DI), Z4, Z0
+	VFMADD231PS (DI)(R10*1), Z4, Z1
+	VFMADD231PS (DI)(R10*2), Z4, Z2
+	VFMADD231PS (DI)(R11*1), Z4, Z3
+	ADDQ $64, SI
+	ADDQ $64, DI
 	DECQ CX
 	JNZ loop
 reduce:
@@ -324,8 +339,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_2x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_2x4_avx512(SB), NOSPLIT, $0-72
+// func tileF32_2x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_2x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -348,6 +363,38 @@ TEXT ·tileF32_2x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	TESTQ CX, CX
+	JZ reduce
+pfloop:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	PREFETCHT1 (R13)
+	VMOVUPS (DI), Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	PREFETCHT1 (R13)(R10*1)
+	VMOVUPS (DI)(R10*1), Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	PREFETCHT1 (R13)(R10*2)
+	VMOVUPS (DI)(R10*2), Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	PREFETCHT1 (R13)(R11*1)
+	VMOVUPS (DI)(R11*1), Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+	JMP reduce
+nopf:
 	TESTQ CX, CX
 	JZ reduce
 loop:
@@ -407,8 +454,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_3x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_3x4_avx512(SB), NOSPLIT, $0-72
+// func tileF32_3x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_3x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -435,6 +482,43 @@ TEXT ·tileF32_3x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z9, Z9, Z9
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	TESTQ CX, CX
+	JZ reduce
+pfloop:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	PREFETCHT1 (R13)
+	VMOVUPS (DI), Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	PREFETCHT1 (R13)(R10*1)
+	VMOVUPS (DI)(R10*1), Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	PREFETCHT1 (R13)(R10*2)
+	VMOVUPS (DI)(R10*2), Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	PREFETCHT1 (R13)(R11*1)
+	VMOVUPS (DI)(R11*1), Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+	JMP reduce
+nopf:
 	TESTQ CX, CX
 	JZ reduce
 loop:
@@ -514,8 +598,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_4x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_4x4_avx512(SB), NOSPLIT, $0-72
+// func tileF32_4x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_4x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -546,6 +630,48 @@ TEXT ·tileF32_4x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	TESTQ CX, CX
+	JZ reduce
+pfloop:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	PREFETCHT1 (R13)
+	VMOVUPS (DI), Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	PREFETCHT1 (R13)(R10*1)
+	VMOVUPS (DI)(R10*1), Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	PREFETCHT1 (R13)(R10*2)
+	VMOVUPS (DI)(R10*2), Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	PREFETCHT1 (R13)(R11*1)
+	VMOVUPS (DI)(R11*1), Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+	JMP reduce
+nopf:
 	TESTQ CX, CX
 	JZ reduce
 loop:
@@ -645,8 +771,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_1x8_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_1x8_avx512(SB), NOSPLIT, $0-72
+// func tileF32_1x8_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_1x8_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -670,13 +796,14 @@ TEXT ·tileF32_1x8_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
-	MOVQ R10, R8
-	IMULQ $16, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	LEAQ (R8)(R10*4), R9
 	TESTQ CX, CX
 	JZ reduce
-loop:
+pfloop:
 	VMOVUPS (SI), Z8
 	PREFETCHT1 (R8)
 	VFMADD231PS (DI), Z8, Z0
@@ -699,6 +826,25 @@ loop:
 	ADDQ $64, R13
 	ADDQ $64, R8
 	ADDQ $64, R9
+	DECQ CX
+	JNZ pfloop
+	JMP reduce
+nopf:
+	TESTQ CX, CX
+	JZ reduce
+loop:
+	VMOVUPS (SI), Z8
+	VFMADD231PS (DI), Z8, Z0
+	VFMADD231PS (DI)(R10*1), Z8, Z1
+	VFMADD231PS (DI)(R10*2), Z8, Z2
+	VFMADD231PS (DI)(R11*1), Z8, Z3
+	VFMADD231PS (R13), Z8, Z4
+	VFMADD231PS (R13)(R10*1), Z8, Z5
+	VFMADD231PS (R13)(R10*2), Z8, Z6
+	VFMADD231PS (R13)(R11*1), Z8, Z7
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
 	DECQ CX
 	JNZ loop
 reduce:
@@ -739,8 +885,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_1x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_1x1_avx512(SB), NOSPLIT, $0-72
+// func tileBF16_1x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_1x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -803,8 +949,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_2x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_2x1_avx512(SB), NOSPLIT, $0-72
+// func tileBF16_2x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_2x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -821,9 +967,31 @@ TEXT ·tileBF16_2x1_avx512(SB), NOSPLIT, $0-72
 	SHRQ $4, CX
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $1, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Z2
+	VMOVUPS (SI)(R8*1), Z3
+	VPMOVZXWD (DI), Z4
+	VPSLLD $16, Z4, Z4
+	VFMADD231PS Z2, Z4, Z0
+	VFMADD231PS Z3, Z4, Z1
+	VMOVUPS 64(SI), Z2
+	VMOVUPS 64(SI)(R8*1), Z3
+	VPMOVZXWD 32(DI), Z4
+	VPSLLD $16, Z4, Z4
+	VFMADD231PS Z2, Z4, Z0
+	VFMADD231PS Z3, Z4, Z1
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Z2
 	VMOVUPS (SI)(R8*1), Z3
 	VPMOVZXWD (DI), Z4
@@ -833,7 +1001,7 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -862,8 +1030,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_3x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_3x1_avx512(SB), NOSPLIT, $0-72
+// func tileBF16_3x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_3x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -881,9 +1049,35 @@ TEXT ·tileBF16_3x1_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $1, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Z3
+	VMOVUPS (SI)(R8*1), Z4
+	VMOVUPS (SI)(R8*2), Z5
+	VPMOVZXWD (DI), Z6
+	VPSLLD $16, Z6, Z6
+	VFMADD231PS Z3, Z6, Z0
+	VFMADD231PS Z4, Z6, Z1
+	VFMADD231PS Z5, Z6, Z2
+	VMOVUPS 64(SI), Z3
+	VMOVUPS 64(SI)(R8*1), Z4
+	VMOVUPS 64(SI)(R8*2), Z5
+	VPMOVZXWD 32(DI), Z6
+	VPSLLD $16, Z6, Z6
+	VFMADD231PS Z3, Z6, Z0
+	VFMADD231PS Z4, Z6, Z1
+	VFMADD231PS Z5, Z6, Z2
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Z3
 	VMOVUPS (SI)(R8*1), Z4
 	VMOVUPS (SI)(R8*2), Z5
@@ -895,7 +1089,7 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -934,8 +1128,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_4x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_4x1_avx512(SB), NOSPLIT, $0-72
+// func tileBF16_4x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_4x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -954,9 +1148,39 @@ TEXT ·tileBF16_4x1_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $1, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Z4
+	VMOVUPS (SI)(R8*1), Z5
+	VMOVUPS (SI)(R8*2), Z6
+	VMOVUPS (SI)(R9*1), Z7
+	VPMOVZXWD (DI), Z8
+	VPSLLD $16, Z8, Z8
+	VFMADD231PS Z4, Z8, Z0
+	VFMADD231PS Z5, Z8, Z1
+	VFMADD231PS Z6, Z8, Z2
+	VFMADD231PS Z7, Z8, Z3
+	VMOVUPS 64(SI), Z4
+	VMOVUPS 64(SI)(R8*1), Z5
+	VMOVUPS 64(SI)(R8*2), Z6
+	VMOVUPS 64(SI)(R9*1), Z7
+	VPMOVZXWD 32(DI), Z8
+	VPSLLD $16, Z8, Z8
+	VFMADD231PS Z4, Z8, Z0
+	VFMADD231PS Z5, Z8, Z1
+	VFMADD231PS Z6, Z8, Z2
+	VFMADD231PS Z7, Z8, Z3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Z4
 	VMOVUPS (SI)(R8*1), Z5
 	VMOVUPS (SI)(R8*2), Z6
@@ -970,7 +1194,7 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -1019,8 +1243,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_1x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_1x4_avx512(SB), NOSPLIT, $0-72
+// func tileBF16_1x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_1x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1039,12 +1263,13 @@ TEXT ·tileBF16_1x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
-	MOVQ R10, R8
-	IMULQ $8, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	SHRQ $1, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Z4
 	PREFETCHT1 (R8)
 	VPMOVZXWD (DI), Z5
@@ -1078,6 +1303,64 @@ loop:
 	ADDQ $128, SI
 	ADDQ $64, DI
 	ADDQ $64, R8
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Z4
+	VPMOVZXWD (DI), Z5
+	VPSLLD $16, Z5, Z5
+	VFMADD231PS Z4, Z5, Z0
+	VPMOVZXWD (DI)(R10*1), Z6
+	VPSLLD $16, Z6, Z6
+	VFMADD231PS Z4, Z6, Z1
+	VPMOVZXWD (DI)(R10*2), Z7
+	VPSLLD $16, Z7, Z7
+	VFMADD231PS Z4, Z7, Z2
+	VPMOVZXWD (DI)(R11*1), Z8
+	VPSLLD $16, Z8, Z8
+	VFMADD231PS Z4, Z8, Z3
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z4
+	VPMOVZXWD (DI), Z5
+	VPSLLD $16, Z5, Z5
+	VFMADD231PS Z4, Z5, Z0
+	VPMOVZXWD (DI)(R10*1), Z6
+	VPSLLD $16, Z6, Z6
+	VFMADD231PS Z4, Z6, Z1
+	VPMOVZXWD (DI)(R10*2), Z7
+	VPSLLD $16, Z7, Z7
+	VFMADD231PS Z4, Z7, Z2
+	VPMOVZXWD (DI)(R11*1), Z8
+	VPSLLD $16, Z8, Z8
+	VFMADD231PS Z4, Z8, Z3
+	VMOVUPS 64(SI), Z4
+	VPMOVZXWD 32(DI), Z5
+	VPSLLD $16, Z5, Z5
+	VFMADD231PS Z4, Z5, Z0
+	VPMOVZXWD 32(DI)(R10*1), Z6
+	VPSLLD $16, Z6, Z6
+	VFMADD231PS Z4, Z6, Z1
+	VPMOVZXWD 32(DI)(R10*2), Z7
+	VPSLLD $16, Z7, Z7
+	VFMADD231PS Z4, Z7, Z2
+	VPMOVZXWD 32(DI)(R11*1), Z8
+	VPSLLD $16, Z8, Z8
+	VFMADD231PS Z4, Z8, Z3
+	ADDQ $128, SI
+	ADDQ $64, DI
 	DECQ CX
 	JNZ loop
 tail:
@@ -1126,8 +1409,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_2x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_2x4_avx512(SB), NOSPLIT, $0-72
+// func tileBF16_2x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_2x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1150,9 +1433,64 @@ TEXT ·tileBF16_2x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	PREFETCHT1 (R13)
+	VPMOVZXWD (DI), Z10
+	VPSLLD $16, Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVZXWD (DI)(R10*1), Z11
+	VPSLLD $16, Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	PREFETCHT1 (R13)(R10*2)
+	VPMOVZXWD (DI)(R10*2), Z12
+	VPSLLD $16, Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	PREFETCHT1 (R13)(R11*1)
+	VPMOVZXWD (DI)(R11*1), Z13
+	VPSLLD $16, Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 64(SI), Z8
+	VMOVUPS 64(SI)(R8*1), Z9
+	VPMOVZXWD 32(DI), Z10
+	VPSLLD $16, Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVZXWD 32(DI)(R10*1), Z11
+	VPSLLD $16, Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVZXWD 32(DI)(R10*2), Z12
+	VPSLLD $16, Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVZXWD 32(DI)(R11*1), Z13
+	VPSLLD $16, Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Z8
 	VMOVUPS (SI)(R8*1), Z9
 	VPMOVZXWD (DI), Z10
@@ -1174,7 +1512,80 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	VPMOVZXWD (DI), Z10
+	VPSLLD $16, Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVZXWD (DI)(R10*1), Z11
+	VPSLLD $16, Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVZXWD (DI)(R10*2), Z12
+	VPSLLD $16, Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVZXWD (DI)(R11*1), Z13
+	VPSLLD $16, Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 64(SI), Z8
+	VMOVUPS 64(SI)(R8*1), Z9
+	VPMOVZXWD 32(DI), Z10
+	VPSLLD $16, Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVZXWD 32(DI)(R10*1), Z11
+	VPSLLD $16, Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVZXWD 32(DI)(R10*2), Z12
+	VPSLLD $16, Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVZXWD 32(DI)(R11*1), Z13
+	VPSLLD $16, Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	VPMOVZXWD (DI), Z10
+	VPSLLD $16, Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVZXWD (DI)(R10*1), Z11
+	VPSLLD $16, Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVZXWD (DI)(R10*2), Z12
+	VPSLLD $16, Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVZXWD (DI)(R11*1), Z13
+	VPSLLD $16, Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -1213,8 +1624,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_3x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_3x4_avx512(SB), NOSPLIT, $0-72
+// func tileBF16_3x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_3x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1241,9 +1652,74 @@ TEXT ·tileBF16_3x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z9, Z9, Z9
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	PREFETCHT1 (R13)
+	VPMOVZXWD (DI), Z15
+	VPSLLD $16, Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVZXWD (DI)(R10*1), Z16
+	VPSLLD $16, Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	PREFETCHT1 (R13)(R10*2)
+	VPMOVZXWD (DI)(R10*2), Z17
+	VPSLLD $16, Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	PREFETCHT1 (R13)(R11*1)
+	VPMOVZXWD (DI)(R11*1), Z18
+	VPSLLD $16, Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 64(SI), Z12
+	VMOVUPS 64(SI)(R8*1), Z13
+	VMOVUPS 64(SI)(R8*2), Z14
+	VPMOVZXWD 32(DI), Z15
+	VPSLLD $16, Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVZXWD 32(DI)(R10*1), Z16
+	VPSLLD $16, Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVZXWD 32(DI)(R10*2), Z17
+	VPSLLD $16, Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVZXWD 32(DI)(R11*1), Z18
+	VPSLLD $16, Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Z12
 	VMOVUPS (SI)(R8*1), Z13
 	VMOVUPS (SI)(R8*2), Z14
@@ -1270,7 +1746,95 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	VPMOVZXWD (DI), Z15
+	VPSLLD $16, Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVZXWD (DI)(R10*1), Z16
+	VPSLLD $16, Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVZXWD (DI)(R10*2), Z17
+	VPSLLD $16, Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVZXWD (DI)(R11*1), Z18
+	VPSLLD $16, Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 64(SI), Z12
+	VMOVUPS 64(SI)(R8*1), Z13
+	VMOVUPS 64(SI)(R8*2), Z14
+	VPMOVZXWD 32(DI), Z15
+	VPSLLD $16, Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVZXWD 32(DI)(R10*1), Z16
+	VPSLLD $16, Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVZXWD 32(DI)(R10*2), Z17
+	VPSLLD $16, Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVZXWD 32(DI)(R11*1), Z18
+	VPSLLD $16, Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	VPMOVZXWD (DI), Z15
+	VPSLLD $16, Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVZXWD (DI)(R10*1), Z16
+	VPSLLD $16, Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVZXWD (DI)(R10*2), Z17
+	VPSLLD $16, Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVZXWD (DI)(R11*1), Z18
+	VPSLLD $16, Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -1324,8 +1888,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_4x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_4x4_avx512(SB), NOSPLIT, $0-72
+// func tileBF16_4x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_4x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1356,9 +1920,84 @@ TEXT ·tileBF16_4x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	PREFETCHT1 (R13)
+	VPMOVZXWD (DI), Z20
+	VPSLLD $16, Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVZXWD (DI)(R10*1), Z21
+	VPSLLD $16, Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	PREFETCHT1 (R13)(R10*2)
+	VPMOVZXWD (DI)(R10*2), Z22
+	VPSLLD $16, Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	PREFETCHT1 (R13)(R11*1)
+	VPMOVZXWD (DI)(R11*1), Z23
+	VPSLLD $16, Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 64(SI), Z16
+	VMOVUPS 64(SI)(R8*1), Z17
+	VMOVUPS 64(SI)(R8*2), Z18
+	VMOVUPS 64(SI)(R9*1), Z19
+	VPMOVZXWD 32(DI), Z20
+	VPSLLD $16, Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVZXWD 32(DI)(R10*1), Z21
+	VPSLLD $16, Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVZXWD 32(DI)(R10*2), Z22
+	VPSLLD $16, Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVZXWD 32(DI)(R11*1), Z23
+	VPSLLD $16, Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Z16
 	VMOVUPS (SI)(R8*1), Z17
 	VMOVUPS (SI)(R8*2), Z18
@@ -1390,7 +2029,110 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	VPMOVZXWD (DI), Z20
+	VPSLLD $16, Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVZXWD (DI)(R10*1), Z21
+	VPSLLD $16, Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVZXWD (DI)(R10*2), Z22
+	VPSLLD $16, Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVZXWD (DI)(R11*1), Z23
+	VPSLLD $16, Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 64(SI), Z16
+	VMOVUPS 64(SI)(R8*1), Z17
+	VMOVUPS 64(SI)(R8*2), Z18
+	VMOVUPS 64(SI)(R9*1), Z19
+	VPMOVZXWD 32(DI), Z20
+	VPSLLD $16, Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVZXWD 32(DI)(R10*1), Z21
+	VPSLLD $16, Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVZXWD 32(DI)(R10*2), Z22
+	VPSLLD $16, Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVZXWD 32(DI)(R11*1), Z23
+	VPSLLD $16, Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	VPMOVZXWD (DI), Z20
+	VPSLLD $16, Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVZXWD (DI)(R10*1), Z21
+	VPSLLD $16, Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVZXWD (DI)(R10*2), Z22
+	VPSLLD $16, Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVZXWD (DI)(R11*1), Z23
+	VPSLLD $16, Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -1459,8 +2201,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_1x8_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_1x8_avx512(SB), NOSPLIT, $0-72
+// func tileBF16_1x8_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_1x8_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1484,13 +2226,14 @@ TEXT ·tileBF16_1x8_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
-	MOVQ R10, R8
-	IMULQ $16, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	LEAQ (R8)(R10*4), R9
 	SHRQ $1, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Z8
 	PREFETCHT1 (R8)
 	VPMOVZXWD (DI), Z9
@@ -1555,6 +2298,102 @@ loop:
 	ADDQ $64, R8
 	ADDQ $64, R9
 	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Z8
+	VPMOVZXWD (DI), Z9
+	VPSLLD $16, Z9, Z9
+	VFMADD231PS Z8, Z9, Z0
+	VPMOVZXWD (DI)(R10*1), Z10
+	VPSLLD $16, Z10, Z10
+	VFMADD231PS Z8, Z10, Z1
+	VPMOVZXWD (DI)(R10*2), Z11
+	VPSLLD $16, Z11, Z11
+	VFMADD231PS Z8, Z11, Z2
+	VPMOVZXWD (DI)(R11*1), Z12
+	VPSLLD $16, Z12, Z12
+	VFMADD231PS Z8, Z12, Z3
+	VPMOVZXWD (R13), Z13
+	VPSLLD $16, Z13, Z13
+	VFMADD231PS Z8, Z13, Z4
+	VPMOVZXWD (R13)(R10*1), Z14
+	VPSLLD $16, Z14, Z14
+	VFMADD231PS Z8, Z14, Z5
+	VPMOVZXWD (R13)(R10*2), Z15
+	VPSLLD $16, Z15, Z15
+	VFMADD231PS Z8, Z15, Z6
+	VPMOVZXWD (R13)(R11*1), Z16
+	VPSLLD $16, Z16, Z16
+	VFMADD231PS Z8, Z16, Z7
+	ADDQ $64, SI
+	ADDQ $32, DI
+	ADDQ $32, R13
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z8
+	VPMOVZXWD (DI), Z9
+	VPSLLD $16, Z9, Z9
+	VFMADD231PS Z8, Z9, Z0
+	VPMOVZXWD (DI)(R10*1), Z10
+	VPSLLD $16, Z10, Z10
+	VFMADD231PS Z8, Z10, Z1
+	VPMOVZXWD (DI)(R10*2), Z11
+	VPSLLD $16, Z11, Z11
+	VFMADD231PS Z8, Z11, Z2
+	VPMOVZXWD (DI)(R11*1), Z12
+	VPSLLD $16, Z12, Z12
+	VFMADD231PS Z8, Z12, Z3
+	VPMOVZXWD (R13), Z13
+	VPSLLD $16, Z13, Z13
+	VFMADD231PS Z8, Z13, Z4
+	VPMOVZXWD (R13)(R10*1), Z14
+	VPSLLD $16, Z14, Z14
+	VFMADD231PS Z8, Z14, Z5
+	VPMOVZXWD (R13)(R10*2), Z15
+	VPSLLD $16, Z15, Z15
+	VFMADD231PS Z8, Z15, Z6
+	VPMOVZXWD (R13)(R11*1), Z16
+	VPSLLD $16, Z16, Z16
+	VFMADD231PS Z8, Z16, Z7
+	VMOVUPS 64(SI), Z8
+	VPMOVZXWD 32(DI), Z9
+	VPSLLD $16, Z9, Z9
+	VFMADD231PS Z8, Z9, Z0
+	VPMOVZXWD 32(DI)(R10*1), Z10
+	VPSLLD $16, Z10, Z10
+	VFMADD231PS Z8, Z10, Z1
+	VPMOVZXWD 32(DI)(R10*2), Z11
+	VPSLLD $16, Z11, Z11
+	VFMADD231PS Z8, Z11, Z2
+	VPMOVZXWD 32(DI)(R11*1), Z12
+	VPSLLD $16, Z12, Z12
+	VFMADD231PS Z8, Z12, Z3
+	VPMOVZXWD 32(R13), Z13
+	VPSLLD $16, Z13, Z13
+	VFMADD231PS Z8, Z13, Z4
+	VPMOVZXWD 32(R13)(R10*1), Z14
+	VPSLLD $16, Z14, Z14
+	VFMADD231PS Z8, Z14, Z5
+	VPMOVZXWD 32(R13)(R10*2), Z15
+	VPSLLD $16, Z15, Z15
+	VFMADD231PS Z8, Z15, Z6
+	VPMOVZXWD 32(R13)(R11*1), Z16
+	VPSLLD $16, Z16, Z16
+	VFMADD231PS Z8, Z16, Z7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
 	JNZ loop
 tail:
 	MOVQ kn+48(FP), CX
@@ -1630,8 +2469,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_1x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_1x1_avx512(SB), NOSPLIT, $0-72
+// func tileF16_1x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_1x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1691,8 +2530,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_2x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_2x1_avx512(SB), NOSPLIT, $0-72
+// func tileF16_2x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_2x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1709,9 +2548,29 @@ TEXT ·tileF16_2x1_avx512(SB), NOSPLIT, $0-72
 	SHRQ $4, CX
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $1, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Z2
+	VMOVUPS (SI)(R8*1), Z3
+	VCVTPH2PS (DI), Z4
+	VFMADD231PS Z2, Z4, Z0
+	VFMADD231PS Z3, Z4, Z1
+	VMOVUPS 64(SI), Z2
+	VMOVUPS 64(SI)(R8*1), Z3
+	VCVTPH2PS 32(DI), Z4
+	VFMADD231PS Z2, Z4, Z0
+	VFMADD231PS Z3, Z4, Z1
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Z2
 	VMOVUPS (SI)(R8*1), Z3
 	VCVTPH2PS (DI), Z4
@@ -1720,7 +2579,7 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -1749,8 +2608,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_3x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_3x1_avx512(SB), NOSPLIT, $0-72
+// func tileF16_3x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_3x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1768,9 +2627,33 @@ TEXT ·tileF16_3x1_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $1, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Z3
+	VMOVUPS (SI)(R8*1), Z4
+	VMOVUPS (SI)(R8*2), Z5
+	VCVTPH2PS (DI), Z6
+	VFMADD231PS Z3, Z6, Z0
+	VFMADD231PS Z4, Z6, Z1
+	VFMADD231PS Z5, Z6, Z2
+	VMOVUPS 64(SI), Z3
+	VMOVUPS 64(SI)(R8*1), Z4
+	VMOVUPS 64(SI)(R8*2), Z5
+	VCVTPH2PS 32(DI), Z6
+	VFMADD231PS Z3, Z6, Z0
+	VFMADD231PS Z4, Z6, Z1
+	VFMADD231PS Z5, Z6, Z2
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Z3
 	VMOVUPS (SI)(R8*1), Z4
 	VMOVUPS (SI)(R8*2), Z5
@@ -1781,7 +2664,7 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -1820,8 +2703,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_4x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_4x1_avx512(SB), NOSPLIT, $0-72
+// func tileF16_4x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_4x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1840,9 +2723,37 @@ TEXT ·tileF16_4x1_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $1, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Z4
+	VMOVUPS (SI)(R8*1), Z5
+	VMOVUPS (SI)(R8*2), Z6
+	VMOVUPS (SI)(R9*1), Z7
+	VCVTPH2PS (DI), Z8
+	VFMADD231PS Z4, Z8, Z0
+	VFMADD231PS Z5, Z8, Z1
+	VFMADD231PS Z6, Z8, Z2
+	VFMADD231PS Z7, Z8, Z3
+	VMOVUPS 64(SI), Z4
+	VMOVUPS 64(SI)(R8*1), Z5
+	VMOVUPS 64(SI)(R8*2), Z6
+	VMOVUPS 64(SI)(R9*1), Z7
+	VCVTPH2PS 32(DI), Z8
+	VFMADD231PS Z4, Z8, Z0
+	VFMADD231PS Z5, Z8, Z1
+	VFMADD231PS Z6, Z8, Z2
+	VFMADD231PS Z7, Z8, Z3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Z4
 	VMOVUPS (SI)(R8*1), Z5
 	VMOVUPS (SI)(R8*2), Z6
@@ -1855,7 +2766,7 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -1904,8 +2815,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_1x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_1x4_avx512(SB), NOSPLIT, $0-72
+// func tileF16_1x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_1x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -1924,12 +2835,13 @@ TEXT ·tileF16_1x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
-	MOVQ R10, R8
-	IMULQ $8, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	SHRQ $1, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Z4
 	PREFETCHT1 (R8)
 	VCVTPH2PS (DI), Z5
@@ -1955,6 +2867,52 @@ loop:
 	ADDQ $128, SI
 	ADDQ $64, DI
 	ADDQ $64, R8
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Z4
+	VCVTPH2PS (DI), Z5
+	VFMADD231PS Z4, Z5, Z0
+	VCVTPH2PS (DI)(R10*1), Z6
+	VFMADD231PS Z4, Z6, Z1
+	VCVTPH2PS (DI)(R10*2), Z7
+	VFMADD231PS Z4, Z7, Z2
+	VCVTPH2PS (DI)(R11*1), Z8
+	VFMADD231PS Z4, Z8, Z3
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z4
+	VCVTPH2PS (DI), Z5
+	VFMADD231PS Z4, Z5, Z0
+	VCVTPH2PS (DI)(R10*1), Z6
+	VFMADD231PS Z4, Z6, Z1
+	VCVTPH2PS (DI)(R10*2), Z7
+	VFMADD231PS Z4, Z7, Z2
+	VCVTPH2PS (DI)(R11*1), Z8
+	VFMADD231PS Z4, Z8, Z3
+	VMOVUPS 64(SI), Z4
+	VCVTPH2PS 32(DI), Z5
+	VFMADD231PS Z4, Z5, Z0
+	VCVTPH2PS 32(DI)(R10*1), Z6
+	VFMADD231PS Z4, Z6, Z1
+	VCVTPH2PS 32(DI)(R10*2), Z7
+	VFMADD231PS Z4, Z7, Z2
+	VCVTPH2PS 32(DI)(R11*1), Z8
+	VFMADD231PS Z4, Z8, Z3
+	ADDQ $128, SI
+	ADDQ $64, DI
 	DECQ CX
 	JNZ loop
 tail:
@@ -1999,8 +2957,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_2x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_2x4_avx512(SB), NOSPLIT, $0-72
+// func tileF16_2x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_2x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2023,9 +2981,56 @@ TEXT ·tileF16_2x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	PREFETCHT1 (R13)
+	VCVTPH2PS (DI), Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	PREFETCHT1 (R13)(R10*1)
+	VCVTPH2PS (DI)(R10*1), Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	PREFETCHT1 (R13)(R10*2)
+	VCVTPH2PS (DI)(R10*2), Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	PREFETCHT1 (R13)(R11*1)
+	VCVTPH2PS (DI)(R11*1), Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 64(SI), Z8
+	VMOVUPS 64(SI)(R8*1), Z9
+	VCVTPH2PS 32(DI), Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VCVTPH2PS 32(DI)(R10*1), Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VCVTPH2PS 32(DI)(R10*2), Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VCVTPH2PS 32(DI)(R11*1), Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Z8
 	VMOVUPS (SI)(R8*1), Z9
 	VCVTPH2PS (DI), Z10
@@ -2043,7 +3048,68 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	VCVTPH2PS (DI), Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VCVTPH2PS (DI)(R10*1), Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VCVTPH2PS (DI)(R10*2), Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VCVTPH2PS (DI)(R11*1), Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 64(SI), Z8
+	VMOVUPS 64(SI)(R8*1), Z9
+	VCVTPH2PS 32(DI), Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VCVTPH2PS 32(DI)(R10*1), Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VCVTPH2PS 32(DI)(R10*2), Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VCVTPH2PS 32(DI)(R11*1), Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	VCVTPH2PS (DI), Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VCVTPH2PS (DI)(R10*1), Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VCVTPH2PS (DI)(R10*2), Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VCVTPH2PS (DI)(R11*1), Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -2082,8 +3148,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_3x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_3x4_avx512(SB), NOSPLIT, $0-72
+// func tileF16_3x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_3x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2110,9 +3176,66 @@ TEXT ·tileF16_3x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z9, Z9, Z9
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	PREFETCHT1 (R13)
+	VCVTPH2PS (DI), Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	PREFETCHT1 (R13)(R10*1)
+	VCVTPH2PS (DI)(R10*1), Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	PREFETCHT1 (R13)(R10*2)
+	VCVTPH2PS (DI)(R10*2), Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	PREFETCHT1 (R13)(R11*1)
+	VCVTPH2PS (DI)(R11*1), Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 64(SI), Z12
+	VMOVUPS 64(SI)(R8*1), Z13
+	VMOVUPS 64(SI)(R8*2), Z14
+	VCVTPH2PS 32(DI), Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VCVTPH2PS 32(DI)(R10*1), Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VCVTPH2PS 32(DI)(R10*2), Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VCVTPH2PS 32(DI)(R11*1), Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Z12
 	VMOVUPS (SI)(R8*1), Z13
 	VMOVUPS (SI)(R8*2), Z14
@@ -2135,7 +3258,83 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	VCVTPH2PS (DI), Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VCVTPH2PS (DI)(R10*1), Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VCVTPH2PS (DI)(R10*2), Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VCVTPH2PS (DI)(R11*1), Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 64(SI), Z12
+	VMOVUPS 64(SI)(R8*1), Z13
+	VMOVUPS 64(SI)(R8*2), Z14
+	VCVTPH2PS 32(DI), Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VCVTPH2PS 32(DI)(R10*1), Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VCVTPH2PS 32(DI)(R10*2), Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VCVTPH2PS 32(DI)(R11*1), Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	VCVTPH2PS (DI), Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VCVTPH2PS (DI)(R10*1), Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VCVTPH2PS (DI)(R10*2), Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VCVTPH2PS (DI)(R11*1), Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -2189,8 +3388,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_4x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_4x4_avx512(SB), NOSPLIT, $0-72
+// func tileF16_4x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_4x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2221,9 +3420,76 @@ TEXT ·tileF16_4x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	PREFETCHT1 (R13)
+	VCVTPH2PS (DI), Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	PREFETCHT1 (R13)(R10*1)
+	VCVTPH2PS (DI)(R10*1), Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	PREFETCHT1 (R13)(R10*2)
+	VCVTPH2PS (DI)(R10*2), Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	PREFETCHT1 (R13)(R11*1)
+	VCVTPH2PS (DI)(R11*1), Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 64(SI), Z16
+	VMOVUPS 64(SI)(R8*1), Z17
+	VMOVUPS 64(SI)(R8*2), Z18
+	VMOVUPS 64(SI)(R9*1), Z19
+	VCVTPH2PS 32(DI), Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VCVTPH2PS 32(DI)(R10*1), Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VCVTPH2PS 32(DI)(R10*2), Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VCVTPH2PS 32(DI)(R11*1), Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Z16
 	VMOVUPS (SI)(R8*1), Z17
 	VMOVUPS (SI)(R8*2), Z18
@@ -2251,7 +3517,98 @@ loop:
 	ADDQ $64, SI
 	ADDQ $32, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	VCVTPH2PS (DI), Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VCVTPH2PS (DI)(R10*1), Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VCVTPH2PS (DI)(R10*2), Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VCVTPH2PS (DI)(R11*1), Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 64(SI), Z16
+	VMOVUPS 64(SI)(R8*1), Z17
+	VMOVUPS 64(SI)(R8*2), Z18
+	VMOVUPS 64(SI)(R9*1), Z19
+	VCVTPH2PS 32(DI), Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VCVTPH2PS 32(DI)(R10*1), Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VCVTPH2PS 32(DI)(R10*2), Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VCVTPH2PS 32(DI)(R11*1), Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	VCVTPH2PS (DI), Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VCVTPH2PS (DI)(R10*1), Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VCVTPH2PS (DI)(R10*2), Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VCVTPH2PS (DI)(R11*1), Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -2320,8 +3677,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_1x8_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_1x8_avx512(SB), NOSPLIT, $0-72
+// func tileF16_1x8_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_1x8_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2345,13 +3702,14 @@ TEXT ·tileF16_1x8_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
-	MOVQ R10, R8
-	IMULQ $16, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	LEAQ (R8)(R10*4), R9
 	SHRQ $1, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Z8
 	PREFETCHT1 (R8)
 	VCVTPH2PS (DI), Z9
@@ -2399,6 +3757,78 @@ loop:
 	ADDQ $64, R13
 	ADDQ $64, R8
 	ADDQ $64, R9
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $1, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Z8
+	VCVTPH2PS (DI), Z9
+	VFMADD231PS Z8, Z9, Z0
+	VCVTPH2PS (DI)(R10*1), Z10
+	VFMADD231PS Z8, Z10, Z1
+	VCVTPH2PS (DI)(R10*2), Z11
+	VFMADD231PS Z8, Z11, Z2
+	VCVTPH2PS (DI)(R11*1), Z12
+	VFMADD231PS Z8, Z12, Z3
+	VCVTPH2PS (R13), Z13
+	VFMADD231PS Z8, Z13, Z4
+	VCVTPH2PS (R13)(R10*1), Z14
+	VFMADD231PS Z8, Z14, Z5
+	VCVTPH2PS (R13)(R10*2), Z15
+	VFMADD231PS Z8, Z15, Z6
+	VCVTPH2PS (R13)(R11*1), Z16
+	VFMADD231PS Z8, Z16, Z7
+	ADDQ $64, SI
+	ADDQ $32, DI
+	ADDQ $32, R13
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z8
+	VCVTPH2PS (DI), Z9
+	VFMADD231PS Z8, Z9, Z0
+	VCVTPH2PS (DI)(R10*1), Z10
+	VFMADD231PS Z8, Z10, Z1
+	VCVTPH2PS (DI)(R10*2), Z11
+	VFMADD231PS Z8, Z11, Z2
+	VCVTPH2PS (DI)(R11*1), Z12
+	VFMADD231PS Z8, Z12, Z3
+	VCVTPH2PS (R13), Z13
+	VFMADD231PS Z8, Z13, Z4
+	VCVTPH2PS (R13)(R10*1), Z14
+	VFMADD231PS Z8, Z14, Z5
+	VCVTPH2PS (R13)(R10*2), Z15
+	VFMADD231PS Z8, Z15, Z6
+	VCVTPH2PS (R13)(R11*1), Z16
+	VFMADD231PS Z8, Z16, Z7
+	VMOVUPS 64(SI), Z8
+	VCVTPH2PS 32(DI), Z9
+	VFMADD231PS Z8, Z9, Z0
+	VCVTPH2PS 32(DI)(R10*1), Z10
+	VFMADD231PS Z8, Z10, Z1
+	VCVTPH2PS 32(DI)(R10*2), Z11
+	VFMADD231PS Z8, Z11, Z2
+	VCVTPH2PS 32(DI)(R11*1), Z12
+	VFMADD231PS Z8, Z12, Z3
+	VCVTPH2PS 32(R13), Z13
+	VFMADD231PS Z8, Z13, Z4
+	VCVTPH2PS 32(R13)(R10*1), Z14
+	VFMADD231PS Z8, Z14, Z5
+	VCVTPH2PS 32(R13)(R10*2), Z15
+	VFMADD231PS Z8, Z15, Z6
+	VCVTPH2PS 32(R13)(R11*1), Z16
+	VFMADD231PS Z8, Z16, Z7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
 	DECQ CX
 	JNZ loop
 tail:
@@ -2467,8 +3897,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_1x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_1x1_avx512(SB), NOSPLIT, $0-72
+// func tileI8_1x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_1x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2540,8 +3970,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_2x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_2x1_avx512(SB), NOSPLIT, $0-72
+// func tileI8_2x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_2x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2558,9 +3988,43 @@ TEXT ·tileI8_2x1_avx512(SB), NOSPLIT, $0-72
 	MOVQ scales+56(FP), AX
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $2, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Z2
+	VMOVUPS (SI)(R8*1), Z3
+	VPMOVSXBD (DI), Z4
+	VCVTDQ2PS Z4, Z4
+	VFMADD231PS Z2, Z4, Z0
+	VFMADD231PS Z3, Z4, Z1
+	VMOVUPS 64(SI), Z2
+	VMOVUPS 64(SI)(R8*1), Z3
+	VPMOVSXBD 16(DI), Z4
+	VCVTDQ2PS Z4, Z4
+	VFMADD231PS Z2, Z4, Z0
+	VFMADD231PS Z3, Z4, Z1
+	VMOVUPS 128(SI), Z2
+	VMOVUPS 128(SI)(R8*1), Z3
+	VPMOVSXBD 32(DI), Z4
+	VCVTDQ2PS Z4, Z4
+	VFMADD231PS Z2, Z4, Z0
+	VFMADD231PS Z3, Z4, Z1
+	VMOVUPS 192(SI), Z2
+	VMOVUPS 192(SI)(R8*1), Z3
+	VPMOVSXBD 48(DI), Z4
+	VCVTDQ2PS Z4, Z4
+	VFMADD231PS Z2, Z4, Z0
+	VFMADD231PS Z3, Z4, Z1
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Z2
 	VMOVUPS (SI)(R8*1), Z3
 	VPMOVSXBD (DI), Z4
@@ -2570,7 +4034,7 @@ loop:
 	ADDQ $64, SI
 	ADDQ $16, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -2601,8 +4065,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_3x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_3x1_avx512(SB), NOSPLIT, $0-72
+// func tileI8_3x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_3x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2620,9 +4084,51 @@ TEXT ·tileI8_3x1_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $2, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Z3
+	VMOVUPS (SI)(R8*1), Z4
+	VMOVUPS (SI)(R8*2), Z5
+	VPMOVSXBD (DI), Z6
+	VCVTDQ2PS Z6, Z6
+	VFMADD231PS Z3, Z6, Z0
+	VFMADD231PS Z4, Z6, Z1
+	VFMADD231PS Z5, Z6, Z2
+	VMOVUPS 64(SI), Z3
+	VMOVUPS 64(SI)(R8*1), Z4
+	VMOVUPS 64(SI)(R8*2), Z5
+	VPMOVSXBD 16(DI), Z6
+	VCVTDQ2PS Z6, Z6
+	VFMADD231PS Z3, Z6, Z0
+	VFMADD231PS Z4, Z6, Z1
+	VFMADD231PS Z5, Z6, Z2
+	VMOVUPS 128(SI), Z3
+	VMOVUPS 128(SI)(R8*1), Z4
+	VMOVUPS 128(SI)(R8*2), Z5
+	VPMOVSXBD 32(DI), Z6
+	VCVTDQ2PS Z6, Z6
+	VFMADD231PS Z3, Z6, Z0
+	VFMADD231PS Z4, Z6, Z1
+	VFMADD231PS Z5, Z6, Z2
+	VMOVUPS 192(SI), Z3
+	VMOVUPS 192(SI)(R8*1), Z4
+	VMOVUPS 192(SI)(R8*2), Z5
+	VPMOVSXBD 48(DI), Z6
+	VCVTDQ2PS Z6, Z6
+	VFMADD231PS Z3, Z6, Z0
+	VFMADD231PS Z4, Z6, Z1
+	VFMADD231PS Z5, Z6, Z2
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Z3
 	VMOVUPS (SI)(R8*1), Z4
 	VMOVUPS (SI)(R8*2), Z5
@@ -2634,7 +4140,7 @@ loop:
 	ADDQ $64, SI
 	ADDQ $16, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -2676,8 +4182,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_4x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_4x1_avx512(SB), NOSPLIT, $0-72
+// func tileI8_4x1_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_4x1_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2696,9 +4202,59 @@ TEXT ·tileI8_4x1_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $2, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Z4
+	VMOVUPS (SI)(R8*1), Z5
+	VMOVUPS (SI)(R8*2), Z6
+	VMOVUPS (SI)(R9*1), Z7
+	VPMOVSXBD (DI), Z8
+	VCVTDQ2PS Z8, Z8
+	VFMADD231PS Z4, Z8, Z0
+	VFMADD231PS Z5, Z8, Z1
+	VFMADD231PS Z6, Z8, Z2
+	VFMADD231PS Z7, Z8, Z3
+	VMOVUPS 64(SI), Z4
+	VMOVUPS 64(SI)(R8*1), Z5
+	VMOVUPS 64(SI)(R8*2), Z6
+	VMOVUPS 64(SI)(R9*1), Z7
+	VPMOVSXBD 16(DI), Z8
+	VCVTDQ2PS Z8, Z8
+	VFMADD231PS Z4, Z8, Z0
+	VFMADD231PS Z5, Z8, Z1
+	VFMADD231PS Z6, Z8, Z2
+	VFMADD231PS Z7, Z8, Z3
+	VMOVUPS 128(SI), Z4
+	VMOVUPS 128(SI)(R8*1), Z5
+	VMOVUPS 128(SI)(R8*2), Z6
+	VMOVUPS 128(SI)(R9*1), Z7
+	VPMOVSXBD 32(DI), Z8
+	VCVTDQ2PS Z8, Z8
+	VFMADD231PS Z4, Z8, Z0
+	VFMADD231PS Z5, Z8, Z1
+	VFMADD231PS Z6, Z8, Z2
+	VFMADD231PS Z7, Z8, Z3
+	VMOVUPS 192(SI), Z4
+	VMOVUPS 192(SI)(R8*1), Z5
+	VMOVUPS 192(SI)(R8*2), Z6
+	VMOVUPS 192(SI)(R9*1), Z7
+	VPMOVSXBD 48(DI), Z8
+	VCVTDQ2PS Z8, Z8
+	VFMADD231PS Z4, Z8, Z0
+	VFMADD231PS Z5, Z8, Z1
+	VFMADD231PS Z6, Z8, Z2
+	VFMADD231PS Z7, Z8, Z3
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Z4
 	VMOVUPS (SI)(R8*1), Z5
 	VMOVUPS (SI)(R8*2), Z6
@@ -2712,7 +4268,7 @@ loop:
 	ADDQ $64, SI
 	ADDQ $16, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -2765,8 +4321,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_1x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_1x4_avx512(SB), NOSPLIT, $0-72
+// func tileI8_1x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_1x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2785,12 +4341,13 @@ TEXT ·tileI8_1x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
-	MOVQ R10, R8
-	IMULQ $8, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	SHRQ $2, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Z4
 	PREFETCHT1 (R8)
 	VPMOVSXBD (DI), Z5
@@ -2851,6 +4408,90 @@ loop:
 	ADDQ $64, DI
 	ADDQ $64, R8
 	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Z4
+	VPMOVSXBD (DI), Z5
+	VCVTDQ2PS Z5, Z5
+	VFMADD231PS Z4, Z5, Z0
+	VPMOVSXBD (DI)(R10*1), Z6
+	VCVTDQ2PS Z6, Z6
+	VFMADD231PS Z4, Z6, Z1
+	VPMOVSXBD (DI)(R10*2), Z7
+	VCVTDQ2PS Z7, Z7
+	VFMADD231PS Z4, Z7, Z2
+	VPMOVSXBD (DI)(R11*1), Z8
+	VCVTDQ2PS Z8, Z8
+	VFMADD231PS Z4, Z8, Z3
+	ADDQ $64, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z4
+	VPMOVSXBD (DI), Z5
+	VCVTDQ2PS Z5, Z5
+	VFMADD231PS Z4, Z5, Z0
+	VPMOVSXBD (DI)(R10*1), Z6
+	VCVTDQ2PS Z6, Z6
+	VFMADD231PS Z4, Z6, Z1
+	VPMOVSXBD (DI)(R10*2), Z7
+	VCVTDQ2PS Z7, Z7
+	VFMADD231PS Z4, Z7, Z2
+	VPMOVSXBD (DI)(R11*1), Z8
+	VCVTDQ2PS Z8, Z8
+	VFMADD231PS Z4, Z8, Z3
+	VMOVUPS 64(SI), Z4
+	VPMOVSXBD 16(DI), Z5
+	VCVTDQ2PS Z5, Z5
+	VFMADD231PS Z4, Z5, Z0
+	VPMOVSXBD 16(DI)(R10*1), Z6
+	VCVTDQ2PS Z6, Z6
+	VFMADD231PS Z4, Z6, Z1
+	VPMOVSXBD 16(DI)(R10*2), Z7
+	VCVTDQ2PS Z7, Z7
+	VFMADD231PS Z4, Z7, Z2
+	VPMOVSXBD 16(DI)(R11*1), Z8
+	VCVTDQ2PS Z8, Z8
+	VFMADD231PS Z4, Z8, Z3
+	VMOVUPS 128(SI), Z4
+	VPMOVSXBD 32(DI), Z5
+	VCVTDQ2PS Z5, Z5
+	VFMADD231PS Z4, Z5, Z0
+	VPMOVSXBD 32(DI)(R10*1), Z6
+	VCVTDQ2PS Z6, Z6
+	VFMADD231PS Z4, Z6, Z1
+	VPMOVSXBD 32(DI)(R10*2), Z7
+	VCVTDQ2PS Z7, Z7
+	VFMADD231PS Z4, Z7, Z2
+	VPMOVSXBD 32(DI)(R11*1), Z8
+	VCVTDQ2PS Z8, Z8
+	VFMADD231PS Z4, Z8, Z3
+	VMOVUPS 192(SI), Z4
+	VPMOVSXBD 48(DI), Z5
+	VCVTDQ2PS Z5, Z5
+	VFMADD231PS Z4, Z5, Z0
+	VPMOVSXBD 48(DI)(R10*1), Z6
+	VCVTDQ2PS Z6, Z6
+	VFMADD231PS Z4, Z6, Z1
+	VPMOVSXBD 48(DI)(R10*2), Z7
+	VCVTDQ2PS Z7, Z7
+	VFMADD231PS Z4, Z7, Z2
+	VPMOVSXBD 48(DI)(R11*1), Z8
+	VCVTDQ2PS Z8, Z8
+	VFMADD231PS Z4, Z8, Z3
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
 tail:
 	MOVQ kn+48(FP), CX
@@ -2899,8 +4540,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_2x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_2x4_avx512(SB), NOSPLIT, $0-72
+// func tileI8_2x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_2x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -2923,9 +4564,100 @@ TEXT ·tileI8_2x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	PREFETCHT1 (R13)
+	VPMOVSXBD (DI), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVSXBD (DI)(R10*1), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	PREFETCHT1 (R13)(R10*2)
+	VPMOVSXBD (DI)(R10*2), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	PREFETCHT1 (R13)(R11*1)
+	VPMOVSXBD (DI)(R11*1), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 64(SI), Z8
+	VMOVUPS 64(SI)(R8*1), Z9
+	VPMOVSXBD 16(DI), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVSXBD 16(DI)(R10*1), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVSXBD 16(DI)(R10*2), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVSXBD 16(DI)(R11*1), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 128(SI), Z8
+	VMOVUPS 128(SI)(R8*1), Z9
+	VPMOVSXBD 32(DI), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVSXBD 32(DI)(R10*1), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVSXBD 32(DI)(R10*2), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVSXBD 32(DI)(R11*1), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 192(SI), Z8
+	VMOVUPS 192(SI)(R8*1), Z9
+	VPMOVSXBD 48(DI), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVSXBD 48(DI)(R10*1), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVSXBD 48(DI)(R10*2), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVSXBD 48(DI)(R11*1), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $256, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Z8
 	VMOVUPS (SI)(R8*1), Z9
 	VPMOVSXBD (DI), Z10
@@ -2947,7 +4679,116 @@ loop:
 	ADDQ $64, SI
 	ADDQ $16, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	VPMOVSXBD (DI), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVSXBD (DI)(R10*1), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVSXBD (DI)(R10*2), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVSXBD (DI)(R11*1), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 64(SI), Z8
+	VMOVUPS 64(SI)(R8*1), Z9
+	VPMOVSXBD 16(DI), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVSXBD 16(DI)(R10*1), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVSXBD 16(DI)(R10*2), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVSXBD 16(DI)(R11*1), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 128(SI), Z8
+	VMOVUPS 128(SI)(R8*1), Z9
+	VPMOVSXBD 32(DI), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVSXBD 32(DI)(R10*1), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVSXBD 32(DI)(R10*2), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVSXBD 32(DI)(R11*1), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	VMOVUPS 192(SI), Z8
+	VMOVUPS 192(SI)(R8*1), Z9
+	VPMOVSXBD 48(DI), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVSXBD 48(DI)(R10*1), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVSXBD 48(DI)(R10*2), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVSXBD 48(DI)(R11*1), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Z8
+	VMOVUPS (SI)(R8*1), Z9
+	VPMOVSXBD (DI), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z0
+	VFMADD231PS Z9, Z10, Z4
+	VPMOVSXBD (DI)(R10*1), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z1
+	VFMADD231PS Z9, Z11, Z5
+	VPMOVSXBD (DI)(R10*2), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z2
+	VFMADD231PS Z9, Z12, Z6
+	VPMOVSXBD (DI)(R11*1), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z3
+	VFMADD231PS Z9, Z13, Z7
+	ADDQ $64, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -2988,8 +4829,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_3x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_3x4_avx512(SB), NOSPLIT, $0-72
+// func tileI8_3x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_3x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3016,9 +4857,120 @@ TEXT ·tileI8_3x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z9, Z9, Z9
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	PREFETCHT1 (R13)
+	VPMOVSXBD (DI), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVSXBD (DI)(R10*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	PREFETCHT1 (R13)(R10*2)
+	VPMOVSXBD (DI)(R10*2), Z17
+	VCVTDQ2PS Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	PREFETCHT1 (R13)(R11*1)
+	VPMOVSXBD (DI)(R11*1), Z18
+	VCVTDQ2PS Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 64(SI), Z12
+	VMOVUPS 64(SI)(R8*1), Z13
+	VMOVUPS 64(SI)(R8*2), Z14
+	VPMOVSXBD 16(DI), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVSXBD 16(DI)(R10*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVSXBD 16(DI)(R10*2), Z17
+	VCVTDQ2PS Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVSXBD 16(DI)(R11*1), Z18
+	VCVTDQ2PS Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 128(SI), Z12
+	VMOVUPS 128(SI)(R8*1), Z13
+	VMOVUPS 128(SI)(R8*2), Z14
+	VPMOVSXBD 32(DI), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVSXBD 32(DI)(R10*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVSXBD 32(DI)(R10*2), Z17
+	VCVTDQ2PS Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVSXBD 32(DI)(R11*1), Z18
+	VCVTDQ2PS Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 192(SI), Z12
+	VMOVUPS 192(SI)(R8*1), Z13
+	VMOVUPS 192(SI)(R8*2), Z14
+	VPMOVSXBD 48(DI), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVSXBD 48(DI)(R10*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVSXBD 48(DI)(R10*2), Z17
+	VCVTDQ2PS Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVSXBD 48(DI)(R11*1), Z18
+	VCVTDQ2PS Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $256, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Z12
 	VMOVUPS (SI)(R8*1), Z13
 	VMOVUPS (SI)(R8*2), Z14
@@ -3045,7 +4997,141 @@ loop:
 	ADDQ $64, SI
 	ADDQ $16, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	VPMOVSXBD (DI), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVSXBD (DI)(R10*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVSXBD (DI)(R10*2), Z17
+	VCVTDQ2PS Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVSXBD (DI)(R11*1), Z18
+	VCVTDQ2PS Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 64(SI), Z12
+	VMOVUPS 64(SI)(R8*1), Z13
+	VMOVUPS 64(SI)(R8*2), Z14
+	VPMOVSXBD 16(DI), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVSXBD 16(DI)(R10*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVSXBD 16(DI)(R10*2), Z17
+	VCVTDQ2PS Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVSXBD 16(DI)(R11*1), Z18
+	VCVTDQ2PS Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 128(SI), Z12
+	VMOVUPS 128(SI)(R8*1), Z13
+	VMOVUPS 128(SI)(R8*2), Z14
+	VPMOVSXBD 32(DI), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVSXBD 32(DI)(R10*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVSXBD 32(DI)(R10*2), Z17
+	VCVTDQ2PS Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVSXBD 32(DI)(R11*1), Z18
+	VCVTDQ2PS Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	VMOVUPS 192(SI), Z12
+	VMOVUPS 192(SI)(R8*1), Z13
+	VMOVUPS 192(SI)(R8*2), Z14
+	VPMOVSXBD 48(DI), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVSXBD 48(DI)(R10*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVSXBD 48(DI)(R10*2), Z17
+	VCVTDQ2PS Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVSXBD 48(DI)(R11*1), Z18
+	VCVTDQ2PS Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Z12
+	VMOVUPS (SI)(R8*1), Z13
+	VMOVUPS (SI)(R8*2), Z14
+	VPMOVSXBD (DI), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z12, Z15, Z0
+	VFMADD231PS Z13, Z15, Z4
+	VFMADD231PS Z14, Z15, Z8
+	VPMOVSXBD (DI)(R10*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z12, Z16, Z1
+	VFMADD231PS Z13, Z16, Z5
+	VFMADD231PS Z14, Z16, Z9
+	VPMOVSXBD (DI)(R10*2), Z17
+	VCVTDQ2PS Z17, Z17
+	VFMADD231PS Z12, Z17, Z2
+	VFMADD231PS Z13, Z17, Z6
+	VFMADD231PS Z14, Z17, Z10
+	VPMOVSXBD (DI)(R11*1), Z18
+	VCVTDQ2PS Z18, Z18
+	VFMADD231PS Z12, Z18, Z3
+	VFMADD231PS Z13, Z18, Z7
+	VFMADD231PS Z14, Z18, Z11
+	ADDQ $64, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -3102,8 +5188,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_4x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_4x4_avx512(SB), NOSPLIT, $0-72
+// func tileI8_4x4_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_4x4_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3134,9 +5220,140 @@ TEXT ·tileI8_4x4_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	PREFETCHT1 (R13)
+	VPMOVSXBD (DI), Z20
+	VCVTDQ2PS Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVSXBD (DI)(R10*1), Z21
+	VCVTDQ2PS Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	PREFETCHT1 (R13)(R10*2)
+	VPMOVSXBD (DI)(R10*2), Z22
+	VCVTDQ2PS Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	PREFETCHT1 (R13)(R11*1)
+	VPMOVSXBD (DI)(R11*1), Z23
+	VCVTDQ2PS Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 64(SI), Z16
+	VMOVUPS 64(SI)(R8*1), Z17
+	VMOVUPS 64(SI)(R8*2), Z18
+	VMOVUPS 64(SI)(R9*1), Z19
+	VPMOVSXBD 16(DI), Z20
+	VCVTDQ2PS Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVSXBD 16(DI)(R10*1), Z21
+	VCVTDQ2PS Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVSXBD 16(DI)(R10*2), Z22
+	VCVTDQ2PS Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVSXBD 16(DI)(R11*1), Z23
+	VCVTDQ2PS Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 128(SI), Z16
+	VMOVUPS 128(SI)(R8*1), Z17
+	VMOVUPS 128(SI)(R8*2), Z18
+	VMOVUPS 128(SI)(R9*1), Z19
+	VPMOVSXBD 32(DI), Z20
+	VCVTDQ2PS Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVSXBD 32(DI)(R10*1), Z21
+	VCVTDQ2PS Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVSXBD 32(DI)(R10*2), Z22
+	VCVTDQ2PS Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVSXBD 32(DI)(R11*1), Z23
+	VCVTDQ2PS Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 192(SI), Z16
+	VMOVUPS 192(SI)(R8*1), Z17
+	VMOVUPS 192(SI)(R8*2), Z18
+	VMOVUPS 192(SI)(R9*1), Z19
+	VPMOVSXBD 48(DI), Z20
+	VCVTDQ2PS Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVSXBD 48(DI)(R10*1), Z21
+	VCVTDQ2PS Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVSXBD 48(DI)(R10*2), Z22
+	VCVTDQ2PS Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVSXBD 48(DI)(R11*1), Z23
+	VCVTDQ2PS Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $256, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Z16
 	VMOVUPS (SI)(R8*1), Z17
 	VMOVUPS (SI)(R8*2), Z18
@@ -3168,7 +5385,166 @@ loop:
 	ADDQ $64, SI
 	ADDQ $16, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	VPMOVSXBD (DI), Z20
+	VCVTDQ2PS Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVSXBD (DI)(R10*1), Z21
+	VCVTDQ2PS Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVSXBD (DI)(R10*2), Z22
+	VCVTDQ2PS Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVSXBD (DI)(R11*1), Z23
+	VCVTDQ2PS Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 64(SI), Z16
+	VMOVUPS 64(SI)(R8*1), Z17
+	VMOVUPS 64(SI)(R8*2), Z18
+	VMOVUPS 64(SI)(R9*1), Z19
+	VPMOVSXBD 16(DI), Z20
+	VCVTDQ2PS Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVSXBD 16(DI)(R10*1), Z21
+	VCVTDQ2PS Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVSXBD 16(DI)(R10*2), Z22
+	VCVTDQ2PS Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVSXBD 16(DI)(R11*1), Z23
+	VCVTDQ2PS Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 128(SI), Z16
+	VMOVUPS 128(SI)(R8*1), Z17
+	VMOVUPS 128(SI)(R8*2), Z18
+	VMOVUPS 128(SI)(R9*1), Z19
+	VPMOVSXBD 32(DI), Z20
+	VCVTDQ2PS Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVSXBD 32(DI)(R10*1), Z21
+	VCVTDQ2PS Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVSXBD 32(DI)(R10*2), Z22
+	VCVTDQ2PS Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVSXBD 32(DI)(R11*1), Z23
+	VCVTDQ2PS Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	VMOVUPS 192(SI), Z16
+	VMOVUPS 192(SI)(R8*1), Z17
+	VMOVUPS 192(SI)(R8*2), Z18
+	VMOVUPS 192(SI)(R9*1), Z19
+	VPMOVSXBD 48(DI), Z20
+	VCVTDQ2PS Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVSXBD 48(DI)(R10*1), Z21
+	VCVTDQ2PS Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVSXBD 48(DI)(R10*2), Z22
+	VCVTDQ2PS Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVSXBD 48(DI)(R11*1), Z23
+	VCVTDQ2PS Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Z16
+	VMOVUPS (SI)(R8*1), Z17
+	VMOVUPS (SI)(R8*2), Z18
+	VMOVUPS (SI)(R9*1), Z19
+	VPMOVSXBD (DI), Z20
+	VCVTDQ2PS Z20, Z20
+	VFMADD231PS Z16, Z20, Z0
+	VFMADD231PS Z17, Z20, Z4
+	VFMADD231PS Z18, Z20, Z8
+	VFMADD231PS Z19, Z20, Z12
+	VPMOVSXBD (DI)(R10*1), Z21
+	VCVTDQ2PS Z21, Z21
+	VFMADD231PS Z16, Z21, Z1
+	VFMADD231PS Z17, Z21, Z5
+	VFMADD231PS Z18, Z21, Z9
+	VFMADD231PS Z19, Z21, Z13
+	VPMOVSXBD (DI)(R10*2), Z22
+	VCVTDQ2PS Z22, Z22
+	VFMADD231PS Z16, Z22, Z2
+	VFMADD231PS Z17, Z22, Z6
+	VFMADD231PS Z18, Z22, Z10
+	VFMADD231PS Z19, Z22, Z14
+	VPMOVSXBD (DI)(R11*1), Z23
+	VCVTDQ2PS Z23, Z23
+	VFMADD231PS Z16, Z23, Z3
+	VFMADD231PS Z17, Z23, Z7
+	VFMADD231PS Z18, Z23, Z11
+	VFMADD231PS Z19, Z23, Z15
+	ADDQ $64, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF64X4 $1, Z0, Y16
 	VADDPS Y16, Y0, Y0
@@ -3241,8 +5617,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_1x8_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_1x8_avx512(SB), NOSPLIT, $0-72
+// func tileI8_1x8_avx512(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_1x8_avx512(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3266,13 +5642,14 @@ TEXT ·tileI8_1x8_avx512(SB), NOSPLIT, $0-72
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
-	MOVQ R10, R8
-	IMULQ $16, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	LEAQ (R8)(R10*4), R9
 	SHRQ $2, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Z8
 	PREFETCHT1 (R8)
 	VPMOVSXBD (DI), Z9
@@ -3387,6 +5764,152 @@ loop:
 	ADDQ $64, R8
 	ADDQ $64, R9
 	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $4, CX
+	ANDQ $3, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Z8
+	VPMOVSXBD (DI), Z9
+	VCVTDQ2PS Z9, Z9
+	VFMADD231PS Z8, Z9, Z0
+	VPMOVSXBD (DI)(R10*1), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z1
+	VPMOVSXBD (DI)(R10*2), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z2
+	VPMOVSXBD (DI)(R11*1), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z3
+	VPMOVSXBD (R13), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z4
+	VPMOVSXBD (R13)(R10*1), Z14
+	VCVTDQ2PS Z14, Z14
+	VFMADD231PS Z8, Z14, Z5
+	VPMOVSXBD (R13)(R10*2), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z8, Z15, Z6
+	VPMOVSXBD (R13)(R11*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z8, Z16, Z7
+	ADDQ $64, SI
+	ADDQ $16, DI
+	ADDQ $16, R13
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Z8
+	VPMOVSXBD (DI), Z9
+	VCVTDQ2PS Z9, Z9
+	VFMADD231PS Z8, Z9, Z0
+	VPMOVSXBD (DI)(R10*1), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z1
+	VPMOVSXBD (DI)(R10*2), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z2
+	VPMOVSXBD (DI)(R11*1), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z3
+	VPMOVSXBD (R13), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z4
+	VPMOVSXBD (R13)(R10*1), Z14
+	VCVTDQ2PS Z14, Z14
+	VFMADD231PS Z8, Z14, Z5
+	VPMOVSXBD (R13)(R10*2), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z8, Z15, Z6
+	VPMOVSXBD (R13)(R11*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z8, Z16, Z7
+	VMOVUPS 64(SI), Z8
+	VPMOVSXBD 16(DI), Z9
+	VCVTDQ2PS Z9, Z9
+	VFMADD231PS Z8, Z9, Z0
+	VPMOVSXBD 16(DI)(R10*1), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z1
+	VPMOVSXBD 16(DI)(R10*2), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z2
+	VPMOVSXBD 16(DI)(R11*1), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z3
+	VPMOVSXBD 16(R13), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z4
+	VPMOVSXBD 16(R13)(R10*1), Z14
+	VCVTDQ2PS Z14, Z14
+	VFMADD231PS Z8, Z14, Z5
+	VPMOVSXBD 16(R13)(R10*2), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z8, Z15, Z6
+	VPMOVSXBD 16(R13)(R11*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z8, Z16, Z7
+	VMOVUPS 128(SI), Z8
+	VPMOVSXBD 32(DI), Z9
+	VCVTDQ2PS Z9, Z9
+	VFMADD231PS Z8, Z9, Z0
+	VPMOVSXBD 32(DI)(R10*1), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z1
+	VPMOVSXBD 32(DI)(R10*2), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z2
+	VPMOVSXBD 32(DI)(R11*1), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z3
+	VPMOVSXBD 32(R13), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z4
+	VPMOVSXBD 32(R13)(R10*1), Z14
+	VCVTDQ2PS Z14, Z14
+	VFMADD231PS Z8, Z14, Z5
+	VPMOVSXBD 32(R13)(R10*2), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z8, Z15, Z6
+	VPMOVSXBD 32(R13)(R11*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z8, Z16, Z7
+	VMOVUPS 192(SI), Z8
+	VPMOVSXBD 48(DI), Z9
+	VCVTDQ2PS Z9, Z9
+	VFMADD231PS Z8, Z9, Z0
+	VPMOVSXBD 48(DI)(R10*1), Z10
+	VCVTDQ2PS Z10, Z10
+	VFMADD231PS Z8, Z10, Z1
+	VPMOVSXBD 48(DI)(R10*2), Z11
+	VCVTDQ2PS Z11, Z11
+	VFMADD231PS Z8, Z11, Z2
+	VPMOVSXBD 48(DI)(R11*1), Z12
+	VCVTDQ2PS Z12, Z12
+	VFMADD231PS Z8, Z12, Z3
+	VPMOVSXBD 48(R13), Z13
+	VCVTDQ2PS Z13, Z13
+	VFMADD231PS Z8, Z13, Z4
+	VPMOVSXBD 48(R13)(R10*1), Z14
+	VCVTDQ2PS Z14, Z14
+	VFMADD231PS Z8, Z14, Z5
+	VPMOVSXBD 48(R13)(R10*2), Z15
+	VCVTDQ2PS Z15, Z15
+	VFMADD231PS Z8, Z15, Z6
+	VPMOVSXBD 48(R13)(R11*1), Z16
+	VCVTDQ2PS Z16, Z16
+	VFMADD231PS Z8, Z16, Z7
+	ADDQ $256, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
 	JNZ loop
 tail:
 	MOVQ kn+48(FP), CX
@@ -3464,8 +5987,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_1x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_1x1_avx2(SB), NOSPLIT, $0-72
+// func tileF32_1x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_1x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3520,8 +6043,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_2x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_2x1_avx2(SB), NOSPLIT, $0-72
+// func tileF32_2x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_2x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3538,9 +6061,29 @@ TEXT ·tileF32_2x1_avx2(SB), NOSPLIT, $0-72
 	SHRQ $3, CX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $1, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y2
+	VMOVUPS (SI)(R8*1), Y3
+	VMOVUPS (DI), Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 32(SI), Y2
+	VMOVUPS 32(SI)(R8*1), Y3
+	VMOVUPS 32(DI), Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	ADDQ $64, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y2
 	VMOVUPS (SI)(R8*1), Y3
 	VMOVUPS (DI), Y4
@@ -3549,7 +6092,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $32, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X2
 	VADDPS X2, X0, X0
@@ -3574,8 +6117,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_3x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_3x1_avx2(SB), NOSPLIT, $0-72
+// func tileF32_3x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_3x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3593,9 +6136,33 @@ TEXT ·tileF32_3x1_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $1, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y3
+	VMOVUPS (SI)(R8*1), Y4
+	VMOVUPS (SI)(R8*2), Y5
+	VMOVUPS (DI), Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 32(SI), Y3
+	VMOVUPS 32(SI)(R8*1), Y4
+	VMOVUPS 32(SI)(R8*2), Y5
+	VMOVUPS 32(DI), Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	ADDQ $64, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y3
 	VMOVUPS (SI)(R8*1), Y4
 	VMOVUPS (SI)(R8*2), Y5
@@ -3606,7 +6173,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $32, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X3
 	VADDPS X3, X0, X0
@@ -3639,8 +6206,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_4x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_4x1_avx2(SB), NOSPLIT, $0-72
+// func tileF32_4x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_4x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3659,9 +6226,37 @@ TEXT ·tileF32_4x1_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $1, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VMOVUPS (SI)(R8*2), Y6
+	VMOVUPS (SI)(R9*1), Y7
+	VMOVUPS (DI), Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VMOVUPS 32(SI)(R8*2), Y6
+	VMOVUPS 32(SI)(R9*1), Y7
+	VMOVUPS 32(DI), Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	ADDQ $64, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y4
 	VMOVUPS (SI)(R8*1), Y5
 	VMOVUPS (SI)(R8*2), Y6
@@ -3674,7 +6269,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $32, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X4
 	VADDPS X4, X0, X0
@@ -3715,8 +6310,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_1x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_1x2_avx2(SB), NOSPLIT, $0-72
+// func tileF32_1x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_1x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3733,6 +6328,41 @@ TEXT ·tileF32_1x2_avx2(SB), NOSPLIT, $0-72
 	SHRQ $3, CX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
+	ADDQ DI, R8
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y2
+	PREFETCHT1 (R8)
+	VFMADD231PS (DI), Y2, Y0
+	PREFETCHT1 (R8)(R10*1)
+	VFMADD231PS (DI)(R10*1), Y2, Y1
+	VMOVUPS 32(SI), Y2
+	VFMADD231PS 32(DI), Y2, Y0
+	VFMADD231PS 32(DI)(R10*1), Y2, Y1
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $64, R8
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Y2
+	VFMADD231PS (DI), Y2, Y0
+	VFMADD231PS (DI)(R10*1), Y2, Y1
+	ADDQ $32, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
 	SHRQ $1, CX
 	JZ tail
 loop:
@@ -3783,8 +6413,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_2x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_2x2_avx2(SB), NOSPLIT, $0-72
+// func tileF32_2x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_2x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3803,9 +6433,42 @@ TEXT ·tileF32_2x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	PREFETCHT1 (R13)
+	VMOVUPS (DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	PREFETCHT1 (R13)(R10*1)
+	VMOVUPS (DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VMOVUPS 32(DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 32(DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y4
 	VMOVUPS (SI)(R8*1), Y5
 	VMOVUPS (DI), Y6
@@ -3817,7 +6480,50 @@ loop:
 	ADDQ $32, SI
 	ADDQ $32, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VMOVUPS (DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS (DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VMOVUPS 32(DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 32(DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $64, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VMOVUPS (DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS (DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $32, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X4
 	VADDPS X4, X0, X0
@@ -3858,8 +6564,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_3x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_3x2_avx2(SB), NOSPLIT, $0-72
+// func tileF32_3x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_3x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3880,9 +6586,48 @@ TEXT ·tileF32_3x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y3, Y3, Y3
 	VXORPS Y4, Y4, Y4
 	VXORPS Y5, Y5, Y5
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	PREFETCHT1 (R13)
+	VMOVUPS (DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	PREFETCHT1 (R13)(R10*1)
+	VMOVUPS (DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 32(SI), Y6
+	VMOVUPS 32(SI)(R8*1), Y7
+	VMOVUPS 32(SI)(R8*2), Y8
+	VMOVUPS 32(DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VMOVUPS 32(DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y6
 	VMOVUPS (SI)(R8*1), Y7
 	VMOVUPS (SI)(R8*2), Y8
@@ -3897,7 +6642,59 @@ loop:
 	ADDQ $32, SI
 	ADDQ $32, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	VMOVUPS (DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VMOVUPS (DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 32(SI), Y6
+	VMOVUPS 32(SI)(R8*1), Y7
+	VMOVUPS 32(SI)(R8*2), Y8
+	VMOVUPS 32(DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VMOVUPS 32(DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $64, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	VMOVUPS (DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VMOVUPS (DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $32, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X6
 	VADDPS X6, X0, X0
@@ -3954,8 +6751,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_4x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_4x2_avx2(SB), NOSPLIT, $0-72
+// func tileF32_4x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_4x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -3978,9 +6775,54 @@ TEXT ·tileF32_4x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y5, Y5, Y5
 	VXORPS Y6, Y6, Y6
 	VXORPS Y7, Y7, Y7
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $1, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	PREFETCHT1 (R13)
+	VMOVUPS (DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	PREFETCHT1 (R13)(R10*1)
+	VMOVUPS (DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 32(SI), Y8
+	VMOVUPS 32(SI)(R8*1), Y9
+	VMOVUPS 32(SI)(R8*2), Y10
+	VMOVUPS 32(SI)(R9*1), Y11
+	VMOVUPS 32(DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VMOVUPS 32(DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y8
 	VMOVUPS (SI)(R8*1), Y9
 	VMOVUPS (SI)(R8*2), Y10
@@ -3998,7 +6840,68 @@ loop:
 	ADDQ $32, SI
 	ADDQ $32, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	VMOVUPS (DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VMOVUPS (DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 32(SI), Y8
+	VMOVUPS 32(SI)(R8*1), Y9
+	VMOVUPS 32(SI)(R8*2), Y10
+	VMOVUPS 32(SI)(R9*1), Y11
+	VMOVUPS 32(DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VMOVUPS 32(DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $64, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	VMOVUPS (DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VMOVUPS (DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $32, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X8
 	VADDPS X8, X0, X0
@@ -4071,8 +6974,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF32_1x4_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF32_1x4_avx2(SB), NOSPLIT, $0-72
+// func tileF32_1x4_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF32_1x4_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4091,12 +6994,13 @@ TEXT ·tileF32_1x4_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	MOVQ R10, R8
-	IMULQ $8, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	SHRQ $1, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Y4
 	PREFETCHT1 (R8)
 	VFMADD231PS (DI), Y4, Y0
@@ -4114,6 +7018,40 @@ loop:
 	ADDQ $64, SI
 	ADDQ $64, DI
 	ADDQ $64, R8
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $1, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Y4
+	VFMADD231PS (DI), Y4, Y0
+	VFMADD231PS (DI)(R10*1), Y4, Y1
+	VFMADD231PS (DI)(R10*2), Y4, Y2
+	VFMADD231PS (DI)(R11*1), Y4, Y3
+	ADDQ $32, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $1, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y4
+	VFMADD231PS (DI), Y4, Y0
+	VFMADD231PS (DI)(R10*1), Y4, Y1
+	VFMADD231PS (DI)(R10*2), Y4, Y2
+	VFMADD231PS (DI)(R11*1), Y4, Y3
+	VMOVUPS 32(SI), Y4
+	VFMADD231PS 32(DI), Y4, Y0
+	VFMADD231PS 32(DI)(R10*1), Y4, Y1
+	VFMADD231PS 32(DI)(R10*2), Y4, Y2
+	VFMADD231PS 32(DI)(R11*1), Y4, Y3
+	ADDQ $64, SI
+	ADDQ $64, DI
 	DECQ CX
 	JNZ loop
 tail:
@@ -4146,8 +7084,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_1x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_1x1_avx2(SB), NOSPLIT, $0-72
+// func tileBF16_1x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_1x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4216,8 +7154,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_2x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_2x1_avx2(SB), NOSPLIT, $0-72
+// func tileBF16_2x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_2x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4234,9 +7172,43 @@ TEXT ·tileBF16_2x1_avx2(SB), NOSPLIT, $0-72
 	SHRQ $3, CX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $2, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y2
+	VMOVUPS (SI)(R8*1), Y3
+	VPMOVZXWD (DI), Y4
+	VPSLLD $16, Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 32(SI), Y2
+	VMOVUPS 32(SI)(R8*1), Y3
+	VPMOVZXWD 16(DI), Y4
+	VPSLLD $16, Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 64(SI)(R8*1), Y3
+	VPMOVZXWD 32(DI), Y4
+	VPSLLD $16, Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 96(SI), Y2
+	VMOVUPS 96(SI)(R8*1), Y3
+	VPMOVZXWD 48(DI), Y4
+	VPSLLD $16, Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y2
 	VMOVUPS (SI)(R8*1), Y3
 	VPMOVZXWD (DI), Y4
@@ -4246,7 +7218,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X2
 	VADDPS X2, X0, X0
@@ -4271,8 +7243,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_3x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_3x1_avx2(SB), NOSPLIT, $0-72
+// func tileBF16_3x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_3x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4290,9 +7262,51 @@ TEXT ·tileBF16_3x1_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $2, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y3
+	VMOVUPS (SI)(R8*1), Y4
+	VMOVUPS (SI)(R8*2), Y5
+	VPMOVZXWD (DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 32(SI), Y3
+	VMOVUPS 32(SI)(R8*1), Y4
+	VMOVUPS 32(SI)(R8*2), Y5
+	VPMOVZXWD 16(DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 64(SI), Y3
+	VMOVUPS 64(SI)(R8*1), Y4
+	VMOVUPS 64(SI)(R8*2), Y5
+	VPMOVZXWD 32(DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 96(SI), Y3
+	VMOVUPS 96(SI)(R8*1), Y4
+	VMOVUPS 96(SI)(R8*2), Y5
+	VPMOVZXWD 48(DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y3
 	VMOVUPS (SI)(R8*1), Y4
 	VMOVUPS (SI)(R8*2), Y5
@@ -4304,7 +7318,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X3
 	VADDPS X3, X0, X0
@@ -4337,8 +7351,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_4x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_4x1_avx2(SB), NOSPLIT, $0-72
+// func tileBF16_4x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_4x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4357,9 +7371,59 @@ TEXT ·tileBF16_4x1_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $2, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VMOVUPS (SI)(R8*2), Y6
+	VMOVUPS (SI)(R9*1), Y7
+	VPMOVZXWD (DI), Y8
+	VPSLLD $16, Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VMOVUPS 32(SI)(R8*2), Y6
+	VMOVUPS 32(SI)(R9*1), Y7
+	VPMOVZXWD 16(DI), Y8
+	VPSLLD $16, Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 64(SI), Y4
+	VMOVUPS 64(SI)(R8*1), Y5
+	VMOVUPS 64(SI)(R8*2), Y6
+	VMOVUPS 64(SI)(R9*1), Y7
+	VPMOVZXWD 32(DI), Y8
+	VPSLLD $16, Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 96(SI), Y4
+	VMOVUPS 96(SI)(R8*1), Y5
+	VMOVUPS 96(SI)(R8*2), Y6
+	VMOVUPS 96(SI)(R9*1), Y7
+	VPMOVZXWD 48(DI), Y8
+	VPSLLD $16, Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y4
 	VMOVUPS (SI)(R8*1), Y5
 	VMOVUPS (SI)(R8*2), Y6
@@ -4373,7 +7437,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X4
 	VADDPS X4, X0, X0
@@ -4414,8 +7478,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_1x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_1x2_avx2(SB), NOSPLIT, $0-72
+// func tileBF16_1x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_1x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4432,6 +7496,67 @@ TEXT ·tileBF16_1x2_avx2(SB), NOSPLIT, $0-72
 	SHRQ $3, CX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
+	ADDQ DI, R8
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y2
+	PREFETCHT1 (R8)
+	VPMOVZXWD (DI), Y3
+	VPSLLD $16, Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	PREFETCHT1 (R8)(R10*1)
+	VPMOVZXWD (DI)(R10*1), Y4
+	VPSLLD $16, Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 32(SI), Y2
+	VPMOVZXWD 16(DI), Y3
+	VPSLLD $16, Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVZXWD 16(DI)(R10*1), Y4
+	VPSLLD $16, Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 64(SI), Y2
+	VPMOVZXWD 32(DI), Y3
+	VPSLLD $16, Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVZXWD 32(DI)(R10*1), Y4
+	VPSLLD $16, Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 96(SI), Y2
+	VPMOVZXWD 48(DI), Y3
+	VPSLLD $16, Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVZXWD 48(DI)(R10*1), Y4
+	VPSLLD $16, Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R8
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Y2
+	VPMOVZXWD (DI), Y3
+	VPSLLD $16, Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVZXWD (DI)(R10*1), Y4
+	VPSLLD $16, Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
 	SHRQ $2, CX
 	JZ tail
 loop:
@@ -4508,8 +7633,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_2x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_2x2_avx2(SB), NOSPLIT, $0-72
+// func tileBF16_2x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_2x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4528,9 +7653,66 @@ TEXT ·tileBF16_2x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	PREFETCHT1 (R13)
+	VPMOVZXWD (DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVZXWD (DI)(R10*1), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VPMOVZXWD 16(DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVZXWD 16(DI)(R10*1), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 64(SI), Y4
+	VMOVUPS 64(SI)(R8*1), Y5
+	VPMOVZXWD 32(DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVZXWD 32(DI)(R10*1), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 96(SI), Y4
+	VMOVUPS 96(SI)(R8*1), Y5
+	VPMOVZXWD 48(DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVZXWD 48(DI)(R10*1), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y4
 	VMOVUPS (SI)(R8*1), Y5
 	VPMOVZXWD (DI), Y6
@@ -4544,7 +7726,76 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VPMOVZXWD (DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVZXWD (DI)(R10*1), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VPMOVZXWD 16(DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVZXWD 16(DI)(R10*1), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 64(SI), Y4
+	VMOVUPS 64(SI)(R8*1), Y5
+	VPMOVZXWD 32(DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVZXWD 32(DI)(R10*1), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 96(SI), Y4
+	VMOVUPS 96(SI)(R8*1), Y5
+	VPMOVZXWD 48(DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVZXWD 48(DI)(R10*1), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VPMOVZXWD (DI), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVZXWD (DI)(R10*1), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X4
 	VADDPS X4, X0, X0
@@ -4585,8 +7836,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_3x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_3x2_avx2(SB), NOSPLIT, $0-72
+// func tileBF16_3x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_3x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4607,9 +7858,78 @@ TEXT ·tileBF16_3x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y3, Y3, Y3
 	VXORPS Y4, Y4, Y4
 	VXORPS Y5, Y5, Y5
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	PREFETCHT1 (R13)
+	VPMOVZXWD (DI), Y9
+	VPSLLD $16, Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVZXWD (DI)(R10*1), Y10
+	VPSLLD $16, Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 32(SI), Y6
+	VMOVUPS 32(SI)(R8*1), Y7
+	VMOVUPS 32(SI)(R8*2), Y8
+	VPMOVZXWD 16(DI), Y9
+	VPSLLD $16, Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVZXWD 16(DI)(R10*1), Y10
+	VPSLLD $16, Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 64(SI), Y6
+	VMOVUPS 64(SI)(R8*1), Y7
+	VMOVUPS 64(SI)(R8*2), Y8
+	VPMOVZXWD 32(DI), Y9
+	VPSLLD $16, Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVZXWD 32(DI)(R10*1), Y10
+	VPSLLD $16, Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 96(SI), Y6
+	VMOVUPS 96(SI)(R8*1), Y7
+	VMOVUPS 96(SI)(R8*2), Y8
+	VPMOVZXWD 48(DI), Y9
+	VPSLLD $16, Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVZXWD 48(DI)(R10*1), Y10
+	VPSLLD $16, Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y6
 	VMOVUPS (SI)(R8*1), Y7
 	VMOVUPS (SI)(R8*2), Y8
@@ -4626,7 +7946,91 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	VPMOVZXWD (DI), Y9
+	VPSLLD $16, Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVZXWD (DI)(R10*1), Y10
+	VPSLLD $16, Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 32(SI), Y6
+	VMOVUPS 32(SI)(R8*1), Y7
+	VMOVUPS 32(SI)(R8*2), Y8
+	VPMOVZXWD 16(DI), Y9
+	VPSLLD $16, Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVZXWD 16(DI)(R10*1), Y10
+	VPSLLD $16, Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 64(SI), Y6
+	VMOVUPS 64(SI)(R8*1), Y7
+	VMOVUPS 64(SI)(R8*2), Y8
+	VPMOVZXWD 32(DI), Y9
+	VPSLLD $16, Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVZXWD 32(DI)(R10*1), Y10
+	VPSLLD $16, Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 96(SI), Y6
+	VMOVUPS 96(SI)(R8*1), Y7
+	VMOVUPS 96(SI)(R8*2), Y8
+	VPMOVZXWD 48(DI), Y9
+	VPSLLD $16, Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVZXWD 48(DI)(R10*1), Y10
+	VPSLLD $16, Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	VPMOVZXWD (DI), Y9
+	VPSLLD $16, Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVZXWD (DI)(R10*1), Y10
+	VPSLLD $16, Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X6
 	VADDPS X6, X0, X0
@@ -4683,8 +8087,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_4x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_4x2_avx2(SB), NOSPLIT, $0-72
+// func tileBF16_4x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_4x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4707,9 +8111,90 @@ TEXT ·tileBF16_4x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y5, Y5, Y5
 	VXORPS Y6, Y6, Y6
 	VXORPS Y7, Y7, Y7
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	PREFETCHT1 (R13)
+	VPMOVZXWD (DI), Y12
+	VPSLLD $16, Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVZXWD (DI)(R10*1), Y13
+	VPSLLD $16, Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 32(SI), Y8
+	VMOVUPS 32(SI)(R8*1), Y9
+	VMOVUPS 32(SI)(R8*2), Y10
+	VMOVUPS 32(SI)(R9*1), Y11
+	VPMOVZXWD 16(DI), Y12
+	VPSLLD $16, Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVZXWD 16(DI)(R10*1), Y13
+	VPSLLD $16, Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 64(SI), Y8
+	VMOVUPS 64(SI)(R8*1), Y9
+	VMOVUPS 64(SI)(R8*2), Y10
+	VMOVUPS 64(SI)(R9*1), Y11
+	VPMOVZXWD 32(DI), Y12
+	VPSLLD $16, Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVZXWD 32(DI)(R10*1), Y13
+	VPSLLD $16, Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 96(SI), Y8
+	VMOVUPS 96(SI)(R8*1), Y9
+	VMOVUPS 96(SI)(R8*2), Y10
+	VMOVUPS 96(SI)(R9*1), Y11
+	VPMOVZXWD 48(DI), Y12
+	VPSLLD $16, Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVZXWD 48(DI)(R10*1), Y13
+	VPSLLD $16, Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y8
 	VMOVUPS (SI)(R8*1), Y9
 	VMOVUPS (SI)(R8*2), Y10
@@ -4729,7 +8214,106 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	VPMOVZXWD (DI), Y12
+	VPSLLD $16, Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVZXWD (DI)(R10*1), Y13
+	VPSLLD $16, Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 32(SI), Y8
+	VMOVUPS 32(SI)(R8*1), Y9
+	VMOVUPS 32(SI)(R8*2), Y10
+	VMOVUPS 32(SI)(R9*1), Y11
+	VPMOVZXWD 16(DI), Y12
+	VPSLLD $16, Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVZXWD 16(DI)(R10*1), Y13
+	VPSLLD $16, Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 64(SI), Y8
+	VMOVUPS 64(SI)(R8*1), Y9
+	VMOVUPS 64(SI)(R8*2), Y10
+	VMOVUPS 64(SI)(R9*1), Y11
+	VPMOVZXWD 32(DI), Y12
+	VPSLLD $16, Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVZXWD 32(DI)(R10*1), Y13
+	VPSLLD $16, Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 96(SI), Y8
+	VMOVUPS 96(SI)(R8*1), Y9
+	VMOVUPS 96(SI)(R8*2), Y10
+	VMOVUPS 96(SI)(R9*1), Y11
+	VPMOVZXWD 48(DI), Y12
+	VPSLLD $16, Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVZXWD 48(DI)(R10*1), Y13
+	VPSLLD $16, Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	VPMOVZXWD (DI), Y12
+	VPSLLD $16, Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVZXWD (DI)(R10*1), Y13
+	VPSLLD $16, Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X8
 	VADDPS X8, X0, X0
@@ -4802,8 +8386,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileBF16_1x4_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileBF16_1x4_avx2(SB), NOSPLIT, $0-72
+// func tileBF16_1x4_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileBF16_1x4_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4822,12 +8406,13 @@ TEXT ·tileBF16_1x4_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	MOVQ R10, R8
-	IMULQ $8, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	SHRQ $2, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Y4
 	PREFETCHT1 (R8)
 	VPMOVZXWD (DI), Y5
@@ -4888,6 +8473,90 @@ loop:
 	ADDQ $64, DI
 	ADDQ $64, R8
 	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Y4
+	VPMOVZXWD (DI), Y5
+	VPSLLD $16, Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVZXWD (DI)(R10*1), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVZXWD (DI)(R10*2), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVZXWD (DI)(R11*1), Y8
+	VPSLLD $16, Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y4
+	VPMOVZXWD (DI), Y5
+	VPSLLD $16, Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVZXWD (DI)(R10*1), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVZXWD (DI)(R10*2), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVZXWD (DI)(R11*1), Y8
+	VPSLLD $16, Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 32(SI), Y4
+	VPMOVZXWD 16(DI), Y5
+	VPSLLD $16, Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVZXWD 16(DI)(R10*1), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVZXWD 16(DI)(R10*2), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVZXWD 16(DI)(R11*1), Y8
+	VPSLLD $16, Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 64(SI), Y4
+	VPMOVZXWD 32(DI), Y5
+	VPSLLD $16, Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVZXWD 32(DI)(R10*1), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVZXWD 32(DI)(R10*2), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVZXWD 32(DI)(R11*1), Y8
+	VPSLLD $16, Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 96(SI), Y4
+	VPMOVZXWD 48(DI), Y5
+	VPSLLD $16, Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVZXWD 48(DI)(R10*1), Y6
+	VPSLLD $16, Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVZXWD 48(DI)(R10*2), Y7
+	VPSLLD $16, Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVZXWD 48(DI)(R11*1), Y8
+	VPSLLD $16, Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
 tail:
 	MOVQ kn+48(FP), CX
@@ -4927,8 +8596,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_1x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_1x1_avx2(SB), NOSPLIT, $0-72
+// func tileF16_1x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_1x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -4992,8 +8661,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_2x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_2x1_avx2(SB), NOSPLIT, $0-72
+// func tileF16_2x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_2x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5010,9 +8679,39 @@ TEXT ·tileF16_2x1_avx2(SB), NOSPLIT, $0-72
 	SHRQ $3, CX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $2, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y2
+	VMOVUPS (SI)(R8*1), Y3
+	VCVTPH2PS (DI), Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 32(SI), Y2
+	VMOVUPS 32(SI)(R8*1), Y3
+	VCVTPH2PS 16(DI), Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 64(SI)(R8*1), Y3
+	VCVTPH2PS 32(DI), Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 96(SI), Y2
+	VMOVUPS 96(SI)(R8*1), Y3
+	VCVTPH2PS 48(DI), Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y2
 	VMOVUPS (SI)(R8*1), Y3
 	VCVTPH2PS (DI), Y4
@@ -5021,7 +8720,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X2
 	VADDPS X2, X0, X0
@@ -5046,8 +8745,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_3x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_3x1_avx2(SB), NOSPLIT, $0-72
+// func tileF16_3x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_3x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5065,9 +8764,47 @@ TEXT ·tileF16_3x1_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $2, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y3
+	VMOVUPS (SI)(R8*1), Y4
+	VMOVUPS (SI)(R8*2), Y5
+	VCVTPH2PS (DI), Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 32(SI), Y3
+	VMOVUPS 32(SI)(R8*1), Y4
+	VMOVUPS 32(SI)(R8*2), Y5
+	VCVTPH2PS 16(DI), Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 64(SI), Y3
+	VMOVUPS 64(SI)(R8*1), Y4
+	VMOVUPS 64(SI)(R8*2), Y5
+	VCVTPH2PS 32(DI), Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 96(SI), Y3
+	VMOVUPS 96(SI)(R8*1), Y4
+	VMOVUPS 96(SI)(R8*2), Y5
+	VCVTPH2PS 48(DI), Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y3
 	VMOVUPS (SI)(R8*1), Y4
 	VMOVUPS (SI)(R8*2), Y5
@@ -5078,7 +8815,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X3
 	VADDPS X3, X0, X0
@@ -5111,8 +8848,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_4x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_4x1_avx2(SB), NOSPLIT, $0-72
+// func tileF16_4x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_4x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5131,9 +8868,55 @@ TEXT ·tileF16_4x1_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $2, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VMOVUPS (SI)(R8*2), Y6
+	VMOVUPS (SI)(R9*1), Y7
+	VCVTPH2PS (DI), Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VMOVUPS 32(SI)(R8*2), Y6
+	VMOVUPS 32(SI)(R9*1), Y7
+	VCVTPH2PS 16(DI), Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 64(SI), Y4
+	VMOVUPS 64(SI)(R8*1), Y5
+	VMOVUPS 64(SI)(R8*2), Y6
+	VMOVUPS 64(SI)(R9*1), Y7
+	VCVTPH2PS 32(DI), Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 96(SI), Y4
+	VMOVUPS 96(SI)(R8*1), Y5
+	VMOVUPS 96(SI)(R8*2), Y6
+	VMOVUPS 96(SI)(R9*1), Y7
+	VCVTPH2PS 48(DI), Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y4
 	VMOVUPS (SI)(R8*1), Y5
 	VMOVUPS (SI)(R8*2), Y6
@@ -5146,7 +8929,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X4
 	VADDPS X4, X0, X0
@@ -5187,8 +8970,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_1x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_1x2_avx2(SB), NOSPLIT, $0-72
+// func tileF16_1x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_1x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5205,6 +8988,57 @@ TEXT ·tileF16_1x2_avx2(SB), NOSPLIT, $0-72
 	SHRQ $3, CX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
+	ADDQ DI, R8
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y2
+	PREFETCHT1 (R8)
+	VCVTPH2PS (DI), Y3
+	VFMADD231PS Y2, Y3, Y0
+	PREFETCHT1 (R8)(R10*1)
+	VCVTPH2PS (DI)(R10*1), Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 32(SI), Y2
+	VCVTPH2PS 16(DI), Y3
+	VFMADD231PS Y2, Y3, Y0
+	VCVTPH2PS 16(DI)(R10*1), Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 64(SI), Y2
+	VCVTPH2PS 32(DI), Y3
+	VFMADD231PS Y2, Y3, Y0
+	VCVTPH2PS 32(DI)(R10*1), Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 96(SI), Y2
+	VCVTPH2PS 48(DI), Y3
+	VFMADD231PS Y2, Y3, Y0
+	VCVTPH2PS 48(DI)(R10*1), Y4
+	VFMADD231PS Y2, Y4, Y1
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R8
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Y2
+	VCVTPH2PS (DI), Y3
+	VFMADD231PS Y2, Y3, Y0
+	VCVTPH2PS (DI)(R10*1), Y4
+	VFMADD231PS Y2, Y4, Y1
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
 	SHRQ $2, CX
 	JZ tail
 loop:
@@ -5271,8 +9105,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_2x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_2x2_avx2(SB), NOSPLIT, $0-72
+// func tileF16_2x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_2x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5291,9 +9125,58 @@ TEXT ·tileF16_2x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	PREFETCHT1 (R13)
+	VCVTPH2PS (DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	PREFETCHT1 (R13)(R10*1)
+	VCVTPH2PS (DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VCVTPH2PS 16(DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VCVTPH2PS 16(DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 64(SI), Y4
+	VMOVUPS 64(SI)(R8*1), Y5
+	VCVTPH2PS 32(DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VCVTPH2PS 32(DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 96(SI), Y4
+	VMOVUPS 96(SI)(R8*1), Y5
+	VCVTPH2PS 48(DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VCVTPH2PS 48(DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y4
 	VMOVUPS (SI)(R8*1), Y5
 	VCVTPH2PS (DI), Y6
@@ -5305,7 +9188,66 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VCVTPH2PS (DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VCVTPH2PS (DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VCVTPH2PS 16(DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VCVTPH2PS 16(DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 64(SI), Y4
+	VMOVUPS 64(SI)(R8*1), Y5
+	VCVTPH2PS 32(DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VCVTPH2PS 32(DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 96(SI), Y4
+	VMOVUPS 96(SI)(R8*1), Y5
+	VCVTPH2PS 48(DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VCVTPH2PS 48(DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VCVTPH2PS (DI), Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VCVTPH2PS (DI)(R10*1), Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X4
 	VADDPS X4, X0, X0
@@ -5346,8 +9288,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_3x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_3x2_avx2(SB), NOSPLIT, $0-72
+// func tileF16_3x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_3x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5368,9 +9310,70 @@ TEXT ·tileF16_3x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y3, Y3, Y3
 	VXORPS Y4, Y4, Y4
 	VXORPS Y5, Y5, Y5
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	PREFETCHT1 (R13)
+	VCVTPH2PS (DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	PREFETCHT1 (R13)(R10*1)
+	VCVTPH2PS (DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 32(SI), Y6
+	VMOVUPS 32(SI)(R8*1), Y7
+	VMOVUPS 32(SI)(R8*2), Y8
+	VCVTPH2PS 16(DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VCVTPH2PS 16(DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 64(SI), Y6
+	VMOVUPS 64(SI)(R8*1), Y7
+	VMOVUPS 64(SI)(R8*2), Y8
+	VCVTPH2PS 32(DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VCVTPH2PS 32(DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 96(SI), Y6
+	VMOVUPS 96(SI)(R8*1), Y7
+	VMOVUPS 96(SI)(R8*2), Y8
+	VCVTPH2PS 48(DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VCVTPH2PS 48(DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y6
 	VMOVUPS (SI)(R8*1), Y7
 	VMOVUPS (SI)(R8*2), Y8
@@ -5385,7 +9388,81 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	VCVTPH2PS (DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VCVTPH2PS (DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 32(SI), Y6
+	VMOVUPS 32(SI)(R8*1), Y7
+	VMOVUPS 32(SI)(R8*2), Y8
+	VCVTPH2PS 16(DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VCVTPH2PS 16(DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 64(SI), Y6
+	VMOVUPS 64(SI)(R8*1), Y7
+	VMOVUPS 64(SI)(R8*2), Y8
+	VCVTPH2PS 32(DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VCVTPH2PS 32(DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 96(SI), Y6
+	VMOVUPS 96(SI)(R8*1), Y7
+	VMOVUPS 96(SI)(R8*2), Y8
+	VCVTPH2PS 48(DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VCVTPH2PS 48(DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	VCVTPH2PS (DI), Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VCVTPH2PS (DI)(R10*1), Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X6
 	VADDPS X6, X0, X0
@@ -5442,8 +9519,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_4x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_4x2_avx2(SB), NOSPLIT, $0-72
+// func tileF16_4x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_4x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5466,9 +9543,82 @@ TEXT ·tileF16_4x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y5, Y5, Y5
 	VXORPS Y6, Y6, Y6
 	VXORPS Y7, Y7, Y7
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $2, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	PREFETCHT1 (R13)
+	VCVTPH2PS (DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	PREFETCHT1 (R13)(R10*1)
+	VCVTPH2PS (DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 32(SI), Y8
+	VMOVUPS 32(SI)(R8*1), Y9
+	VMOVUPS 32(SI)(R8*2), Y10
+	VMOVUPS 32(SI)(R9*1), Y11
+	VCVTPH2PS 16(DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VCVTPH2PS 16(DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 64(SI), Y8
+	VMOVUPS 64(SI)(R8*1), Y9
+	VMOVUPS 64(SI)(R8*2), Y10
+	VMOVUPS 64(SI)(R9*1), Y11
+	VCVTPH2PS 32(DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VCVTPH2PS 32(DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 96(SI), Y8
+	VMOVUPS 96(SI)(R8*1), Y9
+	VMOVUPS 96(SI)(R8*2), Y10
+	VMOVUPS 96(SI)(R9*1), Y11
+	VCVTPH2PS 48(DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VCVTPH2PS 48(DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y8
 	VMOVUPS (SI)(R8*1), Y9
 	VMOVUPS (SI)(R8*2), Y10
@@ -5486,7 +9636,96 @@ loop:
 	ADDQ $32, SI
 	ADDQ $16, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	VCVTPH2PS (DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VCVTPH2PS (DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 32(SI), Y8
+	VMOVUPS 32(SI)(R8*1), Y9
+	VMOVUPS 32(SI)(R8*2), Y10
+	VMOVUPS 32(SI)(R9*1), Y11
+	VCVTPH2PS 16(DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VCVTPH2PS 16(DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 64(SI), Y8
+	VMOVUPS 64(SI)(R8*1), Y9
+	VMOVUPS 64(SI)(R8*2), Y10
+	VMOVUPS 64(SI)(R9*1), Y11
+	VCVTPH2PS 32(DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VCVTPH2PS 32(DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 96(SI), Y8
+	VMOVUPS 96(SI)(R8*1), Y9
+	VMOVUPS 96(SI)(R8*2), Y10
+	VMOVUPS 96(SI)(R9*1), Y11
+	VCVTPH2PS 48(DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VCVTPH2PS 48(DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	VCVTPH2PS (DI), Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VCVTPH2PS (DI)(R10*1), Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X8
 	VADDPS X8, X0, X0
@@ -5559,8 +9798,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileF16_1x4_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileF16_1x4_avx2(SB), NOSPLIT, $0-72
+// func tileF16_1x4_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileF16_1x4_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5579,12 +9818,13 @@ TEXT ·tileF16_1x4_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	MOVQ R10, R8
-	IMULQ $8, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	SHRQ $2, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Y4
 	PREFETCHT1 (R8)
 	VCVTPH2PS (DI), Y5
@@ -5629,6 +9869,70 @@ loop:
 	ADDQ $64, DI
 	ADDQ $64, R8
 	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $3, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Y4
+	VCVTPH2PS (DI), Y5
+	VFMADD231PS Y4, Y5, Y0
+	VCVTPH2PS (DI)(R10*1), Y6
+	VFMADD231PS Y4, Y6, Y1
+	VCVTPH2PS (DI)(R10*2), Y7
+	VFMADD231PS Y4, Y7, Y2
+	VCVTPH2PS (DI)(R11*1), Y8
+	VFMADD231PS Y4, Y8, Y3
+	ADDQ $32, SI
+	ADDQ $16, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $2, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y4
+	VCVTPH2PS (DI), Y5
+	VFMADD231PS Y4, Y5, Y0
+	VCVTPH2PS (DI)(R10*1), Y6
+	VFMADD231PS Y4, Y6, Y1
+	VCVTPH2PS (DI)(R10*2), Y7
+	VFMADD231PS Y4, Y7, Y2
+	VCVTPH2PS (DI)(R11*1), Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 32(SI), Y4
+	VCVTPH2PS 16(DI), Y5
+	VFMADD231PS Y4, Y5, Y0
+	VCVTPH2PS 16(DI)(R10*1), Y6
+	VFMADD231PS Y4, Y6, Y1
+	VCVTPH2PS 16(DI)(R10*2), Y7
+	VFMADD231PS Y4, Y7, Y2
+	VCVTPH2PS 16(DI)(R11*1), Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 64(SI), Y4
+	VCVTPH2PS 32(DI), Y5
+	VFMADD231PS Y4, Y5, Y0
+	VCVTPH2PS 32(DI)(R10*1), Y6
+	VFMADD231PS Y4, Y6, Y1
+	VCVTPH2PS 32(DI)(R10*2), Y7
+	VFMADD231PS Y4, Y7, Y2
+	VCVTPH2PS 32(DI)(R11*1), Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 96(SI), Y4
+	VCVTPH2PS 48(DI), Y5
+	VFMADD231PS Y4, Y5, Y0
+	VCVTPH2PS 48(DI)(R10*1), Y6
+	VFMADD231PS Y4, Y6, Y1
+	VCVTPH2PS 48(DI)(R10*2), Y7
+	VFMADD231PS Y4, Y7, Y2
+	VCVTPH2PS 48(DI)(R11*1), Y8
+	VFMADD231PS Y4, Y8, Y3
+	ADDQ $128, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
 tail:
 	MOVQ kn+48(FP), CX
@@ -5664,8 +9968,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_1x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_1x1_avx2(SB), NOSPLIT, $0-72
+// func tileI8_1x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_1x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5751,8 +10055,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_2x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_2x1_avx2(SB), NOSPLIT, $0-72
+// func tileI8_2x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_2x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5769,9 +10073,67 @@ TEXT ·tileI8_2x1_avx2(SB), NOSPLIT, $0-72
 	MOVQ scales+56(FP), AX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $3, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y2
+	VMOVUPS (SI)(R8*1), Y3
+	VPMOVSXBD (DI), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 32(SI), Y2
+	VMOVUPS 32(SI)(R8*1), Y3
+	VPMOVSXBD 8(DI), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 64(SI)(R8*1), Y3
+	VPMOVSXBD 16(DI), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 96(SI), Y2
+	VMOVUPS 96(SI)(R8*1), Y3
+	VPMOVSXBD 24(DI), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 128(SI), Y2
+	VMOVUPS 128(SI)(R8*1), Y3
+	VPMOVSXBD 32(DI), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 160(SI), Y2
+	VMOVUPS 160(SI)(R8*1), Y3
+	VPMOVSXBD 40(DI), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 192(SI), Y2
+	VMOVUPS 192(SI)(R8*1), Y3
+	VPMOVSXBD 48(DI), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	VMOVUPS 224(SI), Y2
+	VMOVUPS 224(SI)(R8*1), Y3
+	VPMOVSXBD 56(DI), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y0
+	VFMADD231PS Y3, Y4, Y1
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y2
 	VMOVUPS (SI)(R8*1), Y3
 	VPMOVSXBD (DI), Y4
@@ -5781,7 +10143,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $8, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X2
 	VADDPS X2, X0, X0
@@ -5808,8 +10170,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_3x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_3x1_avx2(SB), NOSPLIT, $0-72
+// func tileI8_3x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_3x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5827,9 +10189,83 @@ TEXT ·tileI8_3x1_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $3, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y3
+	VMOVUPS (SI)(R8*1), Y4
+	VMOVUPS (SI)(R8*2), Y5
+	VPMOVSXBD (DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 32(SI), Y3
+	VMOVUPS 32(SI)(R8*1), Y4
+	VMOVUPS 32(SI)(R8*2), Y5
+	VPMOVSXBD 8(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 64(SI), Y3
+	VMOVUPS 64(SI)(R8*1), Y4
+	VMOVUPS 64(SI)(R8*2), Y5
+	VPMOVSXBD 16(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 96(SI), Y3
+	VMOVUPS 96(SI)(R8*1), Y4
+	VMOVUPS 96(SI)(R8*2), Y5
+	VPMOVSXBD 24(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 128(SI), Y3
+	VMOVUPS 128(SI)(R8*1), Y4
+	VMOVUPS 128(SI)(R8*2), Y5
+	VPMOVSXBD 32(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 160(SI), Y3
+	VMOVUPS 160(SI)(R8*1), Y4
+	VMOVUPS 160(SI)(R8*2), Y5
+	VPMOVSXBD 40(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 192(SI), Y3
+	VMOVUPS 192(SI)(R8*1), Y4
+	VMOVUPS 192(SI)(R8*2), Y5
+	VPMOVSXBD 48(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	VMOVUPS 224(SI), Y3
+	VMOVUPS 224(SI)(R8*1), Y4
+	VMOVUPS 224(SI)(R8*2), Y5
+	VPMOVSXBD 56(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y3, Y6, Y0
+	VFMADD231PS Y4, Y6, Y1
+	VFMADD231PS Y5, Y6, Y2
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y3
 	VMOVUPS (SI)(R8*1), Y4
 	VMOVUPS (SI)(R8*2), Y5
@@ -5841,7 +10277,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $8, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X3
 	VADDPS X3, X0, X0
@@ -5877,8 +10313,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_4x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_4x1_avx2(SB), NOSPLIT, $0-72
+// func tileI8_4x1_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_4x1_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5897,9 +10333,99 @@ TEXT ·tileI8_4x1_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	TESTQ CX, CX
-	JZ reduce
+	SHRQ $3, CX
+	JZ tail
 loop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VMOVUPS (SI)(R8*2), Y6
+	VMOVUPS (SI)(R9*1), Y7
+	VPMOVSXBD (DI), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VMOVUPS 32(SI)(R8*2), Y6
+	VMOVUPS 32(SI)(R9*1), Y7
+	VPMOVSXBD 8(DI), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 64(SI), Y4
+	VMOVUPS 64(SI)(R8*1), Y5
+	VMOVUPS 64(SI)(R8*2), Y6
+	VMOVUPS 64(SI)(R9*1), Y7
+	VPMOVSXBD 16(DI), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 96(SI), Y4
+	VMOVUPS 96(SI)(R8*1), Y5
+	VMOVUPS 96(SI)(R8*2), Y6
+	VMOVUPS 96(SI)(R9*1), Y7
+	VPMOVSXBD 24(DI), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 128(SI), Y4
+	VMOVUPS 128(SI)(R8*1), Y5
+	VMOVUPS 128(SI)(R8*2), Y6
+	VMOVUPS 128(SI)(R9*1), Y7
+	VPMOVSXBD 32(DI), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 160(SI), Y4
+	VMOVUPS 160(SI)(R8*1), Y5
+	VMOVUPS 160(SI)(R8*2), Y6
+	VMOVUPS 160(SI)(R9*1), Y7
+	VPMOVSXBD 40(DI), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 192(SI), Y4
+	VMOVUPS 192(SI)(R8*1), Y5
+	VMOVUPS 192(SI)(R8*2), Y6
+	VMOVUPS 192(SI)(R9*1), Y7
+	VPMOVSXBD 48(DI), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	VMOVUPS 224(SI), Y4
+	VMOVUPS 224(SI)(R8*1), Y5
+	VMOVUPS 224(SI)(R8*2), Y6
+	VMOVUPS 224(SI)(R9*1), Y7
+	VPMOVSXBD 56(DI), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y5, Y8, Y1
+	VFMADD231PS Y6, Y8, Y2
+	VFMADD231PS Y7, Y8, Y3
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
+	JZ reduce
+loop1:
 	VMOVUPS (SI), Y4
 	VMOVUPS (SI)(R8*1), Y5
 	VMOVUPS (SI)(R8*2), Y6
@@ -5913,7 +10439,7 @@ loop:
 	ADDQ $32, SI
 	ADDQ $8, DI
 	DECQ CX
-	JNZ loop
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X4
 	VADDPS X4, X0, X0
@@ -5958,8 +10484,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_1x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_1x2_avx2(SB), NOSPLIT, $0-72
+// func tileI8_1x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_1x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -5976,6 +10502,95 @@ TEXT ·tileI8_1x2_avx2(SB), NOSPLIT, $0-72
 	MOVQ scales+56(FP), AX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
+	ADDQ DI, R8
+	SHRQ $3, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y2
+	PREFETCHT1 (R8)
+	VPMOVSXBD (DI), Y3
+	VCVTDQ2PS Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	PREFETCHT1 (R8)(R10*1)
+	VPMOVSXBD (DI)(R10*1), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 32(SI), Y2
+	VPMOVSXBD 8(DI), Y3
+	VCVTDQ2PS Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVSXBD 8(DI)(R10*1), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 64(SI), Y2
+	VPMOVSXBD 16(DI), Y3
+	VCVTDQ2PS Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVSXBD 16(DI)(R10*1), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 96(SI), Y2
+	VPMOVSXBD 24(DI), Y3
+	VCVTDQ2PS Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVSXBD 24(DI)(R10*1), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 128(SI), Y2
+	VPMOVSXBD 32(DI), Y3
+	VCVTDQ2PS Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVSXBD 32(DI)(R10*1), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 160(SI), Y2
+	VPMOVSXBD 40(DI), Y3
+	VCVTDQ2PS Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVSXBD 40(DI)(R10*1), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 192(SI), Y2
+	VPMOVSXBD 48(DI), Y3
+	VCVTDQ2PS Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVSXBD 48(DI)(R10*1), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	VMOVUPS 224(SI), Y2
+	VPMOVSXBD 56(DI), Y3
+	VCVTDQ2PS Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVSXBD 56(DI)(R10*1), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	ADDQ $256, SI
+	ADDQ $64, DI
+	ADDQ $64, R8
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Y2
+	VPMOVSXBD (DI), Y3
+	VCVTDQ2PS Y3, Y3
+	VFMADD231PS Y2, Y3, Y0
+	VPMOVSXBD (DI)(R10*1), Y4
+	VCVTDQ2PS Y4, Y4
+	VFMADD231PS Y2, Y4, Y1
+	ADDQ $32, SI
+	ADDQ $8, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
 	SHRQ $3, CX
 	JZ tail
 loop:
@@ -6082,8 +10697,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_2x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_2x2_avx2(SB), NOSPLIT, $0-72
+// func tileI8_2x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_2x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -6102,9 +10717,106 @@ TEXT ·tileI8_2x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $3, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	PREFETCHT1 (R13)
+	VPMOVSXBD (DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVSXBD (DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VPMOVSXBD 8(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 8(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 64(SI), Y4
+	VMOVUPS 64(SI)(R8*1), Y5
+	VPMOVSXBD 16(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 16(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 96(SI), Y4
+	VMOVUPS 96(SI)(R8*1), Y5
+	VPMOVSXBD 24(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 24(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 128(SI), Y4
+	VMOVUPS 128(SI)(R8*1), Y5
+	VPMOVSXBD 32(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 32(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 160(SI), Y4
+	VMOVUPS 160(SI)(R8*1), Y5
+	VPMOVSXBD 40(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 40(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 192(SI), Y4
+	VMOVUPS 192(SI)(R8*1), Y5
+	VPMOVSXBD 48(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 48(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 224(SI), Y4
+	VMOVUPS 224(SI)(R8*1), Y5
+	VPMOVSXBD 56(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 56(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $256, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y4
 	VMOVUPS (SI)(R8*1), Y5
 	VPMOVSXBD (DI), Y6
@@ -6118,7 +10830,116 @@ loop:
 	ADDQ $32, SI
 	ADDQ $8, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $3, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VPMOVSXBD (DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD (DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 32(SI), Y4
+	VMOVUPS 32(SI)(R8*1), Y5
+	VPMOVSXBD 8(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 8(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 64(SI), Y4
+	VMOVUPS 64(SI)(R8*1), Y5
+	VPMOVSXBD 16(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 16(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 96(SI), Y4
+	VMOVUPS 96(SI)(R8*1), Y5
+	VPMOVSXBD 24(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 24(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 128(SI), Y4
+	VMOVUPS 128(SI)(R8*1), Y5
+	VPMOVSXBD 32(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 32(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 160(SI), Y4
+	VMOVUPS 160(SI)(R8*1), Y5
+	VPMOVSXBD 40(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 40(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 192(SI), Y4
+	VMOVUPS 192(SI)(R8*1), Y5
+	VPMOVSXBD 48(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 48(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	VMOVUPS 224(SI), Y4
+	VMOVUPS 224(SI)(R8*1), Y5
+	VPMOVSXBD 56(DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD 56(DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y4
+	VMOVUPS (SI)(R8*1), Y5
+	VPMOVSXBD (DI), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y0
+	VFMADD231PS Y5, Y6, Y2
+	VPMOVSXBD (DI)(R10*1), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y1
+	VFMADD231PS Y5, Y7, Y3
+	ADDQ $32, SI
+	ADDQ $8, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X4
 	VADDPS X4, X0, X0
@@ -6163,8 +10984,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_3x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_3x2_avx2(SB), NOSPLIT, $0-72
+// func tileI8_3x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_3x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -6185,9 +11006,130 @@ TEXT ·tileI8_3x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y3, Y3, Y3
 	VXORPS Y4, Y4, Y4
 	VXORPS Y5, Y5, Y5
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $3, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	PREFETCHT1 (R13)
+	VPMOVSXBD (DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVSXBD (DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 32(SI), Y6
+	VMOVUPS 32(SI)(R8*1), Y7
+	VMOVUPS 32(SI)(R8*2), Y8
+	VPMOVSXBD 8(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 8(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 64(SI), Y6
+	VMOVUPS 64(SI)(R8*1), Y7
+	VMOVUPS 64(SI)(R8*2), Y8
+	VPMOVSXBD 16(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 16(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 96(SI), Y6
+	VMOVUPS 96(SI)(R8*1), Y7
+	VMOVUPS 96(SI)(R8*2), Y8
+	VPMOVSXBD 24(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 24(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 128(SI), Y6
+	VMOVUPS 128(SI)(R8*1), Y7
+	VMOVUPS 128(SI)(R8*2), Y8
+	VPMOVSXBD 32(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 32(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 160(SI), Y6
+	VMOVUPS 160(SI)(R8*1), Y7
+	VMOVUPS 160(SI)(R8*2), Y8
+	VPMOVSXBD 40(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 40(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 192(SI), Y6
+	VMOVUPS 192(SI)(R8*1), Y7
+	VMOVUPS 192(SI)(R8*2), Y8
+	VPMOVSXBD 48(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 48(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 224(SI), Y6
+	VMOVUPS 224(SI)(R8*1), Y7
+	VMOVUPS 224(SI)(R8*2), Y8
+	VPMOVSXBD 56(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 56(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $256, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y6
 	VMOVUPS (SI)(R8*1), Y7
 	VMOVUPS (SI)(R8*2), Y8
@@ -6204,7 +11146,143 @@ loop:
 	ADDQ $32, SI
 	ADDQ $8, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $3, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	VPMOVSXBD (DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD (DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 32(SI), Y6
+	VMOVUPS 32(SI)(R8*1), Y7
+	VMOVUPS 32(SI)(R8*2), Y8
+	VPMOVSXBD 8(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 8(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 64(SI), Y6
+	VMOVUPS 64(SI)(R8*1), Y7
+	VMOVUPS 64(SI)(R8*2), Y8
+	VPMOVSXBD 16(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 16(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 96(SI), Y6
+	VMOVUPS 96(SI)(R8*1), Y7
+	VMOVUPS 96(SI)(R8*2), Y8
+	VPMOVSXBD 24(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 24(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 128(SI), Y6
+	VMOVUPS 128(SI)(R8*1), Y7
+	VMOVUPS 128(SI)(R8*2), Y8
+	VPMOVSXBD 32(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 32(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 160(SI), Y6
+	VMOVUPS 160(SI)(R8*1), Y7
+	VMOVUPS 160(SI)(R8*2), Y8
+	VPMOVSXBD 40(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 40(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 192(SI), Y6
+	VMOVUPS 192(SI)(R8*1), Y7
+	VMOVUPS 192(SI)(R8*2), Y8
+	VPMOVSXBD 48(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 48(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	VMOVUPS 224(SI), Y6
+	VMOVUPS 224(SI)(R8*1), Y7
+	VMOVUPS 224(SI)(R8*2), Y8
+	VPMOVSXBD 56(DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD 56(DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y6
+	VMOVUPS (SI)(R8*1), Y7
+	VMOVUPS (SI)(R8*2), Y8
+	VPMOVSXBD (DI), Y9
+	VCVTDQ2PS Y9, Y9
+	VFMADD231PS Y6, Y9, Y0
+	VFMADD231PS Y7, Y9, Y2
+	VFMADD231PS Y8, Y9, Y4
+	VPMOVSXBD (DI)(R10*1), Y10
+	VCVTDQ2PS Y10, Y10
+	VFMADD231PS Y6, Y10, Y1
+	VFMADD231PS Y7, Y10, Y3
+	VFMADD231PS Y8, Y10, Y5
+	ADDQ $32, SI
+	ADDQ $8, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X6
 	VADDPS X6, X0, X0
@@ -6267,8 +11345,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_4x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_4x2_avx2(SB), NOSPLIT, $0-72
+// func tileI8_4x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_4x2_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -6291,9 +11369,154 @@ TEXT ·tileI8_4x2_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y5, Y5, Y5
 	VXORPS Y6, Y6, Y6
 	VXORPS Y7, Y7, Y7
-	TESTQ CX, CX
+	MOVQ pf+72(FP), R13
+	TESTQ R13, R13
+	JZ nopf
+	ADDQ DI, R13
+	SHRQ $3, CX
+	JZ pftail
+pfloop:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	PREFETCHT1 (R13)
+	VPMOVSXBD (DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	PREFETCHT1 (R13)(R10*1)
+	VPMOVSXBD (DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 32(SI), Y8
+	VMOVUPS 32(SI)(R8*1), Y9
+	VMOVUPS 32(SI)(R8*2), Y10
+	VMOVUPS 32(SI)(R9*1), Y11
+	VPMOVSXBD 8(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 8(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 64(SI), Y8
+	VMOVUPS 64(SI)(R8*1), Y9
+	VMOVUPS 64(SI)(R8*2), Y10
+	VMOVUPS 64(SI)(R9*1), Y11
+	VPMOVSXBD 16(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 16(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 96(SI), Y8
+	VMOVUPS 96(SI)(R8*1), Y9
+	VMOVUPS 96(SI)(R8*2), Y10
+	VMOVUPS 96(SI)(R9*1), Y11
+	VPMOVSXBD 24(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 24(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 128(SI), Y8
+	VMOVUPS 128(SI)(R8*1), Y9
+	VMOVUPS 128(SI)(R8*2), Y10
+	VMOVUPS 128(SI)(R9*1), Y11
+	VPMOVSXBD 32(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 32(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 160(SI), Y8
+	VMOVUPS 160(SI)(R8*1), Y9
+	VMOVUPS 160(SI)(R8*2), Y10
+	VMOVUPS 160(SI)(R9*1), Y11
+	VPMOVSXBD 40(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 40(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 192(SI), Y8
+	VMOVUPS 192(SI)(R8*1), Y9
+	VMOVUPS 192(SI)(R8*2), Y10
+	VMOVUPS 192(SI)(R9*1), Y11
+	VPMOVSXBD 48(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 48(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 224(SI), Y8
+	VMOVUPS 224(SI)(R8*1), Y9
+	VMOVUPS 224(SI)(R8*2), Y10
+	VMOVUPS 224(SI)(R9*1), Y11
+	VPMOVSXBD 56(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 56(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $256, SI
+	ADDQ $64, DI
+	ADDQ $64, R13
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
 	JZ reduce
-loop:
+pfloop1:
 	VMOVUPS (SI), Y8
 	VMOVUPS (SI)(R8*1), Y9
 	VMOVUPS (SI)(R8*2), Y10
@@ -6313,7 +11536,170 @@ loop:
 	ADDQ $32, SI
 	ADDQ $8, DI
 	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $3, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	VPMOVSXBD (DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD (DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 32(SI), Y8
+	VMOVUPS 32(SI)(R8*1), Y9
+	VMOVUPS 32(SI)(R8*2), Y10
+	VMOVUPS 32(SI)(R9*1), Y11
+	VPMOVSXBD 8(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 8(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 64(SI), Y8
+	VMOVUPS 64(SI)(R8*1), Y9
+	VMOVUPS 64(SI)(R8*2), Y10
+	VMOVUPS 64(SI)(R9*1), Y11
+	VPMOVSXBD 16(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 16(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 96(SI), Y8
+	VMOVUPS 96(SI)(R8*1), Y9
+	VMOVUPS 96(SI)(R8*2), Y10
+	VMOVUPS 96(SI)(R9*1), Y11
+	VPMOVSXBD 24(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 24(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 128(SI), Y8
+	VMOVUPS 128(SI)(R8*1), Y9
+	VMOVUPS 128(SI)(R8*2), Y10
+	VMOVUPS 128(SI)(R9*1), Y11
+	VPMOVSXBD 32(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 32(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 160(SI), Y8
+	VMOVUPS 160(SI)(R8*1), Y9
+	VMOVUPS 160(SI)(R8*2), Y10
+	VMOVUPS 160(SI)(R9*1), Y11
+	VPMOVSXBD 40(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 40(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 192(SI), Y8
+	VMOVUPS 192(SI)(R8*1), Y9
+	VMOVUPS 192(SI)(R8*2), Y10
+	VMOVUPS 192(SI)(R9*1), Y11
+	VPMOVSXBD 48(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 48(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	VMOVUPS 224(SI), Y8
+	VMOVUPS 224(SI)(R8*1), Y9
+	VMOVUPS 224(SI)(R8*2), Y10
+	VMOVUPS 224(SI)(R9*1), Y11
+	VPMOVSXBD 56(DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD 56(DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $256, SI
+	ADDQ $64, DI
+	DECQ CX
 	JNZ loop
+tail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
+	JZ reduce
+loop1:
+	VMOVUPS (SI), Y8
+	VMOVUPS (SI)(R8*1), Y9
+	VMOVUPS (SI)(R8*2), Y10
+	VMOVUPS (SI)(R9*1), Y11
+	VPMOVSXBD (DI), Y12
+	VCVTDQ2PS Y12, Y12
+	VFMADD231PS Y8, Y12, Y0
+	VFMADD231PS Y9, Y12, Y2
+	VFMADD231PS Y10, Y12, Y4
+	VFMADD231PS Y11, Y12, Y6
+	VPMOVSXBD (DI)(R10*1), Y13
+	VCVTDQ2PS Y13, Y13
+	VFMADD231PS Y8, Y13, Y1
+	VFMADD231PS Y9, Y13, Y3
+	VFMADD231PS Y10, Y13, Y5
+	VFMADD231PS Y11, Y13, Y7
+	ADDQ $32, SI
+	ADDQ $8, DI
+	DECQ CX
+	JNZ loop1
 reduce:
 	VEXTRACTF128 $1, Y0, X8
 	VADDPS X8, X0, X0
@@ -6394,8 +11780,8 @@ store:
 	VZEROUPPER
 	RET
 
-// func tileI8_1x4_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
-TEXT ·tileI8_1x4_avx2(SB), NOSPLIT, $0-72
+// func tileI8_1x4_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
+TEXT ·tileI8_1x4_avx2(SB), NOSPLIT, $0-80
 	MOVQ dst+0(FP), DX
 	MOVQ ldd+8(FP), BX
 	SHLQ $2, BX
@@ -6414,12 +11800,13 @@ TEXT ·tileI8_1x4_avx2(SB), NOSPLIT, $0-72
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	MOVQ R10, R8
-	IMULQ $8, R8
+	MOVQ pf+72(FP), R8
+	TESTQ R8, R8
+	JZ nopf
 	ADDQ DI, R8
 	SHRQ $3, CX
-	JZ tail
-loop:
+	JZ pftail
+pfloop:
 	VMOVUPS (SI), Y4
 	PREFETCHT1 (R8)
 	VPMOVSXBD (DI), Y5
@@ -6531,6 +11918,142 @@ loop:
 	ADDQ $256, SI
 	ADDQ $64, DI
 	ADDQ $64, R8
+	DECQ CX
+	JNZ pfloop
+pftail:
+	MOVQ kn+48(FP), CX
+	SHRQ $3, CX
+	ANDQ $7, CX
+	JZ reduce
+pfloop1:
+	VMOVUPS (SI), Y4
+	VPMOVSXBD (DI), Y5
+	VCVTDQ2PS Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVSXBD (DI)(R10*1), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVSXBD (DI)(R10*2), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVSXBD (DI)(R11*1), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	ADDQ $32, SI
+	ADDQ $8, DI
+	DECQ CX
+	JNZ pfloop1
+	JMP reduce
+nopf:
+	SHRQ $3, CX
+	JZ tail
+loop:
+	VMOVUPS (SI), Y4
+	VPMOVSXBD (DI), Y5
+	VCVTDQ2PS Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVSXBD (DI)(R10*1), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVSXBD (DI)(R10*2), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVSXBD (DI)(R11*1), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 32(SI), Y4
+	VPMOVSXBD 8(DI), Y5
+	VCVTDQ2PS Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVSXBD 8(DI)(R10*1), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVSXBD 8(DI)(R10*2), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVSXBD 8(DI)(R11*1), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 64(SI), Y4
+	VPMOVSXBD 16(DI), Y5
+	VCVTDQ2PS Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVSXBD 16(DI)(R10*1), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVSXBD 16(DI)(R10*2), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVSXBD 16(DI)(R11*1), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 96(SI), Y4
+	VPMOVSXBD 24(DI), Y5
+	VCVTDQ2PS Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVSXBD 24(DI)(R10*1), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVSXBD 24(DI)(R10*2), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVSXBD 24(DI)(R11*1), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 128(SI), Y4
+	VPMOVSXBD 32(DI), Y5
+	VCVTDQ2PS Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVSXBD 32(DI)(R10*1), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVSXBD 32(DI)(R10*2), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVSXBD 32(DI)(R11*1), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 160(SI), Y4
+	VPMOVSXBD 40(DI), Y5
+	VCVTDQ2PS Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVSXBD 40(DI)(R10*1), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVSXBD 40(DI)(R10*2), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVSXBD 40(DI)(R11*1), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 192(SI), Y4
+	VPMOVSXBD 48(DI), Y5
+	VCVTDQ2PS Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVSXBD 48(DI)(R10*1), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVSXBD 48(DI)(R10*2), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVSXBD 48(DI)(R11*1), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	VMOVUPS 224(SI), Y4
+	VPMOVSXBD 56(DI), Y5
+	VCVTDQ2PS Y5, Y5
+	VFMADD231PS Y4, Y5, Y0
+	VPMOVSXBD 56(DI)(R10*1), Y6
+	VCVTDQ2PS Y6, Y6
+	VFMADD231PS Y4, Y6, Y1
+	VPMOVSXBD 56(DI)(R10*2), Y7
+	VCVTDQ2PS Y7, Y7
+	VFMADD231PS Y4, Y7, Y2
+	VPMOVSXBD 56(DI)(R11*1), Y8
+	VCVTDQ2PS Y8, Y8
+	VFMADD231PS Y4, Y8, Y3
+	ADDQ $256, SI
+	ADDQ $64, DI
 	DECQ CX
 	JNZ loop
 tail:

@@ -79,8 +79,8 @@ func (g *gen) tile(d dtype, is isa, T, R int) {
 	if nacc > 16 || nacc+T+R > map[string]int{"Z": 32, "Y": 16}[is.reg] {
 		panic("too many registers")
 	}
-	fmt.Fprintf(&g.b, "\n// func %s(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)\n", funcName(d, is, T, R))
-	fmt.Fprintf(&g.b, "TEXT ·%s(SB), NOSPLIT, $0-72\n", funcName(d, is, T, R))
+	fmt.Fprintf(&g.b, "\n// func %s(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)\n", funcName(d, is, T, R))
+	fmt.Fprintf(&g.b, "TEXT ·%s(SB), NOSPLIT, $0-80\n", funcName(d, is, T, R))
 	g.p("MOVQ dst+0(FP), DX")
 	g.p("MOVQ ldd+8(FP), BX")
 	g.p("SHLQ $2, BX")
@@ -116,21 +116,16 @@ func (g *gen) tile(d dtype, is isa, T, R int) {
 	// iteration consumes a 64-byte line per row, and prefetch the same
 	// line of the next tile's rows (R rows further on).
 	U := 1
-	pf := T == 1 && R >= 4 && prefetch != ""
-	if T == 1 && unroll {
-		U = 64 / (is.vl * d.esz)
-		if U < 1 {
-			U = 1
-		}
+	if unroll {
+		U = max(1, 64/(is.vl*d.esz))
 	}
-	if pf {
-		g.p("MOVQ R10, R8")
-		g.p("IMULQ $%d, R8", R*pfTiles)
-		g.p("ADDQ DI, R8")
-		if R > 4 {
-			g.p("LEAQ (R8)(R10*4), R9")
-		}
+	// Weight prefetch pointers: single-token tiles have the x stride
+	// registers free, others use R13 (free when R <= 4).
+	pfRegs := []string{"R13"}
+	if T == 1 {
+		pfRegs = []string{"R8", "R9"}
 	}
+	pfOK := prefetch != "" && R >= 2 && (T == 1 || R <= 4)
 	body := func(u int, pfNow bool) {
 		off := func(a string, o int) string {
 			if o == 0 {
@@ -144,7 +139,7 @@ func (g *gen) tile(d dtype, is isa, T, R int) {
 		}
 		for r := 0; r < R; r++ {
 			if pfNow {
-				g.p("%s %s", prefetch, rowAddr([]string{"R8", "R9"}, "R10", "R11", r))
+				g.p("%s %s", prefetch, rowAddr(pfRegs, "R10", "R11", r))
 			}
 			m := off(rowAddr(wb, "R10", "R11", r), wo)
 			// f32 weights with one token: FMA straight from memory.
@@ -176,41 +171,55 @@ func (g *gen) tile(d dtype, is isa, T, R int) {
 			g.p("ADDQ $%d, %s", steps*is.vl*d.esz, b)
 		}
 		if pfNow {
-			g.p("ADDQ $%d, R8", steps*is.vl*d.esz)
-			if R > 4 {
-				g.p("ADDQ $%d, R9", steps*is.vl*d.esz)
+			for i := 0; i < (R+3)/4; i++ {
+				g.p("ADDQ $%d, %s", steps*is.vl*d.esz, pfRegs[i])
 			}
 		}
 	}
-	if U > 1 {
-		g.p("SHRQ $%d, CX", log2(U))
-		g.p("JZ tail")
-		g.label("loop")
-		for u := 0; u < U; u++ {
-			body(u, pf && u == 0)
+	loops := func(lp string, pf bool) {
+		if U > 1 {
+			g.p("SHRQ $%d, CX", log2(U))
+			g.p("JZ %stail", lp)
+			g.label(lp + "loop")
+			for u := 0; u < U; u++ {
+				body(u, pf && u == 0)
+			}
+			advance(U, pf)
+			g.p("DECQ CX")
+			g.p("JNZ %sloop", lp)
+			g.label(lp + "tail")
+			g.p("MOVQ kn+48(FP), CX")
+			g.p("SHRQ $%d, CX", log2(is.vl))
+			g.p("ANDQ $%d, CX", U-1)
+			g.p("JZ reduce")
+			g.label(lp + "loop1")
+			body(0, false)
+			advance(1, false)
+			g.p("DECQ CX")
+			g.p("JNZ %sloop1", lp)
+		} else {
+			g.p("TESTQ CX, CX")
+			g.p("JZ reduce")
+			g.label(lp + "loop")
+			body(0, pf)
+			advance(1, pf)
+			g.p("DECQ CX")
+			g.p("JNZ %sloop", lp)
 		}
-		advance(U, pf)
-		g.p("DECQ CX")
-		g.p("JNZ loop")
-		g.label("tail")
-		g.p("MOVQ kn+48(FP), CX")
-		g.p("SHRQ $%d, CX", log2(is.vl))
-		g.p("ANDQ $%d, CX", U-1)
-		g.p("JZ reduce")
-		g.label("loop1")
-		body(0, false)
-		advance(1, false)
-		g.p("DECQ CX")
-		g.p("JNZ loop1")
-	} else {
-		g.p("TESTQ CX, CX")
-		g.p("JZ reduce")
-		g.label("loop")
-		body(0, pf)
-		advance(1, pf)
-		g.p("DECQ CX")
-		g.p("JNZ loop")
 	}
+	if pfOK {
+		g.p("MOVQ pf+72(FP), %s", pfRegs[0])
+		g.p("TESTQ %s, %s", pfRegs[0], pfRegs[0])
+		g.p("JZ nopf")
+		g.p("ADDQ DI, %s", pfRegs[0])
+		if R > 4 {
+			g.p("LEAQ (%s)(R10*4), %s", pfRegs[0], pfRegs[1])
+		}
+		loops("pf", true)
+		g.p("JMP reduce")
+		g.label("nopf")
+	}
+	loops("", false)
 	g.label("reduce")
 	// Fold 512 -> 256 bits.
 	if is.reg == "Z" {
@@ -297,11 +306,11 @@ func log2(n int) int {
 	return l
 }
 
-// Tuning switches for the single-token (matvec) tiles.
+// Tuning switches for the single-token (matvec) tiles; the prefetch
+// distance (pf, bytes ahead of w) is chosen at run time.
 var (
 	unroll   = true
 	prefetch = "PREFETCHT1"
-	pfTiles  = 2 // prefetch distance in tiles
 )
 
 func main() {
@@ -313,7 +322,7 @@ func main() {
 		for _, d := range dtypes {
 			for _, tr := range is.tiles {
 				s.tile(d, is, tr[0], tr[1])
-				fmt.Fprintf(&gob, "//go:noescape\nfunc %s(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)\n\n", funcName(d, is, tr[0], tr[1]))
+				fmt.Fprintf(&gob, "//go:noescape\nfunc %s(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)\n\n", funcName(d, is, tr[0], tr[1]))
 			}
 		}
 	}

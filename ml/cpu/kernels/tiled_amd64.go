@@ -2,14 +2,19 @@
 
 package kernels
 
-import "unsafe"
+import (
+	"os"
+	"strconv"
+	"unsafe"
+)
 
 //go:generate go run gen_asm.go
 
 // tileFn is the signature of every generated tile kernel (see gen_asm.go).
 // Strides are in elements, kn is a multiple of the vector length, flags&1
 // accumulates into dst instead of overwriting it.
-type tileFn func(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int)
+// Single-token tiles prefetch the weights pf bytes ahead of w.
+type tileFn func(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
 
 // Dtype indices into the generated tile tables.
 const (
@@ -36,6 +41,11 @@ const (
 	kcMax = 1024
 	nbMax = 128
 )
+
+// pfBytes is how far ahead single-token tiles prefetch weights: whole tiles
+// (rows × row bytes) covering at least this many bytes, which hides DRAM
+// latency at full single-core bandwidth.
+var pfBytes = probeEnv("KPF", 24<<10) // TEMP
 
 // run computes the first kmain = K rounded down to the vector length
 // columns of the product into dst (overwriting it) and returns kmain. The
@@ -81,14 +91,16 @@ func (tl *tiler) run(dst []float32, ldd int, x []float32, w unsafe.Pointer, scal
 func (tl *tiler) rows(dp *float32, ldd int, xp *float32, K int, w unsafe.Pointer, sp *float32, tt, nn, ldw, k0, kn, flags, rr int) {
 	full := tl.tiles[tt][rr]
 	one := tl.tiles[tt][1]
+	tileBytes := rr * ldw * tl.esz
+	pf := (pfBytes + tileBytes - 1) / tileBytes * tileBytes
 	xk := ptrAdd(xp, k0, 4)
 	wk := unsafe.Add(w, k0*tl.esz)
 	n := 0
 	for ; n+rr <= nn; n += rr {
-		full(ptrAdd(dp, n, 4), ldd, xk, K, unsafe.Add(wk, n*ldw*tl.esz), ldw, kn, scaleAt(sp, n), flags)
+		full(ptrAdd(dp, n, 4), ldd, xk, K, unsafe.Add(wk, n*ldw*tl.esz), ldw, kn, scaleAt(sp, n), flags, pf)
 	}
 	for ; n < nn; n++ {
-		one(ptrAdd(dp, n, 4), ldd, xk, K, unsafe.Add(wk, n*ldw*tl.esz), ldw, kn, scaleAt(sp, n), flags)
+		one(ptrAdd(dp, n, 4), ldd, xk, K, unsafe.Add(wk, n*ldw*tl.esz), ldw, kn, scaleAt(sp, n), flags, 0)
 	}
 }
 
@@ -157,4 +169,11 @@ func addTail(d *float32, km int, v float32) {
 	} else {
 		*d += v
 	}
+}
+
+func probeEnv(k string, d int) int { // TEMP
+	if v, err := strconv.Atoi(os.Getenv(k)); err == nil {
+		return v
+	}
+	return d
 }
