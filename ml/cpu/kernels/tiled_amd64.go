@@ -2,11 +2,7 @@
 
 package kernels
 
-import (
-	"os"
-	"strconv"
-	"unsafe"
-)
+import "unsafe"
 
 //go:generate go run gen_asm.go
 
@@ -45,7 +41,7 @@ const (
 // pfBytes is how far ahead single-token tiles prefetch weights: whole tiles
 // (rows × row bytes) covering at least this many bytes, which hides DRAM
 // latency at full single-core bandwidth.
-var pfBytes = probeEnv("KPF", 24<<10) // TEMP
+const pfBytes = 32 << 10
 
 // run computes the first kmain = K rounded down to the vector length
 // columns of the product into dst (overwriting it) and returns kmain. The
@@ -61,7 +57,7 @@ func (tl *tiler) run(dst []float32, ldd int, x []float32, w unsafe.Pointer, scal
 	}
 	dp, xp := unsafe.SliceData(dst), unsafe.SliceData(x)
 	if T == 1 {
-		tl.rows(dp, ldd, xp, K, w, sp, 1, N, K, 0, kmain, 0, tl.rr1)
+		tl.rows(dp, ldd, xp, K, w, sp, 1, N, K, 0, kmain, 0, tl.rr1, true)
 		return kmain
 	}
 	kc, nb := kmain, N
@@ -79,7 +75,7 @@ func (tl *tiler) run(dst []float32, ldd int, x []float32, w unsafe.Pointer, scal
 			for t0 := 0; t0 < T; t0 += tl.tt {
 				tt := min(tl.tt, T-t0)
 				tl.rows(ptrAdd(dp, t0*ldd+n0, 4), ldd, ptrAdd(xp, t0*K, 4), K,
-					unsafe.Add(w, n0*K*tl.esz), scaleAt(sp, n0), tt, nn, K, k0, kn, flags, tl.rr)
+					unsafe.Add(w, n0*K*tl.esz), scaleAt(sp, n0), tt, nn, K, k0, kn, flags, tl.rr, t0 == 0)
 			}
 		}
 	}
@@ -87,12 +83,16 @@ func (tl *tiler) run(dst []float32, ldd int, x []float32, w unsafe.Pointer, scal
 }
 
 // rows runs tiles of tt tokens over nn weight rows, rr rows at a time and
-// single rows for the remainder, over columns [k0, k0+kn).
-func (tl *tiler) rows(dp *float32, ldd int, xp *float32, K int, w unsafe.Pointer, sp *float32, tt, nn, ldw, k0, kn, flags, rr int) {
+// single rows for the remainder, over columns [k0, k0+kn). stream says the
+// weights come from memory (first touch), so the tiles prefetch ahead.
+func (tl *tiler) rows(dp *float32, ldd int, xp *float32, K int, w unsafe.Pointer, sp *float32, tt, nn, ldw, k0, kn, flags, rr int, stream bool) {
 	full := tl.tiles[tt][rr]
 	one := tl.tiles[tt][1]
 	tileBytes := rr * ldw * tl.esz
-	pf := (pfBytes + tileBytes - 1) / tileBytes * tileBytes
+	pf := 0
+	if stream {
+		pf = (pfBytes + tileBytes - 1) / tileBytes * tileBytes
+	}
 	xk := ptrAdd(xp, k0, 4)
 	wk := unsafe.Add(w, k0*tl.esz)
 	n := 0
@@ -171,9 +171,3 @@ func addTail(d *float32, km int, v float32) {
 	}
 }
 
-func probeEnv(k string, d int) int { // TEMP
-	if v, err := strconv.Atoi(os.Getenv(k)); err == nil {
-		return v
-	}
-	return d
-}
