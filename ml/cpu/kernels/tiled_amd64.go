@@ -170,4 +170,3 @@ func addTail(d *float32, km int, v float32) {
 		*d += v
 	}
 }
-
