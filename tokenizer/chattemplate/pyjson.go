@@ -502,3 +502,32 @@ func rawDictEntries(v *exec.Value) ([]any, []any) {
 	}
 	return ks, vs
 }
+
+// strMethods is gonja's string methods with replace fixed: Python's count
+// argument is optional (gonja requires it).
+func strMethods(base *exec.MethodSet[string]) *exec.MethodSet[string] {
+	methods := map[string]exec.Method[string]{}
+	for _, name := range []string{"capitalize", "capwords", "casefold", "center", "count", "encode", "endswith",
+		"expandtabs", "find", "format", "format_map", "isalnum", "isalpha", "isascii", "isdecimal", "isdigit",
+		"islower", "isnumeric", "isprintable", "isspace", "istitle", "isupper", "join", "ljust", "lower", "lstrip",
+		"partition", "removeprefix", "removesuffix", "rfind", "rjust", "rpartition", "rsplit", "rstrip", "split",
+		"splitlines", "startswith", "strip", "swapcase", "title", "upper", "zfill"} {
+		if m, ok := base.Get(name); ok {
+			methods[name] = m
+		}
+	}
+	methods["replace"] = func(self string, _ *exec.Value, a *exec.VarArgs) (any, error) {
+		if len(a.Args) < 2 || len(a.Args) > 3 || !a.Args[0].IsString() || !a.Args[1].IsString() {
+			return nil, exec.ErrInvalidCall(errors.New("replace() takes 2 or 3 arguments (old, new[, count])"))
+		}
+		n := -1
+		if len(a.Args) == 3 {
+			if !a.Args[2].IsInteger() {
+				return nil, exec.ErrInvalidCall(errors.New("replace() count must be an integer"))
+			}
+			n = a.Args[2].Integer()
+		}
+		return strings.Replace(self, a.Args[0].String(), a.Args[1].String(), n), nil
+	}
+	return exec.NewMethodSet(methods)
+}

@@ -50,9 +50,10 @@ func Compile(src string) (t *Template, err error) {
 	}()
 	cfg := config.New()
 	cfg.TrimBlocks = true
-	cfg.LeftStripBlocks = true
+	// lstrip_blocks is applied by lstripBlocks (gonja's differs from Jinja).
+	cfg.LeftStripBlocks = false
 	cfg.KeepTrailingNewline = false
-	loader, err := loaders.NewMemoryLoader(map[string]string{rootName: src})
+	loader, err := loaders.NewMemoryLoader(map[string]string{rootName: lstripBlocks(src)})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrTemplate, err)
 	}
@@ -106,7 +107,7 @@ func (t *Template) environment() *exec.Environment {
 			Bool:  m.Bool,
 			Int:   m.Int,
 			Float: m.Float,
-			Str:   m.Str,
+			Str:   strMethods(m.Str),
 			List:  m.List,
 			Dict:  orderedDictMethods(m.Dict),
 		},
