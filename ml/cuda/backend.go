@@ -52,12 +52,15 @@ type Options struct {
 	// CublasWorkspace is cuBLAS's workspace in bytes (default 32 MiB).
 	CublasWorkspace int
 	// SkinnyMaxT: MatMuls of at most this many rows use the f32-activation
-	// GEMV kernel instead of cuBLAS (default 1; negative: never).
+	// GEMV kernel instead of cuBLAS (0: default, off; negative: never).
 	SkinnyMaxT int
 	// ExactActivations makes every bf16/f16 MatMul keep f32 activations (the
 	// GEMV kernel, slow for large batches) instead of rounding them to the
 	// weight dtype for cuBLAS: bit-for-bit closer to the CPU backend.
 	ExactActivations bool
+	// DisableFusion turns off the record-time fusions (q/k/v GEMV merge,
+	// GEMV bias, RoPE q+k and WriteKV); for A/B measurements.
+	DisableFusion bool
 }
 
 // Backend is the CUDA ml.Backend. Its methods are safe for concurrent use
@@ -185,7 +188,9 @@ func NewBackend(opts Options) (*Backend, error) {
 		opts.MaxGraphs = 512
 	}
 	if opts.SkinnyMaxT == 0 {
-		opts.SkinnyMaxT = 1 // cuBLAS wins from 2 rows up (H100 measurements)
+		// Off: in a whole decode step on an H100, cuBLAS beat it even at one
+		// row (3.17 vs 3.45 ms per Qwen2.5-1.5B step), though it wins alone.
+		opts.SkinnyMaxT = -1
 	}
 	if opts.CublasWorkspace <= 0 {
 		opts.CublasWorkspace = 32 << 20

@@ -523,15 +523,22 @@ var qwen15 = synthConfig{vocab: 151936, hidden: 1536, inter: 8960, layers: 28, h
 // of ~100 tokens per sequence.
 func BenchmarkDecodeStep(bm *testing.B) {
 	gpuOrSkip(bm)
-	for _, graphs := range []bool{true, false} {
-		b := newTestBackend(bm, Options{DisableGraphs: !graphs})
+	type variant struct {
+		name string
+		o    Options
+		Ts   []int
+	}
+	for _, v := range []variant{
+		{"default", Options{}, []int{1, 8, 32, 64, 128, 256}},
+		{"nofusion", Options{DisableFusion: true}, []int{1, 32}},
+		{"skinnyT1", Options{SkinnyMaxT: 1}, []int{1}},
+		{"nographs", Options{DisableGraphs: true}, []int{1, 32}},
+	} {
+		b := newTestBackend(bm, v.o)
 		m := newSynth(bm, b, qwen15, 256, 1)
-		for _, T := range []int{1, 8, 32, 64, 128, 256} {
-			if !graphs && T > 1 {
-				continue
-			}
+		for _, T := range v.Ts {
 			for _, greedy := range []bool{true, false} {
-				name := fmt.Sprintf("graphs=%v/T=%d/argmax=%v", graphs, T, greedy)
+				name := fmt.Sprintf("%s/T=%d/argmax=%v", v.name, T, greedy)
 				bm.Run(name, func(bm *testing.B) {
 					r := rand.New(rand.NewPCG(1, 2))
 					lens, news := make([]int, T), make([]int, T)

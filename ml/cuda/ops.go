@@ -240,8 +240,11 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 		(T <= b.opts.SkinnyMaxT || (b.opts.ExactActivations && ww.dt != ml.F32)) {
 		b.invalidate(d.ptr, d.bytes())
 		sg := seg{d: d.ptr, w: ww.ptr, n: N, ldd: d.cols, dEnd: d.ptr + uint64(d.bytes())}
-		if bb != nil && bb.dt == ml.F32 {
+		if bb != nil && bb.dt == ml.F32 && !b.opts.DisableFusion {
 			sg.b, bb = bb.ptr, nil // fused into the GEMV
+		}
+		if b.opts.DisableFusion {
+			b.skinnyRec.valid = false
 		}
 		if err := b.pushSkinny(xx, T, K, ww.dt, sg); err != nil {
 			return err
@@ -336,7 +339,7 @@ func (b *Backend) RoPE(x, positions, invFreq ml.Tensor, numHeads, headDim int) e
 	b.invalidate(xx.ptr, xx.bytes())
 	end := xx.ptr + uint64(xx.bytes())
 	r := &b.ropeRec
-	if r.valid && r.opIdx == len(b.ops)-1 && !r.merged && r.pos == pos.ptr && r.inv == inv.ptr &&
+	if r.valid && !b.opts.DisableFusion && r.opIdx == len(b.ops)-1 && !r.merged && r.pos == pos.ptr && r.inv == inv.ptr &&
 		r.headDim == headDim && r.T == xx.rows && (end <= r.x0 || xx.ptr >= r.x0End) {
 		// RoPE of k right after RoPE of q: one launch rotates both.
 		b.popOp()
