@@ -92,6 +92,8 @@ func (tl *tiler) rows(dp *float32, ldd int, xp *float32, K int, w unsafe.Pointer
 	pf := 0
 	if stream {
 		pf = (pfBytes + tileBytes - 1) / tileBytes * tileBytes
+		// The tiles prefetch pf bytes ahead of themselves; start the stream.
+		prefetchL2(unsafe.Add(w, k0*tl.esz), min(pf, nn*ldw*tl.esz))
 	}
 	xk := ptrAdd(xp, k0, 4)
 	wk := unsafe.Add(w, k0*tl.esz)

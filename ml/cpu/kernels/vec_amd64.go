@@ -94,3 +94,6 @@ func convF32(vl int, k func(*uint16, *float32, int), tail func([]uint16, []float
 		tail(dst[m:], src[m:])
 	}
 }
+
+//go:noescape
+func prefetchL2(p unsafe.Pointer, n int)

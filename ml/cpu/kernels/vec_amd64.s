@@ -343,3 +343,19 @@ loop:
 done:
 	VZEROUPPER
 	RET
+
+// func prefetchL2(p unsafe.Pointer, n int)
+// Prefetches [p, p+n) into L2, one cache line at a time.
+TEXT ·prefetchL2(SB), NOSPLIT, $0-16
+	MOVQ p+0(FP), SI
+	MOVQ n+8(FP), CX
+	ADDQ $63, CX
+	SHRQ $6, CX
+	JZ   done
+loop:
+	PREFETCHT1 (SI)
+	ADDQ       $64, SI
+	DECQ       CX
+	JNZ        loop
+done:
+	RET
