@@ -83,10 +83,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	}
 	e := startSSE(w)
 	c.stream(e, func() {
-		if !sq.pending {
-			return
-		}
-		if len(sq.text) > 0 || sq.finish != "" {
+		if sq.pending && (len(sq.text) > 0 || sq.finish != "") {
 			e.event()
 			e.buf = append(e.buf, `{"text":`...)
 			e.buf = openai.AppendString(e.buf, sq.text)
