@@ -5,10 +5,12 @@ import (
 	"testing"
 )
 
-// Benchmarks use the selected implementation through the exported API.
+// Benchmarks use the selected implementation (BenchmarkImpls compares all).
 // Matvec (T=1) reports GB/s of weights streamed; the T=128 GEMMs report GFLOP/s.
 
-func benchGemm(b *testing.B, kind wkind, T, N, K int) {
+func benchGemm(b *testing.B, kind wkind, T, N, K int) { benchGemmImpl(b, active, kind, T, N, K) }
+
+func benchGemmImpl(b *testing.B, im impl, kind wkind, T, N, K int) {
 	r := rand.New(rand.NewPCG(1, 2))
 	x := make([]float32, T*K)
 	for i := range x {
@@ -24,16 +26,16 @@ func benchGemm(b *testing.B, kind wkind, T, N, K int) {
 			w[i] = float32(r.NormFloat64())
 		}
 		wbytes = 4 * len(w)
-		run = func() { GemmF32(dst, N, x, w, T, N, K) }
+		run = func() { im.gemmF32(dst, N, x, w, T, N, K) }
 	case kBF16, kF16:
 		w := make([]uint16, N*K)
 		for i := range w {
 			w[i] = toBF16(float32(r.NormFloat64() * 0.1))
 		}
 		wbytes = 2 * len(w)
-		run = func() { GemmBF16(dst, N, x, w, T, N, K) }
+		run = func() { im.gemmBF16(dst, N, x, w, T, N, K) }
 		if kind == kF16 {
-			run = func() { GemmF16(dst, N, x, w, T, N, K) }
+			run = func() { im.gemmF16(dst, N, x, w, T, N, K) }
 		}
 	case kI8:
 		w := make([]int8, N*K)
@@ -45,7 +47,7 @@ func benchGemm(b *testing.B, kind wkind, T, N, K int) {
 			s[i] = 0.01
 		}
 		wbytes = len(w) + 4*N
-		run = func() { GemmI8(dst, N, x, w, s, T, N, K) }
+		run = func() { im.gemmI8(dst, N, x, w, s, T, N, K) }
 	}
 	if T == 1 {
 		b.SetBytes(int64(wbytes))
@@ -76,3 +78,32 @@ func BenchmarkGemmBF16_T128_4864x896(b *testing.B) { benchGemm(b, kBF16, 128, 48
 func BenchmarkGemmBF16_T128_896x4864(b *testing.B) { benchGemm(b, kBF16, 128, 896, 4864) }
 func BenchmarkGemmF32_T128_4864x896(b *testing.B)  { benchGemm(b, kF32, 128, 4864, 896) }
 func BenchmarkGemmI8_T128_4864x896(b *testing.B)   { benchGemm(b, kI8, 128, 4864, 896) }
+
+// BenchmarkImpls compares the implementations usable on this machine.
+func BenchmarkImpls(b *testing.B) {
+	for _, im := range impls() {
+		b.Run(im.name+"/MatVecBF16_4864x896", func(b *testing.B) { benchGemmImpl(b, im, kBF16, 1, 4864, 896) })
+		b.Run(im.name+"/MatVecI8_4864x896", func(b *testing.B) { benchGemmImpl(b, im, kI8, 1, 4864, 896) })
+		if im.name == "generic" {
+			continue // minutes per op
+		}
+		b.Run(im.name+"/GemmBF16_T128_4864x896", func(b *testing.B) { benchGemmImpl(b, im, kBF16, 128, 4864, 896) })
+		b.Run(im.name+"/GemmI8_T128_4864x896", func(b *testing.B) { benchGemmImpl(b, im, kI8, 128, 4864, 896) })
+	}
+}
+
+func BenchmarkDot64(b *testing.B) {
+	x := make([]float32, 64)
+	y := make([]float32, 64)
+	for b.Loop() {
+		Dot(x, y)
+	}
+}
+
+func BenchmarkAxpy64(b *testing.B) {
+	x := make([]float32, 64)
+	y := make([]float32, 64)
+	for b.Loop() {
+		Axpy(0.5, x, y)
+	}
+}
