@@ -122,15 +122,20 @@ func TestCancelOnDisconnect(t *testing.T) {
 			fe := &servertest.Engine{Hold: make(chan struct{})}
 			e := newEnv(t, fe, nil)
 			ctx, cancel := context.WithCancel(ctxT(t))
+			defer cancel()
 			body := `{"prompt":"abc","max_tokens":100,"stream":` + map[bool]string{false: "false", true: "true"}[stream] + `}`
 			req, _ := http.NewRequestWithContext(ctx, "POST", e.ts.URL+"/v1/completions", strings.NewReader(body))
 			done := make(chan error, 1)
+			hangup := make(chan struct{})
 			go func() {
 				resp, err := http.DefaultClient.Do(req)
 				if err == nil {
-					// Read the first event, then hang up.
+					// Read the first event, then hang up when told.
 					_, err = bufio.NewReader(resp.Body).ReadString('\n')
+					done <- err
+					<-hangup
 					resp.Body.Close()
+					return
 				}
 				done <- err
 			}()
@@ -138,7 +143,6 @@ func TestCancelOnDisconnect(t *testing.T) {
 				t.Fatal(err)
 			}
 			fe.Hold <- struct{}{} // one token
-			fe.Hold <- struct{}{} // and another
 			if stream {
 				if err := <-done; err != nil {
 					t.Fatal(err)
@@ -147,8 +151,9 @@ func TestCancelOnDisconnect(t *testing.T) {
 			if fe.BlocksInUse() == 0 {
 				t.Fatal("request should hold KV blocks while running")
 			}
-			cancel()
+			close(hangup) // streaming: the client closes the connection
 			if !stream {
+				cancel() // non-streaming: the client gives up waiting
 				if err := <-done; !errors.Is(err, context.Canceled) {
 					t.Fatalf("client error %v", err)
 				}
