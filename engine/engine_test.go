@@ -117,8 +117,9 @@ func TestGreedyMatchesReference(t *testing.T) {
 	if o.ArrivalTime.IsZero() || o.ScheduledTime.Before(o.ArrivalTime) || o.FirstToken.Before(o.ScheduledTime) || o.Time.Before(o.FirstToken) {
 		t.Errorf("timestamps out of order: %v %v %v %v", o.ArrivalTime, o.ScheduledTime, o.FirstToken, o.Time)
 	}
-	st := e.Stats()
-	if st.PromptTokens != 13 || st.GenerationTokens != 20 {
+	// Stats are published after the step that sent the last event.
+	waitFor(t, "stats", func() bool { return e.Stats().GenerationTokens == 20 })
+	if st := e.Stats(); st.PromptTokens != 13 || st.Running != 0 {
 		t.Errorf("stats %+v", st)
 	}
 }

@@ -58,7 +58,7 @@ type Local struct {
 	closed     bool
 	started    bool
 	numInbox   int
-	abortHooks uint64 // cancellations seen (tests wait on it)
+	abortHooks uint64        // cancellations seen (tests wait on it)
 	wake       chan struct{} // capacity 1: "the inbox changed"
 	statsMu    sync.Mutex
 	stats      Stats
