@@ -963,3 +963,47 @@ func BenchmarkEngineOverhead(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*16*64)/b.Elapsed().Seconds(), "tok/s")
 }
+
+// TestParallelSampling: with a large vocabulary a step's sampling is spread
+// over workers; results must be those of sequential sampling.
+func TestParallelSampling(t *testing.T) {
+	const vocab = 20000
+	f, release := newHeldFake(vocab)
+	opts := fakeOpts()
+	e, stop := startEngine(t, f, opts)
+	type job struct {
+		pr []int
+		p  sample.Params
+		ch <-chan Output
+	}
+	var jobs []job
+	for i := range 16 {
+		p := greedyParams(12)
+		if i%2 == 1 {
+			p = sampledParams(12, int64(i))
+			p.FrequencyPenalty = 0.3
+		}
+		p.Logprobs = i % 3
+		pr := prompt(5+i, i)
+		jobs = append(jobs, job{pr: pr, p: p, ch: submit(t, e, context.Background(), &Request{PromptIDs: pr, Params: p})})
+	}
+	release()
+	for i, j := range jobs {
+		r := collect(t, j.ch, 1)[0]
+		var seed uint64
+		if j.p.Seed != nil {
+			seed = uint64(*j.p.Seed)
+		}
+		want, _, _ := fakeRef(vocab, j.pr, j.p, seed, nil, opts.MaxModelLen)
+		if !slices.Equal(r.tokens, want) {
+			t.Errorf("request %d: %v, want %v", i, r.tokens, want)
+		}
+		if len(r.logprobs) != 12 || len(r.logprobs[0].Top) != j.p.Logprobs || r.logprobs[0].TokenID != want[0] {
+			t.Errorf("request %d: logprobs %+v", i, r.logprobs[:1])
+		}
+	}
+	stop()
+	if runtime.GOMAXPROCS(0) > 1 && e.parallelSteps == 0 {
+		t.Error("sampling never ran in parallel")
+	}
+}

@@ -49,7 +49,8 @@ type Local struct {
 	log   *slog.Logger
 	vocab int
 	kv    *kvcache.Manager
-	smp   *sample.Sampler
+	// samplers[0] is the loop's; the others belong to sampling workers.
+	samplers []*sampler
 
 	// mu guards the hand-over from Submit and ctx hooks to the loop.
 	mu         sync.Mutex
@@ -76,9 +77,13 @@ type Local struct {
 	batch      model.Batch
 	logits     []float32
 	rawCopy    []float32
-	topBuf     []sample.TopLogprob
-	counters   Stats
-	stepTime   time.Time
+	toSample   []*sequence
+	work       chan sampleTask
+	workWG     sync.WaitGroup
+	// parallelSteps counts steps whose sampling was spread over workers.
+	parallelSteps int
+	counters      Stats
+	stepTime      time.Time
 }
 
 var _ Engine = (*Local)(nil)
@@ -124,14 +129,14 @@ func New(m model.Model, opts Options) (*Local, error) {
 		return nil, fmt.Errorf("engine: allocating the KV cache: %w", err)
 	}
 	e := &Local{
-		m:       m,
-		opts:    opts,
-		log:     opts.Logger,
-		vocab:   cfg.VocabSize,
-		kv:      kv,
-		smp:     sample.NewSampler(cfg.VocabSize),
-		wake:    make(chan struct{}, 1),
-		seedRNG: rand.New(rand.NewPCG(uint64(opts.Seed), 0x5eed)),
+		m:        m,
+		opts:     opts,
+		log:      opts.Logger,
+		vocab:    cfg.VocabSize,
+		kv:       kv,
+		samplers: []*sampler{{smp: sample.NewSampler(cfg.VocabSize)}},
+		wake:     make(chan struct{}, 1),
+		seedRNG:  rand.New(rand.NewPCG(uint64(opts.Seed), 0x5eed)),
 	}
 	e.stats = Stats{KVBlocksTotal: opts.NumBlocks, KVBlocksFree: opts.NumBlocks, BlockSize: opts.BlockSize}
 	e.log.Info("KV cache",
@@ -260,6 +265,7 @@ func (e *Local) Run(ctx context.Context) error {
 	}
 	e.started = true
 	e.mu.Unlock()
+	e.startSamplers()
 	defer e.shutdown()
 	for {
 		e.drain()
@@ -511,6 +517,10 @@ func (e *Local) shutdown() {
 		e.compactRunning()
 	}
 	e.flush = nil
+	if e.work != nil {
+		close(e.work) // the sampling workers exit
+		e.work = nil
+	}
 	e.publishStats()
 }
 

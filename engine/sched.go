@@ -2,10 +2,12 @@ package engine
 
 import (
 	"container/heap"
+	"runtime"
 	"slices"
 	"time"
 
 	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/sample"
 )
 
 // schedule picks this step's work in the manner of vLLM v1's scheduler: a
@@ -155,25 +157,34 @@ func (e *Local) buildBatch() {
 }
 
 // afterStep commits the computed KV, samples the next token of every
-// sequence that reached its end, and checks stop conditions.
+// sequence that reached its end (in parallel when that is worth it), and
+// checks stop conditions and streams the results (in order).
 func (e *Local) afterStep() {
 	now := time.Now()
+	e.toSample = e.toSample[:0]
 	for _, s := range e.scheduled {
 		s.numComputed += s.newToks
 		s.newToks = 0
 		e.kv.Commit(&s.table, s.tokens, s.numComputed)
-		if s.logitRow < 0 {
-			continue
+		if s.logitRow >= 0 {
+			e.toSample = append(e.toSample, s)
 		}
-		row := e.logits[s.logitRow*e.vocab : (s.logitRow+1)*e.vocab]
-		if s.pendingChildren > 0 {
-			e.fork(s, row, now)
-		}
-		e.sampleAndEmit(s, row, now)
 	}
+	e.sampleAll()
+	for _, s := range e.toSample {
+		if s.pendingChildren > 0 {
+			e.fork(s, e.row(s), now)
+		}
+		e.emit(s, now)
+	}
+	clear(e.toSample)
 	clear(e.scheduled)
 	e.scheduled = e.scheduled[:0]
 	e.compactRunning()
+}
+
+func (e *Local) row(s *sequence) []float32 {
+	return e.logits[s.logitRow*e.vocab : (s.logitRow+1)*e.vocab]
 }
 
 // fork creates the request's other N-1 sequences once the prompt is
@@ -192,21 +203,27 @@ func (e *Local) fork(parent *sequence, row []float32, now time.Time) {
 		c.state = stRunning
 		e.running = append(e.running, c)
 		r.seqs = append(r.seqs, c)
-		e.sampleAndEmit(c, row, now)
+		e.samplers[0].sample(c, row)
+		e.emit(c, now)
 	}
 }
 
-// sampleAndEmit samples s's next token from its logits row, appends it,
-// applies the stop rules (vLLM's order: length, min_tokens, EOS, stop token
-// ids, then stop strings) and sends the event.
-func (e *Local) sampleAndEmit(s *sequence, row []float32, now time.Time) {
-	r := s.req
-	p := &r.params
-	tok := e.smp.Sample(s.sampling, row)
-	var lps []TokenLogprob
+// sampler is one goroutine's sampling scratch.
+type sampler struct {
+	smp *sample.Sampler
+	top []sample.TopLogprob
+}
+
+// sample picks s's next token (and its logprobs) from its logits row into
+// s.next. Sequences own their RNG and penalty state, so sequences can be
+// sampled concurrently, each by one sampler.
+func (w *sampler) sample(s *sequence, row []float32) {
+	p := &s.req.params
+	tok := w.smp.Sample(s.sampling, row)
+	s.next, s.nextLogprobs = tok, nil
 	if p.Logprobs >= 0 {
-		lp, top := e.smp.Logprobs(row, tok, p.Logprobs, e.topBuf[:0])
-		e.topBuf = top
+		lp, top := w.smp.Logprobs(row, tok, p.Logprobs, w.top[:0])
+		w.top = top
 		tl := TokenLogprob{TokenID: tok, Logprob: lp}
 		if len(top) > 0 {
 			tl.Top = make([]TopLogprob, len(top))
@@ -214,8 +231,77 @@ func (e *Local) sampleAndEmit(s *sequence, row []float32, now time.Time) {
 				tl.Top[i] = TopLogprob(t)
 			}
 		}
-		lps = []TokenLogprob{tl}
+		s.nextLogprobs = []TokenLogprob{tl}
 	}
+}
+
+// sampleTask is a share of e.toSample for sampler w.
+type sampleTask struct{ lo, hi, w int }
+
+// parallelSampleWork is the vocabulary entries a step must sample before
+// it is spread over workers (below it the hand-off costs more than it saves).
+const parallelSampleWork = 1 << 18
+
+// startSamplers starts the sampling workers (GOMAXPROCS-1 of them, at most
+// 15), which live as long as Run.
+func (e *Local) startSamplers() {
+	n := min(runtime.GOMAXPROCS(0), 16)
+	if n < 2 {
+		return
+	}
+	e.work = make(chan sampleTask, n)
+	for len(e.samplers) < n {
+		e.samplers = append(e.samplers, &sampler{smp: sample.NewSampler(e.vocab)})
+	}
+	for range n - 1 {
+		go func(work <-chan sampleTask) {
+			for t := range work {
+				w := e.samplers[t.w]
+				for _, s := range e.toSample[t.lo:t.hi] {
+					w.sample(s, e.row(s))
+				}
+				e.workWG.Done()
+			}
+		}(e.work)
+	}
+}
+
+// sampleAll samples every sequence in e.toSample.
+func (e *Local) sampleAll() {
+	n := len(e.toSample)
+	if n == 0 {
+		return
+	}
+	workers := min(len(e.samplers), n)
+	if e.work == nil || n*e.vocab < parallelSampleWork {
+		workers = 1
+	}
+	per := (n + workers - 1) / workers
+	if workers > 1 {
+		e.parallelSteps++
+	}
+	for w := 1; w < workers; w++ {
+		lo, hi := w*per, min((w+1)*per, n)
+		if lo >= hi {
+			break
+		}
+		e.workWG.Add(1)
+		e.work <- sampleTask{lo, hi, w}
+	}
+	for _, s := range e.toSample[:per] {
+		e.samplers[0].sample(s, e.row(s))
+	}
+	e.workWG.Wait()
+}
+
+// emit appends s's sampled token, applies the stop rules (vLLM's order:
+// length, min_tokens, EOS, stop token ids, then stop strings) and sends the
+// event.
+func (e *Local) emit(s *sequence, now time.Time) {
+	r := s.req
+	p := &r.params
+	tok, lps := s.next, s.nextLogprobs
+	s.nextLogprobs = nil
 	s.sampling.Accept(tok)
 	s.tokens = append(s.tokens, tok)
 	e.counters.GenerationTokens++

@@ -69,6 +69,9 @@ type sequence struct {
 	text    strings.Builder
 	emitted int
 
+	next         int // token sampled this step
+	nextLogprobs []TokenLogprob
+
 	heapIdx  int // in the waiting heap
 	newToks  int // scheduled this step
 	logitRow int // row of this step's logits, -1 when none

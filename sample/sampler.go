@@ -331,12 +331,41 @@ func (s *Sampler) Logprobs(logits []float32, tok, k int, top []TopLogprob) (floa
 	return lp, top
 }
 
-// argmax returns the first index of the largest value (torch.argmax's tie rule).
+// argmax returns the first index of the largest value (torch.argmax's tie
+// rule). Four independent lanes keep the comparisons from waiting on each
+// other; it runs over the whole vocabulary for every greedy token.
 func argmax(w []float32) int {
-	best, bi := float32(math.Inf(-1)), 0
-	for i, x := range w {
-		if x > best {
-			best, bi = x, i
+	inf := float32(math.Inf(-1))
+	b0, b1, b2, b3 := inf, inf, inf, inf
+	i0, i1, i2, i3 := 0, 0, 0, 0
+	n := len(w) &^ 3
+	for i := 0; i < n; i += 4 {
+		v := w[i : i+4 : i+4]
+		if v[0] > b0 {
+			b0, i0 = v[0], i
+		}
+		if v[1] > b1 {
+			b1, i1 = v[1], i+1
+		}
+		if v[2] > b2 {
+			b2, i2 = v[2], i+2
+		}
+		if v[3] > b3 {
+			b3, i3 = v[3], i+3
+		}
+	}
+	best, bi := b0, i0
+	for _, c := range [...]struct {
+		b float32
+		i int
+	}{{b1, i1}, {b2, i2}, {b3, i3}} {
+		if c.b > best || c.b == best && c.i < bi && c.b != inf {
+			best, bi = c.b, c.i
+		}
+	}
+	for i := n; i < len(w); i++ {
+		if w[i] > best {
+			best, bi = w[i], i
 		}
 	}
 	return bi

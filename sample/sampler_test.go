@@ -385,6 +385,32 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+func TestArgmax(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 8))
+	for n := 1; n < 40; n++ {
+		for range 50 {
+			w := make([]float32, n)
+			for i := range w {
+				w[i] = float32(rng.IntN(5)) // many ties
+			}
+			if rng.IntN(5) == 0 {
+				for i := range w {
+					w[i] = float32(math.Inf(-1))
+				}
+			}
+			want := 0
+			for i, x := range w {
+				if x > w[want] {
+					want = i
+				}
+			}
+			if got := argmax(w); got != want {
+				t.Fatalf("argmax(%v) = %d, want %d", w, got, want)
+			}
+		}
+	}
+}
+
 func TestExpNeg(t *testing.T) {
 	for x := float32(0); x > -100; x -= 0.0137 {
 		want := math.Exp(float64(x))
