@@ -760,6 +760,15 @@ func TestSubmitErrors(t *testing.T) {
 	}
 }
 
+func TestBlocksForMemory(t *testing.T) {
+	if n := BlocksForMemory(1<<30, 12288, 16); n != 5461 {
+		t.Errorf("1 GiB at 12 KiB/token in 16-token blocks: %d", n)
+	}
+	if n := BlocksForMemory(0, 1, 16); n != 0 {
+		t.Errorf("no memory: %d", n)
+	}
+}
+
 func TestNewErrors(t *testing.T) {
 	o := fakeOpts()
 	o.NumBlocks = 10 // 40 tokens < max model len 256

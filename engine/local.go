@@ -43,6 +43,11 @@ type Options struct {
 
 // Local is the in-process engine: a continuous-batching scheduler over a
 // paged KV cache driving a model.Model, one step at a time, from Run.
+//
+// All scheduling state belongs to Run's goroutine; Submit and context
+// cancellations hand requests and aborts over under a mutex and wake it, and
+// no lock is held during Forward. Output.TokenIDs alias the engine's token
+// history: consumers must treat them as read-only.
 type Local struct {
 	m     model.Model
 	opts  Options
@@ -146,6 +151,16 @@ func New(m model.Model, opts Options) (*Local, error) {
 		"max_concurrency", fmt.Sprintf("%.2fx", e.MaxConcurrency()),
 		"prefix_caching", opts.EnablePrefixCaching)
 	return e, nil
+}
+
+// BlocksForMemory is how many KV blocks of blockSize tokens fit in memBytes
+// (--kv-cache-memory, or the GPU memory left for the cache) for a model
+// taking kvBytesPerToken (model.Model.KVBytesPerToken).
+func BlocksForMemory(memBytes, kvBytesPerToken int64, blockSize int) int {
+	if memBytes <= 0 || kvBytesPerToken <= 0 || blockSize <= 0 {
+		return 0
+	}
+	return int(memBytes / (kvBytesPerToken * int64(blockSize)))
 }
 
 // KVCapacityTokens is the number of token slots in the KV cache.
