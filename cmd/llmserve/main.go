@@ -1,0 +1,352 @@
+// Command llmserve serves an LLM over HTTP: the reference server's
+// endpoints and the OpenAI API, on llmserve's own engine. Flags use vLLM's
+// names (see -help).
+//
+//	llmserve --model Qwen/Qwen2.5-1.5B-Instruct --max-model-len 4096 --max-concurrent-requests 64
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/llmserve/llmserve/engine"
+	"github.com/llmserve/llmserve/hub"
+	"github.com/llmserve/llmserve/ml"
+	"github.com/llmserve/llmserve/model"
+	_ "github.com/llmserve/llmserve/model/llama" // registers Llama and Qwen2
+	"github.com/llmserve/llmserve/server"
+	"github.com/llmserve/llmserve/tokenizer"
+)
+
+// defaultMaxModelLen caps the model's max_position_embeddings when
+// --max-model-len is not given: long contexts cost KV memory per request.
+const defaultMaxModelLen = 8192
+
+// defaultCPUKVMemory is the KV cache on the CPU without --kv-cache-memory.
+const defaultCPUKVMemory = 1 << 30
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "llmserve:", err)
+		os.Exit(2)
+	}
+	log := newLogger(cfg, os.Stderr)
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, cfg, log, nil); err != nil {
+		log.Error("llmserve failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve runs until ctx ends (SIGTERM), then drains: /health and new
+// requests get 503 while in-flight ones finish, for at most
+// --shutdown-timeout. onListen, if set, gets the bound address (tests).
+func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(addr string)) error {
+	dir, mcfg, err := resolveModel(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	var tok *tokenizer.Tokenizer
+	if !cfg.SkipTokenizerInit {
+		tdir := cfg.Tokenizer
+		if tdir == "" {
+			tdir = dir
+		}
+		if tdir == "" {
+			return fmt.Errorf("built-in model %s has no tokenizer: give --tokenizer DIR or --skip-tokenizer-init", cfg.Model)
+		}
+		if tok, err = tokenizer.LoadDir(tdir); err != nil {
+			return fmt.Errorf("loading the tokenizer from %s (or pass --skip-tokenizer-init): %w", tdir, err)
+		}
+	}
+	maxLen := cfg.MaxModelLen
+	if maxLen == 0 {
+		maxLen = defaultMaxModelLen
+		if mcfg.MaxPositionEmbeddings > 0 {
+			maxLen = min(mcfg.MaxPositionEmbeddings, defaultMaxModelLen)
+		}
+	} else if mcfg.MaxPositionEmbeddings > 0 && maxLen > mcfg.MaxPositionEmbeddings {
+		log.Warn("--max-model-len exceeds the model's max_position_embeddings", "max_model_len", maxLen, "max_position_embeddings", mcfg.MaxPositionEmbeddings)
+	}
+	names := cfg.ServedModelNames
+	if len(names) == 0 {
+		names = []string{cfg.Model}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sopts := server.Options{
+		ModelNames: names, ModelRoot: cfg.Model, MaxModelLen: maxLen, VocabSize: mcfg.VocabSize,
+		MaxConcurrentRequests: cfg.MaxConcurrentRequests, MaxQueueWait: cfg.MaxQueueWait, APIKey: cfg.APIKey,
+		MaxLogprobs: cfg.MaxLogprobs, Registry: reg, Logger: log,
+	}
+	if tok != nil {
+		sopts.Tokenizer = tok
+	}
+	srv, err := server.New(sopts)
+	if err != nil {
+		return err
+	}
+
+	// Listen before loading, so /health answers 503 "loading" meanwhile.
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	if err != nil {
+		return err
+	}
+	httpSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	if onListen != nil {
+		onListen(ln.Addr().String())
+	}
+	log.Info("listening (loading the model)", "address", ln.Addr().String())
+
+	engCtx, stopEngine := context.WithCancel(context.Background())
+	defer stopEngine()
+	var eng *engine.Local
+	var m model.Model
+	var be ml.Backend
+	loadErr := func() error {
+		var err error
+		if be, err = newBackend(cfg.Device); err != nil {
+			return err
+		}
+		path := dir
+		if path == "" {
+			path = cfg.Model // a built-in config with dummy weights
+		}
+		m, err = model.Load(path, model.LoadOptions{Backend: be, DType: cfg.DType, KVCacheDType: cfg.KVCacheDType,
+			Quantization: cfg.Quantization, LoadFormat: cfg.LoadFormat, Seed: cfg.Seed, Logger: log})
+		if err != nil {
+			return err
+		}
+		numBlocks, err := kvBlocks(cfg, be, m)
+		if err != nil {
+			return err
+		}
+		eopts := engine.Options{
+			MaxNumSeqs: cfg.MaxNumSeqs, MaxNumBatchedTokens: cfg.MaxNumBatchedTokens, MaxModelLen: maxLen,
+			BlockSize: cfg.BlockSize, NumBlocks: numBlocks, EnablePrefixCaching: cfg.EnablePrefixCaching,
+			EOSTokenIDs: eosIDs(dir, mcfg, tok), Logger: log, Seed: cfg.Seed, MaxLogprobs: cfg.MaxLogprobs,
+		}
+		if tok != nil {
+			eopts.Detokenizer = tok
+		}
+		eng, err = engine.New(m, eopts)
+		return err
+	}()
+	if loadErr != nil {
+		_ = httpSrv.Close()
+		_ = g.Wait()
+		closeModel(m, be, log)
+		return loadErr
+	}
+	engDone := make(chan error, 1)
+	go func() { engDone <- eng.Run(engCtx) }()
+	srv.SetEngine(eng)
+	dtype := cfg.DType
+	if dtype == "auto" {
+		dtype = mcfg.TorchDType + mcfg.DType
+	}
+	log.Info("ready",
+		"model", cfg.Model, "served_model_name", names, "backend", be.Name(), "dtype", dtype, "quantization", cfg.Quantization,
+		"weight_memory", humanBytes(m.WeightBytes()), "kv_cache_memory", humanBytes(int64(eng.KVCapacityTokens())*m.KVBytesPerToken()),
+		"kv_capacity_tokens", eng.KVCapacityTokens(), "max_model_len", maxLen,
+		"max_concurrency", fmt.Sprintf("%.2fx", eng.MaxConcurrency()), "max_concurrent_requests", cfg.MaxConcurrentRequests,
+		"address", "http://"+ln.Addr().String())
+
+	var runErr error
+	select {
+	case <-gctx.Done(): // signal, or the HTTP server failed
+	case err := <-engDone:
+		runErr = fmt.Errorf("engine stopped: %w", err)
+		engDone <- err
+	}
+	// Drain: refuse new work, let in-flight requests finish.
+	srv.Drain()
+	log.Info("draining", "in_flight", srv.Admitted(), "timeout", cfg.ShutdownTimeout)
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	if err := srv.WaitIdle(drainCtx); err != nil {
+		log.Warn("shutdown timeout: cutting in-flight requests", "in_flight", srv.Admitted())
+	}
+	cancel()
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := httpSrv.Shutdown(shutCtx); err != nil {
+		_ = httpSrv.Close()
+	}
+	cancel()
+	stopEngine()
+	<-engDone
+	if err := g.Wait(); err != nil && runErr == nil {
+		runErr = err
+	}
+	closeModel(m, be, log)
+	log.Info("stopped")
+	return runErr
+}
+
+func closeModel(m model.Model, be ml.Backend, log *slog.Logger) {
+	if m != nil {
+		if err := m.Close(); err != nil {
+			log.Warn("closing the model", "err", err)
+		}
+	}
+	if be != nil {
+		if err := be.Close(); err != nil {
+			log.Warn("closing the backend", "err", err)
+		}
+	}
+}
+
+// resolveModel finds the model directory (downloading a repo id when
+// needed) and its config. dir is "" for a built-in config (dummy weights).
+func resolveModel(ctx context.Context, cfg *config, log *slog.Logger) (string, *model.Config, error) {
+	if cfg.LoadFormat == "dummy" {
+		if _, err := os.Stat(cfg.Model); err != nil {
+			if mc, ok := model.BuiltinConfig(cfg.Model); ok {
+				return "", mc, nil
+			}
+		}
+	}
+	hopts := hub.OptionsFromEnv()
+	hopts.Revision = cfg.Revision
+	hopts.Logger = log
+	hopts.Progress = os.Stderr
+	hopts.SkipWeights = cfg.LoadFormat == "dummy"
+	dir, err := hub.Resolve(ctx, cfg.Model, hopts)
+	if err != nil {
+		return "", nil, err
+	}
+	mc, err := model.ReadConfig(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	return dir, mc, nil
+}
+
+// memInfo is implemented by backends that know their device memory (CUDA).
+type memInfo interface {
+	MemInfo() (free, total int64, err error)
+}
+
+// kvBlocks sizes the KV cache: --kv-cache-memory, else on a GPU what
+// --gpu-memory-utilization leaves after the weights (less a margin for
+// activations), else 1 GiB.
+func kvBlocks(cfg *config, be ml.Backend, m model.Model) (int, error) {
+	mem := cfg.KVCacheMemory
+	if mem == 0 {
+		mem = defaultCPUKVMemory
+		if mi, ok := be.(memInfo); ok {
+			free, total, err := mi.MemInfo()
+			if err != nil {
+				return 0, fmt.Errorf("reading device memory: %w", err)
+			}
+			const activations = 1 << 30
+			mem = int64(float64(total)*cfg.GPUMemoryUtilization) - (total - free) - activations
+			if mem <= 0 {
+				return 0, fmt.Errorf("no device memory left for the KV cache (total %s, free %s, --gpu-memory-utilization %v): raise it or use --kv-cache-memory",
+					humanBytes(total), humanBytes(free), cfg.GPUMemoryUtilization)
+			}
+		}
+	}
+	per := m.KVBytesPerToken() * int64(cfg.BlockSize)
+	if per <= 0 {
+		return 0, errors.New("model reports no KV memory per token")
+	}
+	n := mem / per
+	if n < 1 {
+		return 0, fmt.Errorf("--kv-cache-memory %s holds no block of %d tokens (%s each)", humanBytes(mem), cfg.BlockSize, humanBytes(per))
+	}
+	return int(n), nil
+}
+
+// eosIDs gathers end-of-sequence ids from generation_config.json,
+// config.json and the tokenizer, as transformers' generate does.
+func eosIDs(dir string, mc *model.Config, tok *tokenizer.Tokenizer) []int {
+	var ids []int
+	add := func(v any) {
+		switch x := v.(type) {
+		case float64:
+			ids = append(ids, int(x))
+		case int:
+			ids = append(ids, x)
+		case []any:
+			for _, e := range x {
+				if f, ok := e.(float64); ok {
+					ids = append(ids, int(f))
+				}
+			}
+		}
+	}
+	if dir != "" {
+		if b, err := os.ReadFile(filepath.Join(dir, "generation_config.json")); err == nil {
+			var gc struct {
+				EOS any `json:"eos_token_id"`
+			}
+			if json.Unmarshal(b, &gc) == nil {
+				add(gc.EOS)
+			}
+		}
+	}
+	add(mc.EOSTokenID)
+	if tok != nil {
+		ids = append(ids, tok.EOSTokenIDs()...)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	// Ids outside the model's vocabulary can never be sampled.
+	return slices.DeleteFunc(ids, func(id int) bool { return id < 0 || (mc.VocabSize > 0 && id >= mc.VocabSize) })
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
