@@ -12,13 +12,14 @@ import (
 
 // BenchmarkEngineQwen05B measures the engine alone (no HTTP) on
 // Qwen2.5-0.5B's shape with dummy weights on the default CPU backend:
-// each iteration submits `concurrency` requests at once (32-token random
-// prompts, 32 greedy output tokens, EOS ignored) and waits for all of
-// them. out_tok/s is aggregate output tokens per second, prefill included.
+// each iteration submits `concurrency` requests at once (16-token random
+// prompts, 64 greedy output tokens, EOS ignored: a decode-heavy chat-like
+// load) and waits for all of them. out_tok/s is aggregate output tokens per
+// second, prefill included.
 //
-//	go test -run '^$' -bench EngineQwen05B -benchtime 2x -count 3 ./engine
+//	go test -run '^$' -bench EngineQwen05B -benchtime 1x -count 3 ./engine
 func BenchmarkEngineQwen05B(b *testing.B) {
-	const promptLen, outLen = 32, 32
+	const promptLen, outLen = 16, 64
 	m, err := model.Load("Qwen/Qwen2.5-0.5B", model.LoadOptions{LoadFormat: "dummy"})
 	if err != nil {
 		b.Skipf("model: %v", err)
