@@ -393,7 +393,6 @@ func (e *Local) abortRequest(r *request) {
 	if r.done {
 		return
 	}
-	r.aborted = true
 	now := time.Now()
 	for _, s := range r.seqs {
 		if s.state == stFinished {

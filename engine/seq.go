@@ -41,7 +41,6 @@ type request struct {
 	seqs       []*sequence // index 0 first; children appear at fork
 	numDone    int
 	done       bool
-	aborted    bool // abort requested (loop-owned copy)
 }
 
 // sequence is one of a request's N completions: the scheduling unit.
