@@ -25,6 +25,9 @@ func (e *Local) schedule() {
 
 	cands := append(e.candidates[:0], e.running...)
 	slices.SortFunc(cands, func(a, b *sequence) int {
+		if a == b {
+			return 0
+		}
 		if ad, bd := a.remaining() == 1, b.remaining() == 1; ad != bd {
 			if ad {
 				return -1
