@@ -123,7 +123,6 @@ type attnScratch struct {
 // attentionTask runs one item per (token, KV head): the group of query
 // heads sharing that KV head reads each key and value once.
 type attentionTask struct {
-	c              counter
 	dst, q         *Tensor
 	kc             *KVCache
 	layer          int
@@ -219,21 +218,13 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	a.dst, a.q, a.kc, a.layer = d, qt, kc, layer
 	a.tokSeq, a.pos, a.bt, a.maxBlocks = tokSeq, pos, bt, MB
 	a.heads, a.kvHeads, a.hd, a.scale = H, G, hd, meta.Scale
-	a.c.reset(T * G)
-	b.pool.runSerialOr(a, T*G > 1)
+	b.pool.runSerialOr(a, T*G, T*G > 1)
 	a.dst, a.q, a.kc, a.tokSeq, a.pos, a.bt = nil, nil, nil, nil, nil, nil
 	return nil
 }
 
-func (a *attentionTask) run(w, _ int) {
-	sc := &a.scratch[w]
-	for {
-		item, ok := a.c.claim()
-		if !ok {
-			return
-		}
-		a.item(item/a.kvHeads, item%a.kvHeads, sc)
-	}
+func (a *attentionTask) item(w, item int) {
+	a.head(item/a.kvHeads, item%a.kvHeads, &a.scratch[w])
 }
 
 // row returns KV head g of slot s as f32, converting into buf when the
@@ -252,7 +243,7 @@ func (a *attentionTask) row(f [][]float32, u [][]uint16, s, g int, buf []float32
 	return f[a.layer][o : o+hd]
 }
 
-func (a *attentionTask) item(t, g int, sc *attnScratch) {
+func (a *attentionTask) head(t, g int, sc *attnScratch) {
 	hd, group := a.hd, a.heads/a.kvHeads
 	n := int(a.pos[t]) + 1
 	bs := a.kc.blockSize

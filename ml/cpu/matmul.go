@@ -12,7 +12,6 @@ import (
 // Items are ordered weight-block-major so one worker's consecutive items
 // tend to reuse the same weight block from cache.
 type matmulTask struct {
-	c         counter
 	dst, x, w *Tensor
 	bias      []float32
 	T, N, K   int
@@ -57,38 +56,30 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 	m.tb, m.nb = blocking(T, N, K, b.pool.n)
 	m.tBlocks = (T + m.tb - 1) / m.tb
 	nBlocks := (N + m.nb - 1) / m.nb
-	m.c.reset(m.tBlocks * nBlocks)
-	b.pool.runSerialOr(m, T*N*K >= 1<<15)
+	b.pool.runSerialOr(m, m.tBlocks*nBlocks, T*N*K >= 1<<15)
 	m.dst, m.x, m.w, m.bias = nil, nil, nil, nil
 	return nil
 }
 
 // blocking picks the item shape: weight rows split so every worker gets
-// several items (balance on a shared machine), token rows split only when
-// the activations stop fitting in L2.
+// several items (balance on a shared machine).
 func blocking(T, N, K, workers int) (tb, nb int) {
+	// The kernels block K and N for the caches themselves; token rows are
+	// split only for long prompts, to have enough items to balance.
 	tb = T
-	if T*K*4 > 512<<10 {
-		tb = max(16, (512<<10)/(K*4))
+	if T > 256 {
+		tb = 128
 	}
 	nb = N / (4 * workers)
 	nb = (nb + 15) &^ 15
-	nb = max(16, min(nb, 256))
+	nb = max(32, min(nb, 256))
 	return tb, nb
 }
 
-func (m *matmulTask) run(_, _ int) {
-	for {
-		item, ok := m.c.claim()
-		if !ok {
-			return
-		}
-		n0 := (item / m.tBlocks) * m.nb
-		t0 := (item % m.tBlocks) * m.tb
-		n1 := min(m.N, n0+m.nb)
-		t1 := min(m.T, t0+m.tb)
-		m.block(t0, t1, n0, n1)
-	}
+func (m *matmulTask) item(_, item int) {
+	n0 := (item / m.tBlocks) * m.nb
+	t0 := (item % m.tBlocks) * m.tb
+	m.block(t0, min(m.T, t0+m.tb), n0, min(m.N, n0+m.nb))
 }
 
 func (m *matmulTask) block(t0, t1, n0, n1 int) {

@@ -22,7 +22,6 @@ const (
 
 type rowsTask struct {
 	op             rowOp
-	c              counter
 	chunk          int
 	rows           int
 	dst, x, res, w *Tensor
@@ -43,22 +42,15 @@ func (b *Backend) runRows(op rowOp, rows, cols int) {
 		n = 1
 	}
 	r.chunk = max(1, rows/(4*n))
-	r.c.reset((rows + r.chunk - 1) / r.chunk)
-	b.pool.runSerialOr(r, parallel)
+	b.pool.runSerialOr(r, (rows+r.chunk-1)/r.chunk, parallel)
 	r.dst, r.x, r.res, r.w, r.idx = nil, nil, nil, nil, nil
 }
 
-func (r *rowsTask) run(_, _ int) {
-	for {
-		item, ok := r.c.claim()
-		if !ok {
-			return
-		}
-		lo := item * r.chunk
-		hi := min(r.rows, lo+r.chunk)
-		for i := lo; i < hi; i++ {
-			r.row(i)
-		}
+func (r *rowsTask) item(_, item int) {
+	lo := item * r.chunk
+	hi := min(r.rows, lo+r.chunk)
+	for i := lo; i < hi; i++ {
+		r.row(i)
 	}
 }
 
@@ -248,7 +240,6 @@ func (b *Backend) GatherRows(dst, src, idx ml.Tensor) error {
 
 // ropeTask rotates tokens in parallel; each worker keeps its cos/sin row.
 type ropeTask struct {
-	c         counter
 	x         *Tensor
 	pos       []int32
 	inv       []float32
@@ -282,36 +273,29 @@ func (b *Backend) RoPE(x, positions, invFreq ml.Tensor, numHeads, headDim int) e
 			r.scratch[i] = make([]float32, headDim)
 		}
 	}
-	r.c.reset(xt.rows)
-	b.pool.runSerialOr(r, xt.rows > 1 && xt.rows*xt.cols >= parallelRows/4)
+	b.pool.runSerialOr(r, xt.rows, xt.rows > 1 && xt.rows*xt.cols >= parallelRows/4)
 	r.x = nil
 	return nil
 }
 
-func (r *ropeTask) run(w, _ int) {
+func (r *ropeTask) item(w, t int) {
 	half := r.hd / 2
 	cs := r.scratch[w][:half]
 	sn := r.scratch[w][half:r.hd]
-	for {
-		t, ok := r.c.claim()
-		if !ok {
-			return
-		}
-		// Angles in float64: an f32 pos*invFreq loses ~1e-3 rad at 10^4.
-		p := float64(r.pos[t])
-		for i, f := range r.inv {
-			s, c := math.Sincos(p * float64(f))
-			cs[i], sn[i] = float32(c), float32(s)
-		}
-		row := r.x.f32[t*r.x.cols : (t+1)*r.x.cols]
-		for h := range r.heads {
-			x1 := row[h*r.hd : h*r.hd+half]
-			x2 := row[h*r.hd+half : (h+1)*r.hd]
-			for i := range x1 {
-				a, b := x1[i], x2[i]
-				x1[i] = a*cs[i] - b*sn[i]
-				x2[i] = b*cs[i] + a*sn[i]
-			}
+	// Angles in float64: an f32 pos*invFreq loses ~1e-3 rad at 10^4.
+	p := float64(r.pos[t])
+	for i, f := range r.inv {
+		s, c := math.Sincos(p * float64(f))
+		cs[i], sn[i] = float32(c), float32(s)
+	}
+	row := r.x.f32[t*r.x.cols : (t+1)*r.x.cols]
+	for h := range r.heads {
+		x1 := row[h*r.hd : h*r.hd+half]
+		x2 := row[h*r.hd+half : (h+1)*r.hd]
+		for i := range x1 {
+			a, b := x1[i], x2[i]
+			x1[i] = a*cs[i] - b*sn[i]
+			x2[i] = b*cs[i] + a*sn[i]
 		}
 	}
 }

@@ -5,110 +5,148 @@ import (
 	"sync/atomic"
 )
 
-// task is one parallel op. run is called once per worker with the worker's
-// index w in [0, n); tasks usually split their work into items claimed
-// through an atomic counter, so a worker slowed by another process on the
-// machine just claims fewer items.
+// task is one parallel op split into items; item(w, i) runs item i on
+// worker w (w indexes per-worker scratch).
 type task interface {
-	run(w, n int)
+	item(w, i int)
 }
 
-// pool is a fixed set of goroutines that run tasks. The caller's goroutine
-// is worker 0, so a pool of n has n-1 goroutines. Tasks are passed as
-// interface values holding pointers to preallocated structs: running one
-// does not allocate.
+// pool runs tasks on the calling goroutine (worker 0) plus n-1 persistent
+// goroutines. Items are claimed from one atomic word, so:
+//   - a worker the OS has not scheduled yet simply claims nothing: the
+//     caller never waits for a worker to wake up, only for items that were
+//     claimed and are still running (this matters on a shared machine,
+//     where a descheduled thread would otherwise stall every op);
+//   - running a task allocates nothing (tasks are pointers to
+//     preallocated structs held in an interface).
+//
+// A pool runs one task at a time; it is not safe for concurrent use.
 type pool struct {
-	n     int
-	work  []chan task
-	busy  sync.WaitGroup // the current task's workers
-	alive sync.WaitGroup // the goroutines, for Close
+	n    int
+	wake []chan struct{} // one buffered token per worker goroutine
+	fin  chan struct{}   // token from the worker that completes the last item
+
+	// state packs the task's generation (ABA guard for late workers),
+	// item count and next unclaimed item: gen<<40 | total<<20 | next.
+	state atomic.Uint64
+	done  atomic.Int64 // items completed
+	cur   task         // written before state is published for a generation
+	gen   uint64
+
+	alive sync.WaitGroup
 }
+
+const (
+	itemBits = 20
+	itemMask = 1<<itemBits - 1
+	// maxItems bounds a task's items (they are packed into 20 bits).
+	maxItems = itemMask
+)
 
 func newPool(n int) *pool {
-	p := &pool{n: n, work: make([]chan task, n-1)}
-	for i := range p.work {
-		ch := make(chan task)
-		p.work[i] = ch
+	p := &pool{n: n, wake: make([]chan struct{}, n-1), fin: make(chan struct{}, 1)}
+	for i := range p.wake {
+		ch := make(chan struct{}, 1)
+		p.wake[i] = ch
 		p.alive.Add(1)
 		go func(w int) {
 			defer p.alive.Done()
-			for t := range ch {
-				t.run(w, n)
-				p.busy.Done()
+			for range ch {
+				p.work(w)
 			}
 		}(i + 1)
 	}
 	return p
 }
 
-// run runs t on all workers and waits for them.
-func (p *pool) run(t task) {
-	if p.n == 1 {
-		t.run(0, 1)
+// claim takes the next item of the current task, if any.
+func (p *pool) claim() (task, int, int64, bool) {
+	for {
+		s := p.state.Load()
+		total, next := s>>itemBits&itemMask, s&itemMask
+		if next >= total {
+			return nil, 0, 0, false
+		}
+		if p.state.CompareAndSwap(s, s+1) {
+			// The task cannot finish (and cur change) before this item is done.
+			return p.cur, int(next), int64(total), true
+		}
+	}
+}
+
+func (p *pool) work(w int) {
+	for {
+		t, i, total, ok := p.claim()
+		if !ok {
+			return
+		}
+		t.item(w, i)
+		if p.done.Add(1) == total && w != 0 {
+			select {
+			case p.fin <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// run runs items [0, items) of t over the pool and returns when all are done.
+func (p *pool) run(t task, items int) {
+	if p.n == 1 || items <= 1 {
+		for i := range items {
+			t.item(0, i)
+		}
 		return
 	}
-	p.busy.Add(p.n - 1)
-	for _, ch := range p.work {
-		ch <- t
+	if items > maxItems {
+		panic("cpu: too many items in one task") // callers size items far below
 	}
-	t.run(0, p.n)
-	p.busy.Wait()
+	p.gen++
+	p.cur = t
+	p.done.Store(0)
+	p.state.Store(p.gen<<(2*itemBits) | uint64(items)<<itemBits)
+	for _, ch := range p.wake {
+		select {
+		case ch <- struct{}{}:
+		default: // already has a wake-up pending
+		}
+	}
+	p.work(0)
+	for p.done.Load() < int64(items) {
+		<-p.fin // a stale token from an earlier task just loops once more
+	}
+	p.cur = nil
 }
 
 // runSerialOr runs t on the caller alone when the work is too small to be
 // worth waking the other workers.
-func (p *pool) runSerialOr(t task, parallel bool) {
+func (p *pool) runSerialOr(t task, items int, parallel bool) {
 	if !parallel {
-		t.run(0, 1)
+		for i := range items {
+			t.item(0, i)
+		}
 		return
 	}
-	p.run(t)
+	p.run(t, items)
 }
 
 func (p *pool) close() {
-	for _, ch := range p.work {
+	for _, ch := range p.wake {
 		close(ch)
 	}
 	p.alive.Wait()
 }
 
-// counter hands out work items [0, total) in chunks.
-type counter struct {
-	next  atomic.Int64
-	total int64
-}
-
-func (c *counter) reset(total int) {
-	c.next.Store(0)
-	c.total = int64(total)
-}
-
-// claim returns the next item, or false when all are taken.
-func (c *counter) claim() (int, bool) {
-	i := c.next.Add(1) - 1
-	return int(i), i < c.total
-}
-
 // funcTask adapts a closure for the few non-hot-path ops (weight loading).
-type funcTask struct {
-	c  counter
-	fn func(item int)
-}
+type funcTask func(item int)
 
-func (f *funcTask) run(w, n int) {
-	for {
-		i, ok := f.c.claim()
-		if !ok {
-			return
-		}
-		f.fn(i)
-	}
-}
+func (f funcTask) item(_, i int) { f(i) }
 
 // parallelFor runs fn(i) for i in [0, items) over the pool (allocates; not
 // for the hot path).
 func (p *pool) parallelFor(items int, fn func(item int)) {
-	t := &funcTask{fn: fn}
-	t.c.reset(items)
-	p.run(t)
+	for lo := 0; lo < items; lo += maxItems {
+		hi := min(items, lo+maxItems)
+		p.run(funcTask(func(i int) { fn(lo + i) }), hi-lo)
+	}
 }

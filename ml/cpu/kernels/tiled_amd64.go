@@ -2,7 +2,11 @@
 
 package kernels
 
-import "unsafe"
+import (
+	"os"
+	"strconv"
+	"unsafe"
+)
 
 //go:generate go run gen_asm.go
 
@@ -41,7 +45,14 @@ const (
 // pfBytes is how far ahead single-token tiles prefetch weights: whole tiles
 // (rows × row bytes) covering at least this many bytes, which hides DRAM
 // latency at full single-core bandwidth.
-const pfBytes = 32 << 10
+var pfBytes = probeEnv("KPF", 32<<10)
+
+func probeEnv(k string, d int) int {
+	if v, err := strconv.Atoi(os.Getenv(k)); err == nil {
+		return v
+	}
+	return d
+}
 
 // run computes the first kmain = K rounded down to the vector length
 // columns of the product into dst (overwriting it) and returns kmain. The
