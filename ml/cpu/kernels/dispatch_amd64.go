@@ -29,7 +29,7 @@ func simdImpl(name string, tiles *[4][5][9]tileFn, vl, tt, rr, rr1 int) impl {
 }
 
 func avx512Impl() impl {
-	im := simdImpl("avx512", &tiles_avx512, 16, 4, 4, probeEnv("KRR1", 8))
+	im := simdImpl("avx512", &tiles_avx512, 16, 4, 4, 8)
 	im.dot = dotAVX512Go
 	im.axpy = axpyAVX512Go
 	im.bf16ToF32 = convHalf(16, bf16ToF32AVX512, bf16ToF32Generic)

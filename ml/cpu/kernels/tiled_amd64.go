@@ -2,11 +2,7 @@
 
 package kernels
 
-import (
-	"os"
-	"strconv"
-	"unsafe"
-)
+import "unsafe"
 
 //go:generate go run gen_asm.go
 
@@ -45,14 +41,7 @@ const (
 // pfBytes is how far ahead single-token tiles prefetch weights: whole tiles
 // (rows × row bytes) covering at least this many bytes, which hides DRAM
 // latency at full single-core bandwidth.
-var pfBytes = probeEnv("KPF", 32<<10)
-
-func probeEnv(k string, d int) int {
-	if v, err := strconv.Atoi(os.Getenv(k)); err == nil {
-		return v
-	}
-	return d
-}
+const pfBytes = 32 << 10
 
 // run computes the first kmain = K rounded down to the vector length
 // columns of the product into dst (overwriting it) and returns kmain. The
