@@ -10,6 +10,13 @@
 // The implementation is chosen once at start-up from the CPU features
 // (AVX-512, AVX2+FMA, or portable Go; the purego build tag forces portable
 // Go). Features reports the choice.
+//
+// The GEMMs run generated register-blocked tile kernels (gemm_amd64.s, from
+// gen_asm.go: 4 tokens × 4 rows of 16 lanes per step, horizontal sums once
+// per tile); tiled_amd64.go blocks K and N for L1/L2 and adds the K tail in
+// Go. Single-token (matvec) tiles take 8 rows and prefetch the weights
+// ahead, since decode streams every weight from DRAM once per step.
+// dst must not overlap x or w.
 package kernels
 
 import "fmt"
