@@ -71,6 +71,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer c.done()
+	w.Header().Set("X-Request-Id", g.id)
 	sq := &c.seqs[0]
 	if !req.Stream {
 		if !c.collect() {

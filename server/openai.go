@@ -64,6 +64,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer c.done()
+	w.Header().Set("X-Request-Id", g.id)
 	want := req.Logprobs != nil
 	if req.Stream {
 		enc := s.newEncoder(openai.KindCompletionChunk, g.id, model, req.ReturnTokensAsTokenIDs)
@@ -186,6 +187,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer c.done()
+	w.Header().Set("X-Request-Id", g.id)
 	if req.Stream {
 		enc := s.newEncoder(openai.KindChatChunk, g.id, model, req.ReturnTokensAsTokenIDs)
 		s.streamOpenAI(w, c, enc, req.Logprobs, req.StreamOptions, true)
