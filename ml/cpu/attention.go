@@ -8,8 +8,12 @@ import (
 	"github.com/llmserve/llmserve/ml/cpu/kernels"
 )
 
-// KVCache holds every layer's keys and values, slot-major: slot s, KV head
-// g starts at (s*kvHeads+g)*headDim, so one token's head is contiguous.
+// KVCache holds every layer's keys and values by block and KV head, so that
+// attention runs as small matrix products over whole blocks:
+//   - keys:   [block][kvHead][slot in block][headDim] — a block's keys of one
+//     head are a blockSize×headDim matrix (q·Kᵀ is a GEMM against it);
+//   - values: [block][kvHead][headDim][slot in block] — transposed, so P·V is
+//     a GEMM against a headDim×blockSize matrix.
 type KVCache struct {
 	layers, numBlocks, blockSize, kvHeads, headDim int
 	dt                                             ml.DType
@@ -95,20 +99,37 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 		}
 	}
 	// Small: a copy per token row, on the caller.
-	for i, s := range sl {
-		src := kt.f32[i*dim : (i+1)*dim]
-		vsrc := vt.f32[i*dim : (i+1)*dim]
-		o := int(s) * dim
-		switch kc.dt {
-		case ml.F32:
-			copy(kc.kf[layer][o:o+dim], src)
-			copy(kc.vf[layer][o:o+dim], vsrc)
-		case ml.BF16:
-			kernels.F32ToBF16(kc.ku[layer][o:o+dim], src)
-			kernels.F32ToBF16(kc.vu[layer][o:o+dim], vsrc)
-		case ml.F16:
-			kernels.F32ToF16(kc.ku[layer][o:o+dim], src)
-			kernels.F32ToF16(kc.vu[layer][o:o+dim], vsrc)
+	bs, hd := kc.blockSize, kc.headDim
+	for i, slot := range sl {
+		blk, off := int(slot)/bs, int(slot)%bs
+		for g := range kc.kvHeads {
+			src := kt.f32[i*dim+g*hd : i*dim+(g+1)*hd]
+			vsrc := vt.f32[i*dim+g*hd : i*dim+(g+1)*hd]
+			base := (blk*kc.kvHeads + g) * bs * hd
+			ko := base + off*hd // key row
+			switch kc.dt {
+			case ml.F32:
+				copy(kc.kf[layer][ko:ko+hd], src)
+				vdst := kc.vf[layer][base:]
+				for d, x := range vsrc {
+					vdst[d*bs+off] = x
+				}
+			case ml.BF16, ml.F16:
+				conv := kernels.F32ToBF16
+				if kc.dt == ml.F16 {
+					conv = kernels.F32ToF16
+				}
+				conv(kc.ku[layer][ko:ko+hd], src)
+				var tmp [256]uint16 // a value column, converted in bulk when it fits
+				vdst := kc.vu[layer][base:]
+				for d0 := 0; d0 < hd; d0 += len(tmp) {
+					d1 := min(hd, d0+len(tmp))
+					conv(tmp[:d1-d0], vsrc[d0:d1])
+					for d := d0; d < d1; d++ {
+						vdst[d*bs+off] = tmp[d-d0]
+					}
+				}
+			}
 		}
 	}
 	return nil
@@ -116,12 +137,17 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 
 // attnScratch is one worker's buffers, grown (rarely) before a dispatch.
 type attnScratch struct {
-	scores []float32 // group × context
-	krow   []float32 // one converted K or V head row
+	q      []float32 // the group's query heads, pre-scaled: group × headDim
+	scores []float32 // block-major: [block][group][slot], group × context
+	tmp    []float32 // one block's P·V: group × headDim
+	pc     []float32 // a partial block's probabilities, compacted
+	vc     []float32 // a partial block's values (f32, compacted)
+	u16    []uint16  // a partial block's values, compacted before widening
 }
 
 // attentionTask runs one item per (token, KV head): the group of query
-// heads sharing that KV head reads each key and value once.
+// heads sharing that KV head is one GEMM per block against the block's
+// keys, then against its values.
 type attentionTask struct {
 	dst, q         *Tensor
 	kc             *KVCache
@@ -207,12 +233,21 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 
 	a := &b.attn
 	group := H / G
+	bs := kc.blockSize
+	ctxSlots := (maxCtx + bs - 1) / bs * bs
 	for i := range a.scratch {
-		if len(a.scratch[i].scores) < group*maxCtx {
-			a.scratch[i].scores = make([]float32, group*maxCtx*5/4)
+		sc := &a.scratch[i]
+		if len(sc.scores) < group*ctxSlots {
+			sc.scores = make([]float32, group*ctxSlots*5/4)
 		}
-		if len(a.scratch[i].krow) < hd {
-			a.scratch[i].krow = make([]float32, hd)
+		if len(sc.q) < group*hd {
+			sc.q, sc.tmp = make([]float32, group*hd), make([]float32, group*hd)
+		}
+		if len(sc.pc) < group*bs {
+			sc.pc = make([]float32, group*bs)
+		}
+		if len(sc.vc) < hd*bs {
+			sc.vc, sc.u16 = make([]float32, hd*bs), make([]uint16, hd*bs)
 		}
 	}
 	a.dst, a.q, a.kc, a.layer = d, qt, kc, layer
@@ -227,87 +262,122 @@ func (a *attentionTask) item(w, item int) {
 	a.head(item/a.kvHeads, item%a.kvHeads, &a.scratch[w])
 }
 
-// row returns KV head g of slot s as f32, converting into buf when the
-// cache holds 16-bit values.
-func (a *attentionTask) row(f [][]float32, u [][]uint16, s, g int, buf []float32) []float32 {
-	kc, hd := a.kc, a.hd
-	o := (s*kc.kvHeads + g) * hd
-	switch kc.dt {
+// gemm is dst[T,N] = x[T,K]·w[N,K]ᵀ over a block of the cache's dtype.
+func (a *attentionTask) gemm(dst []float32, ldd int, x []float32, f []float32, u []uint16, o, T, N, K int) {
+	switch a.kc.dt {
+	case ml.F32:
+		kernels.GemmF32(dst, ldd, x, f[o:o+N*K], T, N, K)
 	case ml.BF16:
-		kernels.BF16ToF32(buf, u[a.layer][o:o+hd])
-		return buf
+		kernels.GemmBF16(dst, ldd, x, u[o:o+N*K], T, N, K)
 	case ml.F16:
-		kernels.F16ToF32(buf, u[a.layer][o:o+hd])
-		return buf
+		kernels.GemmF16(dst, ldd, x, u[o:o+N*K], T, N, K)
 	}
-	return f[a.layer][o : o+hd]
 }
 
 func (a *attentionTask) head(t, g int, sc *attnScratch) {
-	hd, group := a.hd, a.heads/a.kvHeads
+	kc, hd, group, bs := a.kc, a.hd, a.heads/a.kvHeads, a.kc.blockSize
 	n := int(a.pos[t]) + 1
-	bs := a.kc.blockSize
+	nb := (n + bs - 1) / bs
 	table := a.bt[int(a.tokSeq[t])*a.maxBlocks:]
-	qrow := a.q.f32[t*a.q.cols:]
-	out := a.dst.f32[t*a.dst.cols:]
-	scores := sc.scores[:group*n]
-	buf := sc.krow[:hd]
+	out := a.dst.f32[t*a.dst.cols+g*group*hd : t*a.dst.cols+(g+1)*group*hd]
+	kf, vf := layerOf(kc.kf, a.layer), layerOf(kc.vf, a.layer)
+	ku, vu := layerOf(kc.ku, a.layer), layerOf(kc.vu, a.layer)
 
-	// Scores q·k for every key of the sequence, all heads of the group.
-	for j := 0; j < n; j++ {
-		s := int(table[j/bs])*bs + j%bs
-		k := a.row(a.kc.kf, a.kc.ku, s, g, buf)
-		for h := range group {
-			qh := qrow[(g*group+h)*hd : (g*group+h+1)*hd]
-			scores[h*n+j] = kernels.Dot(qh, k) * a.scale
-		}
+	// The group's heads are contiguous in q; scale them once.
+	q := sc.q[:group*hd]
+	for i, v := range a.q.f32[t*a.q.cols+g*group*hd : t*a.q.cols+(g+1)*group*hd] {
+		q[i] = v * a.scale
 	}
-	// Softmax per head, normalised once at the end.
+	// Scores, block by block: [block][head][slot].
+	blockBase := func(b int) int { return (int(table[b])*kc.kvHeads + g) * bs * hd }
+	scores := sc.scores[:nb*group*bs]
+	for b := range nb {
+		valid := min(bs, n-b*bs)
+		a.gemm(scores[b*group*bs:], bs, q, kf, ku, blockBase(b), group, valid, hd)
+	}
+	// Softmax per head over its n scores.
 	var inv [maxGroup]float32
 	for h := range group {
-		row := scores[h*n : (h+1)*n]
 		mx := float32(math.Inf(-1))
-		for _, v := range row {
-			mx = max(mx, v)
+		for b := range nb {
+			row := scores[b*group*bs+h*bs : b*group*bs+h*bs+min(bs, n-b*bs)]
+			for _, v := range row {
+				mx = max(mx, v)
+			}
 		}
 		var sum float32
-		for j, v := range row {
-			e := expf(v - mx)
-			row[j] = e
-			sum += e
+		for b := range nb {
+			row := scores[b*group*bs+h*bs : b*group*bs+h*bs+min(bs, n-b*bs)]
+			for j, v := range row {
+				e := expf(v - mx)
+				row[j] = e
+				sum += e
+			}
 		}
 		if h < maxGroup {
 			inv[h] = 1 / sum
-		}
-		oh := out[(g*group+h)*hd : (g*group+h+1)*hd]
-		clear(oh)
-	}
-	for j := 0; j < n; j++ {
-		s := int(table[j/bs])*bs + j%bs
-		v := a.row(a.kc.vf, a.kc.vu, s, g, buf)
-		for h := range group {
-			oh := out[(g*group+h)*hd : (g*group+h+1)*hd]
-			kernels.Axpy(scores[h*n+j], v, oh)
-		}
-	}
-	for h := range group {
-		oh := out[(g*group+h)*hd : (g*group+h+1)*hd]
-		var f float32
-		if h < maxGroup {
-			f = inv[h]
 		} else {
-			var sum float32
-			for _, v := range scores[h*n : (h+1)*n] {
-				sum += v
+			// Larger groups than any model has: normalise the scores now.
+			for b := range nb {
+				row := scores[b*group*bs+h*bs : b*group*bs+h*bs+min(bs, n-b*bs)]
+				for j := range row {
+					row[j] /= sum
+				}
 			}
-			f = 1 / sum
 		}
+	}
+	// P·V, block by block, against the transposed values.
+	clear(out)
+	tmp := sc.tmp[:group*hd]
+	for b := range nb {
+		valid := min(bs, n-b*bs)
+		base := blockBase(b)
+		if valid == bs {
+			a.gemm(tmp, hd, scores[b*group*bs:], vf, vu, base, group, hd, bs)
+		} else {
+			// A partial block: compact P and V to valid columns (the rest of
+			// the block holds stale data, possibly of other sequences).
+			p := sc.pc[:group*valid]
+			for h := range group {
+				copy(p[h*valid:(h+1)*valid], scores[b*group*bs+h*bs:])
+			}
+			v := sc.vc[:hd*valid]
+			for d := range hd {
+				src := base + d*bs
+				switch kc.dt {
+				case ml.F32:
+					copy(v[d*valid:(d+1)*valid], vf[src:src+valid])
+				default:
+					copy(sc.u16[d*valid:(d+1)*valid], vu[src:src+valid])
+				}
+			}
+			switch kc.dt {
+			case ml.BF16:
+				kernels.BF16ToF32(v, sc.u16[:hd*valid])
+			case ml.F16:
+				kernels.F16ToF32(v, sc.u16[:hd*valid])
+			}
+			kernels.GemmF32(tmp, hd, p, v, group, hd, valid)
+		}
+		for i, x := range tmp {
+			out[i] += x
+		}
+	}
+	for h := 0; h < group && h < maxGroup; h++ {
+		oh := out[h*hd : (h+1)*hd]
 		for i := range oh {
-			oh[i] *= f
+			oh[i] *= inv[h]
 		}
 	}
 }
 
+func layerOf[T any](x [][]T, l int) []T {
+	if x == nil {
+		return nil
+	}
+	return x[l]
+}
+
 // maxGroup bounds the query heads per KV head kept in a stack array; larger
-// groups recompute their sums.
+// groups normalise their scores in place instead.
 const maxGroup = 64
