@@ -100,6 +100,7 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 	}
 	// Small: a copy per token row, on the caller.
 	bs, hd := kc.blockSize, kc.headDim
+	wkvTmp := b.wkvTmp[:]
 	for i, slot := range sl {
 		blk, off := int(slot)/bs, int(slot)%bs
 		for g := range kc.kvHeads {
@@ -115,16 +116,18 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 					vdst[d*bs+off] = x
 				}
 			case ml.BF16, ml.F16:
-				conv := kernels.F32ToBF16
-				if kc.dt == ml.F16 {
-					conv = kernels.F32ToF16
-				}
-				conv(kc.ku[layer][ko:ko+hd], src)
-				var tmp [256]uint16 // a value column, converted in bulk when it fits
 				vdst := kc.vu[layer][base:]
-				for d0 := 0; d0 < hd; d0 += len(tmp) {
-					d1 := min(hd, d0+len(tmp))
-					conv(tmp[:d1-d0], vsrc[d0:d1])
+				for d0 := 0; d0 < hd; d0 += len(wkvTmp) {
+					d1 := min(hd, d0+len(wkvTmp))
+					// Direct calls (not a func value) keep tmp on the stack.
+					tmp := wkvTmp[:d1-d0]
+					if kc.dt == ml.BF16 {
+						kernels.F32ToBF16(kc.ku[layer][ko+d0:ko+d1], src[d0:d1])
+						kernels.F32ToBF16(tmp, vsrc[d0:d1])
+					} else {
+						kernels.F32ToF16(kc.ku[layer][ko+d0:ko+d1], src[d0:d1])
+						kernels.F32ToF16(tmp, vsrc[d0:d1])
+					}
 					for d := d0; d < d1; d++ {
 						vdst[d*bs+off] = tmp[d-d0]
 					}

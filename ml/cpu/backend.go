@@ -40,7 +40,8 @@ type Backend struct {
 	attn   attentionTask
 	rows   rowsTask
 	rope   ropeTask
-	seqMax []int32 // per-sequence max position, for Attention's checks
+	seqMax []int32     // per-sequence max position, for Attention's checks
+	wkvTmp [256]uint16 // WriteKV's value column, converted in bulk
 }
 
 var _ ml.Backend = (*Backend)(nil)

@@ -17,7 +17,7 @@ func TestDecodeDoesNotAllocate(t *testing.T) {
 	V := m.cfg.VocabSize
 	logits := make([]float32, 2*V)
 	b := &model.Batch{Tokens: []int32{1, 2}, Positions: []int32{0, 0},
-		Seqs: []model.SeqChunk{{Start: 0, Len: 1, BlockTable: []int32{3, 4}}, {Start: 1, Len: 1, BlockTable: []int32{7, 1}}},
+		Seqs:         []model.SeqChunk{{Start: 0, Len: 1, BlockTable: []int32{3, 4}}, {Start: 1, Len: 1, BlockTable: []int32{7, 1}}},
 		LogitIndices: []int32{0, 1}}
 	pos := int32(0)
 	step := func() {

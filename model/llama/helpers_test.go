@@ -145,4 +145,3 @@ func maxDiff32(a, b []float32) float64 {
 	}
 	return worst
 }
-
