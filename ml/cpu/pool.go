@@ -98,8 +98,11 @@ func (p *pool) run(t task, items int) {
 		}
 		return
 	}
-	if items > maxItems {
-		panic("cpu: too many items in one task") // callers size items far below
+	if items > maxItems { // a huge step: run it in windows (allocates, rare)
+		for lo := 0; lo < items; lo += maxItems {
+			p.run(offsetTask{t, lo}, min(maxItems, items-lo))
+		}
+		return
 	}
 	p.gen++
 	p.cur = t
@@ -137,6 +140,14 @@ func (p *pool) close() {
 	p.alive.Wait()
 }
 
+// offsetTask runs items [off, off+n) of t as items [0, n).
+type offsetTask struct {
+	t   task
+	off int
+}
+
+func (o offsetTask) item(w, i int) { o.t.item(w, o.off+i) }
+
 // funcTask adapts a closure for the few non-hot-path ops (weight loading).
 type funcTask func(item int)
 
@@ -145,8 +156,5 @@ func (f funcTask) item(_, i int) { f(i) }
 // parallelFor runs fn(i) for i in [0, items) over the pool (allocates; not
 // for the hot path).
 func (p *pool) parallelFor(items int, fn func(item int)) {
-	for lo := 0; lo < items; lo += maxItems {
-		hi := min(items, lo+maxItems)
-		p.run(funcTask(func(i int) { fn(lo + i) }), hi-lo)
-	}
+	p.run(funcTask(fn), items)
 }

@@ -24,6 +24,17 @@ func TestPoolRunsEveryWorker(t *testing.T) {
 	}
 }
 
+func TestPoolHugeTask(t *testing.T) {
+	p := newPool(2)
+	defer p.close()
+	var c countTask
+	n := maxItems + 10
+	p.run(&c, n)
+	if got, want := c.n.Load(), int64(n)*int64(n+1)/2; got != want {
+		t.Errorf("item sum %d, want %d", got, want)
+	}
+}
+
 // BenchmarkPoolRun is the fixed cost of one parallel op (waking the workers
 // and waiting for them).
 func BenchmarkPoolRun(b *testing.B) {
