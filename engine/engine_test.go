@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/llmserve/llmserve/model"
 	"github.com/llmserve/llmserve/sample"
@@ -932,7 +933,14 @@ func stress(t *testing.T, m model.Model, release func(), opts Options, vocab, n 
 		return s.KVBlocksFree == s.KVBlocksTotal && s.Running == 0 && s.Waiting == 0
 	})
 	stop()
-	waitFor(t, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= before })
+	deadline := time.Now().Add(20 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // nullModel returns constant logits at no cost: it measures the engine's

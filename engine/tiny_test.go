@@ -222,7 +222,10 @@ func TestTinyStress(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
 	}
-	ref, _, _ := tinyEngine(t, "qwen2-tiny", nil)
+	ref, _, g := tinyEngine(t, "qwen2-tiny", nil)
+	// One request first, so that the reference engine's goroutines are all
+	// up before stress counts goroutines.
+	collect(t, submit(t, ref, context.Background(), &Request{PromptIDs: g.PromptIDs, Params: greedyParams(1)}), 1)
 	m, _ := loadTiny(t, "qwen2-tiny")
 	opts := tinyOpts(m)
 	opts.MaxModelLen = 128
