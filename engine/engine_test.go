@@ -15,6 +15,7 @@ import (
 
 	"github.com/llmserve/llmserve/model"
 	"github.com/llmserve/llmserve/sample"
+	"github.com/llmserve/llmserve/tokenizer"
 )
 
 const fakeVocab = 64
@@ -1022,5 +1023,37 @@ func TestParallelSampling(t *testing.T) {
 	stop()
 	if runtime.GOMAXPROCS(0) > 1 && e.parallelSteps == 0 {
 		t.Error("sampling never ran in parallel")
+	}
+}
+
+// holdingDetok holds every piece back until Flush, like a stream that ends in
+// the middle of a multi-byte character.
+type holdingDetok struct{}
+
+type holdingStream struct{ held strings.Builder }
+
+func (holdingDetok) NewTextStream(prompt []int, skip bool) tokenizer.TextStream {
+	return &holdingStream{}
+}
+func (s *holdingStream) Add(id int) string { s.held.WriteString(tokText(id)); return "" }
+func (s *holdingStream) Flush() string     { t := s.held.String(); s.held.Reset(); return t }
+
+func TestHeldTextFlushedAtFinish(t *testing.T) {
+	pr := prompt(5, 11)
+	ref, _, _ := fakeRef(fakeVocab, pr, greedyParams(6), 0, nil, 256)
+	want := ""
+	for _, tk := range ref {
+		want += tokText(tk)
+	}
+	for _, stop := range [][]string{nil, {"no-such-stop-string"}} {
+		opts := fakeOpts()
+		opts.Detokenizer = holdingDetok{}
+		e, _ := startEngine(t, newFake(fakeVocab), opts)
+		p := greedyParams(6)
+		p.Stop = stop
+		r := collect(t, submit(t, e, context.Background(), &Request{PromptIDs: pr, Params: p}), 1)[0]
+		if r.text != want || r.finish != FinishLength {
+			t.Errorf("stop %v: text %q finish %q, want %q length", stop, r.text, r.finish, want)
+		}
 	}
 }

@@ -242,6 +242,8 @@ type fakeStream struct{}
 
 func (*fakeStream) Add(id int) string { return tokText(id) }
 
+func (*fakeStream) Flush() string { return "" }
+
 // seqResult is one sequence's collected stream.
 type seqResult struct {
 	tokens   []int

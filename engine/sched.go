@@ -335,10 +335,17 @@ func (e *Local) emit(s *sequence, now time.Time) {
 			if !stopTok {
 				text = s.detok.Add(tok)
 			}
+			if finish != "" {
+				// Bytes of an unfinished character held back so far.
+				text += s.detok.Flush()
+			}
 		default:
 			from := s.text.Len()
 			if !stopTok {
 				s.text.WriteString(s.detok.Add(tok))
+			}
+			if finish != "" {
+				s.text.WriteString(s.detok.Flush())
 			}
 			full := s.text.String()
 			end := len(full)
