@@ -83,8 +83,17 @@ type Local struct {
 	logits     []float32
 	rawCopy    []float32
 	toSample   []*sequence
-	work       chan sampleTask
-	workWG     sync.WaitGroup
+	// Greedy rows reduced on the device (model.DeviceArgmaxer): argmaxer is
+	// nil when the model cannot; greedy[r] flags this step's logit row r,
+	// greedyTok[r] receives its token, and toDraw are the sequences still
+	// sampled on the host.
+	argmaxer  model.DeviceArgmaxer
+	greedy    []bool
+	greedyTok []int32
+	anyGreedy bool
+	toDraw    []*sequence
+	work      chan sampleTask
+	workWG    sync.WaitGroup
 	// parallelSteps counts steps whose sampling was spread over workers.
 	parallelSteps int
 	counters      Stats
@@ -142,6 +151,9 @@ func New(m model.Model, opts Options) (*Local, error) {
 		samplers: []*sampler{{smp: sample.NewSampler(cfg.VocabSize)}},
 		wake:     make(chan struct{}, 1),
 		seedRNG:  rand.New(rand.NewPCG(uint64(opts.Seed), 0x5eed)),
+	}
+	if da, ok := m.(model.DeviceArgmaxer); ok && da.ArgmaxOnDevice() {
+		e.argmaxer = da
 	}
 	e.stats = Stats{KVBlocksTotal: opts.NumBlocks, KVBlocksFree: opts.NumBlocks, BlockSize: opts.BlockSize}
 	e.log.Info("KV cache",
@@ -310,7 +322,12 @@ func (e *Local) Run(ctx context.Context) error {
 		}
 		e.buildBatch()
 		e.publishStats()
-		err := e.m.Forward(ctx, &e.batch, e.logits)
+		var err error
+		if e.anyGreedy {
+			err = e.argmaxer.ForwardArgmax(ctx, &e.batch, e.greedy, e.greedyTok, e.logits)
+		} else {
+			err = e.m.Forward(ctx, &e.batch, e.logits)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

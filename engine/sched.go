@@ -137,6 +137,7 @@ func (e *Local) preempt(v *sequence) int {
 func (e *Local) buildBatch() {
 	b := &e.batch
 	b.Tokens, b.Positions, b.Seqs, b.LogitIndices = b.Tokens[:0], b.Positions[:0], b.Seqs[:0], b.LogitIndices[:0]
+	e.greedy, e.anyGreedy = e.greedy[:0], false
 	rows := 0
 	for _, s := range e.scheduled {
 		start := len(b.Tokens)
@@ -150,13 +151,34 @@ func (e *Local) buildBatch() {
 			b.LogitIndices = append(b.LogitIndices, int32(len(b.Tokens)-1))
 			s.logitRow = rows
 			rows++
+			g := e.argmaxer != nil && e.deviceGreedy(s)
+			e.greedy = append(e.greedy, g)
+			e.anyGreedy = e.anyGreedy || g
 		}
 	}
+	e.greedyTok = slices.Grow(e.greedyTok[:0], rows)[:rows]
 	need := rows * e.vocab
 	if cap(e.logits) < need {
 		e.logits = make([]float32, need)
 	}
 	e.logits = e.logits[:need]
+}
+
+// deviceGreedy reports whether s's next token is plainly the argmax of its
+// logits, so the device can pick it: greedy with none of the logits
+// processing sample.Sampler.Sample would apply (penalties, logit_bias,
+// min_tokens masking of stop tokens), no logprobs to return, and no
+// children to fork from the same row.
+func (e *Local) deviceGreedy(s *sequence) bool {
+	p := &s.req.params
+	if !p.Greedy() || p.Logprobs >= 0 || s.pendingChildren > 0 || len(p.LogitBias) != 0 ||
+		p.PresencePenalty != 0 || p.FrequencyPenalty != 0 || p.RepetitionPenalty != 1 {
+		return false
+	}
+	// Below min_tokens the sampler masks stop token ids and (unless
+	// ignore_eos) EOS.
+	return s.numOutput() >= p.MinTokens ||
+		len(p.StopTokenIDs) == 0 && (p.IgnoreEOS || len(e.opts.EOSTokenIDs) == 0)
 }
 
 // afterStep commits the computed KV, samples the next token of every
@@ -169,8 +191,14 @@ func (e *Local) afterStep() {
 		s.numComputed += s.newToks
 		s.newToks = 0
 		e.kv.Commit(&s.table, s.tokens, s.numComputed)
-		if s.logitRow >= 0 {
-			e.toSample = append(e.toSample, s)
+		if s.logitRow < 0 {
+			continue
+		}
+		e.toSample = append(e.toSample, s)
+		if e.anyGreedy && e.greedy[s.logitRow] {
+			s.next, s.nextLogprobs = int(e.greedyTok[s.logitRow]), nil
+		} else {
+			e.toDraw = append(e.toDraw, s)
 		}
 	}
 	e.sampleAll()
@@ -181,6 +209,8 @@ func (e *Local) afterStep() {
 		e.emit(s, now)
 	}
 	clear(e.toSample)
+	clear(e.toDraw)
+	e.toDraw = e.toDraw[:0]
 	clear(e.scheduled)
 	e.scheduled = e.scheduled[:0]
 	e.compactRunning()
@@ -238,7 +268,7 @@ func (w *sampler) sample(s *sequence, row []float32) {
 	}
 }
 
-// sampleTask is a share of e.toSample for sampler w.
+// sampleTask is a share of e.toDraw for sampler w.
 type sampleTask struct{ lo, hi, w int }
 
 // parallelSampleWork is the vocabulary entries a step must sample before
@@ -260,7 +290,7 @@ func (e *Local) startSamplers() {
 		go func(work <-chan sampleTask) {
 			for t := range work {
 				w := e.samplers[t.w]
-				for _, s := range e.toSample[t.lo:t.hi] {
+				for _, s := range e.toDraw[t.lo:t.hi] {
 					w.sample(s, e.row(s))
 				}
 				e.workWG.Done()
@@ -269,9 +299,9 @@ func (e *Local) startSamplers() {
 	}
 }
 
-// sampleAll samples every sequence in e.toSample.
+// sampleAll samples every sequence in e.toDraw.
 func (e *Local) sampleAll() {
-	n := len(e.toSample)
+	n := len(e.toDraw)
 	if n == 0 {
 		return
 	}
@@ -291,7 +321,7 @@ func (e *Local) sampleAll() {
 		e.workWG.Add(1)
 		e.work <- sampleTask{lo, hi, w}
 	}
-	for _, s := range e.toSample[:per] {
+	for _, s := range e.toDraw[:per] {
 		e.samplers[0].sample(s, e.row(s))
 	}
 	e.workWG.Wait()

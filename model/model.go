@@ -46,3 +46,22 @@ type Model interface {
 	Forward(ctx context.Context, b *Batch, logits []float32) error
 	Close() error
 }
+
+// DeviceArgmaxer is an optional Model capability: greedy rows are reduced to
+// their argmax where the logits are computed (on a GPU), so a greedy
+// sequence costs 4 bytes of device-to-host copy and no O(vocab) host work
+// instead of a whole logits row.
+type DeviceArgmaxer interface {
+	Model
+	// ArgmaxOnDevice reports whether ForwardArgmax really reduces on the
+	// device; when false it costs Forward plus a host argmax, and callers
+	// may as well call Forward.
+	ArgmaxOnDevice() bool
+	// ForwardArgmax is Forward where, for every logit row i (of
+	// len(b.LogitIndices)) with greedy[i], tokens[i] receives the index of
+	// the row's largest logit (the lowest index on ties) and logits'
+	// row i is left unspecified; the other rows get their logits as from
+	// Forward. logits keeps Forward's length (len(b.LogitIndices)*VocabSize),
+	// and greedy and tokens have len(b.LogitIndices).
+	ForwardArgmax(ctx context.Context, b *Batch, greedy []bool, tokens []int32, logits []float32) error
+}

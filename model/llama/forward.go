@@ -3,6 +3,7 @@ package llama
 import (
 	"context"
 	"fmt"
+	"math"
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
@@ -17,7 +18,7 @@ type scratch struct {
 	h, xn, q, k, v, attn, down, gu, act ml.Tensor // [capT, ...]
 	tokens, pos, tokSeq, slots          ml.Tensor // I32 [capT, 1]
 	bt                                  ml.Tensor // I32 [capS, capB]
-	logitIdx                            ml.Tensor // I32 [capL, 1]
+	logitIdx, argmax                    ml.Tensor // I32 [capL, 1]
 	selH, selD, selX                    ml.Tensor // [capL, H]
 	logits                              ml.Tensor // [capL, V]
 
@@ -29,7 +30,7 @@ type scratch struct {
 
 func (s *scratch) free(be ml.Backend) {
 	for _, t := range []ml.Tensor{s.h, s.xn, s.q, s.k, s.v, s.attn, s.down, s.gu, s.act,
-		s.tokens, s.pos, s.tokSeq, s.slots, s.bt, s.logitIdx, s.selH, s.selD, s.selX, s.logits} {
+		s.tokens, s.pos, s.tokSeq, s.slots, s.bt, s.logitIdx, s.argmax, s.selH, s.selD, s.selX, s.logits} {
 		if t != nil {
 			be.Free(t)
 		}
@@ -96,6 +97,7 @@ func (m *Model) ensure(T, S, B, L int) error {
 	if L > s.capL {
 		c := grow(L, s.capL)
 		replace(&s.logitIdx, alloc(ml.I32, c, 1))
+		replace(&s.argmax, alloc(ml.I32, c, 1))
 		replace(&s.selH, alloc(ml.F32, c, m.H))
 		replace(&s.selD, alloc(ml.F32, c, m.H))
 		replace(&s.selX, alloc(ml.F32, c, m.H))
@@ -159,6 +161,35 @@ func (m *Model) validate(b *model.Batch, logits []float32) (int, error) {
 
 // Forward runs one step; see model.Model.
 func (m *Model) Forward(ctx context.Context, b *model.Batch, logits []float32) error {
+	return m.forward(ctx, b, nil, nil, logits)
+}
+
+// deviceArgmax is the optional backend capability ForwardArgmax uses (ml/cuda).
+type deviceArgmax interface {
+	ArgMax(dst, logits ml.Tensor) error
+	DownloadI32(dst []int32, t ml.Tensor) error
+}
+
+// ArgmaxOnDevice reports whether the backend reduces greedy rows itself;
+// see model.DeviceArgmaxer.
+func (m *Model) ArgmaxOnDevice() bool {
+	_, ok := m.be.(deviceArgmax)
+	return ok
+}
+
+// ForwardArgmax runs one step and returns greedy rows as token ids; see
+// model.DeviceArgmaxer. On a backend without ArgMax it is Forward plus a
+// host argmax.
+func (m *Model) ForwardArgmax(ctx context.Context, b *model.Batch, greedy []bool, tokens []int32, logits []float32) error {
+	if len(greedy) != len(b.LogitIndices) || len(tokens) != len(b.LogitIndices) {
+		return fmt.Errorf("%w: %d greedy flags and %d token slots for %d logit rows",
+			model.ErrBadBatch, len(greedy), len(tokens), len(b.LogitIndices))
+	}
+	return m.forward(ctx, b, greedy, tokens, logits)
+}
+
+// forward is Forward and ForwardArgmax (greedy nil: every row's logits).
+func (m *Model) forward(ctx context.Context, b *model.Batch, greedy []bool, tokens []int32, logits []float32) error {
 	if m.be == nil {
 		return errClosed
 	}
@@ -197,6 +228,9 @@ func (m *Model) Forward(ctx context.Context, b *model.Batch, logits []float32) e
 		be.UploadI32(vw.tokens, b.Tokens), be.UploadI32(vw.pos, b.Positions),
 		be.UploadI32(vw.tokSeq, s.hTokSeq[:T]), be.UploadI32(vw.slots, s.hSlots[:T]),
 		be.UploadI32(vw.bt, s.hBT[:S*s.capB]),
+		// Uploaded with the rest, not before the lm_head, so that the
+		// whole step is recorded (and graph-replayed) as one piece.
+		be.UploadI32(vw.logitIdx, b.LogitIndices),
 	} {
 		if e != nil {
 			return e
@@ -235,9 +269,6 @@ func (m *Model) Forward(ctx context.Context, b *model.Batch, logits []float32) e
 		return be.Sync()
 	}
 	// Final norm and lm_head on the requested rows only.
-	if err := be.UploadI32(vw.logitIdx, b.LogitIndices); err != nil {
-		return err
-	}
 	if err := be.GatherRows(vw.selH, h, vw.logitIdx); err != nil {
 		return err
 	}
@@ -250,7 +281,64 @@ func (m *Model) Forward(ctx context.Context, b *model.Batch, logits []float32) e
 	if err := be.MatMul(vw.logits, vw.selX, m.lmHead, nil); err != nil {
 		return err
 	}
-	return be.Download(logits, vw.logits)
+	return m.fetchLogits(vw, greedy, tokens, logits)
+}
+
+// fetchLogits copies the step's logits to the host: all of them, or with
+// greedy flags, the argmax of greedy rows (4 bytes each, reduced on the
+// device when it can) and the logits of the other rows only.
+func (m *Model) fetchLogits(vw *stepViews, greedy []bool, tokens []int32, logits []float32) error {
+	be, V, L := m.be, m.V, vw.L
+	am, onDevice := be.(deviceArgmax)
+	anyGreedy := false
+	for _, g := range greedy {
+		anyGreedy = anyGreedy || g
+	}
+	if !anyGreedy || !onDevice {
+		if err := be.Download(logits, vw.logits); err != nil {
+			return err
+		}
+		for i, g := range greedy {
+			if g {
+				tokens[i] = int32(hostArgmax(logits[i*V : (i+1)*V]))
+			}
+		}
+		return nil
+	}
+	if err := am.ArgMax(vw.argmax, vw.logits); err != nil {
+		return err
+	}
+	if err := am.DownloadI32(tokens, vw.argmax); err != nil {
+		return err
+	}
+	// Runs of consecutive non-greedy rows, one copy each.
+	for i := 0; i < L; {
+		if greedy[i] {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < L && !greedy[j] {
+			j++
+		}
+		if err := be.Download(logits[i*V:j*V], be.View(vw.logits, i, j-i)); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// hostArgmax is the index of x's largest value, the lowest on ties (NaNs never
+// win), as the backends' ArgMax and the sampler pick it.
+func hostArgmax(x []float32) int {
+	best, bi := float32(math.Inf(-1)), 0
+	for i, v := range x {
+		if v > best {
+			best, bi = v, i
+		}
+	}
+	return bi
 }
 
 // stepViews are the scratch tensors cut to one step's sizes; they are
@@ -260,7 +348,8 @@ type stepViews struct {
 	T, S, L                             int
 	h, xn, q, k, v, attn, down, gu, act ml.Tensor
 	tokens, pos, tokSeq, slots, bt      ml.Tensor
-	logitIdx, selH, selD, selX, logits  ml.Tensor
+	logitIdx, argmax, selH, selD, selX  ml.Tensor
+	logits                              ml.Tensor
 }
 
 func (m *Model) views(T, S, L int) *stepViews {
@@ -273,7 +362,7 @@ func (m *Model) views(T, S, L int) *stepViews {
 		h: r(s.h, T), xn: r(s.xn, T), q: r(s.q, T), k: r(s.k, T), v: r(s.v, T), attn: r(s.attn, T),
 		down: r(s.down, T), gu: r(s.gu, T), act: r(s.act, T),
 		tokens: r(s.tokens, T), pos: r(s.pos, T), tokSeq: r(s.tokSeq, T), slots: r(s.slots, T),
-		bt: r(s.bt, S), logitIdx: r(s.logitIdx, L), selH: r(s.selH, L), selD: r(s.selD, L),
+		bt: r(s.bt, S), logitIdx: r(s.logitIdx, L), argmax: r(s.argmax, L), selH: r(s.selH, L), selD: r(s.selD, L),
 		selX: r(s.selX, L), logits: r(s.logits, L)}
 	return vw
 }

@@ -50,7 +50,7 @@ type Model struct {
 	s scratch
 }
 
-var _ model.Model = (*Model)(nil)
+var _ model.DeviceArgmaxer = (*Model)(nil)
 
 // New builds the model from w (registered for both architectures).
 func New(cfg *model.Config, w *model.Weights) (_ model.Model, err error) {
