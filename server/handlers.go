@@ -140,12 +140,39 @@ type HealthResponse struct {
 	Waiting       int     `json:"waiting"`
 	Admitted      int     `json:"admitted"`
 	KVCacheUsage  float64 `json:"kv_cache_usage"`
+	// The memory picture of the reference's VRAM table, once loaded.
+	Backend               string  `json:"backend,omitempty"`
+	DType                 string  `json:"dtype,omitempty"`
+	WeightsBytes          int64   `json:"weights_bytes,omitempty"`
+	KVCacheBytes          int64   `json:"kv_cache_bytes,omitempty"`
+	KVCacheCapacityTokens int     `json:"kv_cache_capacity_tokens,omitempty"`
+	KVBlocksTotal         int     `json:"kv_cache_blocks_total,omitempty"`
+	KVBlocksFree          int     `json:"kv_cache_blocks_free,omitempty"`
+	BlockSize             int     `json:"block_size,omitempty"`
+	MaxModelLen           int     `json:"max_model_len,omitempty"`
+	MaxConcurrency        float64 `json:"max_concurrency,omitempty"` // KV capacity / max_model_len
+}
+
+// ModelInfo describes the loaded model for /health.
+type ModelInfo struct {
+	Backend      string
+	DType        string
+	WeightsBytes int64
+	KVCacheBytes int64
 }
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	st := s.stats()
 	h := HealthResponse{Status: "ok", Model: s.opts.ModelNames[0], UptimeSeconds: time.Since(s.start).Seconds(),
-		Running: st.Running, Waiting: st.Waiting, Admitted: s.Admitted(), KVCacheUsage: st.KVUsage}
+		Running: st.Running, Waiting: st.Waiting, Admitted: s.Admitted(), KVCacheUsage: st.KVUsage,
+		KVBlocksTotal: st.KVBlocksTotal, KVBlocksFree: st.KVBlocksFree, BlockSize: st.BlockSize,
+		KVCacheCapacityTokens: st.KVBlocksTotal * st.BlockSize, MaxModelLen: s.opts.MaxModelLen}
+	if h.MaxModelLen > 0 {
+		h.MaxConcurrency = float64(h.KVCacheCapacityTokens) / float64(h.MaxModelLen)
+	}
+	if mi := s.modelInfo.Load(); mi != nil {
+		h.Backend, h.DType, h.WeightsBytes, h.KVCacheBytes = mi.Backend, mi.DType, mi.WeightsBytes, mi.KVCacheBytes
+	}
 	code := http.StatusOK
 	switch {
 	case s.draining.Load():

@@ -85,14 +85,16 @@ type Options struct {
 
 // Server serves the HTTP API. Create it with New.
 type Server struct {
-	opts    Options
-	log     *slog.Logger
-	eng     atomic.Pointer[engineBox]
-	tok     Tokenizer
-	metrics *metrics.Metrics
-	prom    http.Handler
-	keyHash [32]byte
-	start   time.Time
+	opts Options
+	log  *slog.Logger
+	eng  atomic.Pointer[engineBox]
+	// modelInfo is set once the model is loaded.
+	modelInfo atomic.Pointer[ModelInfo]
+	tok       Tokenizer
+	metrics   *metrics.Metrics
+	prom      http.Handler
+	keyHash   [32]byte
+	start     time.Time
 
 	draining atomic.Bool
 	admitted atomic.Int64
@@ -158,6 +160,9 @@ func New(opts Options) (*Server, error) {
 
 // SetEngine makes the server ready with e (for servers created while loading).
 func (s *Server) SetEngine(e engine.Engine) { s.eng.Store(&engineBox{e}) }
+
+// SetModelInfo publishes the loaded model's memory figures on /health.
+func (s *Server) SetModelInfo(mi ModelInfo) { s.modelInfo.Store(&mi) }
 
 func (s *Server) engine() engine.Engine {
 	if b := s.eng.Load(); b != nil {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/llmserve/llmserve/server"
 	"io"
 	"log/slog"
 	"net/http"
@@ -292,5 +293,26 @@ func TestLiveDrainFinishesStream(t *testing.T) {
 	l.done <- nil // for Cleanup
 	if !strings.Contains(l.logs.String(), "in_flight=1") {
 		t.Logf("note: the stream had already finished when the drain began:\n%s", l.logs)
+	}
+}
+
+// /health carries the reference's memory table: weights, KV capacity and the
+// concurrency it allows at max_model_len.
+func TestLiveHealthMemory(t *testing.T) {
+	l := startLive(t)
+	resp, err := http.Get(l.url + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h server.HealthResponse
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	// qwen2-tiny: 2 layers × 2 KV heads × head_dim 16 × (K+V) × 4 bytes (f32) = 512 bytes a token.
+	if h.Backend != "cpu" || h.WeightsBytes <= 0 || h.BlockSize != 16 || h.KVBlocksTotal <= 0 ||
+		h.KVCacheCapacityTokens != h.KVBlocksTotal*16 || h.KVCacheBytes != int64(h.KVCacheCapacityTokens)*512 ||
+		h.MaxConcurrency != float64(h.KVCacheCapacityTokens)/float64(h.MaxModelLen) {
+		t.Fatalf("health %+v", h)
 	}
 }

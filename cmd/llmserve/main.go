@@ -184,11 +184,13 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	}
 	engDone := make(chan error, 1)
 	go func() { engDone <- eng.Run(engCtx) }()
-	srv.SetEngine(eng)
 	dtype := cfg.DType
 	if dtype == "auto" {
 		dtype = mcfg.TorchDType + mcfg.DType
 	}
+	srv.SetModelInfo(server.ModelInfo{Backend: be.Name(), DType: dtype, WeightsBytes: m.WeightBytes(),
+		KVCacheBytes: int64(eng.KVCapacityTokens()) * m.KVBytesPerToken()})
+	srv.SetEngine(eng)
 	log.Info("ready",
 		"model", cfg.Model, "served_model_name", names, "backend", be.Name(), "dtype", dtype, "quantization", cfg.Quantization,
 		"weight_memory", humanBytes(m.WeightBytes()), "kv_cache_memory", humanBytes(int64(eng.KVCapacityTokens())*m.KVBytesPerToken()),
