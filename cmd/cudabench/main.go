@@ -49,7 +49,8 @@ func main() {
 		conc       = flag.String("concurrency", "1,2,4,8,16,32,64,128,256", "comma-separated concurrency levels")
 		promptLen  = flag.Int("prompt-tokens", 12, "prompt length")
 		outLen     = flag.Int("output-tokens", 100, "output tokens per request (ignore_eos)")
-		rounds     = flag.Int("rounds", 3, "requests per client per level")
+		rounds     = flag.Int("rounds", 0, "requests per client per level (0: max(2, 16/c), as the HTTP sweep's max(2c, 16) requests)")
+		skinny     = flag.Int("skinny-max-t", 0, "cuda.Options.SkinnyMaxT (0: the backend's default; -1: cuBLAS always)")
 		numBlocks  = flag.Int("num-blocks", 4096, "KV blocks of 16 tokens")
 		maxLen     = flag.Int("max-model-len", 4096, "max model length")
 		noGraphs   = flag.Bool("no-graphs", false, "disable CUDA graphs")
@@ -57,18 +58,18 @@ func main() {
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if err := run(log, *modelName, *loadFormat, *dtype, *device, *conc, *promptLen, *outLen, *rounds, *numBlocks, *maxLen, *noGraphs, *out); err != nil {
+	if err := run(log, *modelName, *loadFormat, *dtype, *device, *conc, *promptLen, *outLen, *rounds, *numBlocks, *maxLen, *noGraphs, *skinny, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "cudabench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, modelName, loadFormat, dtype, device, conc string, promptLen, outLen, rounds, numBlocks, maxLen int, noGraphs bool, out string) error {
+func run(log *slog.Logger, modelName, loadFormat, dtype, device, conc string, promptLen, outLen, rounds, numBlocks, maxLen int, noGraphs bool, skinny int, out string) error {
 	var be ml.Backend
 	devName := "cpu"
 	switch device {
 	case "cuda":
-		b, err := cuda.NewBackend(cuda.Options{Logger: log, DisableGraphs: noGraphs})
+		b, err := cuda.NewBackend(cuda.Options{Logger: log, DisableGraphs: noGraphs, SkinnyMaxT: skinny})
 		if err != nil {
 			return err
 		}
@@ -105,12 +106,19 @@ func run(log *slog.Logger, modelName, loadFormat, dtype, device, conc string, pr
 		levels = append(levels, c)
 	}
 	var results []result
-	// Warm-up: compile graphs for the common shapes outside the measurement.
-	if _, err := level(ctx, e, 8, 1, promptLen, 8, vocab); err != nil {
-		return err
+	// Warm-up: one short round at every level first, so that lazily
+	// loaded kernels and graph captures are not measured.
+	for _, c := range levels {
+		if _, err := level(ctx, e, c, 1, promptLen, 8, vocab); err != nil {
+			return err
+		}
 	}
 	for _, c := range levels {
-		r, err := level(ctx, e, c, rounds, promptLen, outLen, vocab)
+		n := rounds
+		if n <= 0 {
+			n = max(2, (16+c-1)/c)
+		}
+		r, err := level(ctx, e, c, n, promptLen, outLen, vocab)
 		if err != nil {
 			return err
 		}

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/ml/cuda"
+	"github.com/llmserve/llmserve/model"
 )
 
 // newBackend opens the compute backend for --device: cpu, cuda, or auto
@@ -31,4 +35,116 @@ func newBackend(device string) (ml.Backend, error) {
 		return cpu.New(cpu.Options{Logger: slog.Default()}), nil
 	}
 	return nil, fmt.Errorf("--device %q: want auto, cpu or cuda", device)
+}
+
+// memInfo is implemented by backends that know their device memory (CUDA).
+type memInfo interface {
+	MemInfo() (free, total int64, err error)
+}
+
+// kvBlocks sizes the KV cache: --kv-cache-memory, else on a GPU what
+// --gpu-memory-utilization leaves after the weights (less a margin for
+// activations), else 1 GiB.
+func kvBlocks(cfg *config, be ml.Backend, m model.Model) (int, error) {
+	log := slog.Default()
+	mem := cfg.KVCacheMemory
+	if mem == 0 {
+		mem = defaultCPUKVMemory
+		if mi, ok := be.(memInfo); ok {
+			free, total, err := mi.MemInfo()
+			if err != nil {
+				return 0, fmt.Errorf("reading device memory: %w", err)
+			}
+			const activations = 1 << 30
+			mem = int64(float64(total)*cfg.GPUMemoryUtilization) - (total - free) - activations
+			if mem <= 0 {
+				return 0, fmt.Errorf("no device memory left for the KV cache (total %s, free %s, --gpu-memory-utilization %v): raise it or use --kv-cache-memory",
+					humanBytes(total), humanBytes(free), cfg.GPUMemoryUtilization)
+			}
+			// The reference's start-up VRAM table.
+			per := m.KVBytesPerToken()
+			log.Info("device memory",
+				"total", humanBytes(total), "free_after_weights", humanBytes(free), "gpu_memory_utilization", cfg.GPUMemoryUtilization,
+				"weights", humanBytes(m.WeightBytes()), "activation_reserve", humanBytes(activations),
+				"kv_cache", humanBytes(mem), "kv_bytes_per_token", per, "kv_capacity_tokens", mem/max(per, 1))
+		}
+	}
+	per := m.KVBytesPerToken() * int64(cfg.BlockSize)
+	if per <= 0 {
+		return 0, errors.New("model reports no KV memory per token")
+	}
+	n := mem / per
+	if n < 1 {
+		return 0, fmt.Errorf("--kv-cache-memory %s holds no block of %d tokens (%s each)", humanBytes(mem), cfg.BlockSize, humanBytes(per))
+	}
+	return int(n), nil
+}
+
+// warmUp runs throwaway steps on a GPU before serving, so that the first
+// requests do not pay one-time costs: cuBLAS loads each GEMM kernel lazily on
+// first use (milliseconds each), and so do the attention and sampling
+// kernels. It covers decode batches of 1 to maxSeqs sequences and prefill
+// chunks up to maxBatched tokens. The keys and values it writes land in KV
+// blocks that hold nothing yet. Failures are logged, not fatal.
+func warmUp(ctx context.Context, be ml.Backend, m model.Model, numBlocks, blockSize, maxSeqs, maxBatched int, log *slog.Logger) {
+	if be.Name() != "cuda" || numBlocks < 1 {
+		return
+	}
+	t0 := time.Now()
+	da, _ := m.(model.DeviceArgmaxer)
+	V := m.Config().VocabSize
+	step := func(b *model.Batch) error {
+		rows := len(b.LogitIndices)
+		logits := make([]float32, rows*V)
+		if da != nil && da.ArgmaxOnDevice() {
+			greedy := make([]bool, rows)
+			for i := range greedy {
+				greedy[i] = true
+			}
+			return da.ForwardArgmax(ctx, b, greedy, make([]int32, rows), logits)
+		}
+		return m.Forward(ctx, b, logits)
+	}
+	var sizes []int
+	for t := 1; t < maxSeqs; t *= 2 {
+		sizes = append(sizes, t)
+	}
+	sizes = append(sizes, maxSeqs)
+	steps := 0
+	var err error
+	for _, T := range sizes {
+		b := &model.Batch{}
+		for i := range T {
+			b.Tokens = append(b.Tokens, int32(i%V))
+			b.Positions = append(b.Positions, int32(i%blockSize))
+			b.Seqs = append(b.Seqs, model.SeqChunk{Start: i, Len: 1, BlockTable: []int32{int32(i % numBlocks)}})
+			b.LogitIndices = append(b.LogitIndices, int32(i))
+		}
+		if err = step(b); err != nil {
+			break
+		}
+		steps++
+	}
+	for _, n := range []int{16, 64, 256, 1024, maxBatched} {
+		n = min(n, maxBatched, numBlocks*blockSize)
+		if err != nil || n < 1 {
+			break
+		}
+		table := make([]int32, (n+blockSize-1)/blockSize)
+		for i := range table {
+			table[i] = int32(i)
+		}
+		b := &model.Batch{Seqs: []model.SeqChunk{{Start: 0, Len: n, BlockTable: table}}, LogitIndices: []int32{int32(n - 1)}}
+		for i := range n {
+			b.Tokens = append(b.Tokens, int32(i%V))
+			b.Positions = append(b.Positions, int32(i))
+		}
+		err = step(b)
+		steps++
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("warm-up step failed", "err", err)
+		return
+	}
+	log.Info("warmed up", "steps", steps, "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds()))
 }

@@ -173,8 +173,11 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		if tok != nil {
 			eopts.Detokenizer = tok
 		}
-		eng, err = engine.New(m, eopts)
-		return err
+		if eng, err = engine.New(m, eopts); err != nil {
+			return err
+		}
+		warmUp(engCtx, be, m, numBlocks, cfg.BlockSize, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, log)
+		return nil
 	}()
 	if loadErr != nil {
 		_ = httpSrv.Close()
@@ -265,42 +268,6 @@ func resolveModel(ctx context.Context, cfg *config, log *slog.Logger) (string, *
 		return "", nil, err
 	}
 	return dir, mc, nil
-}
-
-// memInfo is implemented by backends that know their device memory (CUDA).
-type memInfo interface {
-	MemInfo() (free, total int64, err error)
-}
-
-// kvBlocks sizes the KV cache: --kv-cache-memory, else on a GPU what
-// --gpu-memory-utilization leaves after the weights (less a margin for
-// activations), else 1 GiB.
-func kvBlocks(cfg *config, be ml.Backend, m model.Model) (int, error) {
-	mem := cfg.KVCacheMemory
-	if mem == 0 {
-		mem = defaultCPUKVMemory
-		if mi, ok := be.(memInfo); ok {
-			free, total, err := mi.MemInfo()
-			if err != nil {
-				return 0, fmt.Errorf("reading device memory: %w", err)
-			}
-			const activations = 1 << 30
-			mem = int64(float64(total)*cfg.GPUMemoryUtilization) - (total - free) - activations
-			if mem <= 0 {
-				return 0, fmt.Errorf("no device memory left for the KV cache (total %s, free %s, --gpu-memory-utilization %v): raise it or use --kv-cache-memory",
-					humanBytes(total), humanBytes(free), cfg.GPUMemoryUtilization)
-			}
-		}
-	}
-	per := m.KVBytesPerToken() * int64(cfg.BlockSize)
-	if per <= 0 {
-		return 0, errors.New("model reports no KV memory per token")
-	}
-	n := mem / per
-	if n < 1 {
-		return 0, fmt.Errorf("--kv-cache-memory %s holds no block of %d tokens (%s each)", humanBytes(mem), cfg.BlockSize, humanBytes(per))
-	}
-	return int(n), nil
 }
 
 // eosIDs gathers end-of-sequence ids from generation_config.json,

@@ -297,6 +297,79 @@ func TestModelGreedyMatchesCPU(t *testing.T) {
 	t.Logf("40 greedy tokens equal: %v", gotT)
 }
 
+// TestModelForwardArgmax: model.DeviceArgmaxer on the GPU. A prefill with
+// mixed greedy flags gives greedy rows Forward's argmax and other rows
+// Forward's logits; then free-running greedy decoding through ForwardArgmax
+// (only token ids downloaded) gives the CPU backend's tokens.
+func TestModelForwardArgmax(t *testing.T) {
+	td := testdata(t)
+	dir := filepath.Join(td, "models", "qwen2-tiny")
+	g := readGolden(t, dir)
+	gb := gpu(t, cuda.Options{GraphMinOps: 8})
+	ref := loadOn(t, gb, dir, model.LoadOptions{})
+	m, ok := loadOn(t, gb, dir, model.LoadOptions{}).(model.DeviceArgmaxer)
+	if !ok || !m.ArgmaxOnDevice() {
+		t.Fatal("the model on the CUDA backend does not reduce greedy rows on the device")
+	}
+	V := m.Config().VocabSize
+	want := (&seqRun{m: ref, blocks: scattered}).step(t, g.PromptIDs)
+	P := len(g.PromptIDs)
+	b := &model.Batch{Tokens: g.PromptIDs, Seqs: []model.SeqChunk{{Start: 0, Len: P, BlockTable: scattered}}}
+	greedy := make([]bool, P)
+	for i := range P {
+		b.Positions = append(b.Positions, int32(i))
+		b.LogitIndices = append(b.LogitIndices, int32(i))
+		greedy[i] = i%3 != 1 // runs of both kinds
+	}
+	ids := make([]int32, P)
+	out := make([]float32, P*V)
+	if err := m.ForwardArgmax(t.Context(), b, greedy, ids, out); err != nil {
+		t.Fatal(err)
+	}
+	for i := range P {
+		if greedy[i] {
+			if w := argmax(want[i]); ids[i] != w {
+				t.Errorf("row %d: device argmax %d, Forward's %d", i, ids[i], w)
+			}
+			continue
+		}
+		if d := maxDiff(out[i*V:(i+1)*V], f64(want[i])); d > 1e-5 {
+			t.Errorf("row %d: logits differ from Forward's by %.3g", i, d)
+		}
+	}
+	// Free-running greedy decode through ForwardArgmax vs the CPU.
+	cb := cpu.New(cpu.Options{})
+	t.Cleanup(func() { cb.Close() })
+	cs := &seqRun{m: loadOn(t, cb, dir, model.LoadOptions{}), blocks: scattered}
+	last := cs.step(t, g.PromptIDs)[P-1]
+	tok := ids[P-1]
+	if !greedy[P-1] {
+		tok = argmax(out[(P-1)*V:])
+	}
+	one := make([]float32, V)
+	for step := 0; step < 40; step++ {
+		if w := argmax(last); tok != w {
+			t.Fatalf("step %d: GPU token %d, CPU token %d", step, tok, w)
+		}
+		last = cs.step(t, []int32{tok})[0]
+		b := &model.Batch{Tokens: []int32{tok}, Positions: []int32{int32(P + step)}, LogitIndices: []int32{0},
+			Seqs: []model.SeqChunk{{Start: 0, Len: 1, BlockTable: scattered}}}
+		id := []int32{-1}
+		if err := m.ForwardArgmax(t.Context(), b, []bool{true}, id, one); err != nil {
+			t.Fatal(err)
+		}
+		tok = id[0]
+	}
+}
+
+func f64(x []float32) []float64 {
+	y := make([]float64, len(x))
+	for i, v := range x {
+		y[i] = float64(v)
+	}
+	return y
+}
+
 // BenchmarkModelDecode: model.Forward decode steps of Qwen2.5-1.5B (dummy
 // bf16 weights) at several batch sizes, context ~100, logits downloaded.
 func BenchmarkModelDecode(bm *testing.B) {

@@ -210,7 +210,27 @@ __device__ void skinny(const float* x, int T, int K, int ldx, Seg3 sg) {
 #pragma unroll
   for (int t = 0; t < TT; ++t) acc[t] = 0.f;
   if ((K & 7) == 0 && (ldx & 3) == 0) {
-    for (int k = lane * 8; k < K; k += 256) {
+    int k = lane * 8;
+    // Four 16-byte weight loads in flight per lane before any use: one
+    // load at a time leaves a decode GEMV latency-bound, far from HBM speed.
+    for (; k + 3 * 256 < K; k += 4 * 256) {
+      float wv[4][8];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) load8(wr + k + u * 256, wv[u]);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+#pragma unroll
+        for (int t = 0; t < TT; ++t) {
+          if (t < tn) {
+            float xv[8];
+            load8(xr + (long long)t * ldx + k + u * 256, xv);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[t] += wv[u][i] * xv[i];
+          }
+        }
+      }
+    }
+    for (; k < K; k += 256) {
       float wv[8];
       load8(wr + k, wv);
 #pragma unroll
