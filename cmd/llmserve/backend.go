@@ -83,8 +83,9 @@ func kvBlocks(cfg *config, be ml.Backend, m model.Model) (int, error) {
 // warmUp runs throwaway steps on a GPU before serving, so that the first
 // requests do not pay one-time costs: cuBLAS loads each GEMM kernel lazily on
 // first use (milliseconds each), and so do the attention and sampling
-// kernels. It covers decode batches of 1 to maxSeqs sequences and prefill
-// chunks up to maxBatched tokens. The keys and values it writes land in KV
+// kernels. It covers decode batches of 1 to maxSeqs sequences (a second
+// or so) and prefill chunks up to maxBatched tokens, as vLLM's start-up
+// graph capture and profiling run does. The keys and values it writes land in KV
 // blocks that hold nothing yet. Failures are logged, not fatal.
 func warmUp(ctx context.Context, be ml.Backend, m model.Model, numBlocks, blockSize, maxSeqs, maxBatched int, log *slog.Logger) {
 	if be.Name() != "cuda" || numBlocks < 1 {
@@ -105,11 +106,11 @@ func warmUp(ctx context.Context, be ml.Backend, m model.Model, numBlocks, blockS
 		}
 		return m.Forward(ctx, b, logits)
 	}
+	// Every decode batch size: cuBLAS picks its kernel by the row count.
 	var sizes []int
-	for t := 1; t < maxSeqs; t *= 2 {
+	for t := 1; t <= maxSeqs; t++ {
 		sizes = append(sizes, t)
 	}
-	sizes = append(sizes, maxSeqs)
 	steps := 0
 	var err error
 	for _, T := range sizes {
@@ -125,7 +126,7 @@ func warmUp(ctx context.Context, be ml.Backend, m model.Model, numBlocks, blockS
 		}
 		steps++
 	}
-	for _, n := range []int{16, 64, 256, 1024, maxBatched} {
+	for _, n := range []int{12, 24, 48, 96, 192, 384, 512, 768, 1024, 1536, maxBatched} {
 		n = min(n, maxBatched, numBlocks*blockSize)
 		if err != nil || n < 1 {
 			break
