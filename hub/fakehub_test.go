@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -265,22 +264,6 @@ func (h *fakeHub) serve(w http.ResponseWriter, r *http.Request, f *fakeFile) {
 		panic(http.ErrAbortHandler)
 	}
 	http.ServeContent(w, r, f.name, time.Time{}, strings.NewReader(string(data)))
-}
-
-// testdataDir finds ../shared/testdata (or LLMSERVE_TESTDATA).
-func testdataDir(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("LLMSERVE_TESTDATA")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "shared", "testdata")
-	}
-	if _, err := os.Stat(dir); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("testdata not found at %s: %v", dir, err)
-		}
-		t.Skipf("testdata not found at %s", dir)
-	}
-	return dir
 }
 
 func readFile(t testing.TB, p string) []byte {

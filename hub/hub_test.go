@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"io/fs"
 	"net/http"
 	"os"
@@ -32,7 +33,7 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 
 // tinyRepo serves qwen2-tiny with tokenizer files and files that must not be fetched.
 func tinyRepo(t *testing.T, h *fakeHub, id string) *fakeRepo {
-	td := testdataDir(t)
+	td := shareddata.Dir(t)
 	m := filepath.Join(td, "models", "qwen2-tiny")
 	tok := filepath.Join(td, "tokenizers", "qwen3")
 	return h.addRepo(id,

@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
@@ -90,7 +91,7 @@ func BenchmarkEncodeQwenNoCache(b *testing.B) {
 }
 
 func BenchmarkLoadQwen(b *testing.B) {
-	dir := filepath.Join(testdataDir(b), "tokenizers", "qwen3")
+	dir := filepath.Join(shareddata.Dir(b), "tokenizers", "qwen3")
 	withCPU(b, func() {
 		if _, err := LoadDir(dir); err != nil {
 			b.Fatal(err)

@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"encoding/json"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -9,23 +10,6 @@ import (
 	"sync"
 	"testing"
 )
-
-// testdataDir finds ../shared/testdata (or $LLMSERVE_TESTDATA); it skips the
-// test when absent, but fails under CI.
-func testdataDir(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("LLMSERVE_TESTDATA")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "shared", "testdata")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "tokenizers")); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("test data not found at %s (set LLMSERVE_TESTDATA)", dir)
-		}
-		t.Skipf("test data not found at %s", dir)
-	}
-	return dir
-}
 
 var loaded sync.Map // "name/mode" -> *Tokenizer
 
@@ -35,7 +19,7 @@ func loadTok(t testing.TB, name string, mode Mode) *Tokenizer {
 	if v, ok := loaded.Load(key); ok {
 		return v.(*Tokenizer)
 	}
-	tok, err := LoadDirOptions(filepath.Join(testdataDir(t), "tokenizers", name), Options{Mode: mode})
+	tok, err := LoadDirOptions(filepath.Join(shareddata.Dir(t), "tokenizers", name), Options{Mode: mode})
 	if err != nil {
 		t.Fatalf("load %s: %v", name, err)
 	}
@@ -62,7 +46,7 @@ type golden struct {
 }
 
 func readGolden(t *testing.T, name string) *golden {
-	b, err := os.ReadFile(filepath.Join(testdataDir(t), "golden", name+".json"))
+	b, err := os.ReadFile(filepath.Join(shareddata.Dir(t), "golden", name+".json"))
 	if err != nil {
 		t.Fatal(err)
 	}

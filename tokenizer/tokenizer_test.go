@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"errors"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -131,7 +132,7 @@ func TestSpecials(t *testing.T) {
 }
 
 func TestGenerationConfigEOS(t *testing.T) {
-	src := filepath.Join(testdataDir(t), "tokenizers", "qwen3")
+	src := filepath.Join(shareddata.Dir(t), "tokenizers", "qwen3")
 	dir := t.TempDir()
 	for _, f := range []string{"tokenizer.json", "tokenizer_config.json"} {
 		b, err := os.ReadFile(filepath.Join(src, f))

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"io/fs"
 	"math"
 	"os"
@@ -16,23 +17,8 @@ import (
 	"github.com/llmserve/llmserve/ml"
 )
 
-func testdataDir(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("LLMSERVE_TESTDATA")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "shared", "testdata")
-	}
-	if _, err := os.Stat(dir); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("testdata not found at %s: %v", dir, err)
-		}
-		t.Skipf("testdata not found at %s", dir)
-	}
-	return dir
-}
-
 func TestOpenTestdata(t *testing.T) {
-	td := testdataDir(t)
+	td := shareddata.Dir(t)
 	cases := []struct {
 		model  string
 		dtype  ml.DType
@@ -339,7 +325,7 @@ func TestUnsupportedDType(t *testing.T) {
 
 // Every truncation of a real checkpoint is an error, never a crash.
 func TestTruncatedTestdata(t *testing.T) {
-	td := testdataDir(t)
+	td := shareddata.Dir(t)
 	full, err := os.ReadFile(filepath.Join(td, "models", "qwen2-tiny", SingleFile))
 	if err != nil {
 		t.Fatal(err)
@@ -372,10 +358,7 @@ func FuzzParseHeader(f *testing.F) {
 	f.Add(rawFile(`{"__metadata__":{"format":"pt"},"a":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[],"data_offsets":[8,10]}}`, 10))
 	f.Add(rawFile(`{"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}`, 8))
 	f.Add([]byte{})
-	td := os.Getenv("LLMSERVE_TESTDATA")
-	if td == "" {
-		td = filepath.Join("..", "..", "shared", "testdata")
-	}
+	td, _ := shareddata.Lookup()
 	if b, err := os.ReadFile(filepath.Join(td, "models", "qwen2-tiny", SingleFile)); err == nil {
 		if n := binary.LittleEndian.Uint64(b); n < uint64(len(b)-8) {
 			f.Add(b[:8+n]) // header only: the data section is truncated

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"github.com/llmserve/llmserve/server"
 	"io"
 	"log/slog"
@@ -20,21 +21,6 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 )
-
-func testdata(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("LLMSERVE_TESTDATA")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "..", "shared", "testdata")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "models", "qwen2-tiny", "config.json")); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("test data missing: %v", err)
-		}
-		t.Skipf("test data missing: %v", err)
-	}
-	return dir
-}
 
 // syncBuf is a log sink tests can read while the server writes.
 type syncBuf struct {
@@ -71,7 +57,7 @@ type live struct {
 // startLive runs the real stack (hub resolve, tokenizer, model, engine,
 // server) in process on the tiny Qwen2 checkpoint with the Qwen3 tokenizer.
 func startLive(t *testing.T, extra ...string) *live {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	mdir := filepath.Join(td, "models", "qwen2-tiny")
 	args := append([]string{"--model", mdir, "--tokenizer", filepath.Join(td, "tokenizers", "qwen3"),
 		"--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--kv-cache-memory", "8MiB",

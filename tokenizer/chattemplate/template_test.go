@@ -3,6 +3,7 @@ package chattemplate
 import (
 	"encoding/json"
 	"errors"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"math"
 	"os"
 	"path/filepath"
@@ -10,20 +11,6 @@ import (
 	"testing"
 	"time"
 )
-
-func sharedTestdata(t *testing.T) string {
-	dir := os.Getenv("LLMSERVE_TESTDATA")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "..", "shared", "testdata")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "tokenizers")); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("test data not found at %s", dir)
-		}
-		t.Skipf("test data not found at %s", dir)
-	}
-	return dir
-}
 
 // TestAgainstJinja2 renders the cases of testdata/cases.json (made by
 // testdata/gen.py with Python's jinja2 set up as transformers does) and
@@ -48,7 +35,7 @@ func TestAgainstJinja2(t *testing.T) {
 		t.Fatal(err)
 	}
 	sources["custom"] = string(custom)
-	cfg, err := os.ReadFile(filepath.Join(sharedTestdata(t), "tokenizers", "qwen3", "tokenizer_config.json"))
+	cfg, err := os.ReadFile(filepath.Join(shareddata.Dir(t), "tokenizers", "qwen3", "tokenizer_config.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
