@@ -89,6 +89,14 @@ type resolved struct {
 	quantize bool
 }
 
+// CheckOptions validates the option strings (--load-format, --dtype,
+// --quantization, --kv-cache-dtype) before anything is read or downloaded,
+// so a typo fails at once.
+func CheckOptions(o LoadOptions) error {
+	_, err := resolveOptions(&Config{}, o)
+	return err
+}
+
 func resolveOptions(cfg *Config, o LoadOptions) (resolved, error) {
 	var r resolved
 	switch f := strings.ToLower(o.LoadFormat); f {

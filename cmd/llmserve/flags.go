@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/llmserve/llmserve/model"
 	"io"
 	"math"
 	"strconv"
@@ -181,6 +182,10 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	case "auto", "cpu", "cuda":
 	default:
 		errs = append(errs, fmt.Errorf("--device %q: want auto, cpu or cuda", c.Device))
+	}
+	if err := model.CheckOptions(model.LoadOptions{DType: c.DType, KVCacheDType: c.KVCacheDType,
+		Quantization: c.Quantization, LoadFormat: c.LoadFormat}); err != nil {
+		errs = append(errs, err)
 	}
 	if c.SkipTokenizerInit && c.Tokenizer != "" {
 		errs = append(errs, errors.New("--tokenizer and --skip-tokenizer-init exclude each other"))

@@ -42,7 +42,9 @@ func TestParseFlags(t *testing.T) {
 	for _, bad := range [][]string{
 		{}, {"--model", "m", "--device", "tpu"}, {"--model", "m", "--gpu-memory-utilization", "1.5"},
 		{"--model", "m", "--kv-cache-memory", "lots"}, {"--model", "m", "--tokenizer", "x", "--skip-tokenizer-init"},
-		{"--model", "m", "--max-num-seqs", "0"},
+		{"--model", "m", "--max-num-seqs", "0"}, {"--model", "m", "--dtype", "fp64"},
+		{"--model", "m", "--quantization", "fp4"}, {"--model", "m", "--load-format", "gguf"},
+		{"--model", "m", "--kv-cache-dtype", "int4"},
 	} {
 		if _, err := parseFlags(bad, func(string) string { return "" }, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
