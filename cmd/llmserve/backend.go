@@ -106,14 +106,31 @@ func warmUp(ctx context.Context, be ml.Backend, m model.Model, numBlocks, blockS
 		}
 		return m.Forward(ctx, b, logits)
 	}
-	// Every decode batch size: cuBLAS picks its kernel by the row count.
-	var sizes []int
-	for t := 1; t <= maxSeqs; t++ {
-		sizes = append(sizes, t)
-	}
 	steps := 0
-	var err error
-	for _, T := range sizes {
+	// prefill is one sequence of n prompt tokens (logits for its last)
+	// after d one-token decode rows.
+	prefill := func(n, d int) error {
+		b := &model.Batch{}
+		for i := range d {
+			b.Tokens = append(b.Tokens, int32(i%V))
+			b.Positions = append(b.Positions, int32(i%blockSize))
+			b.Seqs = append(b.Seqs, model.SeqChunk{Start: i, Len: 1, BlockTable: []int32{int32(i % numBlocks)}})
+			b.LogitIndices = append(b.LogitIndices, int32(i))
+		}
+		table := make([]int32, (n+blockSize-1)/blockSize)
+		for i := range table {
+			table[i] = int32(i % numBlocks)
+		}
+		b.Seqs = append(b.Seqs, model.SeqChunk{Start: d, Len: n, BlockTable: table})
+		for i := range n {
+			b.Tokens = append(b.Tokens, int32(i%V))
+			b.Positions = append(b.Positions, int32(i))
+		}
+		b.LogitIndices = append(b.LogitIndices, int32(d+n-1))
+		steps++
+		return step(b)
+	}
+	decode := func(T int) error {
 		b := &model.Batch{}
 		for i := range T {
 			b.Tokens = append(b.Tokens, int32(i%V))
@@ -121,31 +138,55 @@ func warmUp(ctx context.Context, be ml.Backend, m model.Model, numBlocks, blockS
 			b.Seqs = append(b.Seqs, model.SeqChunk{Start: i, Len: 1, BlockTable: []int32{int32(i % numBlocks)}})
 			b.LogitIndices = append(b.LogitIndices, int32(i))
 		}
-		if err = step(b); err != nil {
-			break
-		}
 		steps++
+		return step(b)
 	}
-	for _, n := range []int{12, 24, 48, 96, 192, 384, 512, 768, 1024, 1536, maxBatched} {
-		n = min(n, maxBatched, numBlocks*blockSize)
-		if err != nil || n < 1 {
-			break
+	maxT := min(maxBatched, numBlocks*blockSize)
+	// The largest shapes first: the step buffers then never grow again, so
+	// the device pointers (and the graphs recorded below) stay valid.
+	err := prefill(maxT, 0)
+	if err == nil {
+		err = decode(maxSeqs)
+	}
+	// Every decode batch size: cuBLAS picks its kernel by the row count.
+	for T := 1; T <= maxSeqs && err == nil; T++ {
+		err = decode(T)
+	}
+	// Steps with prompt tokens are padded to a few token and logit-row
+	// counts (model/llama): run each pair twice, which captures its graph.
+	for _, T := range paddedSizes(maxT) {
+		for L := 1; L < T && L <= maxSeqs && err == nil; L *= 2 {
+			for range 2 {
+				if err = prefill(T-(L-1), L-1); err != nil {
+					break
+				}
+			}
 		}
-		table := make([]int32, (n+blockSize-1)/blockSize)
-		for i := range table {
-			table[i] = int32(i)
-		}
-		b := &model.Batch{Seqs: []model.SeqChunk{{Start: 0, Len: n, BlockTable: table}}, LogitIndices: []int32{int32(n - 1)}}
-		for i := range n {
-			b.Tokens = append(b.Tokens, int32(i%V))
-			b.Positions = append(b.Positions, int32(i))
-		}
-		err = step(b)
-		steps++
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Warn("warm-up step failed", "err", err)
 		return
 	}
 	log.Info("warmed up", "steps", steps, "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds()))
+}
+
+// paddedSizes are the step token counts model/llama pads prompt-carrying
+// steps to, up to maxT: multiples of 16 to 64, of 32 to 256, of 128 to
+// 1024, then of 256.
+func paddedSizes(maxT int) []int {
+	var out []int
+	for t := 16; t <= maxT; {
+		out = append(out, t)
+		switch {
+		case t < 64:
+			t += 16
+		case t < 256:
+			t += 32
+		case t < 1024:
+			t += 128
+		default:
+			t += 256
+		}
+	}
+	return out
 }

@@ -47,7 +47,7 @@ type Options struct {
 	DisableGraphs bool
 	// GraphMinOps is the fewest launches a step must have to be captured (default 24).
 	GraphMinOps int
-	// MaxGraphs bounds the number of cached graphs (default 512).
+	// MaxGraphs bounds the number of cached graphs (default 1024).
 	MaxGraphs int
 	// CublasWorkspace is cuBLAS's workspace in bytes (default 32 MiB).
 	CublasWorkspace int
@@ -185,7 +185,7 @@ func NewBackend(opts Options) (*Backend, error) {
 		opts.GraphMinOps = 24
 	}
 	if opts.MaxGraphs <= 0 {
-		opts.MaxGraphs = 512
+		opts.MaxGraphs = 1024
 	}
 	if opts.SkinnyMaxT == 0 {
 		// Off: in a whole decode step on an H100, cuBLAS beat it even at one

@@ -363,13 +363,14 @@ type ropeRec struct {
 }
 
 func (b *Backend) pushRope(x0 uint64, nh0, s0 int, x1 uint64, nh1, s1 int, pos, inv uint64, headDim, T int) error {
-	return b.pushRopeKV(x0, nh0, s0, x1, nh1, s1, pos, inv, headDim, T, nil, 0, 0, 0, 0)
+	return b.pushRopeKV(x0, nh0, s0, x1, nh1, s1, pos, inv, headDim, T, nil, 0, 0, 0, 0, 0)
 }
 
 // pushRopeKV records rope_kv; with c non-nil the launch also writes x1 and v
-// into layer's cache at slots.
+// into layer's cache at slots. bias (0: none) is added to x0, x1 and v first:
+// nh0 heads for x0, then nh1 for x1, then nh1 for v.
 func (b *Backend) pushRopeKV(x0 uint64, nh0, s0 int, x1 uint64, nh1, s1 int, pos, inv uint64, headDim, T int,
-	c *kvCache, layer int, v uint64, vStride int, slots uint64) error {
+	c *kvCache, layer int, v uint64, vStride int, slots, bias uint64) error {
 	name := "rope_kv_f32"
 	var kc, vc uint64
 	var numSlots int64
@@ -393,6 +394,7 @@ func (b *Backend) pushRopeKV(x0 uint64, nh0, s0 int, x1 uint64, nh1, s1 int, pos
 	b.aI(vStride)
 	b.aP(slots)
 	b.aL(numSlots)
+	b.aP(bias)
 	return b.push(name, g1(T), g1(threadsFor((nh0+nh1)*headDim/2, 256)), st)
 }
 
@@ -525,7 +527,7 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 		b.popOp()
 		r.valid = false
 		return b.pushRopeKV(r.x0, r.nh0, r.stride0, r.x1, r.nh1, r.stride1, r.pos, r.inv, r.headDim, r.T,
-			kc, layer, vv.ptr, vv.cols, sl.ptr)
+			kc, layer, vv.ptr, vv.cols, sl.ptr, 0)
 	}
 	s, _ := dtSuffix(kc.dt)
 	st := b.argStart()
@@ -540,6 +542,70 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 	b.aL(int64(kc.numBlocks) * int64(kc.blockSize))
 	return b.push("write_kv_"+s, g1(kk.rows), g1(threadsFor(kvdim, 256)), st)
 }
+
+// QKVRoPEWriteKV is the attention prologue of a fused q/k/v projection in
+// one launch: qkv [T, (numHeads+2·numKVHeads)·headDim] holds q's heads, then
+// k's, then v's; bias (nil: none) [1, same] is added to all three, q and k
+// are rotated in place, and k and v are stored into layer's cache at slots
+// (slots < 0 are skipped). Attention then reads q from qkv (its row stride
+// is qkv's width).
+func (b *Backend) QKVRoPEWriteKV(qkv, bias, positions, invFreq ml.Tensor, numHeads, numKVHeads, headDim int,
+	c ml.KVCache, layer int, slots ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	kc, err := b.cache(c, layer)
+	if err != nil {
+		return err
+	}
+	x, err := b.f32(qkv, "qkv")
+	if err != nil {
+		return err
+	}
+	width := (numHeads + 2*numKVHeads) * headDim
+	if headDim <= 0 || headDim%2 != 0 || numHeads <= 0 || numKVHeads != kc.kvh || headDim != kc.hd || x.cols < width {
+		return shapeErr("qkv %dx%d, %d heads, %d kv heads of %d (cache %d of %d)", x.rows, x.cols, numHeads, numKVHeads, headDim, kc.kvh, kc.hd)
+	}
+	var bp uint64
+	if bias != nil {
+		bb, err := b.f32(bias, "qkv bias")
+		if err != nil {
+			return err
+		}
+		if bb.n() != width {
+			return shapeErr("qkv bias %dx%d for width %d", bb.rows, bb.cols, width)
+		}
+		bp = bb.ptr
+	}
+	pos, err := b.i32(positions, "rope positions", x.rows)
+	if err != nil {
+		return err
+	}
+	inv, err := b.f32(invFreq, "rope invFreq")
+	if err != nil {
+		return err
+	}
+	if inv.n() < headDim/2 {
+		return shapeErr("rope invFreq %d for head dim %d", inv.n(), headDim)
+	}
+	sl, err := b.i32(slots, "slots", x.rows)
+	if err != nil {
+		return err
+	}
+	if x.rows == 0 {
+		return nil
+	}
+	b.invalidate(x.ptr, x.bytes())
+	b.ropeRec.valid = false
+	qd, kvd := uint64(numHeads*headDim*4), uint64(numKVHeads*headDim*4)
+	return b.pushRopeKV(x.ptr, numHeads, x.cols, x.ptr+qd, numKVHeads, x.cols, pos.ptr, inv.ptr, headDim, x.rows,
+		kc, layer, x.ptr+qd+kvd, x.cols, sl.ptr, bp)
+}
+
+// PadSteps reports that steps of a few padded shapes pay: a step whose
+// launches repeat an earlier one's replays from a CUDA graph.
+func (b *Backend) PadSteps() bool { return !b.opts.DisableGraphs }
 
 const attnMaxG = 8 // MAXG in kernels.cu
 

@@ -23,6 +23,8 @@ type scratch struct {
 	logits                              ml.Tensor // [capL, V]
 
 	hTokSeq, hSlots []int32 // host copies, capT
+	hTok, hPos      []int32 // padded tokens and positions, capT
+	hLogit          []int32 // padded logit indices, capL
 	hBT             []int32 // capS*capB
 	meta            ml.AttentionMeta
 	vw              stepViews
@@ -67,12 +69,16 @@ func (m *Model) ensure(T, S, B, L int) error {
 	if T > s.capT {
 		c := grow(T, s.capT)
 		qd, kvd := m.nh*m.hd, m.nkv*m.hd
+		qcols := qd
+		if m.fq != nil {
+			qcols = qd + 2*kvd // q holds the fused q, k, v projection
+		}
 		for _, x := range []struct {
 			p    *ml.Tensor
 			dt   ml.DType
 			cols int
 		}{
-			{&s.h, ml.F32, m.H}, {&s.xn, ml.F32, m.H}, {&s.q, ml.F32, qd}, {&s.k, ml.F32, kvd},
+			{&s.h, ml.F32, m.H}, {&s.xn, ml.F32, m.H}, {&s.q, ml.F32, qcols}, {&s.k, ml.F32, kvd},
 			{&s.v, ml.F32, kvd}, {&s.attn, ml.F32, qd}, {&s.down, ml.F32, m.H},
 			{&s.gu, ml.F32, 2 * m.I}, {&s.act, ml.F32, m.I},
 			{&s.tokens, ml.I32, 1}, {&s.pos, ml.I32, 1}, {&s.tokSeq, ml.I32, 1}, {&s.slots, ml.I32, 1},
@@ -80,6 +86,7 @@ func (m *Model) ensure(T, S, B, L int) error {
 			replace(x.p, alloc(x.dt, c, x.cols))
 		}
 		s.hTokSeq, s.hSlots = make([]int32, c), make([]int32, c)
+		s.hTok, s.hPos = make([]int32, c), make([]int32, c)
 		s.capT = c
 	}
 	if S > s.capS || B > s.capB {
@@ -102,6 +109,7 @@ func (m *Model) ensure(T, S, B, L int) error {
 		replace(&s.selD, alloc(ml.F32, c, m.H))
 		replace(&s.selX, alloc(ml.F32, c, m.H))
 		replace(&s.logits, alloc(ml.F32, c, m.V))
+		s.hLogit = make([]int32, c)
 		s.capL = c
 	}
 	if err != nil {
@@ -207,7 +215,15 @@ func (m *Model) forward(ctx context.Context, b *model.Batch, greedy []bool, toke
 	if T == 0 {
 		return nil
 	}
-	if err := m.ensure(T, S, maxB, L); err != nil {
+	// Steps with prompt tokens come in endless shapes; on a graph-replaying
+	// backend they are padded to a few (padT, padL) so that they replay too.
+	// Decode steps (one token per row) keep their exact size.
+	Tp, Lp := T, L
+	padded := m.pad && T > L
+	if padded {
+		Tp, Lp = padT(T), padL(L)
+	}
+	if err := m.ensure(Tp, S, maxB, Lp); err != nil {
 		return err
 	}
 	s, be := &m.s, m.be
@@ -223,14 +239,33 @@ func (m *Model) forward(ctx context.Context, b *model.Batch, greedy []bool, toke
 			maxCtx = max(maxCtx, p+1)
 		}
 	}
-	vw := m.views(T, S, L)
+	toks, poss, lidx := b.Tokens, b.Positions, b.LogitIndices
+	if padded {
+		// Padding tokens: token 0 at position 0 of sequence 0 (whose block 0
+		// exists), with no KV slot; padding logit rows read token 0.
+		toks, poss, lidx = s.hTok[:Tp], s.hPos[:Tp], s.hLogit[:Lp]
+		copy(toks, b.Tokens)
+		copy(poss, b.Positions)
+		copy(lidx, b.LogitIndices)
+		clear(toks[T:])
+		clear(poss[T:])
+		clear(lidx[L:])
+		clear(s.hTokSeq[T:Tp])
+		for j := T; j < Tp; j++ {
+			s.hSlots[j] = -1
+		}
+		// The split count of attention follows MaxContext while it is
+		// small; a fixed one keeps padded steps of one shape identical.
+		maxCtx = max(maxCtx, paddedMaxContext)
+	}
+	vw := m.views(Tp, S, Lp)
 	for _, e := range [...]error{
-		be.UploadI32(vw.tokens, b.Tokens), be.UploadI32(vw.pos, b.Positions),
-		be.UploadI32(vw.tokSeq, s.hTokSeq[:T]), be.UploadI32(vw.slots, s.hSlots[:T]),
+		be.UploadI32(vw.tokens, toks), be.UploadI32(vw.pos, poss),
+		be.UploadI32(vw.tokSeq, s.hTokSeq[:Tp]), be.UploadI32(vw.slots, s.hSlots[:Tp]),
 		be.UploadI32(vw.bt, s.hBT[:S*s.capB]),
 		// Uploaded with the rest, not before the lm_head, so that the
 		// whole step is recorded (and graph-replayed) as one piece.
-		be.UploadI32(vw.logitIdx, b.LogitIndices),
+		be.UploadI32(vw.logitIdx, lidx),
 	} {
 		if e != nil {
 			return e
@@ -238,7 +273,7 @@ func (m *Model) forward(ctx context.Context, b *model.Batch, greedy []bool, toke
 	}
 	meta := &s.meta
 	*meta = ml.AttentionMeta{
-		NumTokens: T, NumSeqs: S, TokenSeq: vw.tokSeq, Positions: vw.pos, BlockTables: vw.bt,
+		NumTokens: Tp, NumSeqs: S, TokenSeq: vw.tokSeq, Positions: vw.pos, BlockTables: vw.bt,
 		MaxBlocks: s.capB, MaxContext: maxCtx, NumHeads: m.nh, NumKVHeads: m.nkv, HeadDim: m.hd, Scale: m.scale,
 	}
 
@@ -281,21 +316,56 @@ func (m *Model) forward(ctx context.Context, b *model.Batch, greedy []bool, toke
 	if err := be.MatMul(vw.logits, vw.selX, m.lmHead, nil); err != nil {
 		return err
 	}
-	return m.fetchLogits(vw, greedy, tokens, logits)
+	return m.fetchLogits(vw, L, greedy, tokens, logits)
+}
+
+// paddedMaxContext is the MaxContext padded steps report (at least): large
+// enough that the attention split count depends on the token count only.
+const paddedMaxContext = 1024
+
+// padT rounds a step's token count up to one of a few sizes: multiples of
+// 16 up to 64, of 32 up to 256, of 128 up to 1024, then of 256.
+func padT(t int) int {
+	step := 256
+	switch {
+	case t <= 64:
+		step = 16
+	case t <= 256:
+		step = 32
+	case t <= 1024:
+		step = 128
+	}
+	return (t + step - 1) / step * step
+}
+
+// padL rounds a step's logit row count up to a power of two (0 stays 0).
+func padL(l int) int {
+	if l == 0 {
+		return 0
+	}
+	p := 1
+	for p < l {
+		p *= 2
+	}
+	return p
 }
 
 // fetchLogits copies the step's logits to the host: all of them, or with
 // greedy flags, the argmax of greedy rows (4 bytes each, reduced on the
 // device when it can) and the logits of the other rows only.
-func (m *Model) fetchLogits(vw *stepViews, greedy []bool, tokens []int32, logits []float32) error {
-	be, V, L := m.be, m.V, vw.L
+func (m *Model) fetchLogits(vw *stepViews, L int, greedy []bool, tokens []int32, logits []float32) error {
+	be, V := m.be, m.V
+	lg := vw.logits
+	if vw.L != L {
+		lg = be.View(vw.logits, 0, L) // padded rows stay on the device
+	}
 	am, onDevice := be.(deviceArgmax)
 	anyGreedy := false
 	for _, g := range greedy {
 		anyGreedy = anyGreedy || g
 	}
 	if !anyGreedy || !onDevice {
-		if err := be.Download(logits, vw.logits); err != nil {
+		if err := be.Download(logits, lg); err != nil {
 			return err
 		}
 		for i, g := range greedy {
@@ -308,7 +378,11 @@ func (m *Model) fetchLogits(vw *stepViews, greedy []bool, tokens []int32, logits
 	if err := am.ArgMax(vw.argmax, vw.logits); err != nil {
 		return err
 	}
-	if err := am.DownloadI32(tokens, vw.argmax); err != nil {
+	am8 := vw.argmax
+	if vw.L != L {
+		am8 = be.View(vw.argmax, 0, L)
+	}
+	if err := am.DownloadI32(tokens, am8); err != nil {
 		return err
 	}
 	// Runs of consecutive non-greedy rows, one copy each.
@@ -371,8 +445,19 @@ func (m *Model) views(T, S, L int) *stepViews {
 // MLP output in down; the attention output is added to h on the way.
 func (m *Model) layer(l *layer, i int, vw *stepViews) error {
 	be := m.be
-	xn, q, k, v, attn, down, gu, act, h := vw.xn, vw.q, vw.k, vw.v, vw.attn, vw.down, vw.gu, vw.act, vw.h
+	xn, q, k, v := vw.xn, vw.q, vw.k, vw.v
 	pos, slots := vw.pos, vw.slots
+	if l.qkv != nil {
+		// q holds [q | k | v]; one launch adds the biases, rotates q and k
+		// and stores k and v; attention reads q with the fused row stride.
+		if err := be.MatMul(q, xn, l.qkv, nil); err != nil {
+			return err
+		}
+		if err := m.fq.QKVRoPEWriteKV(q, l.qkvb, pos, m.invFreq, m.nh, m.nkv, m.hd, m.kv, i, slots); err != nil {
+			return err
+		}
+		return m.attnMLP(l, i, vw)
+	}
 	if err := be.MatMul(q, xn, l.q, l.qb); err != nil {
 		return err
 	}
@@ -391,6 +476,14 @@ func (m *Model) layer(l *layer, i int, vw *stepViews) error {
 	if err := be.WriteKV(m.kv, i, k, v, slots); err != nil {
 		return err
 	}
+	return m.attnMLP(l, i, vw)
+}
+
+// attnMLP is the rest of layer l once the keys and values are cached:
+// attention over q (vw.q), the o projection, the post-attention norm and the MLP.
+func (m *Model) attnMLP(l *layer, i int, vw *stepViews) error {
+	be := m.be
+	xn, q, attn, down, gu, act, h := vw.xn, vw.q, vw.attn, vw.down, vw.gu, vw.act, vw.h
 	if err := be.Attention(attn, q, m.kv, i, &m.s.meta); err != nil {
 		return err
 	}

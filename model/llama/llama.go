@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
@@ -25,7 +26,21 @@ type layer struct {
 	qb, kb, vb, ob   ml.Tensor // nil when the architecture has no bias
 	gateUp, down     ml.Tensor // gate_proj and up_proj fused: [2I, H]
 	gub, db          ml.Tensor // mlp_bias
+	// qkv is q, k and v fused into one [qd+2kvd, H] weight (and qkvb their
+	// biases), loaded instead of q, k, v when the backend has QKVRoPEWriteKV.
+	qkv, qkvb ml.Tensor
 }
+
+// fusedQKV is the optional backend op behind the fused attention prologue
+// (ml/cuda): bias, RoPE of q and k, and the KV cache write in one launch.
+type fusedQKV interface {
+	QKVRoPEWriteKV(qkv, bias, positions, invFreq ml.Tensor, numHeads, numKVHeads, headDim int,
+		c ml.KVCache, layer int, slots ml.Tensor) error
+}
+
+// stepPadder is implemented by backends that replay repeated steps (CUDA
+// graphs): steps with prompt tokens are then padded to a few sizes.
+type stepPadder interface{ PadSteps() bool }
 
 // Model is a loaded Llama/Qwen2 model.
 type Model struct {
@@ -48,6 +63,9 @@ type Model struct {
 	blockSize int
 
 	s scratch
+
+	fq  fusedQKV // nil: separate q, k, v projections
+	pad bool     // pad prefill/mixed steps to bucket sizes
 }
 
 var _ model.DeviceArgmaxer = (*Model)(nil)
@@ -67,6 +85,10 @@ func New(cfg *model.Config, w *model.Weights) (_ model.Model, err error) {
 			m.Close()
 		}
 	}()
+	m.fq, _ = m.be.(fusedQKV)
+	if sp, ok := m.be.(stepPadder); ok {
+		m.pad = sp.PadSteps()
+	}
 	qkvBias := cfg.Arch() == "Qwen2ForCausalLM" || cfg.AttentionBias
 	oBias := cfg.Arch() == "LlamaForCausalLM" && cfg.AttentionBias
 
@@ -98,15 +120,26 @@ func New(cfg *model.Config, w *model.Weights) (_ model.Model, err error) {
 		l := &m.layers[i]
 		l.inNorm = vec(p+"input_layernorm.weight", H)
 		l.postNorm = vec(p+"post_attention_layernorm.weight", H)
-		l.q = load(p+"self_attn.q_proj.weight", w.DType, qd, H)
-		l.k = load(p+"self_attn.k_proj.weight", w.DType, kvd, H)
-		l.v = load(p+"self_attn.v_proj.weight", w.DType, kvd, H)
-		l.o = load(p+"self_attn.o_proj.weight", w.DType, H, qd)
-		if qkvBias {
-			l.qb = vec(p+"self_attn.q_proj.bias", qd)
-			l.kb = vec(p+"self_attn.k_proj.bias", kvd)
-			l.vb = vec(p+"self_attn.v_proj.bias", kvd)
+		switch {
+		case m.fq != nil && err == nil:
+			a := p + "self_attn."
+			l.qkv, err = m.concat(w, []part{{a + "q_proj.weight", []int{qd, H}}, {a + "k_proj.weight", []int{kvd, H}},
+				{a + "v_proj.weight", []int{kvd, H}}}, w.DType, qd+2*kvd, H)
+			if qkvBias && err == nil {
+				l.qkvb, err = m.concat(w, []part{{a + "q_proj.bias", []int{qd}}, {a + "k_proj.bias", []int{kvd}},
+					{a + "v_proj.bias", []int{kvd}}}, ml.F32, 1, qd+2*kvd)
+			}
+		case m.fq == nil:
+			l.q = load(p+"self_attn.q_proj.weight", w.DType, qd, H)
+			l.k = load(p+"self_attn.k_proj.weight", w.DType, kvd, H)
+			l.v = load(p+"self_attn.v_proj.weight", w.DType, kvd, H)
+			if qkvBias {
+				l.qb = vec(p+"self_attn.q_proj.bias", qd)
+				l.kb = vec(p+"self_attn.k_proj.bias", kvd)
+				l.vb = vec(p+"self_attn.v_proj.bias", kvd)
+			}
 		}
+		l.o = load(p+"self_attn.o_proj.weight", w.DType, H, qd)
 		if oBias {
 			l.ob = vec(p+"self_attn.o_proj.bias", H)
 		}
@@ -165,20 +198,36 @@ func roundInvFreq(inv []float32, dt ml.DType) []float32 {
 // fused loads two same-shaped tensors as one [rows, cols] tensor, a's rows
 // first (gate and up projections share one matmul).
 func (m *Model) fused(w *model.Weights, a, b string, shape []int, store ml.DType, rows, cols int) (ml.Tensor, error) {
-	ta, err := w.Get(a, shape...)
-	if err != nil {
-		return nil, err
+	return m.concat(w, []part{{a, shape}, {b, shape}}, store, rows, cols)
+}
+
+// part is one checkpoint tensor of a concatenation and its expected shape.
+type part struct {
+	name  string
+	shape []int
+}
+
+// concat loads tensors of one dtype as one [rows, cols] tensor, in order
+// (their flattened data back to back: row-wise for weights of one width).
+func (m *Model) concat(w *model.Weights, parts []part, store ml.DType, rows, cols int) (ml.Tensor, error) {
+	var data []byte
+	var dt ml.DType
+	names := make([]string, len(parts))
+	for i, p := range parts {
+		t, err := w.Get(p.name, p.shape...)
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			dt = t.DType
+			data = make([]byte, 0, len(t.Data)*len(parts)*2)
+		} else if t.DType != dt {
+			return nil, fmt.Errorf("%w: %q is %s but %q is %s", model.ErrShape, parts[0].name, dt, p.name, t.DType)
+		}
+		data = append(data, t.Data...)
+		names[i] = p.name
 	}
-	tb, err := w.Get(b, shape...)
-	if err != nil {
-		return nil, err
-	}
-	if ta.DType != tb.DType {
-		return nil, fmt.Errorf("%w: %q is %s but %q is %s", model.ErrShape, a, ta.DType, b, tb.DType)
-	}
-	data := make([]byte, 0, len(ta.Data)+len(tb.Data))
-	data = append(append(data, ta.Data...), tb.Data...)
-	t, err := w.Upload(a+"+"+b, data, ta.DType, store, rows, cols)
+	t, err := w.Upload(strings.Join(names, "+"), data, dt, store, rows, cols)
 	if err != nil {
 		return nil, err
 	}

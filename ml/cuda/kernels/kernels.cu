@@ -279,7 +279,7 @@ INST_SKINNY_ALL(f16, f16)
 template <typename KV>
 __device__ void rope_kv(float* x0, int nh0, int stride0, float* x1, int nh1, int stride1, const int* pos,
                         const float* invFreq, int headDim, KV* kc, KV* vc, const float* v, int vStride,
-                        const int* slots, long long numSlots) {
+                        const int* slots, long long numSlots, const float* bias) {
   const int t = blockIdx.x;
   const int half = headDim / 2;
   const float p = (float)pos[t];
@@ -297,7 +297,12 @@ __device__ void rope_kv(float* x0, int nh0, int stride0, float* x1, int nh1, int
     float s, c;
     sincosf(p * invFreq[j], &s, &c);
     float* hp = xr + h * headDim;
-    const float a = hp[j], b = hp[j + half];
+    float a = hp[j], b = hp[j + half];
+    if (bias) {  // the q, k (and below v) projection biases, fused here
+      const float* bp = bias + (isK ? nh0 * headDim : 0) + h * headDim;
+      a += bp[j];
+      b += bp[j + half];
+    }
     const float na = a * c - b * s, nb = b * c + a * s;
     hp[j] = na;
     hp[j + half] = nb;
@@ -306,8 +311,14 @@ __device__ void rope_kv(float* x0, int nh0, int stride0, float* x1, int nh1, int
       const float* vr = v + (long long)t * vStride + h * headDim;
       stf(kc + o + j, na);
       stf(kc + o + j + half, nb);
-      stf(vc + o + j, vr[j]);
-      stf(vc + o + j + half, vr[j + half]);
+      float v0 = vr[j], v1 = vr[j + half];
+      if (bias) {
+        const float* bp = bias + (nh0 + nh1) * headDim + h * headDim;
+        v0 += bp[j];
+        v1 += bp[j + half];
+      }
+      stf(vc + o + j, v0);
+      stf(vc + o + j + half, v1);
     }
   }
 }
@@ -315,9 +326,10 @@ __device__ void rope_kv(float* x0, int nh0, int stride0, float* x1, int nh1, int
 #define INST_ROPE(KV, S)                                                                                      \
   extern "C" __global__ void rope_kv_##S(float* x0, int nh0, int stride0, float* x1, int nh1, int stride1,   \
                                          const int* pos, const float* invFreq, int headDim, KV* kc, KV* vc,  \
-                                         const float* v, int vStride, const int* slots, long long numSlots) { \
+                                         const float* v, int vStride, const int* slots, long long numSlots,  \
+                                         const float* bias) {                                                \
     rope_kv<KV>(x0, nh0, stride0, x1, nh1, stride1, pos, invFreq, headDim, kc, vc, v, vStride, slots,       \
-                numSlots);                                                                                    \
+                numSlots, bias);                                                                              \
   }
 INST_ROPE(float, f32)
 INST_ROPE(bf16, bf16)
