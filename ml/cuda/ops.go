@@ -682,6 +682,16 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 		partO, partML = b.part.ptr, b.part.ptr+uint64(nO*4)
 	}
 	b.invalidate(d.ptr, d.bytes())
+	// The kernel writing the final output also writes its bf16 copy, the
+	// o projection's input (no cast launch).
+	var sh uint64
+	if T == d.rows {
+		if sh, err = b.setShadow(d); err != nil {
+			return err
+		}
+	} else {
+		b.shadow.valid = false
+	}
 	s, _ := dtSuffix(kc.dt)
 	st := b.argStart()
 	b.aP(d.ptr)
@@ -703,6 +713,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aI(ns)
 	b.aI(qq.cols)
 	b.aI(d.cols)
+	b.aP(sh)
 	if err := b.push(fmt.Sprintf("attention_%s_%d", s, epl), g3(KVH*ngc, T, ns), g1(128), st); err != nil {
 		return err
 	}
@@ -717,6 +728,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aI(D)
 	b.aI(ns)
 	b.aI(d.cols)
+	b.aP(sh)
 	return b.push("attn_combine", g3(H, T, 1), g1(threadsFor(D, 256)), st)
 }
 

@@ -435,7 +435,7 @@ template <typename KV, int EPL>
 __device__ void attention(float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc,
                           const int* tokenSeq, const int* positions, const int* blockTables, int maxBlocks,
                           int blockSize, int numBlocks, int H, int KVH, int D, float scale, int numSplits,
-                          int qStride, int outStride) {
+                          int qStride, int outStride, bf16* out16) {
   __shared__ float sAcc[NWARPS][32 * EPL];
   __shared__ float sM[NWARPS], sL[NWARPS];
   const int G = H / KVH;
@@ -533,9 +533,12 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
         float o = 0.f;
 #pragma unroll
         for (int w = 0; w < NWARPS; ++w) o += sAcc[w][d] * f[w];
-        if (numSplits == 1)
-          out[(long long)t * outStride + (long long)h * D + d] = L > 0.f ? o / L : 0.f;
-        else
+        if (numSplits == 1) {
+          const long long oi = (long long)t * outStride + (long long)h * D + d;
+          const float y = L > 0.f ? o / L : 0.f;
+          out[oi] = y;
+          if (out16) out16[oi].x = f2bf(y);  // the o projection's bf16 input
+        } else
           partO[(((long long)t * H + h) * numSplits + split) * D + d] = o;
       }
       if (numSplits > 1 && threadIdx.x == 0) {
@@ -552,9 +555,9 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
   extern "C" __global__ void __launch_bounds__(NWARPS * 32) attention_##S##_##EPL(                           \
       float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc, const int* tokenSeq, \
       const int* positions, const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int H, int KVH, \
-      int D, float scale, int numSplits, int qStride, int outStride) {                                          \
+      int D, float scale, int numSplits, int qStride, int outStride, bf16* out16) {                             \
     attention<KV, EPL>(out, partO, partML, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize,   \
-                       numBlocks, H, KVH, D, scale, numSplits, qStride, outStride);                             \
+                       numBlocks, H, KVH, D, scale, numSplits, qStride, outStride, out16);                      \
   }
 
 #define INST_KV(KV, S)                                                                                          \
@@ -573,7 +576,7 @@ INST_KV(bf16, bf16)
 // attn_combine merges the numSplits partials of each (token, head).
 // Grid (H, T), block >= 32 threads.
 extern "C" __global__ void attn_combine(float* out, const float* partO, const float* partML, int H, int D,
-                                        int numSplits, int outStride) {
+                                        int numSplits, int outStride, bf16* out16) {
   const int h = blockIdx.x, t = blockIdx.y;
   const long long i0 = ((long long)t * H + h) * numSplits;
   float M = NEG_INF;
@@ -589,6 +592,9 @@ extern "C" __global__ void attn_combine(float* out, const float* partO, const fl
       const float ms = partML[2 * (i0 + s)];
       if (ms != NEG_INF) o += partO[(i0 + s) * D + d] * expf(ms - M);
     }
-    out[(long long)t * outStride + (long long)h * D + d] = L > 0.f ? o / L : 0.f;
+    const long long oi = (long long)t * outStride + (long long)h * D + d;
+    const float y = L > 0.f ? o / L : 0.f;
+    out[oi] = y;
+    if (out16) out16[oi].x = f2bf(y);
   }
 }
