@@ -11,6 +11,7 @@ import (
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/ml/cuda"
 	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/model/llama"
 )
 
 // newBackend opens the compute backend for --device: cpu, cuda, or auto
@@ -171,21 +172,12 @@ func warmUp(ctx context.Context, be ml.Backend, m model.Model, numBlocks, blockS
 }
 
 // paddedSizes are the step token counts model/llama pads prompt-carrying
-// steps to, up to maxT: multiples of 16 to 64, of 32 to 256, of 128 to
-// 1024, then of 256.
+// steps to, up to maxT.
 func paddedSizes(maxT int) []int {
 	var out []int
-	for t := 16; t <= maxT; {
-		out = append(out, t)
-		switch {
-		case t < 64:
-			t += 16
-		case t < 256:
-			t += 32
-		case t < 1024:
-			t += 128
-		default:
-			t += 256
+	for t := 1; t <= maxT; t = llama.PadTokens(t) + 1 {
+		if p := llama.PadTokens(t); p <= maxT {
+			out = append(out, p)
 		}
 	}
 	return out

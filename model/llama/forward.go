@@ -216,12 +216,12 @@ func (m *Model) forward(ctx context.Context, b *model.Batch, greedy []bool, toke
 		return nil
 	}
 	// Steps with prompt tokens come in endless shapes; on a graph-replaying
-	// backend they are padded to a few (padT, padL) so that they replay too.
+	// backend they are padded to a few (PadTokens, padL) so that they replay too.
 	// Decode steps (one token per row) keep their exact size.
 	Tp, Lp := T, L
 	padded := m.pad && T > L
 	if padded {
-		Tp, Lp = padT(T), padL(L)
+		Tp, Lp = PadTokens(T), padL(L)
 	}
 	if err := m.ensure(Tp, S, maxB, Lp); err != nil {
 		return err
@@ -323,9 +323,11 @@ func (m *Model) forward(ctx context.Context, b *model.Batch, greedy []bool, toke
 // enough that the attention split count depends on the token count only.
 const paddedMaxContext = 1024
 
-// padT rounds a step's token count up to one of a few sizes: multiples of
-// 16 up to 64, of 32 up to 256, of 128 up to 1024, then of 256.
-func padT(t int) int {
+// PadTokens rounds the token count of a step that carries prompt tokens up
+// to one of a few sizes, as Forward pads it on a graph-replaying backend:
+// multiples of 16 up to 64, of 32 up to 256, of 128 up to 1024, then of 256.
+// (Warm-ups use it to visit every padded shape.)
+func PadTokens(t int) int {
 	step := 256
 	switch {
 	case t <= 64:
