@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -15,23 +16,6 @@ import (
 	_ "github.com/llmserve/llmserve/model/llama" // registers Llama and Qwen2
 	"github.com/llmserve/llmserve/sample"
 )
-
-// testdata locates ../shared/testdata (LLMSERVE_TESTDATA overrides); it
-// skips when absent, except under CI.
-func testdata(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("LLMSERVE_TESTDATA")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "shared", "testdata") // from <repo>/engine
-	}
-	if _, err := os.Stat(dir); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("test data not found at %s: %v", dir, err)
-		}
-		t.Skipf("test data not found at %s", dir)
-	}
-	return dir
-}
 
 type tinyGolden struct {
 	PromptIDs []int `json:"prompt_ids"`
@@ -46,7 +30,7 @@ type tinyGolden struct {
 // (the bf16 checkpoint's default bf16 KV cache rounds keys and values).
 func loadTiny(t testing.TB, name string) (model.Model, *tinyGolden) {
 	t.Helper()
-	dir := filepath.Join(testdata(t), "models", name)
+	dir := filepath.Join(shareddata.Dir(t), "models", name)
 	m, err := model.Load(dir, model.LoadOptions{KVCacheDType: "float32"})
 	if err != nil {
 		t.Fatal(err)
