@@ -34,6 +34,10 @@ type Request struct {
 	PromptIDs []int
 	Params    sample.Params
 	Priority  int // lower runs first (vLLM's convention); FCFS within a priority
+	// Scheduled, when non-nil, is closed by the engine the first time the
+	// request is scheduled: its queue time is over (the server's
+	// --max-queue-wait). The engine never closes it otherwise.
+	Scheduled chan struct{}
 }
 
 // Finish reasons.

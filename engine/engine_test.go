@@ -1057,3 +1057,48 @@ func TestHeldTextFlushedAtFinish(t *testing.T) {
 		}
 	}
 }
+
+// Request.Scheduled is closed when the request first runs, and not while it
+// waits for a seat.
+func TestScheduledSignal(t *testing.T) {
+	opts := fakeOpts()
+	opts.MaxNumSeqs = 1
+	f := newFake(fakeVocab)
+	// Each step takes a token from gate, so request 1 cannot finish (and
+	// free its seat) behind the test's back.
+	f.gate = make(chan struct{})
+	go func() {
+		for range 4 {
+			f.gate <- struct{}{}
+		}
+	}()
+	e, _ := startEngine(t, f, opts)
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	defer cancel1()
+	r1 := &Request{PromptIDs: prompt(5, 1), Params: greedyParams(200), Scheduled: make(chan struct{})}
+	ch1 := submit(t, e, ctx1, r1)
+	<-ch1
+	select {
+	case <-r1.Scheduled:
+	default:
+		t.Fatal("running request's Scheduled not closed")
+	}
+	r2 := &Request{PromptIDs: prompt(5, 2), Params: greedyParams(2), Scheduled: make(chan struct{})}
+	ch2 := submit(t, e, context.Background(), r2)
+	for range 3 {
+		<-ch1
+	}
+	select {
+	case <-r2.Scheduled:
+		t.Fatal("waiting request's Scheduled closed while the only seat is taken")
+	default:
+	}
+	cancel1()
+	close(f.gate) // steps run freely from here
+	for range ch1 {
+	}
+	<-r2.Scheduled
+	if r := collect(t, ch2, 1)[0]; r.finish != FinishLength {
+		t.Fatalf("second request finished %q", r.finish)
+	}
+}

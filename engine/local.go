@@ -244,6 +244,7 @@ func (e *Local) Submit(ctx context.Context, req *Request) (<-chan Output, error)
 		id:         req.ID,
 		params:     p,
 		priority:   req.Priority,
+		onSched:    req.Scheduled,
 		prompt:     slices.Clone(req.PromptIDs),
 		arrival:    time.Now(),
 		out:        make(chan Output, p.N+streamSlack),

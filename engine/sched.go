@@ -90,6 +90,9 @@ func (e *Local) schedule() {
 			s.cachedTokens = min(cached, s.promptLen)
 			if s.req.scheduled.IsZero() {
 				s.req.scheduled = e.stepTime
+				if s.req.onSched != nil {
+					close(s.req.onSched)
+				}
 			}
 		}
 		s.state = stRunning

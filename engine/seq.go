@@ -30,7 +30,8 @@ type request struct {
 	seed      uint64 // sequence i samples with seed+i
 	prompt    []int
 	arrival   time.Time
-	scheduled time.Time // first time any sequence ran
+	scheduled time.Time     // first time any sequence ran
+	onSched   chan struct{} // Request.Scheduled, closed at that time
 	firstTok  time.Time
 	out       chan Output
 	// pending[i] holds sequence i's events that did not fit in out, merged

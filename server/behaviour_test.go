@@ -115,6 +115,21 @@ func TestQueueWait(t *testing.T) {
 	eventually(t, "queued requests aborted", func() bool { return fe.Aborted() == 2 && fe.Stats().Waiting == 0 })
 }
 
+// A request the engine has scheduled is not a queued one: a first token
+// slower than --max-queue-wait (a long prefill) is waited for.
+func TestQueueWaitSpareScheduled(t *testing.T) {
+	fe := &servertest.Engine{Hold: make(chan struct{})}
+	e := newEnv(t, fe, func(o *server.Options) { o.MaxQueueWait = 20 * time.Millisecond })
+	go func() {
+		time.Sleep(100 * time.Millisecond) // five times the queue wait
+		close(fe.Hold)
+	}()
+	code, b, _ := e.do("POST", "/v1/completions", `{"prompt":"a","max_tokens":2}`)
+	if code != 200 {
+		t.Fatalf("%d %s", code, b)
+	}
+}
+
 func TestCancelOnDisconnect(t *testing.T) {
 	for _, stream := range []bool{false, true} {
 		name := map[bool]string{false: "non-streaming", true: "streaming"}[stream]

@@ -107,6 +107,7 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 	c := &call{s: s, ctx: ctx, cancel: cancel, release: release, n: g.params.N, start: start,
 		seqs: make([]seqState, len(g.prompts)*g.params.N), prompts: make([]promptState, len(g.prompts))}
 	chans := make([]<-chan engine.Output, 0, len(g.prompts))
+	var scheduled []chan struct{} // for --max-queue-wait
 	submitted := false
 	defer func() {
 		// On an error or a panic in Submit: abort what was submitted and
@@ -126,7 +127,12 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 			id += "-" + strconv.Itoa(i)
 		}
 		c.prompts[i] = promptState{arrival: time.Now(), tokens: len(ids)}
-		ch, err := eng.Submit(ctx, &engine.Request{ID: id, PromptIDs: ids, Params: g.params, Priority: g.priority})
+		req := &engine.Request{ID: id, PromptIDs: ids, Params: g.params, Priority: g.priority}
+		if s.opts.MaxQueueWait > 0 {
+			req.Scheduled = make(chan struct{})
+			scheduled = append(scheduled, req.Scheduled)
+		}
+		ch, err := eng.Submit(ctx, req)
 		if err != nil {
 			return nil, err
 		}
@@ -137,27 +143,46 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 	if len(chans) > 1 {
 		c.ch = merge(chans, g.params.N)
 	}
-	// Wait for the first output, at most MaxQueueWait.
+	// Wait for the first output. A request still queued (not scheduled by
+	// the engine) after MaxQueueWait leaves the queue with a 503; one that
+	// is running (a long prefill, say) is waited for.
 	var timeout <-chan time.Time
 	if s.opts.MaxQueueWait > 0 {
 		t := time.NewTimer(s.opts.MaxQueueWait)
 		defer t.Stop()
 		timeout = t.C
 	}
+	var o engine.Output
+	var ok bool
 	select {
-	case o, ok := <-c.ch:
-		if !ok {
-			c.closed = true
-		} else {
-			c.fold(&o)
-		}
+	case o, ok = <-c.ch:
 	case <-timeout:
-		s.metrics.Reject(metrics.RejectQueueTimeout)
-		c.abort()
-		return nil, ErrQueueTimeout
+		if !allClosed(scheduled) {
+			s.metrics.Reject(metrics.RejectQueueTimeout)
+			c.abort()
+			return nil, ErrQueueTimeout
+		}
+		o, ok = <-c.ch
+	}
+	if !ok {
+		c.closed = true
+	} else {
+		c.fold(&o)
 	}
 	c.firstAt = time.Now()
 	return c, nil
+}
+
+// allClosed says whether every channel is closed (without blocking).
+func allClosed(chs []chan struct{}) bool {
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // merge fans the prompts' streams into one, renumbering choices as

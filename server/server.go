@@ -68,7 +68,7 @@ type Options struct {
 	VocabSize int
 	// MaxConcurrentRequests bounds admitted requests (running plus waiting); 0 = unbounded.
 	MaxConcurrentRequests int
-	// MaxQueueWait: a request that got no output after it is refused with 503; 0 = none.
+	// MaxQueueWait: a request the engine has not scheduled after it leaves the queue with a 503; 0 = none.
 	MaxQueueWait time.Duration
 	// APIKey, when set, is required as a Bearer token on the API routes.
 	APIKey string

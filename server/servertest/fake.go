@@ -233,6 +233,9 @@ func (e *Engine) run(ctx context.Context, req *engine.Request, ch chan<- engine.
 	defer e.blocks.Add(-int64(n))
 	e.promptTokens.Add(uint64(len(prompt)))
 	scheduled := time.Now()
+	if req.Scheduled != nil {
+		close(req.Scheduled)
+	}
 	var first time.Time
 	for i := 0; ; i++ {
 		if e.Hold != nil {
