@@ -54,6 +54,14 @@ type Options struct {
 	// SkinnyMaxT: MatMuls of at most this many rows use the f32-activation
 	// GEMV kernel instead of cuBLAS (0: default, off; negative: never).
 	SkinnyMaxT int
+	// GemvMaxT: bf16 MatMuls of at most this many rows (1, 2, 4 or 8) use the
+	// bandwidth-bound GEMV kernel (bf16 x, f32 accumulation) instead of
+	// cuBLAS (0: default, off; negative: never).
+	GemvMaxT int
+	// GemvKS picks the GEMV form: 0 the persistent kernel (one warp per row,
+	// grid sized to the SMs), 1, 2, 4 or 8 one launch block per 8/KS rows
+	// with KS warps splitting each row's K. For benchmarks.
+	GemvKS int
 	// ExactActivations makes every bf16/f16 MatMul keep f32 activations (the
 	// GEMV kernel, slow for large batches) instead of rounding them to the
 	// weight dtype for cuBLAS: bit-for-bit closer to the CPU backend.
@@ -192,6 +200,12 @@ func NewBackend(opts Options) (*Backend, error) {
 		// row (3.17 vs 3.45 ms per Qwen2.5-1.5B step), though it wins alone.
 		opts.SkinnyMaxT = -1
 	}
+	switch {
+	case opts.GemvMaxT == 0:
+		opts.GemvMaxT = defaultGemvMaxT
+	case opts.GemvMaxT > 8:
+		opts.GemvMaxT = 8
+	}
 	if opts.CublasWorkspace <= 0 {
 		opts.CublasWorkspace = 32 << 20
 	}
@@ -268,6 +282,12 @@ func kernelNames() []string {
 		}
 	}
 	for _, s := range []string{"f32", "bf16"} {
+		for _, m := range []int{1, 2, 4, 8} {
+			for _, ks := range []int{1, 2, 4, 8} {
+				n = append(n, fmt.Sprintf("gemv_bf16_x%s_%d_%d", s, m, ks))
+			}
+			n = append(n, fmt.Sprintf("gemv_bf16_x%s_%d_p", s, m))
+		}
 		n = append(n, "write_kv_"+s)
 		for _, e := range []int{1, 2, 4, 8} {
 			n = append(n, fmt.Sprintf("attention_%s_%d", s, e))

@@ -530,8 +530,7 @@ func BenchmarkDecodeStep(bm *testing.B) {
 	}
 	for _, v := range []variant{
 		{"default", Options{}, []int{1, 2, 4, 8, 32, 256}},
-		{"skinny8", Options{SkinnyMaxT: 8}, []int{1, 2, 4, 8}},
-		{"cublas", Options{SkinnyMaxT: -1}, []int{1, 4}},
+		{"gemv4", Options{GemvMaxT: 4}, []int{1, 2, 4}},
 	} {
 		b := newTestBackend(bm, v.o)
 		m := newSynth(bm, b, qwen15, 256, 1)

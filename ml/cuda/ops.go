@@ -246,10 +246,32 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 		if b.opts.DisableFusion {
 			b.skinnyRec.valid = false
 		}
-		if err := b.pushSkinny(xx, T, K, ww.dt, sg); err != nil {
+		if err := b.pushMatVec(xx, xx.ptr, ml.F32, xx.cols, T, K, ww.dt, sg, false); err != nil {
 			return err
 		}
 		return b.biasAdd(d, bb, bs, T, N)
+	}
+	if ww.dt == ml.BF16 && T <= b.opts.GemvMaxT && K%8 == 0 {
+		// Decode-sized bf16 MatMul: the GEMV streams the weight near HBM
+		// speed, where cuBLAS reaches about half of it at one row.
+		xp, xdt, ldx := xx.ptr, xx.dt, xx.cols
+		if xx.dt == ml.F32 && b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K {
+			xp, xdt, ldx = b.sh16.ptr, ml.BF16, K // the producing norm/SiLU already wrote x in bf16
+		}
+		if (xdt == ml.BF16 && ldx%8 == 0) || (xdt == ml.F32 && ldx%4 == 0) {
+			b.invalidate(d.ptr, d.bytes())
+			sg := seg{d: d.ptr, w: ww.ptr, n: N, ldd: d.cols, dEnd: d.ptr + uint64(d.bytes())}
+			if bb != nil && bb.dt == ml.F32 && !b.opts.DisableFusion {
+				sg.b, bb = bb.ptr, nil // fused into the GEMV
+			}
+			if b.opts.DisableFusion {
+				b.skinnyRec.valid = false
+			}
+			if err := b.pushMatVec(xx, xp, xdt, ldx, T, K, ww.dt, sg, true); err != nil {
+				return err
+			}
+			return b.biasAdd(d, bb, bs, T, N)
+		}
 	}
 	var ctype int32
 	var bptr uint64
@@ -407,22 +429,32 @@ type seg struct {
 
 type skinnyRec struct {
 	valid     bool
+	gemv      bool
 	opIdx     int
 	x, xEnd   uint64
+	xArg      uint64
 	T, K, ldx int
 	wdt       ml.DType
 	segs      [3]seg
 	nseg      int
 }
 
-// pushSkinny records a GEMV-style MatMul, merged into the previous launch
-// when that was a skinny MatMul of the same x (q, k, v projections).
-func (b *Backend) pushSkinny(x *tensor, T, K int, wdt ml.DType, sg seg) error {
+// defaultGemvMaxT is Options.GemvMaxT's default: off. On an H100 the GEMV
+// matched cuBLAS only on lm_head (2.75 vs 2.81 TB/s at one row) and lost on
+// gate_up (2.03 vs 2.39) and down (1.66 vs 1.98), so the real decode step
+// (fused q/k/v) got slower: engine c=1 TPOT 2.76 vs 2.57 ms.
+const defaultGemvMaxT = -1
+
+// pushMatVec records a GEMV-style MatMul (the f32-activation skinny kernel,
+// or with gemv the bf16 GEMV reading x at xArg of dtype xdt), merged into
+// the previous launch when that was one of the same x and kind (q, k, v
+// projections).
+func (b *Backend) pushMatVec(x *tensor, xArg uint64, xdt ml.DType, ldx, T, K int, wdt ml.DType, sg seg, gemv bool) error {
 	r := &b.skinnyRec
 	xEnd := x.ptr + uint64(x.bytes())
 	overlapX := sg.d < xEnd && x.ptr < sg.dEnd
-	merge := r.valid && r.opIdx == len(b.ops)-1 && r.x == x.ptr && r.T == T && r.K == K && r.ldx == x.cols &&
-		r.wdt == wdt && r.nseg < 3 && !overlapX
+	merge := r.valid && r.opIdx == len(b.ops)-1 && r.gemv == gemv && r.x == x.ptr && r.xArg == xArg && r.T == T &&
+		r.K == K && r.ldx == ldx && r.wdt == wdt && r.nseg < 3 && !overlapX
 	for i := 0; merge && i < r.nseg; i++ {
 		if sg.d < r.segs[i].dEnd && r.segs[i].d < sg.dEnd {
 			merge = false
@@ -433,7 +465,7 @@ func (b *Backend) pushSkinny(x *tensor, T, K int, wdt ml.DType, sg seg) error {
 		r.segs[r.nseg] = sg
 		r.nseg++
 	} else {
-		*r = skinnyRec{x: x.ptr, xEnd: xEnd, T: T, K: K, ldx: x.cols, wdt: wdt, nseg: 1}
+		*r = skinnyRec{gemv: gemv, x: x.ptr, xEnd: xEnd, xArg: xArg, T: T, K: K, ldx: ldx, wdt: wdt, nseg: 1}
 		r.segs[0] = sg
 	}
 	tt := 8
@@ -443,12 +475,11 @@ func (b *Backend) pushSkinny(x *tensor, T, K int, wdt ml.DType, sg seg) error {
 			break
 		}
 	}
-	ws, _ := dtSuffix(wdt)
 	st := b.argStart()
-	b.aP(x.ptr)
+	b.aP(xArg)
 	b.aI(T)
 	b.aI(K)
-	b.aI(x.cols)
+	b.aI(ldx)
 	var segs [3]seg
 	copy(segs[:], r.segs[:r.nseg])
 	total := 0
@@ -468,7 +499,24 @@ func (b *Backend) pushSkinny(x *tensor, T, K int, wdt ml.DType, sg seg) error {
 	for _, s := range segs {
 		b.aI(s.ldd)
 	}
-	if err := b.push(fmt.Sprintf("skinny_%s_%d", ws, tt), g3((total+7)/8, (T+tt-1)/tt, 1), g1(256), st); err != nil {
+	var name string
+	var grid [3]uint32
+	if gemv {
+		xs, _ := dtSuffix(xdt)
+		switch ks := b.opts.GemvKS; ks {
+		case 1, 2, 4, 8:
+			rows := 8 / ks // 256 threads: 8 warps, ks per row
+			name, grid = fmt.Sprintf("gemv_bf16_x%s_%d_%d", xs, tt, ks), g3((total+rows-1)/rows, (T+tt-1)/tt, 1)
+		default:
+			// Persistent: at most 4 blocks of 8 warps per SM (its launch bounds).
+			blocks := min((total+7)/8, 4*int(b.dev.sms))
+			name, grid = fmt.Sprintf("gemv_bf16_x%s_%d_p", xs, tt), g3(blocks, (T+tt-1)/tt, 1)
+		}
+	} else {
+		ws, _ := dtSuffix(wdt)
+		name, grid = fmt.Sprintf("skinny_%s_%d", ws, tt), g3((total+7)/8, (T+tt-1)/tt, 1)
+	}
+	if err := b.push(name, grid, g1(256), st); err != nil {
 		r.valid = false
 		return err
 	}

@@ -270,6 +270,204 @@ INST_SKINNY_ALL(float, f32)
 INST_SKINNY_ALL(bf16, bf16)
 INST_SKINNY_ALL(f16, f16)
 
+// ---- bf16 GEMV for decode: dst[t, n] = sum_k bf16(x[t, k]) * w[n, k] ----
+//
+// Bandwidth-bound at a few tokens: every weight byte is read once with
+// 16-byte non-coherent loads that skip L1 (L1::no_allocate), so the small
+// x rows stay L1-resident for all warps of the SM. KS warps split one row's
+// K (interleaved 16-byte vectors) and reduce through shared memory: short N
+// (o, down) still puts thousands of warps in flight. x is bf16 (the norm's
+// copy) or f32 rounded to bf16 on load, so results equal the cuBLAS path's
+// inputs (bf16 x, bf16 w, f32 accumulation) up to summation order.
+
+__device__ __forceinline__ uint4 ldw16(const void* p) {
+  uint4 r;
+#if __CUDA_ARCH__ >= 700
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+#else
+  asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+#endif
+  return r;
+}
+
+__device__ __forceinline__ void xload8(const bf16* p, float* o) { load8(p, o); }
+__device__ __forceinline__ void xload8(const float* p, float* o) {
+  load8(p, o);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[i] = __uint_as_float(((unsigned)f2bf(o[i])) << 16);
+}
+
+template <typename X, int M, int KS>
+__device__ void gemv_bf16(const X* x, int T, int K, int ldx, Seg3 sg) {
+  constexpr int U = 8;  // 16-byte weight loads in flight per lane
+  __shared__ float red[8][M];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int ks = warp % KS;
+  int n = blockIdx.x * (8 / KS) + warp / KS;
+  int s = 0;
+  bool ok = true;
+  if (n >= sg.n[0]) {
+    n -= sg.n[0];
+    s = 1;
+    if (n >= sg.n[1]) {
+      n -= sg.n[1];
+      s = 2;
+      if (n >= sg.n[2]) ok = false;
+    }
+  }
+  const int t0 = blockIdx.y * M;
+  const int tn = min(M, T - t0);
+  float acc[M];
+#pragma unroll
+  for (int t = 0; t < M; ++t) acc[t] = 0.f;
+  if (ok) {
+    const bf16* wr = (const bf16*)sg.w[s] + (long long)n * K;
+    const X* xr = x + (long long)t0 * ldx;
+    const int nvec = K >> 3;
+    const int step = 32 * KS;
+    for (int v0 = ks * 32 + lane; v0 < nvec; v0 += U * step) {
+      uint4 wv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int v = v0 + u * step;
+        if (v < nvec) wv[u] = ldw16(wr + (long long)v * 8);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int v = v0 + u * step;
+        if (v < nvec) {
+          const unsigned q[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+          float w8[8];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            w8[2 * i] = __uint_as_float(q[i] << 16);
+            w8[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
+          }
+#pragma unroll
+          for (int t = 0; t < M; ++t) {
+            if (t < tn) {
+              float xv[8];
+              xload8(xr + (long long)t * ldx + v * 8, xv);
+#pragma unroll
+              for (int i = 0; i < 8; ++i) acc[t] += w8[i] * xv[i];
+            }
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < M; ++t) acc[t] = warpSum(acc[t]);
+  if (KS > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int t = 0; t < M; ++t) red[warp][t] = acc[t];
+    }
+    __syncthreads();
+    if (ks != 0) return;
+#pragma unroll
+    for (int t = 0; t < M; ++t) {
+      float v = 0.f;
+#pragma unroll
+      for (int j = 0; j < KS; ++j) v += red[warp + j][t];
+      acc[t] = v;
+    }
+  }
+  if (!ok || lane != 0) return;
+  const float bias = sg.b[s] ? sg.b[s][n] : 0.f;
+#pragma unroll
+  for (int t = 0; t < M; ++t)
+    if (t < tn) sg.d[s][(long long)(t0 + t) * sg.ldd[s] + n] = acc[t] + bias;
+}
+
+// gemvp_bf16 is the persistent form (KS 1): a grid sized to the SMs, each
+// warp walking rows with a grid stride, so no block launch and retire per
+// few kilobytes of weight.
+template <typename X, int M>
+__device__ void gemvp_bf16(const X* x, int T, int K, int ldx, Seg3 sg) {
+  constexpr int U = 8;
+  const int lane = threadIdx.x & 31;
+  const int total = sg.n[0] + sg.n[1] + sg.n[2];
+  const int nw = gridDim.x * (blockDim.x >> 5);
+  const int nvec = K >> 3;
+  const int t0 = blockIdx.y * M;
+  const int tn = min(M, T - t0);
+  const X* xr = x + (long long)t0 * ldx;
+  for (int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < total; row += nw) {
+    int n = row, s = 0;
+    if (n >= sg.n[0]) {
+      n -= sg.n[0];
+      s = 1;
+      if (n >= sg.n[1]) {
+        n -= sg.n[1];
+        s = 2;
+      }
+    }
+    const bf16* wr = (const bf16*)sg.w[s] + (long long)n * K;
+    float acc[M];
+#pragma unroll
+    for (int t = 0; t < M; ++t) acc[t] = 0.f;
+    for (int v0 = lane; v0 < nvec; v0 += U * 32) {
+      uint4 wv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int v = v0 + u * 32;
+        if (v < nvec) wv[u] = ldw16(wr + (long long)v * 8);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int v = v0 + u * 32;
+        if (v < nvec) {
+          const unsigned q[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+          float w8[8];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            w8[2 * i] = __uint_as_float(q[i] << 16);
+            w8[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
+          }
+#pragma unroll
+          for (int t = 0; t < M; ++t) {
+            if (t < tn) {
+              float xv[8];
+              xload8(xr + (long long)t * ldx + v * 8, xv);
+#pragma unroll
+              for (int i = 0; i < 8; ++i) acc[t] += w8[i] * xv[i];
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < M; ++t) acc[t] = warpSum(acc[t]);
+    if (lane == 0) {
+      const float bias = sg.b[s] ? sg.b[s][n] : 0.f;
+#pragma unroll
+      for (int t = 0; t < M; ++t)
+        if (t < tn) sg.d[s][(long long)(t0 + t) * sg.ldd[s] + n] = acc[t] + bias;
+    }
+  }
+}
+
+#define INST_GEMVP(X, XS, M)                                                                                   \
+  extern "C" __global__ void __launch_bounds__(256, 4) gemv_bf16_x##XS##_##M##_p(const X* x, int T, int K, int ldx, \
+                                                                                Seg3 sg) {                      \
+    gemvp_bf16<X, M>(x, T, K, ldx, sg);                                                                        \
+  }
+INST_GEMVP(bf16, bf16, 1) INST_GEMVP(bf16, bf16, 2) INST_GEMVP(bf16, bf16, 4) INST_GEMVP(bf16, bf16, 8)
+INST_GEMVP(float, f32, 1) INST_GEMVP(float, f32, 2) INST_GEMVP(float, f32, 4) INST_GEMVP(float, f32, 8)
+
+#define INST_GEMV(X, XS, M, KS)                                                                          \
+  extern "C" __global__ void __launch_bounds__(256) gemv_bf16_x##XS##_##M##_##KS(const X* x, int T, int K, \
+                                                                                  int ldx, Seg3 sg) {     \
+    gemv_bf16<X, M, KS>(x, T, K, ldx, sg);                                                               \
+  }
+#define INST_GEMV_KS(X, XS, M) INST_GEMV(X, XS, M, 1) INST_GEMV(X, XS, M, 2) INST_GEMV(X, XS, M, 4) INST_GEMV(X, XS, M, 8)
+#define INST_GEMV_M(X, XS) INST_GEMV_KS(X, XS, 1) INST_GEMV_KS(X, XS, 2) INST_GEMV_KS(X, XS, 4) INST_GEMV_KS(X, XS, 8)
+INST_GEMV_M(bf16, bf16)
+INST_GEMV_M(float, f32)
+
 // ---- RoPE, HF rotate_half layout, in place on x[T, stride] (first
 // numHeads*headDim columns) ----
 
