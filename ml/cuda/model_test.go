@@ -3,6 +3,7 @@ package cuda_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"log/slog"
 	"math"
 	"os"
@@ -31,35 +32,6 @@ func gpu(t testing.TB, o cuda.Options) *cuda.Backend {
 	}
 	t.Cleanup(func() { b.Close() })
 	return b
-}
-
-// testdata finds $LLMSERVE_TESTDATA or ../shared/testdata beside the repo
-// root; skips when absent unless CI is set.
-func testdata(t testing.TB) string {
-	t.Helper()
-	if d := os.Getenv("LLMSERVE_TESTDATA"); d != "" {
-		return d
-	}
-	dir, _ := os.Getwd()
-	for dir != "" {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			d := filepath.Join(dir, "..", "shared", "testdata")
-			if _, err := os.Stat(d); err == nil {
-				return d
-			}
-			break
-		}
-		p := filepath.Dir(dir)
-		if p == dir {
-			break
-		}
-		dir = p
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("test data not found: set LLMSERVE_TESTDATA")
-	}
-	t.Skip("test data not found")
-	return ""
 }
 
 type golden struct {
@@ -163,7 +135,7 @@ var scattered = func() []int32 {
 // ~0.3 on logits of magnitude ~10, so there it is only bounded loosely and
 // its clear greedy steps checked.
 func TestModelGolden(t *testing.T) {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16"} {
 		for _, exact := range []bool{true, false} {
 			tol := 1e-3
@@ -213,7 +185,7 @@ func TestModelGolden(t *testing.T) {
 // TestModelMatchesCPU: whole-model logits of both tiny checkpoints (prompt
 // and 24 teacher-forced greedy steps) on the GPU against the CPU backend.
 func TestModelMatchesCPU(t *testing.T) {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16"} {
 		for _, tc := range []struct {
 			o  cuda.Options
@@ -259,7 +231,7 @@ func TestModelMatchesCPU(t *testing.T) {
 // checkpoint gives the same tokens on the GPU (default fast path, graphs on)
 // as on the CPU backend; logits agree to 1e-3.
 func TestModelGreedyMatchesCPU(t *testing.T) {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "qwen2-tiny")
 	g := readGolden(t, dir)
 	run := func(be ml.Backend) ([]int32, [][]float32) {
@@ -302,7 +274,7 @@ func TestModelGreedyMatchesCPU(t *testing.T) {
 // Forward's logits; then free-running greedy decoding through ForwardArgmax
 // (only token ids downloaded) gives the CPU backend's tokens.
 func TestModelForwardArgmax(t *testing.T) {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "qwen2-tiny")
 	g := readGolden(t, dir)
 	gb := gpu(t, cuda.Options{GraphMinOps: 8})

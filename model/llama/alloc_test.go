@@ -1,6 +1,7 @@
 package llama
 
 import (
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"path/filepath"
 	"testing"
 
@@ -10,7 +11,7 @@ import (
 // TestDecodeDoesNotAllocate: a decode step of the same shape as the last
 // allocates nothing (scratch and views are reused).
 func TestDecodeDoesNotAllocate(t *testing.T) {
-	m := load(t, filepath.Join(testdata(t), "models", "llama3-tiny-bf16"), model.LoadOptions{})
+	m := load(t, filepath.Join(shareddata.Dir(t), "models", "llama3-tiny-bf16"), model.LoadOptions{})
 	if err := m.AllocateKV(16, 4); err != nil {
 		t.Fatal(err)
 	}

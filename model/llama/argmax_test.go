@@ -2,6 +2,7 @@ package llama
 
 import (
 	"errors"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -12,7 +13,7 @@ import (
 // TestForwardArgmax: on the CPU (host fallback) ForwardArgmax gives each
 // greedy row Forward's argmax and every other row Forward's logits.
 func TestForwardArgmax(t *testing.T) {
-	dir := filepath.Join(testdata(t), "models", "qwen2-tiny")
+	dir := filepath.Join(shareddata.Dir(t), "models", "qwen2-tiny")
 	ref := load(t, dir, model.LoadOptions{})
 	got := load(t, dir, model.LoadOptions{})
 	for _, m := range []*Model{ref, got} {

@@ -2,6 +2,7 @@ package llama
 
 import (
 	"fmt"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
@@ -15,7 +16,7 @@ import (
 // scattered and interleaved — and checks every returned logit row against
 // the same sequence run alone in one prefill.
 func TestBatchedEqualsSingle(t *testing.T) {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	cases := []struct {
 		name string
 		opts model.LoadOptions

@@ -3,6 +3,7 @@ package llama
 import (
 	"context"
 	"errors"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"math"
 	"os"
 	"path/filepath"
@@ -18,7 +19,7 @@ import (
 // edited by edit (which may drop or replace tensors).
 func checkpoint(t *testing.T, name string, edit func([]*weights.Tensor) []*weights.Tensor) string {
 	t.Helper()
-	src := filepath.Join(testdata(t), "models", name)
+	src := filepath.Join(shareddata.Dir(t), "models", name)
 	dst := t.TempDir()
 	cfg, err := os.ReadFile(filepath.Join(src, "config.json"))
 	if err != nil {
@@ -74,7 +75,7 @@ func wantErr(t *testing.T, err, sentinel error, substrs ...string) {
 }
 
 func TestLoadErrors(t *testing.T) {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	qwen := filepath.Join(td, "models", "qwen2-tiny")
 
 	t.Run("UnknownArch", func(t *testing.T) {
@@ -168,7 +169,7 @@ func TestLoadErrors(t *testing.T) {
 }
 
 func TestForwardErrors(t *testing.T) {
-	m := load(t, filepath.Join(testdata(t), "models", "qwen2-tiny"), model.LoadOptions{})
+	m := load(t, filepath.Join(shareddata.Dir(t), "models", "qwen2-tiny"), model.LoadOptions{})
 	V := m.cfg.VocabSize
 	ok := func() *model.Batch {
 		return &model.Batch{Tokens: []int32{1, 2, 3}, Positions: []int32{0, 1, 2},

@@ -11,41 +11,6 @@ import (
 	"github.com/llmserve/llmserve/model"
 )
 
-// testdata finds ../shared/testdata (or $LLMSERVE_TESTDATA); it skips the
-// test when absent, unless CI is set.
-func testdata(t testing.TB) string {
-	t.Helper()
-	if d := os.Getenv("LLMSERVE_TESTDATA"); d != "" {
-		return d
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			dir = ""
-			break
-		}
-		dir = parent
-	}
-	if dir != "" {
-		d := filepath.Join(dir, "..", "shared", "testdata")
-		if _, err := os.Stat(d); err == nil {
-			return d
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("test data not found: set LLMSERVE_TESTDATA")
-	}
-	t.Skip("test data not found (../shared/testdata or LLMSERVE_TESTDATA)")
-	return ""
-}
-
 type golden struct {
 	PromptIDs    []int32     `json:"prompt_ids"`
 	PromptLogits [][]float64 `json:"prompt_logits"`

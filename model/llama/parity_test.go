@@ -2,6 +2,7 @@ package llama
 
 import (
 	"fmt"
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"path/filepath"
 	"testing"
 
@@ -14,7 +15,7 @@ import (
 // golden token at every step whose margin exceeds 1e-3 (with its logits
 // within 1e-3 too).
 func TestGoldenParity(t *testing.T) {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	for _, name := range tinyModels {
 		for _, bs := range []int{4, 16} {
 			t.Run(fmt.Sprintf("%s/block=%d", name, bs), func(t *testing.T) {
@@ -61,7 +62,7 @@ func TestGoldenParity(t *testing.T) {
 // float64 reference that rounds them the same way, and the clear greedy
 // steps of the golden still agree.
 func TestBF16KVMatchesReference(t *testing.T) {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
 	g := readGolden(t, dir)
 	m := load(t, dir, model.LoadOptions{})

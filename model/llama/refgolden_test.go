@@ -1,6 +1,7 @@
 package llama
 
 import (
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"math"
 	"path/filepath"
 	"testing"
@@ -10,7 +11,7 @@ import (
 // transformers, so it can serve as the oracle for batches the goldens do
 // not cover.
 func TestReferenceMatchesGolden(t *testing.T) {
-	td := testdata(t)
+	td := shareddata.Dir(t)
 	for _, name := range tinyModels {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(td, "models", name)
