@@ -4,6 +4,7 @@
 package shareddata
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -48,4 +49,30 @@ func Path(t testing.TB, elem ...string) string {
 		t.Skipf("test data incomplete: %v", err)
 	}
 	return p
+}
+
+// ModelGolden is a tiny checkpoint's golden.json: transformers' float64
+// logits at every prompt position and a greedy continuation.
+type ModelGolden struct {
+	PromptIDs    []int32     `json:"prompt_ids"`
+	PromptLogits [][]float64 `json:"prompt_logits"`
+	Greedy       []struct {
+		Token  int32     `json:"token"`
+		Margin float64   `json:"margin"` // gap between the top two logits
+		Logits []float64 `json:"logits"`
+	} `json:"greedy"`
+}
+
+// ReadModelGolden reads dir/golden.json.
+func ReadModelGolden(t testing.TB, dir string) *ModelGolden {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "golden.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g ModelGolden
+	if err := json.Unmarshal(data, &g); err != nil {
+		t.Fatalf("%s/golden.json: %v", dir, err)
+	}
+	return &g
 }

@@ -1,7 +1,6 @@
 package cuda_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"github.com/llmserve/llmserve/internal/shareddata"
 	"log/slog"
@@ -32,29 +31,6 @@ func gpu(t testing.TB, o cuda.Options) *cuda.Backend {
 	}
 	t.Cleanup(func() { b.Close() })
 	return b
-}
-
-type golden struct {
-	PromptIDs    []int32     `json:"prompt_ids"`
-	PromptLogits [][]float64 `json:"prompt_logits"`
-	Greedy       []struct {
-		Token  int32     `json:"token"`
-		Margin float64   `json:"margin"`
-		Logits []float64 `json:"logits"`
-	} `json:"greedy"`
-}
-
-func readGolden(t testing.TB, dir string) *golden {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, "golden.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var g golden
-	if err := json.Unmarshal(data, &g); err != nil {
-		t.Fatal(err)
-	}
-	return &g
 }
 
 // seqRun drives one sequence through Forward.
@@ -144,7 +120,7 @@ func TestModelGolden(t *testing.T) {
 			}
 			t.Run(fmt.Sprintf("%s/exact=%v", name, exact), func(t *testing.T) {
 				dir := filepath.Join(td, "models", name)
-				g := readGolden(t, dir)
+				g := shareddata.ReadModelGolden(t, dir)
 				// SkinnyMaxT -1: prefill and decode both take the path under test.
 				o := cuda.Options{ExactActivations: exact}
 				if !exact {
@@ -194,7 +170,7 @@ func TestModelMatchesCPU(t *testing.T) {
 			o := tc.o
 			t.Run(fmt.Sprintf("%s/exact=%v/kv=%s", name, o.ExactActivations, tc.kv), func(t *testing.T) {
 				dir := filepath.Join(td, "models", name)
-				g := readGolden(t, dir)
+				g := shareddata.ReadModelGolden(t, dir)
 				run := func(be ml.Backend) [][]float32 {
 					m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: tc.kv})
 					s := &seqRun{m: m, blocks: scattered}
@@ -233,7 +209,7 @@ func TestModelMatchesCPU(t *testing.T) {
 func TestModelGreedyMatchesCPU(t *testing.T) {
 	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "qwen2-tiny")
-	g := readGolden(t, dir)
+	g := shareddata.ReadModelGolden(t, dir)
 	run := func(be ml.Backend) ([]int32, [][]float32) {
 		m := loadOn(t, be, dir, model.LoadOptions{})
 		s := &seqRun{m: m, blocks: scattered}
@@ -276,7 +252,7 @@ func TestModelGreedyMatchesCPU(t *testing.T) {
 func TestModelForwardArgmax(t *testing.T) {
 	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "qwen2-tiny")
-	g := readGolden(t, dir)
+	g := shareddata.ReadModelGolden(t, dir)
 	gb := gpu(t, cuda.Options{GraphMinOps: 8})
 	ref := loadOn(t, gb, dir, model.LoadOptions{})
 	m, ok := loadOn(t, gb, dir, model.LoadOptions{}).(model.DeviceArgmaxer)

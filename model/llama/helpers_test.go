@@ -1,38 +1,12 @@
 package llama
 
 import (
-	"encoding/json"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/model"
 )
-
-type golden struct {
-	PromptIDs    []int32     `json:"prompt_ids"`
-	PromptLogits [][]float64 `json:"prompt_logits"`
-	Greedy       []struct {
-		Token  int32     `json:"token"`
-		Margin float64   `json:"margin"`
-		Logits []float64 `json:"logits"`
-	} `json:"greedy"`
-}
-
-func readGolden(t testing.TB, dir string) *golden {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, "golden.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var g golden
-	if err := json.Unmarshal(data, &g); err != nil {
-		t.Fatal(err)
-	}
-	return &g
-}
 
 var tinyModels = []string{"qwen2-tiny", "llama3-tiny-bf16"}
 

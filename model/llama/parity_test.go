@@ -20,7 +20,7 @@ func TestGoldenParity(t *testing.T) {
 		for _, bs := range []int{4, 16} {
 			t.Run(fmt.Sprintf("%s/block=%d", name, bs), func(t *testing.T) {
 				dir := filepath.Join(td, "models", name)
-				g := readGolden(t, dir)
+				g := shareddata.ReadModelGolden(t, dir)
 				m := load(t, dir, model.LoadOptions{KVCacheDType: "float32"})
 				if err := m.AllocateKV(32, bs); err != nil {
 					t.Fatal(err)
@@ -64,7 +64,7 @@ func TestGoldenParity(t *testing.T) {
 func TestBF16KVMatchesReference(t *testing.T) {
 	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
-	g := readGolden(t, dir)
+	g := shareddata.ReadModelGolden(t, dir)
 	m := load(t, dir, model.LoadOptions{})
 	if m.KVDType() != ml.BF16 {
 		t.Fatalf("auto KV dtype = %s, want bfloat16", m.KVDType())

@@ -15,7 +15,7 @@ func TestReferenceMatchesGolden(t *testing.T) {
 	for _, name := range tinyModels {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(td, "models", name)
-			g := readGolden(t, dir)
+			g := shareddata.ReadModelGolden(t, dir)
 			r := loadRef(t, dir)
 			got := r.forward(g.PromptIDs)
 			for p, want := range g.PromptLogits {
