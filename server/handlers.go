@@ -51,15 +51,10 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	case req.Prompt.Len() != 1:
 		s.writeErr(w, openai.Invalid("prompt", "prompt must be one string or one list of token ids"))
 		return
-	case len(req.Prompt.Texts) == 1:
-		if s.tok == nil {
-			s.writeErr(w, ErrNoTokenizer)
-			return
-		}
-		addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
-		g.prompts = [][]int{s.tok.Encode(req.Prompt.Texts[0], addSpecial)}
-	default:
-		g.prompts = req.Prompt.IDs
+	}
+	if g.prompts, err = s.promptIDs(req.Prompt, req.AddSpecialTokens); err != nil {
+		s.writeErr(w, err)
+		return
 	}
 	if err := s.checkPrompts(g, "prompt"); err != nil {
 		s.writeErr(w, err)

@@ -24,6 +24,22 @@ func (s *Server) newEncoder(kind openai.Kind, id, model string, asIDs bool) *ope
 	return enc
 }
 
+// promptIDs tokenizes a prompt given as text(s) (special tokens added
+// unless addSpecial is false), or returns its token ids as given.
+func (s *Server) promptIDs(p openai.Prompt, addSpecial *bool) ([][]int, error) {
+	if len(p.Texts) == 0 {
+		return p.IDs, nil
+	}
+	if s.tok == nil {
+		return nil, ErrNoTokenizer
+	}
+	ids := make([][]int, len(p.Texts))
+	for i, t := range p.Texts {
+		ids[i] = s.tok.Encode(t, addSpecial == nil || *addSpecial)
+	}
+	return ids, nil
+}
+
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req openai.CompletionRequest
@@ -42,17 +58,9 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g := &genRequest{id: s.newID("cmpl-"), params: params, priority: req.Priority, defaultMax: s.opts.DefaultMaxTokens}
-	addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
-	if len(req.Prompt.Texts) > 0 {
-		if s.tok == nil {
-			s.writeErr(w, ErrNoTokenizer)
-			return
-		}
-		for _, t := range req.Prompt.Texts {
-			g.prompts = append(g.prompts, s.tok.Encode(t, addSpecial))
-		}
-	} else {
-		g.prompts = req.Prompt.IDs
+	if g.prompts, err = s.promptIDs(req.Prompt, req.AddSpecialTokens); err != nil {
+		s.writeErr(w, err)
+		return
 	}
 	if err := s.checkPrompts(g, "prompt"); err != nil {
 		s.writeErr(w, err)
