@@ -47,8 +47,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g := &genRequest{id: s.newID("gen-"), params: params, priority: req.Priority, defaultMax: s.opts.DefaultMaxTokens}
-	switch {
-	case req.Prompt.Len() != 1:
+	if req.Prompt.Len() != 1 {
 		s.writeErr(w, openai.Invalid("prompt", "prompt must be one string or one list of token ids"))
 		return
 	}
