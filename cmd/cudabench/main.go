@@ -52,6 +52,8 @@ func main() {
 		rounds     = flag.Int("rounds", 0, "requests per client per level (0: max(2, 16/c), as the HTTP sweep's max(2c, 16) requests)")
 		skinny     = flag.Int("skinny-max-t", 0, "cuda.Options.SkinnyMaxT (0: the backend's default; -1: cuBLAS always)")
 		gemv       = flag.Int("gemv-max-t", 0, "cuda.Options.GemvMaxT (0: the backend's default; -1: cuBLAS for bf16 decode MatMuls)")
+		fusedMaxT  = flag.Int("fused-decode-max-t", 0, "cuda.Options.FusedDecodeMaxT (0: the backend's default; -1: unfused decode)")
+		noPDL      = flag.Bool("no-pdl", false, "launch without programmatic dependent launch")
 		numBlocks  = flag.Int("num-blocks", 4096, "KV blocks of 16 tokens")
 		maxLen     = flag.Int("max-model-len", 4096, "max model length")
 		noGraphs   = flag.Bool("no-graphs", false, "disable CUDA graphs")
@@ -59,18 +61,19 @@ func main() {
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if err := run(log, *modelName, *loadFormat, *dtype, *device, *conc, *promptLen, *outLen, *rounds, *numBlocks, *maxLen, *noGraphs, *skinny, *gemv, *out); err != nil {
+	if err := run(log, *modelName, *loadFormat, *dtype, *device, *conc, *promptLen, *outLen, *rounds, *numBlocks, *maxLen, cuda.Options{Logger: log, DisableGraphs: *noGraphs, SkinnyMaxT: *skinny, GemvMaxT: *gemv,
+		FusedDecodeMaxT: *fusedMaxT, DisablePDL: *noPDL}, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "cudabench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, modelName, loadFormat, dtype, device, conc string, promptLen, outLen, rounds, numBlocks, maxLen int, noGraphs bool, skinny, gemv int, out string) error {
+func run(log *slog.Logger, modelName, loadFormat, dtype, device, conc string, promptLen, outLen, rounds, numBlocks, maxLen int, co cuda.Options, out string) error {
 	var be ml.Backend
 	devName := "cpu"
 	switch device {
 	case "cuda":
-		b, err := cuda.NewBackend(cuda.Options{Logger: log, DisableGraphs: noGraphs, SkinnyMaxT: skinny, GemvMaxT: gemv})
+		b, err := cuda.NewBackend(co)
 		if err != nil {
 			return err
 		}
@@ -177,6 +180,12 @@ func level(ctx context.Context, e *engine.Local, c, rounds, promptLen, outLen, v
 						first, arrival = o.FirstToken, o.ArrivalTime
 					}
 					last = o.Time
+					if o.FinishReason != "" && o.FinishReason != engine.FinishLength {
+						mu.Lock()
+						firstErr = fmt.Errorf("request %s finished with %q after %d tokens (ignore_eos: want %q)",
+							o.RequestID, o.FinishReason, n, engine.FinishLength)
+						mu.Unlock()
+					}
 				}
 				mu.Lock()
 				tokens += n

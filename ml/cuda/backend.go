@@ -69,6 +69,14 @@ type Options struct {
 	// DisableFusion turns off the record-time fusions (q/k/v GEMV merge,
 	// GEMV bias, RoPE q+k and WriteKV); for A/B measurements.
 	DisableFusion bool
+	// FusedDecodeMaxT: steps of at most this many tokens (1, 2 or 4) take
+	// the fused decode ops (the dgemv kernels: RMSNorm, RoPE/KV write,
+	// SiLU and residual adds folded into bandwidth-bound GEMVs) where the
+	// model uses them (0: defaultFusedDecodeMaxT; negative: never).
+	FusedDecodeMaxT int
+	// DisablePDL launches kernels without programmatic dependent launch
+	// (on by default on compute capability 9.0 and later).
+	DisablePDL bool
 }
 
 // Backend is the CUDA ml.Backend. Its methods are safe for concurrent use
@@ -93,6 +101,9 @@ type Backend struct {
 		valid      bool
 	}
 	useShadow bool // a bf16 weight was loaded: norms also write bf16 copies
+	pdl       bool // kernels launch with programmatic stream serialization
+	launchCfg launchConfig
+	launchPDL launchAttr
 	skinnyRec skinnyRec
 	ropeRec   ropeRec
 
@@ -131,6 +142,7 @@ type op struct {
 	traceOff      int
 	fn            uintptr
 	grid, block   [3]uint32
+	shmem         uint32 // dynamic shared memory bytes
 	argOff, argSz int
 	g             gemmArgs
 }
@@ -144,6 +156,29 @@ type gemmArgs struct {
 	c                       uint64
 	ctype, ldc              int32
 }
+
+// launchConfig and launchAttr are CUlaunchConfig and CUlaunchAttribute
+// (cuda.h, 64-bit layout) for cuLaunchKernelEx.
+type launchConfig struct {
+	gridX, gridY, gridZ    uint32
+	blockX, blockY, blockZ uint32
+	shmem                  uint32
+	_                      uint32
+	stream                 uintptr
+	attrs                  *launchAttr
+	numAttrs               uint32
+	_                      uint32
+}
+
+type launchAttr struct {
+	id  uint32
+	_   uint32
+	val [64]byte
+}
+
+// launchAttrProgrammaticStreamSerialization is
+// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
+const launchAttrProgrammaticStreamSerialization = 6
 
 type graphEntry struct {
 	trace  []byte
@@ -206,6 +241,14 @@ func NewBackend(opts Options) (*Backend, error) {
 	case opts.GemvMaxT > 8:
 		opts.GemvMaxT = 8
 	}
+	switch {
+	case opts.ExactActivations:
+		opts.FusedDecodeMaxT = -1 // the fused GEMVs round activations to bf16
+	case opts.FusedDecodeMaxT == 0:
+		opts.FusedDecodeMaxT = defaultFusedDecodeMaxT
+	case opts.FusedDecodeMaxT > 4:
+		opts.FusedDecodeMaxT = 4
+	}
 	if opts.CublasWorkspace <= 0 {
 		opts.CublasWorkspace = 32 << 20
 	}
@@ -219,6 +262,9 @@ func NewBackend(opts Options) (*Backend, error) {
 	}
 	b := &Backend{l: l, dev: dev, opts: opts, log: log, fns: map[string]uintptr{}, one: 1,
 		seed: maphash.MakeSeed(), graphs: map[uint64]*graphEntry{}}
+	b.pdl = !opts.DisablePDL && dev.major >= 9 && l.cuLaunchKernelEx != 0
+	b.launchPDL.id = launchAttrProgrammaticStreamSerialization
+	b.launchPDL.val[0] = 1 // programmaticStreamSerializationAllowed
 
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -269,7 +315,7 @@ func NewBackend(opts Options) (*Backend, error) {
 		"sm", fmt.Sprintf("%d.%d", dev.major, dev.minor), "sms", dev.sms,
 		"memory_gib", fmt.Sprintf("%.1f", float64(dev.totalMem)/(1<<30)), "driver", dev.driver,
 		"cublas", cbv, "libcuda", l.cudaPath, "nvrtc", l.nvrtcPath, "libcublas", l.cublasPath,
-		"graphs", !opts.DisableGraphs)
+		"graphs", !opts.DisableGraphs, "pdl", b.pdl, "fused_decode_max_t", max(opts.FusedDecodeMaxT, 0))
 	return b, nil
 }
 
@@ -279,6 +325,11 @@ func kernelNames() []string {
 		n = append(n, "embedding_"+s, "rmsnorm_"+s, "add_rmsnorm_"+s, "bias_add_"+s)
 		for _, tt := range []int{1, 2, 4, 8} {
 			n = append(n, fmt.Sprintf("skinny_%s_%d", s, tt))
+		}
+	}
+	for _, e := range []string{"store", "add", "silu", "rope"} {
+		for _, m := range []int{1, 2, 4} {
+			n = append(n, fmt.Sprintf("dgemv_%s_%d", e, m))
 		}
 	}
 	for _, s := range []string{"f32", "bf16"} {
@@ -742,14 +793,20 @@ func (b *Backend) aF(v float32) {
 
 // push records a kernel launch whose arguments were appended since start.
 func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
+	return b.pushShm(name, grid, block, 0, start)
+}
+
+// pushShm is push with shmem bytes of dynamic shared memory.
+func (b *Backend) pushShm(name string, grid, block [3]uint32, shmem uint32, start int) error {
 	fn := b.fns[name]
 	if fn == 0 {
 		b.args = b.args[:start]
 		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)
 	}
-	o := op{kind: opKernel, fn: fn, grid: grid, block: block, argOff: start, argSz: len(b.args) - start, traceOff: len(b.trace)}
+	o := op{kind: opKernel, fn: fn, grid: grid, block: block, shmem: shmem, argOff: start, argSz: len(b.args) - start, traceOff: len(b.trace)}
 	b.ops = append(b.ops, o)
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, uint64(fn))
+	b.trace = binary.LittleEndian.AppendUint32(b.trace, shmem)
 	for _, v := range grid {
 		b.trace = binary.LittleEndian.AppendUint32(b.trace, v)
 	}
@@ -856,10 +913,20 @@ func (b *Backend) launchAll() error {
 			b.argLen = uint64(o.argSz)
 			b.extra = [5]uintptr{launchParamBufPtr, uintptr(unsafe.Pointer(&b.args[o.argOff])),
 				launchParamBufSize, uintptr(unsafe.Pointer(&b.argLen)), launchParamEnd}
+			if b.pdl {
+				b.launchCfg = launchConfig{gridX: o.grid[0], gridY: o.grid[1], gridZ: o.grid[2],
+					blockX: o.block[0], blockY: o.block[1], blockZ: o.block[2], shmem: o.shmem,
+					stream: b.stream, attrs: &b.launchPDL, numAttrs: 1}
+				if err := b.l.call(b.l.cuLaunchKernelEx, "cuLaunchKernelEx", uintptr(unsafe.Pointer(&b.launchCfg)),
+					o.fn, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := b.l.call(b.l.cuLaunchKernel, "cuLaunchKernel", o.fn,
 				uintptr(o.grid[0]), uintptr(o.grid[1]), uintptr(o.grid[2]),
 				uintptr(o.block[0]), uintptr(o.block[1]), uintptr(o.block[2]),
-				0, b.stream, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
+				uintptr(o.shmem), b.stream, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
 				return err
 			}
 		case opGemm:

@@ -40,6 +40,9 @@ type libs struct {
 	cuModuleUnload, cuModuleGetFunction, cuLaunchKernel, cuStreamCreate, cuStreamDestroy,
 	cuStreamSynchronize, cuStreamBeginCapture, cuStreamEndCapture, cuGraphInstantiate,
 	cuGraphLaunch, cuGraphDestroy, cuGraphExecDestroy, cuGetErrorString, cuGetErrorName uintptr
+	// cuLaunchKernelEx (CUDA 12+) is optional: without it kernels launch
+	// without programmatic dependent launch.
+	cuLaunchKernelEx uintptr
 
 	// nvrtc
 	nvrtcVersion, nvrtcCreateProgram, nvrtcCompileProgram, nvrtcGetProgramLogSize,
@@ -208,6 +211,8 @@ func loadLibs() (*libs, error) {
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("%w: %s lacks %s (driver too old?)", ErrLibrary, p, strings.Join(missing, ", "))
 	}
+	var optional []string
+	sym(h, "cuLaunchKernelEx", &l.cuLaunchKernelEx, &optional)
 
 	h, p, err = openNVRTC()
 	if err != nil {

@@ -321,18 +321,34 @@ func f64(x []float32) []float64 {
 // BenchmarkModelDecode: model.Forward decode steps of Qwen2.5-1.5B (dummy
 // bf16 weights) at several batch sizes, context ~100, logits downloaded.
 func BenchmarkModelDecode(bm *testing.B) {
-	be := gpu(bm, cuda.Options{})
-	m, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
+	for _, v := range []struct {
+		name string
+		o    cuda.Options
+	}{
+		{"fused+pdl", cuda.Options{}},
+		{"fused", cuda.Options{DisablePDL: true}},
+		{"unfused+pdl", cuda.Options{FusedDecodeMaxT: -1}},
+		{"unfused", cuda.Options{FusedDecodeMaxT: -1, DisablePDL: true}},
+	} {
+		bm.Run(v.name, func(bm *testing.B) { benchDecode(bm, v.o) })
+	}
+}
+
+// benchDecode times greedy decode steps (token ids downloaded, as the
+// engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of context.
+func benchDecode(bm *testing.B, o cuda.Options) {
+	be := gpu(bm, o)
+	lm, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
 	if err != nil {
 		bm.Fatal(err)
 	}
-	defer m.Close()
+	defer lm.Close()
+	m := lm.(model.DeviceArgmaxer)
 	const bs, ctx = 16, 100
-	if err := m.AllocateKV(256*8+8, bs); err != nil {
+	if err := lm.AllocateKV(256*8+8, bs); err != nil {
 		bm.Fatal(err)
 	}
-	V := m.Config().VocabSize
-	for _, T := range []int{1, 32, 256} {
+	for _, T := range []int{1, 2, 4, 32, 256} {
 		bm.Run(fmt.Sprintf("T=%d", T), func(bm *testing.B) {
 			b := &model.Batch{}
 			for i := 0; i < T; i++ {
@@ -345,15 +361,19 @@ func BenchmarkModelDecode(bm *testing.B) {
 				b.Seqs = append(b.Seqs, model.SeqChunk{Start: i, Len: 1, BlockTable: bt})
 				b.LogitIndices = append(b.LogitIndices, int32(i))
 			}
-			out := make([]float32, T*V)
+			greedy, toks := make([]bool, T), make([]int32, T)
+			out := make([]float32, T*lm.Config().VocabSize) // not downloaded: every row is greedy
+			for i := range greedy {
+				greedy[i] = true
+			}
 			for i := 0; i < 3; i++ {
-				if err := m.Forward(bm.Context(), b, out); err != nil {
+				if err := m.ForwardArgmax(bm.Context(), b, greedy, toks, out); err != nil {
 					bm.Fatal(err)
 				}
 			}
 			bm.ResetTimer()
 			for i := 0; i < bm.N; i++ {
-				if err := m.Forward(bm.Context(), b, out); err != nil {
+				if err := m.ForwardArgmax(bm.Context(), b, greedy, toks, out); err != nil {
 					bm.Fatal(err)
 				}
 			}
@@ -361,5 +381,42 @@ func BenchmarkModelDecode(bm *testing.B) {
 			bm.ReportMetric(sec*1e3, "ms/step")
 			bm.ReportMetric(float64(T)/sec, "tok/s")
 		})
+	}
+}
+
+// TestModelFusedDecodeMatchesUnfused: the bf16 checkpoint's prompt and 24
+// teacher-forced decode steps with the fused decode ops (the default) and
+// without them give the same logits up to summation order, and the same
+// greedy tokens where the golden's margin is clear.
+func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
+	td := shareddata.Dir(t)
+	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
+	g := shareddata.ReadModelGolden(t, dir)
+	run := func(o cuda.Options) [][]float32 {
+		m := loadOn(t, gpu(t, o), dir, model.LoadOptions{KVCacheDType: "float32"})
+		s := &seqRun{m: m, blocks: scattered}
+		rows := s.step(t, g.PromptIDs)
+		for i := 1; i < len(g.Greedy); i++ {
+			rows = append(rows, s.step(t, []int32{g.Greedy[i-1].Token})...)
+		}
+		return rows
+	}
+	want := run(cuda.Options{FusedDecodeMaxT: -1, GraphMinOps: 8})
+	got := run(cuda.Options{GraphMinOps: 8})
+	worst := 0.0
+	for i := range want {
+		for j := range want[i] {
+			worst = math.Max(worst, math.Abs(float64(got[i][j]-want[i][j])))
+		}
+	}
+	t.Logf("%d positions: max |fused-unfused| logit diff %.3g", len(want), worst)
+	if worst > 0.05 {
+		t.Errorf("fused decode logits differ from the unfused ops by %.3g > 0.05", worst)
+	}
+	np := len(g.PromptIDs)
+	for i, st := range g.Greedy[:len(g.Greedy)-1] {
+		if st.Margin > 0.2 && argmax(got[np-1+i]) != argmax(want[np-1+i]) {
+			t.Errorf("step %d: fused token %d, unfused %d", i, argmax(got[np-1+i]), argmax(want[np-1+i]))
+		}
 	}
 }

@@ -281,6 +281,9 @@ func (m *Model) forward(ctx context.Context, b *model.Batch, greedy []bool, toke
 	if err := be.Embedding(h, m.embed, vw.tokens); err != nil {
 		return err
 	}
+	if m.fd != nil && m.fd.FusedDecode(Tp, m.H) {
+		return m.forwardFused(ctx, vw, L, greedy, tokens, logits)
+	}
 	for i := range m.layers {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -503,4 +506,42 @@ func (m *Model) attnMLP(l *layer, i int, vw *stepViews) error {
 		return err
 	}
 	return be.MatMul(down, act, l.down, l.db)
+}
+
+// forwardFused runs the layers and the lm_head of a step the backend's fused
+// decode ops take (after the embedding): five launches per layer.
+func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, greedy []bool, tokens []int32, logits []float32) error {
+	be, fd, h := m.be, m.fd, vw.h
+	for i := range m.layers {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		l := &m.layers[i]
+		if err := fd.NormQKVRoPEWriteKV(vw.q, h, l.inNorm, m.eps, l.qkv, l.qkvb, vw.pos, m.invFreq,
+			m.nh, m.nkv, m.hd, m.kv, i, vw.slots); err != nil {
+			return fmt.Errorf("llama: layer %d: %w", i, err)
+		}
+		if err := be.Attention(vw.attn, vw.q, m.kv, i, &m.s.meta); err != nil {
+			return fmt.Errorf("llama: layer %d: %w", i, err)
+		}
+		if err := fd.MatMulAdd(h, vw.attn, l.o, l.ob); err != nil {
+			return fmt.Errorf("llama: layer %d: %w", i, err)
+		}
+		if err := fd.NormGateUpSiLU(vw.act, h, l.postNorm, m.eps, l.gateUp, l.gub); err != nil {
+			return fmt.Errorf("llama: layer %d: %w", i, err)
+		}
+		if err := fd.MatMulAdd(h, vw.act, l.down, l.db); err != nil {
+			return fmt.Errorf("llama: layer %d: %w", i, err)
+		}
+	}
+	if L == 0 {
+		return be.Sync()
+	}
+	if err := be.GatherRows(vw.selH, h, vw.logitIdx); err != nil {
+		return err
+	}
+	if err := fd.NormMatMul(vw.logits, vw.selH, m.finalNorm, m.eps, m.lmHead, nil); err != nil {
+		return err
+	}
+	return m.fetchLogits(vw, L, greedy, tokens, logits)
 }

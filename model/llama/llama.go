@@ -38,6 +38,19 @@ type fusedQKV interface {
 		c ml.KVCache, layer int, slots ml.Tensor) error
 }
 
+// fusedDecoder is the optional backend capability for steps of a few tokens
+// (ml/cuda): each layer's norms, RoPE/KV write, SiLU and residual adds
+// folded into its GEMVs. On this path h holds the whole residual stream (the
+// o and down projections are added to it in place).
+type fusedDecoder interface {
+	FusedDecode(T, hidden int, weights ...ml.Tensor) bool
+	NormMatMul(dst, x, normW ml.Tensor, eps float32, w, bias ml.Tensor) error
+	NormQKVRoPEWriteKV(qkv, x, normW ml.Tensor, eps float32, w, bias, positions, invFreq ml.Tensor,
+		numHeads, numKVHeads, headDim int, c ml.KVCache, layer int, slots ml.Tensor) error
+	NormGateUpSiLU(act, x, normW ml.Tensor, eps float32, gateUp, bias ml.Tensor) error
+	MatMulAdd(acc, x, w, bias ml.Tensor) error
+}
+
 // stepPadder is implemented by backends that replay repeated steps (CUDA
 // graphs): steps with prompt tokens are then padded to a few sizes.
 type stepPadder interface{ PadSteps() bool }
@@ -64,8 +77,9 @@ type Model struct {
 
 	s scratch
 
-	fq  fusedQKV // nil: separate q, k, v projections
-	pad bool     // pad prefill/mixed steps to bucket sizes
+	fq  fusedQKV     // nil: separate q, k, v projections
+	fd  fusedDecoder // nil: the backend has no fused decode ops, or the weights don't suit them
+	pad bool         // pad prefill/mixed steps to bucket sizes
 }
 
 var _ model.DeviceArgmaxer = (*Model)(nil)
@@ -173,6 +187,16 @@ func New(cfg *model.Config, w *model.Weights) (_ model.Model, err error) {
 	m.tensors = append(m.tensors, m.invFreq)
 	if err = m.be.UploadF32(m.invFreq, inv); err != nil {
 		return nil, err
+	}
+	if fd, ok := m.be.(fusedDecoder); ok && m.fq != nil {
+		ws := []ml.Tensor{m.lmHead}
+		for i := range m.layers {
+			l := &m.layers[i]
+			ws = append(ws, l.qkv, l.o, l.gateUp, l.down)
+		}
+		if fd.FusedDecode(1, H, ws...) {
+			m.fd = fd
+		}
 	}
 	m.weightBytes = w.Bytes
 	w.Logger.Info("model loaded", "arch", cfg.Arch(), "layers", len(m.layers), "hidden", H,

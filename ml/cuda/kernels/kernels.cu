@@ -12,6 +12,26 @@ struct f16 { u16 x; };
 
 #define NEG_INF (-__int_as_float(0x7f800000))
 
+// Programmatic dependent launch (Hopper+). Every kernel is launched allowed
+// to start while its predecessor drains, so each first waits for it
+// (griddepcontrol.wait returns once the previous grid has completed and its
+// writes are visible) and only then lets its own successor launch: at most
+// two grids overlap, and no grid reads or writes activations early. Only
+// dgemv does work before the wait: it loads weights, which no kernel writes.
+// On older GPUs, or launched without the attribute, both are no-ops.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define PDL_WAIT()
+#define PDL_LAUNCH()
+#endif
+#define PDL_ENTRY() \
+  do {              \
+    PDL_WAIT();     \
+    PDL_LAUNCH();   \
+  } while (0)
+
 __device__ __forceinline__ float tof(float v) { return v; }
 __device__ __forceinline__ float tof(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
 __device__ __forceinline__ float tof(f16 v) {
@@ -62,10 +82,12 @@ __device__ float blockSum(float v) {
 // ---- casts (activations to the GEMM input dtype) ----
 
 extern "C" __global__ void cast_f32_bf16(bf16* dst, const float* src, long long n) {
+  PDL_ENTRY();
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
     dst[i].x = f2bf(src[i]);
 }
 extern "C" __global__ void cast_f32_f16(f16* dst, const float* src, long long n) {
+  PDL_ENTRY();
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
     dst[i].x = f2h(src[i]);
 }
@@ -136,16 +158,20 @@ __device__ void bias_add(float* dst, const B* bias, int N, long long n) {
 
 #define INST_W(T, S)                                                                                   \
   extern "C" __global__ void embedding_##S(float* dst, const T* table, const int* ids, int D, int vocab) { \
+    PDL_ENTRY();                                                                                     \
     embedding<T>(dst, table, ids, D, vocab);                                                           \
   }                                                                                                    \
   extern "C" __global__ void rmsnorm_##S(float* dst, bf16* dst16, const float* x, const T* w, int D, float eps) { \
+    PDL_ENTRY();                                                                                     \
     rmsnorm<T>(dst, dst16, x, w, D, eps);                                                              \
   }                                                                                                    \
   extern "C" __global__ void add_rmsnorm_##S(float* residual, float* dst, bf16* dst16, const float* x, const T* w, \
                                              int D, float eps) {                                       \
+    PDL_ENTRY();                                                                                     \
     add_rmsnorm<T>(residual, dst, dst16, x, w, D, eps);                                                \
   }                                                                                                    \
   extern "C" __global__ void bias_add_##S(float* dst, const T* bias, int N, long long n) {             \
+    PDL_ENTRY();                                                                                     \
     bias_add<T>(dst, bias, N, n);                                                                      \
   }
 
@@ -263,6 +289,7 @@ __device__ void skinny(const float* x, int T, int K, int ldx, Seg3 sg) {
 
 #define INST_SKINNY(W, S, TT)                                                                    \
   extern "C" __global__ void skinny_##S##_##TT(const float* x, int T, int K, int ldx, Seg3 sg) { \
+    PDL_ENTRY();                                                                                     \
     skinny<W, TT>(x, T, K, ldx, sg);                                                             \
   }
 #define INST_SKINNY_ALL(W, S) INST_SKINNY(W, S, 1) INST_SKINNY(W, S, 2) INST_SKINNY(W, S, 4) INST_SKINNY(W, S, 8)
@@ -453,6 +480,7 @@ __device__ void gemvp_bf16(const X* x, int T, int K, int ldx, Seg3 sg) {
 #define INST_GEMVP(X, XS, M)                                                                                   \
   extern "C" __global__ void __launch_bounds__(256, 4) gemv_bf16_x##XS##_##M##_p(const X* x, int T, int K, int ldx, \
                                                                                 Seg3 sg) {                      \
+    PDL_ENTRY();                                                                                     \
     gemvp_bf16<X, M>(x, T, K, ldx, sg);                                                                        \
   }
 INST_GEMVP(bf16, bf16, 1) INST_GEMVP(bf16, bf16, 2) INST_GEMVP(bf16, bf16, 4) INST_GEMVP(bf16, bf16, 8)
@@ -461,6 +489,7 @@ INST_GEMVP(float, f32, 1) INST_GEMVP(float, f32, 2) INST_GEMVP(float, f32, 4) IN
 #define INST_GEMV(X, XS, M, KS)                                                                          \
   extern "C" __global__ void __launch_bounds__(256) gemv_bf16_x##XS##_##M##_##KS(const X* x, int T, int K, \
                                                                                   int ldx, Seg3 sg) {     \
+    PDL_ENTRY();                                                                                     \
     gemv_bf16<X, M, KS>(x, T, K, ldx, sg);                                                               \
   }
 #define INST_GEMV_KS(X, XS, M) INST_GEMV(X, XS, M, 1) INST_GEMV(X, XS, M, 2) INST_GEMV(X, XS, M, 4) INST_GEMV(X, XS, M, 8)
@@ -526,6 +555,7 @@ __device__ void rope_kv(float* x0, int nh0, int stride0, float* x1, int nh1, int
                                          const int* pos, const float* invFreq, int headDim, KV* kc, KV* vc,  \
                                          const float* v, int vStride, const int* slots, long long numSlots,  \
                                          const float* bias) {                                                \
+    PDL_ENTRY();                                                                                     \
     rope_kv<KV>(x0, nh0, stride0, x1, nh1, stride1, pos, invFreq, headDim, kc, vc, v, vStride, slots,       \
                 numSlots, bias);                                                                              \
   }
@@ -535,6 +565,7 @@ INST_ROPE(bf16, bf16)
 // ---- SiLU-and-mul: dst[t, i] = silu(gu[t, i]) * gu[t, I+i] ----
 
 extern "C" __global__ void silu_mul(float* dst, bf16* dst16, const float* gu, int I, long long n) {
+  PDL_ENTRY();
   for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
     const long long t = idx / I;
     const int i = (int)(idx - t * I);
@@ -549,6 +580,7 @@ extern "C" __global__ void silu_mul(float* dst, bf16* dst16, const float* gu, in
 // ---- GatherRows: dst[r] = src[idx[r]] (zeros when out of range) ----
 
 extern "C" __global__ void gather_rows(float* dst, const float* src, const int* idx, int cols, int srcRows) {
+  PDL_ENTRY();
   const int r = blockIdx.x;
   const int i = idx[r];
   float* o = dst + (long long)r * cols;
@@ -563,6 +595,7 @@ extern "C" __global__ void gather_rows(float* dst, const float* src, const int* 
 // ---- argmax per row (lowest index wins ties) ----
 
 extern "C" __global__ void argmax_rows(int* out, const float* x, int N) {
+  PDL_ENTRY();
   const float* xr = x + (long long)blockIdx.x * N;
   float best = NEG_INF;
   int bi = 0x7fffffff;
@@ -754,6 +787,7 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
       float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc, const int* tokenSeq, \
       const int* positions, const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int H, int KVH, \
       int D, float scale, int numSplits, int qStride, int outStride, bf16* out16) {                             \
+    PDL_ENTRY();                                                                                     \
     attention<KV, EPL>(out, partO, partML, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize,   \
                        numBlocks, H, KVH, D, scale, numSplits, qStride, outStride, out16);                      \
   }
@@ -765,6 +799,7 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
   INST_ATTN(KV, S, 8)                                                                                           \
   extern "C" __global__ void write_kv_##S(KV* kc, KV* vc, const float* k, const float* v, const int* slots,    \
                                           int kvdim, int kStride, int vStride, long long numSlots) {           \
+    PDL_ENTRY();                                                                                     \
     write_kv<KV>(kc, vc, k, v, slots, kvdim, kStride, vStride, numSlots);                                       \
   }
 
@@ -775,6 +810,7 @@ INST_KV(bf16, bf16)
 // Grid (H, T), block >= 32 threads.
 extern "C" __global__ void attn_combine(float* out, const float* partO, const float* partML, int H, int D,
                                         int numSplits, int outStride, bf16* out16) {
+  PDL_ENTRY();
   const int h = blockIdx.x, t = blockIdx.y;
   const long long i0 = ((long long)t * H + h) * numSplits;
   float M = NEG_INF;
@@ -796,3 +832,228 @@ extern "C" __global__ void attn_combine(float* out, const float* partO, const fl
     if (out16) out16[oi].x = f2bf(y);
   }
 }
+
+// ---- dgemv: the fused decode GEMV ----
+//
+// dst[t, :] for t < T <= M tokens from bf16 weights w [N, K] with f32
+// accumulation. x is bf16: given (xg, row stride ldx), or made by the
+// prologue from the f32 residual xr [T, K] as RMSNorm(xr)·nw rounded to
+// bf16 (what the unfused path hands cuBLAS), into dynamic shared memory.
+// Each warp computes one pair of rows, whose pairing the epilogue needs:
+//   EPI_STORE  rows 2p, 2p+1:     dst = acc (+bias)
+//   EPI_ADD    rows 2p, 2p+1:     dst += acc (+bias)       (residual add)
+//   EPI_SILU   rows p, I+p:       dst = dst16 = silu(g)·u   (gate, up; N = 2I)
+//   EPI_ROPE   rows j, j+hd/2 of one head of [q | k | v]: bias, RoPE on q
+//              and k, all three stored to dst, k and v to the KV cache.
+// The first two batches of weight loads (16 per lane) are issued before
+// waiting for the previous kernel, so a small matrix is mostly in flight
+// before its input exists.
+
+#define EPI_STORE 0
+#define EPI_ADD 1
+#define EPI_SILU 2
+#define EPI_ROPE 3
+
+struct DArgs {
+  const bf16* w;
+  const float* bias;  // [N] or null
+  const bf16* xg;     // bf16 x, or null: the norm prologue
+  const float* xr;    // f32 x to normalize [T, K]
+  const void* nw;     // norm weight [K], dtype nwdt (0 f32, 1 bf16, 2 f16)
+  float* dst;
+  bf16* dst16;        // EPI_SILU's bf16 copy
+  const int* pos;     // EPI_ROPE
+  const float* invFreq;
+  void* kc;           // layer's K cache, dtype kvdt (0 f32, 1 bf16)
+  void* vc;
+  const int* slots;
+  long long numSlots;
+  int N, K, T, ldx, ldxr, ldd, nwdt, nh, nkv, hd, kvdt;
+  float eps;
+};
+
+__device__ __forceinline__ uint4 ldw16v(const bf16* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ float nwAt(const void* w, int dt, int k) {
+  if (dt == 1) return tof(((const bf16*)w)[k]);
+  if (dt == 2) return tof(((const f16*)w)[k]);
+  return ((const float*)w)[k];
+}
+
+__device__ __forceinline__ void stKV(void* c, int dt, long long i, float v) {
+  if (dt == 1)
+    stf((bf16*)c + i, v);
+  else
+    ((float*)c)[i] = v;
+}
+
+__device__ __forceinline__ void fma8(float& acc, const uint4 w, const float* x) {
+  const unsigned q[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc += __uint_as_float(q[i] << 16) * x[2 * i];
+    acc += __uint_as_float(q[i] & 0xffff0000u) * x[2 * i + 1];
+  }
+}
+
+template <int M, int EPI>
+__device__ __forceinline__ void dgemv(const DArgs& a) {
+  constexpr int U = 4;  // 16-byte loads per row per batch
+  extern __shared__ uint4 dsm[];
+  const int lane = threadIdx.x & 31;
+  const int p = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int K = a.K, nvec = K >> 3;
+  int P, r0, r1;
+  if (EPI == EPI_SILU) {
+    P = a.N >> 1;
+    r0 = p;
+    r1 = p + P;
+  } else if (EPI == EPI_ROPE) {
+    P = a.N >> 1;
+    const int half = a.hd >> 1, h = p / half;
+    r0 = h * a.hd + (p - h * half);
+    r1 = r0 + half;
+  } else {
+    P = (a.N + 1) >> 1;
+    r0 = 2 * p;
+    r1 = min(r0 + 1, a.N - 1);
+  }
+  const bool ok = p < P;
+  const bf16* w0 = a.w + (long long)(ok ? r0 : 0) * K;
+  const bf16* w1 = a.w + (long long)(ok ? r1 : 0) * K;
+
+  uint4 ca[U], cb[U], na[U], nb[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int v = lane + u * 32, vn = v + U * 32;
+    if (ok && v < nvec) {
+      ca[u] = ldw16v(w0 + v * 8);
+      cb[u] = ldw16v(w1 + v * 8);
+    }
+    if (ok && vn < nvec) {
+      na[u] = ldw16v(w0 + vn * 8);
+      nb[u] = ldw16v(w1 + vn * 8);
+    }
+  }
+  PDL_WAIT();
+  PDL_LAUNCH();
+
+  const int tn = min(M, a.T);
+  const bf16* x = a.xg;
+  int ldx = a.ldx;
+  if (x == 0) {
+    bf16* xs = (bf16*)dsm;
+    for (int t = 0; t < tn; ++t) {
+      const float* xr = a.xr + (long long)t * a.ldxr;
+      float ss = 0.f;
+      for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const float v = xr[k];
+        ss += v * v;
+      }
+      ss = blockSum(ss);
+      const float r = 1.0f / sqrtf(ss / (float)K + a.eps);
+      for (int k = threadIdx.x; k < K; k += blockDim.x) xs[t * K + k].x = f2bf((xr[k] * r) * nwAt(a.nw, a.nwdt, k));
+    }
+    __syncthreads();
+    x = xs;
+    ldx = K;
+  }
+  if (!ok) return;
+
+  float acc0[M], acc1[M];
+#pragma unroll
+  for (int t = 0; t < M; ++t) acc0[t] = acc1[t] = 0.f;
+  for (int vb = lane; vb < nvec; vb += U * 32) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int v = vb + u * 32;
+      if (v < nvec) {
+#pragma unroll
+        for (int t = 0; t < M; ++t) {
+          if (t < tn) {
+            float xv[8];
+            load8(x + (long long)t * ldx + v * 8, xv);
+            fma8(acc0[t], ca[u], xv);
+            fma8(acc1[t], cb[u], xv);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      ca[u] = na[u];
+      cb[u] = nb[u];
+      const int vn = vb + (2 * U + u) * 32;
+      if (vn < nvec) {
+        na[u] = ldw16v(w0 + vn * 8);
+        nb[u] = ldw16v(w1 + vn * 8);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < M; ++t) {
+    acc0[t] = warpSum(acc0[t]);
+    acc1[t] = warpSum(acc1[t]);
+  }
+  float b0 = 0.f, b1 = 0.f;
+  if (a.bias) {
+    b0 = a.bias[r0];
+    b1 = a.bias[r1];
+  }
+#pragma unroll
+  for (int t = 0; t < M; ++t) {
+    if (t >= tn || lane != t) continue;
+    const float s0 = acc0[t] + b0, s1 = acc1[t] + b1;
+    float* d = a.dst + (long long)t * a.ldd;
+    if (EPI == EPI_STORE) {
+      d[r0] = s0;
+      if (r1 != r0) d[r1] = s1;
+    } else if (EPI == EPI_ADD) {
+      d[r0] += s0;
+      if (r1 != r0) d[r1] += s1;
+    } else if (EPI == EPI_SILU) {
+      const float y = s0 / (1.0f + expf(-s0)) * s1;
+      d[p] = y;
+      a.dst16[(long long)t * a.ldd + p].x = f2bf(y);
+    } else {
+      const int half = a.hd >> 1, h = p / half, j = p - h * half;
+      float n0 = s0, n1 = s1;
+      if (h < a.nh + a.nkv) {
+        float sn, cs;
+        sincosf((float)a.pos[t] * a.invFreq[j], &sn, &cs);
+        n0 = s0 * cs - s1 * sn;
+        n1 = s1 * cs + s0 * sn;
+      }
+      d[r0] = n0;
+      d[r1] = n1;
+      const int slot = a.slots[t];
+      if (h >= a.nh && slot >= 0 && slot < a.numSlots) {
+        const bool isK = h < a.nh + a.nkv;
+        const int hh = isK ? h - a.nh : h - a.nh - a.nkv;
+        const long long o = (long long)slot * a.nkv * a.hd + (long long)hh * a.hd + j;
+        void* c = isK ? a.kc : a.vc;
+        stKV(c, a.kvdt, o, n0);
+        stKV(c, a.kvdt, o + half, n1);
+      }
+    }
+  }
+}
+
+#define INST_DGEMV(M, EPI, NAME)                                                          \
+  extern "C" __global__ void __launch_bounds__(256) dgemv_##NAME##_##M(const DArgs a) { \
+    dgemv<M, EPI>(a);                                                                     \
+  }
+#define INST_DGEMV_M(M)                 \
+  INST_DGEMV(M, EPI_STORE, store)      \
+  INST_DGEMV(M, EPI_ADD, add)          \
+  INST_DGEMV(M, EPI_SILU, silu)        \
+  INST_DGEMV(M, EPI_ROPE, rope)
+INST_DGEMV_M(1)
+INST_DGEMV_M(2)
+INST_DGEMV_M(4)
