@@ -74,6 +74,9 @@ type Options struct {
 	// SiLU and residual adds folded into bandwidth-bound GEMVs) where the
 	// model uses them (0: defaultFusedDecodeMaxT; negative: never).
 	FusedDecodeMaxT int
+	// DgemvKS forces the fused GEMVs' split-K factor (1, 2, 4 or 8 warps
+	// per pair of rows; 0: chosen per shape). For benchmarks.
+	DgemvKS int
 	// DisablePDL launches kernels without programmatic dependent launch
 	// (on by default on compute capability 9.0 and later).
 	DisablePDL bool
@@ -95,6 +98,8 @@ type Backend struct {
 	act16     devBuf // activations cast for GEMM
 	sh16      devBuf // bf16 copy of the last normed / SiLU output
 	part      devBuf // attention split partials
+	amPart    devBuf // argmax partials (values, then indices)
+	amCount   devBuf // argmax per-row block counters
 	shadow    struct {
 		ptr        uint64
 		rows, cols int
@@ -142,7 +147,6 @@ type op struct {
 	traceOff      int
 	fn            uintptr
 	grid, block   [3]uint32
-	shmem         uint32 // dynamic shared memory bytes
 	argOff, argSz int
 	g             gemmArgs
 }
@@ -329,7 +333,9 @@ func kernelNames() []string {
 	}
 	for _, e := range []string{"store", "add", "silu", "rope"} {
 		for _, m := range []int{1, 2, 4} {
-			n = append(n, fmt.Sprintf("dgemv_%s_%d", e, m))
+			for _, ks := range []int{1, 2, 4, 8} {
+				n = append(n, fmt.Sprintf("dgemv_%s_%d_%d", e, m, ks))
+			}
 		}
 	}
 	for _, s := range []string{"f32", "bf16"} {
@@ -747,7 +753,7 @@ func (b *Backend) release() {
 	if b.blas != 0 {
 		_ = b.l.blascall(b.l.cublasDestroy, "cublasDestroy", b.blas)
 	}
-	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.sh16, &b.part} {
+	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.sh16, &b.part, &b.amPart, &b.amCount} {
 		if d.ptr != 0 {
 			_ = b.l.call(b.l.cuMemFree, "cuMemFree", uintptr(d.ptr))
 		}
@@ -793,20 +799,14 @@ func (b *Backend) aF(v float32) {
 
 // push records a kernel launch whose arguments were appended since start.
 func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
-	return b.pushShm(name, grid, block, 0, start)
-}
-
-// pushShm is push with shmem bytes of dynamic shared memory.
-func (b *Backend) pushShm(name string, grid, block [3]uint32, shmem uint32, start int) error {
 	fn := b.fns[name]
 	if fn == 0 {
 		b.args = b.args[:start]
 		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)
 	}
-	o := op{kind: opKernel, fn: fn, grid: grid, block: block, shmem: shmem, argOff: start, argSz: len(b.args) - start, traceOff: len(b.trace)}
+	o := op{kind: opKernel, fn: fn, grid: grid, block: block, argOff: start, argSz: len(b.args) - start, traceOff: len(b.trace)}
 	b.ops = append(b.ops, o)
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, uint64(fn))
-	b.trace = binary.LittleEndian.AppendUint32(b.trace, shmem)
 	for _, v := range grid {
 		b.trace = binary.LittleEndian.AppendUint32(b.trace, v)
 	}
@@ -915,7 +915,7 @@ func (b *Backend) launchAll() error {
 				launchParamBufSize, uintptr(unsafe.Pointer(&b.argLen)), launchParamEnd}
 			if b.pdl {
 				b.launchCfg = launchConfig{gridX: o.grid[0], gridY: o.grid[1], gridZ: o.grid[2],
-					blockX: o.block[0], blockY: o.block[1], blockZ: o.block[2], shmem: o.shmem,
+					blockX: o.block[0], blockY: o.block[1], blockZ: o.block[2],
 					stream: b.stream, attrs: &b.launchPDL, numAttrs: 1}
 				if err := b.l.call(b.l.cuLaunchKernelEx, "cuLaunchKernelEx", uintptr(unsafe.Pointer(&b.launchCfg)),
 					o.fn, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
@@ -926,7 +926,7 @@ func (b *Backend) launchAll() error {
 			if err := b.l.call(b.l.cuLaunchKernel, "cuLaunchKernel", o.fn,
 				uintptr(o.grid[0]), uintptr(o.grid[1]), uintptr(o.grid[2]),
 				uintptr(o.block[0]), uintptr(o.block[1]), uintptr(o.block[2]),
-				uintptr(o.shmem), b.stream, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
+				0, b.stream, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
 				return err
 			}
 		case opGemm:

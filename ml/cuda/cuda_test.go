@@ -490,14 +490,21 @@ func TestArgMax(t *testing.T) {
 		if R > 1 {
 			x[V+3], x[V+5] = 30, 30 // tie in row 1: lowest index
 		}
+		if R > 2 {
+			x[2*V+V-9], x[2*V+11] = 40, 40 // tie across the row's blocks
+		}
 		xt, _ := b.NewTensor(ml.F32, R, V)
 		it, _ := b.NewTensor(ml.I32, 1, R)
-		if err := errors.Join(b.UploadF32(xt, x), b.ArgMax(it, xt)); err != nil {
-			t.Fatal(err)
-		}
 		got := make([]int32, R)
-		if err := b.DownloadI32(got, it); err != nil {
-			t.Fatal(err)
+		// Twice: the per-row block counters must be back at zero.
+		for rep := 0; rep < 2; rep++ {
+			clear(got)
+			if err := errors.Join(b.UploadF32(xt, x), b.ArgMax(it, xt)); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.DownloadI32(got, it); err != nil {
+				t.Fatal(err)
+			}
 		}
 		for i := 0; i < R; i++ {
 			best := 0

@@ -20,10 +20,6 @@ import (
 // token against 2.55 unfused, but 3.18 and 5.0 ms at two and four against 2.6.
 const defaultFusedDecodeMaxT = 1
 
-// maxDgemvShm bounds the norm prologue's shared memory (M·K bf16): the
-// default 48 KiB a launch may use without opting in.
-const maxDgemvShm = 48 << 10
-
 // dgemvM is the token capacity (a compiled variant) serving T tokens.
 func dgemvM(T int) int {
 	switch {
@@ -39,7 +35,7 @@ func dgemvM(T int) int {
 // hidden size takes the fused decode ops, and, when weights are given,
 // whether those weights suit them (bf16, rows a multiple of 8 elements).
 func (b *Backend) FusedDecode(T, hidden int, weights ...ml.Tensor) bool {
-	if T < 1 || T > b.opts.FusedDecodeMaxT || hidden <= 0 || hidden%8 != 0 || dgemvM(T)*hidden*2 > maxDgemvShm {
+	if T < 1 || T > b.opts.FusedDecodeMaxT || hidden <= 0 || hidden%8 != 0 {
 		return false
 	}
 	for _, w := range weights {
@@ -72,12 +68,25 @@ func (b *Backend) pushDgemv(epi string, a *dgemvArgs) error {
 	b.align(8) // the struct's size is a multiple of its alignment
 	m := dgemvM(a.t)
 	pairs := (a.n + 1) / 2
-	var shm uint32
-	if a.xg == 0 {
-		shm = uint32(m * a.k * 2)
-	}
+	ks := b.dgemvKS(pairs, a.k)
 	b.skinnyRec.valid, b.ropeRec.valid = false, false
-	return b.pushShm(fmt.Sprintf("dgemv_%s_%d", epi, m), g1((pairs+7)/8), g1(256), shm, st)
+	per := 8 / ks // pairs per 8-warp block
+	return b.push(fmt.Sprintf("dgemv_%s_%d_%d", epi, m, ks), g1((pairs+per-1)/per), g1(256), st)
+}
+
+// dgemvKS picks how many warps split each pair of rows' K: enough warps to
+// keep every SM streaming (a few thousand) when the matrix has few rows, as
+// long as each lane keeps at least two 16-byte loads per row.
+func (b *Backend) dgemvKS(pairs, K int) int {
+	switch b.opts.DgemvKS {
+	case 1, 2, 4, 8:
+		return b.opts.DgemvKS
+	}
+	ks := 1
+	for ks < 8 && pairs*ks < 32*int(b.dev.sms) && K/8/(64*ks) >= 2 {
+		ks *= 2
+	}
+	return ks
 }
 
 // fusedOperands checks the operands every fused op shares: x [T,K],
@@ -141,11 +150,8 @@ func (b *Backend) normedArgs(op string, dst, x, normW ml.Tensor, eps float32, w,
 	if err != nil {
 		return nil, nil, err
 	}
-	if xx.dt != ml.F32 {
-		return nil, nil, shapeErr("%s x %v, want f32", op, xx.dt)
-	}
-	if dgemvM(xx.rows)*xx.cols*2 > maxDgemvShm {
-		return nil, nil, fmt.Errorf("%w: %s: %d normed columns exceed the fused prologue's shared memory", ml.ErrUnsupported, op, xx.cols)
+	if xx.dt != ml.F32 || xx.cols%4 != 0 {
+		return nil, nil, shapeErr("%s x %v with %d columns, want f32", op, xx.dt, xx.cols)
 	}
 	nw, nwdt, err := b.normArg(normW, xx.cols)
 	if err != nil {

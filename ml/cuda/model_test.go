@@ -325,10 +325,9 @@ func BenchmarkModelDecode(bm *testing.B) {
 		name string
 		o    cuda.Options
 	}{
-		{"fused+pdl", cuda.Options{}},
-		{"fused", cuda.Options{DisablePDL: true}},
-		{"unfused+pdl", cuda.Options{FusedDecodeMaxT: -1}},
-		{"unfused", cuda.Options{FusedDecodeMaxT: -1, DisablePDL: true}},
+		{"fused", cuda.Options{FusedDecodeMaxT: 4}},
+		{"fused-nopdl", cuda.Options{FusedDecodeMaxT: 4, DisablePDL: true}},
+		{"unfused", cuda.Options{FusedDecodeMaxT: -1}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) { benchDecode(bm, v.o) })
 	}
@@ -348,7 +347,7 @@ func benchDecode(bm *testing.B, o cuda.Options) {
 	if err := lm.AllocateKV(256*8+8, bs); err != nil {
 		bm.Fatal(err)
 	}
-	for _, T := range []int{1, 2, 4, 32, 256} {
+	for _, T := range []int{1, 2, 4, 32} {
 		bm.Run(fmt.Sprintf("T=%d", T), func(bm *testing.B) {
 			b := &model.Batch{}
 			for i := 0; i < T; i++ {
@@ -385,9 +384,11 @@ func benchDecode(bm *testing.B, o cuda.Options) {
 }
 
 // TestModelFusedDecodeMatchesUnfused: the bf16 checkpoint's prompt and 24
-// teacher-forced decode steps with the fused decode ops (the default) and
-// without them give the same logits up to summation order, and the same
-// greedy tokens where the golden's margin is clear.
+// teacher-forced decode steps with the fused decode ops and without them
+// (decode MatMuls on f32 activations, as the fused norms keep them) give
+// close logits and the same greedy tokens where the golden's margin is
+// clear. The fused o and down projections read bf16 copies of their inputs,
+// which this untrained checkpoint amplifies (see TestModelGolden).
 func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
@@ -401,8 +402,8 @@ func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 		}
 		return rows
 	}
-	want := run(cuda.Options{FusedDecodeMaxT: -1, GraphMinOps: 8})
-	got := run(cuda.Options{GraphMinOps: 8})
+	want := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8})
+	got := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8})
 	worst := 0.0
 	for i := range want {
 		for j := range want[i] {
@@ -410,12 +411,12 @@ func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 		}
 	}
 	t.Logf("%d positions: max |fused-unfused| logit diff %.3g", len(want), worst)
-	if worst > 0.05 {
-		t.Errorf("fused decode logits differ from the unfused ops by %.3g > 0.05", worst)
+	if worst > 0.15 {
+		t.Errorf("fused decode logits differ from the unfused ops by %.3g > 0.15", worst)
 	}
 	np := len(g.PromptIDs)
 	for i, st := range g.Greedy[:len(g.Greedy)-1] {
-		if st.Margin > 0.2 && argmax(got[np-1+i]) != argmax(want[np-1+i]) {
+		if st.Margin > 0.3 && argmax(got[np-1+i]) != argmax(want[np-1+i]) {
 			t.Errorf("step %d: fused token %d, unfused %d", i, argmax(got[np-1+i]), argmax(want[np-1+i]))
 		}
 	}

@@ -869,10 +869,24 @@ func (b *Backend) ArgMax(dst, logits ml.Tensor) error {
 	if x.rows == 0 || x.cols == 0 {
 		return nil
 	}
+	if x.rows > 65535 {
+		return fmt.Errorf("%w: argmax over %d rows (max 65535)", ml.ErrUnsupported, x.rows)
+	}
+	// A block per ~2k entries of a row, partials reduced by the row's last block.
+	nb := min(max(1, x.cols/2048), 256)
+	if err := b.ensure(&b.amPart, int64(x.rows)*int64(nb)*8); err != nil {
+		return err
+	}
+	if err := b.ensure(&b.amCount, int64(x.rows)*4); err != nil { // zeroed at allocation, reset by the kernel
+		return err
+	}
 	b.invalidate(d.ptr, int64(x.rows)*4)
 	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(x.ptr)
 	b.aI(x.cols)
-	return b.push("argmax_rows", g1(x.rows), g1(threadsFor(x.cols, 1024)), st)
+	b.aP(b.amPart.ptr)
+	b.aP(b.amPart.ptr + uint64(x.rows*nb*4))
+	b.aP(b.amCount.ptr)
+	return b.push("argmax_rows", g3(nb, x.rows, 1), g1(256), st)
 }

@@ -593,38 +593,69 @@ extern "C" __global__ void gather_rows(float* dst, const float* src, const int* 
 }
 
 // ---- argmax per row (lowest index wins ties) ----
+//
+// Grid (nb, rows): block b reduces its slice of the row to one (value,
+// index) partial; the last block of a row to finish (a counter per row,
+// zero between launches) reduces the partials. One launch, and a 152k-entry
+// vocabulary spread over ~75 blocks instead of one.
 
-extern "C" __global__ void argmax_rows(int* out, const float* x, int N) {
-  PDL_ENTRY();
-  const float* xr = x + (long long)blockIdx.x * N;
-  float best = NEG_INF;
-  int bi = 0x7fffffff;
-  for (int i = threadIdx.x; i < N; i += blockDim.x) {
-    const float v = xr[i];
-    if (v > best || (v == best && i < bi)) { best = v; bi = i; }
+__device__ __forceinline__ void amax(float& best, int& bi, float v, int i) {
+  if (v > best || (v == best && i < bi)) {
+    best = v;
+    bi = i;
   }
+}
+
+__device__ void blockArgmax(float& best, int& bi) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-  }
+  for (int o = 16; o > 0; o >>= 1) amax(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
   __shared__ float sv[32];
   __shared__ int si[32];
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  if (lane == 0) { sv[w] = best; si[w] = bi; }
   __syncthreads();
-  if (w == 0) {
-    const int nw = blockDim.x >> 5;
-    best = lane < nw ? sv[lane] : NEG_INF;
-    bi = lane < nw ? si[lane] : 0x7fffffff;
+  if (lane == 0) {
+    sv[w] = best;
+    si[w] = bi;
+  }
+  __syncthreads();
+  const int nw = blockDim.x >> 5;
+  best = lane < nw ? sv[lane] : NEG_INF;
+  bi = lane < nw ? si[lane] : 0x7fffffff;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
-    if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+  for (int o = 16; o > 0; o >>= 1) amax(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
+}
+
+extern "C" __global__ void argmax_rows(int* out, const float* x, int N, float* partV, int* partI, unsigned* counter) {
+  PDL_ENTRY();
+  const int row = blockIdx.y, nb = gridDim.x;
+  const float* xr = x + (long long)row * N;
+  const int per = (N + nb - 1) / nb;
+  const int i0 = blockIdx.x * per, i1 = min(N, i0 + per);
+  float best = NEG_INF;
+  int bi = 0x7fffffff;
+  for (int i = i0 + threadIdx.x; i < i1; i += blockDim.x) amax(best, bi, xr[i], i);
+  blockArgmax(best, bi);
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    partV[row * nb + blockIdx.x] = best;
+    partI[row * nb + blockIdx.x] = bi;
+    __threadfence();
+    last = atomicAdd(&counter[row], 1u) == (unsigned)nb - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  best = NEG_INF;
+  bi = 0x7fffffff;
+  for (int b = threadIdx.x; b < nb; b += blockDim.x) {
+    const float v = ((volatile float*)partV)[row * nb + b];
+    const int i = ((volatile int*)partI)[row * nb + b];
+    amax(best, bi, v, i);
+  }
+  blockArgmax(best, bi);
+  if (threadIdx.x == 0) {
+    out[row] = bi == 0x7fffffff ? 0 : bi;
+    counter[row] = 0;
   }
 }
 
@@ -787,7 +818,7 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
       float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc, const int* tokenSeq, \
       const int* positions, const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int H, int KVH, \
       int D, float scale, int numSplits, int qStride, int outStride, bf16* out16) {                             \
-    PDL_ENTRY();                                                                                     \
+    PDL_ENTRY();                                                                                                \
     attention<KV, EPL>(out, partO, partML, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize,   \
                        numBlocks, H, KVH, D, scale, numSplits, qStride, outStride, out16);                      \
   }
@@ -836,18 +867,21 @@ extern "C" __global__ void attn_combine(float* out, const float* partO, const fl
 // ---- dgemv: the fused decode GEMV ----
 //
 // dst[t, :] for t < T <= M tokens from bf16 weights w [N, K] with f32
-// accumulation. x is bf16: given (xg, row stride ldx), or made by the
-// prologue from the f32 residual xr [T, K] as RMSNorm(xr)·nw rounded to
-// bf16 (what the unfused path hands cuBLAS), into dynamic shared memory.
-// Each warp computes one pair of rows, whose pairing the epilogue needs:
+// accumulation. For EPI_ADD x is bf16 (xg, row stride ldx); the others
+// take RMSNorm(xr)·nw of the f32 residual xr [T, K]: they dot the weights
+// with xr·nw in f32 and scale by 1/rms(xr) at the end, the sums of squares
+// accumulated alongside, so no pass over x precedes the weight stream (the
+// unfused path instead rounds the normed x to bf16 for cuBLAS).
+// A pair of rows, whose pairing the epilogue needs, is computed by KS warps
+// that split K (a block holds 8/KS pairs):
 //   EPI_STORE  rows 2p, 2p+1:     dst = acc (+bias)
 //   EPI_ADD    rows 2p, 2p+1:     dst += acc (+bias)       (residual add)
 //   EPI_SILU   rows p, I+p:       dst = dst16 = silu(g)·u   (gate, up; N = 2I)
 //   EPI_ROPE   rows j, j+hd/2 of one head of [q | k | v]: bias, RoPE on q
 //              and k, all three stored to dst, k and v to the KV cache.
-// The first two batches of weight loads (16 per lane) are issued before
-// waiting for the previous kernel, so a small matrix is mostly in flight
-// before its input exists.
+// The first two batches of weight loads (up to 16 per lane) are issued
+// before waiting for the previous kernel, so a small matrix is mostly in
+// flight before its input exists.
 
 #define EPI_STORE 0
 #define EPI_ADD 1
@@ -857,7 +891,7 @@ extern "C" __global__ void attn_combine(float* out, const float* partO, const fl
 struct DArgs {
   const bf16* w;
   const float* bias;  // [N] or null
-  const bf16* xg;     // bf16 x, or null: the norm prologue
+  const bf16* xg;     // EPI_ADD's bf16 x
   const float* xr;    // f32 x to normalize [T, K]
   const void* nw;     // norm weight [K], dtype nwdt (0 f32, 1 bf16, 2 f16)
   float* dst;
@@ -893,22 +927,25 @@ __device__ __forceinline__ void stKV(void* c, int dt, long long i, float v) {
     ((float*)c)[i] = v;
 }
 
-__device__ __forceinline__ void fma8(float& acc, const uint4 w, const float* x) {
+__device__ __forceinline__ void unpack8(const uint4 w, float* o) {
   const unsigned q[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    acc += __uint_as_float(q[i] << 16) * x[2 * i];
-    acc += __uint_as_float(q[i] & 0xffff0000u) * x[2 * i + 1];
+    o[2 * i] = __uint_as_float(q[i] << 16);
+    o[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
   }
 }
 
-template <int M, int EPI>
+template <int M, int EPI, int KS>
 __device__ __forceinline__ void dgemv(const DArgs& a) {
   constexpr int U = 4;  // 16-byte loads per row per batch
-  extern __shared__ uint4 dsm[];
-  const int lane = threadIdx.x & 31;
-  const int p = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  constexpr bool NORM = EPI != EPI_ADD;
+  __shared__ float red[8][3][M];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ks = warp % KS;
+  const int p = blockIdx.x * (8 / KS) + warp / KS;
   const int K = a.K, nvec = K >> 3;
+  constexpr int S = 32 * KS;  // a lane's vector stride
   int P, r0, r1;
   if (EPI == EPI_SILU) {
     P = a.N >> 1;
@@ -927,11 +964,12 @@ __device__ __forceinline__ void dgemv(const DArgs& a) {
   const bool ok = p < P;
   const bf16* w0 = a.w + (long long)(ok ? r0 : 0) * K;
   const bf16* w1 = a.w + (long long)(ok ? r1 : 0) * K;
+  const int v0 = ks * 32 + lane;
 
   uint4 ca[U], cb[U], na[U], nb[U];
 #pragma unroll
   for (int u = 0; u < U; ++u) {
-    const int v = lane + u * 32, vn = v + U * 32;
+    const int v = v0 + u * S, vn = v + U * S;
     if (ok && v < nvec) {
       ca[u] = ldw16v(w0 + v * 8);
       cb[u] = ldw16v(w1 + v * 8);
@@ -945,54 +983,66 @@ __device__ __forceinline__ void dgemv(const DArgs& a) {
   PDL_LAUNCH();
 
   const int tn = min(M, a.T);
-  const bf16* x = a.xg;
-  int ldx = a.ldx;
-  if (x == 0) {
-    bf16* xs = (bf16*)dsm;
-    for (int t = 0; t < tn; ++t) {
-      const float* xr = a.xr + (long long)t * a.ldxr;
-      float ss = 0.f;
-      for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        const float v = xr[k];
-        ss += v * v;
-      }
-      ss = blockSum(ss);
-      const float r = 1.0f / sqrtf(ss / (float)K + a.eps);
-      for (int k = threadIdx.x; k < K; k += blockDim.x) xs[t * K + k].x = f2bf((xr[k] * r) * nwAt(a.nw, a.nwdt, k));
-    }
-    __syncthreads();
-    x = xs;
-    ldx = K;
-  }
-  if (!ok) return;
-
-  float acc0[M], acc1[M];
+  float acc0[M], acc1[M], ss[M];
 #pragma unroll
-  for (int t = 0; t < M; ++t) acc0[t] = acc1[t] = 0.f;
-  for (int vb = lane; vb < nvec; vb += U * 32) {
+  for (int t = 0; t < M; ++t) acc0[t] = acc1[t] = ss[t] = 0.f;
+  if (ok) {
+    for (int vb = v0; vb < nvec; vb += U * S) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int v = vb + u * 32;
-      if (v < nvec) {
+      for (int u = 0; u < U; ++u) {
+        const int v = vb + u * S;
+        if (v < nvec) {
+          float wa[8], wb[8];
+          unpack8(ca[u], wa);
+          unpack8(cb[u], wb);
+          if (NORM) {
+            // RMSNorm folded in: dot with x·nw in f32, scaled by each
+            // token's 1/rms at the end; the sums of squares ride along.
+            float nk[8];
+            if (a.nwdt == 0)
+              load8((const float*)a.nw + v * 8, nk);
+            else
 #pragma unroll
-        for (int t = 0; t < M; ++t) {
-          if (t < tn) {
-            float xv[8];
-            load8(x + (long long)t * ldx + v * 8, xv);
-            fma8(acc0[t], ca[u], xv);
-            fma8(acc1[t], cb[u], xv);
+              for (int i = 0; i < 8; ++i) nk[i] = nwAt(a.nw, a.nwdt, v * 8 + i);
+#pragma unroll
+            for (int t = 0; t < M; ++t) {
+              if (t < tn) {
+                float xv[8];
+                load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                  ss[t] += xv[i] * xv[i];
+                  const float y = xv[i] * nk[i];
+                  acc0[t] += wa[i] * y;
+                  acc1[t] += wb[i] * y;
+                }
+              }
+            }
+          } else {
+#pragma unroll
+            for (int t = 0; t < M; ++t) {
+              if (t < tn) {
+                float xv[8];
+                load8(a.xg + (long long)t * a.ldx + v * 8, xv);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                  acc0[t] += wa[i] * xv[i];
+                  acc1[t] += wb[i] * xv[i];
+                }
+              }
+            }
           }
         }
       }
-    }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      ca[u] = na[u];
-      cb[u] = nb[u];
-      const int vn = vb + (2 * U + u) * 32;
-      if (vn < nvec) {
-        na[u] = ldw16v(w0 + vn * 8);
-        nb[u] = ldw16v(w1 + vn * 8);
+      for (int u = 0; u < U; ++u) {
+        ca[u] = na[u];
+        cb[u] = nb[u];
+        const int vn = vb + (2 * U + u) * S;
+        if (vn < nvec) {
+          na[u] = ldw16v(w0 + vn * 8);
+          nb[u] = ldw16v(w1 + vn * 8);
+        }
       }
     }
   }
@@ -1000,6 +1050,41 @@ __device__ __forceinline__ void dgemv(const DArgs& a) {
   for (int t = 0; t < M; ++t) {
     acc0[t] = warpSum(acc0[t]);
     acc1[t] = warpSum(acc1[t]);
+    if (NORM) ss[t] = warpSum(ss[t]);
+  }
+  if (KS > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int t = 0; t < M; ++t) {
+        red[warp][0][t] = acc0[t];
+        red[warp][1][t] = acc1[t];
+        red[warp][2][t] = ss[t];
+      }
+    }
+    __syncthreads();
+    if (ks != 0) return;
+#pragma unroll
+    for (int t = 0; t < M; ++t) {
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f;
+#pragma unroll
+      for (int j = 0; j < KS; ++j) {
+        s0 += red[warp + j][0][t];
+        s1 += red[warp + j][1][t];
+        s2 += red[warp + j][2][t];
+      }
+      acc0[t] = s0;
+      acc1[t] = s1;
+      ss[t] = s2;
+    }
+  }
+  if (!ok) return;
+  if (NORM) {
+#pragma unroll
+    for (int t = 0; t < M; ++t) {
+      const float r = 1.0f / sqrtf(ss[t] / (float)K + a.eps);
+      acc0[t] *= r;
+      acc1[t] *= r;
+    }
   }
   float b0 = 0.f, b1 = 0.f;
   if (a.bias) {
@@ -1045,15 +1130,20 @@ __device__ __forceinline__ void dgemv(const DArgs& a) {
   }
 }
 
-#define INST_DGEMV(M, EPI, NAME)                                                          \
-  extern "C" __global__ void __launch_bounds__(256) dgemv_##NAME##_##M(const DArgs a) { \
-    dgemv<M, EPI>(a);                                                                     \
+#define INST_DGEMV(M, EPI, NAME, KS)                                                                 \
+  extern "C" __global__ void __launch_bounds__(256, 2) dgemv_##NAME##_##M##_##KS(const DArgs a) { \
+    dgemv<M, EPI, KS>(a);                                                                            \
   }
-#define INST_DGEMV_M(M)                 \
-  INST_DGEMV(M, EPI_STORE, store)      \
-  INST_DGEMV(M, EPI_ADD, add)          \
-  INST_DGEMV(M, EPI_SILU, silu)        \
-  INST_DGEMV(M, EPI_ROPE, rope)
+#define INST_DGEMV_KS(M, EPI, NAME) \
+  INST_DGEMV(M, EPI, NAME, 1)       \
+  INST_DGEMV(M, EPI, NAME, 2)       \
+  INST_DGEMV(M, EPI, NAME, 4)       \
+  INST_DGEMV(M, EPI, NAME, 8)
+#define INST_DGEMV_M(M)                    \
+  INST_DGEMV_KS(M, EPI_STORE, store)      \
+  INST_DGEMV_KS(M, EPI_ADD, add)          \
+  INST_DGEMV_KS(M, EPI_SILU, silu)        \
+  INST_DGEMV_KS(M, EPI_ROPE, rope)
 INST_DGEMV_M(1)
 INST_DGEMV_M(2)
 INST_DGEMV_M(4)
