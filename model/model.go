@@ -47,6 +47,17 @@ type Model interface {
 	Close() error
 }
 
+// Profiler is an optional Model capability for sizing the KV cache the way
+// vLLM does: before AllocateKV, ProfileStep runs one throwaway step of
+// tokens tokens with rows logit rows (the largest step the engine will
+// schedule) on a temporary KV cache it frees again, leaving the model's and
+// the backend's step buffers at their largest. Device memory still in use
+// afterwards is weights plus activations; the KV cache gets what the memory
+// budget leaves.
+type Profiler interface {
+	ProfileStep(ctx context.Context, tokens, rows int) error
+}
+
 // DeviceArgmaxer is an optional Model capability: greedy rows are reduced to
 // their argmax where the logits are computed (on a GPU), so a greedy
 // sequence costs 4 bytes of device-to-host copy and no O(vocab) host work

@@ -43,30 +43,56 @@ type memInfo interface {
 	MemInfo() (free, total int64, err error)
 }
 
+// Device memory the KV cache leaves alone besides the weights: with a
+// profiled model, besides its measured step buffers too, deviceReserve for
+// what the profile does not allocate (CUDA graphs and the lazily loaded
+// kernels of warm-up, allocator slack); without one, a flat guess.
+const (
+	deviceReserve         = 512 << 20
+	unprofiledActivations = 1 << 30
+)
+
 // kvBlocks sizes the KV cache: --kv-cache-memory, else on a GPU what
-// --gpu-memory-utilization leaves after the weights (less a margin for
-// activations), else 1 GiB.
-func kvBlocks(cfg *config, be ml.Backend, m model.Model) (int, error) {
+// --gpu-memory-utilization leaves after the weights and the activations of
+// the largest step (measured by a model.Profiler's profile step at
+// --max-num-batched-tokens, as vLLM does) and deviceReserve, else 1 GiB.
+func kvBlocks(ctx context.Context, cfg *config, be ml.Backend, m model.Model) (int, error) {
 	log := slog.Default()
 	mem := cfg.KVCacheMemory
 	if mem == 0 {
 		mem = defaultCPUKVMemory
 		if mi, ok := be.(memInfo); ok {
-			free, total, err := mi.MemInfo()
+			free0, total, err := mi.MemInfo()
 			if err != nil {
 				return 0, fmt.Errorf("reading device memory: %w", err)
 			}
-			const activations = 1 << 30
-			mem = int64(float64(total)*cfg.GPUMemoryUtilization) - (total - free) - activations
+			free, activations := free0, int64(unprofiledActivations)
+			p, profiled := m.(model.Profiler)
+			if profiled {
+				rows := min(cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens)
+				if err := p.ProfileStep(ctx, cfg.MaxNumBatchedTokens, rows); err != nil {
+					return 0, fmt.Errorf("profiling a step of %d tokens (--max-num-batched-tokens): %w", cfg.MaxNumBatchedTokens, err)
+				}
+				if free, _, err = mi.MemInfo(); err != nil {
+					return 0, fmt.Errorf("reading device memory: %w", err)
+				}
+				activations = max(0, free0-free)
+			}
+			reserve := int64(deviceReserve)
+			if !profiled {
+				reserve = unprofiledActivations // covers everything, as before profiling
+			}
+			mem = int64(float64(total)*cfg.GPUMemoryUtilization) - (total - free) - reserve
 			if mem <= 0 {
-				return 0, fmt.Errorf("no device memory left for the KV cache (total %s, free %s, --gpu-memory-utilization %v): raise it or use --kv-cache-memory",
-					humanBytes(total), humanBytes(free), cfg.GPUMemoryUtilization)
+				return 0, fmt.Errorf("no device memory left for the KV cache (total %s, in use %s after the weights and a %d-token step, reserve %s, --gpu-memory-utilization %v): raise it, lower --max-num-batched-tokens or use --kv-cache-memory",
+					humanBytes(total), humanBytes(total-free), cfg.MaxNumBatchedTokens, humanBytes(reserve), cfg.GPUMemoryUtilization)
 			}
 			// The reference's start-up VRAM table.
 			per := m.KVBytesPerToken()
 			log.Info("device memory",
-				"total", humanBytes(total), "free_after_weights", humanBytes(free), "gpu_memory_utilization", cfg.GPUMemoryUtilization,
-				"weights", humanBytes(m.WeightBytes()), "activation_reserve", humanBytes(activations),
+				"total", humanBytes(total), "free_after_weights", humanBytes(free0), "gpu_memory_utilization", cfg.GPUMemoryUtilization,
+				"weights", humanBytes(m.WeightBytes()), "activations", humanBytes(activations), "activations_profiled", profiled,
+				"profile_tokens", cfg.MaxNumBatchedTokens, "reserve", humanBytes(reserve),
 				"kv_cache", humanBytes(mem), "kv_bytes_per_token", per, "kv_capacity_tokens", mem/max(per, 1))
 		}
 	}

@@ -161,7 +161,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		if err != nil {
 			return err
 		}
-		numBlocks, err := kvBlocks(cfg, be, m)
+		numBlocks, err := kvBlocks(engCtx, cfg, be, m)
 		if err != nil {
 			return err
 		}

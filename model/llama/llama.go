@@ -5,6 +5,7 @@
 package llama
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -306,3 +307,56 @@ func (m *Model) Close() error {
 
 // errClosed is returned by Forward after Close.
 var errClosed = errors.New("llama: model closed")
+
+var _ model.Profiler = (*Model)(nil)
+
+// ProfileStep implements model.Profiler: one step of tokens tokens, rows-1
+// one-token sequences and one prompt of the rest, with rows logit rows, on
+// a temporary KV cache of just the blocks it needs.
+func (m *Model) ProfileStep(ctx context.Context, tokens, rows int) error {
+	if m.be == nil {
+		return errClosed
+	}
+	if m.kv != nil {
+		return fmt.Errorf("%w: ProfileStep after AllocateKV", model.ErrBadConfig)
+	}
+	if tokens < 1 || rows < 1 || rows > tokens {
+		return fmt.Errorf("%w: profile step of %d tokens with %d logit rows", model.ErrBadBatch, tokens, rows)
+	}
+	const bs = 16
+	prompt := tokens - (rows - 1)
+	blocks := (prompt+bs-1)/bs + 1 // the prompt's, and one the decode rows share
+	kv, err := m.be.NewKVCache(len(m.layers), blocks, bs, m.nkv, m.hd, m.kvDType)
+	if err != nil {
+		return fmt.Errorf("model: profile KV cache: %w", err)
+	}
+	m.kv, m.numBlocks, m.blockSize = kv, blocks, bs
+	defer func() {
+		m.be.FreeKVCache(kv)
+		m.kv, m.numBlocks, m.blockSize = nil, 0, 0
+	}()
+	b := &model.Batch{}
+	shared := []int32{int32(blocks - 1)}
+	for i := 0; i < rows-1; i++ {
+		b.Tokens = append(b.Tokens, int32(i%m.V))
+		b.Positions = append(b.Positions, int32(i%bs))
+		b.Seqs = append(b.Seqs, model.SeqChunk{Start: i, Len: 1, BlockTable: shared})
+		b.LogitIndices = append(b.LogitIndices, int32(i))
+	}
+	table := make([]int32, blocks-1)
+	for i := range table {
+		table[i] = int32(i)
+	}
+	b.Seqs = append(b.Seqs, model.SeqChunk{Start: rows - 1, Len: prompt, BlockTable: table})
+	for i := 0; i < prompt; i++ {
+		b.Tokens = append(b.Tokens, int32(i%m.V))
+		b.Positions = append(b.Positions, int32(i))
+	}
+	b.LogitIndices = append(b.LogitIndices, int32(tokens-1))
+	logits := make([]float32, rows*m.V)
+	greedy := make([]bool, rows)
+	for i := range greedy {
+		greedy[i] = true
+	}
+	return m.ForwardArgmax(ctx, b, greedy, make([]int32, rows), logits)
+}
