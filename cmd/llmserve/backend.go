@@ -194,7 +194,14 @@ func warmUp(ctx context.Context, be ml.Backend, m model.Model, numBlocks, blockS
 		log.Warn("warm-up step failed", "err", err)
 		return
 	}
-	log.Info("warmed up", "steps", steps, "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds()))
+	attrs := []any{"steps", steps, "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds())}
+	if mi, ok := be.(memInfo); ok {
+		// What deviceReserve had to cover: the graphs and kernels warm-up loaded.
+		if free, _, err := mi.MemInfo(); err == nil {
+			attrs = append(attrs, "device_free", humanBytes(free))
+		}
+	}
+	log.Info("warmed up", attrs...)
 }
 
 // paddedSizes are the step token counts model/llama pads prompt-carrying
