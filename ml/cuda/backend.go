@@ -247,7 +247,7 @@ func NewBackend(opts Options) (*Backend, error) {
 	}
 	switch {
 	case opts.ExactActivations:
-		opts.FusedDecodeMaxT = -1 // the fused GEMVs round activations to bf16
+		opts.FusedDecodeMaxT = -1 // the fused o and down GEMVs read bf16 copies of their inputs
 	case opts.FusedDecodeMaxT == 0:
 		opts.FusedDecodeMaxT = defaultFusedDecodeMaxT
 	case opts.FusedDecodeMaxT > 4:

@@ -511,37 +511,42 @@ func (m *Model) attnMLP(l *layer, i int, vw *stepViews) error {
 // forwardFused runs the layers and the lm_head of a step the backend's fused
 // decode ops take (after the embedding): five launches per layer.
 func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, greedy []bool, tokens []int32, logits []float32) error {
-	be, fd, h := m.be, m.fd, vw.h
 	for i := range m.layers {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		l := &m.layers[i]
-		if err := fd.NormQKVRoPEWriteKV(vw.q, h, l.inNorm, m.eps, l.qkv, l.qkvb, vw.pos, m.invFreq,
-			m.nh, m.nkv, m.hd, m.kv, i, vw.slots); err != nil {
-			return fmt.Errorf("llama: layer %d: %w", i, err)
-		}
-		if err := be.Attention(vw.attn, vw.q, m.kv, i, &m.s.meta); err != nil {
-			return fmt.Errorf("llama: layer %d: %w", i, err)
-		}
-		if err := fd.MatMulAdd(h, vw.attn, l.o, l.ob); err != nil {
-			return fmt.Errorf("llama: layer %d: %w", i, err)
-		}
-		if err := fd.NormGateUpSiLU(vw.act, h, l.postNorm, m.eps, l.gateUp, l.gub); err != nil {
-			return fmt.Errorf("llama: layer %d: %w", i, err)
-		}
-		if err := fd.MatMulAdd(h, vw.act, l.down, l.db); err != nil {
+		if err := m.fusedLayer(&m.layers[i], i, vw); err != nil {
 			return fmt.Errorf("llama: layer %d: %w", i, err)
 		}
 	}
 	if L == 0 {
-		return be.Sync()
+		return m.be.Sync()
 	}
-	if err := be.GatherRows(vw.selH, h, vw.logitIdx); err != nil {
+	if err := m.be.GatherRows(vw.selH, vw.h, vw.logitIdx); err != nil {
 		return err
 	}
-	if err := fd.NormMatMul(vw.logits, vw.selH, m.finalNorm, m.eps, m.lmHead, nil); err != nil {
+	if err := m.fd.NormMatMul(vw.logits, vw.selH, m.finalNorm, m.eps, m.lmHead, nil); err != nil {
 		return err
 	}
 	return m.fetchLogits(vw, L, greedy, tokens, logits)
+}
+
+// fusedLayer is one decoder layer on the fused decode ops; the attention and
+// MLP outputs are added to the residual stream h in place.
+func (m *Model) fusedLayer(l *layer, i int, vw *stepViews) error {
+	fd, h := m.fd, vw.h
+	if err := fd.NormQKVRoPEWriteKV(vw.q, h, l.inNorm, m.eps, l.qkv, l.qkvb, vw.pos, m.invFreq,
+		m.nh, m.nkv, m.hd, m.kv, i, vw.slots); err != nil {
+		return err
+	}
+	if err := m.be.Attention(vw.attn, vw.q, m.kv, i, &m.s.meta); err != nil {
+		return err
+	}
+	if err := fd.MatMulAdd(h, vw.attn, l.o, l.ob); err != nil {
+		return err
+	}
+	if err := fd.NormGateUpSiLU(vw.act, h, l.postNorm, m.eps, l.gateUp, l.gub); err != nil {
+		return err
+	}
+	return fd.MatMulAdd(h, vw.act, l.down, l.db)
 }
