@@ -59,13 +59,14 @@ func TestFusedDecodeMatchesUnfused(t *testing.T) {
 	gpuOrSkip(t)
 	type shape struct{ H, I, nh, nkv, hd int }
 	for _, o := range []Options{{FusedDecodeMaxT: 4, SkinnyMaxT: 4, DisableGraphs: true},
-		{FusedDecodeMaxT: 4, SkinnyMaxT: 4, DisablePDL: true, DisableGraphs: true},
+		{FusedDecodeMaxT: 4, SkinnyMaxT: 4, EnablePDL: true, DisableGraphs: true},
+		{FusedDecodeMaxT: 4, SkinnyMaxT: 4, EnablePDL: true, GraphMinOps: 1},
 		{FusedDecodeMaxT: 4, SkinnyMaxT: 4, GraphMinOps: 1}} {
 		b := newTestBackend(t, o)
 		for si, sh := range []shape{{96, 256, 6, 2, 16}, {1536, 8960, 12, 2, 128}, {264, 520, 4, 4, 66}, {8, 24, 1, 1, 8}} {
 			for T := 1; T <= 4; T++ {
 				for _, withBias := range []bool{false, true} {
-					name := fmt.Sprintf("pdl=%v/graphs=%v/shape=%d/T=%d/bias=%v", !o.DisablePDL, !o.DisableGraphs, si, T, withBias)
+					name := fmt.Sprintf("pdl=%v/graphs=%v/shape=%d/T=%d/bias=%v", o.EnablePDL, !o.DisableGraphs, si, T, withBias)
 					r := rand.New(rand.NewPCG(uint64(si*10+T), 7))
 					reps := 1
 					if !o.DisableGraphs {
@@ -302,7 +303,7 @@ func BenchmarkDgemv(bm *testing.B) {
 		name string
 		o    Options
 	}
-	vs := []variant{{"auto", Options{FusedDecodeMaxT: 4}}, {"auto-nopdl", Options{FusedDecodeMaxT: 4, DisablePDL: true}}}
+	vs := []variant{{"auto", Options{FusedDecodeMaxT: 4}}, {"auto-pdl", Options{FusedDecodeMaxT: 4, EnablePDL: true}}}
 	for _, ks := range []int{1, 2, 4, 8} {
 		vs = append(vs, variant{fmt.Sprintf("ks%d", ks), Options{FusedDecodeMaxT: 4, DgemvKS: ks}})
 	}

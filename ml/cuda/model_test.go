@@ -326,7 +326,7 @@ func BenchmarkModelDecode(bm *testing.B) {
 		o    cuda.Options
 	}{
 		{"fused", cuda.Options{FusedDecodeMaxT: 4}},
-		{"fused-nopdl", cuda.Options{FusedDecodeMaxT: 4, DisablePDL: true}},
+		{"fused-pdl", cuda.Options{FusedDecodeMaxT: 4, EnablePDL: true}},
 		{"unfused", cuda.Options{FusedDecodeMaxT: -1}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) { benchDecode(bm, v.o) })

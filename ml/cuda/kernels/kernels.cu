@@ -12,8 +12,8 @@ struct f16 { u16 x; };
 
 #define NEG_INF (-__int_as_float(0x7f800000))
 
-// Programmatic dependent launch (Hopper+). Every kernel is launched allowed
-// to start while its predecessor drains, so each first waits for it
+// Programmatic dependent launch (Hopper+, Options.EnablePDL). A kernel may
+// then be launched to start while its predecessor drains, so each first waits for it
 // (griddepcontrol.wait returns once the previous grid has completed and its
 // writes are visible) and only then lets its own successor launch: at most
 // two grids overlap, and no grid reads or writes activations early. Only
