@@ -208,18 +208,7 @@ func (b *Backend) NormQKVRoPEWriteKV(qkv, x, normW ml.Tensor, eps float32, w, bi
 	if err != nil {
 		return err
 	}
-	pos, err := b.i32(positions, "rope positions", d.rows)
-	if err != nil {
-		return err
-	}
-	inv, err := b.f32(invFreq, "rope invFreq")
-	if err != nil {
-		return err
-	}
-	if inv.n() < headDim/2 {
-		return shapeErr("rope invFreq %d for head dim %d", inv.n(), headDim)
-	}
-	sl, err := b.i32(slots, "slots", d.rows)
+	pos, inv, sl, err := b.ropeOperands(positions, invFreq, slots, d.rows, headDim)
 	if err != nil {
 		return err
 	}
@@ -279,18 +268,9 @@ func (b *Backend) MatMulAdd(acc, x, w, bias ml.Tensor) error {
 	case b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
 		xg = b.sh16.ptr
 	default:
-		n := int64(T) * int64(K)
-		if err := b.ensure(&b.act16, n*2); err != nil {
+		if xg, err = b.castAct16(xx, "cast_f32_bf16"); err != nil {
 			return err
 		}
-		st := b.argStart()
-		b.aP(b.act16.ptr)
-		b.aP(xx.ptr)
-		b.aL(n)
-		if err := b.push("cast_f32_bf16", g1(gridFor(n, 256)), g1(256), st); err != nil {
-			return err
-		}
-		xg = b.act16.ptr
 	}
 	b.invalidate(d.ptr, d.bytes())
 	return b.pushDgemv("add", &dgemvArgs{w: ww.ptr, bias: bp, xg: xg, dst: d.ptr, n: ww.rows, k: K, t: T, ldx: ldx, ldd: d.cols})

@@ -332,7 +332,8 @@ func BenchmarkDgemv(bm *testing.B) {
 				d, _ := b.NewTensor(ml.F32, T, sh.N)
 				act, _ := b.NewTensor(ml.F32, T, sh.N/2)
 				_ = b.UploadF32(xf, mltest.RandF32(r, T*sh.K, 1))
-				op := func(w ml.Tensor) error {
+				op := func(i int) error {
+					w := ws[i%copies]
 					switch sh.name {
 					case "o", "down":
 						return b.MatMulAdd(d, xb, w, nil)
@@ -341,30 +342,7 @@ func BenchmarkDgemv(bm *testing.B) {
 					}
 					return b.NormMatMul(d, xf, nw, 1e-6, w, nil)
 				}
-				bm.Run(fmt.Sprintf("%s/%s/T=%d", v.name, sh.name, T), func(bm *testing.B) {
-					const batch = 64
-					step := func() error {
-						var err error
-						for i := 0; i < batch; i++ {
-							err = errors.Join(err, op(ws[i%copies]))
-						}
-						return errors.Join(err, b.Sync())
-					}
-					for i := 0; i < 3; i++ { // capture the graph
-						if err := step(); err != nil {
-							bm.Fatal(err)
-						}
-					}
-					bm.ResetTimer()
-					for i := 0; i < bm.N; i++ {
-						if err := step(); err != nil {
-							bm.Fatal(err)
-						}
-					}
-					sec := bm.Elapsed().Seconds() / float64(bm.N*batch)
-					bm.ReportMetric(sec*1e6, "us/op")
-					bm.ReportMetric(float64(bytes)/sec/1e9, "GB/s")
-				})
+				bm.Run(fmt.Sprintf("%s/%s/T=%d", v.name, sh.name, T), func(bm *testing.B) { benchBatched(bm, b, bytes, op) })
 				for _, x := range []ml.Tensor{xf, xb, d, act} {
 					b.Free(x)
 				}

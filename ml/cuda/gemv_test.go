@@ -119,6 +119,33 @@ func gemvCase(t *testing.T, b *Backend, r *rand.Rand, name string, T, K int, Ns 
 	}
 }
 
+// benchBatched times op (called with 0, 1, ...) as graph-replayed batches
+// of 64 launches and reports µs per op and weight GB/s for bytes per op.
+func benchBatched(bm *testing.B, b *Backend, bytes int, op func(i int) error) {
+	const batch = 64
+	step := func() error {
+		var err error
+		for i := 0; i < batch; i++ {
+			err = errors.Join(err, op(i))
+		}
+		return errors.Join(err, b.Sync())
+	}
+	for i := 0; i < 3; i++ { // capture the graph
+		if err := step(); err != nil {
+			bm.Fatal(err)
+		}
+	}
+	bm.ResetTimer()
+	for i := 0; i < bm.N; i++ {
+		if err := step(); err != nil {
+			bm.Fatal(err)
+		}
+	}
+	sec := bm.Elapsed().Seconds() / float64(bm.N*batch)
+	bm.ReportMetric(sec*1e6, "us/op")
+	bm.ReportMetric(float64(bytes)/sec/1e9, "GB/s")
+}
+
 // BenchmarkGemv times decode-shaped bf16 MatMuls (bf16 x, as the norms'
 // copies give them) through cuBLAS and the GEMV at each split-K factor,
 // as graph-replayed batches of 64 launches over enough weight copies to
@@ -155,28 +182,7 @@ func BenchmarkGemv(bm *testing.B) {
 				x, _ := b.NewTensor(ml.BF16, T, sh.K)
 				d, _ := b.NewTensor(ml.F32, T, sh.N)
 				bm.Run(fmt.Sprintf("%s/%s/T=%d", v.name, sh.name, T), func(bm *testing.B) {
-					const batch = 64
-					step := func() error {
-						var err error
-						for i := 0; i < batch; i++ {
-							err = errors.Join(err, b.MatMul(d, x, ws[i%copies], nil))
-						}
-						return errors.Join(err, b.Sync())
-					}
-					for i := 0; i < 3; i++ { // capture the graph
-						if err := step(); err != nil {
-							bm.Fatal(err)
-						}
-					}
-					bm.ResetTimer()
-					for i := 0; i < bm.N; i++ {
-						if err := step(); err != nil {
-							bm.Fatal(err)
-						}
-					}
-					sec := bm.Elapsed().Seconds() / float64(bm.N*batch)
-					bm.ReportMetric(sec*1e6, "us/op")
-					bm.ReportMetric(float64(bytes)/sec/1e9, "GB/s")
+					benchBatched(bm, b, bytes, func(i int) error { return b.MatMul(d, x, ws[i%copies], nil) })
 				})
 				b.Free(x)
 				b.Free(d)

@@ -296,18 +296,9 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 		case ww.dt == ml.BF16 && b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
 			bptr = b.sh16.ptr // the producing norm/SiLU already wrote x in bf16
 		default:
-			n := int64(T) * int64(K)
-			if err := b.ensure(&b.act16, n*2); err != nil {
+			if bptr, err = b.castAct16(xx, cast); err != nil {
 				return err
 			}
-			st := b.argStart()
-			b.aP(b.act16.ptr)
-			b.aP(xx.ptr)
-			b.aL(n)
-			if err := b.push(cast, g1(gridFor(n, 256)), g1(256), st); err != nil {
-				return err
-			}
-			bptr = b.act16.ptr
 		}
 	default:
 		return fmt.Errorf("%w: matmul weight dtype %v", ml.ErrUnsupported, ww.dt)
@@ -318,6 +309,39 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 		a: ww.ptr, atype: ctype, lda: int32(K), b: bptr, btype: ctype, ldb: int32(K),
 		c: d.ptr, ctype: cudaR32F, ldc: int32(N)})
 	return b.biasAdd(d, bb, bs, T, N)
+}
+
+// castAct16 records the cast kernel (cast_f32_bf16 or cast_f32_f16) of
+// f32 x into the act16 scratch and returns the scratch's address.
+func (b *Backend) castAct16(x *tensor, kernel string) (uint64, error) {
+	n := int64(x.rows) * int64(x.cols)
+	if err := b.ensure(&b.act16, n*2); err != nil {
+		return 0, err
+	}
+	st := b.argStart()
+	b.aP(b.act16.ptr)
+	b.aP(x.ptr)
+	b.aL(n)
+	if err := b.push(kernel, g1(gridFor(n, 256)), g1(256), st); err != nil {
+		return 0, err
+	}
+	return b.act16.ptr, nil
+}
+
+// ropeOperands checks RoPE's per-token positions and KV slots (rows of
+// them) and its frequencies (headDim/2 of them).
+func (b *Backend) ropeOperands(positions, invFreq, slots ml.Tensor, rows, headDim int) (pos, inv, sl *tensor, err error) {
+	if pos, err = b.i32(positions, "rope positions", rows); err != nil {
+		return
+	}
+	if inv, err = b.f32(invFreq, "rope invFreq"); err != nil {
+		return
+	}
+	if inv.n() < headDim/2 {
+		return nil, nil, nil, shapeErr("rope invFreq %d for head dim %d", inv.n(), headDim)
+	}
+	sl, err = b.i32(slots, "slots", rows)
+	return
 }
 
 func (b *Backend) biasAdd(d, bb *tensor, bs string, T, N int) error {
@@ -626,18 +650,7 @@ func (b *Backend) QKVRoPEWriteKV(qkv, bias, positions, invFreq ml.Tensor, numHea
 		}
 		bp = bb.ptr
 	}
-	pos, err := b.i32(positions, "rope positions", x.rows)
-	if err != nil {
-		return err
-	}
-	inv, err := b.f32(invFreq, "rope invFreq")
-	if err != nil {
-		return err
-	}
-	if inv.n() < headDim/2 {
-		return shapeErr("rope invFreq %d for head dim %d", inv.n(), headDim)
-	}
-	sl, err := b.i32(slots, "slots", x.rows)
+	pos, inv, sl, err := b.ropeOperands(positions, invFreq, slots, x.rows, headDim)
 	if err != nil {
 		return err
 	}

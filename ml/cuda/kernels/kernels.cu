@@ -189,15 +189,16 @@ __device__ __forceinline__ void load8(const float* p, float* o) {
   const float4 a = *(const float4*)p, b = *(const float4*)(p + 4);
   o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
 }
-__device__ __forceinline__ void load8(const bf16* p, float* o) {
-  const uint4 r = *(const uint4*)p;
-  const unsigned u[4] = {r.x, r.y, r.z, r.w};
+// unpack8 widens eight bf16 values packed in w.
+__device__ __forceinline__ void unpack8(const uint4 w, float* o) {
+  const unsigned q[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    o[2 * i] = __uint_as_float(u[i] << 16);
-    o[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    o[2 * i] = __uint_as_float(q[i] << 16);
+    o[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
   }
 }
+__device__ __forceinline__ void load8(const bf16* p, float* o) { unpack8(*(const uint4*)p, o); }
 __device__ __forceinline__ void load8(const f16* p, float* o) {
   const uint4 r = *(const uint4*)p;
   const unsigned u[4] = {r.x, r.y, r.z, r.w};
@@ -307,14 +308,15 @@ INST_SKINNY_ALL(f16, f16)
 // copy) or f32 rounded to bf16 on load, so results equal the cuBLAS path's
 // inputs (bf16 x, bf16 w, f32 accumulation) up to summation order.
 
+// ldw16 is volatile so that dgemv's weight loads stay ahead of griddepcontrol.wait.
 __device__ __forceinline__ uint4 ldw16(const void* p) {
   uint4 r;
 #if __CUDA_ARCH__ >= 700
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
       : "l"(p));
 #else
-  asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
 #endif
   return r;
 }
@@ -906,14 +908,6 @@ struct DArgs {
   float eps;
 };
 
-__device__ __forceinline__ uint4 ldw16v(const bf16* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
 __device__ __forceinline__ float nwAt(const void* w, int dt, int k) {
   if (dt == 1) return tof(((const bf16*)w)[k]);
   if (dt == 2) return tof(((const f16*)w)[k]);
@@ -925,15 +919,6 @@ __device__ __forceinline__ void stKV(void* c, int dt, long long i, float v) {
     stf((bf16*)c + i, v);
   else
     ((float*)c)[i] = v;
-}
-
-__device__ __forceinline__ void unpack8(const uint4 w, float* o) {
-  const unsigned q[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    o[2 * i] = __uint_as_float(q[i] << 16);
-    o[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
-  }
 }
 
 template <int M, int EPI, int KS>
@@ -971,12 +956,12 @@ __device__ __forceinline__ void dgemv(const DArgs& a) {
   for (int u = 0; u < U; ++u) {
     const int v = v0 + u * S, vn = v + U * S;
     if (ok && v < nvec) {
-      ca[u] = ldw16v(w0 + v * 8);
-      cb[u] = ldw16v(w1 + v * 8);
+      ca[u] = ldw16(w0 + v * 8);
+      cb[u] = ldw16(w1 + v * 8);
     }
     if (ok && vn < nvec) {
-      na[u] = ldw16v(w0 + vn * 8);
-      nb[u] = ldw16v(w1 + vn * 8);
+      na[u] = ldw16(w0 + vn * 8);
+      nb[u] = ldw16(w1 + vn * 8);
     }
   }
   PDL_WAIT();
@@ -1040,8 +1025,8 @@ __device__ __forceinline__ void dgemv(const DArgs& a) {
         cb[u] = nb[u];
         const int vn = vb + (2 * U + u) * S;
         if (vn < nvec) {
-          na[u] = ldw16v(w0 + vn * 8);
-          nb[u] = ldw16v(w1 + vn * 8);
+          na[u] = ldw16(w0 + vn * 8);
+          nb[u] = ldw16(w1 + vn * 8);
         }
       }
     }
