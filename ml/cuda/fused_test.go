@@ -307,24 +307,13 @@ func BenchmarkDgemv(bm *testing.B) {
 	for _, ks := range []int{1, 2, 4, 8} {
 		vs = append(vs, variant{fmt.Sprintf("ks%d", ks), Options{FusedDecodeMaxT: 4, DgemvKS: ks}})
 	}
-	shapes := []struct {
-		name string
-		N, K int
-	}{{"qkv", 2048, 1536}, {"o", 1536, 1536}, {"gate_up", 17920, 1536}, {"down", 1536, 8960}, {"lm_head", 151936, 1536}}
 	for _, v := range vs {
 		b := newTestBackend(bm, v.o)
 		r := rand.New(rand.NewPCG(1, 1))
-		for _, sh := range shapes {
+		for _, sh := range decodeShapes {
 			bytes := sh.N * sh.K * 2
-			copies := max(1, min(64, (256<<20)/bytes))
-			ws := make([]ml.Tensor, copies)
-			for i := range ws {
-				w, err := b.LoadWeight(sh.N, sh.K, randBytes(r, sh.N*sh.K, ml.BF16, 0.05), ml.BF16, ml.BF16)
-				if err != nil {
-					bm.Fatal(err)
-				}
-				ws[i] = w
-			}
+			ws := weightCopies(bm, b, r, sh.N, sh.K)
+			copies := len(ws)
 			nw, _ := b.LoadWeight(1, sh.K, randBytes(r, sh.K, ml.F32, 1), ml.F32, ml.F32)
 			for _, T := range []int{1, 2, 4} {
 				xf, _ := b.NewTensor(ml.F32, T, sh.K)

@@ -119,6 +119,26 @@ func gemvCase(t *testing.T, b *Backend, r *rand.Rand, name string, T, K int, Ns 
 	}
 }
 
+// decodeShapes are Qwen2.5-1.5B's decode MatMuls (q/k/v fused, gate/up fused).
+var decodeShapes = []struct {
+	name string
+	N, K int
+}{{"qkv", 2048, 1536}, {"o", 1536, 1536}, {"gate_up", 17920, 1536}, {"down", 1536, 8960}, {"lm_head", 151936, 1536}}
+
+// weightCopies loads enough random bf16 [N,K] weights (up to 64) to fill
+// 256 MiB, so that cycling through them misses the 50 MB L2.
+func weightCopies(bm *testing.B, b *Backend, r *rand.Rand, N, K int) []ml.Tensor {
+	ws := make([]ml.Tensor, max(1, min(64, (256<<20)/(N*K*2))))
+	for i := range ws {
+		w, err := b.LoadWeight(N, K, randBytes(r, N*K, ml.BF16, 0.05), ml.BF16, ml.BF16)
+		if err != nil {
+			bm.Fatal(err)
+		}
+		ws[i] = w
+	}
+	return ws
+}
+
 // benchBatched times op (called with 0, 1, ...) as graph-replayed batches
 // of 64 launches and reports µs per op and weight GB/s for bytes per op.
 func benchBatched(bm *testing.B, b *Backend, bytes int, op func(i int) error) {
@@ -160,24 +180,13 @@ func BenchmarkGemv(bm *testing.B) {
 	for _, ks := range []int{1, 2} {
 		vs = append(vs, variant{fmt.Sprintf("gemv-ks%d", ks), Options{GemvMaxT: 8, GemvKS: ks}})
 	}
-	shapes := []struct {
-		name string
-		N, K int
-	}{{"qkv", 2048, 1536}, {"o", 1536, 1536}, {"gate_up", 17920, 1536}, {"down", 1536, 8960}, {"lm_head", 151936, 1536}}
 	for _, v := range vs {
 		b := newTestBackend(bm, v.o)
 		r := rand.New(rand.NewPCG(1, 1))
-		for _, sh := range shapes {
+		for _, sh := range decodeShapes {
 			bytes := sh.N * sh.K * 2
-			copies := max(1, min(64, (256<<20)/bytes))
-			ws := make([]ml.Tensor, copies)
-			for i := range ws {
-				w, err := b.LoadWeight(sh.N, sh.K, randBytes(r, sh.N*sh.K, ml.BF16, 0.05), ml.BF16, ml.BF16)
-				if err != nil {
-					bm.Fatal(err)
-				}
-				ws[i] = w
-			}
+			ws := weightCopies(bm, b, r, sh.N, sh.K)
+			copies := len(ws)
 			for _, T := range []int{1, 2, 4} {
 				x, _ := b.NewTensor(ml.BF16, T, sh.K)
 				d, _ := b.NewTensor(ml.F32, T, sh.N)
