@@ -86,6 +86,16 @@ type AttentionMeta struct {
 	Scale       float32
 }
 
+// DecoderLayer is one pre-norm decoder layer's weights as a backend that
+// runs a whole one-token step in one launch takes them (ml/cuda's
+// DecodeLayers): q, k and v fused into one matrix, gate and up into another
+// (gate rows first). Biases may be nil.
+type DecoderLayer struct {
+	InNorm, PostNorm                     Tensor
+	QKV, O, GateUp, Down                 Tensor
+	QKVBias, OBias, GateUpBias, DownBias Tensor
+}
+
 // Backend creates tensors and runs ops on them.
 type Backend interface {
 	Name() string

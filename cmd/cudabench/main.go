@@ -54,6 +54,7 @@ func main() {
 		gemv       = flag.Int("gemv-max-t", 0, "cuda.Options.GemvMaxT (0: the backend's default; -1: cuBLAS for bf16 decode MatMuls)")
 		fusedMaxT  = flag.Int("fused-decode-max-t", 0, "cuda.Options.FusedDecodeMaxT (0: the backend's default; -1: unfused decode)")
 		pdl        = flag.Bool("pdl", false, "launch with programmatic dependent launch (cuda.Options.EnablePDL)")
+		noStep     = flag.Bool("no-step-kernel", false, "run one-token steps layer by layer (cuda.Options.DisableStepKernel)")
 		numBlocks  = flag.Int("num-blocks", 4096, "KV blocks of 16 tokens")
 		maxLen     = flag.Int("max-model-len", 4096, "max model length")
 		noGraphs   = flag.Bool("no-graphs", false, "disable CUDA graphs")
@@ -62,7 +63,7 @@ func main() {
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if err := run(log, *modelName, *loadFormat, *dtype, *device, *conc, *promptLen, *outLen, *rounds, *numBlocks, *maxLen, cuda.Options{Logger: log, DisableGraphs: *noGraphs, SkinnyMaxT: *skinny, GemvMaxT: *gemv,
-		FusedDecodeMaxT: *fusedMaxT, EnablePDL: *pdl}, *out); err != nil {
+		FusedDecodeMaxT: *fusedMaxT, EnablePDL: *pdl, DisableStepKernel: *noStep}, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "cudabench:", err)
 		os.Exit(1)
 	}

@@ -82,6 +82,9 @@ type Options struct {
 	// before it drains. Off by default: on an H100 the fused decode step
 	// was 1-2% slower with it (results/h100).
 	EnablePDL bool
+	// DisableStepKernel runs one-token steps layer by layer instead of in
+	// the one cooperative decode-step launch (DecodeLayers).
+	DisableStepKernel bool
 }
 
 // Backend is the CUDA ml.Backend. Its methods are safe for concurrent use
@@ -100,6 +103,7 @@ type Backend struct {
 	act16     devBuf // activations cast for GEMM
 	sh16      devBuf // bf16 copy of the last normed / SiLU output
 	part      devBuf // attention split partials
+	step      stepState
 	amPart    devBuf // argmax partials (values, then indices)
 	amCount   devBuf // argmax per-row block counters
 	shadow    struct {
@@ -107,12 +111,14 @@ type Backend struct {
 		rows, cols int
 		valid      bool
 	}
-	useShadow bool // a bf16 weight was loaded: norms also write bf16 copies
-	pdl       bool // kernels launch with programmatic stream serialization
-	launchCfg launchConfig
-	launchPDL launchAttr
-	skinnyRec skinnyRec
-	ropeRec   ropeRec
+	useShadow  bool // a bf16 weight was loaded: norms also write bf16 copies
+	pdl        bool // kernels launch with programmatic stream serialization
+	launchCfg  launchConfig
+	launchPDL  launchAttr
+	launchCoop launchAttr
+	nextCoop   bool // the next push is a cooperative launch
+	skinnyRec  skinnyRec
+	ropeRec    ropeRec
 
 	// recording
 	ops    []op
@@ -146,6 +152,7 @@ const (
 
 type op struct {
 	kind          opKind
+	coop          bool // a cooperative launch (all blocks resident)
 	traceOff      int
 	fn            uintptr
 	grid, block   [3]uint32
@@ -185,6 +192,9 @@ type launchAttr struct {
 // launchAttrProgrammaticStreamSerialization is
 // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
 const launchAttrProgrammaticStreamSerialization = 6
+
+// launchAttrCooperative is CU_LAUNCH_ATTRIBUTE_COOPERATIVE.
+const launchAttrCooperative = 2
 
 type graphEntry struct {
 	trace  []byte
@@ -271,6 +281,8 @@ func NewBackend(opts Options) (*Backend, error) {
 	b.pdl = opts.EnablePDL && dev.major >= 9 && l.cuLaunchKernelEx != 0
 	b.launchPDL.id = launchAttrProgrammaticStreamSerialization
 	b.launchPDL.val[0] = 1 // programmaticStreamSerializationAllowed
+	b.launchCoop.id = launchAttrCooperative
+	b.launchCoop.val[0] = 1
 
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -339,6 +351,9 @@ func kernelNames() []string {
 				n = append(n, fmt.Sprintf("dgemv_%s_%d_%d", e, m, ks))
 			}
 		}
+	}
+	for _, e := range []int{1, 2, 4, 8} {
+		n = append(n, fmt.Sprintf("decode_step_%d", e))
 	}
 	for _, s := range []string{"f32", "bf16"} {
 		for _, m := range []int{1, 2, 4, 8} {
@@ -755,7 +770,7 @@ func (b *Backend) release() {
 	if b.blas != 0 {
 		_ = b.l.blascall(b.l.cublasDestroy, "cublasDestroy", b.blas)
 	}
-	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.sh16, &b.part, &b.amPart, &b.amCount} {
+	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
 		if d.ptr != 0 {
 			_ = b.l.call(b.l.cuMemFree, "cuMemFree", uintptr(d.ptr))
 		}
@@ -807,6 +822,7 @@ func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
 		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)
 	}
 	o := op{kind: opKernel, fn: fn, grid: grid, block: block, argOff: start, argSz: len(b.args) - start, traceOff: len(b.trace)}
+	o.coop, b.nextCoop = b.nextCoop, false
 	b.ops = append(b.ops, o)
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, uint64(fn))
 	for _, v := range grid {
@@ -915,10 +931,14 @@ func (b *Backend) launchAll() error {
 			b.argLen = uint64(o.argSz)
 			b.extra = [5]uintptr{launchParamBufPtr, uintptr(unsafe.Pointer(&b.args[o.argOff])),
 				launchParamBufSize, uintptr(unsafe.Pointer(&b.argLen)), launchParamEnd}
-			if b.pdl {
+			if b.pdl || o.coop {
+				attr := &b.launchPDL
+				if o.coop {
+					attr = &b.launchCoop
+				}
 				b.launchCfg = launchConfig{gridX: o.grid[0], gridY: o.grid[1], gridZ: o.grid[2],
 					blockX: o.block[0], blockY: o.block[1], blockZ: o.block[2],
-					stream: b.stream, attrs: &b.launchPDL, numAttrs: 1}
+					stream: b.stream, attrs: attr, numAttrs: 1}
 				if err := b.l.call(b.l.cuLaunchKernelEx, "cuLaunchKernelEx", uintptr(unsafe.Pointer(&b.launchCfg)),
 					o.fn, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
 					return err

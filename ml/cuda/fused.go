@@ -15,7 +15,8 @@ import (
 // slower on an H100) each GEMV issues its first weight loads before waiting
 // for the kernel ahead of it.
 // model/llama uses them (optional interface) for steps FusedDecode accepts
-// and the unfused ops otherwise.
+// and the unfused ops otherwise. One-token steps go further: DecodeLayers
+// (step.go) runs every layer in one cooperative launch on the same GEMVs.
 
 // defaultFusedDecodeMaxT is Options.FusedDecodeMaxT's default. On an H100
 // (Qwen2.5-1.5B, BenchmarkModelDecode, results/h100) the fused step took
@@ -52,15 +53,15 @@ func (b *Backend) FusedDecode(T, hidden int, weights ...ml.Tensor) bool {
 
 // dgemvArgs mirrors DArgs in kernels.cu.
 type dgemvArgs struct {
-	w, bias, xg, xr, nw, dst, dst16, pos, invFreq, kc, vc, slots uint64
-	numSlots                                                     int64
-	n, k, t, ldx, ldxr, ldd, nwdt, nh, nkv, hd, kvdt             int
-	eps                                                          float32
+	w, bias, xg, xr, nw, dst, dst16, pos, invFreq, kc, vc, slots, res uint64
+	numSlots                                                          int64
+	n, k, t, ldx, ldxr, ldd, nwdt, nh, nkv, hd, kvdt                  int
+	eps                                                               float32
 }
 
 func (b *Backend) pushDgemv(epi string, a *dgemvArgs) error {
 	st := b.argStart()
-	for _, p := range []uint64{a.w, a.bias, a.xg, a.xr, a.nw, a.dst, a.dst16, a.pos, a.invFreq, a.kc, a.vc, a.slots} {
+	for _, p := range []uint64{a.w, a.bias, a.xg, a.xr, a.nw, a.dst, a.dst16, a.pos, a.invFreq, a.kc, a.vc, a.slots, a.res} {
 		b.aP(p)
 	}
 	b.aL(a.numSlots)

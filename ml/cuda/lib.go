@@ -41,8 +41,9 @@ type libs struct {
 	cuStreamSynchronize, cuStreamBeginCapture, cuStreamEndCapture, cuGraphInstantiate,
 	cuGraphLaunch, cuGraphDestroy, cuGraphExecDestroy, cuGetErrorString, cuGetErrorName uintptr
 	// cuLaunchKernelEx (CUDA 12+) is optional: without it kernels launch
-	// without programmatic dependent launch.
-	cuLaunchKernelEx uintptr
+	// without programmatic dependent launch, and one-token steps run
+	// layer by layer (no cooperative decode-step kernel).
+	cuLaunchKernelEx, cuOccupancyMaxActiveBlocksPerMultiprocessor uintptr
 
 	// nvrtc
 	nvrtcVersion, nvrtcCreateProgram, nvrtcCompileProgram, nvrtcGetProgramLogSize,
@@ -213,6 +214,7 @@ func loadLibs() (*libs, error) {
 	}
 	var optional []string
 	sym(h, "cuLaunchKernelEx", &l.cuLaunchKernelEx, &optional)
+	sym(h, "cuOccupancyMaxActiveBlocksPerMultiprocessor", &l.cuOccupancyMaxActiveBlocksPerMultiprocessor, &optional)
 
 	h, p, err = openNVRTC()
 	if err != nil {

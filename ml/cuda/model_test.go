@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/llmserve/llmserve/ml"
@@ -325,18 +326,37 @@ func BenchmarkModelDecode(bm *testing.B) {
 		name string
 		o    cuda.Options
 	}{
-		{"fused", cuda.Options{FusedDecodeMaxT: 4}},
-		{"fused-pdl", cuda.Options{FusedDecodeMaxT: 4, EnablePDL: true}},
+		{"step", cuda.Options{FusedDecodeMaxT: 4}},
+		{"fused", cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}},
 		{"unfused", cuda.Options{FusedDecodeMaxT: -1}},
+		{"step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-1bps", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ks2121", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ks2124", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ks4444", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
-		bm.Run(v.name, func(bm *testing.B) { benchDecode(bm, v.o) })
+		bm.Run(v.name, func(bm *testing.B) {
+			benchDecode(bm, v.o, strings.HasPrefix(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
+		})
 	}
 }
 
 // benchDecode times greedy decode steps (token ids downloaded, as the
-// engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of context.
-func benchDecode(bm *testing.B, o cuda.Options) {
+// engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
+// context. With stamped, one-token steps also report the decode-step
+// kernel's mean SM kilocycles per layer in each phase.
+func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
+	if i := strings.Index(name, "-ks"); i >= 0 {
+		k := name[i+3:]
+		cuda.SetStepKS(be, int(k[0]-'0'), int(k[1]-'0'), int(k[2]-'0'), int(k[3]-'0'))
+	}
+	if stamped {
+		cuda.StampSteps(be)
+	}
+	if oneBlockPerSM {
+		cuda.SetStepGridPerSM(be, 1)
+	}
 	lm, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
 	if err != nil {
 		bm.Fatal(err)
@@ -379,6 +399,15 @@ func benchDecode(bm *testing.B, o cuda.Options) {
 			sec := bm.Elapsed().Seconds() / float64(bm.N)
 			bm.ReportMetric(sec*1e3, "ms/step")
 			bm.ReportMetric(float64(T)/sec, "tok/s")
+			if stamped && T == 1 {
+				cyc, err := cuda.StepPhaseCycles(be)
+				if err != nil {
+					bm.Fatal(err)
+				}
+				for i, name := range []string{"qkv", "sync", "attn", "o", "gateup", "down"} {
+					bm.ReportMetric(cyc[i]/1e3, name+"-kcyc")
+				}
+			}
 		})
 	}
 }
@@ -419,5 +448,46 @@ func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 		if st.Margin > 0.3 && argmax(got[np-1+i]) != argmax(want[np-1+i]) {
 			t.Errorf("step %d: fused token %d, unfused %d", i, argmax(got[np-1+i]), argmax(want[np-1+i]))
 		}
+	}
+}
+
+// TestModelStepKernelMatchesLayerByLayer: the bf16 checkpoint (bf16 KV
+// cache) decoding 110 teacher-forced tokens after 4 prompt tokens, so
+// attention's split count grows from 1 to 14, in one decode-step launch per
+// token and with the
+// unfused ops on f32 activations: close logits at every position, and the
+// decode-step kernel really ran every decode step.
+func TestModelStepKernelMatchesLayerByLayer(t *testing.T) {
+	td := shareddata.Dir(t)
+	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
+	g := shareddata.ReadModelGolden(t, dir)
+	const steps = 110
+	run := func(o cuda.Options) ([][]float32, int) {
+		be := gpu(t, o)
+		m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: "bfloat16"})
+		s := &seqRun{m: m, blocks: scattered}
+		rows := s.step(t, g.PromptIDs[:4])
+		V := int32(m.Config().VocabSize)
+		for i := 0; i < steps; i++ {
+			rows = append(rows, s.step(t, []int32{(int32(i)*7919 + 13) % V})...)
+		}
+		return rows, cuda.StepLaunches(be)
+	}
+	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8})
+	got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8})
+	if launches != steps {
+		t.Fatalf("decode-step kernel ran %d times for %d one-token steps", launches, steps)
+	}
+	worst, at := 0.0, 0
+	for i := range want {
+		for j := range want[i] {
+			if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
+				worst, at = d, i
+			}
+		}
+	}
+	t.Logf("%d positions: max |step kernel - unfused| logit diff %.3g (position %d)", len(want), worst, at)
+	if worst > 0.05 {
+		t.Errorf("decode-step kernel logits differ from the unfused ops by %.3g > 0.05 at position %d", worst, at)
 	}
 }

@@ -2,6 +2,7 @@ package llama
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 
@@ -509,9 +510,23 @@ func (m *Model) attnMLP(l *layer, i int, vw *stepViews) error {
 }
 
 // forwardFused runs the layers and the lm_head of a step the backend's fused
-// decode ops take (after the embedding): five launches per layer.
+// decode ops take (after the embedding): all layers of a one-token step in
+// one launch where the backend can (DecodeLayers), else five launches per
+// layer.
 func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, greedy []bool, tokens []int32, logits []float32) error {
-	for i := range m.layers {
+	oneLaunch := false
+	if m.sd != nil && m.s.meta.NumTokens == 1 {
+		err := m.sd.DecodeLayers(vw.h, m.stepLayers, m.eps, vw.pos, m.invFreq, vw.slots, m.kv, &m.s.meta)
+		switch {
+		case err == nil:
+			oneLaunch = true
+		case errors.Is(err, ml.ErrUnsupported):
+			m.sd = nil // the step's shape is the model's: later steps would decline too
+		default:
+			return fmt.Errorf("llama: decode step: %w", err)
+		}
+	}
+	for i := 0; i < len(m.layers) && !oneLaunch; i++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

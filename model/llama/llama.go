@@ -52,6 +52,14 @@ type fusedDecoder interface {
 	MatMulAdd(acc, x, w, bias ml.Tensor) error
 }
 
+// stepDecoder is the optional backend capability of running every layer of
+// a one-token step in one launch (ml/cuda), on the fused decode ops' terms.
+// It returns ml.ErrUnsupported for steps it does not take.
+type stepDecoder interface {
+	DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float32,
+		positions, invFreq, slots ml.Tensor, c ml.KVCache, meta *ml.AttentionMeta) error
+}
+
 // stepPadder is implemented by backends that replay repeated steps (CUDA
 // graphs): steps with prompt tokens are then padded to a few sizes.
 type stepPadder interface{ PadSteps() bool }
@@ -78,9 +86,13 @@ type Model struct {
 
 	s scratch
 
-	fq  fusedQKV     // nil: separate q, k, v projections
-	fd  fusedDecoder // nil: the backend has no fused decode ops, or the weights don't suit them
-	pad bool         // pad prefill/mixed steps to bucket sizes
+	fq fusedQKV     // nil: separate q, k, v projections
+	fd fusedDecoder // nil: the backend has no fused decode ops, or the weights don't suit them
+	// sd runs one-token steps' layers in one launch (nil: no such op, or
+	// it declined once); stepLayers are the layers as it takes them.
+	sd         stepDecoder
+	stepLayers []ml.DecoderLayer
+	pad        bool // pad prefill/mixed steps to bucket sizes
 }
 
 var _ model.DeviceArgmaxer = (*Model)(nil)
@@ -197,6 +209,15 @@ func New(cfg *model.Config, w *model.Weights) (_ model.Model, err error) {
 		}
 		if fd.FusedDecode(1, H, ws...) {
 			m.fd = fd
+			if sd, ok := m.be.(stepDecoder); ok {
+				m.sd = sd
+				for i := range m.layers {
+					l := &m.layers[i]
+					m.stepLayers = append(m.stepLayers, ml.DecoderLayer{InNorm: l.inNorm, PostNorm: l.postNorm,
+						QKV: l.qkv, O: l.o, GateUp: l.gateUp, Down: l.down,
+						QKVBias: l.qkvb, OBias: l.ob, GateUpBias: l.gub, DownBias: l.db})
+				}
+			}
 		}
 	}
 	m.weightBytes = w.Bytes

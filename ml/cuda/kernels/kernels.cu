@@ -679,6 +679,53 @@ __device__ void write_kv(KV* kc, KV* vc, const float* k, const float* v, const i
   }
 }
 
+// gridArrive and gridWait are the two halves of a barrier over all blocks
+// of a launch whose blocks are all resident (a cooperative launch): a block
+// arrives as soon as its writes are done, issues loads that need no
+// barrier (the next phase's weights), then waits. bar[0] counts arrivals
+// and is reset by the last block, which then bumps the generation the
+// others wait on. Arrivals are release/acquire atomics (no full fence,
+// which would also wait for the block's weight loads in flight), and the
+// generation's bump releases every block's writes to the waiters' acquire.
+__device__ __forceinline__ unsigned ldAcquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// The generation word is on its own 128-byte line (bar[32]): the waiting
+// blocks poll it while the arrivals' atomics go to bar[0].
+#define STEP_GEN 32
+#define STEP_SPLITS 64
+__shared__ unsigned gridGen;  // the generation a block's thread 0 waits to pass
+__device__ __forceinline__ unsigned addAcqRel(unsigned* p, unsigned v) {
+  unsigned old;
+  asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+__device__ __forceinline__ void gridArrive(unsigned* bar) {
+  if (!bar) return;
+  __syncthreads();  // the block's writes, before thread 0's release
+  if (threadIdx.x == 0) {
+    gridGen = ldAcquire(bar + STEP_GEN);
+    if (addAcqRel(bar, 1u) == gridDim.x - 1) {
+      atomicExch(bar, 0u);
+      addAcqRel(bar + STEP_GEN, 1u);  // releases the reset and every arrival it acquired
+    }
+  }
+}
+__device__ __forceinline__ void gridWait(unsigned* bar) {
+  if (!bar) return;
+  if (threadIdx.x == 0) {
+    while (ldAcquire(bar + STEP_GEN) == gridGen) {
+    }
+  }
+  __syncthreads();  // the acquire, to the whole block
+}
+__device__ __forceinline__ void gridSync(unsigned* bar) {
+  gridArrive(bar);
+  gridWait(bar);
+}
+
 // ---- paged attention ----
 //
 // Grid (KVH * ceil(G/MAXG), T, numSplits), NWARPS warps per block. A block
@@ -877,7 +924,8 @@ extern "C" __global__ void attn_combine(float* out, const float* partO, const fl
 // A pair of rows, whose pairing the epilogue needs, is computed by KS warps
 // that split K (a block holds 8/KS pairs):
 //   EPI_STORE  rows 2p, 2p+1:     dst = acc (+bias)
-//   EPI_ADD    rows 2p, 2p+1:     dst += acc (+bias)       (residual add)
+//   EPI_ADD    rows 2p, 2p+1:     dst += acc (+bias)       (residual add; or
+//                                 dst = res + acc when res is set)
 //   EPI_SILU   rows p, I+p:       dst = dst16 = silu(g)·u   (gate, up; N = 2I)
 //   EPI_ROPE   rows j, j+hd/2 of one head of [q | k | v]: bias, RoPE on q
 //              and k, all three stored to dst, k and v to the KV cache.
@@ -889,6 +937,8 @@ extern "C" __global__ void attn_combine(float* out, const float* partO, const fl
 #define EPI_ADD 1
 #define EPI_SILU 2
 #define EPI_ROPE 3
+#define EPI_ADDF 4  // EPI_ADD with f32 x (xr, not normalized): the decode-step kernel
+
 
 struct DArgs {
   const bf16* w;
@@ -903,6 +953,7 @@ struct DArgs {
   void* kc;           // layer's K cache, dtype kvdt (0 f32, 1 bf16)
   void* vc;
   const int* slots;
+  const float* res;  // EPI_ADD/ADDF: dst = res + acc (null: dst += acc)
   long long numSlots;
   int N, K, T, ldx, ldxr, ldd, nwdt, nh, nkv, hd, kvdt;
   float eps;
@@ -921,17 +972,10 @@ __device__ __forceinline__ void stKV(void* c, int dt, long long i, float v) {
     ((float*)c)[i] = v;
 }
 
-template <int M, int EPI, int KS>
-__device__ __forceinline__ void dgemv(const DArgs& a) {
-  constexpr int U = 4;  // 16-byte loads per row per batch
-  constexpr bool NORM = EPI != EPI_ADD;
-  __shared__ float red[8][3][M];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int ks = warp % KS;
-  const int p = blockIdx.x * (8 / KS) + warp / KS;
-  const int K = a.K, nvec = K >> 3;
-  constexpr int S = 32 * KS;  // a lane's vector stride
-  int P, r0, r1;
+// dgemvRows gives pair p's rows r0, r1 and the number of pairs P (see the
+// epilogue table above).
+template <int EPI>
+__device__ __forceinline__ void dgemvRows(const DArgs& a, int p, int& P, int& r0, int& r1) {
   if (EPI == EPI_SILU) {
     P = a.N >> 1;
     r0 = p;
@@ -946,10 +990,31 @@ __device__ __forceinline__ void dgemv(const DArgs& a) {
     r0 = 2 * p;
     r1 = min(r0 + 1, a.N - 1);
   }
-  const bool ok = p < P;
+}
+
+// dgemv runs the block's tasks blk, blk+stride, ... below tasks (a task is
+// 8/KS pairs of rows; the kernels run one task per block). The first two
+// batches of a task's weight loads are issued before the previous task's
+// reductions and epilogue, so a block keeps its weights streaming from one
+// task to the next. STEP (decode-step kernel): when bar is set, waiting on
+// the grid barrier (the block arrived before these loads) takes the place
+// of griddepcontrol.wait.
+template <int M, int EPI, int KS, bool STEP>
+__device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
+  constexpr int U = 4;  // 16-byte loads per row per batch
+  constexpr bool NORM = EPI != EPI_ADD && EPI != EPI_ADDF;
+  constexpr bool XF32 = EPI != EPI_ADD;  // x is f32 (xr)
+  __shared__ float red[8][3][M];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ks = warp % KS;
+  const int K = a.K, nvec = K >> 3;
+  constexpr int S = 32 * KS;  // a lane's vector stride
+  const int v0 = ks * 32 + lane;
+  int p = blk * (8 / KS) + warp / KS, P, r0, r1;
+  dgemvRows<EPI>(a, p, P, r0, r1);
+  bool ok = p < P;
   const bf16* w0 = a.w + (long long)(ok ? r0 : 0) * K;
   const bf16* w1 = a.w + (long long)(ok ? r1 : 0) * K;
-  const int v0 = ks * 32 + lane;
 
   uint4 ca[U], cb[U], na[U], nb[U];
 #pragma unroll
@@ -964,160 +1029,206 @@ __device__ __forceinline__ void dgemv(const DArgs& a) {
       nb[u] = ldw16(w1 + vn * 8);
     }
   }
-  PDL_WAIT();
-  PDL_LAUNCH();
+  if (STEP) {
+    if (bar) gridWait(bar);
+  } else {
+    PDL_WAIT();
+    PDL_LAUNCH();
+  }
 
   const int tn = min(M, a.T);
-  float acc0[M], acc1[M], ss[M];
+  for (;;) {
+    float acc0[M], acc1[M], ss[M];
 #pragma unroll
-  for (int t = 0; t < M; ++t) acc0[t] = acc1[t] = ss[t] = 0.f;
-  if (ok) {
-    for (int vb = v0; vb < nvec; vb += U * S) {
+    for (int t = 0; t < M; ++t) acc0[t] = acc1[t] = ss[t] = 0.f;
+    if (ok) {
+      for (int vb = v0; vb < nvec; vb += U * S) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int v = vb + u * S;
-        if (v < nvec) {
-          float wa[8], wb[8];
-          unpack8(ca[u], wa);
-          unpack8(cb[u], wb);
-          if (NORM) {
-            // RMSNorm folded in: dot with x·nw in f32, scaled by each
-            // token's 1/rms at the end; the sums of squares ride along.
-            float nk[8];
-            if (a.nwdt == 0)
-              load8((const float*)a.nw + v * 8, nk);
-            else
+        for (int u = 0; u < U; ++u) {
+          const int v = vb + u * S;
+          if (v < nvec) {
+            float wa[8], wb[8];
+            unpack8(ca[u], wa);
+            unpack8(cb[u], wb);
+            if (NORM) {
+              // RMSNorm folded in: dot with x·nw in f32, scaled by each
+              // token's 1/rms at the end; the sums of squares ride along.
+              float nk[8];
+              if (a.nwdt == 0)
+                load8((const float*)a.nw + v * 8, nk);
+              else
 #pragma unroll
-              for (int i = 0; i < 8; ++i) nk[i] = nwAt(a.nw, a.nwdt, v * 8 + i);
+                for (int i = 0; i < 8; ++i) nk[i] = nwAt(a.nw, a.nwdt, v * 8 + i);
 #pragma unroll
-            for (int t = 0; t < M; ++t) {
-              if (t < tn) {
-                float xv[8];
-                load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
+              for (int t = 0; t < M; ++t) {
+                if (t < tn) {
+                  float xv[8];
+                  load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
 #pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                  ss[t] += xv[i] * xv[i];
-                  const float y = xv[i] * nk[i];
-                  acc0[t] += wa[i] * y;
-                  acc1[t] += wb[i] * y;
+                  for (int i = 0; i < 8; ++i) {
+                    ss[t] += xv[i] * xv[i];
+                    const float y = xv[i] * nk[i];
+                    acc0[t] += wa[i] * y;
+                    acc1[t] += wb[i] * y;
+                  }
                 }
               }
-            }
-          } else {
+            } else {
 #pragma unroll
-            for (int t = 0; t < M; ++t) {
-              if (t < tn) {
-                float xv[8];
-                load8(a.xg + (long long)t * a.ldx + v * 8, xv);
+              for (int t = 0; t < M; ++t) {
+                if (t < tn) {
+                  float xv[8];
+                  if (XF32)
+                    load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
+                  else
+                    load8(a.xg + (long long)t * a.ldx + v * 8, xv);
 #pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                  acc0[t] += wa[i] * xv[i];
-                  acc1[t] += wb[i] * xv[i];
+                  for (int i = 0; i < 8; ++i) {
+                    acc0[t] += wa[i] * xv[i];
+                    acc1[t] += wb[i] * xv[i];
+                  }
                 }
               }
             }
           }
         }
-      }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        ca[u] = na[u];
-        cb[u] = nb[u];
-        const int vn = vb + (2 * U + u) * S;
-        if (vn < nvec) {
-          na[u] = ldw16(w0 + vn * 8);
-          nb[u] = ldw16(w1 + vn * 8);
+        for (int u = 0; u < U; ++u) {
+          ca[u] = na[u];
+          cb[u] = nb[u];
+          const int vn = vb + (2 * U + u) * S;
+          if (vn < nvec) {
+            na[u] = ldw16(w0 + vn * 8);
+            nb[u] = ldw16(w1 + vn * 8);
+          }
         }
       }
     }
-  }
+    // The next task's first loads, ahead of this one's reductions.
+    const int nblk = blk + stride;
+    const bool more = nblk < tasks;
+    int np = 0, nr0 = 0, nr1 = 0;
+    bool nok = false;
+    if (more) {
+      np = nblk * (8 / KS) + warp / KS;
+      int nP;
+      dgemvRows<EPI>(a, np, nP, nr0, nr1);
+      nok = np < nP;
+      const bf16* x0 = a.w + (long long)(nok ? nr0 : 0) * K;
+      const bf16* x1 = a.w + (long long)(nok ? nr1 : 0) * K;
 #pragma unroll
-  for (int t = 0; t < M; ++t) {
-    acc0[t] = warpSum(acc0[t]);
-    acc1[t] = warpSum(acc1[t]);
-    if (NORM) ss[t] = warpSum(ss[t]);
-  }
-  if (KS > 1) {
-    if (lane == 0) {
+      for (int u = 0; u < U; ++u) {
+        const int v = v0 + u * S, vn = v + U * S;
+        if (nok && v < nvec) {
+          ca[u] = ldw16(x0 + v * 8);
+          cb[u] = ldw16(x1 + v * 8);
+        }
+        if (nok && vn < nvec) {
+          na[u] = ldw16(x0 + vn * 8);
+          nb[u] = ldw16(x1 + vn * 8);
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < M; ++t) {
+      acc0[t] = warpSum(acc0[t]);
+      acc1[t] = warpSum(acc1[t]);
+      if (NORM) ss[t] = warpSum(ss[t]);
+    }
+    if (KS > 1) {
+      if (lane == 0) {
+#pragma unroll
+        for (int t = 0; t < M; ++t) {
+          red[warp][0][t] = acc0[t];
+          red[warp][1][t] = acc1[t];
+          red[warp][2][t] = ss[t];
+        }
+      }
+      __syncthreads();
+      if (ks == 0) {
+#pragma unroll
+        for (int t = 0; t < M; ++t) {
+          float s0 = 0.f, s1 = 0.f, s2 = 0.f;
+#pragma unroll
+          for (int j = 0; j < KS; ++j) {
+            s0 += red[warp + j][0][t];
+            s1 += red[warp + j][1][t];
+            s2 += red[warp + j][2][t];
+          }
+          acc0[t] = s0;
+          acc1[t] = s1;
+          ss[t] = s2;
+        }
+      }
+      if (more) __syncthreads();  // red is reused by the next task
+    }
+    if (ks == 0 && ok) {
+      if (NORM) {
+#pragma unroll
+        for (int t = 0; t < M; ++t) {
+          const float r = 1.0f / sqrtf(ss[t] / (float)K + a.eps);
+          acc0[t] *= r;
+          acc1[t] *= r;
+        }
+      }
+      float b0 = 0.f, b1 = 0.f;
+      if (a.bias) {
+        b0 = a.bias[r0];
+        b1 = a.bias[r1];
+      }
 #pragma unroll
       for (int t = 0; t < M; ++t) {
-        red[warp][0][t] = acc0[t];
-        red[warp][1][t] = acc1[t];
-        red[warp][2][t] = ss[t];
+        if (t >= tn || lane != t) continue;
+        const float s0 = acc0[t] + b0, s1 = acc1[t] + b1;
+        float* d = a.dst + (long long)t * a.ldd;
+        if (EPI == EPI_STORE) {
+          d[r0] = s0;
+          if (r1 != r0) d[r1] = s1;
+        } else if (EPI == EPI_ADD || EPI == EPI_ADDF) {
+          const float* rs = a.res ? a.res + (long long)t * a.ldd : d;
+          d[r0] = rs[r0] + s0;
+          if (r1 != r0) d[r1] = rs[r1] + s1;
+        } else if (EPI == EPI_SILU) {
+          const float y = s0 / (1.0f + expf(-s0)) * s1;
+          d[p] = y;
+          if (a.dst16) a.dst16[(long long)t * a.ldd + p].x = f2bf(y);
+        } else {
+          const int half = a.hd >> 1, h = p / half, j = p - h * half;
+          float n0 = s0, n1 = s1;
+          if (h < a.nh + a.nkv) {
+            float sn, cs;
+            sincosf((float)a.pos[t] * a.invFreq[j], &sn, &cs);
+            n0 = s0 * cs - s1 * sn;
+            n1 = s1 * cs + s0 * sn;
+          }
+          d[r0] = n0;
+          d[r1] = n1;
+          const int slot = a.slots[t];
+          if (h >= a.nh && slot >= 0 && slot < a.numSlots) {
+            const bool isK = h < a.nh + a.nkv;
+            const int hh = isK ? h - a.nh : h - a.nh - a.nkv;
+            const long long o = (long long)slot * a.nkv * a.hd + (long long)hh * a.hd + j;
+            void* c = isK ? a.kc : a.vc;
+            stKV(c, a.kvdt, o, n0);
+            stKV(c, a.kvdt, o + half, n1);
+          }
+        }
       }
     }
-    __syncthreads();
-    if (ks != 0) return;
-#pragma unroll
-    for (int t = 0; t < M; ++t) {
-      float s0 = 0.f, s1 = 0.f, s2 = 0.f;
-#pragma unroll
-      for (int j = 0; j < KS; ++j) {
-        s0 += red[warp + j][0][t];
-        s1 += red[warp + j][1][t];
-        s2 += red[warp + j][2][t];
-      }
-      acc0[t] = s0;
-      acc1[t] = s1;
-      ss[t] = s2;
-    }
-  }
-  if (!ok) return;
-  if (NORM) {
-#pragma unroll
-    for (int t = 0; t < M; ++t) {
-      const float r = 1.0f / sqrtf(ss[t] / (float)K + a.eps);
-      acc0[t] *= r;
-      acc1[t] *= r;
-    }
-  }
-  float b0 = 0.f, b1 = 0.f;
-  if (a.bias) {
-    b0 = a.bias[r0];
-    b1 = a.bias[r1];
-  }
-#pragma unroll
-  for (int t = 0; t < M; ++t) {
-    if (t >= tn || lane != t) continue;
-    const float s0 = acc0[t] + b0, s1 = acc1[t] + b1;
-    float* d = a.dst + (long long)t * a.ldd;
-    if (EPI == EPI_STORE) {
-      d[r0] = s0;
-      if (r1 != r0) d[r1] = s1;
-    } else if (EPI == EPI_ADD) {
-      d[r0] += s0;
-      if (r1 != r0) d[r1] += s1;
-    } else if (EPI == EPI_SILU) {
-      const float y = s0 / (1.0f + expf(-s0)) * s1;
-      d[p] = y;
-      a.dst16[(long long)t * a.ldd + p].x = f2bf(y);
-    } else {
-      const int half = a.hd >> 1, h = p / half, j = p - h * half;
-      float n0 = s0, n1 = s1;
-      if (h < a.nh + a.nkv) {
-        float sn, cs;
-        sincosf((float)a.pos[t] * a.invFreq[j], &sn, &cs);
-        n0 = s0 * cs - s1 * sn;
-        n1 = s1 * cs + s0 * sn;
-      }
-      d[r0] = n0;
-      d[r1] = n1;
-      const int slot = a.slots[t];
-      if (h >= a.nh && slot >= 0 && slot < a.numSlots) {
-        const bool isK = h < a.nh + a.nkv;
-        const int hh = isK ? h - a.nh : h - a.nh - a.nkv;
-        const long long o = (long long)slot * a.nkv * a.hd + (long long)hh * a.hd + j;
-        void* c = isK ? a.kc : a.vc;
-        stKV(c, a.kvdt, o, n0);
-        stKV(c, a.kvdt, o + half, n1);
-      }
-    }
+    if (!more) return;
+    blk = nblk;
+    p = np;
+    r0 = nr0;
+    r1 = nr1;
+    ok = nok;
+    w0 = a.w + (long long)(ok ? r0 : 0) * K;
+    w1 = a.w + (long long)(ok ? r1 : 0) * K;
   }
 }
 
 #define INST_DGEMV(M, EPI, NAME, KS)                                                                 \
   extern "C" __global__ void __launch_bounds__(256, 2) dgemv_##NAME##_##M##_##KS(const DArgs a) { \
-    dgemv<M, EPI, KS>(a);                                                                            \
+    dgemv<M, EPI, KS, false>(a, blockIdx.x, 1, blockIdx.x + 1, nullptr);                             \
   }
 #define INST_DGEMV_KS(M, EPI, NAME) \
   INST_DGEMV(M, EPI, NAME, 1)       \
@@ -1132,3 +1243,338 @@ __device__ __forceinline__ void dgemv(const DArgs& a) {
 INST_DGEMV_M(1)
 INST_DGEMV_M(2)
 INST_DGEMV_M(4)
+
+// ---- decode_step: every layer of a one-token step in one launch ----
+//
+// A one-token step is ~140 small kernels whose boundaries (drain, launch,
+// ramp-up) cost about as much as streaming the weights. This kernel runs
+// all layers with grid barriers instead: a cooperative launch of every
+// resident 256-thread block, five phases per layer (q/k/v with RMSNorm,
+// RoPE and the KV write; attention; o plus the residual; gate/up with
+// RMSNorm and SiLU; down plus the residual). A GEMV phase is dgemv's block
+// tasks spread over the grid; a block arrives at the barrier, issues its
+// first task's weight loads, then waits, so the weights stream while the
+// previous phase drains. Attention runs its (KV head group, split) pieces
+// on the first blocks; the last piece of a group to finish merges the
+// group's splits.
+//
+// Every activation has its own buffer per layer (written once per launch,
+// read only after a barrier), so reads may go through L1: no SM can hold
+// a stale line of an address that is written while the kernel runs.
+
+struct StepLayer {
+  const bf16 *qkv, *o, *gu, *down;
+  const float *qkvb, *ob, *gub, *downb;  // null: no bias
+  const void *inNorm, *postNorm;         // dtype nwdt
+};
+
+struct StepArgs {
+  const StepLayer* layers;
+  float* h;     // layer 0's input; the last layer's output
+  float* acts;  // per layer: h after attention [H], after the MLP [H], q/k/v, attention output, SiLU output
+  float *partO, *partML;
+  unsigned* bar;  // [0] arrivals, [STEP_GEN] generation, [STEP_SPLITS+g] finished splits of head group g
+  const int *pos, *slots, *tokSeq, *bt;
+  const float* invFreq;
+  char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
+  unsigned long long* stamps;  // null, or block 0's clock at each phase's start (6 per layer; benchmarks)
+  long long layerBytes, numSlots;
+  int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
+  float eps, scale;
+};
+
+template <int EPI, int KS>
+__device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar) {
+  constexpr int per = 8 / KS;
+  const int P = (EPI == EPI_SILU || EPI == EPI_ROPE) ? a.N >> 1 : (a.N + 1) >> 1;
+  const int tasks = (P + per - 1) / per;
+  int blk = blockIdx.x;
+  gridArrive(bar);
+  if (blk >= tasks) {
+    gridWait(bar);
+    return;
+  }
+  dgemv<1, EPI, KS, true>(a, blk, gridDim.x, tasks, bar);
+}
+
+// stepPhase runs one GEMV phase; bar (null: none) is the barrier that
+// separates it from the previous phase.
+template <int EPI>
+__device__ __forceinline__ void stepPhase(const DArgs& a, int ks, unsigned* bar) {
+  switch (ks) {
+    case 1:
+      stepPhaseKS<EPI, 1>(a, bar);
+      break;
+    case 2:
+      stepPhaseKS<EPI, 2>(a, bar);
+      break;
+    case 4:
+      stepPhaseKS<EPI, 4>(a, bar);
+      break;
+    default:
+      stepPhaseKS<EPI, 8>(a, bar);
+  }
+}
+
+// loadRow loads EPL bf16 values at p (EPL·2-byte aligned), packed as they
+// are (the unused words stay zero); widenRow unpacks them.
+template <int EPL>
+__device__ __forceinline__ uint4 loadRow(const bf16* p) {
+  uint4 r = make_uint4(0, 0, 0, 0);
+  if (EPL == 8) {
+    r = *(const uint4*)p;
+  } else if (EPL == 4) {
+    const uint2 h = *(const uint2*)p;
+    r.x = h.x;
+    r.y = h.y;
+  } else if (EPL == 2) {
+    r.x = *(const unsigned*)p;
+  } else {
+    r.x = p->x;
+  }
+  return r;
+}
+template <int EPL>
+__device__ __forceinline__ void widenRow(const uint4 r, float* o) {
+  const unsigned w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) o[e] = __uint_as_float(e & 1 ? w[e >> 1] & 0xffff0000u : w[e >> 1] << 16);
+}
+
+// stepAttention is a one-token step's attention: one warp per (head,
+// split) piece of up to 16 keys at a time, with no block-wide reductions,
+// so the piece is one round of independent loads (block table, then all
+// its K and V rows) and a few shuffles. The last piece of a head to finish
+// merges the head's pieces (a thread per element, independent loads). It
+// is a separate (not inlined) function so that it gets its own register
+// allocation. Lane l holds elements [l·EPL, l·EPL+EPL) of a head.
+template <int EPL>
+__device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
+                                           const int* bt) {
+  constexpr int KW = EPL <= 2 ? 16 : 8;  // keys per pass (more would spill)
+  const int lane = threadIdx.x & 31, D = A.hd, G = A.nh / A.nkv, ns = A.ns;
+  const bool dOK = lane * EPL < D;
+  const int per = (ctx + ns - 1) / ns;
+  const bf16* kc = (const bf16*)kcl;
+  const bf16* vc = (const bf16*)(kcl + A.layerBytes);
+  const long long kvRow = (long long)A.nkv * D;
+  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < A.nh * ns; it += gridDim.x * 8) {
+    const int h = it % A.nh, split = it / A.nh, kvh = h / G;
+    const int k0 = split * per, k1 = min(ctx, k0 + per);
+    float qv[EPL], acc[EPL];
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) {
+      qv[e] = dOK ? q[(long long)h * D + lane * EPL + e] * A.scale : 0.f;
+      acc[e] = 0.f;
+    }
+    float m = NEG_INF, l = 0.f;
+    for (int c0 = k0; c0 < k1; c0 += KW) {
+      uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
+      float sc[KW];
+      unsigned valid = 0;  // keys in the piece with a live KV block
+#pragma unroll
+      for (int j = 0; j < KW; ++j) {
+        const int p = c0 + j, bi = p / A.blockSize;
+        int blk = (p < k1 && bi < A.maxBlocks) ? bt[bi] : -1;
+        if (blk >= A.numBlocks) blk = -1;
+        if (blk >= 0) valid |= 1u << j;
+        const long long row = ((long long)blk * A.blockSize + (p - bi * A.blockSize)) * kvRow + (long long)kvh * D;
+        kr[j] = vr[j] = make_uint4(0, 0, 0, 0);
+        if (blk >= 0 && dOK) {
+          kr[j] = loadRow<EPL>(kc + row + lane * EPL);
+          vr[j] = loadRow<EPL>(vc + row + lane * EPL);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < KW; ++j) {
+        float kf[EPL], d = 0.f;
+        widenRow<EPL>(kr[j], kf);
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) d += qv[e] * kf[e];
+        sc[j] = d;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int j = 0; j < KW; ++j) sc[j] += __shfl_xor_sync(0xffffffffu, sc[j], o);
+      float mc = m;
+#pragma unroll
+      for (int j = 0; j < KW; ++j)
+        if (valid >> j & 1) mc = fmaxf(mc, sc[j]);
+      if (mc == NEG_INF) continue;  // no live keys yet
+      const float f = expf(m - mc);  // 0 on the first live pass (m = -inf)
+      l *= f;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) acc[e] *= f;
+#pragma unroll
+      for (int j = 0; j < KW; ++j) {
+        const float pj = (valid >> j & 1) ? expf(sc[j] - mc) : 0.f;
+        float vf[EPL];
+        widenRow<EPL>(vr[j], vf);
+        l += pj;
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) acc[e] += pj * vf[e];
+      }
+      m = mc;
+    }
+    if (ns == 1) {
+      if (dOK)
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l > 0.f ? acc[e] / l : 0.f;
+      continue;
+    }
+    const long long pi = (long long)h * ns + split;
+    if (dOK)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) A.partO[pi * D + lane * EPL + e] = acc[e];
+    if (lane == 0) {
+      A.partML[2 * pi] = m;
+      A.partML[2 * pi + 1] = l;
+    }
+    // The last piece of head h merges its pieces. The partials and the
+    // counter are rewritten by every layer: coherent loads.
+    __threadfence();
+    __syncwarp();
+    unsigned last = 0;
+    if (lane == 0) last = atomicAdd(A.bar + STEP_SPLITS + h, 1u) == (unsigned)ns - 1;
+    if (!__shfl_sync(0xffffffffu, last, 0)) continue;
+    __threadfence();
+    // Lane s holds piece s's (m, l); ns <= 32. Loads go out in batches of
+    // eight pieces before any is used: each costs an L2 round trip.
+    const long long i0 = (long long)h * ns;
+    const float ms = lane < ns ? __ldcg(A.partML + 2 * (i0 + lane)) : NEG_INF;
+    const float ls = lane < ns ? __ldcg(A.partML + 2 * (i0 + lane) + 1) : 0.f;
+    float M = ms;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    const float fs = ms == NEG_INF ? 0.f : expf(ms - M);
+    const float L = warpSum(ls * fs);
+    float o[EPL];
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) o[e] = 0.f;
+    for (int b0 = 0; b0 < ns; b0 += 8) {
+      float pv[8][EPL];
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < EPL; ++e)
+          pv[j][e] = (b0 + j < ns && dOK) ? __ldcg(A.partO + (i0 + b0 + j) * D + lane * EPL + e) : 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float f = __shfl_sync(0xffffffffu, fs, (b0 + j) & 31);
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) o[e] += pv[j][e] * f;
+      }
+    }
+    if (dOK)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = L > 0.f ? o[e] / L : 0.f;
+    if (lane == 0) A.bar[STEP_SPLITS + h] = 0;
+  }
+}
+
+template <int EPL>
+__device__ __forceinline__ void decodeStep(const StepArgs& A) {
+  const int qkvN = (A.nh + 2 * A.nkv) * A.hd, qd = A.nh * A.hd;
+  const long long per = 2LL * A.H + qkvN + qd + A.I;  // a layer's activations
+  const float* hin = A.h;
+  // The token's context and block table row, read once (uploaded before the launch).
+  const int ctx = A.pos[0] + 1;
+  const int* bt = A.bt + (long long)A.tokSeq[0] * A.maxBlocks;
+  for (int l = 0; l < A.numLayers; ++l) {
+    const StepLayer L = A.layers[l];
+    char* kcl = A.kv + 2LL * l * A.layerBytes;
+    float* hmid = A.acts + l * per;
+    float* hout = l == A.numLayers - 1 ? A.h : hmid + A.H;
+    float* q = hmid + 2 * A.H;
+    float* att = q + qkvN;
+    float* act = att + qd;
+    const bool stamp = A.stamps && blockIdx.x == 0 && threadIdx.x == 0;
+#define STAMP(k) \
+  if (stamp) A.stamps[6 * l + (k)] = clock64()
+    STAMP(0);
+
+    DArgs a = {};
+    a.T = 1;
+    a.eps = A.eps;
+    a.nwdt = A.nwdt;
+    a.w = L.qkv;
+    a.bias = L.qkvb;
+    a.xr = hin;
+    a.ldxr = A.H;
+    a.nw = L.inNorm;
+    a.dst = q;
+    a.ldd = qkvN;
+    a.N = qkvN;
+    a.K = A.H;
+    a.pos = A.pos;
+    a.invFreq = A.invFreq;
+    a.kc = kcl;
+    a.vc = kcl + A.layerBytes;
+    a.kvdt = 1;
+    a.slots = A.slots;
+    a.numSlots = A.numSlots;
+    a.nh = A.nh;
+    a.nkv = A.nkv;
+    a.hd = A.hd;
+    // The embedding kernel wrote layer 0's input before this launch.
+    stepPhase<EPI_ROPE>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
+    STAMP(1);
+    gridSync(A.bar);
+    STAMP(2);
+    stepAttention<EPL>(A, kcl, q, att, ctx, bt);
+    STAMP(3);
+
+    DArgs o = {};
+    o.T = 1;
+    o.w = L.o;
+    o.bias = L.ob;
+    o.xr = att;
+    o.ldxr = qd;
+    o.res = hin;
+    o.dst = hmid;
+    o.ldd = A.H;
+    o.N = A.H;
+    o.K = qd;
+    stepPhase<EPI_ADDF>(o, A.ksO, A.bar);
+
+    DArgs g = {};
+    g.T = 1;
+    g.eps = A.eps;
+    g.nwdt = A.nwdt;
+    g.w = L.gu;
+    g.bias = L.gub;
+    g.xr = hmid;
+    g.ldxr = A.H;
+    g.nw = L.postNorm;
+    g.dst = act;
+    g.ldd = A.I;
+    g.N = 2 * A.I;
+    g.K = A.H;
+    STAMP(4);
+    stepPhase<EPI_SILU>(g, A.ksGU, A.bar);
+    STAMP(5);
+
+    DArgs d = {};
+    d.T = 1;
+    d.w = L.down;
+    d.bias = L.downb;
+    d.xr = act;
+    d.ldxr = A.I;
+    d.res = hmid;
+    d.dst = hout;
+    d.ldd = A.H;
+    d.N = A.H;
+    d.K = A.I;
+    stepPhase<EPI_ADDF>(d, A.ksDown, A.bar);
+    hin = hout;
+  }
+#undef STAMP
+}
+
+#define INST_STEP(EPL) \
+  extern "C" __global__ void __launch_bounds__(256, 2) decode_step_##EPL(const StepArgs A) { decodeStep<EPL>(A); }
+INST_STEP(1)
+INST_STEP(2)
+INST_STEP(4)
+INST_STEP(8)

@@ -1,0 +1,52 @@
+package cuda
+
+import (
+	"math"
+
+	"github.com/llmserve/llmserve/ml"
+)
+
+// StepLaunches is the number of decode-step kernel launches b has recorded.
+func StepLaunches(b *Backend) int { return b.step.launches }
+
+// StampSteps makes later decode-step launches record block 0's clock at the
+// start of each phase.
+func StampSteps(b *Backend) { b.step.stamping = true }
+
+// StepPhaseCycles returns, for the last decode-step launch, the mean SM
+// cycles per layer of each phase: q/k/v, barrier before attention,
+// attention, o, gate/up, down (the last layer's down is not stamped).
+func StepPhaseCycles(b *Backend) ([6]float64, error) {
+	var out [6]float64
+	n := int(b.step.stamps.size / 8)
+	if n < 12 {
+		return out, nil
+	}
+	raw := make([]float32, 2*n)
+	t := &tensor{owner: b, ptr: b.step.stamps.ptr, dt: ml.F32, rows: 1, cols: 2 * n}
+	if err := b.Download(raw, t); err != nil {
+		return out, err
+	}
+	st := make([]uint64, n)
+	for i := range st {
+		st[i] = uint64(math.Float32bits(raw[2*i])) | uint64(math.Float32bits(raw[2*i+1]))<<32
+	}
+	L := n / 6
+	for l := 0; l < L-1; l++ {
+		for k := 0; k < 6; k++ {
+			next := st[6*l+k+1]
+			if k == 5 {
+				next = st[6*(l+1)]
+			}
+			out[k] += float64(next-st[6*l+k]) / float64(L-1)
+		}
+	}
+	return out, nil
+}
+
+// SetStepGridPerSM makes decode-step launches use n blocks per SM.
+func SetStepGridPerSM(b *Backend, n int) { b.step.grid = n * int(b.dev.sms) }
+
+// SetStepKS forces the decode-step kernel's split-K factors of the q/k/v,
+// o, gate/up and down phases (0: the default choice).
+func SetStepKS(b *Backend, qkv, o, gateUp, down int) { b.step.forceKS = [4]int{qkv, o, gateUp, down} }

@@ -1,0 +1,314 @@
+package cuda
+
+import (
+	"bytes"
+	"fmt"
+	"unsafe"
+
+	"github.com/llmserve/llmserve/ml"
+)
+
+// The decode-step kernel: every layer of a one-token step in one
+// cooperative launch, its phases separated by grid barriers instead of
+// kernel boundaries (decode_step in kernels.cu). At one token a step is
+// bound by streaming the weights, and the ~140 kernel boundaries of the
+// per-layer fused ops cost about a quarter of it on an H100.
+
+// stepLayer mirrors StepLayer in kernels.cu.
+type stepLayer struct {
+	qkv, o, gu, down, qkvb, ob, gub, downb, inNorm, postNorm uint64
+}
+
+// stepState is the decode-step kernel's device state.
+type stepState struct {
+	table    devBuf // []stepLayer of the layers last run
+	host     []byte // the table's bytes, to upload only when they change
+	acts     devBuf // every layer's activations (see StepArgs.acts)
+	bar      devBuf // grid barrier and split counters (zeroed at allocation)
+	grid     int    // resident 256-thread blocks (0: not yet known)
+	launches int    // decode-step launches recorded (tests check the path runs)
+	stamps   devBuf // with stamping on (benchmarks), block 0's clock at each phase's start
+	stamping bool
+	forceKS  [4]int // benchmarks: the q/k/v, o, gate/up and down split-K factors (0: stepKS's)
+}
+
+func (s *stepState) ks(phase, auto int) int {
+	if k := s.forceKS[phase]; k > 0 {
+		return k
+	}
+	return auto
+}
+
+const stepCounters = 64 // STEP_SPLITS in kernels.cu: the split counters' offset
+
+// stepArgs mirrors StepArgs in kernels.cu.
+type stepArgs struct {
+	layers, h, acts, partO, partML, bar, pos, slots, tokSeq, bt, invFreq, kv, stamps uint64
+	layerBytes, numSlots                                                             int64
+	numLayers, hidden, inter, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns int
+	ksQKV, ksO, ksGU, ksDown                                                         int
+	eps, scale                                                                       float32
+}
+
+// stepGrid is the number of 256-thread decode-step blocks that are resident
+// at once, all of which a cooperative launch requires.
+func (b *Backend) stepGrid(fn uintptr) (int, error) {
+	if b.step.grid > 0 {
+		return b.step.grid, nil
+	}
+	per := int32(1)
+	if b.l.cuOccupancyMaxActiveBlocksPerMultiprocessor != 0 {
+		if err := b.enter(); err != nil {
+			return 0, err
+		}
+		err := b.l.call(b.l.cuOccupancyMaxActiveBlocksPerMultiprocessor, "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+			uintptr(unsafe.Pointer(&per)), fn, 256, 0)
+		b.exit()
+		if err != nil {
+			return 0, err
+		}
+	}
+	if per < 1 {
+		return 0, fmt.Errorf("%w: decode-step kernel does not fit on an SM", ml.ErrUnsupported)
+	}
+	b.step.grid = int(per) * int(b.dev.sms)
+	return b.step.grid, nil
+}
+
+// stepKS picks a GEMV phase's split-K factor (warps per pair of rows) for
+// P pairs of K columns on a grid of blocks: the one whose busiest block
+// streams the fewest rows (a block's task is 8/ks pairs), among those that
+// leave each lane at least two 16-byte loads per row.
+func stepKS(P, K, grid int) int {
+	best, bestCost := 1, 0
+	for ks := 1; ks <= 8; ks *= 2 {
+		if ks > 1 && K/8 < 2*32*ks {
+			break
+		}
+		tasks := (P + 8/ks - 1) / (8 / ks)
+		cost := (tasks + grid - 1) / grid * (8 / ks)
+		if ks == 1 || cost < bestCost {
+			best, bestCost = ks, cost
+		}
+	}
+	return best
+}
+
+// stepSplits cuts attention's context into pieces of about 8 keys (a
+// warp's pass at head dims over 64), at most 32 per head: in a one-token
+// step attention is a chain of dependent loads, so it pays to spread it
+// wide, and the merge costs about one L2 round trip however many pieces
+// there are.
+func stepSplits(maxContext int) int {
+	return max(1, min((maxContext+7)/8, 32))
+}
+
+// stepWeight returns w's device pointer if it is a bf16 [rows, cols] matrix.
+func (b *Backend) stepWeight(w ml.Tensor, rows, cols int, what string) (uint64, error) {
+	t, err := b.tens(w, what)
+	if err != nil {
+		return 0, err
+	}
+	if t.dt != ml.BF16 || t.rows != rows || t.cols != cols {
+		return 0, fmt.Errorf("%w: decode step %s %v %dx%d, want bf16 %dx%d", ml.ErrUnsupported, what, t.dt, t.rows, t.cols, rows, cols)
+	}
+	return t.ptr, nil
+}
+
+// stepBias returns a bias's pointer (0 for nil): f32 with n elements.
+func (b *Backend) stepBias(bias ml.Tensor, n int, what string) (uint64, error) {
+	if bias == nil {
+		return 0, nil
+	}
+	t, err := b.f32(bias, what)
+	if err != nil {
+		return 0, err
+	}
+	if t.n() != n {
+		return 0, shapeErr("decode step %s %dx%d for %d outputs", what, t.rows, t.cols, n)
+	}
+	return t.ptr, nil
+}
+
+// DecodeLayers runs every layer of a one-token step in one launch, on the
+// fused decode ops' terms: h [1, hidden] (f32) is the residual stream, taken
+// as the embedding and left as the last layer's output. Weights are bf16
+// (q/k/v fused, gate/up fused as gate rows then up rows), biases f32 or
+// nil, and every layer's norms of one dtype. It returns ml.ErrUnsupported
+// for anything else (more tokens, an f32 KV cache, no cooperative launch),
+// and the caller runs the layers one by one instead.
+func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float32,
+	positions, invFreq, slots ml.Tensor, c ml.KVCache, meta *ml.AttentionMeta) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	if b.opts.DisableStepKernel || b.l.cuLaunchKernelEx == 0 || len(layers) == 0 {
+		return fmt.Errorf("%w: decode-step kernel off", ml.ErrUnsupported)
+	}
+	if meta == nil || meta.NumTokens != 1 || meta.NumSeqs != 1 {
+		return fmt.Errorf("%w: decode-step kernel runs one token", ml.ErrUnsupported)
+	}
+	kc, err := b.cache(c, 0)
+	if err != nil {
+		return err
+	}
+	nh, nkv, hd := meta.NumHeads, meta.NumKVHeads, meta.HeadDim
+	if kc.dt != ml.BF16 || kc.layers < len(layers) || nkv != kc.kvh || hd != kc.hd || hd%2 != 0 || hd > 256 ||
+		nh <= 0 || nkv <= 0 || nh%nkv != 0 || meta.MaxBlocks <= 0 {
+		return fmt.Errorf("%w: decode step with a %v cache of %d layers, %d heads, %d kv heads of %d",
+			ml.ErrUnsupported, kc.dt, kc.layers, nh, nkv, hd)
+	}
+	hh, err := b.f32(h, "decode-step h")
+	if err != nil {
+		return err
+	}
+	H, qkvN, qd := hh.cols, (nh+2*nkv)*hd, nh*hd
+	I := 0
+	if t, ok := layers[0].Down.(*tensor); ok && t != nil {
+		I = t.cols
+	}
+	if hh.rows != 1 || H%8 != 0 || qd%8 != 0 || I%8 != 0 || I == 0 {
+		return fmt.Errorf("%w: decode step of %dx%d h, %d q columns, intermediate %d", ml.ErrUnsupported, hh.rows, hh.cols, qd, I)
+	}
+	pos, inv, sl, err := b.ropeOperands(positions, invFreq, slots, 1, hd)
+	if err != nil {
+		return err
+	}
+	tokSeq, err := b.i32(meta.TokenSeq, "TokenSeq", 1)
+	if err != nil {
+		return err
+	}
+	bt, err := b.i32(meta.BlockTables, "BlockTables", meta.MaxBlocks)
+	if err != nil {
+		return err
+	}
+
+	// The layer table, uploaded when it changes (the first step of a model).
+	tab := make([]stepLayer, len(layers))
+	nwdt := -1
+	for i, l := range layers {
+		s := &tab[i]
+		for _, w := range []struct {
+			dst        *uint64
+			t          ml.Tensor
+			rows, cols int
+			what       string
+		}{{&s.qkv, l.QKV, qkvN, H, "qkv"}, {&s.o, l.O, H, qd, "o"}, {&s.gu, l.GateUp, 2 * I, H, "gate_up"}, {&s.down, l.Down, H, I, "down"}} {
+			if *w.dst, err = b.stepWeight(w.t, w.rows, w.cols, w.what); err != nil {
+				return err
+			}
+		}
+		for _, x := range []struct {
+			dst  *uint64
+			t    ml.Tensor
+			n    int
+			what string
+		}{{&s.qkvb, l.QKVBias, qkvN, "qkv bias"}, {&s.ob, l.OBias, H, "o bias"}, {&s.gub, l.GateUpBias, 2 * I, "gate_up bias"}, {&s.downb, l.DownBias, H, "down bias"}} {
+			if *x.dst, err = b.stepBias(x.t, x.n, x.what); err != nil {
+				return err
+			}
+		}
+		for _, n := range []struct {
+			dst *uint64
+			t   ml.Tensor
+		}{{&s.inNorm, l.InNorm}, {&s.postNorm, l.PostNorm}} {
+			nw, dt, err := b.normArg(n.t, H)
+			if err != nil {
+				return err
+			}
+			if nwdt >= 0 && dt != nwdt {
+				return fmt.Errorf("%w: decode step with norm weights of mixed dtypes", ml.ErrUnsupported)
+			}
+			*n.dst, nwdt = nw.ptr, dt
+		}
+	}
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&tab[0])), len(tab)*int(unsafe.Sizeof(tab[0])))
+	if !bytes.Equal(raw, b.step.host) {
+		if err := b.ensure(&b.step.table, int64(len(raw))); err != nil {
+			return err
+		}
+		if err := b.flush(); err != nil {
+			return err
+		}
+		if err := b.enter(); err != nil {
+			return err
+		}
+		err := b.l.call(b.l.cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync", uintptr(b.step.table.ptr), uintptr(unsafe.Pointer(&raw[0])),
+			uintptr(len(raw)), b.stream)
+		b.exit()
+		if err != nil {
+			return err
+		}
+		b.step.host = bytes.Clone(raw)
+	}
+
+	epl := 1
+	for epl*32 < hd {
+		epl *= 2
+	}
+	name := fmt.Sprintf("decode_step_%d", epl)
+	fn := b.fns[name]
+	if fn == 0 {
+		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)
+	}
+	grid, err := b.stepGrid(fn)
+	if err != nil {
+		return err
+	}
+	if hd%epl != 0 {
+		return fmt.Errorf("%w: decode step with head dim %d", ml.ErrUnsupported, hd)
+	}
+	ns := stepSplits(meta.MaxContext)
+	if err := b.ensure(&b.step.acts, int64(len(layers))*int64(2*H+qkvN+qd+I)*4); err != nil {
+		return err
+	}
+	a := stepArgs{layers: b.step.table.ptr, h: hh.ptr, acts: b.step.acts.ptr,
+		pos: pos.ptr, slots: sl.ptr, tokSeq: tokSeq.ptr, bt: bt.ptr, invFreq: inv.ptr, kv: kc.k(0),
+		layerBytes: kc.layerBytes, numSlots: int64(kc.numBlocks) * int64(kc.blockSize),
+		numLayers: len(layers), hidden: H, inter: I, nh: nh, nkv: nkv, hd: hd, nwdt: nwdt,
+		maxBlocks: meta.MaxBlocks, blockSize: kc.blockSize, numBlocks: kc.numBlocks, ns: ns,
+		ksQKV: b.step.ks(0, stepKS(qkvN/2, H, grid)), ksO: b.step.ks(1, stepKS((H+1)/2, qd, grid)),
+		ksGU: b.step.ks(2, stepKS(I, H, grid)), ksDown: b.step.ks(3, stepKS((H+1)/2, I, grid)),
+		eps: eps, scale: meta.Scale}
+	if ns > 1 {
+		nO := int64(nh) * int64(ns) * int64(hd)
+		if err := b.ensure(&b.part, (nO+int64(nh*ns*2))*4); err != nil {
+			return err
+		}
+		a.partO, a.partML = b.part.ptr, b.part.ptr+uint64(nO*4)
+	}
+	if err := b.ensure(&b.step.bar, int64(stepCounters+nh)*4); err != nil {
+		return err
+	}
+	a.bar = b.step.bar.ptr
+	if b.step.stamping {
+		if err := b.ensure(&b.step.stamps, int64(len(layers))*6*8); err != nil {
+			return err
+		}
+		a.stamps = b.step.stamps.ptr
+	}
+	b.invalidate(hh.ptr, hh.bytes())
+	b.skinnyRec.valid, b.ropeRec.valid = false, false
+
+	st := b.argStart()
+	for _, p := range []uint64{a.layers, a.h, a.acts, a.partO, a.partML, a.bar, a.pos, a.slots, a.tokSeq, a.bt, a.invFreq, a.kv, a.stamps} {
+		b.aP(p)
+	}
+	b.aL(a.layerBytes)
+	b.aL(a.numSlots)
+	for _, v := range []int{a.numLayers, a.hidden, a.inter, a.nh, a.nkv, a.hd, a.nwdt, a.maxBlocks, a.blockSize, a.numBlocks, a.ns,
+		a.ksQKV, a.ksO, a.ksGU, a.ksDown} {
+		b.aI(v)
+	}
+	b.aF(a.eps)
+	b.aF(a.scale)
+	b.align(8)
+	b.nextCoop = true
+	if err := b.push(name, g1(grid), g1(256), st); err != nil {
+		b.nextCoop = false
+		return err
+	}
+	b.step.launches++
+	return nil
+}

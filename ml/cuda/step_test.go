@@ -1,0 +1,32 @@
+package cuda
+
+import "testing"
+
+// TestStepKS: the decode-step kernel's split-K choice for Qwen2.5-1.5B's
+// matrices on an H100's 264 resident blocks, and its limits.
+func TestStepKS(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		P, K, grid int
+		want       int
+	}{
+		{"qkv", 1024, 1536, 264, 2},     // 256 tasks of 4 pairs: one per block
+		{"o", 768, 1536, 264, 2},        // 192 tasks; ks 4 would leave lanes one load per row
+		{"gate_up", 8960, 1536, 264, 2}, // 9 rounds of 4 pairs beat 5 of 8
+		{"down", 768, 8960, 264, 8},     // 3 rounds of one pair beat 1 of 4 (ks 2)
+		{"tiny", 48, 96, 264, 1},        // K too short to split
+	} {
+		if got := stepKS(c.P, c.K, c.grid); got != c.want {
+			t.Errorf("%s: stepKS(%d, %d, %d) = %d, want %d", c.name, c.P, c.K, c.grid, got, c.want)
+		}
+	}
+}
+
+// TestStepSplits: attention pieces of about 8 keys, at least one, at most 32.
+func TestStepSplits(t *testing.T) {
+	for _, c := range []struct{ ctx, want int }{{1, 1}, {8, 1}, {9, 2}, {100, 13}, {256, 32}, {4096, 32}} {
+		if got := stepSplits(c.ctx); got != c.want {
+			t.Errorf("stepSplits(%d) = %d, want %d", c.ctx, got, c.want)
+		}
+	}
+}
