@@ -120,10 +120,12 @@ func gemvCase(t *testing.T, b *Backend, r *rand.Rand, name string, T, K int, Ns 
 }
 
 // decodeShapes are Qwen2.5-1.5B's decode MatMuls (q/k/v fused, gate/up fused).
+// gate_up_rows is gate/up's shape as a plain GEMV (adjacent row pairs), to
+// compare with the SiLU epilogue's pairs of rows 27.5 MB apart.
 var decodeShapes = []struct {
 	name string
 	N, K int
-}{{"qkv", 2048, 1536}, {"o", 1536, 1536}, {"gate_up", 17920, 1536}, {"down", 1536, 8960}, {"lm_head", 151936, 1536}}
+}{{"qkv", 2048, 1536}, {"o", 1536, 1536}, {"gate_up", 17920, 1536}, {"gate_up_rows", 17920, 1536}, {"down", 1536, 8960}, {"lm_head", 151936, 1536}}
 
 // weightCopies loads enough random bf16 [N,K] weights (up to 64) to fill
 // 256 MiB, so that cycling through them misses the 50 MB L2.
