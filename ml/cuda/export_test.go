@@ -44,8 +44,8 @@ func StepPhaseCycles(b *Backend) ([6]float64, error) {
 	return out, nil
 }
 
-// SetStepGridPerSM makes decode-step launches use n blocks per SM.
-func SetStepGridPerSM(b *Backend, n int) { b.step.grid = n * int(b.dev.sms) }
+// SetStepGridPerSM makes decode-step launches use at most n blocks per SM.
+func SetStepGridPerSM(b *Backend, n int) { b.step.forceBPS = n }
 
 // SetStepKS forces the decode-step kernel's split-K factors of the q/k/v,
 // o, gate/up and down phases (0: the default choice).

@@ -21,13 +21,15 @@ type stepLayer struct {
 
 // stepState is the decode-step kernel's device state.
 type stepState struct {
-	table    devBuf // []stepLayer of the layers last run
-	host     []byte // the table's bytes, to upload only when they change
-	acts     devBuf // every layer's activations (see StepArgs.acts)
-	bar      devBuf // grid barrier and split counters (zeroed at allocation)
-	grid     int    // resident 256-thread blocks (0: not yet known)
-	launches int    // decode-step launches recorded (tests check the path runs)
-	stamps   devBuf // with stamping on (benchmarks), block 0's clock at each phase's start
+	table    devBuf  // []stepLayer of the layers last run
+	host     []byte  // the table's bytes, to upload only when they change
+	acts     devBuf  // every layer's activations (see StepArgs.acts)
+	bar      devBuf  // grid barrier and split counters (zeroed at allocation)
+	grid     int     // resident 256-thread blocks of gridFn (0: not yet known)
+	gridFn   uintptr // the kernel grid was computed for (each head dim has its own)
+	forceBPS int     // benchmarks: blocks per SM instead of the occupancy's
+	launches int     // decode-step launches recorded (tests check the path runs)
+	stamps   devBuf  // with stamping on (benchmarks), block 0's clock at each phase's start
 	stamping bool
 	forceKS  [4]int // benchmarks: the q/k/v, o, gate/up and down split-K factors (0: stepKS's)
 }
@@ -53,7 +55,7 @@ type stepArgs struct {
 // stepGrid is the number of 256-thread decode-step blocks that are resident
 // at once, all of which a cooperative launch requires.
 func (b *Backend) stepGrid(fn uintptr) (int, error) {
-	if b.step.grid > 0 {
+	if b.step.grid > 0 && b.step.gridFn == fn {
 		return b.step.grid, nil
 	}
 	per := int32(1)
@@ -68,10 +70,13 @@ func (b *Backend) stepGrid(fn uintptr) (int, error) {
 			return 0, err
 		}
 	}
+	if b.step.forceBPS > 0 {
+		per = min(per, int32(b.step.forceBPS))
+	}
 	if per < 1 {
 		return 0, fmt.Errorf("%w: decode-step kernel does not fit on an SM", ml.ErrUnsupported)
 	}
-	b.step.grid = int(per) * int(b.dev.sms)
+	b.step.grid, b.step.gridFn = int(per)*int(b.dev.sms), fn
 	return b.step.grid, nil
 }
 
