@@ -1254,9 +1254,8 @@ INST_DGEMV_M(4)
 // RMSNorm and SiLU; down plus the residual). A GEMV phase is dgemv's block
 // tasks spread over the grid; a block arrives at the barrier, issues its
 // first task's weight loads, then waits, so the weights stream while the
-// previous phase drains. Attention runs its (KV head group, split) pieces
-// on the first blocks; the last piece of a group to finish merges the
-// group's splits.
+// previous phase drains. Attention runs a warp per (head, ~8 keys) piece;
+// the last piece of a head to finish merges the head's pieces.
 //
 // Every activation has its own buffer per layer (written once per launch,
 // read only after a barrier), so reads may go through L1: no SM can hold
@@ -1273,7 +1272,7 @@ struct StepArgs {
   float* h;     // layer 0's input; the last layer's output
   float* acts;  // per layer: h after attention [H], after the MLP [H], q/k/v, attention output, SiLU output
   float *partO, *partML;
-  unsigned* bar;  // [0] arrivals, [STEP_GEN] generation, [STEP_SPLITS+g] finished splits of head group g
+  unsigned* bar;  // [0] arrivals, [STEP_GEN] generation, [STEP_SPLITS+h] finished pieces of head h
   const int *pos, *slots, *tokSeq, *bt;
   const float* invFreq;
   char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
