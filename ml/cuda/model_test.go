@@ -453,7 +453,7 @@ func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 
 // TestModelStepKernelMatchesLayerByLayer: the bf16 checkpoint (bf16 KV
 // cache) decoding 110 teacher-forced tokens after 4 prompt tokens, so
-// attention's split count grows from 1 to 14, in one decode-step launch per
+// attention's piece count grows from 1 to 15, in one decode-step launch per
 // token and with the
 // unfused ops on f32 activations: close logits at every position, and the
 // decode-step kernel really ran every decode step.
