@@ -352,8 +352,10 @@ func kernelNames() []string {
 			}
 		}
 	}
-	for _, e := range []int{1, 2, 4, 8} {
-		n = append(n, fmt.Sprintf("decode_step_%d", e))
+	for _, k := range stepKernels {
+		if k != "" {
+			n = append(n, k)
+		}
 	}
 	for _, s := range []string{"f32", "bf16"} {
 		for _, m := range []int{1, 2, 4, 8} {

@@ -21,15 +21,16 @@ type stepLayer struct {
 
 // stepState is the decode-step kernel's device state.
 type stepState struct {
-	table    devBuf  // []stepLayer of the layers last run
-	host     []byte  // the table's bytes, to upload only when they change
-	acts     devBuf  // every layer's activations (see StepArgs.acts)
-	bar      devBuf  // grid barrier and split counters (zeroed at allocation)
-	grid     int     // resident 256-thread blocks of gridFn (0: not yet known)
-	gridFn   uintptr // the kernel grid was computed for (each head dim has its own)
-	forceBPS int     // benchmarks: blocks per SM instead of the occupancy's
-	launches int     // decode-step launches recorded (tests check the path runs)
-	stamps   devBuf  // with stamping on (benchmarks), block 0's clock at each phase's start
+	table    devBuf      // []stepLayer of the layers last run
+	host     []byte      // the table's bytes, to upload only when they change
+	tab      []stepLayer // the table being built (reused: it is built every step)
+	acts     devBuf      // every layer's activations (see StepArgs.acts)
+	bar      devBuf      // grid barrier and split counters (zeroed at allocation)
+	grid     int         // resident 256-thread blocks of gridFn (0: not yet known)
+	gridFn   uintptr     // the kernel grid was computed for (each head dim has its own)
+	forceBPS int         // benchmarks: blocks per SM instead of the occupancy's
+	launches int         // decode-step launches recorded (tests check the path runs)
+	stamps   devBuf      // with stamping on (benchmarks), block 0's clock at each phase's start
 	stamping bool
 	forceKS  [4]int // benchmarks: the q/k/v, o, gate/up and down split-K factors (0: stepKS's)
 }
@@ -42,6 +43,10 @@ func (s *stepState) ks(phase, auto int) int {
 }
 
 const stepCounters = 64 // STEP_SPLITS in kernels.cu: the split counters' offset
+
+// stepKernels names the decode_step kernel of each elements-per-lane count
+// (a head dim of up to 32·EPL).
+var stepKernels = [...]string{1: "decode_step_1", 2: "decode_step_2", 4: "decode_step_4", 8: "decode_step_8"}
 
 // stepArgs mirrors StepArgs in kernels.cu.
 type stepArgs struct {
@@ -190,7 +195,10 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	}
 
 	// The layer table, uploaded when it changes (the first step of a model).
-	tab := make([]stepLayer, len(layers))
+	if cap(b.step.tab) < len(layers) {
+		b.step.tab = make([]stepLayer, len(layers))
+	}
+	tab := b.step.tab[:len(layers)]
 	nwdt := -1
 	for i, l := range layers {
 		s := &tab[i]
@@ -252,7 +260,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	for epl*32 < hd {
 		epl *= 2
 	}
-	name := fmt.Sprintf("decode_step_%d", epl)
+	name := stepKernels[epl]
 	fn := b.fns[name]
 	if fn == 0 {
 		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)

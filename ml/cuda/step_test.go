@@ -30,3 +30,21 @@ func TestStepSplits(t *testing.T) {
 		}
 	}
 }
+
+// TestStepKernelsAreLoaded: every head dim DecodeLayers takes (up to 256)
+// maps to a decode_step kernel that the backend loads at start-up.
+func TestStepKernelsAreLoaded(t *testing.T) {
+	loaded := map[string]bool{}
+	for _, n := range kernelNames() {
+		loaded[n] = true
+	}
+	for hd := 2; hd <= 256; hd += 2 {
+		epl := 1
+		for epl*32 < hd {
+			epl *= 2
+		}
+		if name := stepKernels[epl]; name == "" || !loaded[name] {
+			t.Errorf("head dim %d: elements per lane %d has kernel %q, loaded %v", hd, epl, name, loaded[name])
+		}
+	}
+}
