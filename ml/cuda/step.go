@@ -48,6 +48,16 @@ const stepCounters = 64 // STEP_SPLITS in kernels.cu: the split counters' offset
 // (a head dim of up to 32·EPL).
 var stepKernels = [...]string{1: "decode_step_1", 2: "decode_step_2", 4: "decode_step_4", 8: "decode_step_8"}
 
+// stepEPL is a head's elements per lane: the power of two that spreads hd
+// over a warp.
+func stepEPL(hd int) int {
+	epl := 1
+	for epl*32 < hd {
+		epl *= 2
+	}
+	return epl
+}
+
 // stepArgs mirrors StepArgs in kernels.cu.
 type stepArgs struct {
 	layers, h, acts, partO, partML, bar, pos, slots, tokSeq, bt, invFreq, kv, stamps uint64
@@ -256,10 +266,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		b.step.host = bytes.Clone(raw)
 	}
 
-	epl := 1
-	for epl*32 < hd {
-		epl *= 2
-	}
+	epl := stepEPL(hd)
 	name := stepKernels[epl]
 	fn := b.fns[name]
 	if fn == 0 {

@@ -39,10 +39,7 @@ func TestStepKernelsAreLoaded(t *testing.T) {
 		loaded[n] = true
 	}
 	for hd := 2; hd <= 256; hd += 2 {
-		epl := 1
-		for epl*32 < hd {
-			epl *= 2
-		}
+		epl := stepEPL(hd)
 		if name := stepKernels[epl]; name == "" || !loaded[name] {
 			t.Errorf("head dim %d: elements per lane %d has kernel %q, loaded %v", hd, epl, name, loaded[name])
 		}
