@@ -491,3 +491,49 @@ func TestModelStepKernelMatchesLayerByLayer(t *testing.T) {
 		t.Errorf("decode-step kernel logits differ from the unfused ops by %.3g > 0.05 at position %d", worst, at)
 	}
 }
+
+// TestModelStepKernelAtScale: Qwen2.5-1.5B's shapes (dummy bf16 weights),
+// where the decode-step phases split K over 2 and 8 warps (the tiny
+// checkpoints' shapes split none): 40 decode steps in the one-launch kernel
+// and layer by layer with the same fused GEMVs. The layer-by-layer o and
+// down projections read bf16 copies of their inputs, so the logits agree
+// to bf16 rounding, not exactly; a wrong split or row pairing would be off
+// by the logits' own size.
+func TestModelStepKernelAtScale(t *testing.T) {
+	const steps = 40
+	run := func(o cuda.Options) ([][]float32, int) {
+		be := gpu(t, o)
+		m, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.AllocateKV(32, 4); err != nil {
+			t.Fatal(err)
+		}
+		s := &seqRun{m: m, blocks: scattered}
+		rows := s.step(t, []int32{9, 99, 999, 9999})
+		for i := 0; i < steps; i++ {
+			rows = append(rows, s.step(t, []int32{int32(i*7919+13) % 150000})...)
+		}
+		return rows, cuda.StepLaunches(be)
+	}
+	want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true})
+	got, launches := run(cuda.Options{FusedDecodeMaxT: 4})
+	if launches != steps {
+		t.Fatalf("decode-step kernel ran %d times for %d one-token steps", launches, steps)
+	}
+	worst, scale := 0.0, 0.0
+	for i := range want {
+		for j := range want[i] {
+			scale = max(scale, math.Abs(float64(want[i][j])))
+			if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
+				worst = d
+			}
+		}
+	}
+	t.Logf("max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", worst, scale)
+	if !(worst <= 0.05*scale) || scale == 0 {
+		t.Errorf("decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", worst, scale)
+	}
+}

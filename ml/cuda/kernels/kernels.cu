@@ -992,6 +992,155 @@ __device__ __forceinline__ void dgemvRows(const DArgs& a, int p, int& P, int& r0
   }
 }
 
+// dgemvDot adds 16-byte vector v of a pair's rows (wa, wb) dotted with x to
+// acc0, acc1 (and x's sums of squares to ss when x is normalized).
+template <int M, int EPI>
+__device__ __forceinline__ void dgemvDot(const DArgs& a, int v, int tn, const uint4 wa4, const uint4 wb4, float (&acc0)[M],
+                                         float (&acc1)[M], float (&ss)[M]) {
+  constexpr bool NORM = EPI != EPI_ADD && EPI != EPI_ADDF;
+  constexpr bool XF32 = EPI != EPI_ADD;  // x is f32 (xr)
+  float wa[8], wb[8];
+  unpack8(wa4, wa);
+  unpack8(wb4, wb);
+  if (NORM) {
+    // RMSNorm folded in: dot with x·nw in f32, scaled by each token's
+    // 1/rms at the end; the sums of squares ride along.
+    float nk[8];
+    if (a.nwdt == 0)
+      load8((const float*)a.nw + v * 8, nk);
+    else
+#pragma unroll
+      for (int i = 0; i < 8; ++i) nk[i] = nwAt(a.nw, a.nwdt, v * 8 + i);
+#pragma unroll
+    for (int t = 0; t < M; ++t) {
+      if (t < tn) {
+        float xv[8];
+        load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          ss[t] += xv[i] * xv[i];
+          const float y = xv[i] * nk[i];
+          acc0[t] += wa[i] * y;
+          acc1[t] += wb[i] * y;
+        }
+      }
+    }
+  } else {
+#pragma unroll
+    for (int t = 0; t < M; ++t) {
+      if (t < tn) {
+        float xv[8];
+        if (XF32)
+          load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
+        else
+          load8(a.xg + (long long)t * a.ldx + v * 8, xv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          acc0[t] += wa[i] * xv[i];
+          acc1[t] += wb[i] * xv[i];
+        }
+      }
+    }
+  }
+}
+
+// dgemvFinish reduces a pair's sums over the lanes and the KS warps that
+// split its K, and applies the epilogue. more: the block has another task
+// (red is then reused).
+template <int M, int EPI, int KS>
+__device__ __forceinline__ void dgemvFinish(const DArgs& a, float (&acc0)[M], float (&acc1)[M], float (&ss)[M], bool ok,
+                                            int p, int r0, int r1, int tn, bool more) {
+  constexpr bool NORM = EPI != EPI_ADD && EPI != EPI_ADDF;
+  __shared__ float red[8][3][M];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % KS;
+#pragma unroll
+  for (int t = 0; t < M; ++t) {
+    acc0[t] = warpSum(acc0[t]);
+    acc1[t] = warpSum(acc1[t]);
+    if (NORM) ss[t] = warpSum(ss[t]);
+  }
+  if (KS > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int t = 0; t < M; ++t) {
+        red[warp][0][t] = acc0[t];
+        red[warp][1][t] = acc1[t];
+        red[warp][2][t] = ss[t];
+      }
+    }
+    __syncthreads();
+    if (ks == 0) {
+#pragma unroll
+      for (int t = 0; t < M; ++t) {
+        float s0 = 0.f, s1 = 0.f, s2 = 0.f;
+#pragma unroll
+        for (int j = 0; j < KS; ++j) {
+          s0 += red[warp + j][0][t];
+          s1 += red[warp + j][1][t];
+          s2 += red[warp + j][2][t];
+        }
+        acc0[t] = s0;
+        acc1[t] = s1;
+        ss[t] = s2;
+      }
+    }
+    if (more) __syncthreads();  // red is reused by the next task
+  }
+  if (ks == 0 && ok) {
+    if (NORM) {
+#pragma unroll
+      for (int t = 0; t < M; ++t) {
+        const float r = 1.0f / sqrtf(ss[t] / (float)a.K + a.eps);
+        acc0[t] *= r;
+        acc1[t] *= r;
+      }
+    }
+    float b0 = 0.f, b1 = 0.f;
+    if (a.bias) {
+      b0 = a.bias[r0];
+      b1 = a.bias[r1];
+    }
+#pragma unroll
+    for (int t = 0; t < M; ++t) {
+      if (t >= tn || lane != t) continue;
+      const float s0 = acc0[t] + b0, s1 = acc1[t] + b1;
+      float* d = a.dst + (long long)t * a.ldd;
+      if (EPI == EPI_STORE) {
+        d[r0] = s0;
+        if (r1 != r0) d[r1] = s1;
+      } else if (EPI == EPI_ADD || EPI == EPI_ADDF) {
+        const float* rs = a.res ? a.res + (long long)t * a.ldd : d;
+        d[r0] = rs[r0] + s0;
+        if (r1 != r0) d[r1] = rs[r1] + s1;
+      } else if (EPI == EPI_SILU) {
+        const float y = s0 / (1.0f + expf(-s0)) * s1;
+        d[p] = y;
+        if (a.dst16) a.dst16[(long long)t * a.ldd + p].x = f2bf(y);
+      } else {
+        const int half = a.hd >> 1, h = p / half, j = p - h * half;
+        float n0 = s0, n1 = s1;
+        if (h < a.nh + a.nkv) {
+          float sn, cs;
+          sincosf((float)a.pos[t] * a.invFreq[j], &sn, &cs);
+          n0 = s0 * cs - s1 * sn;
+          n1 = s1 * cs + s0 * sn;
+        }
+        d[r0] = n0;
+        d[r1] = n1;
+        const int slot = a.slots[t];
+        if (h >= a.nh && slot >= 0 && slot < a.numSlots) {
+          const bool isK = h < a.nh + a.nkv;
+          const int hh = isK ? h - a.nh : h - a.nh - a.nkv;
+          const long long o = (long long)slot * a.nkv * a.hd + (long long)hh * a.hd + j;
+          void* c = isK ? a.kc : a.vc;
+          stKV(c, a.kvdt, o, n0);
+          stKV(c, a.kvdt, o + half, n1);
+        }
+      }
+    }
+  }
+}
+
 // dgemv runs the block's tasks blk, blk+stride, ... below tasks (a task is
 // 8/KS pairs of rows; the kernels run one task per block). The first two
 // batches of a task's weight loads are issued before the previous task's
@@ -1002,9 +1151,9 @@ __device__ __forceinline__ void dgemvRows(const DArgs& a, int p, int& P, int& r0
 template <int M, int EPI, int KS, bool STEP>
 __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
   constexpr int U = 4;  // 16-byte loads per row per batch
-  constexpr bool NORM = EPI != EPI_ADD && EPI != EPI_ADDF;
-  constexpr bool XF32 = EPI != EPI_ADD;  // x is f32 (xr)
-  __shared__ float red[8][3][M];
+  // Two batches in flight, except in the decode-step kernel, where the
+  // second batch's registers would spill (its tasks are mostly one batch).
+  constexpr bool DB = !STEP;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int ks = warp % KS;
   const int K = a.K, nvec = K >> 3;
@@ -1024,7 +1173,7 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
       ca[u] = ldw16(w0 + v * 8);
       cb[u] = ldw16(w1 + v * 8);
     }
-    if (ok && vn < nvec) {
+    if (DB && ok && vn < nvec) {
       na[u] = ldw16(w0 + vn * 8);
       nb[u] = ldw16(w1 + vn * 8);
     }
@@ -1046,60 +1195,23 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const int v = vb + u * S;
-          if (v < nvec) {
-            float wa[8], wb[8];
-            unpack8(ca[u], wa);
-            unpack8(cb[u], wb);
-            if (NORM) {
-              // RMSNorm folded in: dot with x·nw in f32, scaled by each
-              // token's 1/rms at the end; the sums of squares ride along.
-              float nk[8];
-              if (a.nwdt == 0)
-                load8((const float*)a.nw + v * 8, nk);
-              else
-#pragma unroll
-                for (int i = 0; i < 8; ++i) nk[i] = nwAt(a.nw, a.nwdt, v * 8 + i);
-#pragma unroll
-              for (int t = 0; t < M; ++t) {
-                if (t < tn) {
-                  float xv[8];
-                  load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
-#pragma unroll
-                  for (int i = 0; i < 8; ++i) {
-                    ss[t] += xv[i] * xv[i];
-                    const float y = xv[i] * nk[i];
-                    acc0[t] += wa[i] * y;
-                    acc1[t] += wb[i] * y;
-                  }
-                }
-              }
-            } else {
-#pragma unroll
-              for (int t = 0; t < M; ++t) {
-                if (t < tn) {
-                  float xv[8];
-                  if (XF32)
-                    load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
-                  else
-                    load8(a.xg + (long long)t * a.ldx + v * 8, xv);
-#pragma unroll
-                  for (int i = 0; i < 8; ++i) {
-                    acc0[t] += wa[i] * xv[i];
-                    acc1[t] += wb[i] * xv[i];
-                  }
-                }
-              }
-            }
-          }
+          if (v < nvec) dgemvDot<M, EPI>(a, v, tn, ca[u], cb[u], acc0, acc1, ss);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          ca[u] = na[u];
-          cb[u] = nb[u];
-          const int vn = vb + (2 * U + u) * S;
+          if (DB) {
+            ca[u] = na[u];
+            cb[u] = nb[u];
+          }
+          const int vn = vb + ((DB ? 2 : 1) * U + u) * S;
           if (vn < nvec) {
-            na[u] = ldw16(w0 + vn * 8);
-            nb[u] = ldw16(w1 + vn * 8);
+            if (DB) {
+              na[u] = ldw16(w0 + vn * 8);
+              nb[u] = ldw16(w1 + vn * 8);
+            } else {
+              ca[u] = ldw16(w0 + vn * 8);
+              cb[u] = ldw16(w1 + vn * 8);
+            }
           }
         }
       }
@@ -1123,98 +1235,13 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
           ca[u] = ldw16(x0 + v * 8);
           cb[u] = ldw16(x1 + v * 8);
         }
-        if (nok && vn < nvec) {
+        if (DB && nok && vn < nvec) {
           na[u] = ldw16(x0 + vn * 8);
           nb[u] = ldw16(x1 + vn * 8);
         }
       }
     }
-#pragma unroll
-    for (int t = 0; t < M; ++t) {
-      acc0[t] = warpSum(acc0[t]);
-      acc1[t] = warpSum(acc1[t]);
-      if (NORM) ss[t] = warpSum(ss[t]);
-    }
-    if (KS > 1) {
-      if (lane == 0) {
-#pragma unroll
-        for (int t = 0; t < M; ++t) {
-          red[warp][0][t] = acc0[t];
-          red[warp][1][t] = acc1[t];
-          red[warp][2][t] = ss[t];
-        }
-      }
-      __syncthreads();
-      if (ks == 0) {
-#pragma unroll
-        for (int t = 0; t < M; ++t) {
-          float s0 = 0.f, s1 = 0.f, s2 = 0.f;
-#pragma unroll
-          for (int j = 0; j < KS; ++j) {
-            s0 += red[warp + j][0][t];
-            s1 += red[warp + j][1][t];
-            s2 += red[warp + j][2][t];
-          }
-          acc0[t] = s0;
-          acc1[t] = s1;
-          ss[t] = s2;
-        }
-      }
-      if (more) __syncthreads();  // red is reused by the next task
-    }
-    if (ks == 0 && ok) {
-      if (NORM) {
-#pragma unroll
-        for (int t = 0; t < M; ++t) {
-          const float r = 1.0f / sqrtf(ss[t] / (float)K + a.eps);
-          acc0[t] *= r;
-          acc1[t] *= r;
-        }
-      }
-      float b0 = 0.f, b1 = 0.f;
-      if (a.bias) {
-        b0 = a.bias[r0];
-        b1 = a.bias[r1];
-      }
-#pragma unroll
-      for (int t = 0; t < M; ++t) {
-        if (t >= tn || lane != t) continue;
-        const float s0 = acc0[t] + b0, s1 = acc1[t] + b1;
-        float* d = a.dst + (long long)t * a.ldd;
-        if (EPI == EPI_STORE) {
-          d[r0] = s0;
-          if (r1 != r0) d[r1] = s1;
-        } else if (EPI == EPI_ADD || EPI == EPI_ADDF) {
-          const float* rs = a.res ? a.res + (long long)t * a.ldd : d;
-          d[r0] = rs[r0] + s0;
-          if (r1 != r0) d[r1] = rs[r1] + s1;
-        } else if (EPI == EPI_SILU) {
-          const float y = s0 / (1.0f + expf(-s0)) * s1;
-          d[p] = y;
-          if (a.dst16) a.dst16[(long long)t * a.ldd + p].x = f2bf(y);
-        } else {
-          const int half = a.hd >> 1, h = p / half, j = p - h * half;
-          float n0 = s0, n1 = s1;
-          if (h < a.nh + a.nkv) {
-            float sn, cs;
-            sincosf((float)a.pos[t] * a.invFreq[j], &sn, &cs);
-            n0 = s0 * cs - s1 * sn;
-            n1 = s1 * cs + s0 * sn;
-          }
-          d[r0] = n0;
-          d[r1] = n1;
-          const int slot = a.slots[t];
-          if (h >= a.nh && slot >= 0 && slot < a.numSlots) {
-            const bool isK = h < a.nh + a.nkv;
-            const int hh = isK ? h - a.nh : h - a.nh - a.nkv;
-            const long long o = (long long)slot * a.nkv * a.hd + (long long)hh * a.hd + j;
-            void* c = isK ? a.kc : a.vc;
-            stKV(c, a.kvdt, o, n0);
-            stKV(c, a.kvdt, o + half, n1);
-          }
-        }
-      }
-    }
+    dgemvFinish<M, EPI, KS>(a, acc0, acc1, ss, ok, p, r0, r1, tn, more);
     if (!more) return;
     blk = nblk;
     p = np;
@@ -1481,7 +1508,9 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   const int ctx = A.pos[0] + 1;
   const int* bt = A.bt + (long long)A.tokSeq[0] * A.maxBlocks;
   for (int l = 0; l < A.numLayers; ++l) {
-    const StepLayer L = A.layers[l];
+    // Fields of the layer's table row are read where they are used: held
+    // across the phases they would take registers from the GEMVs.
+    const StepLayer& L = A.layers[l];
     char* kcl = A.kv + 2LL * l * A.layerBytes;
     float* hmid = A.acts + l * per;
     float* hout = l == A.numLayers - 1 ? A.h : hmid + A.H;
@@ -1571,8 +1600,13 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
 #undef STAMP
 }
 
-#define INST_STEP(EPL) \
-  extern "C" __global__ void __launch_bounds__(256, 2) decode_step_##EPL(const StepArgs A) { decodeStep<EPL>(A); }
+// A is a __grid_constant__ so that stepAttention (not inlined) can take
+// its address without the kernel copying it to local memory, where every
+// read of a field would be a local load.
+#define INST_STEP(EPL)                                                                                \
+  extern "C" __global__ void __launch_bounds__(256, 2) decode_step_##EPL(const __grid_constant__ StepArgs A) { \
+    decodeStep<EPL>(A);                                                                                \
+  }
 INST_STEP(1)
 INST_STEP(2)
 INST_STEP(4)
