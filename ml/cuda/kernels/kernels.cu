@@ -682,44 +682,63 @@ __device__ void write_kv(KV* kc, KV* vc, const float* k, const float* v, const i
 // gridArrive and gridWait are the two halves of a barrier over all blocks
 // of a launch whose blocks are all resident (a cooperative launch): a block
 // arrives as soon as its writes are done, issues loads that need no
-// barrier (the next phase's weights), then waits. bar[0] counts arrivals
-// and is reset by the last block, which then bumps the generation the
-// others wait on. Arrivals are release/acquire atomics (no full fence,
-// which would also wait for the block's weight loads in flight), and the
-// generation's bump releases every block's writes to the waiters' acquire.
+// barrier (the next phase's weights), then waits. bar[0] counts every
+// arrival of the launch, so barrier k (1, 2, ... per launch) is complete at
+// k·gridDim.x arrivals; the block whose arrival completes it publishes k
+// in bar[STEP_GEN], which the others poll. Nothing is reset between
+// barriers, so the critical path is one atomic and one store (resetting
+// the count and reading the generation on arrival were three more L2 round
+// trips); gridExit zeroes both words for the next launch. Arrivals are
+// release/acquire atomics (no full fence, which would also wait for the
+// block's weight loads in flight): the last acquires every block's writes
+// and its release of k passes them to the pollers' acquire.
 __device__ __forceinline__ unsigned ldAcquire(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
+__device__ __forceinline__ void stRelease(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
 // The generation word is on its own 128-byte line (bar[32]): the waiting
-// blocks poll it while the arrivals' atomics go to bar[0].
+// blocks poll it while the arrivals' atomics go to bar[0]; bar[16] counts
+// the blocks that have left the kernel.
+#define STEP_EXIT 16
 #define STEP_GEN 32
 #define STEP_SPLITS 64
-__shared__ unsigned gridGen;  // the generation a block's thread 0 waits to pass
+__shared__ unsigned gridK;  // the barriers thread 0 has arrived at in this launch
 __device__ __forceinline__ unsigned addAcqRel(unsigned* p, unsigned v) {
   unsigned old;
   asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
   return old;
 }
+__device__ __forceinline__ void gridStart() {
+  if (threadIdx.x == 0) gridK = 0;
+}
 __device__ __forceinline__ void gridArrive(unsigned* bar) {
   if (!bar) return;
   __syncthreads();  // the block's writes, before thread 0's release
   if (threadIdx.x == 0) {
-    gridGen = ldAcquire(bar + STEP_GEN);
-    if (addAcqRel(bar, 1u) == gridDim.x - 1) {
-      atomicExch(bar, 0u);
-      addAcqRel(bar + STEP_GEN, 1u);  // releases the reset and every arrival it acquired
-    }
+    const unsigned k = ++gridK;
+    if (addAcqRel(bar, 1u) == k * gridDim.x - 1) stRelease(bar + STEP_GEN, k);
   }
 }
 __device__ __forceinline__ void gridWait(unsigned* bar) {
   if (!bar) return;
   if (threadIdx.x == 0) {
-    while (ldAcquire(bar + STEP_GEN) == gridGen) {
+    while ((int)(ldAcquire(bar + STEP_GEN) - gridK) < 0) {
     }
   }
   __syncthreads();  // the acquire, to the whole block
+}
+// gridExit: the last block to leave zeroes the count and the generation
+// (no block polls them any more; the next launch sees the zeros).
+__device__ __forceinline__ void gridExit(unsigned* bar) {
+  if (threadIdx.x == 0 && atomicAdd(bar + STEP_EXIT, 1u) == gridDim.x - 1) {
+    bar[0] = 0;
+    bar[STEP_GEN] = 0;
+    bar[STEP_EXIT] = 0;
+  }
 }
 __device__ __forceinline__ void gridSync(unsigned* bar) {
   gridArrive(bar);
@@ -1299,7 +1318,7 @@ struct StepArgs {
   float* h;     // layer 0's input; the last layer's output
   float* acts;  // per layer: h after attention [H], after the MLP [H], q/k/v, attention output, SiLU output
   float *partO, *partML;
-  unsigned* bar;  // [0] arrivals, [STEP_GEN] generation, [STEP_SPLITS+h] finished pieces of head h
+  unsigned* bar;  // [0] arrivals, [STEP_EXIT] blocks done, [STEP_GEN] generation, [STEP_SPLITS+h] finished pieces of head h
   const int *pos, *slots, *tokSeq, *bt;
   const float* invFreq;
   char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
@@ -1458,13 +1477,14 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       A.partML[2 * pi + 1] = l;
     }
     // The last piece of head h merges its pieces. The partials and the
-    // counter are rewritten by every layer: coherent loads.
-    __threadfence();
+    // counter are rewritten by every layer: coherent loads. Lane 0's
+    // release/acquire count (no fences) publishes the warp's partials,
+    // which __syncwarp orders before it, and acquires the other pieces'.
     __syncwarp();
     unsigned last = 0;
-    if (lane == 0) last = atomicAdd(A.bar + STEP_SPLITS + h, 1u) == (unsigned)ns - 1;
+    if (lane == 0) last = addAcqRel(A.bar + STEP_SPLITS + h, 1u) == (unsigned)ns - 1;
     if (!__shfl_sync(0xffffffffu, last, 0)) continue;
-    __threadfence();
+    __syncwarp();  // lane 0's acquire, before every lane's loads
     // Lane s holds piece s's (m, l); ns <= 32. Loads go out in batches of
     // eight pieces before any is used: each costs an L2 round trip.
     const long long i0 = (long long)h * ns;
@@ -1507,6 +1527,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   // The token's context and block table row, read once (uploaded before the launch).
   const int ctx = A.pos[0] + 1;
   const int* bt = A.bt + (long long)A.tokSeq[0] * A.maxBlocks;
+  gridStart();
   for (int l = 0; l < A.numLayers; ++l) {
     // Fields of the layer's table row are read where they are used: held
     // across the phases they would take registers from the GEMVs.
@@ -1597,6 +1618,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     stepPhase<EPI_ADDF>(d, A.ksDown, A.bar);
     hin = hout;
   }
+  gridExit(A.bar);
 #undef STAMP
 }
 
