@@ -1162,11 +1162,11 @@ __device__ __forceinline__ void dgemvFinish(const DArgs& a, float (&acc0)[M], fl
 
 // dgemv runs the block's tasks blk, blk+stride, ... below tasks (a task is
 // 8/KS pairs of rows; the kernels run one task per block). The first two
-// batches of a task's weight loads are issued before the previous task's
-// reductions and epilogue, so a block keeps its weights streaming from one
-// task to the next. STEP (decode-step kernel): when bar is set, waiting on
-// the grid barrier (the block arrived before these loads) takes the place
-// of griddepcontrol.wait.
+// batches of a task's weight loads (one in the decode-step kernel) are
+// issued before the previous task's reductions and epilogue, so a block
+// keeps its weights streaming from one task to the next. STEP (decode-step
+// kernel): when bar is set, waiting on the grid barrier (the block arrived
+// before these loads) takes the place of griddepcontrol.wait.
 template <int M, int EPI, int KS, bool STEP>
 __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
   constexpr int U = 4;  // 16-byte loads per row per batch
