@@ -328,6 +328,23 @@ __device__ __forceinline__ void xload8(const float* p, float* o) {
   for (int i = 0; i < 8; ++i) o[i] = __uint_as_float(((unsigned)f2bf(o[i])) << 16);
 }
 
+// dotW8 adds the eight bf16 weights packed in w, dotted with vector v of
+// each of x's first tn (at most M) rows, to acc.
+template <typename X, int M>
+__device__ __forceinline__ void dotW8(const X* xr, int ldx, int v, int tn, const uint4 w, float (&acc)[M]) {
+  float w8[8];
+  unpack8(w, w8);
+#pragma unroll
+  for (int t = 0; t < M; ++t) {
+    if (t < tn) {
+      float xv[8];
+      xload8(xr + (long long)t * ldx + v * 8, xv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[t] += w8[i] * xv[i];
+    }
+  }
+}
+
 template <typename X, int M, int KS>
 __device__ void gemv_bf16(const X* x, int T, int K, int ldx, Seg3 sg) {
   constexpr int U = 8;  // 16-byte weight loads in flight per lane
@@ -366,24 +383,7 @@ __device__ void gemv_bf16(const X* x, int T, int K, int ldx, Seg3 sg) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int v = v0 + u * step;
-        if (v < nvec) {
-          const unsigned q[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-          float w8[8];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            w8[2 * i] = __uint_as_float(q[i] << 16);
-            w8[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
-          }
-#pragma unroll
-          for (int t = 0; t < M; ++t) {
-            if (t < tn) {
-              float xv[8];
-              xload8(xr + (long long)t * ldx + v * 8, xv);
-#pragma unroll
-              for (int i = 0; i < 8; ++i) acc[t] += w8[i] * xv[i];
-            }
-          }
-        }
+        if (v < nvec) dotW8<X, M>(xr, ldx, v, tn, wv[u], acc);
       }
     }
   }
@@ -448,24 +448,7 @@ __device__ void gemvp_bf16(const X* x, int T, int K, int ldx, Seg3 sg) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int v = v0 + u * 32;
-        if (v < nvec) {
-          const unsigned q[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-          float w8[8];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            w8[2 * i] = __uint_as_float(q[i] << 16);
-            w8[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
-          }
-#pragma unroll
-          for (int t = 0; t < M; ++t) {
-            if (t < tn) {
-              float xv[8];
-              xload8(xr + (long long)t * ldx + v * 8, xv);
-#pragma unroll
-              for (int i = 0; i < 8; ++i) acc[t] += w8[i] * xv[i];
-            }
-          }
-        }
+        if (v < nvec) dotW8<X, M>(xr, ldx, v, tn, wv[u], acc);
       }
     }
 #pragma unroll
