@@ -238,18 +238,11 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 	}
 	if _, ok := dtSuffix(ww.dt); ok && xx.dt == ml.F32 &&
 		(T <= b.opts.SkinnyMaxT || (b.opts.ExactActivations && ww.dt != ml.F32)) {
-		b.invalidate(d.ptr, d.bytes())
-		sg := seg{d: d.ptr, w: ww.ptr, n: N, ldd: d.cols, dEnd: d.ptr + uint64(d.bytes())}
-		if bb != nil && bb.dt == ml.F32 && !b.opts.DisableFusion {
-			sg.b, bb = bb.ptr, nil // fused into the GEMV
-		}
-		if b.opts.DisableFusion {
-			b.skinnyRec.valid = false
-		}
+		sg, unfused := b.matVecSeg(d, ww, bb)
 		if err := b.pushMatVec(xx, xx.ptr, ml.F32, xx.cols, T, K, ww.dt, sg, false); err != nil {
 			return err
 		}
-		return b.biasAdd(d, bb, bs, T, N)
+		return b.biasAdd(d, unfused, bs, T, N)
 	}
 	if ww.dt == ml.BF16 && T <= b.opts.GemvMaxT && K%8 == 0 {
 		// Decode-sized bf16 MatMul: the GEMV streams the weight near HBM
@@ -259,18 +252,11 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 			xp, xdt, ldx = b.sh16.ptr, ml.BF16, K // the producing norm/SiLU already wrote x in bf16
 		}
 		if (xdt == ml.BF16 && ldx%8 == 0) || (xdt == ml.F32 && ldx%4 == 0) {
-			b.invalidate(d.ptr, d.bytes())
-			sg := seg{d: d.ptr, w: ww.ptr, n: N, ldd: d.cols, dEnd: d.ptr + uint64(d.bytes())}
-			if bb != nil && bb.dt == ml.F32 && !b.opts.DisableFusion {
-				sg.b, bb = bb.ptr, nil // fused into the GEMV
-			}
-			if b.opts.DisableFusion {
-				b.skinnyRec.valid = false
-			}
+			sg, unfused := b.matVecSeg(d, ww, bb)
 			if err := b.pushMatVec(xx, xp, xdt, ldx, T, K, ww.dt, sg, true); err != nil {
 				return err
 			}
-			return b.biasAdd(d, bb, bs, T, N)
+			return b.biasAdd(d, unfused, bs, T, N)
 		}
 	}
 	var ctype int32
@@ -445,6 +431,22 @@ func (b *Backend) pushRopeKV(x0 uint64, nh0, s0 int, x1 uint64, nh1, s1 int, pos
 }
 
 // seg is one MatMul of a skinny launch.
+// matVecSeg is the one-segment GEMV of d = x·wᵀ (+ bias): an f32 bias is
+// fused into the GEMV unless fusion is off, else it is returned for a
+// separate add. Without fusion, the GEMV must not merge with the previous
+// one (skinnyRec).
+func (b *Backend) matVecSeg(d, w, bias *tensor) (seg, *tensor) {
+	b.invalidate(d.ptr, d.bytes())
+	sg := seg{d: d.ptr, w: w.ptr, n: w.rows, ldd: d.cols, dEnd: d.ptr + uint64(d.bytes())}
+	if bias != nil && bias.dt == ml.F32 && !b.opts.DisableFusion {
+		sg.b, bias = bias.ptr, nil
+	}
+	if b.opts.DisableFusion {
+		b.skinnyRec.valid = false
+	}
+	return sg, bias
+}
+
 type seg struct {
 	d, w, b uint64
 	n, ldd  int
