@@ -50,3 +50,6 @@ func SetStepGridPerSM(b *Backend, n int) { b.step.forceBPS = n }
 // SetStepKS forces the decode-step kernel's split-K factors of the q/k/v,
 // o, gate/up and down phases (0: the default choice).
 func SetStepKS(b *Backend, qkv, o, gateUp, down int) { b.step.forceKS = [4]int{qkv, o, gateUp, down} }
+
+// SetStepSplits forces the decode-step kernel's attention pieces per head.
+func SetStepSplits(b *Backend, n int) { b.step.forceNS = n }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -339,17 +340,29 @@ func BenchmarkModelDecode(bm *testing.B) {
 			benchDecode(bm, v.o, strings.HasPrefix(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
 		})
 	}
+	for _, ns := range []int{1, 2, 4, 8, 16, 32} {
+		name := fmt.Sprintf("ns-%d", ns)
+		bm.Run(name, func(bm *testing.B) { benchDecode(bm, cuda.Options{FusedDecodeMaxT: 4}, true, false, name) })
+	}
 }
 
 // benchDecode times greedy decode steps (token ids downloaded, as the
 // engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
 // context. With stamped, one-token steps also report the decode-step
-// kernel's mean SM kilocycles per layer in each phase.
+// kernel's mean SM kilocycles per layer in each phase; "ns-N" forces N
+// attention pieces per head.
 func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
 	if i := strings.Index(name, "-ks"); i >= 0 {
 		k := name[i+3:]
 		cuda.SetStepKS(be, int(k[0]-'0'), int(k[1]-'0'), int(k[2]-'0'), int(k[3]-'0'))
+	}
+	if n, ok := strings.CutPrefix(name, "ns-"); ok {
+		ns, err := strconv.Atoi(n)
+		if err != nil {
+			bm.Fatalf("benchmark %s: %v", name, err)
+		}
+		cuda.SetStepSplits(be, ns)
 	}
 	if stamped {
 		cuda.StampSteps(be)

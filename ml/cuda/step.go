@@ -33,6 +33,7 @@ type stepState struct {
 	stamps   devBuf      // with stamping on (benchmarks), block 0's clock at each phase's start
 	stamping bool
 	forceKS  [4]int // benchmarks: the q/k/v, o, gate/up and down split-K factors (0: stepKS's)
+	forceNS  int    // benchmarks: attention's pieces per head (0: stepSplits's)
 }
 
 func (s *stepState) ks(phase, auto int) int {
@@ -280,6 +281,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		return fmt.Errorf("%w: decode step with head dim %d", ml.ErrUnsupported, hd)
 	}
 	ns := stepSplits(meta.MaxContext)
+	if b.step.forceNS > 0 {
+		ns = b.step.forceNS
+	}
 	if err := b.ensure(&b.step.acts, int64(len(layers))*int64(2*H+qkvN+qd+I)*4); err != nil {
 		return err
 	}

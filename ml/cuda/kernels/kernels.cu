@@ -671,18 +671,29 @@ __device__ void write_kv(KV* kc, KV* vc, const float* k, const float* v, const i
 // in bar[STEP_GEN], which the others poll. Nothing is reset between
 // barriers, so the critical path is one atomic and one store (resetting
 // the count and reading the generation on arrival were three more L2 round
-// trips); gridExit zeroes both words for the next launch. Arrivals are
-// release/acquire atomics (no full fence, which would also wait for the
-// block's weight loads in flight): the last acquires every block's writes
-// and its release of k passes them to the pollers' acquire.
+// trips); gridExit zeroes both words for the next launch.
+//
+// Acquires are kept off the loops: on this GPU every gpu-scope acquire
+// invalidates the SM's whole L1 (CCTL.IVALL), so an acquire load per poll
+// kept wiping the L1 (activations, spills) of the block that shares the SM
+// and is still working. Arrivals are release atomics; only the block that
+// completes a barrier fences (acquiring every arrival's writes through the
+// count's release sequence) before its release of k; the others poll with
+// relaxed loads and acquire once.
 __device__ __forceinline__ unsigned ldAcquire(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
+__device__ __forceinline__ unsigned ldRelaxed(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
 __device__ __forceinline__ void stRelease(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+__device__ __forceinline__ void fenceAcqRel() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
 // The generation word is on its own 128-byte line (bar[32]): the waiting
 // blocks poll it while the arrivals' atomics go to bar[0]; bar[16] counts
 // the blocks that have left the kernel.
@@ -690,9 +701,9 @@ __device__ __forceinline__ void stRelease(unsigned* p, unsigned v) {
 #define STEP_GEN 32
 #define STEP_SPLITS 64
 __shared__ unsigned gridK;  // the barriers thread 0 has arrived at in this launch
-__device__ __forceinline__ unsigned addAcqRel(unsigned* p, unsigned v) {
+__device__ __forceinline__ unsigned addRelease(unsigned* p, unsigned v) {
   unsigned old;
-  asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  asm volatile("atom.add.release.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
   return old;
 }
 __device__ __forceinline__ void gridStart() {
@@ -703,14 +714,18 @@ __device__ __forceinline__ void gridArrive(unsigned* bar) {
   __syncthreads();  // the block's writes, before thread 0's release
   if (threadIdx.x == 0) {
     const unsigned k = ++gridK;
-    if (addAcqRel(bar, 1u) == k * gridDim.x - 1) stRelease(bar + STEP_GEN, k);
+    if (addRelease(bar, 1u) == k * gridDim.x - 1) {
+      fenceAcqRel();
+      stRelease(bar + STEP_GEN, k);
+    }
   }
 }
 __device__ __forceinline__ void gridWait(unsigned* bar) {
   if (!bar) return;
   if (threadIdx.x == 0) {
-    while ((int)(ldAcquire(bar + STEP_GEN) - gridK) < 0) {
+    while ((int)(ldRelaxed(bar + STEP_GEN) - gridK) < 0) {
     }
+    ldAcquire(bar + STEP_GEN);
   }
   __syncthreads();  // the acquire, to the whole block
 }
@@ -1371,28 +1386,40 @@ __device__ __forceinline__ void widenRow(const uint4 r, float* o) {
 
 // stepAttention is a one-token step's attention: one warp per (head,
 // split) piece of up to 16 keys at a time, with no block-wide reductions,
-// so the piece is one round of independent loads (block table, then all
-// its K and V rows) and a few shuffles. The last piece of a head to finish
-// merges the head's pieces (a thread per element, independent loads). It
-// is a separate (not inlined) function so that it gets its own register
-// allocation. Lane l holds elements [l·EPL, l·EPL+EPL) of a head.
+// so a pass over a piece's keys is two rounds of independent loads (the
+// block table entries, then all the K and V rows) and a few shuffles. The
+// last piece of a head to finish merges the head's pieces (a thread per
+// element, independent loads). It is a separate (not inlined) function so
+// that it gets its own register allocation. Lane l holds elements
+// [l·EPL, l·EPL+EPL) of a head.
+//
+// A is the kernel's parameter block seen through a pointer: each field
+// read is a load, and one in a key's address chain made every key wait
+// for its own round trips (a pass cost ~16 of them). So every field is
+// read once, up front, and a pass loads all its block table entries before
+// any K/V row.
 template <int EPL>
 __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
                                            const int* bt) {
   constexpr int KW = EPL <= 2 ? 16 : 8;  // keys per pass (more would spill)
-  const int lane = threadIdx.x & 31, D = A.hd, G = A.nh / A.nkv, ns = A.ns;
+  const int nh = A.nh, nkv = A.nkv, D = A.hd, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
+  const float scale = A.scale;
+  float* const partO = A.partO;
+  float* const partML = A.partML;
+  unsigned* const split0 = A.bar + STEP_SPLITS;
+  const int lane = threadIdx.x & 31, G = nh / nkv;
   const bool dOK = lane * EPL < D;
   const int per = (ctx + ns - 1) / ns;
   const bf16* kc = (const bf16*)kcl;
   const bf16* vc = (const bf16*)(kcl + A.layerBytes);
-  const long long kvRow = (long long)A.nkv * D;
-  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < A.nh * ns; it += gridDim.x * 8) {
-    const int h = it % A.nh, split = it / A.nh, kvh = h / G;
+  const long long kvRow = (long long)nkv * D;
+  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nh * ns; it += gridDim.x * 8) {
+    const int h = it % nh, split = it / nh, kvh = h / G;
     const int k0 = split * per, k1 = min(ctx, k0 + per);
     float qv[EPL], acc[EPL];
 #pragma unroll
     for (int e = 0; e < EPL; ++e) {
-      qv[e] = dOK ? q[(long long)h * D + lane * EPL + e] * A.scale : 0.f;
+      qv[e] = dOK ? q[(long long)h * D + lane * EPL + e] * scale : 0.f;
       acc[e] = 0.f;
     }
     float m = NEG_INF, l = 0.f;
@@ -1400,15 +1427,20 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
       float sc[KW];
       unsigned valid = 0;  // keys in the piece with a live KV block
+      int blk[KW];
 #pragma unroll
       for (int j = 0; j < KW; ++j) {
-        const int p = c0 + j, bi = p / A.blockSize;
-        int blk = (p < k1 && bi < A.maxBlocks) ? bt[bi] : -1;
-        if (blk >= A.numBlocks) blk = -1;
-        if (blk >= 0) valid |= 1u << j;
-        const long long row = ((long long)blk * A.blockSize + (p - bi * A.blockSize)) * kvRow + (long long)kvh * D;
+        const int p = c0 + j, bi = p / bs;
+        blk[j] = (p < k1 && bi < maxB) ? bt[bi] : -1;
+      }
+#pragma unroll
+      for (int j = 0; j < KW; ++j) {
+        const int p = c0 + j;
+        if (blk[j] >= numB) blk[j] = -1;
+        if (blk[j] >= 0) valid |= 1u << j;
+        const long long row = ((long long)blk[j] * bs + (p - (p / bs) * bs)) * kvRow + (long long)kvh * D;
         kr[j] = vr[j] = make_uint4(0, 0, 0, 0);
-        if (blk >= 0 && dOK) {
+        if (blk[j] >= 0 && dOK) {
           kr[j] = loadRow<EPL>(kc + row + lane * EPL);
           vr[j] = loadRow<EPL>(vc + row + lane * EPL);
         }
@@ -1454,25 +1486,28 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
     const long long pi = (long long)h * ns + split;
     if (dOK)
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) A.partO[pi * D + lane * EPL + e] = acc[e];
+      for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[e];
     if (lane == 0) {
-      A.partML[2 * pi] = m;
-      A.partML[2 * pi + 1] = l;
+      partML[2 * pi] = m;
+      partML[2 * pi + 1] = l;
     }
     // The last piece of head h merges its pieces. The partials and the
     // counter are rewritten by every layer: coherent loads. Lane 0's
-    // release/acquire count (no fences) publishes the warp's partials,
-    // which __syncwarp orders before it, and acquires the other pieces'.
+    // release count publishes the warp's partials, which __syncwarp orders
+    // before it; the last piece's fence acquires the other pieces'.
     __syncwarp();
     unsigned last = 0;
-    if (lane == 0) last = addAcqRel(A.bar + STEP_SPLITS + h, 1u) == (unsigned)ns - 1;
+    if (lane == 0) {
+      last = addRelease(split0 + h, 1u) == (unsigned)ns - 1;
+      if (last) fenceAcqRel();  // acquires the other pieces' partials (see gridArrive)
+    }
     if (!__shfl_sync(0xffffffffu, last, 0)) continue;
     __syncwarp();  // lane 0's acquire, before every lane's loads
     // Lane s holds piece s's (m, l); ns <= 32. Loads go out in batches of
     // eight pieces before any is used: each costs an L2 round trip.
     const long long i0 = (long long)h * ns;
-    const float ms = lane < ns ? __ldcg(A.partML + 2 * (i0 + lane)) : NEG_INF;
-    const float ls = lane < ns ? __ldcg(A.partML + 2 * (i0 + lane) + 1) : 0.f;
+    const float ms = lane < ns ? __ldcg(partML + 2 * (i0 + lane)) : NEG_INF;
+    const float ls = lane < ns ? __ldcg(partML + 2 * (i0 + lane) + 1) : 0.f;
     float M = ms;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
@@ -1487,7 +1522,7 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < EPL; ++e)
-          pv[j][e] = (b0 + j < ns && dOK) ? __ldcg(A.partO + (i0 + b0 + j) * D + lane * EPL + e) : 0.f;
+          pv[j][e] = (b0 + j < ns && dOK) ? __ldcg(partO + (i0 + b0 + j) * D + lane * EPL + e) : 0.f;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const float f = __shfl_sync(0xffffffffu, fs, (b0 + j) & 31);
@@ -1498,7 +1533,7 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
     if (dOK)
 #pragma unroll
       for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = L > 0.f ? o[e] / L : 0.f;
-    if (lane == 0) A.bar[STEP_SPLITS + h] = 0;
+    if (lane == 0) split0[h] = 0;
   }
 }
 
