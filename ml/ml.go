@@ -55,6 +55,13 @@ func (d DType) Size() int {
 // ErrUnsupported is returned for a dtype or op a backend does not implement.
 var ErrUnsupported = errors.New("ml: unsupported")
 
+// ErrRetryStep is returned when the device refused, at launch, work a
+// backend had accepted for a step (ml/cuda's cooperative decode step when
+// the GPU is shared, e.g. under MPS). None of the step's writes were made
+// past that point and the backend declines that work from then on, so the
+// caller may run the step again.
+var ErrRetryStep = errors.New("ml: step refused at launch, run it again")
+
 // Tensor is backend-owned memory holding a rows×cols matrix.
 type Tensor interface {
 	DType() DType

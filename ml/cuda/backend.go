@@ -943,6 +943,13 @@ func (b *Backend) launchAll() error {
 					stream: b.stream, attrs: attr, numAttrs: 1}
 				if err := b.l.call(b.l.cuLaunchKernelEx, "cuLaunchKernelEx", uintptr(unsafe.Pointer(&b.launchCfg)),
 					o.fn, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
+					if o.coop && coopRefused(err) {
+						// The decode step is the only cooperative launch: from
+						// now on DecodeLayers declines and steps run layer by layer.
+						b.step.refused = true
+						b.log.Warn("cuda: cooperative decode-step launch refused; decode steps run layer by layer", "err", err)
+						return fmt.Errorf("%w: %w", ml.ErrRetryStep, err)
+					}
 					return err
 				}
 				continue

@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"errors"
 	"fmt"
 	"unsafe"
 
@@ -46,7 +47,34 @@ func (l *libs) cuErr(name string, code int32) error {
 		purego.SyscallN(l.cuGetErrorName, uintptr(code), uintptr(unsafe.Pointer(&ename)))
 		purego.SyscallN(l.cuGetErrorString, uintptr(code), uintptr(unsafe.Pointer(&estr)))
 	}
-	return fmt.Errorf("%w: %s: %s (%d): %s", ErrDriver, name, gostr(ename), code, gostr(estr))
+	return &driverError{call: name, code: code, name: gostr(ename), desc: gostr(estr)}
+}
+
+// driverError is a failing CUDA driver call (errors.Is ErrDriver); code is
+// its CUresult.
+type driverError struct {
+	call       string
+	code       int32
+	name, desc string
+}
+
+func (e *driverError) Error() string {
+	return fmt.Sprintf("%v: %s: %s (%d): %s", ErrDriver, e.call, e.name, e.code, e.desc)
+}
+
+func (e *driverError) Unwrap() error { return ErrDriver }
+
+// CUresults of a cooperative launch whose grid the device will not hold at
+// once (another process's work on the GPU, an MPS SM limit) or cannot run.
+const (
+	cudaErrorCooperativeLaunchTooLarge = 720
+	cudaErrorNotSupported              = 801
+)
+
+// coopRefused reports whether err is a cooperative launch the device refused.
+func coopRefused(err error) bool {
+	var de *driverError
+	return errors.As(err, &de) && (de.code == cudaErrorCooperativeLaunchTooLarge || de.code == cudaErrorNotSupported)
 }
 
 // nvcall invokes an NVRTC function.

@@ -53,3 +53,10 @@ func SetStepKS(b *Backend, qkv, o, gateUp, down int) { b.step.forceKS = [4]int{q
 
 // SetStepSplits forces the decode-step kernel's attention pieces per head.
 func SetStepSplits(b *Backend, n int) { b.step.forceNS = n }
+
+// SetStepGridOversize makes decode-step launches use extra blocks beyond
+// those that can be resident at once, which a cooperative launch refuses.
+func SetStepGridOversize(b *Backend, extra int) { b.step.overGrid = extra }
+
+// StepRefused reports whether the device refused a decode-step launch.
+func StepRefused(b *Backend) bool { return b.step.refused }

@@ -464,6 +464,44 @@ func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 	}
 }
 
+// TestModelStepKernelRefusedFallsBack: when the device refuses the
+// cooperative decode-step launch (here a grid one block larger than can be
+// resident, as a GPU shared with other work or capped by MPS does), the
+// step runs again layer by layer and so do all later steps: the logits are
+// those of a backend with the step kernel off, and no step fails.
+func TestModelStepKernelRefusedFallsBack(t *testing.T) {
+	dir := filepath.Join(shareddata.Dir(t), "models", "llama3-tiny-bf16")
+	g := shareddata.ReadModelGolden(t, dir)
+	run := func(o cuda.Options, oversize bool) ([][]float32, *cuda.Backend) {
+		be := gpu(t, o)
+		if oversize {
+			cuda.SetStepGridOversize(be, 1)
+		}
+		m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: "bfloat16"})
+		s := &seqRun{m: m, blocks: scattered}
+		rows := s.step(t, g.PromptIDs[:4])
+		for i := 0; i < 12; i++ {
+			rows = append(rows, s.step(t, []int32{int32(i*31+7) % int32(m.Config().VocabSize)})...)
+		}
+		return rows, be
+	}
+	want, _ := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8, DisableStepKernel: true}, false)
+	got, be := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, true)
+	if !cuda.StepRefused(be) {
+		t.Fatal("an oversized cooperative launch was not refused")
+	}
+	if n := cuda.StepLaunches(be); n != 1 {
+		t.Errorf("decode-step kernel recorded %d times, want 1 (the refused launch; later steps decline)", n)
+	}
+	for i := range want {
+		for j := range want[i] {
+			if got[i][j] != want[i][j] {
+				t.Fatalf("position %d, logit %d: %g, with the step kernel off %g", i, j, got[i][j], want[i][j])
+			}
+		}
+	}
+}
+
 // TestModelStepKernelMatchesLayerByLayer: the bf16 checkpoint (bf16 KV
 // cache) decoding 110 teacher-forced tokens after 4 prompt tokens, so
 // attention's piece count grows from 1 to 15, in one decode-step launch per

@@ -34,6 +34,8 @@ type stepState struct {
 	stamping bool
 	forceKS  [4]int // benchmarks: the q/k/v, o, gate/up and down split-K factors (0: stepKS's)
 	forceNS  int    // benchmarks: attention's pieces per head (0: stepSplits's)
+	overGrid int    // tests: blocks launched beyond those resident at once
+	refused  bool   // a cooperative launch was refused (see launchAll): decline from now on
 }
 
 func (s *stepState) ks(phase, auto int) int {
@@ -92,7 +94,7 @@ func (b *Backend) stepGrid(fn uintptr) (int, error) {
 	if per < 1 {
 		return 0, fmt.Errorf("%w: decode-step kernel does not fit on an SM", ml.ErrUnsupported)
 	}
-	b.step.grid, b.step.gridFn = int(per)*int(b.dev.sms), fn
+	b.step.grid, b.step.gridFn = int(per)*int(b.dev.sms)+b.step.overGrid, fn
 	return b.step.grid, nil
 }
 
@@ -166,6 +168,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	defer b.mu.Unlock()
 	if b.opts.DisableStepKernel || b.l.cuLaunchKernelEx == 0 || len(layers) == 0 {
 		return fmt.Errorf("%w: decode-step kernel off", ml.ErrUnsupported)
+	}
+	if b.step.refused {
+		return fmt.Errorf("%w: the device refused the cooperative decode-step launch", ml.ErrUnsupported)
 	}
 	if meta == nil || meta.NumTokens != 1 || meta.NumSeqs != 1 {
 		return fmt.Errorf("%w: decode-step kernel runs one token", ml.ErrUnsupported)

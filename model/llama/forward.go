@@ -198,7 +198,18 @@ func (m *Model) ForwardArgmax(ctx context.Context, b *model.Batch, greedy []bool
 }
 
 // forward is Forward and ForwardArgmax (greedy nil: every row's logits).
+// A step that the device refused part of at launch (ml.ErrRetryStep: the
+// GPU's cooperative decode step when the GPU is shared) runs once more; the
+// backend declines that part from then on.
 func (m *Model) forward(ctx context.Context, b *model.Batch, greedy []bool, tokens []int32, logits []float32) error {
+	err := m.runStep(ctx, b, greedy, tokens, logits)
+	if errors.Is(err, ml.ErrRetryStep) {
+		err = m.runStep(ctx, b, greedy, tokens, logits)
+	}
+	return err
+}
+
+func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, tokens []int32, logits []float32) error {
 	if m.be == nil {
 		return errClosed
 	}
