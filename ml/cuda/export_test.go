@@ -60,3 +60,7 @@ func SetStepGridOversize(b *Backend, extra int) { b.step.overGrid = extra }
 
 // StepRefused reports whether the device refused a decode-step launch.
 func StepRefused(b *Backend) bool { return b.step.refused }
+
+// SetStepSyncMode picks the decode-step kernel's grid barrier variant
+// (gridMode in kernels.cu).
+func SetStepSyncMode(b *Backend, mode int) { b.step.syncMode, b.step.syncSet = mode, true }

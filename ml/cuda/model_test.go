@@ -340,6 +340,15 @@ func BenchmarkModelDecode(bm *testing.B) {
 			benchDecode(bm, v.o, strings.HasPrefix(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
 		})
 	}
+	for _, mode := range []int{0, 1, 2, 3} {
+		for _, stamped := range []bool{false, true} {
+			name := fmt.Sprintf("sync-%d", mode)
+			if stamped {
+				name = fmt.Sprintf("syncs-%d", mode)
+			}
+			bm.Run(name, func(bm *testing.B) { benchDecode(bm, cuda.Options{FusedDecodeMaxT: 4}, stamped, false, name) })
+		}
+	}
 	for _, ns := range []int{1, 2, 4, 8, 16, 32} {
 		name := fmt.Sprintf("ns-%d", ns)
 		bm.Run(name, func(bm *testing.B) { benchDecode(bm, cuda.Options{FusedDecodeMaxT: 4}, true, false, name) })
@@ -356,6 +365,9 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 	if i := strings.Index(name, "-ks"); i >= 0 {
 		k := name[i+3:]
 		cuda.SetStepKS(be, int(k[0]-'0'), int(k[1]-'0'), int(k[2]-'0'), int(k[3]-'0'))
+	}
+	if strings.HasPrefix(name, "sync") {
+		cuda.SetStepSyncMode(be, int(name[len(name)-1]-'0'))
 	}
 	if n, ok := strings.CutPrefix(name, "ns-"); ok {
 		ns, err := strconv.Atoi(n)
@@ -460,6 +472,39 @@ func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 	for i, st := range g.Greedy[:len(g.Greedy)-1] {
 		if st.Margin > 0.3 && argmax(got[np-1+i]) != argmax(want[np-1+i]) {
 			t.Errorf("step %d: fused token %d, unfused %d", i, argmax(got[np-1+i]), argmax(want[np-1+i]))
+		}
+	}
+}
+
+// TestModelStepKernelSyncModes: every grid-barrier variant of the
+// decode-step kernel gives the default's logits bit for bit (the barrier
+// orders work; it must not change any of it).
+func TestModelStepKernelSyncModes(t *testing.T) {
+	dir := filepath.Join(shareddata.Dir(t), "models", "llama3-tiny-bf16")
+	g := shareddata.ReadModelGolden(t, dir)
+	run := func(mode int) [][]float32 {
+		be := gpu(t, cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8})
+		cuda.SetStepSyncMode(be, mode)
+		m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: "bfloat16"})
+		s := &seqRun{m: m, blocks: scattered}
+		rows := s.step(t, g.PromptIDs[:4])
+		for i := 0; i < 40; i++ {
+			rows = append(rows, s.step(t, []int32{int32(i*31+7) % int32(m.Config().VocabSize)})...)
+		}
+		if n := cuda.StepLaunches(be); n != 40 {
+			t.Fatalf("sync mode %d: decode-step kernel ran %d times for 40 steps", mode, n)
+		}
+		return rows
+	}
+	want := run(0)
+	for mode := 1; mode <= 3; mode++ {
+		got := run(mode)
+		for i := range want {
+			for j := range want[i] {
+				if got[i][j] != want[i][j] {
+					t.Fatalf("sync mode %d, position %d, logit %d: %g, mode 0 %g", mode, i, j, got[i][j], want[i][j])
+				}
+			}
 		}
 	}
 }

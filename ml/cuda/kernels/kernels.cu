@@ -667,19 +667,20 @@ __device__ void write_kv(KV* kc, KV* vc, const float* k, const float* v, const i
 // arrives as soon as its writes are done, issues loads that need no
 // barrier (the next phase's weights), then waits. bar[0] counts every
 // arrival of the launch, so barrier k (1, 2, ... per launch) is complete at
-// k·gridDim.x arrivals; the block whose arrival completes it publishes k
-// in bar[STEP_GEN], which the others poll. Nothing is reset between
-// barriers, so the critical path is one atomic and one store (resetting
-// the count and reading the generation on arrival were three more L2 round
-// trips); gridExit zeroes both words for the next launch.
+// k·gridDim.x arrivals. Nothing is reset between barriers; gridExit zeroes
+// the words for the next launch.
 //
-// Acquires are kept off the loops: on this GPU every gpu-scope acquire
-// invalidates the SM's whole L1 (CCTL.IVALL), so an acquire load per poll
-// kept wiping the L1 (activations, spills) of the block that shares the SM
-// and is still working. Arrivals are release atomics; only the block that
-// completes a barrier fences (acquiring every arrival's writes through the
-// count's release sequence) before its release of k; the others poll with
-// relaxed loads and acquire once.
+// By default (gridMode 3) the waiters poll the count itself: the barrier
+// is complete the moment the last arrival's atomic lands. (Having the
+// completing block publish k in a generation word, which the others
+// polled, added its atomic's return, a fence and a store to every barrier:
+// 1.746 against 1.657 ms per step side by side on an H100.) Acquires are
+// kept off the loops: on this GPU every gpu-scope acquire invalidates the
+// SM's whole L1 (CCTL.IVALL), so an acquire per poll kept wiping the L1
+// (activations, spills) of the block sharing the SM that was still
+// working. Arrivals are release atomics; a waiter polls with relaxed loads
+// and then acquires once, which synchronizes with every arrival through
+// the count's release sequence.
 __device__ __forceinline__ unsigned ldAcquire(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -694,9 +695,8 @@ __device__ __forceinline__ void stRelease(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 __device__ __forceinline__ void fenceAcqRel() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
-// The generation word is on its own 128-byte line (bar[32]): the waiting
-// blocks poll it while the arrivals' atomics go to bar[0]; bar[16] counts
-// the blocks that have left the kernel.
+// The generation word (modes 0 and 1) is on its own 128-byte line
+// (bar[32]); bar[16] counts the blocks that have left the kernel.
 #define STEP_EXIT 16
 #define STEP_GEN 32
 #define STEP_SPLITS 64
@@ -706,15 +706,24 @@ __device__ __forceinline__ unsigned addRelease(unsigned* p, unsigned v) {
   asm volatile("atom.add.release.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
   return old;
 }
-__device__ __forceinline__ void gridStart() {
-  if (threadIdx.x == 0) gridK = 0;
+// gridMode (StepArgs.syncMode; the others are kept for benchmarks): 3
+// waiters poll the count, then one acquire load; 2 the same with a fence
+// (MEMBAR) instead of the load; 0 the completing block publishes k in
+// bar[STEP_GEN] (after a fence), waiters poll that, then one acquire load;
+// 1 as 0 with a fence instead of the waiters' load.
+__shared__ int gridMode;
+__device__ __forceinline__ void gridStart(int mode) {
+  if (threadIdx.x == 0) {
+    gridK = 0;
+    gridMode = mode;
+  }
 }
 __device__ __forceinline__ void gridArrive(unsigned* bar) {
   if (!bar) return;
   __syncthreads();  // the block's writes, before thread 0's release
   if (threadIdx.x == 0) {
     const unsigned k = ++gridK;
-    if (addRelease(bar, 1u) == k * gridDim.x - 1) {
+    if (addRelease(bar, 1u) == k * gridDim.x - 1 && gridMode < 2) {
       fenceAcqRel();
       stRelease(bar + STEP_GEN, k);
     }
@@ -723,9 +732,23 @@ __device__ __forceinline__ void gridArrive(unsigned* bar) {
 __device__ __forceinline__ void gridWait(unsigned* bar) {
   if (!bar) return;
   if (threadIdx.x == 0) {
-    while ((int)(ldRelaxed(bar + STEP_GEN) - gridK) < 0) {
+    const int mode = gridMode;
+    if (mode >= 2) {
+      const unsigned want = gridK * gridDim.x;
+      while ((int)(ldRelaxed(bar) - want) < 0) {
+      }
+      if (mode == 2)
+        fenceAcqRel();
+      else
+        ldAcquire(bar);
+    } else {
+      while ((int)(ldRelaxed(bar + STEP_GEN) - gridK) < 0) {
+      }
+      if (mode == 1)
+        fenceAcqRel();
+      else
+        ldAcquire(bar + STEP_GEN);
     }
-    ldAcquire(bar + STEP_GEN);
   }
   __syncthreads();  // the acquire, to the whole block
 }
@@ -1323,6 +1346,7 @@ struct StepArgs {
   unsigned long long* stamps;  // null, or block 0's clock at each phase's start (6 per layer; benchmarks)
   long long layerBytes, numSlots;
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
+  int syncMode;  // the grid barrier's variant (gridMode)
   float eps, scale;
 };
 
@@ -1545,7 +1569,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   // The token's context and block table row, read once (uploaded before the launch).
   const int ctx = A.pos[0] + 1;
   const int* bt = A.bt + (long long)A.tokSeq[0] * A.maxBlocks;
-  gridStart();
+  gridStart(A.syncMode);
   for (int l = 0; l < A.numLayers; ++l) {
     // Fields of the layer's table row are read where they are used: held
     // across the phases they would take registers from the GEMVs.
