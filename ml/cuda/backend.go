@@ -105,6 +105,7 @@ type Backend struct {
 	part      devBuf // attention split partials
 	step      stepState
 	amPart    devBuf // argmax partials (values, then indices)
+	pinned    pinnedStage
 	amCount   devBuf // argmax per-row block counters
 	shadow    struct {
 		ptr        uint64
@@ -153,6 +154,7 @@ const (
 type op struct {
 	kind          opKind
 	coop          bool // a cooperative launch (all blocks resident)
+	pdl           bool // launched with programmatic dependent launch (stepState.tailPDL)
 	traceOff      int
 	fn            uintptr
 	grid, block   [3]uint32
@@ -326,6 +328,14 @@ func NewBackend(opts Options) (*Backend, error) {
 	// A fixed workspace keeps cuBLAS from allocating during graph capture.
 	if err := l.blascall(l.cublasSetWorkspace, "cublasSetWorkspace", b.blas, uintptr(b.workspace.ptr), uintptr(b.workspace.size)); err != nil {
 		return fail(err)
+	}
+	if l.cuMemAllocHost != 0 && l.cuMemFreeHost != 0 {
+		var p unsafe.Pointer
+		if err := l.call(l.cuMemAllocHost, "cuMemAllocHost", uintptr(unsafe.Pointer(&p)), pinnedStageBytes); err == nil && p != nil {
+			b.pinned.buf = unsafe.Slice((*byte)(p), pinnedStageBytes)
+		} else {
+			log.Warn("cuda: no pinned staging memory; small copies go through pageable memory", "err", err)
+		}
 	}
 	var cbv int32
 	_ = l.blascall(l.cublasGetVersion, "cublasGetVersion", b.blas, uintptr(unsafe.Pointer(&cbv)))
@@ -519,7 +529,7 @@ func (b *Backend) LoadWeight(rows, cols int, data []byte, src, store ml.DType) (
 		return nil, err
 	}
 	defer b.exit()
-	if err := b.l.call(b.l.cuStreamSynchronize, "cuStreamSynchronize", b.stream); err != nil {
+	if err := b.streamSync(); err != nil {
 		return nil, err
 	}
 	if err := b.l.call(b.l.cuMemcpyHtoD, "cuMemcpyHtoD", uintptr(t.ptr), uintptr(unsafe.Pointer(&host[0])), uintptr(len(host))); err != nil {
@@ -577,6 +587,10 @@ func (b *Backend) upload(t ml.Tensor, src unsafe.Pointer, n int, dt ml.DType) er
 		return err
 	}
 	defer b.exit()
+	if p := b.pinned.take(n * 4); p != nil {
+		copy(p, unsafe.Slice((*byte)(src), n*4))
+		return b.l.call(b.l.cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync", uintptr(x.ptr), uintptr(unsafe.Pointer(&p[0])), uintptr(n*4), b.stream)
+	}
 	// Pageable source: the driver stages it before returning, so the caller
 	// may reuse it at once; the copy stays ordered on the stream.
 	return b.l.call(b.l.cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync", uintptr(x.ptr), uintptr(src), uintptr(n*4), b.stream)
@@ -623,10 +637,54 @@ func (b *Backend) download(dst unsafe.Pointer, n int, t ml.Tensor, dt ml.DType) 
 		return err
 	}
 	defer b.exit()
-	if err := b.l.call(b.l.cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync", uintptr(dst), uintptr(x.ptr), uintptr(x.n()*4), b.stream); err != nil {
+	nb := x.n() * 4
+	if p := b.pinned.take(nb); p != nil {
+		if err := b.l.call(b.l.cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync", uintptr(unsafe.Pointer(&p[0])), uintptr(x.ptr), uintptr(nb), b.stream); err != nil {
+			return err
+		}
+		if err := b.streamSync(); err != nil {
+			return err
+		}
+		copy(unsafe.Slice((*byte)(dst), nb), p)
+		return nil
+	}
+	if err := b.l.call(b.l.cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync", uintptr(dst), uintptr(x.ptr), uintptr(nb), b.stream); err != nil {
 		return err
 	}
-	return b.l.call(b.l.cuStreamSynchronize, "cuStreamSynchronize", b.stream)
+	return b.streamSync()
+}
+
+// pinnedStage is page-locked host memory that small copies go through: a
+// copy from pinned memory is queued as it is, where the driver first
+// stages one from pageable memory (a few µs on every decode step's
+// critical path). Regions are handed out in order and all reused after the
+// stream has been synchronized, when every copy queued from them has run.
+type pinnedStage struct {
+	buf  []byte // nil: no pinned memory (the copies use pageable memory)
+	used int
+}
+
+// pinnedStageBytes is enough for a step's packed inputs at a few hundred
+// sequences and its greedy tokens; larger copies use pageable memory.
+const pinnedStageBytes = 1 << 20
+
+// take returns n bytes of the stage that no queued copy uses, or nil.
+func (s *pinnedStage) take(n int) []byte {
+	if n <= 0 || s.used+n > len(s.buf) {
+		return nil
+	}
+	p := s.buf[s.used : s.used+n : s.used+n]
+	s.used = (s.used + n + 63) &^ 63
+	return p
+}
+
+// streamSync waits for the stream; every staged copy has then run.
+func (b *Backend) streamSync() error {
+	if err := b.l.call(b.l.cuStreamSynchronize, "cuStreamSynchronize", b.stream); err != nil {
+		return err
+	}
+	b.pinned.used = 0
+	return nil
 }
 
 // Download implements ml.Backend.
@@ -738,7 +796,7 @@ func (b *Backend) flushSync() error {
 		return err
 	}
 	defer b.exit()
-	return b.l.call(b.l.cuStreamSynchronize, "cuStreamSynchronize", b.stream)
+	return b.streamSync()
 }
 
 // Close implements ml.Backend: it waits for queued work and releases the
@@ -776,6 +834,10 @@ func (b *Backend) release() {
 		if d.ptr != 0 {
 			_ = b.l.call(b.l.cuMemFree, "cuMemFree", uintptr(d.ptr))
 		}
+	}
+	if b.pinned.buf != nil {
+		_ = b.l.call(b.l.cuMemFreeHost, "cuMemFreeHost", uintptr(unsafe.Pointer(&b.pinned.buf[0])))
+		b.pinned.buf = nil
 	}
 	if b.module != 0 {
 		_ = b.l.call(b.l.cuModuleUnload, "cuModuleUnload", b.module)
@@ -825,6 +887,7 @@ func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
 	}
 	o := op{kind: opKernel, fn: fn, grid: grid, block: block, argOff: start, argSz: len(b.args) - start, traceOff: len(b.trace)}
 	o.coop, b.nextCoop = b.nextCoop, false
+	o.pdl = !o.coop && b.step.recorded && !b.step.noTailPDL && b.l.cuLaunchKernelEx != 0 && b.dev.major >= 9
 	b.ops = append(b.ops, o)
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, uint64(fn))
 	for _, v := range grid {
@@ -859,6 +922,7 @@ func (b *Backend) popOp() {
 
 func (b *Backend) resetRec() {
 	b.skinnyRec.valid, b.ropeRec.valid = false, false
+	b.step.recorded = false
 	b.ops = b.ops[:0]
 	b.args = b.args[:0]
 	b.trace = b.trace[:0]
@@ -933,7 +997,7 @@ func (b *Backend) launchAll() error {
 			b.argLen = uint64(o.argSz)
 			b.extra = [5]uintptr{launchParamBufPtr, uintptr(unsafe.Pointer(&b.args[o.argOff])),
 				launchParamBufSize, uintptr(unsafe.Pointer(&b.argLen)), launchParamEnd}
-			if b.pdl || o.coop {
+			if b.pdl || o.coop || o.pdl {
 				attr := &b.launchPDL
 				if o.coop {
 					attr = &b.launchCoop

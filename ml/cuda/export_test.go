@@ -64,3 +64,7 @@ func StepRefused(b *Backend) bool { return b.step.refused }
 // SetStepSyncMode picks the decode-step kernel's grid barrier variant
 // (gridMode in kernels.cu).
 func SetStepSyncMode(b *Backend, mode int) { b.step.syncMode, b.step.syncSet = mode, true }
+
+// SetStepTailPDL turns programmatic dependent launch of the kernels after a
+// decode step (lm_head, argmax) on or off.
+func SetStepTailPDL(b *Backend, on bool) { b.step.noTailPDL = !on }

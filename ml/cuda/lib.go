@@ -44,6 +44,9 @@ type libs struct {
 	// without programmatic dependent launch, and one-token steps run
 	// layer by layer (no cooperative decode-step kernel).
 	cuLaunchKernelEx, cuOccupancyMaxActiveBlocksPerMultiprocessor uintptr
+	// cuMemAllocHost and cuMemFreeHost are optional too: without them
+	// uploads and downloads go through pageable memory.
+	cuMemAllocHost, cuMemFreeHost uintptr
 
 	// nvrtc
 	nvrtcVersion, nvrtcCreateProgram, nvrtcCompileProgram, nvrtcGetProgramLogSize,
@@ -215,6 +218,8 @@ func loadLibs() (*libs, error) {
 	var optional []string
 	sym(h, "cuLaunchKernelEx", &l.cuLaunchKernelEx, &optional)
 	sym(h, "cuOccupancyMaxActiveBlocksPerMultiprocessor", &l.cuOccupancyMaxActiveBlocksPerMultiprocessor, &optional)
+	sym(h, "cuMemAllocHost_v2", &l.cuMemAllocHost, &optional)
+	sym(h, "cuMemFreeHost", &l.cuMemFreeHost, &optional)
 
 	h, p, err = openNVRTC()
 	if err != nil {

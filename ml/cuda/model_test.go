@@ -328,6 +328,7 @@ func BenchmarkModelDecode(bm *testing.B) {
 		o    cuda.Options
 	}{
 		{"step", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-notail", cuda.Options{FusedDecodeMaxT: 4}},
 		{"fused", cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}},
 		{"unfused", cuda.Options{FusedDecodeMaxT: -1}},
 		{"step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
@@ -340,7 +341,7 @@ func BenchmarkModelDecode(bm *testing.B) {
 			benchDecode(bm, v.o, strings.HasPrefix(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
 		})
 	}
-	for _, mode := range []int{0, 1, 2, 3} {
+	for _, mode := range []int{0, 1, 2, 3, 4} {
 		for _, stamped := range []bool{false, true} {
 			name := fmt.Sprintf("sync-%d", mode)
 			if stamped {
@@ -365,6 +366,9 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 	if i := strings.Index(name, "-ks"); i >= 0 {
 		k := name[i+3:]
 		cuda.SetStepKS(be, int(k[0]-'0'), int(k[1]-'0'), int(k[2]-'0'), int(k[3]-'0'))
+	}
+	if strings.HasSuffix(name, "-notail") {
+		cuda.SetStepTailPDL(be, false)
 	}
 	if strings.HasPrefix(name, "sync") {
 		cuda.SetStepSyncMode(be, int(name[len(name)-1]-'0'))
@@ -497,7 +501,7 @@ func TestModelStepKernelSyncModes(t *testing.T) {
 		return rows
 	}
 	want := run(0)
-	for mode := 1; mode <= 3; mode++ {
+	for mode := 1; mode <= 4; mode++ {
 		got := run(mode)
 		for i := range want {
 			for j := range want[i] {

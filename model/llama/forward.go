@@ -17,23 +17,43 @@ type scratch struct {
 	capT, capS, capB, capL int
 
 	h, xn, q, k, v, attn, down, gu, act ml.Tensor // [capT, ...]
-	tokens, pos, tokSeq, slots          ml.Tensor // I32 [capT, 1]
-	bt                                  ml.Tensor // I32 [capS, capB]
-	logitIdx, argmax                    ml.Tensor // I32 [capL, 1]
-	selH, selD, selX                    ml.Tensor // [capL, H]
-	logits                              ml.Tensor // [capL, V]
+	// ids holds a step's integer inputs (token ids, positions, each
+	// token's sequence and KV slot, logit rows, block tables) packed as
+	// metaLayout places them, so that a step uploads them in one copy: a
+	// copy per array cost a driver call and a queued copy each, on the
+	// critical path of every decode step.
+	ids              ml.Tensor // I32 [idsLen(capT, capS*capB, capL), 1]
+	hIDs             []int32   // its host image
+	argmax           ml.Tensor // I32 [capL, 1]
+	selH, selD, selX ml.Tensor // [capL, H]
+	logits           ml.Tensor // [capL, V]
 
-	hTokSeq, hSlots []int32 // host copies, capT
-	hTok, hPos      []int32 // padded tokens and positions, capT
-	hLogit          []int32 // padded logit indices, capL
-	hBT             []int32 // capS*capB
-	meta            ml.AttentionMeta
-	vw              stepViews
+	meta ml.AttentionMeta
+	vw   stepViews
+}
+
+// idsLayout gives the offsets in scratch.ids of a step's positions, token
+// sequences, slots, logit rows and block tables (the T token ids come
+// first). Each array starts 16-byte aligned.
+func idsLayout(T, L int) (pos, tokSeq, slots, logitIdx, bt int) {
+	a := func(n int) int { return (n + 3) &^ 3 }
+	pos = a(T)
+	tokSeq = pos + a(T)
+	slots = tokSeq + a(T)
+	logitIdx = slots + a(T)
+	bt = logitIdx + a(L)
+	return
+}
+
+// idsLen is the packed length of a step's integer inputs.
+func idsLen(T, btLen, L int) int {
+	_, _, _, _, bt := idsLayout(T, L)
+	return bt + btLen
 }
 
 func (s *scratch) free(be ml.Backend) {
 	for _, t := range []ml.Tensor{s.h, s.xn, s.q, s.k, s.v, s.attn, s.down, s.gu, s.act,
-		s.tokens, s.pos, s.tokSeq, s.slots, s.bt, s.logitIdx, s.argmax, s.selH, s.selD, s.selX, s.logits} {
+		s.ids, s.argmax, s.selH, s.selD, s.selX, s.logits} {
 		if t != nil {
 			be.Free(t)
 		}
@@ -67,6 +87,7 @@ func (m *Model) ensure(T, S, B, L int) error {
 		}
 		*p = t
 	}
+	resized := T > s.capT || S > s.capS || B > s.capB || L > s.capL
 	if T > s.capT {
 		c := grow(T, s.capT)
 		qd, kvd := m.nh*m.hd, m.nkv*m.hd
@@ -82,12 +103,9 @@ func (m *Model) ensure(T, S, B, L int) error {
 			{&s.h, ml.F32, m.H}, {&s.xn, ml.F32, m.H}, {&s.q, ml.F32, qcols}, {&s.k, ml.F32, kvd},
 			{&s.v, ml.F32, kvd}, {&s.attn, ml.F32, qd}, {&s.down, ml.F32, m.H},
 			{&s.gu, ml.F32, 2 * m.I}, {&s.act, ml.F32, m.I},
-			{&s.tokens, ml.I32, 1}, {&s.pos, ml.I32, 1}, {&s.tokSeq, ml.I32, 1}, {&s.slots, ml.I32, 1},
 		} {
 			replace(x.p, alloc(x.dt, c, x.cols))
 		}
-		s.hTokSeq, s.hSlots = make([]int32, c), make([]int32, c)
-		s.hTok, s.hPos = make([]int32, c), make([]int32, c)
 		s.capT = c
 	}
 	if S > s.capS || B > s.capB {
@@ -98,20 +116,21 @@ func (m *Model) ensure(T, S, B, L int) error {
 		if B <= s.capB {
 			cb = s.capB
 		}
-		replace(&s.bt, alloc(ml.I32, cs, cb))
-		s.hBT = make([]int32, cs*cb)
 		s.capS, s.capB = cs, cb
 	}
 	if L > s.capL {
 		c := grow(L, s.capL)
-		replace(&s.logitIdx, alloc(ml.I32, c, 1))
 		replace(&s.argmax, alloc(ml.I32, c, 1))
 		replace(&s.selH, alloc(ml.F32, c, m.H))
 		replace(&s.selD, alloc(ml.F32, c, m.H))
 		replace(&s.selX, alloc(ml.F32, c, m.H))
 		replace(&s.logits, alloc(ml.F32, c, m.V))
-		s.hLogit = make([]int32, c)
 		s.capL = c
+	}
+	if resized {
+		n := idsLen(s.capT, s.capS*s.capB, s.capL)
+		replace(&s.ids, alloc(ml.I32, n, 1))
+		s.hIDs = make([]int32, n)
 	}
 	if err != nil {
 		s.free(be) // a half-grown scratch would be inconsistent
@@ -240,48 +259,45 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 	}
 	s, be := &m.s, m.be
 
-	// Host-side metadata: each token's sequence and KV slot, block tables.
+	// Host-side metadata, packed as the device copy holds it: token ids,
+	// positions, each token's sequence and KV slot, logit rows, block tables.
+	oPos, oTokSeq, oSlots, oLogit, oBT := idsLayout(Tp, Lp)
+	nIDs := idsLen(Tp, S*s.capB, Lp)
+	ids := s.hIDs[:nIDs]
+	toks, poss, tokSeq, slots := ids[:Tp], ids[oPos:oPos+Tp], ids[oTokSeq:oTokSeq+Tp], ids[oSlots:oSlots+Tp]
+	lidx, bts := ids[oLogit:oLogit+Lp], ids[oBT:nIDs]
+	copy(toks, b.Tokens)
+	copy(poss, b.Positions)
+	copy(lidx, b.LogitIndices)
 	maxCtx := 0
 	for i, sq := range b.Seqs {
-		copy(s.hBT[i*s.capB:], sq.BlockTable)
+		copy(bts[i*s.capB:], sq.BlockTable) // the rest of the row is never read
 		for j := sq.Start; j < sq.Start+sq.Len; j++ {
 			p := int(b.Positions[j])
-			s.hTokSeq[j] = int32(i)
-			s.hSlots[j] = sq.BlockTable[p/m.blockSize]*int32(m.blockSize) + int32(p%m.blockSize)
+			tokSeq[j] = int32(i)
+			slots[j] = sq.BlockTable[p/m.blockSize]*int32(m.blockSize) + int32(p%m.blockSize)
 			maxCtx = max(maxCtx, p+1)
 		}
 	}
-	toks, poss, lidx := b.Tokens, b.Positions, b.LogitIndices
 	if padded {
 		// Padding tokens: token 0 at position 0 of sequence 0 (whose block 0
 		// exists), with no KV slot; padding logit rows read token 0.
-		toks, poss, lidx = s.hTok[:Tp], s.hPos[:Tp], s.hLogit[:Lp]
-		copy(toks, b.Tokens)
-		copy(poss, b.Positions)
-		copy(lidx, b.LogitIndices)
 		clear(toks[T:])
 		clear(poss[T:])
 		clear(lidx[L:])
-		clear(s.hTokSeq[T:Tp])
+		clear(tokSeq[T:])
 		for j := T; j < Tp; j++ {
-			s.hSlots[j] = -1
+			slots[j] = -1
 		}
 		// The split count of attention follows MaxContext while it is
 		// small; a fixed one keeps padded steps of one shape identical.
 		maxCtx = max(maxCtx, paddedMaxContext)
 	}
 	vw := m.views(Tp, S, Lp)
-	for _, e := range [...]error{
-		be.UploadI32(vw.tokens, toks), be.UploadI32(vw.pos, poss),
-		be.UploadI32(vw.tokSeq, s.hTokSeq[:Tp]), be.UploadI32(vw.slots, s.hSlots[:Tp]),
-		be.UploadI32(vw.bt, s.hBT[:S*s.capB]),
-		// Uploaded with the rest, not before the lm_head, so that the
-		// whole step is recorded (and graph-replayed) as one piece.
-		be.UploadI32(vw.logitIdx, lidx),
-	} {
-		if e != nil {
-			return e
-		}
+	// Uploaded with the rest, not before the lm_head, so that the whole
+	// step is recorded (and graph-replayed) as one piece.
+	if err := be.UploadI32(vw.ids, ids); err != nil {
+		return err
 	}
 	meta := &s.meta
 	*meta = ml.AttentionMeta{
@@ -294,7 +310,13 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 		return err
 	}
 	if m.fd != nil && m.fd.FusedDecode(Tp, m.H) {
-		return m.forwardFused(ctx, vw, L, greedy, tokens, logits)
+		// Decode steps want the logits of every row in order: the lm_head
+		// reads h itself, without a gather launch.
+		rowsInOrder := Lp == Tp
+		for i, r := range lidx {
+			rowsInOrder = rowsInOrder && int(r) == i
+		}
+		return m.forwardFused(ctx, vw, L, rowsInOrder, greedy, tokens, logits)
 	}
 	for i := range m.layers {
 		if err := ctx.Err(); err != nil {
@@ -438,7 +460,7 @@ func hostArgmax(x []float32) int {
 type stepViews struct {
 	T, S, L                             int
 	h, xn, q, k, v, attn, down, gu, act ml.Tensor
-	tokens, pos, tokSeq, slots, bt      ml.Tensor
+	ids, tokens, pos, tokSeq, slots, bt ml.Tensor // views of scratch.ids
 	logitIdx, argmax, selH, selD, selX  ml.Tensor
 	logits                              ml.Tensor
 }
@@ -449,11 +471,13 @@ func (m *Model) views(T, S, L int) *stepViews {
 		return vw
 	}
 	r := func(t ml.Tensor, n int) ml.Tensor { return be.View(t, 0, n) }
+	pos, tokSeq, slots, logitIdx, bt := idsLayout(T, L)
+	id := func(off, n int) ml.Tensor { return be.View(s.ids, off, n) }
 	*vw = stepViews{T: T, S: S, L: L,
 		h: r(s.h, T), xn: r(s.xn, T), q: r(s.q, T), k: r(s.k, T), v: r(s.v, T), attn: r(s.attn, T),
 		down: r(s.down, T), gu: r(s.gu, T), act: r(s.act, T),
-		tokens: r(s.tokens, T), pos: r(s.pos, T), tokSeq: r(s.tokSeq, T), slots: r(s.slots, T),
-		bt: r(s.bt, S), logitIdx: r(s.logitIdx, L), argmax: r(s.argmax, L), selH: r(s.selH, L), selD: r(s.selD, L),
+		ids: id(0, idsLen(T, S*s.capB, L)), tokens: id(0, T), pos: id(pos, T), tokSeq: id(tokSeq, T), slots: id(slots, T),
+		bt: id(bt, S*s.capB), logitIdx: id(logitIdx, L), argmax: r(s.argmax, L), selH: r(s.selH, L), selD: r(s.selD, L),
 		selX: r(s.selX, L), logits: r(s.logits, L)}
 	return vw
 }
@@ -524,7 +548,7 @@ func (m *Model) attnMLP(l *layer, i int, vw *stepViews) error {
 // decode ops take (after the embedding): all layers of a one-token step in
 // one launch where the backend can (DecodeLayers), else five launches per
 // layer.
-func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, greedy []bool, tokens []int32, logits []float32) error {
+func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, rowsInOrder bool, greedy []bool, tokens []int32, logits []float32) error {
 	oneLaunch := false
 	if m.sd != nil && m.s.meta.NumTokens == 1 {
 		err := m.sd.DecodeLayers(vw.h, m.stepLayers, m.eps, vw.pos, m.invFreq, vw.slots, m.kv, &m.s.meta)
@@ -548,10 +572,14 @@ func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, greedy [
 	if L == 0 {
 		return m.be.Sync()
 	}
-	if err := m.be.GatherRows(vw.selH, vw.h, vw.logitIdx); err != nil {
-		return err
+	sel := vw.h
+	if !rowsInOrder {
+		sel = vw.selH
+		if err := m.be.GatherRows(sel, vw.h, vw.logitIdx); err != nil {
+			return err
+		}
 	}
-	if err := m.fd.NormMatMul(vw.logits, vw.selH, m.finalNorm, m.eps, m.lmHead, nil); err != nil {
+	if err := m.fd.NormMatMul(vw.logits, sel, m.finalNorm, m.eps, m.lmHead, nil); err != nil {
 		return err
 	}
 	return m.fetchLogits(vw, L, greedy, tokens, logits)

@@ -710,7 +710,8 @@ __device__ __forceinline__ unsigned addRelease(unsigned* p, unsigned v) {
 // waiters poll the count, then one acquire load; 2 the same with a fence
 // (MEMBAR) instead of the load; 0 the completing block publishes k in
 // bar[STEP_GEN] (after a fence), waiters poll that, then one acquire load;
-// 1 as 0 with a fence instead of the waiters' load.
+// 1 as 0 with a fence instead of the waiters' load; 4 as 3, but the last
+// attention piece of a head acquires with a fence, as modes 0-2 do.
 __shared__ int gridMode;
 __device__ __forceinline__ void gridStart(int mode) {
   if (threadIdx.x == 0) {
@@ -1518,12 +1519,20 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
     // The last piece of head h merges its pieces. The partials and the
     // counter are rewritten by every layer: coherent loads. Lane 0's
     // release count publishes the warp's partials, which __syncwarp orders
-    // before it; the last piece's fence acquires the other pieces'.
+    // before it; the last piece acquires the other pieces' by an acquire
+    // load of the count (it reads the last add of the release sequence
+    // that every piece's add continues), which costs less than a fence
+    // (gridMode 4 keeps the fence, for the benchmarks).
     __syncwarp();
     unsigned last = 0;
     if (lane == 0) {
       last = addRelease(split0 + h, 1u) == (unsigned)ns - 1;
-      if (last) fenceAcqRel();  // acquires the other pieces' partials (see gridArrive)
+      if (last) {
+        if (gridMode == 3)
+          ldAcquire(split0 + h);
+        else
+          fenceAcqRel();
+      }
     }
     if (!__shfl_sync(0xffffffffu, last, 0)) continue;
     __syncwarp();  // lane 0's acquire, before every lane's loads

@@ -1,0 +1,74 @@
+package cuda
+
+import (
+	"testing"
+
+	"github.com/llmserve/llmserve/ml"
+)
+
+// TestPinnedStageRegions: the stage hands out disjoint 64-byte aligned
+// regions in order and none once it is full (the copy then goes through
+// pageable memory), and refuses empty ones.
+func TestPinnedStageRegions(t *testing.T) {
+	s := pinnedStage{buf: make([]byte, 256)}
+	if s.take(0) != nil {
+		t.Fatal("take(0) returned a region")
+	}
+	a, b := s.take(4), s.take(100)
+	if len(a) != 4 || len(b) != 100 || cap(a) != 4 {
+		t.Fatalf("regions of %d (cap %d) and %d bytes", len(a), cap(a), len(b))
+	}
+	if &b[0] != &s.buf[64] {
+		t.Fatal("the second region does not start at the next 64-byte boundary")
+	}
+	if c := s.take(100); c != nil {
+		t.Fatalf("a region of 100 bytes past offset %d of 256", s.used)
+	}
+	if c := s.take(64); c == nil || &c[0] != &s.buf[192] {
+		t.Fatal("the last 64 bytes were not handed out")
+	}
+	s.used = 0 // as streamSync does
+	if c := s.take(256); c == nil || &c[0] != &s.buf[0] {
+		t.Fatal("the whole stage is not reused after a sync")
+	}
+}
+
+// TestUploadsBetweenSyncs: more uploads than the pinned stage holds,
+// queued without a sync in between (later ones go through pageable
+// memory), each land intact, as do downloads through the stage.
+func TestUploadsBetweenSyncs(t *testing.T) {
+	gpuOrSkip(t)
+	b := newTestBackend(t, Options{})
+	defer b.Close()
+	const n, cols = 600, 512 // 1.2 MB of uploads
+	ts := make([]ml.Tensor, n)
+	for i := range ts {
+		x, err := b.NewTensor(ml.I32, 1, cols)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts[i] = x
+		v := make([]int32, cols)
+		for j := range v {
+			v[j] = int32(i*cols + j)
+		}
+		if err := b.UploadI32(x, v); err != nil {
+			t.Fatal(err)
+		}
+		clear(v) // the backend must not read the caller's slice later
+	}
+	for i, x := range ts {
+		got := make([]int32, cols)
+		if err := b.DownloadI32(got, x); err != nil {
+			t.Fatal(err)
+		}
+		for j, v := range got {
+			if v != int32(i*cols+j) {
+				t.Fatalf("tensor %d element %d: %d, want %d", i, j, v, i*cols+j)
+			}
+		}
+	}
+	if b.pinned.buf == nil {
+		t.Log("no pinned stage on this driver: every copy went through pageable memory")
+	}
+}
