@@ -19,7 +19,7 @@ type scratch struct {
 	h, xn, q, k, v, attn, down, gu, act ml.Tensor // [capT, ...]
 	// ids holds a step's integer inputs (token ids, positions, each
 	// token's sequence and KV slot, logit rows, block tables) packed as
-	// metaLayout places them, so that a step uploads them in one copy: a
+	// idsLayout places them, so that a step uploads them in one copy: a
 	// copy per array cost a driver call and a queued copy each, on the
 	// critical path of every decode step.
 	ids              ml.Tensor // I32 [idsLen(capT, capS*capB, capL), 1]
