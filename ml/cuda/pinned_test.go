@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/llmserve/llmserve/ml"
@@ -70,5 +71,54 @@ func TestUploadsBetweenSyncs(t *testing.T) {
 	}
 	if b.pinned.buf == nil {
 		t.Log("no pinned stage on this driver: every copy went through pageable memory")
+	}
+}
+
+// BenchmarkTransfer times an upload or a download of n bytes and the
+// stream sync after it, staged through pinned memory or straight from
+// pageable memory, to place the stage's size limits.
+func BenchmarkTransfer(bm *testing.B) {
+	gpuOrSkip(bm)
+	b := newTestBackend(bm, Options{})
+	defer b.Close()
+	if b.pinned.buf == nil {
+		bm.Skip("no pinned stage")
+	}
+	buf, maxUp := b.pinned.buf, b.pinned.maxUpload
+	for _, n := range []int{64, 16 << 10, 64 << 10, 600 << 10} {
+		x, err := b.NewTensor(ml.I32, 1, n/4)
+		if err != nil {
+			bm.Fatal(err)
+		}
+		host := make([]int32, n/4)
+		for _, dir := range []string{"up", "down"} {
+			for _, staged := range []bool{true, false} {
+				name := fmt.Sprintf("%s/%dB/pageable", dir, n)
+				if staged {
+					name = fmt.Sprintf("%s/%dB/staged", dir, n)
+				}
+				bm.Run(name, func(bm *testing.B) {
+					b.pinned.buf, b.pinned.maxUpload = nil, maxUp
+					if staged {
+						b.pinned.buf, b.pinned.maxUpload = buf, len(buf)
+					}
+					defer func() { b.pinned.buf, b.pinned.maxUpload = buf, maxUp }()
+					for bm.Loop() {
+						if dir == "up" {
+							err = b.UploadI32(x, host)
+							if err == nil {
+								err = b.Sync()
+							}
+						} else {
+							err = b.DownloadI32(host, x)
+						}
+						if err != nil {
+							bm.Fatal(err)
+						}
+					}
+				})
+			}
+		}
+		b.Free(x)
 	}
 }
