@@ -154,7 +154,7 @@ const (
 type op struct {
 	kind          opKind
 	coop          bool // a cooperative launch (all blocks resident)
-	pdl           bool // launched with programmatic dependent launch (stepState.tailPDL)
+	pdl           bool // launched with programmatic dependent launch (after a decode step; see stepState)
 	traceOff      int
 	fn            uintptr
 	grid, block   [3]uint32

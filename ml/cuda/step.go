@@ -38,12 +38,12 @@ type stepState struct {
 	syncMode int    // benchmarks: the grid barrier's variant (StepArgs.syncMode)
 	syncSet  bool   // syncMode was set (else stepSyncMode)
 	refused  bool   // a cooperative launch was refused (see launchAll): decline from now on
-	// tailPDL launches the kernels recorded after a decode step in the
-	// same flush (the lm_head GEMV, argmax) with programmatic dependent
-	// launch, so that each starts as its predecessor's blocks exit (the
-	// lm_head streaming its weights) instead of after a drain and launch.
-	// noTailPDL turns it off (benchmarks); recorded marks a step recorded
-	// since the last flush.
+	// The kernels recorded after a decode step in the same flush (the
+	// lm_head GEMV, argmax) launch with programmatic dependent launch, so
+	// that each starts as its predecessor's blocks exit (the lm_head
+	// streaming its weights) instead of after a drain and launch.
+	// noTailPDL turns that off (benchmarks); recorded marks a step
+	// recorded since the last flush.
 	noTailPDL, recorded bool
 }
 
