@@ -1182,6 +1182,25 @@ __device__ __forceinline__ void dgemvFinish(const DArgs& a, float (&acc0)[M], fl
   }
 }
 
+// dgemvFirstLoads issues a task's first batch of weight loads (rows w0, w1;
+// the second batch too with DB), when ok.
+template <int U, int S, bool DB>
+__device__ __forceinline__ void dgemvFirstLoads(const bf16* w0, const bf16* w1, bool ok, int v0, int nvec, uint4 (&ca)[U],
+                                                uint4 (&cb)[U], uint4 (&na)[U], uint4 (&nb)[U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int v = v0 + u * S, vn = v + U * S;
+    if (ok && v < nvec) {
+      ca[u] = ldw16(w0 + v * 8);
+      cb[u] = ldw16(w1 + v * 8);
+    }
+    if (DB && ok && vn < nvec) {
+      na[u] = ldw16(w0 + vn * 8);
+      nb[u] = ldw16(w1 + vn * 8);
+    }
+  }
+}
+
 // dgemv runs the block's tasks blk, blk+stride, ... below tasks (a task is
 // 8/KS pairs of rows; the kernels run one task per block). The first two
 // batches of a task's weight loads (one in the decode-step kernel) are
@@ -1207,18 +1226,7 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
   const bf16* w1 = a.w + (long long)(ok ? r1 : 0) * K;
 
   uint4 ca[U], cb[U], na[U], nb[U];
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int v = v0 + u * S, vn = v + U * S;
-    if (ok && v < nvec) {
-      ca[u] = ldw16(w0 + v * 8);
-      cb[u] = ldw16(w1 + v * 8);
-    }
-    if (DB && ok && vn < nvec) {
-      na[u] = ldw16(w0 + vn * 8);
-      nb[u] = ldw16(w1 + vn * 8);
-    }
-  }
+  dgemvFirstLoads<U, S, DB>(w0, w1, ok, v0, nvec, ca, cb, na, nb);
   if (STEP) {
     if (bar) gridWait(bar);
   } else {
@@ -1267,20 +1275,8 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
       int nP;
       dgemvRows<EPI>(a, np, nP, nr0, nr1);
       nok = np < nP;
-      const bf16* x0 = a.w + (long long)(nok ? nr0 : 0) * K;
-      const bf16* x1 = a.w + (long long)(nok ? nr1 : 0) * K;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int v = v0 + u * S, vn = v + U * S;
-        if (nok && v < nvec) {
-          ca[u] = ldw16(x0 + v * 8);
-          cb[u] = ldw16(x1 + v * 8);
-        }
-        if (DB && nok && vn < nvec) {
-          na[u] = ldw16(x0 + vn * 8);
-          nb[u] = ldw16(x1 + vn * 8);
-        }
-      }
+      dgemvFirstLoads<U, S, DB>(a.w + (long long)(nok ? nr0 : 0) * K, a.w + (long long)(nok ? nr1 : 0) * K, nok, v0,
+                                nvec, ca, cb, na, nb);
     }
     dgemvFinish<M, EPI, KS>(a, acc0, acc1, ss, ok, p, r0, r1, tn, more);
     if (!more) return;
