@@ -103,6 +103,16 @@ type DecoderLayer struct {
 	QKVBias, OBias, GateUpBias, DownBias Tensor
 }
 
+// ActivationDTyper is implemented by backends that compute activations in
+// a dtype other than the weights': the CPU upcasts bf16/f16 weights and
+// computes in f32. A KV cache of dtype "auto" takes the activations' dtype,
+// so that keys and values are not rounded further than the activations
+// they come from (rounding them to bf16 alone moves the logits of the tiny
+// test checkpoints by up to 0.3).
+type ActivationDTyper interface {
+	ActivationDType(weights DType) DType
+}
+
 // Backend creates tensors and runs ops on them.
 type Backend interface {
 	Name() string

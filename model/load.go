@@ -85,6 +85,7 @@ type resolved struct {
 	ckpt     ml.DType // dtype of the checkpoint's tensors (dummy: generated in)
 	compute  ml.DType // --dtype: storage of the matmul weights before quantization
 	store    ml.DType // storage of matmul weights: compute, or I8
+	kvAuto   bool     // --kv-cache-dtype auto: the backend's activation dtype
 	kv       ml.DType
 	quantize bool
 }
@@ -130,7 +131,7 @@ func resolveOptions(cfg *Config, o LoadOptions) (resolved, error) {
 	}
 	switch strings.ToLower(o.KVCacheDType) {
 	case "", "auto":
-		r.kv = r.compute
+		r.kv, r.kvAuto = r.compute, true
 	default:
 		if r.kv, err = ParseDType(o.KVCacheDType); err != nil {
 			return r, fmt.Errorf("%w: --kv-cache-dtype %q (supported: auto, float32, bfloat16, float16)", ErrBadOption, o.KVCacheDType)
@@ -179,6 +180,12 @@ func Load(path string, opts LoadOptions) (Model, error) {
 		be = cpu.New(cpu.Options{Logger: log})
 	}
 	w.Backend = be
+	if r.kvAuto {
+		if a, ok := be.(ml.ActivationDTyper); ok {
+			w.KVDType = a.ActivationDType(r.compute)
+			r.kv = w.KVDType
+		}
+	}
 	log.Info("loading model", "path", path, "arch", arch, "format", r.format,
 		"dtype", r.compute, "weights", r.store, "kv_cache_dtype", r.kv, "backend", be.Name())
 	m, err := factory(cfg, w)

@@ -66,6 +66,10 @@ func New(o Options) *Backend {
 // Name is "cpu".
 func (b *Backend) Name() string { return "cpu" }
 
+// ActivationDType implements ml.ActivationDTyper: the CPU computes in f32
+// whatever the weights' dtype.
+func (b *Backend) ActivationDType(ml.DType) ml.DType { return ml.F32 }
+
 // Threads is the number of workers.
 func (b *Backend) Threads() int { return b.pool.n }
 

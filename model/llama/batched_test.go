@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
 )
 
@@ -22,7 +23,8 @@ func TestBatchedEqualsSingle(t *testing.T) {
 		opts model.LoadOptions
 	}{
 		{"qwen2-tiny", model.LoadOptions{}},
-		{"llama3-tiny-bf16", model.LoadOptions{}}, // bf16 KV
+		{"llama3-tiny-bf16", model.LoadOptions{}}, // f32 KV (auto on the CPU)
+		{"llama3-tiny-bf16", model.LoadOptions{KVCacheDType: "bfloat16"}},
 		{"llama3-tiny-bf16", model.LoadOptions{KVCacheDType: "float32", Quantization: "int8"}},
 		{"qwen2-tiny", model.LoadOptions{DType: "float16", KVCacheDType: "float16"}},
 	}
@@ -32,7 +34,15 @@ func TestBatchedEqualsSingle(t *testing.T) {
 			single := load(t, dir, c.opts)
 			batched := load(t, dir, c.opts)
 			r := rand.New(rand.NewPCG(7, uint64(ci)))
-			runMixed(t, r, single, batched)
+			// Batched and single steps may sum in another order; a 16-bit KV
+			// cache can turn that f32 noise into a one-ulp rounding flip of a
+			// key or value, which moves a logit by up to ~1e-2 (see
+			// TestBF16KVMatchesReference). A wrong slot or block is far off.
+			tol := 1e-5
+			if single.KVDType() != ml.F32 {
+				tol = 2e-2
+			}
+			runMixed(t, r, single, batched, tol)
 		})
 	}
 }
@@ -47,7 +57,7 @@ type mixedSeq struct {
 	checked int
 }
 
-func runMixed(t *testing.T, r *rand.Rand, single, batched *Model) {
+func runMixed(t *testing.T, r *rand.Rand, single, batched *Model, tol float64) {
 	t.Helper()
 	const blockSize, numBlocks = 4, 96
 	V := single.cfg.VocabSize
@@ -132,7 +142,7 @@ func runMixed(t *testing.T, r *rand.Rand, single, batched *Model) {
 			}
 			pos := b.Positions[li]
 			got := logits[i*V : (i+1)*V]
-			if d := maxDiff32(got, s.want[pos]); d > 1e-5 {
+			if d := maxDiff32(got, s.want[pos]); d > tol {
 				t.Errorf("step %d: sequence of prompt %d, position %d: logits differ by %.3g", step, s.prompt, pos, d)
 			}
 			s.checked++

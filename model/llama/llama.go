@@ -13,7 +13,6 @@ import (
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
-	"github.com/llmserve/llmserve/weights"
 )
 
 func init() {
@@ -193,7 +192,7 @@ func New(cfg *model.Config, w *model.Weights) (_ model.Model, err error) {
 	if err != nil {
 		return nil, err
 	}
-	inv := roundInvFreq(cfg.InvFreq(), w.Compute)
+	inv := cfg.InvFreq()
 	if m.invFreq, err = m.be.NewTensor(ml.F32, 1, len(inv)); err != nil {
 		return nil, err
 	}
@@ -224,21 +223,6 @@ func New(cfg *model.Config, w *model.Weights) (_ model.Model, err error) {
 	w.Logger.Info("model loaded", "arch", cfg.Arch(), "layers", len(m.layers), "hidden", H,
 		"heads", m.nh, "kv_heads", m.nkv, "head_dim", m.hd, "weight_bytes", m.weightBytes)
 	return m, nil
-}
-
-// roundInvFreq rounds the RoPE frequencies to a 16-bit model dtype, as
-// transformers does: its inv_freq buffer is cast with the model, so a bf16
-// model rotates by bf16 frequencies (the golden logits depend on it).
-func roundInvFreq(inv []float32, dt ml.DType) []float32 {
-	for i, f := range inv {
-		switch dt {
-		case ml.BF16:
-			inv[i] = weights.BF16ToF32(weights.F32ToBF16(f))
-		case ml.F16:
-			inv[i] = weights.F16ToF32(weights.F32ToF16(f))
-		}
-	}
-	return inv
 }
 
 // fused loads two same-shaped tensors as one [rows, cols] tensor, a's rows

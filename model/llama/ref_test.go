@@ -102,7 +102,7 @@ func (r *refModel) forward(tokens []int32) [][]float64 {
 	nh, nkv, hd := c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim
 	eps := c.RMSNormEps
 	qkvBias := c.Arch() == "Qwen2ForCausalLM" || c.AttentionBias
-	inv := roundInvFreq(c.InvFreq(), r.dtype)
+	inv := c.InvFreq()
 
 	emb := r.w("model.embed_tokens.weight")
 	h := make([]float64, T*H)
