@@ -116,12 +116,12 @@ func TestBF16KVMatchesReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := loadRef(t, dir)
-	ref.kvDType = ml.BF16
+	ref.KVDType = ml.BF16
 	tokens := append([]int32(nil), g.PromptIDs...)
 	for _, st := range g.Greedy[:len(g.Greedy)-1] {
 		tokens = append(tokens, st.Token)
 	}
-	want := ref.forward(tokens)
+	want := ref.Forward(tokens)
 
 	seq := &seqRun{blocks: []int32{9, 2, 14, 5, 0, 11, 7, 3}}
 	rows := seq.step(t, m, g.PromptIDs)

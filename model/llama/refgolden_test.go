@@ -17,7 +17,7 @@ func TestReferenceMatchesGolden(t *testing.T) {
 			dir := filepath.Join(td, "models", name)
 			g := shareddata.ReadModelGolden(t, dir)
 			r := loadRef(t, dir)
-			got := r.forward(g.PromptIDs)
+			got := r.Forward(g.PromptIDs)
 			for p, want := range g.PromptLogits {
 				worst := 0.0
 				for i := range want {

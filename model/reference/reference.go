@@ -1,0 +1,217 @@
+// Package reference is a naive float64 forward pass of the decoder-only
+// architectures, written straight from the transformers modeling code and
+// independent of the ml backends: the oracle that fast paths are checked
+// against beyond the golden files (long contexts, batches the goldens do
+// not cover). It is slow by design and used only by tests.
+package reference
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/llmserve/llmserve/ml"
+	"github.com/llmserve/llmserve/ml/mltest"
+	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/weights"
+)
+
+// Model holds a checkpoint's config and every tensor upcast to float64.
+type Model struct {
+	Config *model.Config
+	// KVDType rounds keys and values as a KV cache of that dtype stores
+	// them (F32, the default, leaves them as computed).
+	KVDType ml.DType
+	tensors map[string][]float64
+}
+
+// Load reads a Hugging Face checkpoint directory (config.json and
+// safetensors).
+func Load(dir string) (*Model, error) {
+	cfg, err := model.ReadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	src, err := weights.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	r := &Model{Config: cfg, tensors: map[string][]float64{}}
+	for _, name := range src.Names() {
+		x, err := src.Tensor(name)
+		if err != nil {
+			return nil, err
+		}
+		f := x.ToF32()
+		v := make([]float64, len(f))
+		for i := range f {
+			v[i] = float64(f[i])
+		}
+		r.tensors[name] = v
+	}
+	return r, nil
+}
+
+func (r *Model) w(name string) []float64 {
+	v, ok := r.tensors[name]
+	if !ok {
+		panic("reference: missing tensor " + name)
+	}
+	return v
+}
+
+// opt is a tensor the checkpoint may lack (biases), nil then.
+func (r *Model) opt(name string) []float64 { return r.tensors[name] }
+
+// Linear returns x[T,K]·w[N,K]ᵀ + b (b may be nil).
+func Linear(x []float64, T, K int, w, b []float64) []float64 {
+	N := len(w) / K
+	out := make([]float64, T*N)
+	for t := range T {
+		xr := x[t*K : (t+1)*K]
+		for n := range N {
+			wr := w[n*K : (n+1)*K]
+			var s float64
+			for k, xv := range xr {
+				s += xv * wr[k]
+			}
+			if b != nil {
+				s += b[n]
+			}
+			out[t*N+n] = s
+		}
+	}
+	return out
+}
+
+// RMSNorm normalizes each of the T rows of D values and scales by w.
+func RMSNorm(x []float64, T, D int, w []float64, eps float64) []float64 {
+	out := make([]float64, len(x))
+	for t := range T {
+		var ss float64
+		for _, v := range x[t*D : (t+1)*D] {
+			ss += v * v
+		}
+		inv := 1 / math.Sqrt(ss/float64(D)+eps)
+		for d := range D {
+			out[t*D+d] = x[t*D+d] * inv * w[d]
+		}
+	}
+	return out
+}
+
+// Forward returns the logits of every position of tokens (one sequence
+// from position 0).
+func (r *Model) Forward(tokens []int32) [][]float64 {
+	c := r.Config
+	T, H, I, V := len(tokens), c.HiddenSize, c.IntermediateSize, c.VocabSize
+	nh, nkv, hd := c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim
+	eps := c.RMSNormEps
+	qkvBias := c.Arch() == "Qwen2ForCausalLM" || c.AttentionBias
+	// transformers keeps inv_freq in float32 whatever the model's dtype and
+	// forms the angles in float32; the angle here is formed in float64 from
+	// the same float32 frequencies (the CPU backend does the same).
+	inv := c.InvFreq()
+
+	emb := r.w("model.embed_tokens.weight")
+	h := make([]float64, T*H)
+	for t, tok := range tokens {
+		copy(h[t*H:], emb[int(tok)*H:int(tok+1)*H])
+	}
+	half := hd / 2
+	cos, sin := make([]float64, T*half), make([]float64, T*half)
+	for t := range T {
+		for i := range half {
+			cos[t*half+i], sin[t*half+i] = math.Cos(float64(t)*float64(inv[i])), math.Sin(float64(t)*float64(inv[i]))
+		}
+	}
+	rope := func(x []float64, heads int) {
+		for t := range T {
+			cs, sn := cos[t*half:(t+1)*half], sin[t*half:(t+1)*half]
+			for hh := range heads {
+				base := (t*heads + hh) * hd
+				for i := range half {
+					x1, x2 := x[base+i], x[base+half+i]
+					x[base+i] = x1*cs[i] - x2*sn[i]
+					x[base+half+i] = x2*cs[i] + x1*sn[i]
+				}
+			}
+		}
+	}
+	scale := 1 / math.Sqrt(float64(hd))
+	for l := range c.NumHiddenLayers {
+		p := fmt.Sprintf("model.layers.%d.", l)
+		xn := RMSNorm(h, T, H, r.w(p+"input_layernorm.weight"), eps)
+		var qb, kb, vb []float64
+		if qkvBias {
+			qb, kb, vb = r.w(p+"self_attn.q_proj.bias"), r.w(p+"self_attn.k_proj.bias"), r.w(p+"self_attn.v_proj.bias")
+		}
+		q := Linear(xn, T, H, r.w(p+"self_attn.q_proj.weight"), qb)
+		k := Linear(xn, T, H, r.w(p+"self_attn.k_proj.weight"), kb)
+		v := Linear(xn, T, H, r.w(p+"self_attn.v_proj.weight"), vb)
+		rope(q, nh)
+		rope(k, nkv)
+		if r.KVDType != ml.F32 {
+			for i := range k {
+				k[i] = float64(mltest.Round(r.KVDType, float32(k[i])))
+				v[i] = float64(mltest.Round(r.KVDType, float32(v[i])))
+			}
+		}
+		att := make([]float64, T*nh*hd)
+		sc := make([]float64, T)
+		for t := range T {
+			for hh := range nh {
+				g := hh / (nh / nkv)
+				qr := q[(t*nh+hh)*hd : (t*nh+hh+1)*hd]
+				mx := math.Inf(-1)
+				for j := 0; j <= t; j++ {
+					kr := k[(j*nkv+g)*hd : (j*nkv+g+1)*hd]
+					var s float64
+					for d, qv := range qr {
+						s += qv * kr[d]
+					}
+					sc[j] = s * scale
+					mx = math.Max(mx, sc[j])
+				}
+				var sum float64
+				for j := 0; j <= t; j++ {
+					sc[j] = math.Exp(sc[j] - mx)
+					sum += sc[j]
+				}
+				out := att[(t*nh+hh)*hd : (t*nh+hh+1)*hd]
+				for j := 0; j <= t; j++ {
+					wgt := sc[j] / sum
+					vr := v[(j*nkv+g)*hd : (j*nkv+g+1)*hd]
+					for d, vv := range vr {
+						out[d] += wgt * vv
+					}
+				}
+			}
+		}
+		o := Linear(att, T, nh*hd, r.w(p+"self_attn.o_proj.weight"), r.opt(p+"self_attn.o_proj.bias"))
+		for i := range h {
+			h[i] += o[i]
+		}
+		xn = RMSNorm(h, T, H, r.w(p+"post_attention_layernorm.weight"), eps)
+		gate := Linear(xn, T, H, r.w(p+"mlp.gate_proj.weight"), r.opt(p+"mlp.gate_proj.bias"))
+		up := Linear(xn, T, H, r.w(p+"mlp.up_proj.weight"), r.opt(p+"mlp.up_proj.bias"))
+		for i := range gate {
+			gate[i] = gate[i] / (1 + math.Exp(-gate[i])) * up[i]
+		}
+		d := Linear(gate, T, I, r.w(p+"mlp.down_proj.weight"), r.opt(p+"mlp.down_proj.bias"))
+		for i := range h {
+			h[i] += d[i]
+		}
+	}
+	xn := RMSNorm(h, T, H, r.w("model.norm.weight"), eps)
+	head := r.opt("lm_head.weight")
+	if c.TieWordEmbeddings || head == nil {
+		head = emb
+	}
+	lg := Linear(xn, T, H, head, nil)
+	out := make([][]float64, T)
+	for t := range out {
+		out[t] = lg[t*V : (t+1)*V]
+	}
+	return out
+}
