@@ -6,8 +6,11 @@
 package reference
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/mltest"
@@ -214,4 +217,45 @@ func (r *Model) Forward(tokens []int32) [][]float64 {
 		out[t] = lg[t*V : (t+1)*V]
 	}
 	return out
+}
+
+// Rewrite copies the checkpoint in src to dst with every floating-point
+// tensor converted to dt (rounded to nearest even) and config.json
+// declaring dt and maxPositions positions: the long-context tests run the
+// tiny checkpoints as bf16 models at 4,096 tokens.
+func Rewrite(src, dst string, dt ml.DType, maxPositions int) error {
+	raw, err := os.ReadFile(filepath.Join(src, "config.json"))
+	if err != nil {
+		return err
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return err
+	}
+	delete(cfg, "torch_dtype")
+	cfg["dtype"] = dt.String()
+	cfg["max_position_embeddings"] = maxPositions
+	if raw, err = json.MarshalIndent(cfg, "", "  "); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dst, "config.json"), raw, 0o644); err != nil {
+		return err
+	}
+	in, err := weights.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	var out []*weights.Tensor
+	for _, name := range in.Names() {
+		x, err := in.Tensor(name)
+		if err != nil {
+			return err
+		}
+		f := x.ToF32()
+		data := make([]byte, len(f)*dt.Size())
+		weights.ConvertFromF32(data, f, dt)
+		out = append(out, &weights.Tensor{Name: name, DType: dt, Shape: x.Shape, Data: data})
+	}
+	return weights.WriteFile(filepath.Join(dst, "model.safetensors"), out, map[string]string{"format": "pt"})
 }
