@@ -386,6 +386,16 @@ func kernelNames() []string {
 // Name implements ml.Backend.
 func (b *Backend) Name() string { return "cuda" }
 
+// ActivationDType implements ml.ActivationDTyper: bf16/f16 models compute
+// with activations in their dtype (rounded for the tensor-core GEMMs)
+// unless ExactActivations keeps them in f32.
+func (b *Backend) ActivationDType(weights ml.DType) ml.DType {
+	if b.opts.ExactActivations {
+		return ml.F32
+	}
+	return weights
+}
+
 // DeviceName is the GPU's name (e.g. "NVIDIA H100 80GB HBM3").
 func (b *Backend) DeviceName() string { return b.dev.name }
 

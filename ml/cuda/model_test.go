@@ -16,6 +16,7 @@ import (
 	"github.com/llmserve/llmserve/ml/cuda"
 	"github.com/llmserve/llmserve/model"
 	_ "github.com/llmserve/llmserve/model/llama" // registers Llama and Qwen2
+	"github.com/llmserve/llmserve/model/reference"
 )
 
 func gpu(t testing.TB, o cuda.Options) *cuda.Backend {
@@ -108,17 +109,18 @@ var scattered = func() []int32 {
 // TestModelGolden: whole-model logits on the tiny checkpoints (f32 KV)
 // against transformers' float64 golden, prompt positions and a
 // teacher-forced greedy continuation. Exact mode (f32 activations) must meet
-// the CPU model's 1e-3. The fast path rounds activations to bf16 for cuBLAS;
-// the untrained llama3-tiny amplifies that (as it does bf16 KV rounding) to
-// ~0.3 on logits of magnitude ~10, so there it is only bounded loosely and
-// its clear greedy steps checked.
+// the CPU model's 1e-3 on logits. The fast path rounds activations to bf16
+// for the tensor cores; it must keep logprobs within 0.15 and pick the
+// golden token wherever the top-two margin exceeds 0.3 (the numerics
+// issue's bar for bf16 compute).
 func TestModelGolden(t *testing.T) {
 	td := shareddata.Dir(t)
 	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16"} {
 		for _, exact := range []bool{true, false} {
-			tol := 1e-3
-			if !exact && name == "llama3-tiny-bf16" {
-				tol = 0.6
+			tol, margin := 1e-3, 2e-3
+			diff := maxDiff
+			if !exact {
+				tol, margin, diff = 0.15, 0.3, reference.LogprobDiff
 			}
 			t.Run(fmt.Sprintf("%s/exact=%v", name, exact), func(t *testing.T) {
 				dir := filepath.Join(td, "models", name)
@@ -134,11 +136,11 @@ func TestModelGolden(t *testing.T) {
 				rows := s.step(t, g.PromptIDs)
 				worst := 0.0
 				for p, want := range g.PromptLogits {
-					worst = math.Max(worst, maxDiff(rows[p], want))
+					worst = math.Max(worst, diff(rows[p], want))
 				}
-				t.Logf("prompt logits: max |diff| vs golden %.3g (tol %.0e)", worst, tol)
+				t.Logf("prompt: max |diff| vs golden %.3g (tol %.0e)", worst, tol)
 				if worst > tol {
-					t.Errorf("prompt logits differ from golden by %.3g > %.0e", worst, tol)
+					t.Errorf("prompt differs from golden by %.3g > %.0e", worst, tol)
 				}
 				last := rows[len(rows)-1]
 				worst = 0
@@ -146,14 +148,14 @@ func TestModelGolden(t *testing.T) {
 					if i > 0 {
 						last = s.step(t, []int32{g.Greedy[i-1].Token})[0]
 					}
-					worst = math.Max(worst, maxDiff(last, st.Logits))
-					if got := argmax(last); got != st.Token && st.Margin > 2*tol {
+					worst = math.Max(worst, diff(last, st.Logits))
+					if got := argmax(last); got != st.Token && st.Margin > margin {
 						t.Errorf("greedy step %d: token %d, want %d (margin %.4f)", i, got, st.Token, st.Margin)
 					}
 				}
-				t.Logf("greedy logits: max |diff| vs golden %.3g", worst)
+				t.Logf("greedy: max |diff| vs golden %.3g", worst)
 				if worst > tol {
-					t.Errorf("greedy logits differ from golden by %.3g > %.0e", worst, tol)
+					t.Errorf("greedy steps differ from golden by %.3g > %.0e", worst, tol)
 				}
 			})
 		}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/model/reference"
 )
 
 var tinyModels = []string{"qwen2-tiny", "llama3-tiny-bf16"}
@@ -85,31 +86,5 @@ func maxDiff32(a, b []float32) float64 {
 	return worst
 }
 
-// logprobDiff is the largest difference between the log-softmax of got and
-// of want (logprobs, what a client sees, ignore a shift of all logits).
-func logprobDiff(got []float32, want []float64) float64 {
-	g := make([]float64, len(got))
-	for i, v := range got {
-		g[i] = float64(v)
-	}
-	lg, lw := logSumExp(g), logSumExp(want)
-	worst := 0.0
-	for i := range g {
-		if d := math.Abs((g[i] - lg) - (want[i] - lw)); d > worst || d != d {
-			worst = d
-		}
-	}
-	return worst
-}
-
-func logSumExp(x []float64) float64 {
-	mx := math.Inf(-1)
-	for _, v := range x {
-		mx = math.Max(mx, v)
-	}
-	var s float64
-	for _, v := range x {
-		s += math.Exp(v - mx)
-	}
-	return mx + math.Log(s)
-}
+// logprobDiff is reference.LogprobDiff.
+func logprobDiff(got []float32, want []float64) float64 { return reference.LogprobDiff(got, want) }

@@ -259,3 +259,33 @@ func Rewrite(src, dst string, dt ml.DType, maxPositions int) error {
 	}
 	return weights.WriteFile(filepath.Join(dst, "model.safetensors"), out, map[string]string{"format": "pt"})
 }
+
+// LogprobDiff is the largest difference between the log-softmax of got and
+// of want: logprobs, what a client sees, are blind to a shift of all
+// logits.
+func LogprobDiff(got []float32, want []float64) float64 {
+	g := make([]float64, len(got))
+	for i, v := range got {
+		g[i] = float64(v)
+	}
+	lg, lw := logSumExp(g), logSumExp(want)
+	worst := 0.0
+	for i := range g {
+		if d := math.Abs((g[i] - lg) - (want[i] - lw)); d > worst || d != d {
+			worst = d
+		}
+	}
+	return worst
+}
+
+func logSumExp(x []float64) float64 {
+	mx := math.Inf(-1)
+	for _, v := range x {
+		mx = math.Max(mx, v)
+	}
+	var s float64
+	for _, v := range x {
+		s += math.Exp(v - mx)
+	}
+	return mx + math.Log(s)
+}
