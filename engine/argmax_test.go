@@ -120,3 +120,62 @@ func TestDeviceArgmaxParams(t *testing.T) {
 		})
 	}
 }
+
+// scriptMatcher allows exactly its script, token by token.
+type scriptMatcher struct {
+	script []int
+	pos    int
+}
+
+func (m *scriptMatcher) FillMask(allowed []uint64) {
+	clear(allowed)
+	if m.pos < len(m.script) {
+		t := m.script[m.pos]
+		allowed[t>>6] |= 1 << (t & 63)
+	}
+}
+
+func (m *scriptMatcher) Accept(tok int) error {
+	if m.pos >= len(m.script) || m.script[m.pos] != tok {
+		return fmt.Errorf("token %d not allowed at %d", tok, m.pos)
+	}
+	m.pos++
+	return nil
+}
+
+func (m *scriptMatcher) CanEnd() bool { return m.pos == len(m.script) }
+
+// TestProcessorsOverrideDeviceArgmax: a greedy request with a grammar-like
+// processor is sampled on the host (its rows are not reduced on the
+// device), every sequence of it follows the processor and ends with EOS
+// once the processor allows it, while a plain greedy request beside it
+// keeps the device path.
+func TestProcessorsOverrideDeviceArgmax(t *testing.T) {
+	const eos = 3
+	opts := fakeOpts()
+	opts.EOSTokenIDs = []int{eos}
+	a := &argmaxFake{fakeModel: newFake(fakeVocab)}
+	e, _ := startEngine(t, a, opts)
+	script := []int{17, 5, 29, 5, 11}
+	p := greedyParams(40)
+	p.N = 2
+	p.Processors = func() []sample.LogitsProcessor {
+		return []sample.LogitsProcessor{sample.NewMaskProcessor(&scriptMatcher{script: script}, fakeVocab, opts.EOSTokenIDs, nil)}
+	}
+	plain := greedyParams(8)
+	plain.IgnoreEOS = true
+	constrained := submit(t, e, context.Background(), &Request{PromptIDs: prompt(9, 4), Params: p})
+	free := submit(t, e, context.Background(), &Request{PromptIDs: prompt(7, 5), Params: plain})
+	for i, r := range collect(t, constrained, 2) {
+		want := append(append([]int(nil), script...), eos)
+		if !slices.Equal(r.tokens, want) || r.finish != FinishStop {
+			t.Errorf("constrained seq %d: %v (%s), want %v (stop)", i, r.tokens, r.finish, want)
+		}
+	}
+	if r := collect(t, free, 1)[0]; len(r.tokens) != 8 {
+		t.Errorf("plain request: %d tokens, want 8", len(r.tokens))
+	}
+	if g, n := a.greedyRows.Load(), a.rows.Load(); g == 0 || g == n {
+		t.Errorf("%d of %d rows reduced on the device: want the plain request's only", g, n)
+	}
+}

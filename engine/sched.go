@@ -169,12 +169,13 @@ func (e *Local) buildBatch() {
 
 // deviceGreedy reports whether s's next token is plainly the argmax of its
 // logits, so the device can pick it: greedy with none of the logits
-// processing sample.Sampler.Sample would apply (penalties, logit_bias,
-// min_tokens masking of stop tokens), no logprobs to return, and no
+// processing sample.Sampler.Sample would apply (the request's processors
+// such as grammar masks, penalties, logit_bias, min_tokens masking of stop
+// tokens), no logprobs to return, and no
 // children to fork from the same row.
 func (e *Local) deviceGreedy(s *sequence) bool {
 	p := &s.req.params
-	if !p.Greedy() || p.Logprobs >= 0 || s.pendingChildren > 0 || len(p.LogitBias) != 0 ||
+	if !p.Greedy() || p.Logprobs >= 0 || s.pendingChildren > 0 || len(p.LogitBias) != 0 || p.Processors != nil ||
 		p.PresencePenalty != 0 || p.FrequencyPenalty != 0 || p.RepetitionPenalty != 1 {
 		return false
 	}

@@ -21,6 +21,9 @@ type Params struct {
 	IgnoreEOS         bool
 	Logprobs          int // -1 = none; else number of top logprobs returned with each sampled token (0 = only the sampled token's)
 	SkipSpecialTokens bool
+	// Processors, when set, builds the logits processors of one sequence
+	// (a request with n > 1 calls it once per sequence: they keep state).
+	Processors func() []LogitsProcessor
 }
 
 // Defaults returns OpenAI's defaults.

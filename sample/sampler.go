@@ -96,6 +96,7 @@ type State struct {
 	numOut  int
 	counts  map[int32]int32    // output token counts (frequency/presence penalties)
 	seen    map[int32]struct{} // prompt and output tokens (repetition penalty)
+	procs   []LogitsProcessor
 }
 
 // NewState makes a sequence's state. p must stay unchanged while the state
@@ -103,6 +104,9 @@ type State struct {
 // p.IgnoreEOS).
 func NewState(p *Params, seed uint64, promptIDs, eosIDs []int) *State {
 	st := &State{p: p, greedy: p.Greedy()}
+	if p.Processors != nil {
+		st.procs = p.Processors()
+	}
 	st.rng.Seed(seed, seed^0x9e3779b97f4a7c15)
 	if p.MinTokens > 0 {
 		st.stopIDs = append(st.stopIDs, p.StopTokenIDs...)
@@ -124,6 +128,9 @@ func NewState(p *Params, seed uint64, promptIDs, eosIDs []int) *State {
 
 // Accept records a token the sequence produced.
 func (st *State) Accept(tok int) {
+	for _, pr := range st.procs {
+		pr.Accept(tok)
+	}
 	st.numOut++
 	if st.counts != nil {
 		st.counts[int32(tok)]++
@@ -138,7 +145,7 @@ func (st *State) NumOutput() int { return st.numOut }
 
 // processes reports whether the logits are changed before sampling.
 func (st *State) processes() bool {
-	return len(st.p.LogitBias) != 0 || st.counts != nil || st.seen != nil ||
+	return len(st.procs) != 0 || len(st.p.LogitBias) != 0 || st.counts != nil || st.seen != nil ||
 		(st.numOut < st.p.MinTokens && len(st.stopIDs) != 0)
 }
 
@@ -161,8 +168,8 @@ func NewSampler(vocab int) *Sampler {
 }
 
 // Sample picks the next token of st's sequence from its model logits
-// (len vocab), which are left unchanged: vLLM's order, logits processors
-// (min_tokens, logit_bias), penalties (repetition, frequency, presence),
+// (len vocab), which are left unchanged: vLLM's order, the request's own
+// processors (grammar masks), logits processors (min_tokens, logit_bias), penalties (repetition, frequency, presence),
 // then argmax when greedy, else temperature, min_p, top_k, top_p and a draw
 // from st's RNG.
 func (s *Sampler) Sample(st *State, logits []float32) int {
@@ -254,6 +261,9 @@ func expNeg(x float32) float32 {
 // process applies the logits processors and penalties in place.
 func (s *Sampler) process(st *State, w []float32) {
 	p := st.p
+	for _, pr := range st.procs {
+		pr.Process(w)
+	}
 	if st.numOut < p.MinTokens {
 		for _, t := range st.stopIDs {
 			if t >= 0 && t < len(w) {
