@@ -161,6 +161,7 @@ type attentionTask struct {
 	heads, kvHeads int
 	hd             int
 	scale          float32
+	window         int
 	scratch        []attnScratch
 }
 
@@ -255,7 +256,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	}
 	a.dst, a.q, a.kc, a.layer = d, qt, kc, layer
 	a.tokSeq, a.pos, a.bt, a.maxBlocks = tokSeq, pos, bt, MB
-	a.heads, a.kvHeads, a.hd, a.scale = H, G, hd, meta.Scale
+	a.heads, a.kvHeads, a.hd, a.scale, a.window = H, G, hd, meta.Scale, meta.Window
 	b.pool.runSerialOr(a, T*G, T*G > 1)
 	a.dst, a.q, a.kc, a.tokSeq, a.pos, a.bt = nil, nil, nil, nil, nil, nil
 	return nil
@@ -281,6 +282,13 @@ func (a *attentionTask) head(t, g int, sc *attnScratch) {
 	kc, hd, group, bs := a.kc, a.hd, a.heads/a.kvHeads, a.kc.blockSize
 	n := int(a.pos[t]) + 1
 	nb := (n + bs - 1) / bs
+	// A sliding window skips the blocks before it and masks the slots
+	// before it in its first block.
+	start := 0
+	if a.window > 0 {
+		start = max(0, n-a.window)
+	}
+	b0 := start / bs
 	table := a.bt[int(a.tokSeq[t])*a.maxBlocks:]
 	out := a.dst.f32[t*a.dst.cols+g*group*hd : t*a.dst.cols+(g+1)*group*hd]
 	kf, vf := layerOf(kc.kf, a.layer), layerOf(kc.vf, a.layer)
@@ -294,22 +302,30 @@ func (a *attentionTask) head(t, g int, sc *attnScratch) {
 	// Scores, block by block: [block][head][slot].
 	blockBase := func(b int) int { return (int(table[b])*kc.kvHeads + g) * bs * hd }
 	scores := sc.scores[:nb*group*bs]
-	for b := range nb {
+	for b := b0; b < nb; b++ {
 		valid := min(bs, n-b*bs)
 		a.gemm(scores[b*group*bs:], bs, q, kf, ku, blockBase(b), group, valid, hd)
+	}
+	if skip := start - b0*bs; skip > 0 {
+		for h := range group {
+			row := scores[b0*group*bs+h*bs:]
+			for j := range skip {
+				row[j] = float32(math.Inf(-1))
+			}
+		}
 	}
 	// Softmax per head over its n scores.
 	var inv [maxGroup]float32
 	for h := range group {
 		mx := float32(math.Inf(-1))
-		for b := range nb {
+		for b := b0; b < nb; b++ {
 			row := scores[b*group*bs+h*bs : b*group*bs+h*bs+min(bs, n-b*bs)]
 			for _, v := range row {
 				mx = max(mx, v)
 			}
 		}
 		var sum float32
-		for b := range nb {
+		for b := b0; b < nb; b++ {
 			row := scores[b*group*bs+h*bs : b*group*bs+h*bs+min(bs, n-b*bs)]
 			for j, v := range row {
 				e := expf(v - mx)
@@ -321,7 +337,7 @@ func (a *attentionTask) head(t, g int, sc *attnScratch) {
 			inv[h] = 1 / sum
 		} else {
 			// Larger groups than any model has: normalise the scores now.
-			for b := range nb {
+			for b := b0; b < nb; b++ {
 				row := scores[b*group*bs+h*bs : b*group*bs+h*bs+min(bs, n-b*bs)]
 				for j := range row {
 					row[j] /= sum
@@ -332,7 +348,7 @@ func (a *attentionTask) head(t, g int, sc *attnScratch) {
 	// P·V, block by block, against the transposed values.
 	clear(out)
 	tmp := sc.tmp[:group*hd]
-	for b := range nb {
+	for b := b0; b < nb; b++ {
 		valid := min(bs, n-b*bs)
 		base := blockBase(b)
 		if valid == bs {

@@ -40,7 +40,12 @@ type Backend struct {
 	attn   attentionTask
 	rows   rowsTask
 	rope   ropeTask
+	exp    expertTask
 	seqMax []int32     // per-sequence max position, for Attention's checks
+	// MatMulExperts' and TopKSoftmax's scratch, grown to the largest call.
+	expCount []int
+	expOrder []int32
+	probs    []float64
 	wkvTmp [256]uint16 // WriteKV's value column, converted in bulk
 }
 
