@@ -41,12 +41,12 @@ type Backend struct {
 	rows   rowsTask
 	rope   ropeTask
 	exp    expertTask
-	seqMax []int32     // per-sequence max position, for Attention's checks
+	seqMax []int32 // per-sequence max position, for Attention's checks
 	// MatMulExperts' and TopKSoftmax's scratch, grown to the largest call.
 	expCount []int
 	expOrder []int32
 	probs    []float64
-	wkvTmp [256]uint16 // WriteKV's value column, converted in bulk
+	wkvTmp   [256]uint16 // WriteKV's value column, converted in bulk
 }
 
 var _ ml.Backend = (*Backend)(nil)
