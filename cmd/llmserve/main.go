@@ -31,7 +31,7 @@ import (
 	"github.com/llmserve/llmserve/hub"
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
-	_ "github.com/llmserve/llmserve/model/llama" // registers Llama and Qwen2
+	_ "github.com/llmserve/llmserve/model/models" // registers every architecture
 	"github.com/llmserve/llmserve/server"
 	"github.com/llmserve/llmserve/tokenizer"
 )
