@@ -184,8 +184,9 @@ type Backend interface {
 	// read; a backend groups rows by expert for large R.
 	MatMulExperts(dst, x, w, experts Tensor) error
 	// ScatterAdd: dst[idx[i]] += scale[i] * src[i] for each row i of src
-	// (F32; scale nil means 1). Rows that several i name receive their
-	// contributions in increasing i.
+	// (F32; scale nil means 1). A run of equal adjacent indices (a
+	// token's expert rows) is summed in increasing i, so its result is
+	// deterministic; repeats that are not adjacent may meet in any order.
 	ScatterAdd(dst, src, idx, scale Tensor) error
 
 	// Sync waits for all queued work.

@@ -11,8 +11,8 @@ import (
 	"github.com/llmserve/llmserve/model"
 	"github.com/llmserve/llmserve/model/decoder"
 	"github.com/llmserve/llmserve/model/modeltest"
-	"github.com/llmserve/llmserve/model/reference"
 	_ "github.com/llmserve/llmserve/model/qwen3"
+	"github.com/llmserve/llmserve/model/reference"
 )
 
 var checkpoints = []string{"qwen3-tiny-bf16", "qwen3-moe-tiny"}
