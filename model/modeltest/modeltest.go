@@ -15,6 +15,7 @@ import (
 	"github.com/llmserve/llmserve/internal/shareddata"
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/model/reference"
 )
 
 // Load loads a model directory on a fresh CPU backend (closed by cleanup).
@@ -96,35 +97,6 @@ func MaxDiff32(a, b []float32) float64 {
 	return worst
 }
 
-// LogprobDiff is the largest difference between the log-softmax of got
-// and of want (logprobs, what a client sees, ignore a shift of all logits).
-func LogprobDiff(got []float32, want []float64) float64 {
-	g := make([]float64, len(got))
-	for i, v := range got {
-		g[i] = float64(v)
-	}
-	lg, lw := logSumExp(g), logSumExp(want)
-	worst := 0.0
-	for i := range g {
-		if d := math.Abs((g[i] - lg) - (want[i] - lw)); d > worst || d != d {
-			worst = d
-		}
-	}
-	return worst
-}
-
-func logSumExp(x []float64) float64 {
-	mx := math.Inf(-1)
-	for _, v := range x {
-		mx = math.Max(mx, v)
-	}
-	var s float64
-	for _, v := range x {
-		s += math.Exp(v - mx)
-	}
-	return mx + math.Log(s)
-}
-
 // GoldenOptions set how a model is held to a checkpoint's golden.
 type GoldenOptions struct {
 	// Logprobs compares log-softmax values instead of raw logits.
@@ -145,7 +117,7 @@ func CheckGolden(t *testing.T, m model.Model, g *shareddata.ModelGolden, o Golde
 	t.Helper()
 	diff := func(got []float32, want []float64) (float64, string) {
 		if o.Logprobs {
-			return LogprobDiff(got, want), "logprob"
+			return reference.LogprobDiff(got, want), "logprob"
 		}
 		d, at := MaxDiff64(got, want)
 		return d, fmt.Sprintf("logit %d", at)
