@@ -34,9 +34,12 @@ func qwen3Tol(name string, exact bool) float64 {
 }
 
 // TestQwen3Golden: prompt positions and a teacher-forced greedy
-// continuation (decode steps, graph-replayed) against the float64 golden.
-// The MoE prompt (31 tokens × top-2) takes the grouped expert GEMM, its
-// decode steps the per-row expert GEMV.
+// continuation (decode steps, graph-replayed) against the float64 golden,
+// at TestModelGolden's bar: exact mode within the CPU's 2e-3 on logits,
+// the fast path (bf16 activations) within 0.15 on logprobs with the golden
+// token wherever the top-two margin exceeds 0.3. The MoE prompt (31 tokens
+// × top-2) takes the grouped expert GEMM, its decode steps the per-row
+// expert GEMV.
 func TestQwen3Golden(t *testing.T) {
 	td := shareddata.Dir(t)
 	for _, name := range qwen3Checkpoints {
@@ -49,9 +52,12 @@ func TestQwen3Golden(t *testing.T) {
 					o.SkinnyMaxT = -1
 				}
 				m := loadOn(t, gpu(t, o), dir, model.LoadOptions{KVCacheDType: "float32"})
-				tol := qwen3Tol(name, exact)
 				// loadOn allocated 32 blocks of 4: room for the 55 positions.
-				modeltest.CheckGolden(t, m, g, modeltest.GoldenOptions{Tol: tol, Margin: 2 * tol, Blocks: scattered})
+				gopts := modeltest.GoldenOptions{Tol: 2e-3, Margin: 4e-3, Blocks: scattered}
+				if !exact {
+					gopts = modeltest.GoldenOptions{Logprobs: true, Tol: 0.15, Margin: 0.3, Blocks: scattered}
+				}
+				modeltest.CheckGolden(t, m, g, gopts)
 			})
 		}
 	}
