@@ -159,14 +159,16 @@ func (s *Server) logRequest(r *http.Request, lw *logWriter, info *reqInfo, start
 	}
 	level := slog.LevelInfo
 	switch {
-	case status >= 500:
+	case quietRoutes[r.URL.Path]:
+		// Probes and scrapes (a 503 from /health while loading or
+		// draining is their answer, not a failure).
+		level = slog.LevelDebug
+	case status >= 500 && status != http.StatusServiceUnavailable:
 		level = slog.LevelError
 	case status >= 400:
-		level = slog.LevelWarn
+		level = slog.LevelWarn // the client's error, or 503 loading/draining
 	case s.opts.RequestLog.Disabled:
 		return
-	case quietRoutes[r.URL.Path]:
-		level = slog.LevelDebug
 	}
 	ctx := context.Background()
 	if !s.log.Enabled(ctx, level) {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -62,6 +63,9 @@ func startLive(t *testing.T, extra ...string) *live {
 	args := append([]string{"--model", mdir, "--tokenizer", tinyTokenizer(t),
 		"--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--kv-cache-memory", "8MiB",
 		"--served-model-name", "tiny", "--max-num-seqs", "8"}, extra...)
+	if slices.Contains(extra, "--skip-tokenizer-init") {
+		args = slices.Delete(args, 2, 4) // no --tokenizer
+	}
 	cfg, err := parseFlags(args, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)

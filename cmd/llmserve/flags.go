@@ -230,6 +230,11 @@ var shortFlags = map[string]string{
 	"-dp": "--data-parallel-size", "-q": "--quantization",
 }
 
+// isFlagArg tells flags from values: -1 and -0.5 are values.
+func isFlagArg(a string) bool {
+	return len(a) > 1 && a[0] == '-' && (a[1] == '-' || unicode.IsLetter(rune(a[1])))
+}
+
 // normalizeArgs turns `serve MODEL ...` and vLLM's spellings (underscores,
 // short aliases, --served-model-name with several values) into what the
 // flag package parses.
@@ -245,7 +250,7 @@ func normalizeArgs(args []string) []string {
 			out = append(out, args[i:]...)
 			break
 		}
-		if len(a) > 1 && a[0] == '-' {
+		if isFlagArg(a) {
 			name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
 			if long, ok := shortFlags["-"+name]; ok {
 				name = strings.TrimPrefix(long, "--")
@@ -264,7 +269,7 @@ func normalizeArgs(args []string) []string {
 				// (or, before the model is known, just one).
 				out = append(out, args[i+1])
 				i++
-				for sawModel && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+				for sawModel && i+1 < len(args) && !isFlagArg(args[i+1]) {
 					out[len(out)-1] += "," + args[i+1]
 					i++
 				}
