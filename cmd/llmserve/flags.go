@@ -235,49 +235,63 @@ func isFlagArg(a string) bool {
 	return len(a) > 1 && a[0] == '-' && (a[1] == '-' || unicode.IsLetter(rune(a[1])))
 }
 
-// normalizeArgs turns `serve MODEL ...` and vLLM's spellings (underscores,
-// short aliases, --served-model-name with several values) into what the
-// flag package parses.
-func normalizeArgs(args []string) []string {
-	if len(args) > 0 && args[0] == "serve" {
-		args = args[1:]
-	}
+// normalizeArgs turns vLLM's spellings (underscores, short aliases,
+// --served-model-name with several values) into what the flag package
+// parses, and drops the `serve` of `llmserve [flags] serve MODEL` (the
+// first positional argument; fs tells flag values from positionals).
+func normalizeArgs(args []string, fs *flag.FlagSet) []string {
 	out := make([]string, 0, len(args))
-	sawModel := false
+	sawModel, sawServe := false, false
+	isBool := func(name string) bool {
+		f := fs.Lookup(name)
+		if f == nil {
+			return true // unknown: the parser reports it
+		}
+		b, ok := f.Value.(interface{ IsBoolFlag() bool })
+		return ok && b.IsBoolFlag()
+	}
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if a == "--" {
 			out = append(out, args[i:]...)
 			break
 		}
-		if isFlagArg(a) {
-			name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-			if long, ok := shortFlags["-"+name]; ok {
-				name = strings.TrimPrefix(long, "--")
+		if !isFlagArg(a) {
+			if !sawModel && !sawServe && a == "serve" {
+				sawServe = true
+				continue
 			}
-			name = strings.ReplaceAll(name, "_", "-")
-			a = "--" + name
-			if hasVal {
-				a += "=" + val
-			}
+			sawModel = true // a positional MODEL
 			out = append(out, a)
-			if name == "model" {
-				sawModel = true
-			}
-			if name == "served-model-name" && !hasVal && i+1 < len(args) {
-				// nargs='+': the names that follow, up to the next flag
-				// (or, before the model is known, just one).
-				out = append(out, args[i+1])
-				i++
-				for sawModel && i+1 < len(args) && !isFlagArg(args[i+1]) {
-					out[len(out)-1] += "," + args[i+1]
-					i++
-				}
-			}
 			continue
 		}
-		sawModel = true // a positional MODEL
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if long, ok := shortFlags["-"+name]; ok {
+			name = strings.TrimPrefix(long, "--")
+		}
+		name = strings.ReplaceAll(name, "_", "-")
+		a = "--" + name
+		if hasVal {
+			a += "=" + val
+		}
 		out = append(out, a)
+		if name == "model" {
+			sawModel = true
+		}
+		if hasVal || isBool(name) || i+1 >= len(args) {
+			continue
+		}
+		// The flag's value.
+		i++
+		out = append(out, args[i])
+		if name == "served-model-name" {
+			// nargs='+': the names that follow, up to the next flag, once
+			// the model is known (before, the next word is the model).
+			for sawModel && i+1 < len(args) && !isFlagArg(args[i+1]) {
+				out[len(out)-1] += "," + args[i+1]
+				i++
+			}
+		}
 	}
 	return out
 }
@@ -375,7 +389,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	version := fs.Bool("version", false, "print the version and exit")
 	g.close()
 
-	args = normalizeArgs(args)
+	args = normalizeArgs(args, fs)
 	var positional []string
 	for {
 		err := fs.Parse(args)

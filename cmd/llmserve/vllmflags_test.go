@@ -42,13 +42,12 @@ func TestParseFlagsVLLMLaunchScript(t *testing.T) {
 		}
 	}
 	// The model may come anywhere, and --model works as before.
+	// (The images' entrypoints put --host and --port before the user's `serve MODEL`.)
 	for _, a := range [][]string{
 		{"--port", "9000", "serve", "m"}, {"serve", "--port", "9000", "m"}, {"m", "--port", "9000"},
 		{"--model", "m", "--port", "9000"}, {"serve", "m", "--model", "m", "--port=9000"},
+		{"--host", "0.0.0.0", "--port", "9000", "serve", "m"}, {"--port", "9000", "--served-model-name", "a", "m"},
 	} {
-		if a[0] == "--port" { // `serve` must come first; elsewhere it is the model
-			continue
-		}
 		c, err := parseFlags(a, noEnv, io.Discard)
 		if err != nil || c.Model != "m" || c.Port != 9000 {
 			t.Errorf("%q: %+v %v", a, c, err)
