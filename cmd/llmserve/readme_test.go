@@ -151,7 +151,9 @@ func TestREADMECommandsWorkOffline(t *testing.T) {
 	addr := make(chan string, 1)
 	done := make(chan error, 1)
 	logs := &syncBuf{}
-	go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil)), func(a string) { addr <- a }) }()
+	go func() {
+		done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil)), func(a string) { addr <- a })
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
