@@ -49,6 +49,7 @@ type config struct {
 	EnforceEager         bool   // no CUDA graphs
 	ChatTemplate         string // a file or an inline Jinja template; "" = the tokenizer's
 	GenerationConfig     string // auto (the model's generation_config.json), vllm (none), or a directory
+	OverrideGenConfig    string // JSON merged over the generation config's defaults
 	MaxLogLen            int    // prompt characters and ids in request logs; 0 = all
 	EnableLogRequests    bool   // request lines carry the prompt and sampling params
 	DisableLogRequests   bool   // no per-request lines for successful requests (errors still logged)
@@ -315,6 +316,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.StringVar(&c.LoadFormat, "load-format", "auto", "auto|safetensors|dummy (dummy: random weights from config.json or a built-in config)")
 	fs.StringVar(&c.ChatTemplate, "chat-template", "", "chat template: a file, or the Jinja template inline (default: the tokenizer's)")
 	fs.StringVar(&c.GenerationConfig, "generation-config", "auto", "auto: the model's generation_config.json sets default temperature, top_p, top_k, repetition_penalty; vllm: none; or a directory holding generation_config.json")
+	fs.StringVar(&c.OverrideGenConfig, "override-generation-config", "", `JSON merged over the generation config's defaults, e.g. {"temperature": 0.5}`)
 	fs.StringVar(&c.HFToken, "hf-token", "", "Hugging Face token for gated models (default: $HF_TOKEN)")
 	fs.StringVar(&c.DownloadDir, "download-dir", "", "Hugging Face cache directory (default: $HF_HUB_CACHE or ~/.cache/huggingface/hub)")
 	trustRemote := fs.Bool("trust-remote-code", false, "accepted: architectures are implemented natively, no remote code runs")

@@ -58,38 +58,43 @@ func chatTemplateSource(v string) (string, error) {
 // directory holding one. Its temperature, top_p, top_k and
 // repetition_penalty become the defaults of requests that do not set them.
 func generationDefaults(cfg *config, modelDir string) (server.SamplingDefaults, string, error) {
-	var d server.SamplingDefaults
-	dir := ""
-	switch cfg.GenerationConfig {
-	case "vllm":
-		return d, "", nil
-	case "auto", "":
-		dir = modelDir // "" for a built-in config: none
-	default:
-		dir = cfg.GenerationConfig
-	}
-	if dir == "" {
-		return d, "", nil
-	}
-	path := filepath.Join(dir, "generation_config.json")
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) && cfg.GenerationConfig == "auto" {
-		return d, "", nil
-	}
-	if err != nil {
-		return d, "", fmt.Errorf("--generation-config: %w", err)
-	}
 	var gc struct {
 		Temperature       *float64 `json:"temperature"`
 		TopP              *float64 `json:"top_p"`
 		TopK              *int     `json:"top_k"`
 		RepetitionPenalty *float64 `json:"repetition_penalty"`
 	}
-	if err := json.Unmarshal(b, &gc); err != nil {
-		return d, "", fmt.Errorf("--generation-config: %s: %w", path, err)
+	dir, path := "", ""
+	switch cfg.GenerationConfig {
+	case "vllm":
+	case "auto", "":
+		dir = modelDir // "" for a built-in config: none
+	default:
+		dir = cfg.GenerationConfig
 	}
-	d = server.SamplingDefaults{Temperature: gc.Temperature, TopP: gc.TopP, TopK: gc.TopK, RepetitionPenalty: gc.RepetitionPenalty}
-	return d, path, nil
+	if dir != "" {
+		path = filepath.Join(dir, "generation_config.json")
+		b, err := os.ReadFile(path)
+		switch {
+		case errors.Is(err, os.ErrNotExist) && cfg.GenerationConfig == "auto":
+			path = ""
+		case err != nil:
+			return server.SamplingDefaults{}, "", fmt.Errorf("--generation-config: %w", err)
+		default:
+			if err := json.Unmarshal(b, &gc); err != nil {
+				return server.SamplingDefaults{}, "", fmt.Errorf("--generation-config: %s: %w", path, err)
+			}
+		}
+	}
+	if cfg.OverrideGenConfig != "" {
+		// Fields it names replace the file's; the others stay.
+		dec := json.NewDecoder(strings.NewReader(cfg.OverrideGenConfig))
+		if err := dec.Decode(&gc); err != nil {
+			return server.SamplingDefaults{}, "", fmt.Errorf("--override-generation-config: %w", err)
+		}
+		path = strings.TrimPrefix(path+" + --override-generation-config", " + ")
+	}
+	return server.SamplingDefaults{Temperature: gc.Temperature, TopP: gc.TopP, TopK: gc.TopK, RepetitionPenalty: gc.RepetitionPenalty}, path, nil
 }
 
 // checkTokenizerVocab refuses a tokenizer that can produce ids the model

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -137,5 +140,71 @@ func TestHelpExamplesParse(t *testing.T) {
 	}
 	if n < 3 {
 		t.Fatalf("found %d examples", n)
+	}
+}
+
+func TestGenerationDefaults(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "generation_config.json"),
+		[]byte(`{"do_sample": true, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05, "eos_token_id": [1, 2]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "0.7 0.8 20 1.05"},                           // auto: the model's
+		{[]string{"--generation-config", "vllm"}, "- - - -"},      // none
+		{[]string{"--generation-config", dir}, "0.7 0.8 20 1.05"}, // a directory
+		{[]string{"--override-generation-config", `{"temperature": 0.1}`}, "0.1 0.8 20 1.05"},
+		{[]string{"--generation-config", "vllm", "--override-generation-config", `{"top_k": 5}`}, "- - 5 -"},
+	} {
+		cfg, err := parseFlags(append([]string{"serve", "m"}, c.args...), noEnv, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _, err := generationDefaults(cfg, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := func(p any) string {
+			switch v := p.(type) {
+			case *float64:
+				if v != nil {
+					return fmt.Sprint(*v)
+				}
+			case *int:
+				if v != nil {
+					return fmt.Sprint(*v)
+				}
+			}
+			return "-"
+		}
+		if got := strings.Join([]string{s(d.Temperature), s(d.TopP), s(d.TopK), s(d.RepetitionPenalty)}, " "); got != c.want {
+			t.Errorf("%q: %s, want %s", c.args, got, c.want)
+		}
+	}
+	// Built-in configs (no directory) have none; a missing file given explicitly is an error.
+	cfg, _ := parseFlags([]string{"serve", "m"}, noEnv, io.Discard)
+	if d, _, err := generationDefaults(cfg, ""); err != nil || !d.IsZero() {
+		t.Fatal(d, err)
+	}
+	cfg, _ = parseFlags([]string{"serve", "m", "--generation-config", t.TempDir()}, noEnv, io.Discard)
+	if _, _, err := generationDefaults(cfg, dir); err == nil {
+		t.Fatal("missing generation_config.json accepted")
+	}
+}
+
+func TestChatTemplateSource(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "t.jinja")
+	os.WriteFile(f, []byte("{{ messages }}"), 0o644)
+	if s, err := chatTemplateSource(f); err != nil || s != "{{ messages }}" {
+		t.Fatal(s, err)
+	}
+	if s, err := chatTemplateSource("{% for m in messages %}{{ m.content }}{% endfor %}"); err != nil || !strings.HasPrefix(s, "{%") {
+		t.Fatal(s, err)
+	}
+	if _, err := chatTemplateSource("/no/such/template.jinja"); err == nil {
+		t.Fatal("missing file accepted")
 	}
 }
