@@ -39,6 +39,10 @@ type Options struct {
 	Seed int64
 	// MaxLogprobs caps Params.Logprobs (vLLM's max_logprobs, default 20).
 	MaxLogprobs int
+	// OnStep, if set, is called from the engine loop with the number of
+	// tokens of each step it runs (vllm:iteration_tokens_total); it must
+	// not block.
+	OnStep func(tokens int)
 }
 
 // Local is the in-process engine: a continuous-batching scheduler over a

@@ -165,6 +165,9 @@ func (e *Local) buildBatch() {
 		e.logits = make([]float32, need)
 	}
 	e.logits = e.logits[:need]
+	if e.opts.OnStep != nil {
+		e.opts.OnStep(len(b.Tokens))
+	}
 }
 
 // deviceGreedy reports whether s's next token is plainly the argmax of its

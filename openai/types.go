@@ -173,6 +173,7 @@ type Sampling struct {
 	StopTokenIDs           []int    `json:"stop_token_ids"`
 	RepetitionPenalty      *float64 `json:"repetition_penalty"`
 	ReturnTokensAsTokenIDs bool     `json:"return_tokens_as_token_ids"`
+	ReturnTokenIDs         *bool    `json:"return_token_ids"` // token_ids in choices (default: on with --skip-tokenizer-init)
 	Priority               int      `json:"priority"`
 	SkipSpecialTokens      *bool    `json:"skip_special_tokens"`
 	AddSpecialTokens       *bool    `json:"add_special_tokens"`

@@ -89,6 +89,7 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 			}
 			return openai.Invalid("", "malformed JSON: unexpected data after the request object")
 		}
+		s.afterDecode(r, v)
 		return nil
 	}
 	var mbe *http.MaxBytesError

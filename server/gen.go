@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,6 +71,7 @@ type seqState struct {
 	completion int
 	textOffset int
 	last       time.Time
+	ids        []int // token ids not yet sent (or all), when the request wants them
 }
 
 type promptState struct {
@@ -93,6 +96,10 @@ type call struct {
 	prompts []promptState
 	start   time.Time // handler start
 	firstAt time.Time // first output at the server
+	params  sample.Params
+	info    *reqInfo // the request log's record; never nil
+	// promptIDs are the prompts' token ids (for return_token_ids).
+	promptIDs [][]int
 }
 
 // begin admits, submits and waits for the first output, so that every
@@ -105,7 +112,13 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	c := &call{s: s, ctx: ctx, cancel: cancel, release: release, n: g.params.N, start: start,
-		seqs: make([]seqState, len(g.prompts)*g.params.N), prompts: make([]promptState, len(g.prompts))}
+		seqs: make([]seqState, len(g.prompts)*g.params.N), prompts: make([]promptState, len(g.prompts)),
+		params: g.params, info: reqInfoFrom(r.Context()), promptIDs: g.prompts}
+	if c.info == nil {
+		c.info = &reqInfo{}
+	}
+	c.info.generation, c.info.params, c.info.numPrompts = true, &c.params, len(g.prompts)
+	c.info.promptIDs = g.prompts[0]
 	chans := make([]<-chan engine.Output, 0, len(g.prompts))
 	var scheduled []chan struct{} // for --max-queue-wait
 	submitted := false
@@ -223,9 +236,11 @@ func (c *call) drain() {
 	}
 }
 
-// done records metrics for every prompt and releases the admission slots.
+// done records metrics for every prompt, fills the request log's record
+// and releases the admission slots.
 func (c *call) done() {
 	now := time.Now()
+	c.logInfo()
 	for i := range c.prompts {
 		p := &c.prompts[i]
 		if p.observed {
@@ -238,13 +253,51 @@ func (c *call) done() {
 			p.finish = engine.FinishAbort
 		}
 		p.observed = true
+		maxGen := 0
+		for _, sq := range c.seqs[i*c.n : (i+1)*c.n] {
+			maxGen = max(maxGen, sq.completion)
+		}
 		c.s.metrics.ObserveRequest(metrics.Request{
 			FinishReason: p.finish, PromptTokens: p.tokens, CompletionTokens: p.completion,
 			Arrival: p.arrival, Scheduled: p.scheduled, FirstToken: p.first, End: p.end,
+			N: c.n, MaxTokens: c.params.MaxTokens, MaxGenerationTokens: maxGen,
 		})
 	}
 	c.cancel()
 	c.release()
+}
+
+// wantIDs says whether the request wants token ids in its choices.
+func (c *call) wantIDs() bool { return c.info != nil && c.info.wantTokenIDs }
+
+// logInfo totals the call for its request log line (once; later calls
+// refresh it).
+func (c *call) logInfo() {
+	ri := c.info
+	if ri == nil {
+		return
+	}
+	ri.promptTokens, ri.completionTokens, ri.cachedTokens, ri.ttft = 0, 0, 0, 0
+	var finishes []string
+	for i := range c.prompts {
+		p := &c.prompts[i]
+		ri.promptTokens += p.tokens
+		ri.completionTokens += p.completion
+		ri.cachedTokens += p.cached
+		if !p.first.IsZero() {
+			if d := p.first.Sub(c.start); ri.ttft == 0 || d < ri.ttft {
+				ri.ttft = max(d, time.Nanosecond)
+			}
+		}
+		f := p.finish
+		if f == "" || p.done < c.n {
+			f = engine.FinishAbort
+		}
+		if !slices.Contains(finishes, f) {
+			finishes = append(finishes, f)
+		}
+	}
+	ri.finish = strings.Join(finishes, ",")
 }
 
 // fold applies one engine output to the call's state.
@@ -288,6 +341,9 @@ func (c *call) fold(o *engine.Output) {
 		sq.completion = o.CompletionTokens
 	}
 	sq.text = append(sq.text, o.Text...)
+	if c.wantIDs() {
+		sq.ids = append(sq.ids, o.TokenIDs...)
+	}
 	sq.lps = append(sq.lps, o.Logprobs...)
 	sq.pending = true
 	if o.FinishReason != "" && sq.finish == "" {

@@ -93,11 +93,32 @@ func (s *Server) writeFull(w http.ResponseWriter, c *call, enc *openai.Encoder, 
 		sq := &c.seqs[i]
 		choices[i] = openai.Choice{Index: i, Role: role, Text: sq.text, WantLogprobs: wantLogprobs,
 			Logprobs: sq.lps, FinishReason: sq.finish, StopReason: sq.stop}
+		c.tokenIDs(&choices[i], i, true)
+	}
+	if role != "" && c.wantIDs() {
+		enc.PromptTokenIDs = c.promptIDs[0]
 	}
 	u := c.usage()
 	b := enc.Append(make([]byte, 0, 512), choices, &u)
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// tokenIDs fills a choice's token ids when the request wants them
+// (return_token_ids, or no tokenizer): the ids since the last chunk and,
+// with withPrompt, its prompt's ids (completions).
+func (c *call) tokenIDs(ch *openai.Choice, i int, withPrompt bool) {
+	if !c.wantIDs() {
+		return
+	}
+	ch.WantTokenIDs = true
+	ch.TokenIDs = c.seqs[i].ids
+	if ch.TokenIDs == nil {
+		ch.TokenIDs = []int{}
+	}
+	if withPrompt {
+		ch.PromptTokenIDs = c.promptIDs[i/c.n]
+	}
 }
 
 // streamOpenAI streams chunks: for chat a role chunk per choice first, then
@@ -106,32 +127,40 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encode
 	e := startSSE(w)
 	one := make([]openai.Choice, 1)
 	if chat {
+		if c.wantIDs() {
+			enc.PromptTokenIDs = c.promptIDs[0]
+		}
 		for i := range c.seqs {
 			one[0] = openai.Choice{Index: i, Role: "assistant"}
 			e.event()
 			e.buf = enc.Append(e.buf, one, nil)
 			e.end()
+			enc.PromptTokenIDs = nil
 		}
 	}
+	sentPrompt := make([]bool, len(c.seqs))
 	c.stream(e, func() {
 		for i := range c.seqs {
 			sq := &c.seqs[i]
 			if !sq.pending {
 				continue
 			}
-			if len(sq.text) == 0 && len(sq.lps) == 0 && sq.finish == "" {
+			if len(sq.text) == 0 && len(sq.lps) == 0 && len(sq.ids) == 0 && sq.finish == "" {
 				sq.pending = false
 				continue
 			}
 			ch := &one[0]
 			*ch = openai.Choice{Index: i, Text: sq.text, WantLogprobs: wantLogprobs, Logprobs: sq.lps,
 				TextOffset: sq.textOffset, FinishReason: sq.finish, StopReason: sq.stop}
+			c.tokenIDs(ch, i, !chat && !sentPrompt[i])
+			sentPrompt[i] = true
 			e.event()
 			e.buf = enc.Append(e.buf, one, nil)
 			e.end()
 			sq.textOffset = ch.TextOffset
 			sq.text = sq.text[:0]
 			sq.lps = sq.lps[:0]
+			sq.ids = sq.ids[:0]
 			sq.pending = false
 		}
 		if c.closed {

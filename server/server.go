@@ -81,6 +81,12 @@ type Options struct {
 	// Registry receives the metrics and serves /metrics; nil = a new one.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
+	// RequestLog configures the per-request log line.
+	RequestLog RequestLogOptions
+	// SamplingDefaults apply to requests that leave the field unset (--generation-config).
+	SamplingDefaults SamplingDefaults
+	// Version is GET /version's JSON body (nil: {"version":"devel"}).
+	Version any
 }
 
 // Server serves the HTTP API. Create it with New.
@@ -154,7 +160,7 @@ func New(opts Options) (*Server, error) {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	s.idPrefix = hex.EncodeToString(rnd[:])
-	s.handler = s.routes()
+	s.handler = s.logRequests(s.routes())
 	return s, nil
 }
 
@@ -267,7 +273,7 @@ func (s *Server) resolveModel(name string) (string, error) {
 			return n, nil
 		}
 	}
-	return "", fmt.Errorf("%w: the model `%s` does not exist", ErrModelNotFound, name)
+	return "", s.modelNotFound(name)
 }
 
 func (s *Server) routes() http.Handler {
@@ -279,6 +285,8 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("/v1/completions", api(http.MethodPost, s.handleCompletions))
 	mux.Handle("/v1/chat/completions", api(http.MethodPost, s.handleChat))
 	mux.Handle("/v1/models", api(http.MethodGet, s.handleModels))
+	mux.Handle("/v1/models/", api(http.MethodGet, s.handleModel))
+	mux.Handle("/version", s.allow(http.MethodGet, s.handleVersion))
 	mux.Handle("/models", s.allow(http.MethodGet, s.handleModels))
 	mux.Handle("/tokenize", api(http.MethodPost, s.handleTokenize))
 	mux.Handle("/detokenize", api(http.MethodPost, s.handleDetokenize))

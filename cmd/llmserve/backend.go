@@ -16,18 +16,20 @@ import (
 // newBackend opens the compute backend for --device: cpu, cuda, or auto
 // (CUDA when a usable GPU and its libraries are found, else the CPU).
 // The one place backends are chosen.
-func newBackend(device string) (ml.Backend, error) {
+// enforceEager (vLLM's --enforce-eager) turns CUDA graphs off.
+func newBackend(device string, enforceEager bool) (ml.Backend, error) {
+	copts := cuda.Options{Logger: slog.Default(), DisableGraphs: enforceEager}
 	switch device {
 	case "cpu":
 		return cpu.New(cpu.Options{Logger: slog.Default()}), nil
 	case "cuda":
-		b, err := cuda.New(cuda.Options{Logger: slog.Default()})
+		b, err := cuda.New(copts)
 		if err != nil {
 			return nil, fmt.Errorf("CUDA backend not available: %w", err)
 		}
 		return b, nil
 	case "auto", "":
-		if b, err := cuda.New(cuda.Options{Logger: slog.Default()}); err == nil {
+		if b, err := cuda.New(copts); err == nil {
 			return b, nil
 		} else {
 			slog.Default().Info("no usable CUDA device, using the CPU", "reason", err.Error())
@@ -57,6 +59,9 @@ const (
 // --max-num-batched-tokens, as vLLM does) and deviceReserve, else 1 GiB.
 func kvBlocks(ctx context.Context, cfg *config, be ml.Backend, m model.Model) (int, error) {
 	log := slog.Default()
+	if cfg.NumGPUBlocks > 0 {
+		return cfg.NumGPUBlocks, nil // --num-gpu-blocks-override
+	}
 	mem := cfg.KVCacheMemory
 	if mem == 0 {
 		mem = defaultCPUKVMemory

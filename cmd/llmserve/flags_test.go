@@ -53,12 +53,12 @@ func TestParseFlags(t *testing.T) {
 }
 
 func TestNewBackendCPUAndErrors(t *testing.T) {
-	b, err := newBackend("cpu")
+	b, err := newBackend("cpu", false)
 	if err != nil || b.Name() != "cpu" {
 		t.Fatal(b, err)
 	}
 	b.Close()
-	if _, err := newBackend("tpu"); err == nil {
+	if _, err := newBackend("tpu", false); err == nil {
 		t.Fatal("tpu accepted")
 	}
 }

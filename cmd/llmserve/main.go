@@ -29,6 +29,7 @@ import (
 
 	"github.com/llmserve/llmserve/engine"
 	"github.com/llmserve/llmserve/hub"
+	"github.com/llmserve/llmserve/metrics"
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
 	_ "github.com/llmserve/llmserve/model/models" // registers every architecture
@@ -44,8 +45,8 @@ const defaultMaxModelLen = 8192
 const defaultCPUKVMemory = 1 << 30
 
 func main() {
-	cfg, err := parseFlags(os.Args[1:], os.Getenv, os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	cfg, err := parseFlags(os.Args[1:], os.Getenv, os.Stdout)
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersion) {
 		os.Exit(0)
 	}
 	if err != nil {
@@ -78,10 +79,16 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 // requests get 503 while in-flight ones finish, for at most
 // --shutdown-timeout. onListen, if set, gets the bound address (tests).
 func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(addr string)) error {
+	phases := newPhaseLog(log)
+	log.Info("starting", "version", versionString(), "model", cfg.Model)
+	if len(cfg.Accepted) > 0 {
+		log.Info("vLLM flags accepted that need nothing here", "flags", cfg.Accepted)
+	}
 	dir, mcfg, err := resolveModel(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
+	phases.done("resolve model")
 	var tok *tokenizer.Tokenizer
 	if !cfg.SkipTokenizerInit {
 		tdir := cfg.Tokenizer
@@ -94,6 +101,28 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		if tok, err = tokenizer.LoadDir(tdir); err != nil {
 			return fmt.Errorf("loading the tokenizer from %s (or pass --skip-tokenizer-init): %w", tdir, err)
 		}
+		if err := checkTokenizerVocab(tok.VocabSize(), tdir, mcfg); err != nil {
+			return err
+		}
+		if cfg.ChatTemplate != "" {
+			src, err := chatTemplateSource(cfg.ChatTemplate)
+			if err != nil {
+				return err
+			}
+			if err := tok.SetChatTemplate(src); err != nil {
+				return fmt.Errorf("--chat-template: %w", err)
+			}
+		}
+		phases.done("load tokenizer", "vocab", tok.VocabSize())
+	}
+	defaults, genPath, err := generationDefaults(cfg, dir)
+	if err != nil {
+		return err
+	}
+	if !defaults.IsZero() {
+		log.Info("default sampling parameters from the model's generation config (for requests that do not set them)", "file", genPath,
+			"temperature", ptrAttr(defaults.Temperature), "top_p", ptrAttr(defaults.TopP), "top_k", ptrAttr(defaults.TopK),
+			"repetition_penalty", ptrAttr(defaults.RepetitionPenalty))
 	}
 	maxLen := cfg.MaxModelLen
 	if maxLen == 0 {
@@ -115,6 +144,9 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		ModelNames: names, ModelRoot: cfg.Model, MaxModelLen: maxLen, VocabSize: mcfg.VocabSize,
 		MaxConcurrentRequests: cfg.MaxConcurrentRequests, MaxQueueWait: cfg.MaxQueueWait, APIKey: cfg.APIKey,
 		MaxLogprobs: cfg.MaxLogprobs, Registry: reg, Logger: log,
+		RequestLog: server.RequestLogOptions{Disabled: cfg.DisableLogRequests || cfg.DisableAccessLog,
+			Verbose: cfg.EnableLogRequests, MaxLen: cfg.MaxLogLen},
+		SamplingDefaults: defaults, Version: readBuildInfo(),
 	}
 	if tok != nil {
 		sopts.Tokenizer = tok
@@ -149,9 +181,10 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	var be ml.Backend
 	loadErr := func() error {
 		var err error
-		if be, err = newBackend(cfg.Device); err != nil {
+		if be, err = newBackend(cfg.Device, cfg.EnforceEager); err != nil {
 			return err
 		}
+		phases.done("device init", "backend", be.Name())
 		path := dir
 		if path == "" {
 			path = cfg.Model // a built-in config with dummy weights
@@ -161,14 +194,17 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		if err != nil {
 			return err
 		}
+		phases.done("load weights", "weight_memory", humanBytes(m.WeightBytes()))
 		numBlocks, err := kvBlocks(engCtx, cfg, be, m)
 		if err != nil {
 			return err
 		}
+		phases.done("size KV cache", "blocks", numBlocks)
 		eopts := engine.Options{
 			MaxNumSeqs: cfg.MaxNumSeqs, MaxNumBatchedTokens: cfg.MaxNumBatchedTokens, MaxModelLen: maxLen,
 			BlockSize: cfg.BlockSize, NumBlocks: numBlocks, EnablePrefixCaching: cfg.EnablePrefixCaching,
 			EOSTokenIDs: eosIDs(dir, mcfg, tok), Logger: log, Seed: cfg.Seed, MaxLogprobs: cfg.MaxLogprobs,
+			OnStep: srv.Metrics().ObserveIterationTokens,
 		}
 		if tok != nil {
 			eopts.Detokenizer = tok
@@ -176,7 +212,14 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		if eng, err = engine.New(m, eopts); err != nil {
 			return err
 		}
-		warmUp(engCtx, be, m, numBlocks, cfg.BlockSize, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, log)
+		if be.Name() == "cuda" {
+			warmUp(engCtx, be, m, numBlocks, cfg.BlockSize, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, log)
+			phases.done("warm-up")
+		}
+		srv.Metrics().SetCacheConfig(metrics.CacheConfig{BlockSize: cfg.BlockSize, CacheDType: cfg.KVCacheDType,
+			EnablePrefixCaching: cfg.EnablePrefixCaching, GPUMemoryUtilization: cfg.GPUMemoryUtilization,
+			NumBlocks: numBlocks, NumBlocksOverride: cfg.NumGPUBlocks,
+			MemoryBytes: int64(numBlocks) * int64(cfg.BlockSize) * m.KVBytesPerToken()})
 		return nil
 	}()
 	if loadErr != nil {
@@ -194,7 +237,10 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	srv.SetModelInfo(server.ModelInfo{Backend: be.Name(), DType: dtype, WeightsBytes: m.WeightBytes(),
 		KVCacheBytes: int64(eng.KVCapacityTokens()) * m.KVBytesPerToken()})
 	srv.SetEngine(eng)
-	log.Info("ready",
+	if !cfg.DisableLogStats {
+		go metrics.NewStatsLogger(log, eng.Stats, time.Now()).Run(engCtx, metrics.StatsLogInterval)
+	}
+	log.Info("ready", "startup_seconds", phases.total(),
 		"model", cfg.Model, "served_model_name", names, "backend", be.Name(), "dtype", dtype, "quantization", cfg.Quantization,
 		"weight_memory", humanBytes(m.WeightBytes()), "kv_cache_memory", humanBytes(int64(eng.KVCapacityTokens())*m.KVBytesPerToken()),
 		"kv_capacity_tokens", eng.KVCapacityTokens(), "max_model_len", maxLen,
@@ -231,6 +277,14 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	return runErr
 }
 
+// ptrAttr renders an optional default for the log.
+func ptrAttr[T any](p *T) any {
+	if p == nil {
+		return "unset"
+	}
+	return *p
+}
+
 func closeModel(m model.Model, be ml.Backend, log *slog.Logger) {
 	if m != nil {
 		if err := m.Close(); err != nil {
@@ -256,11 +310,20 @@ func resolveModel(ctx context.Context, cfg *config, log *slog.Logger) (string, *
 	}
 	hopts := hub.OptionsFromEnv()
 	hopts.Revision = cfg.Revision
+	if cfg.HFToken != "" {
+		hopts.Token = cfg.HFToken
+	}
+	if cfg.DownloadDir != "" {
+		hopts.CacheDir = cfg.DownloadDir
+	}
 	hopts.Logger = log
 	hopts.Progress = os.Stderr
 	hopts.SkipWeights = cfg.LoadFormat == "dummy"
 	dir, err := hub.Resolve(ctx, cfg.Model, hopts)
 	if err != nil {
+		if cfg.LoadFormat == "dummy" {
+			return "", nil, notBuiltin(cfg.Model, err)
+		}
 		return "", nil, err
 	}
 	mc, err := model.ReadConfig(dir)

@@ -327,7 +327,7 @@ func NewBackend(opts Options) (*Backend, error) {
 	if err := l.call(l.cuStreamCreate, "cuStreamCreate", uintptr(unsafe.Pointer(&b.stream)), streamNonBlocking); err != nil {
 		return fail(err)
 	}
-	img, err := l.compileKernels(kernelSource, dev.major, dev.minor, opts.CacheDir, log)
+	img, err := l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, log)
 	if err != nil {
 		return fail(fmt.Errorf("cuda: compiling kernels for sm_%d%d: %w", dev.major, dev.minor, err))
 	}
