@@ -683,26 +683,6 @@ func TestStopConditions(t *testing.T) {
 	})
 }
 
-// TestHoldBack: text that may start a stop string is not sent until it is
-// known not to.
-func TestHoldBack(t *testing.T) {
-	if h := holdBack("hello wor", []string{"world", "xyz"}); h != 3 {
-		t.Errorf("holdBack %d", h)
-	}
-	if h := holdBack("abc", []string{"zz"}); h != 0 {
-		t.Errorf("holdBack %d", h)
-	}
-	if h := holdBack("aab", []string{"abab"}); h != 2 {
-		t.Errorf("holdBack %d", h)
-	}
-	if pos, w := findStop("xxabcxx", 4, []string{"abc", "cx"}); pos != 2 || w != "abc" {
-		t.Errorf("findStop %d %q", pos, w)
-	}
-	if pos, _ := findStop("abcxx", 4, []string{"abc"}); pos != -1 {
-		t.Errorf("findStop found an old match at %d", pos)
-	}
-}
-
 func TestLogprobs(t *testing.T) {
 	e, _ := startEngine(t, newFake(fakeVocab), fakeOpts())
 	pr := prompt(6, 2)
