@@ -603,7 +603,7 @@ func TestStopConditions(t *testing.T) {
 		// transition table's budget) with the stop string last.
 		long := make([]string, 0, 20001)
 		for i := range 20000 {
-			long = append(long, fmt.Sprintf("\x00never %d", i))
+			long = append(long, fmt.Sprintf("\x00%08x never %d", uint32(i)*2654435761, i))
 		}
 		if newStopMatcher(append(long, stopStr)).delta != nil {
 			t.Fatal("the long list's automaton has a complete transition table")
