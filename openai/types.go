@@ -98,11 +98,11 @@ func (p *Prompt) UnmarshalJSON(b []byte) error {
 		p.IDs = make([][]int, len(raw))
 		for i, r := range raw {
 			ids, err := parseIDs(r)
-			if err == nil && ids == nil {
-				err = idsError("null")
-			}
-			if err != nil {
-				return bad("list of token-id lists with " + err.Error() + " at index " + strconv.Itoa(i))
+			switch {
+			case err != nil:
+				return bad("token-id list " + strconv.Itoa(i) + " with " + err.Error())
+			case ids == nil:
+				return bad("null in place of token-id list " + strconv.Itoa(i))
 			}
 			p.IDs[i] = ids
 		}

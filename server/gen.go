@@ -94,15 +94,15 @@ func (s *Server) checkPrompts(g *genRequest, promptParam string) error {
 		limit = c
 	}
 	if len(g.prompts) > limit/n {
-		what := "the most one request may ask for"
+		why := fmt.Sprintf("more than the %d one request may ask for", limit)
 		if limit == s.opts.MaxConcurrentRequests {
-			what = "the server's --max-concurrent-requests, so it could never be admitted"
+			why = fmt.Sprintf("more than the server's --max-concurrent-requests of %d: it could never be admitted", limit)
 		}
 		if n == 1 {
-			return openai.Invalid(promptParam, "this request has %d prompts; %d is %s", len(g.prompts), limit, what)
+			return openai.Invalid(promptParam, "this request needs %d slots (one per prompt), %s", len(g.prompts), why)
 		}
-		return openai.Invalid("n", "this request asks for %d sequences (n=%d for each of %d prompts); %d is %s",
-			uint64(n)*uint64(len(g.prompts)), n, len(g.prompts), limit, what)
+		return openai.Invalid("n", "this request needs %d slots (n=%d sequences for each of %d prompts), %s",
+			uint64(n)*uint64(len(g.prompts)), n, len(g.prompts), why)
 	}
 	return nil
 }
