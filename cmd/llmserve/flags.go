@@ -137,7 +137,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.Int64Var(&c.Seed, "seed", 0, "seed for dummy weights and for requests without a seed")
 	fs.StringVar(&c.APIKey, "api-key", "", "require this Bearer token on the API (or LLMSERVE_API_KEY)")
 	fs.StringVar(&c.Revision, "revision", "main", "Hugging Face revision (branch, tag or commit)")
-	fs.IntVar(&c.MaxConcurrentRequests, "max-concurrent-requests", 512, "admitted requests (running plus waiting) before 429; 0 = unbounded")
+	fs.IntVar(&c.MaxConcurrentRequests, "max-concurrent-requests", 512, "admitted sequences (running plus waiting; n per prompt of a request) before 429; 0 = unbounded")
 	fs.DurationVar(&c.MaxQueueWait, "max-queue-wait", 0, "503 for requests still queued (not scheduled) after this long; 0 = wait")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	fs.StringVar(&c.Device, "device", "auto", "auto|cpu|cuda")
