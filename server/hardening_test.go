@@ -403,4 +403,26 @@ func TestChatTemplateError(t *testing.T) {
 	if code, b := e.post("/v1/chat/completions", `{"messages":[`+u("a")+","+a+","+u("b")+`],"max_tokens":1}`); code != 200 {
 		t.Fatalf("a good conversation: %d %s", code, b)
 	}
+	// A template that does not compile is the model's problem: no message
+	// is blamed and its source is not quoted.
+	_, cerr := chattemplate.Compile("{% for m in %}")
+	if cerr == nil {
+		t.Fatal("compiled")
+	}
+	bad := newEnv(t, nil, func(o *server.Options) { o.Tokenizer = brokenTemplate{err: fmt.Errorf("tokenizer: chat_template: %w", cerr)} })
+	code, b := bad.post("/v1/chat/completions", `{"messages":[`+u("a")+`]}`)
+	wantError(t, "broken template", code, b, "messages", "chat template cannot be used")
+	if msg := decode[apiErr](t, b).Error.Message; strings.Contains(msg, "{%") || strings.Contains(msg, "messages[") {
+		t.Errorf("message %q", msg)
+	}
+}
+
+// brokenTemplate is a tokenizer whose chat template failed to compile.
+type brokenTemplate struct {
+	servertest.Tokenizer
+	err error
+}
+
+func (b brokenTemplate) ApplyChatTemplate([]map[string]any, bool, map[string]any) (string, error) {
+	return "", b.err
 }

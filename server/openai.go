@@ -277,7 +277,7 @@ func (s *Server) templateError(param string, msgs []map[string]any, addGen bool,
 		s.log.Error("the chat template does not compile", "err", err)
 		return openai.Invalid(param, "the model's chat template cannot be used (see the server log); use /v1/completions")
 	}
-	s.log.Info("chat template failed", "err", err)
+	s.log.Debug("chat template failed", "err", err)
 	why := "the model's chat template cannot render it"
 	var re *chattemplate.RaiseError
 	if errors.As(err, &re) {
