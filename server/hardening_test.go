@@ -409,7 +409,9 @@ func TestChatTemplateError(t *testing.T) {
 	if cerr == nil {
 		t.Fatal("compiled")
 	}
-	bad := newEnv(t, nil, func(o *server.Options) { o.Tokenizer = brokenTemplate{err: fmt.Errorf("tokenizer: chat_template: %w", cerr)} })
+	bad := newEnv(t, nil, func(o *server.Options) {
+		o.Tokenizer = brokenTemplate{err: fmt.Errorf("tokenizer: chat_template: %w", cerr)}
+	})
 	code, b := bad.post("/v1/chat/completions", `{"messages":[`+u("a")+`]}`)
 	wantError(t, "broken template", code, b, "messages", "chat template cannot be used")
 	if msg := decode[apiErr](t, b).Error.Message; strings.Contains(msg, "{%") || strings.Contains(msg, "messages[") {
