@@ -86,25 +86,30 @@ func (s *Server) checkPrompts(g *genRequest, promptParam string) error {
 	if len(g.params.Stop) > 0 && s.tok == nil {
 		return openai.Invalid("stop", "stop strings need a tokenizer, and the server runs without one (--skip-tokenizer-init): use stop_token_ids")
 	}
-	// A request takes n slots per prompt, all at once: more than the whole
-	// capacity could never be admitted, so it is a 400, not a 429 to retry.
-	n := max(g.params.N, 1)
+	return s.checkSeats(len(g.prompts), g.params.N, promptParam)
+}
+
+// checkSeats refuses a request of the given number of prompts and n that
+// can never be admitted: it takes n slots per prompt, all at once, and
+// needing more than the whole capacity is a 400, not a 429 to retry.
+func (s *Server) checkSeats(prompts, n int, promptParam string) error {
+	n = max(n, 1)
 	limit := openai.MaxChoices
 	if c := s.opts.MaxConcurrentRequests; c > 0 && c < limit {
 		limit = c
 	}
-	if len(g.prompts) > limit/n {
-		why := fmt.Sprintf("more than the %d one request may ask for", limit)
-		if limit == s.opts.MaxConcurrentRequests {
-			why = fmt.Sprintf("more than the server's --max-concurrent-requests of %d: it could never be admitted", limit)
-		}
-		if n == 1 {
-			return openai.Invalid(promptParam, "this request needs %d slots (one per prompt), %s", len(g.prompts), why)
-		}
-		return openai.Invalid("n", "this request needs %d slots (n=%d sequences for each of %d prompts), %s",
-			uint64(n)*uint64(len(g.prompts)), n, len(g.prompts), why)
+	if prompts <= limit/n {
+		return nil
 	}
-	return nil
+	why := fmt.Sprintf("more than the %d one request may ask for", limit)
+	if limit == s.opts.MaxConcurrentRequests {
+		why = fmt.Sprintf("more than the server's --max-concurrent-requests of %d: it could never be admitted", limit)
+	}
+	if n == 1 {
+		return openai.Invalid(promptParam, "this request needs %d slots (one per prompt), %s", prompts, why)
+	}
+	return openai.Invalid("n", "this request needs %d slots (n=%d sequences for each of %d prompts), %s",
+		uint64(n)*uint64(prompts), n, prompts, why)
 }
 
 // seqState is one choice's progress: text not yet sent (streaming) or all

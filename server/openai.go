@@ -62,6 +62,10 @@ func (s *Server) parseCompletion(w http.ResponseWriter, r *http.Request) (*opena
 	if err != nil {
 		return nil, nil, "", err
 	}
+	// Before tokenizing a batch that could never be admitted.
+	if err := s.checkSeats(req.Prompt.Len(), params.N, "prompt"); err != nil {
+		return nil, nil, "", err
+	}
 	g := &genRequest{id: s.newID("cmpl-"), params: params, priority: req.Priority, defaultMax: s.opts.DefaultMaxTokens}
 	if g.prompts, err = s.promptIDs(req.Prompt, req.AddSpecialTokens); err != nil {
 		return nil, nil, "", err
