@@ -31,11 +31,13 @@ type stopMatcher struct {
 	nclass int32
 }
 
-// denseBudget bounds the complete transition table (in entries of 4 bytes):
-// a few typical stop strings need a few thousand; past it (hundreds of long
+// denseBudget bounds the complete transition table, in entries of 4 bytes
+// (256 KiB): typical stop lists need a few thousand entries, the API's
+// limit of 64 stop strings of up to 16 bytes some 30,000. Past it (long
 // stop strings over many distinct bytes) the automaton follows failure
-// links instead, still O(1) amortized per byte.
-const denseBudget = 1 << 19
+// links instead, still O(1) amortized per byte, so that a request's
+// automaton never costs more memory than its stop strings justify.
+const denseBudget = 1 << 16
 
 // stopNode is one trie node; its fields sit together so that a step of the
 // automaton touches one cache line of it however large the trie is.

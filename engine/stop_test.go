@@ -176,16 +176,26 @@ func TestStopMatcherRandom(t *testing.T) {
 }
 
 // benchStops makes n distinct stop strings of 4 to 24 lowercase letters and
-// a final '#', and two texts that contain none of them: "prose", random
-// words as a model would write them, and "adversarial", pieces of the stop
+// a final '#' (long: of 255 random bytes and a final '#', the longest the API
+// allows), and two texts that contain none of them: "prose", random words
+// as a model would write them, and "adversarial", pieces of the stop
 // strings, so that the automaton keeps going deep into its trie.
-func benchStops(n int) (stops []string, prose, adversarial string) {
+func benchStops(n int, long bool) (stops []string, prose, adversarial string) {
 	rng := rand.New(rand.NewPCG(uint64(n), 1))
 	seen := map[string]bool{}
 	for len(stops) < n {
 		b := make([]byte, 4+rng.IntN(21))
 		for i := range b {
 			b[i] = byte('a' + rng.IntN(26))
+		}
+		if long {
+			b = make([]byte, 255)
+			for i := range b {
+				b[i] = byte(rng.IntN(256))
+				for b[i] == '#' {
+					b[i] = byte(rng.IntN(256))
+				}
+			}
 		}
 		s := string(b) + "#"
 		if !seen[s] {
@@ -216,11 +226,19 @@ func benchStops(n int) (stops []string, prose, adversarial string) {
 //	go test ./engine -run '^$' -bench StopMatch -benchtime 200000x
 func BenchmarkStopMatch(b *testing.B) {
 	const tok = 4
-	for _, n := range []int{1, 4, 64, 1024, 16384, 500000} {
-		stops, prose, adversarial := benchStops(n)
+	for _, set := range []struct {
+		n    int
+		long bool
+	}{{1, false}, {4, false}, {64, false}, {64, true}, {1024, false}, {16384, false}, {500000, false}} {
+		n := set.n
+		stops, prose, adversarial := benchStops(n, set.long)
+		name := fmt.Sprintf("stops=%d", n)
+		if set.long {
+			name += "x256B"
+		}
 		for _, tx := range []struct{ name, text string }{{"prose", prose}, {"adversarial", adversarial}} {
 			text := tx.text
-			b.Run(fmt.Sprintf("automaton/%s/stops=%d", tx.name, n), func(b *testing.B) {
+			b.Run(fmt.Sprintf("automaton/%s/%s", tx.name, name), func(b *testing.B) {
 				m := newStopMatcher(stops)
 				var state int32
 				from, emitted := 0, 0
@@ -242,7 +260,7 @@ func BenchmarkStopMatch(b *testing.B) {
 			if n > 1024 {
 				continue // the naive search takes milliseconds per token there
 			}
-			b.Run(fmt.Sprintf("naive/%s/stops=%d", tx.name, n), func(b *testing.B) {
+			b.Run(fmt.Sprintf("naive/%s/%s", tx.name, name), func(b *testing.B) {
 				from, emitted := 0, 0
 				for range b.N {
 					if from+tok > len(text) {
