@@ -599,32 +599,40 @@ func TestStopConditions(t *testing.T) {
 	stopStr := refText[ends[4]-1 : ends[5]+1]
 	t.Run("stop string", func(t *testing.T) {
 		e, _ := startEngine(t, newFake(fakeVocab), opts)
-		p := greedyParams(30)
-		p.Stop = []string{"zzzzzzz", stopStr}
-		ch := submit(t, e, context.Background(), &Request{PromptIDs: pr, Params: p})
-		var texts []string
-		res := seqResult{}
-		for o := range ch {
-			texts = append(texts, o.Text)
-			res.text += o.Text
-			res.tokens = append(res.tokens, o.TokenIDs...)
-			res.finish, res.stop = o.FinishReason, o.StopReason
+		// A short list, and a long one (its automaton past the complete
+		// transition table's budget) with the stop string last.
+		long := make([]string, 0, 20001)
+		for i := range 20000 {
+			long = append(long, fmt.Sprintf("\x00%08x never %d", uint32(i)*2654435761, i))
 		}
-		pos := strings.Index(refText, stopStr)
-		k := 0
-		for ends[k] < pos+len(stopStr) {
-			k++
+		if newStopMatcher(append(long, stopStr)).delta != nil {
+			t.Fatal("the long list's automaton has a complete transition table")
 		}
-		if res.text != refText[:pos] {
-			t.Errorf("text %q, want %q", res.text, refText[:pos])
+		for _, stops := range [][]string{{"zzzzzzz", stopStr}, append(long, stopStr)} {
+			p := greedyParams(30)
+			p.Stop = stops
+			ch := submit(t, e, context.Background(), &Request{PromptIDs: pr, Params: p})
+			res := seqResult{}
+			for o := range ch {
+				res.text += o.Text
+				res.tokens = append(res.tokens, o.TokenIDs...)
+				res.finish, res.stop = o.FinishReason, o.StopReason
+			}
+			pos := strings.Index(refText, stopStr)
+			k := 0
+			for ends[k] < pos+len(stopStr) {
+				k++
+			}
+			if res.text != refText[:pos] {
+				t.Errorf("%d stops: text %q, want %q", len(stops), res.text, refText[:pos])
+			}
+			if res.finish != FinishStop || res.stop != stopStr {
+				t.Errorf("%d stops: finish %q %v", len(stops), res.finish, res.stop)
+			}
+			if !slices.Equal(res.tokens, ref[:k+1]) {
+				t.Errorf("%d stops: tokens %v want %v", len(stops), res.tokens, ref[:k+1])
+			}
 		}
-		if res.finish != FinishStop || res.stop != stopStr {
-			t.Errorf("finish %q %v", res.finish, res.stop)
-		}
-		if !slices.Equal(res.tokens, ref[:k+1]) {
-			t.Errorf("tokens %v want %v", res.tokens, ref[:k+1])
-		}
-
 	})
 	t.Run("stop token", func(t *testing.T) {
 		e, _ := startEngine(t, newFake(fakeVocab), opts)
@@ -681,26 +689,6 @@ func TestStopConditions(t *testing.T) {
 			t.Errorf("21-token prompt: %v", err)
 		}
 	})
-}
-
-// TestHoldBack: text that may start a stop string is not sent until it is
-// known not to.
-func TestHoldBack(t *testing.T) {
-	if h := holdBack("hello wor", []string{"world", "xyz"}); h != 3 {
-		t.Errorf("holdBack %d", h)
-	}
-	if h := holdBack("abc", []string{"zz"}); h != 0 {
-		t.Errorf("holdBack %d", h)
-	}
-	if h := holdBack("aab", []string{"abab"}); h != 2 {
-		t.Errorf("holdBack %d", h)
-	}
-	if pos, w := findStop("xxabcxx", 4, []string{"abc", "cx"}); pos != 2 || w != "abc" {
-		t.Errorf("findStop %d %q", pos, w)
-	}
-	if pos, _ := findStop("abcxx", 4, []string{"abc"}); pos != -1 {
-		t.Errorf("findStop found an old match at %d", pos)
-	}
 }
 
 func TestLogprobs(t *testing.T) {

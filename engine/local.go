@@ -202,33 +202,61 @@ func (e *Local) Stats() Stats {
 	return s
 }
 
-// Submit validates req and queues it; see Engine.
-func (e *Local) Submit(ctx context.Context, req *Request) (<-chan Output, error) {
+// Limits are what Submit checks a request against. The server validates at
+// the API edge with the same numbers (naming the client's fields), and its
+// fuzz test holds every request it accepts to Check: a client never sees
+// this check's messages for bad input.
+type Limits struct {
+	Vocab       int // token ids must be in [0, Vocab)
+	MaxModelLen int // prompt tokens at most
+	MaxNumSeqs  int // n at most: a prompt's n sequences run in one batch
+	MaxLogprobs int
+	Detokenize  bool // stop strings need a detokenizer
+}
+
+// Limits returns the engine's limits.
+func (e *Local) Limits() Limits {
+	return Limits{Vocab: e.vocab, MaxModelLen: e.opts.MaxModelLen, MaxNumSeqs: e.opts.MaxNumSeqs,
+		MaxLogprobs: e.opts.MaxLogprobs, Detokenize: e.opts.Detokenizer != nil}
+}
+
+// Check validates req, its params normalized as Submit does.
+func (l Limits) Check(req *Request) error {
 	if req == nil {
-		return nil, fmt.Errorf("%w: nil request", ErrInvalidRequest)
+		return fmt.Errorf("%w: nil request", ErrInvalidRequest)
 	}
 	p := req.Params
 	p.Normalize()
-	if err := p.Validate(e.vocab, e.opts.MaxLogprobs); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	if err := p.Validate(l.Vocab, l.MaxLogprobs); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	if len(req.PromptIDs) == 0 {
-		return nil, fmt.Errorf("%w: empty prompt", ErrInvalidRequest)
+		return fmt.Errorf("%w: empty prompt", ErrInvalidRequest)
 	}
-	if len(req.PromptIDs) > e.opts.MaxModelLen {
-		return nil, fmt.Errorf("%w: %d prompt tokens, max model length is %d", ErrTooLong, len(req.PromptIDs), e.opts.MaxModelLen)
+	if len(req.PromptIDs) > l.MaxModelLen {
+		return fmt.Errorf("%w: %d prompt tokens, max model length is %d", ErrTooLong, len(req.PromptIDs), l.MaxModelLen)
 	}
 	for _, t := range req.PromptIDs {
-		if t < 0 || t >= e.vocab {
-			return nil, fmt.Errorf("%w: prompt token %d out of vocabulary (size %d)", ErrInvalidRequest, t, e.vocab)
+		if t < 0 || t >= l.Vocab {
+			return fmt.Errorf("%w: prompt token %d out of vocabulary (size %d)", ErrInvalidRequest, t, l.Vocab)
 		}
 	}
-	if p.N > e.opts.MaxNumSeqs {
-		return nil, fmt.Errorf("%w: n=%d exceeds max-num-seqs %d", ErrInvalidRequest, p.N, e.opts.MaxNumSeqs)
+	if p.N > l.MaxNumSeqs {
+		return fmt.Errorf("%w: n=%d exceeds max-num-seqs %d", ErrInvalidRequest, p.N, l.MaxNumSeqs)
 	}
-	if len(p.Stop) > 0 && e.opts.Detokenizer == nil {
-		return nil, fmt.Errorf("%w: stop strings need a tokenizer", ErrInvalidRequest)
+	if len(p.Stop) > 0 && !l.Detokenize {
+		return fmt.Errorf("%w: stop strings need a tokenizer", ErrInvalidRequest)
 	}
+	return nil
+}
+
+// Submit validates req and queues it; see Engine.
+func (e *Local) Submit(ctx context.Context, req *Request) (<-chan Output, error) {
+	if err := e.Limits().Check(req); err != nil {
+		return nil, err
+	}
+	p := req.Params
+	p.Normalize()
 	// Copy what the caller may reuse.
 	p.Stop = slices.Clone(p.Stop)
 	p.StopTokenIDs = slices.Clone(p.StopTokenIDs)
@@ -243,7 +271,12 @@ func (e *Local) Submit(ctx context.Context, req *Request) (<-chan Output, error)
 		s := *p.Seed
 		p.Seed = &s
 	}
+	var stop *stopMatcher
+	if len(p.Stop) > 0 {
+		stop = newStopMatcher(p.Stop) // here, not in the step loop
+	}
 	r := &request{
+		stop:       stop,
 		ctx:        ctx,
 		id:         req.ID,
 		params:     p,

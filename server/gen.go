@@ -24,13 +24,34 @@ type genRequest struct {
 	priority int
 	// defaultMax: max_tokens was not given; use defaultMax capped by the context left.
 	defaultMax int
+	// maxParam names the field that set max_tokens, for errors ("max_tokens"
+	// or chat's "max_completion_tokens").
+	maxParam string
 }
 
-// checkPrompts validates token ids and lengths and settles max_tokens.
-// promptParam names the field for errors ("prompt" or "messages").
+// engineRequest is the engine request of prompt i.
+func (g *genRequest) engineRequest(i int) *engine.Request {
+	id := g.id
+	if len(g.prompts) > 1 {
+		id += "-" + strconv.Itoa(i)
+	}
+	return &engine.Request{ID: id, PromptIDs: g.prompts[i], Params: g.params, Priority: g.priority}
+}
+
+// seats is how many --max-concurrent-requests slots g takes: one per
+// sequence, n per prompt. checkPrompts bounds it, so it does not overflow.
+func (g *genRequest) seats() int { return len(g.prompts) * g.params.N }
+
+// checkPrompts validates token ids and lengths, settles max_tokens and
+// checks that the request can ever be admitted. promptParam names the field
+// for errors ("prompt" or "messages"). No sum or product of request numbers
+// is formed before it is known not to overflow.
 func (s *Server) checkPrompts(g *genRequest, promptParam string) error {
-	vocab := s.opts.VocabSize
+	vocab := s.limits().VocabSize
 	maxLen := s.opts.MaxModelLen
+	if g.maxParam == "" {
+		g.maxParam = "max_tokens"
+	}
 	for _, ids := range g.prompts {
 		if len(ids) == 0 {
 			return openai.Invalid(promptParam, "%s must not be empty", promptParam)
@@ -48,16 +69,49 @@ func (s *Server) checkPrompts(g *genRequest, promptParam string) error {
 	if longest >= maxLen {
 		return openai.Invalid(promptParam, "This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input.", maxLen, longest)
 	}
+	left := maxLen - longest // >= 1
 	if g.params.MaxTokens == 0 {
-		g.params.MaxTokens = maxLen - longest
+		g.params.MaxTokens = left
 		if g.defaultMax > 0 {
-			g.params.MaxTokens = min(g.defaultMax, g.params.MaxTokens)
+			g.params.MaxTokens = min(g.defaultMax, left)
 		}
 	}
-	if longest+g.params.MaxTokens > maxLen {
-		return openai.Invalid("max_tokens", "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt, %d in the completion). Please reduce the length of the prompt or completion.", maxLen, longest+g.params.MaxTokens, longest, g.params.MaxTokens)
+	if g.params.MaxTokens > left {
+		// Both are non-negative ints: their sum fits in a uint64.
+		total := uint64(longest) + uint64(g.params.MaxTokens)
+		return openai.Invalid(g.maxParam, "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt, %d in the completion). Please reduce the length of the prompt or completion.",
+			maxLen, total, longest, g.params.MaxTokens)
 	}
-	return openai.CheckMinTokens(g.params)
+	if err := openai.CheckMinTokens(g.params, g.maxParam); err != nil {
+		return err
+	}
+	if len(g.params.Stop) > 0 && s.tok == nil {
+		return openai.Invalid("stop", "stop strings need a tokenizer, and the server runs without one (--skip-tokenizer-init): use stop_token_ids")
+	}
+	return s.checkSeats(len(g.prompts), g.params.N, promptParam)
+}
+
+// checkSeats refuses a request of the given number of prompts and n that
+// can never be admitted: it takes n slots per prompt, all at once, and
+// needing more than the whole capacity is a 400, not a 429 to retry.
+func (s *Server) checkSeats(prompts, n int, promptParam string) error {
+	n = max(n, 1)
+	limit := openai.MaxChoices
+	if c := s.opts.MaxConcurrentRequests; c > 0 && c < limit {
+		limit = c
+	}
+	if prompts <= limit/n {
+		return nil
+	}
+	why := fmt.Sprintf("more than the %d one request may ask for", limit)
+	if limit == s.opts.MaxConcurrentRequests {
+		why = fmt.Sprintf("more than the server's --max-concurrent-requests of %d: it could never be admitted", limit)
+	}
+	if n == 1 {
+		return openai.Invalid(promptParam, "this request needs %d slots (one per prompt), %s", prompts, why)
+	}
+	return openai.Invalid("n", "this request needs %d slots (n=%d sequences for each of %d prompts), %s",
+		uint64(n)*uint64(prompts), n, prompts, why)
 }
 
 // seqState is one choice's progress: text not yet sent (streaming) or all
@@ -106,7 +160,7 @@ type call struct {
 // refusal (429, 503, 400 from the engine) happens before a response byte.
 func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, error) {
 	eng := s.engine()
-	release, err := s.admit(len(g.prompts))
+	release, err := s.admit(g.seats())
 	if err != nil {
 		return nil, err
 	}
@@ -135,12 +189,8 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 		}
 	}()
 	for i, ids := range g.prompts {
-		id := g.id
-		if len(g.prompts) > 1 {
-			id += "-" + strconv.Itoa(i)
-		}
 		c.prompts[i] = promptState{arrival: time.Now(), tokens: len(ids)}
-		req := &engine.Request{ID: id, PromptIDs: ids, Params: g.params, Priority: g.priority}
+		req := g.engineRequest(i)
 		if s.opts.MaxQueueWait > 0 {
 			req.Scheduled = make(chan struct{})
 			scheduled = append(scheduled, req.Scheduled)

@@ -26,36 +26,39 @@ type GenerateResponse struct {
 	TotalMs          float64 `json:"total_ms"`
 }
 
-func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
+// parseGenerate decodes and validates a /generate body.
+func (s *Server) parseGenerate(w http.ResponseWriter, r *http.Request) (*GenerateRequest, *genRequest, error) {
 	var req GenerateRequest
 	if err := s.decodeJSON(w, r, &req); err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, err
 	}
 	if _, err := s.resolveModel(req.Model); err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, err
 	}
 	params, err := req.Sampling.Params(s.limits())
 	if err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, err
 	}
 	if params.N != 1 {
-		s.writeErr(w, openai.Invalid("n", "/generate returns one completion; use /v1/completions for n > 1"))
-		return
+		return nil, nil, openai.Invalid("n", "/generate returns one completion; use /v1/completions for n > 1")
 	}
 	g := &genRequest{id: s.newID("gen-"), params: params, priority: req.Priority, defaultMax: s.opts.DefaultMaxTokens}
 	if req.Prompt.Len() != 1 {
-		s.writeErr(w, openai.Invalid("prompt", "prompt must be one string or one list of token ids"))
-		return
+		return nil, nil, openai.Invalid("prompt", "prompt must be one string or one list of token ids")
 	}
 	if g.prompts, err = s.promptIDs(req.Prompt, req.AddSpecialTokens); err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, err
 	}
 	if err := s.checkPrompts(g, "prompt"); err != nil {
+		return nil, nil, err
+	}
+	return &req, g, nil
+}
+
+func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	req, g, err := s.parseGenerate(w, r)
+	if err != nil {
 		s.writeErr(w, err)
 		return
 	}

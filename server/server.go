@@ -66,7 +66,8 @@ type Options struct {
 	MaxModelLen int
 	// VocabSize is the model's vocabulary: token ids must be below it.
 	VocabSize int
-	// MaxConcurrentRequests bounds admitted requests (running plus waiting); 0 = unbounded.
+	// MaxConcurrentRequests bounds admitted sequences (n per prompt of each
+	// request, running plus waiting); 0 = unbounded.
 	MaxConcurrentRequests int
 	// MaxQueueWait: a request the engine has not scheduled after it leaves the queue with a 503; 0 = none.
 	MaxQueueWait time.Duration
@@ -76,6 +77,9 @@ type Options struct {
 	MaxBodyBytes int64
 	// MaxLogprobs bounds logprobs/top_logprobs (default 20).
 	MaxLogprobs int
+	// MaxNumSeqs is the engine's --max-num-seqs: a prompt's n sequences run
+	// in one batch, so n above it is refused (0 = not checked).
+	MaxNumSeqs int
 	// DefaultMaxTokens for /generate and /v1/completions when the request gives none (default 16).
 	DefaultMaxTokens int
 	// Registry receives the metrics and serves /metrics; nil = a new one.
@@ -227,7 +231,7 @@ func (s *Server) checkIdle() {
 	s.idleMu.Unlock()
 }
 
-// admit reserves k slots of --max-concurrent-requests.
+// admit reserves k slots of --max-concurrent-requests (one per sequence).
 func (s *Server) admit(k int) (release func(), err error) {
 	if s.draining.Load() {
 		s.metrics.Reject(metrics.RejectDraining)
@@ -287,7 +291,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("/v1/models", api(http.MethodGet, s.handleModels))
 	mux.Handle("/v1/models/", api(http.MethodGet, s.handleModel))
 	mux.Handle("/version", s.allow(http.MethodGet, s.handleVersion))
-	mux.Handle("/models", s.allow(http.MethodGet, s.handleModels))
+	mux.Handle("/models", api(http.MethodGet, s.handleModels)) // as /v1/models: one list, one rule
 	mux.Handle("/tokenize", api(http.MethodPost, s.handleTokenize))
 	mux.Handle("/detokenize", api(http.MethodPost, s.handleDetokenize))
 	mux.Handle("/health", s.allow(http.MethodGet, s.handleHealth))
@@ -318,8 +322,8 @@ func (s *Server) auth(h http.Handler) http.Handler {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
+		got, ok := bearerToken(r.Header.Get("Authorization"))
+		sum := sha256.Sum256([]byte(got))
 		if subtle.ConstantTimeCompare(sum[:], s.keyHash[:]) != 1 || !ok {
 			s.metrics.Reject(metrics.RejectUnauthorized)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="llmserve"`)
@@ -328,6 +332,18 @@ func (s *Server) auth(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// bearerToken returns the token of a Bearer Authorization header. The
+// scheme is case-insensitive and followed by one or more spaces (RFC 7235
+// section 2.1, RFC 6750 section 2.1).
+func bearerToken(h string) (string, bool) {
+	scheme, token, ok := strings.Cut(strings.TrimLeft(h, " "), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	token = strings.Trim(token, " \t")
+	return token, token != ""
 }
 
 // trackingWriter remembers whether a response has started, so a panic can

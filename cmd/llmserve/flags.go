@@ -361,7 +361,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.StringVar(&c.Host, "host", "", "address to listen on (empty: all interfaces)")
 	fs.IntVar(&c.Port, "port", 8000, "port to listen on")
 	fs.StringVar(&c.APIKey, "api-key", "", "require this Bearer token on the API (or $LLMSERVE_API_KEY, $VLLM_API_KEY)")
-	fs.IntVar(&c.MaxConcurrentRequests, "max-concurrent-requests", 512, "admitted requests (running plus waiting) before 429; 0 = unbounded")
+	fs.IntVar(&c.MaxConcurrentRequests, "max-concurrent-requests", 512, "admitted sequences (running plus waiting; n per prompt of a request) before 429; 0 = unbounded")
 	fs.DurationVar(&c.MaxQueueWait, "max-queue-wait", 0, "503 for requests still queued (not scheduled) after this long; 0 = wait")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	fs.IntVar(&c.MaxLogprobs, "max-logprobs", 20, "most logprobs a request may ask for")

@@ -143,7 +143,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	sopts := server.Options{
 		ModelNames: names, ModelRoot: cfg.Model, MaxModelLen: maxLen, VocabSize: mcfg.VocabSize,
 		MaxConcurrentRequests: cfg.MaxConcurrentRequests, MaxQueueWait: cfg.MaxQueueWait, APIKey: cfg.APIKey,
-		MaxLogprobs: cfg.MaxLogprobs, Registry: reg, Logger: log,
+		MaxLogprobs: cfg.MaxLogprobs, MaxNumSeqs: cfg.MaxNumSeqs, Registry: reg, Logger: log,
 		RequestLog: server.RequestLogOptions{Disabled: cfg.DisableLogRequests || cfg.DisableAccessLog,
 			Verbose: cfg.EnableLogRequests, MaxLen: cfg.MaxLogLen},
 		SamplingDefaults: defaults, Version: readBuildInfo(),
