@@ -1,0 +1,116 @@
+package grammar
+
+import "math/bits"
+
+// stateMask is what a stack top in one state allows, whatever lies below
+// it: tokens accepted inside the state's rule (and rules it calls), and
+// uncertain tokens that may only fit by leaving the rule, checked against
+// the real stack on each step. It is computed once per state and grammar
+// (xgrammar's adaptive token mask cache).
+type stateMask struct {
+	dense []uint64 // accepted tokens as a bitset, or nil when few
+	list  []int32  // accepted tokens when few
+	unc   []int32  // uncertain tokens in trie order
+	lcp   []int32  // bytes unc[k] shares with unc[k-1]
+}
+
+// denseShare: above vocab/denseShare accepted tokens a bitset is smaller
+// and faster to merge than a list.
+const denseShare = 32
+
+func (g *Grammar) mask(gid int32, w *walker) *stateMask {
+	if p := g.masks[gid].Load(); p != nil {
+		return p
+	}
+	g.masks[gid].CompareAndSwap(nil, g.computeMask(gid, w))
+	return g.masks[gid].Load()
+}
+
+// computeMask walks the whole token trie from a stack holding only gid,
+// skipping subtrees no stack survives.
+func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
+	v := g.vocab
+	w.nodes = append(w.nodes[:0], node{gid, bottomCtx})
+	w.start([]int32{0})
+	var acc, unc []int32
+	subtree := func(from, to int32) {
+		for j := from; j < to; j++ {
+			if t := v.tTok[j]; t >= 0 {
+				unc = v.appendDups(unc, t)
+			}
+		}
+	}
+	for i := int32(0); i < int32(len(v.tByte)); {
+		d := int(v.tDepth[i])
+		w.truncate(d - 1)
+		parentCum := w.lv[d-1].cum
+		if !w.push(v.tByte[i]) {
+			if parentCum {
+				subtree(i, v.tNext[i])
+			}
+			i = v.tNext[i]
+			continue
+		}
+		if t := v.tTok[i]; t >= 0 {
+			acc = v.appendDups(acc, t)
+		}
+		if len(w.lastTops()) == 0 {
+			if w.lv[d].cum {
+				subtree(i+1, v.tNext[i])
+			}
+			i = v.tNext[i]
+			continue
+		}
+		i++
+	}
+	sm := &stateMask{unc: unc}
+	if len(acc) > v.n/denseShare {
+		sm.dense = make([]uint64, v.MaskWords())
+		for _, t := range acc {
+			sm.dense[t>>6] |= 1 << (t & 63)
+		}
+	} else if len(acc) > 0 {
+		sm.list = acc
+	}
+	if len(unc) > 0 {
+		sm.lcp = make([]int32, len(unc))
+		for k := 1; k < len(unc); k++ {
+			a, b := v.toks[unc[k-1]], v.toks[unc[k]]
+			l := 0
+			for l < len(a) && l < len(b) && a[l] == b[l] {
+				l++
+			}
+			sm.lcp[k] = int32(l)
+		}
+	}
+	return sm
+}
+
+// appendDups appends t and the ids with the same bytes.
+func (v *Vocab) appendDups(dst []int32, t int32) []int32 {
+	for ; t >= 0; t = v.dupNext[t] {
+		dst = append(dst, t)
+	}
+	return dst
+}
+
+// fill ORs the accepted tokens into mask.
+func (sm *stateMask) fill(mask []uint64) {
+	if sm.dense != nil {
+		for i, x := range sm.dense {
+			mask[i] |= x
+		}
+		return
+	}
+	for _, t := range sm.list {
+		mask[t>>6] |= 1 << (t & 63)
+	}
+}
+
+func popcount(mask []uint64) int {
+	n := 0
+	for _, x := range mask {
+		n += bits.OnesCount64(x)
+	}
+	return n
+}
