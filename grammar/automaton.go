@@ -556,113 +556,205 @@ func (d *dfa) empty() bool {
 	return !s.final && len(s.ranges) == 0 && len(s.calls) == 0
 }
 
-// minimize merges equivalent states (Moore's partition refinement) and
-// drops unreachable ones. Fewer states mean fewer token masks to compute.
+// minimize merges equivalent states (Hopcroft's partition refinement,
+// O(k n log n) for k symbols: byte classes plus called rules) and drops
+// unreachable ones. Fewer states mean fewer token masks to compute.
 func (d *dfa) minimize() *dfa {
-	// Byte classes over the whole automaton, so a state's byte moves are a
-	// fixed-length vector.
+	// Symbols: byte classes over the whole automaton, then one per rule
+	// called anywhere.
 	var pts []int
+	var rules []int32
 	for _, s := range d.st {
 		for _, r := range s.ranges {
 			pts = append(pts, int(r.lo), int(r.hi)+1)
+		}
+		for _, c := range s.calls {
+			rules = append(rules, c.rule)
 		}
 	}
 	pts = append(pts, 0, 256)
 	slices.Sort(pts)
 	pts = slices.Compact(pts)
+	slices.Sort(rules)
+	rules = slices.Compact(rules)
 	nc := len(pts) - 1
-	move := func(s *dstate, c int) int32 {
-		b := byte(pts[c])
-		for _, r := range s.ranges {
-			if r.lo <= b && b <= r.hi {
-				return r.to
-			}
-		}
-		return -1
+	m := nc + len(rules)
+	n := len(d.st) + 1 // the last state is a sink for missing moves
+	sink := int32(n - 1)
+	delta := make([]int32, n*m)
+	for i := range delta {
+		delta[i] = sink
 	}
-	trans := make([]int32, len(d.st)*nc)
 	for i := range d.st {
-		for c := 0; c < nc; c++ {
-			trans[i*nc+c] = move(&d.st[i], c)
+		s := &d.st[i]
+		c := 0
+		for _, r := range s.ranges {
+			for c < nc && pts[c] < int(r.lo) {
+				c++
+			}
+			for c < nc && pts[c] <= int(r.hi) {
+				delta[i*m+c] = r.to
+				c++
+			}
+		}
+		for _, cl := range s.calls {
+			j, _ := slices.BinarySearch(rules, cl.rule)
+			delta[i*m+nc+j] = cl.to
 		}
 	}
-	block := make([]int32, len(d.st))
-	for i, s := range d.st {
-		if s.final {
-			block[i] = 1
+	// Inverse moves in CSR form: pre[a] of state q are
+	// preList[preOff[q*m+a]:preOff[q*m+a+1]].
+	preOff := make([]int32, n*m+1)
+	for p := 0; p < n; p++ {
+		for a := 0; a < m; a++ {
+			preOff[int(delta[p*m+a])*m+a+1]++
 		}
 	}
-	nblocks := 0
-	sig := make([]int32, 0, nc+8)
-	for {
-		index := map[string]int32{}
-		next := make([]int32, len(d.st))
-		for i := range d.st {
-			sig = append(sig[:0], block[i])
-			for c := 0; c < nc; c++ {
-				t := trans[i*nc+c]
-				if t >= 0 {
-					t = block[t]
+	for i := 1; i < len(preOff); i++ {
+		preOff[i] += preOff[i-1]
+	}
+	preList := make([]int32, n*m)
+	fill := slices.Clone(preOff[:n*m])
+	for p := 0; p < n; p++ {
+		for a := 0; a < m; a++ {
+			k := int(delta[p*m+a])*m + a
+			preList[fill[k]] = int32(p)
+			fill[k]++
+		}
+	}
+	// The partition: elems grouped by block, block b = elems[start[b]:end[b]].
+	elems := make([]int32, 0, n)
+	for i := 0; i < n-1; i++ {
+		if d.st[i].final {
+			elems = append(elems, int32(i))
+		}
+	}
+	nf := len(elems)
+	for i := 0; i < n; i++ {
+		if i == n-1 || !d.st[i].final {
+			elems = append(elems, int32(i))
+		}
+	}
+	loc := make([]int32, n)
+	for i, e := range elems {
+		loc[e] = int32(i)
+	}
+	blockOf := make([]int32, n)
+	var start, end []int32
+	var inW []bool
+	var work []int32
+	newBlock := func(s, e int) {
+		b := int32(len(start))
+		start = append(start, int32(s))
+		end = append(end, int32(e))
+		inW = append(inW, false)
+		for _, x := range elems[s:e] {
+			blockOf[x] = b
+		}
+	}
+	if nf > 0 {
+		newBlock(0, nf)
+	}
+	newBlock(nf, n)
+	for b := range start {
+		work = append(work, int32(b))
+		inW[b] = true
+	}
+	marked := make([]int32, 0, len(start)) // marked count per block
+	var touched []int32
+	var members []int32
+	for len(work) > 0 {
+		c := work[len(work)-1]
+		work = work[:len(work)-1]
+		inW[c] = false
+		members = append(members[:0], elems[start[c]:end[c]]...)
+		for a := 0; a < m; a++ {
+			touched = touched[:0]
+			for _, q := range members {
+				k := int(q)*m + a
+				for _, p := range preList[preOff[k]:preOff[k+1]] {
+					b := blockOf[p]
+					for int(b) >= len(marked) {
+						marked = append(marked, 0)
+					}
+					// Move p to the marked front of its block.
+					pos := start[b] + marked[b]
+					if loc[p] < pos {
+						continue // already marked
+					}
+					if marked[b] == 0 {
+						touched = append(touched, b)
+					}
+					other := elems[pos]
+					elems[pos], elems[loc[p]] = p, other
+					loc[other], loc[p] = loc[p], pos
+					marked[b]++
 				}
-				sig = append(sig, t)
 			}
-			for _, c := range d.st[i].calls {
-				sig = append(sig, -2-c.rule, block[c.to])
+			for _, b := range touched {
+				k := marked[b]
+				marked[b] = 0
+				if k == end[b]-start[b] {
+					continue
+				}
+				// Split b: the marked front becomes a new block.
+				s := start[b]
+				start[b] = s + k
+				nb := int32(len(start))
+				newBlock(int(s), int(s+k))
+				if inW[b] {
+					work = append(work, nb)
+					inW[nb] = true
+				} else if k <= end[b]-start[b] {
+					work = append(work, nb)
+					inW[nb] = true
+				} else {
+					work = append(work, b)
+					inW[b] = true
+				}
 			}
-			k := setKey(sig)
-			id, ok := index[k]
-			if !ok {
-				id = int32(len(index))
-				index[k] = id
-			}
-			next[i] = id
 		}
-		block = next
-		if len(index) == nblocks {
-			break
-		}
-		nblocks = len(index)
 	}
-	// Renumber blocks in breadth-first order from the start, dropping
-	// unreachable ones, so state 0 stays the start.
-	newID := make([]int32, nblocks)
+	// Renumber blocks breadth-first from the start, dropping the sink's
+	// block and unreachable ones, so state 0 stays the start.
+	sinkBlock := blockOf[sink]
+	newID := make([]int32, len(start))
 	for i := range newID {
 		newID[i] = -1
 	}
-	rep := make([]int32, 0, nblocks) // a member state of each new state
-	firstOf := make([]int32, nblocks)
-	for i := range firstOf {
-		firstOf[i] = -1
-	}
-	for i := range d.st {
-		if firstOf[block[i]] < 0 {
-			firstOf[block[i]] = int32(i)
-		}
-	}
-	newID[block[0]] = 0
-	rep = append(rep, firstOf[block[0]])
+	var rep []int32
+	newID[blockOf[0]] = 0
+	rep = append(rep, elems[start[blockOf[0]]])
 	out := &dfa{}
 	for k := 0; k < len(rep); k++ {
 		s := &d.st[rep[k]]
 		ns := dstate{final: s.final}
 		visit := func(t int32) int32 {
-			b := block[t]
+			b := blockOf[t]
+			if b == sinkBlock {
+				return -1
+			}
 			if newID[b] < 0 {
 				newID[b] = int32(len(rep))
-				rep = append(rep, firstOf[b])
+				rep = append(rep, elems[start[b]])
 			}
 			return newID[b]
 		}
 		for _, r := range s.ranges {
 			to := visit(r.to)
-			if m := len(ns.ranges); m > 0 && ns.ranges[m-1].to == to && int(ns.ranges[m-1].hi)+1 == int(r.lo) {
-				ns.ranges[m-1].hi = r.hi
+			if to < 0 {
+				continue
+			}
+			if l := len(ns.ranges); l > 0 && ns.ranges[l-1].to == to && int(ns.ranges[l-1].hi)+1 == int(r.lo) {
+				ns.ranges[l-1].hi = r.hi
 				continue
 			}
 			ns.ranges = append(ns.ranges, bedge{r.lo, r.hi, to})
 		}
 		for _, c := range s.calls {
-			ns.calls = append(ns.calls, cedge{c.rule, visit(c.to)})
+			if to := visit(c.to); to >= 0 {
+				ns.calls = append(ns.calls, cedge{c.rule, to})
+			}
 		}
 		out.st = append(out.st, ns)
 	}

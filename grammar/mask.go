@@ -1,6 +1,9 @@
 package grammar
 
-import "math/bits"
+import (
+	"math/bits"
+	"slices"
+)
 
 // stateMask is what a stack top in one state allows, whatever lies below
 // it: tokens accepted inside the state's rule (and rules it calls), and
@@ -27,11 +30,12 @@ func (g *Grammar) mask(gid int32, w *walker) *stateMask {
 }
 
 // computeMask walks the whole token trie from a stack holding only gid,
-// skipping subtrees no stack survives.
+// skipping subtrees no stack survives. While the walk stays inside gid's
+// rule without calls (string contents, digits: most of the trie), a
+// prefix's configuration is a single state, kept per depth in simple;
+// below the first depth that needs more, the walker takes over.
 func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 	v := g.vocab
-	w.nodes = append(w.nodes[:0], node{gid, bottomCtx})
-	w.start([]int32{0})
 	var acc, unc []int32
 	subtree := func(from, to int32) {
 		for j := from; j < to; j++ {
@@ -40,10 +44,53 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 			}
 		}
 	}
+	// simple[d], cum[d]: the single state after d bytes and whether the
+	// rule could have ended by then; valid for d <= sdepth.
+	simple := make([]int32, v.maxLen+1)
+	cum := make([]bool, v.maxLen+1)
+	simple[0] = gid
+	sdepth := 0
+	wbase := -1 // trie depth of the walker's level 0, -1: walker unused
 	for i := int32(0); i < int32(len(v.tByte)); {
 		d := int(v.tDepth[i])
-		w.truncate(d - 1)
-		parentCum := w.lv[d-1].cum
+		if d-1 <= sdepth {
+			// The parent is a simple level.
+			wbase = -1
+			sdepth = d - 1
+			s := g.step(simple[d-1], v.tByte[i])
+			if s < 0 {
+				if cum[d-1] {
+					subtree(i, v.tNext[i])
+				}
+				i = v.tNext[i]
+				continue
+			}
+			f := g.flags[s]
+			if f&fCalls == 0 {
+				if t := v.tTok[i]; t >= 0 {
+					acc = v.appendDups(acc, t)
+				}
+				c := cum[d-1] || f&fFinal != 0
+				if f&fBytes == 0 {
+					if c {
+						subtree(i+1, v.tNext[i])
+					}
+					i = v.tNext[i]
+					continue
+				}
+				simple[d], cum[d] = s, c
+				sdepth = d
+				i++
+				continue
+			}
+			// Calls ahead: hand over to the walker from depth d-1.
+			w.nodes = append(w.nodes[:0], node{simple[d-1], bottomCtx})
+			w.start([]int32{0})
+			w.lv[0].cum = cum[d-1]
+			wbase = d - 1
+		}
+		w.truncate(d - 1 - wbase)
+		parentCum := w.lv[d-1-wbase].cum
 		if !w.push(v.tByte[i]) {
 			if parentCum {
 				subtree(i, v.tNext[i])
@@ -55,7 +102,7 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 			acc = v.appendDups(acc, t)
 		}
 		if len(w.lastTops()) == 0 {
-			if w.lv[d].cum {
+			if w.lv[d-wbase].cum {
 				subtree(i+1, v.tNext[i])
 			}
 			i = v.tNext[i]
@@ -70,7 +117,7 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 			sm.dense[t>>6] |= 1 << (t & 63)
 		}
 	} else if len(acc) > 0 {
-		sm.list = acc
+		sm.list = slices.Clip(acc)
 	}
 	if len(unc) > 0 {
 		sm.lcp = make([]int32, len(unc))

@@ -1,0 +1,87 @@
+package grammar
+
+import "testing"
+
+func TestSchemaAccept(t *testing.T) {
+	runAcceptCases(t, []acceptCase{
+		{"object", Spec{JSONSchema: `{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name"],"additionalProperties":false}`},
+			[]string{`{"name":"a"}`, `{"name": "a", "age": 3}`, "{\n  \"name\": \"x\",\n  \"age\": -12\n}", ` {"name":""}`},
+			[]string{`{}`, `{"age":3}`, `{"age":3,"name":"a"}`, `{"name":"a","x":1}`, `{"name":"a",}`, `{"name":1}`, `{"name":"a","age":1.5}`, `{"name":"a","age":01}`}},
+		{"optional only", Spec{JSONSchema: `{"type":"object","properties":{"a":{"type":"boolean"},"b":{"type":"null"},"c":{"const":"k"}},"additionalProperties":false}`},
+			[]string{`{}`, `{"a":true}`, `{"b":null}`, `{"a":false,"c":"k"}`, `{"a":true,"b":null,"c":"k"}`, `{ }`},
+			[]string{`{"b":null,"a":true}`, `{,"a":true}`, `{"c":"j"}`, `{"a":true,}`}},
+		{"additional allowed", Spec{JSONSchema: `{"type":"object","properties":{"a":{"type":"integer"}}}`},
+			[]string{`{}`, `{"a":1}`, `{"a":1,"zz":[1,{"q":null}]}`, `{"x":"y"}`},
+			[]string{`{"a":"s"}`, `{"a":1,"a":2}`}},
+		{"additional schema", Spec{JSONSchema: `{"type":"object","additionalProperties":{"type":"number"}}`},
+			[]string{`{}`, `{"x":1,"y":2.5e-3}`}, []string{`{"x":"1"}`}},
+		{"strict drops additional", Spec{JSONSchema: `{"type":"object","properties":{"a":{"type":"integer"}}}`, Strict: true},
+			[]string{`{"a":1}`, `{}`}, []string{`{"a":1,"b":2}`}},
+		{"enum const", Spec{JSONSchema: `{"enum":["a",1,null,{"k":[true]},"é\"<"]}`},
+			[]string{`"a"`, `1`, `null`, `{"k":[true]}`, `"é\"<"`}, []string{`"b"`, `2`, `{"k": [true]}`}},
+		{"refs recursive", Spec{JSONSchema: `{"$defs":{"node":{"type":"object","properties":{"v":{"type":"integer"},"next":{"anyOf":[{"$ref":"#/$defs/node"},{"type":"null"}]}},"required":["v","next"],"additionalProperties":false}},"$ref":"#/$defs/node"}`},
+			[]string{`{"v":1,"next":null}`, `{"v":1,"next":{"v":2,"next":{"v":3,"next":null}}}`},
+			[]string{`{"v":1}`, `{"v":1,"next":{"v":2}}`}},
+		{"root ref", Spec{JSONSchema: `{"type":"array","items":{"$ref":"#"},"maxItems":2}`},
+			[]string{`[]`, `[[],[[]]]`}, []string{`[[],[],[]]`, `[1]`}},
+		{"definitions draft7", Spec{JSONSchema: `{"definitions":{"x":{"type":"boolean"}},"properties":{"f":{"$ref":"#/definitions/x"}},"required":["f"],"additionalProperties":false}`},
+			[]string{`{"f":true}`}, []string{`{"f":1}`}},
+		{"type list", Spec{JSONSchema: `{"type":["string","null","integer"]}`},
+			[]string{`"x"`, `null`, `-5`}, []string{`1.5`, `true`}},
+		{"nullable", Spec{JSONSchema: `{"type":"string","nullable":true}`}, []string{`"x"`, `null`}, []string{`1`}},
+		{"anyOf oneOf", Spec{JSONSchema: `{"oneOf":[{"type":"integer","minimum":10},{"type":"string","maxLength":1}]}`},
+			[]string{`10`, `99999`, `"a"`, `""`}, []string{`9`, `"ab"`}},
+		{"allOf", Spec{JSONSchema: `{"allOf":[{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]},{"properties":{"b":{"type":"string"}},"required":["b"]}],"additionalProperties":false}`},
+			[]string{`{"a":1,"b":"x"}`}, []string{`{"a":1}`, `{"b":"x"}`}},
+		{"array bounds", Spec{JSONSchema: `{"type":"array","items":{"type":"integer"},"minItems":2,"maxItems":3}`},
+			[]string{`[1,2]`, `[1, 2, 3]`, "[\n  1,\n  2\n]"}, []string{`[]`, `[1]`, `[1,2,3,4]`, `[1,,2]`}},
+		{"array min 0", Spec{JSONSchema: `{"type":"array","items":{"type":"string"}}`},
+			[]string{`[]`, `[ ]`, `["a"]`, `["a","b","c"]`}, []string{`[,]`, `["a",]`}},
+		{"prefixItems", Spec{JSONSchema: `{"type":"array","prefixItems":[{"type":"integer"},{"type":"string"}],"items":false}`},
+			[]string{`[]`, `[1]`, `[1,"a"]`}, []string{`["a"]`, `[1,"a",2]`}},
+		{"tuple items draft7", Spec{JSONSchema: `{"type":"array","items":[{"type":"integer"},{"type":"string"}],"additionalItems":{"type":"boolean"},"minItems":2}`},
+			[]string{`[1,"a"]`, `[1,"a",true,false]`}, []string{`[1]`, `[1,"a",1]`}},
+		{"string length", Spec{JSONSchema: `{"type":"string","minLength":2,"maxLength":3}`},
+			[]string{`"ab"`, `"abc"`, `"日本"`, `"a\n"`, `"\u00e9x"`}, []string{`"a"`, `"abcd"`, `"\ud83d\ude00"`}},
+		{"pattern search", Spec{JSONSchema: `{"type":"string","pattern":"[0-9]{3}"}`},
+			[]string{`"123"`, `"ab123cd"`, `"x\"123"`}, []string{`"12"`, `"1a2b3"`}},
+		{"pattern anchored", Spec{JSONSchema: `{"type":"string","pattern":"^a\"b\\\\c$"}`},
+			[]string{`"a\"b\\c"`}, []string{`"xa\"b\\c"`, `"a\"b\\cx"`}},
+		{"pattern and length", Spec{JSONSchema: `{"type":"string","pattern":"^[a-z]+$","maxLength":3}`},
+			[]string{`"abc"`, `"a"`}, []string{`"abcd"`, `""`, `"aB"`}},
+		{"formats", Spec{JSONSchema: `{"type":"array","prefixItems":[{"format":"date"},{"format":"date-time"},{"format":"uuid"},{"format":"ipv4"},{"format":"email"}],"items":false,"minItems":5}`},
+			[]string{`["2024-02-28","2024-12-31T23:59:59.5+01:00","123e4567-e89b-12d3-a456-426614174000","192.168.0.1","a.b@example.com"]`},
+			[]string{`["2024-02-30","2024-12-31T23:59:59.5+01:00","123e4567-e89b-12d3-a456-426614174000","192.168.0.1","a.b@example.com"]`,
+				`["2024-02-28","2024-12-31T24:00:00Z","123e4567-e89b-12d3-a456-426614174000","192.168.0.1","a.b@example.com"]`,
+				`["2024-02-28","2024-12-31T23:59:59Z","123e4567-e89b-12d3-a456-42661417400","192.168.0.1","a.b@example.com"]`,
+				`["2024-02-28","2024-12-31T23:59:59Z","123e4567-e89b-12d3-a456-426614174000","256.168.0.1","a.b@example.com"]`}},
+		{"integer range", Spec{JSONSchema: `{"type":"integer","minimum":-15,"maximum":1234}`},
+			[]string{`-15`, `-9`, `0`, `7`, `99`, `1000`, `1234`}, []string{`-16`, `-0`, `1235`, `9999`, `01`, `-100`}},
+		{"integer exclusive", Spec{JSONSchema: `{"type":"integer","exclusiveMinimum":0,"exclusiveMaximum":100}`},
+			[]string{`1`, `99`}, []string{`0`, `100`}},
+		{"integer exclusive draft4", Spec{JSONSchema: `{"type":"integer","minimum":0,"exclusiveMinimum":true}`},
+			[]string{`1`, `123456789012345678901234567890`}, []string{`0`, `-1`}},
+		{"integer max only", Spec{JSONSchema: `{"type":"integer","maximum":-20}`},
+			[]string{`-20`, `-21`, `-1000000`}, []string{`-19`, `0`, `5`}},
+		{"integer fractional bounds", Spec{JSONSchema: `{"type":"integer","minimum":0.5,"maximum":2.5}`},
+			[]string{`1`, `2`}, []string{`0`, `3`}},
+		{"number range", Spec{JSONSchema: `{"type":"number","minimum":-1,"exclusiveMaximum":2}`},
+			[]string{`-1`, `-1.0`, `-0.5`, `0`, `1.999`, `1`, `0.25`}, []string{`-1.5`, `2`, `2.0`, `2.5`, `-2`, `1e1`}},
+		{"number", Spec{JSONSchema: `{"type":"number"}`}, []string{`0`, `-0.5`, `1e10`, `2.5E-3`}, []string{`.5`, `1.`, `01`, `+1`, `NaN`}},
+		{"any", Spec{JSONSchema: `{}`}, []string{`1`, `"s"`, `[{"a":[]}]`, `null`}, []string{`nul`, `{a:1}`}},
+		{"compact", Spec{JSONSchema: `{"type":"object","properties":{"a":{"type":"array","items":{"type":"integer"}}},"required":["a"]}`, CompactJSON: true, Strict: true},
+			[]string{`{"a":[1,2]}`}, []string{`{"a": [1,2]}`, `{"a":[1, 2]}`, ` {"a":[]}`}},
+		{"whitespace bound", Spec{JSONSchema: `{"type":"array","items":{"type":"integer"}}`},
+			[]string{"[1,    2]", "[1,\n" + spaces(32) + "2]", "[1, \r\n\t2]"},
+			[]string{"[1,     2]", "[1,\n" + spaces(33) + "2]", "[1,\n\n2]"}},
+		{"json object mode", Spec{JSONObject: true}, []string{`{}`, `{"a":[1,{"b":null}]}`}, []string{`[]`, `"x"`, `1`}},
+	})
+}
+
+func spaces(n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = ' '
+	}
+	return string(b)
+}
