@@ -152,6 +152,9 @@ func TestCompileErrors(t *testing.T) {
 		{"schema empty range", Spec{JSONSchema: `{"type": "integer", "minimum": 5, "maximum": 4}`}, ErrEmpty},
 		{"schema size", Spec{JSONSchema: `{"type": "string", "description": "` + string(make([]byte, 2<<20)) + `"}`}, ErrLimit},
 		{"schema depth", Spec{JSONSchema: deepSchema(100)}, ErrLimit},
+		{"schema huge bound", Spec{JSONSchema: `{"type":"integer","maximum":1e999999999}`}, ErrLimit},
+		{"schema max properties", Spec{JSONSchema: `{"type":"object","maxProperties":2}`}, ErrUnsupported},
+		{"schema multipleOf", Spec{JSONSchema: `{"type":"number","multipleOf":0.5}`}, ErrUnsupported},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			lim := Limits{MaxStates: 20000}

@@ -556,6 +556,9 @@ func intersectRanges(a, b []rrange) []rrange {
 
 // ---------------------------------------------------------------- numbers
 
+// maxBoundDigits bounds the decimal size of numeric bounds.
+const maxBoundDigits = 400
+
 func ratKeyword(s *jv, k string) (*big.Rat, error) {
 	v := s.get(k)
 	if v == nil || v.kind != 'n' {
@@ -564,7 +567,18 @@ func ratKeyword(s *jv, k string) (*big.Rat, error) {
 		}
 		return nil, nil
 	}
-	r, ok := new(big.Rat).SetString(v.num.String())
+	// A bound like 1e999999999 would make big.Rat compute a huge power
+	// and the digit automaton be as long: bound the magnitude first.
+	txt := v.num.String()
+	if i := strings.IndexAny(txt, "eE"); i >= 0 {
+		if e, err := strconv.Atoi(strings.TrimPrefix(txt[i+1:], "+")); err != nil || e > maxBoundDigits || e < -maxBoundDigits {
+			return nil, errorf(ErrLimit, "json schema: %s: %s is out of range", k, txt)
+		}
+	}
+	if len(txt) > maxBoundDigits {
+		return nil, errorf(ErrLimit, "json schema: %s: %d digits", k, len(txt))
+	}
+	r, ok := new(big.Rat).SetString(txt)
 	if !ok {
 		return nil, errorf(ErrSyntax, "json schema: %s: bad number %q", k, v.num)
 	}
