@@ -185,7 +185,7 @@ func (c *contentOut) take() string {
 
 // calls tracks the calls of one output as deltas.
 type calls struct {
-	newID func() string
+	newID  func() string
 	deltas []ToolCallDelta
 	n      int // calls started
 }
