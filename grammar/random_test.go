@@ -206,3 +206,40 @@ func sampleMask(mask []uint64, rng *rand.Rand) int {
 	}
 	return -1
 }
+
+// The SentencePiece vocabulary (▁ for spaces, <0xNN> byte tokens) drives
+// the same walks: non-ASCII text is built from byte tokens.
+func TestRandomWalkSentencePiece(t *testing.T) {
+	v, _ := testVocab(t, "mistral-sp")
+	mask := make([]uint64, v.MaskWords())
+	src := `{"type":"object","properties":{"name":{"type":"string","maxLength":6},"n":{"type":"integer","minimum":0,"maximum":99}},"required":["name","n"],"additionalProperties":false}`
+	g, err := Compile(Spec{JSONSchema: src}, v, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := jsonschema.NewCompiler()
+	doc, _ := jsonschema.UnmarshalJSON(strings.NewReader(src))
+	if err := c.AddResource("s.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	sch := c.MustCompile("s.json")
+	rng := rand.New(rand.NewPCG(8, 8))
+	done := 0
+	for r := 0; r < 40; r++ {
+		res := randomWalk(t, g, rng, 200, mask)
+		if !res.complete {
+			continue
+		}
+		done++
+		inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(res.out))
+		if err != nil {
+			t.Fatalf("not JSON: %v: %q", err, res.out)
+		}
+		if err := sch.Validate(inst); err != nil {
+			t.Fatalf("invalid: %v: %q", err, res.out)
+		}
+	}
+	if done == 0 {
+		t.Fatal("no walk completed")
+	}
+}
