@@ -65,6 +65,17 @@ func TestRegexAccept(t *testing.T) {
 	})
 }
 
+func TestFrameAccept(t *testing.T) {
+	runAcceptCases(t, []acceptCase{
+		{"one or more", Spec{Choice: []string{"a", "bb"}, Frame: &Frame{Begin: "<", End: ">", Sep: ",", Min: 1, Max: -1}},
+			[]string{"<a>", "<a>,<bb>,<a>"}, []string{"", "<a>,", "a", "<a><a>", "<c>"}},
+		{"at most two", Spec{Regex: "[0-9]", Frame: &Frame{Begin: "(", End: ")", Min: 0, Max: 2}},
+			[]string{"", "(1)", "(1)(2)"}, []string{"(1)(2)(3)", "()"}},
+		{"json framed", Spec{JSONSchema: `{"type":"integer"}`, Frame: &Frame{Begin: "<n>", End: "</n>", Min: 1, Max: 1}},
+			[]string{"<n>5</n>", "<n> -12</n>"}, []string{"<n>5</n><n>5</n>", "<n>x</n>"}},
+	})
+}
+
 func TestChoiceAccept(t *testing.T) {
 	runAcceptCases(t, []acceptCase{
 		{"choice", Spec{Choice: []string{"yes", "no", "yesterday"}}, []string{"yes", "no", "yesterday"}, []string{"", "ye", "yess", "No"}},
@@ -134,6 +145,8 @@ func TestCompileErrors(t *testing.T) {
 		{"two", Spec{Regex: "a", Choice: []string{"b"}}, ErrSyntax},
 		{"bad regex", Spec{Regex: "a("}, ErrSyntax},
 		{"word boundary", Spec{Regex: `\bx`}, ErrUnsupported},
+		{"lookahead", Spec{Regex: `a(?=b)`}, ErrUnsupported},
+		{"regex repeat size", Spec{Regex: `a{2000}`}, ErrLimit},
 		{"empty choice", Spec{Choice: []string{}}, ErrSyntax},
 		{"gbnf undefined", Spec{GBNF: `root ::= x`}, ErrSyntax},
 		{"gbnf no root", Spec{GBNF: `a ::= "x"`}, ErrSyntax},

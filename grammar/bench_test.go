@@ -122,3 +122,26 @@ func BenchmarkAcceptToken(b *testing.B) {
 		_ = m.Rollback(1)
 	}
 }
+
+// BenchmarkFirstRequest is a whole first request with a new tool schema:
+// compile, then 60 steps of masks (cold states computed on the way) and
+// accepts along one random path. Reported per request.
+func BenchmarkFirstRequest(b *testing.B) {
+	v, _ := testVocab(b, "qwen3")
+	mask := make([]uint64, v.MaskWords())
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		g, err := Compile(Spec{JSONSchema: toolSchema}, v, Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(1, uint64(i)))
+		m := g.NewMatcher()
+		for step := 0; step < 60 && !m.IsTerminated(); step++ {
+			m.FillMask(mask)
+			if err := m.Accept(sampleMask(mask, rng)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package grammar
 
 import (
+	"errors"
 	"regexp/syntax"
 	"unicode"
 )
@@ -16,9 +17,9 @@ const regexFlags = syntax.Perl // no OneLine: $ at the end means end of text any
 
 // parseRegex compiles a regex that must match the whole output.
 func parseRegex(src string, lim Limits) (expr, error) {
-	re, err := syntax.Parse(src, regexFlags)
+	re, err := syntaxParse(src)
 	if err != nil {
-		return nil, errorf(ErrSyntax, "regex: %v", err)
+		return nil, err
 	}
 	return anchoredExpr(re, nil, nil, lim)
 }
@@ -152,7 +153,19 @@ func foldClass(r rune) eClass {
 func syntaxParse(re string) (*syntax.Regexp, error) {
 	p, err := syntax.Parse(re, regexFlags)
 	if err != nil {
-		return nil, errorf(ErrSyntax, "regex %q: %v", re, err)
+		// Lookarounds and backreferences (ECMA-262 has them, RE2 not) are
+		// well-formed but unsupported; size errors are limits.
+		kind := ErrSyntax
+		var se *syntax.Error
+		if errors.As(err, &se) {
+			switch se.Code {
+			case syntax.ErrInvalidPerlOp, syntax.ErrInvalidEscape:
+				kind = ErrUnsupported
+			case syntax.ErrLarge, syntax.ErrNestingDepth, syntax.ErrInvalidRepeatSize:
+				kind = ErrLimit
+			}
+		}
+		return nil, errorf(kind, "regex %q: %v", re, err)
 	}
 	return p, nil
 }
