@@ -1,9 +1,6 @@
 package grammar
 
-import (
-	"math/bits"
-	"slices"
-)
+import "math/bits"
 
 // stateMask is what a stack top in one state allows, whatever lies below
 // it: tokens accepted inside the state's rule (and rules it calls), and
@@ -36,7 +33,17 @@ func (g *Grammar) mask(gid int32, w *walker) *stateMask {
 // below the first depth that needs more, the walker takes over.
 func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 	v := g.vocab
-	var acc, unc []int32
+	// Accepted tokens go straight into a bitset (turned into a list at
+	// the end when few); uncertain ones into a list in trie order.
+	acc := make([]uint64, v.MaskWords())
+	nacc := 0
+	var unc []int32
+	accept := func(t int32) {
+		for ; t >= 0; t = v.dupNext[t] {
+			acc[t>>6] |= 1 << (t & 63)
+			nacc++
+		}
+	}
 	subtree := func(from, to int32) {
 		for j := from; j < to; j++ {
 			if t := v.tTok[j]; t >= 0 {
@@ -45,10 +52,17 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 		}
 	}
 	// simple[d], cum[d]: the single state after d bytes and whether the
-	// rule could have ended by then; valid for d <= sdepth.
+	// rule could have ended by then, valid for d <= sdepth; row and cmap
+	// cache the state's transition row and byte classes.
 	simple := make([]int32, v.maxLen+1)
+	row := make([]int32, v.maxLen+1)
+	cmap := make([]*[256]uint8, v.maxLen+1)
 	cum := make([]bool, v.maxLen+1)
-	simple[0] = gid
+	setSimple := func(d int, s int32, c bool) {
+		simple[d], cum[d] = s, c
+		row[d], cmap[d] = g.stTrans[s], &g.classMaps[g.stClass[s]]
+	}
+	setSimple(0, gid, false)
 	sdepth := 0
 	wbase := -1 // trie depth of the walker's level 0, -1: walker unused
 	for i := int32(0); i < int32(len(v.tByte)); {
@@ -57,7 +71,7 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 			// The parent is a simple level.
 			wbase = -1
 			sdepth = d - 1
-			s := g.step(simple[d-1], v.tByte[i])
+			s := g.trans[row[d-1]+int32(cmap[d-1][v.tByte[i]])]
 			if s < 0 {
 				if cum[d-1] {
 					subtree(i, v.tNext[i])
@@ -68,7 +82,7 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 			f := g.flags[s]
 			if f&fCalls == 0 {
 				if t := v.tTok[i]; t >= 0 {
-					acc = v.appendDups(acc, t)
+					accept(t)
 				}
 				c := cum[d-1] || f&fFinal != 0
 				if f&fBytes == 0 {
@@ -78,8 +92,10 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 					i = v.tNext[i]
 					continue
 				}
-				simple[d], cum[d] = s, c
-				sdepth = d
+				if v.tNext[i] > i+1 { // a leaf needs no level
+					setSimple(d, s, c)
+					sdepth = d
+				}
 				i++
 				continue
 			}
@@ -99,7 +115,7 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 			continue
 		}
 		if t := v.tTok[i]; t >= 0 {
-			acc = v.appendDups(acc, t)
+			accept(t)
 		}
 		if len(w.lastTops()) == 0 {
 			if w.lv[d-wbase].cum {
@@ -111,13 +127,17 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 		i++
 	}
 	sm := &stateMask{unc: unc}
-	if len(acc) > v.n/denseShare {
-		sm.dense = make([]uint64, v.MaskWords())
-		for _, t := range acc {
-			sm.dense[t>>6] |= 1 << (t & 63)
+	switch {
+	case nacc > v.n/denseShare:
+		sm.dense = acc
+	case nacc > 0:
+		sm.list = make([]int32, 0, nacc)
+		for wi, x := range acc {
+			for x != 0 {
+				sm.list = append(sm.list, int32(wi*64+bits.TrailingZeros64(x)))
+				x &= x - 1
+			}
 		}
-	} else if len(acc) > 0 {
-		sm.list = slices.Clip(acc)
 	}
 	if len(unc) > 0 {
 		sm.lcp = make([]int32, len(unc))
