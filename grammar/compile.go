@@ -67,7 +67,8 @@ type Grammar struct {
 	callOff   []int32 // per state: its calls are calls[callOff[s]:callOff[s+1]]
 	calls     []call
 
-	masks []atomic.Pointer[stateMask] // per state, computed on first use
+	masks      []atomic.Pointer[stateMask] // per state, computed on first use
+	rootCalled bool                        // some rule calls the root rule
 }
 
 const (
@@ -437,6 +438,9 @@ func flatten(dfas []*dfa, productive []bool) *Grammar {
 	}
 	g.callOff = append(g.callOff, int32(len(g.calls)))
 	g.root = base[0]
+	for _, c := range g.calls {
+		g.rootCalled = g.rootCalled || c.start == g.root
+	}
 	g.masks = make([]atomic.Pointer[stateMask], len(g.flags))
 	return g
 }

@@ -63,6 +63,13 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 		row[d], cmap[d] = g.stTrans[s], &g.classMaps[g.stClass[s]]
 	}
 	setSimple(0, gid, false)
+	// A state of a root rule that nothing calls sits on the real bottom:
+	// its rule's end completes the output, and no token can go past it,
+	// so none is uncertain.
+	bottom := bottomCtx
+	if g.stRule[gid] == g.stRule[g.root] && !g.rootCalled {
+		bottom = bottomRoot
+	}
 	sdepth := 0
 	wbase := -1 // trie depth of the walker's level 0, -1: walker unused
 	for i := int32(0); i < int32(len(v.tByte)); {
@@ -84,7 +91,7 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 				if t := v.tTok[i]; t >= 0 {
 					accept(t)
 				}
-				c := cum[d-1] || f&fFinal != 0
+				c := cum[d-1] || (f&fFinal != 0 && bottom == bottomCtx)
 				if f&fBytes == 0 {
 					if c {
 						subtree(i+1, v.tNext[i])
@@ -100,7 +107,7 @@ func (g *Grammar) computeMask(gid int32, w *walker) *stateMask {
 				continue
 			}
 			// Calls ahead: hand over to the walker from depth d-1.
-			w.nodes = append(w.nodes[:0], node{simple[d-1], bottomCtx})
+			w.nodes = append(w.nodes[:0], node{simple[d-1], bottom})
 			w.start([]int32{0})
 			w.lv[0].cum = cum[d-1]
 			wbase = d - 1

@@ -20,8 +20,9 @@ type level struct {
 	tops  int32 // this level's stack tops are tops[tops:next level's tops]
 	nodes int32 // nodes made from this level on start here
 	alive bool  // some stack consumed this level's byte
-	end   bool  // some stack reached the bottom after this level's byte
-	cum   bool  // end at this level or an earlier one
+	end   bool  // some stack popped bottomRoot: the grammar may be complete
+	ctx   bool  // some stack popped bottomCtx: the rest needs the callers
+	cum   bool  // ctx at this level or an earlier one
 }
 
 type walker struct {
@@ -95,7 +96,7 @@ func (w *walker) push(b byte) bool {
 	}
 	L := &w.lv[d+1]
 	L.alive = alive
-	L.cum = L.cum || L.end
+	L.cum = L.cum || L.ctx
 	return alive
 }
 
@@ -160,8 +161,10 @@ func (w *walker) visit(id int32) {
 		w.tops = append(w.tops, id)
 	}
 	if f&fFinal != 0 {
-		if n.parent < 0 {
+		if n.parent == bottomRoot {
 			w.lv[len(w.lv)-1].end = true
+		} else if n.parent == bottomCtx {
+			w.lv[len(w.lv)-1].ctx = true
 		} else {
 			w.visit(n.parent)
 		}
