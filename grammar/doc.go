@@ -53,11 +53,12 @@
 //
 // # Whitespace
 //
-// JSON output may hold, between two tokens (and before the value), at
-// most 4 spaces or tabs, then optionally one line break (LF or CRLF) and at
-// most 32 spaces or tabs of indentation; none after the value. That admits
-// compact and pretty-printed JSON and keeps a model that favours
-// whitespace from looping in it. Spec.CompactJSON allows none.
+// JSON output may hold, between two tokens, at most 4 spaces or tabs;
+// after { [ and , and before } ] (and before the value) these may be
+// followed by one line break (LF or CRLF) and at most 32 spaces or tabs of
+// indentation; nothing follows the value. That admits compact and
+// pretty-printed JSON and keeps a model that favours whitespace from
+// looping in it. Spec.CompactJSON allows none.
 //
 // # Limits
 //

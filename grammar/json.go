@@ -5,10 +5,12 @@ package grammar
 // Whitespace policy. JSON allows any run of space, tab, CR and LF between
 // tokens; a model under a mask whose weights favour whitespace could then
 // emit it forever. Like xgrammar's and llguidance's bounded modes we allow
-// what compact and pretty-printed JSON need and no more: between two JSON
-// tokens up to wsMaxInline spaces or tabs, then optionally one line break
-// (LF or CRLF) and up to wsMaxIndent spaces or tabs of indentation. That is
-// at most 4+2+32 = 38 bytes in a row, whatever the model does.
+// what compact and pretty-printed JSON need and no more: up to wsMaxInline
+// spaces or tabs between two JSON tokens; after { [ and , and before } and
+// ] (and before the value) that may be followed by one line break (LF or
+// CRLF) and up to wsMaxIndent spaces or tabs of indentation. That is at
+// most 4+2+32 = 38 bytes in a row, whatever the model does. Line breaks
+// only where pretty-printers put them also keeps the automata small.
 const (
 	wsMaxInline = 4
 	wsMaxIndent = 32
@@ -38,9 +40,17 @@ func (j *jsonCtx) ws() expr {
 	)
 }
 
+// inlineWS is the whitespace allowed where no line break goes.
+func (j *jsonCtx) inlineWS() expr {
+	if j.compact {
+		return eEmpty
+	}
+	return eRep{chars(rrange{' ', ' '}, rrange{'\t', '\t'}), 0, wsMaxInline}
+}
+
 // comma and colon separate array items and members, with whitespace.
-func (j *jsonCtx) comma() expr { return seq(j.ws(), eLit(","), j.ws()) }
-func (j *jsonCtx) colon() expr { return seq(j.ws(), eLit(":"), j.ws()) }
+func (j *jsonCtx) comma() expr { return seq(j.inlineWS(), eLit(","), j.ws()) }
+func (j *jsonCtx) colon() expr { return seq(j.inlineWS(), eLit(":"), j.inlineWS()) }
 
 // jsonChar is one character of a JSON string's contents, raw or escaped.
 // \u escapes of surrogates are left out: a lone one is not a character,

@@ -676,7 +676,7 @@ func floorRat(r *big.Rat) *big.Int {
 // leading zeros: a digit automaton, exact for any magnitude.
 func intRange(lo, hi *big.Int) expr {
 	var alts eAlt
-	zero, one, minusOne := big.NewInt(0), big.NewInt(1), big.NewInt(-1)
+	zero, minusOne := big.NewInt(0), big.NewInt(-1)
 	if hi == nil || hi.Sign() >= 0 {
 		a := zero
 		if lo != nil && lo.Sign() > 0 {
@@ -699,7 +699,6 @@ func intRange(lo, hi *big.Int) expr {
 			alts = append(alts, seq(eLit("-"), digitsRange(new(big.Int).Neg(top), mag)))
 		}
 	}
-	_ = one
 	return alt(alts...)
 }
 
