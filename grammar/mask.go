@@ -180,11 +180,3 @@ func (sm *stateMask) fill(mask []uint64) {
 		mask[t>>6] |= 1 << (t & 63)
 	}
 }
-
-func popcount(mask []uint64) int {
-	n := 0
-	for _, x := range mask {
-		n += bits.OnesCount64(x)
-	}
-	return n
-}

@@ -243,3 +243,11 @@ func TestRandomWalkSentencePiece(t *testing.T) {
 		t.Fatal("no walk completed")
 	}
 }
+
+func popcount(mask []uint64) int {
+	n := 0
+	for _, x := range mask {
+		n += bits.OnesCount64(x)
+	}
+	return n
+}

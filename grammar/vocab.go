@@ -35,7 +35,7 @@ type Vocab struct {
 // never allowed, as for special tokens) and the end-of-generation ids, which
 // a matcher allows once the grammar is complete.
 func NewVocab(tokens [][]byte, eos []int) (*Vocab, error) {
-	v := &Vocab{n: len(tokens), toks: tokens, isEOS: make([]bool, len(tokens))}
+	v := &Vocab{n: len(tokens), toks: make([][]byte, len(tokens)), isEOS: make([]bool, len(tokens))}
 	for _, id := range eos {
 		if id < 0 || id >= len(tokens) {
 			return nil, fmt.Errorf("grammar: eos id %d outside the vocabulary of %d", id, len(tokens))
@@ -49,8 +49,7 @@ func NewVocab(tokens [][]byte, eos []int) (*Vocab, error) {
 	for i, t := range tokens {
 		if len(t) > 0 && !v.isEOS[i] {
 			ids = append(ids, int32(i))
-		} else {
-			v.toks[i] = nil
+			v.toks[i] = t
 		}
 	}
 	slices.SortFunc(ids, func(a, b int32) int {
