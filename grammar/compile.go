@@ -68,6 +68,8 @@ type Grammar struct {
 	calls     []call
 
 	masks      []atomic.Pointer[stateMask] // per state, computed on first use
+	maskBytes  atomic.Int64                // memory the kept masks take
+	maxMask    int64                       // Limits.MaxMaskCacheBytes
 	rootCalled bool                        // some rule calls the root rule
 }
 
@@ -115,6 +117,7 @@ func Compile(spec Spec, vocab *Vocab, lim Limits) (*Grammar, error) {
 		return nil, err
 	}
 	g.vocab = vocab
+	g.maxMask = lim.MaxMaskCacheBytes
 	return g, nil
 }
 

@@ -22,6 +22,10 @@ type Limits struct {
 	MaxRules int
 	// CompileTimeout bounds the wall time of Compile.
 	CompileTimeout time.Duration
+	// MaxMaskCacheBytes bounds the memory a grammar's per-state token
+	// masks take (a dense one is vocabulary/8 bytes); past it, masks of
+	// further states are computed on every use instead of kept.
+	MaxMaskCacheBytes int64
 }
 
 // DefaultLimits are generous for real schemas (tool definitions of a few
@@ -35,6 +39,8 @@ var DefaultLimits = Limits{
 	MaxStates:      100_000,
 	MaxRules:       10_000,
 	CompileTimeout: 2 * time.Second,
+	// 64 MiB: some 3,400 dense masks of a 151k vocabulary.
+	MaxMaskCacheBytes: 64 << 20,
 }
 
 func (l Limits) withDefaults() Limits {
@@ -59,6 +65,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.CompileTimeout > 0 {
 		d.CompileTimeout = l.CompileTimeout
+	}
+	if l.MaxMaskCacheBytes > 0 {
+		d.MaxMaskCacheBytes = l.MaxMaskCacheBytes
 	}
 	return d
 }

@@ -22,9 +22,25 @@ func (g *Grammar) mask(gid int32, w *walker) *stateMask {
 	if p := g.masks[gid].Load(); p != nil {
 		return p
 	}
-	g.masks[gid].CompareAndSwap(nil, g.computeMask(gid, w))
+	sm := g.computeMask(gid, w)
+	size := sm.bytes()
+	if g.maskBytes.Add(size) > g.maxMask {
+		// Over budget: use it this once.
+		g.maskBytes.Add(-size)
+		return sm
+	}
+	if !g.masks[gid].CompareAndSwap(nil, sm) {
+		g.maskBytes.Add(-size) // another matcher stored it first
+	}
 	return g.masks[gid].Load()
 }
+
+func (sm *stateMask) bytes() int64 {
+	return int64(8*len(sm.dense) + 4*(len(sm.list)+len(sm.unc)+len(sm.lcp)) + 96)
+}
+
+// MaskCacheBytes is the memory the grammar's kept token masks take.
+func (g *Grammar) MaskCacheBytes() int64 { return g.maskBytes.Load() }
 
 // computeMask walks the whole token trie from a stack holding only gid,
 // skipping subtrees no stack survives. While the walk stays inside gid's

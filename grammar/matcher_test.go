@@ -117,3 +117,36 @@ func TestConcurrentMatchers(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// Past MaxMaskCacheBytes masks are still right, only not kept.
+func TestMaskCacheBudget(t *testing.T) {
+	v, _ := testVocab(t, "qwen3")
+	g, err := Compile(Spec{JSONSchema: toolSchema}, v, Limits{MaxMaskCacheBytes: 2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := Compile(Spec{JSONSchema: toolSchema}, v, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, mr := g.NewMatcher(), ref.NewMatcher()
+	mask, want := make([]uint64, v.MaskWords()), make([]uint64, v.MaskWords())
+	rng := rand.New(rand.NewPCG(2, 2))
+	for step := 0; step < 30 && !m.IsTerminated(); step++ {
+		m.FillMask(mask)
+		mr.FillMask(want)
+		if !slices.Equal(mask, want) {
+			t.Fatalf("step %d: masks differ", step)
+		}
+		tok := sampleMask(mask, rng)
+		if m.Accept(tok) != nil || mr.Accept(tok) != nil {
+			t.Fatal("rejected")
+		}
+	}
+	if n := g.MaskCacheBytes(); n > 2000 {
+		t.Fatalf("%d bytes kept", n)
+	}
+	if ref.MaskCacheBytes() <= 2000 {
+		t.Fatalf("reference kept only %d bytes", ref.MaskCacheBytes())
+	}
+}
