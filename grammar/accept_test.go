@@ -186,3 +186,5 @@ func deepSchema(n int) string {
 	}
 	return s
 }
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }

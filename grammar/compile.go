@@ -10,7 +10,7 @@ import (
 )
 
 // Spec says what output to force. Exactly one of JSONSchema, JSONObject,
-// Regex, GBNF and Choice is set.
+// Regex, GBNF, Lark and Choice is set.
 type Spec struct {
 	// JSONSchema is a JSON Schema document: the output is one JSON value
 	// that validates against it (see schema.go for the supported subset).
@@ -22,6 +22,9 @@ type Spec struct {
 	Regex string
 	// GBNF is a grammar in llama.cpp's GBNF; generation starts at "root".
 	GBNF string
+	// Lark is a grammar in Lark's EBNF (see lark.go for the subset);
+	// generation starts at "start".
+	Lark string
 	// Choice forces exactly one of these strings.
 	Choice []string
 
@@ -141,6 +144,10 @@ func frontEnd(spec Spec, b *budget) (*ruleSet, error) {
 		n++
 		size = len(spec.GBNF)
 	}
+	if spec.Lark != "" {
+		n++
+		size = len(spec.Lark)
+	}
 	if spec.Choice != nil {
 		n++
 		for _, c := range spec.Choice {
@@ -167,6 +174,8 @@ func frontEnd(spec Spec, b *budget) (*ruleSet, error) {
 		}
 	case spec.GBNF != "":
 		err = parseGBNF(rs, spec.GBNF, b.lim)
+	case spec.Lark != "":
+		err = parseLark(rs, spec.Lark, b.lim)
 	default:
 		if len(spec.Choice) == 0 {
 			return nil, errorf(ErrSyntax, "choice: empty list")

@@ -1,6 +1,6 @@
 // Package grammar constrains generation to a formal language: a JSON
-// Schema, any JSON object, a regular expression, a GBNF grammar or a list
-// of choices. Each decoding step it gives the set of tokens that keep the
+// Schema, any JSON object, a regular expression, a GBNF or Lark grammar or
+// a list of choices. Each decoding step it gives the set of tokens that keep the
 // output inside the language, as a bitset over the vocabulary.
 //
 // # Use
@@ -48,8 +48,8 @@
 //
 // JSON Schema: see schema.go for the keywords. Regexes use Go's RE2
 // syntax (regexp/syntax parses them; the automaton is built here) and
-// match the whole output. GBNF is llama.cpp's (see gbnf.go). Lark-style
-// EBNF is not supported.
+// match the whole output. GBNF is llama.cpp's (see gbnf.go); Lark EBNF a
+// subset with %import common and %ignore (see lark.go).
 //
 // # Whitespace
 //

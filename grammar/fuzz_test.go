@@ -83,3 +83,17 @@ func FuzzSchema(f *testing.F) {
 		_ = m.AcceptString(input)
 	})
 }
+
+func FuzzLark(f *testing.F) {
+	f.Add(larkJSON, `{"a": [1]}`)
+	f.Add("start: A+ B?\nA: \"a\"..\"c\"\nB: /x+/i\n%ignore \" \"", "ab X")
+	f.Fuzz(func(t *testing.T, src, input string) {
+		g, err := Compile(Spec{Lark: src}, nil, fuzzLimits)
+		if err != nil {
+			checkCompileError(t, err)
+			return
+		}
+		m := g.NewMatcher()
+		_ = m.AcceptString(input)
+	})
+}
