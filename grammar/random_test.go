@@ -25,6 +25,7 @@ var randomSchemas = []string{
 	`{"type":"object","properties":{"a":{"type":"integer"}},"additionalProperties":{"type":"boolean"},"minProperties":1,"required":["a"]}`,
 	`{"type":"object","properties":{"x":{"type":"object","properties":{"y":{"type":"object","properties":{"z":{"const":42}},"required":["z"]}},"required":["y"]}},"required":["x"]}`,
 	`{"type":"number","exclusiveMinimum":-3,"maximum":3}`,
+	`{"type":"array","items":{"type":"number","exclusiveMinimum":-0.75,"maximum":2.125},"minItems":3,"maxItems":3}`,
 	`{"type":"array","items":{"type":"integer","minimum":0,"maximum":255},"minItems":2}`,
 }
 

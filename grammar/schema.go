@@ -18,7 +18,7 @@ import (
 // maxLength, pattern (searched, as JSON Schema says, unless anchored),
 // format (date, time, date-time, uuid, ipv4, email; others are not
 // constrained), minimum, maximum, exclusiveMinimum, exclusiveMaximum
-// (exact for integers; for numbers when the bounds are integers). Keywords
+// (exact, for integers and decimals). Keywords
 // that would constrain validation in ways we do not generate (not, if,
 // patternProperties, contains, ...) are ErrUnsupported; uniqueItems is
 // not enforced. Annotations (title, description, default, ...) are ignored.
@@ -646,17 +646,7 @@ func (c *schemaCompiler) number(s *jv, integer bool) (expr, error) {
 		}
 		return intRange(l, h), nil
 	}
-	if (lo != nil && !lo.IsInt()) || (hi != nil && !hi.IsInt()) {
-		return nil, errorf(ErrUnsupported, "json schema: non-integer bounds on a number")
-	}
-	var l, h *big.Int
-	if lo != nil {
-		l = new(big.Int).Set(lo.Num())
-	}
-	if hi != nil {
-		h = new(big.Int).Set(hi.Num())
-	}
-	return numberRange(l, h, loEx, hiEx), nil
+	return decimalRange(lo, hi, loEx, hiEx), nil
 }
 
 func ceilRat(r *big.Rat) *big.Int {
@@ -702,50 +692,114 @@ func intRange(lo, hi *big.Int) expr {
 	return alt(alts...)
 }
 
-// numberRange is the decimals (no exponent) in the interval between lo and
-// hi (nil: unbounded; integer endpoints, each inclusive or exclusive).
-// Integers k are written "k" or "k.000"; a non-integer lies strictly
-// between two integers, so only its integer part needs a range.
-func numberRange(lo, hi *big.Int, loEx, hiEx bool) expr {
-	one := big.NewInt(1)
-	l, h := lo, hi
-	if l != nil && loEx {
-		l = new(big.Int).Add(l, one)
-	}
-	if h != nil && hiEx {
-		h = new(big.Int).Sub(h, one)
-	}
+// decimalRange is the decimals (no exponent) between lo and hi (nil:
+// unbounded; each inclusive or exclusive), exactly: a sign, then the
+// magnitude compared digit by digit with the bound's decimal expansion
+// (intersections and exclusions of those automata).
+func decimalRange(lo, hi *big.Rat, loEx, hiEx bool) expr {
 	var alts eAlt
-	frac0 := opt(seq(eLit("."), plus(eLit("0"))))
-	fracNZ := seq(eLit("."), digits(0, -1), chars(rrange{'1', '9'}), digits(0, -1))
-	if l == nil || h == nil || l.Cmp(h) <= 0 {
-		alts = append(alts, seq(intRange(l, h), frac0))
+	// x >= 0.
+	var nonneg expr = magnitude()
+	ok := true
+	if lo != nil && (lo.Sign() > 0 || (lo.Sign() == 0 && loEx)) {
+		nonneg = eAnd{nonneg, magCmp(lo, true, loEx)}
 	}
-	// Positive non-integers with integer part J in [max(lo,0), hi-1].
-	a := big.NewInt(0)
-	if lo != nil && lo.Sign() > 0 {
-		a = lo
-	}
-	var b *big.Int
 	if hi != nil {
-		b = new(big.Int).Sub(hi, one)
+		if hi.Sign() < 0 || (hi.Sign() == 0 && hiEx) {
+			ok = false
+		} else {
+			nonneg = eAnd{nonneg, magCmp(hi, false, hiEx)}
+		}
 	}
-	if b == nil || a.Cmp(b) <= 0 {
-		alts = append(alts, seq(digitsRange(a, b), fracNZ))
+	if ok {
+		alts = append(alts, nonneg)
 	}
-	// Negative non-integers -J.F with J in [max(0,-hi), -lo-1].
-	a = big.NewInt(0)
-	if hi != nil && hi.Sign() < 0 {
-		a = new(big.Int).Neg(hi)
-	}
-	b = nil
+	// x < 0, written "-" and a magnitude above zero.
+	var neg expr = eDiff{magnitude(), zeroMagnitude()}
+	ok = true
 	if lo != nil {
-		b = new(big.Int).Sub(new(big.Int).Neg(lo), one)
+		if lo.Sign() >= 0 {
+			ok = false
+		} else {
+			neg = eAnd{neg, magCmp(new(big.Rat).Neg(lo), false, loEx)}
+		}
 	}
-	if b == nil || a.Cmp(b) <= 0 {
-		alts = append(alts, seq(eLit("-"), digitsRange(a, b), fracNZ))
+	if hi != nil && hi.Sign() < 0 {
+		neg = eAnd{neg, magCmp(new(big.Rat).Neg(hi), true, hiEx)}
+	}
+	if ok {
+		alts = append(alts, seq(eLit("-"), neg))
 	}
 	return alt(alts...)
+}
+
+// magnitude is an unsigned decimal without exponent.
+func magnitude() expr {
+	return seq(alt(eLit("0"), seq(chars(rrange{'1', '9'}), digits(0, -1))), opt(seq(eLit("."), digits(1, -1))))
+}
+
+func zeroMagnitude() expr { return seq(eLit("0"), opt(seq(eLit("."), plus(eLit("0"))))) }
+
+// magCmp is the magnitudes >= r (geq) or <= r, strictly if strict; r >= 0
+// has a finite decimal expansion (it came from a JSON number).
+func magCmp(r *big.Rat, geq, strict bool) expr {
+	a, b, _ := strings.Cut(r.FloatString(2*maxBoundDigits), ".")
+	b = strings.TrimRight(b, "0")
+	ai, _ := new(big.Int).SetString(a, 10)
+	frac := opt(seq(eLit("."), digits(1, -1)))
+	var base eAlt
+	if geq {
+		base = eAlt{seq(digitsRange(new(big.Int).Add(ai, big.NewInt(1)), nil), frac), seq(eLit(a), fracGeq(b))}
+	} else {
+		if ai.Sign() > 0 {
+			base = append(base, seq(digitsRange(big.NewInt(0), new(big.Int).Sub(ai, big.NewInt(1))), frac))
+		}
+		base = append(base, seq(eLit(a), fracLeq(b)))
+	}
+	if !strict {
+		return base
+	}
+	// The bound itself, however many zeros trail it.
+	var equal expr = seq(eLit(a), opt(seq(eLit("."), plus(eLit("0")))))
+	if b != "" {
+		equal = seq(eLit(a+"."+b), star(eLit("0")))
+	}
+	return eDiff{base, equal}
+}
+
+// fracGeq: the fraction part (with its point, or none) of numbers whose
+// fraction is >= 0.b.
+func fracGeq(b string) expr {
+	frac := opt(seq(eLit("."), digits(1, -1)))
+	if b == "" {
+		return frac
+	}
+	var alts eAlt
+	for k := 0; k < len(b); k++ {
+		if b[k] < '9' {
+			alts = append(alts, seq(eLit(b[:k]), chars(rrange{rune(b[k]) + 1, '9'}), digits(0, -1)))
+		}
+	}
+	alts = append(alts, seq(eLit(b), digits(0, -1)))
+	return seq(eLit("."), alts)
+}
+
+// fracLeq: the fraction part (or none) of numbers whose fraction is
+// <= 0.b.
+func fracLeq(b string) expr {
+	if b == "" {
+		return opt(seq(eLit("."), plus(eLit("0"))))
+	}
+	alts := eAlt{seq(eLit(b), star(eLit("0")))}
+	for k := 0; k < len(b); k++ {
+		if b[k] > '0' {
+			alts = append(alts, seq(eLit(b[:k]), chars(rrange{'0', rune(b[k]) - 1}), digits(0, -1)))
+		}
+		if k > 0 {
+			alts = append(alts, eLit(b[:k]))
+		}
+	}
+	return opt(seq(eLit("."), alts))
 }
 
 // digitsRange is the canonical decimals of the integers in [a, b], a >= 0,
