@@ -26,6 +26,7 @@ var randomSchemas = []string{
 	`{"type":"object","properties":{"x":{"type":"object","properties":{"y":{"type":"object","properties":{"z":{"const":42}},"required":["z"]}},"required":["y"]}},"required":["x"]}`,
 	`{"type":"number","exclusiveMinimum":-3,"maximum":3}`,
 	`{"type":"array","items":{"type":"number","exclusiveMinimum":-0.75,"maximum":2.125},"minItems":3,"maxItems":3}`,
+	`{"type":"array","items":{"anyOf":[{"type":"integer","multipleOf":3},{"type":"number","multipleOf":0.05,"maximum":1}]},"minItems":2,"maxItems":4}`,
 	`{"type":"array","items":{"type":"integer","minimum":0,"maximum":255},"minItems":2}`,
 }
 

@@ -18,7 +18,8 @@ import (
 // maxLength, pattern (searched, as JSON Schema says, unless anchored),
 // format (date, time, date-time, uuid, ipv4, email; others are not
 // constrained), minimum, maximum, exclusiveMinimum, exclusiveMaximum
-// (exact, for integers and decimals). Keywords
+// (exact, for integers and decimals), multipleOf (a remainder automaton).
+// Keywords
 // that would constrain validation in ways we do not generate (not, if,
 // patternProperties, contains, ...) are ErrUnsupported; uniqueItems is
 // not enforced. Annotations (title, description, default, ...) are ignored.
@@ -611,20 +612,41 @@ func bounds(s *jv) (lo, hi *big.Rat, loEx, hiEx bool, err error) {
 }
 
 func (c *schemaCompiler) number(s *jv, integer bool) (expr, error) {
-	if m, err := ratKeyword(s, "multipleOf"); err != nil {
+	m, err := ratKeyword(s, "multipleOf")
+	if err != nil {
 		return nil, err
-	} else if m != nil && !(integer && m.IsInt() && m.Num().IsInt64() && m.Num().Int64() == 1) {
-		return nil, errorf(ErrUnsupported, "json schema: multipleOf")
 	}
+	if m != nil && m.Sign() <= 0 {
+		return nil, errorf(ErrSyntax, "json schema: multipleOf must be positive")
+	}
+	e, err := c.numberRange(s, integer, m != nil)
+	if err != nil || m == nil {
+		return e, err
+	}
+	if integer && m.IsInt() && m.Num().IsInt64() && m.Num().Int64() == 1 {
+		return e, nil
+	}
+	d, err := multipleDFA(m, c.b.lim)
+	if err != nil {
+		return nil, err
+	}
+	return eAnd{e, eDFA{d}}, nil
+}
+
+// numberRange is the numbers within the schema's bounds; exponents only
+// when unbounded and no multipleOf applies.
+func (c *schemaCompiler) numberRange(s *jv, integer, noExp bool) (expr, error) {
 	lo, hi, loEx, hiEx, err := bounds(s)
 	if err != nil {
 		return nil, err
 	}
 	if lo == nil && hi == nil {
-		if integer {
+		switch {
+		case integer:
 			return jsonInteger(), nil
+		case !noExp:
+			return jsonNumber(), nil
 		}
-		return jsonNumber(), nil
 	}
 	if integer {
 		// Integer bounds: ceil of the minimum, floor of the maximum.
@@ -647,6 +669,76 @@ func (c *schemaCompiler) number(s *jv, integer bool) (expr, error) {
 		return intRange(l, h), nil
 	}
 	return decimalRange(lo, hi, loEx, hiEx), nil
+}
+
+// maxMultipleStates bounds the remainder automaton of multipleOf.
+const maxMultipleStates = 20000
+
+// multipleDFA accepts decimals (optional sign, digits, optional fraction,
+// no exponent; leading zeros are left to the range it is intersected
+// with) that are multiples of m = p/10^k: the digits, fraction included,
+// read as one integer N with j fraction digits, must have N*10^(k-j)
+// divisible by p. States track N mod p and j; past k fraction digits only
+// zeros may follow.
+func multipleDFA(m *big.Rat, lim Limits) (*dfa, error) {
+	k := 0
+	scaled := new(big.Rat).Set(m)
+	ten := big.NewRat(10, 1)
+	for !scaled.IsInt() {
+		if k >= 18 {
+			return nil, errorf(ErrUnsupported, "json schema: multipleOf %s has too many decimals", m.RatString())
+		}
+		scaled.Mul(scaled, ten)
+		k++
+	}
+	if !scaled.Num().IsInt64() || scaled.Num().Int64() > maxMultipleStates || int(scaled.Num().Int64())*(k+2) > maxMultipleStates {
+		return nil, errorf(ErrUnsupported, "json schema: multipleOf %s needs too large an automaton", m.RatString())
+	}
+	p := int(scaled.Num().Int64())
+	pow := make([]int, k+1) // 10^i mod p
+	pow[0] = 1 % p
+	for i := 1; i <= k; i++ {
+		pow[i] = pow[i-1] * 10 % p
+	}
+	// State numbering: 0 start, 1 after "-", then int(r), frac(r, j) for
+	// j = 0..k, zeros(r).
+	intS := func(r int) int32 { return int32(2 + r) }
+	fracS := func(r, j int) int32 { return int32(2 + p + j*p + r) }
+	zeroS := func(r int) int32 { return int32(2 + p + (k+1)*p + r) }
+	n := 2 + p + (k+1)*p + p
+	d := &dfa{st: make([]dstate, n)}
+	digitMoves := func(to func(dg int) int32) []bedge {
+		out := make([]bedge, 0, 10)
+		for dg := 0; dg < 10; dg++ {
+			if t := to(dg); t >= 0 {
+				out = append(out, bedge{byte('0' + dg), byte('0' + dg), t})
+			}
+		}
+		return out
+	}
+	first := digitMoves(func(dg int) int32 { return intS(dg % p) })
+	d.st[0].ranges = append([]bedge{{'-', '-', 1}}, first...)
+	d.st[1].ranges = first
+	for r := 0; r < p; r++ {
+		d.st[intS(r)].ranges = append(digitMoves(func(dg int) int32 { return intS((10*r + dg) % p) }), bedge{})
+		copy(d.st[intS(r)].ranges[1:], d.st[intS(r)].ranges)
+		d.st[intS(r)].ranges[0] = bedge{'.', '.', fracS(r, 0)}
+		d.st[intS(r)].final = r*pow[k]%p == 0
+		for j := 0; j <= k; j++ {
+			st := &d.st[fracS(r, j)]
+			if j < k {
+				st.ranges = digitMoves(func(dg int) int32 { return fracS((10*r+dg)%p, j+1) })
+			} else {
+				st.ranges = []bedge{{'0', '0', zeroS(r)}}
+			}
+			st.final = j > 0 && r*pow[k-j]%p == 0
+		}
+		d.st[zeroS(r)].ranges = []bedge{{'0', '0', zeroS(r)}}
+		d.st[zeroS(r)].final = r == 0
+	}
+	_ = lim
+	d.trim(nil)
+	return d.minimize(), nil
 }
 
 func ceilRat(r *big.Rat) *big.Int {
