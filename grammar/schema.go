@@ -626,7 +626,7 @@ func (c *schemaCompiler) number(s *jv, integer bool) (expr, error) {
 	if integer && m.IsInt() && m.Num().IsInt64() && m.Num().Int64() == 1 {
 		return e, nil
 	}
-	d, err := multipleDFA(m, c.b.lim)
+	d, err := multipleDFA(m)
 	if err != nil {
 		return nil, err
 	}
@@ -680,7 +680,7 @@ const maxMultipleStates = 20000
 // read as one integer N with j fraction digits, must have N*10^(k-j)
 // divisible by p. States track N mod p and j; past k fraction digits only
 // zeros may follow.
-func multipleDFA(m *big.Rat, lim Limits) (*dfa, error) {
+func multipleDFA(m *big.Rat) (*dfa, error) {
 	k := 0
 	scaled := new(big.Rat).Set(m)
 	ten := big.NewRat(10, 1)
@@ -736,7 +736,6 @@ func multipleDFA(m *big.Rat, lim Limits) (*dfa, error) {
 		d.st[zeroS(r)].ranges = []bedge{{'0', '0', zeroS(r)}}
 		d.st[zeroS(r)].final = r == 0
 	}
-	_ = lim
 	d.trim(nil)
 	return d.minimize(), nil
 }
