@@ -72,7 +72,8 @@ type Tokenizer struct {
 	special map[string]any // bos_token, eos_token, ... for chat templates
 
 	chat    *chattemplate.Template
-	chatErr error // a template that failed to compile: reported on use
+	chatErr error  // a template that failed to compile: reported on use
+	chatSrc string // the template's source
 
 	pool sync.Pool // *workspace
 }
@@ -379,6 +380,7 @@ func (t *Tokenizer) SetChatTemplate(src string) error {
 }
 
 func (t *Tokenizer) setChatTemplate(src string) {
+	t.chatSrc = src
 	t.chat, t.chatErr = chattemplate.Compile(src)
 	if t.chatErr != nil {
 		t.chatErr = fmt.Errorf("tokenizer: chat_template: %w", t.chatErr)
@@ -587,6 +589,10 @@ func (t *Tokenizer) IsSpecial(id int) bool {
 	a, ok := t.addedByID[id]
 	return ok && a.special
 }
+
+// ChatTemplate is the chat template's source ("" when there is none); the
+// server reads which tool-call format it teaches from it.
+func (t *Tokenizer) ChatTemplate() string { return t.chatSrc }
 
 // HasChatTemplate reports whether a chat template was found.
 func (t *Tokenizer) HasChatTemplate() bool { return t.chat != nil || t.chatErr != nil }
