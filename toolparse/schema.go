@@ -36,6 +36,12 @@ var ErrToolChoice = errors.New("toolparse: invalid tools or tool_choice")
 // "$ref"s inside each tool's parameters are rewritten to stay valid where
 // the parameters are placed.
 func CallSchema(tools []Tool, name string) (json.RawMessage, error) {
+	return callSchema(tools, name, "arguments", "#")
+}
+
+// callSchema is CallSchema with the arguments under argsKey ("parameters"
+// for Llama 3) and the schema placed at base inside the final document.
+func callSchema(tools []Tool, name, argsKey, base string) (json.RawMessage, error) {
 	var picked []Tool
 	for _, t := range tools {
 		if t.Type != "" && t.Type != "function" {
@@ -54,22 +60,23 @@ func CallSchema(tools []Tool, name string) (json.RawMessage, error) {
 		}
 		return nil, fmt.Errorf("%w: tool_choice requires a call but no function tools are given", ErrToolChoice)
 	}
+	key, _ := json.Marshal(argsKey)
 	var sb strings.Builder
 	one := func(t Tool, at string) error {
 		params := t.Function.Parameters
 		if len(bytes.TrimSpace(params)) == 0 || string(bytes.TrimSpace(params)) == "null" {
 			params = json.RawMessage(`{"type":"object","properties":{}}`)
 		}
-		p, err := rebaseRefs(params, at+"/properties/arguments")
+		p, err := rebaseRefs(params, at+"/properties/"+argsKey)
 		if err != nil {
 			return fmt.Errorf("%w: function %q: parameters: %v", ErrToolChoice, t.Function.Name, err)
 		}
 		nm, _ := json.Marshal(t.Function.Name)
-		fmt.Fprintf(&sb, `{"type":"object","properties":{"name":{"const":%s},"arguments":%s},"required":["name","arguments"],"additionalProperties":false}`, nm, p)
+		fmt.Fprintf(&sb, `{"type":"object","properties":{"name":{"const":%s},%s:%s},"required":["name",%s],"additionalProperties":false}`, nm, key, p, key)
 		return nil
 	}
 	if len(picked) == 1 {
-		if err := one(picked[0], "#"); err != nil {
+		if err := one(picked[0], base); err != nil {
 			return nil, err
 		}
 		return json.RawMessage(sb.String()), nil
@@ -79,7 +86,7 @@ func CallSchema(tools []Tool, name string) (json.RawMessage, error) {
 		if i > 0 {
 			sb.WriteByte(',')
 		}
-		if err := one(t, "#/anyOf/"+strconv.Itoa(i)); err != nil {
+		if err := one(t, base+"/anyOf/"+strconv.Itoa(i)); err != nil {
 			return nil, err
 		}
 	}
@@ -97,12 +104,7 @@ func HermesSpec(tools []Tool, name string, parallel bool) (grammar.Spec, error) 
 	if err != nil {
 		return grammar.Spec{}, err
 	}
-	strict := true
-	for _, t := range tools {
-		if name == "" || t.Function.Name == name {
-			strict = strict && t.Function.Strict != nil && *t.Function.Strict
-		}
-	}
+	strict := allStrict(tools, name)
 	max := 1
 	if parallel && name == "" {
 		max = -1
