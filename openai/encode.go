@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/llmserve/llmserve/engine"
+	"github.com/llmserve/llmserve/toolparse"
 )
 
 // The encoders below append JSON to a caller-owned buffer so that streaming
@@ -161,6 +162,17 @@ type Choice struct {
 	WantTokenIDs   bool
 	TokenIDs       []int
 	PromptTokenIDs []int
+
+	// Chat with a reasoning parser: Reasoning is reasoning_content, written
+	// when non-empty, and in a full response as null when empty and
+	// WantReasoning.
+	Reasoning     []byte
+	WantReasoning bool
+	// ToolCalls are chat's tool_calls: complete calls in a full response
+	// (content is then null when empty); in a chunk, deltas as OpenAI
+	// streams them, a call's first one (it has an ID) with its id, type
+	// and name, later ones with argument fragments.
+	ToolCalls []toolparse.ToolCallDelta
 }
 
 // Kind selects the response shape an Encoder writes.
@@ -282,7 +294,30 @@ func (e *Encoder) appendChoice(b []byte, c *Choice) []byte {
 				b = append(b, ',')
 			}
 			b = append(b, `"content":`...)
-			b = AppendString(b, c.Text)
+			if e.kind == KindChat && len(c.Text) == 0 && len(c.ToolCalls) > 0 {
+				b = append(b, "null"...)
+			} else {
+				b = AppendString(b, c.Text)
+			}
+			comma = true
+		}
+		if len(c.Reasoning) > 0 || (e.kind == KindChat && c.WantReasoning) {
+			if comma {
+				b = append(b, ',')
+			}
+			b = append(b, `"reasoning_content":`...)
+			if len(c.Reasoning) > 0 {
+				b = AppendString(b, c.Reasoning)
+			} else {
+				b = append(b, "null"...)
+			}
+			comma = true
+		}
+		if len(c.ToolCalls) > 0 {
+			if comma {
+				b = append(b, ',')
+			}
+			b = e.appendToolCalls(b, c.ToolCalls)
 		}
 		b = append(b, '}')
 	default:
@@ -315,6 +350,38 @@ func (e *Encoder) appendChoice(b []byte, c *Choice) []byte {
 		b = AppendInts(b, c.TokenIDs)
 	}
 	return append(b, '}')
+}
+
+// appendToolCalls writes "tool_calls": complete calls in a full response,
+// deltas in a chunk.
+func (e *Encoder) appendToolCalls(b []byte, calls []toolparse.ToolCallDelta) []byte {
+	b = append(b, `"tool_calls":[`...)
+	for i := range calls {
+		tc := &calls[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '{')
+		if e.kind == KindChatChunk {
+			b = append(b, `"index":`...)
+			b = strconv.AppendInt(b, int64(tc.Index), 10)
+			if tc.ID == "" {
+				b = append(b, `,"function":{"arguments":`...)
+				b = AppendString(b, tc.Arguments)
+				b = append(b, "}}"...)
+				continue
+			}
+			b = append(b, ',')
+		}
+		b = append(b, `"id":`...)
+		b = AppendString(b, tc.ID)
+		b = append(b, `,"type":"function","function":{"name":`...)
+		b = AppendString(b, tc.Name)
+		b = append(b, `,"arguments":`...)
+		b = AppendString(b, tc.Arguments)
+		b = append(b, "}}"...)
+	}
+	return append(b, ']')
 }
 
 func (e *Encoder) appendBytes(b []byte, s string) []byte {

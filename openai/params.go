@@ -223,7 +223,9 @@ func (r *ChatCompletionRequest) Params(lim Limits) (sample.Params, error) {
 }
 
 // NormalizeMessages validates chat messages and flattens list-of-parts
-// content into a string, as vLLM does for text-only models.
+// content into a string, as vLLM does for text-only models. An assistant
+// message's tool_calls get their arguments as JSON values (see
+// normalizeToolCalls) and a null content beside them becomes "".
 func NormalizeMessages(param string, msgs []map[string]any) ([]map[string]any, error) {
 	out := make([]map[string]any, len(msgs))
 	for i, m := range msgs {
@@ -234,6 +236,21 @@ func NormalizeMessages(param string, msgs []map[string]any) ([]map[string]any, e
 		c := make(map[string]any, len(m))
 		for k, v := range m {
 			c[k] = v
+		}
+		if tcs, ok := m["tool_calls"]; ok && tcs != nil && role == "assistant" {
+			calls, err := normalizeToolCalls(param, i, tcs)
+			if err != nil {
+				return nil, err
+			}
+			c["tool_calls"] = calls
+			if m["content"] == nil {
+				c["content"] = "" // OpenAI sends null beside tool calls; templates concatenate it
+			}
+		}
+		if id, ok := m["tool_call_id"]; ok && id != nil {
+			if _, ok := id.(string); !ok {
+				return nil, Invalid(param, "%s[%d].tool_call_id must be a string", param, i)
+			}
 		}
 		switch v := m["content"].(type) {
 		case nil, string:

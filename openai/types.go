@@ -201,6 +201,7 @@ type Sampling struct {
 // CompletionRequest is POST /v1/completions.
 type CompletionRequest struct {
 	Sampling
+	Structured
 	Prompt   Prompt `json:"prompt"`
 	Logprobs *int   `json:"logprobs"`
 	Echo     bool   `json:"echo"`
@@ -211,12 +212,16 @@ type CompletionRequest struct {
 // ChatCompletionRequest is POST /v1/chat/completions.
 type ChatCompletionRequest struct {
 	Sampling
+	Structured
 	Messages            []map[string]any `json:"messages"`
 	MaxCompletionTokens *int             `json:"max_completion_tokens"`
 	Logprobs            bool             `json:"logprobs"`
 	TopLogprobs         *int             `json:"top_logprobs"`
-	Tools               []any            `json:"tools"`
-	ToolChoice          any              `json:"tool_choice"`
+	// Tools are kept raw: the chat template sees them in the client's key
+	// order (ToolSetup validates them).
+	Tools             []json.RawMessage `json:"tools"`
+	ToolChoice        json.RawMessage   `json:"tool_choice"`
+	ParallelToolCalls *bool             `json:"parallel_tool_calls"`
 
 	// vLLM extensions.
 	AddGenerationPrompt  *bool          `json:"add_generation_prompt"`
