@@ -27,6 +27,8 @@ type genRequest struct {
 	// maxParam names the field that set max_tokens, for errors ("max_tokens"
 	// or chat's "max_completion_tokens").
 	maxParam string
+	// post splits chat output into reasoning, content and tool calls; nil: none.
+	post *chatPost
 }
 
 // engineRequest is the engine request of prompt i.
@@ -125,7 +127,8 @@ type seqState struct {
 	completion int
 	textOffset int
 	last       time.Time
-	ids        []int // token ids not yet sent (or all), when the request wants them
+	ids        []int      // token ids not yet sent (or all), when the request wants them
+	out        *choiceOut // reasoning and tool calls split off the text (call.post)
 }
 
 type promptState struct {
@@ -154,6 +157,7 @@ type call struct {
 	info    *reqInfo // the request log's record; never nil
 	// promptIDs are the prompts' token ids (for return_token_ids).
 	promptIDs [][]int
+	post      *chatPost
 }
 
 // begin admits, submits and waits for the first output, so that every
@@ -167,7 +171,7 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 	ctx, cancel := context.WithCancel(r.Context())
 	c := &call{s: s, ctx: ctx, cancel: cancel, release: release, n: g.params.N, start: start,
 		seqs: make([]seqState, len(g.prompts)*g.params.N), prompts: make([]promptState, len(g.prompts)),
-		params: g.params, info: reqInfoFrom(r.Context()), promptIDs: g.prompts}
+		params: g.params, info: reqInfoFrom(r.Context()), promptIDs: g.prompts, post: g.post}
 	if c.info == nil {
 		c.info = &reqInfo{}
 	}
@@ -390,7 +394,7 @@ func (c *call) fold(o *engine.Output) {
 		p.completion += o.CompletionTokens - sq.completion
 		sq.completion = o.CompletionTokens
 	}
-	sq.text = append(sq.text, o.Text...)
+	c.addText(sq, o.Text)
 	if c.wantIDs() {
 		sq.ids = append(sq.ids, o.TokenIDs...)
 	}
@@ -402,6 +406,7 @@ func (c *call) fold(o *engine.Output) {
 		p.done++
 		p.finish = o.FinishReason
 		p.end = t
+		c.finishText(sq)
 	}
 }
 

@@ -66,12 +66,21 @@ func (s *Server) parseCompletion(w http.ResponseWriter, r *http.Request) (*opena
 	if err := s.checkSeats(req.Prompt.Len(), params.N, "prompt"); err != nil {
 		return nil, nil, "", err
 	}
+	cons, err := req.Constraint()
+	if err != nil {
+		return nil, nil, "", err
+	}
 	g := &genRequest{id: s.newID("cmpl-"), params: params, priority: req.Priority, defaultMax: s.opts.DefaultMaxTokens}
 	if g.prompts, err = s.promptIDs(req.Prompt, req.AddSpecialTokens); err != nil {
 		return nil, nil, "", err
 	}
 	if err := s.checkPrompts(g, "prompt"); err != nil {
 		return nil, nil, "", err
+	}
+	if cons != nil {
+		if err := s.applyStructured(g, &structured{constraint: cons}, ""); err != nil {
+			return nil, nil, "", err
+		}
 	}
 	return &req, g, model, nil
 }
@@ -110,6 +119,13 @@ func (s *Server) writeFull(w http.ResponseWriter, c *call, enc *openai.Encoder, 
 		sq := &c.seqs[i]
 		choices[i] = openai.Choice{Index: i, Role: role, Text: sq.text, WantLogprobs: wantLogprobs,
 			Logprobs: sq.lps, FinishReason: sq.finish, StopReason: sq.stop}
+		if c.post != nil {
+			c.finishText(sq) // a call whose stream ended without a finish
+			choices[i].WantReasoning = c.post.reason != nil
+			choices[i].Reasoning = sq.out.reasoning
+			choices[i].ToolCalls = fullCalls(sq.out.calls)
+			choices[i].FinishReason = sq.finish
+		}
 		c.tokenIDs(&choices[i], i, true)
 	}
 	if role != "" && c.wantIDs() {
@@ -162,8 +178,13 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encode
 			if !sq.pending {
 				continue
 			}
-			if len(sq.text) == 0 && len(sq.lps) == 0 && len(sq.ids) == 0 && sq.finish == "" {
+			if len(sq.text) == 0 && len(sq.lps) == 0 && len(sq.ids) == 0 && sq.finish == "" &&
+				(sq.out == nil || len(sq.out.reasoning) == 0 && len(sq.out.calls) == 0) {
 				sq.pending = false
+				continue
+			}
+			if c.post != nil {
+				c.emitSplit(e, enc, i, wantLogprobs)
 				continue
 			}
 			ch := &one[0]
@@ -192,6 +213,52 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encode
 	})
 }
 
+// emitSplit writes choice i's pending output as chat chunks when it is
+// split into reasoning, content and tool calls: one chunk each for the
+// reasoning and the content, then one per tool-call delta as OpenAI
+// streams them; logprobs and token ids go with the first chunk, the
+// finish reason with the last.
+func (c *call) emitSplit(e *sse, enc *openai.Encoder, i int, wantLogprobs bool) {
+	sq := &c.seqs[i]
+	chunks := c.post.chunks[:0]
+	if o := sq.out; o != nil {
+		if len(o.reasoning) > 0 {
+			chunks = append(chunks, openai.Choice{Index: i, Reasoning: o.reasoning})
+		}
+		if len(sq.text) > 0 {
+			chunks = append(chunks, openai.Choice{Index: i, Text: sq.text})
+		}
+		calls := streamCalls(c.post.calls[:0], o.calls)
+		c.post.calls = calls
+		for k := range calls {
+			chunks = append(chunks, openai.Choice{Index: i, ToolCalls: calls[k : k+1]})
+		}
+	} else if len(sq.text) > 0 {
+		chunks = append(chunks, openai.Choice{Index: i, Text: sq.text})
+	}
+	if len(chunks) == 0 {
+		chunks = append(chunks, openai.Choice{Index: i})
+	}
+	first, last := &chunks[0], &chunks[len(chunks)-1]
+	first.WantLogprobs, first.Logprobs = wantLogprobs, sq.lps
+	c.tokenIDs(first, i, false)
+	last.FinishReason, last.StopReason = sq.finish, sq.stop
+	for k := range chunks {
+		e.event()
+		e.buf = enc.Append(e.buf, chunks[k:k+1], nil)
+		e.end()
+	}
+	c.post.chunks = chunks[:0]
+	sq.text = sq.text[:0]
+	sq.lps = sq.lps[:0]
+	sq.ids = sq.ids[:0]
+	if o := sq.out; o != nil {
+		o.reasoning = o.reasoning[:0]
+		o.calls = o.calls[:0]
+	}
+	sq.pending = false
+}
+
 // parseChat decodes and validates a /v1/chat/completions body, renders the
 // chat template and tokenizes it.
 func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (*openai.ChatCompletionRequest, *genRequest, string, error) {
@@ -214,10 +281,24 @@ func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (*openai.Chat
 	if err != nil {
 		return nil, nil, "", err
 	}
+	ts, err := req.ToolSetup()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	st, err := s.planChat(&req, ts)
+	if err != nil {
+		return nil, nil, "", err
+	}
 	extra := req.ChatTemplateKwargs
-	if len(req.Tools) > 0 {
+	if len(ts.Render) > 0 {
+		// The tools as vLLM hands them to the template, key order kept
+		// (tool_choice "none" included: the model still sees them).
+		tools := make([]any, len(ts.Render))
+		for i, t := range ts.Render {
+			tools[i] = t
+		}
 		extra = cloneMap(extra)
-		extra["tools"] = req.Tools
+		extra["tools"] = tools
 	}
 	text, err := s.renderChat("messages", req.Messages, addGen, req.ContinueFinalMessage, extra)
 	if err != nil {
@@ -227,6 +308,9 @@ func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (*openai.Chat
 	g := &genRequest{id: s.newID("chatcmpl-"), params: params, priority: req.Priority,
 		prompts: [][]int{s.tok.Encode(text, addSpecial)}, maxParam: req.MaxTokensParam()}
 	if err := s.checkPrompts(g, "messages"); err != nil {
+		return nil, nil, "", err
+	}
+	if err := s.applyStructured(g, st, text); err != nil {
 		return nil, nil, "", err
 	}
 	return &req, g, model, nil

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/llmserve/llmserve/engine"
+	"github.com/llmserve/llmserve/grammar"
 	"github.com/llmserve/llmserve/metrics"
 )
 
@@ -91,6 +92,23 @@ type Options struct {
 	SamplingDefaults SamplingDefaults
 	// Version is GET /version's JSON body (nil: {"version":"devel"}).
 	Version any
+
+	// Structured outputs, tool calls and reasoning (see structured.go).
+	// EnableAutoToolChoice and ToolCallParser are vLLM's
+	// --enable-auto-tool-choice and --tool-call-parser: tool_choice "auto"
+	// needs both. Forced calls (tool_choice "required" or named) use
+	// ToolCallParser's format, else the chat template's, else hermes.
+	EnableAutoToolChoice bool
+	ToolCallParser       string
+	// ReasoningParser (--reasoning-parser) splits reasoning_content off.
+	ReasoningParser string
+	// EOSTokenIDs are the engine's end-of-sequence ids, which a grammar
+	// allows once complete (default: the tokenizer's).
+	EOSTokenIDs []int
+	// GrammarCacheSize bounds the compiled grammars kept (default 64);
+	// GrammarLimits bounds each compile (zero: grammar.DefaultLimits).
+	GrammarCacheSize int
+	GrammarLimits    grammar.Limits
 }
 
 // Server serves the HTTP API. Create it with New.
@@ -114,6 +132,8 @@ type Server struct {
 	idPrefix string
 	idSeq    atomic.Uint64
 	handler  http.Handler
+
+	gram grammars // structured outputs, built on first use
 }
 
 type engineBox struct{ e engine.Engine }

@@ -77,6 +77,21 @@ func (Tokenizer) TokenText(id int) string {
 	return byteText[id]
 }
 
+// TokenBytes is the byte of a byte token (structured outputs build their
+// vocabulary from it); EOS has none.
+func (Tokenizer) TokenBytes(id int) ([]byte, bool) {
+	if id < 0 || id >= EOS {
+		return nil, id == EOS
+	}
+	return []byte(byteText[id]), true
+}
+
+// IsSpecial reports whether id is EOS.
+func (Tokenizer) IsSpecial(id int) bool { return id == EOS }
+
+// EOSTokenIDs is [EOS].
+func (Tokenizer) EOSTokenIDs() []int { return []int{EOS} }
+
 // HasChatTemplate reports whether ApplyChatTemplate works.
 func (t Tokenizer) HasChatTemplate() bool { return !t.NoChatTemplate }
 
