@@ -147,6 +147,8 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		RequestLog: server.RequestLogOptions{Disabled: cfg.DisableLogRequests || cfg.DisableAccessLog,
 			Verbose: cfg.EnableLogRequests, MaxLen: cfg.MaxLogLen},
 		SamplingDefaults: defaults, Version: readBuildInfo(),
+		EnableAutoToolChoice: cfg.EnableAutoToolChoice, ToolCallParser: cfg.ToolCallParser,
+		ReasoningParser: cfg.ReasoningParser, EOSTokenIDs: eosIDs(dir, mcfg, tok),
 	}
 	if tok != nil {
 		sopts.Tokenizer = tok
