@@ -363,6 +363,15 @@ func (s *Server) applyStructured(g *genRequest, st *structured, prompt string) e
 	if spec == nil {
 		return nil
 	}
+	// The grammar decides where the output ends: a sequence made to go on
+	// past that could only emit end-of-sequence tokens (or, with a model
+	// whose EOS is a text token, text outside the grammar).
+	if g.params.IgnoreEOS {
+		return openai.Invalid("ignore_eos", "ignore_eos cannot be combined with %s: the output ends where the grammar does", param)
+	}
+	if g.params.MinTokens > 0 {
+		return openai.Invalid("min_tokens", "min_tokens cannot be combined with %s: the output ends where the grammar does", param)
+	}
 	gr, err := s.compile(*spec, param)
 	if err != nil {
 		return err

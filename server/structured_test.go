@@ -120,6 +120,8 @@ func TestStructuredOutputErrors(t *testing.T) {
 		{"/v1/chat/completions", `{` + msgs + `,"tools":[{"type":"function","function":{"name":"f","parameters":"x"}}],"tool_choice":"none"}`, "tools", []string{"parameters"}},
 		{"/v1/completions", `{"prompt":"a","response_format":{"type":"json_schema","json_schema":{"schema":{"$ref":"#/nowhere"}}}}`, "response_format", nil},
 		{"/v1/completions", `{"prompt":"a","structured_outputs":{"choice":[]}}`, "structured_outputs", []string{"must not be empty"}},
+		{"/v1/completions", `{"prompt":"a","structured_outputs":{"choice":["a"]},"ignore_eos":true}`, "ignore_eos", []string{"structured_outputs"}},
+		{"/v1/chat/completions", `{` + msgs + `,` + tools + `,"tool_choice":"required","min_tokens":2}`, "min_tokens", []string{"tools"}},
 		{"/v1/completions", `{"prompt":"a","guided_choice":["a"],"guided_regex":"a"}`, "guided_choice", []string{"only one"}},
 	} {
 		code, b := e.post(c.path, c.body)
