@@ -2,6 +2,7 @@ package sample
 
 import (
 	"math"
+	"math/bits"
 	"sync"
 )
 
@@ -88,15 +89,36 @@ func (p *MaskProcessor) Process(logits []float32) {
 			eosLogits[i] = logits[t]
 		}
 	}
+	// Word by word: a word of forbidden tokens is a run of stores, an
+	// allowed one is skipped, and a mixed one visits only its forbidden
+	// bits (no branch per token on the mask's bits).
+	n := min(len(logits), p.vocab)
 	allowedAny := false
-	for i := range logits[:min(len(logits), p.vocab)] {
-		if p.allowed[i>>6]&(1<<(i&63)) == 0 {
-			logits[i] = inf
-		} else {
+	for w := 0; w*64 < n; w++ {
+		base := w * 64
+		word := p.allowed[w]
+		if rest := n - base; rest < 64 {
+			word |= ^uint64(0) << rest // past n: not ours to forbid here
+			if word == ^uint64(0)<<rest {
+				word = 0
+			}
+		}
+		switch word {
+		case ^uint64(0):
 			allowedAny = true
+		case 0:
+			run := logits[base:min(base+64, n)]
+			for i := range run {
+				run[i] = inf
+			}
+		default:
+			allowedAny = true
+			for forbid := ^word; forbid != 0; forbid &= forbid - 1 {
+				logits[base+bits.TrailingZeros64(forbid)] = inf
+			}
 		}
 	}
-	for i := p.vocab; i < len(logits); i++ {
+	for i := n; i < len(logits); i++ {
 		logits[i] = inf
 	}
 	canEnd := p.err != nil || !allowedAny || p.m.CanEnd()
