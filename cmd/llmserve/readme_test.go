@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -132,7 +133,15 @@ func TestREADMECommandsWorkOffline(t *testing.T) {
 	if len(first) != 2 || strings.Join(first[0][:3], " ") != "go run ./cmd/llmserve" || strings.Join(first[1], " ") != "go test ./..." {
 		t.Fatalf("the two first commands: %q", first)
 	}
-	args := first[0][3:]
+	// The structured-outputs section starts the same server with the
+	// tool-call and reasoning flags added; its curls and Usage's all run
+	// against that one (the added flags change nothing for Usage's).
+	const structured = "## Structured outputs, tool calls and reasoning"
+	sec := commands(t, readmeBlock(t, readme, structured))
+	if len(sec) == 0 || len(sec[0]) < len(first[0]) || !slices.Equal(sec[0][:len(first[0])], first[0]) {
+		t.Fatalf("%s: the first command is not the offline command with flags added: %q", structured, sec)
+	}
+	args := sec[0][3:]
 	t.Chdir("../..") // the README's commands run from the repository root
 	for i, a := range args {
 		if rel, ok := strings.CutPrefix(a, "../shared/testdata"); ok {
@@ -183,7 +192,7 @@ func TestREADMECommandsWorkOffline(t *testing.T) {
 	}
 
 	n := 0
-	for _, w := range commands(t, readmeBlock(t, readme, "## Usage")) {
+	for _, w := range append(commands(t, readmeBlock(t, readme, "## Usage")), sec[1:]...) {
 		if w[0] != "curl" {
 			continue
 		}
@@ -225,7 +234,7 @@ func TestREADMECommandsWorkOffline(t *testing.T) {
 			t.Errorf("%s %s %s: %d %s", method, url, body, resp.StatusCode, got)
 		}
 	}
-	if n < 10 {
+	if n < 20 {
 		t.Fatalf("found %d curls", n)
 	}
 }
