@@ -38,8 +38,9 @@ type vocabTokenizer interface {
 	IsSpecial(id int) bool
 }
 
-// templateTokenizer reveals its chat template's source, from which the
-// tool-call format is read when --tool-call-parser is not given.
+// templateSource is a tokenizer that reveals its chat template's source,
+// from which the tool-call format is read when --tool-call-parser is not
+// given.
 type templateSource interface{ ChatTemplate() string }
 
 // grammars is the server's structured-output state, built on first use.

@@ -304,9 +304,9 @@ func TestLiveStructuredOutputs(t *testing.T) {
 		for run, temp := range []float64{0, 0.8, 1.5} {
 			for _, ep := range []string{"/v1/chat/completions", "/v1/completions"} {
 				stream := (ci+run)%2 == 1
-				prompt := `"messages":[{"role":"user","content":"Answer."}]`
+				prompt := `"messages":[{"role":"user","content":"Answer."}],"logprobs":true,"top_logprobs":2`
 				if ep == "/v1/completions" {
-					prompt = `"prompt":"Answer: "`
+					prompt = `"prompt":"Answer: ","logprobs":2`
 				}
 				body := fmt.Sprintf(`{"model":"tiny",%s,%s,"max_tokens":300,"temperature":%v,"seed":%d,"n":3,"stream":%v}`,
 					prompt, c.field, temp, 7*ci+run, stream)
