@@ -37,7 +37,7 @@ type Backend struct {
 
 	// Preallocated op state, reused by every call so ops do not allocate.
 	mm     matmulTask
-	attn   attentionTask
+	attn   flashTask
 	rows   rowsTask
 	rope   ropeTask
 	seqMax []int32     // per-sequence max position, for Attention's checks
@@ -57,7 +57,7 @@ func New(o Options) *Backend {
 		log = slog.New(slog.DiscardHandler)
 	}
 	b := &Backend{log: log, pool: newPool(n)}
-	b.attn.scratch = make([]attnScratch, n)
+	b.attn.scratch = make([]flashScratch, n)
 	b.rope.scratch = make([][]float32, n)
 	log.Info("cpu backend", "threads", n, "kernels", kernels.Features())
 	return b
