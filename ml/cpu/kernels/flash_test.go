@@ -426,3 +426,19 @@ func BenchmarkGemmNN(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkSiLUMul(b *testing.B) {
+	// One token's MLP of Qwen2.5-0.5B (intermediate 4864).
+	for _, im := range flashImpls() {
+		b.Run(im.name, func(b *testing.B) {
+			g := make([]float32, 4864)
+			u := make([]float32, len(g))
+			for i := range g {
+				g[i] = float32(i%200)/20 - 5
+				u[i] = 1
+			}
+			d := make([]float32, len(g))
+			cpuLoop(b, len(d), "elem", func() { im.siluMul(d, g, u) })
+		})
+	}
+}
