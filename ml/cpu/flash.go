@@ -52,7 +52,6 @@ type flashScratch struct {
 	qt, o        []float32 // headDim × Mp: Qᵀ (scaled), Oᵀ
 	s            []float32 // chunk keys × Mp: Sᵀ, then Pᵀ
 	mx, l, alpha []float32 // Mp: running max and sum, rescale factors
-	lanePos      []int32   // Mp: each lane's token position
 	kf, vf       []float32 // a 16-bit K or V block widened to f32
 }
 
@@ -226,7 +225,6 @@ func (a *flashTask) grow(group, hd, bs int) {
 		}
 		if len(sc.mx) < mp {
 			sc.mx, sc.l, sc.alpha = make([]float32, mp), make([]float32, mp), make([]float32, mp)
-			sc.lanePos = make([]int32, mp)
 		}
 		if len(sc.kf) < bs*hd {
 			sc.kf, sc.vf = make([]float32, bs*hd), make([]float32, bs*hd)
@@ -253,16 +251,13 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 	M := len(toks) * group
 	mp := lanesFor(M)
 
-	// Qᵀ, scaled; padding lanes are 0 and sit at the tile's last position
-	// (never masked: their scores stay finite).
+	// Qᵀ, scaled; padding lanes are 0 (never masked: their scores stay
+	// finite and their results are dropped).
 	qt := sc.qt[:hd*mp]
-	lanePos := sc.lanePos[:mp]
 	for ti, tok := range toks {
 		qrow := a.q.f32[int(tok)*a.q.cols+g*group*hd:]
-		p := a.pos[tok]
 		for h := range group {
 			m := ti*group + h
-			lanePos[m] = p
 			qh := qrow[h*hd : (h+1)*hd]
 			for d, v := range qh {
 				qt[d*mp+m] = v * a.scale
@@ -270,7 +265,6 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 		}
 	}
 	for m := M; m < mp; m++ {
-		lanePos[m] = t.maxPos
 		for d := range hd {
 			qt[d*mp+m] = 0
 		}
@@ -313,14 +307,18 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 			}
 			kernels.GemmNN(s[(b-b0)*bs*mp:], mp, keys, hd, qt, mp, valid, mp, hd, false)
 		}
-		// Causal mask: key k0+j is hidden from lanes at positions below it.
+		// Causal mask: key k0+j is hidden from the tokens at positions
+		// below it, a prefix of the tile's (position-sorted) tokens: their
+		// lanes come first.
+		hidden := 0
 		for j := max(0, int(t.minPos)+1-k0); j < rows; j++ {
 			kp := int32(k0 + j)
-			row := s[j*mp : j*mp+M]
-			for m, p := range lanePos[:M] {
-				if p < kp {
-					row[m] = negInf
-				}
+			for hidden < len(toks) && a.pos[toks[hidden]] < kp {
+				hidden++
+			}
+			row := s[j*mp : j*mp+hidden*group]
+			for m := range row {
+				row[m] = negInf
 			}
 		}
 		if kernels.SoftmaxCols(s, rows, mp, mx, l, alpha) && b0 > 0 {

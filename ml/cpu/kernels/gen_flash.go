@@ -16,7 +16,7 @@
 // the cache's rows (a).
 //
 // The exp kernels (expSum, softmaxCols) share one vector e^t: t clamped to
-// [-87.3365, 88], n = round(t·log2e), r = t - n·ln2 (two-part ln2, FMA),
+// [-87.3365, 88], n = round(t·log2e) (magic add), r = t - n·ln2 (two-part ln2, FMA),
 // Cephes' degree-6 polynomial, times 2^n; lanes below -87.3365 (whose e^t
 // is not a normal float32, -Inf included) come out exactly 0.
 package main
@@ -199,6 +199,7 @@ var expConsts = []struct {
 	{"expHi", 88},
 	{"expLo", -87.33654475},
 	{"expLog2e", 1.44269504088896341},
+	{"expMagic", 0x1.8p23},
 	{"expLn2Hi", 0.693359375},
 	{"expLn2Lo", -2.12194440e-4},
 	{"expP0", 1.9875691500e-4},
@@ -233,27 +234,32 @@ func (g *gen) exp(is isa, e expRegs, x string) {
 	}
 	g.p("VMINPS %s, %s, %s", x, e.hi, x) // a NaN x stays (second source)
 	g.p("VMAXPS %s, %s, %s", x, e.lo, x)
-	g.p("VMULPS expLog2e<>(SB), %s, %s", x, e.t1)
-	if is.reg == "Z" {
-		g.p("VRNDSCALEPS $8, %s, %s", e.t1, e.t1) // n, to nearest even
-	} else {
-		g.p("VROUNDPS $8, %s, %s", e.t1, e.t1)
+	// n = round(x·log2e) by the magic add: t1 = x·log2e + 1.5·2^23 holds n
+	// in its low mantissa bits.
+	g.p("VMOVUPS expMagic<>(SB), %s", e.t1)
+	g.p("VFMADD231PS expLog2e<>(SB), %s, %s", x, e.t1)
+	if is.reg == "Y" {
+		// 2^n from the bits: (bits(t1) << 23) + bits(1.0) (the magic's
+		// own bits shift out), n in [-126, 127].
+		g.p("VPSLLD $23, %s, %s", e.t1, e.t2)
+		g.p("VPADDD expOne<>(SB), %s, %s", e.t2, e.t2)
 	}
+	g.p("VSUBPS expMagic<>(SB), %s, %s", e.t1, e.t1) // n
 	g.p("VFNMADD231PS expLn2Hi<>(SB), %s, %s", e.t1, x) // r = x - n·ln2
 	g.p("VFNMADD231PS expLn2Lo<>(SB), %s, %s", e.t1, x)
-	g.p("VMOVUPS expP0<>(SB), %s", e.t2)
+	p := e.t2 // the polynomial's register
+	if is.reg == "Y" {
+		p = e.t1
+	}
+	g.p("VMOVUPS expP0<>(SB), %s", p)
 	for _, c := range []string{"expP1", "expP2", "expP3", "expP4", "expP5", "expOne", "expOne"} {
-		g.p("VFMADD213PS %s<>(SB), %s, %s", c, x, e.t2) // t2 = t2·r + c
+		g.p("VFMADD213PS %s<>(SB), %s, %s", c, x, p) // p = p·r + c
 	}
 	if is.reg == "Z" {
 		g.p("VSCALEFPS %s, %s, %s", e.t1, e.t2, e.t2) // · 2^n
 		g.p("VMOVAPS.Z %s, %s, %s", e.t2, e.k, x)
 		return
 	}
-	// 2^n from its bits: (n << 23) + bits(1.0), n in [-126, 127].
-	g.p("VCVTPS2DQ %s, %s", e.t1, e.t1)
-	g.p("VPSLLD $23, %s, %s", e.t1, e.t1)
-	g.p("VPADDD expOne<>(SB), %s, %s", e.t1, e.t1)
 	g.p("VMULPS %s, %s, %s", e.t1, e.t2, x)
 	g.p("VANDNPS %s, %s, %s", x, e.t3, x) // x &^ zero-mask
 }
