@@ -1,6 +1,7 @@
 package cpu
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -191,10 +192,8 @@ func (a *flashTask) plan(tokSeq, pos []int32, S, group int) {
 			continue
 		}
 		// Steps list a sequence's tokens in order; sort them if not.
-		for i := 1; i < n; i++ {
-			for j := i; j > 0 && pos[toks[j]] < pos[toks[j-1]]; j-- {
-				toks[j], toks[j-1] = toks[j-1], toks[j]
-			}
+		if !slices.IsSortedFunc(toks, func(x, y int32) int { return cmp.Compare(pos[x], pos[y]) }) {
+			slices.SortStableFunc(toks, func(x, y int32) int { return cmp.Compare(pos[x], pos[y]) })
 		}
 		nt := (n + tqMax - 1) / tqMax
 		for i := range nt {

@@ -228,3 +228,37 @@ func TestFlashAttention(t *testing.T) {
 		be.Close()
 	}
 }
+
+// TestFlashAttentionDoesNotAllocate: a step of the same shape as the last
+// (a chunk of a prefill, tokens out of order, and decodes) allocates nothing.
+func TestFlashAttentionDoesNotAllocate(t *testing.T) {
+	be := New(Options{Threads: 2})
+	defer be.Close()
+	const H, G, hd, bs, nb = 8, 2, 64, 16, 16
+	kv, err := be.NewKVCache(1, nb, bs, G, hd, ml.BF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sequence 0: a chunk of 40 tokens at positions 60..99 listed in
+	// reverse; sequences 1 and 2: decodes.
+	var tokSeq, pos []int32
+	for p := 99; p >= 60; p-- {
+		tokSeq, pos = append(tokSeq, 0), append(pos, int32(p))
+	}
+	tokSeq, pos = append(tokSeq, 1, 2), append(pos, 30, 5)
+	T := len(tokSeq)
+	bt := []int32{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 14, 15, 0, 0, 0, 0, 0, 0}
+	meta := &ml.AttentionMeta{NumTokens: T, NumSeqs: 3, TokenSeq: upI32(t, be, 1, T, tokSeq), Positions: upI32(t, be, 1, T, pos),
+		BlockTables: upI32(t, be, 3, 8, bt[:24]), MaxBlocks: 8, MaxContext: 100, NumHeads: H, NumKVHeads: G, HeadDim: hd, Scale: 0.125}
+	q := upF32(t, be, T, H*hd, make([]float32, T*H*hd))
+	dst, _ := be.NewTensor(ml.F32, T, H*hd)
+	step := func() {
+		if err := be.Attention(dst, q, kv, 0, meta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step()
+	if n := testing.AllocsPerRun(10, step); n != 0 {
+		t.Errorf("Attention: %v allocations per step", n)
+	}
+}

@@ -244,7 +244,7 @@ func (g *gen) exp(is isa, e expRegs, x string) {
 		g.p("VPSLLD $23, %s, %s", e.t1, e.t2)
 		g.p("VPADDD expOne<>(SB), %s, %s", e.t2, e.t2)
 	}
-	g.p("VSUBPS expMagic<>(SB), %s, %s", e.t1, e.t1) // n
+	g.p("VSUBPS expMagic<>(SB), %s, %s", e.t1, e.t1)    // n
 	g.p("VFNMADD231PS expLn2Hi<>(SB), %s, %s", e.t1, x) // r = x - n·ln2
 	g.p("VFNMADD231PS expLn2Lo<>(SB), %s, %s", e.t1, x)
 	p := e.t2 // the polynomial's register
