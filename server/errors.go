@@ -64,6 +64,19 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	case errors.Is(err, ErrNoTokenizer):
 		s.metrics.Reject(metrics.RejectInvalid)
 		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "the server runs without a tokenizer (--skip-tokenizer-init): send token ids", "prompt", nil)
+	case errors.Is(err, ErrBodyTimeout):
+		s.metrics.Reject(metrics.RejectInvalid)
+		w.Header().Set("Connection", "close")
+		s.writeError(w, http.StatusRequestTimeout, "invalid_request_error", err.Error(), "", "request_timeout")
+	case errors.Is(err, ErrShutdownDeadline), errors.Is(err, engine.ErrUnhealthy), errors.Is(err, engine.ErrStepFailed):
+		status, typ, msg, code := endError(err)
+		if errors.Is(err, ErrShutdownDeadline) {
+			s.metrics.Reject(metrics.RejectDraining)
+		} else {
+			s.metrics.Reject(metrics.RejectEngine)
+			s.log.Error("request failed", "err", err)
+		}
+		s.writeError(w, status, typ, msg, "", code)
 	case errors.Is(err, engine.ErrInvalidRequest), errors.Is(err, engine.ErrTooLong):
 		s.metrics.Reject(metrics.RejectInvalid)
 		s.writeError(w, http.StatusBadRequest, "invalid_request_error", err.Error(), "", nil)
@@ -84,7 +97,7 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 		// Anything but whitespace after the object is malformed.
 		if _, terr := dec.Token(); terr != io.EOF {
 			var mbe *http.MaxBytesError
-			if errors.As(terr, &mbe) {
+			if errors.As(terr, &mbe) || errors.Is(terr, ErrBodyTimeout) {
 				return terr
 			}
 			return openai.Invalid("", "malformed JSON: unexpected data after the request object")
@@ -95,7 +108,7 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
-	case errors.As(err, &mbe):
+	case errors.As(err, &mbe), errors.Is(err, ErrBodyTimeout):
 		return err
 	case errors.Is(err, io.EOF):
 		return openai.Invalid("", "request body is empty")
