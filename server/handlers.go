@@ -129,7 +129,7 @@ func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
 
 // HealthResponse is GET /health.
 type HealthResponse struct {
-	Status        string  `json:"status"` // ok, loading, draining, unhealthy
+	Status        string  `json:"status"`          // ok, loading, draining, unhealthy
 	Error         string  `json:"error,omitempty"` // why unhealthy
 	Model         string  `json:"model"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
