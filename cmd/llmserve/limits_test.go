@@ -14,7 +14,7 @@ func TestMemoryLimit(t *testing.T) {
 		{16 * gib, 2 * gib, 16*gib - 2*gib - 16*gib/10},
 		{0, 0, 0},             // unknown
 		{2 * gib, 2 * gib, 0}, // nothing left for the heap: no limit rather than a GC storm
-		{gib, 600 << 20, 0},   // below minMemoryLimit
+		{gib, 800 << 20, 0},   // below minMemoryLimit
 		{64 * gib, 0, 64*gib - 64*gib/10},
 	} {
 		if got := memoryLimit(c.total, c.off); got != c.want {
