@@ -2,8 +2,9 @@
 // endpoints (/generate, /health, /metrics, /models) and the OpenAI API
 // (/v1/completions, /v1/chat/completions, /v1/models), plus vLLM's /tokenize
 // and /detokenize, with admission control (429), cancellation on
-// disconnect, bearer auth, panic isolation and graceful drain. It talks to
-// any engine.Engine.
+// disconnect, bearer auth, panic isolation and graceful drain, and the
+// transport bounds of transport.go (per-write deadlines, body and idle
+// timeouts, a connection limit). It talks to any engine.Engine.
 package server
 
 import (

@@ -99,6 +99,10 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(addr string)) error {
 	dir, mcfg, err := resolveModel(ctx, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped while resolving the model") // a signal during a download
+			return nil
+		}
 		return err
 	}
 	var tok *tokenizer.Tokenizer
@@ -264,6 +268,9 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 // Only a client that reads nothing then is cut.
 func drain(srv *server.Server, httpSrv *http.Server, timeout time.Duration, log *slog.Logger) {
 	srv.Drain()
+	// Responses now say "Connection: close" and idle connections close, so
+	// clients and load balancers reconnect to another replica.
+	httpSrv.SetKeepAlivesEnabled(false)
 	grace := endGrace(timeout)
 	log.Info("draining", "in_flight", srv.Admitted(), "timeout", timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout-grace)
