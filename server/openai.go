@@ -96,7 +96,8 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		s.streamOpenAI(w, c, enc, want, req.StreamOptions, false)
 		return
 	}
-	if !c.collect() {
+	if err := c.collect(); err != nil {
+		s.writeCollectErr(w, err)
 		return
 	}
 	enc := s.newEncoder(openai.KindCompletion, g.id, model, req.ReturnTokensAsTokenIDs)
@@ -157,18 +158,20 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encode
 	}
 	sentPrompt := make([]bool, len(c.seqs))
 	c.stream(e, func() {
+		failed := c.failure() != nil
 		for i := range c.seqs {
 			sq := &c.seqs[i]
 			if !sq.pending {
 				continue
 			}
-			if len(sq.text) == 0 && len(sq.lps) == 0 && len(sq.ids) == 0 && sq.finish == "" {
+			finish, stop := shownFinish(sq, failed)
+			if len(sq.text) == 0 && len(sq.lps) == 0 && len(sq.ids) == 0 && finish == "" {
 				sq.pending = false
 				continue
 			}
 			ch := &one[0]
 			*ch = openai.Choice{Index: i, Text: sq.text, WantLogprobs: wantLogprobs, Logprobs: sq.lps,
-				TextOffset: sq.textOffset, FinishReason: sq.finish, StopReason: sq.stop}
+				TextOffset: sq.textOffset, FinishReason: finish, StopReason: stop}
 			c.tokenIDs(ch, i, !chat && !sentPrompt[i])
 			sentPrompt[i] = true
 			e.event()
@@ -181,13 +184,16 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encode
 			sq.pending = false
 		}
 		if c.closed {
+			var usage func()
 			if so != nil && so.IncludeUsage {
-				u := c.usage()
-				e.event()
-				e.buf = enc.Append(e.buf, nil, &u)
-				e.end()
+				usage = func() {
+					u := c.usage()
+					e.event()
+					e.buf = enc.Append(e.buf, nil, &u)
+					e.end()
+				}
 			}
-			e.buf = append(e.buf, "data: [DONE]\n\n"...)
+			c.appendEnd(e, usage)
 		}
 	})
 }
@@ -251,7 +257,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		s.streamOpenAI(w, c, enc, req.Logprobs, req.StreamOptions, true)
 		return
 	}
-	if !c.collect() {
+	if err := c.collect(); err != nil {
+		s.writeCollectErr(w, err)
 		return
 	}
 	enc := s.newEncoder(openai.KindChat, g.id, model, req.ReturnTokensAsTokenIDs)
