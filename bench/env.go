@@ -36,7 +36,7 @@ type Environment struct {
 	KVCacheCapacityTokens *float64 `json:"kv_cache_capacity_tokens,omitempty"`
 	KVCacheBytes          *float64 `json:"kv_cache_bytes,omitempty"`
 	// From /metrics when /health lacks a token capacity:
-	// llmserve_kv_cache_blocks_total and a block size (from /health's
+	// llmserve_kv_cache_blocks (llmserve_kv_cache_blocks_total before) and a block size (from /health's
 	// block_size, llmserve_kv_cache_block_size or vLLM's
 	// cache_config_info{block_size}); capacity = blocks * block size.
 	KVCacheBlocks *float64 `json:"kv_cache_blocks,omitempty"`
@@ -89,7 +89,7 @@ func (e *Environment) SetHealth(h map[string]any) {
 // SetMetrics fills the KV cache capacity from a /metrics scrape where
 // /health did not give it.
 func (e *Environment) SetMetrics(ms []MetricSample) {
-	if v, ok := metricValue(ms, []string{"llmserve_kv_cache_blocks_total", "vllm:num_gpu_blocks"}); ok {
+	if v, ok := metricValue(ms, []string{"llmserve_kv_cache_blocks", "llmserve_kv_cache_blocks_total", "vllm:num_gpu_blocks"}); ok {
 		e.KVCacheBlocks = &v
 	}
 	if e.KVBlockSize == nil {

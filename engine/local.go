@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/llmserve/llmserve/kvcache"
+	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
 	"github.com/llmserve/llmserve/sample"
 )
@@ -39,6 +40,14 @@ type Options struct {
 	Seed int64
 	// MaxLogprobs caps Params.Logprobs (vLLM's max_logprobs, default 20).
 	MaxLogprobs int
+	// OnStep, if set, is called from the engine loop with the number of
+	// tokens of each step it runs (vllm:iteration_tokens_total); it must
+	// not block.
+	OnStep func(tokens int)
+	// MaxStepFailures is how many model steps in a row may fail before the
+	// engine turns unhealthy (default 3): an error the backend does not
+	// call unrecoverable (ml.ErrDeviceLost) may still be one.
+	MaxStepFailures int
 }
 
 // Local is the in-process engine: a continuous-batching scheduler over a
@@ -63,6 +72,7 @@ type Local struct {
 	aborts     []*request
 	closed     bool
 	started    bool
+	unhealthy  error // set once, by the loop: Submit refuses work
 	numInbox   int
 	abortHooks uint64        // cancellations seen (tests wait on it)
 	wake       chan struct{} // capacity 1: "the inbox changed"
@@ -98,9 +108,13 @@ type Local struct {
 	parallelSteps int
 	counters      Stats
 	stepTime      time.Time
+	stepFailures  int // consecutive failed steps
 }
 
-var _ Engine = (*Local)(nil)
+var (
+	_ Engine        = (*Local)(nil)
+	_ HealthChecker = (*Local)(nil)
+)
 
 // New makes an engine for m and allocates its KV cache
 // (m.AllocateKV(NumBlocks, BlockSize)).
@@ -123,6 +137,9 @@ func New(m model.Model, opts Options) (*Local, error) {
 	}
 	if opts.MaxLogprobs <= 0 {
 		opts.MaxLogprobs = 20
+	}
+	if opts.MaxStepFailures <= 0 {
+		opts.MaxStepFailures = 3
 	}
 	if cfg.VocabSize <= 0 {
 		return nil, fmt.Errorf("engine: model vocabulary size %d", cfg.VocabSize)
@@ -198,33 +215,61 @@ func (e *Local) Stats() Stats {
 	return s
 }
 
-// Submit validates req and queues it; see Engine.
-func (e *Local) Submit(ctx context.Context, req *Request) (<-chan Output, error) {
+// Limits are what Submit checks a request against. The server validates at
+// the API edge with the same numbers (naming the client's fields), and its
+// fuzz test holds every request it accepts to Check: a client never sees
+// this check's messages for bad input.
+type Limits struct {
+	Vocab       int // token ids must be in [0, Vocab)
+	MaxModelLen int // prompt tokens at most
+	MaxNumSeqs  int // n at most: a prompt's n sequences run in one batch
+	MaxLogprobs int
+	Detokenize  bool // stop strings need a detokenizer
+}
+
+// Limits returns the engine's limits.
+func (e *Local) Limits() Limits {
+	return Limits{Vocab: e.vocab, MaxModelLen: e.opts.MaxModelLen, MaxNumSeqs: e.opts.MaxNumSeqs,
+		MaxLogprobs: e.opts.MaxLogprobs, Detokenize: e.opts.Detokenizer != nil}
+}
+
+// Check validates req, its params normalized as Submit does.
+func (l Limits) Check(req *Request) error {
 	if req == nil {
-		return nil, fmt.Errorf("%w: nil request", ErrInvalidRequest)
+		return fmt.Errorf("%w: nil request", ErrInvalidRequest)
 	}
 	p := req.Params
 	p.Normalize()
-	if err := p.Validate(e.vocab, e.opts.MaxLogprobs); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	if err := p.Validate(l.Vocab, l.MaxLogprobs); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	if len(req.PromptIDs) == 0 {
-		return nil, fmt.Errorf("%w: empty prompt", ErrInvalidRequest)
+		return fmt.Errorf("%w: empty prompt", ErrInvalidRequest)
 	}
-	if len(req.PromptIDs) > e.opts.MaxModelLen {
-		return nil, fmt.Errorf("%w: %d prompt tokens, max model length is %d", ErrTooLong, len(req.PromptIDs), e.opts.MaxModelLen)
+	if len(req.PromptIDs) > l.MaxModelLen {
+		return fmt.Errorf("%w: %d prompt tokens, max model length is %d", ErrTooLong, len(req.PromptIDs), l.MaxModelLen)
 	}
 	for _, t := range req.PromptIDs {
-		if t < 0 || t >= e.vocab {
-			return nil, fmt.Errorf("%w: prompt token %d out of vocabulary (size %d)", ErrInvalidRequest, t, e.vocab)
+		if t < 0 || t >= l.Vocab {
+			return fmt.Errorf("%w: prompt token %d out of vocabulary (size %d)", ErrInvalidRequest, t, l.Vocab)
 		}
 	}
-	if p.N > e.opts.MaxNumSeqs {
-		return nil, fmt.Errorf("%w: n=%d exceeds max-num-seqs %d", ErrInvalidRequest, p.N, e.opts.MaxNumSeqs)
+	if p.N > l.MaxNumSeqs {
+		return fmt.Errorf("%w: n=%d exceeds max-num-seqs %d", ErrInvalidRequest, p.N, l.MaxNumSeqs)
 	}
-	if len(p.Stop) > 0 && e.opts.Detokenizer == nil {
-		return nil, fmt.Errorf("%w: stop strings need a tokenizer", ErrInvalidRequest)
+	if len(p.Stop) > 0 && !l.Detokenize {
+		return fmt.Errorf("%w: stop strings need a tokenizer", ErrInvalidRequest)
 	}
+	return nil
+}
+
+// Submit validates req and queues it; see Engine.
+func (e *Local) Submit(ctx context.Context, req *Request) (<-chan Output, error) {
+	if err := e.Limits().Check(req); err != nil {
+		return nil, err
+	}
+	p := req.Params
+	p.Normalize()
 	// Copy what the caller may reuse.
 	p.Stop = slices.Clone(p.Stop)
 	p.StopTokenIDs = slices.Clone(p.StopTokenIDs)
@@ -239,7 +284,12 @@ func (e *Local) Submit(ctx context.Context, req *Request) (<-chan Output, error)
 		s := *p.Seed
 		p.Seed = &s
 	}
+	var stop *stopMatcher
+	if len(p.Stop) > 0 {
+		stop = newStopMatcher(p.Stop) // here, not in the step loop
+	}
 	r := &request{
+		stop:       stop,
 		ctx:        ctx,
 		id:         req.ID,
 		params:     p,
@@ -255,6 +305,11 @@ func (e *Local) Submit(ctx context.Context, req *Request) (<-chan Output, error)
 	if e.closed {
 		e.mu.Unlock()
 		return nil, ErrClosed
+	}
+	if e.unhealthy != nil {
+		err := e.unhealthy
+		e.mu.Unlock()
+		return nil, err
 	}
 	// Registered under the lock: the hook (its own goroutine) can only
 	// queue the abort after the request is in the inbox, so the loop never
@@ -333,19 +388,61 @@ func (e *Local) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			e.log.Error("engine: forward step failed; aborting its requests", "err", err, "tokens", len(e.batch.Tokens), "seqs", len(e.batch.Seqs))
-			for _, s := range e.scheduled {
-				e.abortRequest(s.req)
-			}
-			e.scheduled = e.scheduled[:0]
-			e.compactRunning()
-			e.publishStats()
+			e.stepFailed(err)
 			continue
 		}
+		e.stepFailures = 0
 		e.afterStep()
 		e.flushPending()
 		e.publishStats()
 	}
+}
+
+// Health implements HealthChecker: nil until a step failure turned the
+// engine unhealthy.
+func (e *Local) Health() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.unhealthy
+}
+
+// stepFailed ends the failed step's requests with the error (their
+// clients get an error, not a truncated success). An error the backend
+// calls unrecoverable, or MaxStepFailures failures in a row, turn the
+// engine unhealthy: every other request fails too and Submit refuses work,
+// since further steps would fail again or compute garbage.
+func (e *Local) stepFailed(err error) {
+	e.stepFailures++
+	e.log.Error("engine: model step failed; failing its requests", "err", err,
+		"tokens", len(e.batch.Tokens), "seqs", len(e.batch.Seqs), "failures_in_a_row", e.stepFailures)
+	ferr := fmt.Errorf("%w: %w", ErrStepFailed, err)
+	for _, s := range e.scheduled {
+		e.endRequest(s.req, ferr)
+	}
+	clear(e.scheduled)
+	e.scheduled = e.scheduled[:0]
+	e.compactRunning()
+	if errors.Is(err, ml.ErrDeviceLost) || e.stepFailures >= e.opts.MaxStepFailures {
+		uerr := fmt.Errorf("%w: %w", ErrUnhealthy, err)
+		e.log.Error("engine: unhealthy, refusing work until restarted", "err", err)
+		e.mu.Lock()
+		e.unhealthy = uerr
+		inbox := e.inbox
+		e.inbox = nil
+		e.numInbox = 0
+		e.mu.Unlock()
+		for _, r := range inbox {
+			e.admit(r)
+		}
+		for len(e.waiting) > 0 {
+			e.endRequest(e.waiting[0].req, uerr)
+		}
+		for len(e.running) > 0 {
+			e.endRequest(e.running[0].req, uerr)
+			e.compactRunning()
+		}
+	}
+	e.publishStats()
 }
 
 // drain moves submitted requests into the waiting queue and applies aborts.
@@ -407,7 +504,11 @@ func (e *Local) newSequence(r *request, index int, seed uint64, capTokens int) *
 
 // abortRequest finishes every unfinished sequence of r with FinishAbort and
 // frees its blocks. The caller compacts e.running.
-func (e *Local) abortRequest(r *request) {
+func (e *Local) abortRequest(r *request) { e.endRequest(r, nil) }
+
+// endRequest is abortRequest with the final events carrying err (nil for a
+// cancellation or shutdown).
+func (e *Local) endRequest(r *request, err error) {
 	if r.done {
 		return
 	}
@@ -421,6 +522,7 @@ func (e *Local) abortRequest(r *request) {
 			RequestID:        r.id,
 			Index:            s.index,
 			FinishReason:     FinishAbort,
+			Err:              err,
 			PromptTokens:     s.promptLen,
 			CompletionTokens: s.numOutput(),
 			CachedTokens:     s.cachedTokens,
@@ -433,7 +535,7 @@ func (e *Local) abortRequest(r *request) {
 	// Children never created are aborted too.
 	for i := len(r.seqs); i < r.params.N; i++ {
 		r.numDone++
-		e.send(r, Output{RequestID: r.id, Index: i, FinishReason: FinishAbort, PromptTokens: len(r.prompt),
+		e.send(r, Output{RequestID: r.id, Index: i, FinishReason: FinishAbort, Err: err, PromptTokens: len(r.prompt),
 			ArrivalTime: r.arrival, ScheduledTime: r.scheduled, FirstToken: r.firstTok, Time: now})
 	}
 	if len(r.seqs) > 0 {

@@ -165,6 +165,9 @@ func (e *Local) buildBatch() {
 		e.logits = make([]float32, need)
 	}
 	e.logits = e.logits[:need]
+	if e.opts.OnStep != nil {
+		e.opts.OnStep(len(b.Tokens))
+	}
 }
 
 // deviceGreedy reports whether s's next token is plainly the argmax of its
@@ -383,11 +386,13 @@ func (e *Local) emit(s *sequence, now time.Time) {
 			}
 			full := s.text.String()
 			end := len(full)
-			if pos, which := findStop(full, from, p.Stop); pos >= 0 && nOut >= p.MinTokens && !stopTok {
-				finish, stopReason = FinishStop, which
+			var pos, which int
+			s.stopState, pos, which = r.stop.scan(s.stopState, full, from)
+			if pos >= 0 && nOut >= p.MinTokens && !stopTok {
+				finish, stopReason = FinishStop, p.Stop[which]
 				end = max(pos, s.emitted)
 			} else if finish == "" {
-				end -= holdBack(full[s.emitted:], p.Stop)
+				end -= r.stop.holdBack(s.stopState, end-s.emitted)
 			}
 			text = full[s.emitted:end]
 			s.emitted = end

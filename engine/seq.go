@@ -25,6 +25,7 @@ type request struct {
 	stopAbort func() bool // unregisters the ctx.Done hook
 	id        string
 	params    sample.Params
+	stop      *stopMatcher // of params.Stop; nil when none
 	priority  int
 	order     uint64 // arrival order, FCFS tie-break
 	seed      uint64 // sequence i samples with seed+i
@@ -65,9 +66,11 @@ type sequence struct {
 	detok    tokenizer.TextStream
 	// Stop strings need the text: text holds everything detokenized so
 	// far; emitted bytes of it were sent, the rest is held back while it
-	// could be the start of a stop string.
-	text    strings.Builder
-	emitted int
+	// could be the start of a stop string. stopState is the request's stop
+	// matcher's state after all of text.
+	text      strings.Builder
+	emitted   int
+	stopState int32
 
 	next         int // token sampled this step
 	nextLogprobs []TokenLogprob
@@ -121,34 +124,6 @@ func (q *waitQueue) Pop() any {
 	return s
 }
 
-// holdBack is how many trailing bytes of text could be the start of one of
-// the stop strings.
-func holdBack(text string, stops []string) int {
-	h := 0
-	for _, st := range stops {
-		for k := min(len(st)-1, len(text)); k > h; k-- {
-			if strings.HasSuffix(text, st[:k]) {
-				h = k
-				break
-			}
-		}
-	}
-	return h
-}
-
-// findStop returns the earliest position in text of any stop string that
-// ends at or after from (so it includes new text), and which one.
-func findStop(text string, from int, stops []string) (int, string) {
-	pos, which := -1, ""
-	for _, st := range stops {
-		start := max(0, from-len(st)+1)
-		if i := strings.Index(text[start:], st); i >= 0 && (pos < 0 || start+i < pos) {
-			pos, which = start+i, st
-		}
-	}
-	return pos, which
-}
-
 // mergeOutput appends the later event b to a (same sequence).
 func mergeOutput(a *Output, b Output) {
 	a.Text += b.Text
@@ -157,6 +132,7 @@ func mergeOutput(a *Output, b Output) {
 		a.Logprobs = append(a.Logprobs[:len(a.Logprobs):len(a.Logprobs)], b.Logprobs...)
 	}
 	a.FinishReason = b.FinishReason
+	a.Err = b.Err
 	a.StopReason = b.StopReason
 	a.CompletionTokens = b.CompletionTokens
 	a.CachedTokens = b.CachedTokens

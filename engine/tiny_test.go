@@ -13,7 +13,7 @@ import (
 	"testing"
 
 	"github.com/llmserve/llmserve/model"
-	_ "github.com/llmserve/llmserve/model/llama" // registers Llama and Qwen2
+	_ "github.com/llmserve/llmserve/model/models" // registers every architecture
 	"github.com/llmserve/llmserve/sample"
 )
 
@@ -83,7 +83,7 @@ func tinyPrompt(rng *rand.Rand, n, vocab int) []int {
 // TestTinyGreedyGolden: the engine's greedy continuation is transformers'
 // (up to the first near-tie, where f32 may legitimately differ).
 func TestTinyGreedyGolden(t *testing.T) {
-	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16"} {
+	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16", "qwen3-tiny-bf16", "qwen3-moe-tiny"} {
 		t.Run(name, func(t *testing.T) {
 			e, _, g := tinyEngine(t, name, nil)
 			p := greedyParams(len(g.Greedy))
@@ -155,18 +155,29 @@ func runJobs(t *testing.T, e *Local, jobs []tinyJob) [][]int {
 	return out
 }
 
+// tinyBatchModels are the checkpoints the batching tests run on: a dense
+// Qwen2, a Qwen3 (per-head q/k norms) and a Qwen3-MoE (tokens of a batch
+// routed to different experts).
+var tinyBatchModels = []string{"qwen2-tiny", "qwen3-tiny-bf16", "qwen3-moe-tiny"}
+
 // TestTinyBatchInvariance: a greedy request and a seeded sampled one give
 // the same tokens alone as inside a batch of 16 mixed requests (chunked
 // prefills, shared prefixes, other seeds).
 func TestTinyBatchInvariance(t *testing.T) {
-	e1, stop1, g := tinyEngine(t, "qwen2-tiny", nil)
+	for _, name := range tinyBatchModels {
+		t.Run(name, func(t *testing.T) { testTinyBatchInvariance(t, name) })
+	}
+}
+
+func testTinyBatchInvariance(t *testing.T, name string) {
+	e1, stop1, g := tinyEngine(t, name, nil)
 	jobs := tinyJobs(g, e1.vocab)
 	alone := make([][]int, 2)
 	for i := range alone {
 		alone[i] = runJobs(t, e1, jobs[i:i+1])[0]
 	}
 	stop1()
-	e, _, _ := tinyEngine(t, "qwen2-tiny", nil)
+	e, _, _ := tinyEngine(t, name, nil)
 	batch := runJobs(t, e, jobs)
 	for i, name := range []string{"greedy", "seeded"} {
 		if !slices.Equal(alone[i], batch[i]) {
@@ -178,14 +189,20 @@ func TestTinyBatchInvariance(t *testing.T) {
 // TestTinyPreemption: on a KV cache too small for the batch, requests are
 // preempted mid-decode and still produce what they produce alone.
 func TestTinyPreemption(t *testing.T) {
-	ref, stopRef, g := tinyEngine(t, "qwen2-tiny", nil)
+	for _, name := range tinyBatchModels {
+		t.Run(name, func(t *testing.T) { testTinyPreemption(t, name) })
+	}
+}
+
+func testTinyPreemption(t *testing.T, name string) {
+	ref, stopRef, g := tinyEngine(t, name, nil)
 	jobs := tinyJobs(g, ref.vocab)[:8]
 	want := make([][]int, len(jobs))
 	for i := range jobs {
 		want[i] = runJobs(t, ref, jobs[i:i+1])[0]
 	}
 	stopRef()
-	e, _, _ := tinyEngine(t, "qwen2-tiny", func(o *Options) {
+	e, _, _ := tinyEngine(t, name, func(o *Options) {
 		o.NumBlocks = 16 // 256 tokens for 8 sequences of up to 185
 	})
 	got := runJobs(t, e, jobs)

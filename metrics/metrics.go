@@ -7,6 +7,7 @@ package metrics
 import (
 	"math"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,9 @@ type Metrics struct {
 
 	ttft, itl, e2e, queue, prefill, decode, tpot prometheus.Observer
 	promptHist, genHist                          prometheus.Observer
+	paramsN, paramsMaxTokens, maxGenTokens       prometheus.Observer
+	iterTokens                                   prometheus.Observer
+	cacheInfo                                    *prometheus.GaugeVec
 	success                                      *prometheus.CounterVec
 	rejected                                     *prometheus.CounterVec
 	inFlight                                     prometheus.Gauge
@@ -68,9 +72,12 @@ type record struct {
 
 // vLLM's histogram buckets.
 var (
-	ttftBuckets    = []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560}
-	itlBuckets     = []float64{0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80}
-	requestBuckets = []float64{0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680}
+	ttftBuckets = []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560}
+	itlBuckets  = []float64{0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80}
+	nBuckets    = []float64{1, 2, 5, 10, 20}
+	// iterationBuckets are vLLM's for vllm:iteration_tokens_total.
+	iterationBuckets = []float64{1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384}
+	requestBuckets   = []float64{0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680}
 )
 
 // buckets125 is vLLM's build_1_2_5_buckets: 1, 2, 5, 10, ... up to max.
@@ -129,6 +136,19 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	add(h)
 	h, m.genHist = hist("vllm:request_generation_tokens", "Number of generation tokens processed.", tok)
 	add(h)
+	h, m.paramsN = hist("vllm:request_params_n", "Histogram of the n request parameter.", nBuckets)
+	add(h)
+	h, m.paramsMaxTokens = hist("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", tok)
+	add(h)
+	h, m.maxGenTokens = hist("vllm:request_max_num_generation_tokens", "Histogram of maximum number of requested generation tokens.", tok)
+	add(h)
+	// vLLM's name, a histogram despite the _total suffix (dashboards query it).
+	h, m.iterTokens = hist("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", iterationBuckets)
+	add(h)
+	m.cacheInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "vllm:cache_config_info", Help: "Information of the LLMEngine CacheConfig",
+	}, cacheInfoLabels)
+	add(m.cacheInfo)
 	m.success = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "vllm:request_success_total", Help: "Count of successfully processed requests.",
 	}, []string{"model_name", "finished_reason"})
@@ -160,6 +180,39 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	return m, nil
 }
 
+// cacheInfoLabels are vllm:cache_config_info's labels (vLLM's names, the
+// ones that apply here).
+var cacheInfoLabels = []string{"block_size", "cache_dtype", "enable_prefix_caching", "gpu_memory_utilization",
+	"num_cpu_blocks", "num_gpu_blocks", "num_gpu_blocks_override", "swap_space", "kv_cache_memory_bytes"}
+
+// CacheConfig is the KV cache configuration vllm:cache_config_info exports.
+type CacheConfig struct {
+	BlockSize            int
+	CacheDType           string // --kv-cache-dtype as given ("auto") or resolved
+	EnablePrefixCaching  bool
+	GPUMemoryUtilization float64
+	NumBlocks            int // KV blocks (vLLM's num_gpu_blocks, whatever the device)
+	NumBlocksOverride    int // --num-gpu-blocks-override; 0 = none
+	MemoryBytes          int64
+}
+
+// SetCacheConfig publishes the KV cache configuration once it is known
+// (after the model is loaded): vllm:cache_config_info{...} 1.
+func (m *Metrics) SetCacheConfig(c CacheConfig) {
+	m.cacheInfo.Reset()
+	override := "None"
+	if c.NumBlocksOverride > 0 {
+		override = strconv.Itoa(c.NumBlocksOverride)
+	}
+	m.cacheInfo.WithLabelValues(strconv.Itoa(c.BlockSize), c.CacheDType, strconv.FormatBool(c.EnablePrefixCaching),
+		strconv.FormatFloat(c.GPUMemoryUtilization, 'g', -1, 64), "0", strconv.Itoa(c.NumBlocks), override, "0",
+		strconv.FormatInt(c.MemoryBytes, 10)).Set(1)
+}
+
+// ObserveIterationTokens records the tokens of one engine step
+// (vllm:iteration_tokens_total).
+func (m *Metrics) ObserveIterationTokens(n int) { m.iterTokens.Observe(float64(n)) }
+
 // Request describes one finished engine request (or sequence).
 type Request struct {
 	FinishReason     string
@@ -169,6 +222,9 @@ type Request struct {
 	Scheduled        time.Time // first scheduled (zero = unknown)
 	FirstToken       time.Time // zero if none was produced
 	End              time.Time
+	// The request's n and max_tokens, and the most tokens one of its n
+	// sequences generated; 0 = unknown (not observed).
+	N, MaxTokens, MaxGenerationTokens int
 }
 
 func secs(a, b time.Time) float64 { return b.Sub(a).Seconds() }
@@ -189,6 +245,13 @@ func (m *Metrics) ObserveRequest(r Request) {
 	m.e2e.Observe(e2e)
 	m.promptHist.Observe(float64(r.PromptTokens))
 	m.genHist.Observe(float64(r.CompletionTokens))
+	if r.N > 0 {
+		m.paramsN.Observe(float64(r.N))
+		m.maxGenTokens.Observe(float64(r.MaxGenerationTokens))
+	}
+	if r.MaxTokens > 0 {
+		m.paramsMaxTokens.Observe(float64(r.MaxTokens))
+	}
 	if !r.Scheduled.IsZero() {
 		m.queue.Observe(secs(r.Arrival, r.Scheduled))
 	}
@@ -357,7 +420,7 @@ func newEngineCollector(model string, stats func() engine.Stats) *engineCollecto
 		preempt:     d("vllm:num_preemptions_total", "Cumulative number of preemption from the engine."),
 		pqs:         d("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens."),
 		phits:       d("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens."),
-		blocksTotal: d("llmserve_kv_cache_blocks_total", "KV cache blocks."),
+		blocksTotal: d("llmserve_kv_cache_blocks", "KV cache blocks in all (a gauge: the cache's size)."),
 		blocksFree:  d("llmserve_kv_cache_blocks_free", "Free KV cache blocks."),
 	}
 }

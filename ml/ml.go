@@ -62,6 +62,12 @@ var ErrUnsupported = errors.New("ml: unsupported")
 // caller may run the step again.
 var ErrRetryStep = errors.New("ml: step refused at launch, run it again")
 
+// ErrDeviceLost marks a device error the backend cannot recover from (CUDA's
+// sticky errors: an illegal address, a kernel fault): every later call on
+// the device fails or computes garbage, so the process must be restarted.
+// Backends make their errors match it with errors.Is.
+var ErrDeviceLost = errors.New("ml: device in an unrecoverable state")
+
 // Tensor is backend-owned memory holding a rows×cols matrix.
 type Tensor interface {
 	DType() DType
@@ -91,6 +97,12 @@ type AttentionMeta struct {
 	NumKVHeads  int
 	HeadDim     int
 	Scale       float32
+	// Window, when positive, is a sliding attention window: a token at
+	// position p attends to keys at positions max(0, p-Window+1)..p only
+	// (Mistral's and Qwen's sliding_window, as transformers masks it).
+	// Zero attends to the whole context. It may change between the
+	// layers of one step.
+	Window int
 }
 
 // DecoderLayer is one pre-norm decoder layer's weights as a backend that
@@ -157,6 +169,31 @@ type Backend interface {
 	SiLUMul(dst, gateUp Tensor) error
 	// GatherRows: dst[i] = src[idx[i]] (F32).
 	GatherRows(dst, src, idx Tensor) error
+
+	// RMSNormHeads normalizes x[T, n*headDim] in place head by head: each
+	// headDim-wide slice of a row is divided by its own rms and scaled by
+	// w[1, headDim] (Qwen3's q_norm and k_norm, before RoPE).
+	RMSNormHeads(x, w Tensor, headDim int, eps float32) error
+	// TopKSoftmax routes tokens to experts: for each row t of logits[T, E]
+	// (F32) it takes the softmax over the E experts (in float32 or wider),
+	// and writes the k largest probabilities to weights[t*k+j] (F32) and
+	// their expert indices to ids[t*k+j] (I32), largest first, the lower
+	// index first on ties. With normalize the k weights are divided by
+	// their sum (norm_topk_prob). weights and ids are read as flat arrays
+	// of at least T*k elements, like index tensors.
+	TopKSoftmax(weights, ids, logits Tensor, k int, normalize bool) error
+	// MatMulExperts is the grouped expert matmul of a mixture of experts:
+	// w holds E experts' [N, K] matrices stacked as one [E*N, K] weight,
+	// and dst[r, N] = x[r/f, K] · w[experts[r]]ᵀ for each of the R rows of
+	// dst, where f = R / x.Rows() (so each token's row of x feeds its f
+	// consecutive expert rows). Only the experts named in experts are
+	// read; a backend groups rows by expert for large R.
+	MatMulExperts(dst, x, w, experts Tensor) error
+	// ScatterAdd: dst[idx[i]] += scale[i] * src[i] for each row i of src
+	// (F32; scale nil means 1). A run of equal adjacent indices (a
+	// token's expert rows) is summed in increasing i, so its result is
+	// deterministic; repeats that are not adjacent may meet in any order.
+	ScatterAdd(dst, src, idx, scale Tensor) error
 
 	// Sync waits for all queued work.
 	Sync() error

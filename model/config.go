@@ -2,6 +2,7 @@ package model
 
 import (
 	"log/slog"
+	"strings"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -32,6 +33,72 @@ type Config struct {
 	DType                 string          `json:"dtype"` // newer transformers write "dtype"
 	BOSTokenID            any             `json:"bos_token_id"`
 	EOSTokenID            any             `json:"eos_token_id"` // int or list
+
+	// Sliding-window attention (Mistral, and Qwen when use_sliding_window):
+	// see LayerWindow.
+	SlidingWindow    int      `json:"sliding_window"` // null reads as 0: none
+	UseSlidingWindow bool     `json:"use_sliding_window"`
+	MaxWindowLayers  int      `json:"max_window_layers"`
+	LayerTypes       []string `json:"layer_types,omitempty"` // full_attention | sliding_attention per layer
+
+	// Mixture of experts (Qwen3-MoE): see Experts and SparseLayer.
+	NumExperts          int   `json:"num_experts,omitempty"`
+	NumLocalExperts     int   `json:"num_local_experts,omitempty"` // the same, as some transformers versions write it
+	NumExpertsPerTok    int   `json:"num_experts_per_tok,omitempty"`
+	MoEIntermediateSize int   `json:"moe_intermediate_size,omitempty"`
+	NormTopKProb        bool  `json:"norm_topk_prob,omitempty"`
+	DecoderSparseStep   int   `json:"decoder_sparse_step,omitempty"`
+	MLPOnlyLayers       []int `json:"mlp_only_layers,omitempty"`
+}
+
+// Experts is the number of routed experts (num_experts, or
+// num_local_experts), 0 for a dense model.
+func (c *Config) Experts() int {
+	if c.NumExperts > 0 {
+		return c.NumExperts
+	}
+	return c.NumLocalExperts
+}
+
+// SparseLayer reports whether layer i's MLP is a mixture of experts, as
+// transformers' Qwen3-MoE decides it: not in mlp_only_layers, and
+// (i+1) a multiple of decoder_sparse_step.
+func (c *Config) SparseLayer(i int) bool {
+	if c.Experts() == 0 {
+		return false
+	}
+	for _, l := range c.MLPOnlyLayers {
+		if l == i {
+			return false
+		}
+	}
+	step := max(c.DecoderSparseStep, 1)
+	return (i+1)%step == 0
+}
+
+// LayerWindow is layer i's sliding attention window (0: full attention),
+// as transformers derives it: none without sliding_window; the Qwen
+// family only with use_sliding_window, on the layers layer_types marks
+// "sliding_attention" (by default those from max_window_layers on); other
+// architectures (Mistral) on every layer, or as layer_types says.
+func (c *Config) LayerWindow(i int) int {
+	if c.SlidingWindow <= 0 {
+		return 0
+	}
+	qwen := strings.HasPrefix(c.ModelType, "qwen")
+	if qwen && !c.UseSlidingWindow {
+		return 0
+	}
+	if i < len(c.LayerTypes) {
+		if c.LayerTypes[i] == "sliding_attention" {
+			return c.SlidingWindow
+		}
+		return 0
+	}
+	if qwen && i < c.MaxWindowLayers {
+		return 0
+	}
+	return c.SlidingWindow
 }
 
 // RopeScaling is config.json's rope_scaling (type "llama3" supported).

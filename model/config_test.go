@@ -99,12 +99,20 @@ func TestReadConfigErrors(t *testing.T) {
 
 func TestBuiltinConfigs(t *testing.T) {
 	want := map[string][4]int{ // hidden, layers, heads/kv, head_dim
-		"Qwen/Qwen2.5-0.5B":                {896, 24, 14 / 2, 64},
-		"Qwen/Qwen2.5-1.5B-Instruct":       {1536, 28, 12 / 2, 128},
-		"Qwen/Qwen2.5-7B":                  {3584, 28, 28 / 4, 128},
-		"meta-llama/Llama-3.2-1B":          {2048, 16, 32 / 8, 64},
-		"meta-llama/Llama-3.2-3B":          {3072, 28, 24 / 8, 128},
-		"meta-llama/Llama-3.1-8B-Instruct": {4096, 32, 32 / 8, 128},
+		"Qwen/Qwen2.5-0.5B":                  {896, 24, 14 / 2, 64},
+		"Qwen/Qwen2.5-1.5B-Instruct":         {1536, 28, 12 / 2, 128},
+		"Qwen/Qwen2.5-7B":                    {3584, 28, 28 / 4, 128},
+		"meta-llama/Llama-3.2-1B":            {2048, 16, 32 / 8, 64},
+		"meta-llama/Llama-3.2-3B":            {3072, 28, 24 / 8, 128},
+		"meta-llama/Llama-3.1-8B-Instruct":   {4096, 32, 32 / 8, 128},
+		"Qwen/Qwen3-0.6B":                    {1024, 28, 16 / 8, 128},
+		"Qwen/Qwen3-1.7B":                    {2048, 28, 16 / 8, 128},
+		"Qwen/Qwen3-4B":                      {2560, 36, 32 / 8, 128},
+		"Qwen/Qwen3-8B":                      {4096, 36, 32 / 8, 128},
+		"Qwen/Qwen3-14B":                     {5120, 40, 40 / 8, 128},
+		"Qwen/Qwen3-32B":                     {5120, 64, 64 / 8, 128},
+		"Qwen/Qwen3-30B-A3B":                 {2048, 48, 32 / 4, 128},
+		"mistralai/Mistral-7B-Instruct-v0.3": {4096, 32, 32 / 8, 128},
 	}
 	for name, w := range want {
 		c, ok := BuiltinConfig(name)
@@ -122,6 +130,21 @@ func TestBuiltinConfigs(t *testing.T) {
 	}
 	if c, _ := BuiltinConfig("meta-llama/Llama-3.1-8B"); c.RopeType() != "llama3" || c.RopeScaling.Factor != 8 || c.TieWordEmbeddings {
 		t.Errorf("Llama-3.1-8B: rope %q factor %v tie %v", c.RopeType(), c.RopeScaling.Factor, c.TieWordEmbeddings)
+	}
+	moe, _ := BuiltinConfig("Qwen/Qwen3-30B-A3B")
+	if moe.Experts() != 128 || moe.NumExpertsPerTok != 8 || moe.MoEIntermediateSize != 768 || !moe.NormTopKProb ||
+		!moe.SparseLayer(0) || !moe.SparseLayer(47) || moe.LayerWindow(47) != 0 {
+		t.Errorf("Qwen3-30B-A3B: %d experts, top %d, intermediate %d, norm %v", moe.Experts(), moe.NumExpertsPerTok,
+			moe.MoEIntermediateSize, moe.NormTopKProb)
+	}
+	if c, _ := BuiltinConfig("Qwen/Qwen3-8B"); c.TieWordEmbeddings || c.Arch() != "Qwen3ForCausalLM" || c.LayerWindow(35) != 0 {
+		t.Errorf("Qwen3-8B: tie %v arch %s", c.TieWordEmbeddings, c.Arch())
+	}
+	if c, _ := BuiltinConfig("mistralai/Mistral-7B-v0.1"); c.LayerWindow(0) != 4096 || c.LayerWindow(31) != 4096 {
+		t.Errorf("Mistral-7B-v0.1: window %d, want 4096 on every layer", c.LayerWindow(0))
+	}
+	if c, _ := BuiltinConfig("mistralai/Mistral-7B-Instruct-v0.3"); c.LayerWindow(0) != 0 || c.VocabSize != 32768 {
+		t.Errorf("Mistral-7B-Instruct-v0.3: window %d vocab %d, want full attention and 32768", c.LayerWindow(0), c.VocabSize)
 	}
 	// Copies: editing one does not change the next.
 	a, _ := BuiltinConfig("Qwen/Qwen2.5-0.5B")
@@ -182,5 +205,49 @@ func TestLoadUnknownArchNamesSupported(t *testing.T) {
 	if !errors.Is(err, ErrUnsupportedArch) || !strings.Contains(err.Error(), "TestKnownForCausalLM") ||
 		!strings.Contains(err.Error(), "GPT2LMHeadModel") {
 		t.Errorf("error %v", err)
+	}
+}
+
+// TestLayerWindowAndSparse: sliding windows and sparse layers as
+// transformers derives them from a config.
+func TestLayerWindowAndSparse(t *testing.T) {
+	for _, c := range []struct {
+		json string
+		want []int // window per layer (4 layers)
+	}{
+		{`"model_type":"mistral","sliding_window":8`, []int{8, 8, 8, 8}},
+		{`"model_type":"mistral","sliding_window":null`, []int{0, 0, 0, 0}},
+		{`"model_type":"qwen2","sliding_window":8,"use_sliding_window":false`, []int{0, 0, 0, 0}},
+		{`"model_type":"qwen2","sliding_window":8,"use_sliding_window":true,"max_window_layers":2`, []int{0, 0, 8, 8}},
+		{`"model_type":"qwen3","sliding_window":8,"use_sliding_window":true,
+			"layer_types":["sliding_attention","full_attention","sliding_attention","full_attention"]`, []int{8, 0, 8, 0}},
+	} {
+		cfg, err := ParseConfig([]byte(`{"architectures":["X"],"vocab_size":10,"hidden_size":64,"intermediate_size":128,
+			"num_hidden_layers":4,"num_attention_heads":8,` + c.json + `}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, w := range c.want {
+			if got := cfg.LayerWindow(i); got != w {
+				t.Errorf("%s: layer %d window %d, want %d", c.json, i, got, w)
+			}
+		}
+	}
+	cfg, err := ParseConfig([]byte(`{"architectures":["X"],"vocab_size":10,"hidden_size":64,"intermediate_size":128,
+		"num_hidden_layers":6,"num_attention_heads":8,"num_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":16,
+		"decoder_sparse_step":2,"mlp_only_layers":[3]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sparse []bool
+	for i := range 6 {
+		sparse = append(sparse, cfg.SparseLayer(i))
+	}
+	if want := []bool{false, true, false, false, false, true}; !slices.Equal(sparse, want) {
+		t.Errorf("sparse layers %v, want %v", sparse, want)
+	}
+	if _, err := ParseConfig([]byte(`{"architectures":["X"],"vocab_size":10,"hidden_size":64,"intermediate_size":128,
+		"num_hidden_layers":6,"num_attention_heads":8,"num_experts":4,"num_experts_per_tok":5,"moe_intermediate_size":16}`)); !errors.Is(err, ErrBadConfig) {
+		t.Errorf("top-5 of 4 experts: %v, want ErrBadConfig", err)
 	}
 }

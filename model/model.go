@@ -76,3 +76,21 @@ type DeviceArgmaxer interface {
 	// and greedy and tokens have len(b.LogitIndices).
 	ForwardArgmax(ctx context.Context, b *Batch, greedy []bool, tokens []int32, logits []float32) error
 }
+
+// WarmUpper is an optional Model capability: before serving, it runs the
+// throwaway steps that load what the first requests would otherwise wait
+// for (kernels loaded lazily on first use, CUDA graphs captured per step
+// shape): decode batches of 1 to MaxSeqs rows, and the largest step and
+// every padded prefill shape up to MaxBatchedTokens. The keys and values
+// it writes land in KV blocks that hold nothing yet. It returns the
+// number of steps run.
+type WarmUpper interface {
+	WarmUp(ctx context.Context, o WarmUpOptions) (steps int, err error)
+}
+
+// WarmUpOptions bound a warm-up by the engine's limits and the KV cache.
+type WarmUpOptions struct {
+	NumBlocks, BlockSize int // the allocated KV cache
+	MaxSeqs              int // --max-num-seqs
+	MaxBatchedTokens     int // --max-num-batched-tokens
+}

@@ -84,6 +84,17 @@ func (c *Config) Normalize() error {
 	if c.NumKeyValueHeads > 0 && c.NumAttentionHeads%c.NumKeyValueHeads != 0 {
 		bad("num_attention_heads %d is not a multiple of num_key_value_heads %d", c.NumAttentionHeads, c.NumKeyValueHeads)
 	}
+	if e := c.Experts(); e > 0 {
+		if c.NumExpertsPerTok <= 0 || c.NumExpertsPerTok > e {
+			bad("num_experts_per_tok = %d, want 1..%d", c.NumExpertsPerTok, e)
+		}
+		if c.MoEIntermediateSize <= 0 {
+			bad("moe_intermediate_size = %d, want > 0", c.MoEIntermediateSize)
+		}
+	}
+	if c.SlidingWindow < 0 {
+		bad("sliding_window = %d, want >= 0", c.SlidingWindow)
+	}
 	if c.HiddenAct != "" && c.HiddenAct != "silu" {
 		bad("hidden_act %q (supported: silu)", c.HiddenAct)
 	}
@@ -198,6 +209,8 @@ func (c *Config) Arch() string {
 func (c *Config) Clone() *Config {
 	out := *c
 	out.Architectures = append([]string(nil), c.Architectures...)
+	out.LayerTypes = append([]string(nil), c.LayerTypes...)
+	out.MLPOnlyLayers = append([]int(nil), c.MLPOnlyLayers...)
 	if c.RopeScaling != nil {
 		rs := *c.RopeScaling
 		out.RopeScaling = &rs

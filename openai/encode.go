@@ -155,6 +155,12 @@ type Choice struct {
 	TextOffset   int
 	FinishReason string
 	StopReason   any
+	// WantTokenIDs writes token_ids (vLLM's return_token_ids): the ids
+	// generated since the previous chunk (all of them in a full response),
+	// and for completions prompt_token_ids when PromptTokenIDs is non-nil.
+	WantTokenIDs   bool
+	TokenIDs       []int
+	PromptTokenIDs []int
 }
 
 // Kind selects the response shape an Encoder writes.
@@ -174,7 +180,10 @@ type Encoder struct {
 	// TokenText names tokens in logprobs; nil or AsTokenIDs renders "token_id:N".
 	TokenText  func(id int) string
 	AsTokenIDs bool
-	scratch    []byte
+	// PromptTokenIDs, when non-nil, is written as the chat response's (or
+	// first chunk's) top-level prompt_token_ids; the caller clears it after.
+	PromptTokenIDs []int
+	scratch        []byte
 }
 
 // NewEncoder precomputes the envelope shared by every chunk of a request.
@@ -233,7 +242,23 @@ func (e *Encoder) Append(b []byte, choices []Choice, usage *Usage) []byte {
 		b = append(b, `,"usage":`...)
 		b = AppendUsage(b, usage)
 	}
+	if e.chat() && e.PromptTokenIDs != nil {
+		b = append(b, `,"prompt_token_ids":`...)
+		b = AppendInts(b, e.PromptTokenIDs)
+	}
 	return append(b, '}')
+}
+
+// AppendInts appends ids as a JSON array.
+func AppendInts(b []byte, ids []int) []byte {
+	b = append(b, '[')
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, int64(id), 10)
+	}
+	return append(b, ']')
 }
 
 func (e *Encoder) appendChoice(b []byte, c *Choice) []byte {
@@ -281,6 +306,14 @@ func (e *Encoder) appendChoice(b []byte, c *Choice) []byte {
 	}
 	b = append(b, `,"stop_reason":`...)
 	b = AppendAny(b, c.StopReason)
+	if c.WantTokenIDs {
+		if !e.chat() && c.PromptTokenIDs != nil {
+			b = append(b, `,"prompt_token_ids":`...)
+			b = AppendInts(b, c.PromptTokenIDs)
+		}
+		b = append(b, `,"token_ids":`...)
+		b = AppendInts(b, c.TokenIDs)
+	}
 	return append(b, '}')
 }
 

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -71,13 +72,58 @@ func TestPromptShapes(t *testing.T) {
 			t.Errorf("%s: %+v %v", in, p, err)
 		}
 	}
-	for _, bad := range []string{`{"a":1}`, `["a",1]`, `[1,"a"]`, `[[1],["x"]]`, `true`, `[1.5]`} {
+	for _, bad := range []string{`{"a":1}`, `["a",1]`, `[1,"a"]`, `[[1],["x"]]`, `true`, `[1.5]`,
+		// A null among token ids is not token 0.
+		`[1,null]`, `[null]`, `[null,1]`, `[[1],null]`, `[[1,null]]`, `[null,[1]]`, `["a",null]`,
+		`[1e2]`, `[1,2.0]`, `[99999999999999999999]`, `[[1],2]`, `[1,[2]]`, `[1,true]`, `[1,{}]`} {
 		var r CompletionRequest
 		err := json.Unmarshal([]byte(`{"prompt":`+bad+`}`), &r)
 		var te *json.UnmarshalTypeError
 		if !errors.As(err, &te) || te.Field != "prompt" {
 			t.Errorf("%s: %v", bad, err)
 		}
+	}
+}
+
+func TestTokenIDs(t *testing.T) {
+	for in, want := range map[string]TokenIDs{`null`: nil, `[]`: {}, ` [ 1 , 2 ,-3 ] `: {1, 2, -3}, `[0]`: {0}} {
+		var r CompletionRequest
+		if err := json.Unmarshal([]byte(`{"stop_token_ids":`+in+`}`), &r); err != nil || !reflect.DeepEqual(r.StopTokenIDs, want) {
+			t.Errorf("%s: %#v %v", in, r.StopTokenIDs, err)
+		}
+	}
+	for _, bad := range []string{`[1,null]`, `[null]`, `[1.5]`, `["1"]`, `[[1]]`, `1`, `{}`, `[1e0]`, `[18446744073709551616]`} {
+		var r CompletionRequest
+		err := json.Unmarshal([]byte(`{"stop_token_ids":`+bad+`}`), &r)
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) || !strings.HasSuffix(te.Field, "stop_token_ids") {
+			t.Errorf("%s: %v", bad, err)
+		}
+		var d DetokenizeRequest
+		if err := json.Unmarshal([]byte(`{"tokens":`+bad+`}`), &d); !errors.As(err, &te) || te.Field != "tokens" {
+			t.Errorf("tokens %s: %v", bad, err)
+		}
+	}
+	// Called directly, on anything: an error, never a panic.
+	for _, junk := range []string{``, `[`, `]`, `[1,]`, `[,1]`, `[1 2]`, `[-]`, `[--1]`, `[1,,2]`, "[1\x00]"} {
+		if _, err := parseIDs([]byte(junk)); err == nil {
+			t.Errorf("%q parsed", junk)
+		}
+	}
+}
+
+func TestLogitBiasNull(t *testing.T) {
+	var r CompletionRequest
+	if err := json.Unmarshal([]byte(`{"logit_bias":{"5":1,"6":-2.5}}`), &r); err != nil || r.LogitBias["6"] != -2.5 {
+		t.Fatal(r.LogitBias, err)
+	}
+	err := json.Unmarshal([]byte(`{"logit_bias":{"5":null}}`), &r)
+	var te *json.UnmarshalTypeError
+	if !errors.As(err, &te) || !strings.HasSuffix(te.Field, "logit_bias") {
+		t.Fatalf("null bias: %v", err)
+	}
+	if err := json.Unmarshal([]byte(`{"logit_bias":null}`), &r); err != nil || r.LogitBias != nil {
+		t.Fatal(r.LogitBias, err)
 	}
 }
 
@@ -110,6 +156,53 @@ func TestParamsValidation(t *testing.T) {
 		"stop_token_ids":     {StopTokenIDs: []int{100}},
 		"logit_bias":         {LogitBias: map[string]float64{"5": 101}},
 		"stream_options":     {StreamOptions: &StreamOptions{}},
+	}
+	many := func(n int, f func(i int) string) StringList {
+		l := make(StringList, n)
+		for i := range l {
+			l[i] = f(i)
+		}
+		return l
+	}
+	// The sampler's bounds, and the limits on list sizes.
+	for param, cases := range map[string][]Sampling{
+		"temperature":        {{Temperature: ptr(101.0)}, {Temperature: ptr(math.Inf(1))}},
+		"repetition_penalty": {{RepetitionPenalty: ptr(0.001)}, {RepetitionPenalty: ptr(101.0)}, {RepetitionPenalty: ptr(math.NaN())}},
+		"presence_penalty":   {{PresencePenalty: ptr(math.NaN())}},
+		"stop": {
+			{Stop: many(MaxStop+1, func(i int) string { return strings.Repeat("x", i+1) })},
+			{Stop: StringList{strings.Repeat("x", MaxStopBytes+1)}},
+		},
+		"stop_token_ids": {{StopTokenIDs: make(TokenIDs, MaxStopTokenIDs+1)}, {StopTokenIDs: TokenIDs{-1}}},
+		"logit_bias":     {{LogitBias: LogitBias{"-1": 1}}, {LogitBias: LogitBias{"1": math.NaN()}}},
+		"n":              {{N: ptr(MaxN + 1)}},
+	} {
+		for _, s := range cases {
+			_, err := s.Params(lim)
+			var pe *ParamError
+			if !errors.As(err, &pe) || pe.Param != param {
+				t.Errorf("%s %+v: %v", param, s, err)
+			}
+		}
+	}
+	big := LogitBias{}
+	for i := range MaxLogitBias + 1 {
+		big[strconv.Itoa(i)] = 1
+	}
+	if _, err := (&Sampling{LogitBias: big}).Params(Limits{}); err == nil || err.(*ParamError).Param != "logit_bias" {
+		t.Errorf("%d logit_bias entries: %v", len(big), err)
+	}
+	// n above --max-num-seqs says why.
+	_, err := (&Sampling{N: ptr(9)}).Params(Limits{MaxNumSeqs: 8})
+	if pe, ok := err.(*ParamError); !ok || pe.Param != "n" || !strings.Contains(pe.Message, "at most 8 sequences") {
+		t.Errorf("n=9 with max-num-seqs 8: %v", err)
+	}
+	// Within every bound: vLLM's repetition_penalty 3, the limits exactly.
+	ok := Sampling{RepetitionPenalty: ptr(3.0), Temperature: ptr(100.0), N: ptr(8),
+		Stop:         many(MaxStop, func(i int) string { return strings.Repeat("y", MaxStopBytes-i) }),
+		StopTokenIDs: make(TokenIDs, MaxStopTokenIDs)}
+	if _, err := ok.Params(Limits{VocabSize: 100, MaxNumSeqs: 8}); err != nil {
+		t.Errorf("at the limits: %v", err)
 	}
 	for param, s := range bad {
 		_, err := s.Params(lim)

@@ -1,32 +1,12 @@
 package openai
 
 import (
+	"fmt"
 	"math"
 	"strconv"
 
 	"github.com/llmserve/llmserve/sample"
 )
-
-// Limits bound what a request may ask for.
-type Limits struct {
-	VocabSize   int // token ids must be in [0, VocabSize); 0 = unchecked
-	MaxLogprobs int // top logprobs per token; 0 means 20 (vLLM's default)
-	MaxN        int // completions per prompt; 0 means 128
-}
-
-func (l Limits) maxLogprobs() int {
-	if l.MaxLogprobs <= 0 {
-		return 20
-	}
-	return l.MaxLogprobs
-}
-
-func (l Limits) maxN() int {
-	if l.MaxN <= 0 {
-		return 128
-	}
-	return l.MaxN
-}
 
 // CheckTokenID reports whether id is a valid token of a vocabulary of size vocab.
 func CheckTokenID(param string, id, vocab int) error {
@@ -36,10 +16,10 @@ func CheckTokenID(param string, id, vocab int) error {
 	return nil
 }
 
-func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
-
-// Params converts and validates the shared sampling fields. MaxTokens is 0
-// when the request gave none: the caller picks the endpoint's default.
+// Params converts and validates the shared sampling fields: every bound
+// the engine's sampler has (sample.Params.Validate) is checked here first,
+// naming the field the client sent. MaxTokens is 0 when the request gave
+// none: the caller picks the endpoint's default.
 func (s *Sampling) Params(lim Limits) (sample.Params, error) {
 	p := sample.Defaults()
 	p.MaxTokens = 0
@@ -48,7 +28,11 @@ func (s *Sampling) Params(lim Limits) (sample.Params, error) {
 	}
 	if s.N != nil {
 		if *s.N < 1 || *s.N > lim.maxN() {
-			return p, Invalid("n", "n must be between 1 and %d, got %d", lim.maxN(), *s.N)
+			msg := fmt.Sprintf("n must be between 1 and %d, got %d", lim.maxN(), *s.N)
+			if lim.maxN() < MaxN {
+				msg += fmt.Sprintf(" (the server runs at most %d sequences in a batch, and a prompt's n sequences run together)", lim.maxN())
+			}
+			return p, Invalid("n", "%s", msg)
 		}
 		p.N = *s.N
 	}
@@ -59,13 +43,13 @@ func (s *Sampling) Params(lim Limits) (sample.Params, error) {
 		p.MaxTokens = *s.MaxTokens
 	}
 	if s.Temperature != nil {
-		if !finite(*s.Temperature) || *s.Temperature < 0 {
-			return p, Invalid("temperature", "temperature must be non-negative, got %v", *s.Temperature)
+		if !(*s.Temperature >= 0 && *s.Temperature <= sample.MaxTemperature) {
+			return p, Invalid("temperature", "temperature must be non-negative and at most %v, got %v", sample.MaxTemperature, *s.Temperature)
 		}
 		p.Temperature = *s.Temperature
 	}
 	if s.TopP != nil {
-		if !finite(*s.TopP) || *s.TopP <= 0 || *s.TopP > 1 {
+		if !(*s.TopP > 0 && *s.TopP <= 1) {
 			return p, Invalid("top_p", "top_p must be in (0, 1], got %v", *s.TopP)
 		}
 		p.TopP = *s.TopP
@@ -77,26 +61,27 @@ func (s *Sampling) Params(lim Limits) (sample.Params, error) {
 		p.TopK = *s.TopK
 	}
 	if s.MinP != nil {
-		if !finite(*s.MinP) || *s.MinP < 0 || *s.MinP > 1 {
+		if !(*s.MinP >= 0 && *s.MinP <= 1) {
 			return p, Invalid("min_p", "min_p must be in [0, 1], got %v", *s.MinP)
 		}
 		p.MinP = *s.MinP
 	}
 	if s.PresencePenalty != nil {
-		if !finite(*s.PresencePenalty) || *s.PresencePenalty < -2 || *s.PresencePenalty > 2 {
+		if !(math.Abs(*s.PresencePenalty) <= sample.MaxAbsPenalty) {
 			return p, Invalid("presence_penalty", "presence_penalty must be in [-2, 2], got %v", *s.PresencePenalty)
 		}
 		p.PresencePenalty = *s.PresencePenalty
 	}
 	if s.FrequencyPenalty != nil {
-		if !finite(*s.FrequencyPenalty) || *s.FrequencyPenalty < -2 || *s.FrequencyPenalty > 2 {
+		if !(math.Abs(*s.FrequencyPenalty) <= sample.MaxAbsPenalty) {
 			return p, Invalid("frequency_penalty", "frequency_penalty must be in [-2, 2], got %v", *s.FrequencyPenalty)
 		}
 		p.FrequencyPenalty = *s.FrequencyPenalty
 	}
 	if s.RepetitionPenalty != nil {
-		if !finite(*s.RepetitionPenalty) || *s.RepetitionPenalty <= 0 {
-			return p, Invalid("repetition_penalty", "repetition_penalty must be greater than 0, got %v", *s.RepetitionPenalty)
+		if !(*s.RepetitionPenalty >= sample.MinRepetitionPenalty && *s.RepetitionPenalty <= sample.MaxRepetitionPenalty) {
+			return p, Invalid("repetition_penalty", "repetition_penalty must be in [%v, %v] (1 = off), got %v",
+				sample.MinRepetitionPenalty, sample.MaxRepetitionPenalty, *s.RepetitionPenalty)
 		}
 		p.RepetitionPenalty = *s.RepetitionPenalty
 	}
@@ -110,18 +95,30 @@ func (s *Sampling) Params(lim Limits) (sample.Params, error) {
 		seed := *s.Seed
 		p.Seed = &seed
 	}
-	for _, st := range s.Stop {
+	if len(s.Stop) > MaxStop {
+		return p, Invalid("stop", "at most %d stop strings are allowed, got %d", MaxStop, len(s.Stop))
+	}
+	for i, st := range s.Stop {
 		if st == "" {
-			return p, Invalid("stop", "stop strings must not be empty")
+			return p, Invalid("stop", "stop strings must not be empty (stop[%d])", i)
+		}
+		if len(st) > MaxStopBytes {
+			return p, Invalid("stop", "stop strings must be at most %d bytes, stop[%d] has %d", MaxStopBytes, i, len(st))
 		}
 	}
 	p.Stop = s.Stop
+	if len(s.StopTokenIDs) > MaxStopTokenIDs {
+		return p, Invalid("stop_token_ids", "at most %d stop_token_ids are allowed, got %d", MaxStopTokenIDs, len(s.StopTokenIDs))
+	}
 	for _, id := range s.StopTokenIDs {
 		if err := CheckTokenID("stop_token_ids", id, lim.VocabSize); err != nil {
 			return p, err
 		}
 	}
 	p.StopTokenIDs = s.StopTokenIDs
+	if len(s.LogitBias) > MaxLogitBias {
+		return p, Invalid("logit_bias", "at most %d logit_bias entries are allowed, got %d", MaxLogitBias, len(s.LogitBias))
+	}
 	if len(s.LogitBias) > 0 {
 		p.LogitBias = make(map[int]float64, len(s.LogitBias))
 		for k, v := range s.LogitBias {
@@ -132,8 +129,8 @@ func (s *Sampling) Params(lim Limits) (sample.Params, error) {
 			if err := CheckTokenID("logit_bias", id, lim.VocabSize); err != nil {
 				return p, err
 			}
-			if !finite(v) || v < -100 || v > 100 {
-				return p, Invalid("logit_bias", "logit_bias values must be in [-100, 100], got %v", v)
+			if !(math.Abs(v) <= sample.MaxAbsLogitBias) {
+				return p, Invalid("logit_bias", "logit_bias values must be in [-100, 100], got %v for token %d", v, id)
 			}
 			p.LogitBias[id] = v
 		}
@@ -145,10 +142,11 @@ func (s *Sampling) Params(lim Limits) (sample.Params, error) {
 	return p, nil
 }
 
-// CheckMinTokens validates min_tokens against the final max_tokens.
-func CheckMinTokens(p sample.Params) error {
+// CheckMinTokens validates min_tokens against the final max_tokens;
+// maxParam names the field that set it (max_tokens or max_completion_tokens).
+func CheckMinTokens(p sample.Params, maxParam string) error {
 	if p.MinTokens > p.MaxTokens {
-		return Invalid("min_tokens", "min_tokens (%d) must not exceed max_tokens (%d)", p.MinTokens, p.MaxTokens)
+		return Invalid("min_tokens", "min_tokens (%d) must not exceed %s (%d)", p.MinTokens, maxParam, p.MaxTokens)
 	}
 	return nil
 }
@@ -169,7 +167,7 @@ func (r *CompletionRequest) Params(lim Limits) (sample.Params, error) {
 		p.Logprobs = *r.Logprobs
 	}
 	if r.BestOf != nil && *r.BestOf != p.N {
-		return p, Invalid("best_of", "best_of is not supported unless equal to n")
+		return p, Invalid("best_of", "best_of is not supported unless equal to n (%d), got %d", p.N, *r.BestOf)
 	}
 	if r.Echo {
 		return p, Invalid("echo", "echo is not supported")
@@ -178,6 +176,15 @@ func (r *CompletionRequest) Params(lim Limits) (sample.Params, error) {
 		return p, Invalid("suffix", "suffix is not supported")
 	}
 	return p, nil
+}
+
+// MaxTokensParam names the field that bounds the completion's length, for
+// errors: max_completion_tokens when the client sent it, else max_tokens.
+func (r *ChatCompletionRequest) MaxTokensParam() string {
+	if r.MaxCompletionTokens != nil {
+		return "max_completion_tokens"
+	}
+	return "max_tokens"
 }
 
 // Params converts and validates a chat request's sampling fields.

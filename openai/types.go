@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 )
 
 // ErrInvalidRequest is wrapped by every validation error of this package.
@@ -51,12 +52,16 @@ type Prompt struct {
 // Len is the number of prompts.
 func (p Prompt) Len() int { return len(p.Texts) + len(p.IDs) }
 
-// UnmarshalJSON accepts the four OpenAI prompt shapes.
+// UnmarshalJSON accepts the four OpenAI prompt shapes. Token ids must be
+// integers: a null among them is an error, not token 0.
 func (p *Prompt) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
+	b = trimJSONSpace(b)
 	*p = Prompt{}
 	if len(b) == 0 || b[0] == 'n' { // null
 		return nil
+	}
+	bad := func(what string) error {
+		return &json.UnmarshalTypeError{Value: what, Type: reflect.TypeFor[Prompt]()}
 	}
 	if b[0] == '"' {
 		var s string
@@ -67,32 +72,44 @@ func (p *Prompt) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	if b[0] != '[' {
-		return &json.UnmarshalTypeError{Value: jsonValueKind(b), Type: reflect.TypeFor[Prompt]()}
+		return bad(jsonValueKind(b))
 	}
-	var raw []json.RawMessage
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return err
-	}
-	if len(raw) == 0 {
+	inner := trimJSONSpace(b[1:])
+	switch {
+	case len(inner) == 0 || inner[0] == ']':
 		return nil
-	}
-	switch first := bytes.TrimSpace(raw[0]); {
-	case len(first) > 0 && first[0] == '"':
-		var ss []string
+	case inner[0] == '"':
+		var ss []*string
 		if err := json.Unmarshal(b, &ss); err != nil {
-			return &json.UnmarshalTypeError{Value: "mixed list", Type: reflect.TypeFor[Prompt]()}
+			return bad("mixed list")
 		}
-		p.Texts = ss
-	case len(first) > 0 && first[0] == '[':
-		var ids [][]int
-		if err := json.Unmarshal(b, &ids); err != nil {
-			return &json.UnmarshalTypeError{Value: "list of non-integer lists", Type: reflect.TypeFor[Prompt]()}
+		p.Texts = make([]string, len(ss))
+		for i, s := range ss {
+			if s == nil {
+				return bad("null at index " + strconv.Itoa(i))
+			}
+			p.Texts[i] = *s
 		}
-		p.IDs = ids
+	case inner[0] == '[':
+		var raw []json.RawMessage
+		if err := json.Unmarshal(b, &raw); err != nil {
+			return bad("malformed list")
+		}
+		p.IDs = make([][]int, len(raw))
+		for i, r := range raw {
+			ids, err := parseIDs(r)
+			switch {
+			case err != nil:
+				return bad("token-id list " + strconv.Itoa(i) + " with " + err.Error())
+			case ids == nil:
+				return bad("null in place of token-id list " + strconv.Itoa(i))
+			}
+			p.IDs[i] = ids
+		}
 	default:
-		var ids []int
-		if err := json.Unmarshal(b, &ids); err != nil {
-			return &json.UnmarshalTypeError{Value: "list of non-integers", Type: reflect.TypeFor[Prompt]()}
+		ids, err := parseIDs(b)
+		if err != nil {
+			return bad("token-id list with " + err.Error())
 		}
 		p.IDs = [][]int{ids}
 	}
@@ -139,6 +156,8 @@ func jsonValueKind(b []byte) string {
 		return "string"
 	case b[0] == 't' || b[0] == 'f':
 		return "bool"
+	case b[0] == 'n':
+		return "null"
 	}
 	return "number"
 }
@@ -151,28 +170,29 @@ type StreamOptions struct {
 // Sampling are the sampling fields common to completions and chat (OpenAI's
 // and vLLM's extensions).
 type Sampling struct {
-	Model            string             `json:"model"`
-	MaxTokens        *int               `json:"max_tokens"`
-	Temperature      *float64           `json:"temperature"`
-	TopP             *float64           `json:"top_p"`
-	N                *int               `json:"n"`
-	Stream           bool               `json:"stream"`
-	StreamOptions    *StreamOptions     `json:"stream_options"`
-	Stop             StringList         `json:"stop"`
-	Seed             *int64             `json:"seed"`
-	PresencePenalty  *float64           `json:"presence_penalty"`
-	FrequencyPenalty *float64           `json:"frequency_penalty"`
-	LogitBias        map[string]float64 `json:"logit_bias"`
-	User             string             `json:"user"`
+	Model            string         `json:"model"`
+	MaxTokens        *int           `json:"max_tokens"`
+	Temperature      *float64       `json:"temperature"`
+	TopP             *float64       `json:"top_p"`
+	N                *int           `json:"n"`
+	Stream           bool           `json:"stream"`
+	StreamOptions    *StreamOptions `json:"stream_options"`
+	Stop             StringList     `json:"stop"`
+	Seed             *int64         `json:"seed"`
+	PresencePenalty  *float64       `json:"presence_penalty"`
+	FrequencyPenalty *float64       `json:"frequency_penalty"`
+	LogitBias        LogitBias      `json:"logit_bias"`
+	User             string         `json:"user"`
 
 	// vLLM extensions.
 	TopK                   *int     `json:"top_k"`
 	MinP                   *float64 `json:"min_p"`
 	IgnoreEOS              bool     `json:"ignore_eos"`
 	MinTokens              *int     `json:"min_tokens"`
-	StopTokenIDs           []int    `json:"stop_token_ids"`
+	StopTokenIDs           TokenIDs `json:"stop_token_ids"`
 	RepetitionPenalty      *float64 `json:"repetition_penalty"`
 	ReturnTokensAsTokenIDs bool     `json:"return_tokens_as_token_ids"`
+	ReturnTokenIDs         *bool    `json:"return_token_ids"` // token_ids in choices (default: on with --skip-tokenizer-init)
 	Priority               int      `json:"priority"`
 	SkipSpecialTokens      *bool    `json:"skip_special_tokens"`
 	AddSpecialTokens       *bool    `json:"add_special_tokens"`
@@ -257,8 +277,8 @@ type TokenizeResponse struct {
 
 // DetokenizeRequest is vLLM's POST /detokenize.
 type DetokenizeRequest struct {
-	Model  string `json:"model"`
-	Tokens []int  `json:"tokens"`
+	Model  string   `json:"model"`
+	Tokens TokenIDs `json:"tokens"`
 }
 
 // DetokenizeResponse is vLLM's /detokenize response.

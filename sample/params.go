@@ -26,6 +26,25 @@ type Params struct {
 	Processors func() []LogitsProcessor
 }
 
+// Bounds of the values the sampler honours. The API edge (package openai)
+// rejects anything outside them with a 400 naming the client's field, and
+// Validate repeats the check for any other caller of the engine, so the two
+// cannot drift apart.
+//
+// The sampler works on float32 logits: temperature divides them and the
+// repetition penalty multiplies or divides them, so both are bounded well
+// inside float32's range. vLLM accepts any finite temperature >= 0 and any
+// finite repetition_penalty > 0; at a temperature of 100 real logits (|x| of
+// a few tens) are already near uniform, and a repetition penalty of 100 (or
+// 1/100) already decides the token, so the bounds cost clients nothing.
+const (
+	MaxTemperature       = 100.0
+	MinRepetitionPenalty = 0.01
+	MaxRepetitionPenalty = 100.0
+	MaxAbsPenalty        = 2.0   // presence_penalty, frequency_penalty: OpenAI's [-2, 2]
+	MaxAbsLogitBias      = 100.0 // logit_bias values: OpenAI's [-100, 100]
+)
+
 // Defaults returns OpenAI's defaults.
 func Defaults() Params {
 	return Params{N: 1, MaxTokens: 16, Temperature: 1, TopP: 1, RepetitionPenalty: 1, Logprobs: -1, SkipSpecialTokens: true}

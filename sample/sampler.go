@@ -35,7 +35,9 @@ func (p *Params) Normalize() {
 func (p *Params) Greedy() bool { return p.Temperature < greedyEps }
 
 // Validate checks p against the model's vocabulary size and the largest
-// number of top logprobs allowed (vLLM's ranges).
+// number of top logprobs allowed, with the bounds above. The server checks
+// the same at the API edge, naming the request's fields; this is the
+// engine's defensive copy.
 func (p *Params) Validate(vocab, maxLogprobs int) error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalidParams, fmt.Sprintf(format, a...))
@@ -47,20 +49,20 @@ func (p *Params) Validate(vocab, maxLogprobs int) error {
 		return bad("max_tokens must be at least 1, got %d", p.MaxTokens)
 	case p.MinTokens < 0 || p.MinTokens > p.MaxTokens:
 		return bad("min_tokens must be in [0, max_tokens=%d], got %d", p.MaxTokens, p.MinTokens)
-	case !(p.Temperature >= 0) || math.IsInf(p.Temperature, 0):
-		return bad("temperature must be non-negative, got %v", p.Temperature)
+	case !(p.Temperature >= 0 && p.Temperature <= MaxTemperature):
+		return bad("temperature must be in [0, %v], got %v", MaxTemperature, p.Temperature)
 	case !(p.TopP > 0 && p.TopP <= 1):
 		return bad("top_p must be in (0, 1], got %v", p.TopP)
 	case p.TopK < -1:
 		return bad("top_k must be -1 (disable), 0 or at least 1, got %d", p.TopK)
 	case !(p.MinP >= 0 && p.MinP <= 1):
 		return bad("min_p must be in [0, 1], got %v", p.MinP)
-	case !(p.PresencePenalty >= -2 && p.PresencePenalty <= 2):
+	case !(math.Abs(p.PresencePenalty) <= MaxAbsPenalty):
 		return bad("presence_penalty must be in [-2, 2], got %v", p.PresencePenalty)
-	case !(p.FrequencyPenalty >= -2 && p.FrequencyPenalty <= 2):
+	case !(math.Abs(p.FrequencyPenalty) <= MaxAbsPenalty):
 		return bad("frequency_penalty must be in [-2, 2], got %v", p.FrequencyPenalty)
-	case !(p.RepetitionPenalty > 0 && p.RepetitionPenalty <= 2):
-		return bad("repetition_penalty must be in (0, 2], got %v", p.RepetitionPenalty)
+	case !(p.RepetitionPenalty >= MinRepetitionPenalty && p.RepetitionPenalty <= MaxRepetitionPenalty):
+		return bad("repetition_penalty must be in [%v, %v], got %v", MinRepetitionPenalty, MaxRepetitionPenalty, p.RepetitionPenalty)
 	case p.Logprobs < -1 || p.Logprobs > maxLogprobs:
 		return bad("logprobs must be in [0, %d], got %d", maxLogprobs, p.Logprobs)
 	}
@@ -68,8 +70,8 @@ func (p *Params) Validate(vocab, maxLogprobs int) error {
 		if t < 0 || t >= vocab {
 			return bad("logit_bias token %d out of vocabulary (size %d)", t, vocab)
 		}
-		if math.IsNaN(b) {
-			return bad("logit_bias of token %d is NaN", t)
+		if !(math.Abs(b) <= MaxAbsLogitBias) {
+			return bad("logit_bias of token %d must be in [-100, 100], got %v", t, b)
 		}
 	}
 	for _, t := range p.StopTokenIDs {

@@ -365,6 +365,12 @@ func TestValidate(t *testing.T) {
 		func(p *Params) { p.PresencePenalty = 3 },
 		func(p *Params) { p.FrequencyPenalty = -3 },
 		func(p *Params) { p.RepetitionPenalty = 0 },
+		func(p *Params) { p.RepetitionPenalty = MaxRepetitionPenalty * 2 },
+		func(p *Params) { p.RepetitionPenalty = 1e-300 },
+		func(p *Params) { p.Temperature = MaxTemperature + 1 },
+		func(p *Params) { p.Temperature = math.Inf(1) },
+		func(p *Params) { p.LogitBias = map[int]float64{1: math.Inf(-1)} },
+		func(p *Params) { p.PresencePenalty = math.NaN() },
 		func(p *Params) { p.Logprobs = 21 },
 		func(p *Params) { p.LogitBias = map[int]float64{100: 1} },
 		func(p *Params) { p.StopTokenIDs = []int{-1} },
@@ -448,5 +454,38 @@ func BenchmarkSample(b *testing.B) {
 				s.Sample(st, l)
 			}
 		})
+	}
+}
+
+// TestExtremesHonoured: every corner of the bounds Validate accepts samples
+// a token of the vocabulary (no NaN path, no empty candidate set).
+func TestExtremesHonoured(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	s := NewSampler(64)
+	for _, temp := range []float64{0, greedyEps, 1e-4, 1, MaxTemperature} {
+		for _, rp := range []float64{MinRepetitionPenalty, 1, MaxRepetitionPenalty} {
+			for _, minP := range []float64{0, 1e-300, 0.5, 1} {
+				for _, pen := range []float64{-MaxAbsPenalty, MaxAbsPenalty} {
+					p := params(func(p *Params) {
+						p.Temperature, p.RepetitionPenalty, p.MinP, p.TopK, p.TopP = temp, rp, minP, 1<<62, 1e-9
+						p.PresencePenalty, p.FrequencyPenalty = pen, -pen
+						p.LogitBias = map[int]float64{0: MaxAbsLogitBias, 1: -MaxAbsLogitBias}
+					})
+					if err := p.Validate(64, 20); err != nil {
+						t.Fatal(err)
+					}
+					st := NewState(p, 1, []int{0, 1, 2}, nil)
+					for range 5 {
+						l := randLogits(rng, 64)
+						l[5] = float32(math.Inf(-1))
+						tok := s.Sample(st, l)
+						if tok < 0 || tok >= 64 || tok == 5 {
+							t.Fatalf("temp %v rp %v min_p %v: token %d", temp, rp, minP, tok)
+						}
+						st.Accept(tok)
+					}
+				}
+			}
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmserve/llmserve/openai"
 	"github.com/llmserve/llmserve/server"
 	"github.com/llmserve/llmserve/server/servertest"
 )
@@ -93,11 +94,58 @@ func TestAdmissionExactCapacity(t *testing.T) {
 	}
 	// A multi-prompt request needs one slot per prompt.
 	e2 := newEnv(t, nil, func(o *server.Options) { o.MaxConcurrentRequests = 2 })
-	if code, _ := e2.post("/v1/completions", `{"prompt":["a","b","c"],"max_tokens":1}`); code != 429 {
-		t.Fatalf("3 prompts with capacity 2: %d", code)
-	}
 	if code, _ := e2.post("/v1/completions", `{"prompt":["a","b"],"max_tokens":1}`); code != 200 {
 		t.Fatalf("2 prompts with capacity 2: %d", code)
+	}
+}
+
+// TestNeverFits: a request that needs more slots than the whole capacity
+// (one per sequence: n per prompt) can never be admitted, so it is a 400
+// that says why, not a 429 that a well-behaved client retries forever.
+func TestNeverFits(t *testing.T) {
+	fe := &servertest.Engine{Hold: make(chan struct{})}
+	e := newEnv(t, fe, func(o *server.Options) { o.MaxConcurrentRequests = 4 })
+	for _, c := range []struct{ path, body, param string }{
+		{"/v1/completions", `{"prompt":["a","b","c","d","e"],"max_tokens":1}`, "prompt"},
+		{"/v1/completions", `{"prompt":[[97],[98],[99]],"n":2,"max_tokens":1}`, "n"},
+		{"/v1/completions", `{"prompt":"a","n":5,"max_tokens":1}`, "n"},
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"a"}],"n":5,"max_tokens":1}`, "n"},
+	} {
+		code, b, h := e.do("POST", c.path, c.body)
+		ae := decode[apiErr](t, b)
+		if code != 400 || h.Get("Retry-After") != "" || ae.Error.Param == nil || *ae.Error.Param != c.param ||
+			!strings.Contains(ae.Error.Message, "--max-concurrent-requests") || !strings.Contains(ae.Error.Message, "never") {
+			t.Errorf("%s: %d %s", c.body, code, b)
+		}
+	}
+	// Without the flag, MaxChoices bounds n × prompts all the same.
+	e2 := newEnv(t, nil, nil)
+	prompts := strings.Repeat(`"a",`, openai.MaxChoices/2) + `"a"`
+	code, b := e2.post("/v1/completions", `{"prompt":[`+prompts+`],"n":2,"max_tokens":1}`)
+	if ae := decode[apiErr](t, b); code != 400 || ae.Error.Param == nil || *ae.Error.Param != "n" {
+		t.Errorf("%d x 2 sequences: %d %s", openai.MaxChoices/2+1, code, b)
+	}
+	if fe.Submitted() != 0 {
+		t.Fatalf("%d requests reached the engine", fe.Submitted())
+	}
+	// What fits the capacity but not the free slots now is a 429: n counts.
+	ctx := ctxT(t)
+	held := e.postAsync(ctx, "/v1/completions", `{"prompt":"ab","n":3,"max_tokens":1}`)
+	if err := fe.WaitSubmitted(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if code, b, h := e.do("POST", "/v1/completions", `{"prompt":"ab","n":2,"max_tokens":1}`); code != 429 || h.Get("Retry-After") == "" {
+		t.Fatalf("n=2 with 1 of 4 slots free: %d %s", code, b)
+	}
+	one := e.postAsync(ctx, "/generate", `{"prompt":"ab","max_tokens":1}`) // takes the last slot
+	if err := fe.WaitSubmitted(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	close(fe.Hold)
+	for _, ch := range []<-chan result{held, one} {
+		if r := <-ch; r.err != nil || r.code != 200 {
+			t.Fatalf("admitted request: %+v", r)
+		}
 	}
 }
 

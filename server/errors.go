@@ -30,48 +30,89 @@ func (s *Server) writeError(w http.ResponseWriter, status int, typ, msg, param s
 	_, _ = w.Write(append(b, '\n'))
 }
 
-// writeErr maps err to its status and writes it; the only place errors
-// become HTTP statuses.
-func (s *Server) writeErr(w http.ResponseWriter, err error) {
+// apiError is an error as the client sees it.
+type apiError struct {
+	status     int
+	typ, msg   string
+	param      string
+	code       any    // nil: the status
+	retryAfter string // Retry-After header, when set
+	reject     string // metrics rejection reason, when counted
+	internal   error  // logged, never sent
+	closeConn  bool   // the connection cannot be reused (a body left half read)
+}
+
+// errorOf maps err to its status and OpenAI error: the only place errors
+// become HTTP statuses. Bad input is always a 4xx; an engine refusal of a
+// request the API edge let through is a 400 too (the engine only refuses
+// what it cannot run), but with our own words: the engine's message is
+// internal and only logged.
+func (s *Server) errorOf(err error) apiError {
 	var pe *openai.ParamError
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
-		s.metrics.Reject(metrics.RejectInvalid)
-		s.writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error",
-			fmt.Sprintf("request body exceeds %d bytes", mbe.Limit), "", "request_too_large")
+		return apiError{status: http.StatusRequestEntityTooLarge, typ: "invalid_request_error",
+			msg: fmt.Sprintf("request body exceeds %d bytes", mbe.Limit), code: "request_too_large", reject: metrics.RejectInvalid}
 	case errors.As(err, &pe):
-		s.metrics.Reject(metrics.RejectInvalid)
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", pe.Message, pe.Param, nil)
+		return apiError{status: http.StatusBadRequest, typ: "invalid_request_error", msg: pe.Message, param: pe.Param, reject: metrics.RejectInvalid}
 	case errors.Is(err, ErrModelNotFound):
-		s.metrics.Reject(metrics.RejectInvalid)
-		s.writeError(w, http.StatusNotFound, "invalid_request_error", strings.TrimPrefix(err.Error(), ErrModelNotFound.Error()+": "), "model", "model_not_found")
+		return apiError{status: http.StatusNotFound, typ: "invalid_request_error", msg: strings.TrimPrefix(err.Error(), ErrModelNotFound.Error()+": "),
+			param: "model", code: "model_not_found", reject: metrics.RejectInvalid}
 	case errors.Is(err, ErrUnauthorized):
-		s.writeError(w, http.StatusUnauthorized, "authentication_error", "invalid or missing API key", "", "invalid_api_key")
+		return apiError{status: http.StatusUnauthorized, typ: "authentication_error", msg: "invalid or missing API key", code: "invalid_api_key"}
 	case errors.Is(err, ErrOverloaded):
-		w.Header().Set("Retry-After", "1")
-		s.writeError(w, http.StatusTooManyRequests, "rate_limit_error",
-			fmt.Sprintf("server is at capacity (%d concurrent requests); retry later", s.opts.MaxConcurrentRequests), "", "rate_limit_exceeded")
+		return apiError{status: http.StatusTooManyRequests, typ: "rate_limit_error", retryAfter: "1",
+			msg: fmt.Sprintf("server is at capacity (%d concurrent requests); retry later", s.opts.MaxConcurrentRequests), code: "rate_limit_exceeded"}
 	case errors.Is(err, ErrQueueTimeout):
-		w.Header().Set("Retry-After", "1")
-		s.writeError(w, http.StatusServiceUnavailable, "service_unavailable_error",
-			fmt.Sprintf("request waited longer than %s in the queue", s.opts.MaxQueueWait), "", "queue_timeout")
+		return apiError{status: http.StatusServiceUnavailable, typ: "service_unavailable_error", retryAfter: "1",
+			msg: fmt.Sprintf("request waited longer than %s in the queue", s.opts.MaxQueueWait), code: "queue_timeout"}
 	case errors.Is(err, ErrDraining), errors.Is(err, engine.ErrClosed):
-		s.writeError(w, http.StatusServiceUnavailable, "service_unavailable_error", "server is shutting down", "", "draining")
+		return apiError{status: http.StatusServiceUnavailable, typ: "service_unavailable_error", msg: "server is shutting down", code: "draining"}
 	case errors.Is(err, ErrNotReady):
-		w.Header().Set("Retry-After", "5")
-		s.writeError(w, http.StatusServiceUnavailable, "service_unavailable_error", "model is loading", "", "loading")
+		return apiError{status: http.StatusServiceUnavailable, typ: "service_unavailable_error", retryAfter: "5", msg: "model is loading", code: "loading"}
 	case errors.Is(err, ErrNoTokenizer):
-		s.metrics.Reject(metrics.RejectInvalid)
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "the server runs without a tokenizer (--skip-tokenizer-init): send token ids", "prompt", nil)
-	case errors.Is(err, engine.ErrInvalidRequest), errors.Is(err, engine.ErrTooLong):
-		s.metrics.Reject(metrics.RejectInvalid)
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", err.Error(), "", nil)
-	default:
-		s.metrics.Reject(metrics.RejectEngine)
-		s.log.Error("request failed", "err", err)
-		s.writeError(w, http.StatusInternalServerError, "server_error", "internal server error", "", nil)
+		return apiError{status: http.StatusBadRequest, typ: "invalid_request_error",
+			msg: "the server runs without a tokenizer (--skip-tokenizer-init): send token ids", param: "prompt", reject: metrics.RejectInvalid}
+	case errors.Is(err, engine.ErrTooLong):
+		return apiError{status: http.StatusBadRequest, typ: "invalid_request_error", param: "prompt",
+			msg: fmt.Sprintf("the prompt is longer than this model's maximum context length (%d tokens)", s.opts.MaxModelLen), reject: metrics.RejectInvalid, internal: err}
+	case errors.Is(err, engine.ErrInvalidRequest):
+		return apiError{status: http.StatusBadRequest, typ: "invalid_request_error",
+			msg: "the request's parameters are outside what this server can run", reject: metrics.RejectInvalid, internal: err}
+	case errors.Is(err, ErrBodyTimeout):
+		return apiError{status: http.StatusRequestTimeout, typ: "invalid_request_error", msg: err.Error(),
+			code: "request_timeout", reject: metrics.RejectInvalid, closeConn: true}
+	case errors.Is(err, ErrShutdownDeadline):
+		status, typ, msg, code := endError(err)
+		return apiError{status: status, typ: typ, msg: msg, code: code, reject: metrics.RejectDraining}
+	case errors.Is(err, engine.ErrUnhealthy), errors.Is(err, engine.ErrStepFailed):
+		status, typ, msg, code := endError(err)
+		return apiError{status: status, typ: typ, msg: msg, code: code, reject: metrics.RejectEngine, internal: err}
 	}
+	return apiError{status: http.StatusInternalServerError, typ: "server_error", msg: "internal server error", reject: metrics.RejectEngine, internal: err}
+}
+
+// writeErr writes err as errorOf maps it, counting and logging it.
+func (s *Server) writeErr(w http.ResponseWriter, err error) {
+	e := s.errorOf(err)
+	if e.reject != "" {
+		s.metrics.Reject(e.reject)
+	}
+	switch {
+	case e.status >= 500 && e.internal != nil:
+		s.log.Error("request failed", "err", e.internal)
+	case e.internal != nil:
+		// The API edge should have refused this with the field's name.
+		s.log.Warn("engine refused a request the API accepted", "err", e.internal)
+	}
+	if e.retryAfter != "" {
+		w.Header().Set("Retry-After", e.retryAfter)
+	}
+	if e.closeConn {
+		w.Header().Set("Connection", "close")
+	}
+	s.writeError(w, e.status, e.typ, e.msg, e.param, e.code)
 }
 
 // decodeJSON reads a JSON body of at most MaxBodyBytes into v, turning
@@ -84,18 +125,19 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 		// Anything but whitespace after the object is malformed.
 		if _, terr := dec.Token(); terr != io.EOF {
 			var mbe *http.MaxBytesError
-			if errors.As(terr, &mbe) {
+			if errors.As(terr, &mbe) || errors.Is(terr, ErrBodyTimeout) {
 				return terr
 			}
 			return openai.Invalid("", "malformed JSON: unexpected data after the request object")
 		}
+		s.afterDecode(r, v)
 		return nil
 	}
 	var mbe *http.MaxBytesError
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
-	case errors.As(err, &mbe):
+	case errors.As(err, &mbe), errors.Is(err, ErrBodyTimeout):
 		return err
 	case errors.Is(err, io.EOF):
 		return openai.Invalid("", "request body is empty")
@@ -145,6 +187,10 @@ func jsonKind(goType string) string {
 		return "a string, a list of strings, or token ids"
 	case strings.HasSuffix(goType, "StringList"):
 		return "a string or a list of strings"
+	case strings.HasSuffix(goType, "TokenIDs"):
+		return "a list of integer token ids"
+	case strings.HasSuffix(goType, "LogitBias"):
+		return "an object of token ids to numbers"
 	}
 	return goType
 }

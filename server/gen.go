@@ -2,9 +2,14 @@ package server
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,13 +27,34 @@ type genRequest struct {
 	priority int
 	// defaultMax: max_tokens was not given; use defaultMax capped by the context left.
 	defaultMax int
+	// maxParam names the field that set max_tokens, for errors ("max_tokens"
+	// or chat's "max_completion_tokens").
+	maxParam string
 }
 
-// checkPrompts validates token ids and lengths and settles max_tokens.
-// promptParam names the field for errors ("prompt" or "messages").
+// engineRequest is the engine request of prompt i.
+func (g *genRequest) engineRequest(i int) *engine.Request {
+	id := g.id
+	if len(g.prompts) > 1 {
+		id += "-" + strconv.Itoa(i)
+	}
+	return &engine.Request{ID: id, PromptIDs: g.prompts[i], Params: g.params, Priority: g.priority}
+}
+
+// seats is how many --max-concurrent-requests slots g takes: one per
+// sequence, n per prompt. checkPrompts bounds it, so it does not overflow.
+func (g *genRequest) seats() int { return len(g.prompts) * g.params.N }
+
+// checkPrompts validates token ids and lengths, settles max_tokens and
+// checks that the request can ever be admitted. promptParam names the field
+// for errors ("prompt" or "messages"). No sum or product of request numbers
+// is formed before it is known not to overflow.
 func (s *Server) checkPrompts(g *genRequest, promptParam string) error {
-	vocab := s.opts.VocabSize
+	vocab := s.limits().VocabSize
 	maxLen := s.opts.MaxModelLen
+	if g.maxParam == "" {
+		g.maxParam = "max_tokens"
+	}
 	for _, ids := range g.prompts {
 		if len(ids) == 0 {
 			return openai.Invalid(promptParam, "%s must not be empty", promptParam)
@@ -46,16 +72,49 @@ func (s *Server) checkPrompts(g *genRequest, promptParam string) error {
 	if longest >= maxLen {
 		return openai.Invalid(promptParam, "This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input.", maxLen, longest)
 	}
+	left := maxLen - longest // >= 1
 	if g.params.MaxTokens == 0 {
-		g.params.MaxTokens = maxLen - longest
+		g.params.MaxTokens = left
 		if g.defaultMax > 0 {
-			g.params.MaxTokens = min(g.defaultMax, g.params.MaxTokens)
+			g.params.MaxTokens = min(g.defaultMax, left)
 		}
 	}
-	if longest+g.params.MaxTokens > maxLen {
-		return openai.Invalid("max_tokens", "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt, %d in the completion). Please reduce the length of the prompt or completion.", maxLen, longest+g.params.MaxTokens, longest, g.params.MaxTokens)
+	if g.params.MaxTokens > left {
+		// Both are non-negative ints: their sum fits in a uint64.
+		total := uint64(longest) + uint64(g.params.MaxTokens)
+		return openai.Invalid(g.maxParam, "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt, %d in the completion). Please reduce the length of the prompt or completion.",
+			maxLen, total, longest, g.params.MaxTokens)
 	}
-	return openai.CheckMinTokens(g.params)
+	if err := openai.CheckMinTokens(g.params, g.maxParam); err != nil {
+		return err
+	}
+	if len(g.params.Stop) > 0 && s.tok == nil {
+		return openai.Invalid("stop", "stop strings need a tokenizer, and the server runs without one (--skip-tokenizer-init): use stop_token_ids")
+	}
+	return s.checkSeats(len(g.prompts), g.params.N, promptParam)
+}
+
+// checkSeats refuses a request of the given number of prompts and n that
+// can never be admitted: it takes n slots per prompt, all at once, and
+// needing more than the whole capacity is a 400, not a 429 to retry.
+func (s *Server) checkSeats(prompts, n int, promptParam string) error {
+	n = max(n, 1)
+	limit := openai.MaxChoices
+	if c := s.opts.MaxConcurrentRequests; c > 0 && c < limit {
+		limit = c
+	}
+	if prompts <= limit/n {
+		return nil
+	}
+	why := fmt.Sprintf("more than the %d one request may ask for", limit)
+	if limit == s.opts.MaxConcurrentRequests {
+		why = fmt.Sprintf("more than the server's --max-concurrent-requests of %d: it could never be admitted", limit)
+	}
+	if n == 1 {
+		return openai.Invalid(promptParam, "this request needs %d slots (one per prompt), %s", prompts, why)
+	}
+	return openai.Invalid("n", "this request needs %d slots (n=%d sequences for each of %d prompts), %s",
+		uint64(n)*uint64(prompts), n, prompts, why)
 }
 
 // seqState is one choice's progress: text not yet sent (streaming) or all
@@ -69,6 +128,7 @@ type seqState struct {
 	completion int
 	textOffset int
 	last       time.Time
+	ids        []int // token ids not yet sent (or all), when the request wants them
 }
 
 type promptState struct {
@@ -82,10 +142,15 @@ type promptState struct {
 
 // call is one admitted generation in flight.
 type call struct {
-	s       *Server
-	ctx     context.Context
-	cancel  context.CancelFunc
+	s   *Server
+	id  string
+	ctx context.Context
+	// cancel aborts the call's engine requests; its cause says why (nil:
+	// the client left or the call is over).
+	cancel  context.CancelCauseFunc
+	stopEnd func() bool // unregisters the EndInFlight hook
 	release func()
+	err     error // the first engine error (Output.Err) of any sequence
 	n       int
 	ch      <-chan engine.Output
 	closed  bool
@@ -93,19 +158,30 @@ type call struct {
 	prompts []promptState
 	start   time.Time // handler start
 	firstAt time.Time // first output at the server
+	params  sample.Params
+	info    *reqInfo // the request log's record; never nil
+	// promptIDs are the prompts' token ids (for return_token_ids).
+	promptIDs [][]int
 }
 
 // begin admits, submits and waits for the first output, so that every
 // refusal (429, 503, 400 from the engine) happens before a response byte.
 func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, error) {
 	eng := s.engine()
-	release, err := s.admit(len(g.prompts))
+	release, err := s.admit(g.seats())
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	c := &call{s: s, ctx: ctx, cancel: cancel, release: release, n: g.params.N, start: start,
-		seqs: make([]seqState, len(g.prompts)*g.params.N), prompts: make([]promptState, len(g.prompts))}
+	ctx, cancel := context.WithCancelCause(r.Context())
+	stopEnd := context.AfterFunc(s.endCtx, func() { cancel(ErrShutdownDeadline) })
+	c := &call{s: s, id: g.id, ctx: ctx, cancel: cancel, stopEnd: stopEnd, release: release, n: g.params.N, start: start,
+		seqs: make([]seqState, len(g.prompts)*g.params.N), prompts: make([]promptState, len(g.prompts)),
+		params: g.params, info: reqInfoFrom(r.Context()), promptIDs: g.prompts}
+	if c.info == nil {
+		c.info = &reqInfo{}
+	}
+	c.info.generation, c.info.params, c.info.numPrompts = true, &c.params, len(g.prompts)
+	c.info.promptIDs = g.prompts[0]
 	chans := make([]<-chan engine.Output, 0, len(g.prompts))
 	var scheduled []chan struct{} // for --max-queue-wait
 	submitted := false
@@ -113,7 +189,8 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 		// On an error or a panic in Submit: abort what was submitted and
 		// give the slots back.
 		if !submitted {
-			cancel()
+			cancel(nil)
+			stopEnd()
 			for _, ch := range chans {
 				for range ch {
 				}
@@ -122,12 +199,8 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 		}
 	}()
 	for i, ids := range g.prompts {
-		id := g.id
-		if len(g.prompts) > 1 {
-			id += "-" + strconv.Itoa(i)
-		}
 		c.prompts[i] = promptState{arrival: time.Now(), tokens: len(ids)}
-		req := &engine.Request{ID: id, PromptIDs: ids, Params: g.params, Priority: g.priority}
+		req := g.engineRequest(i)
 		if s.opts.MaxQueueWait > 0 {
 			req.Scheduled = make(chan struct{})
 			scheduled = append(scheduled, req.Scheduled)
@@ -169,6 +242,12 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 	} else {
 		c.fold(&o)
 	}
+	// An engine failure or the shutdown deadline before the first output
+	// is still a plain error status.
+	if err := c.failure(); err != nil {
+		c.abort()
+		return nil, err
+	}
 	c.firstAt = time.Now()
 	return c, nil
 }
@@ -207,7 +286,7 @@ func merge(chans []<-chan engine.Output, n int) <-chan engine.Output {
 // abort cancels the engine request, waits for the stream to close (the
 // engine has then freed its blocks) and releases the admission slots.
 func (c *call) abort() {
-	c.cancel()
+	c.cancel(nil)
 	c.drain()
 	c.done()
 }
@@ -223,9 +302,11 @@ func (c *call) drain() {
 	}
 }
 
-// done records metrics for every prompt and releases the admission slots.
+// done records metrics for every prompt, fills the request log's record
+// and releases the admission slots.
 func (c *call) done() {
 	now := time.Now()
+	c.logInfo()
 	for i := range c.prompts {
 		p := &c.prompts[i]
 		if p.observed {
@@ -238,13 +319,52 @@ func (c *call) done() {
 			p.finish = engine.FinishAbort
 		}
 		p.observed = true
+		maxGen := 0
+		for _, sq := range c.seqs[i*c.n : (i+1)*c.n] {
+			maxGen = max(maxGen, sq.completion)
+		}
 		c.s.metrics.ObserveRequest(metrics.Request{
 			FinishReason: p.finish, PromptTokens: p.tokens, CompletionTokens: p.completion,
 			Arrival: p.arrival, Scheduled: p.scheduled, FirstToken: p.first, End: p.end,
+			N: c.n, MaxTokens: c.params.MaxTokens, MaxGenerationTokens: maxGen,
 		})
 	}
-	c.cancel()
+	c.stopEnd()
+	c.cancel(nil)
 	c.release()
+}
+
+// wantIDs says whether the request wants token ids in its choices.
+func (c *call) wantIDs() bool { return c.info != nil && c.info.wantTokenIDs }
+
+// logInfo totals the call for its request log line (once; later calls
+// refresh it).
+func (c *call) logInfo() {
+	ri := c.info
+	if ri == nil {
+		return
+	}
+	ri.promptTokens, ri.completionTokens, ri.cachedTokens, ri.ttft = 0, 0, 0, 0
+	var finishes []string
+	for i := range c.prompts {
+		p := &c.prompts[i]
+		ri.promptTokens += p.tokens
+		ri.completionTokens += p.completion
+		ri.cachedTokens += p.cached
+		if !p.first.IsZero() {
+			if d := p.first.Sub(c.start); ri.ttft == 0 || d < ri.ttft {
+				ri.ttft = max(d, time.Nanosecond)
+			}
+		}
+		f := p.finish
+		if f == "" || p.done < c.n {
+			f = engine.FinishAbort
+		}
+		if !slices.Contains(finishes, f) {
+			finishes = append(finishes, f)
+		}
+	}
+	ri.finish = strings.Join(finishes, ",")
 }
 
 // fold applies one engine output to the call's state.
@@ -287,7 +407,14 @@ func (c *call) fold(o *engine.Output) {
 		p.completion += o.CompletionTokens - sq.completion
 		sq.completion = o.CompletionTokens
 	}
+	if o.Err != nil && c.err == nil {
+		c.err = o.Err
+		c.cancel(o.Err) // the call's other prompts' engine requests end too
+	}
 	sq.text = append(sq.text, o.Text...)
+	if c.wantIDs() {
+		sq.ids = append(sq.ids, o.TokenIDs...)
+	}
 	sq.lps = append(sq.lps, o.Logprobs...)
 	sq.pending = true
 	if o.FinishReason != "" && sq.finish == "" {
@@ -325,10 +452,96 @@ func (c *call) next() {
 	}
 }
 
-// collect runs a non-streaming call to the end; false means the client left.
-func (c *call) collect() bool {
+// errClientGone: the client left before the call ended; nothing is written.
+var errClientGone = errors.New("server: client gone")
+
+// collect runs a non-streaming call to the end. It returns the failure that
+// ended it early (an engine error, the shutdown deadline), errClientGone
+// when the client left, else nil.
+func (c *call) collect() error {
 	c.drain()
-	return c.ctx.Err() == nil
+	if err := c.failure(); err != nil {
+		return err
+	}
+	if c.ctx.Err() != nil && !c.finished() {
+		return errClientGone
+	}
+	return nil
+}
+
+// writeCollectErr answers a non-streaming call that collect ended early
+// (nothing when the client left).
+func (s *Server) writeCollectErr(w http.ResponseWriter, err error) {
+	if !errors.Is(err, errClientGone) {
+		s.writeErr(w, err)
+	}
+}
+
+// finished reports whether every sequence reached its own end (not an abort).
+func (c *call) finished() bool {
+	for i := range c.seqs {
+		if f := c.seqs[i].finish; f == "" || f == engine.FinishAbort {
+			return false
+		}
+	}
+	return true
+}
+
+// failure is why the server ended the call early, if it did: an engine
+// error, or the shutdown deadline (EndInFlight) before every sequence
+// finished. Nil when the call ran to its end or the client left.
+func (c *call) failure() error {
+	if c.err != nil {
+		return c.err
+	}
+	if c.ctx.Err() == nil {
+		return nil
+	}
+	if cause := context.Cause(c.ctx); errors.Is(cause, ErrShutdownDeadline) && !c.finished() {
+		return cause
+	}
+	return nil
+}
+
+// shownFinish is the finish reason and stop reason a stream shows for sq:
+// none for a sequence the server's failure aborted (the stream ends with
+// an error event instead of claiming an abort the client never asked for).
+func shownFinish(sq *seqState, failed bool) (string, any) {
+	if failed && sq.finish == engine.FinishAbort {
+		return "", nil
+	}
+	return sq.finish, sq.stop
+}
+
+// appendEnd appends what ends a stream: an error event when the server cut
+// the call short, else usage's events (when not nil); then [DONE].
+func (c *call) appendEnd(e *sse, usage func()) {
+	if err := c.failure(); err != nil {
+		_, typ, msg, code := endError(err)
+		b, _ := json.Marshal(openai.ErrorResponse{Error: openai.Error{Message: msg, Type: typ, Code: code}})
+		e.event()
+		e.buf = append(e.buf, b...)
+		e.end()
+	} else if usage != nil {
+		usage()
+	}
+	e.buf = append(e.buf, "data: [DONE]\n\n"...)
+}
+
+// endError maps the errors that end a call early to an OpenAI error: the
+// status, type, message and code; status 0 for any other error.
+func endError(err error) (status int, typ, msg, code string) {
+	switch {
+	case errors.Is(err, ErrShutdownDeadline):
+		return http.StatusServiceUnavailable, "service_unavailable_error",
+			"the server is shutting down and the request did not finish within its shutdown timeout", "draining"
+	case errors.Is(err, engine.ErrUnhealthy):
+		return http.StatusServiceUnavailable, "service_unavailable_error",
+			"the inference engine failed and must be restarted", "unhealthy"
+	case errors.Is(err, engine.ErrStepFailed):
+		return http.StatusInternalServerError, "server_error", "the inference engine failed while running this request", "engine_error"
+	}
+	return 0, "", "", ""
 }
 
 // usage totals the call.
@@ -390,12 +603,16 @@ func (e *sse) flush() error {
 
 // stream runs the call to the end, calling emit after each batch of
 // outputs to append events for the pending sequences. On a write failure
-// the engine request is cancelled and the stream drained.
+// (the client left, or stopped reading for StreamWriteTimeout) the engine
+// request is cancelled and the stream drained.
 func (c *call) stream(e *sse, emit func()) {
 	emit()
 	for {
 		if err := e.flush(); err != nil {
-			c.cancel()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				c.s.log.Warn("client stopped reading: stream cut", "after", c.s.opts.StreamWriteTimeout, "request", c.id)
+			}
+			c.cancel(nil)
 		}
 		if c.closed {
 			return

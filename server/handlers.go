@@ -26,36 +26,39 @@ type GenerateResponse struct {
 	TotalMs          float64 `json:"total_ms"`
 }
 
-func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
+// parseGenerate decodes and validates a /generate body.
+func (s *Server) parseGenerate(w http.ResponseWriter, r *http.Request) (*GenerateRequest, *genRequest, error) {
 	var req GenerateRequest
 	if err := s.decodeJSON(w, r, &req); err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, err
 	}
 	if _, err := s.resolveModel(req.Model); err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, err
 	}
 	params, err := req.Sampling.Params(s.limits())
 	if err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, err
 	}
 	if params.N != 1 {
-		s.writeErr(w, openai.Invalid("n", "/generate returns one completion; use /v1/completions for n > 1"))
-		return
+		return nil, nil, openai.Invalid("n", "/generate returns one completion; use /v1/completions for n > 1")
 	}
 	g := &genRequest{id: s.newID("gen-"), params: params, priority: req.Priority, defaultMax: s.opts.DefaultMaxTokens}
 	if req.Prompt.Len() != 1 {
-		s.writeErr(w, openai.Invalid("prompt", "prompt must be one string or one list of token ids"))
-		return
+		return nil, nil, openai.Invalid("prompt", "prompt must be one string or one list of token ids")
 	}
 	if g.prompts, err = s.promptIDs(req.Prompt, req.AddSpecialTokens); err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, err
 	}
 	if err := s.checkPrompts(g, "prompt"); err != nil {
+		return nil, nil, err
+	}
+	return &req, g, nil
+}
+
+func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	req, g, err := s.parseGenerate(w, r)
+	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
@@ -68,7 +71,8 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", g.id)
 	sq := &c.seqs[0]
 	if !req.Stream {
-		if !c.collect() {
+		if err := c.collect(); err != nil {
+			s.writeCollectErr(w, err)
 			return
 		}
 		resp := GenerateResponse{Text: string(sq.text), FinishReason: sq.finish, PromptTokens: c.prompts[0].tokens,
@@ -78,13 +82,14 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	}
 	e := startSSE(w)
 	c.stream(e, func() {
-		if sq.pending && (len(sq.text) > 0 || sq.finish != "") {
+		finish, _ := shownFinish(sq, c.failure() != nil)
+		if sq.pending && (len(sq.text) > 0 || finish != "") {
 			e.event()
 			e.buf = append(e.buf, `{"text":`...)
 			e.buf = openai.AppendString(e.buf, sq.text)
-			if sq.finish != "" {
+			if finish != "" {
 				e.buf = append(e.buf, `,"finish_reason":`...)
-				e.buf = openai.AppendString(e.buf, sq.finish)
+				e.buf = openai.AppendString(e.buf, finish)
 				e.buf = append(e.buf, `,"prompt_tokens":`...)
 				e.buf = strconv.AppendInt(e.buf, int64(c.prompts[0].tokens), 10)
 				e.buf = append(e.buf, `,"completion_tokens":`...)
@@ -100,7 +105,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 		sq.text = sq.text[:0]
 		sq.pending = false
 		if c.closed {
-			e.buf = append(e.buf, "data: [DONE]\n\n"...)
+			c.appendEnd(e, nil)
 		}
 	})
 }
@@ -127,7 +132,8 @@ func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
 
 // HealthResponse is GET /health.
 type HealthResponse struct {
-	Status        string  `json:"status"` // ok, loading, draining
+	Status        string  `json:"status"`          // ok, loading, draining, unhealthy
+	Error         string  `json:"error,omitempty"` // why unhealthy
 	Model         string  `json:"model"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
 	Running       int     `json:"running"`
@@ -168,7 +174,15 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		h.Backend, h.DType, h.WeightsBytes, h.KVCacheBytes = mi.Backend, mi.DType, mi.WeightsBytes, mi.KVCacheBytes
 	}
 	code := http.StatusOK
+	herr := error(nil)
+	if s.engine() != nil {
+		herr = s.health()
+	}
 	switch {
+	case herr != nil:
+		// A device the engine cannot recover: 503 so an orchestrator
+		// restarts the server rather than route requests to it.
+		h.Status, h.Error, code = "unhealthy", herr.Error(), http.StatusServiceUnavailable
 	case s.draining.Load():
 		h.Status, code = "draining", http.StatusServiceUnavailable
 	case s.engine() == nil:

@@ -1,15 +1,22 @@
 package server
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/llmserve/llmserve/openai"
+	"github.com/llmserve/llmserve/tokenizer/chattemplate"
 )
 
 func (s *Server) limits() openai.Limits {
-	return openai.Limits{VocabSize: s.opts.VocabSize, MaxLogprobs: s.opts.MaxLogprobs}
+	vocab := s.opts.VocabSize
+	if vocab <= 0 && s.tok != nil {
+		vocab = s.tok.VocabSize()
+	}
+	return openai.Limits{VocabSize: vocab, MaxLogprobs: s.opts.MaxLogprobs, MaxNumSeqs: s.opts.MaxNumSeqs}
 }
 
 // tokenText names a token for logprobs.
@@ -40,29 +47,39 @@ func (s *Server) promptIDs(p openai.Prompt, addSpecial *bool) ([][]int, error) {
 	return ids, nil
 }
 
-func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
+// parseCompletion decodes and validates a /v1/completions body: the whole
+// path from bytes to engine requests that the fuzz test drives.
+func (s *Server) parseCompletion(w http.ResponseWriter, r *http.Request) (*openai.CompletionRequest, *genRequest, string, error) {
 	var req openai.CompletionRequest
 	if err := s.decodeJSON(w, r, &req); err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, "", err
 	}
 	model, err := s.resolveModel(req.Model)
 	if err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, "", err
 	}
 	params, err := req.Params(s.limits())
 	if err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, "", err
+	}
+	// Before tokenizing a batch that could never be admitted.
+	if err := s.checkSeats(req.Prompt.Len(), params.N, "prompt"); err != nil {
+		return nil, nil, "", err
 	}
 	g := &genRequest{id: s.newID("cmpl-"), params: params, priority: req.Priority, defaultMax: s.opts.DefaultMaxTokens}
 	if g.prompts, err = s.promptIDs(req.Prompt, req.AddSpecialTokens); err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, "", err
 	}
 	if err := s.checkPrompts(g, "prompt"); err != nil {
+		return nil, nil, "", err
+	}
+	return &req, g, model, nil
+}
+
+func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	req, g, model, err := s.parseCompletion(w, r)
+	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
@@ -79,7 +96,8 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		s.streamOpenAI(w, c, enc, want, req.StreamOptions, false)
 		return
 	}
-	if !c.collect() {
+	if err := c.collect(); err != nil {
+		s.writeCollectErr(w, err)
 		return
 	}
 	enc := s.newEncoder(openai.KindCompletion, g.id, model, req.ReturnTokensAsTokenIDs)
@@ -93,11 +111,32 @@ func (s *Server) writeFull(w http.ResponseWriter, c *call, enc *openai.Encoder, 
 		sq := &c.seqs[i]
 		choices[i] = openai.Choice{Index: i, Role: role, Text: sq.text, WantLogprobs: wantLogprobs,
 			Logprobs: sq.lps, FinishReason: sq.finish, StopReason: sq.stop}
+		c.tokenIDs(&choices[i], i, true)
+	}
+	if role != "" && c.wantIDs() {
+		enc.PromptTokenIDs = c.promptIDs[0]
 	}
 	u := c.usage()
 	b := enc.Append(make([]byte, 0, 512), choices, &u)
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// tokenIDs fills a choice's token ids when the request wants them
+// (return_token_ids, or no tokenizer): the ids since the last chunk and,
+// with withPrompt, its prompt's ids (completions).
+func (c *call) tokenIDs(ch *openai.Choice, i int, withPrompt bool) {
+	if !c.wantIDs() {
+		return
+	}
+	ch.WantTokenIDs = true
+	ch.TokenIDs = c.seqs[i].ids
+	if ch.TokenIDs == nil {
+		ch.TokenIDs = []int{}
+	}
+	if withPrompt {
+		ch.PromptTokenIDs = c.promptIDs[i/c.n]
+	}
 }
 
 // streamOpenAI streams chunks: for chat a role chunk per choice first, then
@@ -106,71 +145,80 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encode
 	e := startSSE(w)
 	one := make([]openai.Choice, 1)
 	if chat {
+		if c.wantIDs() {
+			enc.PromptTokenIDs = c.promptIDs[0]
+		}
 		for i := range c.seqs {
 			one[0] = openai.Choice{Index: i, Role: "assistant"}
 			e.event()
 			e.buf = enc.Append(e.buf, one, nil)
 			e.end()
+			enc.PromptTokenIDs = nil
 		}
 	}
+	sentPrompt := make([]bool, len(c.seqs))
 	c.stream(e, func() {
+		failed := c.failure() != nil
 		for i := range c.seqs {
 			sq := &c.seqs[i]
 			if !sq.pending {
 				continue
 			}
-			if len(sq.text) == 0 && len(sq.lps) == 0 && sq.finish == "" {
+			finish, stop := shownFinish(sq, failed)
+			if len(sq.text) == 0 && len(sq.lps) == 0 && len(sq.ids) == 0 && finish == "" {
 				sq.pending = false
 				continue
 			}
 			ch := &one[0]
 			*ch = openai.Choice{Index: i, Text: sq.text, WantLogprobs: wantLogprobs, Logprobs: sq.lps,
-				TextOffset: sq.textOffset, FinishReason: sq.finish, StopReason: sq.stop}
+				TextOffset: sq.textOffset, FinishReason: finish, StopReason: stop}
+			c.tokenIDs(ch, i, !chat && !sentPrompt[i])
+			sentPrompt[i] = true
 			e.event()
 			e.buf = enc.Append(e.buf, one, nil)
 			e.end()
 			sq.textOffset = ch.TextOffset
 			sq.text = sq.text[:0]
 			sq.lps = sq.lps[:0]
+			sq.ids = sq.ids[:0]
 			sq.pending = false
 		}
 		if c.closed {
+			var usage func()
 			if so != nil && so.IncludeUsage {
-				u := c.usage()
-				e.event()
-				e.buf = enc.Append(e.buf, nil, &u)
-				e.end()
+				usage = func() {
+					u := c.usage()
+					e.event()
+					e.buf = enc.Append(e.buf, nil, &u)
+					e.end()
+				}
 			}
-			e.buf = append(e.buf, "data: [DONE]\n\n"...)
+			c.appendEnd(e, usage)
 		}
 	})
 }
 
-func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
+// parseChat decodes and validates a /v1/chat/completions body, renders the
+// chat template and tokenizes it.
+func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (*openai.ChatCompletionRequest, *genRequest, string, error) {
 	var req openai.ChatCompletionRequest
 	if err := s.decodeJSON(w, r, &req); err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, "", err
 	}
 	model, err := s.resolveModel(req.Model)
 	if err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, "", err
 	}
 	params, err := req.Params(s.limits())
 	if err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, "", err
 	}
 	if s.tok == nil {
-		s.writeErr(w, ErrNoTokenizer)
-		return
+		return nil, nil, "", ErrNoTokenizer
 	}
 	addGen, err := chatAddGen(req.AddGenerationPrompt, req.ContinueFinalMessage)
 	if err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, "", err
 	}
 	extra := req.ChatTemplateKwargs
 	if len(req.Tools) > 0 {
@@ -179,13 +227,21 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	}
 	text, err := s.renderChat("messages", req.Messages, addGen, req.ContinueFinalMessage, extra)
 	if err != nil {
-		s.writeErr(w, err)
-		return
+		return nil, nil, "", err
 	}
 	addSpecial := req.AddSpecialTokens != nil && *req.AddSpecialTokens
 	g := &genRequest{id: s.newID("chatcmpl-"), params: params, priority: req.Priority,
-		prompts: [][]int{s.tok.Encode(text, addSpecial)}}
+		prompts: [][]int{s.tok.Encode(text, addSpecial)}, maxParam: req.MaxTokensParam()}
 	if err := s.checkPrompts(g, "messages"); err != nil {
+		return nil, nil, "", err
+	}
+	return &req, g, model, nil
+}
+
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	req, g, model, err := s.parseChat(w, r)
+	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
@@ -201,7 +257,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		s.streamOpenAI(w, c, enc, req.Logprobs, req.StreamOptions, true)
 		return
 	}
-	if !c.collect() {
+	if err := c.collect(); err != nil {
+		s.writeCollectErr(w, err)
 		return
 	}
 	enc := s.newEncoder(openai.KindChat, g.id, model, req.ReturnTokensAsTokenIDs)
@@ -235,7 +292,7 @@ func (s *Server) renderChat(param string, msgs []map[string]any, addGen, continu
 	}
 	text, err := s.tok.ApplyChatTemplate(norm, addGen, extra)
 	if err != nil {
-		return "", openai.Invalid(param, "chat template: %v", err)
+		return "", s.templateError(param, norm, addGen, extra, err)
 	}
 	if continueFinal {
 		last, _ := norm[len(norm)-1]["content"].(string)
@@ -247,6 +304,52 @@ func (s *Server) renderChat(param string, msgs []map[string]any, addGen, continu
 		}
 	}
 	return text, nil
+}
+
+// templateError turns a chat template failure into a 400 naming the
+// message where rendering first breaks, without the renderer's internals
+// (they quote the template's source; the log has them). The message is
+// found by bisection over prefixes of the conversation: a prefix of k
+// messages that renders and one of k+1 that does not name messages[k].
+// A template's own raise_exception text is written for users and is kept.
+func (s *Server) templateError(param string, msgs []map[string]any, addGen bool, extra map[string]any, err error) error {
+	if errors.Is(err, chattemplate.ErrTemplate) {
+		s.log.Error("the chat template does not compile", "err", err)
+		return openai.Invalid(param, "the model's chat template cannot be used (see the server log); use /v1/completions")
+	}
+	s.log.Debug("chat template failed", "err", err)
+	why := "the model's chat template cannot render it"
+	var re *chattemplate.RaiseError
+	if errors.As(err, &re) {
+		why = "the model's chat template refused it: " + truncate(re.Message, 200)
+	}
+	// Bisection renders at most ~log2(n) prefixes; past maxBisect messages
+	// the error names the conversation only.
+	const maxBisect = 4096
+	if len(msgs) > maxBisect {
+		return openai.Invalid(param, "%s: %s", param, why)
+	}
+	ok, bad := 0, len(msgs) // prefix ok renders (the empty one is assumed to), prefix bad does not
+	for bad-ok > 1 {
+		mid := (ok + bad) / 2
+		if _, err := s.tok.ApplyChatTemplate(msgs[:mid], addGen, extra); err != nil {
+			bad = mid
+		} else {
+			ok = mid
+		}
+	}
+	return openai.Invalid(param, "%s[%d]: %s", param, bad-1, why)
+}
+
+// truncate cuts s to at most n bytes on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // chatAddGen settles add_generation_prompt (default true) against

@@ -371,6 +371,13 @@ func New(tokenizerJSON, configJSON []byte, opts Options) (t *Tokenizer, err erro
 	return t, nil
 }
 
+// SetChatTemplate replaces the chat template (vLLM's --chat-template);
+// call it before the tokenizer is shared.
+func (t *Tokenizer) SetChatTemplate(src string) error {
+	t.setChatTemplate(src)
+	return t.chatErr
+}
+
 func (t *Tokenizer) setChatTemplate(src string) {
 	t.chat, t.chatErr = chattemplate.Compile(src)
 	if t.chatErr != nil {

@@ -9,7 +9,7 @@ import (
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/model"
-	_ "github.com/llmserve/llmserve/model/llama"
+	_ "github.com/llmserve/llmserve/model/models" // registers every architecture
 )
 
 // fakeDevice is the CPU backend reporting device memory: total bytes, of

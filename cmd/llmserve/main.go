@@ -29,9 +29,10 @@ import (
 
 	"github.com/llmserve/llmserve/engine"
 	"github.com/llmserve/llmserve/hub"
+	"github.com/llmserve/llmserve/metrics"
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
-	_ "github.com/llmserve/llmserve/model/llama" // registers Llama and Qwen2
+	_ "github.com/llmserve/llmserve/model/models" // registers every architecture
 	"github.com/llmserve/llmserve/server"
 	"github.com/llmserve/llmserve/tokenizer"
 )
@@ -44,8 +45,8 @@ const defaultMaxModelLen = 8192
 const defaultCPUKVMemory = 1 << 30
 
 func main() {
-	cfg, err := parseFlags(os.Args[1:], os.Getenv, os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	cfg, err := parseFlags(os.Args[1:], os.Getenv, os.Stdout)
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersion) {
 		os.Exit(0)
 	}
 	if err != nil {
@@ -54,11 +55,30 @@ func main() {
 	}
 	log := newLogger(cfg, os.Stderr)
 	slog.SetDefault(log)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go onSignals(sigs, cancel, func() { os.Exit(1) }, log)
 	if err := serve(ctx, cfg, log, nil); err != nil {
 		log.Error("llmserve failed", "err", err)
 		os.Exit(1)
+	}
+}
+
+// onSignals cancels the server's context (a drain) on the first SIGTERM or
+// SIGINT and calls exit on the second: an operator pressing Ctrl-C twice,
+// or an orchestrator that gave up waiting, wants the process gone now.
+func onSignals(sigs <-chan os.Signal, drain context.CancelFunc, exit func(), log *slog.Logger) {
+	sig, ok := <-sigs
+	if !ok {
+		return
+	}
+	log.Info("signal: shutting down (again to exit at once)", "signal", sig.String())
+	drain()
+	if sig, ok = <-sigs; ok {
+		log.Warn("second signal: exiting now", "signal", sig.String())
+		exit()
 	}
 }
 
@@ -78,10 +98,20 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 // requests get 503 while in-flight ones finish, for at most
 // --shutdown-timeout. onListen, if set, gets the bound address (tests).
 func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(addr string)) error {
+	phases := newPhaseLog(log)
+	log.Info("starting", "version", versionString(), "model", cfg.Model)
+	if len(cfg.Accepted) > 0 {
+		log.Info("vLLM flags accepted that need nothing here", "flags", cfg.Accepted)
+	}
 	dir, mcfg, err := resolveModel(ctx, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped while resolving the model") // a signal during a download
+			return nil
+		}
 		return err
 	}
+	phases.done("resolve model")
 	var tok *tokenizer.Tokenizer
 	if !cfg.SkipTokenizerInit {
 		tdir := cfg.Tokenizer
@@ -94,6 +124,28 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		if tok, err = tokenizer.LoadDir(tdir); err != nil {
 			return fmt.Errorf("loading the tokenizer from %s (or pass --skip-tokenizer-init): %w", tdir, err)
 		}
+		if err := checkTokenizerVocab(tok.VocabSize(), tdir, mcfg); err != nil {
+			return err
+		}
+		if cfg.ChatTemplate != "" {
+			src, err := chatTemplateSource(cfg.ChatTemplate)
+			if err != nil {
+				return err
+			}
+			if err := tok.SetChatTemplate(src); err != nil {
+				return fmt.Errorf("--chat-template: %w", err)
+			}
+		}
+		phases.done("load tokenizer", "vocab", tok.VocabSize())
+	}
+	defaults, genPath, err := generationDefaults(cfg, dir)
+	if err != nil {
+		return err
+	}
+	if !defaults.IsZero() {
+		log.Info("default sampling parameters from the model's generation config (for requests that do not set them)", "file", genPath,
+			"temperature", ptrAttr(defaults.Temperature), "top_p", ptrAttr(defaults.TopP), "top_k", ptrAttr(defaults.TopK),
+			"repetition_penalty", ptrAttr(defaults.RepetitionPenalty))
 	}
 	maxLen := cfg.MaxModelLen
 	if maxLen == 0 {
@@ -114,7 +166,13 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	sopts := server.Options{
 		ModelNames: names, ModelRoot: cfg.Model, MaxModelLen: maxLen, VocabSize: mcfg.VocabSize,
 		MaxConcurrentRequests: cfg.MaxConcurrentRequests, MaxQueueWait: cfg.MaxQueueWait, APIKey: cfg.APIKey,
-		MaxLogprobs: cfg.MaxLogprobs, Registry: reg, Logger: log,
+		MaxLogprobs: cfg.MaxLogprobs, MaxNumSeqs: cfg.MaxNumSeqs, Registry: reg, Logger: log,
+		RequestLog: server.RequestLogOptions{Disabled: cfg.DisableLogRequests || cfg.DisableAccessLog,
+			Verbose: cfg.EnableLogRequests, MaxLen: cfg.MaxLogLen},
+		SamplingDefaults: defaults, Version: readBuildInfo(),
+		StreamWriteTimeout: cfg.StreamWriteTimeout, ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		BodyReadTimeout: cfg.BodyReadTimeout, IdleTimeout: cfg.IdleTimeout,
+		MaxConnections: maxConnections(cfg.MaxConnections, log),
 	}
 	if tok != nil {
 		sopts.Tokenizer = tok
@@ -129,10 +187,10 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	if err != nil {
 		return err
 	}
-	httpSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	httpSrv := srv.NewHTTPServer()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := httpSrv.Serve(srv.Listener(ln)); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil
@@ -142,6 +200,8 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	}
 	log.Info("listening (loading the model)", "address", ln.Addr().String())
 
+	// Loading, profiling and warm-up stop on a signal (gctx); the engine
+	// runs on its own context, stopped after the drain.
 	engCtx, stopEngine := context.WithCancel(context.Background())
 	defer stopEngine()
 	var eng *engine.Local
@@ -149,26 +209,30 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	var be ml.Backend
 	loadErr := func() error {
 		var err error
-		if be, err = newBackend(cfg.Device); err != nil {
+		if be, err = newBackend(cfg.Device, cfg.EnforceEager); err != nil {
 			return err
 		}
+		phases.done("device init", "backend", be.Name())
 		path := dir
 		if path == "" {
 			path = cfg.Model // a built-in config with dummy weights
 		}
-		m, err = model.Load(path, model.LoadOptions{Backend: be, DType: cfg.DType, KVCacheDType: cfg.KVCacheDType,
+		m, err = model.LoadContext(gctx, path, model.LoadOptions{Backend: be, DType: cfg.DType, KVCacheDType: cfg.KVCacheDType,
 			Quantization: cfg.Quantization, LoadFormat: cfg.LoadFormat, Seed: cfg.Seed, Logger: log})
 		if err != nil {
 			return err
 		}
-		numBlocks, err := kvBlocks(engCtx, cfg, be, m)
+		phases.done("load weights", "weight_memory", humanBytes(m.WeightBytes()))
+		numBlocks, err := kvBlocks(gctx, cfg, be, m)
 		if err != nil {
 			return err
 		}
+		phases.done("size KV cache", "blocks", numBlocks)
 		eopts := engine.Options{
 			MaxNumSeqs: cfg.MaxNumSeqs, MaxNumBatchedTokens: cfg.MaxNumBatchedTokens, MaxModelLen: maxLen,
 			BlockSize: cfg.BlockSize, NumBlocks: numBlocks, EnablePrefixCaching: cfg.EnablePrefixCaching,
 			EOSTokenIDs: eosIDs(dir, mcfg, tok), Logger: log, Seed: cfg.Seed, MaxLogprobs: cfg.MaxLogprobs,
+			OnStep: srv.Metrics().ObserveIterationTokens,
 		}
 		if tok != nil {
 			eopts.Detokenizer = tok
@@ -176,15 +240,36 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		if eng, err = engine.New(m, eopts); err != nil {
 			return err
 		}
-		warmUp(engCtx, be, m, numBlocks, cfg.BlockSize, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, log)
-		return nil
+		if be.Name() == "cuda" {
+			warmUp(gctx, be, m, numBlocks, cfg.BlockSize, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, log)
+			phases.done("warm-up")
+		}
+		srv.Metrics().SetCacheConfig(metrics.CacheConfig{BlockSize: cfg.BlockSize, CacheDType: cfg.KVCacheDType,
+			EnablePrefixCaching: cfg.EnablePrefixCaching, GPUMemoryUtilization: cfg.GPUMemoryUtilization,
+			NumBlocks: numBlocks, NumBlocksOverride: cfg.NumGPUBlocks,
+			MemoryBytes: int64(numBlocks) * int64(cfg.BlockSize) * m.KVBytesPerToken()})
+		return gctx.Err()
 	}()
 	if loadErr != nil {
 		_ = httpSrv.Close()
-		_ = g.Wait()
+		gerr := g.Wait()
 		closeModel(m, be, log)
+		if ctx.Err() != nil {
+			// A signal while loading: a prompt, clean exit.
+			log.Info("stopped while loading")
+			return nil
+		}
+		if gerr != nil {
+			return gerr
+		}
 		return loadErr
 	}
+	offHeap := int64(0)
+	if be.Name() == "cpu" {
+		// The CPU backend maps its weights and KV cache outside the Go heap.
+		offHeap = m.WeightBytes() + int64(eng.KVCapacityTokens())*m.KVBytesPerToken()
+	}
+	setMemoryLimit(offHeap, os.Getenv, os.ReadFile, log)
 	engDone := make(chan error, 1)
 	go func() { engDone <- eng.Run(engCtx) }()
 	dtype := cfg.DType
@@ -194,7 +279,10 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	srv.SetModelInfo(server.ModelInfo{Backend: be.Name(), DType: dtype, WeightsBytes: m.WeightBytes(),
 		KVCacheBytes: int64(eng.KVCapacityTokens()) * m.KVBytesPerToken()})
 	srv.SetEngine(eng)
-	log.Info("ready",
+	if !cfg.DisableLogStats {
+		go metrics.NewStatsLogger(log, eng.Stats, time.Now()).Run(engCtx, metrics.StatsLogInterval)
+	}
+	log.Info("ready", "startup_seconds", phases.total(),
 		"model", cfg.Model, "served_model_name", names, "backend", be.Name(), "dtype", dtype, "quantization", cfg.Quantization,
 		"weight_memory", humanBytes(m.WeightBytes()), "kv_cache_memory", humanBytes(int64(eng.KVCapacityTokens())*m.KVBytesPerToken()),
 		"kv_capacity_tokens", eng.KVCapacityTokens(), "max_model_len", maxLen,
@@ -208,19 +296,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		runErr = fmt.Errorf("engine stopped: %w", err)
 		engDone <- err
 	}
-	// Drain: refuse new work, let in-flight requests finish.
-	srv.Drain()
-	log.Info("draining", "in_flight", srv.Admitted(), "timeout", cfg.ShutdownTimeout)
-	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	if err := srv.WaitIdle(drainCtx); err != nil {
-		log.Warn("shutdown timeout: cutting in-flight requests", "in_flight", srv.Admitted())
-	}
-	cancel()
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if err := httpSrv.Shutdown(shutCtx); err != nil {
-		_ = httpSrv.Close()
-	}
-	cancel()
+	drain(srv, httpSrv, cfg.ShutdownTimeout, log)
 	stopEngine()
 	<-engDone
 	if err := g.Wait(); err != nil && runErr == nil {
@@ -229,6 +305,48 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	closeModel(m, be, log)
 	log.Info("stopped")
 	return runErr
+}
+
+// ptrAttr renders an optional default for the log.
+func ptrAttr[T any](p *T) any {
+	if p == nil {
+		return "unset"
+	}
+	return *p
+}
+
+// drain shuts the HTTP side down within timeout: new requests get 503 while
+// in-flight ones run on; at timeout less endGrace those still running are
+// ended (a final error event and [DONE] for streams, a 503 otherwise), and
+// endGrace lets their handlers write that before the connections close.
+// Only a client that reads nothing then is cut.
+func drain(srv *server.Server, httpSrv *http.Server, timeout time.Duration, log *slog.Logger) {
+	srv.Drain()
+	// Responses now say "Connection: close" and idle connections close, so
+	// clients and load balancers reconnect to another replica.
+	httpSrv.SetKeepAlivesEnabled(false)
+	grace := endGrace(timeout)
+	log.Info("draining", "in_flight", srv.Admitted(), "timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout-grace)
+	if err := srv.WaitIdle(ctx); err != nil {
+		log.Warn("shutdown timeout: ending in-flight requests with an error", "in_flight", srv.Admitted())
+		srv.EndInFlight()
+	}
+	cancel()
+	ctx, cancel = context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := srv.WaitIdle(ctx); err != nil {
+		log.Warn("requests still writing after the shutdown grace: closing their connections", "in_flight", srv.Admitted())
+	}
+	if err := httpSrv.Shutdown(ctx); err != nil {
+		_ = httpSrv.Close()
+	}
+}
+
+// endGrace is the part of --shutdown-timeout kept for ending the requests
+// still running at its end: an engine step and a write.
+func endGrace(timeout time.Duration) time.Duration {
+	return min(5*time.Second, max(timeout/4, 100*time.Millisecond), timeout)
 }
 
 func closeModel(m model.Model, be ml.Backend, log *slog.Logger) {
@@ -256,11 +374,20 @@ func resolveModel(ctx context.Context, cfg *config, log *slog.Logger) (string, *
 	}
 	hopts := hub.OptionsFromEnv()
 	hopts.Revision = cfg.Revision
+	if cfg.HFToken != "" {
+		hopts.Token = cfg.HFToken
+	}
+	if cfg.DownloadDir != "" {
+		hopts.CacheDir = cfg.DownloadDir
+	}
 	hopts.Logger = log
 	hopts.Progress = os.Stderr
 	hopts.SkipWeights = cfg.LoadFormat == "dummy"
 	dir, err := hub.Resolve(ctx, cfg.Model, hopts)
 	if err != nil {
+		if cfg.LoadFormat == "dummy" {
+			return "", nil, notBuiltin(cfg.Model, err)
+		}
 		return "", nil, err
 	}
 	mc, err := model.ReadConfig(dir)

@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/cpu/kernels"
@@ -13,11 +14,14 @@ import (
 //     head are a blockSize×headDim matrix (q·Kᵀ is a GEMM against it);
 //   - values: [block][kvHead][headDim][slot in block] — transposed, so P·V is
 //     a GEMM against a headDim×blockSize matrix.
+//
+// Its memory is one arena mapped outside the Go heap (see arena).
 type KVCache struct {
 	layers, numBlocks, blockSize, kvHeads, headDim int
 	dt                                             ml.DType
 	kf, vf                                         [][]float32 // F32, per layer
 	ku, vu                                         [][]uint16  // BF16/F16, per layer
+	mem                                            *arena
 }
 
 func (c *KVCache) NumBlocks() int  { return c.numBlocks }
@@ -36,26 +40,45 @@ func (b *Backend) NewKVCache(layers, numBlocks, blockSize, numKVHeads, headDim i
 	}
 	c := &KVCache{layers: layers, numBlocks: numBlocks, blockSize: blockSize, kvHeads: numKVHeads, headDim: headDim, dt: dt}
 	n := numBlocks * blockSize * numKVHeads * headDim
+	if dt != ml.F32 && dt != ml.BF16 && dt != ml.F16 {
+		return nil, fmt.Errorf("%w: KV cache dtype %s (want float32, bfloat16 or float16)", ml.ErrUnsupported, dt)
+	}
+	if n/numBlocks != blockSize*numKVHeads*headDim || n > math.MaxInt/(2*layers*dt.Size()) {
+		return nil, fmt.Errorf("%w: KV cache of %d layers, %d blocks of %d, %d heads of %d overflows",
+			ErrShape, layers, numBlocks, blockSize, numKVHeads, headDim)
+	}
+	sizes := make([]int, 2*layers)
+	for i := range sizes {
+		sizes[i] = n * dt.Size()
+	}
+	mem, err := newArena(c, carvedSize(sizes...))
+	if err != nil {
+		return nil, err
+	}
+	c.mem = mem
+	cv := &carver{mem: mem.mem}
 	switch dt {
 	case ml.F32:
 		c.kf, c.vf = make([][]float32, layers), make([][]float32, layers)
 		for l := range layers {
-			c.kf[l], c.vf[l] = make([]float32, n), make([]float32, n)
-		}
-	case ml.BF16, ml.F16:
-		c.ku, c.vu = make([][]uint16, layers), make([][]uint16, layers)
-		for l := range layers {
-			c.ku[l], c.vu[l] = make([]uint16, n), make([]uint16, n)
+			c.kf[l], c.vf[l] = carve[float32](cv, n), carve[float32](cv, n)
 		}
 	default:
-		return nil, fmt.Errorf("%w: KV cache dtype %s (want float32, bfloat16 or float16)", ml.ErrUnsupported, dt)
+		c.ku, c.vu = make([][]uint16, layers), make([][]uint16, layers)
+		for l := range layers {
+			c.ku[l], c.vu[l] = carve[uint16](cv, n), carve[uint16](cv, n)
+		}
 	}
 	return c, nil
 }
 
+// FreeKVCache unmaps the cache's memory at once (the cache must not be in
+// use: no step may run on it any more).
 func (b *Backend) FreeKVCache(c ml.KVCache) {
 	if kc, ok := c.(*KVCache); ok && kc != nil {
 		kc.kf, kc.vf, kc.ku, kc.vu = nil, nil, nil, nil
+		kc.mem.free()
+		kc.mem = nil
 	}
 }
 

@@ -28,7 +28,10 @@ import (
 //     Oᵀ is rescaled only when some row's max moved;
 //   - causal masking is by position: lanes whose token's position is below a
 //     key's position get -Inf (exactly 0 after the exp). Tokens may attend
-//     to a cached prefix: a tile reads keys 0..its largest position.
+//     to a cached prefix: a tile reads keys 0..its largest position. A
+//     sliding window (meta.Window) starts the keys at the window of the
+//     tile's first token (earlier blocks are never read) and masks the keys
+//     before each lane's own window the same way.
 //
 // Every output row is computed by the same sequence of operations
 // whatever tile it lands in (chunks are aligned to positions, masked keys
@@ -66,6 +69,7 @@ type flashTask struct {
 	heads, kvHeads int
 	hd             int
 	scale          float32
+	window         int     // sliding window (0: none)
 	order          []int32 // token indices by sequence, in position order
 	seqStart       []int32 // [S+1]: each sequence's range in order
 	tiles          []flashTile
@@ -144,6 +148,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	}
 
 	a := &b.attn
+	a.window = max(0, meta.Window)
 	a.plan(tokSeq, pos, S, H/G)
 	a.grow(H/G, hd, kc.blockSize)
 	a.dst, a.q, a.kc, a.layer = d, qt, kc, layer
@@ -200,7 +205,7 @@ func (a *flashTask) plan(tokSeq, pos []int32, S, group int) {
 			lo, hi := i*n/nt, (i+1)*n/nt
 			t := flashTile{seq: int32(s), start: start[s] + int32(lo), n: int32(hi - lo),
 				minPos: pos[toks[lo]], maxPos: pos[toks[hi-1]]}
-			t.cost = int64(hi-lo) * int64(t.maxPos+1)
+			t.cost = int64(hi-lo) * int64(int(t.maxPos)+1-a.firstKey(t.minPos))
 			a.tiles = append(a.tiles, t)
 		}
 	}
@@ -229,6 +234,14 @@ func (a *flashTask) grow(group, hd, bs int) {
 			sc.kf, sc.vf = make([]float32, bs*hd), make([]float32, bs*hd)
 		}
 	}
+}
+
+// firstKey is the first key position a token at position p attends to.
+func (a *flashTask) firstKey(p int32) int {
+	if a.window > 0 {
+		return max(0, int(p)-a.window+1)
+	}
+	return 0
 }
 
 // lanesFor rounds m query rows up to whole vectors.
@@ -276,16 +289,21 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 	o := sc.o[:hd*mp]
 	clear(o)
 
-	n := int(t.maxPos) + 1 // keys 0..maxPos
+	n := int(t.maxPos) + 1 // keys firstKey(minPos)..maxPos
 	nb := (n + bs - 1) / bs
+	bFirst := a.firstKey(t.minPos) / bs
 	cb := chunkBlocks(bs)
 	table := a.bt[int(t.seq)*a.maxBlocks:]
 	kvBase := func(b int) int { return (int(table[b])*kc.kvHeads + g) * bs * hd }
 	kf, vf := layerOf(kc.kf, a.layer), layerOf(kc.vf, a.layer)
 	ku, vu := layerOf(kc.ku, a.layer), layerOf(kc.vu, a.layer)
 	negInf := float32(math.Inf(-1))
-	for b0 := 0; b0 < nb; b0 += cb {
-		b1 := min(nb, b0+cb)
+	// Chunks are aligned to positions (cb blocks from key 0), whatever the
+	// tile, so that a row's sums do not depend on its tile; blocks before
+	// the window are skipped (they hold only keys masked for every lane).
+	first := true
+	for c0 := bFirst / cb * cb; c0 < nb; c0 += cb {
+		b0, b1 := max(c0, bFirst), min(nb, c0+cb)
 		k0 := b0 * bs // the chunk's first key position
 		rows := min(n, b1*bs) - k0
 		s := sc.s[:rows*mp]
@@ -320,9 +338,25 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 				row[m] = negInf
 			}
 		}
-		if kernels.SoftmaxCols(s, rows, mp, mx, l, alpha) && b0 > 0 {
+		// Window mask: key kp is hidden from the tokens at positions kp+window
+		// and above, a suffix of the tile's tokens.
+		if w := a.window; w > 0 {
+			from := 0 // the first token that no longer sees the key
+			for j := 0; j < rows && k0+j+w <= int(t.maxPos); j++ {
+				kp := int32(k0 + j + w)
+				for from < len(toks) && a.pos[toks[from]] < kp {
+					from++
+				}
+				row := s[j*mp+from*group : j*mp+M]
+				for m := range row {
+					row[m] = negInf
+				}
+			}
+		}
+		if kernels.SoftmaxCols(s, rows, mp, mx, l, alpha) && !first {
 			kernels.ScaleCols(o, hd, mp, alpha)
 		}
+		first = false
 		// Oᵀ += V·Pᵀ against the transposed values, valid keys only.
 		for b := b0; b < b1; b++ {
 			valid := min(bs, n-b*bs)

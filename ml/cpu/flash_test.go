@@ -16,11 +16,12 @@ type flashSeq struct{ ctx, nNew int }
 
 type flashCase struct {
 	H, G, hd, bs int
+	window       int // sliding window (0: none)
 	seqs         []flashSeq
 }
 
 func (c flashCase) String() string {
-	return fmt.Sprintf("heads=%d/%d hd=%d bs=%d seqs=%v", c.H, c.G, c.hd, c.bs, c.seqs)
+	return fmt.Sprintf("heads=%d/%d hd=%d bs=%d window=%d seqs=%v", c.H, c.G, c.hd, c.bs, c.window, c.seqs)
 }
 
 // runFlashCase fills a KV cache with NaN (stale data that must never reach
@@ -118,7 +119,8 @@ func runFlashCase(t *testing.T, be *Backend, r *rand.Rand, c flashCase, kvdt ml.
 		}
 		meta := &ml.AttentionMeta{NumTokens: T, NumSeqs: len(c.seqs), TokenSeq: upI32(t, be, 1, T, tokSeq),
 			Positions: upI32(t, be, 1, T, pos), BlockTables: upI32(t, be, len(c.seqs), maxBlocks, bt),
-			MaxBlocks: maxBlocks, MaxContext: maxCtx, NumHeads: c.H, NumKVHeads: c.G, HeadDim: c.hd, Scale: scale}
+			MaxBlocks: maxBlocks, MaxContext: maxCtx, NumHeads: c.H, NumKVHeads: c.G, HeadDim: c.hd, Scale: scale,
+			Window: c.window}
 		dst, _ := be.NewTensor(ml.F32, T, qDim)
 		if err := be.Attention(dst, upF32(t, be, T, qDim, q), cache, layer, meta); err != nil {
 			t.Fatal(err)
@@ -142,9 +144,13 @@ func runFlashCase(t *testing.T, be *Backend, r *rand.Rand, c flashCase, kvdt ml.
 	worst := 0.0
 	for i, tp := range toks {
 		s, p := tp[0], tp[1]
-		want := mltest.RefAttention(q[i*qDim:(i+1)*qDim], p+1,
-			func(j int) []float32 { return keys[s][j*kvDim : (j+1)*kvDim] },
-			func(j int) []float32 { return vals[s][j*kvDim : (j+1)*kvDim] },
+		first := 0 // the window's first position
+		if c.window > 0 {
+			first = max(0, p+1-c.window)
+		}
+		want := mltest.RefAttention(q[i*qDim:(i+1)*qDim], p+1-first,
+			func(j int) []float32 { return keys[s][(first+j)*kvDim : (first+j+1)*kvDim] },
+			func(j int) []float32 { return vals[s][(first+j)*kvDim : (first+j+1)*kvDim] },
 			c.H, c.G, c.hd, float64(scale))
 		sc := 1.0
 		for _, w := range want {
@@ -199,7 +205,7 @@ func upI32(t *testing.T, be *Backend, rows, cols int, v []int32) ml.Tensor {
 // TestFlashAttention: GQA ratios 1:1 to 8:1, head dims 64 and 128 (and odd
 // ones), odd lengths, block sizes from 1 to larger than a softmax chunk,
 // fresh and chunked prefills over a cached prefix (chunks starting mid
-// block), decodes, on 1 to 3 workers, for every KV dtype.
+// block), decodes, sliding windows, on 1 to 3 workers, for every KV dtype.
 func TestFlashAttention(t *testing.T) {
 	mixed := []flashSeq{{ctx: 1, nNew: 1}, {ctx: 37, nNew: 37}, {ctx: 300, nNew: 77}, {ctx: 129, nNew: 1}, {ctx: 66, nNew: 2}}
 	cases := []flashCase{
@@ -211,6 +217,12 @@ func TestFlashAttention(t *testing.T) {
 		{H: 8, G: 1, hd: 64, bs: 128, seqs: mixed},                                           // MQA, blocks larger than a chunk
 		{H: 6, G: 3, hd: 24, bs: 1, seqs: []flashSeq{{ctx: 40, nNew: 9}, {ctx: 3, nNew: 1}}}, // block size 1, odd head dim
 		{H: 5, G: 1, hd: 80, bs: 16, seqs: []flashSeq{{ctx: 520, nNew: 300}}},                // long chunk, many tiles
+		// Sliding windows: shorter than a block, than a tile, than a chunk, longer than the context.
+		{H: 14, G: 2, hd: 64, bs: 16, window: 1, seqs: mixed},
+		{H: 8, G: 2, hd: 64, bs: 7, window: 13, seqs: mixed},
+		{H: 4, G: 4, hd: 64, bs: 16, window: 100, seqs: mixed},
+		{H: 16, G: 2, hd: 128, bs: 32, window: 1000, seqs: mixed},
+		{H: 5, G: 1, hd: 80, bs: 16, window: 70, seqs: []flashSeq{{ctx: 520, nNew: 300}}},
 	}
 	for _, threads := range []int{1, 2, 3} {
 		be := New(Options{Threads: threads})

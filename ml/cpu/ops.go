@@ -18,6 +18,7 @@ const (
 	opAddRMSNorm
 	opSiLUMul
 	opGather
+	opRMSNormHeads
 )
 
 type rowsTask struct {
@@ -27,6 +28,7 @@ type rowsTask struct {
 	dst, x, res, w *Tensor
 	idx            []int32
 	eps            float32
+	hd             int // opRMSNormHeads' head width
 }
 
 // parallelRows is the element count below which a row op stays on the
@@ -65,6 +67,12 @@ func (r *rowsTask) row(i int) {
 	case opRMSNorm:
 		c := r.dst.cols
 		rmsNorm(r.dst.f32[i*c:(i+1)*c], r.x.f32[i*c:(i+1)*c], r.w.f32, r.eps)
+	case opRMSNormHeads:
+		c := r.dst.cols
+		for h := 0; h < c; h += r.hd {
+			x := r.x.f32[i*c+h : i*c+h+r.hd]
+			rmsNorm(r.dst.f32[i*c+h:i*c+h+r.hd], x, r.w.f32, r.eps)
+		}
 	case opAddRMSNorm:
 		c := r.dst.cols
 		res := r.res.f32[i*c : (i+1)*c]

@@ -32,8 +32,33 @@ import (
 	"github.com/llmserve/llmserve/ml"
 )
 
-//go:embed kernels/kernels.cu
-var kernelSource []byte
+// The kernels, one file per concern, compiled as one program (later files
+// use the helpers of kernels.cu).
+var (
+	//go:embed kernels/kernels.cu
+	kernelsCU []byte
+	//go:embed kernels/moe.cu
+	moeCU []byte
+
+	kernelSource = joinSources(kernelFile{"kernels.cu", kernelsCU}, kernelFile{"moe.cu", moeCU})
+)
+
+type kernelFile struct {
+	name string
+	src  []byte
+}
+
+// joinSources concatenates kernel files in order, each after a #line
+// directive so that NVRTC's messages name the file and line.
+func joinSources(files ...kernelFile) []byte {
+	var out []byte
+	for _, f := range files {
+		out = append(out, fmt.Sprintf("#line 1 %q\n", f.name)...)
+		out = append(out, f.src...)
+		out = append(out, '\n')
+	}
+	return out
+}
 
 // ErrShape is returned when an op's tensors do not have the shapes it needs.
 var ErrShape = errors.New("cuda: shape mismatch")
@@ -107,6 +132,7 @@ type Backend struct {
 	amPart    devBuf // argmax partials (values, then indices)
 	pinned    pinnedStage
 	amCount   devBuf // argmax per-row block counters
+	moeGroup  devBuf // MatMulExperts' rows grouped by expert (moe_align)
 	shadow    struct {
 		ptr        uint64
 		rows, cols int
@@ -301,7 +327,7 @@ func NewBackend(opts Options) (*Backend, error) {
 	if err := l.call(l.cuStreamCreate, "cuStreamCreate", uintptr(unsafe.Pointer(&b.stream)), streamNonBlocking); err != nil {
 		return fail(err)
 	}
-	img, err := l.compileKernels(kernelSource, dev.major, dev.minor, opts.CacheDir, log)
+	img, err := l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, log)
 	if err != nil {
 		return fail(fmt.Errorf("cuda: compiling kernels for sm_%d%d: %w", dev.major, dev.minor, err))
 	}
@@ -350,6 +376,7 @@ func NewBackend(opts Options) (*Backend, error) {
 
 func kernelNames() []string {
 	n := []string{"cast_f32_bf16", "cast_f32_f16", "rope_kv_f32", "rope_kv_bf16", "silu_mul", "gather_rows", "argmax_rows", "attn_combine"}
+	n = append(n, moeKernelNames()...)
 	for _, s := range []string{"f32", "bf16", "f16"} {
 		n = append(n, "embedding_"+s, "rmsnorm_"+s, "add_rmsnorm_"+s, "bias_add_"+s)
 		for _, tt := range []int{1, 2, 4, 8} {
@@ -854,7 +881,7 @@ func (b *Backend) release() {
 	if b.blas != 0 {
 		_ = b.l.blascall(b.l.cublasDestroy, "cublasDestroy", b.blas)
 	}
-	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
+	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.moeGroup, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
 		if d.ptr != 0 {
 			_ = b.l.call(b.l.cuMemFree, "cuMemFree", uintptr(d.ptr))
 		}

@@ -15,7 +15,7 @@ import (
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/ml/cuda"
 	"github.com/llmserve/llmserve/model"
-	_ "github.com/llmserve/llmserve/model/llama" // registers Llama and Qwen2
+	_ "github.com/llmserve/llmserve/model/models" // registers every architecture
 	"github.com/llmserve/llmserve/model/reference"
 )
 

@@ -8,20 +8,23 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"time"
 	"unsafe"
 )
 
 // compileKernels returns a loadable image (CUBIN, else PTX) of src for the
 // device, from the on-disk cache when present. The cache key covers the
-// source, the NVRTC version, the architecture and the options.
-func (l *libs) compileKernels(src []byte, major, minor int32, cacheDir string, log *slog.Logger) ([]byte, error) {
+// source, the NVRTC version, the architecture, the options and the driver
+// version (a cached PTX image is JIT-compiled by the driver that loads it).
+func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir string, log *slog.Logger) ([]byte, error) {
+	t0 := time.Now()
 	var vmaj, vmin int32
 	if err := l.nvcall(l.nvrtcVersion, "nvrtcVersion", uintptr(unsafe.Pointer(&vmaj)), uintptr(unsafe.Pointer(&vmin))); err != nil {
 		return nil, err
 	}
 	opts := []string{"-std=c++17", "-default-device", "--extra-device-vectorization"}
 	h := sha256.New()
-	fmt.Fprintf(h, "nvrtc %d.%d sm_%d%d %v\n", vmaj, vmin, major, minor, opts)
+	fmt.Fprintf(h, "nvrtc %d.%d sm_%d%d driver %d %v\n", vmaj, vmin, major, minor, driver, opts)
 	h.Write(src)
 	key := hex.EncodeToString(h.Sum(nil))[:32]
 
@@ -35,7 +38,7 @@ func (l *libs) compileKernels(src []byte, major, minor int32, cacheDir string, l
 		if cacheDir != "" {
 			path = filepath.Join(cacheDir, key+".bin")
 			if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
-				log.Debug("cuda: kernels from cache", "path", path)
+				log.Info("cuda: kernels from the cache", "path", path, "seconds", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
 				return b, nil
 			}
 		}
@@ -51,6 +54,7 @@ func (l *libs) compileKernels(src []byte, major, minor int32, cacheDir string, l
 			return nil, fmt.Errorf("%w (PTX fallback: %v)", err, err2)
 		}
 	}
+	log.Info("cuda: kernels compiled", "seconds", fmt.Sprintf("%.3f", time.Since(t0).Seconds()), "cache", path)
 	if path != "" {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
 			tmp := path + fmt.Sprintf(".tmp%d", os.Getpid())

@@ -777,6 +777,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aI(qq.cols)
 	b.aI(d.cols)
 	b.aP(sh)
+	b.aI(max(meta.Window, 0))
 	if err := b.push(fmt.Sprintf("attention_%s_%d", s, epl), g3(KVH*ngc, T, ns), g1(128), st); err != nil {
 		return err
 	}

@@ -83,6 +83,11 @@ func Run(t *testing.T, newBackend func() ml.Backend, o Options) {
 		{"AttentionLayers", s.testAttentionLayers},
 		{"SiLUMul", s.testSiLUMul},
 		{"GatherRows", s.testGatherRows},
+		{"RMSNormHeads", s.testRMSNormHeads},
+		{"TopKSoftmax", s.testTopKSoftmax},
+		{"MatMulExperts", s.testMatMulExperts},
+		{"ScatterAdd", s.testScatterAdd},
+		{"AttentionWindow", s.testAttentionWindow},
 		{"ShapeErrors", s.testShapeErrors},
 	}
 	for _, tc := range tests {
@@ -463,6 +468,7 @@ type attnCase struct {
 	heads, kvHeads, hd int
 	blockSize          int
 	numBlocks          int
+	window             int       // sliding window (0: none)
 	seqs               []attnSeq // blocks filled in by the test
 }
 
@@ -600,6 +606,7 @@ func (s *suite) runAttention(t *testing.T, b ml.Backend, r *rand.Rand, c attnCas
 		NumKVHeads:  c.kvHeads,
 		HeadDim:     c.hd,
 		Scale:       float32(1 / math.Sqrt(float64(c.hd))),
+		Window:      c.window,
 	}
 	big := newF32(t, b, T+2, qDim, nil)
 	dst := b.View(big, 0, T)
@@ -609,12 +616,16 @@ func (s *suite) runAttention(t *testing.T, b ml.Backend, r *rand.Rand, c attnCas
 	want := make([]float64, 0, T*qDim)
 	for i, sp := range toks {
 		seq := sp[0]
-		want = append(want, RefAttention(q[i*qDim:(i+1)*qDim], sp[1]+1,
-			func(j int) []float32 { return rounded(keys[seq][j]) },
-			func(j int) []float32 { return rounded(vals[seq][j]) },
+		first := 0 // the window's first position
+		if c.window > 0 {
+			first = max(0, sp[1]+1-c.window)
+		}
+		want = append(want, RefAttention(q[i*qDim:(i+1)*qDim], sp[1]+1-first,
+			func(j int) []float32 { return rounded(keys[seq][first+j]) },
+			func(j int) []float32 { return rounded(vals[seq][first+j]) },
 			c.heads, c.kvHeads, c.hd, float64(meta.Scale))...)
 	}
-	compare(t, fmt.Sprintf("Attention kv=%s heads=%d/%d hd=%d bs=%d", kvdt, c.heads, c.kvHeads, c.hd, c.blockSize),
+	compare(t, fmt.Sprintf("Attention kv=%s heads=%d/%d hd=%d bs=%d window=%d", kvdt, c.heads, c.kvHeads, c.hd, c.blockSize, c.window),
 		got, want, s.o.MatMulTol)
 	for _, x := range []ml.Tensor{qt, meta.TokenSeq, meta.Positions, meta.BlockTables, big} {
 		b.Free(x)
@@ -771,4 +782,187 @@ func contains(ds []ml.DType, d ml.DType) bool {
 		}
 	}
 	return false
+}
+
+// testAttentionWindow: a sliding window (Mistral's sliding_window) limits
+// each token to the last Window positions, across block boundaries, in
+// prefills, chunked prefills and decodes.
+func (s *suite) testAttentionWindow(t *testing.T, b ml.Backend) {
+	r := s.rng(14)
+	seqs := []attnSeq{{ctx: 23, nNew: 23}, {ctx: 30, nNew: 6}, {ctx: 41, nNew: 1}, {ctx: 3, nNew: 1}}
+	for _, w := range []int{1, 5, 8, 29, 100} {
+		for _, kvdt := range s.o.KVDTypes[:1] {
+			c := attnCase{heads: 6, kvHeads: 2, hd: 16, blockSize: 4, numBlocks: 64, window: w,
+				seqs: append([]attnSeq(nil), seqs...)}
+			s.runAttention(t, b, r, c, kvdt, 1, 0)
+		}
+	}
+	long := attnCase{heads: 4, kvHeads: 2, hd: 64, blockSize: 16, numBlocks: 200, window: 300, seqs: []attnSeq{
+		{ctx: 1500, nNew: 1}, {ctx: 700, nNew: 40}}}
+	s.runAttention(t, b, r, long, s.o.KVDTypes[0], 1, 0)
+}
+
+func (s *suite) testRMSNormHeads(t *testing.T, b ml.Backend) {
+	r := s.rng(15)
+	for _, sh := range [][3]int{{1, 2, 8}, {5, 4, 32}, {9, 16, 128}, {3, 10, 64}} {
+		T, n, hd := sh[0], sh[1], sh[2]
+		x := RandF32(r, T*n*hd, 2)
+		w := RandF32(r, hd, 0.5)
+		for i := range w {
+			w[i] += 1
+		}
+		// x is a view of a larger scratch, as the model uses it.
+		big := newF32(t, b, T+2, n*hd, append(x, make([]float32, 2*n*hd)...))
+		xt := b.View(big, 0, T)
+		wt := newF32(t, b, 1, hd, w)
+		ok(t, "RMSNormHeads", b.RMSNormHeads(xt, wt, hd, 1e-6))
+		compare(t, fmt.Sprintf("RMSNormHeads %dx%dx%d", T, n, hd), download(t, b, xt), RefRMSNormHeads(x, w, T, hd, 1e-6), s.o.Tol)
+		compare(t, "RMSNormHeads leaves rows past the view", download(t, b, b.View(big, T, 2)), make([]float64, 2*n*hd), 0)
+		b.Free(big)
+		b.Free(wt)
+	}
+	x := newF32(t, b, 2, 24, nil)
+	if err := b.RMSNormHeads(x, newF32(t, b, 1, 16, nil), 16, 1e-6); err == nil {
+		t.Error("RMSNormHeads of 24 columns in heads of 16: no error")
+	}
+}
+
+// downloadIDs reads an I32 tensor's first n values through GatherRows of
+// an identity table (the interface downloads F32 only).
+func downloadIDs(t *testing.T, b ml.Backend, ids ml.Tensor, n, maxID int) []int32 {
+	t.Helper()
+	tab := make([]float32, maxID)
+	for i := range tab {
+		tab[i] = float32(i)
+	}
+	tt := newF32(t, b, maxID, 1, tab)
+	dst := newF32(t, b, n, 1, nil)
+	ok(t, "GatherRows(ids)", b.GatherRows(dst, tt, ids))
+	out := make([]int32, n)
+	for i, v := range download(t, b, dst) {
+		out[i] = int32(v)
+	}
+	b.Free(tt)
+	b.Free(dst)
+	return out
+}
+
+func (s *suite) testTopKSoftmax(t *testing.T, b ml.Backend) {
+	r := s.rng(16)
+	for _, c := range []struct{ T, E, k int }{{1, 8, 2}, {7, 8, 2}, {33, 128, 8}, {5, 60, 4}, {3, 16, 1}, {2, 4, 4}} {
+		for _, norm := range []bool{false, true} {
+			// Distinct logits a step apart (so that no near-tie makes the
+			// order depend on rounding), in random order per row, and one
+			// exact tie of the top two in row 0 (the lower index first).
+			lg := make([]float32, c.T*c.E)
+			for t := range c.T {
+				for i, p := range r.Perm(c.E) {
+					lg[t*c.E+i] = float32(p)*0.125 - 4
+				}
+			}
+			if c.E > 2 {
+				top := 0
+				for i := range c.E {
+					if lg[i] > lg[top] {
+						top = i
+					}
+				}
+				other := (top + 1 + r.IntN(c.E-1)) % c.E
+				lg[other] = lg[top]
+			}
+			wantW, wantI := RefTopKSoftmax(lg, c.T, c.E, c.k, norm)
+			lt := newF32(t, b, c.T, c.E, lg)
+			wt := newF32(t, b, c.T*c.k+3, 1, nil)
+			it := newI32(t, b, c.T*c.k+3, 1, nil)
+			ok(t, "TopKSoftmax", b.TopKSoftmax(wt, it, lt, c.k, norm))
+			what := fmt.Sprintf("TopKSoftmax T=%d E=%d k=%d norm=%v", c.T, c.E, c.k, norm)
+			compare(t, what+" weights", download(t, b, b.View(wt, 0, c.T*c.k)), wantW, s.o.Tol*10)
+			got := downloadIDs(t, b, it, c.T*c.k, c.E)
+			for i := range got {
+				if got[i] != wantI[i] {
+					t.Errorf("%s: ids %v, want %v", what, got, wantI)
+					break
+				}
+			}
+			b.Free(lt)
+			b.Free(wt)
+			b.Free(it)
+		}
+	}
+}
+
+func (s *suite) testMatMulExperts(t *testing.T, b ml.Backend) {
+	r := s.rng(17)
+	cases := []struct{ E, N, K, T, k int }{
+		{8, 24, 40, 1, 1},   // one token, one expert
+		{8, 24, 40, 1, 2},   // a decode token, top-2
+		{8, 48, 64, 13, 3},  // a few tokens
+		{16, 64, 96, 70, 4}, // a prefill: many rows per expert
+		{4, 40, 32, 9, 1},   // fan-out 1: rows of x are rows of dst
+	}
+	for _, st := range s.o.WeightDTypes {
+		for _, c := range cases {
+			w := weightValues(r, st, c.E*c.N, c.K)
+			wt, vals, ok2 := loadWeight(t, b, w, c.E*c.N, c.K, srcFor(st), st)
+			if !ok2 {
+				continue
+			}
+			R := c.T * c.k
+			x := RandF32(r, c.T*c.K, 1)
+			ex := make([]int32, R)
+			for i := range ex {
+				ex[i] = int32(r.IntN(c.E))
+			}
+			if c.E > 3 && R > 1 {
+				ex[R-1] = ex[0] // a repeat at least
+			}
+			bigX := newF32(t, b, c.T+1, c.K, append(append([]float32(nil), x...), make([]float32, c.K)...))
+			xt := b.View(bigX, 0, c.T)
+			et := newI32(t, b, R, 1, ex)
+			big := newF32(t, b, R+2, c.N, nil)
+			dst := b.View(big, 0, R)
+			ok(t, "MatMulExperts", b.MatMulExperts(dst, xt, wt, et))
+			compare(t, fmt.Sprintf("MatMulExperts %s E=%d N=%d K=%d T=%d k=%d", st, c.E, c.N, c.K, c.T, c.k),
+				download(t, b, dst), RefMatMulExperts(x, vals, ex, c.N, c.K), s.o.MatMulTol)
+			for _, x := range []ml.Tensor{wt, bigX, et, big} {
+				b.Free(x)
+			}
+		}
+	}
+	x := newF32(t, b, 3, 8, nil)
+	w := must[ml.Tensor](t)(b.LoadWeight(12, 8, Encode(ml.F32, make([]float32, 96)), ml.F32, ml.F32))
+	if err := b.MatMulExperts(newF32(t, b, 4, 4, nil), x, w, newI32(t, b, 4, 1, nil)); err == nil {
+		t.Error("MatMulExperts of 4 rows from 3 rows of x: no error")
+	}
+}
+
+func (s *suite) testScatterAdd(t *testing.T, b ml.Backend) {
+	r := s.rng(18)
+	for _, c := range []struct{ D, S, C int }{{1, 2, 8}, {5, 10, 64}, {33, 264, 96}} {
+		for _, withScale := range []bool{true, false} {
+			dst := RandF32(r, c.D*c.C, 1)
+			src := RandF32(r, c.S*c.C, 1)
+			idx := make([]int32, c.S)
+			for i := range idx {
+				idx[i] = int32(r.IntN(c.D))
+			}
+			var scale []float32
+			var sct ml.Tensor
+			if withScale {
+				scale = RandF32(r, c.S, 1)
+				sct = newF32(t, b, c.S, 1, scale)
+			}
+			dt := newF32(t, b, c.D, c.C, dst)
+			st := newF32(t, b, c.S, c.C, src)
+			it := newI32(t, b, 1, c.S, idx)
+			ok(t, "ScatterAdd", b.ScatterAdd(dt, st, it, sct))
+			compare(t, fmt.Sprintf("ScatterAdd %d rows into %d, scale %v", c.S, c.D, withScale),
+				download(t, b, dt), RefScatterAdd(dst, src, idx, scale, c.C), s.o.Tol*10)
+			for _, x := range []ml.Tensor{dt, st, it, sct} {
+				if x != nil {
+					b.Free(x)
+				}
+			}
+		}
+	}
 }

@@ -238,3 +238,83 @@ func RefAttention(q []float32, n int, keys, vals func(j int) []float32, heads, k
 
 // SiLU is x*sigmoid(x).
 func SiLU(x float64) float64 { return x / (1 + math.Exp(-x)) }
+
+// RefRMSNormHeads returns x[T, n*hd] with each hd-wide head normalized by
+// its own rms and scaled by w[hd].
+func RefRMSNormHeads(x, w []float32, T, hd int, eps float64) []float64 {
+	return RefRMSNorm(x, w, len(x)/hd, hd, eps)
+}
+
+// RefTopKSoftmax returns, for each row of logits[T, E], the k largest
+// softmax probabilities (largest first, the lower index on ties) and their
+// experts; normalize divides the k by their sum.
+func RefTopKSoftmax(logits []float32, T, E, k int, normalize bool) ([]float64, []int32) {
+	ws, ids := make([]float64, 0, T*k), make([]int32, 0, T*k)
+	p := make([]float64, E)
+	for t := range T {
+		row := logits[t*E : (t+1)*E]
+		mx := math.Inf(-1)
+		for _, v := range row {
+			mx = math.Max(mx, float64(v))
+		}
+		var sum float64
+		for i, v := range row {
+			p[i] = math.Exp(float64(v) - mx)
+			sum += p[i]
+		}
+		taken := make([]bool, E)
+		var sel []float64
+		var tot float64
+		for range k {
+			best := -1
+			for i := range p {
+				if !taken[i] && (best < 0 || p[i] > p[best]) {
+					best = i
+				}
+			}
+			taken[best] = true
+			ids = append(ids, int32(best))
+			sel = append(sel, p[best]/sum)
+			tot += p[best] / sum
+		}
+		for _, v := range sel {
+			if normalize {
+				v /= tot
+			}
+			ws = append(ws, v)
+		}
+	}
+	return ws, ids
+}
+
+// RefMatMulExperts returns dst[R, N] with row r = x[r/f]·w[experts[r]]ᵀ,
+// w being E stacked [N, K] matrices and f = R/(len(x)/K).
+func RefMatMulExperts(x, w []float32, experts []int32, N, K int) []float64 {
+	R := len(experts)
+	f := R / (len(x) / K)
+	out := make([]float64, 0, R*N)
+	for r, e := range experts {
+		xr := x[(r/f)*K : (r/f+1)*K]
+		out = append(out, RefMatMul(xr, w[int(e)*N*K:int(e+1)*N*K], nil, 1, N, K)...)
+	}
+	return out
+}
+
+// RefScatterAdd returns dst[idx[i]] += scale[i]*src[i] (scale nil: 1) for
+// rows of C values.
+func RefScatterAdd(dst, src []float32, idx []int32, scale []float32, C int) []float64 {
+	out := make([]float64, len(dst))
+	for i, v := range dst {
+		out[i] = float64(v)
+	}
+	for i, j := range idx {
+		a := 1.0
+		if scale != nil {
+			a = float64(scale[i])
+		}
+		for c := range C {
+			out[int(j)*C+c] += a * float64(src[i*C+c])
+		}
+	}
+	return out
+}

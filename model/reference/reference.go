@@ -152,6 +152,11 @@ func (r *Model) Forward(tokens []int32) [][]float64 {
 		q := Linear(xn, T, H, r.w(p+"self_attn.q_proj.weight"), qb)
 		k := Linear(xn, T, H, r.w(p+"self_attn.k_proj.weight"), kb)
 		v := Linear(xn, T, H, r.w(p+"self_attn.v_proj.weight"), vb)
+		// Qwen3: RMSNorm over each head of q and k, before RoPE.
+		if qn := r.opt(p + "self_attn.q_norm.weight"); qn != nil {
+			q = RMSNorm(q, T*nh, hd, qn, eps)
+			k = RMSNorm(k, T*nkv, hd, r.w(p+"self_attn.k_norm.weight"), eps)
+		}
 		rope(q, nh)
 		rope(k, nkv)
 		if r.KVDType != ml.F32 {
@@ -162,12 +167,17 @@ func (r *Model) Forward(tokens []int32) [][]float64 {
 		}
 		att := make([]float64, T*nh*hd)
 		sc := make([]float64, T)
+		window := c.LayerWindow(l) // keys j with t-j < window
 		for t := range T {
+			j0 := 0
+			if window > 0 {
+				j0 = max(0, t-window+1)
+			}
 			for hh := range nh {
 				g := hh / (nh / nkv)
 				qr := q[(t*nh+hh)*hd : (t*nh+hh+1)*hd]
 				mx := math.Inf(-1)
-				for j := 0; j <= t; j++ {
+				for j := j0; j <= t; j++ {
 					kr := k[(j*nkv+g)*hd : (j*nkv+g+1)*hd]
 					var s float64
 					for d, qv := range qr {
@@ -177,12 +187,12 @@ func (r *Model) Forward(tokens []int32) [][]float64 {
 					mx = math.Max(mx, sc[j])
 				}
 				var sum float64
-				for j := 0; j <= t; j++ {
+				for j := j0; j <= t; j++ {
 					sc[j] = math.Exp(sc[j] - mx)
 					sum += sc[j]
 				}
 				out := att[(t*nh+hh)*hd : (t*nh+hh+1)*hd]
-				for j := 0; j <= t; j++ {
+				for j := j0; j <= t; j++ {
 					wgt := sc[j] / sum
 					vr := v[(j*nkv+g)*hd : (j*nkv+g+1)*hd]
 					for d, vv := range vr {
@@ -196,12 +206,12 @@ func (r *Model) Forward(tokens []int32) [][]float64 {
 			h[i] += o[i]
 		}
 		xn = RMSNorm(h, T, H, r.w(p+"post_attention_layernorm.weight"), eps)
-		gate := Linear(xn, T, H, r.w(p+"mlp.gate_proj.weight"), r.opt(p+"mlp.gate_proj.bias"))
-		up := Linear(xn, T, H, r.w(p+"mlp.up_proj.weight"), r.opt(p+"mlp.up_proj.bias"))
-		for i := range gate {
-			gate[i] = gate[i] / (1 + math.Exp(-gate[i])) * up[i]
+		var d []float64
+		if c.SparseLayer(l) {
+			d = r.moe(p+"mlp.", xn, T)
+		} else {
+			d = r.mlp(p+"mlp.", xn, T, I)
 		}
-		d := Linear(gate, T, I, r.w(p+"mlp.down_proj.weight"), r.opt(p+"mlp.down_proj.bias"))
 		for i := range h {
 			h[i] += d[i]
 		}
@@ -288,4 +298,72 @@ func logSumExp(x []float64) float64 {
 		s += math.Exp(v - mx)
 	}
 	return mx + math.Log(s)
+}
+
+// mlp is the dense SiLU-gated MLP with weights under prefix (gate_proj,
+// up_proj, down_proj, biases where present) of intermediate size I.
+func (r *Model) mlp(prefix string, xn []float64, T, I int) []float64 {
+	H := r.Config.HiddenSize
+	gate := Linear(xn, T, H, r.w(prefix+"gate_proj.weight"), r.opt(prefix+"gate_proj.bias"))
+	up := Linear(xn, T, H, r.w(prefix+"up_proj.weight"), r.opt(prefix+"up_proj.bias"))
+	for i := range gate {
+		gate[i] = gate[i] / (1 + math.Exp(-gate[i])) * up[i]
+	}
+	return Linear(gate, T, I, r.w(prefix+"down_proj.weight"), r.opt(prefix+"down_proj.bias"))
+}
+
+// moe is Qwen3-MoE's sparse block (transformers' Qwen3MoeSparseMoeBlock):
+// router logits gate·x, softmax over all experts, the top num_experts_per_tok
+// (renormalized to sum 1 with norm_topk_prob), and the weighted sum of those
+// experts' MLPs. transformers takes the softmax in float32 even for a
+// float64 model; here it is float64 (the difference is ~1e-7 relative).
+func (r *Model) moe(prefix string, xn []float64, T int) []float64 {
+	c := r.Config
+	H, E, k, I := c.HiddenSize, c.Experts(), c.NumExpertsPerTok, c.MoEIntermediateSize
+	logits := Linear(xn, T, H, r.w(prefix+"gate.weight"), nil)
+	out := make([]float64, T*H)
+	for t := range T {
+		row := logits[t*E : (t+1)*E]
+		mx := math.Inf(-1)
+		for _, v := range row {
+			mx = math.Max(mx, v)
+		}
+		p := make([]float64, E)
+		var sum float64
+		for i, v := range row {
+			p[i] = math.Exp(v - mx)
+			sum += p[i]
+		}
+		for i := range p {
+			p[i] /= sum
+		}
+		taken := make([]bool, E)
+		var ids []int
+		var ws []float64
+		var tot float64
+		for range k {
+			best := -1
+			for i := range p {
+				if !taken[i] && (best < 0 || p[i] > p[best]) {
+					best = i
+				}
+			}
+			taken[best] = true
+			ids = append(ids, best)
+			ws = append(ws, p[best])
+			tot += p[best]
+		}
+		x := xn[t*H : (t+1)*H]
+		for j, e := range ids {
+			wgt := ws[j]
+			if c.NormTopKProb {
+				wgt /= tot
+			}
+			y := r.mlp(fmt.Sprintf("%sexperts.%d.", prefix, e), x, 1, I)
+			for i := range y {
+				out[t*H+i] += wgt * y[i]
+			}
+		}
+	}
+	return out
 }

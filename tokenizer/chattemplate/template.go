@@ -71,10 +71,12 @@ func Compile(src string) (t *Template, err error) {
 	return t, nil
 }
 
-// raised marks raise_exception's error so Render can report its message.
-type raised struct{ msg string }
+// RaiseError is the template's own raise_exception: its message is written
+// for users ("Conversation roles must alternate ..."), unlike the renderer's
+// errors, which quote template internals. Render wraps it with ErrRender.
+type RaiseError struct{ Message string }
 
-func (r *raised) Error() string { return r.msg }
+func (r *RaiseError) Error() string { return r.Message }
 
 func (t *Template) environment() *exec.Environment {
 	filters := exec.NewFilterSet(map[string]exec.FilterFunction{})
@@ -87,7 +89,7 @@ func (t *Template) environment() *exec.Environment {
 
 	globals := exec.EmptyContext().Update(builtins.GlobalFunctions).Update(builtins.GlobalVariables)
 	globals.Set("raise_exception", func(msg string) (string, error) {
-		return "", &raised{msg}
+		return "", &RaiseError{msg}
 	})
 	globals.Set("strftime_now", func(format string) string {
 		now := time.Now
@@ -131,11 +133,17 @@ func (t *Template) Render(vars map[string]any) (out string, err error) {
 		}
 		data[k] = cv
 	}
+	// The renderer keeps only the text of a function's error, so this
+	// render's raise_exception records what it raised.
+	var raised *RaiseError
+	data["raise_exception"] = func(msg string) (string, error) {
+		raised = &RaiseError{msg}
+		return "", raised
+	}
 	out, err = t.tpl.ExecuteToString(exec.NewContext(data))
 	if err != nil {
-		var r *raised
-		if errors.As(err, &r) {
-			return "", fmt.Errorf("%w: %s", ErrRender, r.msg)
+		if raised != nil {
+			return "", fmt.Errorf("%w: %w", ErrRender, raised)
 		}
 		return "", fmt.Errorf("%w: %v", ErrRender, err)
 	}

@@ -149,7 +149,9 @@ func TestErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tpl.Render(map[string]any{"x": "y"}); !errors.Is(err, ErrRender) || !strings.Contains(err.Error(), "nope: y") {
+	_, err = tpl.Render(map[string]any{"x": "y"})
+	var re *RaiseError
+	if !errors.Is(err, ErrRender) || !strings.Contains(err.Error(), "nope: y") || !errors.As(err, &re) || re.Message != "nope: y" {
 		t.Errorf("raise_exception: %v", err)
 	}
 	if _, err := tpl.Render(map[string]any{"x": json.RawMessage(`{"a":`)}); !errors.Is(err, ErrRender) {

@@ -787,7 +787,7 @@ template <typename KV, int EPL>
 __device__ void attention(float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc,
                           const int* tokenSeq, const int* positions, const int* blockTables, int maxBlocks,
                           int blockSize, int numBlocks, int H, int KVH, int D, float scale, int numSplits,
-                          int qStride, int outStride, bf16* out16) {
+                          int qStride, int outStride, bf16* out16, int window) {
   __shared__ float sAcc[NWARPS][32 * EPL];
   __shared__ float sM[NWARPS], sL[NWARPS];
   const int G = H / KVH;
@@ -800,8 +800,10 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int seq = tokenSeq[t];
   const int ctx = positions[t] + 1;
-  const int per = (ctx + numSplits - 1) / numSplits;
-  const int s0 = split * per;
+  // A sliding window (window > 0) attends to the last window positions.
+  const int first = window > 0 ? max(0, ctx - window) : 0;
+  const int per = (ctx - first + numSplits - 1) / numSplits;
+  const int s0 = first + split * per;
   const int s1 = min(ctx, s0 + per);
   const int* bt = blockTables + (long long)seq * maxBlocks;
   const long long kvRow = (long long)KVH * D;
@@ -907,10 +909,10 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
   extern "C" __global__ void __launch_bounds__(NWARPS * 32) attention_##S##_##EPL(                           \
       float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc, const int* tokenSeq, \
       const int* positions, const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int H, int KVH, \
-      int D, float scale, int numSplits, int qStride, int outStride, bf16* out16) {                             \
+      int D, float scale, int numSplits, int qStride, int outStride, bf16* out16, int window) {                 \
     PDL_ENTRY();                                                                                                \
     attention<KV, EPL>(out, partO, partML, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize,   \
-                       numBlocks, H, KVH, D, scale, numSplits, qStride, outStride, out16);                      \
+                       numBlocks, H, KVH, D, scale, numSplits, qStride, outStride, out16, window);              \
   }
 
 #define INST_KV(KV, S)                                                                                          \

@@ -1,4 +1,4 @@
-package llama
+package decoder
 
 import (
 	"context"
@@ -17,6 +17,11 @@ type scratch struct {
 	capT, capS, capB, capL int
 
 	h, xn, q, k, v, attn, down, gu, act ml.Tensor // [capT, ...]
+	// Sparse layers' buffers (nil for dense models): router logits
+	// [capT, E], the top-k weights and experts [capT*k, 1], each expert
+	// row's token [capT*k, 1] (constant: r/k), and the expert rows'
+	// activations [capT*k, ...].
+	rlog, topW, topID, tokOf, egu, eact, eout ml.Tensor
 	// ids holds a step's integer inputs (token ids, positions, each
 	// token's sequence and KV slot, logit rows, block tables) packed as
 	// idsLayout places them, so that a step uploads them in one copy: a
@@ -53,6 +58,7 @@ func idsLen(T, btLen, L int) int {
 
 func (s *scratch) free(be ml.Backend) {
 	for _, t := range []ml.Tensor{s.h, s.xn, s.q, s.k, s.v, s.attn, s.down, s.gu, s.act,
+		s.rlog, s.topW, s.topID, s.tokOf, s.egu, s.eact, s.eout,
 		s.ids, s.argmax, s.selH, s.selD, s.selX, s.logits} {
 		if t != nil {
 			be.Free(t)
@@ -106,6 +112,23 @@ func (m *Model) ensure(T, S, B, L int) error {
 		} {
 			replace(x.p, alloc(x.dt, c, x.cols))
 		}
+		if moe := m.spec.MoE; moe != nil {
+			k := moe.TopK
+			replace(&s.rlog, alloc(ml.F32, c, moe.Experts))
+			replace(&s.topW, alloc(ml.F32, c*k, 1))
+			replace(&s.topID, alloc(ml.I32, c*k, 1))
+			replace(&s.tokOf, alloc(ml.I32, c*k, 1))
+			replace(&s.egu, alloc(ml.F32, c*k, 2*m.moeI))
+			replace(&s.eact, alloc(ml.F32, c*k, m.moeI))
+			replace(&s.eout, alloc(ml.F32, c*k, m.H))
+			if err == nil {
+				tok := make([]int32, c*k)
+				for r := range tok {
+					tok[r] = int32(r / k)
+				}
+				err = be.UploadI32(s.tokOf, tok)
+			}
+		}
 		s.capT = c
 	}
 	if S > s.capS || B > s.capB {
@@ -134,7 +157,7 @@ func (m *Model) ensure(T, S, B, L int) error {
 	}
 	if err != nil {
 		s.free(be) // a half-grown scratch would be inconsistent
-		return fmt.Errorf("llama: allocating step buffers: %w", err)
+		return fmt.Errorf("decoder: allocating step buffers: %w", err)
 	}
 	return nil
 }
@@ -318,23 +341,25 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 		}
 		return m.forwardFused(ctx, vw, L, rowsInOrder, greedy, tokens, logits)
 	}
+	// pending: a dense MLP's output waits in down, to be added to the
+	// residual by the next norm; a sparse MLP adds its experts to h itself.
+	pending := false
 	for i := range m.layers {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		l := &m.layers[i]
 		var err error
-		// down holds the previous layer's MLP output, added to the residual here.
-		if i == 0 {
-			err = be.RMSNorm(xn, h, l.inNorm, m.eps)
-		} else {
+		if pending {
 			err = be.AddRMSNorm(h, xn, down, l.inNorm, m.eps)
+		} else {
+			err = be.RMSNorm(xn, h, l.inNorm, m.eps)
 		}
 		if err != nil {
 			return err
 		}
-		if err := m.layer(l, i, vw); err != nil {
-			return fmt.Errorf("llama: layer %d: %w", i, err)
+		if pending, err = m.layer(l, i, vw); err != nil {
+			return fmt.Errorf("decoder: layer %d: %w", i, err)
 		}
 	}
 	if L == 0 {
@@ -344,10 +369,14 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 	if err := be.GatherRows(vw.selH, h, vw.logitIdx); err != nil {
 		return err
 	}
-	if err := be.GatherRows(vw.selD, down, vw.logitIdx); err != nil {
-		return err
-	}
-	if err := be.AddRMSNorm(vw.selH, vw.selX, vw.selD, m.finalNorm, m.eps); err != nil {
+	if pending {
+		if err := be.GatherRows(vw.selD, down, vw.logitIdx); err != nil {
+			return err
+		}
+		if err := be.AddRMSNorm(vw.selH, vw.selX, vw.selD, m.finalNorm, m.eps); err != nil {
+			return err
+		}
+	} else if err := be.RMSNorm(vw.selX, vw.selH, m.finalNorm, m.eps); err != nil {
 		return err
 	}
 	if err := be.MatMul(vw.logits, vw.selX, m.lmHead, nil); err != nil {
@@ -463,6 +492,8 @@ type stepViews struct {
 	ids, tokens, pos, tokSeq, slots, bt ml.Tensor // views of scratch.ids
 	logitIdx, argmax, selH, selD, selX  ml.Tensor
 	logits                              ml.Tensor
+	// Sparse layers': router logits [T, E] and the T*k expert rows.
+	rlog, topW, topID, tokOf, egu, eact, eout ml.Tensor
 }
 
 func (m *Model) views(T, S, L int) *stepViews {
@@ -479,128 +510,110 @@ func (m *Model) views(T, S, L int) *stepViews {
 		ids: id(0, idsLen(T, S*s.capB, L)), tokens: id(0, T), pos: id(pos, T), tokSeq: id(tokSeq, T), slots: id(slots, T),
 		bt: id(bt, S*s.capB), logitIdx: id(logitIdx, L), argmax: r(s.argmax, L), selH: r(s.selH, L), selD: r(s.selD, L),
 		selX: r(s.selX, L), logits: r(s.logits, L)}
+	if m.spec.MoE != nil {
+		k := m.topK
+		vw.rlog, vw.topW, vw.topID, vw.tokOf = r(s.rlog, T), r(s.topW, T*k), r(s.topID, T*k), r(s.tokOf, T*k)
+		vw.egu, vw.eact, vw.eout = r(s.egu, T*k), r(s.eact, T*k), r(s.eout, T*k)
+	}
 	return vw
 }
 
-// layer runs one decoder layer on xn (the normed residual) and leaves its
-// MLP output in down; the attention output is added to h on the way.
-func (m *Model) layer(l *layer, i int, vw *stepViews) error {
+// layer runs one decoder layer on xn (the normed residual); the attention
+// output is added to h on the way. It reports whether the MLP output waits
+// in down (dense) rather than having been added to h (sparse).
+func (m *Model) layer(l *layer, i int, vw *stepViews) (pending bool, err error) {
 	be := m.be
 	xn, q, k, v := vw.xn, vw.q, vw.k, vw.v
 	pos, slots := vw.pos, vw.slots
+	m.s.meta.Window = l.window
 	if l.qkv != nil {
 		// q holds [q | k | v]; one launch adds the biases, rotates q and k
 		// and stores k and v; attention reads q with the fused row stride.
 		if err := be.MatMul(q, xn, l.qkv, nil); err != nil {
-			return err
+			return false, err
 		}
 		if err := m.fq.QKVRoPEWriteKV(q, l.qkvb, pos, m.invFreq, m.nh, m.nkv, m.hd, m.kv, i, slots); err != nil {
-			return err
+			return false, err
 		}
 		return m.attnMLP(l, i, vw)
 	}
 	if err := be.MatMul(q, xn, l.q, l.qb); err != nil {
-		return err
+		return false, err
 	}
 	if err := be.MatMul(k, xn, l.k, l.kb); err != nil {
-		return err
+		return false, err
 	}
 	if err := be.MatMul(v, xn, l.v, l.vb); err != nil {
-		return err
+		return false, err
+	}
+	if l.qNorm != nil {
+		if err := be.RMSNormHeads(q, l.qNorm, m.hd, m.eps); err != nil {
+			return false, err
+		}
+		if err := be.RMSNormHeads(k, l.kNorm, m.hd, m.eps); err != nil {
+			return false, err
+		}
 	}
 	if err := be.RoPE(q, pos, m.invFreq, m.nh, m.hd); err != nil {
-		return err
+		return false, err
 	}
 	if err := be.RoPE(k, pos, m.invFreq, m.nkv, m.hd); err != nil {
-		return err
+		return false, err
 	}
 	if err := be.WriteKV(m.kv, i, k, v, slots); err != nil {
-		return err
+		return false, err
 	}
 	return m.attnMLP(l, i, vw)
 }
 
 // attnMLP is the rest of layer l once the keys and values are cached:
-// attention over q (vw.q), the o projection, the post-attention norm and the MLP.
-func (m *Model) attnMLP(l *layer, i int, vw *stepViews) error {
+// attention over q (vw.q), the o projection, the post-attention norm and
+// the MLP (see layer for what it returns).
+func (m *Model) attnMLP(l *layer, i int, vw *stepViews) (bool, error) {
 	be := m.be
 	xn, q, attn, down, gu, act, h := vw.xn, vw.q, vw.attn, vw.down, vw.gu, vw.act, vw.h
 	if err := be.Attention(attn, q, m.kv, i, &m.s.meta); err != nil {
-		return err
+		return false, err
 	}
 	// The o projection lands in down, free until the MLP.
 	if err := be.MatMul(down, attn, l.o, l.ob); err != nil {
-		return err
+		return false, err
 	}
 	if err := be.AddRMSNorm(h, xn, down, l.postNorm, m.eps); err != nil {
-		return err
+		return false, err
+	}
+	if l.router != nil {
+		return false, m.moe(l, vw)
 	}
 	if err := be.MatMul(gu, xn, l.gateUp, l.gub); err != nil {
-		return err
+		return false, err
 	}
 	if err := be.SiLUMul(act, gu); err != nil {
-		return err
+		return false, err
 	}
-	return be.MatMul(down, act, l.down, l.db)
+	return true, be.MatMul(down, act, l.down, l.db)
 }
 
-// forwardFused runs the layers and the lm_head of a step the backend's fused
-// decode ops take (after the embedding): all layers of a one-token step in
-// one launch where the backend can (DecodeLayers), else five launches per
-// layer.
-func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, rowsInOrder bool, greedy []bool, tokens []int32, logits []float32) error {
-	oneLaunch := false
-	if m.sd != nil && m.s.meta.NumTokens == 1 {
-		err := m.sd.DecodeLayers(vw.h, m.stepLayers, m.eps, vw.pos, m.invFreq, vw.slots, m.kv, &m.s.meta)
-		switch {
-		case err == nil:
-			oneLaunch = true
-		case errors.Is(err, ml.ErrUnsupported):
-			m.sd = nil // the step's shape is the model's: later steps would decline too
-		default:
-			return fmt.Errorf("llama: decode step: %w", err)
-		}
-	}
-	for i := 0; i < len(m.layers) && !oneLaunch; i++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := m.fusedLayer(&m.layers[i], i, vw); err != nil {
-			return fmt.Errorf("llama: layer %d: %w", i, err)
-		}
-	}
-	if L == 0 {
-		return m.be.Sync()
-	}
-	sel := vw.h
-	if !rowsInOrder {
-		sel = vw.selH
-		if err := m.be.GatherRows(sel, vw.h, vw.logitIdx); err != nil {
-			return err
-		}
-	}
-	if err := m.fd.NormMatMul(vw.logits, sel, m.finalNorm, m.eps, m.lmHead, nil); err != nil {
+// moe is a sparse MLP on xn, its output added to the residual h: route
+// each token to its top-k experts, run the k expert rows per token through
+// the grouped expert matmuls (which read only the experts chosen), and add
+// each row, weighted, to its token's residual.
+func (m *Model) moe(l *layer, vw *stepViews) error {
+	be := m.be
+	if err := be.MatMul(vw.rlog, vw.xn, l.router, nil); err != nil {
 		return err
 	}
-	return m.fetchLogits(vw, L, greedy, tokens, logits)
-}
-
-// fusedLayer is one decoder layer on the fused decode ops; the attention and
-// MLP outputs are added to the residual stream h in place.
-func (m *Model) fusedLayer(l *layer, i int, vw *stepViews) error {
-	fd, h := m.fd, vw.h
-	if err := fd.NormQKVRoPEWriteKV(vw.q, h, l.inNorm, m.eps, l.qkv, l.qkvb, vw.pos, m.invFreq,
-		m.nh, m.nkv, m.hd, m.kv, i, vw.slots); err != nil {
+	if err := be.TopKSoftmax(vw.topW, vw.topID, vw.rlog, m.topK, m.spec.MoE.NormTopKProb); err != nil {
 		return err
 	}
-	if err := m.be.Attention(vw.attn, vw.q, m.kv, i, &m.s.meta); err != nil {
+	if err := be.MatMulExperts(vw.egu, vw.xn, l.expGateUp, vw.topID); err != nil {
 		return err
 	}
-	if err := fd.MatMulAdd(h, vw.attn, l.o, l.ob); err != nil {
+	if err := be.SiLUMul(vw.eact, vw.egu); err != nil {
 		return err
 	}
-	if err := fd.NormGateUpSiLU(vw.act, h, l.postNorm, m.eps, l.gateUp, l.gub); err != nil {
+	if err := be.MatMulExperts(vw.eout, vw.eact, l.expDown, vw.topID); err != nil {
 		return err
 	}
-	return fd.MatMulAdd(h, vw.act, l.down, l.db)
+	return be.ScatterAdd(vw.h, vw.eout, vw.tokOf, vw.topW)
 }

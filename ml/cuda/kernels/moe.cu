@@ -1,0 +1,217 @@
+// Per-head norms and mixture-of-experts kernels (ml.Backend's RMSNormHeads,
+// TopKSoftmax, MatMulExperts, ScatterAdd). Compiled after kernels.cu, whose
+// helpers (tof, warpSum, blockSum, PDL_ENTRY) they use.
+
+// ---- rmsnorm_heads: each hd-wide head of x[T, nh*hd] normed in place ----
+// Grid (T*nh), block a multiple of 32 (blockSum).
+extern "C" __global__ void rmsnorm_heads(float* x, const float* w, int hd, float eps) {
+  PDL_ENTRY();
+  float* xr = x + (long long)blockIdx.x * hd;
+  float ss = 0.f;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) ss += xr[d] * xr[d];
+  ss = blockSum(ss);
+  const float r = 1.0f / sqrtf(ss / (float)hd + eps);
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) xr[d] = (xr[d] * r) * w[d];
+}
+
+// ---- topk_softmax: softmax over E experts, the k largest (lower index on
+// ties), optionally renormalized. Grid T, one warp per token; E <= MOE_MAXE.
+#define MOE_MAXE 1024
+extern "C" __global__ void topk_softmax(float* weights, int* ids, const float* logits, int E, int k, int normalize) {
+  PDL_ENTRY();
+  __shared__ float p[MOE_MAXE];
+  const int t = blockIdx.x, lane = threadIdx.x;
+  const float* lr = logits + (long long)t * E;
+  float mx = NEG_INF;
+  for (int i = lane; i < E; i += 32) mx = fmaxf(mx, lr[i]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float sum = 0.f;
+  for (int i = lane; i < E; i += 32) {
+    const float e = expf(lr[i] - mx);
+    p[i] = e;
+    sum += e;
+  }
+  sum = warpSum(sum);
+  for (int i = lane; i < E; i += 32) p[i] /= sum;
+  __syncwarp();
+  float tot = 0.f;
+  for (int j = 0; j < k; ++j) {
+    float bv = -1.f;
+    int bi = 0x7fffffff;
+    for (int i = lane; i < E; i += 32) {
+      const float v = p[i];
+      if (v > bv || (v == bv && i < bi)) {
+        bv = v;
+        bi = i;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if (lane == 0) {
+      ids[(long long)t * k + j] = bi;
+      weights[(long long)t * k + j] = bv;
+      p[bi] = -1.f;
+    }
+    tot += bv;
+    __syncwarp();
+  }
+  if (normalize && lane < k) weights[(long long)t * k + lane] /= tot;
+}
+
+// ---- scatter_add: dst[idx[i]] += scale[i] * src[i] (scale may be null).
+// Grid (S), block over columns. A run of equal adjacent indices (a token's
+// k expert rows) is summed in order by its first row and added once, so
+// such sums are deterministic; other repeats meet in atomics.
+extern "C" __global__ void scatter_add(float* dst, const float* src, const int* idx, const float* scale, int C,
+                                       int S) {
+  PDL_ENTRY();
+  const int i = blockIdx.x;
+  const int d = idx[i];
+  if (i > 0 && idx[i - 1] == d) return;  // not the first of its run
+  int j1 = i + 1;
+  while (j1 < S && idx[j1] == d) ++j1;
+  float* o = dst + (long long)d * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float s = 0.f;
+    for (int j = i; j < j1; ++j) s += (scale ? scale[j] : 1.f) * src[(long long)j * C + c];
+    atomicAdd(o + c, s);
+  }
+}
+
+// ---- grouped expert matmul: dst[r, :] = x[r/fan, :] · w[experts[r]]ᵀ, w
+// holding E stacked [N, K] matrices ----
+
+// expert_gemv (few rows, decode): grid (ceil(N/8), R), 8 warps a block,
+// a warp per output; only the chosen experts' rows are read.
+template <typename W>
+__device__ void expert_gemv(float* dst, const float* x, const W* w, const int* experts, int N, int K, int E, int fan) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * 8 + warp, r = blockIdx.y;
+  if (n >= N) return;
+  const int e = experts[r];
+  float s = 0.f;
+  if (e >= 0 && e < E) {
+    const float* xr = x + (long long)(r / fan) * K;
+    const W* wr = w + ((long long)e * N + n) * K;
+    for (int k = lane; k < K; k += 32) s += xr[k] * tof(wr[k]);
+    s = warpSum(s);
+  }
+  if (lane == 0) dst[(long long)r * N + n] = s;
+}
+
+// moe_align groups rows by expert for expert_gemm: each expert's rows are
+// listed in sorted (padded with -1 to a multiple of MOE_TM), tileExp
+// names the expert of each MOE_TM-row tile, and *numTiles counts them.
+// One block of 1024 threads; E <= MOE_MAXE.
+#define MOE_TM 32
+#define MOE_TN 64
+#define MOE_TK 32
+extern "C" __global__ void moe_align(const int* experts, int R, int E, int* sorted, int* tileExp, int* numTiles,
+                                     int maxTiles) {
+  PDL_ENTRY();
+  __shared__ int cnt[MOE_MAXE];
+  __shared__ int off[MOE_MAXE + 1];
+  const int tid = threadIdx.x;
+  for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
+  __syncthreads();
+  for (int r = tid; r < R; r += blockDim.x) {
+    const int e = experts[r];
+    if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+  }
+  __syncthreads();
+  if (tid == 0) {
+    off[0] = 0;
+    for (int e = 0; e < E; ++e) off[e + 1] = off[e] + (cnt[e] + MOE_TM - 1) / MOE_TM * MOE_TM;
+    *numTiles = off[E] / MOE_TM;
+  }
+  __syncthreads();
+  for (int t = tid; t < maxTiles; t += blockDim.x) tileExp[t] = -1;
+  for (int i = tid; i < off[E]; i += blockDim.x) sorted[i] = -1;
+  __syncthreads();
+  for (int e = tid; e < E; e += blockDim.x) {
+    for (int t = off[e] / MOE_TM; t < off[e + 1] / MOE_TM; ++t) tileExp[t] = e;
+    cnt[e] = 0;  // now each expert's cursor
+  }
+  __syncthreads();
+  for (int r = tid; r < R; r += blockDim.x) {
+    const int e = experts[r];
+    if (e >= 0 && e < E) sorted[off[e] + atomicAdd(&cnt[e], 1)] = r;
+  }
+}
+
+// expert_gemm (many rows, prefill): grid (ceil(N/MOE_TN), maxTiles), 256
+// threads; a block computes MOE_TM rows of one expert × MOE_TN outputs,
+// loading each weight tile once for all its rows.
+template <typename W>
+__device__ void expert_gemm(float* dst, const float* x, const W* w, const int* sorted, const int* tileExp,
+                            const int* numTiles, int N, int K, int fan) {
+  const int tile = blockIdx.y;
+  if (tile >= *numTiles) return;
+  const int e = tileExp[tile];
+  const int n0 = blockIdx.x * MOE_TN;
+  __shared__ float xs[MOE_TM][MOE_TK + 1];
+  __shared__ float ws[MOE_TN][MOE_TK + 1];
+  __shared__ int rows[MOE_TM];
+  const int tid = threadIdx.x;
+  if (tid < MOE_TM) rows[tid] = sorted[tile * MOE_TM + tid];
+  __syncthreads();
+  const int tr = tid / 16, tc = tid % 16;  // rows tr*2, tr*2+1; columns tc*4 .. tc*4+3
+  float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  for (int k0 = 0; k0 < K; k0 += MOE_TK) {
+    for (int i = tid; i < MOE_TM * MOE_TK; i += blockDim.x) {
+      const int r = i / MOE_TK, kk = i % MOE_TK, row = rows[r];
+      xs[r][kk] = (row >= 0 && k0 + kk < K) ? x[(long long)(row / fan) * K + k0 + kk] : 0.f;
+    }
+    for (int i = tid; i < MOE_TN * MOE_TK; i += blockDim.x) {
+      const int c = i / MOE_TK, kk = i % MOE_TK, n = n0 + c;
+      ws[c][kk] = (n < N && k0 + kk < K) ? tof(w[((long long)e * N + n) * K + k0 + kk]) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < MOE_TK; ++kk) {
+      const float a0 = xs[tr * 2][kk], a1 = xs[tr * 2 + 1][kk];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float bw = ws[tc * 4 + j][kk];
+        acc[0][j] += a0 * bw;
+        acc[1][j] += a1 * bw;
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = rows[tr * 2 + i];
+    if (row < 0) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int n = n0 + tc * 4 + j;
+      if (n < N) dst[(long long)row * N + n] = acc[i][j];
+    }
+  }
+}
+
+#define INST_EXPERTS(T, S)                                                                                      \
+  extern "C" __global__ void expert_gemv_##S(float* dst, const float* x, const T* w, const int* experts, int N, \
+                                             int K, int E, int fan) {                                          \
+    PDL_ENTRY();                                                                                                \
+    expert_gemv<T>(dst, x, w, experts, N, K, E, fan);                                                           \
+  }                                                                                                             \
+  extern "C" __global__ void __launch_bounds__(256) expert_gemm_##S(                                           \
+      float* dst, const float* x, const T* w, const int* sorted, const int* tileExp, const int* numTiles, int N, \
+      int K, int fan) {                                                                                         \
+    PDL_ENTRY();                                                                                                \
+    expert_gemm<T>(dst, x, w, sorted, tileExp, numTiles, N, K, fan);                                            \
+  }
+
+INST_EXPERTS(float, f32)
+INST_EXPERTS(bf16, bf16)
+INST_EXPERTS(f16, f16)

@@ -1,0 +1,244 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/llmserve/llmserve/ml"
+)
+
+// The per-head norm and mixture-of-experts ops (kernels/moe.cu).
+
+// moeMaxE bounds the experts of TopKSoftmax and MatMulExperts' grouping
+// (MOE_MAXE); moeTM is expert_gemm's row tile (MOE_TM); rows up to
+// expertGemvMaxR take the per-row GEMV, which reads only the chosen
+// experts' weights once per row (decode), larger ones the tiled GEMM over
+// rows grouped by expert (prefill).
+const (
+	moeMaxE        = 1024
+	moeTM          = 32
+	moeTN          = 64
+	expertGemvMaxR = 16
+)
+
+// moeKernelNames are moe.cu's entry points.
+func moeKernelNames() []string {
+	n := []string{"rmsnorm_heads", "topk_softmax", "scatter_add", "moe_align"}
+	for _, s := range []string{"f32", "bf16", "f16"} {
+		n = append(n, "expert_gemv_"+s, "expert_gemm_"+s)
+	}
+	return n
+}
+
+// RMSNormHeads implements ml.Backend.
+func (b *Backend) RMSNormHeads(x, w ml.Tensor, headDim int, eps float32) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	xx, err := b.f32(x, "norm-heads x")
+	if err != nil {
+		return err
+	}
+	ww, err := b.f32(w, "norm-heads weight")
+	if err != nil {
+		return err
+	}
+	if headDim <= 0 || xx.cols%headDim != 0 || ww.n() != headDim {
+		return shapeErr("norm-heads x %dx%d, weight %dx%d, head dim %d", xx.rows, xx.cols, ww.rows, ww.cols, headDim)
+	}
+	n := xx.rows * (xx.cols / headDim)
+	if n == 0 {
+		return nil
+	}
+	b.invalidate(xx.ptr, xx.bytes())
+	st := b.argStart()
+	b.aP(xx.ptr)
+	b.aP(ww.ptr)
+	b.aI(headDim)
+	b.aF(eps)
+	return b.push("rmsnorm_heads", g1(n), g1(threadsFor(headDim, 256)), st)
+}
+
+// TopKSoftmax implements ml.Backend (k <= 32, E <= 1024).
+func (b *Backend) TopKSoftmax(weights, ids, logits ml.Tensor, k int, normalize bool) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	lg, err := b.f32(logits, "topk logits")
+	if err != nil {
+		return err
+	}
+	wt, err := b.f32(weights, "topk weights")
+	if err != nil {
+		return err
+	}
+	T, E := lg.rows, lg.cols
+	if k <= 0 || k > E || wt.n() < T*k {
+		return shapeErr("topk %d of logits %dx%d into weights %dx%d", k, T, E, wt.rows, wt.cols)
+	}
+	if k > 32 || E > moeMaxE {
+		return fmt.Errorf("%w: top-%d of %d experts (max top-32 of %d)", ml.ErrUnsupported, k, E, moeMaxE)
+	}
+	ix, err := b.i32(ids, "topk ids", T*k)
+	if err != nil {
+		return err
+	}
+	if T == 0 {
+		return nil
+	}
+	b.invalidate(wt.ptr, int64(T*k)*4)
+	b.invalidate(ix.ptr, int64(T*k)*4)
+	norm := 0
+	if normalize {
+		norm = 1
+	}
+	st := b.argStart()
+	b.aP(wt.ptr)
+	b.aP(ix.ptr)
+	b.aP(lg.ptr)
+	b.aI(E)
+	b.aI(k)
+	b.aI(norm)
+	return b.push("topk_softmax", g1(T), g1(32), st)
+}
+
+// MatMulExperts implements ml.Backend: a GEMV per row for a few rows
+// (reading only the chosen experts), else rows grouped by expert on the
+// device (moe_align) and a tiled GEMM per group of 32 rows of one expert.
+// Both launch shapes depend only on the operands' shapes (graph-safe).
+func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	d, err := b.f32(dst, "experts dst")
+	if err != nil {
+		return err
+	}
+	xx, err := b.f32(x, "experts x")
+	if err != nil {
+		return err
+	}
+	ww, err := b.tens(w, "experts w")
+	if err != nil {
+		return err
+	}
+	s, ok := dtSuffix(ww.dt)
+	if !ok {
+		return fmt.Errorf("%w: expert weight dtype %v", ml.ErrUnsupported, ww.dt)
+	}
+	R, N, K := d.rows, d.cols, xx.cols
+	if ww.cols != K || N == 0 || ww.rows%N != 0 || xx.rows == 0 || R%xx.rows != 0 {
+		return shapeErr("experts dst %dx%d = x %dx%d · experts of %dx%d", d.rows, d.cols, xx.rows, xx.cols, ww.rows, ww.cols)
+	}
+	E, fan := ww.rows/N, R/xx.rows
+	ex, err := b.i32(experts, "experts ids", R)
+	if err != nil {
+		return err
+	}
+	if R == 0 {
+		return nil
+	}
+	if R > 65535 || (R > expertGemvMaxR && E > moeMaxE) {
+		return fmt.Errorf("%w: %d expert rows over %d experts", ml.ErrUnsupported, R, E)
+	}
+	b.invalidate(d.ptr, d.bytes())
+	if R <= expertGemvMaxR {
+		st := b.argStart()
+		b.aP(d.ptr)
+		b.aP(xx.ptr)
+		b.aP(ww.ptr)
+		b.aP(ex.ptr)
+		b.aI(N)
+		b.aI(K)
+		b.aI(E)
+		b.aI(fan)
+		return b.push("expert_gemv_"+s, g3((N+7)/8, R, 1), g1(256), st)
+	}
+	maxTiles := (R+moeTM-1)/moeTM + E
+	if maxTiles > 65535 {
+		return fmt.Errorf("%w: %d expert row tiles", ml.ErrUnsupported, maxTiles)
+	}
+	// One buffer: sorted rows (maxTiles*moeTM), each tile's expert, the tile count.
+	nSorted := int64(maxTiles) * moeTM
+	if err := b.ensure(&b.moeGroup, (nSorted+int64(maxTiles)+1)*4); err != nil {
+		return err
+	}
+	sorted := b.moeGroup.ptr
+	tileExp := sorted + uint64(nSorted*4)
+	numTiles := tileExp + uint64(maxTiles*4)
+	st := b.argStart()
+	b.aP(ex.ptr)
+	b.aI(R)
+	b.aI(E)
+	b.aP(sorted)
+	b.aP(tileExp)
+	b.aP(numTiles)
+	b.aI(maxTiles)
+	if err := b.push("moe_align", g1(1), g1(1024), st); err != nil {
+		return err
+	}
+	st = b.argStart()
+	b.aP(d.ptr)
+	b.aP(xx.ptr)
+	b.aP(ww.ptr)
+	b.aP(sorted)
+	b.aP(tileExp)
+	b.aP(numTiles)
+	b.aI(N)
+	b.aI(K)
+	b.aI(fan)
+	return b.push("expert_gemm_"+s, g3((N+moeTN-1)/moeTN, maxTiles, 1), g1(256), st)
+}
+
+// ScatterAdd implements ml.Backend. A run of equal adjacent indices is
+// summed in order and added once; repeats that are not adjacent are added
+// in an unspecified order (atomics).
+func (b *Backend) ScatterAdd(dst, src, idx, scale ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	d, err := b.f32(dst, "scatter dst")
+	if err != nil {
+		return err
+	}
+	sr, err := b.f32(src, "scatter src")
+	if err != nil {
+		return err
+	}
+	if d.cols != sr.cols {
+		return shapeErr("scatter dst %dx%d src %dx%d", d.rows, d.cols, sr.rows, sr.cols)
+	}
+	ix, err := b.i32(idx, "scatter idx", sr.rows)
+	if err != nil {
+		return err
+	}
+	var sp uint64
+	if scale != nil {
+		sc, err := b.f32(scale, "scatter scale")
+		if err != nil {
+			return err
+		}
+		if sc.n() < sr.rows {
+			return shapeErr("scatter scale %dx%d for %d rows", sc.rows, sc.cols, sr.rows)
+		}
+		sp = sc.ptr
+	}
+	if sr.rows == 0 {
+		return nil
+	}
+	if sr.rows > 1<<31-1 {
+		return fmt.Errorf("%w: scatter of %d rows", ml.ErrUnsupported, sr.rows)
+	}
+	b.invalidate(d.ptr, d.bytes())
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(sr.ptr)
+	b.aP(ix.ptr)
+	b.aP(sp)
+	b.aI(d.cols)
+	b.aI(sr.rows)
+	return b.push("scatter_add", g1(sr.rows), g1(threadsFor(d.cols, 256)), st)
+}
