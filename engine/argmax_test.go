@@ -175,7 +175,9 @@ func TestProcessorsOverrideDeviceArgmax(t *testing.T) {
 	if r := collect(t, free, 1)[0]; len(r.tokens) != 8 {
 		t.Errorf("plain request: %d tokens, want 8", len(r.tokens))
 	}
-	if g, n := a.greedyRows.Load(), a.rows.Load(); g == 0 || g == n {
-		t.Errorf("%d of %d rows reduced on the device: want the plain request's only", g, n)
+	// The plain request's 8 rows, and none of the constrained request's
+	// (whose steps may or may not share a step with it).
+	if g := a.greedyRows.Load(); g != 8 {
+		t.Errorf("%d rows reduced on the device, want the plain request's 8", g)
 	}
 }

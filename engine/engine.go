@@ -16,6 +16,13 @@ var (
 	ErrInvalidRequest = errors.New("engine: invalid request") // 400
 	ErrTooLong        = errors.New("engine: prompt too long") // 400
 	ErrClosed         = errors.New("engine: closed")          // 503
+	// ErrStepFailed ends the requests of a model step that failed (a
+	// device error, an out-of-memory): Output.Err wraps it and the cause.
+	ErrStepFailed = errors.New("engine: model step failed") // 500
+	// ErrUnhealthy: the device is in a state the engine cannot recover from
+	// (ml.ErrDeviceLost, or step after step failing); it refuses work until
+	// the process is restarted.
+	ErrUnhealthy = errors.New("engine: unhealthy") // 503
 )
 
 // Engine is what the HTTP layer sees.
@@ -24,8 +31,16 @@ type Engine interface {
 	// after the last one (which has FinishReason set for every one of the
 	// request's N sequences). Cancelling ctx aborts the request within one
 	// step and frees its KV blocks; its sequences finish with "abort".
+	// A request the engine could not run to the end (a failed step) gets
+	// final events with FinishReason FinishAbort and Err set.
 	Submit(ctx context.Context, req *Request) (<-chan Output, error)
 	Stats() Stats
+}
+
+// HealthChecker is implemented by engines that can turn unhealthy: Health
+// returns nil while they serve, else why not (errors.Is ErrUnhealthy).
+type HealthChecker interface {
+	Health() error
 }
 
 // Request is one generation request.
@@ -69,6 +84,10 @@ type Output struct {
 	Logprobs     []TokenLogprob
 	FinishReason string // "" while running
 	StopReason   any    // the matched stop string or stop token id, when FinishReason is "stop" by one
+	// Err is set on a final event when the sequence ended because the
+	// engine failed (errors.Is ErrStepFailed or ErrUnhealthy), not by
+	// the caller's cancellation; FinishReason is then FinishAbort.
+	Err error
 
 	PromptTokens     int
 	CompletionTokens int // so far, this sequence

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
 	"github.com/llmserve/llmserve/sample"
 	"github.com/llmserve/llmserve/tokenizer"
@@ -804,13 +805,95 @@ func TestSlowConsumer(t *testing.T) {
 	}
 }
 
-func TestForwardErrorAborts(t *testing.T) {
+// TestStepFailureFailsItsRequests: a failed step ends its requests with an
+// error (not a plain abort the server would answer 200 to); the engine
+// stays healthy and serves the next request.
+func TestStepFailureFailsItsRequests(t *testing.T) {
 	f := newFake(fakeVocab)
-	f.err = errors.New("boom")
+	boom := errors.New("out of memory")
+	f.errs = []error{boom}
 	e, _ := startEngine(t, f, fakeOpts())
-	r := collect(t, submit(t, e, context.Background(), &Request{PromptIDs: prompt(4, 1), Params: greedyParams(3)}), 1)[0]
-	if r.finish != FinishAbort {
-		t.Errorf("finish %q", r.finish)
+	p := sampledParams(3, 1)
+	p.N = 2
+	r := collect(t, submit(t, e, context.Background(), &Request{PromptIDs: prompt(4, 1), Params: p}), 2)
+	for i, sq := range r {
+		if sq.finish != FinishAbort || !errors.Is(sq.last.Err, ErrStepFailed) || !errors.Is(sq.last.Err, boom) {
+			t.Errorf("sequence %d: finish %q err %v", i, sq.finish, sq.last.Err)
+		}
+	}
+	if err := e.Health(); err != nil {
+		t.Fatalf("one failed step made the engine unhealthy: %v", err)
+	}
+	pr := prompt(4, 2)
+	got := collect(t, submit(t, e, context.Background(), &Request{PromptIDs: pr, Params: greedyParams(5)}), 1)[0]
+	checkRef(t, "after the failure", got, greedyParams(5), 0, pr, fakeOpts())
+	if got.last.Err != nil {
+		t.Fatal(got.last.Err)
+	}
+}
+
+// TestStickyFailureUnhealthy: an unrecoverable device error fails the step's
+// requests and every other one, and the engine refuses work from then on.
+func TestStickyFailureUnhealthy(t *testing.T) {
+	f, release := newHeldFake(fakeVocab)
+	f.err = fmt.Errorf("cuLaunchKernel: illegal address: %w", ml.ErrDeviceLost)
+	opts := fakeOpts()
+	opts.MaxNumSeqs = 1 // the second request waits
+	e, _ := startEngine(t, f, opts)
+	a := submit(t, e, context.Background(), &Request{PromptIDs: prompt(4, 1), Params: greedyParams(5)})
+	b := submit(t, e, context.Background(), &Request{PromptIDs: prompt(4, 2), Params: greedyParams(5)})
+	release()
+	ra, rb := collect(t, a, 1)[0], collect(t, b, 1)[0]
+	if !errors.Is(ra.last.Err, ErrStepFailed) || !errors.Is(ra.last.Err, ml.ErrDeviceLost) {
+		t.Errorf("request in the step: %q %v", ra.finish, ra.last.Err)
+	}
+	if rb.finish != FinishAbort || !errors.Is(rb.last.Err, ErrUnhealthy) {
+		t.Errorf("waiting request: %q %v", rb.finish, rb.last.Err)
+	}
+	if err := e.Health(); !errors.Is(err, ErrUnhealthy) || !errors.Is(err, ml.ErrDeviceLost) {
+		t.Fatalf("health %v", err)
+	}
+	if _, err := e.Submit(context.Background(), &Request{PromptIDs: prompt(4, 3), Params: greedyParams(5)}); !errors.Is(err, ErrUnhealthy) {
+		t.Fatalf("submit after a sticky error: %v", err)
+	}
+	if st := e.Stats(); st.Running != 0 || st.Waiting != 0 || st.KVBlocksFree != st.KVBlocksTotal {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestRepeatedStepFailuresUnhealthy: errors the backend does not call
+// unrecoverable still turn the engine unhealthy after MaxStepFailures steps
+// in a row.
+func TestRepeatedStepFailuresUnhealthy(t *testing.T) {
+	f := newFake(fakeVocab)
+	f.err = errors.New("CUBLAS_STATUS_EXECUTION_FAILED")
+	opts := fakeOpts()
+	opts.MaxStepFailures = 2
+	e, _ := startEngine(t, f, opts)
+	for i := range 2 {
+		if err := e.Health(); err != nil {
+			t.Fatalf("unhealthy after %d failures: %v", i, err)
+		}
+		r := collect(t, submit(t, e, context.Background(), &Request{PromptIDs: prompt(4, i), Params: greedyParams(3)}), 1)[0]
+		if !errors.Is(r.last.Err, ErrStepFailed) {
+			t.Fatalf("request %d: %q %v", i, r.finish, r.last.Err)
+		}
+	}
+	if err := e.Health(); !errors.Is(err, ErrUnhealthy) {
+		t.Fatalf("health after 2 failures: %v", err)
+	}
+}
+
+// A cancelled request's final event carries no error: only engine failures do.
+func TestCancelHasNoErr(t *testing.T) {
+	e, _ := startEngine(t, newFake(fakeVocab), fakeOpts())
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := submit(t, e, ctx, &Request{PromptIDs: prompt(4, 1), Params: greedyParams(200)})
+	<-ch
+	cancel()
+	r := collect(t, ch, 1)[0]
+	if r.last.Err != nil {
+		t.Fatalf("cancelled: %q %v", r.finish, r.last.Err)
 	}
 }
 

@@ -29,7 +29,8 @@ type fakeModel struct {
 	gate    chan struct{} // when set, each Forward takes a token from it first
 	entered chan int      // when set, Forward reports its step number before the gate
 	calls   int
-	err     error // returned by Forward when set
+	err     error   // returned by Forward when set
+	errs    []error // returned by the next Forward calls, one each, before err
 }
 
 type fakeSlot struct {
@@ -75,6 +76,9 @@ func (f *fakeModel) Forward(ctx context.Context, b *model.Batch, logits []float3
 	n := f.calls
 	f.calls++
 	gate, entered, ferr, hold := f.gate, f.entered, f.err, f.hold
+	if len(f.errs) > 0 {
+		ferr, f.errs = f.errs[0], f.errs[1:]
+	}
 	f.mu.Unlock()
 	if hold != nil {
 		select {

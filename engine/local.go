@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/llmserve/llmserve/kvcache"
+	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
 	"github.com/llmserve/llmserve/sample"
 )
@@ -43,6 +44,10 @@ type Options struct {
 	// tokens of each step it runs (vllm:iteration_tokens_total); it must
 	// not block.
 	OnStep func(tokens int)
+	// MaxStepFailures is how many model steps in a row may fail before the
+	// engine turns unhealthy (default 3): an error the backend does not
+	// call unrecoverable (ml.ErrDeviceLost) may still be one.
+	MaxStepFailures int
 }
 
 // Local is the in-process engine: a continuous-batching scheduler over a
@@ -67,6 +72,7 @@ type Local struct {
 	aborts     []*request
 	closed     bool
 	started    bool
+	unhealthy  error // set once, by the loop: Submit refuses work
 	numInbox   int
 	abortHooks uint64        // cancellations seen (tests wait on it)
 	wake       chan struct{} // capacity 1: "the inbox changed"
@@ -102,9 +108,13 @@ type Local struct {
 	parallelSteps int
 	counters      Stats
 	stepTime      time.Time
+	stepFailures  int // consecutive failed steps
 }
 
-var _ Engine = (*Local)(nil)
+var (
+	_ Engine        = (*Local)(nil)
+	_ HealthChecker = (*Local)(nil)
+)
 
 // New makes an engine for m and allocates its KV cache
 // (m.AllocateKV(NumBlocks, BlockSize)).
@@ -127,6 +137,9 @@ func New(m model.Model, opts Options) (*Local, error) {
 	}
 	if opts.MaxLogprobs <= 0 {
 		opts.MaxLogprobs = 20
+	}
+	if opts.MaxStepFailures <= 0 {
+		opts.MaxStepFailures = 3
 	}
 	if cfg.VocabSize <= 0 {
 		return nil, fmt.Errorf("engine: model vocabulary size %d", cfg.VocabSize)
@@ -293,6 +306,11 @@ func (e *Local) Submit(ctx context.Context, req *Request) (<-chan Output, error)
 		e.mu.Unlock()
 		return nil, ErrClosed
 	}
+	if e.unhealthy != nil {
+		err := e.unhealthy
+		e.mu.Unlock()
+		return nil, err
+	}
 	// Registered under the lock: the hook (its own goroutine) can only
 	// queue the abort after the request is in the inbox, so the loop never
 	// sees an abort for a request it has not admitted.
@@ -370,19 +388,61 @@ func (e *Local) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			e.log.Error("engine: forward step failed; aborting its requests", "err", err, "tokens", len(e.batch.Tokens), "seqs", len(e.batch.Seqs))
-			for _, s := range e.scheduled {
-				e.abortRequest(s.req)
-			}
-			e.scheduled = e.scheduled[:0]
-			e.compactRunning()
-			e.publishStats()
+			e.stepFailed(err)
 			continue
 		}
+		e.stepFailures = 0
 		e.afterStep()
 		e.flushPending()
 		e.publishStats()
 	}
+}
+
+// Health implements HealthChecker: nil until a step failure turned the
+// engine unhealthy.
+func (e *Local) Health() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.unhealthy
+}
+
+// stepFailed ends the failed step's requests with the error (their
+// clients get an error, not a truncated success). An error the backend
+// calls unrecoverable, or MaxStepFailures failures in a row, turn the
+// engine unhealthy: every other request fails too and Submit refuses work,
+// since further steps would fail again or compute garbage.
+func (e *Local) stepFailed(err error) {
+	e.stepFailures++
+	e.log.Error("engine: model step failed; failing its requests", "err", err,
+		"tokens", len(e.batch.Tokens), "seqs", len(e.batch.Seqs), "failures_in_a_row", e.stepFailures)
+	ferr := fmt.Errorf("%w: %w", ErrStepFailed, err)
+	for _, s := range e.scheduled {
+		e.endRequest(s.req, ferr)
+	}
+	clear(e.scheduled)
+	e.scheduled = e.scheduled[:0]
+	e.compactRunning()
+	if errors.Is(err, ml.ErrDeviceLost) || e.stepFailures >= e.opts.MaxStepFailures {
+		uerr := fmt.Errorf("%w: %w", ErrUnhealthy, err)
+		e.log.Error("engine: unhealthy, refusing work until restarted", "err", err)
+		e.mu.Lock()
+		e.unhealthy = uerr
+		inbox := e.inbox
+		e.inbox = nil
+		e.numInbox = 0
+		e.mu.Unlock()
+		for _, r := range inbox {
+			e.admit(r)
+		}
+		for len(e.waiting) > 0 {
+			e.endRequest(e.waiting[0].req, uerr)
+		}
+		for len(e.running) > 0 {
+			e.endRequest(e.running[0].req, uerr)
+			e.compactRunning()
+		}
+	}
+	e.publishStats()
 }
 
 // drain moves submitted requests into the waiting queue and applies aborts.
@@ -444,7 +504,11 @@ func (e *Local) newSequence(r *request, index int, seed uint64, capTokens int) *
 
 // abortRequest finishes every unfinished sequence of r with FinishAbort and
 // frees its blocks. The caller compacts e.running.
-func (e *Local) abortRequest(r *request) {
+func (e *Local) abortRequest(r *request) { e.endRequest(r, nil) }
+
+// endRequest is abortRequest with the final events carrying err (nil for a
+// cancellation or shutdown).
+func (e *Local) endRequest(r *request, err error) {
 	if r.done {
 		return
 	}
@@ -458,6 +522,7 @@ func (e *Local) abortRequest(r *request) {
 			RequestID:        r.id,
 			Index:            s.index,
 			FinishReason:     FinishAbort,
+			Err:              err,
 			PromptTokens:     s.promptLen,
 			CompletionTokens: s.numOutput(),
 			CachedTokens:     s.cachedTokens,
@@ -470,7 +535,7 @@ func (e *Local) abortRequest(r *request) {
 	// Children never created are aborted too.
 	for i := len(r.seqs); i < r.params.N; i++ {
 		r.numDone++
-		e.send(r, Output{RequestID: r.id, Index: i, FinishReason: FinishAbort, PromptTokens: len(r.prompt),
+		e.send(r, Output{RequestID: r.id, Index: i, FinishReason: FinishAbort, Err: err, PromptTokens: len(r.prompt),
 			ArrivalTime: r.arrival, ScheduledTime: r.scheduled, FirstToken: r.firstTok, Time: now})
 	}
 	if len(r.seqs) > 0 {

@@ -132,6 +132,7 @@ func mergeOutput(a *Output, b Output) {
 		a.Logprobs = append(a.Logprobs[:len(a.Logprobs):len(a.Logprobs)], b.Logprobs...)
 	}
 	a.FinishReason = b.FinishReason
+	a.Err = b.Err
 	a.StopReason = b.StopReason
 	a.CompletionTokens = b.CompletionTokens
 	a.CachedTokens = b.CachedTokens

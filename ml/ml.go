@@ -62,6 +62,12 @@ var ErrUnsupported = errors.New("ml: unsupported")
 // caller may run the step again.
 var ErrRetryStep = errors.New("ml: step refused at launch, run it again")
 
+// ErrDeviceLost marks a device error the backend cannot recover from (CUDA's
+// sticky errors: an illegal address, a kernel fault): every later call on
+// the device fails or computes garbage, so the process must be restarted.
+// Backends make their errors match it with errors.Is.
+var ErrDeviceLost = errors.New("ml: device in an unrecoverable state")
+
 // Tensor is backend-owned memory holding a rows×cols matrix.
 type Tensor interface {
 	DType() DType

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -146,6 +147,12 @@ func resolveOptions(cfg *Config, o LoadOptions) (resolved, error) {
 // BuiltinModels). opts.Backend nil means a CPU backend over all cores,
 // closed with the model.
 func Load(path string, opts LoadOptions) (Model, error) {
+	return LoadContext(context.Background(), path, opts)
+}
+
+// LoadContext is Load that gives up between tensors once ctx is done (a
+// SIGTERM while a large checkpoint loads), returning ctx's error.
+func LoadContext(ctx context.Context, path string, opts LoadOptions) (Model, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -163,7 +170,7 @@ func Load(path string, opts LoadOptions) (Model, error) {
 		return nil, err
 	}
 	w := &Weights{Config: cfg, DType: r.store, Compute: r.compute, KVDType: r.kv, Logger: log,
-		ckpt: r.ckpt, seed: uint64(opts.Seed)}
+		ckpt: r.ckpt, seed: uint64(opts.Seed), ctx: ctx}
 	if r.format == "safetensors" {
 		if dir == "" {
 			return nil, fmt.Errorf("%w: %q is a built-in config without local weights; use --load-format dummy or download the model", ErrNotFound, path)
@@ -242,6 +249,7 @@ type Weights struct {
 	src  weights.Source // nil: dummy
 	ckpt ml.DType
 	seed uint64
+	ctx  context.Context // nil: never cancelled
 	// Bytes counts the memory of the tensors loaded through Load.
 	Bytes int64
 }
@@ -259,6 +267,9 @@ func (w *Weights) Has(name string) bool {
 
 // Get returns the named tensor, which must have the given shape.
 func (w *Weights) Get(name string, shape ...int) (*weights.Tensor, error) {
+	if err := w.cancelled(); err != nil {
+		return nil, err
+	}
 	if w.src == nil {
 		return w.dummy(name, shape), nil
 	}
@@ -311,8 +322,22 @@ func (w *Weights) Load(name string, store ml.DType, rows, cols int, shape ...int
 	return w.Upload(name, t.Data, t.DType, store, rows, cols)
 }
 
+// cancelled is the load context's error, checked before each tensor.
+func (w *Weights) cancelled() error {
+	if w.ctx == nil {
+		return nil
+	}
+	if err := w.ctx.Err(); err != nil {
+		return fmt.Errorf("model: loading stopped: %w", err)
+	}
+	return nil
+}
+
 // Upload creates a backend tensor from raw data (for fused tensors).
 func (w *Weights) Upload(name string, data []byte, src, store ml.DType, rows, cols int) (ml.Tensor, error) {
+	if err := w.cancelled(); err != nil {
+		return nil, err
+	}
 	x, err := w.Backend.LoadWeight(rows, cols, data, src, store)
 	if err != nil {
 		return nil, fmt.Errorf("model: loading %q: %w", name, err)

@@ -39,6 +39,7 @@ type apiError struct {
 	retryAfter string // Retry-After header, when set
 	reject     string // metrics rejection reason, when counted
 	internal   error  // logged, never sent
+	closeConn  bool   // the connection cannot be reused (a body left half read)
 }
 
 // errorOf maps err to its status and OpenAI error: the only place errors
@@ -79,6 +80,15 @@ func (s *Server) errorOf(err error) apiError {
 	case errors.Is(err, engine.ErrInvalidRequest):
 		return apiError{status: http.StatusBadRequest, typ: "invalid_request_error",
 			msg: "the request's parameters are outside what this server can run", reject: metrics.RejectInvalid, internal: err}
+	case errors.Is(err, ErrBodyTimeout):
+		return apiError{status: http.StatusRequestTimeout, typ: "invalid_request_error", msg: err.Error(),
+			code: "request_timeout", reject: metrics.RejectInvalid, closeConn: true}
+	case errors.Is(err, ErrShutdownDeadline):
+		status, typ, msg, code := endError(err)
+		return apiError{status: status, typ: typ, msg: msg, code: code, reject: metrics.RejectDraining}
+	case errors.Is(err, engine.ErrUnhealthy), errors.Is(err, engine.ErrStepFailed):
+		status, typ, msg, code := endError(err)
+		return apiError{status: status, typ: typ, msg: msg, code: code, reject: metrics.RejectEngine, internal: err}
 	}
 	return apiError{status: http.StatusInternalServerError, typ: "server_error", msg: "internal server error", reject: metrics.RejectEngine, internal: err}
 }
@@ -99,6 +109,9 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	if e.retryAfter != "" {
 		w.Header().Set("Retry-After", e.retryAfter)
 	}
+	if e.closeConn {
+		w.Header().Set("Connection", "close")
+	}
 	s.writeError(w, e.status, e.typ, e.msg, e.param, e.code)
 }
 
@@ -112,7 +125,7 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 		// Anything but whitespace after the object is malformed.
 		if _, terr := dec.Token(); terr != io.EOF {
 			var mbe *http.MaxBytesError
-			if errors.As(terr, &mbe) {
+			if errors.As(terr, &mbe) || errors.Is(terr, ErrBodyTimeout) {
 				return terr
 			}
 			return openai.Invalid("", "malformed JSON: unexpected data after the request object")
@@ -124,7 +137,7 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
-	case errors.As(err, &mbe):
+	case errors.As(err, &mbe), errors.Is(err, ErrBodyTimeout):
 		return err
 	case errors.Is(err, io.EOF):
 		return openai.Invalid("", "request body is empty")

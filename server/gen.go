@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -142,10 +145,15 @@ type promptState struct {
 
 // call is one admitted generation in flight.
 type call struct {
-	s       *Server
-	ctx     context.Context
-	cancel  context.CancelFunc
+	s   *Server
+	id  string
+	ctx context.Context
+	// cancel aborts the call's engine requests; its cause says why (nil:
+	// the client left or the call is over).
+	cancel  context.CancelCauseFunc
+	stopEnd func() bool // unregisters the EndInFlight hook
 	release func()
+	err     error // the first engine error (Output.Err) of any sequence
 	n       int
 	ch      <-chan engine.Output
 	closed  bool
@@ -168,8 +176,9 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	c := &call{s: s, ctx: ctx, cancel: cancel, release: release, n: g.params.N, start: start,
+	ctx, cancel := context.WithCancelCause(r.Context())
+	stopEnd := context.AfterFunc(s.endCtx, func() { cancel(ErrShutdownDeadline) })
+	c := &call{s: s, id: g.id, ctx: ctx, cancel: cancel, stopEnd: stopEnd, release: release, n: g.params.N, start: start,
 		seqs: make([]seqState, len(g.prompts)*g.params.N), prompts: make([]promptState, len(g.prompts)),
 		params: g.params, info: reqInfoFrom(r.Context()), promptIDs: g.prompts, post: g.post}
 	if c.info == nil {
@@ -184,7 +193,8 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 		// On an error or a panic in Submit: abort what was submitted and
 		// give the slots back.
 		if !submitted {
-			cancel()
+			cancel(nil)
+			stopEnd()
 			for _, ch := range chans {
 				for range ch {
 				}
@@ -236,6 +246,12 @@ func (s *Server) begin(r *http.Request, start time.Time, g *genRequest) (*call, 
 	} else {
 		c.fold(&o)
 	}
+	// An engine failure or the shutdown deadline before the first output
+	// is still a plain error status.
+	if err := c.failure(); err != nil {
+		c.abort()
+		return nil, err
+	}
 	c.firstAt = time.Now()
 	return c, nil
 }
@@ -274,7 +290,7 @@ func merge(chans []<-chan engine.Output, n int) <-chan engine.Output {
 // abort cancels the engine request, waits for the stream to close (the
 // engine has then freed its blocks) and releases the admission slots.
 func (c *call) abort() {
-	c.cancel()
+	c.cancel(nil)
 	c.drain()
 	c.done()
 }
@@ -317,7 +333,8 @@ func (c *call) done() {
 			N: c.n, MaxTokens: c.params.MaxTokens, MaxGenerationTokens: maxGen,
 		})
 	}
-	c.cancel()
+	c.stopEnd()
+	c.cancel(nil)
 	c.release()
 }
 
@@ -394,6 +411,10 @@ func (c *call) fold(o *engine.Output) {
 		p.completion += o.CompletionTokens - sq.completion
 		sq.completion = o.CompletionTokens
 	}
+	if o.Err != nil && c.err == nil {
+		c.err = o.Err
+		c.cancel(o.Err) // the call's other prompts' engine requests end too
+	}
 	c.addText(sq, o.Text)
 	if c.wantIDs() {
 		sq.ids = append(sq.ids, o.TokenIDs...)
@@ -436,10 +457,96 @@ func (c *call) next() {
 	}
 }
 
-// collect runs a non-streaming call to the end; false means the client left.
-func (c *call) collect() bool {
+// errClientGone: the client left before the call ended; nothing is written.
+var errClientGone = errors.New("server: client gone")
+
+// collect runs a non-streaming call to the end. It returns the failure that
+// ended it early (an engine error, the shutdown deadline), errClientGone
+// when the client left, else nil.
+func (c *call) collect() error {
 	c.drain()
-	return c.ctx.Err() == nil
+	if err := c.failure(); err != nil {
+		return err
+	}
+	if c.ctx.Err() != nil && !c.finished() {
+		return errClientGone
+	}
+	return nil
+}
+
+// writeCollectErr answers a non-streaming call that collect ended early
+// (nothing when the client left).
+func (s *Server) writeCollectErr(w http.ResponseWriter, err error) {
+	if !errors.Is(err, errClientGone) {
+		s.writeErr(w, err)
+	}
+}
+
+// finished reports whether every sequence reached its own end (not an abort).
+func (c *call) finished() bool {
+	for i := range c.seqs {
+		if f := c.seqs[i].finish; f == "" || f == engine.FinishAbort {
+			return false
+		}
+	}
+	return true
+}
+
+// failure is why the server ended the call early, if it did: an engine
+// error, or the shutdown deadline (EndInFlight) before every sequence
+// finished. Nil when the call ran to its end or the client left.
+func (c *call) failure() error {
+	if c.err != nil {
+		return c.err
+	}
+	if c.ctx.Err() == nil {
+		return nil
+	}
+	if cause := context.Cause(c.ctx); errors.Is(cause, ErrShutdownDeadline) && !c.finished() {
+		return cause
+	}
+	return nil
+}
+
+// shownFinish is the finish reason and stop reason a stream shows for sq:
+// none for a sequence the server's failure aborted (the stream ends with
+// an error event instead of claiming an abort the client never asked for).
+func shownFinish(sq *seqState, failed bool) (string, any) {
+	if failed && sq.finish == engine.FinishAbort {
+		return "", nil
+	}
+	return sq.finish, sq.stop
+}
+
+// appendEnd appends what ends a stream: an error event when the server cut
+// the call short, else usage's events (when not nil); then [DONE].
+func (c *call) appendEnd(e *sse, usage func()) {
+	if err := c.failure(); err != nil {
+		_, typ, msg, code := endError(err)
+		b, _ := json.Marshal(openai.ErrorResponse{Error: openai.Error{Message: msg, Type: typ, Code: code}})
+		e.event()
+		e.buf = append(e.buf, b...)
+		e.end()
+	} else if usage != nil {
+		usage()
+	}
+	e.buf = append(e.buf, "data: [DONE]\n\n"...)
+}
+
+// endError maps the errors that end a call early to an OpenAI error: the
+// status, type, message and code; status 0 for any other error.
+func endError(err error) (status int, typ, msg, code string) {
+	switch {
+	case errors.Is(err, ErrShutdownDeadline):
+		return http.StatusServiceUnavailable, "service_unavailable_error",
+			"the server is shutting down and the request did not finish within its shutdown timeout", "draining"
+	case errors.Is(err, engine.ErrUnhealthy):
+		return http.StatusServiceUnavailable, "service_unavailable_error",
+			"the inference engine failed and must be restarted", "unhealthy"
+	case errors.Is(err, engine.ErrStepFailed):
+		return http.StatusInternalServerError, "server_error", "the inference engine failed while running this request", "engine_error"
+	}
+	return 0, "", "", ""
 }
 
 // usage totals the call.
@@ -501,12 +608,16 @@ func (e *sse) flush() error {
 
 // stream runs the call to the end, calling emit after each batch of
 // outputs to append events for the pending sequences. On a write failure
-// the engine request is cancelled and the stream drained.
+// (the client left, or stopped reading for StreamWriteTimeout) the engine
+// request is cancelled and the stream drained.
 func (c *call) stream(e *sse, emit func()) {
 	emit()
 	for {
 		if err := e.flush(); err != nil {
-			c.cancel()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				c.s.log.Warn("client stopped reading: stream cut", "after", c.s.opts.StreamWriteTimeout, "request", c.id)
+			}
+			c.cancel(nil)
 		}
 		if c.closed {
 			return

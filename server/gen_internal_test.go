@@ -19,8 +19,8 @@ func testCall(t testing.TB, ch chan engine.Output, n int) *call {
 		t.Fatal(err)
 	}
 	s := &Server{metrics: m}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &call{s: s, ctx: ctx, cancel: cancel, release: func() {}, n: n, ch: ch,
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &call{s: s, ctx: ctx, cancel: cancel, stopEnd: func() bool { return true }, release: func() {}, n: n, ch: ch,
 		seqs: make([]seqState, n), prompts: make([]promptState, 1)}
 }
 

@@ -71,7 +71,8 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", g.id)
 	sq := &c.seqs[0]
 	if !req.Stream {
-		if !c.collect() {
+		if err := c.collect(); err != nil {
+			s.writeCollectErr(w, err)
 			return
 		}
 		resp := GenerateResponse{Text: string(sq.text), FinishReason: sq.finish, PromptTokens: c.prompts[0].tokens,
@@ -81,13 +82,14 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	}
 	e := startSSE(w)
 	c.stream(e, func() {
-		if sq.pending && (len(sq.text) > 0 || sq.finish != "") {
+		finish, _ := shownFinish(sq, c.failure() != nil)
+		if sq.pending && (len(sq.text) > 0 || finish != "") {
 			e.event()
 			e.buf = append(e.buf, `{"text":`...)
 			e.buf = openai.AppendString(e.buf, sq.text)
-			if sq.finish != "" {
+			if finish != "" {
 				e.buf = append(e.buf, `,"finish_reason":`...)
-				e.buf = openai.AppendString(e.buf, sq.finish)
+				e.buf = openai.AppendString(e.buf, finish)
 				e.buf = append(e.buf, `,"prompt_tokens":`...)
 				e.buf = strconv.AppendInt(e.buf, int64(c.prompts[0].tokens), 10)
 				e.buf = append(e.buf, `,"completion_tokens":`...)
@@ -103,7 +105,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 		sq.text = sq.text[:0]
 		sq.pending = false
 		if c.closed {
-			e.buf = append(e.buf, "data: [DONE]\n\n"...)
+			c.appendEnd(e, nil)
 		}
 	})
 }
@@ -130,7 +132,8 @@ func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
 
 // HealthResponse is GET /health.
 type HealthResponse struct {
-	Status        string  `json:"status"` // ok, loading, draining
+	Status        string  `json:"status"`          // ok, loading, draining, unhealthy
+	Error         string  `json:"error,omitempty"` // why unhealthy
 	Model         string  `json:"model"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
 	Running       int     `json:"running"`
@@ -171,7 +174,15 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		h.Backend, h.DType, h.WeightsBytes, h.KVCacheBytes = mi.Backend, mi.DType, mi.WeightsBytes, mi.KVCacheBytes
 	}
 	code := http.StatusOK
+	herr := error(nil)
+	if s.engine() != nil {
+		herr = s.health()
+	}
 	switch {
+	case herr != nil:
+		// A device the engine cannot recover: 503 so an orchestrator
+		// restarts the server rather than route requests to it.
+		h.Status, h.Error, code = "unhealthy", herr.Error(), http.StatusServiceUnavailable
 	case s.draining.Load():
 		h.Status, code = "draining", http.StatusServiceUnavailable
 	case s.engine() == nil:

@@ -105,7 +105,8 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		s.streamOpenAI(w, c, enc, want, req.StreamOptions, false)
 		return
 	}
-	if !c.collect() {
+	if err := c.collect(); err != nil {
+		s.writeCollectErr(w, err)
 		return
 	}
 	enc := s.newEncoder(openai.KindCompletion, g.id, model, req.ReturnTokensAsTokenIDs)
@@ -173,23 +174,25 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encode
 	}
 	sentPrompt := make([]bool, len(c.seqs))
 	c.stream(e, func() {
+		failed := c.failure() != nil
 		for i := range c.seqs {
 			sq := &c.seqs[i]
 			if !sq.pending {
 				continue
 			}
-			if len(sq.text) == 0 && len(sq.lps) == 0 && len(sq.ids) == 0 && sq.finish == "" &&
+			finish, stop := shownFinish(sq, failed)
+			if len(sq.text) == 0 && len(sq.lps) == 0 && len(sq.ids) == 0 && finish == "" &&
 				(sq.out == nil || len(sq.out.reasoning) == 0 && len(sq.out.calls) == 0) {
 				sq.pending = false
 				continue
 			}
 			if c.post != nil {
-				c.emitSplit(e, enc, i, wantLogprobs)
+				c.emitSplit(e, enc, i, wantLogprobs, finish, stop)
 				continue
 			}
 			ch := &one[0]
 			*ch = openai.Choice{Index: i, Text: sq.text, WantLogprobs: wantLogprobs, Logprobs: sq.lps,
-				TextOffset: sq.textOffset, FinishReason: sq.finish, StopReason: sq.stop}
+				TextOffset: sq.textOffset, FinishReason: finish, StopReason: stop}
 			c.tokenIDs(ch, i, !chat && !sentPrompt[i])
 			sentPrompt[i] = true
 			e.event()
@@ -202,13 +205,16 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encode
 			sq.pending = false
 		}
 		if c.closed {
+			var usage func()
 			if so != nil && so.IncludeUsage {
-				u := c.usage()
-				e.event()
-				e.buf = enc.Append(e.buf, nil, &u)
-				e.end()
+				usage = func() {
+					u := c.usage()
+					e.event()
+					e.buf = enc.Append(e.buf, nil, &u)
+					e.end()
+				}
 			}
-			e.buf = append(e.buf, "data: [DONE]\n\n"...)
+			c.appendEnd(e, usage)
 		}
 	})
 }
@@ -218,7 +224,7 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, c *call, enc *openai.Encode
 // reasoning and the content, then one per tool-call delta as OpenAI
 // streams them; logprobs and token ids go with the first chunk, the
 // finish reason with the last.
-func (c *call) emitSplit(e *sse, enc *openai.Encoder, i int, wantLogprobs bool) {
+func (c *call) emitSplit(e *sse, enc *openai.Encoder, i int, wantLogprobs bool, finish string, stop any) {
 	sq := &c.seqs[i]
 	chunks := c.post.chunks[:0]
 	if o := sq.out; o != nil {
@@ -242,7 +248,7 @@ func (c *call) emitSplit(e *sse, enc *openai.Encoder, i int, wantLogprobs bool) 
 	first, last := &chunks[0], &chunks[len(chunks)-1]
 	first.WantLogprobs, first.Logprobs = wantLogprobs, sq.lps
 	c.tokenIDs(first, i, false)
-	last.FinishReason, last.StopReason = sq.finish, sq.stop
+	last.FinishReason, last.StopReason = finish, stop
 	for k := range chunks {
 		e.event()
 		e.buf = enc.Append(e.buf, chunks[k:k+1], nil)
@@ -335,7 +341,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		s.streamOpenAI(w, c, enc, req.Logprobs, req.StreamOptions, true)
 		return
 	}
-	if !c.collect() {
+	if err := c.collect(); err != nil {
+		s.writeCollectErr(w, err)
 		return
 	}
 	enc := s.newEncoder(openai.KindChat, g.id, model, req.ReturnTokensAsTokenIDs)

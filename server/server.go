@@ -2,8 +2,9 @@
 // endpoints (/generate, /health, /metrics, /models) and the OpenAI API
 // (/v1/completions, /v1/chat/completions, /v1/models), plus vLLM's /tokenize
 // and /detokenize, with admission control (429), cancellation on
-// disconnect, bearer auth, panic isolation and graceful drain. It talks to
-// any engine.Engine.
+// disconnect, bearer auth, panic isolation and graceful drain, and the
+// transport bounds of transport.go (per-write deadlines, body and idle
+// timeouts, a connection limit). It talks to any engine.Engine.
 package server
 
 import (
@@ -51,6 +52,9 @@ var (
 	ErrModelNotFound = errors.New("server: model not found")                                      // 404
 	ErrUnauthorized  = errors.New("server: invalid API key")                                      // 401
 	ErrNoTokenizer   = errors.New("server: no tokenizer (--skip-tokenizer-init): send token ids") // 400
+	// ErrShutdownDeadline ends the requests still running when the drain
+	// deadline passes (EndInFlight): 503, or a final error event.
+	ErrShutdownDeadline = errors.New("server: shutdown deadline passed")
 )
 
 // Options configure a Server.
@@ -83,6 +87,24 @@ type Options struct {
 	MaxNumSeqs int
 	// DefaultMaxTokens for /generate and /v1/completions when the request gives none (default 16).
 	DefaultMaxTokens int
+
+	// Transport bounds, applied by NewHTTPServer, Listener and Handler.
+	// StreamWriteTimeout bounds each write of a response, re-armed before
+	// every write and flush: a client that reads nothing for this long is
+	// cut and its request aborted (slot and KV blocks freed); 0 = none.
+	StreamWriteTimeout time.Duration
+	// ReadHeaderTimeout bounds the request line and headers (default 10s).
+	ReadHeaderTimeout time.Duration
+	// BodyReadTimeout bounds reading a request body (408 past it); the
+	// response phase is not bounded by it. 0 = none.
+	BodyReadTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle this long; 0 = none.
+	IdleTimeout time.Duration
+	// MaxConnections bounds open connections (0 = none); the last
+	// ConnectionReserve of them (default MaxConnections/16, at least 1)
+	// serve only /health, /ping, /metrics and /v1/models.
+	MaxConnections    int
+	ConnectionReserve int
 	// Registry receives the metrics and serves /metrics; nil = a new one.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
@@ -129,6 +151,11 @@ type Server struct {
 	idleMu   sync.Mutex
 	idle     chan struct{} // closed when admitted drops to 0 while draining
 
+	// endCtx is cancelled by EndInFlight: every call's context follows it.
+	endCtx      context.Context
+	endInFlight context.CancelFunc
+	conns       *connLimiter // nil: no connection limit
+
 	idPrefix string
 	idSeq    atomic.Uint64
 	handler  http.Handler
@@ -164,6 +191,9 @@ func New(opts Options) (*Server, error) {
 	if opts.ModelRoot == "" {
 		opts.ModelRoot = opts.ModelNames[0]
 	}
+	if opts.ReadHeaderTimeout <= 0 {
+		opts.ReadHeaderTimeout = defaultReadHeaderTimeout
+	}
 	s := &Server{opts: opts, log: opts.Logger, tok: opts.Tokenizer, start: time.Now(), idle: make(chan struct{})}
 	if opts.Engine != nil {
 		s.eng.Store(&engineBox{opts.Engine})
@@ -184,6 +214,14 @@ func New(opts Options) (*Server, error) {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	s.idPrefix = hex.EncodeToString(rnd[:])
+	if opts.MaxConnections > 0 {
+		reserve := opts.ConnectionReserve
+		if reserve <= 0 {
+			reserve = max(1, opts.MaxConnections/16)
+		}
+		s.conns = newConnLimiter(opts.MaxConnections, reserve, s.log)
+	}
+	s.endCtx, s.endInFlight = context.WithCancel(context.Background())
 	s.handler = s.logRequests(s.routes())
 	return s, nil
 }
@@ -197,6 +235,14 @@ func (s *Server) SetModelInfo(mi ModelInfo) { s.modelInfo.Store(&mi) }
 func (s *Server) engine() engine.Engine {
 	if b := s.eng.Load(); b != nil {
 		return b.e
+	}
+	return nil
+}
+
+// health is the engine's engine.HealthChecker verdict (nil when it has none).
+func (s *Server) health() error {
+	if hc, ok := s.engine().(engine.HealthChecker); ok {
+		return hc.Health()
 	}
 	return nil
 }
@@ -226,6 +272,13 @@ func (s *Server) Drain() {
 
 // Draining reports whether Drain was called.
 func (s *Server) Draining() bool { return s.draining.Load() }
+
+// EndInFlight ends every admitted request now, for a drain whose deadline
+// passed: their engine requests are aborted, a stream gets a final error
+// event and [DONE] (so clients see an error, not a cut connection), and a
+// request not yet answered gets a 503. Call it after Drain; WaitIdle then
+// returns once the handlers have written their last bytes.
+func (s *Server) EndInFlight() { s.endInFlight() }
 
 // WaitIdle waits, after Drain, until no admitted request is left or ctx ends.
 func (s *Server) WaitIdle(ctx context.Context) error {
@@ -260,6 +313,10 @@ func (s *Server) admit(k int) (release func(), err error) {
 	if s.engine() == nil {
 		s.metrics.Reject(metrics.RejectNotReady)
 		return nil, ErrNotReady
+	}
+	if err := s.health(); err != nil {
+		s.metrics.Reject(metrics.RejectEngine)
+		return nil, err
 	}
 	limit := int64(s.opts.MaxConcurrentRequests)
 	for {
@@ -320,7 +377,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, http.StatusNotFound, "not_found_error", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path), "", nil)
 	}))
-	return s.recoverPanics(mux)
+	return s.transport(s.recoverPanics(mux))
 }
 
 // allow restricts a route to one method (GET also allows HEAD).
@@ -366,29 +423,13 @@ func bearerToken(h string) (string, bool) {
 	return token, token != ""
 }
 
-// trackingWriter remembers whether a response has started, so a panic can
-// still become a clean 500 when nothing was sent.
-type trackingWriter struct {
-	http.ResponseWriter
-	wrote bool
-}
-
-func (t *trackingWriter) WriteHeader(code int) { t.wrote = true; t.ResponseWriter.WriteHeader(code) }
-func (t *trackingWriter) Write(b []byte) (int, error) {
-	t.wrote = true
-	return t.ResponseWriter.Write(b)
-}
-func (t *trackingWriter) Unwrap() http.ResponseWriter { return t.ResponseWriter }
-func (t *trackingWriter) Flush() {
-	if f, ok := t.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
 // recoverPanics turns a handler panic into a 500 for that request only.
 func (s *Server) recoverPanics(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tw := &trackingWriter{ResponseWriter: w}
+		tw, ok := w.(*respWriter)
+		if !ok {
+			tw = &respWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
+		}
 		defer func() {
 			v := recover()
 			if v == nil {

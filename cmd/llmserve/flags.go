@@ -39,6 +39,11 @@ type config struct {
 	MaxConcurrentRequests int
 	MaxQueueWait          time.Duration
 	ShutdownTimeout       time.Duration
+	StreamWriteTimeout    time.Duration
+	ReadHeaderTimeout     time.Duration
+	BodyReadTimeout       time.Duration
+	IdleTimeout           time.Duration
+	MaxConnections        int // 0 = from the descriptor limit
 	Device                string
 	KVCacheMemory         int64 // bytes; 0 = default for the device
 	MaxLogprobs           int
@@ -363,7 +368,12 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.StringVar(&c.APIKey, "api-key", "", "require this Bearer token on the API (or $LLMSERVE_API_KEY, $VLLM_API_KEY)")
 	fs.IntVar(&c.MaxConcurrentRequests, "max-concurrent-requests", 512, "admitted sequences (running plus waiting; n per prompt of a request) before 429; 0 = unbounded")
 	fs.DurationVar(&c.MaxQueueWait, "max-queue-wait", 0, "503 for requests still queued (not scheduled) after this long; 0 = wait")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long the drain may take: in-flight requests run until min(5s, timeout/4) before it, then end with an error event or a 503; a second signal exits at once")
+	fs.DurationVar(&c.StreamWriteTimeout, "stream-write-timeout", 30*time.Second, "cut a response whose client accepts no bytes for this long (per write, so long streams to reading clients are never cut), freeing its slot and KV cache; 0 = never")
+	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time to read a request's line and headers")
+	fs.DurationVar(&c.BodyReadTimeout, "body-read-timeout", 30*time.Second, "time to read a request body once its headers are in (408 past it); 0 = none")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 90*time.Second, "close keep-alive connections idle this long (above load balancers' usual 60 s); 0 = never")
+	fs.IntVar(&c.MaxConnections, "max-connections", 0, "open connections at most; past it idle keep-alive ones are closed first, and the last 1/16 serve only /health, /ping, /metrics, /v1/models (0 = the open-file limit minus 64)")
 	fs.IntVar(&c.MaxLogprobs, "max-logprobs", 20, "most logprobs a request may ask for")
 	reqIDHeaders := fs.Bool("enable-request-id-headers", false, "accepted: X-Request-Id is always honoured and echoed")
 	frontendMP := fs.Bool("disable-frontend-multiprocessing", false, "accepted: one process")
@@ -557,6 +567,9 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	}
 	if c.MaxConcurrentRequests < 0 || c.MaxQueueWait < 0 || c.ShutdownTimeout < 0 {
 		errs = append(errs, errors.New("--max-concurrent-requests, --max-queue-wait and --shutdown-timeout must not be negative"))
+	}
+	if c.StreamWriteTimeout < 0 || c.ReadHeaderTimeout < 0 || c.BodyReadTimeout < 0 || c.IdleTimeout < 0 || c.MaxConnections < 0 {
+		errs = append(errs, errors.New("--stream-write-timeout, --read-header-timeout, --body-read-timeout, --idle-timeout and --max-connections must not be negative"))
 	}
 	switch c.Device {
 	case "auto", "cpu", "cuda":

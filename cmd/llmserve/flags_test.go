@@ -35,6 +35,10 @@ func TestParseFlags(t *testing.T) {
 		c.MaxQueueWait != 3*time.Second || c.Port != 9000 || c.APIKey != "from-env" || c.Device != "auto" || c.MaxModelLen != 0 {
 		t.Fatalf("%+v", c)
 	}
+	if c.StreamWriteTimeout != 30*time.Second || c.ReadHeaderTimeout != 10*time.Second || c.BodyReadTimeout != 30*time.Second ||
+		c.IdleTimeout != 90*time.Second || c.MaxConnections != 0 || c.ShutdownTimeout != 30*time.Second {
+		t.Fatalf("transport defaults %+v", c)
+	}
 	c, err = parseFlags([]string{"--api-key", "flag", "Qwen/Qwen2.5-0.5B"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil || c.APIKey != "flag" || c.Model != "Qwen/Qwen2.5-0.5B" || !c.EnablePrefixCaching {
 		t.Fatalf("%+v %v", c, err)
@@ -44,7 +48,8 @@ func TestParseFlags(t *testing.T) {
 		{"--model", "m", "--kv-cache-memory", "lots"}, {"--model", "m", "--tokenizer", "x", "--skip-tokenizer-init"},
 		{"--model", "m", "--max-num-seqs", "0"}, {"--model", "m", "--dtype", "fp64"},
 		{"--model", "m", "--quantization", "fp4"}, {"--model", "m", "--load-format", "gguf"},
-		{"--model", "m", "--kv-cache-dtype", "int4"},
+		{"--model", "m", "--kv-cache-dtype", "int4"}, {"--model", "m", "--stream-write-timeout", "-1s"},
+		{"--model", "m", "--max-connections", "-1"}, {"--model", "m", "--idle-timeout", "-1s"},
 	} {
 		if _, err := parseFlags(bad, func(string) string { return "" }, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)

@@ -55,11 +55,30 @@ func main() {
 	}
 	log := newLogger(cfg, os.Stderr)
 	slog.SetDefault(log)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go onSignals(sigs, cancel, func() { os.Exit(1) }, log)
 	if err := serve(ctx, cfg, log, nil); err != nil {
 		log.Error("llmserve failed", "err", err)
 		os.Exit(1)
+	}
+}
+
+// onSignals cancels the server's context (a drain) on the first SIGTERM or
+// SIGINT and calls exit on the second: an operator pressing Ctrl-C twice,
+// or an orchestrator that gave up waiting, wants the process gone now.
+func onSignals(sigs <-chan os.Signal, drain context.CancelFunc, exit func(), log *slog.Logger) {
+	sig, ok := <-sigs
+	if !ok {
+		return
+	}
+	log.Info("signal: shutting down (again to exit at once)", "signal", sig.String())
+	drain()
+	if sig, ok = <-sigs; ok {
+		log.Warn("second signal: exiting now", "signal", sig.String())
+		exit()
 	}
 }
 
@@ -86,6 +105,10 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	}
 	dir, mcfg, err := resolveModel(ctx, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped while resolving the model") // a signal during a download
+			return nil
+		}
 		return err
 	}
 	phases.done("resolve model")
@@ -147,6 +170,9 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		RequestLog: server.RequestLogOptions{Disabled: cfg.DisableLogRequests || cfg.DisableAccessLog,
 			Verbose: cfg.EnableLogRequests, MaxLen: cfg.MaxLogLen},
 		SamplingDefaults: defaults, Version: readBuildInfo(),
+		StreamWriteTimeout: cfg.StreamWriteTimeout, ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		BodyReadTimeout: cfg.BodyReadTimeout, IdleTimeout: cfg.IdleTimeout,
+		MaxConnections:       maxConnections(cfg.MaxConnections, log),
 		EnableAutoToolChoice: cfg.EnableAutoToolChoice, ToolCallParser: cfg.ToolCallParser,
 		ReasoningParser: cfg.ReasoningParser, EOSTokenIDs: eosIDs(dir, mcfg, tok),
 	}
@@ -163,10 +189,10 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	if err != nil {
 		return err
 	}
-	httpSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	httpSrv := srv.NewHTTPServer()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := httpSrv.Serve(srv.Listener(ln)); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil
@@ -176,6 +202,8 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	}
 	log.Info("listening (loading the model)", "address", ln.Addr().String())
 
+	// Loading, profiling and warm-up stop on a signal (gctx); the engine
+	// runs on its own context, stopped after the drain.
 	engCtx, stopEngine := context.WithCancel(context.Background())
 	defer stopEngine()
 	var eng *engine.Local
@@ -191,13 +219,13 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		if path == "" {
 			path = cfg.Model // a built-in config with dummy weights
 		}
-		m, err = model.Load(path, model.LoadOptions{Backend: be, DType: cfg.DType, KVCacheDType: cfg.KVCacheDType,
+		m, err = model.LoadContext(gctx, path, model.LoadOptions{Backend: be, DType: cfg.DType, KVCacheDType: cfg.KVCacheDType,
 			Quantization: cfg.Quantization, LoadFormat: cfg.LoadFormat, Seed: cfg.Seed, Logger: log})
 		if err != nil {
 			return err
 		}
 		phases.done("load weights", "weight_memory", humanBytes(m.WeightBytes()))
-		numBlocks, err := kvBlocks(engCtx, cfg, be, m)
+		numBlocks, err := kvBlocks(gctx, cfg, be, m)
 		if err != nil {
 			return err
 		}
@@ -215,21 +243,35 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 			return err
 		}
 		if be.Name() == "cuda" {
-			warmUp(engCtx, be, m, numBlocks, cfg.BlockSize, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, log)
+			warmUp(gctx, be, m, numBlocks, cfg.BlockSize, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, log)
 			phases.done("warm-up")
 		}
 		srv.Metrics().SetCacheConfig(metrics.CacheConfig{BlockSize: cfg.BlockSize, CacheDType: cfg.KVCacheDType,
 			EnablePrefixCaching: cfg.EnablePrefixCaching, GPUMemoryUtilization: cfg.GPUMemoryUtilization,
 			NumBlocks: numBlocks, NumBlocksOverride: cfg.NumGPUBlocks,
 			MemoryBytes: int64(numBlocks) * int64(cfg.BlockSize) * m.KVBytesPerToken()})
-		return nil
+		return gctx.Err()
 	}()
 	if loadErr != nil {
 		_ = httpSrv.Close()
-		_ = g.Wait()
+		gerr := g.Wait()
 		closeModel(m, be, log)
+		if ctx.Err() != nil {
+			// A signal while loading: a prompt, clean exit.
+			log.Info("stopped while loading")
+			return nil
+		}
+		if gerr != nil {
+			return gerr
+		}
 		return loadErr
 	}
+	offHeap := int64(0)
+	if be.Name() == "cpu" {
+		// The CPU backend maps its weights and KV cache outside the Go heap.
+		offHeap = m.WeightBytes() + int64(eng.KVCapacityTokens())*m.KVBytesPerToken()
+	}
+	setMemoryLimit(offHeap, os.Getenv, os.ReadFile, log)
 	engDone := make(chan error, 1)
 	go func() { engDone <- eng.Run(engCtx) }()
 	dtype := cfg.DType
@@ -256,19 +298,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		runErr = fmt.Errorf("engine stopped: %w", err)
 		engDone <- err
 	}
-	// Drain: refuse new work, let in-flight requests finish.
-	srv.Drain()
-	log.Info("draining", "in_flight", srv.Admitted(), "timeout", cfg.ShutdownTimeout)
-	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	if err := srv.WaitIdle(drainCtx); err != nil {
-		log.Warn("shutdown timeout: cutting in-flight requests", "in_flight", srv.Admitted())
-	}
-	cancel()
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if err := httpSrv.Shutdown(shutCtx); err != nil {
-		_ = httpSrv.Close()
-	}
-	cancel()
+	drain(srv, httpSrv, cfg.ShutdownTimeout, log)
 	stopEngine()
 	<-engDone
 	if err := g.Wait(); err != nil && runErr == nil {
@@ -285,6 +315,40 @@ func ptrAttr[T any](p *T) any {
 		return "unset"
 	}
 	return *p
+}
+
+// drain shuts the HTTP side down within timeout: new requests get 503 while
+// in-flight ones run on; at timeout less endGrace those still running are
+// ended (a final error event and [DONE] for streams, a 503 otherwise), and
+// endGrace lets their handlers write that before the connections close.
+// Only a client that reads nothing then is cut.
+func drain(srv *server.Server, httpSrv *http.Server, timeout time.Duration, log *slog.Logger) {
+	srv.Drain()
+	// Responses now say "Connection: close" and idle connections close, so
+	// clients and load balancers reconnect to another replica.
+	httpSrv.SetKeepAlivesEnabled(false)
+	grace := endGrace(timeout)
+	log.Info("draining", "in_flight", srv.Admitted(), "timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout-grace)
+	if err := srv.WaitIdle(ctx); err != nil {
+		log.Warn("shutdown timeout: ending in-flight requests with an error", "in_flight", srv.Admitted())
+		srv.EndInFlight()
+	}
+	cancel()
+	ctx, cancel = context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := srv.WaitIdle(ctx); err != nil {
+		log.Warn("requests still writing after the shutdown grace: closing their connections", "in_flight", srv.Admitted())
+	}
+	if err := httpSrv.Shutdown(ctx); err != nil {
+		_ = httpSrv.Close()
+	}
+}
+
+// endGrace is the part of --shutdown-timeout kept for ending the requests
+// still running at its end: an engine step and a write.
+func endGrace(timeout time.Duration) time.Duration {
+	return min(5*time.Second, max(timeout/4, 100*time.Millisecond), timeout)
 }
 
 func closeModel(m model.Model, be ml.Backend, log *slog.Logger) {

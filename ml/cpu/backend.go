@@ -37,7 +37,7 @@ type Backend struct {
 
 	// Preallocated op state, reused by every call so ops do not allocate.
 	mm     matmulTask
-	attn   attentionTask
+	attn   flashTask
 	rows   rowsTask
 	rope   ropeTask
 	exp    expertTask
@@ -62,7 +62,7 @@ func New(o Options) *Backend {
 		log = slog.New(slog.DiscardHandler)
 	}
 	b := &Backend{log: log, pool: newPool(n)}
-	b.attn.scratch = make([]attnScratch, n)
+	b.attn.scratch = make([]flashScratch, n)
 	b.rope.scratch = make([][]float32, n)
 	log.Info("cpu backend", "threads", n, "kernels", kernels.Features())
 	return b
@@ -88,6 +88,10 @@ type Tensor struct {
 	u16        []uint16 // F16, BF16
 	i8         []int8
 	scales     []float32 // I8: per row
+	// mem holds a weight's elements outside the Go heap (nil: in it);
+	// owner is a view's parent, kept reachable so its mapping stays.
+	mem   *arena
+	owner *Tensor
 }
 
 func (t *Tensor) DType() ml.DType { return t.dt }
@@ -126,6 +130,43 @@ func alloc(dt ml.DType, rows, cols int) (*Tensor, error) {
 	return t, nil
 }
 
+// mappedWeightBytes is the size from which LoadWeight maps a weight outside
+// the Go heap: the big matrices, not the norms and biases.
+const mappedWeightBytes = 1 << 20
+
+// allocWeight is alloc with the elements of large tensors in an arena
+// outside the Go heap: weights live as long as the model and the garbage
+// collector need not count them (they would double its heap goal).
+func allocWeight(dt ml.DType, rows, cols int) (*Tensor, error) {
+	if _, err := alloc(dt, 0, 0); err != nil { // the dtype check
+		return nil, err
+	}
+	if rows < 0 || cols < 0 || (cols != 0 && rows*cols/cols != rows) {
+		return alloc(dt, rows, cols) // its shape errors
+	}
+	n := rows * cols
+	if !offHeap || n*dt.Size() < mappedWeightBytes {
+		return alloc(dt, rows, cols)
+	}
+	t := &Tensor{dt: dt, rows: rows, cols: cols}
+	mem, err := newArena(t, carvedSize(n*dt.Size(), 4*rows))
+	if err != nil {
+		return nil, err
+	}
+	t.mem = mem
+	c := &carver{mem: mem.mem}
+	switch dt { // LoadWeight's storage dtypes
+	case ml.F32:
+		t.f32 = carve[float32](c, n)
+	case ml.F16, ml.BF16:
+		t.u16 = carve[uint16](c, n)
+	case ml.I8:
+		t.i8 = carve[int8](c, n)
+		t.scales = carve[float32](c, rows)
+	}
+	return t, nil
+}
+
 // NewTensor allocates a zeroed tensor.
 func (b *Backend) NewTensor(dt ml.DType, rows, cols int) (ml.Tensor, error) {
 	t, err := alloc(dt, rows, cols)
@@ -148,12 +189,12 @@ func (b *Backend) LoadWeight(rows, cols int, data []byte, src, store ml.DType) (
 	default:
 		return nil, fmt.Errorf("%w: weight storage dtype %s (want float32, float16, bfloat16 or int8)", ml.ErrUnsupported, store)
 	}
-	t, err := alloc(store, rows, cols)
-	if err != nil {
-		return nil, err
-	}
 	if want := rows * cols * src.Size(); len(data) != want {
 		return nil, fmt.Errorf("%w: weight [%d,%d] of %s needs %d bytes, got %d", ErrShape, rows, cols, src, want, len(data))
+	}
+	t, err := allocWeight(store, rows, cols)
+	if err != nil {
+		return nil, err
 	}
 	if rows == 0 || cols == 0 {
 		return t, nil
@@ -237,6 +278,9 @@ func (b *Backend) View(t ml.Tensor, start, rows int) ml.Tensor {
 		return nil
 	}
 	v := &Tensor{dt: x.dt, rows: rows, cols: x.cols}
+	if x.mem != nil {
+		v.owner = x
+	}
 	lo, hi := start*x.cols, (start+rows)*x.cols
 	switch x.dt {
 	case ml.F32:
@@ -288,11 +332,14 @@ func (b *Backend) Download(dst []float32, t ml.Tensor) error {
 	return nil
 }
 
-// Free drops the tensor's memory (the garbage collector reclaims it once
-// no view refers to it).
+// Free drops the tensor's memory: the garbage collector reclaims heap
+// memory once no view refers to it; a weight mapped outside the heap is
+// unmapped at once, so no view of it may be used after Free.
 func (b *Backend) Free(t ml.Tensor) {
 	if x, ok := t.(*Tensor); ok && x != nil {
+		mem := x.mem
 		*x = Tensor{dt: x.dt}
+		mem.free()
 	}
 }
 

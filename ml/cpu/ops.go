@@ -85,10 +85,7 @@ func (r *rowsTask) row(i int) {
 		c := r.dst.cols
 		g := r.x.f32[i*2*c : i*2*c+c]
 		u := r.x.f32[i*2*c+c : (i+1)*2*c]
-		d := r.dst.f32[i*c : (i+1)*c]
-		for j := range d {
-			d[j] = silu(g[j]) * u[j]
-		}
+		kernels.SiLUMul(r.dst.f32[i*c:(i+1)*c], g, u)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"github.com/ebitengine/purego"
+
+	"github.com/llmserve/llmserve/ml"
 )
 
 // Driver API constants (cuda.h).
@@ -63,6 +65,30 @@ func (e *driverError) Error() string {
 }
 
 func (e *driverError) Unwrap() error { return ErrDriver }
+
+// Is makes the sticky CUresults match ml.ErrDeviceLost: after one of them
+// the context is corrupt and every later call fails (CUDA's documentation
+// of each code says so), so the server must be restarted.
+func (e *driverError) Is(target error) bool {
+	if target != ml.ErrDeviceLost {
+		return false
+	}
+	switch e.code {
+	case 214, // CUDA_ERROR_ECC_UNCORRECTABLE
+		700, // CUDA_ERROR_ILLEGAL_ADDRESS
+		702, // CUDA_ERROR_LAUNCH_TIMEOUT
+		709, // CUDA_ERROR_CONTEXT_IS_DESTROYED
+		710, // CUDA_ERROR_ASSERT
+		714, // CUDA_ERROR_HARDWARE_STACK_ERROR
+		715, // CUDA_ERROR_ILLEGAL_INSTRUCTION
+		716, // CUDA_ERROR_MISALIGNED_ADDRESS
+		717, // CUDA_ERROR_INVALID_ADDRESS_SPACE
+		718, // CUDA_ERROR_INVALID_PC
+		719: // CUDA_ERROR_LAUNCH_FAILED
+		return true
+	}
+	return false
+}
 
 // CUresults of a cooperative launch whose grid the device will not hold at
 // once (another process's work on the GPU, an MPS SM limit) or cannot run.

@@ -126,6 +126,13 @@ type Engine struct {
 	KVBlocks int
 	// Panic makes Submit panic (tests panic recovery).
 	Panic bool
+	// Err, when set, ends every request after ErrAfter tokens of each
+	// sequence with final events carrying it (Output.Err), as a failed
+	// engine step does.
+	Err      error
+	ErrAfter int
+
+	unhealthy atomic.Pointer[error]
 
 	submitted, aborted, finished atomic.Int64
 	running, waiting, blocks     atomic.Int64
@@ -135,7 +142,21 @@ type Engine struct {
 	reqs []*engine.Request
 }
 
-var _ engine.Engine = (*Engine)(nil)
+var (
+	_ engine.Engine        = (*Engine)(nil)
+	_ engine.HealthChecker = (*Engine)(nil)
+)
+
+// SetUnhealthy makes Health report err (nil: healthy again).
+func (e *Engine) SetUnhealthy(err error) { e.unhealthy.Store(&err) }
+
+// Health implements engine.HealthChecker.
+func (e *Engine) Health() error {
+	if p := e.unhealthy.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
 // Requests returns the requests submitted so far.
 func (e *Engine) Requests() []*engine.Request {
@@ -222,14 +243,17 @@ func (e *Engine) run(ctx context.Context, req *engine.Request, ch chan<- engine.
 	prompt := req.PromptIDs
 	finish := make([]string, n)
 	counts := make([]int, n)
-	abort := func() {
-		e.aborted.Add(1)
+	end := func(err error) {
 		for j := range n {
 			if finish[j] == "" {
-				ch <- engine.Output{RequestID: req.ID, Index: j, FinishReason: engine.FinishAbort,
+				ch <- engine.Output{RequestID: req.ID, Index: j, FinishReason: engine.FinishAbort, Err: err,
 					PromptTokens: len(prompt), CompletionTokens: counts[j], ArrivalTime: arrival, Time: time.Now()}
 			}
 		}
+	}
+	abort := func() {
+		e.aborted.Add(1)
+		end(nil)
 	}
 	if e.Slots != nil {
 		select {
@@ -261,6 +285,10 @@ func (e *Engine) run(ctx context.Context, req *engine.Request, ch chan<- engine.
 		}
 		if ctx.Err() != nil {
 			abort()
+			return
+		}
+		if e.Err != nil && i >= e.ErrAfter {
+			end(e.Err)
 			return
 		}
 		live := 0

@@ -1,6 +1,7 @@
 // Package kernels holds the hot CPU compute kernels of the cpu backend:
 // matrix products of f32 activations with f32/bf16/f16/int8 weights, dot and
-// axpy, and dtype conversions.
+// axpy, dtype conversions, and the kernels of flash attention and SiLU
+// (flash.go: broadcast GEMM tiles, a vector exp, online softmax columns).
 //
 // Weights stay in their storage dtype and are upcast in registers; all sums
 // are accumulated in float32 with FMA. Every function is single-threaded: the

@@ -1,0 +1,8 @@
+//go:build !amd64 || purego
+
+package kernels
+
+func selectFlash() flashImpl { return genericFlash }
+
+// flashImpls lists every flash implementation usable here, for tests.
+func flashImpls() []flashImpl { return []flashImpl{genericFlash} }
