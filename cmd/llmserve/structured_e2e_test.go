@@ -496,7 +496,7 @@ func TestLiveSDKStructured(t *testing.T) {
 		t.Fatal("no structured answer completed")
 	}
 
-	resp, err := c.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{
+	toolParams := oai.ChatCompletionNewParams{
 		Model:     "tiny",
 		Messages:  []oai.ChatCompletionMessageParamUnion{oai.UserMessage("Add 2 and 3.")},
 		MaxTokens: oai.Int(300), N: oai.Int(4), Temperature: oai.Float(0.5), Seed: oai.Int(1),
@@ -508,7 +508,8 @@ func TestLiveSDKStructured(t *testing.T) {
 				"required": []string{"a", "b"}, "additionalProperties": false},
 		})},
 		ToolChoice: oai.ChatCompletionToolChoiceOptionUnionParam{OfAuto: oai.String("required")},
-	})
+	}
+	resp, err := c.Chat.Completions.New(ctx, toolParams)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,5 +529,37 @@ func TestLiveSDKStructured(t *testing.T) {
 	}
 	if calls == 0 {
 		t.Fatal("no call completed")
+	}
+
+	// Streamed, the SDK's accumulator rebuilds the same calls from the
+	// deltas (same seed: the same generation).
+	stream := c.Chat.Completions.NewStreaming(ctx, toolParams)
+	var acc oai.ChatCompletionAccumulator
+	finished := 0
+	for stream.Next() {
+		if !acc.AddChunk(stream.Current()) {
+			t.Fatalf("the accumulator refused a chunk: %+v", stream.Current())
+		}
+		if _, ok := acc.JustFinishedToolCall(); ok {
+			finished++
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i, ch := range acc.Choices {
+		want := resp.Choices[i].Message.ToolCalls
+		got := ch.Message.ToolCalls
+		if string(ch.FinishReason) != string(resp.Choices[i].FinishReason) || len(got) != len(want) {
+			t.Fatalf("choice %d: streamed %q %d calls, whole %q %d", i, ch.FinishReason, len(got), resp.Choices[i].FinishReason, len(want))
+		}
+		for k := range got {
+			if got[k].Function.Name != want[k].Function.Name || got[k].Function.Arguments != want[k].Function.Arguments || got[k].ID == "" {
+				t.Errorf("choice %d call %d: streamed %+v, whole %+v", i, k, got[k].Function, want[k].Function)
+			}
+		}
+	}
+	if finished == 0 {
+		t.Error("the accumulator saw no finished tool call")
 	}
 }
