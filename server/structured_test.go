@@ -428,3 +428,51 @@ func TestToolHistoryRendering(t *testing.T) {
 		t.Fatalf("rendered\n%q\nwant\n%q", got.String(), want)
 	}
 }
+
+// Forced calls use the --tool-call-parser's format: the grammar the
+// sequences get accepts a call in that format (and EOS after it), and the
+// output is read back with that parser.
+func TestForcedToolCallFormats(t *testing.T) {
+	for format, text := range map[string]string{
+		"hermes":      "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>",
+		"llama3_json": `{"name": "get_weather", "parameters": {"city": "Oslo"}}`,
+		"mistral":     `[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]`,
+	} {
+		eng := &scriptEngine{pieces: bytesOf(text)}
+		e := newEnv(t, nil, func(o *server.Options) { o.Engine, o.ToolCallParser = eng, format })
+		code, resp := e.post("/v1/chat/completions", `{"messages":[{"role":"user","content":"Weather?"}],"tools":[`+weatherTool+`],"tool_choice":"required","n":2}`)
+		if code != 200 {
+			t.Fatalf("%s: %d %s", format, code, resp)
+		}
+		r := decode[chatResp](t, resp)
+		for _, ch := range r.Choices {
+			if ch.FinishReason != "tool_calls" || len(ch.Message.ToolCalls) != 1 || ch.Message.ToolCalls[0].Function.Arguments != `{"city": "Oslo"}` {
+				t.Fatalf("%s: %s", format, resp)
+			}
+		}
+		eng.mu.Lock()
+		p := eng.reqs[0].Params
+		eng.mu.Unlock()
+		if p.SkipSpecialTokens {
+			t.Errorf("%s: special tokens skipped: a format's markers may be special tokens", format)
+		}
+		pr := p.Processors()[0]
+		logits := make([]float32, servertest.VocabSize)
+		for i := 0; i < len(text); i++ {
+			clear(logits)
+			pr.Process(logits)
+			if math.IsInf(float64(logits[text[i]]), -1) {
+				t.Fatalf("%s: the grammar refuses %q after %q", format, text[i], text[:i])
+			}
+			if !math.IsInf(float64(logits[servertest.EOS]), -1) {
+				t.Fatalf("%s: EOS allowed after %q", format, text[:i])
+			}
+			pr.Accept(int(text[i]))
+		}
+		clear(logits)
+		pr.Process(logits)
+		if math.IsInf(float64(logits[servertest.EOS]), -1) {
+			t.Fatalf("%s: EOS refused after the call", format)
+		}
+	}
+}

@@ -172,4 +172,11 @@ func TestDetect(t *testing.T) {
 			t.Errorf("Detect(%q) = %q, want %q", tpl, got, want)
 		}
 	}
+	tok, err := tokenizer.LoadDir(shareddata.Path(t, "tokenizers", "qwen3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := Detect(tok.ChatTemplate()); got != "hermes" {
+		t.Errorf("Qwen3's template: %q", got)
+	}
 }
