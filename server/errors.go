@@ -95,6 +95,9 @@ func (s *Server) errorOf(err error) apiError {
 
 // writeErr writes err as errorOf maps it, counting and logging it.
 func (s *Server) writeErr(w http.ResponseWriter, err error) {
+	if errors.Is(err, errClientGone) {
+		return // nobody to answer
+	}
 	e := s.errorOf(err)
 	if e.reject != "" {
 		s.metrics.Reject(e.reject)

@@ -78,7 +78,7 @@ func (s *Server) parseCompletion(w http.ResponseWriter, r *http.Request) (*opena
 		return nil, nil, "", err
 	}
 	if cons != nil {
-		if err := s.applyStructured(g, &structured{constraint: cons}, ""); err != nil {
+		if err := s.applyStructured(r.Context(), g, &structured{constraint: cons}, ""); err != nil {
 			return nil, nil, "", err
 		}
 	}
@@ -316,7 +316,7 @@ func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (*openai.Chat
 	if err := s.checkPrompts(g, "messages"); err != nil {
 		return nil, nil, "", err
 	}
-	if err := s.applyStructured(g, st, text); err != nil {
+	if err := s.applyStructured(r.Context(), g, st, text); err != nil {
 		return nil, nil, "", err
 	}
 	return &req, g, model, nil

@@ -18,7 +18,9 @@ package server
 // deltas or whole.
 
 import (
+	"context"
 	"errors"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -49,10 +51,19 @@ type grammars struct {
 	vocab *grammar.Vocab
 	cache *grammar.Cache
 	err   error
+	// compiling bounds the grammars compiled at once (each may take up to
+	// Limits.CompileTimeout of a core), so that a burst of new schemas
+	// leaves the engine loop its CPU.
+	compiling chan struct{}
 }
 
-// defaultGrammarCacheSize is how many compiled grammars the server keeps.
-const defaultGrammarCacheSize = 64
+// Defaults of the grammar cache: how many compiled grammars the server
+// keeps, and the token masks each keeps (past it, a state's mask is
+// recomputed on each use): at most 64 × 16 MiB.
+const (
+	defaultGrammarCacheSize = 64
+	defaultMaskCacheBytes   = 16 << 20
+)
 
 // grammarCache returns the grammar cache over the tokenizer's vocabulary.
 func (s *Server) grammarCache() (*grammar.Cache, error) {
@@ -87,7 +98,12 @@ func (s *Server) grammarCache() (*grammar.Cache, error) {
 		if size <= 0 {
 			size = defaultGrammarCacheSize
 		}
-		g.cache = grammar.NewCache(g.vocab, s.opts.GrammarLimits, size)
+		lim := s.opts.GrammarLimits
+		if lim.MaxMaskCacheBytes == 0 {
+			lim.MaxMaskCacheBytes = defaultMaskCacheBytes
+		}
+		g.cache = grammar.NewCache(g.vocab, lim, size)
+		g.compiling = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
 		s.log.Info("structured outputs: grammar vocabulary built", "tokens", n, "seconds", time.Since(start).Seconds())
 	})
 	return g.cache, g.err
@@ -105,14 +121,21 @@ func (s *Server) eosIDs() []int {
 	return nil
 }
 
-// compile compiles a grammar for the field param.
-func (s *Server) compile(spec grammar.Spec, param string) (*grammar.Grammar, error) {
+// compile compiles a grammar for the field param (a cache hit is
+// immediate), waiting for a compile slot unless ctx ends first.
+func (s *Server) compile(ctx context.Context, spec grammar.Spec, param string) (*grammar.Grammar, error) {
 	if s.tok == nil {
 		return nil, openai.Invalid(param, "%s needs a tokenizer, and the server runs without one (--skip-tokenizer-init)", param)
 	}
 	cache, err := s.grammarCache()
 	if err != nil {
 		return nil, openai.Invalid(param, "%s cannot be honoured: structured outputs are not available with this tokenizer (%v)", param, err)
+	}
+	select {
+	case s.gram.compiling <- struct{}{}:
+		defer func() { <-s.gram.compiling }()
+	case <-ctx.Done():
+		return nil, errClientGone
 	}
 	g, err := cache.Get(spec)
 	if err != nil {
@@ -342,7 +365,7 @@ func (s *Server) planChat(req *openai.ChatCompletionRequest, ts openai.ToolSetup
 // when it does not compile) and sets the sequences' logits processors and
 // the chat output's splitting, once the prompt is rendered (it tells
 // whether the output starts inside reasoning).
-func (s *Server) applyStructured(g *genRequest, st *structured, prompt string) error {
+func (s *Server) applyStructured(ctx context.Context, g *genRequest, st *structured, prompt string) error {
 	gate := gateSpec{start: -1}
 	if st.reasonName != "" {
 		open, close := strings.LastIndex(prompt, thinkOpen), strings.LastIndex(prompt, thinkClose)
@@ -373,7 +396,7 @@ func (s *Server) applyStructured(g *genRequest, st *structured, prompt string) e
 	if g.params.MinTokens > 0 {
 		return openai.Invalid("min_tokens", "min_tokens cannot be combined with %s: the output ends where the grammar does", param)
 	}
-	gr, err := s.compile(*spec, param)
+	gr, err := s.compile(ctx, *spec, param)
 	if err != nil {
 		return err
 	}
