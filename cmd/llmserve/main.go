@@ -172,7 +172,8 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		SamplingDefaults: defaults, Version: readBuildInfo(),
 		StreamWriteTimeout: cfg.StreamWriteTimeout, ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		BodyReadTimeout: cfg.BodyReadTimeout, IdleTimeout: cfg.IdleTimeout,
-		MaxConnections:       maxConnections(cfg.MaxConnections, log),
+		MaxConnections: maxConnections(cfg.MaxConnections, log),
+
 		EnableAutoToolChoice: cfg.EnableAutoToolChoice, ToolCallParser: cfg.ToolCallParser,
 		ReasoningParser: cfg.ReasoningParser, EOSTokenIDs: eosIDs(dir, mcfg, tok),
 	}
