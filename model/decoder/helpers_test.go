@@ -3,8 +3,8 @@ package decoder
 import (
 	"testing"
 
-	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/model/modeltest"
 )
 
 // The runtime's own tests load the tiny Qwen2 checkpoint through this
@@ -19,18 +19,7 @@ func init() {
 // load loads a model directory on a fresh CPU backend (closed by cleanup).
 func load(t testing.TB, path string, o model.LoadOptions) *Model {
 	t.Helper()
-	be := cpu.New(cpu.Options{})
-	o.Backend = be
-	m, err := model.Load(path, o)
-	if err != nil {
-		be.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		m.Close()
-		be.Close()
-	})
-	return m.(*Model)
+	return modeltest.Load(t, path, o).(*Model)
 }
 
 // seqRun drives one sequence through Forward over its own scattered blocks.
@@ -43,34 +32,10 @@ type seqRun struct {
 // all its positions.
 func (s *seqRun) step(t testing.TB, m *Model, tokens []int32) [][]float32 {
 	t.Helper()
-	b := &model.Batch{Tokens: tokens, Seqs: []model.SeqChunk{{Start: 0, Len: len(tokens), BlockTable: s.blocks}}}
-	for i := range tokens {
-		b.Positions = append(b.Positions, int32(s.n+i))
-		b.LogitIndices = append(b.LogitIndices, int32(i))
-	}
-	V := m.cfg.VocabSize
-	out := make([]float32, len(tokens)*V)
-	if err := m.Forward(t.Context(), b, out); err != nil {
-		t.Fatal(err)
-	}
-	s.n += len(tokens)
-	rows := make([][]float32, len(tokens))
-	for i := range rows {
-		rows[i] = out[i*V : (i+1)*V]
-	}
+	r := &modeltest.SeqRun{M: m, Blocks: s.blocks, N: s.n}
+	rows := r.Step(t, tokens)
+	s.n = r.N
 	return rows
 }
 
-func maxDiff32(a, b []float32) float64 {
-	worst := 0.0
-	for i := range a {
-		d := float64(a[i]) - float64(b[i])
-		if d < 0 {
-			d = -d
-		}
-		if d > worst || d != d {
-			worst = d
-		}
-	}
-	return worst
-}
+func maxDiff32(a, b []float32) float64 { return modeltest.MaxDiff32(a, b) }
