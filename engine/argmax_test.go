@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"github.com/llmserve/llmserve/sample/sampletest"
 	"math"
 	"slices"
 	"sync/atomic"
@@ -121,30 +122,6 @@ func TestDeviceArgmaxParams(t *testing.T) {
 	}
 }
 
-// scriptMatcher allows exactly its script, token by token.
-type scriptMatcher struct {
-	script []int
-	pos    int
-}
-
-func (m *scriptMatcher) FillMask(allowed []uint64) {
-	clear(allowed)
-	if m.pos < len(m.script) {
-		t := m.script[m.pos]
-		allowed[t>>6] |= 1 << (t & 63)
-	}
-}
-
-func (m *scriptMatcher) Accept(tok int) error {
-	if m.pos >= len(m.script) || m.script[m.pos] != tok {
-		return fmt.Errorf("token %d not allowed at %d", tok, m.pos)
-	}
-	m.pos++
-	return nil
-}
-
-func (m *scriptMatcher) CanEnd() bool { return m.pos == len(m.script) }
-
 // TestProcessorsOverrideDeviceArgmax: a greedy request with a grammar-like
 // processor is sampled on the host (its rows are not reduced on the
 // device), every sequence of it follows the processor and ends with EOS
@@ -160,7 +137,7 @@ func TestProcessorsOverrideDeviceArgmax(t *testing.T) {
 	p := greedyParams(40)
 	p.N = 2
 	p.Processors = func() []sample.LogitsProcessor {
-		return []sample.LogitsProcessor{sample.NewMaskProcessor(&scriptMatcher{script: script}, fakeVocab, opts.EOSTokenIDs, nil)}
+		return []sample.LogitsProcessor{sample.NewMaskProcessor(&sampletest.ScriptMatcher{Script: script}, fakeVocab, opts.EOSTokenIDs, nil)}
 	}
 	plain := greedyParams(8)
 	plain.IgnoreEOS = true

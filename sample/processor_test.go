@@ -1,34 +1,10 @@
 package sample
 
 import (
-	"errors"
+	"github.com/llmserve/llmserve/sample/sampletest"
 	"math"
 	"testing"
 )
-
-// scriptMatcher allows exactly its script, token by token.
-type scriptMatcher struct {
-	script []int
-	pos    int
-}
-
-func (m *scriptMatcher) FillMask(allowed []uint64) {
-	clear(allowed)
-	if m.pos < len(m.script) {
-		t := m.script[m.pos]
-		allowed[t>>6] |= 1 << (t & 63)
-	}
-}
-
-func (m *scriptMatcher) Accept(tok int) error {
-	if m.pos >= len(m.script) || m.script[m.pos] != tok {
-		return errors.New("token not allowed")
-	}
-	m.pos++
-	return nil
-}
-
-func (m *scriptMatcher) CanEnd() bool { return m.pos == len(m.script) }
 
 func TestMaskProcessorForcesScript(t *testing.T) {
 	const vocab, eos = 200, 199
@@ -38,7 +14,7 @@ func TestMaskProcessorForcesScript(t *testing.T) {
 		p.Temperature = temp
 		p.MaxTokens = 10
 		p.Processors = func() []LogitsProcessor {
-			return []LogitsProcessor{NewMaskProcessor(&scriptMatcher{script: script}, vocab, []int{eos}, nil)}
+			return []LogitsProcessor{NewMaskProcessor(&sampletest.ScriptMatcher{Script: script}, vocab, []int{eos}, nil)}
 		}
 		st := NewState(&p, 3, nil, []int{eos})
 		s := NewSampler(vocab)
@@ -70,7 +46,7 @@ func TestMaskProcessorForcesScript(t *testing.T) {
 func TestMaskProcessorEOSOnlyWhenComplete(t *testing.T) {
 	const vocab = 70
 	eos := []int{68, 69}
-	mp := NewMaskProcessor(&scriptMatcher{script: []int{3}}, vocab, eos, nil)
+	mp := NewMaskProcessor(&sampletest.ScriptMatcher{Script: []int{3}}, vocab, eos, nil)
 	logits := make([]float32, vocab)
 	for i := range logits {
 		logits[i] = 1
@@ -99,7 +75,7 @@ func TestMaskProcessorEOSOnlyWhenComplete(t *testing.T) {
 
 func TestMaskProcessorActivatesAfterReasoning(t *testing.T) {
 	const vocab, endThink = 50, 40
-	mp := NewMaskProcessor(&scriptMatcher{script: []int{5}}, vocab, []int{49}, []int{endThink})
+	mp := NewMaskProcessor(&sampletest.ScriptMatcher{Script: []int{5}}, vocab, []int{49}, []int{endThink})
 	logits := make([]float32, vocab)
 	mp.Process(logits)
 	for i, v := range logits {
@@ -118,7 +94,7 @@ func TestMaskProcessorActivatesAfterReasoning(t *testing.T) {
 }
 
 func TestMaskProcessorRefusedTokenEnds(t *testing.T) {
-	mp := NewMaskProcessor(&scriptMatcher{script: []int{1, 2}}, 10, []int{9}, nil)
+	mp := NewMaskProcessor(&sampletest.ScriptMatcher{Script: []int{1, 2}}, 10, []int{9}, nil)
 	mp.Accept(4) // not allowed: a sampler never does this, but the state must stay sane
 	if mp.Err() == nil {
 		t.Fatal("refused token not reported")
