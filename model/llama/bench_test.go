@@ -13,12 +13,13 @@ import (
 	"github.com/llmserve/llmserve/model"
 )
 
-// Benchmarks on Qwen2.5-0.5B's shape with dummy weights:
+// Benchmarks on Qwen2.5-0.5B's shape with dummy weights (or the checkpoint
+// LLMSERVE_BENCH_MODEL names):
 //
 //	go test ./model/llama -run '^$' -bench . -benchtime 20x -count 5
 //
 // decode: one token per step at batch 1 after a 128-token prompt;
-// prefill: a 128-token prompt in one step (logits of its last token).
+// prefill: a 128- or 512-token prompt in one step (logits of its last token).
 // GB/tok is the weight memory read per token (all of it per step, shared by
 // the step's tokens).
 
@@ -46,7 +47,13 @@ func benchModel(b *testing.B, quant string) *Model {
 	}
 	threads, _ := strconv.Atoi(os.Getenv("LLMSERVE_THREADS")) // 0: all cores
 	be := cpu.New(cpu.Options{Threads: threads})
-	lm, err := model.Load("Qwen/Qwen2.5-0.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", Quantization: quant})
+	// LLMSERVE_BENCH_MODEL names a checkpoint directory to load instead
+	// (e.g. one cmd/dummyckpt wrote: the same weights, from a mapped file).
+	path, format := "Qwen/Qwen2.5-0.5B", "dummy"
+	if p := os.Getenv("LLMSERVE_BENCH_MODEL"); p != "" {
+		path, format = p, "safetensors"
+	}
+	lm, err := model.Load(path, model.LoadOptions{Backend: be, LoadFormat: format, Quantization: quant})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,12 +121,15 @@ func BenchmarkDecode(b *testing.B) {
 }
 
 func BenchmarkPrefill(b *testing.B) {
-	for _, q := range []string{"bf16", "int8"} {
-		b.Run(fmt.Sprintf("%s/128", q), func(b *testing.B) {
+	for _, c := range []struct {
+		q string
+		n int
+	}{{"bf16", 128}, {"int8", 128}, {"bf16", 512}, {"int8", 512}} {
+		q, n := c.q, c.n
+		b.Run(fmt.Sprintf("%s/%d", q, n), func(b *testing.B) {
 			m := benchModel(b, map[string]string{"bf16": "", "int8": "int8"}[q])
-			const n = 128
 			batch := &model.Batch{Tokens: prompt(n), Positions: make([]int32, n),
-				Seqs: []model.SeqChunk{{Len: n, BlockTable: blocks}}, LogitIndices: []int32{n - 1}}
+				Seqs: []model.SeqChunk{{Len: n, BlockTable: blocks}}, LogitIndices: []int32{int32(n - 1)}}
 			for i := range batch.Positions {
 				batch.Positions[i] = int32(i)
 			}
@@ -139,7 +149,7 @@ func BenchmarkPrefill(b *testing.B) {
 			sec := b.Elapsed().Seconds()
 			b.ReportMetric(float64(n*b.N)/sec, "tok/s")
 			b.ReportMetric((cpuTime()-c0).Seconds()*1e3/float64(n*b.N), "cpu-ms/tok")
-			b.ReportMetric(float64(m.WeightBytes())/n/1e9, "GB/tok")
+			b.ReportMetric(float64(m.WeightBytes())/float64(n)/1e9, "GB/tok")
 		})
 	}
 }
