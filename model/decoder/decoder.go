@@ -200,6 +200,16 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 	}
 	m.bindFused()
 	m.weightBytes, m.inPlace = w.Bytes, w.Aliased
+	if m.inPlace == 0 && m.mapping != nil {
+		// Every weight was copied (converted or quantized): unmap the
+		// checkpoint now, or its pages read during the conversion would
+		// stay in the process's resident set.
+		err = m.mapping.Close()
+		m.mapping = nil
+		if err != nil {
+			return nil, err
+		}
+	}
 	attrs := []any{"arch", cfg.Arch(), "layers", len(m.layers), "hidden", H,
 		"heads", m.nh, "kv_heads", m.nkv, "head_dim", m.hd, "qk_norm", spec.QKNorm, "weight_bytes", m.weightBytes, "weight_bytes_in_place", w.Aliased}
 	if spec.MoE != nil {
