@@ -10,7 +10,9 @@
 # It needs a llama.cpp source tree (LLAMA_CPP_DIR: gguf-py is used from it)
 # and a CPU build of it made beforehand (LLAMA_CPP_BIN: a directory holding
 # llama-bench and llama-server; default $LLAMA_CPP_DIR/build/bin). Neither is
-# part of this repository. Python 3 with numpy writes the GGUFs.
+# part of this repository. Python 3 with numpy writes the GGUFs. The
+# environment (LD_LIBRARY_PATH, say, for another libggml-cpu) reaches the
+# llama.cpp programs as it is.
 #
 # Measured (threads = THREADS for both):
 #   prefill 128 / 512 tokens and decode, tok/s: our model/llama benchmarks
@@ -28,7 +30,7 @@
 #   LLAMA_CPP_DIR (required)  LLAMA_CPP_BIN [$LLAMA_CPP_DIR/build/bin]
 #   MODEL [Qwen/Qwen2.5-0.5B]  TOKENIZER [<testdata>/tokenizers/qwen3]
 #   WORK_DIR [${XDG_CACHE_HOME:-$HOME/.cache}/llmserve-peer]: checkpoint and GGUFs, made once
-#   PAIRS [3]  THREADS [2]  DECODE_TOKENS [32]  TTFT_PROMPT [2000]  MAX_TOKENS [64]
+#   PAIRS [3]  THREADS [2]  DECODE_TOKENS [32]  PREFILL_RUNS [3]  TTFT_PROMPT [2000]  MAX_TOKENS [64]
 #   HTTP [1]: 0 skips the HTTP part   INT8 [1]: 0 skips int8 vs Q8_0
 #   OUT_DIR [results/cpu-peer]  PORT [18770] (llama-server on PORT+1)
 #   PYTHON [first python3 with numpy]
@@ -45,6 +47,7 @@ WORK_DIR="${WORK_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llmserve-peer}"
 PAIRS="${PAIRS:-3}"
 THREADS="${THREADS:-2}"
 DECODE_TOKENS="${DECODE_TOKENS:-32}"
+PREFILL_RUNS="${PREFILL_RUNS:-3}"
 TTFT_PROMPT="${TTFT_PROMPT:-2000}"
 MAX_TOKENS="${MAX_TOKENS:-64}"
 HTTP="${HTTP:-1}"
@@ -113,9 +116,17 @@ done
 # ours_bench PAIR Q(bf16|int8): decode and prefill tok/s, peak RSS.
 ours_bench() {
   local pair=$1 q=$2 suf=$3 out="$tmp/ours.txt"
-  LLMSERVE_BENCH_MODEL="$ckpt" LLMSERVE_THREADS="$THREADS" /usr/bin/time -f '%M' -o "$tmp/rss" \
-    "$tmp/llama.test" -test.run '^$' -test.bench "^Benchmark(Decode/$q|Prefill/$q/(128|512))\$" \
-    -test.benchtime "${DECODE_TOKENS}x" >"$out" 2>&1 || { cat "$out" >&2; return 1; }
+  : >"$out"
+  local rss=0 b n
+  # Decode: DECODE_TOKENS steps; prefill: PREFILL_RUNS prompts of each length.
+  for b in "Decode/$q:$DECODE_TOKENS" "Prefill/$q/(128|512):$PREFILL_RUNS"; do
+    n="${b##*:}"
+    LLMSERVE_BENCH_MODEL="$ckpt" LLMSERVE_THREADS="$THREADS" /usr/bin/time -f '%M' -o "$tmp/rss" \
+      "$tmp/llama.test" -test.run '^$' -test.bench "^Benchmark${b%:*}\$" -test.benchtime "${n}x" >>"$out" 2>&1 ||
+      { cat "$out" >&2; return 1; }
+    rss=$(( $(cat "$tmp/rss") > rss ? $(cat "$tmp/rss") : rss ))
+  done
+  echo "$rss" >"$tmp/rss"
   cat "$out" >>"$log"
   local v
   for b in "Decode/$q:decode" "Prefill/$q/128:prefill128" "Prefill/$q/512:prefill512"; do
