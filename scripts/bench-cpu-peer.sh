@@ -32,6 +32,7 @@
 #   WORK_DIR [${XDG_CACHE_HOME:-$HOME/.cache}/llmserve-peer]: checkpoint and GGUFs, made once
 #   PAIRS [3]  THREADS [2]  DECODE_TOKENS [32]  PREFILL_RUNS [3]  TTFT_PROMPT [2000]  MAX_TOKENS [64]
 #   HTTP [1]: 0 skips the HTTP part   INT8 [1]: 0 skips int8 vs Q8_0
+#   BENCH [1]: 0 skips the benchmarks and keeps the samples an earlier run wrote
 #   OUT_DIR [results/cpu-peer]  PORT [18770] (llama-server on PORT+1)
 #   PYTHON [first python3 with numpy]
 set -euo pipefail
@@ -51,6 +52,7 @@ PREFILL_RUNS="${PREFILL_RUNS:-3}"
 TTFT_PROMPT="${TTFT_PROMPT:-2000}"
 MAX_TOKENS="${MAX_TOKENS:-64}"
 HTTP="${HTTP:-1}"
+BENCH="${BENCH:-1}"
 INT8="${INT8:-1}"
 OUT_DIR="${OUT_DIR:-results/cpu-peer}"
 PORT="${PORT:-18770}"
@@ -84,9 +86,15 @@ trap 'exit 130' INT TERM
 
 mkdir -p "$OUT_DIR" "$WORK_DIR"
 samples="$OUT_DIR/samples.jsonl"
-: >"$samples"
 log="$OUT_DIR/runs.log"
-: >"$log"
+if [ "$BENCH" = 1 ]; then
+  : >"$samples"
+  : >"$log"
+else
+  # keep the benchmarks' samples; drop an earlier run's HTTP ones
+  grep -v -e '"http_' -e '"server_peak_rss"' "$samples" >"$samples.tmp" || true
+  mv "$samples.tmp" "$samples"
+fi
 # rec METRIC SIDE PAIR VALUE UNIT [higher|lower]
 rec() {
   printf '{"metric":"%s","side":"%s","pair":%d,"value":%s,"unit":"%s","better":"%s"}\n' \
@@ -153,8 +161,9 @@ PY
   rec "bench_peak_rss_$suf" llama.cpp "$pair" "$(($(cat "$tmp/rss") / 1024))" MiB lower
 }
 
-echo "== benchmarks: $PAIRS alternated pairs, $THREADS threads"
+[ "$BENCH" = 1 ] && echo "== benchmarks: $PAIRS alternated pairs, $THREADS threads"
 for pair in $(seq 1 "$PAIRS"); do
+  [ "$BENCH" = 1 ] || break
   echo "-- pair $pair"
   ours_bench "$pair" bf16 bf16
   llama_bench "$pair" "$WORK_DIR/$slug-bf16.gguf" bf16
@@ -169,11 +178,11 @@ if [ "$HTTP" = 1 ]; then
   echo "== servers (16 sequences of up to $slot_ctx tokens each)"
   "$tmp/llmserve" --model "$ckpt" --host 127.0.0.1 --port "$PORT" --max-model-len "$slot_ctx" \
     --max-num-seqs 16 --kv-cache-memory $((16 * slot_ctx * 24 / 1024 + 1))MiB \
-    --max-concurrent-requests 64 >"$OUT_DIR/ours-server.log" 2>&1 &
+    --max-concurrent-requests 64 --served-model-name peer >"$OUT_DIR/ours-server.log" 2>&1 &
   ours_pid=$!
   pids+=("$ours_pid")
   "$LLAMA_CPP_BIN/llama-server" -m "$WORK_DIR/$slug-bf16.gguf" -t "$THREADS" -np 16 -c $((16 * slot_ctx)) \
-    --host 127.0.0.1 --port "$LPORT" >"$OUT_DIR/llama-server.log" 2>&1 &
+    --alias peer --host 127.0.0.1 --port "$LPORT" >"$OUT_DIR/llama-server.log" 2>&1 &
   llama_pid=$!
   pids+=("$llama_pid")
   for u in "http://127.0.0.1:$PORT/health" "http://127.0.0.1:$LPORT/health"; do
@@ -189,12 +198,12 @@ if [ "$HTTP" = 1 ]; then
   lg() {
     local side=$1 pair=$2 url=$3 j="$tmp/lg.json"
     "$tmp/loadgen" --url "$url/v1/completions" --input-len "$TTFT_PROMPT" --output-len 1 --max-tokens 1 \
-      --concurrency-levels 1 --requests 3 --warmup 0 --ignore-eos --seed "$pair" --no-metrics \
+      --concurrency-levels 1 --requests 3 --warmup 0 --ignore-eos --seed "$pair" --no-metrics --model peer \
       --output "$j" --table "$tmp/lg.md" >>"$log" 2>&1
     rec "http_ttft_${TTFT_PROMPT}_tokens" "$side" "$pair" \
       "$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["levels"][0]["ttft_ms"]["p50"])' "$j")" ms lower
     "$tmp/loadgen" --url "$url/v1/completions" --input-len 32 --max-tokens "$MAX_TOKENS" --output-len "$MAX_TOKENS" \
-      --concurrency-levels 1,4,16 --requests 16 --warmup 1 --ignore-eos --seed "$pair" --no-metrics \
+      --concurrency-levels 1,4,16 --requests 16 --warmup 1 --ignore-eos --seed "$pair" --no-metrics --model peer \
       --output "$j" --table "$tmp/lg.md" >>"$log" 2>&1
     "$PYTHON" - "$j" "$side" "$pair" >>"$samples" <<'PY'
 import json, sys
