@@ -115,6 +115,20 @@ type DecoderLayer struct {
 	QKVBias, OBias, GateUpBias, DownBias Tensor
 }
 
+// WeightAliaser is implemented by backends that can use host memory as a
+// weight in place, without a copy: a memory-mapped checkpoint whose tensors
+// are stored in the weight dtype. The weight is parts stacked row-wise (each
+// a whole number of rows of cols little-endian values of dt), e.g. the gate
+// and up projections of an MLP, which then run as one matmul. The memory
+// must stay valid and unchanged until the tensor is freed. A backend that
+// cannot use the memory as it is (dtype, alignment, layout) returns an error
+// wrapping ErrUnsupported, and the caller copies it with LoadWeight instead.
+// Such a weight is read by MatMul only (and, when it has one part, by every
+// op that reads weights).
+type WeightAliaser interface {
+	AliasWeight(rows, cols int, dt DType, parts ...[]byte) (Tensor, error)
+}
+
 // ActivationDTyper is implemented by backends that compute activations in
 // a dtype other than the weights': the CPU upcasts bf16/f16 weights and
 // computes in f32. A KV cache of dtype "auto" takes the activations' dtype,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -179,7 +180,13 @@ func LoadContext(ctx context.Context, path string, opts LoadOptions) (Model, err
 		if err != nil {
 			return nil, fmt.Errorf("model: loading %s: %w", dir, err)
 		}
-		defer src.Close() // the backend copies what it keeps
+		// The backend copies what it keeps, unless the factory took the
+		// mapping over (Keep) to use weights in place.
+		defer func() {
+			if !w.kept {
+				src.Close()
+			}
+		}()
 		w.src = src
 	}
 	be := opts.Backend
@@ -250,9 +257,33 @@ type Weights struct {
 	ckpt ml.DType
 	seed uint64
 	ctx  context.Context // nil: never cancelled
-	// Bytes counts the memory of the tensors loaded through Load.
-	Bytes int64
+	// kept: the factory owns src (Keep), so weights may alias its memory.
+	kept bool
+	// record, when set, sees every dummy tensor generated (WriteDummyCheckpoint).
+	record func(*weights.Tensor)
+	// Bytes counts the memory of the tensors loaded through Load; Aliased
+	// the part of it used in place (in the mapped checkpoint, or the
+	// generated dummy tensors), not copied.
+	Bytes, Aliased int64
 }
+
+// Keep hands the checkpoint's memory mapping over to the caller, which
+// closes it after freeing every tensor loaded through w: from then on
+// Load, Upload and LoadParts let a backend that can (ml.WeightAliaser) use
+// tensors stored in the weight dtype in place, in the mapped file, instead
+// of copying them. For dummy weights it returns a no-op closer (generated
+// tensors are aliased too: they are garbage-collected memory).
+func (w *Weights) Keep() io.Closer {
+	w.kept = true
+	if w.src == nil {
+		return nopCloser{}
+	}
+	return w.src
+}
+
+type nopCloser struct{}
+
+func (nopCloser) Close() error { return nil }
 
 // Dummy reports whether weights are generated.
 func (w *Weights) Dummy() bool { return w.src == nil }
@@ -271,7 +302,11 @@ func (w *Weights) Get(name string, shape ...int) (*weights.Tensor, error) {
 		return nil, err
 	}
 	if w.src == nil {
-		return w.dummy(name, shape), nil
+		t := w.dummy(name, shape)
+		if w.record != nil {
+			w.record(t)
+		}
+		return t, nil
 	}
 	t, err := w.src.Tensor(name)
 	if err != nil {
@@ -319,7 +354,7 @@ func (w *Weights) Load(name string, store ml.DType, rows, cols int, shape ...int
 	if err != nil {
 		return nil, err
 	}
-	return w.Upload(name, t.Data, t.DType, store, rows, cols)
+	return w.upload(name, [][]byte{t.Data}, t.DType, store, rows, cols)
 }
 
 // cancelled is the load context's error, checked before each tensor.
@@ -333,14 +368,82 @@ func (w *Weights) cancelled() error {
 	return nil
 }
 
-// Upload creates a backend tensor from raw data (for fused tensors).
+// Part is one checkpoint tensor of a row-wise concatenation (LoadParts)
+// and its expected shape.
+type Part struct {
+	Name  string
+	Shape []int
+}
+
+// LoadParts loads tensors of one dtype as one rows×cols tensor stored as
+// store, their flattened data back to back (row-wise for weights of one
+// width): q, k and v, or the gate and up projections, as one matmul. The
+// parts are used in place where the backend can (see Keep).
+func (w *Weights) LoadParts(parts []Part, store ml.DType, rows, cols int) (ml.Tensor, error) {
+	if len(parts) == 0 {
+		return nil, fmt.Errorf("%w: no parts", ErrShape)
+	}
+	data := make([][]byte, len(parts))
+	var dt ml.DType
+	for i, p := range parts {
+		t, err := w.Get(p.Name, p.Shape...)
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			dt = t.DType
+		} else if t.DType != dt {
+			return nil, fmt.Errorf("%w: %q is %s but %q is %s", ErrShape, parts[0].Name, dt, p.Name, t.DType)
+		}
+		data[i] = t.Data
+	}
+	name := parts[0].Name
+	if len(parts) > 1 {
+		name = parts[0].Name + "+...+" + parts[len(parts)-1].Name
+	}
+	return w.upload(name, data, dt, store, rows, cols)
+}
+
+// Upload creates a backend tensor from raw data.
 func (w *Weights) Upload(name string, data []byte, src, store ml.DType, rows, cols int) (ml.Tensor, error) {
+	return w.upload(name, [][]byte{data}, src, store, rows, cols)
+}
+
+// upload creates a backend tensor from parts stacked row-wise: aliased in
+// place when the caller keeps the source (Keep), the tensor is stored in
+// its source dtype and the backend can; otherwise copied (and converted)
+// by LoadWeight.
+func (w *Weights) upload(name string, parts [][]byte, src, store ml.DType, rows, cols int) (ml.Tensor, error) {
 	if err := w.cancelled(); err != nil {
 		return nil, err
 	}
-	x, err := w.Backend.LoadWeight(rows, cols, data, src, store)
-	if err != nil {
-		return nil, fmt.Errorf("model: loading %q: %w", name, err)
+	var x ml.Tensor
+	if wa, ok := w.Backend.(ml.WeightAliaser); ok && w.kept && src == store {
+		var err error
+		x, err = wa.AliasWeight(rows, cols, store, parts...)
+		if err != nil && !errors.Is(err, ml.ErrUnsupported) {
+			return nil, fmt.Errorf("model: loading %q: %w", name, err)
+		}
+		if x != nil {
+			w.Aliased += int64(rows) * int64(cols) * int64(store.Size())
+		}
+	}
+	if x == nil {
+		data := parts[0]
+		if len(parts) > 1 {
+			n := 0
+			for _, p := range parts {
+				n += len(p)
+			}
+			data = make([]byte, 0, n)
+			for _, p := range parts {
+				data = append(data, p...)
+			}
+		}
+		var err error
+		if x, err = w.Backend.LoadWeight(rows, cols, data, src, store); err != nil {
+			return nil, fmt.Errorf("model: loading %q: %w", name, err)
+		}
 	}
 	w.Bytes += int64(rows) * int64(cols) * int64(store.Size())
 	if store == ml.I8 {

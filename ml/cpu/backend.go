@@ -92,6 +92,10 @@ type Tensor struct {
 	// owner is a view's parent, kept reachable so its mapping stays.
 	mem   *arena
 	owner *Tensor
+	// segs, when set, holds the rows instead of f32/u16: a weight aliased
+	// over parts that are not adjacent in memory (AliasWeight); only
+	// MatMul reads it.
+	segs []segment
 }
 
 func (t *Tensor) DType() ml.DType { return t.dt }
@@ -274,7 +278,7 @@ func quantizeRow(q []int8, row []float32) float32 {
 // rejects) for a range outside t.
 func (b *Backend) View(t ml.Tensor, start, rows int) ml.Tensor {
 	x, ok := t.(*Tensor)
-	if !ok || x == nil || start < 0 || rows < 0 || start+rows > x.rows {
+	if !ok || x == nil || x.segs != nil || start < 0 || rows < 0 || start+rows > x.rows {
 		return nil
 	}
 	v := &Tensor{dt: x.dt, rows: rows, cols: x.cols}
@@ -391,7 +395,19 @@ func asTensor(t ml.Tensor, what string, dts dtypes) (*Tensor, error) {
 	if dts&(1<<x.dt) == 0 {
 		return nil, fmt.Errorf("%w: %s has dtype %s, want %v", ml.ErrUnsupported, what, x.dt, dts)
 	}
+	if x.segs != nil {
+		return nil, fmt.Errorf("%w: %s %v is a weight of %d parts, which only MatMul reads", ml.ErrUnsupported, what, x, len(x.segs))
+	}
 	return x, nil
+}
+
+// asWeight is asTensor for a matmul weight, which may be segmented.
+func asWeight(t ml.Tensor, what string) (*Tensor, error) {
+	x, ok := t.(*Tensor)
+	if ok && x != nil && x.segs != nil {
+		return x, nil
+	}
+	return asTensor(t, what, anyWeight)
 }
 
 // indices returns the first n elements of an I32 index tensor.

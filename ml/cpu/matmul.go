@@ -28,7 +28,7 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 	if err != nil {
 		return err
 	}
-	wt, err := asTensor(w, "MatMul w", anyWeight)
+	wt, err := asWeight(w, "MatMul w")
 	if err != nil {
 		return err
 	}
@@ -87,15 +87,10 @@ func (m *matmulTask) block(t0, t1, n0, n1 int) {
 	dst := m.dst.f32[t0*N+n0:]
 	x := m.x.f32[t0*K : t1*K]
 	T, nn := t1-t0, n1-n0
-	switch m.w.dt {
-	case ml.F32:
-		kernels.GemmF32(dst, N, x, m.w.f32[n0*K:n1*K], T, nn, K)
-	case ml.BF16:
-		kernels.GemmBF16(dst, N, x, m.w.u16[n0*K:n1*K], T, nn, K)
-	case ml.F16:
-		kernels.GemmF16(dst, N, x, m.w.u16[n0*K:n1*K], T, nn, K)
-	case ml.I8:
-		kernels.GemmI8(dst, N, x, m.w.i8[n0*K:n1*K], m.w.scales[n0:n1], T, nn, K)
+	if m.w.segs != nil {
+		m.segBlock(dst, x, T, n0, n1)
+	} else {
+		gemm(m.w.dt, dst, N, x, m.w.f32, m.w.u16, m.w, T, n0, n1, K)
 	}
 	if m.bias != nil {
 		bias := m.bias[n0:n1]
@@ -105,5 +100,34 @@ func (m *matmulTask) block(t0, t1, n0, n1 int) {
 				row[j] += v
 			}
 		}
+	}
+}
+
+// gemm runs the kernel of dtype dt on weight rows [n0, n1) of f32/u16 (or
+// of w's int8 rows).
+func gemm(dt ml.DType, dst []float32, ldd int, x, f32 []float32, u16 []uint16, w *Tensor, T, n0, n1, K int) {
+	nn := n1 - n0
+	switch dt {
+	case ml.F32:
+		kernels.GemmF32(dst, ldd, x, f32[n0*K:n1*K], T, nn, K)
+	case ml.BF16:
+		kernels.GemmBF16(dst, ldd, x, u16[n0*K:n1*K], T, nn, K)
+	case ml.F16:
+		kernels.GemmF16(dst, ldd, x, u16[n0*K:n1*K], T, nn, K)
+	case ml.I8:
+		kernels.GemmI8(dst, ldd, x, w.i8[n0*K:n1*K], w.scales[n0:n1], T, nn, K)
+	}
+}
+
+// segBlock is block's kernel call for a segmented weight: one call per
+// segment the rows [n0, n1) cross.
+func (m *matmulTask) segBlock(dst, x []float32, T, n0, n1 int) {
+	for i := range m.w.segs {
+		s := &m.w.segs[i]
+		lo, hi := max(n0, s.row0), min(n1, s.row0+s.rows)
+		if lo >= hi {
+			continue
+		}
+		gemm(m.w.dt, dst[lo-n0:], m.N, x, s.f32, s.u16, m.w, T, lo-s.row0, hi-s.row0, m.K)
 	}
 }

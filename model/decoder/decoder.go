@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"strings"
 
@@ -43,6 +44,8 @@ type Model struct {
 	invFreq                  ml.Tensor
 	layers                   []layer
 	tensors                  []ml.Tensor // everything to Free
+	mapping                  io.Closer   // the checkpoint's mapping, closed after the tensors
+	inPlace                  int64       // weight bytes used in place
 	weightBytes              int64
 
 	kvDType   ml.DType
@@ -84,6 +87,9 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 	if spec.MoE != nil {
 		m.moeI, m.topK = spec.MoE.Intermediate, spec.MoE.TopK
 	}
+	// The model owns the checkpoint's mapping, so that weights stored in
+	// their compute dtype are used in place (no anonymous copy).
+	m.mapping = w.Keep()
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -129,8 +135,9 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 		l.postNorm = vec(p+"post_attention_layernorm.weight", H)
 		switch {
 		case m.fq != nil && err == nil:
-			l.qkv, err = m.concat(w, []part{{a + "q_proj.weight", []int{qd, H}}, {a + "k_proj.weight", []int{kvd, H}},
-				{a + "v_proj.weight", []int{kvd, H}}}, w.DType, qd+2*kvd, H)
+			l.qkv, err = m.loadParts(w, []model.Part{{Name: a + "q_proj.weight", Shape: []int{qd, H}},
+				{Name: a + "k_proj.weight", Shape: []int{kvd, H}}, {Name: a + "v_proj.weight", Shape: []int{kvd, H}}},
+				w.DType, qd+2*kvd, H)
 			if spec.QKVBias && err == nil {
 				l.qkvb, err = m.concat(w, []part{{a + "q_proj.bias", []int{qd}}, {a + "k_proj.bias", []int{kvd}},
 					{a + "v_proj.bias", []int{kvd}}}, ml.F32, 1, qd+2*kvd)
@@ -159,7 +166,8 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 			}
 		} else {
 			if err == nil {
-				l.gateUp, err = m.fused(w, p+"mlp.gate_proj.weight", p+"mlp.up_proj.weight", []int{I, H}, w.DType, 2*I, H)
+				l.gateUp, err = m.loadParts(w, []model.Part{{Name: p + "mlp.gate_proj.weight", Shape: []int{I, H}},
+					{Name: p + "mlp.up_proj.weight", Shape: []int{I, H}}}, w.DType, 2*I, H)
 			}
 			l.down = load(p+"mlp.down_proj.weight", w.DType, H, I)
 			if spec.MLPBias {
@@ -191,9 +199,19 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 		return nil, err
 	}
 	m.bindFused()
-	m.weightBytes = w.Bytes
+	m.weightBytes, m.inPlace = w.Bytes, w.Aliased
+	if m.inPlace == 0 && m.mapping != nil {
+		// Every weight was copied (converted or quantized): unmap the
+		// checkpoint now, or its pages read during the conversion would
+		// stay in the process's resident set.
+		err = m.mapping.Close()
+		m.mapping = nil
+		if err != nil {
+			return nil, err
+		}
+	}
 	attrs := []any{"arch", cfg.Arch(), "layers", len(m.layers), "hidden", H,
-		"heads", m.nh, "kv_heads", m.nkv, "head_dim", m.hd, "qk_norm", spec.QKNorm, "weight_bytes", m.weightBytes}
+		"heads", m.nh, "kv_heads", m.nkv, "head_dim", m.hd, "qk_norm", spec.QKNorm, "weight_bytes", m.weightBytes, "weight_bytes_in_place", w.Aliased}
 	if spec.MoE != nil {
 		attrs = append(attrs, "experts", spec.MoE.Experts, "experts_per_token", spec.MoE.TopK)
 	}
@@ -232,6 +250,18 @@ func (m *Model) fused(w *model.Weights, a, b string, shape []int, store ml.DType
 	return m.concat(w, []part{{a, shape}, {b, shape}}, store, rows, cols)
 }
 
+// loadParts loads a matmul weight stacked from checkpoint tensors (q, k
+// and v; gate and up), in place in the mapped checkpoint where the backend
+// can (model.Weights.LoadParts): read by MatMul only.
+func (m *Model) loadParts(w *model.Weights, parts []model.Part, store ml.DType, rows, cols int) (ml.Tensor, error) {
+	t, err := w.LoadParts(parts, store, rows, cols)
+	if err != nil {
+		return nil, err
+	}
+	m.tensors = append(m.tensors, t)
+	return t, nil
+}
+
 // part is one checkpoint tensor of a concatenation and its expected shape.
 type part struct {
 	name  string
@@ -239,7 +269,9 @@ type part struct {
 }
 
 // concat loads tensors of one dtype as one [rows, cols] tensor, in order
-// (their flattened data back to back: row-wise for weights of one width).
+// (their flattened data back to back: row-wise for weights of one width),
+// copied into one buffer: for tensors other ops than MatMul read (biases,
+// stacked experts).
 func (m *Model) concat(w *model.Weights, parts []part, store ml.DType, rows, cols int) (ml.Tensor, error) {
 	var data []byte
 	var dt ml.DType
@@ -275,6 +307,10 @@ func (m *Model) Spec() Spec { return m.spec }
 
 // WeightBytes is the memory of all weights (the tied embedding once).
 func (m *Model) WeightBytes() int64 { return m.weightBytes }
+
+// WeightBytesInPlace is the part of WeightBytes the backend uses in place
+// (in the memory-mapped checkpoint), not copied.
+func (m *Model) WeightBytesInPlace() int64 { return m.inPlace }
 
 // KVBytesPerToken is keys and values of all layers for one token slot.
 func (m *Model) KVBytesPerToken() int64 {
@@ -313,6 +349,11 @@ func (m *Model) Close() error {
 		m.kv = nil
 	}
 	m.be = nil
+	if m.mapping != nil {
+		err := m.mapping.Close()
+		m.mapping = nil
+		return err
+	}
 	return nil
 }
 

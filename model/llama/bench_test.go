@@ -13,14 +13,16 @@ import (
 	"github.com/llmserve/llmserve/model"
 )
 
-// Benchmarks on Qwen2.5-0.5B's shape with dummy weights:
+// Benchmarks on Qwen2.5-0.5B's shape with dummy weights (or the checkpoint
+// LLMSERVE_BENCH_MODEL names):
 //
 //	go test ./model/llama -run '^$' -bench . -benchtime 20x -count 5
 //
 // decode: one token per step at batch 1 after a 128-token prompt (and,
 // bf16-ctx2000, after a 2,000-token one);
-// prefill: a 128-token prompt in one step (logits of its last token), and a
-// 2,000-token one (one step at the default --max-num-batched-tokens 2048).
+// prefill: a 128- or 512-token prompt in one step (logits of its last
+// token), and a 2,000-token one (one step at the default
+// --max-num-batched-tokens 2048).
 // GB/tok is the weight memory read per token (all of it per step, shared by
 // the step's tokens).
 
@@ -48,7 +50,13 @@ func benchModel(b *testing.B, quant string) *Model {
 	}
 	threads, _ := strconv.Atoi(os.Getenv("LLMSERVE_THREADS")) // 0: all cores
 	be := cpu.New(cpu.Options{Threads: threads})
-	lm, err := model.Load("Qwen/Qwen2.5-0.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", Quantization: quant})
+	// LLMSERVE_BENCH_MODEL names a checkpoint directory to load instead
+	// (e.g. one cmd/dummyckpt wrote: the same weights, from a mapped file).
+	path, format := "Qwen/Qwen2.5-0.5B", "dummy"
+	if p := os.Getenv("LLMSERVE_BENCH_MODEL"); p != "" {
+		path, format = p, "safetensors"
+	}
+	lm, err := model.Load(path, model.LoadOptions{Backend: be, LoadFormat: format, Quantization: quant})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -138,12 +146,12 @@ func BenchmarkDecode(b *testing.B) {
 
 func BenchmarkPrefill(b *testing.B) {
 	for _, c := range []struct {
-		quant string
-		n     int
-	}{{"bf16", 128}, {"int8", 128}, {"bf16", 2000}} {
-		b.Run(fmt.Sprintf("%s/%d", c.quant, c.n), func(b *testing.B) {
-			m := benchModel(b, map[string]string{"bf16": "", "int8": "int8"}[c.quant])
-			n := c.n
+		q string
+		n int
+	}{{"bf16", 128}, {"int8", 128}, {"bf16", 512}, {"int8", 512}, {"bf16", 2000}} {
+		q, n := c.q, c.n
+		b.Run(fmt.Sprintf("%s/%d", q, n), func(b *testing.B) {
+			m := benchModel(b, map[string]string{"bf16": "", "int8": "int8"}[q])
 			batch := &model.Batch{Tokens: prompt(n), Positions: make([]int32, n),
 				Seqs: []model.SeqChunk{{Len: n, BlockTable: blocks}}, LogitIndices: []int32{int32(n - 1)}}
 			for i := range batch.Positions {
