@@ -418,7 +418,12 @@ func (w *Weights) upload(name string, parts [][]byte, src, store ml.DType, rows,
 		return nil, err
 	}
 	var x ml.Tensor
-	if wa, ok := w.Backend.(ml.WeightAliaser); ok && w.kept && src == store {
+	// Generated (dummy) parts are separate garbage-collected objects: a
+	// backend that joins parts adjacent in memory would span two of them
+	// with one slice, which keeps only the first alive. So only one-part
+	// dummy tensors are aliased; mapped checkpoint parts always are.
+	gcParts := w.src == nil && len(parts) > 1
+	if wa, ok := w.Backend.(ml.WeightAliaser); ok && w.kept && src == store && !gcParts {
 		var err error
 		x, err = wa.AliasWeight(rows, cols, store, parts...)
 		if err != nil && !errors.Is(err, ml.ErrUnsupported) {
