@@ -208,6 +208,11 @@ func (s *Sampler) Sample(st *State, logits []float32) int {
 			cands = append(cands, cand{x, int32(i)})
 		}
 	}
+	if len(cands) == 0 {
+		// Only NaN logits (a broken model step): nothing can be sampled, and
+		// the engine loop must not panic over it.
+		return argmax(w)
+	}
 	if p.TopK > 0 && p.TopK < len(cands) {
 		selectTop(cands, p.TopK)
 		cands = cands[:p.TopK]

@@ -489,3 +489,25 @@ func TestExtremesHonoured(t *testing.T) {
 		}
 	}
 }
+
+// TestNaNLogitsDoNotPanic: a model step that returns NaN logits must not
+// take the engine loop down through the sampler.
+func TestNaNLogitsDoNotPanic(t *testing.T) {
+	const vocab = 64
+	logits := make([]float32, vocab)
+	for i := range logits {
+		logits[i] = float32(math.NaN())
+	}
+	for _, mod := range []func(p *Params){
+		func(p *Params) {},
+		func(p *Params) { p.MinP = 0.1 },
+		func(p *Params) { p.TopK, p.TopP = 5, 0.5 },
+	} {
+		p := Defaults()
+		mod(&p)
+		st := NewState(&p, 1, nil, nil)
+		if tok := NewSampler(vocab).Sample(st, logits); tok < 0 || tok >= vocab {
+			t.Fatalf("token %d out of the vocabulary", tok)
+		}
+	}
+}
