@@ -105,8 +105,8 @@ func TestTensorParallelBatchedEqualsSingle(t *testing.T) {
 type loadCounter struct {
 	*cpu.Backend
 	mu     sync.Mutex
-	elems  int   // rows*cols over all LoadWeight calls
-	bytes  int   // the host bytes handed over
+	elems  int      // rows*cols over all LoadWeight calls
+	bytes  int      // the host bytes handed over
 	shapes [][2]int // each call's rows and cols
 }
 
@@ -223,8 +223,8 @@ func TestTensorParallelStartupErrors(t *testing.T) {
 		want string // "" when it splits
 	}{
 		{func(*model.Config) {}, 8, ""},
-		{func(c *model.Config) { c.NumKeyValueHeads = 2 }, 8, ""},  // KV heads replicated on 4 ranks each
-		{func(c *model.Config) { c.VocabSize = 151665 }, 8, ""},    // uneven vocabulary slices
+		{func(c *model.Config) { c.NumKeyValueHeads = 2 }, 8, ""}, // KV heads replicated on 4 ranks each
+		{func(c *model.Config) { c.VocabSize = 151665 }, 8, ""},   // uneven vocabulary slices
 		{func(c *model.Config) { c.NumKeyValueHeads = 12; c.NumAttentionHeads = 48 }, 8, "num_key_value_heads 12 is not divisible"},
 		{func(c *model.Config) { c.NumKeyValueHeads = 3; c.NumAttentionHeads = 24 }, 8, "num_key_value_heads 3 neither divides"},
 		{func(c *model.Config) { c.IntermediateSize = 100 }, 8, "intermediate_size 100"},
