@@ -310,3 +310,34 @@ func TestTensorParallelDecodeDoesNotAllocate(t *testing.T) {
 		t.Errorf("decode step: %v allocations", n)
 	}
 }
+
+// TestTensorParallelInt8: with --quantization int8 the split model runs
+// (the tied, quantized embedding sliced with its zero row) and is as close
+// to the float model as the unsplit int8 model is: row-parallel o and down
+// are quantized per row of each rank's columns, so their scales differ
+// (and are finer), and the two int8 models differ from each other by
+// about as much as each from the float one.
+func TestTensorParallelInt8(t *testing.T) {
+	dir := filepath.Join(shareddata.Dir(t), "models", "qwen2-tiny")
+	o := model.LoadOptions{Quantization: "int8"}
+	float := modeltest.Load(t, dir, model.LoadOptions{})
+	single := modeltest.Load(t, dir, o)
+	split := modeltest.LoadTensorParallel(t, dir, 2, o, nil)
+	g := shareddata.ReadModelGolden(t, dir)
+	rows := func(m model.Model) [][]float32 {
+		if err := m.AllocateKV(16, 4); err != nil {
+			t.Fatal(err)
+		}
+		return (&modeltest.SeqRun{M: m, Blocks: []int32{3, 1, 4, 0, 5, 9, 2, 6}}).Step(t, g.PromptIDs)
+	}
+	ref, a, b := rows(float), rows(single), rows(split)
+	var dSingle, dSplit float64
+	for p := range ref {
+		dSingle = max(dSingle, modeltest.MaxDiff32(a[p], ref[p]))
+		dSplit = max(dSplit, modeltest.MaxDiff32(b[p], ref[p]))
+	}
+	if dSplit > 1.5*dSingle {
+		t.Errorf("int8 split over 2: %.3g from the float model, unsplit int8 %.3g", dSplit, dSingle)
+	}
+	t.Logf("from the float model: unsplit int8 %.3g, split int8 %.3g", dSingle, dSplit)
+}
