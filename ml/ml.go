@@ -213,3 +213,29 @@ type Backend interface {
 	Sync() error
 	Close() error
 }
+
+// Collective is one rank's end of a communicator that joins the ranks of a
+// tensor-parallel group, one backend (device) each. Its calls are
+// collective: every rank makes the same calls in the same order, each from
+// its own goroutine, and a call returns on a rank once that rank's part is
+// done (queued, on an asynchronous backend).
+type Collective interface {
+	// Rank is this end's index in the group, Size the group's.
+	Rank() int
+	Size() int
+	// AllReduceSum replaces the F32 tensor t of every rank, in place, by
+	// the elementwise sum of all ranks' t (of one shape). Every rank gets
+	// the same bits. On an asynchronous backend it is queued on the
+	// rank's stream after the rank's earlier ops.
+	AllReduceSum(t Tensor) error
+	// Abort makes the pending and later calls of every rank fail with
+	// ErrCollectiveAborted: a rank that fails half-way through a step
+	// would otherwise leave the others waiting in a collective forever.
+	Abort(cause error)
+	// Close releases this rank's end.
+	Close() error
+}
+
+// ErrCollectiveAborted is returned by the calls of a Collective whose
+// group was aborted.
+var ErrCollectiveAborted = errors.New("ml: collective aborted")

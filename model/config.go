@@ -130,4 +130,24 @@ type LoadOptions struct {
 	KVCacheDType string
 	// Logger receives load progress; nil discards it.
 	Logger *slog.Logger
+	// TensorParallel splits the model over the ranks of a group, one
+	// backend each (Backend is then unused, or Backends[0]); nil: one
+	// backend. The model owns neither the backends nor the collectives.
+	TensorParallel *TensorParallel
+}
+
+// TensorParallel is a tensor-parallel group: rank r computes on
+// Backends[r] and all-reduces through Comms[r].
+type TensorParallel struct {
+	Backends []ml.Backend
+	Comms    []ml.Collective
+}
+
+// Size is the number of ranks.
+func (tp *TensorParallel) Size() int { return len(tp.Backends) }
+
+// TensorParalleler is implemented by models split over a tensor-parallel
+// group; Load checks that an architecture's factory built one when asked.
+type TensorParalleler interface {
+	TensorParallelSize() int
 }

@@ -190,6 +190,19 @@ func LoadContext(ctx context.Context, path string, opts LoadOptions) (Model, err
 		w.src = src
 	}
 	be := opts.Backend
+	if tp := opts.TensorParallel; tp != nil {
+		if tp.Size() < 1 || len(tp.Comms) != tp.Size() || (be != nil && be != tp.Backends[0]) {
+			return nil, fmt.Errorf("%w: a tensor-parallel group of %d backends and %d collectives (and Backend its first)",
+				ErrBadOption, tp.Size(), len(tp.Comms))
+		}
+		for r, c := range tp.Comms {
+			if c.Rank() != r || c.Size() != tp.Size() {
+				return nil, fmt.Errorf("%w: collective %d is rank %d of %d, want rank %d of %d", ErrBadOption, r, c.Rank(), c.Size(), r, tp.Size())
+			}
+		}
+		be, opts.Backend = tp.Backends[0], tp.Backends[0]
+		w.TP = tp
+	}
 	if be == nil {
 		be = cpu.New(cpu.Options{Logger: log})
 	}
@@ -208,6 +221,12 @@ func LoadContext(ctx context.Context, path string, opts LoadOptions) (Model, err
 			be.Close()
 		}
 		return nil, err
+	}
+	if tp := opts.TensorParallel; tp != nil {
+		if p, ok := m.(TensorParalleler); !ok || p.TensorParallelSize() != tp.Size() {
+			m.Close()
+			return nil, fmt.Errorf("%w: architecture %s does not support tensor parallelism", ErrBadOption, arch)
+		}
 	}
 	if opts.Backend == nil {
 		return &owning{Model: m, be: be}, nil
@@ -265,6 +284,64 @@ type Weights struct {
 	// the part of it used in place (in the mapped checkpoint, or the
 	// generated dummy tensors), not copied.
 	Bytes, Aliased int64
+	// TP is the tensor-parallel group the model is split over (nil: one
+	// backend); a factory loads rank r's shard through ForRank(r).
+	TP   *TensorParallel
+	rank int
+}
+
+// Ranks is the size of the tensor-parallel group (1 without one).
+func (w *Weights) Ranks() int {
+	if w.TP == nil {
+		return 1
+	}
+	return w.TP.Size()
+}
+
+// Rank is the rank whose shard w loads (0 without a group).
+func (w *Weights) Rank() int { return w.rank }
+
+// ForRank is w loading onto rank r's backend, with its own Bytes count.
+func (w *Weights) ForRank(r int) *Weights {
+	c := *w
+	c.rank, c.Bytes, c.Aliased = r, 0, 0
+	if w.TP != nil {
+		c.Backend = w.TP.Backends[r]
+	}
+	return &c
+}
+
+// GetSlice is Get of the range [lo, hi) of the tensor's dimension dim
+// (0: rows, 1: columns of a matrix): a rank's shard. Rows share the
+// checkpoint's mapped bytes; columns are copied, the shard's bytes only.
+func (w *Weights) GetSlice(name string, shape []int, dim, lo, hi int) (*weights.Tensor, error) {
+	t, err := w.Get(name, shape...)
+	if err != nil {
+		return nil, err
+	}
+	if dim < 0 || dim >= len(shape) || len(shape) > 2 || lo < 0 || hi > shape[dim] || lo >= hi {
+		return nil, fmt.Errorf("%w: slice [%d,%d) of dimension %d of %q %v", ErrShape, lo, hi, dim, name, shape)
+	}
+	if lo == 0 && hi == shape[dim] {
+		return t, nil
+	}
+	es := t.DType.Size()
+	out := &weights.Tensor{Name: name, DType: t.DType, Shape: slices.Clone(shape)}
+	out.Shape[dim] = hi - lo
+	inner := es // bytes of one index of dim
+	if dim == 0 && len(shape) == 2 {
+		inner = shape[1] * es
+	}
+	if dim == 0 {
+		out.Data = t.Data[lo*inner : hi*inner : hi*inner]
+		return out, nil
+	}
+	rows, cols, n := shape[0], shape[1], hi-lo
+	out.Data = make([]byte, rows*n*es)
+	for r := range rows {
+		copy(out.Data[r*n*es:(r+1)*n*es], t.Data[(r*cols+lo)*es:(r*cols+hi)*es])
+	}
+	return out, nil
 }
 
 // Keep hands the checkpoint's memory mapping over to the caller, which

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
 	"time"
 
 	"github.com/llmserve/llmserve/ml"
@@ -37,6 +39,93 @@ func newBackend(device string, enforceEager bool) (ml.Backend, error) {
 		return cpu.New(cpu.Options{Logger: slog.Default()}), nil
 	}
 	return nil, fmt.Errorf("--device %q: want auto, cpu or cuda", device)
+}
+
+// newGroup opens the backends of --tensor-parallel-size n > 1 (n = 1:
+// nil, the model runs on newBackend's): n GPUs joined by NCCL, or with
+// --device cpu n CPU backends sharing the cores, joined by the in-process
+// all-reduce. --device auto takes the GPUs when CUDA is usable, else the
+// CPU. Every failure is a start-up error saying what is missing.
+func newGroup(device string, enforceEager bool, n int) (*model.TensorParallel, error) {
+	log := slog.Default()
+	cpuGroup := func() *model.TensorParallel {
+		tp := &model.TensorParallel{Comms: cpu.NewCollectives(n)}
+		threads := max(1, runtime.NumCPU()/n)
+		for range n {
+			tp.Backends = append(tp.Backends, cpu.New(cpu.Options{Logger: log, Threads: threads}))
+		}
+		log.Info("tensor parallelism on the CPU: in-process all-reduce", "ranks", n, "threads_per_rank", threads)
+		return tp
+	}
+	switch device {
+	case "cpu":
+		return cpuGroup(), nil
+	case "cuda", "auto", "":
+	default:
+		return nil, fmt.Errorf("--device %q: want auto, cpu or cuda", device)
+	}
+	if err := cuda.Available(); err != nil {
+		if device == "cuda" {
+			return nil, fmt.Errorf("CUDA backend not available: %w", err)
+		}
+		log.Info("no usable CUDA device, using the CPU", "reason", err.Error())
+		return cpuGroup(), nil
+	}
+	have, err := cuda.DeviceCount()
+	if err != nil {
+		return nil, fmt.Errorf("CUDA backend not available: %w", err)
+	}
+	if n > have {
+		return nil, fmt.Errorf("--tensor-parallel-size %d: only %d GPU(s) present (CUDA_VISIBLE_DEVICES=%q)", n, have, os.Getenv("CUDA_VISIBLE_DEVICES"))
+	}
+	var bes []*cuda.Backend
+	fail := func(err error) (*model.TensorParallel, error) {
+		for _, b := range bes {
+			b.Close()
+		}
+		return nil, err
+	}
+	for r := range n {
+		b, err := cuda.NewBackend(cuda.Options{Device: r, Logger: log, DisableGraphs: enforceEager})
+		if err != nil {
+			return fail(fmt.Errorf("CUDA backend for GPU %d: %w", r, err))
+		}
+		bes = append(bes, b)
+	}
+	comms, err := cuda.NewNCCL(bes)
+	if err != nil {
+		return fail(fmt.Errorf("--tensor-parallel-size %d: %w", n, err))
+	}
+	tp := &model.TensorParallel{Comms: comms}
+	for _, b := range bes {
+		tp.Backends = append(tp.Backends, b)
+	}
+	return tp, nil
+}
+
+// closeGroup closes a group's collectives and backends.
+func closeGroup(tp *model.TensorParallel, log *slog.Logger) {
+	if tp == nil {
+		return
+	}
+	for _, c := range tp.Comms {
+		if err := c.Close(); err != nil {
+			log.Warn("closing a collective", "err", err)
+		}
+	}
+	for _, b := range tp.Backends {
+		if err := b.Close(); err != nil {
+			log.Warn("closing a backend", "err", err)
+		}
+	}
+}
+
+// tensorParallelSize is the number of devices m is split over (1: one).
+func tensorParallelSize(m model.Model) int {
+	if p, ok := m.(model.TensorParalleler); ok {
+		return p.TensorParallelSize()
+	}
+	return 1
 }
 
 // memInfo is implemented by backends that know their device memory (CUDA).
@@ -92,7 +181,7 @@ func kvBlocks(ctx context.Context, cfg *config, be ml.Backend, m model.Model) (i
 					humanBytes(total), humanBytes(total-free), cfg.MaxNumBatchedTokens, humanBytes(reserve), cfg.GPUMemoryUtilization)
 			}
 			// The reference's start-up VRAM table.
-			per := m.KVBytesPerToken()
+			per := m.KVBytesPerToken() / int64(tensorParallelSize(m)) // one device's share
 			log.Info("device memory",
 				"total", humanBytes(total), "free_after_weights", humanBytes(free0), "gpu_memory_utilization", cfg.GPUMemoryUtilization,
 				"weights", humanBytes(m.WeightBytes()), "activations", humanBytes(activations), "activations_profiled", profiled,
@@ -100,6 +189,9 @@ func kvBlocks(ctx context.Context, cfg *config, be ml.Backend, m model.Model) (i
 				"kv_cache", humanBytes(mem), "kv_bytes_per_token", per, "kv_capacity_tokens", mem/max(per, 1))
 		}
 	}
+	// With tensor parallelism mem is each device's (as vLLM's
+	// --kv-cache-memory-bytes), and a block takes its share on every one.
+	mem *= int64(tensorParallelSize(m))
 	per := m.KVBytesPerToken() * int64(cfg.BlockSize)
 	if per <= 0 {
 		return 0, errors.New("model reports no KV memory per token")

@@ -45,6 +45,7 @@ type config struct {
 	IdleTimeout           time.Duration
 	MaxConnections        int // 0 = from the descriptor limit
 	Device                string
+	TensorParallelSize    int   // ranks the model is split over (GPUs, or CPU goroutines)
 	KVCacheMemory         int64 // bytes; 0 = default for the device
 	MaxLogprobs           int
 	LogFormat             string
@@ -354,12 +355,12 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	cpuOffload := fs.Float64("cpu-offload-gb", 0, "only 0: weights stay on the device")
 	schedSteps := fs.Int("num-scheduler-steps", 1, "only 1")
 
-	g.section("Parallelism (one device per server)")
-	tp := fs.Int("tensor-parallel-size", 1, "only 1 (-tp): run one server per GPU behind a load balancer")
+	g.section("Parallelism")
+	fs.IntVar(&c.TensorParallelSize, "tensor-parallel-size", 1, "split the model over N GPUs of this host (NCCL; -tp), or with --device cpu over N in-process ranks")
 	pp := fs.Int("pipeline-parallel-size", 1, "only 1 (-pp)")
 	dp := fs.Int("data-parallel-size", 1, "only 1 (-dp)")
 	backend := fs.String("distributed-executor-backend", "", "mp|uni: one process; ray is not supported")
-	customAR := fs.Bool("disable-custom-all-reduce", false, "accepted: one device has no all-reduce")
+	customAR := fs.Bool("disable-custom-all-reduce", false, "accepted: the all-reduce is always NCCL's")
 	expertPar := fs.Bool("enable-expert-parallel", false, "refused: one device")
 
 	g.section("Server")
@@ -476,12 +477,16 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	accept := func(name string) { c.Accepted = append(c.Accepted, "--"+name) }
 	one := func(name string, v int) {
 		if v != 1 {
-			errs = append(errs, fmt.Errorf("--%s %d: llmserve runs one model on one device, so only 1 is supported; run one server per GPU behind a load balancer", name, v))
+			errs = append(errs, fmt.Errorf("--%s %d: only 1 is supported (llmserve splits a model only over the GPUs of one host, with --tensor-parallel-size); run several servers behind a load balancer", name, v))
 		} else if set[name] {
 			accept(name)
 		}
 	}
-	one("tensor-parallel-size", *tp)
+	if c.TensorParallelSize < 1 {
+		errs = append(errs, fmt.Errorf("--tensor-parallel-size %d must be at least 1", c.TensorParallelSize))
+	} else if set["tensor-parallel-size"] && c.TensorParallelSize == 1 {
+		accept("tensor-parallel-size")
+	}
 	one("pipeline-parallel-size", *pp)
 	one("data-parallel-size", *dp)
 	one("num-scheduler-steps", *schedSteps)

@@ -32,6 +32,7 @@ import (
 	"github.com/llmserve/llmserve/metrics"
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/model/decoder"
 	_ "github.com/llmserve/llmserve/model/models" // registers every architecture
 	"github.com/llmserve/llmserve/server"
 	"github.com/llmserve/llmserve/tokenizer"
@@ -112,6 +113,12 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		return err
 	}
 	phases.done("resolve model")
+	if n := cfg.TensorParallelSize; n > 1 {
+		// Before any device is opened: heads, KV heads, intermediate sizes.
+		if err := decoder.CheckTensorParallel(mcfg, decoder.Spec{MoE: decoder.MoEFromConfig(mcfg)}, n); err != nil {
+			return err
+		}
+	}
 	var tok *tokenizer.Tokenizer
 	if !cfg.SkipTokenizerInit {
 		tdir := cfg.Tokenizer
@@ -210,18 +217,32 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	var eng *engine.Local
 	var m model.Model
 	var be ml.Backend
+	var group *model.TensorParallel // --tensor-parallel-size > 1
+	closeAll := func() {
+		if group == nil {
+			closeModel(m, be, log)
+			return
+		}
+		closeModel(m, nil, log)
+		closeGroup(group, log)
+	}
 	loadErr := func() error {
 		var err error
-		if be, err = newBackend(cfg.Device, cfg.EnforceEager); err != nil {
+		if cfg.TensorParallelSize > 1 {
+			if group, err = newGroup(cfg.Device, cfg.EnforceEager, cfg.TensorParallelSize); err != nil {
+				return err
+			}
+			be = group.Backends[0]
+		} else if be, err = newBackend(cfg.Device, cfg.EnforceEager); err != nil {
 			return err
 		}
-		phases.done("device init", "backend", be.Name())
+		phases.done("device init", "backend", be.Name(), "tensor_parallel_size", cfg.TensorParallelSize)
 		path := dir
 		if path == "" {
 			path = cfg.Model // a built-in config with dummy weights
 		}
 		m, err = model.LoadContext(gctx, path, model.LoadOptions{Backend: be, DType: cfg.DType, KVCacheDType: cfg.KVCacheDType,
-			Quantization: cfg.Quantization, LoadFormat: cfg.LoadFormat, Seed: cfg.Seed, Logger: log})
+			Quantization: cfg.Quantization, LoadFormat: cfg.LoadFormat, Seed: cfg.Seed, Logger: log, TensorParallel: group})
 		if err != nil {
 			return err
 		}
@@ -256,7 +277,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	if loadErr != nil {
 		_ = httpSrv.Close()
 		gerr := g.Wait()
-		closeModel(m, be, log)
+		closeAll()
 		if ctx.Err() != nil {
 			// A signal while loading: a prompt, clean exit.
 			log.Info("stopped while loading")
@@ -305,7 +326,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	if err := g.Wait(); err != nil && runErr == nil {
 		runErr = err
 	}
-	closeModel(m, be, log)
+	closeAll()
 	log.Info("stopped")
 	return runErr
 }

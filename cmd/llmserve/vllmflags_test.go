@@ -69,8 +69,8 @@ func TestParseFlagsRefusesWhatIsNotSupported(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--tensor-parallel-size", "2"}, "only 1 is supported"},
-		{[]string{"-tp", "4"}, "--tensor-parallel-size 4"},
+		{[]string{"--tensor-parallel-size", "0"}, "at least 1"},
+		{[]string{"-tp", "-2"}, "--tensor-parallel-size -2"},
 		{[]string{"--pipeline-parallel-size", "2"}, "only 1"},
 		{[]string{"--data_parallel_size", "2"}, "only 1"},
 		{[]string{"--distributed-executor-backend", "ray"}, "supported: mp, uni"},

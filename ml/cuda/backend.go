@@ -161,6 +161,7 @@ type Backend struct {
 	numGraph int
 
 	closed bool
+	nccl   *ncclLib // loaded by the first all-reduce launched
 }
 
 var _ ml.Backend = (*Backend)(nil)
@@ -175,6 +176,7 @@ type opKind uint8
 const (
 	opKernel opKind = iota
 	opGemm
+	opAllReduce // an NCCL all-reduce (nccl.go)
 )
 
 type op struct {
@@ -186,6 +188,7 @@ type op struct {
 	grid, block   [3]uint32
 	argOff, argSz int
 	g             gemmArgs
+	coll          collArgs
 }
 
 type gemmArgs struct {
@@ -1083,6 +1086,10 @@ func (b *Backend) launchAll() error {
 				uintptr(g.b), uintptr(g.btype), uintptr(g.ldb),
 				uintptr(unsafe.Pointer(&b.zero)), uintptr(g.c), uintptr(g.ctype), uintptr(g.ldc),
 				uintptr(cublasCompute32), uintptr(gemmAlgoDefault)); err != nil {
+				return err
+			}
+		case opAllReduce:
+			if err := b.launchAllReduce(&o.coll); err != nil {
 				return err
 			}
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/weights"
 )
 
 type layer struct {
@@ -35,7 +36,11 @@ type Model struct {
 	spec Spec
 	be   ml.Backend
 
+	// H, I, nh, nkv and moeI are this rank's share under tensor
+	// parallelism (I, nh, nkv, moeI divided by the ranks); V is the whole
+	// vocabulary and vl the rows of it this rank's lm_head holds (V alone).
 	H, I, V, nh, nkv, hd int
+	vl                   int
 	eps                  float32
 	scale                float32
 	moeI, topK           int // sparse layers' expert intermediate size and experts per token
@@ -62,6 +67,8 @@ type Model struct {
 	sd         stepDecoder
 	stepLayers []ml.DecoderLayer
 	pad        bool // pad prefill/mixed steps to bucket sizes
+
+	tp *shard // this rank's place in a tensor-parallel group (nil: none)
 }
 
 var (
@@ -72,24 +79,59 @@ var (
 
 // New loads the model cfg describes, with the layers spec states, from w.
 // Weights are bound by their Hugging Face names here and nowhere else.
-func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
+func New(cfg *model.Config, w *model.Weights, spec Spec) (*Model, error) {
+	if w.TP != nil {
+		return nil, fmt.Errorf("%w: a tensor-parallel group of %d: use NewParallel (or Load)", model.ErrBadOption, w.Ranks())
+	}
+	return newModel(cfg, w, spec, nil)
+}
+
+// Load is New, or NewParallel when w has a tensor-parallel group.
+func Load(cfg *model.Config, w *model.Weights, spec Spec) (model.Model, error) {
+	if w.TP != nil {
+		p, err := NewParallel(cfg, w, spec)
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	m, err := New(cfg, w, spec)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// newModel loads the whole model (sh nil) or one rank's shard of it.
+func newModel(cfg *model.Config, w *model.Weights, spec Spec, sh *shard) (_ *Model, err error) {
 	if err := spec.check(cfg); err != nil {
 		return nil, err
 	}
 	m := &Model{
 		cfg: cfg, spec: spec, be: w.Backend,
-		H: cfg.HiddenSize, I: cfg.IntermediateSize, V: cfg.VocabSize,
+		H: cfg.HiddenSize, I: cfg.IntermediateSize, V: cfg.VocabSize, vl: cfg.VocabSize,
 		nh: cfg.NumAttentionHeads, nkv: cfg.NumKeyValueHeads, hd: cfg.HeadDim,
 		eps:     float32(cfg.RMSNormEps),
 		scale:   float32(1 / math.Sqrt(float64(cfg.HeadDim))),
 		kvDType: w.KVDType,
+		tp:      sh,
 	}
 	if spec.MoE != nil {
 		m.moeI, m.topK = spec.MoE.Intermediate, spec.MoE.TopK
 	}
-	// The model owns the checkpoint's mapping, so that weights stored in
-	// their compute dtype are used in place (no anonymous copy).
-	m.mapping = w.Keep()
+	// The whole model is the shard of one rank.
+	g := geometry{nh: m.nh, nkv: m.nkv, I: m.I, moeI: m.moeI, vl: m.V, bias: true}
+	if sh != nil {
+		g = sh.geometry
+		m.nh, m.nkv, m.I, m.moeI, m.vl = g.nh, g.nkv, g.I, g.moeI, g.vl
+	}
+	if sh == nil {
+		// The model owns the checkpoint's mapping, so that weights stored in
+		// their compute dtype are used in place (no anonymous copy). A rank's
+		// shard copies what it keeps: the ranks share one mapping, which
+		// Load closes once they are built.
+		m.mapping = w.Keep()
+	}
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -115,8 +157,23 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 		return t
 	}
 	vec := func(name string, n int) ml.Tensor { return load(name, ml.F32, 1, n, n) }
+	// loadPart loads one part (a rank's slice of a tensor).
+	loadPart := func(p part, store ml.DType, rows, cols int) ml.Tensor {
+		if err != nil {
+			return nil
+		}
+		var t ml.Tensor
+		t, err = m.concat(w, []part{p}, store, rows, cols)
+		return t
+	}
 
 	H, I, qd, kvd := m.H, m.I, m.nh*m.hd, m.nkv*m.hd
+	fullQ, fullKV, fullI := cfg.NumAttentionHeads*m.hd, cfg.NumKeyValueHeads*m.hd, cfg.IntermediateSize
+	qRows := func(name string, shape ...int) part { return part{name, shape, 0, g.q0 * m.hd, (g.q0 + g.nh) * m.hd} }
+	kvRows := func(name string, shape ...int) part {
+		return part{name, shape, 0, g.kv0 * m.hd, (g.kv0 + g.nkv) * m.hd}
+	}
+	iRows := func(name string, shape ...int) part { return part{name, shape, 0, g.i0, g.i0 + g.I} }
 	// The embedding doubles as lm_head when tied, so it is stored like a
 	// matmul weight then; untied, only T rows are read per step and it
 	// keeps the --dtype.
@@ -124,7 +181,11 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 	if cfg.TieWordEmbeddings {
 		embedStore = w.DType
 	}
-	m.embed = load("model.embed_tokens.weight", embedStore, m.V, H)
+	if sh != nil && sh.vocab && err == nil {
+		m.embed, err = m.vocabShard(w, embedStore, g)
+	} else {
+		m.embed = load("model.embed_tokens.weight", embedStore, m.V, H)
+	}
 	m.layers = make([]layer, cfg.NumHiddenLayers)
 	for i := range m.layers {
 		p := fmt.Sprintf("model.layers.%d.", i)
@@ -135,46 +196,62 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 		l.postNorm = vec(p+"post_attention_layernorm.weight", H)
 		switch {
 		case m.fq != nil && err == nil:
-			l.qkv, err = m.loadParts(w, []model.Part{{Name: a + "q_proj.weight", Shape: []int{qd, H}},
-				{Name: a + "k_proj.weight", Shape: []int{kvd, H}}, {Name: a + "v_proj.weight", Shape: []int{kvd, H}}},
-				w.DType, qd+2*kvd, H)
+			if sh == nil {
+				l.qkv, err = m.loadParts(w, []model.Part{{Name: a + "q_proj.weight", Shape: []int{qd, H}},
+					{Name: a + "k_proj.weight", Shape: []int{kvd, H}}, {Name: a + "v_proj.weight", Shape: []int{kvd, H}}},
+					w.DType, qd+2*kvd, H)
+			} else {
+				l.qkv, err = m.concat(w, []part{qRows(a+"q_proj.weight", fullQ, H), kvRows(a+"k_proj.weight", fullKV, H),
+					kvRows(a+"v_proj.weight", fullKV, H)}, w.DType, qd+2*kvd, H)
+			}
 			if spec.QKVBias && err == nil {
-				l.qkvb, err = m.concat(w, []part{{a + "q_proj.bias", []int{qd}}, {a + "k_proj.bias", []int{kvd}},
-					{a + "v_proj.bias", []int{kvd}}}, ml.F32, 1, qd+2*kvd)
+				l.qkvb, err = m.concat(w, []part{qRows(a+"q_proj.bias", fullQ), kvRows(a+"k_proj.bias", fullKV),
+					kvRows(a+"v_proj.bias", fullKV)}, ml.F32, 1, qd+2*kvd)
 			}
 		case m.fq == nil:
-			l.q = load(a+"q_proj.weight", w.DType, qd, H)
-			l.k = load(a+"k_proj.weight", w.DType, kvd, H)
-			l.v = load(a+"v_proj.weight", w.DType, kvd, H)
+			l.q = loadPart(qRows(a+"q_proj.weight", fullQ, H), w.DType, qd, H)
+			l.k = loadPart(kvRows(a+"k_proj.weight", fullKV, H), w.DType, kvd, H)
+			l.v = loadPart(kvRows(a+"v_proj.weight", fullKV, H), w.DType, kvd, H)
 			if spec.QKVBias {
-				l.qb = vec(a+"q_proj.bias", qd)
-				l.kb = vec(a+"k_proj.bias", kvd)
-				l.vb = vec(a+"v_proj.bias", kvd)
+				l.qb = loadPart(qRows(a+"q_proj.bias", fullQ), ml.F32, 1, qd)
+				l.kb = loadPart(kvRows(a+"k_proj.bias", fullKV), ml.F32, 1, kvd)
+				l.vb = loadPart(kvRows(a+"v_proj.bias", fullKV), ml.F32, 1, kvd)
 			}
 		}
 		if spec.QKNorm {
 			l.qNorm = vec(a+"q_norm.weight", m.hd)
 			l.kNorm = vec(a+"k_norm.weight", m.hd)
 		}
-		l.o = load(a+"o_proj.weight", w.DType, H, qd)
-		if spec.OBias {
+		// o and down are row-parallel: each rank holds the columns of its
+		// heads (of its intermediate slice), and their biases are added
+		// once, by rank 0, before the sum over ranks.
+		l.o = loadPart(part{a + "o_proj.weight", []int{H, fullQ}, 1, g.q0 * m.hd, (g.q0 + g.nh) * m.hd}, w.DType, H, qd)
+		if spec.OBias && g.bias {
 			l.ob = vec(a+"o_proj.bias", H)
 		}
 		if spec.sparse(i) {
 			if err == nil {
-				err = m.loadExperts(w, p+"mlp.", l)
+				err = m.loadExperts(w, p+"mlp.", l, g)
 			}
 		} else {
 			if err == nil {
-				l.gateUp, err = m.loadParts(w, []model.Part{{Name: p + "mlp.gate_proj.weight", Shape: []int{I, H}},
-					{Name: p + "mlp.up_proj.weight", Shape: []int{I, H}}}, w.DType, 2*I, H)
+				if sh == nil {
+					l.gateUp, err = m.loadParts(w, []model.Part{{Name: p + "mlp.gate_proj.weight", Shape: []int{I, H}},
+						{Name: p + "mlp.up_proj.weight", Shape: []int{I, H}}}, w.DType, 2*I, H)
+				} else {
+					l.gateUp, err = m.concat(w, []part{iRows(p+"mlp.gate_proj.weight", fullI, H), iRows(p+"mlp.up_proj.weight", fullI, H)},
+						w.DType, 2*I, H)
+				}
 			}
-			l.down = load(p+"mlp.down_proj.weight", w.DType, H, I)
+			l.down = loadPart(part{p + "mlp.down_proj.weight", []int{H, fullI}, 1, g.i0, g.i0 + I}, w.DType, H, I)
 			if spec.MLPBias {
 				if err == nil {
-					l.gub, err = m.fused(w, p+"mlp.gate_proj.bias", p+"mlp.up_proj.bias", []int{I}, ml.F32, 1, 2*I)
+					l.gub, err = m.concat(w, []part{iRows(p+"mlp.gate_proj.bias", fullI), iRows(p+"mlp.up_proj.bias", fullI)},
+						ml.F32, 1, 2*I)
 				}
-				l.db = vec(p+"mlp.down_proj.bias", H)
+				if g.bias {
+					l.db = vec(p+"mlp.down_proj.bias", H)
+				}
 			}
 		}
 		if err != nil {
@@ -182,10 +259,13 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 		}
 	}
 	m.finalNorm = vec("model.norm.weight", H)
-	if cfg.TieWordEmbeddings {
+	switch {
+	case cfg.TieWordEmbeddings && m.embed != nil && m.vl != m.V:
+		m.lmHead = m.be.View(m.embed, 0, m.vl) // without the zero row
+	case cfg.TieWordEmbeddings:
 		m.lmHead = m.embed
-	} else {
-		m.lmHead = load("lm_head.weight", w.DType, m.V, H)
+	default:
+		m.lmHead = loadPart(part{"lm_head.weight", []int{m.V, H}, 0, g.v0, g.v0 + m.vl}, w.DType, m.vl, H)
 	}
 	if err != nil {
 		return nil, err
@@ -198,7 +278,11 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 	if err = m.be.UploadF32(m.invFreq, inv); err != nil {
 		return nil, err
 	}
-	m.bindFused()
+	if sh == nil {
+		// The fused decode paths add the o and down projections to the
+		// residual in place, where a shard has a partial sum to reduce first.
+		m.bindFused()
+	}
 	m.weightBytes, m.inPlace = w.Bytes, w.Aliased
 	if m.inPlace == 0 && m.mapping != nil {
 		// Every weight was copied (converted or quantized): unmap the
@@ -215,14 +299,17 @@ func New(cfg *model.Config, w *model.Weights, spec Spec) (_ *Model, err error) {
 	if spec.MoE != nil {
 		attrs = append(attrs, "experts", spec.MoE.Experts, "experts_per_token", spec.MoE.TopK)
 	}
+	if sh != nil {
+		attrs = append(attrs, "rank", sh.rank, "ranks", sh.n)
+	}
 	w.Logger.Info("model loaded", attrs...)
 	return m, nil
 }
 
 // loadExperts loads a sparse MLP: the router, and the experts' projections
 // stacked so that one grouped matmul reads any subset of them.
-func (m *Model) loadExperts(w *model.Weights, p string, l *layer) error {
-	E, I, H := m.spec.MoE.Experts, m.moeI, m.H
+func (m *Model) loadExperts(w *model.Weights, p string, l *layer, g geometry) error {
+	E, I, H, fullI := m.spec.MoE.Experts, m.moeI, m.H, m.spec.MoE.Intermediate
 	var err error
 	// The router stays at --dtype when the experts are quantized (as in
 	// vLLM): int8 noise would change which experts a token picks.
@@ -234,8 +321,9 @@ func (m *Model) loadExperts(w *model.Weights, p string, l *layer) error {
 	dn := make([]part, 0, E)
 	for e := range E {
 		x := fmt.Sprintf("%sexperts.%d.", p, e)
-		gu = append(gu, part{x + "gate_proj.weight", []int{I, H}}, part{x + "up_proj.weight", []int{I, H}})
-		dn = append(dn, part{x + "down_proj.weight", []int{H, I}})
+		gu = append(gu, part{x + "gate_proj.weight", []int{fullI, H}, 0, g.e0, g.e0 + I},
+			part{x + "up_proj.weight", []int{fullI, H}, 0, g.e0, g.e0 + I})
+		dn = append(dn, part{x + "down_proj.weight", []int{H, fullI}, 1, g.e0, g.e0 + I})
 	}
 	if l.expGateUp, err = m.concat(w, gu, w.DType, E*2*I, H); err != nil {
 		return err
@@ -244,10 +332,14 @@ func (m *Model) loadExperts(w *model.Weights, p string, l *layer) error {
 	return err
 }
 
-// fused loads two same-shaped tensors as one [rows, cols] tensor, a's rows
-// first (gate and up projections share one matmul).
-func (m *Model) fused(w *model.Weights, a, b string, shape []int, store ml.DType, rows, cols int) (ml.Tensor, error) {
-	return m.concat(w, []part{{a, shape}, {b, shape}}, store, rows, cols)
+// part is one checkpoint tensor of a concatenation and its expected
+// shape, or the range [lo, hi) of its dimension dim (a rank's shard; hi 0:
+// all of it).
+type part struct {
+	name   string
+	shape  []int
+	dim    int
+	lo, hi int
 }
 
 // loadParts loads a matmul weight stacked from checkpoint tensors (q, k
@@ -262,10 +354,11 @@ func (m *Model) loadParts(w *model.Weights, parts []model.Part, store ml.DType, 
 	return t, nil
 }
 
-// part is one checkpoint tensor of a concatenation and its expected shape.
-type part struct {
-	name  string
-	shape []int
+func (p part) get(w *model.Weights) (*weights.Tensor, error) {
+	if p.hi == 0 {
+		return w.Get(p.name, p.shape...)
+	}
+	return w.GetSlice(p.name, p.shape, p.dim, p.lo, p.hi)
 }
 
 // concat loads tensors of one dtype as one [rows, cols] tensor, in order
@@ -276,9 +369,13 @@ func (m *Model) concat(w *model.Weights, parts []part, store ml.DType, rows, col
 	var data []byte
 	var dt ml.DType
 	for i, p := range parts {
-		t, err := w.Get(p.name, p.shape...)
+		t, err := p.get(w)
 		if err != nil {
 			return nil, err
+		}
+		if len(parts) == 1 {
+			data, dt = t.Data, t.DType // no copy
+			break
 		}
 		if i == 0 {
 			dt = t.DType

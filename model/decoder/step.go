@@ -147,7 +147,7 @@ func (m *Model) ensure(T, S, B, L int) error {
 		replace(&s.selH, alloc(ml.F32, c, m.H))
 		replace(&s.selD, alloc(ml.F32, c, m.H))
 		replace(&s.selX, alloc(ml.F32, c, m.H))
-		replace(&s.logits, alloc(ml.F32, c, m.V))
+		replace(&s.logits, alloc(ml.F32, c, m.vl))
 		s.capL = c
 	}
 	if resized {
@@ -290,6 +290,9 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 	toks, poss, tokSeq, slots := ids[:Tp], ids[oPos:oPos+Tp], ids[oTokSeq:oTokSeq+Tp], ids[oSlots:oSlots+Tp]
 	lidx, bts := ids[oLogit:oLogit+Lp], ids[oBT:nIDs]
 	copy(toks, b.Tokens)
+	if m.tp != nil && m.tp.vocab {
+		m.tp.localTokens(toks[:T])
+	}
 	copy(poss, b.Positions)
 	copy(lidx, b.LogitIndices)
 	maxCtx := 0
@@ -331,6 +334,13 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 	h, xn, down := vw.h, vw.xn, vw.down
 	if err := be.Embedding(h, m.embed, vw.tokens); err != nil {
 		return err
+	}
+	if m.tp != nil && m.tp.vocab {
+		// Each rank looked up the tokens of its vocabulary slice (zeros
+		// for the others).
+		if err := m.tp.comm.AllReduceSum(h); err != nil {
+			return err
+		}
 	}
 	if m.fd != nil && m.fd.FusedDecode(Tp, m.H) {
 		// Decode steps want the logits of every row in order: the lm_head
@@ -381,6 +391,9 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 	}
 	if err := be.MatMul(vw.logits, vw.selX, m.lmHead, nil); err != nil {
 		return err
+	}
+	if m.tp != nil {
+		return m.tp.fetch(m, vw, L, logits)
 	}
 	return m.fetchLogits(vw, L, greedy, tokens, logits)
 }
@@ -579,6 +592,11 @@ func (m *Model) attnMLP(l *layer, i int, vw *stepViews) (bool, error) {
 	if err := be.MatMul(down, attn, l.o, l.ob); err != nil {
 		return false, err
 	}
+	if m.tp != nil {
+		if err := m.tp.comm.AllReduceSum(down); err != nil {
+			return false, err
+		}
+	}
 	if err := be.AddRMSNorm(h, xn, down, l.postNorm, m.eps); err != nil {
 		return false, err
 	}
@@ -591,7 +609,13 @@ func (m *Model) attnMLP(l *layer, i int, vw *stepViews) (bool, error) {
 	if err := be.SiLUMul(act, gu); err != nil {
 		return false, err
 	}
-	return true, be.MatMul(down, act, l.down, l.db)
+	if err := be.MatMul(down, act, l.down, l.db); err != nil {
+		return true, err
+	}
+	if m.tp != nil {
+		return true, m.tp.comm.AllReduceSum(down)
+	}
+	return true, nil
 }
 
 // moe is a sparse MLP on xn, its output added to the residual h: route
@@ -614,6 +638,15 @@ func (m *Model) moe(l *layer, vw *stepViews) error {
 	}
 	if err := be.MatMulExperts(vw.eout, vw.eact, l.expDown, vw.topID); err != nil {
 		return err
+	}
+	if m.tp != nil {
+		// Each rank's expert rows are partial sums over its slice of
+		// every expert's intermediate size; summed before they are weighted
+		// into the residual (k rows per token: simple, if k times the bytes
+		// of reducing the token's sum).
+		if err := m.tp.comm.AllReduceSum(vw.eout); err != nil {
+			return err
+		}
 	}
 	return be.ScatterAdd(vw.h, vw.eout, vw.tokOf, vw.topW)
 }

@@ -10,10 +10,15 @@ import (
 // step buffers then never grow again, so the device pointers (and the
 // graphs recorded after them) stay valid.
 func (m *Model) WarmUp(ctx context.Context, o model.WarmUpOptions) (int, error) {
+	return warmUp(ctx, m, m.V, m.pad, o)
+}
+
+// warmUp runs the warm-up steps on m, of vocabulary V, whose steps are
+// padded when pad.
+func warmUp(ctx context.Context, m model.DeviceArgmaxer, V int, pad bool, o model.WarmUpOptions) (int, error) {
 	if o.NumBlocks < 1 || o.BlockSize < 1 {
 		return 0, nil
 	}
-	V := m.V
 	steps := 0
 	step := func(b *model.Batch) error {
 		steps++
@@ -70,7 +75,7 @@ func (m *Model) WarmUp(ctx context.Context, o model.WarmUpOptions) (int, error) 
 	}
 	// Steps with prompt tokens are padded to a few token and logit-row
 	// counts: run each pair twice, which captures its graph.
-	if m.pad {
+	if pad {
 		for _, T := range PaddedSizes(maxT) {
 			for L := 1; L < T && L <= o.MaxSeqs && err == nil; L *= 2 {
 				for range 2 {

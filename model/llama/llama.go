@@ -41,6 +41,9 @@ type Model struct {
 
 // New builds the model from w (registered for all three architectures).
 func New(cfg *model.Config, w *model.Weights) (model.Model, error) {
+	if w.TP != nil {
+		return decoder.Load(cfg, w, Spec(cfg))
+	}
 	m, err := decoder.New(cfg, w, Spec(cfg))
 	if err != nil {
 		return nil, err

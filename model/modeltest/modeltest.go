@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"testing"
 
 	"github.com/llmserve/llmserve/internal/shareddata"
+	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/model"
 	"github.com/llmserve/llmserve/model/reference"
@@ -33,6 +35,52 @@ func Load(t testing.TB, path string, o model.LoadOptions) model.Model {
 		be.Close()
 	})
 	return m
+}
+
+// LoadTensorParallel loads a model directory split over n ranks, each on
+// its own CPU backend (from newBackend, or a fresh one when it is nil),
+// joined by the in-process all-reduce (all closed by cleanup).
+func LoadTensorParallel(t testing.TB, path string, n int, o model.LoadOptions, newBackend func() ml.Backend) model.Model {
+	t.Helper()
+	m, err := loadTensorParallel(t, path, n, o, newBackend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// LoadTensorParallelErr is LoadTensorParallel returning Load's error.
+func LoadTensorParallelErr(t testing.TB, path string, n int, o model.LoadOptions) error {
+	t.Helper()
+	m, err := loadTensorParallel(t, path, n, o, nil)
+	if err == nil {
+		m.Close()
+	}
+	return err
+}
+
+func loadTensorParallel(t testing.TB, path string, n int, o model.LoadOptions, newBackend func() ml.Backend) (model.Model, error) {
+	tp := &model.TensorParallel{Comms: cpu.NewCollectives(n)}
+	for range n {
+		var be ml.Backend
+		if newBackend != nil {
+			be = newBackend()
+		} else {
+			be = cpu.New(cpu.Options{Threads: max(1, runtime.NumCPU()/n)})
+		}
+		tp.Backends = append(tp.Backends, be)
+	}
+	o.TensorParallel = tp
+	m, err := model.Load(path, o)
+	t.Cleanup(func() {
+		if m != nil {
+			m.Close()
+		}
+		for _, be := range tp.Backends {
+			be.Close()
+		}
+	})
+	return m, err
 }
 
 // SeqRun drives one sequence through Forward over its own blocks.

@@ -30,5 +30,5 @@ func Spec(cfg *model.Config) decoder.Spec {
 
 // New builds the model from w.
 func New(cfg *model.Config, w *model.Weights) (model.Model, error) {
-	return decoder.New(cfg, w, Spec(cfg))
+	return decoder.Load(cfg, w, Spec(cfg))
 }
