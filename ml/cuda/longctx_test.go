@@ -2,16 +2,13 @@ package cuda_test
 
 import (
 	"fmt"
-	"math/rand/v2"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/llmserve/llmserve/internal/shareddata"
-	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/cuda"
 	"github.com/llmserve/llmserve/model"
-	"github.com/llmserve/llmserve/model/reference"
+	"github.com/llmserve/llmserve/model/modeltest"
 )
 
 // TestLongContextMatchesReference: the CPU suite's long-context test on the
@@ -24,52 +21,20 @@ func TestLongContextMatchesReference(t *testing.T) {
 	td := shareddata.Dir(t)
 	const prompt, chunk, decode = 4096, 512, 8
 	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16"} {
-		dir := t.TempDir()
-		if err := reference.Rewrite(filepath.Join(td, "models", name), dir, ml.BF16, 8192); err != nil {
-			t.Fatal(err)
-		}
-		ref, err := reference.Load(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := rand.New(rand.NewPCG(1, 2))
-		tokens := make([]int32, prompt+decode)
-		for i := range tokens {
-			tokens[i] = int32(r.IntN(ref.Config.VocabSize))
-		}
-		want := ref.Forward(tokens)
+		c := modeltest.NewLongContext(t, td, name, prompt, decode)
 		for _, exact := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/exact=%v", name, exact), func(t *testing.T) {
 				tol := 0.15
 				if exact {
 					tol = 2e-3
 				}
-				m, err := model.Load(dir, model.LoadOptions{Backend: gpu(t, cuda.Options{ExactActivations: exact}),
+				m, err := model.Load(c.Dir, model.LoadOptions{Backend: gpu(t, cuda.Options{ExactActivations: exact}),
 					KVCacheDType: "float32"})
 				if err != nil {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { m.Close() })
-				const bs = 16
-				blocks := (prompt+decode+bs-1)/bs + 1
-				if err := m.AllocateKV(blocks, bs); err != nil {
-					t.Fatal(err)
-				}
-				s := &seqRun{m: m}
-				for i := range blocks {
-					s.blocks = append(s.blocks, int32(blocks-1-i))
-				}
-				var rows [][]float32
-				for at := 0; at < prompt; at += chunk {
-					rows = append(rows, s.step(t, tokens[at:at+chunk])...)
-				}
-				for i := prompt; i < prompt+decode; i++ {
-					rows = append(rows, s.step(t, tokens[i:i+1])...)
-				}
-				diffs := make([]float64, len(rows))
-				for p := range rows {
-					diffs[p] = reference.LogprobDiff(rows[p], want[p])
-				}
+				diffs := c.Run(t, m, chunk)
 				tail := slices.Max(diffs[prompt-chunk:])
 				worst := slices.Max(diffs)
 				t.Logf("max |logprob - reference|: all %.3g, last chunk and decode %.3g (tol %.0e)", worst, tail, tol)
