@@ -1,6 +1,8 @@
 package qwen3_test
 
 import (
+	"os"
+	"strconv"
 	"testing"
 
 	"github.com/llmserve/llmserve/ml/cpu"
@@ -17,7 +19,8 @@ import (
 func BenchmarkDecode(b *testing.B) {
 	for _, name := range []string{"Qwen/Qwen3-0.6B", "Qwen/Qwen2.5-0.5B"} {
 		b.Run(name[len("Qwen/"):], func(b *testing.B) {
-			be := cpu.New(cpu.Options{})
+			threads, _ := strconv.Atoi(os.Getenv("LLMSERVE_THREADS")) // 0: all cores
+			be := cpu.New(cpu.Options{Threads: threads})
 			defer be.Close()
 			m, err := model.Load(name, model.LoadOptions{Backend: be, LoadFormat: "dummy"})
 			if err != nil {
