@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -114,6 +115,12 @@ type Options struct {
 	SamplingDefaults SamplingDefaults
 	// Version is GET /version's JSON body (nil: {"version":"devel"}).
 	Version any
+	// CORS, when set, answers CORS preflights and adds the
+	// Access-Control-Allow-* headers (see CORSOptions); nil: no CORS.
+	CORS *CORSOptions
+	// TLSConfig, when set, makes Serve speak HTTPS (HTTP/1.1, as uvicorn)
+	// with its certificates and client-certificate policy.
+	TLSConfig *tls.Config
 
 	// Structured outputs, tool calls and reasoning (see structured.go).
 	// EnableAutoToolChoice and ToolCallParser are vLLM's
@@ -377,7 +384,11 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, http.StatusNotFound, "not_found_error", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path), "", nil)
 	}))
-	return s.transport(s.recoverPanics(mux))
+	var h http.Handler = mux
+	if s.opts.CORS != nil {
+		h = newCORS(*s.opts.CORS).wrap(h) // preflights never reach auth
+	}
+	return s.transport(s.recoverPanics(h))
 }
 
 // allow restricts a route to one method (GET also allows HEAD).

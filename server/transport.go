@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -40,7 +41,21 @@ func (s *Server) NewHTTPServer() *http.Server {
 		hs.ConnState = s.conns.track
 		hs.ConnContext = s.conns.connContext
 	}
+	if s.opts.TLSConfig != nil {
+		hs.TLSConfig = s.opts.TLSConfig.Clone()
+		// HTTP/1.1 only, as uvicorn: the transport bounds are per connection.
+		hs.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	}
 	return hs
+}
+
+// Serve serves hs (from NewHTTPServer) on s.Listener(ln), over TLS when
+// Options.TLSConfig is set. It returns http.ErrServerClosed after Shutdown.
+func (s *Server) Serve(hs *http.Server, ln net.Listener) error {
+	if hs.TLSConfig != nil {
+		return hs.ServeTLS(s.Listener(ln), "", "")
+	}
+	return hs.Serve(s.Listener(ln))
 }
 
 // Listener wraps ln with the MaxConnections limit (ln itself when there is
@@ -265,7 +280,7 @@ func (l *connLimiter) remove(c *limitedConn) {
 // track is the http.Server's ConnState hook: it keeps each connection's
 // idleness for admit.
 func (l *connLimiter) track(c net.Conn, st http.ConnState) {
-	lc, ok := c.(*limitedConn)
+	lc, ok := unwrapTLS(c).(*limitedConn)
 	if !ok {
 		return
 	}
@@ -284,10 +299,19 @@ func (l *connLimiter) track(c net.Conn, st http.ConnState) {
 }
 
 func (l *connLimiter) connContext(ctx context.Context, c net.Conn) context.Context {
-	if lc, ok := c.(*limitedConn); ok && lc.reserve {
+	if lc, ok := unwrapTLS(c).(*limitedConn); ok && lc.reserve {
 		return context.WithValue(ctx, reserveKey{}, true)
 	}
 	return ctx
+}
+
+// unwrapTLS returns the connection under a TLS one (ServeTLS wraps the
+// listener's connections, so the hooks see *tls.Conn).
+func unwrapTLS(c net.Conn) net.Conn {
+	if tc, ok := c.(*tls.Conn); ok {
+		return tc.NetConn()
+	}
+	return c
 }
 
 func (l *connLimiter) stats() ConnStats {
