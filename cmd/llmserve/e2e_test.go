@@ -57,7 +57,11 @@ type live struct {
 
 // startLive runs the real stack (hub resolve, tokenizer, model, engine,
 // server) in process on the tiny Qwen2 checkpoint with the Qwen3 tokenizer.
-func startLive(t *testing.T, extra ...string) *live {
+func startLive(t *testing.T, extra ...string) *live { return startLiveClient(t, nil, extra...) }
+
+// startLiveClient is startLive over HTTPS when client is set (extra then
+// carries --ssl-certfile): client polls /health until ready.
+func startLiveClient(t *testing.T, client *http.Client, extra ...string) *live {
 	td := shareddata.Dir(t)
 	mdir := filepath.Join(td, "models", "qwen2-tiny")
 	args := append([]string{"--model", mdir, "--tokenizer", tinyTokenizer(t),
@@ -83,6 +87,9 @@ func startLive(t *testing.T, extra ...string) *live {
 	select {
 	case a := <-addr:
 		l.url = "http://" + a
+		if client != nil {
+			l.url = "https://" + a
+		}
 	case err := <-l.done:
 		t.Fatalf("serve: %v\n%s", err, l.logs)
 	}
@@ -92,9 +99,12 @@ func startLive(t *testing.T, extra ...string) *live {
 			t.Errorf("serve: %v", err)
 		}
 	})
+	if client == nil {
+		client = http.DefaultClient
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(l.url + "/health")
+		resp, err := client.Get(l.url + "/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {

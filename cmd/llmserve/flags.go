@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -67,6 +68,17 @@ type config struct {
 	EnableAutoToolChoice bool
 	ToolCallParser       string // hermes|llama3_json|mistral
 	ReasoningParser      string // qwen3|deepseek_r1
+
+	// TLS (uvicorn's, through vLLM): HTTPS when SSLCertFile is set.
+	SSLKeyFile  string // "" = the key is in SSLCertFile
+	SSLCertFile string
+	SSLCACerts  string // CA bundle for client certificates
+	SSLCertReqs int    // 0 none, 1 optional, 2 required (Python's ssl.CERT_*)
+	// CORS (FastAPI's CORSMiddleware, through vLLM): JSON lists, "*" = any.
+	AllowedOrigins   []string
+	AllowedMethods   []string
+	AllowedHeaders   []string
+	AllowCredentials bool
 	// Accepted lists the vLLM flags given that ask for nothing here
 	// (logged at start-up, so nobody wonders what they did).
 	Accepted []string
@@ -98,6 +110,26 @@ func (l listFlag) Set(s string) error {
 			*l.v = append(*l.v, p)
 		}
 	}
+	return nil
+}
+
+// jsonListFlag is vLLM's type=json.loads list flag: --allowed-origins '["https://a.example"]'.
+type jsonListFlag struct{ v *[]string }
+
+func (l jsonListFlag) String() string {
+	if l.v == nil {
+		return ""
+	}
+	b, _ := json.Marshal(*l.v)
+	return string(b)
+}
+
+func (l jsonListFlag) Set(s string) error {
+	var v []string
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		return fmt.Errorf(`want a JSON list of strings, e.g. '["https://example.com"]' or '["*"]'`)
+	}
+	*l.v = v
 	return nil
 }
 
@@ -380,6 +412,18 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	frontendMP := fs.Bool("disable-frontend-multiprocessing", false, "accepted: one process")
 	noDocs := fs.Bool("disable-fastapi-docs", false, "accepted: there are no docs routes")
 	apiServers := fs.Int("api-server-count", 1, "only 1")
+	rootPath := fs.String("root-path", "", "accepted: in vLLM it only sets the OpenAPI docs' base path behind a proxy that strips the prefix; there are no docs routes here and routes stay at /")
+	c.AllowedOrigins, c.AllowedMethods, c.AllowedHeaders = []string{"*"}, []string{"*"}, []string{"*"}
+	fs.Var(jsonListFlag{&c.AllowedOrigins}, "allowed-origins", "CORS: `JSON` list of origins whose browsers may call the API; \"*\" = any")
+	fs.Var(jsonListFlag{&c.AllowedMethods}, "allowed-methods", "CORS: `JSON` list of methods a preflight allows; \"*\" = any")
+	fs.Var(jsonListFlag{&c.AllowedHeaders}, "allowed-headers", "CORS: `JSON` list of request headers a preflight allows; \"*\" = any")
+	fs.BoolVar(&c.AllowCredentials, "allow-credentials", false, "CORS: allow credentialed requests (the origin is echoed instead of *)")
+	fs.StringVar(&c.SSLCertFile, "ssl-certfile", "", "serve HTTPS with this PEM certificate (chain)")
+	fs.StringVar(&c.SSLKeyFile, "ssl-keyfile", "", "the certificate's PEM private key (default: in --ssl-certfile); needs --ssl-certfile")
+	fs.StringVar(&c.SSLCACerts, "ssl-ca-certs", "", "PEM CA bundle that client certificates are verified against")
+	fs.IntVar(&c.SSLCertReqs, "ssl-cert-reqs", 0, "client certificates: 0 not asked for, 1 verified when sent, 2 required (needs --ssl-ca-certs)")
+	asyncSched := fs.Bool("async-scheduling", false, "refused: each step is scheduled after the previous one's tokens are sampled; scheduling does not overlap execution")
+	noAsyncSched := fs.Bool("no-async-scheduling", false, "accepted: scheduling never overlaps execution here")
 
 	g.section("Tools and reasoning")
 	fs.BoolVar(&c.EnableAutoToolChoice, "enable-auto-tool-choice", false, "tool_choice auto (needs --tool-call-parser)")
@@ -532,6 +576,26 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	}
 	if *expertPar {
 		errs = append(errs, errors.New("--enable-expert-parallel: llmserve runs on one device; expert parallelism is not supported"))
+	}
+	if *asyncSched {
+		errs = append(errs, errors.New("--async-scheduling: llmserve schedules each step after the previous step's tokens are sampled; overlapping scheduling with execution is not implemented"))
+	} else if *noAsyncSched {
+		accept("no-async-scheduling")
+	} else if set["async-scheduling"] {
+		accept("async-scheduling") // =false
+	}
+	if *rootPath != "" {
+		accept("root-path")
+	}
+	switch {
+	case c.SSLKeyFile != "" && c.SSLCertFile == "":
+		errs = append(errs, errors.New("--ssl-keyfile needs --ssl-certfile"))
+	case (c.SSLCACerts != "" || c.SSLCertReqs != 0) && c.SSLCertFile == "":
+		errs = append(errs, errors.New("--ssl-ca-certs and --ssl-cert-reqs need --ssl-certfile (HTTPS)"))
+	case c.SSLCertReqs < 0 || c.SSLCertReqs > 2:
+		errs = append(errs, fmt.Errorf("--ssl-cert-reqs %d: want 0 (none), 1 (optional) or 2 (required)", c.SSLCertReqs))
+	case c.SSLCertReqs > 0 && c.SSLCACerts == "":
+		errs = append(errs, fmt.Errorf("--ssl-cert-reqs %d needs --ssl-ca-certs (the CAs client certificates are verified against)", c.SSLCertReqs))
 	}
 	if *enableLora {
 		errs = append(errs, errors.New("--enable-lora: LoRA adapters are not supported"))

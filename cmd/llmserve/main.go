@@ -104,6 +104,10 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	if len(cfg.Accepted) > 0 {
 		log.Info("vLLM flags accepted that need nothing here", "flags", cfg.Accepted)
 	}
+	tlsCfg, err := tlsConfig(cfg) // before a download: a bad key fails at once
+	if err != nil {
+		return err
+	}
 	dir, mcfg, err := resolveModel(ctx, cfg, log)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -183,6 +187,10 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 
 		EnableAutoToolChoice: cfg.EnableAutoToolChoice, ToolCallParser: cfg.ToolCallParser,
 		ReasoningParser: cfg.ReasoningParser, EOSTokenIDs: eosIDs(dir, mcfg, tok),
+
+		CORS: &server.CORSOptions{AllowedOrigins: cfg.AllowedOrigins, AllowedMethods: cfg.AllowedMethods,
+			AllowedHeaders: cfg.AllowedHeaders, AllowCredentials: cfg.AllowCredentials},
+		TLSConfig: tlsCfg,
 	}
 	if tok != nil {
 		sopts.Tokenizer = tok
@@ -200,7 +208,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	httpSrv := srv.NewHTTPServer()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := httpSrv.Serve(srv.Listener(ln)); !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(httpSrv, ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil
@@ -208,7 +216,11 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 	if onListen != nil {
 		onListen(ln.Addr().String())
 	}
-	log.Info("listening (loading the model)", "address", ln.Addr().String())
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	log.Info("listening (loading the model)", "address", ln.Addr().String(), "scheme", scheme)
 
 	// Loading, profiling and warm-up stop on a signal (gctx); the engine
 	// runs on its own context, stopped after the drain.

@@ -86,6 +86,14 @@ func TestParseFlagsRefusesWhatIsNotSupported(t *testing.T) {
 		{[]string{"--no-such-flag"}, "unknown flag --no-such-flag"},
 		{[]string{"--uvicorn-log-level", "loud"}, "--uvicorn-log-level"},
 		{[]string{"--enable-log-requests", "--disable-log-requests"}, "exclude"},
+		{[]string{"--async-scheduling"}, "--async-scheduling: llmserve schedules each step after"},
+		{[]string{"--ssl-keyfile", "k.pem"}, "--ssl-keyfile needs --ssl-certfile"},
+		{[]string{"--ssl-ca-certs", "ca.pem"}, "need --ssl-certfile"},
+		{[]string{"--ssl-certfile", "c.pem", "--ssl-cert-reqs", "3"}, "want 0 (none), 1 (optional) or 2 (required)"},
+		{[]string{"--ssl-certfile", "c.pem", "--ssl-cert-reqs", "2"}, "needs --ssl-ca-certs"},
+		{[]string{"--allowed-origins", "https://a.example"}, "want a JSON list of strings"},
+		{[]string{"--allowed-methods", `"GET"`}, "want a JSON list of strings"},
+		{[]string{"--enable-ssl-refresh"}, "unknown flag --enable-ssl-refresh"},
 	} {
 		_, err := parseFlags(append([]string{"serve", "m"}, c.args...), noEnv, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -100,6 +108,35 @@ func TestParseFlagsRefusesWhatIsNotSupported(t *testing.T) {
 	}
 }
 
+// TLS and CORS flags keep vLLM's meaning; --root-path and
+// --no-async-scheduling are accepted (noted), --async-scheduling refused.
+func TestParseFlagsTLSCORS(t *testing.T) {
+	c, err := parseFlags(strings.Fields(`serve m --ssl-keyfile k.pem --ssl-certfile c.pem --ssl-ca-certs ca.pem
+		--ssl-cert-reqs 1 --allowed-origins ["https://a.example","https://b.example"] --allowed-methods ["GET","POST"]
+		--allowed_headers ["Authorization"] --allow-credentials --root-path /llm --no-async-scheduling`), noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SSLKeyFile != "k.pem" || c.SSLCertFile != "c.pem" || c.SSLCACerts != "ca.pem" || c.SSLCertReqs != 1 ||
+		strings.Join(c.AllowedOrigins, " ") != "https://a.example https://b.example" || strings.Join(c.AllowedMethods, " ") != "GET POST" ||
+		strings.Join(c.AllowedHeaders, " ") != "Authorization" || !c.AllowCredentials {
+		t.Fatalf("%+v", c)
+	}
+	if !slices.Equal(c.Accepted, []string{"--no-async-scheduling", "--root-path"}) {
+		t.Fatalf("accepted: %v", c.Accepted)
+	}
+	// vLLM's defaults: any origin, method and header; no credentials; HTTP.
+	c, err = parseFlags([]string{"serve", "m", "--async-scheduling=false"}, noEnv, io.Discard)
+	if err != nil || !slices.Equal(c.AllowedOrigins, []string{"*"}) || !slices.Equal(c.AllowedMethods, []string{"*"}) ||
+		!slices.Equal(c.AllowedHeaders, []string{"*"}) || c.AllowCredentials || c.SSLCertFile != "" ||
+		!slices.Equal(c.Accepted, []string{"--async-scheduling"}) {
+		t.Fatalf("%+v %v", c, err)
+	}
+	if cfg, err := tlsConfig(c); cfg != nil || err != nil {
+		t.Fatalf("TLS without --ssl-certfile: %v %v", cfg, err)
+	}
+}
+
 func TestHelpAndVersion(t *testing.T) {
 	var out bytes.Buffer
 	if _, err := parseFlags([]string{"--help"}, noEnv, &out); !errors.Is(err, flag.ErrHelp) {
@@ -107,7 +144,8 @@ func TestHelpAndVersion(t *testing.T) {
 	}
 	help := out.String()
 	for _, want := range []string{"llmserve serve MODEL", "Examples:", "--load-format dummy", "Model:", "Engine and memory:",
-		"Parallelism", "Server:", "Logging:", "--tensor-parallel-size", "--enforce-eager", "--chat-template"} {
+		"Parallelism", "Server:", "Logging:", "--tensor-parallel-size", "--enforce-eager", "--chat-template",
+		"--ssl-certfile", "--ssl-cert-reqs", "--allowed-origins", "--allow-credentials", "--root-path"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help lacks %q", want)
 		}
