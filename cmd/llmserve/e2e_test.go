@@ -153,10 +153,11 @@ func idsJSON(ids []int) string {
 	return string(b)
 }
 
-func TestLiveGreedyMatchesTransformers(t *testing.T) {
-	l := startLive(t)
-	// Compare the greedy continuation up to the first near-tie.
-	n := 0
+// greedyMatchesGolden asks the live server for the golden prompt's greedy
+// continuation up to the first near-tie and checks the tokens against
+// transformers'; it returns that many tokens and the completion's text.
+func greedyMatchesGolden(t *testing.T, l *live) (n int, text string) {
+	t.Helper()
 	for n < len(l.golden.Greedy) && l.golden.Greedy[n].Margin > 0.01 {
 		n++
 	}
@@ -185,6 +186,12 @@ func TestLiveGreedyMatchesTransformers(t *testing.T) {
 	if got := strings.Join(r.Choices[0].Logprobs.Tokens, " "); got != strings.Join(want, " ") || r.Choices[0].FinishReason != "length" {
 		t.Fatalf("greedy tokens\n got %s\nwant %s", got, strings.Join(want, " "))
 	}
+	return n, r.Choices[0].Text
+}
+
+func TestLiveGreedyMatchesTransformers(t *testing.T) {
+	l := startLive(t)
+	n, want := greedyMatchesGolden(t, l)
 
 	// The SDK, streaming and not, sees the same text.
 	c := oai.NewClient(option.WithBaseURL(l.url+"/v1/"), option.WithAPIKey("x"), option.WithMaxRetries(0))
@@ -196,8 +203,8 @@ func TestLiveGreedyMatchesTransformers(t *testing.T) {
 		MaxTokens: oai.Int(int64(n)), Temperature: oai.Float(0)}
 	ctx := context.Background()
 	resp, err := c.Completions.New(ctx, params)
-	if err != nil || resp.Choices[0].Text != r.Choices[0].Text {
-		t.Fatalf("SDK: %v %+v, want %q", err, resp, r.Choices[0].Text)
+	if err != nil || resp.Choices[0].Text != want {
+		t.Fatalf("SDK: %v %+v, want %q", err, resp, want)
 	}
 	stream := c.Completions.NewStreaming(ctx, params)
 	var text strings.Builder
@@ -206,8 +213,8 @@ func TestLiveGreedyMatchesTransformers(t *testing.T) {
 			text.WriteString(ch.Text)
 		}
 	}
-	if err := stream.Err(); err != nil || text.String() != r.Choices[0].Text {
-		t.Fatalf("SDK stream: %v %q, want %q", err, text.String(), r.Choices[0].Text)
+	if err := stream.Err(); err != nil || text.String() != want {
+		t.Fatalf("SDK stream: %v %q, want %q", err, text.String(), want)
 	}
 	if l.metric(t, `vllm:generation_tokens_total{model_name="tiny"}`) == "0" {
 		t.Fatal("generation tokens not counted")

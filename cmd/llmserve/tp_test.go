@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -21,33 +19,7 @@ func TestLiveTensorParallelCPU(t *testing.T) {
 	if !strings.Contains(l.logs.String(), "tensor-parallel model loaded") {
 		t.Errorf("no tensor-parallel load in the log:\n%s", l.logs)
 	}
-	n := 0
-	for n < len(l.golden.Greedy) && l.golden.Greedy[n].Margin > 0.01 {
-		n++
-	}
-	var want []string
-	for _, g := range l.golden.Greedy[:n] {
-		want = append(want, fmt.Sprintf("token_id:%d", g.Token))
-	}
-	body := fmt.Sprintf(`{"model":"tiny","prompt":%s,"max_tokens":%d,"temperature":0,"ignore_eos":true,"logprobs":0,"return_tokens_as_token_ids":true}`,
-		idsJSON(l.golden.PromptIDs), n)
-	code, b := l.post(t, "/v1/completions", body)
-	if code != 200 {
-		t.Fatalf("%d %s", code, b)
-	}
-	var r struct {
-		Choices []struct {
-			Logprobs struct {
-				Tokens []string `json:"tokens"`
-			} `json:"logprobs"`
-		} `json:"choices"`
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatal(err)
-	}
-	if got := strings.Join(r.Choices[0].Logprobs.Tokens, " "); got != strings.Join(want, " ") {
-		t.Fatalf("greedy tokens\n got %s\nwant %s", got, strings.Join(want, " "))
-	}
+	greedyMatchesGolden(t, l)
 }
 
 // TestTensorParallelStartupErrors: sizes that do not split the model, and
