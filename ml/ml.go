@@ -105,14 +105,72 @@ type AttentionMeta struct {
 	Window int
 }
 
-// DecoderLayer is one pre-norm decoder layer's weights as a backend that
-// runs a whole one-token step in one launch takes them (ml/cuda's
-// DecodeLayers): q, k and v fused into one matrix, gate and up into another
-// (gate rows first). Biases may be nil.
+// DecoderLayer is one pre-norm decoder layer's weights in the layout a
+// LayerFuser takes them: q, k and v stacked into one [qd+2kvd, H] matrix,
+// gate and up into one [2I, H] (gate rows first). Biases and the per-head
+// norms may be nil.
 type DecoderLayer struct {
 	InNorm, PostNorm                     Tensor
 	QKV, O, GateUp, Down                 Tensor
 	QKVBias, OBias, GateUpBias, DownBias Tensor
+	// QNorm and KNorm are the [1, HeadDim] per-head RMSNorm weights of q
+	// and k (LayerSpec.QKNorm), applied before RoPE.
+	QNorm, KNorm Tensor
+}
+
+// LayerSpec is the shape of a model's decoder layers as a fused
+// implementation needs it: every layer is pre-norm attention over the
+// paged cache (RoPE in the HF rotate_half layout) and then a dense
+// SiLU-gated MLP, each added to the residual stream.
+type LayerSpec struct {
+	Hidden, Intermediate          int
+	NumHeads, NumKVHeads, HeadDim int
+	Eps                           float32
+	// QKNorm: q and k are RMS-normed head by head before RoPE
+	// (DecoderLayer.QNorm, KNorm).
+	QKNorm bool
+	// Windows holds each layer's sliding attention window (0: full
+	// attention); nil means full attention everywhere.
+	Windows []int
+}
+
+// LayerFuser is implemented by backends that run whole decoder layers with
+// kernels of their own (ml/cuda folds norms, RoPE and residual adds into
+// its GEMVs and runs a one-token step in one launch). The model states its
+// layers once; the backend chooses, step by step, how to run them. A model
+// on a backend without it composes the layers from the base ops, and
+// ml/mltest's ReferenceLayers is that composition, which fused
+// implementations are tested against.
+type LayerFuser interface {
+	// FusesLayers reports whether FuseLayers takes layers of spec; the
+	// model then loads its weights in DecoderLayer's layout.
+	FusesLayers(spec LayerSpec) bool
+	// FuseLayers binds the layers, the final norm and the lm_head for
+	// fused execution.
+	FuseLayers(spec LayerSpec, layers []DecoderLayer, finalNorm, lmHead Tensor) (FusedLayers, error)
+}
+
+// FusedLayers runs the layers a LayerFuser bound.
+type FusedLayers interface {
+	// Forward runs every layer over a step of T tokens: h [T, Hidden]
+	// holds the embedded tokens on entry and the residual stream after the
+	// last layer on return (the final norm not applied); each layer's keys
+	// and values are stored in st.Cache at st.Slots. It may return
+	// ErrRetryStep (see there).
+	Forward(h Tensor, st *FusedStep) error
+	// Head writes logits[R, V] = lm_head · RMSNorm(x, final norm) for R rows
+	// x [R, Hidden] of the residual stream; xn [R, Hidden] is scratch.
+	Head(logits, x, xn Tensor) error
+}
+
+// FusedStep is a step's inputs for FusedLayers.Forward, with work tensors
+// of T rows that the caller owns: XN and Down [T, Hidden], QKV [T,
+// qd+2kvd], Attn [T, qd], GateUp [T, 2I], Act [T, I].
+type FusedStep struct {
+	Positions, InvFreq, Slots        Tensor
+	Cache                            KVCache
+	Meta                             *AttentionMeta
+	XN, QKV, Attn, Down, GateUp, Act Tensor
 }
 
 // WeightAliaser is implemented by backends that can use host memory as a

@@ -14,9 +14,9 @@ import (
 // programmatic dependent launch (Options.EnablePDL, off by default: 1-2%
 // slower on an H100) each GEMV issues its first weight loads before waiting
 // for the kernel ahead of it.
-// model/llama uses them (optional interface) for steps FusedDecode accepts
-// and the unfused ops otherwise. One-token steps go further: DecodeLayers
-// (step.go) runs every layer in one cooperative launch on the same GEMVs.
+// The backend's fused layers (layers.go) use them for steps FusedDecode
+// accepts. One-token steps go further: DecodeLayers (step.go) runs every
+// layer in one cooperative launch on the same GEMVs.
 
 // defaultFusedDecodeMaxT is Options.FusedDecodeMaxT's default. On an H100
 // (Qwen2.5-1.5B, BenchmarkModelDecode, results/h100) the fused step took

@@ -21,8 +21,8 @@ type layer struct {
 	window           int       // sliding window, 0: full attention
 	gateUp, down     ml.Tensor // gate_proj and up_proj fused: [2I, H]
 	gub, db          ml.Tensor // mlp_bias
-	// qkv is q, k and v fused into one [qd+2kvd, H] weight (and qkvb their
-	// biases), loaded instead of q, k, v when the backend has QKVRoPEWriteKV.
+	// qkv is q, k and v stacked into one [qd+2kvd, H] weight (and qkvb their
+	// biases), loaded instead of q, k, v for a backend's fused layers.
 	qkv, qkvb ml.Tensor
 	// A sparse MLP (Spec.MoE): the router [E, H], and every expert's gate
 	// and up projections stacked as [E*2I, H] (expert e's gate rows, then
@@ -60,13 +60,11 @@ type Model struct {
 
 	s scratch
 
-	fq fusedQKV     // nil: separate q, k, v projections
-	fd fusedDecoder // nil: the backend has no fused decode ops, or the weights don't suit them
-	// sd runs one-token steps' layers in one launch (nil: no such op, or
-	// it declined once); stepLayers are the layers as it takes them.
-	sd         stepDecoder
-	stepLayers []ml.DecoderLayer
-	pad        bool // pad prefill/mixed steps to bucket sizes
+	// fused runs the layers and the head when the backend fuses them
+	// (ml.LayerFuser); the layers are then loaded in ml.DecoderLayer's
+	// layout (qkv, qkvb).
+	fused ml.FusedLayers
+	pad   bool // pad prefill/mixed steps to bucket sizes
 
 	tp *shard // this rank's place in a tensor-parallel group (nil: none)
 }
@@ -137,10 +135,7 @@ func newModel(cfg *model.Config, w *model.Weights, spec Spec, sh *shard) (_ *Mod
 			m.Close()
 		}
 	}()
-	plain := spec.plain(cfg.NumHiddenLayers)
-	if plain {
-		m.fq, _ = m.be.(fusedQKV)
-	}
+	fuser := m.fuser(sh != nil)
 	if sp, ok := m.be.(stepPadder); ok {
 		m.pad = sp.PadSteps()
 	}
@@ -195,20 +190,15 @@ func newModel(cfg *model.Config, w *model.Weights, spec Spec, sh *shard) (_ *Mod
 		l.inNorm = vec(p+"input_layernorm.weight", H)
 		l.postNorm = vec(p+"post_attention_layernorm.weight", H)
 		switch {
-		case m.fq != nil && err == nil:
-			if sh == nil {
-				l.qkv, err = m.loadParts(w, []model.Part{{Name: a + "q_proj.weight", Shape: []int{qd, H}},
-					{Name: a + "k_proj.weight", Shape: []int{kvd, H}}, {Name: a + "v_proj.weight", Shape: []int{kvd, H}}},
-					w.DType, qd+2*kvd, H)
-			} else {
-				l.qkv, err = m.concat(w, []part{qRows(a+"q_proj.weight", fullQ, H), kvRows(a+"k_proj.weight", fullKV, H),
-					kvRows(a+"v_proj.weight", fullKV, H)}, w.DType, qd+2*kvd, H)
-			}
+		case fuser != nil && err == nil:
+			l.qkv, err = m.loadParts(w, []model.Part{{Name: a + "q_proj.weight", Shape: []int{qd, H}},
+				{Name: a + "k_proj.weight", Shape: []int{kvd, H}}, {Name: a + "v_proj.weight", Shape: []int{kvd, H}}},
+				w.DType, qd+2*kvd, H)
 			if spec.QKVBias && err == nil {
-				l.qkvb, err = m.concat(w, []part{qRows(a+"q_proj.bias", fullQ), kvRows(a+"k_proj.bias", fullKV),
-					kvRows(a+"v_proj.bias", fullKV)}, ml.F32, 1, qd+2*kvd)
+				l.qkvb, err = m.concat(w, []part{{name: a + "q_proj.bias", shape: []int{qd}}, {name: a + "k_proj.bias", shape: []int{kvd}},
+					{name: a + "v_proj.bias", shape: []int{kvd}}}, ml.F32, 1, qd+2*kvd)
 			}
-		case m.fq == nil:
+		case fuser == nil:
 			l.q = loadPart(qRows(a+"q_proj.weight", fullQ, H), w.DType, qd, H)
 			l.k = loadPart(kvRows(a+"k_proj.weight", fullKV, H), w.DType, kvd, H)
 			l.v = loadPart(kvRows(a+"v_proj.weight", fullKV, H), w.DType, kvd, H)
@@ -278,10 +268,10 @@ func newModel(cfg *model.Config, w *model.Weights, spec Spec, sh *shard) (_ *Mod
 	if err = m.be.UploadF32(m.invFreq, inv); err != nil {
 		return nil, err
 	}
-	if sh == nil {
-		// The fused decode paths add the o and down projections to the
-		// residual in place, where a shard has a partial sum to reduce first.
-		m.bindFused()
+	if fuser != nil {
+		if err = m.bindFused(fuser); err != nil {
+			return nil, err
+		}
 	}
 	m.weightBytes, m.inPlace = w.Bytes, w.Aliased
 	if m.inPlace == 0 && m.mapping != nil {

@@ -8,9 +8,10 @@
 // whether q and k are normed per head, the sliding window of each layer,
 // and whether an MLP is dense or a mixture of experts.
 //
-// Every layer runs as a composition of ml.Backend base ops. Backends with
-// fused decode ops (ml/cuda) take the layers whose shape those ops cover
-// (see fused.go); the composition is their reference.
+// Every layer runs as a composition of ml.Backend base ops, unless the
+// backend is an ml.LayerFuser that takes the model's layers (ml/cuda, for
+// dense layers without per-head norms or windows; see fused.go): it then
+// runs them, its fusions chosen step by step.
 package decoder
 
 import (
@@ -69,20 +70,6 @@ func (s *Spec) window(i int) int {
 }
 
 func (s *Spec) sparse(i int) bool { return s.MoE != nil && s.MoE.Sparse(i) }
-
-// plain reports whether every layer is the Llama shape the backends'
-// fused decode ops implement: no per-head norms, no windows, dense MLPs.
-func (s *Spec) plain(layers int) bool {
-	if s.QKNorm {
-		return false
-	}
-	for i := range layers {
-		if s.window(i) > 0 || s.sparse(i) {
-			return false
-		}
-	}
-	return true
-}
 
 func (s *Spec) check(c *model.Config) error {
 	if m := s.MoE; m != nil {

@@ -98,8 +98,8 @@ func (m *Model) ensure(T, S, B, L int) error {
 		c := grow(T, s.capT)
 		qd, kvd := m.nh*m.hd, m.nkv*m.hd
 		qcols := qd
-		if m.fq != nil {
-			qcols = qd + 2*kvd // q holds the fused q, k, v projection
+		if m.fused != nil {
+			qcols = qd + 2*kvd // q holds the stacked q, k, v projection
 		}
 		for _, x := range []struct {
 			p    *ml.Tensor
@@ -342,9 +342,7 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 			return err
 		}
 	}
-	if m.fd != nil && m.fd.FusedDecode(Tp, m.H) {
-		// Decode steps want the logits of every row in order: the lm_head
-		// reads h itself, without a gather launch.
+	if m.fused != nil {
 		rowsInOrder := Lp == Tp
 		for i, r := range lidx {
 			rowsInOrder = rowsInOrder && int(r) == i
@@ -539,17 +537,6 @@ func (m *Model) layer(l *layer, i int, vw *stepViews) (pending bool, err error) 
 	xn, q, k, v := vw.xn, vw.q, vw.k, vw.v
 	pos, slots := vw.pos, vw.slots
 	m.s.meta.Window = l.window
-	if l.qkv != nil {
-		// q holds [q | k | v]; one launch adds the biases, rotates q and k
-		// and stores k and v; attention reads q with the fused row stride.
-		if err := be.MatMul(q, xn, l.qkv, nil); err != nil {
-			return false, err
-		}
-		if err := m.fq.QKVRoPEWriteKV(q, l.qkvb, pos, m.invFreq, m.nh, m.nkv, m.hd, m.kv, i, slots); err != nil {
-			return false, err
-		}
-		return m.attnMLP(l, i, vw)
-	}
 	if err := be.MatMul(q, xn, l.q, l.qb); err != nil {
 		return false, err
 	}

@@ -1,0 +1,175 @@
+package cuda
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/llmserve/llmserve/ml"
+)
+
+// The backend's ml.LayerFuser: the model states its layers once and each
+// step runs them here, the fusion chosen per step. Steps of up to
+// FusedDecodeMaxT tokens on bf16 weights take the fused GEMVs (fused.go),
+// one-token steps all layers in one cooperative launch (DecodeLayers,
+// step.go); larger steps run GEMMs with the q/k/v prologue in one launch
+// (QKVRoPEWriteKV). Per-head q/k norms and sliding windows have no fused
+// kernels yet: FusesLayers declines them and the model composes those
+// layers from the base ops.
+
+var _ ml.LayerFuser = (*Backend)(nil)
+
+// FusesLayers implements ml.LayerFuser.
+func (b *Backend) FusesLayers(spec ml.LayerSpec) bool {
+	if spec.QKNorm || spec.Hidden <= 0 || spec.HeadDim <= 0 || spec.HeadDim%2 != 0 {
+		return false
+	}
+	for _, w := range spec.Windows {
+		if w > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// FuseLayers implements ml.LayerFuser.
+func (b *Backend) FuseLayers(spec ml.LayerSpec, layers []ml.DecoderLayer, finalNorm, lmHead ml.Tensor) (ml.FusedLayers, error) {
+	if !b.FusesLayers(spec) {
+		return nil, fmt.Errorf("%w: fused layers with per-head q/k norms or sliding windows", ml.ErrUnsupported)
+	}
+	if len(layers) == 0 || finalNorm == nil || lmHead == nil {
+		return nil, fmt.Errorf("%w: fused layers need layers, a final norm and an lm_head", ErrShape)
+	}
+	ws := []ml.Tensor{lmHead}
+	for i, l := range layers {
+		if l.InNorm == nil || l.PostNorm == nil || l.QKV == nil || l.O == nil || l.GateUp == nil || l.Down == nil {
+			return nil, fmt.Errorf("%w: layer %d lacks a weight", ErrShape, i)
+		}
+		ws = append(ws, l.QKV, l.O, l.GateUp, l.Down)
+	}
+	f := &fusedLayers{b: b, spec: spec, layers: layers, finalNorm: finalNorm, lmHead: lmHead}
+	f.gemv = b.FusedDecode(1, spec.Hidden, ws...)
+	f.oneLaunch = f.gemv
+	return f, nil
+}
+
+type fusedLayers struct {
+	b                 *Backend
+	spec              ml.LayerSpec
+	layers            []ml.DecoderLayer
+	finalNorm, lmHead ml.Tensor
+	// gemv: the weights suit the fused GEMVs; oneLaunch: one-token steps
+	// try DecodeLayers (off once it declined: the model's shape decides).
+	gemv, oneLaunch bool
+}
+
+// Forward implements ml.FusedLayers.
+func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
+	if st == nil || st.Meta == nil || h == nil {
+		return fmt.Errorf("%w: fused forward without a step", ErrShape)
+	}
+	st.Meta.Window = 0
+	T := h.Rows()
+	if !f.gemv || !f.b.FusedDecode(T, f.spec.Hidden) {
+		return f.forwardGEMM(h, st)
+	}
+	if f.oneLaunch && T == 1 {
+		err := f.b.DecodeLayers(h, f.layers, f.spec.Eps, st.Positions, st.InvFreq, st.Slots, st.Cache, st.Meta)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ml.ErrUnsupported):
+			f.oneLaunch = false
+		default:
+			return fmt.Errorf("decode step: %w", err)
+		}
+	}
+	// Each layer's norms, RoPE and KV write, SiLU and residual adds are
+	// folded into five GEMVs; the o and down projections are added to h in
+	// place.
+	b, s := f.b, &f.spec
+	for i := range f.layers {
+		l := &f.layers[i]
+		if err := b.NormQKVRoPEWriteKV(st.QKV, h, l.InNorm, s.Eps, l.QKV, l.QKVBias, st.Positions, st.InvFreq,
+			s.NumHeads, s.NumKVHeads, s.HeadDim, st.Cache, i, st.Slots); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		if err := b.Attention(st.Attn, st.QKV, st.Cache, i, st.Meta); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		if err := b.MatMulAdd(h, st.Attn, l.O, l.OBias); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		if err := b.NormGateUpSiLU(st.Act, h, l.PostNorm, s.Eps, l.GateUp, l.GateUpBias); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		if err := b.MatMulAdd(h, st.Act, l.Down, l.DownBias); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// forwardGEMM runs the layers of a larger step on GEMMs. The MLP's output
+// waits in Down and is added to the residual by the next layer's norm
+// (AddRMSNorm), and by the final norm after the last layer, whose normed
+// rows are not used: Head norms the rows it is given.
+func (f *fusedLayers) forwardGEMM(h ml.Tensor, st *ml.FusedStep) error {
+	b, s := f.b, &f.spec
+	for i := range f.layers {
+		if err := f.layerGEMM(h, st, i); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+	}
+	return b.AddRMSNorm(h, st.XN, st.Down, f.finalNorm, s.Eps)
+}
+
+func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int) error {
+	b, s, l := f.b, &f.spec, &f.layers[i]
+	var err error
+	if i == 0 {
+		err = b.RMSNorm(st.XN, h, l.InNorm, s.Eps)
+	} else {
+		err = b.AddRMSNorm(h, st.XN, st.Down, l.InNorm, s.Eps)
+	}
+	if err != nil {
+		return err
+	}
+	if err := b.MatMul(st.QKV, st.XN, l.QKV, nil); err != nil {
+		return err
+	}
+	if err := b.QKVRoPEWriteKV(st.QKV, l.QKVBias, st.Positions, st.InvFreq, s.NumHeads, s.NumKVHeads, s.HeadDim,
+		st.Cache, i, st.Slots); err != nil {
+		return err
+	}
+	if err := b.Attention(st.Attn, st.QKV, st.Cache, i, st.Meta); err != nil {
+		return err
+	}
+	// The o projection lands in Down, free until the MLP.
+	if err := b.MatMul(st.Down, st.Attn, l.O, l.OBias); err != nil {
+		return err
+	}
+	if err := b.AddRMSNorm(h, st.XN, st.Down, l.PostNorm, s.Eps); err != nil {
+		return err
+	}
+	if err := b.MatMul(st.GateUp, st.XN, l.GateUp, l.GateUpBias); err != nil {
+		return err
+	}
+	if err := b.SiLUMul(st.Act, st.GateUp); err != nil {
+		return err
+	}
+	return b.MatMul(st.Down, st.Act, l.Down, l.DownBias)
+}
+
+// Head implements ml.FusedLayers.
+func (f *fusedLayers) Head(logits, x, xn ml.Tensor) error {
+	if x == nil {
+		return fmt.Errorf("%w: head of no rows", ErrShape)
+	}
+	if f.gemv && f.b.FusedDecode(x.Rows(), f.spec.Hidden) {
+		return f.b.NormMatMul(logits, x, f.finalNorm, f.spec.Eps, f.lmHead, nil)
+	}
+	if err := f.b.RMSNorm(xn, x, f.finalNorm, f.spec.Eps); err != nil {
+		return err
+	}
+	return f.b.MatMul(logits, xn, f.lmHead, nil)
+}
