@@ -62,7 +62,7 @@ func SetStepGridOversize(b *Backend, extra int) { b.step.overGrid = extra }
 func StepRefused(b *Backend) bool { return b.step.refused }
 
 // SetStepSyncMode picks the decode-step kernel's grid barrier variant
-// (gridMode in kernels.cu).
+// (gridMode in kernels/grid.cu).
 func SetStepSyncMode(b *Backend, mode int) { b.step.syncMode, b.step.syncSet = mode, true }
 
 // SetStepTailPDL turns programmatic dependent launch of the kernels after a

@@ -51,7 +51,7 @@ func (b *Backend) FusedDecode(T, hidden int, weights ...ml.Tensor) bool {
 	return true
 }
 
-// dgemvArgs mirrors DArgs in kernels.cu.
+// dgemvArgs mirrors DArgs in kernels/dgemv.cu.
 type dgemvArgs struct {
 	w, bias, xg, xr, nw, dst, dst16, pos, invFreq, kc, vc, slots, res uint64
 	numSlots                                                          int64

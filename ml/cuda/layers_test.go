@@ -16,8 +16,8 @@ import (
 // within bf16 rounding, for every layer shape FusesLayers takes.
 func TestFusedLayersMatchReference(t *testing.T) {
 	for _, o := range []cuda.Options{
-		{},                    // one-token steps in one launch
-		{FusedDecodeMaxT: 4},  // the fused GEMVs up to 4 tokens
+		{},                   // one-token steps in one launch
+		{FusedDecodeMaxT: 4}, // the fused GEMVs up to 4 tokens
 		{FusedDecodeMaxT: 4, DisableStepKernel: true},
 		{FusedDecodeMaxT: -1}, // GEMMs only
 	} {

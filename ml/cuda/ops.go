@@ -670,7 +670,7 @@ func (b *Backend) QKVRoPEWriteKV(qkv, bias, positions, invFreq ml.Tensor, numHea
 // launches repeat an earlier one's replays from a CUDA graph.
 func (b *Backend) PadSteps() bool { return !b.opts.DisableGraphs }
 
-const attnMaxG = 8 // MAXG in kernels.cu
+const attnMaxG = 8 // MAXG in kernels/attention.cu
 
 // attnSplits picks how many pieces each token's context is cut into: enough
 // blocks to fill the GPU when the batch is small, never pieces under ~32

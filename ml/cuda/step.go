@@ -10,11 +10,11 @@ import (
 
 // The decode-step kernel: every layer of a one-token step in one
 // cooperative launch, its phases separated by grid barriers instead of
-// kernel boundaries (decode_step in kernels.cu). At one token a step is
+// kernel boundaries (decode_step in kernels/step.cu). At one token a step is
 // bound by streaming the weights, and the ~140 kernel boundaries of the
 // per-layer fused ops cost about a quarter of it on an H100.
 
-// stepLayer mirrors StepLayer in kernels.cu.
+// stepLayer mirrors StepLayer in kernels/step.cu.
 type stepLayer struct {
 	qkv, o, gu, down, qkvb, ob, gub, downb, inNorm, postNorm uint64
 }
@@ -55,11 +55,11 @@ func (s *stepState) ks(phase, auto int) int {
 }
 
 // stepSyncMode is the grid barrier's default variant (gridMode in
-// kernels.cu): waiters poll the arrival count and acquire once (side by
+// kernels/grid.cu): waiters poll the arrival count and acquire once (side by
 // side on an H100: 1.657 ms per step against 1.746 for the generation word).
 const stepSyncMode = 3
 
-const stepCounters = 64 // STEP_SPLITS in kernels.cu: the split counters' offset
+const stepCounters = 64 // STEP_SPLITS in kernels/grid.cu: the split counters' offset
 
 // stepKernels names the decode_step kernel of each elements-per-lane count
 // (a head dim of up to 32·EPL).
@@ -75,7 +75,7 @@ func stepEPL(hd int) int {
 	return epl
 }
 
-// stepArgs mirrors StepArgs in kernels.cu.
+// stepArgs mirrors StepArgs in kernels/step.cu.
 type stepArgs struct {
 	layers, h, acts, partO, partML, bar, pos, slots, tokSeq, bt, invFreq, kv, stamps uint64
 	layerBytes, numSlots                                                             int64

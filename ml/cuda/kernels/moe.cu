@@ -1,6 +1,6 @@
 // Per-head norms and mixture-of-experts kernels (ml.Backend's RMSNormHeads,
-// TopKSoftmax, MatMulExperts, ScatterAdd). Compiled after kernels.cu, whose
-// helpers (tof, warpSum, blockSum, PDL_ENTRY) they use.
+// TopKSoftmax, MatMulExperts, ScatterAdd). Compiled after the other files,
+// whose helpers (tof, warpSum, blockSum, PDL_ENTRY: common.cu) they use.
 
 // ---- rmsnorm_heads: each hd-wide head of x[T, nh*hd] normed in place ----
 // Grid (T*nh), block a multiple of 32 (blockSum).

@@ -1,0 +1,188 @@
+// ---- paged attention ----
+//
+// Grid (KVH * ceil(G/MAXG), T, numSplits), NWARPS warps per block. A block
+// serves one token and up to MAXG query heads that share one KV head (GQA:
+// every K/V row is loaded once for the whole group). A token's context
+// [0, pos] is cut into numSplits equal pieces computed on the device from its
+// own position, so the launch shape depends only on T and numSplits (the
+// step can be replayed from a CUDA graph as the context grows). Each warp
+// walks keys p = s0+warp, s0+warp+NWARPS, ...; lane l holds elements
+// [l*EPL, l*EPL+EPL) of the head. With numSplits == 1 the block writes the
+// normalized output, else unnormalized partials that attn_combine merges.
+
+#define NWARPS 4
+#define MAXG 8
+#define KU 2
+
+template <typename KV, int EPL>
+__device__ void attention(float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc,
+                          const int* tokenSeq, const int* positions, const int* blockTables, int maxBlocks,
+                          int blockSize, int numBlocks, int H, int KVH, int D, float scale, int numSplits,
+                          int qStride, int outStride, bf16* out16, int window) {
+  __shared__ float sAcc[NWARPS][32 * EPL];
+  __shared__ float sM[NWARPS], sL[NWARPS];
+  const int G = H / KVH;
+  const int ngc = (G + MAXG - 1) / MAXG;
+  const int kvh = blockIdx.x / ngc;
+  const int g0 = (blockIdx.x - kvh * ngc) * MAXG;
+  const int gn = min(MAXG, G - g0);
+  const int h0 = kvh * G + g0;
+  const int t = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int seq = tokenSeq[t];
+  const int ctx = positions[t] + 1;
+  // A sliding window (window > 0) attends to the last window positions.
+  const int first = window > 0 ? max(0, ctx - window) : 0;
+  const int per = (ctx - first + numSplits - 1) / numSplits;
+  const int s0 = first + split * per;
+  const int s1 = min(ctx, s0 + per);
+  const int* bt = blockTables + (long long)seq * maxBlocks;
+  const long long kvRow = (long long)KVH * D;
+
+  float qr[MAXG][EPL], acc[MAXG][EPL], m[MAXG], l[MAXG];
+  const float* qt = q + (long long)t * qStride + (long long)h0 * D;
+#pragma unroll
+  for (int g = 0; g < MAXG; ++g) {
+    m[g] = NEG_INF;
+    l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) {
+      const int d = lane * EPL + e;
+      acc[g][e] = 0.f;
+      qr[g][e] = (g < gn && d < D) ? qt[g * D + d] * scale : 0.f;
+    }
+  }
+
+  for (int pb = s0 + warp * KU; pb < s1; pb += NWARPS * KU) {
+    float kr[KU][EPL], vr[KU][EPL];
+    bool ok[KU];
+#pragma unroll
+    for (int u = 0; u < KU; ++u) {
+      const int p = pb + u;
+      const int bi = p / blockSize;
+      ok[u] = p < s1 && bi < maxBlocks;
+      int blk = ok[u] ? bt[bi] : 0;
+      if (blk < 0 || blk >= numBlocks) { ok[u] = false; blk = 0; }
+      const long long base = ((long long)blk * blockSize + (p - bi * blockSize)) * kvRow + (long long)kvh * D;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) {
+        const int d = lane * EPL + e;
+        const bool in = ok[u] && d < D;
+        kr[u][e] = in ? tof(kc[base + d]) : 0.f;
+        vr[u][e] = in ? tof(vc[base + d]) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < KU; ++u) {
+      if (!ok[u]) continue;
+#pragma unroll
+      for (int g = 0; g < MAXG; ++g) {
+        if (g < gn) {
+          float s = 0.f;
+#pragma unroll
+          for (int e = 0; e < EPL; ++e) s += qr[g][e] * kr[u][e];
+          s = warpSum(s);
+          const float mn = fmaxf(m[g], s);
+          const float c = expf(m[g] - mn);
+          const float pe = expf(s - mn);
+          l[g] = l[g] * c + pe;
+#pragma unroll
+          for (int e = 0; e < EPL; ++e) acc[g][e] = acc[g][e] * c + pe * vr[u][e];
+          m[g] = mn;
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int g = 0; g < MAXG; ++g) {
+    if (g < gn) {
+      if (lane == 0) {
+        sM[warp] = m[g];
+        sL[warp] = l[g];
+      }
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) sAcc[warp][lane * EPL + e] = acc[g][e];
+      __syncthreads();
+      float M = NEG_INF;
+#pragma unroll
+      for (int w = 0; w < NWARPS; ++w) M = fmaxf(M, sM[w]);
+      float L = 0.f, f[NWARPS];
+#pragma unroll
+      for (int w = 0; w < NWARPS; ++w) {
+        f[w] = sM[w] == NEG_INF ? 0.f : expf(sM[w] - M);
+        L += sL[w] * f[w];
+      }
+      const int h = h0 + g;
+      for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float o = 0.f;
+#pragma unroll
+        for (int w = 0; w < NWARPS; ++w) o += sAcc[w][d] * f[w];
+        if (numSplits == 1) {
+          const long long oi = (long long)t * outStride + (long long)h * D + d;
+          const float y = L > 0.f ? o / L : 0.f;
+          out[oi] = y;
+          if (out16) out16[oi].x = f2bf(y);  // the o projection's bf16 input
+        } else
+          partO[(((long long)t * H + h) * numSplits + split) * D + d] = o;
+      }
+      if (numSplits > 1 && threadIdx.x == 0) {
+        const long long i = ((long long)t * H + h) * numSplits + split;
+        partML[2 * i] = M;
+        partML[2 * i + 1] = L;
+      }
+      __syncthreads();
+    }
+  }
+}
+
+#define INST_ATTN(KV, S, EPL)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(NWARPS * 32) attention_##S##_##EPL(                           \
+      float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc, const int* tokenSeq, \
+      const int* positions, const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int H, int KVH, \
+      int D, float scale, int numSplits, int qStride, int outStride, bf16* out16, int window) {                 \
+    PDL_ENTRY();                                                                                                \
+    attention<KV, EPL>(out, partO, partML, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize,   \
+                       numBlocks, H, KVH, D, scale, numSplits, qStride, outStride, out16, window);              \
+  }
+
+#define INST_KV(KV, S)                                                                                          \
+  INST_ATTN(KV, S, 1)                                                                                           \
+  INST_ATTN(KV, S, 2)                                                                                           \
+  INST_ATTN(KV, S, 4)                                                                                           \
+  INST_ATTN(KV, S, 8)                                                                                           \
+  extern "C" __global__ void write_kv_##S(KV* kc, KV* vc, const float* k, const float* v, const int* slots,    \
+                                          int kvdim, int kStride, int vStride, long long numSlots) {           \
+    PDL_ENTRY();                                                                                     \
+    write_kv<KV>(kc, vc, k, v, slots, kvdim, kStride, vStride, numSlots);                                       \
+  }
+
+INST_KV(float, f32)
+INST_KV(bf16, bf16)
+
+// attn_combine merges the numSplits partials of each (token, head).
+// Grid (H, T), block >= 32 threads.
+extern "C" __global__ void attn_combine(float* out, const float* partO, const float* partML, int H, int D,
+                                        int numSplits, int outStride, bf16* out16) {
+  PDL_ENTRY();
+  const int h = blockIdx.x, t = blockIdx.y;
+  const long long i0 = ((long long)t * H + h) * numSplits;
+  float M = NEG_INF;
+  for (int s = 0; s < numSplits; ++s) M = fmaxf(M, partML[2 * (i0 + s)]);
+  float L = 0.f;
+  for (int s = 0; s < numSplits; ++s) {
+    const float ms = partML[2 * (i0 + s)];
+    if (ms != NEG_INF) L += partML[2 * (i0 + s) + 1] * expf(ms - M);
+  }
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float o = 0.f;
+    for (int s = 0; s < numSplits; ++s) {
+      const float ms = partML[2 * (i0 + s)];
+      if (ms != NEG_INF) o += partO[(i0 + s) * D + d] * expf(ms - M);
+    }
+    const long long oi = (long long)t * outStride + (long long)h * D + d;
+    const float y = L > 0.f ? o / L : 0.f;
+    out[oi] = y;
+    if (out16) out16[oi].x = f2bf(y);
+  }
+}

@@ -1,0 +1,80 @@
+// llmserve CUDA kernels, compiled at run time by NVRTC for the device's
+// architecture. No headers: bf16/f16 conversions are done by hand so the
+// file compiles with any NVRTC without its include directory.
+//
+// Conventions: tensors are row-major; activations are f32; weights are
+// f32, f16 or bf16 (one extern "C" entry point per dtype, suffix _f32,
+// _f16, _bf16); sizes that can pass 2^31 are long long.
+
+typedef unsigned short u16;
+struct bf16 { u16 x; };
+struct f16 { u16 x; };
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+// Programmatic dependent launch (Hopper+, Options.EnablePDL). A kernel may
+// then be launched to start while its predecessor drains, so each first waits for it
+// (griddepcontrol.wait returns once the previous grid has completed and its
+// writes are visible) and only then lets its own successor launch: at most
+// two grids overlap, and no grid reads or writes activations early. Only
+// dgemv does work before the wait: it loads weights, which no kernel writes.
+// On older GPUs, or launched without the attribute, both are no-ops.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define PDL_WAIT()
+#define PDL_LAUNCH()
+#endif
+#define PDL_ENTRY() \
+  do {              \
+    PDL_WAIT();     \
+    PDL_LAUNCH();   \
+  } while (0)
+
+__device__ __forceinline__ float tof(float v) { return v; }
+__device__ __forceinline__ float tof(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
+__device__ __forceinline__ float tof(f16 v) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x));
+  return f;
+}
+
+__device__ __forceinline__ u16 f2bf(float v) {
+  unsigned u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return (u16)(u >> 16);
+}
+__device__ __forceinline__ u16 f2h(float v) {
+  u16 h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+  return h;
+}
+
+__device__ __forceinline__ void stf(float* p, float v) { *p = v; }
+__device__ __forceinline__ void stf(bf16* p, float v) { p->x = f2bf(v); }
+__device__ __forceinline__ void stf(f16* p, float v) { p->x = f2h(v); }
+
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// blockSum returns the sum of v over the block (blockDim.x a multiple of 32).
+__device__ float blockSum(float v) {
+  __shared__ float s[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warpSum(v);
+  __syncthreads();
+  if (lane == 0) s[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    v = (lane < (int)(blockDim.x >> 5)) ? s[lane] : 0.f;
+    v = warpSum(v);
+    if (lane == 0) s[0] = v;
+  }
+  __syncthreads();
+  return s[0];
+}

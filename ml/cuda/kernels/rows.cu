@@ -1,0 +1,179 @@
+// ---- RoPE, HF rotate_half layout, in place on x[T, stride] (first
+// numHeads*headDim columns) ----
+
+// rope_kv rotates x0 (nh0 heads, e.g. q) and x1 (nh1 heads, e.g. k) in
+// place; with kc non-null it also stores x1 (rotated) and v into the KV
+// cache at slots[t] (x1 then holds exactly the cache's nh1 KV heads).
+template <typename KV>
+__device__ void rope_kv(float* x0, int nh0, int stride0, float* x1, int nh1, int stride1, const int* pos,
+                        const float* invFreq, int headDim, KV* kc, KV* vc, const float* v, int vStride,
+                        const int* slots, long long numSlots, const float* bias) {
+  const int t = blockIdx.x;
+  const int half = headDim / 2;
+  const float p = (float)pos[t];
+  const int slot = kc ? slots[t] : -1;
+  const bool store = slot >= 0 && slot < numSlots;
+  for (int i = threadIdx.x; i < (nh0 + nh1) * half; i += blockDim.x) {
+    int h = i / half;
+    const int j = i - h * half;
+    float* xr = x0 + (long long)t * stride0;
+    const bool isK = h >= nh0;
+    if (isK) {
+      h -= nh0;
+      xr = x1 + (long long)t * stride1;
+    }
+    float s, c;
+    sincosf(p * invFreq[j], &s, &c);
+    float* hp = xr + h * headDim;
+    float a = hp[j], b = hp[j + half];
+    if (bias) {  // the q, k (and below v) projection biases, fused here
+      const float* bp = bias + (isK ? nh0 * headDim : 0) + h * headDim;
+      a += bp[j];
+      b += bp[j + half];
+    }
+    const float na = a * c - b * s, nb = b * c + a * s;
+    hp[j] = na;
+    hp[j + half] = nb;
+    if (isK && store) {
+      const long long o = (long long)slot * nh1 * headDim + (long long)h * headDim;
+      const float* vr = v + (long long)t * vStride + h * headDim;
+      stf(kc + o + j, na);
+      stf(kc + o + j + half, nb);
+      float v0 = vr[j], v1 = vr[j + half];
+      if (bias) {
+        const float* bp = bias + (nh0 + nh1) * headDim + h * headDim;
+        v0 += bp[j];
+        v1 += bp[j + half];
+      }
+      stf(vc + o + j, v0);
+      stf(vc + o + j + half, v1);
+    }
+  }
+}
+
+#define INST_ROPE(KV, S)                                                                                      \
+  extern "C" __global__ void rope_kv_##S(float* x0, int nh0, int stride0, float* x1, int nh1, int stride1,   \
+                                         const int* pos, const float* invFreq, int headDim, KV* kc, KV* vc,  \
+                                         const float* v, int vStride, const int* slots, long long numSlots,  \
+                                         const float* bias) {                                                \
+    PDL_ENTRY();                                                                                     \
+    rope_kv<KV>(x0, nh0, stride0, x1, nh1, stride1, pos, invFreq, headDim, kc, vc, v, vStride, slots,       \
+                numSlots, bias);                                                                              \
+  }
+INST_ROPE(float, f32)
+INST_ROPE(bf16, bf16)
+
+// ---- SiLU-and-mul: dst[t, i] = silu(gu[t, i]) * gu[t, I+i] ----
+
+extern "C" __global__ void silu_mul(float* dst, bf16* dst16, const float* gu, int I, long long n) {
+  PDL_ENTRY();
+  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+    const long long t = idx / I;
+    const int i = (int)(idx - t * I);
+    const float g = gu[t * 2 * I + i];
+    const float u = gu[t * 2 * I + I + i];
+    const float y = g / (1.0f + expf(-g)) * u;
+    dst[idx] = y;
+    if (dst16) dst16[idx].x = f2bf(y);
+  }
+}
+
+// ---- GatherRows: dst[r] = src[idx[r]] (zeros when out of range) ----
+
+extern "C" __global__ void gather_rows(float* dst, const float* src, const int* idx, int cols, int srcRows) {
+  PDL_ENTRY();
+  const int r = blockIdx.x;
+  const int i = idx[r];
+  float* o = dst + (long long)r * cols;
+  if (i < 0 || i >= srcRows) {
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = 0.f;
+    return;
+  }
+  const float* s = src + (long long)i * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = s[c];
+}
+
+// ---- argmax per row (lowest index wins ties) ----
+//
+// Grid (nb, rows): block b reduces its slice of the row to one (value,
+// index) partial; the last block of a row to finish (a counter per row,
+// zero between launches) reduces the partials. One launch, and a 152k-entry
+// vocabulary spread over ~75 blocks instead of one.
+
+__device__ __forceinline__ void amax(float& best, int& bi, float v, int i) {
+  if (v > best || (v == best && i < bi)) {
+    best = v;
+    bi = i;
+  }
+}
+
+__device__ void blockArgmax(float& best, int& bi) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) {
+    sv[w] = best;
+    si[w] = bi;
+  }
+  __syncthreads();
+  const int nw = blockDim.x >> 5;
+  best = lane < nw ? sv[lane] : NEG_INF;
+  bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
+}
+
+extern "C" __global__ void argmax_rows(int* out, const float* x, int N, float* partV, int* partI, unsigned* counter) {
+  PDL_ENTRY();
+  const int row = blockIdx.y, nb = gridDim.x;
+  const float* xr = x + (long long)row * N;
+  const int per = (N + nb - 1) / nb;
+  const int i0 = blockIdx.x * per, i1 = min(N, i0 + per);
+  float best = NEG_INF;
+  int bi = 0x7fffffff;
+  for (int i = i0 + threadIdx.x; i < i1; i += blockDim.x) amax(best, bi, xr[i], i);
+  blockArgmax(best, bi);
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    partV[row * nb + blockIdx.x] = best;
+    partI[row * nb + blockIdx.x] = bi;
+    __threadfence();
+    last = atomicAdd(&counter[row], 1u) == (unsigned)nb - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  best = NEG_INF;
+  bi = 0x7fffffff;
+  for (int b = threadIdx.x; b < nb; b += blockDim.x) {
+    const float v = ((volatile float*)partV)[row * nb + b];
+    const int i = ((volatile int*)partI)[row * nb + b];
+    amax(best, bi, v, i);
+  }
+  blockArgmax(best, bi);
+  if (threadIdx.x == 0) {
+    out[row] = bi == 0x7fffffff ? 0 : bi;
+    counter[row] = 0;
+  }
+}
+
+// ---- KV cache write: cache[slot, :] = k[t, :] (slot < 0 skips a padding token) ----
+
+template <typename KV>
+__device__ void write_kv(KV* kc, KV* vc, const float* k, const float* v, const int* slots, int kvdim, int kStride,
+                         int vStride, long long numSlots) {
+  const int t = blockIdx.x;
+  const int s = slots[t];
+  if (s < 0 || s >= numSlots) return;
+  KV* ko = kc + (long long)s * kvdim;
+  KV* vo = vc + (long long)s * kvdim;
+  const float* kr = k + (long long)t * kStride;
+  const float* vr = v + (long long)t * vStride;
+  for (int d = threadIdx.x; d < kvdim; d += blockDim.x) {
+    stf(ko + d, kr[d]);
+    stf(vo + d, vr[d]);
+  }
+}

@@ -1,0 +1,372 @@
+// ---- decode_step: every layer of a one-token step in one launch ----
+//
+// A one-token step is ~140 small kernels whose boundaries (drain, launch,
+// ramp-up) cost about as much as streaming the weights. This kernel runs
+// all layers with grid barriers instead: a cooperative launch of every
+// resident 256-thread block, five phases per layer (q/k/v with RMSNorm,
+// RoPE and the KV write; attention; o plus the residual; gate/up with
+// RMSNorm and SiLU; down plus the residual). A GEMV phase is dgemv's block
+// tasks spread over the grid; a block arrives at the barrier, issues its
+// first task's weight loads, then waits, so the weights stream while the
+// previous phase drains. Attention runs a warp per (head, ~8 keys) piece;
+// the last piece of a head to finish merges the head's pieces.
+//
+// Every activation has its own buffer per layer (written once per launch,
+// read only after a barrier), so reads may go through L1: no SM can hold
+// a stale line of an address that is written while the kernel runs.
+
+struct StepLayer {
+  const bf16 *qkv, *o, *gu, *down;
+  const float *qkvb, *ob, *gub, *downb;  // null: no bias
+  const void *inNorm, *postNorm;         // dtype nwdt
+};
+
+struct StepArgs {
+  const StepLayer* layers;
+  float* h;     // layer 0's input; the last layer's output
+  float* acts;  // per layer: h after attention [H], after the MLP [H], q/k/v, attention output, SiLU output
+  float *partO, *partML;
+  unsigned* bar;  // [0] arrivals, [STEP_EXIT] blocks done, [STEP_GEN] generation, [STEP_SPLITS+h] finished pieces of head h
+  const int *pos, *slots, *tokSeq, *bt;
+  const float* invFreq;
+  char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
+  unsigned long long* stamps;  // null, or block 0's clock at each phase's start (6 per layer; benchmarks)
+  long long layerBytes, numSlots;
+  int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
+  int syncMode;  // the grid barrier's variant (gridMode)
+  float eps, scale;
+};
+
+template <int EPI, int KS>
+__device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar) {
+  constexpr int per = 8 / KS;
+  const int P = (EPI == EPI_SILU || EPI == EPI_ROPE) ? a.N >> 1 : (a.N + 1) >> 1;
+  const int tasks = (P + per - 1) / per;
+  int blk = blockIdx.x;
+  gridArrive(bar);
+  if (blk >= tasks) {
+    gridWait(bar);
+    return;
+  }
+  dgemv<1, EPI, KS, true>(a, blk, gridDim.x, tasks, bar);
+}
+
+// stepPhase runs one GEMV phase; bar (null: none) is the barrier that
+// separates it from the previous phase.
+template <int EPI>
+__device__ __forceinline__ void stepPhase(const DArgs& a, int ks, unsigned* bar) {
+  switch (ks) {
+    case 1:
+      stepPhaseKS<EPI, 1>(a, bar);
+      break;
+    case 2:
+      stepPhaseKS<EPI, 2>(a, bar);
+      break;
+    case 4:
+      stepPhaseKS<EPI, 4>(a, bar);
+      break;
+    default:
+      stepPhaseKS<EPI, 8>(a, bar);
+  }
+}
+
+// loadRow loads EPL bf16 values at p (EPL·2-byte aligned), packed as they
+// are (the unused words stay zero); widenRow unpacks them.
+template <int EPL>
+__device__ __forceinline__ uint4 loadRow(const bf16* p) {
+  uint4 r = make_uint4(0, 0, 0, 0);
+  if (EPL == 8) {
+    r = *(const uint4*)p;
+  } else if (EPL == 4) {
+    const uint2 h = *(const uint2*)p;
+    r.x = h.x;
+    r.y = h.y;
+  } else if (EPL == 2) {
+    r.x = *(const unsigned*)p;
+  } else {
+    r.x = p->x;
+  }
+  return r;
+}
+template <int EPL>
+__device__ __forceinline__ void widenRow(const uint4 r, float* o) {
+  const unsigned w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) o[e] = __uint_as_float(e & 1 ? w[e >> 1] & 0xffff0000u : w[e >> 1] << 16);
+}
+
+// stepAttention is a one-token step's attention: one warp per (head,
+// split) piece of up to 16 keys at a time, with no block-wide reductions,
+// so a pass over a piece's keys is two rounds of independent loads (the
+// block table entries, then all the K and V rows) and a few shuffles. The
+// last piece of a head to finish merges the head's pieces (a thread per
+// element, independent loads). It is a separate (not inlined) function so
+// that it gets its own register allocation. Lane l holds elements
+// [l·EPL, l·EPL+EPL) of a head.
+//
+// A is the kernel's parameter block seen through a pointer: each field
+// read is a load, and one in a key's address chain made every key wait
+// for its own round trips (a pass cost ~16 of them). So every field is
+// read once, up front, and a pass loads all its block table entries before
+// any K/V row.
+template <int EPL>
+__device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
+                                           const int* bt) {
+  constexpr int KW = EPL <= 2 ? 16 : 8;  // keys per pass (more would spill)
+  const int nh = A.nh, nkv = A.nkv, D = A.hd, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
+  const float scale = A.scale;
+  float* const partO = A.partO;
+  float* const partML = A.partML;
+  unsigned* const split0 = A.bar + STEP_SPLITS;
+  const int lane = threadIdx.x & 31, G = nh / nkv;
+  const bool dOK = lane * EPL < D;
+  const int per = (ctx + ns - 1) / ns;
+  const bf16* kc = (const bf16*)kcl;
+  const bf16* vc = (const bf16*)(kcl + A.layerBytes);
+  const long long kvRow = (long long)nkv * D;
+  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nh * ns; it += gridDim.x * 8) {
+    const int h = it % nh, split = it / nh, kvh = h / G;
+    const int k0 = split * per, k1 = min(ctx, k0 + per);
+    float qv[EPL], acc[EPL];
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) {
+      qv[e] = dOK ? q[(long long)h * D + lane * EPL + e] * scale : 0.f;
+      acc[e] = 0.f;
+    }
+    float m = NEG_INF, l = 0.f;
+    for (int c0 = k0; c0 < k1; c0 += KW) {
+      uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
+      float sc[KW];
+      unsigned valid = 0;  // keys in the piece with a live KV block
+      int blk[KW];
+#pragma unroll
+      for (int j = 0; j < KW; ++j) {
+        const int p = c0 + j, bi = p / bs;
+        blk[j] = (p < k1 && bi < maxB) ? bt[bi] : -1;
+      }
+#pragma unroll
+      for (int j = 0; j < KW; ++j) {
+        const int p = c0 + j;
+        if (blk[j] >= numB) blk[j] = -1;
+        if (blk[j] >= 0) valid |= 1u << j;
+        const long long row = ((long long)blk[j] * bs + (p - (p / bs) * bs)) * kvRow + (long long)kvh * D;
+        kr[j] = vr[j] = make_uint4(0, 0, 0, 0);
+        if (blk[j] >= 0 && dOK) {
+          kr[j] = loadRow<EPL>(kc + row + lane * EPL);
+          vr[j] = loadRow<EPL>(vc + row + lane * EPL);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < KW; ++j) {
+        float kf[EPL], d = 0.f;
+        widenRow<EPL>(kr[j], kf);
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) d += qv[e] * kf[e];
+        sc[j] = d;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int j = 0; j < KW; ++j) sc[j] += __shfl_xor_sync(0xffffffffu, sc[j], o);
+      float mc = m;
+#pragma unroll
+      for (int j = 0; j < KW; ++j)
+        if (valid >> j & 1) mc = fmaxf(mc, sc[j]);
+      if (mc == NEG_INF) continue;  // no live keys yet
+      const float f = expf(m - mc);  // 0 on the first live pass (m = -inf)
+      l *= f;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) acc[e] *= f;
+#pragma unroll
+      for (int j = 0; j < KW; ++j) {
+        const float pj = (valid >> j & 1) ? expf(sc[j] - mc) : 0.f;
+        float vf[EPL];
+        widenRow<EPL>(vr[j], vf);
+        l += pj;
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) acc[e] += pj * vf[e];
+      }
+      m = mc;
+    }
+    if (ns == 1) {
+      if (dOK)
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l > 0.f ? acc[e] / l : 0.f;
+      continue;
+    }
+    const long long pi = (long long)h * ns + split;
+    if (dOK)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[e];
+    if (lane == 0) {
+      partML[2 * pi] = m;
+      partML[2 * pi + 1] = l;
+    }
+    // The last piece of head h merges its pieces. The partials and the
+    // counter are rewritten by every layer: coherent loads. Lane 0's
+    // release count publishes the warp's partials, which __syncwarp orders
+    // before it; the last piece acquires the other pieces' by an acquire
+    // load of the count (it reads the last add of the release sequence
+    // that every piece's add continues), which costs less than a fence
+    // (gridMode 4 keeps the fence, for the benchmarks).
+    __syncwarp();
+    unsigned last = 0;
+    if (lane == 0) {
+      last = addRelease(split0 + h, 1u) == (unsigned)ns - 1;
+      if (last) {
+        if (gridMode == 3)
+          ldAcquire(split0 + h);
+        else
+          fenceAcqRel();
+      }
+    }
+    if (!__shfl_sync(0xffffffffu, last, 0)) continue;
+    __syncwarp();  // lane 0's acquire, before every lane's loads
+    // Lane s holds piece s's (m, l); ns <= 32. Loads go out in batches of
+    // eight pieces before any is used: each costs an L2 round trip.
+    const long long i0 = (long long)h * ns;
+    const float ms = lane < ns ? __ldcg(partML + 2 * (i0 + lane)) : NEG_INF;
+    const float ls = lane < ns ? __ldcg(partML + 2 * (i0 + lane) + 1) : 0.f;
+    float M = ms;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    const float fs = ms == NEG_INF ? 0.f : expf(ms - M);
+    const float L = warpSum(ls * fs);
+    float o[EPL];
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) o[e] = 0.f;
+    for (int b0 = 0; b0 < ns; b0 += 8) {
+      float pv[8][EPL];
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < EPL; ++e)
+          pv[j][e] = (b0 + j < ns && dOK) ? __ldcg(partO + (i0 + b0 + j) * D + lane * EPL + e) : 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float f = __shfl_sync(0xffffffffu, fs, (b0 + j) & 31);
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) o[e] += pv[j][e] * f;
+      }
+    }
+    if (dOK)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = L > 0.f ? o[e] / L : 0.f;
+    if (lane == 0) split0[h] = 0;
+  }
+}
+
+template <int EPL>
+__device__ __forceinline__ void decodeStep(const StepArgs& A) {
+  const int qkvN = (A.nh + 2 * A.nkv) * A.hd, qd = A.nh * A.hd;
+  const long long per = 2LL * A.H + qkvN + qd + A.I;  // a layer's activations
+  const float* hin = A.h;
+  // The token's context and block table row, read once (uploaded before the launch).
+  const int ctx = A.pos[0] + 1;
+  const int* bt = A.bt + (long long)A.tokSeq[0] * A.maxBlocks;
+  gridStart(A.syncMode);
+  for (int l = 0; l < A.numLayers; ++l) {
+    // Fields of the layer's table row are read where they are used: held
+    // across the phases they would take registers from the GEMVs.
+    const StepLayer& L = A.layers[l];
+    char* kcl = A.kv + 2LL * l * A.layerBytes;
+    float* hmid = A.acts + l * per;
+    float* hout = l == A.numLayers - 1 ? A.h : hmid + A.H;
+    float* q = hmid + 2 * A.H;
+    float* att = q + qkvN;
+    float* act = att + qd;
+    const bool stamp = A.stamps && blockIdx.x == 0 && threadIdx.x == 0;
+#define STAMP(k) \
+  if (stamp) A.stamps[6 * l + (k)] = clock64()
+    STAMP(0);
+
+    DArgs a = {};
+    a.T = 1;
+    a.eps = A.eps;
+    a.nwdt = A.nwdt;
+    a.w = L.qkv;
+    a.bias = L.qkvb;
+    a.xr = hin;
+    a.ldxr = A.H;
+    a.nw = L.inNorm;
+    a.dst = q;
+    a.ldd = qkvN;
+    a.N = qkvN;
+    a.K = A.H;
+    a.pos = A.pos;
+    a.invFreq = A.invFreq;
+    a.kc = kcl;
+    a.vc = kcl + A.layerBytes;
+    a.kvdt = 1;
+    a.slots = A.slots;
+    a.numSlots = A.numSlots;
+    a.nh = A.nh;
+    a.nkv = A.nkv;
+    a.hd = A.hd;
+    // The embedding kernel wrote layer 0's input before this launch.
+    stepPhase<EPI_ROPE>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
+    STAMP(1);
+    gridSync(A.bar);
+    STAMP(2);
+    stepAttention<EPL>(A, kcl, q, att, ctx, bt);
+    STAMP(3);
+
+    DArgs o = {};
+    o.T = 1;
+    o.w = L.o;
+    o.bias = L.ob;
+    o.xr = att;
+    o.ldxr = qd;
+    o.res = hin;
+    o.dst = hmid;
+    o.ldd = A.H;
+    o.N = A.H;
+    o.K = qd;
+    stepPhase<EPI_ADDF>(o, A.ksO, A.bar);
+
+    DArgs g = {};
+    g.T = 1;
+    g.eps = A.eps;
+    g.nwdt = A.nwdt;
+    g.w = L.gu;
+    g.bias = L.gub;
+    g.xr = hmid;
+    g.ldxr = A.H;
+    g.nw = L.postNorm;
+    g.dst = act;
+    g.ldd = A.I;
+    g.N = 2 * A.I;
+    g.K = A.H;
+    STAMP(4);
+    stepPhase<EPI_SILU>(g, A.ksGU, A.bar);
+    STAMP(5);
+
+    DArgs d = {};
+    d.T = 1;
+    d.w = L.down;
+    d.bias = L.downb;
+    d.xr = act;
+    d.ldxr = A.I;
+    d.res = hmid;
+    d.dst = hout;
+    d.ldd = A.H;
+    d.N = A.H;
+    d.K = A.I;
+    stepPhase<EPI_ADDF>(d, A.ksDown, A.bar);
+    hin = hout;
+  }
+  gridExit(A.bar);
+#undef STAMP
+}
+
+// A is a __grid_constant__ so that stepAttention (not inlined) can take
+// its address without the kernel copying it to local memory, where every
+// read of a field would be a local load.
+#define INST_STEP(EPL)                                                                                \
+  extern "C" __global__ void __launch_bounds__(256, 2) decode_step_##EPL(const __grid_constant__ StepArgs A) { \
+    decodeStep<EPL>(A);                                                                                \
+  }
+INST_STEP(1)
+INST_STEP(2)
+INST_STEP(4)
+INST_STEP(8)
