@@ -17,7 +17,8 @@
 //
 // Files by concern: backend.go (options, device set-up, Close), lib.go and
 // driver.go (the libraries), nvrtc.go (compiling and caching the kernels),
-// memory.go (tensors, copies, the KV cache), launch.go (recording, graphs),
+// memory.go and convert.go (tensors, copies, dtype conversion on the host,
+// the KV cache), launch.go (recording, graphs),
 // ops.go and moe.go (ml.Backend's ops), fused.go and step.go (the fused
 // decode GEMVs and the one-launch decode step), layers.go (ml.LayerFuser:
 // which of them a step runs), nccl.go (collectives).
