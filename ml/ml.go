@@ -21,6 +21,7 @@ const (
 	BF16
 	I8 // weight-only int8, symmetric per output row (row scales held by the tensor)
 	I32
+	F8 // weight-only FP8 E4M3, one scale per output row as I8 (see fp8.go)
 )
 
 func (d DType) String() string {
@@ -35,18 +36,20 @@ func (d DType) String() string {
 		return "int8"
 	case I32:
 		return "int32"
+	case F8:
+		return "fp8_e4m3"
 	}
 	return fmt.Sprintf("DType(%d)", uint8(d))
 }
 
-// Size is the bytes per element (I8 excludes its per-row scales).
+// Size is the bytes per element (I8 and F8 exclude their per-row scales).
 func (d DType) Size() int {
 	switch d {
 	case F32, I32:
 		return 4
 	case F16, BF16:
 		return 2
-	case I8:
+	case I8, F8:
 		return 1
 	}
 	return 0

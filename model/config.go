@@ -122,7 +122,7 @@ type RopeParameters struct {
 type LoadOptions struct {
 	Backend      ml.Backend
 	DType        string // --dtype: auto|float32|bfloat16|float16 (auto = the checkpoint's)
-	Quantization string // --quantization: "" or int8
+	Quantization string // --quantization: "", int8 or fp8
 	LoadFormat   string // --load-format: auto|safetensors|dummy
 	Seed         int64  // dummy weights' seed
 	// KVCacheDType is --kv-cache-dtype: auto|float32|bfloat16|float16

@@ -128,8 +128,10 @@ func resolveOptions(cfg *Config, o LoadOptions) (resolved, error) {
 	case "", "none":
 	case "int8":
 		r.quantize, r.store = true, ml.I8
+	case "fp8":
+		r.quantize, r.store = true, ml.F8
 	default:
-		return r, fmt.Errorf("%w: --quantization %q (supported: int8, or none)", ErrBadOption, o.Quantization)
+		return r, fmt.Errorf("%w: --quantization %q (supported: int8, fp8, or none)", ErrBadOption, o.Quantization)
 	}
 	switch strings.ToLower(o.KVCacheDType) {
 	case "", "auto":
@@ -528,8 +530,8 @@ func (w *Weights) upload(name string, parts [][]byte, src, store ml.DType, rows,
 		}
 	}
 	w.Bytes += int64(rows) * int64(cols) * int64(store.Size())
-	if store == ml.I8 {
-		w.Bytes += 4 * int64(rows)
+	if store == ml.I8 || store == ml.F8 {
+		w.Bytes += 4 * int64(rows) // the row scales
 	}
 	return x, nil
 }

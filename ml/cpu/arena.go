@@ -42,7 +42,7 @@ type carver struct {
 	off int
 }
 
-func carve[T float32 | uint16 | int8](c *carver, n int) []T {
+func carve[T float32 | uint16 | int8 | uint8](c *carver, n int) []T {
 	var z T
 	size := int(unsafe.Sizeof(z))
 	c.off = (c.off + 63) &^ 63 // cache-line aligned, for the SIMD kernels

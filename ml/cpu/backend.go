@@ -79,7 +79,7 @@ func (b *Backend) ActivationDType(ml.DType) ml.DType { return ml.F32 }
 func (b *Backend) Threads() int { return b.pool.n }
 
 // Tensor is a CPU tensor: one of the typed slices holds its rows*cols
-// elements (I8 also holds one scale per row).
+// elements (I8 and F8 also hold one scale per row).
 type Tensor struct {
 	dt         ml.DType
 	rows, cols int
@@ -87,7 +87,8 @@ type Tensor struct {
 	i32        []int32
 	u16        []uint16 // F16, BF16
 	i8         []int8
-	scales     []float32 // I8: per row
+	f8         []uint8   // F8 (E4M3)
+	scales     []float32 // I8, F8: per row
 	// mem holds a weight's elements outside the Go heap (nil: in it);
 	// owner is a view's parent, kept reachable so its mapping stays.
 	mem   *arena
@@ -104,7 +105,7 @@ func (t *Tensor) Cols() int       { return t.cols }
 
 func (t *Tensor) String() string { return fmt.Sprintf("%s[%d,%d]", t.dt, t.rows, t.cols) }
 
-// Bytes is the memory the tensor holds (I8 includes its scales).
+// Bytes is the memory the tensor holds (I8 and F8 include their scales).
 func (t *Tensor) Bytes() int64 {
 	return int64(t.rows)*int64(t.cols)*int64(t.dt.Size()) + 4*int64(len(t.scales))
 }
@@ -127,6 +128,9 @@ func alloc(dt ml.DType, rows, cols int) (*Tensor, error) {
 		t.u16 = make([]uint16, n)
 	case ml.I8:
 		t.i8 = make([]int8, n)
+		t.scales = make([]float32, rows)
+	case ml.F8:
+		t.f8 = make([]uint8, n)
 		t.scales = make([]float32, rows)
 	default:
 		return nil, fmt.Errorf("%w: tensor dtype %s", ml.ErrUnsupported, dt)
@@ -167,6 +171,9 @@ func allocWeight(dt ml.DType, rows, cols int) (*Tensor, error) {
 	case ml.I8:
 		t.i8 = carve[int8](c, n)
 		t.scales = carve[float32](c, rows)
+	case ml.F8:
+		t.f8 = carve[uint8](c, n)
+		t.scales = carve[float32](c, rows)
 	}
 	return t, nil
 }
@@ -189,9 +196,9 @@ func (b *Backend) LoadWeight(rows, cols int, data []byte, src, store ml.DType) (
 		return nil, fmt.Errorf("%w: weight source dtype %s (want float32, float16 or bfloat16)", ml.ErrUnsupported, src)
 	}
 	switch store {
-	case ml.F32, ml.F16, ml.BF16, ml.I8:
+	case ml.F32, ml.F16, ml.BF16, ml.I8, ml.F8:
 	default:
-		return nil, fmt.Errorf("%w: weight storage dtype %s (want float32, float16, bfloat16 or int8)", ml.ErrUnsupported, store)
+		return nil, fmt.Errorf("%w: weight storage dtype %s (want float32, float16, bfloat16, int8 or fp8_e4m3)", ml.ErrUnsupported, store)
 	}
 	if want := rows * cols * src.Size(); len(data) != want {
 		return nil, fmt.Errorf("%w: weight [%d,%d] of %s needs %d bytes, got %d", ErrShape, rows, cols, src, want, len(data))
@@ -230,6 +237,8 @@ func (b *Backend) LoadWeight(rows, cols int, data []byte, src, store ml.DType) (
 				kernels.F32ToF16(t.u16[r*cols:(r+1)*cols], buf)
 			case ml.I8:
 				t.scales[r] = quantizeRow(t.i8[r*cols:(r+1)*cols], buf)
+			case ml.F8:
+				quantizeF8(t, r, buf)
 			}
 		}
 	})
@@ -295,6 +304,9 @@ func (b *Backend) View(t ml.Tensor, start, rows int) ml.Tensor {
 		v.u16 = x.u16[lo:hi:hi]
 	case ml.I8:
 		v.i8 = x.i8[lo:hi:hi]
+		v.scales = x.scales[start : start+rows : start+rows]
+	case ml.F8:
+		v.f8 = x.f8[lo:hi:hi]
 		v.scales = x.scales[start : start+rows : start+rows]
 	}
 	return v
@@ -372,7 +384,7 @@ func set(ds ...ml.DType) dtypes {
 var (
 	f32Only   = set(ml.F32)
 	i32Only   = set(ml.I32)
-	anyWeight = set(ml.F32, ml.F16, ml.BF16, ml.I8)
+	anyWeight = set(ml.F32, ml.F16, ml.BF16, ml.I8, ml.F8)
 	anyDType  = ^dtypes(0)
 )
 

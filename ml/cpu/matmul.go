@@ -116,6 +116,8 @@ func gemm(dt ml.DType, dst []float32, ldd int, x, f32 []float32, u16 []uint16, w
 		kernels.GemmF16(dst, ldd, x, u16[n0*K:n1*K], T, nn, K)
 	case ml.I8:
 		kernels.GemmI8(dst, ldd, x, w.i8[n0*K:n1*K], w.scales[n0:n1], T, nn, K)
+	case ml.F8:
+		gemmF8(dst, ldd, x, w.f8[n0*K:n1*K], w.scales[n0:n1], T, nn, K)
 	}
 }
 

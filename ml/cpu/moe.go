@@ -122,6 +122,8 @@ func gemmRows(dst []float32, ldd int, x []float32, w *Tensor, r0, r1, T, nn, K i
 		kernels.GemmF16(dst, ldd, x, w.u16[r0*K:r1*K], T, nn, K)
 	case ml.I8:
 		kernels.GemmI8(dst, ldd, x, w.i8[r0*K:r1*K], w.scales[r0:r1], T, nn, K)
+	case ml.F8:
+		gemmF8(dst, ldd, x, w.f8[r0*K:r1*K], w.scales[r0:r1], T, nn, K)
 	}
 }
 

@@ -118,6 +118,11 @@ func embedRow(dst []float32, table *Tensor, id int) {
 		for j, q := range table.i8[id*c : (id+1)*c] {
 			dst[j] = float32(q) * s
 		}
+	case ml.F8:
+		s := table.scales[id]
+		for j, q := range table.f8[id*c : (id+1)*c] {
+			dst[j] = s * ml.F8Value(q)
+		}
 	}
 }
 

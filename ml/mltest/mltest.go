@@ -51,7 +51,7 @@ func DefaultOptions() Options {
 		Tol:          2e-6,
 		MatMulTol:    2e-5,
 		RoPETol:      2e-4,
-		WeightDTypes: []ml.DType{ml.F32, ml.F16, ml.BF16, ml.I8},
+		WeightDTypes: []ml.DType{ml.F32, ml.F16, ml.BF16, ml.I8, ml.F8},
 		KVDTypes:     []ml.DType{ml.F32, ml.BF16, ml.F16},
 		Seed:         1,
 	}
@@ -173,6 +173,8 @@ func loadWeight(t *testing.T, b ml.Backend, w []float32, rows, cols int, src, st
 		}
 	case ml.I8:
 		want = QuantizeI8(want, rows, cols)
+	case ml.F8:
+		want = QuantizeF8(want, rows, cols)
 	}
 	wt, err := b.LoadWeight(rows, cols, Encode(src, w), src, store)
 	if errors.Is(err, ml.ErrUnsupported) {
@@ -196,7 +198,7 @@ func weightValues(r *rand.Rand, store ml.DType, rows, cols int) []float32 {
 
 // srcFor is the checkpoint dtype a test loads a weight of dtype store from.
 func srcFor(store ml.DType) ml.DType {
-	if store == ml.I8 {
+	if store == ml.I8 || store == ml.F8 {
 		return ml.F32
 	}
 	return store

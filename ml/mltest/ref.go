@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"math/rand/v2"
+	"sort"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -117,6 +118,70 @@ func QuantizeI8(w []float32, rows, cols int) []float32 {
 		s := m / 127
 		for i, v := range row {
 			out[r*cols+i] = float32(math.Round(float64(v)/s) * s)
+		}
+	}
+	return out
+}
+
+// f8Values are the positive finite FP8 E4M3 values in code order (code i
+// is i), from the format's definition: subnormals m·2^-9, then
+// (8+m)·2^(e-10) for exponents e = 1..15 (e = 15, m = 7 is NaN).
+var f8Values = func() []float64 {
+	var v []float64
+	for code := range 0x7f {
+		e, m := code>>3, float64(code&7)
+		if e == 0 {
+			v = append(v, math.Ldexp(m, -9))
+		} else {
+			v = append(v, math.Ldexp(8+m, e-10))
+		}
+	}
+	return v
+}()
+
+// F8Round rounds x to the nearest FP8 E4M3 value (ties to the even code),
+// saturating at ±448.
+func F8Round(x float64) float64 {
+	a := math.Abs(x)
+	i := sort.SearchFloat64s(f8Values, a) // f8Values[i-1] < a <= f8Values[i]
+	var r float64
+	switch {
+	case i == len(f8Values):
+		r = f8Values[i-1]
+	case i == 0 || f8Values[i] == a:
+		r = f8Values[i]
+	default:
+		lo, hi := f8Values[i-1], f8Values[i]
+		switch {
+		case a-lo < hi-a:
+			r = lo
+		case hi-a < a-lo:
+			r = hi
+		case (i-1)%2 == 0:
+			r = lo
+		default:
+			r = hi
+		}
+	}
+	return math.Copysign(r, x)
+}
+
+// QuantizeF8 returns what per-row FP8 E4M3 storage of w (rows×cols)
+// holds: scale = max|row|/448, value = F8Round(w/scale)·scale.
+func QuantizeF8(w []float32, rows, cols int) []float32 {
+	out := make([]float32, len(w))
+	for r := range rows {
+		row := w[r*cols : (r+1)*cols]
+		var m float64
+		for _, v := range row {
+			m = math.Max(m, math.Abs(float64(v)))
+		}
+		if m == 0 {
+			continue
+		}
+		s := m / 448
+		for i, v := range row {
+			out[r*cols+i] = float32(F8Round(float64(v)/s)) * float32(s)
 		}
 	}
 	return out

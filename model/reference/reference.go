@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/mltest"
@@ -25,6 +26,7 @@ type Model struct {
 	// them (F32, the default, leaves them as computed).
 	KVDType ml.DType
 	tensors map[string][]float64
+	cols    map[string]int // the last dimension of each tensor
 }
 
 // Load reads a Hugging Face checkpoint directory (config.json and
@@ -39,7 +41,7 @@ func Load(dir string) (*Model, error) {
 		return nil, err
 	}
 	defer src.Close()
-	r := &Model{Config: cfg, tensors: map[string][]float64{}}
+	r := &Model{Config: cfg, tensors: map[string][]float64{}, cols: map[string]int{}}
 	for _, name := range src.Names() {
 		x, err := src.Tensor(name)
 		if err != nil {
@@ -51,8 +53,34 @@ func Load(dir string) (*Model, error) {
 			v[i] = float64(f[i])
 		}
 		r.tensors[name] = v
+		if len(x.Shape) > 0 {
+			r.cols[name] = x.Shape[len(x.Shape)-1]
+		}
 	}
 	return r, nil
+}
+
+// QuantizeWeights replaces the weights that --quantization stores
+// quantized (every projection of attention, the MLPs and the experts, the
+// lm_head, and the embedding when it is tied; not the router, the norms or
+// the biases) by quantize(w, rows, cols), the values the quantized storage
+// holds, so that Forward computes what a quantized model should.
+func (r *Model) QuantizeWeights(quantize func(w []float32, rows, cols int) []float32) {
+	for name, v := range r.tensors {
+		quantized := strings.HasSuffix(name, "_proj.weight") || name == "lm_head.weight" ||
+			name == "model.embed_tokens.weight" && r.Config.TieWordEmbeddings
+		if !quantized {
+			continue
+		}
+		cols := r.cols[name]
+		w := make([]float32, len(v))
+		for i, x := range v {
+			w[i] = float32(x)
+		}
+		for i, x := range quantize(w, len(v)/cols, cols) {
+			v[i] = float64(x)
+		}
+	}
 }
 
 func (r *Model) w(name string) []float64 {
