@@ -65,10 +65,7 @@ var f8Table = func() (t [256]float32) {
 // QuantizeF8Row quantizes row into q (same length) with one scale,
 // max|row| / F8Max (0 for a zero row), and returns the scale.
 func QuantizeF8Row(q []uint8, row []float32) float32 {
-	var m float64
-	for _, v := range row {
-		m = math.Max(m, math.Abs(float64(v)))
-	}
+	m := MaxAbs(row)
 	if m == 0 {
 		clear(q)
 		return 0
@@ -80,4 +77,13 @@ func QuantizeF8Row(q []uint8, row []float32) float32 {
 		q[i] = f8Bits(float64(v) / s)
 	}
 	return float32(s)
+}
+
+// MaxAbs is the largest magnitude in row (the per-row quantizers' range).
+func MaxAbs(row []float32) float64 {
+	var m float64
+	for _, v := range row {
+		m = math.Max(m, math.Abs(float64(v)))
+	}
+	return m
 }

@@ -267,10 +267,7 @@ func decode(dst []float32, src []byte, dt ml.DType) {
 
 // quantizeRow stores row as symmetric int8 and returns its scale.
 func quantizeRow(q []int8, row []float32) float32 {
-	var m float64
-	for _, v := range row {
-		m = math.Max(m, math.Abs(float64(v)))
-	}
+	m := ml.MaxAbs(row)
 	if m == 0 {
 		clear(q)
 		return 0

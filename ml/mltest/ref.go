@@ -106,21 +106,26 @@ func Encode(dt ml.DType, vals []float32) []byte {
 // holds: scale = max|row|/127, q = round(w/scale), value = q*scale.
 func QuantizeI8(w []float32, rows, cols int) []float32 {
 	out := make([]float32, len(w))
-	for r := range rows {
-		row := w[r*cols : (r+1)*cols]
-		var m float64
-		for _, v := range row {
-			m = math.Max(m, math.Abs(float64(v)))
-		}
-		if m == 0 {
+	for r, s := range rowScales(w, rows, cols, 127) {
+		if s == 0 {
 			continue
 		}
-		s := m / 127
-		for i, v := range row {
+		for i, v := range w[r*cols : (r+1)*cols] {
 			out[r*cols+i] = float32(math.Round(float64(v)/s) * s)
 		}
 	}
 	return out
+}
+
+// rowScales is max|row|/qmax of each row of w (rows×cols), 0 for a zero row.
+func rowScales(w []float32, rows, cols int, qmax float64) []float64 {
+	s := make([]float64, rows)
+	for r := range rows {
+		for _, v := range w[r*cols : (r+1)*cols] {
+			s[r] = math.Max(s[r], math.Abs(float64(v))/qmax)
+		}
+	}
+	return s
 }
 
 // f8Values are the positive finite FP8 E4M3 values in code order (code i
@@ -170,17 +175,11 @@ func F8Round(x float64) float64 {
 // holds: scale = max|row|/448, value = F8Round(w/scale)·scale.
 func QuantizeF8(w []float32, rows, cols int) []float32 {
 	out := make([]float32, len(w))
-	for r := range rows {
-		row := w[r*cols : (r+1)*cols]
-		var m float64
-		for _, v := range row {
-			m = math.Max(m, math.Abs(float64(v)))
-		}
-		if m == 0 {
+	for r, s := range rowScales(w, rows, cols, 448) {
+		if s == 0 {
 			continue
 		}
-		s := m / 448
-		for i, v := range row {
+		for i, v := range w[r*cols : (r+1)*cols] {
 			out[r*cols+i] = float32(F8Round(float64(v)/s)) * float32(s)
 		}
 	}

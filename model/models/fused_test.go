@@ -19,17 +19,7 @@ import (
 func loadFused(t *testing.T, dir string, o model.LoadOptions) (model.Model, *mltest.FusingBackend) {
 	t.Helper()
 	be := mltest.Fusing(cpu.New(cpu.Options{}))
-	o.Backend = be
-	m, err := model.Load(dir, o)
-	if err != nil {
-		be.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		m.Close()
-		be.Close()
-	})
-	return m, be
+	return modeltest.LoadOn(t, dir, o, be), be
 }
 
 // TestFusedLayersPath: on each dense checkpoint, the fused-layer path

@@ -23,7 +23,12 @@ import (
 // Load loads a model directory on a fresh CPU backend (closed by cleanup).
 func Load(t testing.TB, path string, o model.LoadOptions) model.Model {
 	t.Helper()
-	be := cpu.New(cpu.Options{})
+	return LoadOn(t, path, o, cpu.New(cpu.Options{}))
+}
+
+// LoadOn loads a model directory on be (both closed by cleanup).
+func LoadOn(t testing.TB, path string, o model.LoadOptions, be ml.Backend) model.Model {
+	t.Helper()
 	o.Backend = be
 	m, err := model.Load(path, o)
 	if err != nil {
