@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -295,17 +296,8 @@ func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (*openai.Chat
 	if err != nil {
 		return nil, nil, "", err
 	}
-	extra := req.ChatTemplateKwargs
-	if len(ts.Render) > 0 {
-		// The tools as vLLM hands them to the template, key order kept
-		// (tool_choice "none" included: the model still sees them).
-		tools := make([]any, len(ts.Render))
-		for i, t := range ts.Render {
-			tools[i] = t
-		}
-		extra = cloneMap(extra)
-		extra["tools"] = tools
-	}
+	// tool_choice "none" included: the model still sees the tools.
+	extra := templateKwargs(req.ChatTemplateKwargs, ts.Render)
 	text, err := s.renderChat("messages", req.Messages, addGen, req.ContinueFinalMessage, extra)
 	if err != nil {
 		return nil, nil, "", err
@@ -347,6 +339,22 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	}
 	enc := s.newEncoder(openai.KindChat, g.id, model, req.ReturnTokensAsTokenIDs)
 	s.writeFull(w, c, enc, req.Logprobs, "assistant")
+}
+
+// templateKwargs is what the chat template gets besides the messages:
+// chat_template_kwargs and the tools as vLLM hands them over, key order
+// kept.
+func templateKwargs(kwargs map[string]any, tools []json.RawMessage) map[string]any {
+	if len(tools) == 0 {
+		return kwargs
+	}
+	list := make([]any, len(tools))
+	for i, t := range tools {
+		list[i] = t
+	}
+	extra := cloneMap(kwargs)
+	extra["tools"] = list
+	return extra
 }
 
 func cloneMap(m map[string]any) map[string]any {
