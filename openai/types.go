@@ -191,8 +191,8 @@ type Sampling struct {
 	MinTokens              *int     `json:"min_tokens"`
 	StopTokenIDs           TokenIDs `json:"stop_token_ids"`
 	RepetitionPenalty      *float64 `json:"repetition_penalty"`
-	ReturnTokensAsTokenIDs bool     `json:"return_tokens_as_token_ids"`
-	ReturnTokenIDs         *bool    `json:"return_token_ids"` // token_ids in choices (default: on with --skip-tokenizer-init)
+	ReturnTokensAsTokenIDs *bool    `json:"return_tokens_as_token_ids"` // default: the server's --return-tokens-as-token-ids
+	ReturnTokenIDs         *bool    `json:"return_token_ids"`           // token_ids in choices (default: on with --skip-tokenizer-init)
 	Priority               int      `json:"priority"`
 	SkipSpecialTokens      *bool    `json:"skip_special_tokens"`
 	AddSpecialTokens       *bool    `json:"add_special_tokens"`

@@ -23,6 +23,10 @@ func (s *Server) limits() openai.Limits {
 // tokenText names a token for logprobs.
 func (s *Server) tokenText(id int) string { return s.tok.TokenText(id) }
 
+// asTokenIDs reads return_tokens_as_token_ids once decoding has filled in
+// the server's default.
+func asTokenIDs(v *bool) bool { return v != nil && *v }
+
 func (s *Server) newEncoder(kind openai.Kind, id, model string, asIDs bool) *openai.Encoder {
 	enc := openai.NewEncoder(kind, id, time.Now().Unix(), model)
 	enc.AsTokenIDs = asIDs
@@ -102,7 +106,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", g.id)
 	want := req.Logprobs != nil
 	if req.Stream {
-		enc := s.newEncoder(openai.KindCompletionChunk, g.id, model, req.ReturnTokensAsTokenIDs)
+		enc := s.newEncoder(openai.KindCompletionChunk, g.id, model, asTokenIDs(req.ReturnTokensAsTokenIDs))
 		s.streamOpenAI(w, c, enc, want, req.StreamOptions, false)
 		return
 	}
@@ -110,7 +114,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		s.writeCollectErr(w, err)
 		return
 	}
-	enc := s.newEncoder(openai.KindCompletion, g.id, model, req.ReturnTokensAsTokenIDs)
+	enc := s.newEncoder(openai.KindCompletion, g.id, model, asTokenIDs(req.ReturnTokensAsTokenIDs))
 	s.writeFull(w, c, enc, want, "")
 }
 
@@ -329,7 +333,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	defer c.done()
 	w.Header().Set("X-Request-Id", g.id)
 	if req.Stream {
-		enc := s.newEncoder(openai.KindChatChunk, g.id, model, req.ReturnTokensAsTokenIDs)
+		enc := s.newEncoder(openai.KindChatChunk, g.id, model, asTokenIDs(req.ReturnTokensAsTokenIDs))
 		s.streamOpenAI(w, c, enc, req.Logprobs, req.StreamOptions, true)
 		return
 	}
@@ -337,7 +341,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		s.writeCollectErr(w, err)
 		return
 	}
-	enc := s.newEncoder(openai.KindChat, g.id, model, req.ReturnTokensAsTokenIDs)
+	enc := s.newEncoder(openai.KindChat, g.id, model, asTokenIDs(req.ReturnTokensAsTokenIDs))
 	s.writeFull(w, c, enc, req.Logprobs, "assistant")
 }
 
