@@ -62,7 +62,9 @@ const (
 	maxProofSteps = 10000
 )
 
-// step spends one unit of the proof budget; false when it is spent.
+// step spends one unit of the proof budget; false when it is spent. Every
+// recursive walk of the proof steps: $refs can make a small schema a tree
+// exponentially large.
 func (c *schemaCompiler) step() bool {
 	c.proofSteps--
 	return c.proofSteps >= 0
@@ -158,8 +160,11 @@ func (c *schemaCompiler) branches(s *jv) ([]*jv, bool) {
 // A schema without "type" admits every type (its keywords constrain only
 // instances of the types they are about), even where schema guesses one.
 func (c *schemaCompiler) admittedTypes(s *jv, depth int) typeSet {
+	if depth > maxProofDepth || !c.step() {
+		return tAll
+	}
 	s, ok := c.flatten(s)
-	if !ok || depth > maxProofDepth {
+	if !ok {
 		return tAll
 	}
 	if s.kind == 'b' {
@@ -213,8 +218,11 @@ func (c *schemaCompiler) admittedTypes(s *jv, depth int) typeSet {
 // finiteValues over-approximates the values s admits by a finite list, if
 // const, enum or branches that all have one bound them.
 func (c *schemaCompiler) finiteValues(s *jv, depth int) ([]*jv, bool) {
+	if depth > maxProofDepth || !c.step() {
+		return nil, false
+	}
 	s, ok := c.flatten(s)
-	if !ok || depth > maxProofDepth {
+	if !ok {
 		return nil, false
 	}
 	if s.kind == 'b' {

@@ -2,6 +2,7 @@ package grammar
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -37,8 +38,21 @@ func TestOneOfDisjointAccept(t *testing.T) {
 	})
 }
 
+// wideRefs is a small schema that $refs make a tree of 10^16 leaves, each
+// the schema leaf: a proof that walked it all would never end.
+func wideRefs(leaf string) string {
+	var defs []string
+	for i := range 16 {
+		refs := strings.Repeat(fmt.Sprintf(`{"$ref":"#/$defs/a%d"},`, i+1), 10)
+		defs = append(defs, fmt.Sprintf(`"a%d":{"anyOf":[%s]}`, i, strings.TrimSuffix(refs, ",")))
+	}
+	defs = append(defs, `"a16":`+leaf)
+	return `"$defs":{` + strings.Join(defs, ",") + `}`
+}
+
 func TestOneOfNotProvablyDisjoint(t *testing.T) {
 	for name, schema := range map[string]string{
+		"exponential refs":       `{` + wideRefs(`{"type":"string"}`) + `,"oneOf":[{"$ref":"#/$defs/a0"},{"type":"string"}]}`,
 		"integer and number":     `{"oneOf":[{"type":"integer"},{"type":"number"}]}`,
 		"untyped branch":         `{"oneOf":[{"type":"string"},{"properties":{"a":{"type":"integer"}}}]}`,
 		"open objects":           `{"oneOf":[{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]},{"type":"object","properties":{"b":{"type":"integer"}},"required":["b"]}]}`,
@@ -95,6 +109,8 @@ func TestUniqueItemsRefused(t *testing.T) {
 		"prefix":             {`{"type":"array","prefixItems":[{"const":1},{"const":2}],"uniqueItems":true}`, ErrUnsupported},
 		"too many item sets": {`{"type":"array","items":{"enum":[0,1,2,3,4,5,6,7,8,9,10,11,12,13]},"uniqueItems":true}`, ErrLimit},
 		"not a boolean":      {`{"type":"array","uniqueItems":"yes"}`, ErrSyntax},
+		"exponential refs":   {`{` + wideRefs(`{"enum":["x"]}`) + `,"type":"array","items":{"$ref":"#/$defs/a0"},"uniqueItems":true}`, ErrLimit},
+		"huge enum":          {`{"type":"array","items":{"enum":[` + strings.Repeat(`"x",`, 5000) + `"y"]},"uniqueItems":true}`, ErrLimit},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Compile(Spec{JSONSchema: c.schema}, nil, Limits{})

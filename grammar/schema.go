@@ -1222,6 +1222,9 @@ func (c *schemaCompiler) array(s *jv, depth int) (expr, error) {
 	return full, nil
 }
 
+// maxItemValues bounds the item values read before removing duplicates.
+const maxItemValues = 4096
+
 // maxDistinctSubsets bounds the rules of a uniqueItems array: one per set
 // of items that can have been used. 1024 (10 values in any order) compiles
 // in about 0.4 s on a slow core, well inside CompileTimeout.
@@ -1242,8 +1245,12 @@ func (c *schemaCompiler) distinctItems(prefix []*jv, items *jv, minI, maxI, dept
 	if _, err := c.schema(items, depth+1); err != nil {
 		return nil, err
 	}
+	c.proofSteps = maxProofSteps
 	vals, ok := c.itemValues(items, 0)
-	if !ok {
+	switch {
+	case len(vals) > maxItemValues:
+		return nil, errorf(ErrLimit, "json schema: uniqueItems over more than %d item values", maxItemValues)
+	case !ok:
 		return nil, unsupported
 	}
 	// Equal values (1 and 1.0) are one item: generate the first spelling.
@@ -1326,9 +1333,14 @@ func (c *schemaCompiler) distinctItems(prefix []*jv, items *jv, minI, maxI, dept
 
 // itemValues returns the values an items schema is compiled to when they
 // are a finite list: const or enum, or branches that each have one.
+// The walk stops past maxItemValues values (distinctItems reports it) or
+// when the proof budget is spent.
 func (c *schemaCompiler) itemValues(s *jv, depth int) ([]*jv, bool) {
+	if depth > maxProofDepth || !c.step() {
+		return nil, false
+	}
 	s, ok := c.flatten(s)
-	if !ok || depth > maxProofDepth {
+	if !ok {
 		return nil, false
 	}
 	if s.kind == 'b' {
@@ -1338,10 +1350,10 @@ func (c *schemaCompiler) itemValues(s *jv, depth int) ([]*jv, bool) {
 		var out []*jv
 		for _, b := range bs {
 			vs, ok := c.itemValues(b, depth+1)
-			if !ok {
-				return nil, false
-			}
 			out = append(out, vs...)
+			if !ok || len(out) > maxItemValues {
+				return out, false
+			}
 		}
 		return out, true
 	}
