@@ -42,16 +42,9 @@ type ToolSetup struct {
 // empty tools list is "none" (OpenAI's behaviour, as in vLLM).
 func (r *ChatCompletionRequest) ToolSetup() (ToolSetup, error) {
 	ts := ToolSetup{Choice: ToolChoiceNone, Parallel: r.ParallelToolCalls == nil || *r.ParallelToolCalls}
-	if len(r.Tools) > MaxTools {
-		return ts, Invalid("tools", "at most %d tools are allowed, got %d", MaxTools, len(r.Tools))
-	}
-	for i, raw := range r.Tools {
-		t, render, err := parseTool(raw)
-		if err != nil {
-			return ts, Invalid("tools", "tools[%d]: %v", i, err)
-		}
-		ts.Tools = append(ts.Tools, t)
-		ts.Render = append(ts.Render, render)
+	var err error
+	if ts.Tools, ts.Render, err = parseTools(r.Tools); err != nil {
+		return ts, err
 	}
 	hasTools := len(r.Tools) > 0
 	if isNull(r.ToolChoice) {
@@ -106,6 +99,23 @@ func (r *ChatCompletionRequest) ToolSetup() (ToolSetup, error) {
 		}
 	}
 	return ts, Invalid("tool_choice", "tool_choice names the function %q, which is not in tools", name)
+}
+
+// parseTools validates a request's tools and renders them for the chat
+// template.
+func parseTools(raws []json.RawMessage) (tools []toolparse.Tool, render []json.RawMessage, err error) {
+	if len(raws) > MaxTools {
+		return nil, nil, Invalid("tools", "at most %d tools are allowed, got %d", MaxTools, len(raws))
+	}
+	for i, raw := range raws {
+		t, r, err := parseTool(raw)
+		if err != nil {
+			return nil, nil, Invalid("tools", "tools[%d]: %v", i, err)
+		}
+		tools = append(tools, t)
+		render = append(render, r)
+	}
+	return tools, render, nil
 }
 
 // parseTool validates one tool and renders it as vLLM hands it to chat

@@ -191,8 +191,8 @@ type Sampling struct {
 	MinTokens              *int     `json:"min_tokens"`
 	StopTokenIDs           TokenIDs `json:"stop_token_ids"`
 	RepetitionPenalty      *float64 `json:"repetition_penalty"`
-	ReturnTokensAsTokenIDs bool     `json:"return_tokens_as_token_ids"`
-	ReturnTokenIDs         *bool    `json:"return_token_ids"` // token_ids in choices (default: on with --skip-tokenizer-init)
+	ReturnTokensAsTokenIDs *bool    `json:"return_tokens_as_token_ids"` // default: the server's --return-tokens-as-token-ids
+	ReturnTokenIDs         *bool    `json:"return_token_ids"`           // token_ids in choices (default: on with --skip-tokenizer-init)
 	Priority               int      `json:"priority"`
 	SkipSpecialTokens      *bool    `json:"skip_special_tokens"`
 	AddSpecialTokens       *bool    `json:"add_special_tokens"`
@@ -260,7 +260,8 @@ type ModelList struct {
 	Data   []Model `json:"data"`
 }
 
-// TokenizeRequest is vLLM's POST /tokenize: either Prompt or Messages.
+// TokenizeRequest is vLLM's POST /tokenize: either Prompt or Messages,
+// the latter with the fields that shape the chat template's rendering.
 type TokenizeRequest struct {
 	Model                string           `json:"model"`
 	Prompt               *string          `json:"prompt"`
@@ -269,7 +270,53 @@ type TokenizeRequest struct {
 	AddGenerationPrompt  *bool            `json:"add_generation_prompt"`
 	ContinueFinalMessage bool             `json:"continue_final_message"`
 	ChatTemplateKwargs   map[string]any   `json:"chat_template_kwargs"`
-	ReturnTokenStrs      bool             `json:"return_token_strs"`
+	// Tools are kept raw, as in ChatCompletionRequest: the template sees
+	// them as /v1/chat/completions hands them over.
+	Tools           []json.RawMessage `json:"tools"`
+	ReturnTokenStrs bool              `json:"return_token_strs"`
+	// Accepted by vLLM, refused here (see Check).
+	ChatTemplate      *string        `json:"chat_template"`
+	MMProcessorKwargs map[string]any `json:"mm_processor_kwargs"`
+}
+
+// Check refuses what /tokenize cannot honour: both or neither of prompt and
+// messages, chat fields beside a prompt (they would change nothing), a
+// per-request chat template and multimodal processor arguments.
+func (r *TokenizeRequest) Check() error {
+	switch {
+	case r.Prompt != nil && r.Messages != nil:
+		return Invalid("prompt", "give either prompt or messages, not both")
+	case r.Prompt == nil && r.Messages == nil:
+		return Invalid("prompt", "prompt or messages is required")
+	case r.ChatTemplate != nil:
+		return Invalid("chat_template", "a per-request chat_template is not supported: the server's (--chat-template, else the tokenizer's) is used; vLLM too refuses it unless started with --trust-request-chat-template")
+	case len(r.MMProcessorKwargs) > 0:
+		return Invalid("mm_processor_kwargs", "mm_processor_kwargs is not supported: this server takes text only")
+	}
+	if r.Prompt == nil {
+		return nil
+	}
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"tools", r.Tools != nil},
+		{"chat_template_kwargs", r.ChatTemplateKwargs != nil},
+		{"add_generation_prompt", r.AddGenerationPrompt != nil},
+		{"continue_final_message", r.ContinueFinalMessage},
+	} {
+		if f.set {
+			return Invalid(f.name, "%s applies to messages, not to prompt", f.name)
+		}
+	}
+	return nil
+}
+
+// TemplateTools validates the tools and returns them as the chat template
+// gets them.
+func (r *TokenizeRequest) TemplateTools() ([]json.RawMessage, error) {
+	_, render, err := parseTools(r.Tools)
+	return render, err
 }
 
 // TokenizeResponse is vLLM's /tokenize response.

@@ -213,29 +213,33 @@ func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, ErrNoTokenizer)
 		return
 	}
-	var ids []int
-	switch {
-	case req.Prompt != nil && req.Messages != nil:
-		s.writeErr(w, openai.Invalid("prompt", "give either prompt or messages, not both"))
+	if err := req.Check(); err != nil {
+		s.writeErr(w, err)
 		return
-	case req.Prompt != nil:
+	}
+	var ids []int
+	if req.Prompt != nil {
 		addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
 		ids = s.tok.Encode(*req.Prompt, addSpecial)
-	case req.Messages != nil:
+	} else {
 		addGen, err := chatAddGen(req.AddGenerationPrompt, req.ContinueFinalMessage)
 		if err != nil {
 			s.writeErr(w, err)
 			return
 		}
-		text, err := s.renderChat("messages", req.Messages, addGen, req.ContinueFinalMessage, req.ChatTemplateKwargs)
+		tools, err := req.TemplateTools()
+		if err != nil {
+			s.writeErr(w, err)
+			return
+		}
+		// The same rendering as /v1/chat/completions, so the count is the
+		// prompt a chat request with these fields would have.
+		text, err := s.renderChat("messages", req.Messages, addGen, req.ContinueFinalMessage, templateKwargs(req.ChatTemplateKwargs, tools))
 		if err != nil {
 			s.writeErr(w, err)
 			return
 		}
 		ids = s.tok.Encode(text, req.AddSpecialTokens != nil && *req.AddSpecialTokens)
-	default:
-		s.writeErr(w, openai.Invalid("prompt", "prompt or messages is required"))
-		return
 	}
 	resp := openai.TokenizeResponse{Count: len(ids), MaxModelLen: s.opts.MaxModelLen, Tokens: ids}
 	if resp.Tokens == nil {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -21,6 +22,10 @@ func (s *Server) limits() openai.Limits {
 
 // tokenText names a token for logprobs.
 func (s *Server) tokenText(id int) string { return s.tok.TokenText(id) }
+
+// asTokenIDs reads return_tokens_as_token_ids once decoding has filled in
+// the server's default.
+func asTokenIDs(v *bool) bool { return v != nil && *v }
 
 func (s *Server) newEncoder(kind openai.Kind, id, model string, asIDs bool) *openai.Encoder {
 	enc := openai.NewEncoder(kind, id, time.Now().Unix(), model)
@@ -101,7 +106,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", g.id)
 	want := req.Logprobs != nil
 	if req.Stream {
-		enc := s.newEncoder(openai.KindCompletionChunk, g.id, model, req.ReturnTokensAsTokenIDs)
+		enc := s.newEncoder(openai.KindCompletionChunk, g.id, model, asTokenIDs(req.ReturnTokensAsTokenIDs))
 		s.streamOpenAI(w, c, enc, want, req.StreamOptions, false)
 		return
 	}
@@ -109,7 +114,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		s.writeCollectErr(w, err)
 		return
 	}
-	enc := s.newEncoder(openai.KindCompletion, g.id, model, req.ReturnTokensAsTokenIDs)
+	enc := s.newEncoder(openai.KindCompletion, g.id, model, asTokenIDs(req.ReturnTokensAsTokenIDs))
 	s.writeFull(w, c, enc, want, "")
 }
 
@@ -295,17 +300,8 @@ func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (*openai.Chat
 	if err != nil {
 		return nil, nil, "", err
 	}
-	extra := req.ChatTemplateKwargs
-	if len(ts.Render) > 0 {
-		// The tools as vLLM hands them to the template, key order kept
-		// (tool_choice "none" included: the model still sees them).
-		tools := make([]any, len(ts.Render))
-		for i, t := range ts.Render {
-			tools[i] = t
-		}
-		extra = cloneMap(extra)
-		extra["tools"] = tools
-	}
+	// tool_choice "none" included: the model still sees the tools.
+	extra := templateKwargs(req.ChatTemplateKwargs, ts.Render)
 	text, err := s.renderChat("messages", req.Messages, addGen, req.ContinueFinalMessage, extra)
 	if err != nil {
 		return nil, nil, "", err
@@ -337,7 +333,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	defer c.done()
 	w.Header().Set("X-Request-Id", g.id)
 	if req.Stream {
-		enc := s.newEncoder(openai.KindChatChunk, g.id, model, req.ReturnTokensAsTokenIDs)
+		enc := s.newEncoder(openai.KindChatChunk, g.id, model, asTokenIDs(req.ReturnTokensAsTokenIDs))
 		s.streamOpenAI(w, c, enc, req.Logprobs, req.StreamOptions, true)
 		return
 	}
@@ -345,8 +341,24 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		s.writeCollectErr(w, err)
 		return
 	}
-	enc := s.newEncoder(openai.KindChat, g.id, model, req.ReturnTokensAsTokenIDs)
+	enc := s.newEncoder(openai.KindChat, g.id, model, asTokenIDs(req.ReturnTokensAsTokenIDs))
 	s.writeFull(w, c, enc, req.Logprobs, "assistant")
+}
+
+// templateKwargs is what the chat template gets besides the messages:
+// chat_template_kwargs and the tools as vLLM hands them over, key order
+// kept.
+func templateKwargs(kwargs map[string]any, tools []json.RawMessage) map[string]any {
+	if len(tools) == 0 {
+		return kwargs
+	}
+	list := make([]any, len(tools))
+	for i, t := range tools {
+		list[i] = t
+	}
+	extra := cloneMap(kwargs)
+	extra["tools"] = list
+	return extra
 }
 
 func cloneMap(m map[string]any) map[string]any {

@@ -113,6 +113,10 @@ type Options struct {
 	RequestLog RequestLogOptions
 	// SamplingDefaults apply to requests that leave the field unset (--generation-config).
 	SamplingDefaults SamplingDefaults
+	// ReturnTokensAsTokenIDs names logprobs tokens "token_id:<id>" for
+	// requests that do not set return_tokens_as_token_ids
+	// (--return-tokens-as-token-ids).
+	ReturnTokensAsTokenIDs bool
 	// Version is GET /version's JSON body (nil: {"version":"devel"}).
 	Version any
 	// CORS, when set, answers CORS preflights and adds the

@@ -622,3 +622,81 @@ func TestPanicIsolated(t *testing.T) {
 		t.Fatalf("after panic: %d %s", code, b)
 	}
 }
+
+// logprobTokenNames collects every token name in a response's logprobs:
+// chat's "token" fields, completions' "tokens" lists and the keys of their
+// top_logprobs maps.
+func logprobTokenNames(v any, out *[]string) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, val := range x {
+			switch list, _ := val.([]any); {
+			case k == "token":
+				if s, ok := val.(string); ok {
+					*out = append(*out, s)
+				}
+			case k == "tokens":
+				for _, t := range list {
+					if s, ok := t.(string); ok {
+						*out = append(*out, s)
+					}
+				}
+			case k == "top_logprobs":
+				for _, m := range list {
+					if alts, ok := m.(map[string]any); ok {
+						if _, isChat := alts["token"]; !isChat {
+							for name := range alts {
+								*out = append(*out, name)
+							}
+						}
+					}
+				}
+			}
+			logprobTokenNames(val, out)
+		}
+	case []any:
+		for _, y := range x {
+			logprobTokenNames(y, out)
+		}
+	}
+}
+
+// --return-tokens-as-token-ids names every logprobs token "token_id:<id>"
+// in chat and completions, streamed or not, unless a request says false.
+func TestReturnTokensAsTokenIDsDefault(t *testing.T) {
+	e := newEnv(t, nil, func(o *server.Options) { o.ReturnTokensAsTokenIDs = true })
+	chat := `"messages":[{"role":"user","content":"hi"}],"max_tokens":3,"logprobs":true,"top_logprobs":2`
+	comp := `"prompt":"ab","max_tokens":3,"logprobs":2`
+	for _, c := range []struct {
+		path, body string
+		asIDs      bool
+	}{
+		{"/v1/completions", `{` + comp + `}`, true},
+		{"/v1/completions", `{` + comp + `,"stream":true}`, true},
+		{"/v1/chat/completions", `{` + chat + `}`, true},
+		{"/v1/chat/completions", `{` + chat + `,"stream":true}`, true},
+		{"/v1/chat/completions", `{` + chat + `,"return_tokens_as_token_ids":false}`, false},
+		{"/v1/completions", `{` + comp + `,"stream":true,"return_tokens_as_token_ids":false}`, false},
+	} {
+		code, b := e.post(c.path, c.body)
+		if code != 200 {
+			t.Fatalf("%s %s: %d %s", c.path, c.body, code, b)
+		}
+		docs := []string{string(b)}
+		if strings.Contains(c.body, `"stream":true`) {
+			docs = sseEvents(t, b)
+		}
+		var names []string
+		for _, d := range docs {
+			logprobTokenNames(decode[any](t, []byte(d)), &names)
+		}
+		if len(names) < 6 { // 3 tokens, each with alternatives
+			t.Fatalf("%s %s: too few logprobs tokens %q in %s", c.path, c.body, names, b)
+		}
+		for _, n := range names {
+			if strings.HasPrefix(n, "token_id:") != c.asIDs {
+				t.Fatalf("%s %s: token %q (want ids: %v)", c.path, c.body, n, c.asIDs)
+			}
+		}
+	}
+}

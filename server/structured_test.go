@@ -106,6 +106,9 @@ func TestStructuredOutputErrors(t *testing.T) {
 		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"xml"}}`, "response_format", []string{`"xml"`}},
 		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"nope"}}}}`, "response_format", []string{"response_format:"}},
 		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","maxLength":100000}}}}`, "response_format", []string{"limit"}},
+		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"oneOf":[{"type":"integer"},{"type":"number"}]}}}}`, "response_format", []string{"oneOf", "exclusivity"}},
+		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"array","items":{"type":"string"},"uniqueItems":true}}}}`, "response_format", []string{"uniqueItems"}},
+		{"/v1/chat/completions", `{` + msgs + `,"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"tags":{"type":"array","items":{"type":"string"},"uniqueItems":true}}}}}],"tool_choice":"required"}`, "tools", []string{"uniqueItems"}},
 		{"/v1/chat/completions", `{` + msgs + `,"structured_outputs":{"regex":"("}}`, "structured_outputs", nil},
 		{"/v1/chat/completions", `{` + msgs + `,"structured_outputs":{"regex":"(?=a)b"}}`, "structured_outputs", nil},
 		{"/v1/chat/completions", `{` + msgs + `,"structured_outputs":{"grammar":"root ::= root \"a\""}}`, "structured_outputs", nil},
@@ -474,5 +477,79 @@ func TestForcedToolCallFormats(t *testing.T) {
 		if math.IsInf(float64(logits[servertest.EOS]), -1) {
 			t.Fatalf("%s: EOS refused after the call", format)
 		}
+	}
+}
+
+// /tokenize renders messages with tools (and chat_template_kwargs,
+// add_generation_prompt) exactly as /v1/chat/completions would, so its
+// count is the chat request's prompt length.
+func TestTokenizeChatWithTools(t *testing.T) {
+	eng := &servertest.Engine{}
+	e := newEnv(t, eng, func(o *server.Options) { o.Tokenizer = qwen3Template(t); o.MaxModelLen = 4096 })
+	msgs := `"messages":[{"role":"user","content":"Weather in Paris?"}]`
+	tokenize := func(fields string) []int {
+		t.Helper()
+		code, b := e.post("/tokenize", `{`+msgs+fields+`}`)
+		var r struct {
+			Tokens []int `json:"tokens"`
+		}
+		if code != 200 || json.Unmarshal(b, &r) != nil {
+			t.Fatalf("/tokenize %s: %d %s", fields, code, b)
+		}
+		return r.Tokens
+	}
+	text := func(ids []int) string {
+		var sb strings.Builder
+		for _, id := range ids {
+			sb.WriteByte(byte(id))
+		}
+		return sb.String()
+	}
+	for _, fields := range []string{
+		`,"tools":[` + weatherTool + `]`,
+		`,"tools":[` + weatherTool + `],"chat_template_kwargs":{"enable_thinking":false}`,
+		`,"chat_template_kwargs":{"enable_thinking":false}`,
+	} {
+		got := tokenize(fields)
+		if code, b := e.post("/v1/chat/completions", `{"max_tokens":1,"tool_choice":"none",`+msgs+fields+`}`); code != 200 {
+			t.Fatalf("chat %s: %d %s", fields, code, b)
+		}
+		reqs := eng.Requests()
+		if want := reqs[len(reqs)-1].PromptIDs; text(got) != text(want) {
+			t.Fatalf("%s: /tokenize rendered\n%q\nchat rendered\n%q", fields, text(got), text(want))
+		}
+		if strings.Contains(fields, "tools") != strings.Contains(text(got), "<tools>") {
+			t.Fatalf("%s: tools not rendered as asked:\n%q", fields, text(got))
+		}
+	}
+	if s := text(tokenize(`,"add_generation_prompt":false`)); strings.HasSuffix(s, "<|im_start|>assistant\n") {
+		t.Fatalf("add_generation_prompt false still adds it: %q", s)
+	}
+}
+
+// /tokenize refuses what it cannot honour, naming the field.
+func TestTokenizeRefusals(t *testing.T) {
+	e := newEnv(t, nil, func(o *server.Options) { o.Tokenizer = qwen3Template(t) })
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	for _, c := range []struct {
+		body, param string
+		parts       []string
+	}{
+		{`{` + msgs + `,"tools":[{"type":"function","function":{"parameters":{}}}]}`, "tools", []string{"tools[0]"}},
+		{`{` + msgs + `,"tools":[{"type":"function","function":{"name":"f","parameters":"x"}}]}`, "tools", []string{"parameters"}},
+		{`{` + msgs + `,"chat_template":"{{ messages }}"}`, "chat_template", []string{"--chat-template"}},
+		{`{` + msgs + `,"mm_processor_kwargs":{"num_crops":4}}`, "mm_processor_kwargs", []string{"text only"}},
+		{`{` + msgs + `,"add_generation_prompt":true,"continue_final_message":true}`, "continue_final_message", nil},
+		{`{"prompt":"hi","tools":[` + weatherTool + `]}`, "tools", []string{"messages"}},
+		{`{"prompt":"hi","chat_template_kwargs":{"enable_thinking":false}}`, "chat_template_kwargs", []string{"messages"}},
+		{`{"prompt":"hi","add_generation_prompt":true}`, "add_generation_prompt", []string{"messages"}},
+		{`{"prompt":"hi",` + msgs + `}`, "prompt", []string{"not both"}},
+	} {
+		code, b := e.post("/tokenize", c.body)
+		wantError(t, c.body, code, b, c.param, c.parts...)
+	}
+	// An empty mm_processor_kwargs asks for nothing.
+	if code, b := e.post("/tokenize", `{`+msgs+`,"mm_processor_kwargs":{}}`); code != 200 {
+		t.Fatalf("%d %s", code, b)
 	}
 }

@@ -72,6 +72,10 @@ func (s *Server) afterDecode(r *http.Request, v any) {
 		info.model = s.opts.ModelNames[0]
 	}
 	s.opts.SamplingDefaults.apply(sp)
+	if sp.ReturnTokensAsTokenIDs == nil {
+		asIDs := s.opts.ReturnTokensAsTokenIDs
+		sp.ReturnTokensAsTokenIDs = &asIDs
+	}
 	if sp.ReturnTokenIDs != nil {
 		info.wantTokenIDs = *sp.ReturnTokenIDs
 	} else {

@@ -53,21 +53,22 @@ type config struct {
 	LogLevel              string
 
 	// vLLM flags with a meaning here.
-	EnforceEager         bool   // no CUDA graphs
-	ChatTemplate         string // a file or an inline Jinja template; "" = the tokenizer's
-	GenerationConfig     string // auto (the model's generation_config.json), vllm (none), or a directory
-	OverrideGenConfig    string // JSON merged over the generation config's defaults
-	MaxLogLen            int    // prompt characters and ids in request logs; 0 = all
-	EnableLogRequests    bool   // request lines carry the prompt and sampling params
-	DisableLogRequests   bool   // no per-request lines for successful requests (errors still logged)
-	DisableAccessLog     bool   // --disable-uvicorn-access-log: same as DisableLogRequests
-	DisableLogStats      bool   // no periodic engine stats line
-	NumGPUBlocks         int    // --num-gpu-blocks-override: KV blocks, 0 = sized from memory
-	HFToken              string // --hf-token
-	DownloadDir          string // --download-dir: the Hugging Face cache directory
-	EnableAutoToolChoice bool
-	ToolCallParser       string // hermes|llama3_json|mistral
-	ReasoningParser      string // qwen3|deepseek_r1
+	EnforceEager           bool   // no CUDA graphs (also from --compilation-config, -O0)
+	ReturnTokensAsTokenIDs bool   // logprobs tokens as "token_id:<id>" unless a request says otherwise
+	ChatTemplate           string // a file or an inline Jinja template; "" = the tokenizer's
+	GenerationConfig       string // auto (the model's generation_config.json), vllm (none), or a directory
+	OverrideGenConfig      string // JSON merged over the generation config's defaults
+	MaxLogLen              int    // prompt characters and ids in request logs; 0 = all
+	EnableLogRequests      bool   // request lines carry the prompt and sampling params
+	DisableLogRequests     bool   // no per-request lines for successful requests (errors still logged)
+	DisableAccessLog       bool   // --disable-uvicorn-access-log: same as DisableLogRequests
+	DisableLogStats        bool   // no periodic engine stats line
+	NumGPUBlocks           int    // --num-gpu-blocks-override: KV blocks, 0 = sized from memory
+	HFToken                string // --hf-token
+	DownloadDir            string // --download-dir: the Hugging Face cache directory
+	EnableAutoToolChoice   bool
+	ToolCallParser         string // hermes|llama3_json|mistral
+	ReasoningParser        string // qwen3|deepseek_r1
 
 	// TLS (uvicorn's, through vLLM): HTTPS when SSLCertFile is set.
 	SSLKeyFile  string // "" = the key is in SSLCertFile
@@ -267,6 +268,7 @@ Flags take one or two dashes and vLLM's spellings (--max_model_len works too).
 var shortFlags = map[string]string{
 	"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size",
 	"-dp": "--data-parallel-size", "-q": "--quantization",
+	"-cc": "--compilation-config", "-O": "--optimization-level",
 }
 
 // isFlagArg tells flags from values: -1 and -0.5 are values.
@@ -302,6 +304,25 @@ func normalizeArgs(args []string, fs *flag.FlagSet) []string {
 			}
 			sawModel = true // a positional MODEL
 			out = append(out, a)
+			continue
+		}
+		// vLLM's -O spellings: -O3 is an optimization level, and -O with
+		// JSON or -O.key=value (before vLLM 0.12) a compilation config.
+		if cc, ok := dottedCompilationArg(a); ok {
+			out = append(out, cc)
+			continue
+		}
+		if lvl, ok := strings.CutPrefix(a, "-O"); ok && lvl != "" && strings.Trim(lvl, "0123456789") == "" {
+			out = append(out, "--optimization-level="+lvl)
+			continue
+		}
+		if v, ok := strings.CutPrefix(a, "-O="); ok && strings.HasPrefix(strings.TrimSpace(v), "{") {
+			out = append(out, "--compilation-config="+v)
+			continue
+		}
+		if a == "-O" && i+1 < len(args) && strings.HasPrefix(strings.TrimSpace(args[i+1]), "{") {
+			out = append(out, "--compilation-config="+args[i+1])
+			i++
 			continue
 		}
 		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
@@ -378,6 +399,9 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.BoolVar(&c.EnablePrefixCaching, "enable-prefix-caching", true, "reuse KV blocks of shared prompt prefixes")
 	noPrefix := fs.Bool("no-enable-prefix-caching", false, "disable prefix caching")
 	fs.BoolVar(&c.EnforceEager, "enforce-eager", false, "no CUDA graphs: every step launches its kernels (less start-up time, slower decode)")
+	var compilation map[string]json.RawMessage
+	fs.Var(compilationConfigFlag{&compilation}, "compilation-config", `vLLM's (-cc): only what asks for CUDA graphs or none: {"cudagraph_mode": "NONE"} or {"mode": 0} (as --enforce-eager), {"cudagraph_mode": "FULL_DECODE_ONLY"}, {"mode": 3}, {}`)
+	optLevel := fs.Int("optimization-level", 2, "vLLM's -O0..-O3: 0 = no CUDA graphs (as --enforce-eager); 2, 3 = the default; 1 is refused")
 	fs.Int64Var(&c.Seed, "seed", 0, "seed for dummy weights and for requests without a seed")
 	chunked := fs.Bool("enable-chunked-prefill", true, "accepted: prompts longer than --max-num-batched-tokens are always chunked")
 	noChunked := fs.Bool("no-enable-chunked-prefill", false, "refused: llmserve always chunks prefills")
@@ -408,6 +432,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 90*time.Second, "close keep-alive connections idle this long (above load balancers' usual 60 s); 0 = never")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "open connections at most; past it idle keep-alive ones are closed first, and the last 1/16 serve only /health, /ping, /metrics, /v1/models (0 = the open-file limit minus 64)")
 	fs.IntVar(&c.MaxLogprobs, "max-logprobs", 20, "most logprobs a request may ask for")
+	fs.BoolVar(&c.ReturnTokensAsTokenIDs, "return-tokens-as-token-ids", false, `logprobs name tokens "token_id:<id>" unless a request sets return_tokens_as_token_ids`)
 	reqIDHeaders := fs.Bool("enable-request-id-headers", false, "accepted: X-Request-Id is always honoured and echoed")
 	frontendMP := fs.Bool("disable-frontend-multiprocessing", false, "accepted: one process")
 	noDocs := fs.Bool("disable-fastapi-docs", false, "accepted: there are no docs routes")
@@ -586,6 +611,19 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	}
 	if *rootPath != "" {
 		accept("root-path")
+	}
+	if eager, err := compilationEager(compilation, *optLevel, set["optimization-level"]); err != nil {
+		errs = append(errs, err)
+	} else if eager {
+		c.EnforceEager = true
+	} else {
+		// What asks for vLLM's default (or --enforce-eager's choice, which
+		// wins as in vLLM) needs nothing here.
+		for _, name := range []string{"compilation-config", "optimization-level"} {
+			if set[name] {
+				accept(name)
+			}
+		}
 	}
 	switch {
 	case c.SSLKeyFile != "" && c.SSLCertFile == "":

@@ -180,7 +180,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		MaxLogprobs: cfg.MaxLogprobs, MaxNumSeqs: cfg.MaxNumSeqs, Registry: reg, Logger: log,
 		RequestLog: server.RequestLogOptions{Disabled: cfg.DisableLogRequests || cfg.DisableAccessLog,
 			Verbose: cfg.EnableLogRequests, MaxLen: cfg.MaxLogLen},
-		SamplingDefaults: defaults, Version: readBuildInfo(),
+		SamplingDefaults: defaults, ReturnTokensAsTokenIDs: cfg.ReturnTokensAsTokenIDs, Version: readBuildInfo(),
 		StreamWriteTimeout: cfg.StreamWriteTimeout, ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		BodyReadTimeout: cfg.BodyReadTimeout, IdleTimeout: cfg.IdleTimeout,
 		MaxConnections: maxConnections(cfg.MaxConnections, log),

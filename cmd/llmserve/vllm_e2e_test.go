@@ -341,3 +341,64 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// --return-tokens-as-token-ids reaches the server: logprobs name tokens by
+// id in a streamed chat and a completion that do not ask; -O0 starts it
+// eager (no CUDA graphs; on the CPU there are none anyway).
+func TestLiveReturnTokensAsTokenIDsFlag(t *testing.T) {
+	l := startLive(t, "--return-tokens-as-token-ids", "-O0")
+	code, b := l.post(t, "/v1/completions", `{"prompt":[1,2,3],"max_tokens":3,"ignore_eos":true,"logprobs":1}`)
+	var r struct {
+		Choices []struct {
+			Logprobs struct {
+				Tokens []string `json:"tokens"`
+			} `json:"logprobs"`
+		} `json:"choices"`
+	}
+	if code != 200 || json.Unmarshal(b, &r) != nil || len(r.Choices) != 1 || len(r.Choices[0].Logprobs.Tokens) != 3 {
+		t.Fatalf("%d %s", code, b)
+	}
+	for _, tok := range r.Choices[0].Logprobs.Tokens {
+		if !strings.HasPrefix(tok, "token_id:") {
+			t.Fatalf("token %q in %s", tok, b)
+		}
+	}
+	code, b = l.post(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":3,"ignore_eos":true,"logprobs":true,"stream":true}`)
+	if code != 200 {
+		t.Fatalf("%d %s", code, b)
+	}
+	var tokens []string
+	for _, line := range strings.Split(string(b), "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		var chunk struct {
+			Choices []struct {
+				Logprobs *struct {
+					Content []struct {
+						Token string `json:"token"`
+					} `json:"content"`
+				} `json:"logprobs"`
+			} `json:"choices"`
+		}
+		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
+			t.Fatalf("%v: %s", err, data)
+		}
+		for _, c := range chunk.Choices {
+			if c.Logprobs != nil {
+				for _, x := range c.Logprobs.Content {
+					tokens = append(tokens, x.Token)
+				}
+			}
+		}
+	}
+	if len(tokens) != 3 {
+		t.Fatalf("tokens %q in %s", tokens, b)
+	}
+	for _, tok := range tokens {
+		if !strings.HasPrefix(tok, "token_id:") {
+			t.Fatalf("token %q in %s", tok, b)
+		}
+	}
+}

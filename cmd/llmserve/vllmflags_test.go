@@ -246,3 +246,78 @@ func TestChatTemplateSource(t *testing.T) {
 		t.Fatal("missing file accepted")
 	}
 }
+
+// --compilation-config (-cc, and -O's JSON and dotted forms) and
+// --optimization-level (-O0..-O3) are accepted where they ask for CUDA
+// graphs as llmserve captures them or for none (then as --enforce-eager),
+// and refused where they ask for capture or compilation it lacks.
+func TestParseFlagsCompilation(t *testing.T) {
+	for _, c := range []struct {
+		args     []string
+		eager    bool
+		accepted []string
+	}{
+		{nil, false, nil},
+		{[]string{"--compilation-config", `{}`}, false, []string{"--compilation-config"}},
+		{[]string{"--compilation-config", `{"cudagraph_mode": "NONE"}`}, true, nil},
+		{[]string{"-cc", `{"cudagraph_mode":"FULL_DECODE_ONLY"}`}, false, []string{"--compilation-config"}},
+		{[]string{"--compilation-config", `{"level": 0}`}, true, nil},
+		{[]string{"--compilation_config", `{"mode": "NONE"}`}, true, nil},
+		{[]string{"--compilation-config", `{"mode": 3}`}, false, []string{"--compilation-config"}},
+		{[]string{"--compilation-config", "0"}, true, nil}, // vLLM's old bare level
+		{[]string{"-O", `{"level":0}`}, true, nil},
+		{[]string{`-O={"cudagraph_mode":"NONE"}`}, true, nil},
+		{[]string{"-O.cudagraph_mode=NONE"}, true, nil},
+		{[]string{"-cc.mode=0"}, true, nil},
+		{[]string{"--compilation-config.level=3"}, false, []string{"--compilation-config"}},
+		// The most specific setting wins: graphs named explicitly over mode 0 and -O0.
+		{[]string{"-cc", `{"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}`}, false, []string{"--compilation-config"}},
+		{[]string{"-O0", "-cc.cudagraph_mode=FULL_DECODE_ONLY"}, false, []string{"--compilation-config", "--optimization-level"}},
+		{[]string{"-O0"}, true, nil},
+		{[]string{"-O", "0"}, true, nil},
+		{[]string{"-O2"}, false, []string{"--optimization-level"}},
+		{[]string{"--optimization-level", "3"}, false, []string{"--optimization-level"}},
+		{[]string{"-O3", "--enforce-eager"}, true, []string{"--optimization-level"}}, // --enforce-eager wins, as in vLLM
+	} {
+		cfg, err := parseFlags(append([]string{"serve", "m"}, c.args...), noEnv, io.Discard)
+		if err != nil {
+			t.Errorf("%q: %v", c.args, err)
+			continue
+		}
+		if cfg.EnforceEager != c.eager || !slices.Equal(cfg.Accepted, c.accepted) {
+			t.Errorf("%q: eager %v accepted %v, want %v %v", c.args, cfg.EnforceEager, cfg.Accepted, c.eager, c.accepted)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--compilation-config", `{"cudagraph_mode": "PIECEWISE"}`}, "decode steps only"},
+		{[]string{"-cc.cudagraph_mode=FULL_AND_PIECEWISE"}, "decode steps only"},
+		{[]string{"--compilation-config", `{"cudagraph_capture_sizes": [1, 2, 4]}`}, `"cudagraph_capture_sizes"`},
+		{[]string{"-O.pass_config.enable_fusion=true"}, `"pass_config.enable_fusion"`},
+		{[]string{"--compilation-config", `{"level": 1}`}, "modes 1 and 2"},
+		{[]string{"--compilation-config", `{"mode": "STOCK_TORCH_COMPILE"}`}, "modes 1 and 2"},
+		{[]string{"--compilation-config", `[1]`}, "want a JSON object"},
+		{[]string{"-O1"}, "--optimization-level 1 (-O1)"},
+		{[]string{"-O", "7"}, "supported: 0"},
+		// A setting that is overridden must still be one llmserve honours.
+		{[]string{"-O1", "-cc.cudagraph_mode=NONE"}, "-O1"},
+		{[]string{"-cc", `{"mode": 2, "cudagraph_mode": "NONE"}`}, "modes 1 and 2"},
+	} {
+		_, err := parseFlags(append([]string{"serve", "m"}, c.args...), noEnv, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "supported") {
+			t.Errorf("%q: %v, want an error with %q naming what is supported", c.args, err, c.want)
+		}
+	}
+}
+
+// --return-tokens-as-token-ids sets the server-wide default.
+func TestParseFlagsReturnTokensAsTokenIDs(t *testing.T) {
+	for args, want := range map[string]bool{"serve m": false, "serve m --return-tokens-as-token-ids": true, "serve m --return_tokens_as_token_ids": true} {
+		cfg, err := parseFlags(strings.Fields(args), noEnv, io.Discard)
+		if err != nil || cfg.ReturnTokensAsTokenIDs != want {
+			t.Errorf("%s: %v %v", args, cfg.ReturnTokensAsTokenIDs, err)
+		}
+	}
+}
