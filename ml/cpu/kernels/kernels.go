@@ -25,17 +25,21 @@ import "fmt"
 // impl is one complete set of kernels. The exported functions check their
 // arguments and then call the selected impl, which may assume valid shapes.
 type impl struct {
-	name      string
-	gemmF32   func(dst []float32, ldd int, x []float32, w []float32, T, N, K int)
-	gemmBF16  func(dst []float32, ldd int, x []float32, w []uint16, T, N, K int)
-	gemmF16   func(dst []float32, ldd int, x []float32, w []uint16, T, N, K int)
-	gemmI8    func(dst []float32, ldd int, x []float32, w []int8, scales []float32, T, N, K int)
-	dot       func(a, b []float32) float32
-	axpy      func(a float32, x, y []float32)
-	bf16ToF32 func(dst []float32, src []uint16)
-	f16ToF32  func(dst []float32, src []uint16)
-	f32ToBF16 func(dst []uint16, src []float32)
-	f32ToF16  func(dst []uint16, src []float32)
+	name     string
+	gemmF32  func(dst []float32, ldd int, x []float32, w []float32, T, N, K int)
+	gemmBF16 func(dst []float32, ldd int, x []float32, w []uint16, T, N, K int)
+	gemmF16  func(dst []float32, ldd int, x []float32, w []uint16, T, N, K int)
+	gemmI8   func(dst []float32, ldd int, x []float32, w []int8, scales []float32, T, N, K int)
+	gemmI8Q8 func(dst []float32, ldd int, a *Q8Acts, t0, t1 int, w []int8, scales []float32, N int)
+	int8Dot  bool // gemmI8Q8 uses a native int8 dot product
+	// quantizeQ8 quantizes whole blocks for Q8Acts.QuantizeRows.
+	quantizeQ8 func(q []int8, scales, lanes, x []float32, nblocks int) float64
+	dot        func(a, b []float32) float32
+	axpy       func(a float32, x, y []float32)
+	bf16ToF32  func(dst []float32, src []uint16)
+	f16ToF32   func(dst []float32, src []uint16)
+	f32ToBF16  func(dst []uint16, src []float32)
+	f32ToF16   func(dst []uint16, src []float32)
 }
 
 // active is chosen once at package initialisation and never written again.
