@@ -4,13 +4,15 @@
 // (flash.go: broadcast GEMM tiles, a vector exp, online softmax columns).
 //
 // Weights stay in their storage dtype and are upcast in registers; all sums
-// are accumulated in float32 with FMA. Every function is single-threaded: the
-// caller splits the output rows (N) across goroutines and passes sub-slices
-// of w and offset dst.
+// are accumulated in float32 with FMA. The exception is GemmI8Q8 (quant.go):
+// int8 weights times activations quantized to int8 (Q8Acts), summed
+// exactly in int32 by the AVX512-VNNI dot product and scaled in float32.
+// Every function is single-threaded: the caller splits the output rows (N)
+// across goroutines and passes sub-slices of w and offset dst.
 //
 // The implementation is chosen once at start-up from the CPU features
 // (AVX-512, AVX2+FMA, or portable Go; the purego build tag forces portable
-// Go). Features reports the choice.
+// Go; AVX512-VNNI adds the int8 dot product). Features reports the choice.
 //
 // The GEMMs run generated register-blocked tile kernels (gemm_amd64.s, from
 // gen_asm.go: 4 tokens × 4 rows of 16 lanes per step, horizontal sums once
