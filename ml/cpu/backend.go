@@ -28,6 +28,11 @@ type Options struct {
 	Threads int
 	// Logger receives start-up information; nil discards it.
 	Logger *slog.Logger
+	// ExactActivations keeps f32 activations in matmuls with int8
+	// weights. By default, on CPUs with an int8 dot product (AVX512-VNNI),
+	// the activations are quantized to int8 per block of 32 (as llama.cpp's
+	// Q8_0) and multiplied in integer arithmetic.
+	ExactActivations bool
 }
 
 // Backend implements ml.Backend on the CPU.
@@ -47,6 +52,9 @@ type Backend struct {
 	expOrder []int32
 	probs    []float64
 	wkvTmp   [256]uint16 // WriteKV's value column, converted in bulk
+	// quantizeActs: int8-weight matmuls quantize their activations into q8.
+	quantizeActs bool
+	q8           kernels.Q8Acts
 }
 
 var _ ml.Backend = (*Backend)(nil)
@@ -61,10 +69,10 @@ func New(o Options) *Backend {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Backend{log: log, pool: newPool(n)}
+	b := &Backend{log: log, pool: newPool(n), quantizeActs: !o.ExactActivations && kernels.HasInt8Dot()}
 	b.attn.scratch = make([]flashScratch, n)
 	b.rope.scratch = make([][]float32, n)
-	log.Info("cpu backend", "threads", n, "kernels", kernels.Features())
+	log.Info("cpu backend", "threads", n, "kernels", kernels.Features(), "int8_activations", b.quantizeActs)
 	return b
 }
 

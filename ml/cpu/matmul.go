@@ -17,6 +17,9 @@ type matmulTask struct {
 	T, N, K   int
 	tb, nb    int
 	tBlocks   int
+	// q8 holds x quantized to int8 when w is int8 and the backend
+	// quantizes activations; nil otherwise.
+	q8 *kernels.Q8Acts
 }
 
 func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
@@ -52,12 +55,16 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 	}
 	m := &b.mm
 	m.dst, m.x, m.w, m.bias = d, xt, wt, bs
+	if wt.dt == ml.I8 && b.quantizeActs {
+		b.q8.Quantize(xt.f32, T, K)
+		m.q8 = &b.q8
+	}
 	m.T, m.N, m.K = T, N, K
 	m.tb, m.nb = blocking(T, N, K, b.pool.n)
 	m.tBlocks = (T + m.tb - 1) / m.tb
 	nBlocks := (N + m.nb - 1) / m.nb
 	b.pool.runSerialOr(m, m.tBlocks*nBlocks, T*N*K >= 1<<15)
-	m.dst, m.x, m.w, m.bias = nil, nil, nil, nil
+	m.dst, m.x, m.w, m.bias, m.q8 = nil, nil, nil, nil, nil
 	return nil
 }
 
@@ -88,9 +95,9 @@ func (m *matmulTask) block(t0, t1, n0, n1 int) {
 	x := m.x.f32[t0*K : t1*K]
 	T, nn := t1-t0, n1-n0
 	if m.w.segs != nil {
-		m.segBlock(dst, x, T, n0, n1)
+		m.segBlock(dst, x, t0, t1, n0, n1)
 	} else {
-		gemm(m.w.dt, dst, N, x, m.w.f32, m.w.u16, m.w, T, n0, n1, K)
+		gemm(m.w.dt, dst, N, x, m.q8, t0, m.w.f32, m.w.u16, m.w, T, n0, n1, K)
 	}
 	if m.bias != nil {
 		bias := m.bias[n0:n1]
@@ -104,8 +111,9 @@ func (m *matmulTask) block(t0, t1, n0, n1 int) {
 }
 
 // gemm runs the kernel of dtype dt on weight rows [n0, n1) of f32/u16 (or
-// of w's int8 rows).
-func gemm(dt ml.DType, dst []float32, ldd int, x, f32 []float32, u16 []uint16, w *Tensor, T, n0, n1, K int) {
+// of w's int8 rows). x holds T activation rows; for int8 weights q8, when
+// not nil, holds them quantized from row t0 on.
+func gemm(dt ml.DType, dst []float32, ldd int, x []float32, q8 *kernels.Q8Acts, t0 int, f32 []float32, u16 []uint16, w *Tensor, T, n0, n1, K int) {
 	nn := n1 - n0
 	switch dt {
 	case ml.F32:
@@ -115,6 +123,10 @@ func gemm(dt ml.DType, dst []float32, ldd int, x, f32 []float32, u16 []uint16, w
 	case ml.F16:
 		kernels.GemmF16(dst, ldd, x, u16[n0*K:n1*K], T, nn, K)
 	case ml.I8:
+		if q8 != nil {
+			kernels.GemmI8Q8(dst, ldd, q8, t0, t0+T, w.i8[n0*K:n1*K], w.scales[n0:n1], nn)
+			return
+		}
 		kernels.GemmI8(dst, ldd, x, w.i8[n0*K:n1*K], w.scales[n0:n1], T, nn, K)
 	case ml.F8:
 		gemmF8(dst, ldd, x, w.f8[n0*K:n1*K], w.scales[n0:n1], T, nn, K)
@@ -123,13 +135,13 @@ func gemm(dt ml.DType, dst []float32, ldd int, x, f32 []float32, u16 []uint16, w
 
 // segBlock is block's kernel call for a segmented weight: one call per
 // segment the rows [n0, n1) cross.
-func (m *matmulTask) segBlock(dst, x []float32, T, n0, n1 int) {
+func (m *matmulTask) segBlock(dst, x []float32, t0, t1, n0, n1 int) {
 	for i := range m.w.segs {
 		s := &m.w.segs[i]
 		lo, hi := max(n0, s.row0), min(n1, s.row0+s.rows)
 		if lo >= hi {
 			continue
 		}
-		gemm(m.w.dt, dst[lo-n0:], m.N, x, s.f32, s.u16, m.w, T, lo-s.row0, hi-s.row0, m.K)
+		gemm(m.w.dt, dst[lo-n0:], m.N, x, m.q8, t0, s.f32, s.u16, m.w, t1-t0, lo-s.row0, hi-s.row0, m.K)
 	}
 }

@@ -96,6 +96,8 @@ type expertTask struct {
 	nb     int
 	nbN    int     // weight-row blocks per expert
 	groups []group // non-empty experts
+	// q8 holds xg quantized to int8 for int8 weights (see matmulTask.q8).
+	q8 *kernels.Q8Acts
 }
 
 type group struct{ expert, start, n int }
@@ -108,23 +110,7 @@ func (e *expertTask) item(_, item int) {
 	dst := e.dg[g.start*N+n0:]
 	x := e.xg[g.start*K : (g.start+g.n)*K]
 	w0 := g.expert*N + n0
-	gemmRows(dst, N, x, e.w, w0, w0+n1-n0, g.n, n1-n0, K)
-}
-
-// gemmRows is dst[T,nn] (row stride ldd) = x[T,K]·w[r0:r1]ᵀ for weight rows r0..r1.
-func gemmRows(dst []float32, ldd int, x []float32, w *Tensor, r0, r1, T, nn, K int) {
-	switch w.dt {
-	case ml.F32:
-		kernels.GemmF32(dst, ldd, x, w.f32[r0*K:r1*K], T, nn, K)
-	case ml.BF16:
-		kernels.GemmBF16(dst, ldd, x, w.u16[r0*K:r1*K], T, nn, K)
-	case ml.F16:
-		kernels.GemmF16(dst, ldd, x, w.u16[r0*K:r1*K], T, nn, K)
-	case ml.I8:
-		kernels.GemmI8(dst, ldd, x, w.i8[r0*K:r1*K], w.scales[r0:r1], T, nn, K)
-	case ml.F8:
-		gemmF8(dst, ldd, x, w.f8[r0*K:r1*K], w.scales[r0:r1], T, nn, K)
-	}
+	gemm(e.w.dt, dst, N, x, e.q8, g.start, e.w.f32, e.w.u16, e.w, g.n, w0, w0+n1-n0, K)
 }
 
 func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
@@ -190,10 +176,14 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 		copy(e.xg[p*K:(p+1)*K], xt.f32[xr*K:(xr+1)*K])
 	}
 	e.w, e.N, e.K = wt, N, K
+	if wt.dt == ml.I8 && b.quantizeActs {
+		b.q8.Quantize(e.xg[:R*K], R, K)
+		e.q8 = &b.q8
+	}
 	e.nb = max(16, min(256, (N/(2*b.pool.n)+15)&^15))
 	e.nbN = (N + e.nb - 1) / e.nb
 	b.pool.runSerialOr(e, len(e.groups)*e.nbN, R*N*K >= 1<<15)
-	e.w = nil
+	e.w, e.q8 = nil, nil
 	for p, r := range order {
 		copy(d.f32[int(r)*N:int(r+1)*N], e.dg[p*N:(p+1)*N])
 	}

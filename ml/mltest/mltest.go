@@ -43,6 +43,9 @@ type Options struct {
 	KVDTypes []ml.DType
 	// Seed makes the random inputs reproducible.
 	Seed uint64
+	// Int8Activations: matmuls with int8 weights quantize their
+	// activations as RefQuantizeQ8 does, and the reference does the same.
+	Int8Activations bool
 }
 
 // DefaultOptions suits a backend computing in float32.
@@ -358,7 +361,7 @@ func (s *suite) matmulCase(t *testing.T, b ml.Backend, r *rand.Rand, st ml.DType
 	}
 	ok(t, "MatMul", b.MatMul(dst, xt, wt, bt))
 	compare(t, fmt.Sprintf("MatMul %s T=%d N=%d K=%d bias=%v", st, T, N, K, withBias),
-		download(t, b, dst), RefMatMul(x, vals, bias, T, N, K), s.o.MatMulTol)
+		download(t, b, dst), RefMatMul(s.actsFor(st, x, T, K), vals, bias, T, N, K), s.o.MatMulTol)
 	// The row past the view stays untouched.
 	compare(t, "MatMul row past view", download(t, b, b.View(dBig, T, 1)), make([]float64, N), 0)
 	b.Free(xBig)
@@ -366,6 +369,15 @@ func (s *suite) matmulCase(t *testing.T, b ml.Backend, r *rand.Rand, st ml.DType
 	if bt != nil {
 		b.Free(bt)
 	}
+}
+
+// actsFor returns the activations x[T,K] as a matmul with weights of dtype
+// st multiplies them.
+func (s *suite) actsFor(st ml.DType, x []float32, T, K int) []float32 {
+	if st == ml.I8 && s.o.Int8Activations {
+		return RefQuantizeQ8(x, T, K)
+	}
+	return x
 }
 
 func (s *suite) testMatMul(t *testing.T, b ml.Backend) {
@@ -925,7 +937,7 @@ func (s *suite) testMatMulExperts(t *testing.T, b ml.Backend) {
 			dst := b.View(big, 0, R)
 			ok(t, "MatMulExperts", b.MatMulExperts(dst, xt, wt, et))
 			compare(t, fmt.Sprintf("MatMulExperts %s E=%d N=%d K=%d T=%d k=%d", st, c.E, c.N, c.K, c.T, c.k),
-				download(t, b, dst), RefMatMulExperts(x, vals, ex, c.N, c.K), s.o.MatMulTol)
+				download(t, b, dst), RefMatMulExperts(s.actsFor(st, x, c.T, c.K), vals, ex, c.N, c.K), s.o.MatMulTol)
 			for _, x := range []ml.Tensor{wt, bigX, et, big} {
 				b.Free(x)
 			}

@@ -228,6 +228,33 @@ func RefRMSNorm(x, w []float32, rows, cols int, eps float64) []float64 {
 	return out
 }
 
+// RefQuantizeQ8 returns x[T,K] as a backend quantizing int8-matmul
+// activations sees it: each row cut into blocks of 32 columns, each block
+// rounded to int8 multiples of d = max|x|/127 (ties to even), in float32
+// arithmetic as llama.cpp's Q8_0 quantizer does.
+func RefQuantizeQ8(x []float32, T, K int) []float32 {
+	const block = 32
+	out := make([]float32, T*K)
+	for t := range T {
+		for k0 := 0; k0 < K; k0 += block {
+			xs := x[t*K+k0 : t*K+min(K, k0+block)]
+			var amax float32
+			for _, v := range xs {
+				amax = max(amax, float32(math.Abs(float64(v))))
+			}
+			d := amax / 127
+			if d == 0 {
+				continue
+			}
+			id := 1 / d
+			for i, v := range xs {
+				out[t*K+k0+i] = d * float32(math.RoundToEven(float64(float32(v*id))))
+			}
+		}
+	}
+	return out
+}
+
 // RefMatMul returns x[T,K]·w[N,K]ᵀ (+bias).
 func RefMatMul(x, w, bias []float32, T, N, K int) []float64 {
 	out := make([]float64, T*N)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/model/modeltest"
 )
 
 // TestGoldenParity: every prompt-position logit within 1e-3 of transformers'
@@ -147,5 +148,18 @@ func TestBF16KVMatchesReference(t *testing.T) {
 		if got := argmax(rows[len(g.PromptIDs)-1+i]); got != st.Token && st.Margin > 0.5 {
 			t.Errorf("greedy step %d: token %d, want %d (margin %.4f)", i, got, st.Token, st.Margin)
 		}
+	}
+}
+
+// TestInt8Accuracy: with --quantization int8, quantizing the activations
+// too (where the CPU has an int8 dot product) adds little to what the
+// per-row int8 weights already cost against the float64 golden.
+func TestInt8Accuracy(t *testing.T) {
+	td := shareddata.Dir(t)
+	for _, name := range tinyModels {
+		t.Run(name, func(t *testing.T) {
+			exact, quantized, between := modeltest.Int8Accuracy(t, filepath.Join(td, "models", name), []int32{9, 2, 14, 5, 0, 11, 7, 3})
+			t.Logf("max |logprob - golden|: f32 activations %.4g, int8 activations %.4g; between them %.4g", exact, quantized, between)
+		})
 	}
 }

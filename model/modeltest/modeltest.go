@@ -23,7 +23,13 @@ import (
 // Load loads a model directory on a fresh CPU backend (closed by cleanup).
 func Load(t testing.TB, path string, o model.LoadOptions) model.Model {
 	t.Helper()
-	return LoadOn(t, path, o, cpu.New(cpu.Options{}))
+	return LoadCPU(t, path, o, cpu.Options{})
+}
+
+// LoadCPU is Load on a CPU backend with options co.
+func LoadCPU(t testing.TB, path string, o model.LoadOptions, co cpu.Options) model.Model {
+	t.Helper()
+	return LoadOn(t, path, o, cpu.New(co))
 }
 
 // LoadOn loads a model directory on be (both closed by cleanup).
@@ -312,4 +318,52 @@ func BatchedEqualsSingle(t *testing.T, r *rand.Rand, single, batched model.Model
 		}
 	}
 	t.Logf("%d steps, %d logit rows checked", steps, total)
+}
+
+// Int8Accuracy runs the golden prompt in one step and the teacher-forced
+// greedy continuation with --quantization int8 twice, with f32 activations
+// (cpu.Options.ExactActivations) and with the backend's default (int8
+// activations where the CPU has an int8 dot product), and returns the
+// largest |logprob difference| of each from the float64 golden and between
+// the two, over every prompt position and greedy step. It fails t when the
+// int8 activations more than double the weight-only deviation (plus 0.05):
+// the activations' rounding is about as large as the weights', so a bad
+// quantizer (a wrong scale, a lost block) shows as far more.
+func Int8Accuracy(t *testing.T, dir string, blocks []int32) (exact, quantized, between float64) {
+	t.Helper()
+	g := shareddata.ReadModelGolden(t, dir)
+	run := func(co cpu.Options) [][]float32 {
+		m := LoadCPU(t, dir, model.LoadOptions{Quantization: "int8", KVCacheDType: "float32"}, co)
+		bs := 4
+		for len(blocks)*bs < len(g.PromptIDs)+len(g.Greedy) {
+			bs *= 2
+		}
+		if err := m.AllocateKV(int(slices.Max(blocks))+1, bs); err != nil {
+			t.Fatal(err)
+		}
+		seq := &SeqRun{M: m, Blocks: blocks}
+		rows := seq.Step(t, g.PromptIDs)
+		for _, st := range g.Greedy[:len(g.Greedy)-1] {
+			rows = append(rows, seq.Step(t, []int32{st.Token})[0])
+		}
+		return rows
+	}
+	ex, q := run(cpu.Options{ExactActivations: true}), run(cpu.Options{})
+	for i := range ex {
+		want := g.Greedy[max(0, i-len(g.PromptIDs)+1)].Logits
+		if i < len(g.PromptIDs) {
+			want = g.PromptLogits[i]
+		}
+		exact = math.Max(exact, reference.LogprobDiff(ex[i], want))
+		quantized = math.Max(quantized, reference.LogprobDiff(q[i], want))
+		ex64 := make([]float64, len(ex[i]))
+		for j, v := range ex[i] {
+			ex64[j] = float64(v)
+		}
+		between = math.Max(between, reference.LogprobDiff(q[i], ex64))
+	}
+	if quantized > 2*exact+0.05 {
+		t.Errorf("int8 activations deviate by %.3g from the golden, more than twice the %.3g of f32 activations", quantized, exact)
+	}
+	return exact, quantized, between
 }

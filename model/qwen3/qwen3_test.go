@@ -138,3 +138,16 @@ func TestMatchesReferenceLong(t *testing.T) {
 		})
 	}
 }
+
+// TestInt8Accuracy: with --quantization int8, quantizing the activations
+// too (where the CPU has an int8 dot product) adds little to what the
+// per-row int8 weights already cost against the float64 golden.
+func TestInt8Accuracy(t *testing.T) {
+	td := shareddata.Dir(t)
+	for _, name := range checkpoints {
+		t.Run(name, func(t *testing.T) {
+			exact, quantized, between := modeltest.Int8Accuracy(t, filepath.Join(td, "models", name), scattered)
+			t.Logf("max |logprob - golden|: f32 activations %.4g, int8 activations %.4g; between them %.4g", exact, quantized, between)
+		})
+	}
+}

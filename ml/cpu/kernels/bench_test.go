@@ -74,6 +74,44 @@ func BenchmarkMatVecI8_4864x896(b *testing.B)     { benchGemm(b, kI8, 1, 4864, 8
 func BenchmarkMatVecI8_896x4864(b *testing.B)     { benchGemm(b, kI8, 1, 896, 4864) }
 func BenchmarkMatVecI8_151936x896(b *testing.B)   { benchGemm(b, kI8, 1, 151936, 896) }
 
+// benchGemmI8Q8 times GemmI8Q8 including the activation quantization, as
+// a matmul pays it.
+func benchGemmI8Q8(b *testing.B, T, N, K int) {
+	r := rand.New(rand.NewPCG(1, 2))
+	x := make([]float32, T*K)
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+	}
+	w := make([]int8, N*K)
+	for i := range w {
+		w[i] = int8(r.Uint32())
+	}
+	s := make([]float32, N)
+	for i := range s {
+		s[i] = 0.01
+	}
+	dst := make([]float32, T*N)
+	var a Q8Acts
+	if T == 1 {
+		b.SetBytes(int64(len(w) + 4*N))
+	}
+	for b.Loop() {
+		a.Quantize(x, T, K)
+		GemmI8Q8(dst, N, &a, 0, T, w, s, N)
+	}
+	if T > 1 {
+		b.ReportMetric(2*float64(T)*float64(N)*float64(K)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	}
+}
+
+func BenchmarkMatVecI8Q8_896x896(b *testing.B)     { benchGemmI8Q8(b, 1, 896, 896) }
+func BenchmarkMatVecI8Q8_4864x896(b *testing.B)    { benchGemmI8Q8(b, 1, 4864, 896) }
+func BenchmarkMatVecI8Q8_896x4864(b *testing.B)    { benchGemmI8Q8(b, 1, 896, 4864) }
+func BenchmarkMatVecI8Q8_151936x896(b *testing.B)  { benchGemmI8Q8(b, 1, 151936, 896) }
+func BenchmarkGemmI8Q8_T128_4864x896(b *testing.B) { benchGemmI8Q8(b, 128, 4864, 896) }
+func BenchmarkGemmI8Q8_T128_896x4864(b *testing.B) { benchGemmI8Q8(b, 128, 896, 4864) }
+func BenchmarkGemmI8_T128_896x4864(b *testing.B)   { benchGemm(b, kI8, 128, 896, 4864) }
+
 func BenchmarkGemmBF16_T128_4864x896(b *testing.B) { benchGemm(b, kBF16, 128, 4864, 896) }
 func BenchmarkGemmBF16_T128_896x4864(b *testing.B) { benchGemm(b, kBF16, 128, 896, 4864) }
 func BenchmarkGemmF32_T128_4864x896(b *testing.B)  { benchGemm(b, kF32, 128, 4864, 896) }

@@ -39,6 +39,20 @@ func avx512Impl() impl {
 	return im
 }
 
+// hasVNNI: the int8 dot product VPDPBUSD on 512-bit vectors.
+func hasVNNI() bool { return hasAVX512() && cpu.X86.HasAVX512VNNI }
+
+// avx512VNNIImpl is avx512Impl with int8 weights multiplied by int8
+// activations (GemmI8Q8) in integer dot products.
+func avx512VNNIImpl() impl {
+	im := avx512Impl()
+	im.name = "avx512+vnni"
+	im.gemmI8Q8 = (&q8Tiler{tiles: &tilesI8Q8_avx512vnni, tt: 4, rr: 4, rr1: 8}).gemmI8Q8
+	im.int8Dot = true
+	im.quantizeQ8 = quantizeQ8AVX512Go
+	return im
+}
+
 func avx2Impl() impl {
 	im := simdImpl("avx2+fma", &tiles_avx2, 8, 4, 2, 4)
 	im.dot = dotAVX2Go
@@ -51,6 +65,8 @@ func avx2Impl() impl {
 
 func selectImpl() impl {
 	switch {
+	case hasVNNI():
+		return avx512VNNIImpl()
 	case hasAVX512():
 		return avx512Impl()
 	case hasAVX2():
@@ -67,6 +83,9 @@ func impls() []impl {
 	}
 	if hasAVX512() {
 		l = append(l, avx512Impl())
+	}
+	if hasVNNI() {
+		l = append(l, avx512VNNIImpl())
 	}
 	return l
 }

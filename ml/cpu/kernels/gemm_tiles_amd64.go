@@ -222,6 +222,33 @@ func tileI8_4x2_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointe
 //go:noescape
 func tileI8_1x4_avx2(dst *float32, ldd int, x *float32, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, flags int, pf int)
 
+//go:noescape
+func tileI8Q8_1x1_avx512vnni(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)
+
+//go:noescape
+func tileI8Q8_2x1_avx512vnni(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)
+
+//go:noescape
+func tileI8Q8_3x1_avx512vnni(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)
+
+//go:noescape
+func tileI8Q8_4x1_avx512vnni(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)
+
+//go:noescape
+func tileI8Q8_1x4_avx512vnni(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)
+
+//go:noescape
+func tileI8Q8_2x4_avx512vnni(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)
+
+//go:noescape
+func tileI8Q8_3x4_avx512vnni(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)
+
+//go:noescape
+func tileI8Q8_4x4_avx512vnni(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)
+
+//go:noescape
+func tileI8Q8_1x8_avx512vnni(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)
+
 // tiles_avx512 holds the avx512 tile kernels by dtype (F32, BF16, F16, I8), tokens and rows.
 var tiles_avx512 = [4][5][9]tileFn{
 	{
@@ -276,4 +303,12 @@ var tiles_avx2 = [4][5][9]tileFn{
 		3: {1: tileI8_3x1_avx2, 2: tileI8_3x2_avx2},
 		4: {1: tileI8_4x1_avx2, 2: tileI8_4x2_avx2},
 	},
+}
+
+// tilesI8Q8_avx512vnni holds the int8-activation tile kernels by tokens and rows.
+var tilesI8Q8_avx512vnni = [5][9]tileQ8Fn{
+	1: {1: tileI8Q8_1x1_avx512vnni, 4: tileI8Q8_1x4_avx512vnni, 8: tileI8Q8_1x8_avx512vnni},
+	2: {1: tileI8Q8_2x1_avx512vnni, 4: tileI8Q8_2x4_avx512vnni},
+	3: {1: tileI8Q8_3x1_avx512vnni, 4: tileI8Q8_3x4_avx512vnni},
+	4: {1: tileI8Q8_4x1_avx512vnni, 4: tileI8Q8_4x4_avx512vnni},
 }

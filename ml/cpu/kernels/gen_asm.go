@@ -332,6 +332,198 @@ func (g *gen) tile(d dtype, is isa, T, R int) {
 	g.p("RET")
 }
 
+// tileI8Q8 writes a tile kernel of int8 weights times int8 activations
+// (see quant.go) for AVX512-VNNI. Each 64-column step loads T activation
+// vectors and their lane scales and R weight vectors, flips the weights'
+// sign bits (w+128: VPDPBUSD multiplies unsigned by signed bytes), and per
+// token and row sums four products per int32 lane with VPDPBUSD, converts
+// the lanes to float and accumulates them times their block scales. The
+// reduction subtracts the per-token offset corr (the +128) once, unless
+// flags accumulates into dst, and applies the weight row scale.
+//
+//	dst[t*ldd+r] (=|+=) scales[r] * (sum_{k<kn} lanes·(q[t,k]·(w[r,k]+128)) - corr[t])
+func (g *gen) tileI8Q8(is isa, T, R int) {
+	z := func(i int) string { return fmt.Sprintf("Z%d", i) }
+	y := func(i int) string { return fmt.Sprintf("Y%d", i) }
+	x := func(i int) string { return fmt.Sprintf("X%d", i) }
+	acc := func(t, r int) int { return t*R + r }
+	nacc := T * R
+	xr := func(t int) int { return 16 + t }
+	sr := func(t int) int { return 20 + t }
+	const wreg, c80 = 24, 31
+	tmp := func(t int) int { return 25 + t }
+	if nacc > 16 || T > 4 {
+		panic("too many registers")
+	}
+	name := q8FuncName(is, T, R)
+	fmt.Fprintf(&g.b, "\n// func %s%s\n", name, q8Sig)
+	fmt.Fprintf(&g.b, "TEXT ·%s(SB), NOSPLIT, $0-96\n", name)
+	g.p("MOVQ dst+0(FP), DX")
+	g.p("MOVQ ldd+8(FP), BX")
+	g.p("SHLQ $2, BX")
+	g.p("LEAQ (BX)(BX*2), R12")
+	g.p("MOVQ x+16(FP), SI")
+	g.p("MOVQ ldx+24(FP), R8")
+	g.p("LEAQ (R8)(R8*2), R9")
+	g.p("MOVQ lanes+64(FP), AX")
+	g.p("MOVQ w+32(FP), DI")
+	g.p("MOVQ ldw+40(FP), R10")
+	g.p("LEAQ (R10)(R10*2), R11")
+	wb := []string{"DI"}
+	if R > 4 {
+		g.p("LEAQ (DI)(R10*4), R13")
+		wb = append(wb, "R13")
+	}
+	g.p("MOVL $0x80808080, CX")
+	g.p("VPBROADCASTD CX, %s", z(c80))
+	g.p("MOVQ kn+48(FP), CX")
+	g.p("SHRQ $6, CX")
+	for i := 0; i < nacc; i++ {
+		g.p("VPXORD %s, %s, %s", z(i), z(i), z(i))
+	}
+	pfRegs := []string{"R13"}
+	if T == 1 {
+		pfRegs = []string{"R8", "R9"}
+	}
+	pfOK := R >= 2 && (T == 1 || R <= 4)
+	body := func(pfNow bool) {
+		for t := 0; t < T; t++ {
+			g.p("VMOVDQU64 %s, %s", rowAddr([]string{"SI"}, "R8", "R9", t), z(xr(t)))
+			g.p("VMOVUPS %s, %s", rowAddr([]string{"AX"}, "R8", "R9", t), z(sr(t)))
+		}
+		for r := 0; r < R; r++ {
+			if pfNow {
+				g.p("%s %s", prefetch, rowAddr(pfRegs, "R10", "R11", r))
+			}
+			g.p("VPXORD %s, %s, %s", rowAddr(wb, "R10", "R11", r), z(c80), z(wreg))
+			for t := 0; t < T; t++ {
+				v := z(tmp(t))
+				g.p("VPXORD %s, %s, %s", v, v, v)
+				g.p("VPDPBUSD %s, %s, %s", z(xr(t)), z(wreg), v)
+				g.p("VCVTDQ2PS %s, %s", v, v)
+				g.p("VFMADD231PS %s, %s, %s", z(sr(t)), v, z(acc(t, r)))
+			}
+		}
+		g.p("ADDQ $64, SI")
+		g.p("ADDQ $64, AX")
+		for _, b := range wb {
+			g.p("ADDQ $64, %s", b)
+		}
+		if pfNow {
+			for i := 0; i < (R+3)/4; i++ {
+				g.p("ADDQ $64, %s", pfRegs[i])
+			}
+		}
+	}
+	loop := func(lp string, pf bool) {
+		g.p("TESTQ CX, CX")
+		g.p("JZ reduce")
+		g.label(lp + "loop")
+		body(pf)
+		g.p("DECQ CX")
+		g.p("JNZ %sloop", lp)
+	}
+	if pfOK {
+		g.p("MOVQ pf+88(FP), %s", pfRegs[0])
+		g.p("TESTQ %s, %s", pfRegs[0], pfRegs[0])
+		g.p("JZ nopf")
+		g.p("ADDQ DI, %s", pfRegs[0])
+		if R > 4 {
+			g.p("LEAQ (%s)(R10*4), %s", pfRegs[0], pfRegs[1])
+		}
+		loop("pf", true)
+		g.p("JMP reduce")
+		g.label("nopf")
+	}
+	loop("", false)
+	g.label("reduce")
+	g.p("MOVQ scales+56(FP), AX")
+	g.p("MOVQ corr+72(FP), SI")
+	for i := 0; i < nacc; i++ {
+		t := 16 + i%16
+		g.p("VEXTRACTF64X4 $1, %s, %s", z(i), y(t))
+		g.p("VADDPS %s, %s, %s", y(t), y(i), y(i))
+	}
+	type result struct {
+		reg, t, r int
+		quad      bool
+	}
+	var res []result
+	if R%4 == 0 {
+		for t := 0; t < T; t++ {
+			for r := 0; r < R; r += 4 {
+				a, b, c, e := acc(t, r), acc(t, r+1), acc(t, r+2), acc(t, r+3)
+				g.p("VHADDPS %s, %s, %s", y(b), y(a), y(a))
+				g.p("VHADDPS %s, %s, %s", y(e), y(c), y(c))
+				g.p("VHADDPS %s, %s, %s", y(c), y(a), y(a))
+				g.p("VEXTRACTF128 $1, %s, %s", y(a), x(b))
+				g.p("VADDPS %s, %s, %s", x(b), x(a), x(a))
+				res = append(res, result{a, t, r, true})
+			}
+		}
+	} else {
+		tr := nacc
+		for t := 0; t < T; t++ {
+			for r := 0; r < R; r++ {
+				a := acc(t, r)
+				g.p("VEXTRACTF128 $1, %s, %s", y(a), x(tr))
+				g.p("VADDPS %s, %s, %s", x(tr), x(a), x(a))
+				g.p("VMOVHLPS %s, %s, %s", x(a), x(tr), x(tr))
+				g.p("VADDPS %s, %s, %s", x(tr), x(a), x(a))
+				g.p("VMOVSHDUP %s, %s", x(a), x(tr))
+				g.p("VADDSS %s, %s, %s", x(tr), x(a), x(a))
+				res = append(res, result{a, t, r, false})
+			}
+		}
+	}
+	dstAddr := func(t, r int) string {
+		b := rowAddr([]string{"DX"}, "BX", "R12", t)
+		if r == 0 {
+			return b
+		}
+		return fmt.Sprintf("%d%s", 4*r, b)
+	}
+	g.p("MOVQ flags+80(FP), CX")
+	g.p("TESTQ CX, CX")
+	g.p("JNZ accumulate")
+	for _, q := range res {
+		if q.quad {
+			g.p("VBROADCASTSS %d(SI), X30", 4*q.t)
+			g.p("VSUBPS X30, %s, %s", x(q.reg), x(q.reg))
+			g.p("VMULPS %d(AX), %s, %s", 4*q.r, x(q.reg), x(q.reg))
+			g.p("VMOVUPS %s, %s", x(q.reg), dstAddr(q.t, q.r))
+		} else {
+			g.p("VSUBSS %d(SI), %s, %s", 4*q.t, x(q.reg), x(q.reg))
+			g.p("VMULSS %d(AX), %s, %s", 4*q.r, x(q.reg), x(q.reg))
+			g.p("VMOVSS %s, %s", x(q.reg), dstAddr(q.t, q.r))
+		}
+	}
+	g.p("VZEROUPPER")
+	g.p("RET")
+	g.label("accumulate")
+	for _, q := range res {
+		if q.quad {
+			g.p("VMULPS %d(AX), %s, %s", 4*q.r, x(q.reg), x(q.reg))
+			g.p("VADDPS %s, %s, %s", dstAddr(q.t, q.r), x(q.reg), x(q.reg))
+			g.p("VMOVUPS %s, %s", x(q.reg), dstAddr(q.t, q.r))
+		} else {
+			g.p("VMULSS %d(AX), %s, %s", 4*q.r, x(q.reg), x(q.reg))
+			g.p("VADDSS %s, %s, %s", dstAddr(q.t, q.r), x(q.reg), x(q.reg))
+			g.p("VMOVSS %s, %s", x(q.reg), dstAddr(q.t, q.r))
+		}
+	}
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+// q8Sig is the Go signature of the int8-activation tiles; ldx is in bytes
+// and strides both x (int8) and lanes (float32).
+const q8Sig = "(dst *float32, ldd int, x *int8, ldx int, w unsafe.Pointer, ldw int, kn int, scales *float32, lanes *float32, corr *float32, flags int, pf int)"
+
+func q8FuncName(is isa, T, R int) string {
+	return fmt.Sprintf("tileI8Q8_%dx%d_%svnni", T, R, is.name)
+}
+
 func log2(n int) int {
 	l := 0
 	for 1<<l < n {
@@ -368,6 +560,12 @@ func main() {
 			}
 		}
 	}
+	// Int8-activation tiles need AVX512-VNNI.
+	q8 := isas[0]
+	for _, tr := range q8.tiles {
+		s.tileI8Q8(q8, tr[0], tr[1])
+		fmt.Fprintf(&gob, "//go:noescape\nfunc %s%s\n\n", q8FuncName(q8, tr[0], tr[1]), q8Sig)
+	}
 	// Tables of tiles: [dtype][T][R].
 	for _, is := range isas {
 		fmt.Fprintf(&gob, "// tiles_%s holds the %s tile kernels by dtype (F32, BF16, F16, I8), tokens and rows.\n", is.name, is.name)
@@ -387,6 +585,18 @@ func main() {
 		}
 		gob.WriteString("}\n\n")
 	}
+	fmt.Fprintf(&gob, "// tilesI8Q8_%svnni holds the int8-activation tile kernels by tokens and rows.\n", q8.name)
+	fmt.Fprintf(&gob, "var tilesI8Q8_%svnni = [5][9]tileQ8Fn{\n", q8.name)
+	for T := 1; T <= 4; T++ {
+		fmt.Fprintf(&gob, "\t%d: {", T)
+		for _, tr := range q8.tiles {
+			if tr[0] == T {
+				fmt.Fprintf(&gob, "%d: %s, ", tr[1], q8FuncName(q8, tr[0], tr[1]))
+			}
+		}
+		gob.WriteString("},\n")
+	}
+	gob.WriteString("}\n")
 	if err := os.WriteFile("gemm_amd64.s", s.b.Bytes(), 0o644); err != nil {
 		panic(err)
 	}

@@ -6,17 +6,19 @@ import "math"
 // features (or with the purego tag) and as the tested fallback.
 
 var genericImpl = impl{
-	name:      "generic",
-	gemmF32:   gemmF32Generic,
-	gemmBF16:  gemmBF16Generic,
-	gemmF16:   gemmF16Generic,
-	gemmI8:    gemmI8Generic,
-	dot:       dotGeneric,
-	axpy:      axpyGeneric,
-	bf16ToF32: bf16ToF32Generic,
-	f16ToF32:  f16ToF32Generic,
-	f32ToBF16: f32ToBF16Generic,
-	f32ToF16:  f32ToF16Generic,
+	name:       "generic",
+	gemmF32:    gemmF32Generic,
+	gemmBF16:   gemmBF16Generic,
+	gemmF16:    gemmF16Generic,
+	gemmI8:     gemmI8Generic,
+	gemmI8Q8:   gemmI8Q8Generic,
+	quantizeQ8: quantizeQ8Generic,
+	dot:        dotGeneric,
+	axpy:       axpyGeneric,
+	bf16ToF32:  bf16ToF32Generic,
+	f16ToF32:   f16ToF32Generic,
+	f32ToBF16:  f32ToBF16Generic,
+	f32ToF16:   f32ToF16Generic,
 }
 
 func gemmF32Generic(dst []float32, ldd int, x []float32, w []float32, T, N, K int) {

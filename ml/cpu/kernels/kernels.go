@@ -4,13 +4,15 @@
 // (flash.go: broadcast GEMM tiles, a vector exp, online softmax columns).
 //
 // Weights stay in their storage dtype and are upcast in registers; all sums
-// are accumulated in float32 with FMA. Every function is single-threaded: the
-// caller splits the output rows (N) across goroutines and passes sub-slices
-// of w and offset dst.
+// are accumulated in float32 with FMA. The exception is GemmI8Q8 (quant.go):
+// int8 weights times activations quantized to int8 (Q8Acts), summed
+// exactly in int32 by the AVX512-VNNI dot product and scaled in float32.
+// Every function is single-threaded: the caller splits the output rows (N)
+// across goroutines and passes sub-slices of w and offset dst.
 //
 // The implementation is chosen once at start-up from the CPU features
 // (AVX-512, AVX2+FMA, or portable Go; the purego build tag forces portable
-// Go). Features reports the choice.
+// Go; AVX512-VNNI adds the int8 dot product). Features reports the choice.
 //
 // The GEMMs run generated register-blocked tile kernels (gemm_amd64.s, from
 // gen_asm.go: 4 tokens × 4 rows of 16 lanes per step, horizontal sums once
@@ -25,17 +27,21 @@ import "fmt"
 // impl is one complete set of kernels. The exported functions check their
 // arguments and then call the selected impl, which may assume valid shapes.
 type impl struct {
-	name      string
-	gemmF32   func(dst []float32, ldd int, x []float32, w []float32, T, N, K int)
-	gemmBF16  func(dst []float32, ldd int, x []float32, w []uint16, T, N, K int)
-	gemmF16   func(dst []float32, ldd int, x []float32, w []uint16, T, N, K int)
-	gemmI8    func(dst []float32, ldd int, x []float32, w []int8, scales []float32, T, N, K int)
-	dot       func(a, b []float32) float32
-	axpy      func(a float32, x, y []float32)
-	bf16ToF32 func(dst []float32, src []uint16)
-	f16ToF32  func(dst []float32, src []uint16)
-	f32ToBF16 func(dst []uint16, src []float32)
-	f32ToF16  func(dst []uint16, src []float32)
+	name     string
+	gemmF32  func(dst []float32, ldd int, x []float32, w []float32, T, N, K int)
+	gemmBF16 func(dst []float32, ldd int, x []float32, w []uint16, T, N, K int)
+	gemmF16  func(dst []float32, ldd int, x []float32, w []uint16, T, N, K int)
+	gemmI8   func(dst []float32, ldd int, x []float32, w []int8, scales []float32, T, N, K int)
+	gemmI8Q8 func(dst []float32, ldd int, a *Q8Acts, t0, t1 int, w []int8, scales []float32, N int)
+	int8Dot  bool // gemmI8Q8 uses a native int8 dot product
+	// quantizeQ8 quantizes whole blocks for Q8Acts.QuantizeRows.
+	quantizeQ8 func(q []int8, scales, lanes, x []float32, nblocks int) float64
+	dot        func(a, b []float32) float32
+	axpy       func(a float32, x, y []float32)
+	bf16ToF32  func(dst []float32, src []uint16)
+	f16ToF32   func(dst []float32, src []uint16)
+	f32ToBF16  func(dst []uint16, src []float32)
+	f32ToF16   func(dst []uint16, src []float32)
 }
 
 // active is chosen once at package initialisation and never written again.

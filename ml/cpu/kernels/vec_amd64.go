@@ -96,4 +96,15 @@ func convF32(vl int, k func(*uint16, *float32, int), tail func([]uint16, []float
 }
 
 //go:noescape
+func quantizeQ8AVX512(q *int8, scales, lanes, x *float32, nblocks int) float64
+
+func quantizeQ8AVX512Go(q []int8, scales, lanes, x []float32, nblocks int) float64 {
+	if nblocks == 0 {
+		return 0
+	}
+	_, _, _, _ = q[nblocks*q8Block-1], scales[nblocks-1], lanes[nblocks*q8Block/4-1], x[nblocks*q8Block-1]
+	return quantizeQ8AVX512(unsafe.SliceData(q), unsafe.SliceData(scales), unsafe.SliceData(lanes), unsafe.SliceData(x), nblocks)
+}
+
+//go:noescape
 func prefetchL2(p unsafe.Pointer, n int)

@@ -359,3 +359,77 @@ loop:
 	JNZ        loop
 done:
 	RET
+
+// func quantizeQ8AVX512(q *int8, scales *float32, lanes *float32, x *float32, nblocks int) float64
+// Quantizes nblocks blocks of 32 floats as quantizeQ8Generic does: d =
+// max|x|/127 (0 stays 0), q = x·(1/d) rounded to nearest even, and returns
+// Σ d·Σq accumulated in float64 in block order.
+TEXT ·quantizeQ8AVX512(SB), NOSPLIT, $0-48
+	MOVQ q+0(FP), DI
+	MOVQ scales+8(FP), DX
+	MOVQ lanes+16(FP), R8
+	MOVQ x+24(FP), SI
+	MOVQ nblocks+32(FP), CX
+	MOVL $0x7fffffff, AX
+	VPBROADCASTD AX, Z31
+	MOVL $0x42fe0000, AX // 127
+	VMOVD AX, X13
+	MOVL $0x3f800000, AX // 1
+	VMOVD AX, X14
+	VXORPS X11, X11, X11 // zero
+	VXORPD X12, X12, X12 // Σ d·Σq
+	TESTQ CX, CX
+	JZ   qdone
+qloop:
+	VMOVUPS (SI), Z0
+	VMOVUPS 64(SI), Z1
+	VPANDD  Z31, Z0, Z2
+	VPANDD  Z31, Z1, Z3
+	VMAXPS  Z3, Z2, Z2
+	VEXTRACTF64X4 $1, Z2, Y3
+	VMAXPS  Y3, Y2, Y2
+	VEXTRACTF128 $1, Y2, X3
+	VMAXPS  X3, X2, X2
+	VPERMILPS $0x4e, X2, X3
+	VMAXPS  X3, X2, X2
+	VPERMILPS $0xb1, X2, X3
+	VMAXPS  X3, X2, X2
+	VDIVSS  X13, X2, X4     // d = amax/127
+	VDIVSS  X4, X14, X5     // 1/d
+	VCMPSS  $4, X11, X4, X6 // d != 0
+	VANDPS  X6, X5, X5
+	VBROADCASTSS X5, Z5
+	VMULPS  Z5, Z0, Z0
+	VMULPS  Z5, Z1, Z1
+	VCVTPS2DQ Z0, Z0
+	VCVTPS2DQ Z1, Z1
+	VPADDD  Z1, Z0, Z7
+	VPMOVSDB Z0, X0
+	VPMOVSDB Z1, X1
+	VMOVDQU X0, (DI)
+	VMOVDQU X1, 16(DI)
+	VMOVSS  X4, (DX)
+	VBROADCASTSS X4, Y8
+	VMOVUPS Y8, (R8)
+	VEXTRACTI64X4 $1, Z7, Y8
+	VPADDD  Y8, Y7, Y7
+	VEXTRACTI128 $1, Y7, X8
+	VPADDD  X8, X7, X7
+	VPSHUFD $0x4e, X7, X8
+	VPADDD  X8, X7, X7
+	VPSHUFD $0xb1, X7, X8
+	VPADDD  X8, X7, X7
+	VCVTSS2SD X4, X9, X9
+	VCVTDQ2PD X7, X10
+	VMULSD  X10, X9, X9
+	VADDSD  X9, X12, X12
+	ADDQ $128, SI
+	ADDQ $32, DI
+	ADDQ $4, DX
+	ADDQ $32, R8
+	DECQ CX
+	JNZ  qloop
+qdone:
+	VMOVSD X12, ret+40(FP)
+	VZEROUPPER
+	RET
