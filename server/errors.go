@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -122,7 +123,9 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 // decoding failures into *openai.ParamError naming the field.
 func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	body := http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
-	dec := json.NewDecoder(body)
+	// The body is kept to find the fields v does not declare (checkFields).
+	var raw bytes.Buffer
+	dec := json.NewDecoder(io.TeeReader(body, &raw))
 	err := dec.Decode(v)
 	if err == nil {
 		// Anything but whitespace after the object is malformed.
@@ -132,6 +135,9 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 				return terr
 			}
 			return openai.Invalid("", "malformed JSON: unexpected data after the request object")
+		}
+		if err := s.checkFields(r, raw.Bytes(), v); err != nil {
+			return err
 		}
 		s.afterDecode(r, v)
 		return nil
