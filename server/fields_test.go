@@ -1,32 +1,12 @@
 package server_test
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/llmserve/llmserve/server"
 )
-
-// lockedBuffer is a log sink the handlers may write to concurrently.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestUndeclaredFields: a field of OpenAI's or vLLM's API that the server
 // cannot honour is a 400 naming it unless its value asks for nothing;
@@ -34,7 +14,7 @@ func (l *lockedBuffer) String() string {
 // as vLLM logs the fields it ignores. Declared fields match
 // case-insensitively, as encoding/json decodes them.
 func TestUndeclaredFields(t *testing.T) {
-	var logs lockedBuffer
+	var logs lockedBuf
 	e, se := newStrictEnv(t, func(o *server.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})

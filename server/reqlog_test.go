@@ -23,6 +23,12 @@ func (l *lockedBuf) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // records returns the JSON log records with msg starting "request".
 func (l *lockedBuf) records(t *testing.T) []map[string]any {
 	t.Helper()

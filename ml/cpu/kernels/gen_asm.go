@@ -49,6 +49,27 @@ type gen struct {
 func (g *gen) p(format string, args ...any) { fmt.Fprintf(&g.b, "\t"+format+"\n", args...) }
 func (g *gen) label(l string)               { fmt.Fprintf(&g.b, "%s:\n", l) }
 
+// prefetchSplit emits a tile's K loops twice when it prefetches (pfOK):
+// once prefetching the weights of the next block (the prefetch base is
+// the argument pfArg, zero meaning none) and once without, both ending at
+// the label reduce.
+func (g *gen) prefetchSplit(pfOK bool, pfArg string, R int, pfRegs []string, loops func(prefix string, pf bool)) {
+	if pfOK {
+		g.p("MOVQ %s, %s", pfArg, pfRegs[0])
+		g.p("TESTQ %s, %s", pfRegs[0], pfRegs[0])
+		g.p("JZ nopf")
+		g.p("ADDQ DI, %s", pfRegs[0])
+		if R > 4 {
+			g.p("LEAQ (%s)(R10*4), %s", pfRegs[0], pfRegs[1])
+		}
+		loops("pf", true)
+		g.p("JMP reduce")
+		g.label("nopf")
+	}
+	loops("", false)
+	g.label("reduce")
+}
+
 func funcName(d dtype, is isa, T, R int) string {
 	return fmt.Sprintf("tile%s_%dx%d_%s", d.name, T, R, is.name)
 }
@@ -241,20 +262,7 @@ func (g *gen) tile(d dtype, is isa, T, R int) {
 			g.p("JNZ %sloop", lp)
 		}
 	}
-	if pfOK {
-		g.p("MOVQ pf+72(FP), %s", pfRegs[0])
-		g.p("TESTQ %s, %s", pfRegs[0], pfRegs[0])
-		g.p("JZ nopf")
-		g.p("ADDQ DI, %s", pfRegs[0])
-		if R > 4 {
-			g.p("LEAQ (%s)(R10*4), %s", pfRegs[0], pfRegs[1])
-		}
-		loops("pf", true)
-		g.p("JMP reduce")
-		g.label("nopf")
-	}
-	loops("", false)
-	g.label("reduce")
+	g.prefetchSplit(pfOK, "pf+72(FP)", R, pfRegs, loops)
 	// Fold 512 -> 256 bits.
 	if is.reg == "Z" {
 		for i := 0; i < nacc; i++ {
@@ -423,20 +431,7 @@ func (g *gen) tileI8Q8(is isa, T, R int) {
 		g.p("DECQ CX")
 		g.p("JNZ %sloop", lp)
 	}
-	if pfOK {
-		g.p("MOVQ pf+88(FP), %s", pfRegs[0])
-		g.p("TESTQ %s, %s", pfRegs[0], pfRegs[0])
-		g.p("JZ nopf")
-		g.p("ADDQ DI, %s", pfRegs[0])
-		if R > 4 {
-			g.p("LEAQ (%s)(R10*4), %s", pfRegs[0], pfRegs[1])
-		}
-		loop("pf", true)
-		g.p("JMP reduce")
-		g.label("nopf")
-	}
-	loop("", false)
-	g.label("reduce")
+	g.prefetchSplit(pfOK, "pf+88(FP)", R, pfRegs, loop)
 	g.p("MOVQ scales+56(FP), AX")
 	g.p("MOVQ corr+72(FP), SI")
 	for i := 0; i < nacc; i++ {
