@@ -528,6 +528,14 @@ func (w *Weights) upload(name string, parts [][]byte, src, store ml.DType, rows,
 		if x, err = w.Backend.LoadWeight(rows, cols, data, src, store); err != nil {
 			return nil, fmt.Errorf("model: loading %q: %w", name, err)
 		}
+		// The backend has its own copy: the checkpoint's pages of it need
+		// not stay resident while the rest loads (converting a checkpoint
+		// would otherwise hold all of it and all of the copy at once).
+		if r, ok := w.src.(weights.Releaser); ok {
+			for _, p := range parts {
+				r.Release(p)
+			}
+		}
 	}
 	w.Bytes += int64(rows) * int64(cols) * int64(store.Size())
 	if store == ml.I8 || store == ml.F8 {

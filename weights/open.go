@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"unsafe"
 )
 
 // IndexFile and SingleFile are the Hugging Face file names Open looks for.
@@ -156,6 +157,33 @@ func (s *source) Tensor(name string) (*Tensor, error) {
 }
 
 func (s *source) Names() []string { return append([]string(nil), s.names...) }
+
+// Release implements Releaser: it drops the pages wholly inside data, a
+// tensor's bytes in one of the source's mappings, from the process's
+// resident set (they stay in the page cache and fault back in if read
+// again). Bytes outside the mappings are left alone.
+func (s *source) Release(data []byte) {
+	if len(data) == 0 {
+		return
+	}
+	lo := uintptr(unsafe.Pointer(unsafe.SliceData(data)))
+	hi := lo + uintptr(len(data))
+	for _, f := range s.files {
+		if len(f.data) == 0 {
+			continue
+		}
+		flo := uintptr(unsafe.Pointer(unsafe.SliceData(f.data)))
+		if lo < flo || hi > flo+uintptr(len(f.data)) {
+			continue
+		}
+		page := uintptr(os.Getpagesize())
+		first, last := (lo-flo+page-1)/page*page, (hi-flo)/page*page
+		if first < last {
+			release(f.data[first:last])
+		}
+		return
+	}
+}
 
 func (s *source) Close() error {
 	var errs []error

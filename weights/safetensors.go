@@ -55,6 +55,13 @@ type Source interface {
 	Close() error
 }
 
+// Releaser is implemented by sources whose tensors are mapped from files:
+// Release(t.Data) tells it the caller has copied what it needs of a
+// tensor, so that its pages need not stay resident.
+type Releaser interface {
+	Release(data []byte)
+}
+
 // maxHeaderLen bounds the JSON header, as the reference safetensors
 // implementation does (100 MB), so a corrupt length cannot allocate wildly.
 const maxHeaderLen = 100 << 20

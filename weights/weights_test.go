@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"github.com/llmserve/llmserve/internal/shareddata"
 	"io/fs"
 	"math"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/llmserve/llmserve/internal/shareddata"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -585,5 +586,43 @@ func BenchmarkConvertBF16ToF32(b *testing.B) {
 	b.SetBytes(int64(len(src)))
 	for b.Loop() {
 		ConvertToF32(dst, src, ml.BF16)
+	}
+}
+
+// TestRelease: releasing a mapped tensor's pages keeps its bytes readable
+// (they fault back from the file), and bytes outside the mappings (a heap
+// copy) are left alone.
+func TestRelease(t *testing.T) {
+	dir := t.TempDir()
+	big := make([]byte, 5*os.Getpagesize()+100)
+	for i := range big {
+		big[i] = byte(i*7 + 3)
+	}
+	ts := []*Tensor{{Name: "a", DType: ml.F32, Shape: []int{len(big) / 4}, Data: big[:len(big)/4*4]}}
+	if err := WriteFile(filepath.Join(dir, SingleFile), ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	src, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	r, ok := src.(Releaser)
+	if !ok {
+		t.Fatal("a mapped source is not a Releaser")
+	}
+	x, err := src.Tensor("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(x.Data)
+	r.Release(x.Data)
+	if !bytes.Equal(x.Data, want) {
+		t.Fatal("a released tensor reads back different bytes")
+	}
+	heap := bytes.Clone(want)
+	r.Release(heap)
+	if !bytes.Equal(heap, want) {
+		t.Fatal("Release changed memory outside the mappings")
 	}
 }
