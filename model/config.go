@@ -49,6 +49,10 @@ type Config struct {
 	NormTopKProb        bool  `json:"norm_topk_prob,omitempty"`
 	DecoderSparseStep   int   `json:"decoder_sparse_step,omitempty"`
 	MLPOnlyLayers       []int `json:"mlp_only_layers,omitempty"`
+
+	// QuantizationConfig is how a pre-quantized checkpoint's weights are
+	// stored (see Quantized).
+	QuantizationConfig *QuantizationConfig `json:"quantization_config,omitempty"`
 }
 
 // Experts is the number of routed experts (num_experts, or

@@ -2,10 +2,12 @@ package model
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
 	"sort"
@@ -90,6 +92,9 @@ type resolved struct {
 	kvAuto   bool     // --kv-cache-dtype auto: the backend's activation dtype
 	kv       ml.DType
 	quantize bool
+	// prequantized: the checkpoint's weights are quantized (FP8) and its
+	// other tensors keep the compute dtype.
+	prequantized bool
 }
 
 // CheckOptions validates the option strings (--load-format, --dtype,
@@ -124,6 +129,19 @@ func resolveOptions(cfg *Config, o LoadOptions) (resolved, error) {
 		}
 	}
 	r.store = r.compute
+	q, err := cfg.Quantized()
+	if err != nil {
+		return r, err
+	}
+	if q != "" {
+		// A pre-quantized checkpoint is served as it is quantized (as vLLM
+		// reads quantization_config); --quantization may only repeat it.
+		if oq := strings.ToLower(o.Quantization); oq != "" && oq != q {
+			return r, fmt.Errorf("%w: --quantization %q for a checkpoint quantized as %s (leave it unset)", ErrBadOption, o.Quantization, q)
+		}
+		r.quantize, r.store, r.prequantized = true, ml.F8, true
+		return resolveKV(r, o)
+	}
 	switch strings.ToLower(o.Quantization) {
 	case "", "none":
 	case "int8":
@@ -133,10 +151,16 @@ func resolveOptions(cfg *Config, o LoadOptions) (resolved, error) {
 	default:
 		return r, fmt.Errorf("%w: --quantization %q (supported: int8, fp8, or none)", ErrBadOption, o.Quantization)
 	}
+	return resolveKV(r, o)
+}
+
+// resolveKV completes r with --kv-cache-dtype.
+func resolveKV(r resolved, o LoadOptions) (resolved, error) {
 	switch strings.ToLower(o.KVCacheDType) {
 	case "", "auto":
 		r.kv, r.kvAuto = r.compute, true
 	default:
+		var err error
 		if r.kv, err = ParseDType(o.KVCacheDType); err != nil {
 			return r, fmt.Errorf("%w: --kv-cache-dtype %q (supported: auto, float32, bfloat16, float16)", ErrBadOption, o.KVCacheDType)
 		}
@@ -173,7 +197,7 @@ func LoadContext(ctx context.Context, path string, opts LoadOptions) (Model, err
 		return nil, err
 	}
 	w := &Weights{Config: cfg, DType: r.store, Compute: r.compute, KVDType: r.kv, Logger: log,
-		ckpt: r.ckpt, seed: uint64(opts.Seed), ctx: ctx}
+		ckpt: r.ckpt, seed: uint64(opts.Seed), ctx: ctx, prequantized: r.prequantized}
 	if r.format == "safetensors" {
 		if dir == "" {
 			return nil, fmt.Errorf("%w: %q is a built-in config without local weights; use --load-format dummy or download the model", ErrNotFound, path)
@@ -280,6 +304,9 @@ type Weights struct {
 	ctx  context.Context // nil: never cancelled
 	// kept: the factory owns src (Keep), so weights may alias its memory.
 	kept bool
+	// prequantized: the checkpoint stores its matmul weights in FP8 with
+	// scales (Get dequantizes them); its other weights keep Compute.
+	prequantized bool
 	// record, when set, sees every dummy tensor generated (WriteDummyCheckpoint).
 	record func(*weights.Tensor)
 	// Bytes counts the memory of the tensors loaded through Load; Aliased
@@ -397,7 +424,50 @@ func (w *Weights) Get(name string, shape ...int) (*weights.Tensor, error) {
 	if !slices.Equal(t.Shape, shape) {
 		return nil, fmt.Errorf("%w: tensor %q has shape %v, want %v", ErrShape, name, t.Shape, shape)
 	}
+	if t.DType == ml.F8 {
+		return w.dequantize(name, t)
+	}
 	return t, nil
+}
+
+// dequantize widens an FP8 checkpoint tensor with its scale tensor
+// <name>_scale (one value, or one per output row) to f32; the backend then
+// stores it as DType (F8 again, with a scale per row: the checkpoint's
+// codes when its scales were per row).
+func (w *Weights) dequantize(name string, t *weights.Tensor) (*weights.Tensor, error) {
+	st, err := w.src.Tensor(name + "_scale")
+	if err != nil {
+		return nil, fmt.Errorf("%w: FP8 tensor %q has no scale %q: %w", ErrMissingTensor, name, name+"_scale", err)
+	}
+	scales := st.ToF32()
+	rows := 1
+	if len(t.Shape) > 0 {
+		rows = t.Shape[0]
+	}
+	n := len(t.Data)
+	if rows == 0 || n%rows != 0 || (len(scales) != 1 && len(scales) != rows) {
+		return nil, fmt.Errorf("%w: FP8 tensor %q %v has %d scales (want 1 or %d)", ErrShape, name, t.Shape, len(scales), rows)
+	}
+	cols := n / rows
+	out := make([]byte, 4*n)
+	for r := range rows {
+		s := scales[min(r, len(scales)-1)]
+		for c, q := range t.Data[r*cols : (r+1)*cols] {
+			binary.LittleEndian.PutUint32(out[4*(r*cols+c):], math.Float32bits(s*ml.F8Value(q)))
+		}
+	}
+	if r, ok := w.src.(weights.Releaser); ok {
+		r.Release(t.Data)
+	}
+	return &weights.Tensor{Name: name, DType: ml.F32, Shape: t.Shape, Data: out}, nil
+}
+
+// checkpointFP8 reports whether the checkpoint stores the named tensor
+// (the first of a stack "a+...+b") in FP8.
+func (w *Weights) checkpointFP8(name string) bool {
+	first, _, _ := strings.Cut(name, "+...+")
+	t, err := w.src.Tensor(first)
+	return err == nil && t.DType == ml.F8
 }
 
 // dummy makes a deterministic tensor: norm weights are ones (so
@@ -495,6 +565,11 @@ func (w *Weights) Upload(name string, data []byte, src, store ml.DType, rows, co
 func (w *Weights) upload(name string, parts [][]byte, src, store ml.DType, rows, cols int) (ml.Tensor, error) {
 	if err := w.cancelled(); err != nil {
 		return nil, err
+	}
+	if w.prequantized && store == ml.F8 && w.src != nil && !w.checkpointFP8(name) {
+		// Left unquantized in the checkpoint (its quantization_config's
+		// ignore list: lm_head, say): kept so, as vLLM keeps it.
+		store = w.Compute
 	}
 	var x ml.Tensor
 	// Generated (dummy) parts are separate garbage-collected objects: a

@@ -70,8 +70,8 @@ func F32ToF16(f float32) uint16 {
 }
 
 // ConvertToF32 decodes min(len(dst), len(src)/size) little-endian elements
-// of dtype dt (F32, F16 or BF16) from src into dst and returns that count;
-// for other dtypes it returns 0.
+// of dtype dt (F32, F16, BF16, or F8 without its scales) from src into dst
+// and returns that count; for other dtypes it returns 0.
 func ConvertToF32(dst []float32, src []byte, dt ml.DType) int {
 	sz := dt.Size()
 	if sz == 0 {
@@ -90,6 +90,10 @@ func ConvertToF32(dst []float32, src []byte, dt ml.DType) int {
 	case ml.F16:
 		for i := range dst[:n] {
 			dst[i] = F16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
+		}
+	case ml.F8:
+		for i := range dst[:n] {
+			dst[i] = ml.F8Value(src[i])
 		}
 	default:
 		return 0

@@ -185,6 +185,10 @@ func parseEntry(name string, msg json.RawMessage, dataLen uint64) (entry, error)
 		e.dtype, e.supported = ml.F16, true
 	case "BF16":
 		e.dtype, e.supported = ml.BF16, true
+	case "F8_E4M3":
+		// FP8 checkpoints' weights; their scales are separate tensors
+		// (model.Weights dequantizes them).
+		e.dtype, e.supported = ml.F8, true
 	}
 	elems := uint64(1)
 	e.shape = make([]int, len(r.Shape))
@@ -218,7 +222,7 @@ func clip(b []byte) string {
 // tensorFrom builds the Tensor of e from the file bytes of its header.
 func tensorFrom(e *entry, h *header, file []byte) (*Tensor, error) {
 	if !e.supported {
-		return nil, fmt.Errorf("%w: tensor %q has dtype %q (supported: F32, F16, BF16)", ErrUnsupportedDType, e.name, e.dtypeName)
+		return nil, fmt.Errorf("%w: tensor %q has dtype %q (supported: F32, F16, BF16, F8_E4M3)", ErrUnsupportedDType, e.name, e.dtypeName)
 	}
 	start := h.dataStart + e.begin
 	end := h.dataStart + e.end

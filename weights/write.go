@@ -10,7 +10,7 @@ import (
 	"strings"
 )
 
-var dtypeNames = map[string]string{"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+var dtypeNames = map[string]string{"float32": "F32", "float16": "F16", "bfloat16": "BF16", "fp8_e4m3": "F8_E4M3"}
 
 // Write encodes tensors as one safetensors file (tensors in the given order,
 // header padded to 8 bytes as the reference writer does). Used by tests and

@@ -108,7 +108,7 @@ func (b *Backend) LoadWeight(rows, cols int, data []byte, src, store ml.DType) (
 	switch store {
 	case ml.F32, ml.F16, ml.BF16:
 	default:
-		return nil, fmt.Errorf("%w: weight storage %v on cuda (--quantization int8 and fp8 have CPU kernels only)", ml.ErrUnsupported, store)
+		return nil, fmt.Errorf("%w: weight storage %v on cuda (int8 and fp8 weights, from --quantization or an FP8 checkpoint, have CPU kernels only)", ml.ErrUnsupported, store)
 	}
 	host := convertHost(data[:n*src.Size()], src, store)
 	t, err := b.newTensor(store, rows, cols)

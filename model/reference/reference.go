@@ -42,6 +42,7 @@ func Load(dir string) (*Model, error) {
 	}
 	defer src.Close()
 	r := &Model{Config: cfg, tensors: map[string][]float64{}, cols: map[string]int{}}
+	var fp8 []string
 	for _, name := range src.Names() {
 		x, err := src.Tensor(name)
 		if err != nil {
@@ -55,6 +56,24 @@ func Load(dir string) (*Model, error) {
 		r.tensors[name] = v
 		if len(x.Shape) > 0 {
 			r.cols[name] = x.Shape[len(x.Shape)-1]
+		}
+		if x.DType == ml.F8 {
+			fp8 = append(fp8, name)
+		}
+	}
+	// An FP8 checkpoint's weights are codes times <name>_scale (one
+	// scale, or one per row).
+	for _, name := range fp8 {
+		v, scales, cols := r.tensors[name], r.tensors[name+"_scale"], r.cols[name]
+		if len(scales) != 1 && len(scales) != len(v)/cols {
+			return nil, fmt.Errorf("reference: FP8 tensor %q has %d scales", name, len(scales))
+		}
+		for i := range v {
+			s := scales[0]
+			if len(scales) > 1 {
+				s = scales[i/cols]
+			}
+			v[i] *= s
 		}
 	}
 	return r, nil

@@ -1,0 +1,178 @@
+package models_test
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/llmserve/llmserve/internal/shareddata"
+	"github.com/llmserve/llmserve/ml"
+	"github.com/llmserve/llmserve/ml/cpu"
+	"github.com/llmserve/llmserve/ml/mltest"
+	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/model/modeltest"
+	"github.com/llmserve/llmserve/model/reference"
+	"github.com/llmserve/llmserve/weights"
+)
+
+// writeFP8Checkpoint writes name's checkpoint as a pre-quantized FP8 one:
+// the weights --quantization stores quantized (reference.QuantizeWeights'
+// set) as F8_E4M3 with <name>_scale per output channel or per tensor, the
+// rest as they are, and config.json's quantization_config as qc.
+func writeFP8Checkpoint(t *testing.T, dir string, perChannel bool, qc map[string]any) string {
+	t.Helper()
+	src, err := weights.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	cfg, err := model.ReadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*weights.Tensor
+	for _, name := range src.Names() {
+		x, err := src.Tensor(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		quantized := strings.HasSuffix(name, "_proj.weight") || name == "lm_head.weight" ||
+			name == "model.embed_tokens.weight" && cfg.TieWordEmbeddings
+		if !quantized {
+			out = append(out, &weights.Tensor{Name: name, DType: x.DType, Shape: x.Shape, Data: x.Data})
+			continue
+		}
+		f := x.ToF32()
+		rows, cols := x.Shape[0], x.Shape[1]
+		q := make([]byte, rows*cols)
+		var scales []float32
+		if perChannel {
+			for r := range rows {
+				scales = append(scales, ml.QuantizeF8Row(q[r*cols:(r+1)*cols], f[r*cols:(r+1)*cols]))
+			}
+		} else {
+			s := float32(ml.MaxAbs(f) / ml.F8Max)
+			for i, v := range f {
+				q[i] = ml.F8Bits(v / s)
+			}
+			scales = []float32{s}
+		}
+		shape := []int{len(scales)}
+		if perChannel {
+			shape = []int{rows, 1}
+		}
+		out = append(out, &weights.Tensor{Name: name, DType: ml.F8, Shape: x.Shape, Data: q},
+			&weights.Tensor{Name: name + "_scale", DType: ml.F32, Shape: shape, Data: mltest.Encode(ml.F32, scales)})
+	}
+	to := t.TempDir()
+	if err := weights.WriteFile(filepath.Join(to, weights.SingleFile), out, map[string]string{"format": "pt"}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, model.ConfigFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c map[string]any
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	c["quantization_config"] = qc
+	raw, _ = json.Marshal(c)
+	if err := os.WriteFile(filepath.Join(to, model.ConfigFile), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return to
+}
+
+var compressedTensorsFP8 = func(strategy string) map[string]any {
+	return map[string]any{"quant_method": "compressed-tensors", "format": "float-quantized",
+		"config_groups": map[string]any{"group_0": map[string]any{"targets": []string{"Linear"},
+			"weights": map[string]any{"num_bits": 8, "type": "float", "strategy": strategy, "symmetric": true}}},
+		"ignore": []string{}}
+}
+
+// TestFP8Checkpoint: checkpoints stored in FP8 as vLLM reads them
+// (compressed-tensors with a scale per output channel, and quant_method
+// fp8 with one scale per tensor) load with their weights in FP8 and give,
+// at every golden prompt position, the logprobs of the float64 reference
+// on the values the model holds (for per-channel scales, the checkpoint's
+// own values) within 2e-3.
+func TestFP8Checkpoint(t *testing.T) {
+	td := shareddata.Dir(t)
+	for _, name := range []string{"qwen2-tiny", "qwen3-tiny-bf16", "qwen3-moe-tiny"} {
+		for _, perChannel := range []bool{true, false} {
+			qc := compressedTensorsFP8("channel")
+			kind := "channel"
+			if !perChannel {
+				qc, kind = map[string]any{"quant_method": "fp8", "activation_scheme": "dynamic"}, "tensor"
+			}
+			t.Run(name+"/"+kind, func(t *testing.T) {
+				orig := filepath.Join(td, "models", name)
+				dir := writeFP8Checkpoint(t, orig, perChannel, qc)
+				ref, err := reference.Load(dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The checkpoint's values, as the model stores them again
+				// with a scale per row (a second rounding for per-tensor
+				// scales, none for per-channel ones).
+				ref.QuantizeWeights(func(w []float32, rows, cols int) []float32 { return mltest.QuantizeF8(w, rows, cols) })
+				g := shareddata.ReadModelGolden(t, orig)
+				m := modeltest.LoadCPU(t, dir, model.LoadOptions{}, cpu.Options{ExactActivations: true})
+				got := goldenRows(t, m, g)
+				want := ref.Forward(g.PromptIDs)
+				worst := 0.0
+				for p := range want {
+					worst = math.Max(worst, reference.LogprobDiff(got[p], want[p]))
+				}
+				if worst > 2e-3 {
+					t.Errorf("logprobs differ from the reference on the checkpoint's FP8 values by %.3g", worst)
+				}
+				type sized interface{ WeightBytes() int64 }
+				fp8, full := m.(sized).WeightBytes(), modeltest.Load(t, orig, model.LoadOptions{}).(sized).WeightBytes()
+				if fp8 > full*7/10 {
+					t.Errorf("weights take %d bytes in FP8 against %d unquantized: not stored in FP8", fp8, full)
+				}
+				t.Logf("max logprob difference %.3g; weights %d bytes (unquantized %d)", worst, fp8, full)
+			})
+		}
+	}
+}
+
+// TestFP8CheckpointRefusals: what an FP8 checkpoint cannot be served with
+// is refused at load, saying what is supported.
+func TestFP8CheckpointRefusals(t *testing.T) {
+	orig := filepath.Join(shareddata.Dir(t), "models", "qwen2-tiny")
+	for _, c := range []struct {
+		name string
+		qc   map[string]any
+		opts model.LoadOptions
+		want string
+	}{
+		{"block-wise", map[string]any{"quant_method": "fp8", "weight_block_size": []int{128, 128}}, model.LoadOptions{}, "weight_block_size"},
+		{"awq", map[string]any{"quant_method": "awq"}, model.LoadOptions{}, `quant_method "awq"`},
+		{"int4 group", func() map[string]any {
+			q := compressedTensorsFP8("group")
+			q["config_groups"].(map[string]any)["group_0"].(map[string]any)["weights"] = map[string]any{"num_bits": 4, "type": "int", "strategy": "group"}
+			return q
+		}(), model.LoadOptions{}, "4-bit int"},
+		{"int8 over fp8", compressedTensorsFP8("channel"), model.LoadOptions{Quantization: "int8"}, "leave it unset"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := writeFP8Checkpoint(t, orig, true, c.qc)
+			c.opts.Backend = cpu.New(cpu.Options{})
+			defer c.opts.Backend.Close()
+			m, err := model.Load(dir, c.opts)
+			if err == nil {
+				m.Close()
+				t.Fatal("loaded")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not say %q", err, c.want)
+			}
+		})
+	}
+}
