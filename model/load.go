@@ -159,10 +159,13 @@ func resolveKV(r resolved, o LoadOptions) (resolved, error) {
 	switch strings.ToLower(o.KVCacheDType) {
 	case "", "auto":
 		r.kv, r.kvAuto = r.compute, true
+	case "fp8", "fp8_e4m3":
+		// E4M3 with scale 1, as vLLM's fp8 cache without calibrated scales.
+		r.kv = ml.F8
 	default:
 		var err error
 		if r.kv, err = ParseDType(o.KVCacheDType); err != nil {
-			return r, fmt.Errorf("%w: --kv-cache-dtype %q (supported: auto, float32, bfloat16, float16)", ErrBadOption, o.KVCacheDType)
+			return r, fmt.Errorf("%w: --kv-cache-dtype %q (supported: auto, float32, bfloat16, float16, fp8, fp8_e4m3)", ErrBadOption, o.KVCacheDType)
 		}
 	}
 	return r, nil

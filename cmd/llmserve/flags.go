@@ -386,7 +386,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	g.section("Engine and memory")
 	fs.StringVar(&c.Device, "device", "auto", "auto|cpu|cuda")
 	fs.StringVar(&c.DType, "dtype", "auto", "auto|float32|bfloat16|float16 (half, float: vLLM's aliases)")
-	fs.StringVar(&c.KVCacheDType, "kv-cache-dtype", "auto", "auto|float32|bfloat16|float16")
+	fs.StringVar(&c.KVCacheDType, "kv-cache-dtype", "auto", "auto|float32|bfloat16|float16|fp8 (E4M3, scale 1; CPU)")
 	fs.StringVar(&c.Quantization, "quantization", "", `"", int8 or fp8 (weight-only, CPU); -q`)
 	fs.IntVar(&c.MaxModelLen, "max-model-len", 0, "max tokens per sequence, prompt plus output (default: min(max_position_embeddings, 8192))")
 	fs.IntVar(&c.MaxNumSeqs, "max-num-seqs", 256, "max sequences per engine step")

@@ -21,6 +21,7 @@ type KVCache struct {
 	dt                                             ml.DType
 	kf, vf                                         [][]float32 // F32, per layer
 	ku, vu                                         [][]uint16  // BF16/F16, per layer
+	k8, v8                                         [][]uint8   // F8 (E4M3, scale 1), per layer
 	mem                                            *arena
 }
 
@@ -40,8 +41,8 @@ func (b *Backend) NewKVCache(layers, numBlocks, blockSize, numKVHeads, headDim i
 	}
 	c := &KVCache{layers: layers, numBlocks: numBlocks, blockSize: blockSize, kvHeads: numKVHeads, headDim: headDim, dt: dt}
 	n := numBlocks * blockSize * numKVHeads * headDim
-	if dt != ml.F32 && dt != ml.BF16 && dt != ml.F16 {
-		return nil, fmt.Errorf("%w: KV cache dtype %s (want float32, bfloat16 or float16)", ml.ErrUnsupported, dt)
+	if dt != ml.F32 && dt != ml.BF16 && dt != ml.F16 && dt != ml.F8 {
+		return nil, fmt.Errorf("%w: KV cache dtype %s (want float32, bfloat16, float16 or fp8_e4m3)", ml.ErrUnsupported, dt)
 	}
 	if n/numBlocks != blockSize*numKVHeads*headDim || n > math.MaxInt/(2*layers*dt.Size()) {
 		return nil, fmt.Errorf("%w: KV cache of %d layers, %d blocks of %d, %d heads of %d overflows",
@@ -63,6 +64,11 @@ func (b *Backend) NewKVCache(layers, numBlocks, blockSize, numKVHeads, headDim i
 		for l := range layers {
 			c.kf[l], c.vf[l] = carve[float32](cv, n), carve[float32](cv, n)
 		}
+	case ml.F8:
+		c.k8, c.v8 = make([][]uint8, layers), make([][]uint8, layers)
+		for l := range layers {
+			c.k8[l], c.v8[l] = carve[uint8](cv, n), carve[uint8](cv, n)
+		}
 	default:
 		c.ku, c.vu = make([][]uint16, layers), make([][]uint16, layers)
 		for l := range layers {
@@ -76,7 +82,7 @@ func (b *Backend) NewKVCache(layers, numBlocks, blockSize, numKVHeads, headDim i
 // use: no step may run on it any more).
 func (b *Backend) FreeKVCache(c ml.KVCache) {
 	if kc, ok := c.(*KVCache); ok && kc != nil {
-		kc.kf, kc.vf, kc.ku, kc.vu = nil, nil, nil, nil
+		kc.kf, kc.vf, kc.ku, kc.vu, kc.k8, kc.v8 = nil, nil, nil, nil, nil, nil
 		kc.mem.free()
 		kc.mem = nil
 	}
@@ -84,7 +90,7 @@ func (b *Backend) FreeKVCache(c ml.KVCache) {
 
 func asCache(c ml.KVCache, layer int) (*KVCache, error) {
 	kc, ok := c.(*KVCache)
-	if !ok || kc == nil || (kc.kf == nil && kc.ku == nil) {
+	if !ok || kc == nil || (kc.kf == nil && kc.ku == nil && kc.k8 == nil) {
 		return nil, fmt.Errorf("%w: not a live cpu KV cache (%T)", ErrShape, c)
 	}
 	if layer < 0 || layer >= kc.layers {
@@ -136,6 +142,16 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 				vdst := kc.vf[layer][base:]
 				for d, x := range vsrc {
 					vdst[d*bs+off] = x
+				}
+			case ml.F8:
+				// vLLM's fp8 cache without calibrated scales: scale 1,
+				// saturating at ±448.
+				kdst, vdst := kc.k8[layer][ko:ko+hd], kc.v8[layer][base:]
+				for d, x := range src {
+					kdst[d] = ml.F8Bits(x)
+				}
+				for d, x := range vsrc {
+					vdst[d*bs+off] = ml.F8Bits(x)
 				}
 			case ml.BF16, ml.F16:
 				vdst := kc.vu[layer][base:]

@@ -297,6 +297,7 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 	kvBase := func(b int) int { return (int(table[b])*kc.kvHeads + g) * bs * hd }
 	kf, vf := layerOf(kc.kf, a.layer), layerOf(kc.vf, a.layer)
 	ku, vu := layerOf(kc.ku, a.layer), layerOf(kc.vu, a.layer)
+	k8, v8 := layerOf(kc.k8, a.layer), layerOf(kc.v8, a.layer)
 	negInf := float32(math.Inf(-1))
 	// Chunks are aligned to positions (cb blocks from key 0), whatever the
 	// tile, so that a row's sums do not depend on its tile; blocks before
@@ -321,6 +322,9 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 			case ml.F16:
 				keys = sc.kf[:valid*hd]
 				kernels.F16ToF32(keys, ku[base:base+valid*hd])
+			case ml.F8:
+				keys = sc.kf[:valid*hd]
+				f8ToF32(keys, k8[base:base+valid*hd])
 			}
 			kernels.GemmNN(s[(b-b0)*bs*mp:], mp, keys, hd, qt, mp, valid, mp, hd, false)
 		}
@@ -371,6 +375,9 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 			case ml.F16:
 				vals = sc.vf[:hd*bs]
 				kernels.F16ToF32(vals, vu[base:base+hd*bs])
+			case ml.F8:
+				vals = sc.vf[:hd*bs]
+				f8ToF32(vals, v8[base:base+hd*bs])
 			}
 			kernels.GemmNN(o, mp, vals, bs, s[(b-b0)*bs*mp:], mp, hd, mp, valid, true)
 		}

@@ -44,3 +44,10 @@ func quantizeF8(t *Tensor, r int, row []float32) {
 	c := t.cols
 	t.scales[r] = ml.QuantizeF8Row(t.f8[r*c:(r+1)*c], row)
 }
+
+// f8ToF32 widens FP8 values (an fp8 KV cache's, scale 1) into dst.
+func f8ToF32(dst []float32, src []uint8) {
+	for i, q := range src {
+		dst[i] = ml.F8Value(q)
+	}
+}

@@ -342,7 +342,7 @@ func (b *Backend) NewKVCache(layers, numBlocks, blockSize, numKVHeads, headDim i
 	}
 	defer b.mu.Unlock()
 	if dt != ml.F32 && dt != ml.BF16 {
-		return nil, fmt.Errorf("%w: kv cache dtype %v on cuda", ml.ErrUnsupported, dt)
+		return nil, fmt.Errorf("%w: kv cache dtype %v on cuda (float32 or bfloat16; an fp8 cache runs on the CPU only)", ml.ErrUnsupported, dt)
 	}
 	if layers <= 0 || numBlocks <= 0 || blockSize <= 0 || numKVHeads <= 0 || headDim <= 0 {
 		return nil, fmt.Errorf("%w: kv cache %d layers %d blocks of %d, %d heads of %d", ErrShape, layers, numBlocks, blockSize, numKVHeads, headDim)

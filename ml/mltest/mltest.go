@@ -55,7 +55,7 @@ func DefaultOptions() Options {
 		MatMulTol:    2e-5,
 		RoPETol:      2e-4,
 		WeightDTypes: []ml.DType{ml.F32, ml.F16, ml.BF16, ml.I8, ml.F8},
-		KVDTypes:     []ml.DType{ml.F32, ml.BF16, ml.F16},
+		KVDTypes:     []ml.DType{ml.F32, ml.BF16, ml.F16, ml.F8},
 		Seed:         1,
 	}
 }

@@ -82,6 +82,8 @@ func Round(dt ml.DType, v float32) float32 {
 		return BF16Value(BF16Bits(v))
 	case ml.F16:
 		return F16Value(F16Bits(v))
+	case ml.F8:
+		return float32(F8Round(float64(v)))
 	}
 	return v
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/llmserve/llmserve/internal/shareddata"
+	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/ml/mltest"
 	"github.com/llmserve/llmserve/model"
@@ -143,4 +144,55 @@ func f64(x []float32) []float64 {
 		out[i] = float64(v)
 	}
 	return out
+}
+
+// TestFP8KVCache: with --kv-cache-dtype fp8 (E4M3, scale 1, as vLLM's
+// uncalibrated fp8 cache) the CPU model gives, at every golden prompt
+// position and teacher-forced greedy step, the logprobs of the float64
+// reference whose keys and values are rounded to FP8 the same way. A
+// value that lands next to a rounding midpoint may round the other way in
+// f32 than in f64, and one FP8 step is 1/8 of a binade, so the bound is
+// looser than for float32 (see the log for the figures, and the cost of
+// the fp8 cache against a float32 one).
+func TestFP8KVCache(t *testing.T) {
+	td := shareddata.Dir(t)
+	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16", "qwen3-tiny-bf16", "qwen3-moe-tiny"} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(td, "models", name)
+			g := shareddata.ReadModelGolden(t, dir)
+			type kvTyped interface {
+				KVDType() ml.DType
+				KVBytesPerToken() int64
+			}
+			m := modeltest.Load(t, dir, model.LoadOptions{KVCacheDType: "fp8"})
+			if dt := m.(kvTyped).KVDType(); dt != ml.F8 {
+				t.Fatalf("KV dtype %s, want fp8", dt)
+			}
+			got := goldenRows(t, m, g)
+			exact := goldenRows(t, modeltest.Load(t, dir, model.LoadOptions{KVCacheDType: "float32"}), g)
+			ref, err := reference.Load(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref.KVDType = ml.F8
+			tokens := append([]int32(nil), g.PromptIDs...)
+			for _, st := range g.Greedy[:len(g.Greedy)-1] {
+				tokens = append(tokens, st.Token)
+			}
+			want := ref.Forward(tokens)
+			vsRef, vsF32 := 0.0, 0.0
+			for p := range want {
+				vsRef = math.Max(vsRef, reference.LogprobDiff(got[p], want[p]))
+				vsF32 = math.Max(vsF32, reference.LogprobDiff(got[p], f64(exact[p])))
+			}
+			t.Logf("fp8 KV: max logprob difference %.3g from the fp8-KV reference, %.3g from a float32 KV cache", vsRef, vsF32)
+			if vsRef > 5e-2 {
+				t.Errorf("logprobs differ from the fp8-KV reference by %.3g", vsRef)
+			}
+			b8 := m.(kvTyped).KVBytesPerToken()
+			if b32 := modeltest.Load(t, dir, model.LoadOptions{KVCacheDType: "float32"}).(kvTyped).KVBytesPerToken(); 4*b8 != b32 {
+				t.Errorf("fp8 KV takes %d bytes per token, float32 %d: not a quarter", b8, b32)
+			}
+		})
+	}
 }
