@@ -91,6 +91,7 @@ func Run(t *testing.T, newBackend func() ml.Backend, o Options) {
 		{"MatMulExperts", s.testMatMulExperts},
 		{"ScatterAdd", s.testScatterAdd},
 		{"AttentionWindow", s.testAttentionWindow},
+		{"AttentionRandomShapes", s.testAttentionRandom},
 		{"ShapeErrors", s.testShapeErrors},
 	}
 	for _, tc := range tests {
@@ -666,6 +667,35 @@ func (s *suite) testAttention(t *testing.T, b ml.Backend) {
 		for _, c := range cases {
 			c.seqs = append([]attnSeq(nil), c.seqs...)
 			s.runAttention(t, b, r, c, kvdt, 2, 1)
+		}
+	}
+}
+
+// testAttentionRandom runs random shapes of the kind prefill and decode
+// kernels specialize on: head dims 64 and 128, GQA groups of 1 to 8 query
+// heads per KV head, block sizes 8 and 16, odd context lengths, prefill
+// chunks after a cached prefix and decodes mixed in one step, padded
+// block-table rows, in the first KV dtype and in bf16.
+func (s *suite) testAttentionRandom(t *testing.T, b ml.Backend) {
+	r := s.rng(13)
+	for i := range 10 {
+		kvHeads := 1 + r.IntN(2)
+		c := attnCase{hd: []int{64, 128}[i%2], kvHeads: kvHeads, heads: kvHeads << r.IntN(4),
+			blockSize: []int{8, 16}[r.IntN(2)]}
+		for range 1 + r.IntN(3) {
+			ctx := 1 + 2*r.IntN(90) // odd
+			nNew := 1
+			if r.IntN(2) == 0 {
+				nNew = 1 + r.IntN(ctx)
+			}
+			c.seqs = append(c.seqs, attnSeq{ctx: ctx, nNew: nNew})
+			c.numBlocks += (ctx + c.blockSize - 1) / c.blockSize
+		}
+		c.numBlocks += 3 // blocks no sequence uses
+		for _, kvdt := range []ml.DType{s.o.KVDTypes[0], ml.BF16} {
+			if contains(s.o.KVDTypes, kvdt) {
+				s.runAttention(t, b, r, c, kvdt, 1, 0)
+			}
 		}
 	}
 }
