@@ -154,7 +154,7 @@ func TestLoadErrors(t *testing.T) {
 		{"BadDType", model.LoadOptions{DType: "float8"}, []string{`"float8"`, "auto", "float32", "bfloat16", "float16"}},
 		{"BadQuantization", model.LoadOptions{Quantization: "awq"}, []string{`"awq"`, "int8"}},
 		{"BadLoadFormat", model.LoadOptions{LoadFormat: "pt"}, []string{`"pt"`, "safetensors", "dummy"}},
-		{"BadKVDType", model.LoadOptions{KVCacheDType: "fp8"}, []string{`"fp8"`, "bfloat16"}},
+		{"BadKVDType", model.LoadOptions{KVCacheDType: "fp8_e5m2"}, []string{`"fp8_e5m2"`, "bfloat16", "fp8_e4m3"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			wantErr(t, loadErr(t, qwen, c.o), model.ErrBadOption, c.want...)
