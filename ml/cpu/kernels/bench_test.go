@@ -146,10 +146,12 @@ func BenchmarkAxpy64(b *testing.B) {
 	}
 }
 
-// BenchmarkCopyFromDRAM is the floor the single-threaded matvecs above are
-// measured against: copying the bytes of a 151936×896 bf16 matrix (larger
-// than the caches) on one core. MB/s counts the bytes read, as the matvecs'
-// do; compare with BenchmarkMatVecBF16_151936x896 in the same run.
+// BenchmarkCopyFromDRAM is what a single-threaded copy reaches, for
+// comparison with the single-threaded matvecs above: the bytes of a
+// 151936×896 bf16 matrix (larger than the caches) copied on one core. MB/s
+// counts the bytes read, as the matvecs' do; run it beside
+// BenchmarkMatVecBF16_151936x896. (A copy also writes, so it is not a
+// ceiling for a read-only stream.)
 func BenchmarkCopyFromDRAM(b *testing.B) {
 	src := make([]byte, 151936*896*2)
 	dst := make([]byte, len(src))
@@ -162,8 +164,9 @@ func BenchmarkCopyFromDRAM(b *testing.B) {
 	}
 }
 
-// BenchmarkReadFromDRAM sums the same bytes 8 at a time: a read-only
-// stream, like a matvec's weights, without the copy's writes.
+// BenchmarkReadFromDRAM sums the same bytes 8 at a time in plain Go: a
+// read-only stream, like a matvec's weights, without the copy's writes
+// (scalar loads, without the matvec's prefetch).
 func BenchmarkReadFromDRAM(b *testing.B) {
 	src := make([]uint64, 151936*896*2/8)
 	for i := range src {
