@@ -136,10 +136,17 @@ func resolveOptions(cfg *Config, o LoadOptions) (resolved, error) {
 	if q != "" {
 		// A pre-quantized checkpoint is served as it is quantized (as vLLM
 		// reads quantization_config); --quantization may only repeat it.
-		if oq := strings.ToLower(o.Quantization); oq != "" && oq != q {
+		if oq := strings.ToLower(o.Quantization); oq != "" && oq != strings.TrimSuffix(q, "-block") {
 			return r, fmt.Errorf("%w: --quantization %q for a checkpoint quantized as %s (leave it unset)", ErrBadOption, o.Quantization, q)
 		}
 		r.quantize, r.store, r.prequantized = true, ml.F8, true
+		if q == "fp8-block" && o.Quantization == "" {
+			// No kernel reads block scales yet: the weights are widened at
+			// load to --dtype, exactly up to its rounding (a per-row FP8
+			// store would round them a second time; --quantization fp8
+			// asks for that, for the memory).
+			r.store = r.compute
+		}
 		return resolveKV(r, o)
 	}
 	switch strings.ToLower(o.Quantization) {
@@ -433,30 +440,54 @@ func (w *Weights) Get(name string, shape ...int) (*weights.Tensor, error) {
 	return t, nil
 }
 
-// dequantize widens an FP8 checkpoint tensor with its scale tensor
-// <name>_scale (one value, or one per output row) to f32; the backend then
-// stores it as DType (F8 again, with a scale per row: the checkpoint's
-// codes when its scales were per row).
+// dequantize widens an FP8 checkpoint tensor to f32 with its scales:
+// <name>_scale holding one value or one per output row, or <name>_scale_inv
+// holding one per block of the config's weight_block_size (the scale the
+// codes are multiplied by, whatever its name says). The backend then
+// stores the values as DType (F8 again with a scale per row, which gives
+// back the checkpoint's codes when its scales were per row).
 func (w *Weights) dequantize(name string, t *weights.Tensor) (*weights.Tensor, error) {
-	st, err := w.src.Tensor(name + "_scale")
-	if err != nil {
-		return nil, fmt.Errorf("%w: FP8 tensor %q has no scale %q: %w", ErrMissingTensor, name, name+"_scale", err)
-	}
-	scales := st.ToF32()
-	rows := 1
+	rows, n := 1, len(t.Data)
 	if len(t.Shape) > 0 {
 		rows = t.Shape[0]
 	}
-	n := len(t.Data)
-	if rows == 0 || n%rows != 0 || (len(scales) != 1 && len(scales) != rows) {
-		return nil, fmt.Errorf("%w: FP8 tensor %q %v has %d scales (want 1 or %d)", ErrShape, name, t.Shape, len(scales), rows)
+	if rows == 0 || n%rows != 0 {
+		return nil, fmt.Errorf("%w: FP8 tensor %q has shape %v", ErrShape, name, t.Shape)
 	}
 	cols := n / rows
+	// scaleAt is the scale of element (r, c).
+	var scaleAt func(r, c int) float32
+	if st, err := w.src.Tensor(name + "_scale"); err == nil {
+		scales := st.ToF32()
+		switch len(scales) {
+		case 1:
+			scaleAt = func(int, int) float32 { return scales[0] }
+		case rows:
+			scaleAt = func(r, _ int) float32 { return scales[r] }
+		default:
+			return nil, fmt.Errorf("%w: FP8 tensor %q %v has %d scales (want 1 or %d)", ErrShape, name, t.Shape, len(scales), rows)
+		}
+	} else if st, err := w.src.Tensor(name + "_scale_inv"); err == nil {
+		var bs []int
+		if q := w.Config.QuantizationConfig; q != nil {
+			bs = q.WeightBlockSize
+		}
+		if len(bs) != 2 {
+			return nil, fmt.Errorf("%w: FP8 tensor %q has block scales %q but the config no weight_block_size", ErrBadConfig, name, name+"_scale_inv")
+		}
+		br, bc := (rows+bs[0]-1)/bs[0], (cols+bs[1]-1)/bs[1]
+		scales := st.ToF32()
+		if len(scales) != br*bc {
+			return nil, fmt.Errorf("%w: FP8 tensor %q %v has %d block scales, want %dx%d for blocks of %v", ErrShape, name, t.Shape, len(scales), br, bc, bs)
+		}
+		scaleAt = func(r, c int) float32 { return scales[r/bs[0]*bc+c/bs[1]] }
+	} else {
+		return nil, fmt.Errorf("%w: FP8 tensor %q has no scale (%q or %q)", ErrMissingTensor, name, name+"_scale", name+"_scale_inv")
+	}
 	out := make([]byte, 4*n)
 	for r := range rows {
-		s := scales[min(r, len(scales)-1)]
 		for c, q := range t.Data[r*cols : (r+1)*cols] {
-			binary.LittleEndian.PutUint32(out[4*(r*cols+c):], math.Float32bits(s*ml.F8Value(q)))
+			binary.LittleEndian.PutUint32(out[4*(r*cols+c):], math.Float32bits(scaleAt(r, c)*ml.F8Value(q)))
 		}
 	}
 	if r, ok := w.src.(weights.Releaser); ok {

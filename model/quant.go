@@ -34,8 +34,10 @@ type QuantScheme struct {
 // Quantized reports how the checkpoint's weights are quantized: "" for
 // none, "fp8" for FP8 E4M3 weights with a scale per tensor or per output
 // channel (stored in the checkpoint as <name>_scale next to each
-// quantized <name>). Other methods, and block-wise FP8, are an error that
-// says what is supported.
+// quantized <name>), "fp8-block" for FP8 with a scale per block of
+// weight_block_size (<name>_scale_inv, as Qwen's and DeepSeek's FP8
+// checkpoints store it). Other methods are an error that says what is
+// supported.
 func (c *Config) Quantized() (string, error) {
 	q := c.QuantizationConfig
 	if q == nil {
@@ -44,7 +46,10 @@ func (c *Config) Quantized() (string, error) {
 	switch strings.ToLower(q.QuantMethod) {
 	case "fp8":
 		if len(q.WeightBlockSize) > 0 {
-			return "", fmt.Errorf("%w: quantization_config: block-wise FP8 (weight_block_size %v) is not supported; FP8 with a scale per tensor or per output channel is", ErrBadConfig, q.WeightBlockSize)
+			if len(q.WeightBlockSize) != 2 || q.WeightBlockSize[0] <= 0 || q.WeightBlockSize[1] <= 0 {
+				return "", fmt.Errorf("%w: quantization_config: weight_block_size %v (want two positive sizes)", ErrBadConfig, q.WeightBlockSize)
+			}
+			return "fp8-block", nil
 		}
 		return "fp8", nil
 	case "compressed-tensors":

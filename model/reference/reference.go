@@ -62,18 +62,23 @@ func Load(dir string) (*Model, error) {
 		}
 	}
 	// An FP8 checkpoint's weights are codes times <name>_scale (one
-	// scale, or one per row).
+	// scale, or one per row) or <name>_scale_inv (one per block of the
+	// config's weight_block_size).
 	for _, name := range fp8 {
-		v, scales, cols := r.tensors[name], r.tensors[name+"_scale"], r.cols[name]
-		if len(scales) != 1 && len(scales) != len(v)/cols {
-			return nil, fmt.Errorf("reference: FP8 tensor %q has %d scales", name, len(scales))
+		v, cols := r.tensors[name], r.cols[name]
+		rows := len(v) / cols
+		var scaleAt func(i int) float64
+		if scales, ok := r.tensors[name+"_scale"]; ok && (len(scales) == 1 || len(scales) == rows) {
+			scaleAt = func(i int) float64 { return scales[min(i/cols, len(scales)-1)] }
+		} else if scales, ok := r.tensors[name+"_scale_inv"]; ok && cfg.QuantizationConfig != nil && len(cfg.QuantizationConfig.WeightBlockSize) == 2 {
+			bs := cfg.QuantizationConfig.WeightBlockSize
+			bc := (cols + bs[1] - 1) / bs[1]
+			scaleAt = func(i int) float64 { return scales[i/cols/bs[0]*bc+i%cols/bs[1]] }
+		} else {
+			return nil, fmt.Errorf("reference: FP8 tensor %q has no usable scale", name)
 		}
 		for i := range v {
-			s := scales[0]
-			if len(scales) > 1 {
-				s = scales[i/cols]
-			}
-			v[i] *= s
+			v[i] *= scaleAt(i)
 		}
 	}
 	return r, nil
