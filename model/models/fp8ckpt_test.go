@@ -236,3 +236,31 @@ func float32s(x []float64) []float32 {
 	}
 	return out
 }
+
+// TestFP8BlockCheckpointRequantized: a block-scaled FP8 checkpoint served
+// with --quantization fp8 keeps its weights in FP8 (a scale per row: the
+// block-scaled values rounded a second time) and matches the reference on
+// those values.
+func TestFP8BlockCheckpointRequantized(t *testing.T) {
+	orig := filepath.Join(shareddata.Dir(t), "models", "qwen3-tiny-bf16")
+	dir := writeFP8Checkpoint(t, orig, "block16", map[string]any{"quant_method": "fp8", "weight_block_size": []int{16, 16}})
+	ref, err := reference.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref.QuantizeWeights(mltest.QuantizeF8)
+	g := shareddata.ReadModelGolden(t, orig)
+	m := modeltest.LoadCPU(t, dir, model.LoadOptions{Quantization: "fp8"}, cpu.Options{ExactActivations: true})
+	got := goldenRows(t, m, g)
+	worst := 0.0
+	for p, row := range ref.Forward(g.PromptIDs) {
+		worst = math.Max(worst, reference.LogprobDiff(got[p], row))
+	}
+	if worst > 2e-3 {
+		t.Errorf("logprobs differ from the reference on the requantized values by %.3g", worst)
+	}
+	type sized interface{ WeightBytes() int64 }
+	if fp8, full := m.(sized).WeightBytes(), modeltest.Load(t, orig, model.LoadOptions{}).(sized).WeightBytes(); fp8 > full*7/10 {
+		t.Errorf("weights take %d bytes against %d unquantized: not stored in FP8", fp8, full)
+	}
+}
