@@ -166,25 +166,22 @@ func TestFP8Checkpoint(t *testing.T) {
 						return out
 					})
 					defer func() {
-						worst := 0.0
-						for p, row := range ref.Forward(g.PromptIDs) {
-							worst = math.Max(worst, reference.LogprobDiff(float32s(row), exact[p]))
+						var widened [][]float32
+						for _, row := range ref.Forward(g.PromptIDs) {
+							widened = append(widened, float32s(row))
 						}
+						worst := maxLogprobDiff(widened, exact)
 						t.Logf("widening the block-scaled values to %s moves logprobs by up to %.3g", dt, worst)
 					}()
 				}
 				m := modeltest.LoadCPU(t, dir, model.LoadOptions{}, cpu.Options{ExactActivations: true})
 				got := goldenRows(t, m, g)
 				want := ref.Forward(g.PromptIDs)
-				worst := 0.0
-				for p := range want {
-					worst = math.Max(worst, reference.LogprobDiff(got[p], want[p]))
-				}
+				worst := maxLogprobDiff(got, want)
 				if worst > c.tol {
 					t.Errorf("logprobs differ from the reference on the checkpoint's FP8 values by %.3g > %.3g", worst, c.tol)
 				}
-				type sized interface{ WeightBytes() int64 }
-				fp8, full := m.(sized).WeightBytes(), modeltest.Load(t, orig, model.LoadOptions{}).(sized).WeightBytes()
+				fp8, full := m.(sizedModel).WeightBytes(), modeltest.Load(t, orig, model.LoadOptions{}).(sizedModel).WeightBytes()
 				if c.inFP8 && fp8 > full*7/10 {
 					t.Errorf("weights take %d bytes in FP8 against %d unquantized: not stored in FP8", fp8, full)
 				}
@@ -252,15 +249,11 @@ func TestFP8BlockCheckpointRequantized(t *testing.T) {
 	g := shareddata.ReadModelGolden(t, orig)
 	m := modeltest.LoadCPU(t, dir, model.LoadOptions{Quantization: "fp8"}, cpu.Options{ExactActivations: true})
 	got := goldenRows(t, m, g)
-	worst := 0.0
-	for p, row := range ref.Forward(g.PromptIDs) {
-		worst = math.Max(worst, reference.LogprobDiff(got[p], row))
-	}
+	worst := maxLogprobDiff(got, ref.Forward(g.PromptIDs))
 	if worst > 2e-3 {
 		t.Errorf("logprobs differ from the reference on the requantized values by %.3g", worst)
 	}
-	type sized interface{ WeightBytes() int64 }
-	if fp8, full := m.(sized).WeightBytes(), modeltest.Load(t, orig, model.LoadOptions{}).(sized).WeightBytes(); fp8 > full*7/10 {
+	if fp8, full := m.(sizedModel).WeightBytes(), modeltest.Load(t, orig, model.LoadOptions{}).(sizedModel).WeightBytes(); fp8 > full*7/10 {
 		t.Errorf("weights take %d bytes against %d unquantized: not stored in FP8", fp8, full)
 	}
 }
