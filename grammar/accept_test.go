@@ -159,6 +159,8 @@ func TestCompileErrors(t *testing.T) {
 		{"repeat limit", Spec{GBNF: `root ::= "a"{5000}`}, ErrLimit},
 		{"schema syntax", Spec{JSONSchema: `{"type": }`}, ErrSyntax},
 		{"schema not", Spec{JSONSchema: `{"not": {"type": "string"}}`}, ErrUnsupported},
+		{"schema enum beside minLength", Spec{JSONSchema: `{"enum": ["a", "bbb"], "minLength": 2}`}, ErrUnsupported},
+		{"schema const beside maximum", Spec{JSONSchema: `{"type": "object", "properties": {"n": {"const": 7, "maximum": 5}}}`}, ErrUnsupported},
 		{"schema remote ref", Spec{JSONSchema: `{"$ref": "http://x/y.json"}`}, ErrUnsupported},
 		{"schema bad ref", Spec{JSONSchema: `{"$ref": "#/$defs/nope"}`}, ErrSyntax},
 		{"schema false", Spec{JSONSchema: `false`}, ErrEmpty},

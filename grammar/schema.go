@@ -9,7 +9,9 @@ import (
 )
 
 // JSON Schema to grammar. Supported (drafts 4 to 2020-12 spellings):
-// type (one or a list), enum, const, properties (generated in schema
+// type (one or a list), enum, const (the values as listed, less those
+// type rules out; another constraining keyword beside them, such as
+// minLength, is ErrUnsupported), properties (generated in schema
 // order), required, additionalProperties (false, true or a schema; strict
 // mode makes it false), $ref to "#..." JSON pointers ($defs, definitions,
 // "#" itself; recursion is fine), anyOf, oneOf (see below), allOf
@@ -400,6 +402,14 @@ func constValues(s *jv) (vals []*jv, ok bool, err error) {
 	default:
 		return nil, false, nil
 	}
+	// The listed values are generated as they are: a sibling keyword that
+	// would rule some of them out is not applied, so it is refused rather
+	// than silently dropped (list only the values that satisfy it).
+	for _, k := range valueConstraints {
+		if s.get(k) != nil {
+			return nil, false, errorf(ErrUnsupported, "json schema: %s beside const/enum is not applied; list only the values that satisfy it", k)
+		}
+	}
 	t := s.get("type")
 	if t == nil {
 		return vals, true, nil
@@ -433,6 +443,12 @@ func constValues(s *jv) (vals []*jv, ok bool, err error) {
 	}
 	return kept, true, nil
 }
+
+// valueConstraints are the keywords that constrain a value beyond its
+// type (annotations such as title or description do not).
+var valueConstraints = []string{"minLength", "maxLength", "pattern", "format", "minimum", "maximum",
+	"exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "maxItems", "items", "prefixItems",
+	"uniqueItems", "properties", "required", "additionalProperties", "minProperties", "maxProperties"}
 
 // isInteger reports whether a number has no fractional part (1.0 is an
 // integer to JSON Schema); one too large to check counts as not.
