@@ -190,3 +190,36 @@ func deepSchema(n int) string {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// TestAlternativesAccept: a union of specs, each with its own prefix
+// frame, repeated by an outer frame, as Mistral's newer tool-call syntax
+// writes calls: [TOOL_CALLS]name[ARGS]{arguments}.
+func TestAlternativesAccept(t *testing.T) {
+	spec := Spec{
+		Alternatives: []Spec{
+			{JSONSchema: `{"type":"object","properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}`,
+				Frame: &Frame{Begin: "[TOOL_CALLS]weather[ARGS]", Min: 1, Max: 1}},
+			{JSONSchema: `{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"],"additionalProperties":false}`,
+				Frame: &Frame{Begin: "[TOOL_CALLS]count[ARGS]", Min: 1, Max: 1}},
+		},
+		Frame: &Frame{Min: 1, Max: 2},
+	}
+	runAcceptCases(t, []acceptCase{{"two functions", spec,
+		[]string{
+			`[TOOL_CALLS]weather[ARGS]{"city":"Oslo"}`,
+			`[TOOL_CALLS]count[ARGS]{"n":3}`,
+			`[TOOL_CALLS]count[ARGS]{"n":3}[TOOL_CALLS]weather[ARGS]{"city":"x"}`,
+		},
+		[]string{
+			`[TOOL_CALLS]weather[ARGS]{"n":3}`, // the other function's arguments
+			`[TOOL_CALLS]other[ARGS]{"n":3}`,
+			`{"city":"Oslo"}`,
+			`[TOOL_CALLS]count[ARGS]{"n":1}[TOOL_CALLS]count[ARGS]{"n":2}[TOOL_CALLS]count[ARGS]{"n":3}`, // over Max
+		}}})
+	if _, err := Compile(Spec{Alternatives: []Spec{}}, nil, Limits{}); !errors.Is(err, ErrSyntax) {
+		t.Errorf("empty alternatives: %v, want a syntax error", err)
+	}
+	if _, err := Compile(Spec{Alternatives: []Spec{{Regex: "("}}}, nil, Limits{}); err == nil {
+		t.Error("a bad alternative compiles")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 )
@@ -27,6 +28,10 @@ type Spec struct {
 	Lark string
 	// Choice forces exactly one of these strings.
 	Choice []string
+	// Alternatives forces the output of any one of these specs (each with
+	// its own Frame, say a literal prefix before a JSON Schema): a tool
+	// call whose syntax names the function outside the JSON.
+	Alternatives []Spec
 
 	// Strict applies OpenAI's strict structured-output semantics to a JSON
 	// Schema: objects never take properties beyond those listed.
@@ -154,8 +159,11 @@ func frontEnd(spec Spec, b *budget) (*ruleSet, error) {
 			size += len(c)
 		}
 	}
+	if spec.Alternatives != nil {
+		n++
+	}
 	if n != 1 {
-		return nil, errorf(ErrSyntax, "exactly one of json schema, json object, regex, grammar and choice must be given (%d given)", n)
+		return nil, errorf(ErrSyntax, "exactly one of json schema, json object, regex, grammar, choice and alternatives must be given (%d given)", n)
 	}
 	if size > b.lim.MaxSpecBytes {
 		return nil, errorf(ErrLimit, "spec of %d bytes, over %d", size, b.lim.MaxSpecBytes)
@@ -176,6 +184,8 @@ func frontEnd(spec Spec, b *budget) (*ruleSet, error) {
 		err = parseGBNF(rs, spec.GBNF, b.lim)
 	case spec.Lark != "":
 		err = parseLark(rs, spec.Lark, b.lim)
+	case spec.Alternatives != nil:
+		err = alternatives(rs, spec.Alternatives, b)
 	default:
 		if len(spec.Choice) == 0 {
 			return nil, errorf(ErrSyntax, "choice: empty list")
@@ -193,6 +203,31 @@ func frontEnd(spec Spec, b *budget) (*ruleSet, error) {
 		wrapFrame(rs, f)
 	}
 	return rs, nil
+}
+
+// alternatives makes rs's root the union of the specs' languages: each is
+// compiled on its own (under the budget b they share) and its rules are
+// appended, renumbered, after the ones already in rs.
+func alternatives(rs *ruleSet, specs []Spec, b *budget) error {
+	if len(specs) == 0 {
+		return errorf(ErrSyntax, "alternatives: empty list")
+	}
+	rs.add("root", nil)
+	alts := make(eAlt, 0, len(specs))
+	for i, sub := range specs {
+		srs, err := frontEnd(sub, b)
+		if err != nil {
+			return fmt.Errorf("alternative %d: %w", i, err)
+		}
+		off := len(rs.bodies)
+		shift := func(r eRef) expr { return eRef(int(r) + off) }
+		for j, body := range srs.bodies {
+			rs.add(srs.names[j], mapRefs(body, shift))
+		}
+		alts = append(alts, eRef(off))
+	}
+	rs.bodies[0] = alts
+	return nil
 }
 
 // wrapFrame makes the root Frame.Min..Max repetitions of Begin root End.

@@ -345,7 +345,11 @@ func (s *Server) planChat(req *openai.ChatCompletionRequest, ts openai.ToolSetup
 			return nil, openai.Invalid(cons.Param, "%s cannot be combined with tool_choice %s: the output is then the tool calls", cons.Param, what)
 		}
 		format := s.toolFormat()
-		spec, err := toolparse.ForceSpec(format, ts.Tools, ts.Name, ts.Parallel)
+		template := ""
+		if src, ok := s.tok.(templateSource); ok {
+			template = src.ChatTemplate()
+		}
+		spec, err := toolparse.ForceSpec(toolparse.ForceFormat(format, template), ts.Tools, ts.Name, ts.Parallel)
 		if err != nil {
 			return nil, openai.Invalid("tools", "tools: %v", err)
 		}

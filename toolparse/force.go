@@ -16,6 +16,8 @@ import (
 //   - llama3_json: {"name": ..., "parameters": {...}}, several separated by "; ".
 //   - mistral: [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...] (the v0.3
 //     form; the mistral parser reads both).
+//   - mistral_args: [TOOL_CALLS]name[ARGS]{...} per call, the form of v11+
+//     tokenizers (see ForceFormat); read by the mistral parser.
 func ForceSpec(format string, tools []Tool, name string, parallel bool) (grammar.Spec, error) {
 	max := 1
 	if parallel && name == "" {
@@ -44,8 +46,34 @@ func ForceSpec(format string, tools []Tool, name string, parallel bool) (grammar
 		schema := fmt.Sprintf(`{"type":"array","items":%s,"minItems":1%s}`, item, maxItems)
 		return grammar.Spec{JSONSchema: schema, Strict: strict,
 			Frame: &grammar.Frame{Begin: mistralCalls, Min: 1, Max: 1}}, nil
+	case mistralArgsFormat:
+		picked, err := pickTools(tools, name)
+		if err != nil {
+			return grammar.Spec{}, err
+		}
+		alts := make([]grammar.Spec, len(picked))
+		for i, t := range picked {
+			alts[i] = grammar.Spec{JSONSchema: string(parameters(t)), Strict: t.Function.Strict != nil && *t.Function.Strict,
+				Frame: &grammar.Frame{Begin: mistralCalls + t.Function.Name + mistralArgs, Min: 1, Max: 1}}
+		}
+		return grammar.Spec{Alternatives: alts, Frame: &grammar.Frame{Min: 1, Max: max}}, nil
 	}
 	return grammar.Spec{}, fmt.Errorf("toolparse: no forced-call grammar for format %q", format)
+}
+
+// mistralArgsFormat is ForceSpec's name for Mistral's [ARGS] call syntax.
+const mistralArgsFormat = "mistral_args"
+
+// ForceFormat is the format ForceSpec forces calls in for the parser
+// named parser and the model's chat template: the mistral parser reads
+// both Mistral syntaxes, and a template that writes [ARGS] (v11+
+// tokenizers: Mistral Small 3.2, Magistral, Devstral) teaches the newer
+// one, so calls are forced in it.
+func ForceFormat(parser, template string) string {
+	if parser == "mistral" && strings.Contains(template, mistralArgs) {
+		return mistralArgsFormat
+	}
+	return parser
 }
 
 // allStrict reports whether every function tool in play (all, or the named

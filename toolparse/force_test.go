@@ -26,6 +26,9 @@ func TestForceSpecAccepts(t *testing.T) {
 			[]string{`{"name": "add", "arguments": {"a": 1, "b": 2}}`, `{"name": "add", "parameters": {"a": 1, "b": 20}}`, `Sure {"name": "now", "parameters": {}}`}},
 		{"mistral", `[TOOL_CALLS][{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}]`,
 			[]string{`[{"name": "now", "arguments": {}}]`, `[TOOL_CALLS][]`, `[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "K"}}]`}},
+		{mistralArgsFormat, `[TOOL_CALLS]add[ARGS]{"a": 1, "b": 2}[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo", "unit": "celsius"}`,
+			[]string{`[TOOL_CALLS]now[ARGS][1]`, `add[ARGS]{"a": 1, "b": 2}`, `[TOOL_CALLS]nope[ARGS]{}`,
+				`[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo", "unit": "K"}`}},
 	} {
 		spec, err := ForceSpec(c.format, testTools, "", true)
 		if err != nil {
@@ -45,7 +48,7 @@ func TestForceSpecAccepts(t *testing.T) {
 				t.Errorf("%s: accepted %q", c.format, b)
 			}
 		}
-		p, _ := New(c.format, Options{})
+		p, _ := New(parserOf(c.format), Options{})
 		content, calls := p.Parse(c.good)
 		if content != "" || len(calls) != 2 {
 			t.Errorf("%s: parsed %q %+v", c.format, content, calls)
@@ -101,7 +104,7 @@ func TestForceSpecRandomWalk(t *testing.T) {
 		validators[tl.Function.Name] = c.MustCompile("p.json")
 	}
 	mask := make([]uint64, v.MaskWords())
-	for _, format := range []string{"llama3_json", "mistral"} {
+	for _, format := range []string{"llama3_json", "mistral", mistralArgsFormat} {
 		for _, name := range []string{"", "add"} {
 			spec, err := ForceSpec(format, testTools, name, true)
 			if err != nil {
@@ -131,7 +134,7 @@ func TestForceSpecRandomWalk(t *testing.T) {
 					continue
 				}
 				done++
-				p, _ := New(format, Options{})
+				p, _ := New(parserOf(format), Options{})
 				content, calls := p.Parse(string(out))
 				if content != "" || len(calls) == 0 {
 					t.Fatalf("%s: %q: content %q, %d calls", format, out, content, len(calls))
@@ -178,5 +181,27 @@ func TestDetect(t *testing.T) {
 	}
 	if got := Detect(tok.ChatTemplate()); got != "hermes" {
 		t.Errorf("Qwen3's template: %q", got)
+	}
+}
+
+// parserOf is the parser that reads a forced format back.
+func parserOf(format string) string {
+	if format == mistralArgsFormat {
+		return "mistral"
+	}
+	return format
+}
+
+// TestForceFormat: the mistral parser's calls are forced in the [ARGS]
+// syntax exactly when the chat template writes it.
+func TestForceFormat(t *testing.T) {
+	for _, c := range []struct{ parser, template, want string }{
+		{"mistral", `{{ "[TOOL_CALLS]" + tool.name + "[ARGS]" + args }}`, mistralArgsFormat},
+		{"mistral", `[TOOL_CALLS] {{ tool_calls | tojson }}`, "mistral"},
+		{"hermes", `[ARGS]`, "hermes"},
+	} {
+		if got := ForceFormat(c.parser, c.template); got != c.want {
+			t.Errorf("ForceFormat(%q, %q) = %q, want %q", c.parser, c.template, got, c.want)
+		}
 	}
 }

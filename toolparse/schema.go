@@ -42,32 +42,14 @@ func CallSchema(tools []Tool, name string) (json.RawMessage, error) {
 // callSchema is CallSchema with the arguments under argsKey ("parameters"
 // for Llama 3) and the schema placed at base inside the final document.
 func callSchema(tools []Tool, name, argsKey, base string) (json.RawMessage, error) {
-	var picked []Tool
-	for _, t := range tools {
-		if t.Type != "" && t.Type != "function" {
-			continue
-		}
-		if t.Function.Name == "" {
-			return nil, fmt.Errorf("%w: a function without a name", ErrToolChoice)
-		}
-		if name == "" || t.Function.Name == name {
-			picked = append(picked, t)
-		}
-	}
-	if len(picked) == 0 {
-		if name != "" {
-			return nil, fmt.Errorf("%w: tool_choice names %q, which is not in tools", ErrToolChoice, name)
-		}
-		return nil, fmt.Errorf("%w: tool_choice requires a call but no function tools are given", ErrToolChoice)
+	picked, err := pickTools(tools, name)
+	if err != nil {
+		return nil, err
 	}
 	key, _ := json.Marshal(argsKey)
 	var sb strings.Builder
 	one := func(t Tool, at string) error {
-		params := t.Function.Parameters
-		if len(bytes.TrimSpace(params)) == 0 || string(bytes.TrimSpace(params)) == "null" {
-			params = json.RawMessage(`{"type":"object","properties":{}}`)
-		}
-		p, err := rebaseRefs(params, at+"/properties/"+argsKey)
+		p, err := rebaseRefs(parameters(t), at+"/properties/"+argsKey)
 		if err != nil {
 			return fmt.Errorf("%w: function %q: parameters: %v", ErrToolChoice, t.Function.Name, err)
 		}
@@ -92,6 +74,40 @@ func callSchema(tools []Tool, name, argsKey, base string) (json.RawMessage, erro
 	}
 	sb.WriteString(`]}`)
 	return json.RawMessage(sb.String()), nil
+}
+
+// pickTools is the function tools a call may use: all of them (name == "",
+// tool_choice "required") or the named one.
+func pickTools(tools []Tool, name string) ([]Tool, error) {
+	var picked []Tool
+	for _, t := range tools {
+		if t.Type != "" && t.Type != "function" {
+			continue
+		}
+		if t.Function.Name == "" {
+			return nil, fmt.Errorf("%w: a function without a name", ErrToolChoice)
+		}
+		if name == "" || t.Function.Name == name {
+			picked = append(picked, t)
+		}
+	}
+	if len(picked) == 0 {
+		if name != "" {
+			return nil, fmt.Errorf("%w: tool_choice names %q, which is not in tools", ErrToolChoice, name)
+		}
+		return nil, fmt.Errorf("%w: tool_choice requires a call but no function tools are given", ErrToolChoice)
+	}
+	return picked, nil
+}
+
+// parameters is a function's parameters schema (an empty object schema when
+// it declares none).
+func parameters(t Tool) json.RawMessage {
+	p := t.Function.Parameters
+	if len(bytes.TrimSpace(p)) == 0 || string(bytes.TrimSpace(p)) == "null" {
+		return json.RawMessage(`{"type":"object","properties":{}}`)
+	}
+	return p
 }
 
 // HermesSpec is the grammar that forces tool calls in the hermes format:
