@@ -11,8 +11,8 @@ import (
 // per row, as --quantization fp8 stores them on the GPU, so that the CPU
 // computes what the GPU's fp8 weights give (and reports their accuracy in
 // CI). The CPU has no fp8 arithmetic: a block of rows is widened to f32
-// through a table and multiplied by the f32 GEMM, so fp8 saves memory here
-// but not time.
+// (kernels.F8ToF32) and multiplied by the f32 GEMM; decode reads one byte
+// per weight from memory, half of bf16's.
 
 // f8Block is the rows widened at a time.
 const f8Block = 16
@@ -30,10 +30,7 @@ func gemmF8(dst []float32, ldd int, x []float32, w []uint8, scales []float32, T,
 	for n0 := 0; n0 < N; n0 += f8Block {
 		nn := min(f8Block, N-n0)
 		for r := range nn {
-			row, s := buf[r*K:(r+1)*K], scales[n0+r]
-			for i, q := range w[(n0+r)*K : (n0+r+1)*K] {
-				row[i] = s * ml.F8Value(q)
-			}
+			kernels.F8ToF32(buf[r*K:(r+1)*K], w[(n0+r)*K:(n0+r+1)*K], scales[n0+r])
 		}
 		kernels.GemmF32(dst[n0:], ldd, x, buf[:nn*K], T, nn, K)
 	}
@@ -46,8 +43,4 @@ func quantizeF8(t *Tensor, r int, row []float32) {
 }
 
 // f8ToF32 widens FP8 values (an fp8 KV cache's, scale 1) into dst.
-func f8ToF32(dst []float32, src []uint8) {
-	for i, q := range src {
-		dst[i] = ml.F8Value(q)
-	}
-}
+func f8ToF32(dst []float32, src []uint8) { kernels.F8ToF32(dst, src, 1) }

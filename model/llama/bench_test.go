@@ -109,7 +109,7 @@ func BenchmarkDecode(b *testing.B) {
 	for _, c := range []struct {
 		name, quant string
 		ctx0        int
-	}{{"bf16", "", 128}, {"int8", "int8", 128}, {"bf16-ctx2000", "", 2000}} {
+	}{{"bf16", "", 128}, {"int8", "int8", 128}, {"fp8", "fp8", 128}, {"bf16-ctx2000", "", 2000}} {
 		b.Run(c.name, func(b *testing.B) {
 			m := benchModel(b, c.quant)
 			V := m.cfg.VocabSize

@@ -36,6 +36,7 @@ func avx512Impl() impl {
 	im.f16ToF32 = convHalf(16, f16ToF32AVX512, f16ToF32Generic)
 	im.f32ToF16 = convF32(16, f32ToF16AVX512, f32ToF16Generic)
 	im.f32ToBF16 = convF32(16, f32ToBF16AVX512, f32ToBF16Generic)
+	im.f8ToF32 = f8ToF32Vec
 	return im
 }
 

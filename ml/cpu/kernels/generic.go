@@ -16,6 +16,7 @@ var genericImpl = impl{
 	dot:        dotGeneric,
 	axpy:       axpyGeneric,
 	bf16ToF32:  bf16ToF32Generic,
+	f8ToF32:    f8ToF32Generic,
 	f16ToF32:   f16ToF32Generic,
 	f32ToBF16:  f32ToBF16Generic,
 	f32ToF16:   f32ToF16Generic,
@@ -220,5 +221,28 @@ func f32ToF16Generic(dst []uint16, src []float32) {
 	dst = dst[:len(src)]
 	for i, f := range src {
 		dst[i] = toF16(f)
+	}
+}
+
+// f8Values are the E4M3 codes' values (NaN codes as the vector kernel
+// gives them, ±480).
+var f8Values = func() (t [256]float32) {
+	for i := range t {
+		em := i & 0x7f
+		v := float32(math.Ldexp(float64(em), -9)) // subnormal: m·2^-9
+		if em >= 8 {
+			v = float32(math.Ldexp(float64(8+em&7), em>>3-10))
+		}
+		if i&0x80 != 0 {
+			v = -v
+		}
+		t[i] = v
+	}
+	return t
+}()
+
+func f8ToF32Generic(dst []float32, src []uint8, scale float32) {
+	for i, q := range src {
+		dst[i] = scale * f8Values[q]
 	}
 }

@@ -42,6 +42,7 @@ type impl struct {
 	f16ToF32   func(dst []float32, src []uint16)
 	f32ToBF16  func(dst []uint16, src []float32)
 	f32ToF16   func(dst []uint16, src []float32)
+	f8ToF32    func(dst []float32, src []uint8, scale float32)
 }
 
 // active is chosen once at package initialisation and never written again.
@@ -126,6 +127,13 @@ func checkConv(nd, ns int) {
 func BF16ToF32(dst []float32, src []uint16) {
 	checkConv(len(dst), len(src))
 	active.bf16ToF32(dst[:len(src)], src)
+}
+
+// F8ToF32 sets dst[i] = scale·value(src[i]) for len(src) FP8 E4M3 values
+// (a weight row and its scale). NaN codes (0x7f, 0xff) are not kept.
+func F8ToF32(dst []float32, src []uint8, scale float32) {
+	checkConv(len(dst), len(src))
+	active.f8ToF32(dst[:len(src)], src, scale)
 }
 
 // F16ToF32 converts len(src) IEEE half values (exact; NaNs come out quiet).

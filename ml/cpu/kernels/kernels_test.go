@@ -390,3 +390,42 @@ func f16OK(f float32, got uint16) bool {
 func float32Bits(f float32) uint32     { return math.Float32bits(f) }
 func float32FromBits(b uint32) float32 { return math.Float32frombits(b) }
 func isNaN32(f float32) bool           { return f != f }
+
+// TestF8ToF32: every implementation widens every FP8 code (at every offset
+// of a vector, with tails) to the value E4M3 defines, times the scale.
+func TestF8ToF32(t *testing.T) {
+	var src []uint8
+	for range 3 {
+		for c := range 256 {
+			src = append(src, uint8(c))
+		}
+	}
+	for _, im := range impls() {
+		for _, n := range []int{0, 1, 15, 16, 17, 255, 256, len(src)} {
+			for _, off := range []int{0, 3} {
+				if off+n > len(src) {
+					continue
+				}
+				in := src[off : off+n]
+				got := make([]float32, n)
+				im.f8ToF32(got, in, 0.5)
+				for i, q := range in {
+					e, m := int(q>>3&15), float64(q&7)
+					want := math.Ldexp(m, -9)
+					if e > 0 {
+						want = math.Ldexp(8+m, e-10)
+					}
+					if q&0x80 != 0 {
+						want = -want
+					}
+					if q&0x7f == 0x7f {
+						continue // NaN: not kept
+					}
+					if float64(got[i]) != 0.5*want {
+						t.Fatalf("%s: code %#x gives %v, want %v", im.name, q, got[i], 0.5*want)
+					}
+				}
+			}
+		}
+	}
+}

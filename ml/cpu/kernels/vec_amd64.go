@@ -29,6 +29,19 @@ func f32ToF16AVX512(dst *uint16, src *float32, n int)
 func f32ToBF16AVX512(dst *uint16, src *float32, n int)
 
 //go:noescape
+func f8ToF32AVX512(dst *float32, src *uint8, n int, scale float32)
+
+// f8ToF32Vec is f8ToF32AVX512 on the multiple of 16 it takes, and Go on the
+// rest.
+func f8ToF32Vec(dst []float32, src []uint8, scale float32) {
+	m := len(src) &^ 15
+	if m > 0 {
+		f8ToF32AVX512(unsafe.SliceData(dst), unsafe.SliceData(src), m, scale)
+	}
+	f8ToF32Generic(dst[m:], src[m:], scale)
+}
+
+//go:noescape
 func bf16ToF32AVX2(dst *float32, src *uint16, n int)
 
 //go:noescape

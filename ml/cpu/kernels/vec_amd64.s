@@ -433,3 +433,48 @@ qdone:
 	VMOVSD X12, ret+40(FP)
 	VZEROUPPER
 	RET
+
+// func f8ToF32AVX512(dst *float32, src *uint8, n int, scale float32)
+// FP8 E4M3 to float32 times scale, 16 values per step. The low 7 bits em
+// (exponent and mantissa) of a normal value become the float's bits
+// em<<20 + 120<<23 (the exponent rebiased from 7 to 127); a subnormal (em <
+// 8) is em·2^-9. The sign bit moves to bit 31. 0x7f/0xff (NaN) come out as
+// ±480: a checkpoint or our quantizer never holds them.
+TEXT ·f8ToF32AVX512(SB), NOSPLIT, $0-28
+	MOVQ         dst+0(FP), DI
+	MOVQ         src+8(FP), SI
+	MOVQ         n+16(FP), CX
+	VBROADCASTSS scale+24(FP), Z15
+	MOVL         $0x7f, AX
+	VPBROADCASTD AX, Z10
+	MOVL         $0x3c000000, AX // 120<<23
+	VPBROADCASTD AX, Z11
+	MOVL         $8, AX
+	VPBROADCASTD AX, Z12
+	MOVL         $0x3b000000, AX // 2^-9
+	VPBROADCASTD AX, Z13
+	MOVL         $0x80, AX
+	VPBROADCASTD AX, Z14
+	SHRQ         $4, CX
+	JZ           done
+loop:
+	VPMOVZXBD (SI), Z0
+	VPANDD    Z10, Z0, Z1 // em
+	VPSLLD    $20, Z1, Z2
+	VPADDD    Z11, Z2, Z2 // normal values' bits
+	VCVTDQ2PS Z1, Z3
+	VMULPS    Z13, Z3, Z3 // subnormal values
+	VPCMPUD   $1, Z12, Z1, K1 // em < 8
+	VMOVAPS   Z3, K1, Z2
+	VPANDD    Z14, Z0, Z4
+	VPSLLD    $24, Z4, Z4 // the sign at bit 31
+	VPORD     Z4, Z2, Z2
+	VMULPS    Z15, Z2, Z2
+	VMOVUPS   Z2, (DI)
+	ADDQ      $16, SI
+	ADDQ      $64, DI
+	DECQ      CX
+	JNZ       loop
+done:
+	VZEROUPPER
+	RET
