@@ -10,9 +10,10 @@ import (
 // FP8 (E4M3) weights on the CPU: stored one byte per value with a scale
 // per row, as --quantization fp8 stores them on the GPU, so that the CPU
 // computes what the GPU's fp8 weights give (and reports their accuracy in
-// CI). The CPU has no fp8 arithmetic: a block of rows is widened to f32
-// (kernels.F8ToF32) and multiplied by the f32 GEMM; decode reads one byte
-// per weight from memory, half of bf16's.
+// CI). The CPU has no fp8 arithmetic: a one-token product widens the
+// weights in registers (kernels.MatVecF8, one byte per weight read from
+// memory, half of bf16's); larger ones widen a block of rows to f32
+// (kernels.F8ToF32) for the f32 GEMM.
 
 // f8Block is the rows widened at a time.
 const f8Block = 16
@@ -21,6 +22,11 @@ var f8Bufs = sync.Pool{New: func() any { return new([]float32) }}
 
 // gemmF8 is dst[T,N] (row stride ldd) = x[T,K]·(scales·w[N,K])ᵀ.
 func gemmF8(dst []float32, ldd int, x []float32, w []uint8, scales []float32, T, N, K int) {
+	if T == 1 {
+		// Decode: widened in registers, each weight byte read once.
+		kernels.MatVecF8(dst, x, w, scales, N, K)
+		return
+	}
 	bp := f8Bufs.Get().(*[]float32)
 	defer f8Bufs.Put(bp)
 	if cap(*bp) < f8Block*K {

@@ -37,6 +37,7 @@ func avx512Impl() impl {
 	im.f32ToF16 = convF32(16, f32ToF16AVX512, f32ToF16Generic)
 	im.f32ToBF16 = convF32(16, f32ToBF16AVX512, f32ToBF16Generic)
 	im.f8ToF32 = f8ToF32Vec
+	im.matvecF8 = matvecF8Vec
 	return im
 }
 

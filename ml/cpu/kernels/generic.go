@@ -17,6 +17,7 @@ var genericImpl = impl{
 	axpy:       axpyGeneric,
 	bf16ToF32:  bf16ToF32Generic,
 	f8ToF32:    f8ToF32Generic,
+	matvecF8:   matvecF8Generic,
 	f16ToF32:   f16ToF32Generic,
 	f32ToBF16:  f32ToBF16Generic,
 	f32ToF16:   f32ToF16Generic,
@@ -244,5 +245,15 @@ var f8Values = func() (t [256]float32) {
 func f8ToF32Generic(dst []float32, src []uint8, scale float32) {
 	for i, q := range src {
 		dst[i] = scale * f8Values[q]
+	}
+}
+
+func matvecF8Generic(dst, x []float32, w []uint8, scales []float32, N, K int) {
+	for r := range N {
+		var sum float32
+		for i, q := range w[r*K : (r+1)*K] {
+			sum += f8Values[q] * x[i]
+		}
+		dst[r] = scales[r] * sum
 	}
 }

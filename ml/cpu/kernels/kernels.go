@@ -43,6 +43,7 @@ type impl struct {
 	f32ToBF16  func(dst []uint16, src []float32)
 	f32ToF16   func(dst []uint16, src []float32)
 	f8ToF32    func(dst []float32, src []uint8, scale float32)
+	matvecF8   func(dst, x []float32, w []uint8, scales []float32, N, K int)
 }
 
 // active is chosen once at package initialisation and never written again.
@@ -134,6 +135,16 @@ func BF16ToF32(dst []float32, src []uint16) {
 func F8ToF32(dst []float32, src []uint8, scale float32) {
 	checkConv(len(dst), len(src))
 	active.f8ToF32(dst[:len(src)], src, scale)
+}
+
+// MatVecF8 sets dst[r] = scales[r]·Σ_i value(w[r·K+i])·x[i] for N rows of
+// FP8 E4M3 weights: a decode step's product, the weights widened in
+// registers (one byte per weight read from memory).
+func MatVecF8(dst, x []float32, w []uint8, scales []float32, N, K int) {
+	if N < 0 || K < 0 || len(dst) < N || len(x) < K || len(w) < N*K || len(scales) < N {
+		panic(fmt.Sprintf("kernels: MatVecF8 of %d×%d with dst %d, x %d, w %d, scales %d", N, K, len(dst), len(x), len(w), len(scales)))
+	}
+	active.matvecF8(dst, x, w, scales, N, K)
 }
 
 // F16ToF32 converts len(src) IEEE half values (exact; NaNs come out quiet).

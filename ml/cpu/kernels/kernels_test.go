@@ -429,3 +429,45 @@ func TestF8ToF32(t *testing.T) {
 		}
 	}
 }
+
+// TestMatVecF8: every implementation's FP8 matvec equals the float64 sum of
+// the widened weights times x, on shapes with row counts that are and are
+// not multiples of 4 and widths that are and are not multiples of 16.
+func TestMatVecF8(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 9))
+	for _, im := range impls() {
+		for _, sh := range [][2]int{{4, 16}, {8, 64}, {7, 48}, {13, 896}, {4, 17}, {1, 1}, {33, 160}} {
+			N, K := sh[0], sh[1]
+			w := make([]uint8, N*K)
+			for i := range w {
+				w[i] = uint8(r.IntN(256))
+				if w[i]&0x7f == 0x7f {
+					w[i] = 0x7e
+				}
+			}
+			x := make([]float32, K)
+			for i := range x {
+				x[i] = float32(r.NormFloat64())
+			}
+			scales := make([]float32, N)
+			for i := range scales {
+				scales[i] = 0.001 * float32(1+i)
+			}
+			dst := make([]float32, N)
+			im.matvecF8(dst, x, w, scales, N, K)
+			for row := range N {
+				var want, mag float64
+				for i := range K {
+					p := float64(f8Values[w[row*K+i]]) * float64(x[i])
+					want += p
+					mag += math.Abs(p)
+				}
+				want *= float64(scales[row])
+				mag *= float64(scales[row])
+				if math.Abs(float64(dst[row])-want) > 1e-5*mag+1e-30 {
+					t.Fatalf("%s %dx%d row %d: %v, want %v", im.name, N, K, row, dst[row], want)
+				}
+			}
+		}
+	}
+}

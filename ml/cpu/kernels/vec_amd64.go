@@ -31,6 +31,22 @@ func f32ToBF16AVX512(dst *uint16, src *float32, n int)
 //go:noescape
 func f8ToF32AVX512(dst *float32, src *uint8, n int, scale float32)
 
+//go:noescape
+func matvecF8AVX512(dst *float32, x *float32, w *uint8, scales *float32, n, k int)
+
+// matvecF8Vec runs matvecF8AVX512 on the rows in fours when K is a
+// multiple of 16 (model widths are), and Go on the rest.
+func matvecF8Vec(dst, x []float32, w []uint8, scales []float32, N, K int) {
+	n4 := 0
+	if K%16 == 0 && K > 0 {
+		n4 = N &^ 3
+		if n4 > 0 {
+			matvecF8AVX512(unsafe.SliceData(dst), unsafe.SliceData(x), unsafe.SliceData(w), unsafe.SliceData(scales), n4, K)
+		}
+	}
+	matvecF8Generic(dst[n4:], x, w[n4*K:], scales[n4:], N-n4, K)
+}
+
 // f8ToF32Vec is f8ToF32AVX512 on the multiple of 16 it takes, and Go on the
 // rest.
 func f8ToF32Vec(dst []float32, src []uint8, scale float32) {

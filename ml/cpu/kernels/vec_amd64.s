@@ -478,3 +478,93 @@ loop:
 done:
 	VZEROUPPER
 	RET
+
+// F8CVT widens the 16 FP8 codes at mem to float32 in Z5 (see
+// f8ToF32AVX512; constants in Z10-Z14, scratch Z6-Z8 and K1).
+#define F8CVT(mem) \
+	VPMOVZXBD mem, Z6 \
+	VPANDD    Z10, Z6, Z7 \
+	VPSLLD    $20, Z7, Z5 \
+	VPADDD    Z11, Z5, Z5 \
+	VCVTDQ2PS Z7, Z8 \
+	VMULPS    Z13, Z8, Z8 \
+	VPCMPUD   $1, Z12, Z7, K1 \
+	VMOVAPS   Z8, K1, Z5 \
+	VPANDD    Z14, Z6, Z6 \
+	VPSLLD    $24, Z6, Z6 \
+	VPORD     Z6, Z5, Z5
+
+// HSUMSCALE stores scale·(sum of Zr's lanes) at dst (Yr, Xr: its halves).
+#define HSUMSCALE(Zr, Yr, Xr, scale, dst) \
+	VEXTRACTF64X4 $1, Zr, Y6 \
+	VADDPS        Y6, Yr, Yr \
+	VEXTRACTF128  $1, Yr, X6 \
+	VADDPS        X6, Xr, Xr \
+	VHADDPS       Xr, Xr, Xr \
+	VHADDPS       Xr, Xr, Xr \
+	VMULSS        scale, Xr, Xr \
+	VMOVSS        Xr, dst
+
+// func matvecF8AVX512(dst *float32, x *float32, w *uint8, scales *float32, n, k int)
+// dst[r] = scales[r]·Σ_i value(w[r·k+i])·x[i] for r < n (a multiple of 4)
+// and i < k (a multiple of 16): four rows share each load of x, and the
+// weights are widened in registers, so memory sees one byte per weight.
+TEXT ·matvecF8AVX512(SB), NOSPLIT, $0-48
+	MOVQ         dst+0(FP), DI
+	MOVQ         x+8(FP), SI
+	MOVQ         w+16(FP), R8
+	MOVQ         scales+24(FP), R9
+	MOVQ         n+32(FP), R10
+	MOVQ         k+40(FP), R11
+	MOVL         $0x7f, AX
+	VPBROADCASTD AX, Z10
+	MOVL         $0x3c000000, AX
+	VPBROADCASTD AX, Z11
+	MOVL         $8, AX
+	VPBROADCASTD AX, Z12
+	MOVL         $0x3b000000, AX
+	VPBROADCASTD AX, Z13
+	MOVL         $0x80, AX
+	VPBROADCASTD AX, Z14
+	SHRQ         $2, R10
+	JZ           mvdone
+mvrows:
+	LEAQ   (R8)(R11*1), R12
+	LEAQ   (R8)(R11*2), R13
+	LEAQ   (R12)(R11*2), R14
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	MOVQ   R11, CX
+	SHRQ   $4, CX
+	JZ     mvreduce
+	XORQ   AX, AX
+	MOVQ   SI, BX
+mvloop:
+	VMOVUPS     (BX), Z0
+	F8CVT((R8)(AX*1))
+	VFMADD231PS Z5, Z0, Z1
+	F8CVT((R12)(AX*1))
+	VFMADD231PS Z5, Z0, Z2
+	F8CVT((R13)(AX*1))
+	VFMADD231PS Z5, Z0, Z3
+	F8CVT((R14)(AX*1))
+	VFMADD231PS Z5, Z0, Z4
+	ADDQ        $16, AX
+	ADDQ        $64, BX
+	DECQ        CX
+	JNZ         mvloop
+mvreduce:
+	HSUMSCALE(Z1, Y1, X1, (R9), (DI))
+	HSUMSCALE(Z2, Y2, X2, 4(R9), 4(DI))
+	HSUMSCALE(Z3, Y3, X3, 8(R9), 8(DI))
+	HSUMSCALE(Z4, Y4, X4, 12(R9), 12(DI))
+	LEAQ (R8)(R11*4), R8
+	ADDQ $16, R9
+	ADDQ $16, DI
+	DECQ R10
+	JNZ  mvrows
+mvdone:
+	VZEROUPPER
+	RET
