@@ -434,67 +434,55 @@ qdone:
 	VZEROUPPER
 	RET
 
+// FP8 E4M3 codes become float32 through IEEE half: a code's low 7 bits em
+// (exponent, mantissa) shifted left 7 are the half with exponent field e
+// and mantissa m, whose value is the code's times 2^-8 for every code,
+// subnormals and zero included (half's bias 15 is E4M3's 7 plus 8); the
+// sign moves from bit 14 to 15 by adding bit 14 to itself. VCVTPH2PS then
+// widens exactly, and the 2^8 goes into the scale. NaN codes (0x7f, 0xff)
+// come out as ±480: a checkpoint or our quantizer never holds them.
+
+// F8CVT widens the 16 FP8 codes at mem into Z5 (times 2^-8; scratch Y6,
+// 0x40004000 in Y14).
+#define F8CVT(mem) \
+	VPMOVZXBW mem, Y6 \
+	VPSLLW    $7, Y6, Y6 \
+	VPAND     Y14, Y6, Y5 \
+	VPADDW    Y5, Y6, Y6 \
+	VCVTPH2PS Y6, Z5
+
+// F8CONST loads F8CVT's constant.
+#define F8CONST \
+	MOVL         $0x40004000, AX \
+	VPBROADCASTD AX, Y14
+
 // func f8ToF32AVX512(dst *float32, src *uint8, n int, scale float32)
-// FP8 E4M3 to float32 times scale, 16 values per step. The low 7 bits em
-// (exponent and mantissa) of a normal value become the float's bits
-// em<<20 + 120<<23 (the exponent rebiased from 7 to 127); a subnormal (em <
-// 8) is em·2^-9. The sign bit moves to bit 31. 0x7f/0xff (NaN) come out as
-// ±480: a checkpoint or our quantizer never holds them.
+// dst[i] = scale·value(src[i]), 16 values per step.
 TEXT ·f8ToF32AVX512(SB), NOSPLIT, $0-28
 	MOVQ         dst+0(FP), DI
 	MOVQ         src+8(FP), SI
 	MOVQ         n+16(FP), CX
 	VBROADCASTSS scale+24(FP), Z15
-	MOVL         $0x7f, AX
-	VPBROADCASTD AX, Z10
-	MOVL         $0x3c000000, AX // 120<<23
-	VPBROADCASTD AX, Z11
-	MOVL         $8, AX
-	VPBROADCASTD AX, Z12
-	MOVL         $0x3b000000, AX // 2^-9
+	MOVL         $0x43800000, AX // 2^8
 	VPBROADCASTD AX, Z13
-	MOVL         $0x80, AX
-	VPBROADCASTD AX, Z14
+	VMULPS       Z13, Z15, Z15
+	F8CONST
 	SHRQ         $4, CX
 	JZ           done
 loop:
-	VPMOVZXBD (SI), Z0
-	VPANDD    Z10, Z0, Z1 // em
-	VPSLLD    $20, Z1, Z2
-	VPADDD    Z11, Z2, Z2 // normal values' bits
-	VCVTDQ2PS Z1, Z3
-	VMULPS    Z13, Z3, Z3 // subnormal values
-	VPCMPUD   $1, Z12, Z1, K1 // em < 8
-	VMOVAPS   Z3, K1, Z2
-	VPANDD    Z14, Z0, Z4
-	VPSLLD    $24, Z4, Z4 // the sign at bit 31
-	VPORD     Z4, Z2, Z2
-	VMULPS    Z15, Z2, Z2
-	VMOVUPS   Z2, (DI)
-	ADDQ      $16, SI
-	ADDQ      $64, DI
-	DECQ      CX
-	JNZ       loop
+	F8CVT((SI))
+	VMULPS  Z15, Z5, Z5
+	VMOVUPS Z5, (DI)
+	ADDQ    $16, SI
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     loop
 done:
 	VZEROUPPER
 	RET
 
-// F8CVT widens the 16 FP8 codes at mem to float32 in Z5 (see
-// f8ToF32AVX512; constants in Z10-Z14, scratch Z6-Z8 and K1).
-#define F8CVT(mem) \
-	VPMOVZXBD mem, Z6 \
-	VPANDD    Z10, Z6, Z7 \
-	VPSLLD    $20, Z7, Z5 \
-	VPADDD    Z11, Z5, Z5 \
-	VCVTDQ2PS Z7, Z8 \
-	VMULPS    Z13, Z8, Z8 \
-	VPCMPUD   $1, Z12, Z7, K1 \
-	VMOVAPS   Z8, K1, Z5 \
-	VPANDD    Z14, Z6, Z6 \
-	VPSLLD    $24, Z6, Z6 \
-	VPORD     Z6, Z5, Z5
-
-// HSUMSCALE stores scale·(sum of Zr's lanes) at dst (Yr, Xr: its halves).
+// HSUMSCALE stores 2^8·scale·(sum of Zr's lanes) at dst (Yr, Xr: its
+// halves; 2^8 in X13).
 #define HSUMSCALE(Zr, Yr, Xr, scale, dst) \
 	VEXTRACTF64X4 $1, Zr, Y6 \
 	VADDPS        Y6, Yr, Yr \
@@ -502,6 +490,7 @@ done:
 	VADDPS        X6, Xr, Xr \
 	VHADDPS       Xr, Xr, Xr \
 	VHADDPS       Xr, Xr, Xr \
+	VMULSS        X13, Xr, Xr \
 	VMULSS        scale, Xr, Xr \
 	VMOVSS        Xr, dst
 
@@ -516,16 +505,9 @@ TEXT ·matvecF8AVX512(SB), NOSPLIT, $0-48
 	MOVQ         scales+24(FP), R9
 	MOVQ         n+32(FP), R10
 	MOVQ         k+40(FP), R11
-	MOVL         $0x7f, AX
-	VPBROADCASTD AX, Z10
-	MOVL         $0x3c000000, AX
-	VPBROADCASTD AX, Z11
-	MOVL         $8, AX
-	VPBROADCASTD AX, Z12
-	MOVL         $0x3b000000, AX
+	MOVL         $0x43800000, AX // 2^8
 	VPBROADCASTD AX, Z13
-	MOVL         $0x80, AX
-	VPBROADCASTD AX, Z14
+	F8CONST
 	SHRQ         $2, R10
 	JZ           mvdone
 mvrows:
