@@ -451,10 +451,13 @@ qdone:
 	VPADDW    Y5, Y6, Y6 \
 	VCVTPH2PS Y6, Z5
 
-// F8CONST loads F8CVT's constant.
+// F8CONST loads F8CVT's constant (Y14) and 2^8 (Z13), the factor its
+// values owe.
 #define F8CONST \
 	MOVL         $0x40004000, AX \
-	VPBROADCASTD AX, Y14
+	VPBROADCASTD AX, Y14 \
+	MOVL         $0x43800000, AX \
+	VPBROADCASTD AX, Z13
 
 // func f8ToF32AVX512(dst *float32, src *uint8, n int, scale float32)
 // dst[i] = scale·value(src[i]), 16 values per step.
@@ -462,11 +465,9 @@ TEXT ·f8ToF32AVX512(SB), NOSPLIT, $0-28
 	MOVQ         dst+0(FP), DI
 	MOVQ         src+8(FP), SI
 	MOVQ         n+16(FP), CX
-	VBROADCASTSS scale+24(FP), Z15
-	MOVL         $0x43800000, AX // 2^8
-	VPBROADCASTD AX, Z13
-	VMULPS       Z13, Z15, Z15
 	F8CONST
+	VBROADCASTSS scale+24(FP), Z15
+	VMULPS       Z13, Z15, Z15
 	SHRQ         $4, CX
 	JZ           done
 loop:
@@ -505,8 +506,6 @@ TEXT ·matvecF8AVX512(SB), NOSPLIT, $0-48
 	MOVQ         scales+24(FP), R9
 	MOVQ         n+32(FP), R10
 	MOVQ         k+40(FP), R11
-	MOVL         $0x43800000, AX // 2^8
-	VPBROADCASTD AX, Z13
 	F8CONST
 	SHRQ         $2, R10
 	JZ           mvdone
