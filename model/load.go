@@ -455,15 +455,16 @@ func (w *Weights) dequantize(name string, t *weights.Tensor) (*weights.Tensor, e
 		return nil, fmt.Errorf("%w: FP8 tensor %q has shape %v", ErrShape, name, t.Shape)
 	}
 	cols := n / rows
-	// scaleAt is the scale of element (r, c).
-	var scaleAt func(r, c int) float32
+	// Row r's scales: element (r, c) has rowScales(r)[c/step].
+	var rowScales func(r int) []float32
+	step := cols
 	if st, err := w.src.Tensor(name + "_scale"); err == nil {
 		scales := st.ToF32()
 		switch len(scales) {
 		case 1:
-			scaleAt = func(int, int) float32 { return scales[0] }
+			rowScales = func(int) []float32 { return scales }
 		case rows:
-			scaleAt = func(r, _ int) float32 { return scales[r] }
+			rowScales = func(r int) []float32 { return scales[r : r+1] }
 		default:
 			return nil, fmt.Errorf("%w: FP8 tensor %q %v has %d scales (want 1 or %d)", ErrShape, name, t.Shape, len(scales), rows)
 		}
@@ -480,14 +481,16 @@ func (w *Weights) dequantize(name string, t *weights.Tensor) (*weights.Tensor, e
 		if len(scales) != br*bc {
 			return nil, fmt.Errorf("%w: FP8 tensor %q %v has %d block scales, want %dx%d for blocks of %v", ErrShape, name, t.Shape, len(scales), br, bc, bs)
 		}
-		scaleAt = func(r, c int) float32 { return scales[r/bs[0]*bc+c/bs[1]] }
+		rowScales = func(r int) []float32 { return scales[r/bs[0]*bc : (r/bs[0]+1)*bc] }
+		step = bs[1]
 	} else {
 		return nil, fmt.Errorf("%w: FP8 tensor %q has no scale (%q or %q)", ErrMissingTensor, name, name+"_scale", name+"_scale_inv")
 	}
 	out := make([]byte, 4*n)
 	for r := range rows {
+		sr := rowScales(r)
 		for c, q := range t.Data[r*cols : (r+1)*cols] {
-			binary.LittleEndian.PutUint32(out[4*(r*cols+c):], math.Float32bits(scaleAt(r, c)*ml.F8Value(q)))
+			binary.LittleEndian.PutUint32(out[4*(r*cols+c):], math.Float32bits(sr[c/step]*ml.F8Value(q)))
 		}
 	}
 	if r, ok := w.src.(weights.Releaser); ok {
