@@ -1,8 +1,6 @@
 package toolparse
 
 import (
-	"bytes"
-	"encoding/json"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -87,22 +85,7 @@ func TestForceSpecRandomWalk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	validators := map[string]*jsonschema.Schema{}
-	for _, tl := range testTools {
-		params := tl.Function.Parameters
-		if params == nil {
-			params = json.RawMessage(`{"type":"object","properties":{}}`)
-		}
-		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(params))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := jsonschema.NewCompiler()
-		if err := c.AddResource("p.json", doc); err != nil {
-			t.Fatal(err)
-		}
-		validators[tl.Function.Name] = c.MustCompile("p.json")
-	}
+	validators := toolValidators(t)
 	mask := make([]uint64, v.MaskWords())
 	for _, format := range []string{"llama3_json", "mistral", mistralArgsFormat} {
 		for _, name := range []string{"", "add"} {

@@ -118,22 +118,7 @@ func TestHermesSpecRandomWalk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	validators := map[string]*jsonschema.Schema{}
-	for _, tl := range testTools {
-		params := tl.Function.Parameters
-		if params == nil {
-			params = json.RawMessage(`{"type":"object","properties":{}}`)
-		}
-		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(params))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := jsonschema.NewCompiler()
-		if err := c.AddResource("p.json", doc); err != nil {
-			t.Fatal(err)
-		}
-		validators[tl.Function.Name] = c.MustCompile("p.json")
-	}
+	validators := toolValidators(t)
 	rng := rand.New(rand.NewPCG(1, 1))
 	mask := make([]uint64, v.MaskWords())
 	done := 0
@@ -201,4 +186,23 @@ func sample(mask []uint64, rng *rand.Rand) int {
 		return w*64 + bits.TrailingZeros64(x)
 	}
 	return -1
+}
+
+// toolValidators compiles each test tool's parameters schema (an empty
+// object schema when it has none) with a JSON Schema validator.
+func toolValidators(t *testing.T) map[string]*jsonschema.Schema {
+	t.Helper()
+	validators := map[string]*jsonschema.Schema{}
+	for _, tl := range testTools {
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(parameters(tl)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := jsonschema.NewCompiler()
+		if err := c.AddResource("p.json", doc); err != nil {
+			t.Fatal(err)
+		}
+		validators[tl.Function.Name] = c.MustCompile("p.json")
+	}
+	return validators
 }
