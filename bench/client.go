@@ -95,7 +95,11 @@ type ClientOptions struct {
 	Temperature float64
 	TopP        float64 // 0 = not sent
 	TopK        int     // 0 = not sent
-	Timeout     time.Duration
+	// JSONSchema, when set, constrains every request's output to this JSON
+	// Schema (OpenAI's response_format json_schema, strict); completions
+	// and chat only.
+	JSONSchema json.RawMessage
+	Timeout    time.Duration
 	// HTTP is the client to use; nil builds one that keeps enough idle
 	// connections for high concurrency.
 	HTTP *http.Client
@@ -126,6 +130,14 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	}
 	if _, err := ParseEndpoint(string(ep)); err != nil {
 		return nil, err
+	}
+	if len(opts.JSONSchema) > 0 {
+		if ep == EndpointGenerate {
+			return nil, fmt.Errorf("a JSON schema needs the completions or chat endpoint, not %s", ep)
+		}
+		if !json.Valid(opts.JSONSchema) {
+			return nil, fmt.Errorf("the JSON schema is not valid JSON")
+		}
 	}
 	c := &Client{opts: opts, base: base, ep: ep, hc: opts.HTTP}
 	for _, p := range paths {
@@ -171,6 +183,10 @@ func (c *Client) body(it Item) ([]byte, error) {
 	}
 	if c.opts.IgnoreEOS {
 		b["ignore_eos"] = true
+	}
+	if len(c.opts.JSONSchema) > 0 {
+		b["response_format"] = map[string]any{"type": "json_schema",
+			"json_schema": map[string]any{"name": "loadgen", "schema": c.opts.JSONSchema, "strict": true}}
 	}
 	switch c.ep {
 	case EndpointChat:

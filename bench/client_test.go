@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -308,5 +309,38 @@ func TestTimeout(t *testing.T) {
 	r := c.Do(context.Background(), Item{Prompt: "ttft=300 n=1"})
 	if r.OK || r.Err != "timeout" {
 		t.Fatalf("%+v", r)
+	}
+}
+
+// TestClientJSONSchema: with a schema, every completions or chat request
+// carries it as a strict response_format json_schema; /generate, which
+// has no such field, is refused up front, as is a schema that is not JSON.
+func TestClientJSONSchema(t *testing.T) {
+	schema := json.RawMessage(`{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}`)
+	for _, ep := range []Endpoint{EndpointCompletions, EndpointChat} {
+		var got map[string]any
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if err := json.NewDecoder(r.Body).Decode(&got); err != nil {
+				t.Error(err)
+			}
+			http.Error(w, `{"error":{"message":"stop here"}}`, http.StatusBadRequest)
+		}))
+		c, err := NewClient(ClientOptions{URL: srv.URL, Endpoint: ep, Model: "m", JSONSchema: schema})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Do(context.Background(), Item{Prompt: "p", MaxTokens: 5})
+		srv.Close()
+		rf, _ := json.Marshal(got["response_format"])
+		want := `{"json_schema":{"name":"loadgen","schema":{"properties":{"a":{"type":"integer"}},"required":["a"],"type":"object"},"strict":true},"type":"json_schema"}`
+		if string(rf) != want {
+			t.Errorf("%s: response_format %s, want %s", ep, rf, want)
+		}
+	}
+	if _, err := NewClient(ClientOptions{URL: "http://x", Endpoint: EndpointGenerate, JSONSchema: schema}); err == nil {
+		t.Error("a schema on /generate was accepted")
+	}
+	if _, err := NewClient(ClientOptions{URL: "http://x", Endpoint: EndpointChat, JSONSchema: json.RawMessage(`{"type":`)}); err == nil {
+		t.Error("a schema that is not JSON was accepted")
 	}
 }

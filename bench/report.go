@@ -28,6 +28,7 @@ type Config struct {
 	DurationS   float64 `json:"duration_s,omitempty"`
 	Warmup      int     `json:"warmup,omitempty"`
 	IgnoreEOS   bool    `json:"ignore_eos,omitempty"`
+	JSONSchema  string  `json:"json_schema,omitempty"` // the schema file every request was constrained by
 	Seed        uint64  `json:"seed"`
 	Temperature float64 `json:"temperature"`
 	TimeoutS    float64 `json:"timeout_s,omitempty"`

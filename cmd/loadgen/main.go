@@ -62,6 +62,7 @@ type options struct {
 	metricsInterval              time.Duration
 	noMetrics                    bool
 	notes                        string
+	jsonSchema                   string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, *flag.FlagSet, error) {
@@ -87,6 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, *flag.FlagSet, error
 	fs.StringVar(&o.outputLen, "output-len", "", "max_tokens N or LO:HI for random prompts (default --max-tokens)")
 	fs.StringVar(&o.dataset, "dataset", "", "workload file: JSONL {prompt,max_tokens} or ShareGPT JSON")
 	fs.BoolVar(&o.ignoreEOS, "ignore-eos", false, "ask the server to always generate max_tokens")
+	fs.StringVar(&o.jsonSchema, "json-schema", "", "JSON Schema file constraining every request (response_format json_schema; completions and chat)")
 	fs.BoolVar(&o.stream, "stream", true, "stream responses (needed for measured TTFT and ITL)")
 	fs.Uint64Var(&o.seed, "seed", 0, "seed for random prompts, dataset order and arrivals")
 	fs.Float64Var(&o.temperature, "temperature", 0, "sampling temperature")
@@ -202,16 +204,23 @@ func run(ctx context.Context, args []string, stderr io.Writer, tty bool) error {
 			return err
 		}
 	}
+	var schema []byte
+	if o.jsonSchema != "" {
+		if schema, err = os.ReadFile(o.jsonSchema); err != nil {
+			return fmt.Errorf("--json-schema: %w", err)
+		}
+	}
 	client, err := bench.NewClient(bench.ClientOptions{
 		URL: o.url, Endpoint: ep, Model: o.model, APIKey: o.apiKey, Stream: o.stream,
 		IgnoreEOS: o.ignoreEOS, Temperature: o.temperature, TopP: o.topP, TopK: o.topK, Timeout: o.timeout,
+		JSONSchema: schema,
 	})
 	if err != nil {
 		return err
 	}
 	cfg := bench.Config{
 		URL: client.URL(), Endpoint: string(client.Endpoint()), Model: o.model, Stream: o.stream,
-		Requests: o.requests, DurationS: o.duration.Seconds(), Warmup: o.warmup, IgnoreEOS: o.ignoreEOS,
+		Requests: o.requests, DurationS: o.duration.Seconds(), Warmup: o.warmup, IgnoreEOS: o.ignoreEOS, JSONSchema: o.jsonSchema,
 		Seed: o.seed, Temperature: o.temperature, TimeoutS: o.timeout.Seconds(),
 		SLOTTFTms: o.sloTTFT, SLOTPOTms: o.sloTPOT, SLOE2Ems: o.sloE2E,
 	}
