@@ -1,0 +1,3 @@
+module dotbench
+
+go 1.26
