@@ -5,8 +5,11 @@
 //
 // Kernels are CUDA C (kernels/*.cu, embedded) compiled by NVRTC for the
 // device's architecture at start-up and cached under
-// os.UserCacheDir()/llmserve/cuda. GEMMs go through cublasGemmEx with f32
-// accumulation (bf16/f16 weights take bf16/f16 activations).
+// os.UserCacheDir()/llmserve/cuda, compiled as several units in parallel.
+// GEMMs go through cublasGemmEx with f32 accumulation; bf16 weights meet
+// f32 activations split into two bf16 halves (f32-grade products on the
+// tensor cores), or rounded once with Options.RoundActivations; f16
+// weights take f16 activations.
 //
 // Ops are recorded, not launched, until something needs the results
 // (Download, Sync, an upload, a free). A recorded step whose launches are
@@ -114,6 +117,12 @@ type Options struct {
 	// GEMV kernel, slow for large batches) instead of rounding them to the
 	// weight dtype for cuBLAS: bit-for-bit closer to the CPU backend.
 	ExactActivations bool
+	// RoundActivations rounds f32 activations to bf16 for the bf16 GEMMs
+	// and GEMVs (one tensor-core pass, as vLLM does) instead of keeping
+	// them in f32 or splitting them into two bf16 halves: faster prefill
+	// at ~2^-9 relative error per GEMM input. For benchmarks and for
+	// comparing with servers that round.
+	RoundActivations bool
 	// DisableFusion turns off the record-time fusions (q/k/v GEMV merge,
 	// GEMV bias, RoPE q+k and WriteKV); for A/B measurements.
 	DisableFusion bool
@@ -144,11 +153,13 @@ type Backend struct {
 	opts Options
 	log  *slog.Logger
 
-	ctx, stream, module, blas uintptr
-	fns                       map[string]uintptr
+	ctx, stream, blas uintptr
+	modules           []uintptr // one per kernel unit
+	fns               map[string]uintptr
 
 	workspace devBuf // cuBLAS workspace
 	act16     devBuf // activations cast for GEMM
+	split32   devBuf // splitGemm's products of the hi and lo halves
 	sh16      devBuf // bf16 copy of the last normed / SiLU output
 	part      devBuf // attention split partials
 	step      stepState
@@ -312,8 +323,6 @@ func NewBackend(opts Options) (*Backend, error) {
 		opts.GemvMaxT = 8
 	}
 	switch {
-	case opts.ExactActivations:
-		opts.FusedDecodeMaxT = -1 // the fused o and down GEMVs read bf16 copies of their inputs
 	case opts.FusedDecodeMaxT == 0:
 		opts.FusedDecodeMaxT = defaultFusedDecodeMaxT
 	case opts.FusedDecodeMaxT > 4:
@@ -353,20 +362,30 @@ func NewBackend(opts Options) (*Backend, error) {
 	if err := l.call(l.cuStreamCreate, "cuStreamCreate", uintptr(unsafe.Pointer(&b.stream)), streamNonBlocking); err != nil {
 		return fail(err)
 	}
-	img, err := l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, log)
+	imgs, err := l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, log)
 	if err != nil {
 		return fail(fmt.Errorf("cuda: compiling kernels for sm_%d%d: %w", dev.major, dev.minor, err))
 	}
-	if err := l.call(l.cuModuleLoadData, "cuModuleLoadData", uintptr(unsafe.Pointer(&b.module)), uintptr(unsafe.Pointer(&img[0]))); err != nil {
-		return fail(err)
-	}
-	for _, name := range kernelNames() {
-		var f uintptr
-		cn := cstr(name)
-		if err := l.call(l.cuModuleGetFunction, "cuModuleGetFunction "+name, uintptr(unsafe.Pointer(&f)), b.module, uintptr(unsafe.Pointer(&cn[0]))); err != nil {
+	for _, img := range imgs {
+		var m uintptr
+		if err := l.call(l.cuModuleLoadData, "cuModuleLoadData", uintptr(unsafe.Pointer(&m)), uintptr(unsafe.Pointer(&img[0]))); err != nil {
 			return fail(err)
 		}
-		b.fns[name] = f
+		b.modules = append(b.modules, m)
+	}
+	for _, name := range kernelNames() {
+		cn := cstr(name)
+		for _, m := range b.modules {
+			var f uintptr
+			// A unit without the kernel answers CUDA_ERROR_NOT_FOUND.
+			if l.call(l.cuModuleGetFunction, "cuModuleGetFunction "+name, uintptr(unsafe.Pointer(&f)), m, uintptr(unsafe.Pointer(&cn[0]))) == nil {
+				b.fns[name] = f
+				break
+			}
+		}
+		if b.fns[name] == 0 {
+			return fail(fmt.Errorf("%w: kernel %s is in no compiled unit", ErrDriver, name))
+		}
 	}
 	if err := l.blascall(l.cublasCreate, "cublasCreate", uintptr(unsafe.Pointer(&b.blas))); err != nil {
 		return fail(err)
@@ -401,7 +420,7 @@ func NewBackend(opts Options) (*Backend, error) {
 }
 
 func kernelNames() []string {
-	n := []string{"cast_f32_bf16", "cast_f32_f16", "rope_kv_f32", "rope_kv_bf16", "silu_mul", "gather_rows", "argmax_rows", "attn_combine"}
+	n := []string{"cast_f32_bf16", "cast_f32_f16", "split_f32_bf16", "add_halves", "rope_kv_f32", "rope_kv_bf16", "silu_mul", "gather_rows", "argmax_rows", "attn_combine"}
 	n = append(n, moeKernelNames()...)
 	for _, s := range []string{"f32", "bf16", "f16"} {
 		n = append(n, "embedding_"+s, "rmsnorm_"+s, "add_rmsnorm_"+s, "bias_add_"+s)
@@ -409,7 +428,7 @@ func kernelNames() []string {
 			n = append(n, fmt.Sprintf("skinny_%s_%d", s, tt))
 		}
 	}
-	for _, e := range []string{"store", "add", "silu", "rope"} {
+	for _, e := range []string{"store", "add", "addf", "silu", "rope"} {
 		for _, m := range []int{1, 2, 4} {
 			for _, ks := range []int{1, 2, 4, 8} {
 				n = append(n, fmt.Sprintf("dgemv_%s_%d_%d", e, m, ks))
@@ -526,7 +545,7 @@ func (b *Backend) release() {
 	if b.blas != 0 {
 		_ = b.l.blascall(b.l.cublasDestroy, "cublasDestroy", b.blas)
 	}
-	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.moeGroup, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
+	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.split32, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.moeGroup, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
 		if d.ptr != 0 {
 			_ = b.l.call(b.l.cuMemFree, "cuMemFree", uintptr(d.ptr))
 		}
@@ -535,9 +554,10 @@ func (b *Backend) release() {
 		_ = b.l.call(b.l.cuMemFreeHost, "cuMemFreeHost", uintptr(unsafe.Pointer(&b.pinned.buf[0])))
 		b.pinned.buf = nil
 	}
-	if b.module != 0 {
-		_ = b.l.call(b.l.cuModuleUnload, "cuModuleUnload", b.module)
+	for _, m := range b.modules {
+		_ = b.l.call(b.l.cuModuleUnload, "cuModuleUnload", m)
 	}
+	b.modules = nil
 	if b.stream != 0 {
 		_ = b.l.call(b.l.cuStreamDestroy, "cuStreamDestroy", b.stream)
 	}

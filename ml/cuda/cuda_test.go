@@ -537,6 +537,7 @@ func BenchmarkDecodeStep(bm *testing.B) {
 	}
 	for _, v := range []variant{
 		{"default", Options{}, []int{1, 2, 4, 8, 32, 256}},
+		{"round", Options{RoundActivations: true}, []int{1, 8, 32, 256}},
 		{"gemv4", Options{GemvMaxT: 4}, []int{1, 2, 4}},
 	} {
 		b := newTestBackend(bm, v.o)
@@ -576,6 +577,44 @@ func BenchmarkDecodeStep(bm *testing.B) {
 					bm.ReportMetric(float64(T)/sec, "tok/s")
 				})
 			}
+		}
+		b.Close()
+	}
+}
+
+// BenchmarkPrefill times prompt steps (one sequence of 1024 new tokens, four
+// of 512) with split activations (the default) and with one bf16 rounding
+// (RoundActivations), which does half the tensor-core work.
+func BenchmarkPrefill(bm *testing.B) {
+	gpuOrSkip(bm)
+	for _, round := range []bool{false, true} {
+		b := newTestBackend(bm, Options{RoundActivations: round})
+		m := newSynth(bm, b, qwen15, 2048, 1)
+		for _, sh := range [][2]int{{1, 1024}, {4, 512}} {
+			bm.Run(fmt.Sprintf("round=%v/seqs=%d/new=%d", round, sh[0], sh[1]), func(bm *testing.B) {
+				r := rand.New(rand.NewPCG(1, 2))
+				lens, news := make([]int, sh[0]), make([]int, sh[0])
+				for i := range lens {
+					lens[i], news[i] = sh[1], sh[1]
+				}
+				s := makeStep(qwen15, r, lens, news, 0)
+				out := make([]float32, sh[0]*qwen15.vocab)
+				for i := 0; i < 2; i++ {
+					if err := m.forward(s, out, nil); err != nil {
+						bm.Fatal(err)
+					}
+				}
+				bm.ResetTimer()
+				for i := 0; i < bm.N; i++ {
+					if err := m.forward(s, out, nil); err != nil {
+						bm.Fatal(err)
+					}
+				}
+				bm.StopTimer()
+				sec := bm.Elapsed().Seconds() / float64(bm.N)
+				bm.ReportMetric(sec*1e3, "ms/step")
+				bm.ReportMetric(float64(sh[0]*sh[1])/sec, "tok/s")
+			})
 		}
 		b.Close()
 	}

@@ -244,8 +244,9 @@ func (b *Backend) NormGateUpSiLU(act, x, normW ml.Tensor, eps float32, gateUp, b
 	return b.pushDgemv("silu", a)
 }
 
-// MatMulAdd adds x·wᵀ (+bias) to acc[T,N] (the residual stream), reading x
-// through its bf16 copy when the op that wrote it left one.
+// MatMulAdd adds x·wᵀ (+bias) to acc[T,N] (the residual stream), reading
+// f32 x as it is (x is a few KiB against the weight's MiB), or, with
+// RoundActivations, through its bf16 copy.
 func (b *Backend) MatMulAdd(acc, x, w, bias ml.Tensor) error {
 	if err := b.lock(); err != nil {
 		return err
@@ -266,6 +267,9 @@ func (b *Backend) MatMulAdd(acc, x, w, bias ml.Tensor) error {
 		xg = xx.ptr
 	case xx.dt != ml.F32:
 		return shapeErr("matmul-add x %v", xx.dt)
+	case !b.opts.RoundActivations:
+		b.invalidate(d.ptr, d.bytes())
+		return b.pushDgemv("addf", &dgemvArgs{w: ww.ptr, bias: bp, xr: xx.ptr, dst: d.ptr, n: ww.rows, k: K, t: T, ldxr: K, ldd: d.cols})
 	case b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
 		xg = b.sh16.ptr
 	default:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/llmserve/llmserve/ml"
@@ -12,28 +13,31 @@ import (
 )
 
 // TestGemvOddShapes checks the bf16 GEMV against a float64 reference over
-// bf16-rounded x and w, for odd N, K at the edges of its vector loop, every
-// row count and split-K factor, with and without the norm's bf16 copy of x,
-// a fused bias and three merged projections of one x.
+// bf16 w and f32 x (x rounded to bf16 with RoundActivations), for odd N, K
+// at the edges of its vector loop, every row count and split-K factor,
+// with and without a norm before it (whose bf16 copy of x RoundActivations
+// reads), a fused bias and three merged projections of one x.
 func TestGemvOddShapes(t *testing.T) {
 	gpuOrSkip(t)
-	for _, ks := range []int{0, 1, 2, 4, 8} {
-		b := newTestBackend(t, Options{GemvMaxT: 8, GemvKS: ks, DisableGraphs: true})
-		r := rand.New(rand.NewPCG(uint64(ks), 3))
-		for _, sh := range [][2]int{{1, 8}, {7, 24}, {33, 256}, {13, 264}, {1001, 1544}, {5, 2056}, {3, 8968}, {19, 20}} {
-			N, K := sh[0], sh[1]
-			for _, T := range []int{1, 2, 3, 5, 8} {
-				for _, normed := range []bool{false, true} {
-					name := fmt.Sprintf("ks=%d/N=%d/K=%d/T=%d/normed=%v", ks, N, K, T, normed)
-					gemvCase(t, b, r, name, T, K, []int{N, N/2 + 3, 5}, normed)
+	for _, round := range []bool{false, true} {
+		for _, ks := range []int{0, 1, 2, 4, 8} {
+			b := newTestBackend(t, Options{GemvMaxT: 8, GemvKS: ks, DisableGraphs: true, RoundActivations: round})
+			r := rand.New(rand.NewPCG(uint64(ks), 3))
+			for _, sh := range [][2]int{{1, 8}, {7, 24}, {33, 256}, {13, 264}, {1001, 1544}, {5, 2056}, {3, 8968}, {19, 20}} {
+				N, K := sh[0], sh[1]
+				for _, T := range []int{1, 2, 3, 5, 8} {
+					for _, normed := range []bool{false, true} {
+						name := fmt.Sprintf("round=%v/ks=%d/N=%d/K=%d/T=%d/normed=%v", round, ks, N, K, T, normed)
+						gemvCase(t, b, r, name, T, K, []int{N, N/2 + 3, 5}, normed, round)
+					}
 				}
 			}
+			b.Close()
 		}
-		b.Close()
 	}
 }
 
-func gemvCase(t *testing.T, b *Backend, r *rand.Rand, name string, T, K int, Ns []int, normed bool) {
+func gemvCase(t *testing.T, b *Backend, r *rand.Rand, name string, T, K int, Ns []int, normed, round bool) {
 	t.Helper()
 	xv := mltest.RandF32(r, T*K, 2)
 	x, _ := b.NewTensor(ml.F32, T, K)
@@ -42,7 +46,7 @@ func gemvCase(t *testing.T, b *Backend, r *rand.Rand, name string, T, K int, Ns 
 		t.Fatal(err)
 	}
 	if normed {
-		// x = RMSNorm(x0, 1): the MatMuls read the norm's bf16 copy.
+		// x = RMSNorm(x0, 1); with RoundActivations the MatMuls read the norm's bf16 copy.
 		ones := make([]float32, K)
 		for i := range ones {
 			ones[i] = 1
@@ -96,9 +100,11 @@ func gemvCase(t *testing.T, b *Backend, r *rand.Rand, name string, T, K int, Ns 
 			t.Fatal(err)
 		}
 	}
-	xr := make([]float32, len(xv))
-	for i, v := range xv {
-		xr[i] = mltest.Round(ml.BF16, v)
+	xr := slices.Clone(xv)
+	if round {
+		for i, v := range xv {
+			xr[i] = mltest.Round(ml.BF16, v)
+		}
 	}
 	for i, m := range ms {
 		got := make([]float32, T*m.n)

@@ -108,30 +108,46 @@ var scattered = func() []int32 {
 
 // TestModelGolden: whole-model logits on the tiny checkpoints (f32 KV)
 // against transformers' float64 golden, prompt positions and a
-// teacher-forced greedy continuation. Exact mode (f32 activations) must meet
-// the CPU model's 1e-3 on logits. The fast path rounds activations to bf16
-// for the tensor cores; it must keep logprobs within 0.15 and pick the
-// golden token wherever the top-two margin exceeds 0.3 (the numerics
-// issue's bar for bf16 compute).
+// teacher-forced greedy continuation. Exact mode (f32 activations, GEMV
+// kernels only) must meet the CPU model's 1e-3 on logits. The default
+// (tensor-core GEMMs on split bf16 activations) must meet the numerics
+// issue's bar for bf16 compute: logprobs within 0.15, the golden token
+// wherever the top-two margin exceeds 0.3. RoundActivations (one bf16
+// rounding per GEMM input, as vLLM computes) moves these sensitive random
+// checkpoints by tenths of a nat, so it is held only to 1.0. The default
+// is also run with the served default KV cache, bf16 like vLLM's: rounding
+// the keys and values alone moves llama3-tiny by 0.29 (transformers itself
+// in bf16 is off by 0.77), so that configuration is held to 0.5; the 0.15
+// bar is for the computation, with an f32 cache.
 func TestModelGolden(t *testing.T) {
 	td := shareddata.Dir(t)
 	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16"} {
-		for _, exact := range []bool{true, false} {
+		for _, mode := range []string{"exact", "default", "default-kv-auto", "round"} {
 			tol, margin := 1e-3, 2e-3
 			diff := maxDiff
-			if !exact {
+			switch mode {
+			case "default":
 				tol, margin, diff = 0.15, 0.3, reference.LogprobDiff
+			case "default-kv-auto":
+				tol, margin, diff = 0.5, 1.0, reference.LogprobDiff
+			case "round":
+				tol, margin, diff = 1.0, 1.0, reference.LogprobDiff
 			}
-			t.Run(fmt.Sprintf("%s/exact=%v", name, exact), func(t *testing.T) {
+			exact := mode == "exact"
+			t.Run(name+"/"+mode, func(t *testing.T) {
 				dir := filepath.Join(td, "models", name)
 				g := shareddata.ReadModelGolden(t, dir)
 				// SkinnyMaxT -1: prefill and decode both take the path under test.
-				o := cuda.Options{ExactActivations: exact}
+				o := cuda.Options{ExactActivations: exact, RoundActivations: mode == "round"}
 				if !exact {
 					o.SkinnyMaxT = -1
 				}
 				be := gpu(t, o)
-				m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: "float32"})
+				kv := "float32"
+				if mode == "default-kv-auto" {
+					kv = "auto" // the served default: the cache in the model's dtype
+				}
+				m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: kv})
 				s := &seqRun{m: m, blocks: scattered}
 				rows := s.step(t, g.PromptIDs)
 				worst := 0.0
@@ -188,10 +204,9 @@ func TestModelMatchesCPU(t *testing.T) {
 				t.Cleanup(func() { cb.Close() })
 				want := run(cb)
 				got := run(gpu(t, o))
+				// The default's tensor-core GEMMs take split activations, so
+				// both paths keep f32-grade logits.
 				tol := 1e-3
-				if !o.ExactActivations && name == "llama3-tiny-bf16" {
-					tol = 0.6 // bf16-rounded activations in the prefill GEMMs (see TestModelGolden)
-				}
 				worst := 0.0
 				for i := range want {
 					for j := range want[i] {
@@ -446,9 +461,9 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 // TestModelFusedDecodeMatchesUnfused: the bf16 checkpoint's prompt and 24
 // teacher-forced decode steps with the fused decode ops and without them
 // (decode MatMuls on f32 activations, as the fused norms keep them) give
-// close logits and the same greedy tokens where the golden's margin is
-// clear. The fused o and down projections read bf16 copies of their inputs,
-// which this untrained checkpoint amplifies (see TestModelGolden).
+// the same logits up to f32 rounding (every fused op keeps f32
+// activations) and the same greedy tokens where the golden's margin is
+// clear.
 func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
@@ -471,8 +486,8 @@ func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 		}
 	}
 	t.Logf("%d positions: max |fused-unfused| logit diff %.3g", len(want), worst)
-	if worst > 0.15 {
-		t.Errorf("fused decode logits differ from the unfused ops by %.3g > 0.15", worst)
+	if worst > 1e-3 {
+		t.Errorf("fused decode logits differ from the unfused ops by %.3g > 1e-3", worst)
 	}
 	np := len(g.PromptIDs)
 	for i, st := range g.Greedy[:len(g.Greedy)-1] {

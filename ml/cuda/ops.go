@@ -199,8 +199,10 @@ func (b *Backend) AddRMSNorm(residual, dst, x, w ml.Tensor, eps float32) error {
 	return b.push("add_rmsnorm_"+s, g1(d.rows), g1(threadsFor((d.cols+3)/4, 1024)), st)
 }
 
-// MatMul implements ml.Backend: dst[T,N] = x[T,K]·w[N,K]ᵀ (+bias). bf16 and
-// f16 weights multiply x rounded to the weight dtype, accumulating in f32.
+// MatMul implements ml.Backend: dst[T,N] = x[T,K]·w[N,K]ᵀ (+bias), with f32
+// accumulation. bf16 weights meet f32 x unrounded in the GEMV kernels and as
+// a pair of bf16 halves in cuBLAS (splitGemm) unless RoundActivations is set;
+// f16 weights multiply x rounded to f16.
 func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 	if err := b.lock(); err != nil {
 		return err
@@ -248,8 +250,15 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 		// Decode-sized bf16 MatMul: the GEMV streams the weight near HBM
 		// speed, where cuBLAS reaches about half of it at one row.
 		xp, xdt, ldx := xx.ptr, xx.dt, xx.cols
-		if xx.dt == ml.F32 && b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K {
+		switch {
+		case xx.dt != ml.F32 || !b.opts.RoundActivations:
+		case b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
 			xp, xdt, ldx = b.sh16.ptr, ml.BF16, K // the producing norm/SiLU already wrote x in bf16
+		default:
+			if xp, err = b.castAct16(xx, "cast_f32_bf16"); err != nil {
+				return err
+			}
+			xdt, ldx = ml.BF16, K
 		}
 		if (xdt == ml.BF16 && ldx%8 == 0) || (xdt == ml.F32 && ldx%4 == 0) {
 			sg, unfused := b.matVecSeg(d, ww, bb)
@@ -279,6 +288,12 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 			bptr = xx.ptr
 		case xx.dt != ml.F32:
 			return shapeErr("matmul x %v with %v weights", xx.dt, ww.dt)
+		case ww.dt == ml.BF16 && !b.opts.RoundActivations:
+			b.invalidate(d.ptr, d.bytes())
+			if err := b.splitGemm(d, xx, ww); err != nil {
+				return err
+			}
+			return b.biasAdd(d, bb, bs, T, N)
 		case ww.dt == ml.BF16 && b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
 			bptr = b.sh16.ptr // the producing norm/SiLU already wrote x in bf16
 		default:
@@ -295,6 +310,53 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 		a: ww.ptr, atype: ctype, lda: int32(K), b: bptr, btype: ctype, ldb: int32(K),
 		c: d.ptr, ctype: cudaR32F, ldc: int32(N)})
 	return b.biasAdd(d, bb, bs, T, N)
+}
+
+// splitGemmScratch bounds splitGemm's f32 product scratch; larger products
+// are computed in chunks of rows (a variable for tests of the chunking).
+var splitGemmScratch = 64 << 20
+
+// splitGemm records d[T,N] = x[T,K]·w[N,K]ᵀ for bf16 w and f32 x on the
+// tensor cores without rounding x to bf16: each row is split into
+// hi = bf16(x) and lo = bf16(x - hi), one GEMM multiplies the 2T rows
+// [hi; lo] (the weights are read once), and a kernel adds the halves. hi+lo
+// carries 16 of x's 24 mantissa bits, so the product is within f32
+// rounding of the exact one where a single bf16 rounding of x moves it by
+// ~2^-9 relative, enough to move the logprobs of sensitive checkpoints by
+// tenths of a nat.
+func (b *Backend) splitGemm(d, x, w *tensor) error {
+	T, K, N := x.rows, x.cols, w.rows
+	chunk := max(1, min(T, splitGemmScratch/(2*4*N)))
+	if err := b.ensure(&b.act16, int64(2*chunk*K)*2); err != nil {
+		return err
+	}
+	if err := b.ensure(&b.split32, int64(2*chunk*N)*4); err != nil {
+		return err
+	}
+	for t0 := 0; t0 < T; t0 += chunk {
+		rows := min(chunk, T-t0)
+		n := int64(rows) * int64(K)
+		st := b.argStart()
+		b.aP(b.act16.ptr)
+		b.aP(x.ptr + uint64(t0*K*4))
+		b.aL(n)
+		if err := b.push("split_f32_bf16", g1(gridFor(n, 256)), g1(256), st); err != nil {
+			return err
+		}
+		// Column-major C(N×2r) = W(K×N)ᵀ·[hi;lo](K×2r): row-major [2r, N].
+		b.pushGemm(gemmArgs{transa: cublasOpT, transb: cublasOpN, m: int32(N), n: int32(2 * rows), k: int32(K),
+			a: w.ptr, atype: cudaR16BF, lda: int32(K), b: b.act16.ptr, btype: cudaR16BF, ldb: int32(K),
+			c: b.split32.ptr, ctype: cudaR32F, ldc: int32(N)})
+		n = int64(rows) * int64(N)
+		st = b.argStart()
+		b.aP(d.ptr + uint64(t0*d.cols*4))
+		b.aP(b.split32.ptr)
+		b.aL(n)
+		if err := b.push("add_halves", g1(gridFor(n, 256)), g1(256), st); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // castAct16 records the cast kernel (cast_f32_bf16 or cast_f32_f16) of

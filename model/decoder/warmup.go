@@ -69,8 +69,15 @@ func warmUp(ctx context.Context, m model.DeviceArgmaxer, V int, pad bool, o mode
 	if err == nil && o.MaxSeqs > 0 {
 		err = decode(o.MaxSeqs)
 	}
-	// Every decode batch size: cuBLAS picks its kernel by the row count.
-	for T := 1; T <= o.MaxSeqs && err == nil; T++ {
+	// Decode batch sizes spread over 1..MaxSeqs: cuBLAS picks its kernel by
+	// the row count and loads each on first use, so these load most of
+	// them. Not every size: at 512 sequences that was hundreds of steps
+	// and most of the start-up time, while a kernel first met while
+	// serving costs its step milliseconds once.
+	for _, T := range warmDecodeSizes(o.MaxSeqs) {
+		if err != nil {
+			break
+		}
 		err = decode(T)
 	}
 	// Steps with prompt tokens are padded to a few token and logit-row
@@ -97,6 +104,19 @@ func PaddedSizes(maxT int) []int {
 		if p := PadTokens(t); p <= maxT {
 			out = append(out, p)
 		}
+	}
+	return out
+}
+
+// warmDecodeSizes are the decode batch sizes warm-up runs: every size up
+// to 8, then sizes growing by about an eighth, and maxSeqs itself.
+func warmDecodeSizes(maxSeqs int) []int {
+	var out []int
+	for T := 1; T <= maxSeqs; T += 1 + (T-1)/8 {
+		out = append(out, T)
+	}
+	if len(out) > 0 && out[len(out)-1] != maxSeqs {
+		out = append(out, maxSeqs)
 	}
 	return out
 }

@@ -157,11 +157,14 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
     write_kv<KV>(kc, vc, k, v, slots, kvdim, kStride, vStride, numSlots);                                       \
   }
 
+#if KUNIT(1)
 INST_KV(float, f32)
 INST_KV(bf16, bf16)
+#endif
 
 // attn_combine merges the numSplits partials of each (token, head).
 // Grid (H, T), block >= 32 threads.
+#if KUNIT(0)
 extern "C" __global__ void attn_combine(float* out, const float* partO, const float* partML, int H, int D,
                                         int numSplits, int outStride, bf16* out16) {
   PDL_ENTRY();
@@ -186,3 +189,4 @@ extern "C" __global__ void attn_combine(float* out, const float* partO, const fl
     if (out16) out16[oi].x = f2bf(y);
   }
 }
+#endif

@@ -12,6 +12,15 @@ struct f16 { u16 x; };
 
 #define NEG_INF (-__int_as_float(0x7f800000))
 
+// The source is compiled as kernelUnits units in parallel (NVRTC compiles
+// one program on one thread): each compile defines KUNIT_ID and
+// instantiates only the kernels guarded by #if KUNIT(its id).
+#ifdef KUNIT_ID
+#define KUNIT(n) (KUNIT_ID == (n))
+#else
+#define KUNIT(n) 1
+#endif
+
 // Programmatic dependent launch (Hopper+, Options.EnablePDL). A kernel may
 // then be launched to start while its predecessor drains, so each first waits for it
 // (griddepcontrol.wait returns once the previous grid has completed and its

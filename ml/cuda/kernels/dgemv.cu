@@ -22,7 +22,7 @@
 #define EPI_ADD 1
 #define EPI_SILU 2
 #define EPI_ROPE 3
-#define EPI_ADDF 4  // EPI_ADD with f32 x (xr, not normalized): the decode-step kernel
+#define EPI_ADDF 4  // EPI_ADD with f32 x (xr, not normalized)
 
 
 struct DArgs {
@@ -205,8 +205,9 @@ __device__ __forceinline__ void dgemvFinish(const DArgs& a, float (&acc0)[M], fl
         const int half = a.hd >> 1, h = p / half, j = p - h * half;
         float n0 = s0, n1 = s1;
         if (h < a.nh + a.nkv) {
-          float sn, cs;
-          sincosf((float)a.pos[t] * a.invFreq[j], &sn, &cs);
+          double snd, csd;  // the angle in double, as rope_kv forms it
+          sincos((double)a.pos[t] * (double)a.invFreq[j], &snd, &csd);
+          const float sn = (float)snd, cs = (float)csd;
           n0 = s0 * cs - s1 * sn;
           n1 = s1 * cs + s0 * sn;
         }
@@ -346,8 +347,15 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
 #define INST_DGEMV_M(M)                    \
   INST_DGEMV_KS(M, EPI_STORE, store)      \
   INST_DGEMV_KS(M, EPI_ADD, add)          \
+  INST_DGEMV_KS(M, EPI_ADDF, addf)        \
   INST_DGEMV_KS(M, EPI_SILU, silu)        \
   INST_DGEMV_KS(M, EPI_ROPE, rope)
+#if KUNIT(4)
 INST_DGEMV_M(1)
+#endif
+#if KUNIT(5)
 INST_DGEMV_M(2)
+#endif
+#if KUNIT(6)
 INST_DGEMV_M(4)
+#endif

@@ -4,6 +4,7 @@
 
 // ---- rmsnorm_heads: each hd-wide head of x[T, nh*hd] normed in place ----
 // Grid (T*nh), block a multiple of 32 (blockSum).
+#if KUNIT(0)
 extern "C" __global__ void rmsnorm_heads(float* x, const float* w, int hd, float eps) {
   PDL_ENTRY();
   float* xr = x + (long long)blockIdx.x * hd;
@@ -13,10 +14,12 @@ extern "C" __global__ void rmsnorm_heads(float* x, const float* w, int hd, float
   const float r = 1.0f / sqrtf(ss / (float)hd + eps);
   for (int d = threadIdx.x; d < hd; d += blockDim.x) xr[d] = (xr[d] * r) * w[d];
 }
+#endif
 
 // ---- topk_softmax: softmax over E experts, the k largest (lower index on
 // ties), optionally renormalized. Grid T, one warp per token; E <= MOE_MAXE.
 #define MOE_MAXE 1024
+#if KUNIT(0)
 extern "C" __global__ void topk_softmax(float* weights, int* ids, const float* logits, int E, int k, int normalize) {
   PDL_ENTRY();
   __shared__ float p[MOE_MAXE];
@@ -65,11 +68,13 @@ extern "C" __global__ void topk_softmax(float* weights, int* ids, const float* l
   }
   if (normalize && lane < k) weights[(long long)t * k + lane] /= tot;
 }
+#endif
 
 // ---- scatter_add: dst[idx[i]] += scale[i] * src[i] (scale may be null).
 // Grid (S), block over columns. A run of equal adjacent indices (a token's
 // k expert rows) is summed in order by its first row and added once, so
 // such sums are deterministic; other repeats meet in atomics.
+#if KUNIT(0)
 extern "C" __global__ void scatter_add(float* dst, const float* src, const int* idx, const float* scale, int C,
                                        int S) {
   PDL_ENTRY();
@@ -85,6 +90,7 @@ extern "C" __global__ void scatter_add(float* dst, const float* src, const int* 
     atomicAdd(o + c, s);
   }
 }
+#endif
 
 // ---- grouped expert matmul: dst[r, :] = x[r/fan, :] · w[experts[r]]ᵀ, w
 // holding E stacked [N, K] matrices ----
@@ -114,6 +120,7 @@ __device__ void expert_gemv(float* dst, const float* x, const W* w, const int* e
 #define MOE_TM 32
 #define MOE_TN 64
 #define MOE_TK 32
+#if KUNIT(0)
 extern "C" __global__ void moe_align(const int* experts, int R, int E, int* sorted, int* tileExp, int* numTiles,
                                      int maxTiles) {
   PDL_ENTRY();
@@ -146,6 +153,7 @@ extern "C" __global__ void moe_align(const int* experts, int R, int E, int* sort
     if (e >= 0 && e < E) sorted[off[e] + atomicAdd(&cnt[e], 1)] = r;
   }
 }
+#endif
 
 // expert_gemm (many rows, prefill): grid (ceil(N/MOE_TN), maxTiles), 256
 // threads; a block computes MOE_TM rows of one expert × MOE_TN outputs,
@@ -212,6 +220,8 @@ __device__ void expert_gemm(float* dst, const float* x, const W* w, const int* s
     expert_gemm<T>(dst, x, w, sorted, tileExp, numTiles, N, K, fan);                                            \
   }
 
+#if KUNIT(0)
 INST_EXPERTS(float, f32)
 INST_EXPERTS(bf16, bf16)
 INST_EXPERTS(f16, f16)
+#endif

@@ -1,15 +1,41 @@
 // ---- casts (activations to the GEMM input dtype) ----
 
+#if KUNIT(0)
 extern "C" __global__ void cast_f32_bf16(bf16* dst, const float* src, long long n) {
   PDL_ENTRY();
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
     dst[i].x = f2bf(src[i]);
 }
+#endif
+// split_f32_bf16 writes x as two bf16 planes, hi = bf16(x) in dst[0, n)
+// and lo = bf16(x - hi) in dst[n, 2n), for splitGemm; add_halves sums the
+// two halves of its product.
+#if KUNIT(0)
+extern "C" __global__ void split_f32_bf16(bf16* dst, const float* src, long long n) {
+  PDL_ENTRY();
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    const float v = src[i];
+    bf16 hi;
+    hi.x = f2bf(v);
+    dst[i] = hi;
+    dst[n + i].x = f2bf(v - tof(hi));
+  }
+}
+#endif
+#if KUNIT(0)
+extern "C" __global__ void add_halves(float* dst, const float* src, long long n) {
+  PDL_ENTRY();
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    dst[i] = src[i] + src[n + i];
+}
+#endif
+#if KUNIT(0)
 extern "C" __global__ void cast_f32_f16(f16* dst, const float* src, long long n) {
   PDL_ENTRY();
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
     dst[i].x = f2h(src[i]);
 }
+#endif
 
 // ---- embedding: dst[r] = table[ids[r]]; out-of-range ids give zeros ----
 
@@ -94,6 +120,8 @@ __device__ void bias_add(float* dst, const B* bias, int N, long long n) {
     bias_add<T>(dst, bias, N, n);                                                                      \
   }
 
+#if KUNIT(0)
 INST_W(float, f32)
 INST_W(bf16, bf16)
 INST_W(f16, f16)
+#endif
