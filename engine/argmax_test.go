@@ -14,11 +14,12 @@ import (
 )
 
 // argmaxFake is a fakeModel that reduces greedy rows "on the device": it
-// returns their argmax and overwrites their logits with NaN, so an engine
-// that still sampled such a row on the host would produce wrong tokens.
+// returns their argmax among the tokens b.Allowed allows and overwrites
+// their logits with NaN, so an engine that still sampled such a row on the
+// host would produce wrong tokens.
 type argmaxFake struct {
 	*fakeModel
-	greedyRows, rows atomic.Int64
+	greedyRows, maskedRows, rows atomic.Int64
 }
 
 var _ model.DeviceArgmaxer = (*argmaxFake)(nil)
@@ -40,10 +41,17 @@ func (a *argmaxFake) ForwardArgmax(ctx context.Context, b *model.Batch, greedy [
 			continue
 		}
 		row := logits[i*V : (i+1)*V]
-		best := 0
+		var allowed []uint32
+		if b.Allowed != nil {
+			allowed = b.Allowed[i]
+		}
+		if allowed != nil {
+			a.maskedRows.Add(1)
+		}
+		best, bestV := 0, float32(math.Inf(-1))
 		for j, v := range row {
-			if v > row[best] {
-				best = j
+			if v > bestV && (allowed == nil || allowed[j/32]>>(j%32)&1 != 0) {
+				best, bestV = j, v
 			}
 		}
 		tokens[i] = int32(best)
@@ -122,12 +130,12 @@ func TestDeviceArgmaxParams(t *testing.T) {
 	}
 }
 
-// TestProcessorsOverrideDeviceArgmax: a greedy request with a grammar-like
-// processor is sampled on the host (its rows are not reduced on the
-// device), every sequence of it follows the processor and ends with EOS
-// once the processor allows it, while a plain greedy request beside it
-// keeps the device path.
-func TestProcessorsOverrideDeviceArgmax(t *testing.T) {
+// TestGrammarMaskOnDevice: a greedy request with a grammar-like processor
+// has its rows reduced on the device under the processor's mask (sent
+// with the step), every sequence of it follows the processor and ends with
+// EOS once the processor allows it, and a plain greedy request beside it
+// keeps the unmasked device path.
+func TestGrammarMaskOnDevice(t *testing.T) {
 	const eos = 3
 	opts := fakeOpts()
 	opts.EOSTokenIDs = []int{eos}
@@ -152,9 +160,10 @@ func TestProcessorsOverrideDeviceArgmax(t *testing.T) {
 	if r := collect(t, free, 1)[0]; len(r.tokens) != 8 {
 		t.Errorf("plain request: %d tokens, want 8", len(r.tokens))
 	}
-	// The plain request's 8 rows, and none of the constrained request's
-	// (whose steps may or may not share a step with it).
-	if g := a.greedyRows.Load(); g != 8 {
-		t.Errorf("%d rows reduced on the device, want the plain request's 8", g)
+	// The plain request's 8 rows, and each constrained sequence's 5 after
+	// the first token (sampled on the host from the prompt's row, which
+	// both sequences fork from) under a mask.
+	if g, m := a.greedyRows.Load(), a.maskedRows.Load(); g != 8+10 || m != 10 {
+		t.Errorf("%d rows reduced on the device (%d masked), want 18 (10)", g, m)
 	}
 }

@@ -140,6 +140,8 @@ func (e *Local) preempt(v *sequence) int {
 func (e *Local) buildBatch() {
 	b := &e.batch
 	b.Tokens, b.Positions, b.Seqs, b.LogitIndices = b.Tokens[:0], b.Positions[:0], b.Seqs[:0], b.LogitIndices[:0]
+	clear(b.Allowed)
+	b.Allowed = b.Allowed[:0]
 	e.greedy, e.anyGreedy = e.greedy[:0], false
 	rows := 0
 	for _, s := range e.scheduled {
@@ -157,6 +159,16 @@ func (e *Local) buildBatch() {
 			g := e.argmaxer != nil && e.deviceGreedy(s)
 			e.greedy = append(e.greedy, g)
 			e.anyGreedy = e.anyGreedy || g
+			var allowed []uint32
+			if g {
+				// The mask of this token was started when the last one was
+				// accepted; this waits for it.
+				s.allowed = slices.Grow(s.allowed[:0], (e.vocab+31)/32)[:(e.vocab+31)/32]
+				if s.sampling.AllowedTokens(s.allowed, e.vocab) {
+					allowed = s.allowed
+				}
+			}
+			b.Allowed = append(b.Allowed, allowed)
 		}
 	}
 	e.greedyTok = slices.Grow(e.greedyTok[:0], rows)[:rows]
@@ -170,15 +182,15 @@ func (e *Local) buildBatch() {
 	}
 }
 
-// deviceGreedy reports whether s's next token is plainly the argmax of its
-// logits, so the device can pick it: greedy with none of the logits
-// processing sample.Sampler.Sample would apply (the request's processors
-// such as grammar masks, penalties, logit_bias, min_tokens masking of stop
-// tokens), no logprobs to return, and no
-// children to fork from the same row.
+// deviceGreedy reports whether s's next token is the argmax of its logits
+// among the tokens its processors allow (a grammar's mask, sent with the
+// step), so the device can pick it: greedy with no other logits processing
+// sample.Sampler.Sample would apply (penalties, logit_bias, min_tokens
+// masking of stop tokens), no logprobs to return, and no children to fork
+// from the same row.
 func (e *Local) deviceGreedy(s *sequence) bool {
 	p := &s.req.params
-	if !p.Greedy() || p.Logprobs >= 0 || s.pendingChildren > 0 || len(p.LogitBias) != 0 || p.Processors != nil ||
+	if !p.Greedy() || p.Logprobs >= 0 || s.pendingChildren > 0 || len(p.LogitBias) != 0 || !s.sampling.Maskable() ||
 		p.PresencePenalty != 0 || p.FrequencyPenalty != 0 || p.RepetitionPenalty != 1 {
 		return false
 	}

@@ -23,6 +23,12 @@ type Batch struct {
 	Seqs      []SeqChunk
 	// LogitIndices are indices into Tokens whose logits Forward returns, in order.
 	LogitIndices []int32
+	// Allowed, when set, has one entry per logit row: for a row that
+	// ForwardArgmax reduces (greedy), the tokens it may pick, as a bitset
+	// (bit t%32 of word t/32 allows token t); a nil entry allows every
+	// token. Rows whose logits are returned are not masked: their caller
+	// applies its own processing.
+	Allowed [][]uint32
 }
 
 // SeqChunk is one sequence's share of a Batch.
@@ -70,8 +76,9 @@ type DeviceArgmaxer interface {
 	ArgmaxOnDevice() bool
 	// ForwardArgmax is Forward where, for every logit row i (of
 	// len(b.LogitIndices)) with greedy[i], tokens[i] receives the index of
-	// the row's largest logit (the lowest index on ties) and logits'
-	// row i is left unspecified; the other rows get their logits as from
+	// the row's largest logit among the tokens b.Allowed[i] allows (the
+	// lowest index on ties; 0 when none is allowed) and logits' row i is
+	// left unspecified; the other rows get their logits as from
 	// Forward. logits keeps Forward's length (len(b.LogitIndices)*VocabSize),
 	// and greedy and tokens have len(b.LogitIndices).
 	ForwardArgmax(ctx context.Context, b *Batch, greedy []bool, tokens []int32, logits []float32) error

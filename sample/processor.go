@@ -30,6 +30,20 @@ type TokenMatcher interface {
 	CanEnd() bool
 }
 
+// TokenMasker is a LogitsProcessor whose whole effect is to forbid tokens,
+// so that it can be applied where the logits are (a GPU's greedy argmax).
+type TokenMasker interface {
+	LogitsProcessor
+	// AllowedTokens writes into words (a bitset: bit t%32 of word t/32,
+	// ceil(n/32) words) the tokens of logits of n entries that Process
+	// would leave alone, and reports whether it forbids any at all (false:
+	// words is left as it is and every token is allowed).
+	AllowedTokens(words []uint32, n int) bool
+}
+
+// maxEOS is how many end-of-sequence ids a MaskProcessor treats as such.
+const maxEOS = 4
+
 // MaskProcessor applies a TokenMatcher's mask: tokens it does not allow get
 // -Inf, and the end-of-sequence tokens are allowed exactly when the matcher
 // can end. The mask of the next token is computed in the background as soon
@@ -83,7 +97,7 @@ func (p *MaskProcessor) Process(logits []float32) {
 	}
 	// The matcher knows text, not the end-of-sequence tokens: their logits
 	// are kept aside and put back when the text may end.
-	var eosLogits [4]float32
+	var eosLogits [maxEOS]float32
 	for i, t := range p.eos[:min(len(p.eos), len(eosLogits))] {
 		if t >= 0 && t < len(logits) {
 			eosLogits[i] = logits[t]
@@ -159,6 +173,43 @@ func (p *MaskProcessor) Accept(tok int) {
 	if p.err == nil {
 		p.start()
 	}
+}
+
+// AllowedTokens implements TokenMasker: it writes the tokens Process
+// would leave finite in logits of n entries.
+func (p *MaskProcessor) AllowedTokens(words []uint32, n int) bool {
+	if !p.active {
+		return false
+	}
+	p.wg.Wait()
+	clear(words)
+	allowedAny := false
+	if p.err == nil {
+		lim := min(n, p.vocab)
+		for w := 0; w*64 < lim; w++ {
+			word := p.allowed[w]
+			if rest := lim - w*64; rest < 64 {
+				word &= uint64(1)<<rest - 1
+			}
+			allowedAny = allowedAny || word != 0
+			words[2*w] = uint32(word)
+			if 2*w+1 < len(words) {
+				words[2*w+1] = uint32(word >> 32)
+			}
+		}
+	}
+	canEnd := p.err != nil || !allowedAny || p.m.CanEnd()
+	for _, t := range p.eos[:min(len(p.eos), maxEOS)] {
+		if t < 0 || t >= n {
+			continue
+		}
+		if canEnd {
+			words[t>>5] |= 1 << (t & 31)
+		} else {
+			words[t>>5] &^= 1 << (t & 31)
+		}
+	}
+	return true
 }
 
 // Err is the matcher's refusal of a token, if any (the sequence could only

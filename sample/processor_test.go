@@ -1,9 +1,12 @@
 package sample
 
 import (
-	"github.com/llmserve/llmserve/sample/sampletest"
+	"errors"
 	"math"
+	"math/rand/v2"
 	"testing"
+
+	"github.com/llmserve/llmserve/sample/sampletest"
 )
 
 func TestMaskProcessorForcesScript(t *testing.T) {
@@ -104,6 +107,86 @@ func TestMaskProcessorRefusedTokenEnds(t *testing.T) {
 	for i, v := range logits {
 		if (i == 9) != !math.IsInf(float64(v), -1) {
 			t.Fatalf("after a refused token only EOS is allowed: logit %d = %v", i, v)
+		}
+	}
+}
+
+// randomMatcher allows a fixed random set of tokens (bits past the
+// vocabulary included, as a sloppy matcher might set) and may end or not.
+type randomMatcher struct {
+	allowed []uint64
+	canEnd  bool
+	refuse  bool
+}
+
+func (m *randomMatcher) FillMask(allowed []uint64) { copy(allowed, m.allowed) }
+func (m *randomMatcher) Accept(int) error {
+	if m.refuse {
+		return errors.New("refused")
+	}
+	return nil
+}
+func (m *randomMatcher) CanEnd() bool { return m.canEnd }
+
+// TestMaskProcessorAllowedTokensMatchesProcess: the bitset a GPU's greedy
+// argmax applies is exactly the set of logits Process leaves finite, for
+// sparse, empty and full masks, partial last words, logits longer than the
+// matcher's vocabulary, more EOS ids than it treats as such, before the
+// reasoning ends and after a refused token.
+func TestMaskProcessorAllowedTokensMatchesProcess(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for trial := range 300 {
+		vocab := 1 + r.IntN(300)
+		n := vocab + r.IntN(3)*r.IntN(70) // the model's rows may be longer
+		m := &randomMatcher{allowed: make([]uint64, (vocab+63)/64), canEnd: r.IntN(2) == 0, refuse: trial%7 == 0}
+		switch trial % 5 {
+		case 0: // nothing allowed
+		case 1:
+			for i := range m.allowed {
+				m.allowed[i] = ^uint64(0)
+			}
+		default:
+			for i := range m.allowed {
+				m.allowed[i] = r.Uint64() & r.Uint64() & r.Uint64()
+			}
+		}
+		var eos []int
+		for range r.IntN(6) {
+			eos = append(eos, r.IntN(n+2)-1) // out-of-range ids too
+		}
+		var think []int
+		if trial%11 == 0 {
+			think = []int{3}
+		}
+		mp := NewMaskProcessor(m, vocab, eos, think)
+		if trial%7 == 0 {
+			mp.Accept(1) // refused: only EOS from now on
+		}
+		logits := make([]float32, n)
+		for i := range logits {
+			logits[i] = float32(i)
+		}
+		mp.Process(logits)
+		words := make([]uint32, (n+31)/32)
+		for i := range words {
+			words[i] = 0xdeadbeef // AllowedTokens must write every word when it constrains
+		}
+		constrains := mp.AllowedTokens(words, n)
+		if len(think) > 0 {
+			if constrains {
+				t.Fatalf("trial %d: constrains inside reasoning", trial)
+			}
+			continue
+		}
+		if !constrains {
+			t.Fatalf("trial %d: an active processor reports no constraint", trial)
+		}
+		for i, v := range logits {
+			finite := !math.IsInf(float64(v), -1)
+			if bit := words[i/32]>>(i%32)&1 == 1; bit != finite {
+				t.Fatalf("trial %d (vocab %d, n %d, eos %v, canEnd %v): token %d: bit %v, Process left it finite %v",
+					trial, vocab, n, eos, m.canEnd, i, bit, finite)
+			}
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 )
 
 // ErrInvalidParams is wrapped by Validate's errors.
@@ -99,6 +100,7 @@ type State struct {
 	counts  map[int32]int32    // output token counts (frequency/presence penalties)
 	seen    map[int32]struct{} // prompt and output tokens (repetition penalty)
 	procs   []LogitsProcessor
+	maskTmp []uint32 // AllowedTokens' second processor's mask
 }
 
 // NewState makes a sequence's state. p must stay unchanged while the state
@@ -140,6 +142,42 @@ func (st *State) Accept(tok int) {
 	if st.seen != nil {
 		st.seen[int32(tok)] = struct{}{}
 	}
+}
+
+// Maskable reports whether every logits processor of st is a TokenMasker,
+// so that the processed logits of a greedy sequence differ from the raw
+// ones only by forbidden tokens (see AllowedTokens).
+func (st *State) Maskable() bool {
+	for _, pr := range st.procs {
+		if _, ok := pr.(TokenMasker); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// AllowedTokens writes into words the tokens that st's processors (all
+// TokenMaskers: see Maskable) allow in logits of n entries, and reports
+// whether any is forbidden.
+func (st *State) AllowedTokens(words []uint32, n int) bool {
+	constrained := false
+	for _, pr := range st.procs {
+		tm, ok := pr.(TokenMasker)
+		if !ok {
+			continue
+		}
+		if !constrained {
+			constrained = tm.AllowedTokens(words, n)
+			continue
+		}
+		st.maskTmp = slices.Grow(st.maskTmp[:0], len(words))[:len(words)]
+		if tm.AllowedTokens(st.maskTmp, n) {
+			for i, w := range st.maskTmp {
+				words[i] &= w
+			}
+		}
+	}
+	return constrained
 }
 
 // NumOutput is the number of accepted tokens.

@@ -154,8 +154,11 @@ type Backend struct {
 	log  *slog.Logger
 
 	ctx, stream, blas uintptr
-	modules           []uintptr // one per kernel unit
-	fns               map[string]uintptr
+	modules           []uintptr          // one per kernel unit
+	fns               map[string]uintptr // filled by loadKernels
+	compiled          chan struct{}      // closed when kernelImgs/kernelErr are set
+	kernelImgs        [][]byte
+	kernelErr         error
 
 	workspace devBuf // cuBLAS workspace
 	act16     devBuf // activations cast for GEMM
@@ -339,7 +342,7 @@ func NewBackend(opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{l: l, dev: dev, opts: opts, log: log, fns: map[string]uintptr{}, one: 1,
+	b := &Backend{l: l, dev: dev, opts: opts, log: log, one: 1,
 		seed: maphash.MakeSeed(), graphs: map[uint64]*graphEntry{}}
 	b.pdl = opts.EnablePDL && dev.major >= 9 && l.cuLaunchKernelEx != 0
 	b.launchPDL.id = launchAttrProgrammaticStreamSerialization
@@ -362,31 +365,16 @@ func NewBackend(opts Options) (*Backend, error) {
 	if err := l.call(l.cuStreamCreate, "cuStreamCreate", uintptr(unsafe.Pointer(&b.stream)), streamNonBlocking); err != nil {
 		return fail(err)
 	}
-	imgs, err := l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, log)
-	if err != nil {
-		return fail(fmt.Errorf("cuda: compiling kernels for sm_%d%d: %w", dev.major, dev.minor, err))
-	}
-	for _, img := range imgs {
-		var m uintptr
-		if err := l.call(l.cuModuleLoadData, "cuModuleLoadData", uintptr(unsafe.Pointer(&m)), uintptr(unsafe.Pointer(&img[0]))); err != nil {
-			return fail(err)
+	// The kernels compile (or come from the cache) in the background while
+	// the caller loads weights; the first kernel launch waits for them.
+	b.compiled = make(chan struct{})
+	go func() {
+		defer close(b.compiled)
+		b.kernelImgs, b.kernelErr = l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, log)
+		if b.kernelErr != nil {
+			b.kernelErr = fmt.Errorf("cuda: compiling kernels for sm_%d%d: %w", dev.major, dev.minor, b.kernelErr)
 		}
-		b.modules = append(b.modules, m)
-	}
-	for _, name := range kernelNames() {
-		cn := cstr(name)
-		for _, m := range b.modules {
-			var f uintptr
-			// A unit without the kernel answers CUDA_ERROR_NOT_FOUND.
-			if l.call(l.cuModuleGetFunction, "cuModuleGetFunction "+name, uintptr(unsafe.Pointer(&f)), m, uintptr(unsafe.Pointer(&cn[0]))) == nil {
-				b.fns[name] = f
-				break
-			}
-		}
-		if b.fns[name] == 0 {
-			return fail(fmt.Errorf("%w: kernel %s is in no compiled unit", ErrDriver, name))
-		}
-	}
+	}()
 	if err := l.blascall(l.cublasCreate, "cublasCreate", uintptr(unsafe.Pointer(&b.blas))); err != nil {
 		return fail(err)
 	}
@@ -417,6 +405,49 @@ func NewBackend(opts Options) (*Backend, error) {
 		"cublas", cbv, "libcuda", l.cudaPath, "nvrtc", l.nvrtcPath, "libcublas", l.cublasPath,
 		"graphs", !opts.DisableGraphs, "pdl", b.pdl, "fused_decode_max_t", max(opts.FusedDecodeMaxT, 0))
 	return b, nil
+}
+
+// loadKernels waits for the kernel units to compile and loads them, once;
+// every kernel launch goes through it.
+func (b *Backend) loadKernels() error {
+	if len(b.fns) > 0 {
+		return nil
+	}
+	<-b.compiled
+	if b.kernelErr != nil {
+		return b.kernelErr
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.exit()
+	for _, img := range b.kernelImgs {
+		var m uintptr
+		if err := b.l.call(b.l.cuModuleLoadData, "cuModuleLoadData", uintptr(unsafe.Pointer(&m)), uintptr(unsafe.Pointer(&img[0]))); err != nil {
+			b.kernelErr = err
+			return err
+		}
+		b.modules = append(b.modules, m)
+	}
+	b.kernelImgs = nil
+	fns := map[string]uintptr{}
+	for _, name := range kernelNames() {
+		cn := cstr(name)
+		for _, m := range b.modules {
+			var f uintptr
+			// A unit without the kernel answers CUDA_ERROR_NOT_FOUND.
+			if b.l.call(b.l.cuModuleGetFunction, "cuModuleGetFunction "+name, uintptr(unsafe.Pointer(&f)), m, uintptr(unsafe.Pointer(&cn[0]))) == nil {
+				fns[name] = f
+				break
+			}
+		}
+		if fns[name] == 0 {
+			b.kernelErr = fmt.Errorf("%w: kernel %s is in no compiled unit", ErrDriver, name)
+			return b.kernelErr
+		}
+	}
+	b.fns = fns
+	return nil
 }
 
 func kernelNames() []string {
@@ -529,6 +560,9 @@ func (b *Backend) Close() error {
 }
 
 func (b *Backend) release() {
+	if b.compiled != nil {
+		<-b.compiled // no compile outlives the backend
+	}
 	if b.ctx == 0 {
 		return
 	}

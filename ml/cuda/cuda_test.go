@@ -520,6 +520,70 @@ func TestArgMax(t *testing.T) {
 	}
 }
 
+// TestArgMaxAllowed: the argmax among the tokens a bitset allows, per row:
+// random sparse masks (a grammar's), a row allowing one token, a row
+// allowing none (0), a row allowing every token, ties among allowed tokens
+// (the lowest index), against a host reference.
+func TestArgMaxAllowed(t *testing.T) {
+	gpuOrSkip(t)
+	b := newTestBackend(t, Options{})
+	defer b.Close()
+	r := rand.New(rand.NewPCG(2, 3))
+	for _, sh := range [][2]int{{5, 40}, {6, 151936}} {
+		R, V := sh[0], sh[1]
+		W := (V + 31) / 32
+		x := mltest.RandF32(r, R*V, 10)
+		words := make([]int32, R*W)
+		allow := func(row, tok int) { words[row*W+tok/32] |= int32(uint32(1) << (tok % 32)) }
+		for i := 0; i < R; i++ {
+			switch i {
+			case 0: // one token, not the row's max
+				allow(0, V/2)
+			case 1: // none
+			case 2: // all
+				for j := range words[2*W : 3*W] {
+					words[2*W+j] = -1
+				}
+			case 3: // a tie between two allowed tokens
+				allow(3, 3)
+				allow(3, V-2)
+				x[3*V+3], x[3*V+V-2] = 50, 50
+			default: // sparse random
+				for range max(2, V/50) {
+					allow(i, r.IntN(V))
+				}
+			}
+		}
+		xt, _ := b.NewTensor(ml.F32, R, V)
+		at, _ := b.NewTensor(ml.I32, R, W)
+		it, _ := b.NewTensor(ml.I32, 1, R)
+		got := make([]int32, R)
+		if err := errors.Join(b.UploadF32(xt, x), b.UploadI32(at, words), b.ArgMaxAllowed(it, xt, at)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.DownloadI32(got, it); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < R; i++ {
+			best, bestV := 0, float32(math.Inf(-1))
+			for j := 0; j < V; j++ {
+				if uint32(words[i*W+j/32])>>(j%32)&1 != 0 && x[i*V+j] > bestV {
+					best, bestV = j, x[i*V+j]
+				}
+			}
+			if int(got[i]) != best {
+				t.Errorf("%dx%d row %d: argmax %d, want %d", R, V, i, got[i], best)
+			}
+		}
+		if err := b.ArgMaxAllowed(it, xt, it); err == nil {
+			t.Error("a mask of the wrong shape was accepted")
+		}
+		b.Free(xt)
+		b.Free(at)
+		b.Free(it)
+	}
+}
+
 // ---- benchmarks: a Qwen2.5-1.5B-shaped decoder, engine-free ----
 
 var qwen15 = synthConfig{vocab: 151936, hidden: 1536, inter: 8960, layers: 28, heads: 12, kvHeads: 2, headDim: 128,

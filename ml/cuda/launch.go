@@ -45,6 +45,10 @@ func (b *Backend) aF(v float32) {
 
 // push records a kernel launch whose arguments were appended since start.
 func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
+	if err := b.loadKernels(); err != nil {
+		b.args = b.args[:start]
+		return err
+	}
 	fn := b.fns[name]
 	if fn == 0 {
 		b.args = b.args[:start]

@@ -304,6 +304,36 @@ func TestModelForwardArgmax(t *testing.T) {
 			t.Errorf("row %d: logits differ from Forward's by %.3g", i, d)
 		}
 	}
+	// Again with allowed-token masks on some greedy rows (a grammar's): the
+	// device argmax among the allowed tokens, rows without a mask as before.
+	W := (V + 31) / 32
+	b.Allowed = make([][]uint32, P)
+	for i := range P {
+		if !greedy[i] || i%2 == 1 {
+			continue
+		}
+		b.Allowed[i] = make([]uint32, W)
+		for j := i; j < V; j += 7 + i {
+			b.Allowed[i][j/32] |= 1 << (j % 32)
+		}
+	}
+	if err := m.ForwardArgmax(t.Context(), b, greedy, ids, out); err != nil {
+		t.Fatal(err)
+	}
+	for i := range P {
+		if !greedy[i] {
+			continue
+		}
+		best, bestV := 0, float32(math.Inf(-1))
+		for j, v := range want[i] {
+			if v > bestV && (b.Allowed[i] == nil || b.Allowed[i][j/32]>>(j%32)&1 != 0) {
+				best, bestV = j, v
+			}
+		}
+		if ids[i] != int32(best) {
+			t.Errorf("masked row %d: device argmax %d, want %d", i, ids[i], best)
+		}
+	}
 	// Free-running greedy decode through ForwardArgmax vs the CPU.
 	cb := cpu.New(cpu.Options{})
 	t.Cleanup(func() { cb.Close() })

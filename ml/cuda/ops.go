@@ -932,6 +932,14 @@ func (b *Backend) GatherRows(dst, src, idx ml.Tensor) error {
 // index. With DownloadI32 it lets greedy decoding copy back 4 bytes a row
 // instead of the whole logits row.
 func (b *Backend) ArgMax(dst, logits ml.Tensor) error {
+	return b.ArgMaxAllowed(dst, logits, nil)
+}
+
+// ArgMaxAllowed is ArgMax among the tokens allowed allows: an I32 tensor
+// of one bitset row per logits row (bit t%32 of word t/32 allows token t;
+// ceil(V/32) words), or nil for every token. A row that allows nothing
+// gives 0.
+func (b *Backend) ArgMaxAllowed(dst, logits, allowed ml.Tensor) error {
 	if err := b.lock(); err != nil {
 		return err
 	}
@@ -943,6 +951,18 @@ func (b *Backend) ArgMax(dst, logits ml.Tensor) error {
 	d, err := b.i32(dst, "argmax dst", x.rows)
 	if err != nil {
 		return err
+	}
+	var ap uint64
+	words := (x.cols + 31) / 32
+	if allowed != nil {
+		a, err := b.tens(allowed, "argmax allowed")
+		if err != nil {
+			return err
+		}
+		if a.dt != ml.I32 || a.cols != words || a.rows < x.rows {
+			return shapeErr("argmax allowed %dx%d %v for %d rows of %d tokens (%d words each)", a.rows, a.cols, a.dt, x.rows, x.cols, words)
+		}
+		ap = a.ptr
 	}
 	if x.rows == 0 || x.cols == 0 {
 		return nil
@@ -966,5 +986,7 @@ func (b *Backend) ArgMax(dst, logits ml.Tensor) error {
 	b.aP(b.amPart.ptr)
 	b.aP(b.amPart.ptr + uint64(x.rows*nb*4))
 	b.aP(b.amCount.ptr)
+	b.aP(ap)
+	b.aI(words)
 	return b.push("argmax_rows", g3(nb, x.rows, 1), g1(256), st)
 }

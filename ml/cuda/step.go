@@ -289,6 +289,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 
 	epl := stepEPL(hd)
 	name := stepKernels[epl]
+	if err := b.loadKernels(); err != nil {
+		return err
+	}
 	fn := b.fns[name]
 	if fn == 0 {
 		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)

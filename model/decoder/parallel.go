@@ -362,13 +362,16 @@ func (p *Parallel) ForwardArgmax(ctx context.Context, b *model.Batch, greedy []b
 		return fmt.Errorf("%w: %d greedy flags and %d token slots for %d logit rows",
 			model.ErrBadBatch, len(greedy), len(tokens), len(b.LogitIndices))
 	}
+	V := p.cfg.VocabSize
+	if err := validateAllowed(b, V); err != nil {
+		return err
+	}
 	if err := p.forward(ctx, b, logits); err != nil {
 		return err
 	}
-	V := p.cfg.VocabSize
 	for i, g := range greedy {
 		if g {
-			tokens[i] = int32(hostArgmax(logits[i*V : (i+1)*V]))
+			tokens[i] = int32(hostArgmax(logits[i*V:(i+1)*V], rowMask(b.Allowed, i)))
 		}
 	}
 	return nil

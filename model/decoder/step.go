@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
@@ -30,6 +31,8 @@ type scratch struct {
 	ids              ml.Tensor // I32 [idsLen(capT, capS*capB, capL), 1]
 	hIDs             []int32   // its host image
 	argmax           ml.Tensor // I32 [capL, 1]
+	masks            ml.Tensor // I32 [≥ capL, maskWords(V)]: greedy rows' allowed tokens, made on first use
+	hMasks           []int32   // its host image
 	selH, selD, selX ml.Tensor // [capL, H]
 	logits           ml.Tensor // [capL, V]
 
@@ -59,7 +62,7 @@ func idsLen(T, btLen, L int) int {
 func (s *scratch) free(be ml.Backend) {
 	for _, t := range []ml.Tensor{s.h, s.xn, s.q, s.k, s.v, s.attn, s.down, s.gu, s.act,
 		s.rlog, s.topW, s.topID, s.tokOf, s.egu, s.eact, s.eout,
-		s.ids, s.argmax, s.selH, s.selD, s.selX, s.logits} {
+		s.ids, s.argmax, s.masks, s.selH, s.selD, s.selX, s.logits} {
 		if t != nil {
 			be.Free(t)
 		}
@@ -207,7 +210,28 @@ func (m *Model) validate(b *model.Batch, logits []float32) (int, error) {
 		return 0, fmt.Errorf("%w: logits buffer holds %d values, want %d (%d rows of %d)",
 			model.ErrBadBatch, len(logits), want, len(b.LogitIndices), m.V)
 	}
+	if err := validateAllowed(b, m.V); err != nil {
+		return 0, err
+	}
 	return maxB, nil
+}
+
+// validateAllowed checks b.Allowed: none, or a row per logit row, each nil
+// or a bitset covering the vocabulary of V.
+func validateAllowed(b *model.Batch, V int) error {
+	if b.Allowed == nil {
+		return nil
+	}
+	if len(b.Allowed) != len(b.LogitIndices) {
+		return fmt.Errorf("%w: %d allowed-token rows for %d logit rows", model.ErrBadBatch, len(b.Allowed), len(b.LogitIndices))
+	}
+	for i, a := range b.Allowed {
+		if a != nil && len(a) < maskWords(V) {
+			return fmt.Errorf("%w: allowed-token row %d has %d words, want %d for a vocabulary of %d",
+				model.ErrBadBatch, i, len(a), maskWords(V), V)
+		}
+	}
+	return nil
 }
 
 // Forward runs one step; see model.Model.
@@ -218,6 +242,9 @@ func (m *Model) Forward(ctx context.Context, b *model.Batch, logits []float32) e
 // deviceArgmax is the optional backend capability ForwardArgmax uses (ml/cuda).
 type deviceArgmax interface {
 	ArgMax(dst, logits ml.Tensor) error
+	// ArgMaxAllowed is ArgMax among the tokens set in the rows of the I32
+	// bitset tensor allowed (see model.Batch.Allowed).
+	ArgMaxAllowed(dst, logits, allowed ml.Tensor) error
 	DownloadI32(dst []int32, t ml.Tensor) error
 }
 
@@ -347,7 +374,7 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 		for i, r := range lidx {
 			rowsInOrder = rowsInOrder && int(r) == i
 		}
-		return m.forwardFused(ctx, vw, L, rowsInOrder, greedy, tokens, logits)
+		return m.forwardFused(ctx, vw, L, rowsInOrder, greedy, b.Allowed, tokens, logits)
 	}
 	// pending: a dense MLP's output waits in down, to be added to the
 	// residual by the next norm; a sparse MLP adds its experts to h itself.
@@ -393,7 +420,7 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 	if m.tp != nil {
 		return m.tp.fetch(m, vw, L, logits)
 	}
-	return m.fetchLogits(vw, L, greedy, tokens, logits)
+	return m.fetchLogits(vw, L, greedy, b.Allowed, tokens, logits)
 }
 
 // paddedMaxContext is the MaxContext padded steps report (at least): large
@@ -430,18 +457,20 @@ func padL(l int) int {
 }
 
 // fetchLogits copies the step's logits to the host: all of them, or with
-// greedy flags, the argmax of greedy rows (4 bytes each, reduced on the
-// device when it can) and the logits of the other rows only.
-func (m *Model) fetchLogits(vw *stepViews, L int, greedy []bool, tokens []int32, logits []float32) error {
+// greedy flags, the argmax of greedy rows among the tokens allowed allows
+// (4 bytes each, reduced on the device when it can) and the logits of the
+// other rows only.
+func (m *Model) fetchLogits(vw *stepViews, L int, greedy []bool, allowed [][]uint32, tokens []int32, logits []float32) error {
 	be, V := m.be, m.V
 	lg := vw.logits
 	if vw.L != L {
 		lg = be.View(vw.logits, 0, L) // padded rows stay on the device
 	}
 	am, onDevice := be.(deviceArgmax)
-	anyGreedy := false
-	for _, g := range greedy {
+	anyGreedy, anyMask := false, false
+	for i, g := range greedy {
 		anyGreedy = anyGreedy || g
+		anyMask = anyMask || g && i < len(allowed) && allowed[i] != nil
 	}
 	if !anyGreedy || !onDevice {
 		if err := be.Download(logits, lg); err != nil {
@@ -449,12 +478,20 @@ func (m *Model) fetchLogits(vw *stepViews, L int, greedy []bool, tokens []int32,
 		}
 		for i, g := range greedy {
 			if g {
-				tokens[i] = int32(hostArgmax(logits[i*V : (i+1)*V]))
+				tokens[i] = int32(hostArgmax(logits[i*V:(i+1)*V], rowMask(allowed, i)))
 			}
 		}
 		return nil
 	}
-	if err := am.ArgMax(vw.argmax, vw.logits); err != nil {
+	if anyMask {
+		mask, err := m.uploadMasks(vw.L, greedy, allowed)
+		if err != nil {
+			return err
+		}
+		if err := am.ArgMaxAllowed(vw.argmax, vw.logits, mask); err != nil {
+			return err
+		}
+	} else if err := am.ArgMax(vw.argmax, vw.logits); err != nil {
 		return err
 	}
 	am8 := vw.argmax
@@ -482,12 +519,58 @@ func (m *Model) fetchLogits(vw *stepViews, L int, greedy []bool, tokens []int32,
 	return nil
 }
 
-// hostArgmax is the index of x's largest value, the lowest on ties (NaNs never
-// win), as the backends' ArgMax and the sampler pick it.
-func hostArgmax(x []float32) int {
+// maskWords is the length of an allowed-token bitset over a vocabulary.
+func maskWords(V int) int { return (V + 31) / 32 }
+
+// uploadMasks copies the greedy rows' allowed-token bitsets to the device
+// as the rows of an I32 [rows, maskWords(V)] tensor; rows without one
+// (and padded rows) allow every token.
+func (m *Model) uploadMasks(rows int, greedy []bool, allowed [][]uint32) (ml.Tensor, error) {
+	s, W := &m.s, maskWords(m.V)
+	if s.masks == nil || s.masks.Rows() < rows {
+		if s.masks != nil {
+			m.be.Free(s.masks)
+			s.masks = nil
+		}
+		t, err := m.be.NewTensor(ml.I32, max(rows, s.capL), W)
+		if err != nil {
+			return nil, err
+		}
+		s.masks = t
+	}
+	host := slices.Grow(s.hMasks[:0], rows*W)[:rows*W]
+	s.hMasks = host
+	for i := range rows {
+		row := host[i*W : (i+1)*W]
+		if i < len(greedy) && greedy[i] && i < len(allowed) && allowed[i] != nil {
+			for j, w := range allowed[i][:W] {
+				row[j] = int32(w)
+			}
+			continue
+		}
+		for j := range row {
+			row[j] = -1
+		}
+	}
+	t := m.be.View(s.masks, 0, rows)
+	return t, m.be.UploadI32(t, host)
+}
+
+// rowMask is row i's allowed-token bitset, or nil.
+func rowMask(allowed [][]uint32, i int) []uint32 {
+	if i < len(allowed) {
+		return allowed[i]
+	}
+	return nil
+}
+
+// hostArgmax is the index of x's largest value among the tokens allowed
+// allows (every token when nil), the lowest on ties (NaNs never win; 0 when
+// none is allowed), as the backends' ArgMax and the sampler pick it.
+func hostArgmax(x []float32, allowed []uint32) int {
 	best, bi := float32(math.Inf(-1)), 0
 	for i, v := range x {
-		if v > best {
+		if v > best && (allowed == nil || allowed[i>>5]>>(i&31)&1 != 0) {
 			best, bi = v, i
 		}
 	}

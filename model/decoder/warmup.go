@@ -81,9 +81,11 @@ func warmUp(ctx context.Context, m model.DeviceArgmaxer, V int, pad bool, o mode
 		err = decode(T)
 	}
 	// Steps with prompt tokens are padded to a few token and logit-row
-	// counts: run each pair twice, which captures its graph.
+	// counts: run each pair twice, which captures its graph. Only up to
+	// graphWarmMaxT tokens: a larger step's launches are a small part of
+	// its time, and warming every larger shape took most of the start-up.
 	if pad {
-		for _, T := range PaddedSizes(maxT) {
+		for _, T := range PaddedSizes(min(maxT, graphWarmMaxT)) {
 			for L := 1; L < T && L <= o.MaxSeqs && err == nil; L *= 2 {
 				for range 2 {
 					if err = prefill(T-(L-1), L-1); err != nil {
@@ -95,6 +97,9 @@ func warmUp(ctx context.Context, m model.DeviceArgmaxer, V int, pad bool, o mode
 	}
 	return steps, err
 }
+
+// graphWarmMaxT bounds the padded step sizes whose graphs warm-up captures.
+const graphWarmMaxT = 256
 
 // PaddedSizes are the step token counts prompt-carrying steps are padded
 // to (PadTokens), up to maxT.

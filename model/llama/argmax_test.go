@@ -2,11 +2,12 @@ package llama
 
 import (
 	"errors"
-	"github.com/llmserve/llmserve/internal/shareddata"
+	"math"
 	"path/filepath"
 	"slices"
 	"testing"
 
+	"github.com/llmserve/llmserve/internal/shareddata"
 	"github.com/llmserve/llmserve/model"
 )
 
@@ -57,5 +58,41 @@ func TestForwardArgmax(t *testing.T) {
 	}
 	if err := got.ForwardArgmax(t.Context(), b, greedy[:2], ids, out); !errors.Is(err, model.ErrBadBatch) {
 		t.Errorf("short greedy flags: %v, want ErrBadBatch", err)
+	}
+
+	// With allowed-token masks: the argmax among the allowed tokens (0 when
+	// none is), rows without a mask unchanged.
+	W := (V + 31) / 32
+	allow := func(toks ...int) []uint32 {
+		w := make([]uint32, W)
+		for _, t := range toks {
+			w[t/32] |= 1 << (t % 32)
+		}
+		return w
+	}
+	b.Allowed = [][]uint32{allow(5, 77, 300, V-1), nil, allow(1), allow(42), allow(), nil, nil}
+	if err := got.ForwardArgmax(t.Context(), b, greedy, ids, out); err != nil {
+		t.Fatal(err)
+	}
+	for i, g := range greedy {
+		if !g {
+			continue
+		}
+		wrow, best, bestV := want[i*V:(i+1)*V], 0, float32(math.Inf(-1))
+		for j, v := range wrow {
+			if v > bestV && (b.Allowed[i] == nil || b.Allowed[i][j/32]>>(j%32)&1 != 0) {
+				best, bestV = j, v
+			}
+		}
+		if ids[i] != int32(best) {
+			t.Errorf("masked row %d: argmax %d, want %d", i, ids[i], best)
+		}
+	}
+	if ids[3] != 42 || ids[4] != 0 {
+		t.Errorf("a row allowing only 42 gave %d, a row allowing nothing %d (want 0)", ids[3], ids[4])
+	}
+	b.Allowed[0] = b.Allowed[0][:W-1]
+	if err := got.ForwardArgmax(t.Context(), b, greedy, ids, out); !errors.Is(err, model.ErrBadBatch) {
+		t.Errorf("a short mask: %v, want ErrBadBatch", err)
 	}
 }

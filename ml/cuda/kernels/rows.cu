@@ -137,15 +137,20 @@ __device__ void blockArgmax(float& best, int& bi) {
 }
 
 #if KUNIT(0)
-extern "C" __global__ void argmax_rows(int* out, const float* x, int N, float* partV, int* partI, unsigned* counter) {
+// allowed (null: every token) holds a bitset of words words per row: a
+// token whose bit is clear counts as -inf, as a grammar mask leaves it.
+extern "C" __global__ void argmax_rows(int* out, const float* x, int N, float* partV, int* partI, unsigned* counter,
+                                       const unsigned* allowed, int words) {
   PDL_ENTRY();
   const int row = blockIdx.y, nb = gridDim.x;
   const float* xr = x + (long long)row * N;
+  const unsigned* ar = allowed ? allowed + (long long)row * words : nullptr;
   const int per = (N + nb - 1) / nb;
   const int i0 = blockIdx.x * per, i1 = min(N, i0 + per);
   float best = NEG_INF;
   int bi = 0x7fffffff;
-  for (int i = i0 + threadIdx.x; i < i1; i += blockDim.x) amax(best, bi, xr[i], i);
+  for (int i = i0 + threadIdx.x; i < i1; i += blockDim.x)
+    amax(best, bi, ar && !((ar[i >> 5] >> (i & 31)) & 1u) ? NEG_INF : xr[i], i);
   blockArgmax(best, bi);
   __shared__ bool last;
   if (threadIdx.x == 0) {
