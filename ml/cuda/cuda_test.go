@@ -624,26 +624,32 @@ func BenchmarkDecodeStep(bm *testing.B) {
 					if !greedy {
 						gr = nil
 					}
-					for i := 0; i < 3; i++ { // capture
-						if err := m.forward(s, out, gr); err != nil {
-							bm.Fatal(err)
-						}
-					}
-					bm.ResetTimer()
-					for i := 0; i < bm.N; i++ {
-						if err := m.forward(s, out, gr); err != nil {
-							bm.Fatal(err)
-						}
-					}
-					bm.StopTimer()
-					sec := bm.Elapsed().Seconds() / float64(bm.N)
-					bm.ReportMetric(sec*1e3, "ms/step")
-					bm.ReportMetric(float64(T)/sec, "tok/s")
+					timeSteps(bm, m, s, out, gr, T)
 				})
 			}
 		}
 		b.Close()
 	}
+}
+
+// timeSteps runs step s three times (capturing its graph), then times bm.N
+// runs and reports ms per step and tokens (of tokens per step) per second.
+func timeSteps(bm *testing.B, m *synthModel, s synthStep, out []float32, greedy []int32, tokens int) {
+	for i := 0; i < 3; i++ {
+		if err := m.forward(s, out, greedy); err != nil {
+			bm.Fatal(err)
+		}
+	}
+	bm.ResetTimer()
+	for i := 0; i < bm.N; i++ {
+		if err := m.forward(s, out, greedy); err != nil {
+			bm.Fatal(err)
+		}
+	}
+	bm.StopTimer()
+	sec := bm.Elapsed().Seconds() / float64(bm.N)
+	bm.ReportMetric(sec*1e3, "ms/step")
+	bm.ReportMetric(float64(tokens)/sec, "tok/s")
 }
 
 // BenchmarkPrefill times prompt steps (one sequence of 1024 new tokens, four
@@ -663,21 +669,7 @@ func BenchmarkPrefill(bm *testing.B) {
 				}
 				s := makeStep(qwen15, r, lens, news, 0)
 				out := make([]float32, sh[0]*qwen15.vocab)
-				for i := 0; i < 2; i++ {
-					if err := m.forward(s, out, nil); err != nil {
-						bm.Fatal(err)
-					}
-				}
-				bm.ResetTimer()
-				for i := 0; i < bm.N; i++ {
-					if err := m.forward(s, out, nil); err != nil {
-						bm.Fatal(err)
-					}
-				}
-				bm.StopTimer()
-				sec := bm.Elapsed().Seconds() / float64(bm.N)
-				bm.ReportMetric(sec*1e3, "ms/step")
-				bm.ReportMetric(float64(sh[0]*sh[1])/sec, "tok/s")
+				timeSteps(bm, m, s, out, nil, sh[0]*sh[1])
 			})
 		}
 		b.Close()
