@@ -2,7 +2,6 @@ package cuda_test
 
 import (
 	"fmt"
-	"github.com/llmserve/llmserve/internal/shareddata"
 	"log/slog"
 	"math"
 	"os"
@@ -11,11 +10,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/llmserve/llmserve/internal/shareddata"
+
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/cpu"
 	"github.com/llmserve/llmserve/ml/cuda"
 	"github.com/llmserve/llmserve/model"
 	_ "github.com/llmserve/llmserve/model/models" // registers every architecture
+	"github.com/llmserve/llmserve/model/modeltest"
 	"github.com/llmserve/llmserve/model/reference"
 )
 
@@ -331,13 +333,7 @@ func TestModelForwardArgmax(t *testing.T) {
 		if !greedy[i] {
 			continue
 		}
-		best, bestV := 0, float32(math.Inf(-1))
-		for j, v := range want[i] {
-			if v > bestV && (masks[i] == nil || masks[i][j/32]>>(j%32)&1 != 0) {
-				best, bestV = j, v
-			}
-		}
-		if ids[i] != int32(best) {
+		if best := modeltest.ArgmaxAllowed(want[i], masks[i]); ids[i] != best {
 			t.Errorf("masked row %d: device argmax %d, want %d", i, ids[i], best)
 		}
 	}

@@ -2,13 +2,13 @@ package llama
 
 import (
 	"errors"
-	"math"
 	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/llmserve/llmserve/internal/shareddata"
 	"github.com/llmserve/llmserve/model"
+	"github.com/llmserve/llmserve/model/modeltest"
 )
 
 // TestForwardArgmax: on the CPU (host fallback) ForwardArgmax gives each
@@ -93,13 +93,7 @@ func TestForwardArgmax(t *testing.T) {
 		if !g {
 			continue
 		}
-		wrow, best, bestV := want[i*V:(i+1)*V], 0, float32(math.Inf(-1))
-		for j, v := range wrow {
-			if v > bestV && (masks[i] == nil || masks[i][j/32]>>(j%32)&1 != 0) {
-				best, bestV = j, v
-			}
-		}
-		if ids[i] != int32(best) {
+		if best := modeltest.ArgmaxAllowed(want[i*V:(i+1)*V], masks[i]); ids[i] != best {
 			t.Errorf("masked row %d: argmax %d, want %d", i, ids[i], best)
 		}
 	}

@@ -134,6 +134,20 @@ func Argmax(x []float32) int32 {
 	return int32(best)
 }
 
+// ArgmaxAllowed is the index of x's largest value among the tokens the
+// bitset allowed allows (bit t%32 of word t/32; nil: every token), the
+// lowest on ties, 0 when none is allowed: what ForwardArgmax returns for a
+// masked greedy row.
+func ArgmaxAllowed(x []float32, allowed []uint32) int32 {
+	best, bestV := 0, float32(math.Inf(-1))
+	for i, v := range x {
+		if v > bestV && (allowed == nil || allowed[i/32]>>(i%32)&1 != 0) {
+			best, bestV = i, v
+		}
+	}
+	return int32(best)
+}
+
 // MaxDiff64 is the largest |got-want| and where it is.
 func MaxDiff64(got []float32, want []float64) (float64, int) {
 	worst, at := 0.0, 0
