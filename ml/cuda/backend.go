@@ -113,9 +113,10 @@ type Options struct {
 	// grid sized to the SMs), 1, 2, 4 or 8 one launch block per 8/KS rows
 	// with KS warps splitting each row's K. For benchmarks.
 	GemvKS int
-	// ExactActivations makes every bf16/f16 MatMul keep f32 activations (the
-	// GEMV kernel, slow for large batches) instead of rounding them to the
-	// weight dtype for cuBLAS: bit-for-bit closer to the CPU backend.
+	// ExactActivations runs every bf16/f16 MatMul on the f32-activation GEMV
+	// kernels (f32 arithmetic throughout, slow for large batches) instead
+	// of the tensor-core GEMMs, and makes the cache of KV dtype "auto" f32:
+	// the closest to the CPU backend, for tests.
 	ExactActivations bool
 	// RoundActivations rounds f32 activations to bf16 for the bf16 GEMMs
 	// and GEMVs (one tensor-core pass, as vLLM does) instead of keeping
@@ -489,9 +490,10 @@ func kernelNames() []string {
 // Name implements ml.Backend.
 func (b *Backend) Name() string { return "cuda" }
 
-// ActivationDType implements ml.ActivationDTyper: bf16/f16 models compute
-// with activations in their dtype (rounded for the tensor-core GEMMs)
-// unless ExactActivations keeps them in f32.
+// ActivationDType implements ml.ActivationDTyper: the dtype a KV cache of
+// dtype "auto" takes. It is the model's for bf16/f16 models, as vLLM's
+// cache (the activations themselves stay f32 and reach the tensor cores as
+// split bf16 halves), and f32 under ExactActivations.
 func (b *Backend) ActivationDType(weights ml.DType) ml.DType {
 	if b.opts.ExactActivations {
 		return ml.F32
