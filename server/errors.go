@@ -77,7 +77,7 @@ func (s *Server) errorOf(err error) apiError {
 			msg: "the server runs without a tokenizer (--skip-tokenizer-init): send token ids", param: "prompt", reject: metrics.RejectInvalid}
 	case errors.Is(err, engine.ErrTooLong):
 		return apiError{status: http.StatusBadRequest, typ: "invalid_request_error", param: "prompt",
-			msg: fmt.Sprintf("the prompt is longer than this model's maximum context length (%d tokens)", s.opts.MaxModelLen), reject: metrics.RejectInvalid, internal: err}
+			msg: fmt.Sprintf("the prompt is longer than this model's maximum context length (%d tokens)", s.maxModelLen()), reject: metrics.RejectInvalid, internal: err}
 	case errors.Is(err, engine.ErrInvalidRequest):
 		return apiError{status: http.StatusBadRequest, typ: "invalid_request_error",
 			msg: "the request's parameters are outside what this server can run", reject: metrics.RejectInvalid, internal: err}

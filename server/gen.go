@@ -53,7 +53,7 @@ func (g *genRequest) seats() int { return len(g.prompts) * g.params.N }
 // is formed before it is known not to overflow.
 func (s *Server) checkPrompts(g *genRequest, promptParam string) error {
 	vocab := s.limits().VocabSize
-	maxLen := s.opts.MaxModelLen
+	maxLen := s.maxModelLen()
 	if g.maxParam == "" {
 		g.maxParam = "max_tokens"
 	}

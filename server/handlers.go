@@ -125,7 +125,7 @@ func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
 	list := openai.ModelList{Object: "list", Data: make([]openai.Model, 0, len(s.opts.ModelNames))}
 	for _, n := range s.opts.ModelNames {
 		list.Data = append(list.Data, openai.Model{ID: n, Object: "model", Created: s.start.Unix(), OwnedBy: "llmserve",
-			Root: s.opts.ModelRoot, MaxModelLen: s.opts.MaxModelLen})
+			Root: s.opts.ModelRoot, MaxModelLen: s.maxModelLen()})
 	}
 	writeJSON(w, http.StatusOK, list)
 }
@@ -166,7 +166,7 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	h := HealthResponse{Status: "ok", Model: s.opts.ModelNames[0], UptimeSeconds: time.Since(s.start).Seconds(),
 		Running: st.Running, Waiting: st.Waiting, Admitted: s.Admitted(), KVCacheUsage: st.KVUsage,
 		KVBlocksTotal: st.KVBlocksTotal, KVBlocksFree: st.KVBlocksFree, BlockSize: st.BlockSize,
-		KVCacheCapacityTokens: st.KVBlocksTotal * st.BlockSize, MaxModelLen: s.opts.MaxModelLen}
+		KVCacheCapacityTokens: st.KVBlocksTotal * st.BlockSize, MaxModelLen: s.maxModelLen()}
 	if h.MaxModelLen > 0 {
 		h.MaxConcurrency = float64(h.KVCacheCapacityTokens) / float64(h.MaxModelLen)
 	}
@@ -241,7 +241,7 @@ func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
 		}
 		ids = s.tok.Encode(text, req.AddSpecialTokens != nil && *req.AddSpecialTokens)
 	}
-	resp := openai.TokenizeResponse{Count: len(ids), MaxModelLen: s.opts.MaxModelLen, Tokens: ids}
+	resp := openai.TokenizeResponse{Count: len(ids), MaxModelLen: s.maxModelLen(), Tokens: ids}
 	if resp.Tokens == nil {
 		resp.Tokens = []int{}
 	}

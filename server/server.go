@@ -68,7 +68,8 @@ type Options struct {
 	// the metrics' model_name label.
 	ModelNames []string
 	ModelRoot  string // the model's path or repo id, shown in /v1/models
-	// MaxModelLen bounds prompt plus generated tokens.
+	// MaxModelLen bounds prompt plus generated tokens (SetMaxModelLen may
+	// lower it once the KV cache is sized).
 	MaxModelLen int
 	// VocabSize is the model's vocabulary: token ids must be below it.
 	VocabSize int
@@ -151,6 +152,8 @@ type Server struct {
 	eng  atomic.Pointer[engineBox]
 	// modelInfo is set once the model is loaded.
 	modelInfo atomic.Pointer[ModelInfo]
+	// maxModelLenV is MaxModelLen, or what SetMaxModelLen made it.
+	maxModelLenV atomic.Int64
 	tok       Tokenizer
 	metrics   *metrics.Metrics
 	prom      http.Handler
@@ -206,6 +209,7 @@ func New(opts Options) (*Server, error) {
 		opts.ReadHeaderTimeout = defaultReadHeaderTimeout
 	}
 	s := &Server{opts: opts, log: opts.Logger, tok: opts.Tokenizer, start: time.Now(), idle: make(chan struct{})}
+	s.maxModelLenV.Store(int64(opts.MaxModelLen))
 	if opts.Engine != nil {
 		s.eng.Store(&engineBox{opts.Engine})
 	}
@@ -239,6 +243,13 @@ func New(opts Options) (*Server, error) {
 
 // SetEngine makes the server ready with e (for servers created while loading).
 func (s *Server) SetEngine(e engine.Engine) { s.eng.Store(&engineBox{e}) }
+
+// SetMaxModelLen sets the bound on prompt plus generated tokens, when it
+// is known only once the model is loaded (the KV cache holds fewer tokens
+// than the model's context).
+func (s *Server) SetMaxModelLen(n int) { s.maxModelLenV.Store(int64(n)) }
+
+func (s *Server) maxModelLen() int { return int(s.maxModelLenV.Load()) }
 
 // SetModelInfo publishes the loaded model's memory figures on /health.
 func (s *Server) SetModelInfo(mi ModelInfo) { s.modelInfo.Store(&mi) }

@@ -99,7 +99,7 @@ func (s *Server) modelNotFound(name string) error {
 
 func (s *Server) modelEntry(name string) openai.Model {
 	return openai.Model{ID: name, Object: "model", Created: s.start.Unix(), OwnedBy: "llmserve",
-		Root: s.opts.ModelRoot, MaxModelLen: s.opts.MaxModelLen}
+		Root: s.opts.ModelRoot, MaxModelLen: s.maxModelLen()}
 }
 
 // handleModel is GET /v1/models/{id} (the OpenAI SDK's models.retrieve).

@@ -6,8 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/llmserve/llmserve/internal/shareddata"
-	"github.com/llmserve/llmserve/server"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +16,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/llmserve/llmserve/internal/shareddata"
+	"github.com/llmserve/llmserve/server"
 
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -323,5 +324,50 @@ func TestLiveHealthMemory(t *testing.T) {
 		h.KVCacheCapacityTokens != h.KVBlocksTotal*16 || h.KVCacheBytes != int64(h.KVCacheCapacityTokens)*512 ||
 		h.MaxConcurrency != float64(h.KVCacheCapacityTokens)/float64(h.MaxModelLen) {
 		t.Fatalf("health %+v", h)
+	}
+}
+
+// TestLiveMaxModelLenDefault: without --max-model-len the context is the
+// model's max_position_embeddings (2048 for qwen2-tiny) when the KV cache
+// holds it, and the cache's capacity, with a warning, when it does not; a
+// prompt past it is a 400 naming the limit.
+func TestLiveMaxModelLenDefault(t *testing.T) {
+	health := func(l *live) server.HealthResponse {
+		t.Helper()
+		resp, err := http.Get(l.url + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var h server.HealthResponse
+		if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	if h := health(startLive(t)); h.MaxModelLen != 2048 {
+		t.Errorf("8 MiB of cache (%d tokens): max_model_len %d, want the model's 2048", h.KVCacheCapacityTokens, h.MaxModelLen)
+	}
+	// 256 KiB at 512 bytes a token: 512 tokens.
+	l := startLive(t, "--kv-cache-memory", "256KiB")
+	if h := health(l); h.MaxModelLen != 512 || h.KVCacheCapacityTokens != 512 {
+		t.Errorf("256 KiB of cache: max_model_len %d (capacity %d), want 512", h.MaxModelLen, h.KVCacheCapacityTokens)
+	}
+	if !strings.Contains(l.logs.String(), "max_model_len lowered") {
+		t.Errorf("no warning about the lowered max_model_len:\n%s", l.logs)
+	}
+	ids := make([]int, 600)
+	for i := range ids {
+		ids[i] = 1 + i%100
+	}
+	body, _ := json.Marshal(map[string]any{"model": "tiny", "prompt": ids, "max_tokens": 1})
+	resp, err := http.Post(l.url+"/v1/completions", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(msg), "512") {
+		t.Errorf("a 600-token prompt: %d %s, want 400 naming 512", resp.StatusCode, msg)
 	}
 }

@@ -38,8 +38,8 @@ import (
 	"github.com/llmserve/llmserve/tokenizer"
 )
 
-// defaultMaxModelLen caps the model's max_position_embeddings when
-// --max-model-len is not given: long contexts cost KV memory per request.
+// defaultMaxModelLen is the context without --max-model-len for a model
+// whose config states no max_position_embeddings.
 const defaultMaxModelLen = 8192
 
 // defaultCPUKVMemory is the KV cache on the CPU without --kv-cache-memory.
@@ -158,11 +158,14 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 			"temperature", ptrAttr(defaults.Temperature), "top_p", ptrAttr(defaults.TopP), "top_k", ptrAttr(defaults.TopK),
 			"repetition_penalty", ptrAttr(defaults.RepetitionPenalty))
 	}
+	// Without --max-model-len, the model's whole context, as vLLM: lowered
+	// to what the KV cache holds once it is sized (where vLLM refuses to
+	// start).
 	maxLen := cfg.MaxModelLen
 	if maxLen == 0 {
 		maxLen = defaultMaxModelLen
 		if mcfg.MaxPositionEmbeddings > 0 {
-			maxLen = min(mcfg.MaxPositionEmbeddings, defaultMaxModelLen)
+			maxLen = mcfg.MaxPositionEmbeddings
 		}
 	} else if mcfg.MaxPositionEmbeddings > 0 && maxLen > mcfg.MaxPositionEmbeddings {
 		log.Warn("--max-model-len exceeds the model's max_position_embeddings", "max_model_len", maxLen, "max_position_embeddings", mcfg.MaxPositionEmbeddings)
@@ -264,6 +267,12 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 			return err
 		}
 		phases.done("size KV cache", "blocks", numBlocks)
+		if capTokens := numBlocks * cfg.BlockSize; cfg.MaxModelLen == 0 && capTokens < maxLen {
+			log.Warn("max_model_len lowered to the KV cache's capacity (set --max-model-len, or give the cache more memory: --kv-cache-memory, --gpu-memory-utilization)",
+				"max_position_embeddings", maxLen, "max_model_len", capTokens)
+			maxLen = capTokens
+			srv.SetMaxModelLen(maxLen)
+		}
 		eopts := engine.Options{
 			MaxNumSeqs: cfg.MaxNumSeqs, MaxNumBatchedTokens: cfg.MaxNumBatchedTokens, MaxModelLen: maxLen,
 			BlockSize: cfg.BlockSize, NumBlocks: numBlocks, EnablePrefixCaching: cfg.EnablePrefixCaching,
