@@ -154,11 +154,11 @@ type Server struct {
 	modelInfo atomic.Pointer[ModelInfo]
 	// maxModelLenV is MaxModelLen, or what SetMaxModelLen made it.
 	maxModelLenV atomic.Int64
-	tok       Tokenizer
-	metrics   *metrics.Metrics
-	prom      http.Handler
-	keyHash   [32]byte
-	start     time.Time
+	tok          Tokenizer
+	metrics      *metrics.Metrics
+	prom         http.Handler
+	keyHash      [32]byte
+	start        time.Time
 
 	draining atomic.Bool
 	admitted atomic.Int64
