@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/llmserve/llmserve/internal/shareddata"
-	"github.com/llmserve/llmserve/server"
 
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -309,16 +308,7 @@ func TestLiveDrainFinishesStream(t *testing.T) {
 // /health carries the reference's memory table: weights, KV capacity and the
 // concurrency it allows at max_model_len.
 func TestLiveHealthMemory(t *testing.T) {
-	l := startLive(t)
-	resp, err := http.Get(l.url + "/health")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var h server.HealthResponse
-	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
-		t.Fatal(err)
-	}
+	h := liveHealth(t, startLive(t).url)
 	// qwen2-tiny: 2 layers × 2 KV heads × head_dim 16 × (K+V) × 4 bytes (f32) = 512 bytes a token.
 	if h.Backend != "cpu" || h.WeightsBytes <= 0 || h.BlockSize != 16 || h.KVBlocksTotal <= 0 ||
 		h.KVCacheCapacityTokens != h.KVBlocksTotal*16 || h.KVCacheBytes != int64(h.KVCacheCapacityTokens)*512 ||
@@ -332,25 +322,12 @@ func TestLiveHealthMemory(t *testing.T) {
 // holds it, and the cache's capacity, with a warning, when it does not; a
 // prompt past it is a 400 naming the limit.
 func TestLiveMaxModelLenDefault(t *testing.T) {
-	health := func(l *live) server.HealthResponse {
-		t.Helper()
-		resp, err := http.Get(l.url + "/health")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var h server.HealthResponse
-		if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
-	if h := health(startLive(t)); h.MaxModelLen != 2048 {
+	if h := liveHealth(t, startLive(t).url); h.MaxModelLen != 2048 {
 		t.Errorf("8 MiB of cache (%d tokens): max_model_len %d, want the model's 2048", h.KVCacheCapacityTokens, h.MaxModelLen)
 	}
 	// 256 KiB at 512 bytes a token: 512 tokens.
 	l := startLive(t, "--kv-cache-memory", "256KiB")
-	if h := health(l); h.MaxModelLen != 512 || h.KVCacheCapacityTokens != 512 {
+	if h := liveHealth(t, l.url); h.MaxModelLen != 512 || h.KVCacheCapacityTokens != 512 {
 		t.Errorf("256 KiB of cache: max_model_len %d (capacity %d), want 512", h.MaxModelLen, h.KVCacheCapacityTokens)
 	}
 	if !strings.Contains(l.logs.String(), "max_model_len lowered") {
