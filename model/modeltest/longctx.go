@@ -40,11 +40,44 @@ func NewLongContext(t testing.TB, td, name string, prompt, decode int) *LongCont
 	return &LongContext{Dir: dir, Prompt: prompt, Decode: decode, Tokens: tokens, Want: ref.Forward(tokens)}
 }
 
+// NewLongContextUnchecked is NewLongContext without the reference's logits
+// (Want stays nil): for contexts where the float64 reference, quadratic in
+// the length, would take minutes, and two backends are compared instead.
+func NewLongContextUnchecked(t testing.TB, td, name string, prompt, decode int) *LongContext {
+	t.Helper()
+	dir := t.TempDir()
+	if err := reference.Rewrite(filepath.Join(td, "models", name), dir, ml.BF16, prompt+decode); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := reference.Load(dir) // for its vocabulary only
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	tokens := make([]int32, prompt+decode)
+	for i := range tokens {
+		tokens[i] = int32(r.IntN(ref.Config.VocabSize))
+	}
+	return &LongContext{Dir: dir, Prompt: prompt, Decode: decode, Tokens: tokens}
+}
+
 // Run allocates m's KV cache for the case (16-token blocks in reverse
 // order, so the block table is not the identity), runs the prompt in
 // chunks of chunk tokens, then the decode tokens one by one, and returns
 // the logprob difference from the reference at every position.
 func (c *LongContext) Run(t testing.TB, m model.Model, chunk int) []float64 {
+	t.Helper()
+	rows := c.Rows(t, m, chunk)
+	diffs := make([]float64, len(rows))
+	for p := range rows {
+		diffs[p] = reference.LogprobDiff(rows[p], c.Want[p])
+	}
+	return diffs
+}
+
+// Rows runs the case on m as Run does and returns its logits at every
+// position.
+func (c *LongContext) Rows(t testing.TB, m model.Model, chunk int) [][]float32 {
 	t.Helper()
 	const bs = 16
 	blocks := (c.Prompt+c.Decode+bs-1)/bs + 1
@@ -62,9 +95,5 @@ func (c *LongContext) Run(t testing.TB, m model.Model, chunk int) []float64 {
 	for i := c.Prompt; i < c.Prompt+c.Decode; i++ {
 		rows = append(rows, s.Step(t, c.Tokens[i:i+1])...)
 	}
-	diffs := make([]float64, len(rows))
-	for p := range rows {
-		diffs[p] = reference.LogprobDiff(rows[p], c.Want[p])
-	}
-	return diffs
+	return rows
 }
