@@ -24,6 +24,23 @@ type LongContext struct {
 // data directory td (the reference forward takes seconds: build it once).
 func NewLongContext(t testing.TB, td, name string, prompt, decode int) *LongContext {
 	t.Helper()
+	c, ref := newLongContext(t, td, name, prompt, decode)
+	c.Want = ref.Forward(c.Tokens)
+	return c
+}
+
+// NewLongContextUnchecked is NewLongContext without the reference's logits
+// (Want stays nil): for contexts where the float64 reference, quadratic in
+// the length, would take minutes, and two backends are compared instead.
+func NewLongContextUnchecked(t testing.TB, td, name string, prompt, decode int) *LongContext {
+	t.Helper()
+	c, _ := newLongContext(t, td, name, prompt, decode)
+	return c
+}
+
+// newLongContext rewrites the checkpoint and draws the tokens.
+func newLongContext(t testing.TB, td, name string, prompt, decode int) (*LongContext, *reference.Model) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := reference.Rewrite(filepath.Join(td, "models", name), dir, ml.BF16, 2*(prompt+decode)); err != nil {
 		t.Fatal(err)
@@ -37,28 +54,7 @@ func NewLongContext(t testing.TB, td, name string, prompt, decode int) *LongCont
 	for i := range tokens {
 		tokens[i] = int32(r.IntN(ref.Config.VocabSize))
 	}
-	return &LongContext{Dir: dir, Prompt: prompt, Decode: decode, Tokens: tokens, Want: ref.Forward(tokens)}
-}
-
-// NewLongContextUnchecked is NewLongContext without the reference's logits
-// (Want stays nil): for contexts where the float64 reference, quadratic in
-// the length, would take minutes, and two backends are compared instead.
-func NewLongContextUnchecked(t testing.TB, td, name string, prompt, decode int) *LongContext {
-	t.Helper()
-	dir := t.TempDir()
-	if err := reference.Rewrite(filepath.Join(td, "models", name), dir, ml.BF16, prompt+decode); err != nil {
-		t.Fatal(err)
-	}
-	ref, err := reference.Load(dir) // for its vocabulary only
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := rand.New(rand.NewPCG(1, 2))
-	tokens := make([]int32, prompt+decode)
-	for i := range tokens {
-		tokens[i] = int32(r.IntN(ref.Config.VocabSize))
-	}
-	return &LongContext{Dir: dir, Prompt: prompt, Decode: decode, Tokens: tokens}
+	return &LongContext{Dir: dir, Prompt: prompt, Decode: decode, Tokens: tokens}, ref
 }
 
 // Run allocates m's KV cache for the case (16-token blocks in reverse
