@@ -163,10 +163,7 @@ func (e *Local) buildBatch() {
 			if g {
 				// The mask of this token was started when the last one was
 				// accepted; this waits for it.
-				s.allowed = slices.Grow(s.allowed[:0], (e.vocab+31)/32)[:(e.vocab+31)/32]
-				if s.sampling.AllowedTokens(s.allowed, e.vocab) {
-					allowed = s.allowed
-				}
+				allowed = s.sampling.AllowedTokens(e.vocab)
 			}
 			b.Allowed = append(b.Allowed, allowed)
 		}

@@ -63,10 +63,7 @@ type sequence struct {
 	everScheduled   bool
 
 	sampling *sample.State
-	// allowed is the bitset of the tokens its processors allow next, sent
-	// with a step whose argmax the device takes.
-	allowed []uint32
-	detok   tokenizer.TextStream
+	detok    tokenizer.TextStream
 	// Stop strings need the text: text holds everything detokenized so
 	// far; emitted bytes of it were sent, the rest is held back while it
 	// could be the start of a stop string. stopState is the request's stop

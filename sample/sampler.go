@@ -100,7 +100,8 @@ type State struct {
 	counts  map[int32]int32    // output token counts (frequency/presence penalties)
 	seen    map[int32]struct{} // prompt and output tokens (repetition penalty)
 	procs   []LogitsProcessor
-	maskTmp []uint32 // AllowedTokens' second processor's mask
+	mask    []uint32 // AllowedTokens' result
+	maskTmp []uint32 // and a second processor's mask
 }
 
 // NewState makes a sequence's state. p must stay unchanged while the state
@@ -156,10 +157,16 @@ func (st *State) Maskable() bool {
 	return true
 }
 
-// AllowedTokens writes into words the tokens that st's processors (all
-// TokenMaskers: see Maskable) allow in logits of n entries, and reports
-// whether any is forbidden.
-func (st *State) AllowedTokens(words []uint32, n int) bool {
+// AllowedTokens returns the tokens that st's processors (all TokenMaskers:
+// see Maskable) allow next in logits of n entries, as a bitset (bit t%32
+// of word t/32) that st owns until the next call, or nil when none is
+// forbidden. A sequence without processors allocates nothing.
+func (st *State) AllowedTokens(n int) []uint32 {
+	if len(st.procs) == 0 {
+		return nil
+	}
+	W := (n + 31) / 32
+	st.mask = slices.Grow(st.mask[:0], W)[:W]
 	constrained := false
 	for _, pr := range st.procs {
 		tm, ok := pr.(TokenMasker)
@@ -167,17 +174,20 @@ func (st *State) AllowedTokens(words []uint32, n int) bool {
 			continue
 		}
 		if !constrained {
-			constrained = tm.AllowedTokens(words, n)
+			constrained = tm.AllowedTokens(st.mask, n)
 			continue
 		}
-		st.maskTmp = slices.Grow(st.maskTmp[:0], len(words))[:len(words)]
+		st.maskTmp = slices.Grow(st.maskTmp[:0], W)[:W]
 		if tm.AllowedTokens(st.maskTmp, n) {
 			for i, w := range st.maskTmp {
-				words[i] &= w
+				st.mask[i] &= w
 			}
 		}
 	}
-	return constrained
+	if !constrained {
+		return nil
+	}
+	return st.mask
 }
 
 // NumOutput is the number of accepted tokens.
