@@ -42,11 +42,12 @@ func (a *argmaxFake) ForwardArgmax(ctx context.Context, b *model.Batch, greedy [
 		}
 		row := logits[i*V : (i+1)*V]
 		var allowed []uint32
-		if b.Allowed != nil {
-			allowed = b.Allowed[i]
-		}
-		if allowed != nil {
-			a.maskedRows.Add(1)
+		if b.AllowedTokens != nil {
+			words := make([]uint32, (V+31)/32)
+			if b.AllowedTokens(i, words) {
+				allowed = words
+				a.maskedRows.Add(1)
+			}
 		}
 		best, bestV := 0, float32(math.Inf(-1))
 		for j, v := range row {

@@ -100,6 +100,10 @@ type Local struct {
 	argmaxer  model.DeviceArgmaxer
 	greedy    []bool
 	greedyTok []int32
+	// rowSeq[r] is the sequence of the step's logit row r.
+	rowSeq []*sequence
+	// allowedTokens as a method value, made once.
+	allowedFn func(int, []uint32) bool
 	anyGreedy bool
 	toDraw    []*sequence
 	work      chan sampleTask
@@ -172,6 +176,7 @@ func New(m model.Model, opts Options) (*Local, error) {
 	if da, ok := m.(model.DeviceArgmaxer); ok && da.ArgmaxOnDevice() {
 		e.argmaxer = da
 	}
+	e.allowedFn = e.allowedTokens
 	e.stats = Stats{KVBlocksTotal: opts.NumBlocks, KVBlocksFree: opts.NumBlocks, BlockSize: opts.BlockSize}
 	e.log.Info("KV cache",
 		"blocks", opts.NumBlocks, "block_size", opts.BlockSize,

@@ -140,8 +140,9 @@ func (e *Local) preempt(v *sequence) int {
 func (e *Local) buildBatch() {
 	b := &e.batch
 	b.Tokens, b.Positions, b.Seqs, b.LogitIndices = b.Tokens[:0], b.Positions[:0], b.Seqs[:0], b.LogitIndices[:0]
-	clear(b.Allowed)
-	b.Allowed = b.Allowed[:0]
+	b.AllowedTokens = nil
+	clear(e.rowSeq)
+	e.rowSeq = e.rowSeq[:0]
 	e.greedy, e.anyGreedy = e.greedy[:0], false
 	rows := 0
 	for _, s := range e.scheduled {
@@ -159,13 +160,10 @@ func (e *Local) buildBatch() {
 			g := e.argmaxer != nil && e.deviceGreedy(s)
 			e.greedy = append(e.greedy, g)
 			e.anyGreedy = e.anyGreedy || g
-			var allowed []uint32
-			if g {
-				// The mask of this token was started when the last one was
-				// accepted; this waits for it.
-				allowed = s.sampling.AllowedTokens(e.vocab)
+			e.rowSeq = append(e.rowSeq, s)
+			if g && s.sampling.HasProcessors() {
+				b.AllowedTokens = e.allowedFn
 			}
-			b.Allowed = append(b.Allowed, allowed)
 		}
 	}
 	e.greedyTok = slices.Grow(e.greedyTok[:0], rows)[:rows]
@@ -177,6 +175,19 @@ func (e *Local) buildBatch() {
 	if e.opts.OnStep != nil {
 		e.opts.OnStep(len(b.Tokens))
 	}
+}
+
+// allowedTokens is the step's model.Batch.AllowedTokens: the tokens the
+// processors of row's sequence allow next. The model asks once the step is
+// under way; the sequence's mask has been computed in the background since
+// its last token was accepted, and this waits for it.
+func (e *Local) allowedTokens(row int, words []uint32) bool {
+	mask := e.rowSeq[row].sampling.AllowedTokens(e.vocab)
+	if mask == nil {
+		return false
+	}
+	copy(words, mask)
+	return true
 }
 
 // deviceGreedy reports whether s's next token is the argmax of its logits

@@ -23,12 +23,15 @@ type Batch struct {
 	Seqs      []SeqChunk
 	// LogitIndices are indices into Tokens whose logits Forward returns, in order.
 	LogitIndices []int32
-	// Allowed, when set, has one entry per logit row: for a row that
-	// ForwardArgmax reduces (greedy), the tokens it may pick, as a bitset
-	// (bit t%32 of word t/32 allows token t); a nil entry allows every
-	// token. Rows whose logits are returned are not masked: their caller
-	// applies its own processing.
-	Allowed [][]uint32
+	// AllowedTokens, when set, is asked by ForwardArgmax for the tokens
+	// each greedy logit row may pick, once the step's computation is under
+	// way (so that a grammar's mask is computed while the device works): it
+	// writes row's bitset into words (bit t%32 of word t/32 allows token t;
+	// ceil(VocabSize/32) words) and reports whether the row is constrained
+	// at all (false: every token is allowed and words is ignored). Rows
+	// whose logits are returned are not masked: their caller applies its
+	// own processing.
+	AllowedTokens func(row int, words []uint32) bool
 }
 
 // SeqChunk is one sequence's share of a Batch.
@@ -76,7 +79,7 @@ type DeviceArgmaxer interface {
 	ArgmaxOnDevice() bool
 	// ForwardArgmax is Forward where, for every logit row i (of
 	// len(b.LogitIndices)) with greedy[i], tokens[i] receives the index of
-	// the row's largest logit among the tokens b.Allowed[i] allows (the
+	// the row's largest logit among the tokens b.AllowedTokens allows (the
 	// lowest index on ties; 0 when none is allowed) and logits' row i is
 	// left unspecified; the other rows get their logits as from
 	// Forward. logits keeps Forward's length (len(b.LogitIndices)*VocabSize),

@@ -145,6 +145,9 @@ func (st *State) Accept(tok int) {
 	}
 }
 
+// HasProcessors reports whether st has logits processors (a grammar's mask).
+func (st *State) HasProcessors() bool { return len(st.procs) != 0 }
+
 // Maskable reports whether every logits processor of st is a TokenMasker,
 // so that the processed logits of a greedy sequence differ from the raw
 // ones only by forbidden tokens (see AllowedTokens).

@@ -536,6 +536,16 @@ func (b *Backend) Sync() error {
 	return b.flushSync()
 }
 
+// Launch sends the ops recorded so far to the GPU without waiting for
+// them, so that the host can prepare what the next ops need meanwhile.
+func (b *Backend) Launch() error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	return b.flush()
+}
+
 func (b *Backend) flushSync() error {
 	if err := b.flush(); err != nil {
 		return err

@@ -309,15 +309,22 @@ func TestModelForwardArgmax(t *testing.T) {
 	// Again with allowed-token masks on some greedy rows (a grammar's): the
 	// device argmax among the allowed tokens, rows without a mask as before.
 	W := (V + 31) / 32
-	b.Allowed = make([][]uint32, P)
+	masks := make([][]uint32, P)
 	for i := range P {
 		if !greedy[i] || i%2 == 1 {
 			continue
 		}
-		b.Allowed[i] = make([]uint32, W)
+		masks[i] = make([]uint32, W)
 		for j := i; j < V; j += 7 + i {
-			b.Allowed[i][j/32] |= 1 << (j % 32)
+			masks[i][j/32] |= 1 << (j % 32)
 		}
+	}
+	b.AllowedTokens = func(row int, words []uint32) bool {
+		if masks[row] == nil {
+			return false
+		}
+		copy(words, masks[row])
+		return true
 	}
 	if err := m.ForwardArgmax(t.Context(), b, greedy, ids, out); err != nil {
 		t.Fatal(err)
@@ -326,7 +333,7 @@ func TestModelForwardArgmax(t *testing.T) {
 		if !greedy[i] {
 			continue
 		}
-		if best := modeltest.ArgmaxAllowed(want[i], b.Allowed[i]); ids[i] != best {
+		if best := modeltest.ArgmaxAllowed(want[i], masks[i]); ids[i] != best {
 			t.Errorf("masked row %d: device argmax %d, want %d", i, ids[i], best)
 		}
 	}

@@ -56,7 +56,7 @@ func (m *Model) bindFused(f ml.LayerFuser) error {
 
 // forwardFused runs the layers and the lm_head of a step on the backend's
 // fused layers (after the embedding).
-func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, rowsInOrder bool, greedy []bool, allowed [][]uint32, tokens []int32, logits []float32) error {
+func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, rowsInOrder bool, greedy []bool, allowed func(int, []uint32) bool, tokens []int32, logits []float32) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}

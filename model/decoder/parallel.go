@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -363,15 +364,20 @@ func (p *Parallel) ForwardArgmax(ctx context.Context, b *model.Batch, greedy []b
 			model.ErrBadBatch, len(greedy), len(tokens), len(b.LogitIndices))
 	}
 	V := p.cfg.VocabSize
-	if err := validateAllowed(b, V); err != nil {
-		return err
-	}
 	if err := p.forward(ctx, b, logits); err != nil {
 		return err
 	}
+	var mask []uint32
 	for i, g := range greedy {
 		if g {
-			tokens[i] = int32(hostArgmax(logits[i*V:(i+1)*V], rowMask(b.Allowed, i)))
+			allowed := []uint32(nil)
+			if b.AllowedTokens != nil {
+				mask = slices.Grow(mask[:0], maskWords(V))[:maskWords(V)]
+				if b.AllowedTokens(i, mask) {
+					allowed = mask
+				}
+			}
+			tokens[i] = int32(hostArgmax(logits[i*V:(i+1)*V], allowed))
 		}
 	}
 	return nil

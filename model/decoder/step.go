@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"unsafe"
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/model"
@@ -33,6 +34,7 @@ type scratch struct {
 	argmax           ml.Tensor // I32 [capL, 1]
 	masks            ml.Tensor // I32 [≥ capL, maskWords(V)]: greedy rows' allowed tokens, made on first use
 	hMasks           []int32   // its host image
+	hMask            []uint32  // one row's mask, on the host path
 	selH, selD, selX ml.Tensor // [capL, H]
 	logits           ml.Tensor // [capL, V]
 
@@ -210,28 +212,7 @@ func (m *Model) validate(b *model.Batch, logits []float32) (int, error) {
 		return 0, fmt.Errorf("%w: logits buffer holds %d values, want %d (%d rows of %d)",
 			model.ErrBadBatch, len(logits), want, len(b.LogitIndices), m.V)
 	}
-	if err := validateAllowed(b, m.V); err != nil {
-		return 0, err
-	}
 	return maxB, nil
-}
-
-// validateAllowed checks b.Allowed: none, or a row per logit row, each nil
-// or a bitset covering the vocabulary of V.
-func validateAllowed(b *model.Batch, V int) error {
-	if b.Allowed == nil {
-		return nil
-	}
-	if len(b.Allowed) != len(b.LogitIndices) {
-		return fmt.Errorf("%w: %d allowed-token rows for %d logit rows", model.ErrBadBatch, len(b.Allowed), len(b.LogitIndices))
-	}
-	for i, a := range b.Allowed {
-		if a != nil && len(a) < maskWords(V) {
-			return fmt.Errorf("%w: allowed-token row %d has %d words, want %d for a vocabulary of %d",
-				model.ErrBadBatch, i, len(a), maskWords(V), V)
-		}
-	}
-	return nil
 }
 
 // Forward runs one step; see model.Model.
@@ -243,8 +224,10 @@ func (m *Model) Forward(ctx context.Context, b *model.Batch, logits []float32) e
 type deviceArgmax interface {
 	ArgMax(dst, logits ml.Tensor) error
 	// ArgMaxAllowed is ArgMax among the tokens set in the rows of the I32
-	// bitset tensor allowed (see model.Batch.Allowed).
+	// bitset tensor allowed (see model.Batch.AllowedTokens).
 	ArgMaxAllowed(dst, logits, allowed ml.Tensor) error
+	// Launch starts the ops recorded so far without waiting for them.
+	Launch() error
 	DownloadI32(dst []int32, t ml.Tensor) error
 }
 
@@ -374,7 +357,7 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 		for i, r := range lidx {
 			rowsInOrder = rowsInOrder && int(r) == i
 		}
-		return m.forwardFused(ctx, vw, L, rowsInOrder, greedy, b.Allowed, tokens, logits)
+		return m.forwardFused(ctx, vw, L, rowsInOrder, greedy, b.AllowedTokens, tokens, logits)
 	}
 	// pending: a dense MLP's output waits in down, to be added to the
 	// residual by the next norm; a sparse MLP adds its experts to h itself.
@@ -420,7 +403,7 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 	if m.tp != nil {
 		return m.tp.fetch(m, vw, L, logits)
 	}
-	return m.fetchLogits(vw, L, greedy, b.Allowed, tokens, logits)
+	return m.fetchLogits(vw, L, greedy, b.AllowedTokens, tokens, logits)
 }
 
 // paddedMaxContext is the MaxContext padded steps report (at least): large
@@ -459,36 +442,53 @@ func padL(l int) int {
 // fetchLogits copies the step's logits to the host: all of them, or with
 // greedy flags, the argmax of greedy rows among the tokens allowed allows
 // (4 bytes each, reduced on the device when it can) and the logits of the
-// other rows only.
-func (m *Model) fetchLogits(vw *stepViews, L int, greedy []bool, allowed [][]uint32, tokens []int32, logits []float32) error {
+// other rows only. The step is launched before allowed is asked.
+func (m *Model) fetchLogits(vw *stepViews, L int, greedy []bool, allowed func(int, []uint32) bool, tokens []int32, logits []float32) error {
 	be, V := m.be, m.V
 	lg := vw.logits
 	if vw.L != L {
 		lg = be.View(vw.logits, 0, L) // padded rows stay on the device
 	}
 	am, onDevice := be.(deviceArgmax)
-	anyGreedy, anyMask := false, false
-	for i, g := range greedy {
+	anyGreedy := false
+	for _, g := range greedy {
 		anyGreedy = anyGreedy || g
-		anyMask = anyMask || g && i < len(allowed) && allowed[i] != nil
 	}
 	if !anyGreedy || !onDevice {
 		if err := be.Download(logits, lg); err != nil {
 			return err
 		}
+		W := maskWords(V)
 		for i, g := range greedy {
-			if g {
-				tokens[i] = int32(hostArgmax(logits[i*V:(i+1)*V], rowMask(allowed, i)))
+			if !g {
+				continue
 			}
+			var mask []uint32
+			if allowed != nil {
+				m.s.hMask = slices.Grow(m.s.hMask[:0], W)[:W]
+				if allowed(i, m.s.hMask) {
+					mask = m.s.hMask
+				}
+			}
+			tokens[i] = int32(hostArgmax(logits[i*V:(i+1)*V], mask))
 		}
 		return nil
 	}
-	if anyMask {
-		mask, err := m.uploadMasks(vw.L, greedy, allowed)
+	if allowed != nil {
+		// The step runs while the masks are made.
+		if err := am.Launch(); err != nil {
+			return err
+		}
+		mask, err := m.uploadMasks(vw.L, L, greedy, allowed)
 		if err != nil {
 			return err
 		}
-		if err := am.ArgMaxAllowed(vw.argmax, vw.logits, mask); err != nil {
+		if mask == nil {
+			err = am.ArgMax(vw.argmax, vw.logits)
+		} else {
+			err = am.ArgMaxAllowed(vw.argmax, vw.logits, mask)
+		}
+		if err != nil {
 			return err
 		}
 	} else if err := am.ArgMax(vw.argmax, vw.logits); err != nil {
@@ -522,11 +522,30 @@ func (m *Model) fetchLogits(vw *stepViews, L int, greedy []bool, allowed [][]uin
 // maskWords is the length of an allowed-token bitset over a vocabulary.
 func maskWords(V int) int { return (V + 31) / 32 }
 
-// uploadMasks copies the greedy rows' allowed-token bitsets to the device
-// as the rows of an I32 [rows, maskWords(V)] tensor; rows without one
-// (and padded rows) allow every token.
-func (m *Model) uploadMasks(rows int, greedy []bool, allowed [][]uint32) (ml.Tensor, error) {
+// uploadMasks asks allowed for the greedy rows' allowed tokens and copies
+// them to the device as the rows of an I32 [rows, maskWords(V)] tensor;
+// rows without a constraint (and the padded rows past L) allow every
+// token. It returns nil, uploading nothing, when no row is constrained.
+func (m *Model) uploadMasks(rows, L int, greedy []bool, allowed func(int, []uint32) bool) (ml.Tensor, error) {
 	s, W := &m.s, maskWords(m.V)
+	host := slices.Grow(s.hMasks[:0], rows*W)[:rows*W]
+	s.hMasks = host
+	// The same memory as words, which UploadI32 copies as it is.
+	words := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(host))), len(host))
+	constrained := false
+	for i := range rows {
+		row := words[i*W : (i+1)*W]
+		if i < L && greedy[i] && allowed(i, row) {
+			constrained = true
+			continue
+		}
+		for j := range row {
+			row[j] = ^uint32(0)
+		}
+	}
+	if !constrained {
+		return nil, nil
+	}
 	if s.masks == nil || s.masks.Rows() < rows {
 		if s.masks != nil {
 			m.be.Free(s.masks)
@@ -538,30 +557,8 @@ func (m *Model) uploadMasks(rows int, greedy []bool, allowed [][]uint32) (ml.Ten
 		}
 		s.masks = t
 	}
-	host := slices.Grow(s.hMasks[:0], rows*W)[:rows*W]
-	s.hMasks = host
-	for i := range rows {
-		row := host[i*W : (i+1)*W]
-		if i < len(greedy) && greedy[i] && i < len(allowed) && allowed[i] != nil {
-			for j, w := range allowed[i][:W] {
-				row[j] = int32(w)
-			}
-			continue
-		}
-		for j := range row {
-			row[j] = -1
-		}
-	}
 	t := m.be.View(s.masks, 0, rows)
 	return t, m.be.UploadI32(t, host)
-}
-
-// rowMask is row i's allowed-token bitset, or nil.
-func rowMask(allowed [][]uint32, i int) []uint32 {
-	if i < len(allowed) {
-		return allowed[i]
-	}
-	return nil
 }
 
 // hostArgmax is the index of x's largest value among the tokens allowed
