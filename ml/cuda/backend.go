@@ -113,6 +113,12 @@ type Options struct {
 	// grid sized to the SMs), 1, 2, 4 or 8 one launch block per 8/KS rows
 	// with KS warps splitting each row's K. For benchmarks.
 	GemvKS int
+	// LazyStepKernels lets the first steps run before the one-launch
+	// decode-step kernels have compiled (the largest compiles, on a machine
+	// without the kernel cache): one-token steps take the fused GEMVs until
+	// the kernel for the model's head dim is there. The server sets it;
+	// without it the first kernel launch waits for every kernel.
+	LazyStepKernels bool
 	// ExactActivations runs every bf16/f16 MatMul on the f32-activation GEMV
 	// kernels (f32 arithmetic throughout, slow for large batches) instead
 	// of the tensor-core GEMMs, and makes the cache of KV dtype "auto" f32:
@@ -155,11 +161,9 @@ type Backend struct {
 	log  *slog.Logger
 
 	ctx, stream, blas uintptr
-	modules           []uintptr          // one per kernel unit
-	fns               map[string]uintptr // filled by loadKernels
-	compiled          chan struct{}      // closed when kernelImgs/kernelErr are set
-	kernelImgs        [][]byte
-	kernelErr         error
+	fns               map[string]uintptr // filled by loadKernels (and stepKernel)
+	units             []*kernelUnit      // the kernel units' compiles and modules
+	kernelErr         error              // loading them failed
 
 	workspace devBuf // cuBLAS workspace
 	act16     devBuf // activations cast for GEMM
@@ -368,14 +372,9 @@ func NewBackend(opts Options) (*Backend, error) {
 	}
 	// The kernels compile (or come from the cache) in the background while
 	// the caller loads weights; the first kernel launch waits for them.
-	b.compiled = make(chan struct{})
-	go func() {
-		defer close(b.compiled)
-		b.kernelImgs, b.kernelErr = l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, log)
-		if b.kernelErr != nil {
-			b.kernelErr = fmt.Errorf("cuda: compiling kernels for sm_%d%d: %w", dev.major, dev.minor, b.kernelErr)
-		}
-	}()
+	if b.units, err = l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, log); err != nil {
+		return fail(err)
+	}
 	if err := l.blascall(l.cublasCreate, "cublasCreate", uintptr(unsafe.Pointer(&b.blas))); err != nil {
 		return fail(err)
 	}
@@ -409,12 +408,12 @@ func NewBackend(opts Options) (*Backend, error) {
 }
 
 // loadKernels waits for the kernel units to compile and loads them, once;
-// every kernel launch goes through it.
+// every kernel launch goes through it. With LazyStepKernels it does not
+// wait for the decode-step units: stepKernel loads each when it is there.
 func (b *Backend) loadKernels() error {
-	if len(b.fns) > 0 {
+	if b.fns != nil {
 		return nil
 	}
-	<-b.compiled
 	if b.kernelErr != nil {
 		return b.kernelErr
 	}
@@ -422,22 +421,27 @@ func (b *Backend) loadKernels() error {
 		return err
 	}
 	defer b.exit()
-	for _, img := range b.kernelImgs {
-		var m uintptr
-		if err := b.l.call(b.l.cuModuleLoadData, "cuModuleLoadData", uintptr(unsafe.Pointer(&m)), uintptr(unsafe.Pointer(&img[0]))); err != nil {
+	lazy := b.opts.LazyStepKernels
+	for u, ku := range b.units {
+		if lazy && u >= stepUnit(1) {
+			continue
+		}
+		if err := b.loadUnit(ku); err != nil {
 			b.kernelErr = err
 			return err
 		}
-		b.modules = append(b.modules, m)
 	}
-	b.kernelImgs = nil
+	isStep := map[string]bool{}
+	for _, k := range stepKernels {
+		isStep[k] = k != ""
+	}
 	fns := map[string]uintptr{}
 	for _, name := range kernelNames() {
-		cn := cstr(name)
-		for _, m := range b.modules {
-			var f uintptr
-			// A unit without the kernel answers CUDA_ERROR_NOT_FOUND.
-			if b.l.call(b.l.cuModuleGetFunction, "cuModuleGetFunction "+name, uintptr(unsafe.Pointer(&f)), m, uintptr(unsafe.Pointer(&cn[0]))) == nil {
+		if lazy && isStep[name] {
+			continue
+		}
+		for _, ku := range b.units {
+			if f := b.unitFunction(ku, name); f != 0 {
 				fns[name] = f
 				break
 			}
@@ -449,6 +453,70 @@ func (b *Backend) loadKernels() error {
 	}
 	b.fns = fns
 	return nil
+}
+
+// loadUnit waits for unit ku and loads its module (the context current).
+func (b *Backend) loadUnit(ku *kernelUnit) error {
+	<-ku.done
+	if ku.err != nil || ku.mod != 0 {
+		return ku.err
+	}
+	if err := b.l.call(b.l.cuModuleLoadData, "cuModuleLoadData", uintptr(unsafe.Pointer(&ku.mod)), uintptr(unsafe.Pointer(&ku.img[0]))); err != nil {
+		return err
+	}
+	ku.img = nil
+	return nil
+}
+
+// unitFunction is the kernel name in ku's loaded module, or 0.
+func (b *Backend) unitFunction(ku *kernelUnit, name string) uintptr {
+	if ku.mod == 0 {
+		return 0
+	}
+	cn := cstr(name)
+	var f uintptr
+	// A unit without the kernel answers CUDA_ERROR_NOT_FOUND.
+	if b.l.call(b.l.cuModuleGetFunction, "cuModuleGetFunction "+name, uintptr(unsafe.Pointer(&f)), ku.mod, uintptr(unsafe.Pointer(&cn[0]))) != nil {
+		return 0
+	}
+	return f
+}
+
+// errStepCompiling: the decode-step kernel a step asks for is still being
+// compiled (LazyStepKernels); the step takes the fused GEMVs meanwhile.
+var errStepCompiling = fmt.Errorf("%w: decode-step kernel still compiling", ml.ErrUnsupported)
+
+// stepKernel is the decode-step kernel for epl elements per lane: loaded
+// with the others, or with LazyStepKernels once its unit has compiled
+// (errStepCompiling until then, without waiting).
+func (b *Backend) stepKernel(epl int) (uintptr, error) {
+	if err := b.loadKernels(); err != nil {
+		return 0, err
+	}
+	name := stepKernels[epl]
+	if f := b.fns[name]; f != 0 {
+		return f, nil
+	}
+	ku := b.units[stepUnit(epl)]
+	select {
+	case <-ku.done:
+	default:
+		return 0, errStepCompiling
+	}
+	if err := b.enter(); err != nil {
+		return 0, err
+	}
+	defer b.exit()
+	if err := b.loadUnit(ku); err != nil {
+		return 0, err
+	}
+	f := b.unitFunction(ku, name)
+	if f == 0 {
+		return 0, fmt.Errorf("%w: kernel %s is not in its unit", ErrDriver, name)
+	}
+	b.fns[name] = f
+	b.log.Info("cuda: decode-step kernel loaded", "kernel", name)
+	return f, nil
 }
 
 func kernelNames() []string {
@@ -572,8 +640,8 @@ func (b *Backend) Close() error {
 }
 
 func (b *Backend) release() {
-	if b.compiled != nil {
-		<-b.compiled // no compile outlives the backend
+	for _, ku := range b.units {
+		<-ku.done // no compile outlives the backend
 	}
 	if b.ctx == 0 {
 		return
@@ -600,10 +668,12 @@ func (b *Backend) release() {
 		_ = b.l.call(b.l.cuMemFreeHost, "cuMemFreeHost", uintptr(unsafe.Pointer(&b.pinned.buf[0])))
 		b.pinned.buf = nil
 	}
-	for _, m := range b.modules {
-		_ = b.l.call(b.l.cuModuleUnload, "cuModuleUnload", m)
+	for _, ku := range b.units {
+		if ku.mod != 0 {
+			_ = b.l.call(b.l.cuModuleUnload, "cuModuleUnload", ku.mod)
+			ku.mod = 0
+		}
 	}
-	b.modules = nil
 	if b.stream != 0 {
 		_ = b.l.call(b.l.cuStreamDestroy, "cuStreamDestroy", b.stream)
 	}

@@ -68,3 +68,10 @@ func SetStepSyncMode(b *Backend, mode int) { b.step.syncMode, b.step.syncSet = m
 // SetStepTailPDL turns programmatic dependent launch of the kernels after a
 // decode step (lm_head, argmax) on or off.
 func SetStepTailPDL(b *Backend, on bool) { b.step.noTailPDL = !on }
+
+// WaitStepKernels waits until every decode-step kernel unit has compiled.
+func WaitStepKernels(b *Backend) {
+	for epl := 1; epl <= 8; epl *= 2 {
+		<-b.units[stepUnit(epl)].done
+	}
+}

@@ -77,6 +77,7 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 		switch {
 		case err == nil:
 			return nil
+		case errors.Is(err, errStepCompiling): // the GEMVs this time
 		case errors.Is(err, ml.ErrUnsupported):
 			f.oneLaunch = false
 		default:

@@ -687,3 +687,37 @@ func TestModelStepKernelAtScale(t *testing.T) {
 		t.Errorf("decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", worst, scale)
 	}
 }
+
+// TestLazyStepKernels: with LazyStepKernels and an empty kernel cache,
+// decode steps run (on the fused GEMVs) while the decode-step kernels
+// compile, and once they are there the steps take the one-launch kernel;
+// the logits match a backend that waited for every kernel throughout.
+func TestLazyStepKernels(t *testing.T) {
+	td := shareddata.Dir(t)
+	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
+	g := shareddata.ReadModelGolden(t, dir)
+	be := gpu(t, cuda.Options{LazyStepKernels: true, CacheDir: t.TempDir()})
+	lazy := &seqRun{m: loadOn(t, be, dir, model.LoadOptions{}), blocks: scattered}
+	ref := &seqRun{m: loadOn(t, gpu(t, cuda.Options{}), dir, model.LoadOptions{}), blocks: scattered}
+	check := func(step int, got, want [][]float32) {
+		t.Helper()
+		for i := range want {
+			if d := maxDiff(got[i], f64(want[i])); d > 1e-3 {
+				t.Fatalf("step %d row %d: lazy backend's logits differ by %.3g", step, i, d)
+			}
+		}
+	}
+	check(0, lazy.step(t, g.PromptIDs), ref.step(t, g.PromptIDs))
+	tok := g.Greedy[0].Token
+	for i := 1; i <= 40; i++ {
+		if i == 20 {
+			cuda.WaitStepKernels(be)
+		}
+		want := ref.step(t, []int32{tok})
+		check(i, lazy.step(t, []int32{tok}), want)
+		tok = argmax(want[0])
+	}
+	if cuda.StepLaunches(be) == 0 {
+		t.Error("no step took the decode-step kernel once it had compiled")
+	}
+}

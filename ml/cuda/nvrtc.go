@@ -5,27 +5,41 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"time"
 	"unsafe"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // kernelUnits is the number of parallel NVRTC compiles of the kernel source
 // (KUNIT in kernels/common.cu): NVRTC compiles one program on one thread,
-// and the whole source takes about a minute that way.
-const kernelUnits = 11
+// and the whole source takes about a minute that way. Units 9 to 12 each
+// hold one decode-step kernel (stepUnit), the largest compiles.
+const kernelUnits = 13
 
-// compileKernels returns loadable images (CUBIN, else PTX) of src's kernel
-// units for the device, from the on-disk cache when present, compiling the
-// missing ones in parallel. The cache key covers the source, the NVRTC
-// version, the architecture, the options, the unit and the driver version
-// (a cached PTX image is JIT-compiled by the driver that loads it).
-func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir string, log *slog.Logger) ([][]byte, error) {
+// stepUnit is the kernel unit of the decode-step kernel for epl elements
+// per lane (1, 2, 4 or 8).
+func stepUnit(epl int) int { return 9 + bits.TrailingZeros(uint(epl)) }
+
+// kernelUnit is one unit's compile, or its image from the cache: done is
+// closed once img or err is set; mod is its module once loaded.
+type kernelUnit struct {
+	done chan struct{}
+	img  []byte
+	err  error
+	secs float64 // compile time; 0 when cached
+	mod  uintptr
+}
+
+// compileKernels starts getting src's kernel units for the device, each as
+// a loadable image (CUBIN, else PTX) from the on-disk cache or compiled, all
+// in parallel, and returns at once. The cache key covers the source, the
+// NVRTC version, the architecture, the options, the unit and the driver
+// version (a cached PTX image is JIT-compiled by the driver that loads it).
+func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir string, log *slog.Logger) ([]*kernelUnit, error) {
 	t0 := time.Now()
 	var vmaj, vmin int32
 	if err := l.nvcall(l.nvrtcVersion, "nvrtcVersion", uintptr(unsafe.Pointer(&vmaj)), uintptr(unsafe.Pointer(&vmin))); err != nil {
@@ -42,19 +56,21 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 		}
 	}
 
-	imgs := make([][]byte, kernelUnits)
-	secs := make([]float64, kernelUnits)
-	var g errgroup.Group
-	for u := range imgs {
+	units := make([]*kernelUnit, kernelUnits)
+	for u := range units {
+		ku := &kernelUnit{done: make(chan struct{})}
+		units[u] = ku
 		var path string
 		if cacheDir != "-" && cacheDir != "" {
 			path = filepath.Join(cacheDir, fmt.Sprintf("%s-%d.bin", key, u))
 			if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
-				imgs[u] = b
+				ku.img = b
+				close(ku.done)
 				continue
 			}
 		}
-		g.Go(func() error {
+		go func() {
+			defer close(ku.done)
 			start := time.Now()
 			uopts := append(slices.Clone(opts), fmt.Sprintf("-DKUNIT_ID=%d", u))
 			// Prefer SASS for the exact architecture; fall back to PTX for
@@ -65,10 +81,11 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 				var err2 error
 				img, err2 = l.nvrtcCompile(src, append(uopts, fmt.Sprintf("--gpu-architecture=compute_%d%d", major, minor)), false)
 				if err2 != nil {
-					return fmt.Errorf("unit %d: %w (PTX fallback: %v)", u, err, err2)
+					ku.err = fmt.Errorf("cuda: compiling kernel unit %d for sm_%d%d: %w (PTX fallback: %v)", u, major, minor, err, err2)
+					return
 				}
 			}
-			imgs[u], secs[u] = img, time.Since(start).Seconds()
+			ku.img, ku.secs = img, time.Since(start).Seconds()
 			if path != "" {
 				if err := os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
 					tmp := path + fmt.Sprintf(".tmp%d", os.Getpid())
@@ -77,25 +94,22 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 					}
 				}
 			}
-			return nil
-		})
+		}()
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	compiled := 0
-	for _, s := range secs {
-		if s > 0 {
-			compiled++
+	go func() { // one line once every unit is there
+		secs := make([]float64, len(units))
+		for u, ku := range units {
+			<-ku.done
+			secs[u] = ku.secs
 		}
-	}
-	if compiled == 0 {
-		log.Info("cuda: kernels from the cache", "dir", cacheDir, "seconds", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
-	} else {
-		log.Info("cuda: kernels compiled", "units", compiled, "of", kernelUnits, "seconds", fmt.Sprintf("%.3f", time.Since(t0).Seconds()),
+		if slices.Max(secs) == 0 {
+			log.Info("cuda: kernels from the cache", "dir", cacheDir, "seconds", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
+			return
+		}
+		log.Info("cuda: kernels compiled", "units", kernelUnits, "seconds", fmt.Sprintf("%.3f", time.Since(t0).Seconds()),
 			"slowest_unit_seconds", fmt.Sprintf("%.3f", slices.Max(secs)), "unit_seconds", fmt.Sprintf("%.1f", secs), "cache", cacheDir)
-	}
-	return imgs, nil
+	}()
+	return units, nil
 }
 
 func (l *libs) nvrtcCompile(src []byte, opts []string, cubin bool) ([]byte, error) {

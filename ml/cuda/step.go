@@ -200,6 +200,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		return fmt.Errorf("%w: decode step with a %v cache of %d layers, %d heads, %d kv heads of %d",
 			ml.ErrUnsupported, kc.dt, kc.layers, nh, nkv, hd)
 	}
+	if _, err := b.stepKernel(stepEPL(hd)); err != nil {
+		return err // before any upload: errStepCompiling leaves the step to the GEMVs
+	}
 	hh, err := b.f32(h, "decode-step h")
 	if err != nil {
 		return err
@@ -289,12 +292,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 
 	epl := stepEPL(hd)
 	name := stepKernels[epl]
-	if err := b.loadKernels(); err != nil {
+	fn, err := b.stepKernel(epl)
+	if err != nil {
 		return err
-	}
-	fn := b.fns[name]
-	if fn == 0 {
-		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)
 	}
 	grid, err := b.stepGrid(fn)
 	if err != nil {

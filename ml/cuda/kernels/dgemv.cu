@@ -344,18 +344,27 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
   INST_DGEMV(M, EPI, NAME, 2)       \
   INST_DGEMV(M, EPI, NAME, 4)       \
   INST_DGEMV(M, EPI, NAME, 8)
-#define INST_DGEMV_M(M)                    \
-  INST_DGEMV_KS(M, EPI_STORE, store)      \
-  INST_DGEMV_KS(M, EPI_ADD, add)          \
-  INST_DGEMV_KS(M, EPI_ADDF, addf)        \
-  INST_DGEMV_KS(M, EPI_SILU, silu)        \
+// Instantiated in kernel units (KUNIT) small enough to compile in parallel.
+#define INST_DGEMV_A(M)                 \
+  INST_DGEMV_KS(M, EPI_STORE, store)    \
+  INST_DGEMV_KS(M, EPI_ADD, add)        \
+  INST_DGEMV_KS(M, EPI_ADDF, addf)
+#define INST_DGEMV_B(M)                 \
+  INST_DGEMV_KS(M, EPI_SILU, silu)      \
   INST_DGEMV_KS(M, EPI_ROPE, rope)
 #if KUNIT(4)
-INST_DGEMV_M(1)
+INST_DGEMV_A(1)
+INST_DGEMV_B(1)
 #endif
 #if KUNIT(5)
-INST_DGEMV_M(2)
+INST_DGEMV_A(2)
 #endif
 #if KUNIT(6)
-INST_DGEMV_M(4)
+INST_DGEMV_B(2)
+#endif
+#if KUNIT(7)
+INST_DGEMV_A(4)
+#endif
+#if KUNIT(8)
+INST_DGEMV_B(4)
 #endif

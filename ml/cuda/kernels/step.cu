@@ -366,15 +366,15 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   extern "C" __global__ void __launch_bounds__(256, 2) decode_step_##EPL(const __grid_constant__ StepArgs A) { \
     decodeStep<EPL>(A);                                                                                \
   }
-#if KUNIT(7)
+#if KUNIT(9)
 INST_STEP(1)
 #endif
-#if KUNIT(8)
+#if KUNIT(10)
 INST_STEP(2)
 #endif
-#if KUNIT(9)
+#if KUNIT(11)
 INST_STEP(4)
 #endif
-#if KUNIT(10)
+#if KUNIT(12)
 INST_STEP(8)
 #endif
