@@ -18,13 +18,16 @@ const (
 	moeTM          = 32
 	moeTN          = 64
 	expertGemvMaxR = 16
+	// moeSmallTileRows: below this many rows per expert on average, the
+	// grouped GEMM takes 8-row tiles.
+	moeSmallTileRows = 16
 )
 
 // moeKernelNames are moe.cu's entry points.
 func moeKernelNames() []string {
 	n := []string{"rmsnorm_heads", "topk_softmax", "scatter_add", "moe_align"}
 	for _, s := range []string{"f32", "bf16", "f16"} {
-		n = append(n, "expert_gemv_"+s, "expert_gemm_"+s)
+		n = append(n, "expert_gemv_"+s, "expert_gemm_"+s, "expert_gemm8_"+s)
 	}
 	return n
 }
@@ -156,12 +159,18 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 		b.aI(fan)
 		return b.push("expert_gemv_"+s, g3((N+7)/8, R, 1), g1(256), st)
 	}
-	maxTiles := (R+moeTM-1)/moeTM + E
+	// Few rows per expert (a decode batch over many experts): 8-row tiles,
+	// which a 32-row tile would mostly pad.
+	tm, kernel := moeTM, "expert_gemm_"+s
+	if R < moeSmallTileRows*E {
+		tm, kernel = 8, "expert_gemm8_"+s
+	}
+	maxTiles := (R+tm-1)/tm + E
 	if maxTiles > 65535 {
 		return fmt.Errorf("%w: %d expert row tiles", ml.ErrUnsupported, maxTiles)
 	}
-	// One buffer: sorted rows (maxTiles*moeTM), each tile's expert, the tile count.
-	nSorted := int64(maxTiles) * moeTM
+	// One buffer: sorted rows (maxTiles*tm), each tile's expert, the tile count.
+	nSorted := int64(maxTiles) * int64(tm)
 	if err := b.ensure(&b.moeGroup, (nSorted+int64(maxTiles)+1)*4); err != nil {
 		return err
 	}
@@ -176,6 +185,7 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	b.aP(tileExp)
 	b.aP(numTiles)
 	b.aI(maxTiles)
+	b.aI(tm)
 	if err := b.push("moe_align", g1(1), g1(1024), st); err != nil {
 		return err
 	}
@@ -189,7 +199,7 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	b.aI(N)
 	b.aI(K)
 	b.aI(fan)
-	return b.push("expert_gemm_"+s, g3((N+moeTN-1)/moeTN, maxTiles, 1), g1(256), st)
+	return b.push(kernel, g3((N+moeTN-1)/moeTN, maxTiles, 1), g1(256), st)
 }
 
 // ScatterAdd implements ml.Backend. A run of equal adjacent indices is

@@ -114,15 +114,15 @@ __device__ void expert_gemv(float* dst, const float* x, const W* w, const int* e
 }
 
 // moe_align groups rows by expert for expert_gemm: each expert's rows are
-// listed in sorted (padded with -1 to a multiple of MOE_TM), tileExp
-// names the expert of each MOE_TM-row tile, and *numTiles counts them.
-// One block of 1024 threads; E <= MOE_MAXE.
+// listed in sorted (padded with -1 to a multiple of tm, the GEMM's row
+// tile), tileExp names the expert of each tm-row tile, and *numTiles
+// counts them. One block of 1024 threads; E <= MOE_MAXE.
 #define MOE_TM 32
 #define MOE_TN 64
 #define MOE_TK 32
 #if KUNIT(0)
 extern "C" __global__ void moe_align(const int* experts, int R, int E, int* sorted, int* tileExp, int* numTiles,
-                                     int maxTiles) {
+                                     int maxTiles, int tm) {
   PDL_ENTRY();
   __shared__ int cnt[MOE_MAXE];
   __shared__ int off[MOE_MAXE + 1];
@@ -136,15 +136,15 @@ extern "C" __global__ void moe_align(const int* experts, int R, int E, int* sort
   __syncthreads();
   if (tid == 0) {
     off[0] = 0;
-    for (int e = 0; e < E; ++e) off[e + 1] = off[e] + (cnt[e] + MOE_TM - 1) / MOE_TM * MOE_TM;
-    *numTiles = off[E] / MOE_TM;
+    for (int e = 0; e < E; ++e) off[e + 1] = off[e] + (cnt[e] + tm - 1) / tm * tm;
+    *numTiles = off[E] / tm;
   }
   __syncthreads();
   for (int t = tid; t < maxTiles; t += blockDim.x) tileExp[t] = -1;
   for (int i = tid; i < off[E]; i += blockDim.x) sorted[i] = -1;
   __syncthreads();
   for (int e = tid; e < E; e += blockDim.x) {
-    for (int t = off[e] / MOE_TM; t < off[e + 1] / MOE_TM; ++t) tileExp[t] = e;
+    for (int t = off[e] / tm; t < off[e + 1] / tm; ++t) tileExp[t] = e;
     cnt[e] = 0;  // now each expert's cursor
   }
   __syncthreads();
@@ -156,25 +156,34 @@ extern "C" __global__ void moe_align(const int* experts, int R, int E, int* sort
 #endif
 
 // expert_gemm (many rows, prefill): grid (ceil(N/MOE_TN), maxTiles), 256
-// threads; a block computes MOE_TM rows of one expert × MOE_TN outputs,
-// loading each weight tile once for all its rows.
-template <typename W>
+// threads; a block computes TM rows of one expert × MOE_TN outputs,
+// loading each weight tile once for all its rows. TM is 32, or 8 when the
+// experts get few rows each (a decode batch spread over many experts),
+// where a 32-row tile would be mostly padding. Each thread computes RPT
+// rows × CPT columns.
+template <typename W, int TM>
 __device__ void expert_gemm(float* dst, const float* x, const W* w, const int* sorted, const int* tileExp,
                             const int* numTiles, int N, int K, int fan) {
+  constexpr int RPT = TM >= 32 ? 2 : 1, CPT = TM >= 32 ? 4 : 2, CG = MOE_TN / CPT;
+  static_assert((TM / RPT) * CG == 256, "256 threads cover the tile");
   const int tile = blockIdx.y;
   if (tile >= *numTiles) return;
   const int e = tileExp[tile];
   const int n0 = blockIdx.x * MOE_TN;
-  __shared__ float xs[MOE_TM][MOE_TK + 1];
+  __shared__ float xs[TM][MOE_TK + 1];
   __shared__ float ws[MOE_TN][MOE_TK + 1];
-  __shared__ int rows[MOE_TM];
+  __shared__ int rows[TM];
   const int tid = threadIdx.x;
-  if (tid < MOE_TM) rows[tid] = sorted[tile * MOE_TM + tid];
+  if (tid < TM) rows[tid] = sorted[tile * TM + tid];
   __syncthreads();
-  const int tr = tid / 16, tc = tid % 16;  // rows tr*2, tr*2+1; columns tc*4 .. tc*4+3
-  float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  const int tr = tid / CG, tc = tid % CG;  // rows tr*RPT ..; columns tc*CPT ..
+  float acc[RPT][CPT];
+#pragma unroll
+  for (int i = 0; i < RPT; ++i)
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) acc[i][j] = 0.f;
   for (int k0 = 0; k0 < K; k0 += MOE_TK) {
-    for (int i = tid; i < MOE_TM * MOE_TK; i += blockDim.x) {
+    for (int i = tid; i < TM * MOE_TK; i += blockDim.x) {
       const int r = i / MOE_TK, kk = i % MOE_TK, row = rows[r];
       xs[r][kk] = (row >= 0 && k0 + kk < K) ? x[(long long)(row / fan) * K + k0 + kk] : 0.f;
     }
@@ -185,23 +194,25 @@ __device__ void expert_gemm(float* dst, const float* x, const W* w, const int* s
     __syncthreads();
 #pragma unroll 8
     for (int kk = 0; kk < MOE_TK; ++kk) {
-      const float a0 = xs[tr * 2][kk], a1 = xs[tr * 2 + 1][kk];
+      float a[RPT];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float bw = ws[tc * 4 + j][kk];
-        acc[0][j] += a0 * bw;
-        acc[1][j] += a1 * bw;
+      for (int i = 0; i < RPT; ++i) a[i] = xs[tr * RPT + i][kk];
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) {
+        const float bw = ws[tc * CPT + j][kk];
+#pragma unroll
+        for (int i = 0; i < RPT; ++i) acc[i][j] += a[i] * bw;
       }
     }
     __syncthreads();
   }
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int row = rows[tr * 2 + i];
+  for (int i = 0; i < RPT; ++i) {
+    const int row = rows[tr * RPT + i];
     if (row < 0) continue;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int n = n0 + tc * 4 + j;
+    for (int j = 0; j < CPT; ++j) {
+      const int n = n0 + tc * CPT + j;
       if (n < N) dst[(long long)row * N + n] = acc[i][j];
     }
   }
@@ -217,7 +228,13 @@ __device__ void expert_gemm(float* dst, const float* x, const W* w, const int* s
       float* dst, const float* x, const T* w, const int* sorted, const int* tileExp, const int* numTiles, int N, \
       int K, int fan) {                                                                                         \
     PDL_ENTRY();                                                                                                \
-    expert_gemm<T>(dst, x, w, sorted, tileExp, numTiles, N, K, fan);                                            \
+    expert_gemm<T, MOE_TM>(dst, x, w, sorted, tileExp, numTiles, N, K, fan);                                    \
+  }                                                                                                             \
+  extern "C" __global__ void __launch_bounds__(256) expert_gemm8_##S(                                          \
+      float* dst, const float* x, const T* w, const int* sorted, const int* tileExp, const int* numTiles, int N, \
+      int K, int fan) {                                                                                         \
+    PDL_ENTRY();                                                                                                \
+    expert_gemm<T, 8>(dst, x, w, sorted, tileExp, numTiles, N, K, fan);                                         \
   }
 
 #if KUNIT(0)
