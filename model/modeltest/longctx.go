@@ -24,6 +24,23 @@ type LongContext struct {
 // data directory td (the reference forward takes seconds: build it once).
 func NewLongContext(t testing.TB, td, name string, prompt, decode int) *LongContext {
 	t.Helper()
+	c, ref := newLongContext(t, td, name, prompt, decode)
+	c.Want = ref.Forward(c.Tokens)
+	return c
+}
+
+// NewLongContextUnchecked is NewLongContext without the reference's logits
+// (Want stays nil): for contexts where the float64 reference, quadratic in
+// the length, would take minutes, and two backends are compared instead.
+func NewLongContextUnchecked(t testing.TB, td, name string, prompt, decode int) *LongContext {
+	t.Helper()
+	c, _ := newLongContext(t, td, name, prompt, decode)
+	return c
+}
+
+// newLongContext rewrites the checkpoint and draws the tokens.
+func newLongContext(t testing.TB, td, name string, prompt, decode int) (*LongContext, *reference.Model) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := reference.Rewrite(filepath.Join(td, "models", name), dir, ml.BF16, 2*(prompt+decode)); err != nil {
 		t.Fatal(err)
@@ -37,7 +54,7 @@ func NewLongContext(t testing.TB, td, name string, prompt, decode int) *LongCont
 	for i := range tokens {
 		tokens[i] = int32(r.IntN(ref.Config.VocabSize))
 	}
-	return &LongContext{Dir: dir, Prompt: prompt, Decode: decode, Tokens: tokens, Want: ref.Forward(tokens)}
+	return &LongContext{Dir: dir, Prompt: prompt, Decode: decode, Tokens: tokens}, ref
 }
 
 // Run allocates m's KV cache for the case (16-token blocks in reverse
@@ -45,6 +62,18 @@ func NewLongContext(t testing.TB, td, name string, prompt, decode int) *LongCont
 // chunks of chunk tokens, then the decode tokens one by one, and returns
 // the logprob difference from the reference at every position.
 func (c *LongContext) Run(t testing.TB, m model.Model, chunk int) []float64 {
+	t.Helper()
+	rows := c.Rows(t, m, chunk)
+	diffs := make([]float64, len(rows))
+	for p := range rows {
+		diffs[p] = reference.LogprobDiff(rows[p], c.Want[p])
+	}
+	return diffs
+}
+
+// Rows runs the case on m as Run does and returns its logits at every
+// position.
+func (c *LongContext) Rows(t testing.TB, m model.Model, chunk int) [][]float32 {
 	t.Helper()
 	const bs = 16
 	blocks := (c.Prompt+c.Decode+bs-1)/bs + 1
@@ -62,9 +91,5 @@ func (c *LongContext) Run(t testing.TB, m model.Model, chunk int) []float64 {
 	for i := c.Prompt; i < c.Prompt+c.Decode; i++ {
 		rows = append(rows, s.Step(t, c.Tokens[i:i+1])...)
 	}
-	diffs := make([]float64, len(rows))
-	for p := range rows {
-		diffs[p] = reference.LogprobDiff(rows[p], c.Want[p])
-	}
-	return diffs
+	return rows
 }
