@@ -68,3 +68,7 @@ func SetStepSyncMode(b *Backend, mode int) { b.step.syncMode, b.step.syncSet = m
 // SetStepTailPDL turns programmatic dependent launch of the kernels after a
 // decode step (lm_head, argmax) on or off.
 func SetStepTailPDL(b *Backend, on bool) { b.step.noTailPDL = !on }
+
+// SetFlashMin makes attention steps with at least n tokens beyond one per
+// sequence take the flash kernel (0: every step of a bf16 cache).
+func SetFlashMin(b *Backend, n int) { b.flashMin = n }
