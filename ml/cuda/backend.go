@@ -56,6 +56,8 @@ var (
 	gridCU []byte
 	//go:embed kernels/attention.cu
 	attentionCU []byte
+	//go:embed kernels/flash.cu
+	flashCU []byte
 	//go:embed kernels/dgemv.cu
 	dgemvCU []byte
 	//go:embed kernels/step.cu
@@ -66,7 +68,8 @@ var (
 	kernelSource = joinSources(
 		kernelFile{"common.cu", commonCU}, kernelFile{"norm.cu", normCU}, kernelFile{"gemv.cu", gemvCU},
 		kernelFile{"rows.cu", rowsCU}, kernelFile{"grid.cu", gridCU}, kernelFile{"attention.cu", attentionCU},
-		kernelFile{"dgemv.cu", dgemvCU}, kernelFile{"step.cu", stepCU}, kernelFile{"moe.cu", moeCU})
+		kernelFile{"flash.cu", flashCU}, kernelFile{"dgemv.cu", dgemvCU}, kernelFile{"step.cu", stepCU},
+		kernelFile{"moe.cu", moeCU})
 )
 
 type kernelFile struct {
@@ -170,12 +173,15 @@ type Backend struct {
 	split32   devBuf // splitGemm's products of the hi and lo halves
 	sh16      devBuf // bf16 copy of the last normed / SiLU output
 	part      devBuf // attention split partials
-	step      stepState
-	amPart    devBuf // argmax partials (values, then indices)
-	pinned    pinnedStage
-	amCount   devBuf // argmax per-row block counters
-	moeGroup  devBuf // MatMulExperts' rows grouped by expert (moe_align)
-	shadow    struct {
+	// flashMin: steps with at least this many tokens beyond one per
+	// sequence take the tensor-core flash attention (bf16 caches).
+	flashMin int
+	step     stepState
+	amPart   devBuf // argmax partials (values, then indices)
+	pinned   pinnedStage
+	amCount  devBuf // argmax per-row block counters
+	moeGroup devBuf // MatMulExperts' rows grouped by expert (moe_align)
+	shadow   struct {
 		ptr        uint64
 		rows, cols int
 		valid      bool
@@ -350,6 +356,7 @@ func NewBackend(opts Options) (*Backend, error) {
 	b := &Backend{l: l, dev: dev, opts: opts, log: log, one: 1,
 		seed: maphash.MakeSeed(), graphs: map[uint64]*graphEntry{}}
 	b.pdl = opts.EnablePDL && dev.major >= 9 && l.cuLaunchKernelEx != 0
+	b.flashMin = defaultFlashMin
 	b.launchPDL.id = launchAttrProgrammaticStreamSerialization
 	b.launchPDL.val[0] = 1 // programmaticStreamSerializationAllowed
 	b.launchCoop.id = launchAttrCooperative
@@ -550,6 +557,11 @@ func kernelNames() []string {
 		n = append(n, "write_kv_"+s)
 		for _, e := range []int{1, 2, 4, 8} {
 			n = append(n, fmt.Sprintf("attention_%s_%d", s, e))
+		}
+	}
+	for _, d := range []int{64, 128} {
+		for _, passes := range []int{1, 2} {
+			n = append(n, fmt.Sprintf("flash_attn_bf16_%d_%d", d, passes))
 		}
 	}
 	return n

@@ -75,3 +75,7 @@ func WaitStepKernels(b *Backend) {
 		<-b.units[stepUnit(epl)].done
 	}
 }
+
+// SetFlashMin makes attention steps with at least n tokens beyond one per
+// sequence take the flash kernel (0: every step of a bf16 cache).
+func SetFlashMin(b *Backend, n int) { b.flashMin = n }

@@ -790,6 +790,9 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	if T == 0 {
 		return nil
 	}
+	if b.useFlash(kc, T, meta.NumSeqs, D, qq.cols, d.cols) {
+		return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
+	}
 	epl := 1
 	for epl*32 < D {
 		epl *= 2
@@ -806,16 +809,9 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 		}
 		partO, partML = b.part.ptr, b.part.ptr+uint64(nO*4)
 	}
-	b.invalidate(d.ptr, d.bytes())
-	// The kernel writing the final output also writes its bf16 copy, the
-	// o projection's input (no cast launch).
-	var sh uint64
-	if T == d.rows {
-		if sh, err = b.setShadow(d); err != nil {
-			return err
-		}
-	} else {
-		b.shadow.valid = false
+	sh, err := b.attnOutput(d, T)
+	if err != nil {
+		return err
 	}
 	s, _ := dtSuffix(kc.dt)
 	st := b.argStart()
@@ -856,6 +852,65 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aI(d.cols)
 	b.aP(sh)
 	return b.push("attn_combine", g3(H, T, 1), g1(threadsFor(D, 256)), st)
+}
+
+// defaultFlashMin is Backend.flashMin's default: a step of one token per
+// sequence (decode) reads each sequence's keys once in the per-token kernel
+// too, while prefill tokens share their keys' loads in the flash kernel.
+const defaultFlashMin = 64
+
+// useFlash reports whether a step of T tokens from numSeqs sequences takes
+// the flash kernel: a bf16 cache, a head dim it is built for, an Ampere or
+// later GPU, and enough tokens per sequence to share key loads.
+func (b *Backend) useFlash(kc *kvCache, T, numSeqs, D, qStride, outStride int) bool {
+	return kc.dt == ml.BF16 && (D == 64 || D == 128) && b.dev.major >= 8 &&
+		qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
+}
+
+// attnOutput prepares d for T tokens of attention output and returns the
+// bf16 copy the kernel also writes, the o projection's input (no cast
+// launch), or 0 when d is a view the copy cannot stand for.
+func (b *Backend) attnOutput(d *tensor, T int) (uint64, error) {
+	b.invalidate(d.ptr, d.bytes())
+	if T == d.rows {
+		return b.setShadow(d)
+	}
+	b.shadow.valid = false
+	return 0, nil
+}
+
+// flashAttention launches flash_attn (kernels/flash.cu) for Attention.
+func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.AttentionMeta, tokSeq, pos, bt *tensor) error {
+	T, H, D := meta.NumTokens, meta.NumHeads, meta.HeadDim
+	sh, err := b.attnOutput(d, T)
+	if err != nil {
+		return err
+	}
+	passes := 2 // q and p split into bf16 halves: f32 accuracy
+	if b.opts.RoundActivations {
+		passes = 1
+	}
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(q.ptr)
+	b.aP(kc.k(layer))
+	b.aP(kc.v(layer))
+	b.aP(tokSeq.ptr)
+	b.aP(pos.ptr)
+	b.aP(bt.ptr)
+	b.aI(meta.MaxBlocks)
+	b.aI(kc.blockSize)
+	b.aI(kc.numBlocks)
+	b.aI(T)
+	b.aI(H)
+	b.aI(meta.NumKVHeads)
+	b.aF(meta.Scale)
+	b.aI(q.cols)
+	b.aI(d.cols)
+	b.aP(sh)
+	b.aI(max(meta.Window, 0))
+	const rowsPerBlock = 64 // FA_BM in kernels/flash.cu
+	return b.push(fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), g3((T+rowsPerBlock-1)/rowsPerBlock, H, 1), g1(128), st)
 }
 
 // SiLUMul implements ml.Backend.

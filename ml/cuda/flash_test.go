@@ -1,0 +1,109 @@
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/llmserve/llmserve/ml"
+	"github.com/llmserve/llmserve/ml/mltest"
+)
+
+// TestFlashConformance runs the conformance suite with every attention
+// step of a bf16 cache on the flash kernel, decodes and interleaved
+// sequences included: at the f32 bar with q and p split into bf16 halves,
+// and at the half bar with both rounded once (RoundActivations).
+func TestFlashConformance(t *testing.T) {
+	gpuOrSkip(t)
+	flash := func(o Options) func() ml.Backend {
+		return func() ml.Backend {
+			b := newTestBackend(t, o)
+			SetFlashMin(b, 0)
+			return b
+		}
+	}
+	t.Run("split", func(t *testing.T) {
+		o := mltest.DefaultOptions()
+		o.Tol, o.MatMulTol, o.RoPETol = 1e-5, 5e-5, 2e-4
+		o.WeightDTypes = []ml.DType{ml.F32}
+		o.KVDTypes = []ml.DType{ml.BF16} // the long-context and window cases use the first
+		mltest.Run(t, flash(Options{}), o)
+	})
+	t.Run("round", func(t *testing.T) {
+		o := mltest.DefaultOptions()
+		o.Tol, o.MatMulTol, o.RoPETol = 1e-5, 6e-3, 2e-4
+		o.WeightDTypes = []ml.DType{ml.BF16}
+		o.KVDTypes = []ml.DType{ml.BF16}
+		mltest.Run(t, flash(Options{RoundActivations: true}), o)
+	})
+}
+
+// BenchmarkAttentionPrefill times one layer's attention for a prompt of T
+// tokens of one sequence in Qwen2.5-1.5B's heads (12 q, 2 kv, dim 128),
+// on the flash kernel (split and rounded) and on the per-token kernel.
+func BenchmarkAttentionPrefill(bm *testing.B) {
+	gpuOrSkip(bm)
+	const H, KVH, D, blockSize = 12, 2, 128, 16
+	for _, v := range []struct {
+		name     string
+		o        Options
+		flashMin int
+	}{{"flash", Options{}, 0}, {"flash-round", Options{RoundActivations: true}, 0}, {"per-token", Options{}, math.MaxInt32}} {
+		b := newTestBackend(bm, v.o)
+		SetFlashMin(b, v.flashMin)
+		for _, T := range []int{1024, 8000} {
+			bm.Run(fmt.Sprintf("%s/T=%d", v.name, T), func(bm *testing.B) {
+				r := rand.New(rand.NewPCG(1, 2))
+				nb := (T + blockSize - 1) / blockSize
+				cache, err := b.NewKVCache(1, nb, blockSize, KVH, D, ml.BF16)
+				if err != nil {
+					bm.Fatal(err)
+				}
+				defer b.FreeKVCache(cache)
+				seq, pos, slots, tbl := make([]int32, T), make([]int32, T), make([]int32, T), make([]int32, nb)
+				for i := range T {
+					pos[i], slots[i] = int32(i), int32(i)
+				}
+				for i := range tbl {
+					tbl[i] = int32(i)
+				}
+				tensor := func(dt ml.DType, rows, cols int) ml.Tensor {
+					x, err := b.NewTensor(dt, rows, cols)
+					if err != nil {
+						bm.Fatal(err)
+					}
+					return x
+				}
+				q, k, vv, dst := tensor(ml.F32, T, H*D), tensor(ml.F32, T, KVH*D), tensor(ml.F32, T, KVH*D), tensor(ml.F32, T, H*D)
+				ts, ps, ss, bt := tensor(ml.I32, 1, T), tensor(ml.I32, 1, T), tensor(ml.I32, 1, T), tensor(ml.I32, 1, nb)
+				if err := errors.Join(b.UploadF32(q, mltest.RandF32(r, T*H*D, 1)), b.UploadF32(k, mltest.RandF32(r, T*KVH*D, 1)),
+					b.UploadF32(vv, mltest.RandF32(r, T*KVH*D, 1)), b.UploadI32(ts, seq), b.UploadI32(ps, pos),
+					b.UploadI32(ss, slots), b.UploadI32(bt, tbl), b.WriteKV(cache, 0, k, vv, ss)); err != nil {
+					bm.Fatal(err)
+				}
+				meta := &ml.AttentionMeta{NumTokens: T, NumSeqs: 1, TokenSeq: ts, Positions: ps, BlockTables: bt, MaxBlocks: nb,
+					MaxContext: T, NumHeads: H, NumKVHeads: KVH, HeadDim: D, Scale: float32(1 / math.Sqrt(D))}
+				bm.ResetTimer()
+				for range bm.N {
+					if err := b.Attention(dst, q, cache, 0, meta); err != nil {
+						bm.Fatal(err)
+					}
+				}
+				if err := b.Sync(); err != nil {
+					bm.Fatal(err)
+				}
+				bm.StopTimer()
+				sec := bm.Elapsed().Seconds() / float64(bm.N)
+				// Causal: T²/2 scores per head, 2 FLOPs each in Q·Kᵀ and in P·V.
+				bm.ReportMetric(sec*1e3, "ms/op")
+				bm.ReportMetric(4*float64(T)*float64(T)/2*H*D/sec/1e12, "TFLOP/s")
+				for _, x := range []ml.Tensor{q, k, vv, dst, ts, ps, ss, bt} {
+					b.Free(x)
+				}
+			})
+		}
+		b.Close()
+	}
+}

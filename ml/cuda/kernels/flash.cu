@@ -1,0 +1,360 @@
+// ---- flash attention over the paged bf16 cache (prefill) ----
+//
+// FlashAttention-2 on tensor cores (mma.sync m16n8k16 bf16, f32
+// accumulation), for steps whose tokens come in runs of one sequence
+// (prefill, chunked prefill, prefix-cache hits): the per-token kernel in
+// attention.cu reads every key once per token, this one once per 64 tokens.
+//
+// Grid (ceil(T/FA_BM), H), FA_WARPS warps per block. A block serves FA_BM
+// consecutive tokens of the step and one query head; warp w owns rows
+// [16w, 16w+16). Keys stream through shared memory in tiles of FA_BN (K
+// and V in separate buffers, so V's load overlaps Q·Kᵀ and the next K's
+// load overlaps P·V), each row keeping a running max and sum (online
+// softmax, in base 2). The rows of a block may belong to several sequences
+// (a tile that straddles two, or tokens in any order): the block makes one
+// pass over the keys per sequence present, masking the rows of the others,
+// so any step is served exactly; steps of single tokens from many
+// sequences should use the per-token kernel, which the host picks.
+//
+// PASSES 2 keeps f32 accuracy where the inputs are f32: q and the softmax
+// weights p are each split into two bf16 halves (hi + lo) and both are
+// multiplied, so only K and V (bf16 in the cache) are rounded, as in the
+// per-token kernel. PASSES 1 rounds q and p to bf16 once (FlashAttention's
+// own precision, Options.RoundActivations).
+
+#define FA_BM 64
+#define FA_BN 64
+#define FA_WARPS 4
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+  return (unsigned)f2bf(lo) | ((unsigned)f2bf(hi) << 16);
+}
+
+// split_bf16 packs the bf16 halves of (a, b): hi rounds them, lo rounds
+// what hi missed.
+__device__ __forceinline__ void split_bf16(float a, float b, unsigned& hi, unsigned& lo) {
+  const u16 ha = f2bf(a), hb = f2bf(b);
+  hi = (unsigned)ha | ((unsigned)hb << 16);
+  lo = pack_bf16(a - __uint_as_float((unsigned)ha << 16), b - __uint_as_float((unsigned)hb << 16));
+}
+
+__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+// cp16 copies 16 bytes from global to shared memory asynchronously, or
+// zero-fills them when !ok.
+__device__ __forceinline__ void cp16(void* dst, const void* src, bool ok) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// fa_load starts copying keys [k0, k0+FA_BN) ∩ [k0, kEnd) of one KV head
+// (K or V rows of the cache) into buf, zeros elsewhere. rowBase holds each
+// key's element offset in the cache (-1: none).
+template <int D>
+__device__ __forceinline__ void fa_load(bf16* buf, const bf16* cache, const long long* rowBase) {
+  constexpr int LD = D + 8, CPR = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < FA_BN * CPR; c += FA_WARPS * 32) {
+    const int r = c / CPR, col = (c - r * CPR) * 8;
+    const long long base = rowBase[r];
+    cp16(buf + r * LD + col, cache + (base < 0 ? 0 : base + col), base >= 0);
+  }
+}
+
+template <int D, int PASSES>
+__device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq,
+                           const int* positions, const int* blockTables, int maxBlocks, int blockSize,
+                           int numBlocks, int T, int H, int KVH, float scale, int qStride, int outStride,
+                           bf16* out16, int window) {
+  constexpr int LD = D + 8;  // padded rows: ldmatrix reads hit 8 distinct bank groups
+  constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
+  constexpr int DN = D / 8;   // n-tiles of P·V
+  __shared__ __align__(16) bf16 sK[FA_BN * LD];
+  __shared__ __align__(16) bf16 sV[FA_BN * LD];
+  __shared__ long long sBase[2][FA_BN];
+  __shared__ int sSeq[FA_BM], sPos[FA_BM], sFirst[FA_BM];
+  __shared__ int sCur, sLo, sHi;
+
+  const int tile = gridDim.x - 1 - blockIdx.x;  // the longest contexts first
+  const int h = blockIdx.y, kvh = h / (H / KVH);
+  const int t0 = tile * FA_BM;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, tq = lane & 3;
+  const float sl2 = scale * 1.4426950408889634f;  // scores in base 2
+  const long long kvRow = (long long)KVH * D;
+
+  for (int r = threadIdx.x; r < FA_BM; r += blockDim.x) {
+    const int t = t0 + r;
+    int seq = -1, pos = 0;
+    if (t < T) {
+      seq = tokenSeq[t];
+      pos = positions[t];
+    }
+    sSeq[r] = seq;
+    sPos[r] = pos;
+    sFirst[r] = window > 0 ? max(0, pos + 1 - window) : 0;
+  }
+
+  // This warp's rows of q, as mma A fragments (hi and lo halves).
+  unsigned qa[PASSES][KS][4];
+  {
+    const int rows[2] = {t0 + warp * 16 + g, t0 + warp * 16 + g + 8};
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {      // columns +0 / +8
+#pragma unroll
+        for (int ri = 0; ri < 2; ++ri) {          // rows g / g+8
+          float2 v = make_float2(0.f, 0.f);
+          if (rows[ri] < T)
+            v = *(const float2*)(q + (long long)rows[ri] * qStride + (long long)h * D + kk * 16 + half * 8 + tq * 2);
+          unsigned hi, lo;
+          split_bf16(v.x, v.y, hi, lo);
+          qa[0][kk][half * 2 + ri] = hi;
+          if (PASSES > 1) qa[PASSES - 1][kk][half * 2 + ri] = lo;
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  for (;;) {
+    // The next sequence of this block's rows, and the keys its rows need.
+    if (threadIdx.x == 0) {
+      int cur = -1, lo = 0x7fffffff, hi = 0;
+      for (int r = 0; r < FA_BM; ++r) {
+        if (sSeq[r] < 0) continue;
+        if (cur < 0) cur = sSeq[r];
+        if (sSeq[r] == cur) {
+          lo = min(lo, sFirst[r]);
+          hi = max(hi, sPos[r] + 1);
+        }
+      }
+      sCur = cur;
+      sLo = lo;
+      sHi = hi;
+    }
+    __syncthreads();
+    const int cur = sCur;
+    if (cur < 0) break;
+    const int kLo = sLo, kHi = sHi;
+    const int* bt = blockTables + (long long)cur * maxBlocks;
+
+    // Per row (g, g+8) of this thread: in this pass, its key range.
+    int rPos[2], rFirst[2];
+    bool rIn[2];
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+      const int r = warp * 16 + g + ri * 8;
+      rIn[ri] = sSeq[r] == cur;
+      rPos[ri] = sPos[r];
+      rFirst[ri] = sFirst[r];
+    }
+    const bool warpIn = __any_sync(0xffffffffu, rIn[0] || rIn[1]);
+
+    float o[DN][4];
+#pragma unroll
+    for (int dn = 0; dn < DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+
+    const int nTiles = (kHi - kLo + FA_BN - 1) / FA_BN;
+    auto bases = [&](int buf, int k0) {
+      for (int r = threadIdx.x; r < FA_BN; r += blockDim.x) {
+        const int p = k0 + r;
+        long long base = -1;
+        if (p < kHi) {
+          const int bi = p / blockSize;
+          const int blk = bi < maxBlocks ? bt[bi] : -1;
+          if (blk >= 0 && blk < numBlocks)
+            base = ((long long)blk * blockSize + (p - bi * blockSize)) * kvRow + (long long)kvh * D;
+        }
+        sBase[buf][r] = base;
+      }
+    };
+    bases(0, kLo);
+    __syncthreads();
+    fa_load<D>(sK, kc, sBase[0]);
+    cp_commit();
+    fa_load<D>(sV, vc, sBase[0]);
+    cp_commit();
+
+    for (int it = 0; it < nTiles; ++it) {
+      const int k0 = kLo + it * FA_BN;
+      const int cb = it & 1;  // sBase buffer of this tile
+      if (it + 1 < nTiles) bases(cb ^ 1, k0 + FA_BN);
+      cp_wait<1>();  // K of this tile
+      __syncthreads();
+
+      float s[FA_BN / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < FA_BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+      if (warpIn) {
+#pragma unroll
+        for (int nt = 0; nt < FA_BN / 8; ++nt) {
+#pragma unroll
+          for (int kk = 0; kk < KS; kk += 2) {
+            unsigned b[4];
+            // matrices: keys nt*8.., columns kk*16, kk*16+8, (kk+1)*16, (kk+1)*16+8
+            ldsm_x4(b, sK + (nt * 8 + (lane & 7)) * LD + kk * 16 + (lane >> 3) * 8);
+#pragma unroll
+            for (int ps = 0; ps < PASSES; ++ps) {
+              mma_bf16(s[nt], qa[ps][kk], b[0], b[1]);
+              mma_bf16(s[nt], qa[ps][kk + 1], b[2], b[3]);
+            }
+          }
+        }
+      }
+      __syncthreads();  // every warp is done with sK
+      if (it + 1 < nTiles) fa_load<D>(sK, kc, sBase[cb ^ 1]);
+      cp_commit();
+
+      // Online softmax over this tile, rows g and g+8.
+      float mNew[2], corr[2];
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri) {
+        float mx = NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < FA_BN / 8; ++nt) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int p = k0 + nt * 8 + tq * 2 + j;
+            const bool ok = rIn[ri] && p <= rPos[ri] && p >= rFirst[ri] && p < kHi;
+            const float v = ok ? s[nt][ri * 2 + j] * sl2 : NEG_INF;
+            s[nt][ri * 2 + j] = v;
+            mx = fmaxf(mx, v);
+          }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        mNew[ri] = fmaxf(m[ri], mx);
+        const float base = mNew[ri] == NEG_INF ? 0.f : mNew[ri];
+        corr[ri] = exp2f(m[ri] - base);  // 0 while nothing was seen
+        m[ri] = mNew[ri];
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < FA_BN / 8; ++nt) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const float pe = exp2f(s[nt][ri * 2 + j] - base);
+            s[nt][ri * 2 + j] = pe;
+            sum += pe;
+          }
+        }
+        l[ri] = l[ri] * corr[ri] + sum;
+      }
+#pragma unroll
+      for (int dn = 0; dn < DN; ++dn) {
+        o[dn][0] *= corr[0];
+        o[dn][1] *= corr[0];
+        o[dn][2] *= corr[1];
+        o[dn][3] *= corr[1];
+      }
+
+      cp_wait<1>();  // V of this tile
+      __syncthreads();
+      if (warpIn) {
+#pragma unroll
+        for (int kk = 0; kk < FA_BN / 16; ++kk) {
+          // P's C fragments of n-tiles 2kk and 2kk+1 are the A fragment of k-step kk.
+          unsigned pa[PASSES][4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float* c = s[2 * kk + (i >> 1)] + (i & 1) * 2;
+            if (PASSES == 1)
+              pa[0][i] = pack_bf16(c[0], c[1]);
+            else
+              split_bf16(c[0], c[1], pa[0][i], pa[PASSES - 1][i]);
+          }
+#pragma unroll
+          for (int dn = 0; dn < DN; dn += 2) {
+            unsigned b[4];
+            // matrices: keys kk*16.. and kk*16+8.. at columns dn*8, then (dn+1)*8
+            ldsm_x4_t(b, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (dn + (lane >> 4)) * 8);
+#pragma unroll
+            for (int ps = 0; ps < PASSES; ++ps) {
+              mma_bf16(o[dn], pa[ps], b[0], b[1]);
+              mma_bf16(o[dn + 1], pa[ps], b[2], b[3]);
+            }
+          }
+        }
+      }
+      __syncthreads();  // every warp is done with sV
+      if (it + 1 < nTiles) fa_load<D>(sV, vc, sBase[cb ^ 1]);
+      cp_commit();
+    }
+    cp_wait<0>();
+
+    // Normalize and write this sequence's rows.
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+      float L = l[ri];
+      L += __shfl_xor_sync(0xffffffffu, L, 1);
+      L += __shfl_xor_sync(0xffffffffu, L, 2);
+      const int t = t0 + warp * 16 + g + ri * 8;
+      if (!rIn[ri] || t >= T) continue;
+      const float inv = L > 0.f ? 1.f / L : 0.f;
+      const long long ob = (long long)t * outStride + (long long)h * D + tq * 2;
+#pragma unroll
+      for (int dn = 0; dn < DN; ++dn) {
+        const float y0 = o[dn][ri * 2] * inv, y1 = o[dn][ri * 2 + 1] * inv;
+        *(float2*)(out + ob + dn * 8) = make_float2(y0, y1);
+        if (out16) *(unsigned*)(out16 + ob + dn * 8) = pack_bf16(y0, y1);
+      }
+    }
+    __syncthreads();
+    for (int r = threadIdx.x; r < FA_BM; r += blockDim.x)
+      if (sSeq[r] == cur) sSeq[r] = -1;
+    __syncthreads();
+  }
+}
+#endif
+
+#define INST_FLASH(D, P)                                                                                       \
+  extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attn_bf16_##D##_##P(                     \
+      float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq, const int* positions,   \
+      const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int T, int H, int KVH, float scale, \
+      int qStride, int outStride, bf16* out16, int window) {                                                   \
+    PDL_ENTRY();                                                                                               \
+    FLASH_BODY(D, P);                                                                                          \
+  }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define FLASH_BODY(D, P)                                                                                     \
+  flash_attn<D, P>(out, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize, numBlocks, T, H, \
+                   KVH, scale, qStride, outStride, out16, window)
+#else
+#define FLASH_BODY(D, P) __trap()
+#endif
+
+#if KUNIT(1)
+INST_FLASH(64, 1)
+INST_FLASH(64, 2)
+INST_FLASH(128, 1)
+INST_FLASH(128, 2)
+#endif
