@@ -29,6 +29,11 @@ func moeKernelNames() []string {
 	for _, s := range []string{"f32", "bf16", "f16"} {
 		n = append(n, "expert_gemv_"+s, "expert_gemm_"+s, "expert_gemm8_"+s)
 	}
+	for _, tok := range []int{8, 64} {
+		for _, passes := range []int{1, 2} {
+			n = append(n, fmt.Sprintf("expert_mma_bf16_%d_%d", tok, passes))
+		}
+	}
 	return n
 }
 
@@ -108,8 +113,9 @@ func (b *Backend) TopKSoftmax(weights, ids, logits ml.Tensor, k int, normalize b
 
 // MatMulExperts implements ml.Backend: a GEMV per row for a few rows
 // (reading only the chosen experts), else rows grouped by expert on the
-// device (moe_align) and a tiled GEMM per group of 32 rows of one expert.
-// Both launch shapes depend only on the operands' shapes (graph-safe).
+// device (moe_align) and a tiled GEMM per group of rows of one expert: on
+// tensor cores for bf16 weights (expert_mma; x split into bf16 halves
+// unless RoundActivations), else on CUDA cores. All launch shapes depend only on the operands' shapes (graph-safe).
 func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	if err := b.lock(); err != nil {
 		return err
@@ -160,10 +166,31 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 		return b.push("expert_gemv_"+s, g3((N+7)/8, R, 1), g1(256), st)
 	}
 	// Few rows per expert (a decode batch over many experts): 8-row tiles,
-	// which a 32-row tile would mostly pad.
+	// which a larger tile would mostly pad.
+	few := R < moeSmallTileRows*E
 	tm, kernel := moeTM, "expert_gemm_"+s
-	if R < moeSmallTileRows*E {
+	if few {
 		tm, kernel = 8, "expert_gemm8_"+s
+	}
+	mma := ww.dt == ml.BF16 && K%8 == 0 && b.dev.major >= 8 && !b.opts.ExactActivations
+	var x16 uint64
+	if mma {
+		passes := 2 // x split into bf16 halves: f32 accuracy
+		if b.opts.RoundActivations {
+			passes = 1
+		}
+		tm = 64
+		if few {
+			tm = 8
+		}
+		kernel = fmt.Sprintf("expert_mma_bf16_%d_%d", tm, passes)
+		if passes == 1 {
+			if x16, err = b.castAct16(xx, "cast_f32_bf16"); err != nil {
+				return err
+			}
+		} else if x16, err = b.splitAct16(xx); err != nil {
+			return err
+		}
 	}
 	maxTiles := (R+tm-1)/tm + E
 	if maxTiles > 65535 {
@@ -191,7 +218,12 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	}
 	st = b.argStart()
 	b.aP(d.ptr)
-	b.aP(xx.ptr)
+	if mma {
+		b.aP(x16)
+		b.aL(int64(xx.rows) * int64(K)) // the lo plane's offset
+	} else {
+		b.aP(xx.ptr)
+	}
 	b.aP(ww.ptr)
 	b.aP(sorted)
 	b.aP(tileExp)
@@ -199,6 +231,10 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	b.aI(N)
 	b.aI(K)
 	b.aI(fan)
+	if mma {
+		const outputsPerBlock = 64 // EM_BN in kernels/moe.cu
+		return b.push(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, maxTiles, 1), g1(128), st)
+	}
 	return b.push(kernel, g3((N+moeTN-1)/moeTN, maxTiles, 1), g1(256), st)
 }
 

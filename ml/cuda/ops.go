@@ -336,11 +336,7 @@ func (b *Backend) splitGemm(d, x, w *tensor) error {
 	for t0 := 0; t0 < T; t0 += chunk {
 		rows := min(chunk, T-t0)
 		n := int64(rows) * int64(K)
-		st := b.argStart()
-		b.aP(b.act16.ptr)
-		b.aP(x.ptr + uint64(t0*K*4))
-		b.aL(n)
-		if err := b.push("split_f32_bf16", g1(gridFor(n, 256)), g1(256), st); err != nil {
+		if err := b.pushSplit(x.ptr+uint64(t0*K*4), n); err != nil {
 			return err
 		}
 		// Column-major C(N×2r) = W(K×N)ᵀ·[hi;lo](K×2r): row-major [2r, N].
@@ -348,7 +344,7 @@ func (b *Backend) splitGemm(d, x, w *tensor) error {
 			a: w.ptr, atype: cudaR16BF, lda: int32(K), b: b.act16.ptr, btype: cudaR16BF, ldb: int32(K),
 			c: b.split32.ptr, ctype: cudaR32F, ldc: int32(N)})
 		n = int64(rows) * int64(N)
-		st = b.argStart()
+		st := b.argStart()
 		b.aP(d.ptr + uint64(t0*d.cols*4))
 		b.aP(b.split32.ptr)
 		b.aL(n)
@@ -357,6 +353,26 @@ func (b *Backend) splitGemm(d, x, w *tensor) error {
 		}
 	}
 	return nil
+}
+
+// pushSplit records split_f32_bf16 of the n floats at x into the act16
+// scratch (hi in its first n bf16, lo in the next n).
+func (b *Backend) pushSplit(x uint64, n int64) error {
+	st := b.argStart()
+	b.aP(b.act16.ptr)
+	b.aP(x)
+	b.aL(n)
+	return b.push("split_f32_bf16", g1(gridFor(n, 256)), g1(256), st)
+}
+
+// splitAct16 splits all of f32 x into bf16 halves in the act16 scratch
+// (see pushSplit) and returns the scratch's address.
+func (b *Backend) splitAct16(x *tensor) (uint64, error) {
+	n := int64(x.rows) * int64(x.cols)
+	if err := b.ensure(&b.act16, 2*n*2); err != nil {
+		return 0, err
+	}
+	return b.act16.ptr, b.pushSplit(x.ptr, n)
 }
 
 // castAct16 records the cast kernel (cast_f32_bf16 or cast_f32_f16) of

@@ -938,12 +938,14 @@ func (s *suite) testTopKSoftmax(t *testing.T, b ml.Backend) {
 func (s *suite) testMatMulExperts(t *testing.T, b ml.Backend) {
 	r := s.rng(17)
 	cases := []struct{ E, N, K, T, k int }{
-		{8, 24, 40, 1, 1},    // one token, one expert
-		{8, 24, 40, 1, 2},    // a decode token, top-2
-		{8, 48, 64, 13, 3},   // a few tokens
-		{16, 64, 96, 70, 4},  // a prefill: many rows per expert
-		{128, 24, 40, 64, 8}, // a decode batch over many experts: few rows each
-		{4, 40, 32, 9, 1},    // fan-out 1: rows of x are rows of dst
+		{8, 24, 40, 1, 1},     // one token, one expert
+		{8, 24, 40, 1, 2},     // a decode token, top-2
+		{8, 48, 64, 13, 3},    // a few tokens
+		{16, 64, 96, 70, 4},   // a prefill: many rows per expert
+		{128, 24, 40, 64, 8},  // a decode batch over many experts: few rows each
+		{4, 40, 32, 9, 1},     // fan-out 1: rows of x are rows of dst
+		{8, 200, 136, 40, 2},  // few rows per expert, several output blocks
+		{4, 130, 256, 100, 2}, // many rows per expert, several row tiles each
 	}
 	for _, st := range s.o.WeightDTypes {
 		for _, c := range cases {

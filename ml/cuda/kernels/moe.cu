@@ -218,6 +218,129 @@ __device__ void expert_gemm(float* dst, const float* x, const W* w, const int* s
   }
 }
 
+// expert_mma (bf16 weights, many rows): the grouped GEMM on tensor cores
+// (mma.sync m16n8k16, f32 accumulation), over the tiles of moe_align with
+// TOK rows each. Weights are the mma's A operand (16 outputs a warp) and
+// the rows its B (8 a fragment), so a tile of few rows (a decode batch over
+// many experts) wastes no weight load: every block streams 64 weight rows
+// of one expert through a STAGES-deep cp.async pipeline. x comes as bf16
+// planes (split_f32_bf16: PASSES 2 multiplies hi and lo, f32 accuracy;
+// cast_f32_bf16: PASSES 1). Grid (ceil(N/64), maxTiles), 4 warps; K % 8 == 0.
+#define EM_BN 64
+#define EM_BK 32
+#define EM_STAGES 3
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+template <int TOK, int PASSES>
+__device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, const bf16* w, const int* sorted,
+                           const int* tileExp, const int* numTiles, int N, int K, int fan) {
+  constexpr int LD = EM_BK + 8;  // padded rows: ldmatrix reads hit distinct banks
+  constexpr int NT = TOK / 8;    // token n-tiles
+  __shared__ __align__(16) bf16 sW[EM_STAGES][EM_BN * LD];
+  __shared__ __align__(16) bf16 sX[EM_STAGES][PASSES][TOK * LD];
+  __shared__ int rows[TOK];
+  const int tile = blockIdx.y;
+  if (tile >= *numTiles) return;
+  const int e = tileExp[tile];
+  const int n0 = blockIdx.x * EM_BN;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, tq = lane & 3;
+  for (int i = threadIdx.x; i < TOK; i += blockDim.x) rows[i] = sorted[tile * TOK + i];
+  __syncthreads();
+  const bf16* we = w + (long long)e * N * K;
+
+  // stage s <- columns [k0, k0+EM_BK) of the weight rows and of x's rows.
+  auto load = [&](int st, int k0) {
+    constexpr int CPR = EM_BK / 8;  // 16-byte chunks per row
+    for (int c = threadIdx.x; c < EM_BN * CPR; c += blockDim.x) {
+      const int r = c / CPR, col = (c - r * CPR) * 8;
+      const int n = n0 + r, k = k0 + col;
+      const bool ok = n < N && k < K;
+      cp16(&sW[st][r * LD + col], we + (ok ? (long long)n * K + k : 0), ok);
+    }
+    for (int c = threadIdx.x; c < PASSES * TOK * CPR; c += blockDim.x) {
+      const int pl = c / (TOK * CPR), rc = c - pl * TOK * CPR;
+      const int r = rc / CPR, col = (rc - r * CPR) * 8;
+      const int row = rows[r], k = k0 + col;
+      const bool ok = row >= 0 && k < K;
+      cp16(&sX[st][pl][r * LD + col], x16 + (ok ? pl * planeStride + (long long)(row / fan) * K + k : 0), ok);
+    }
+  };
+
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  const int nK = (K + EM_BK - 1) / EM_BK;
+#pragma unroll
+  for (int st = 0; st < EM_STAGES - 1; ++st) {
+    if (st < nK) load(st, st * EM_BK);
+    cp_commit();
+  }
+  for (int it = 0; it < nK; ++it) {
+    cp_wait<EM_STAGES - 2>();
+    __syncthreads();  // stage it is in; every warp is done with stage it-1
+    {
+      const int nxt = it + EM_STAGES - 1;
+      if (nxt < nK) load(nxt % EM_STAGES, nxt * EM_BK);
+      cp_commit();
+    }
+    const int st = it % EM_STAGES;
+#pragma unroll
+    for (int kk = 0; kk < EM_BK / 16; ++kk) {
+      unsigned a[4];
+      // matrices: outputs +0..7 / +8..15 at columns kk*16 and kk*16+8
+      ldsm_x4(a, &sW[st][(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8]);
+#pragma unroll
+      for (int j = 0; j < NT; j += 2) {
+#pragma unroll
+        for (int pl = 0; pl < PASSES; ++pl) {
+          unsigned b[4];
+          if (j + 1 < NT) {
+            // matrices: tokens j*8.. at columns kk*16, +8, then tokens (j+1)*8.. at the same
+            ldsm_x4(b, &sX[st][pl][((j + (lane >> 4)) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8]);
+            mma_bf16(acc[j], a, b[0], b[1]);
+            mma_bf16(acc[j + 1], a, b[2], b[3]);
+          } else {
+            ldsm_x4(b, &sX[st][pl][(j * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8]);
+            mma_bf16(acc[j], a, b[0], b[1]);
+          }
+        }
+      }
+    }
+  }
+  cp_wait<0>();
+  // acc[j]: outputs warp*16+g (c0, c1) and +8 (c2, c3), tokens j*8 + tq*2 + {0, 1}.
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int n = n0 + warp * 16 + g + (i >> 1) * 8;
+      const int row = rows[j * 8 + tq * 2 + (i & 1)];
+      if (row >= 0 && n < N) dst[(long long)row * N + n] = acc[j][i];
+    }
+  }
+}
+#endif
+
+#define INST_EXPERT_MMA(TOK, P)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(128) expert_mma_bf16_##TOK##_##P(                               \
+      float* dst, const bf16* x16, long long planeStride, const bf16* w, const int* sorted, const int* tileExp, \
+      const int* numTiles, int N, int K, int fan) {                                                            \
+    PDL_ENTRY();                                                                                               \
+    EXPERT_MMA_BODY(TOK, P);                                                                                   \
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define EXPERT_MMA_BODY(TOK, P) \
+  expert_mma<TOK, P>(dst, x16, planeStride, w, sorted, tileExp, numTiles, N, K, fan)
+#else
+#define EXPERT_MMA_BODY(TOK, P) __trap()
+#endif
+#if KUNIT(0)
+INST_EXPERT_MMA(8, 1)
+INST_EXPERT_MMA(8, 2)
+INST_EXPERT_MMA(64, 1)
+INST_EXPERT_MMA(64, 2)
+#endif
+
 #define INST_EXPERTS(T, S)                                                                                      \
   extern "C" __global__ void expert_gemv_##S(float* dst, const float* x, const T* w, const int* experts, int N, \
                                              int K, int E, int fan) {                                          \
