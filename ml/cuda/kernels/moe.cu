@@ -107,7 +107,18 @@ __device__ void expert_gemv(float* dst, const float* x, const W* w, const int* e
   if (e >= 0 && e < E) {
     const float* xr = x + (long long)(r / fan) * K;
     const W* wr = w + ((long long)e * N + n) * K;
-    for (int k = lane; k < K; k += 32) s += xr[k] * tof(wr[k]);
+    if (sizeof(W) == 2 && (K & 7) == 0) {
+      // 16-byte weight loads, 8 elements a lane: the row streams at full width.
+      for (int k = lane * 8; k < K; k += 256) {
+        const uint4 wv = *(const uint4*)(wr + k);
+        const float4 x0 = *(const float4*)(xr + k), x1 = *(const float4*)(xr + k + 4);
+        s += x0.x * tof(((const W*)&wv)[0]) + x0.y * tof(((const W*)&wv)[1]) + x0.z * tof(((const W*)&wv)[2]) +
+             x0.w * tof(((const W*)&wv)[3]) + x1.x * tof(((const W*)&wv)[4]) + x1.y * tof(((const W*)&wv)[5]) +
+             x1.z * tof(((const W*)&wv)[6]) + x1.w * tof(((const W*)&wv)[7]);
+      }
+    } else {
+      for (int k = lane; k < K; k += 32) s += xr[k] * tof(wr[k]);
+    }
     s = warpSum(s);
   }
   if (lane == 0) dst[(long long)r * N + n] = s;
