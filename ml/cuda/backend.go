@@ -554,7 +554,7 @@ func kernelNames() []string {
 			}
 			n = append(n, fmt.Sprintf("gemv_bf16_x%s_%d_p", s, m))
 		}
-		n = append(n, "write_kv_"+s)
+		n = append(n, "write_kv_"+s, "qknorm_rope_kv_"+s)
 		for _, e := range []int{1, 2, 4, 8} {
 			n = append(n, fmt.Sprintf("attention_%s_%d", s, e))
 		}

@@ -12,15 +12,17 @@ import (
 // FusedDecodeMaxT tokens on bf16 weights take the fused GEMVs (fused.go),
 // one-token steps all layers in one cooperative launch (DecodeLayers,
 // step.go); larger steps run GEMMs with the q/k/v prologue in one launch
-// (QKVRoPEWriteKV). Per-head q/k norms and sliding windows have no fused
-// kernels yet: FusesLayers declines them and the model composes those
-// layers from the base ops.
+// (QKVRoPEWriteKV). Layers with per-head q/k norms (Qwen3) norm, rotate
+// and store q/k/v in one kernel after the q/k/v projection
+// (qkNormRoPEWriteKV) and do not take the one-launch step yet. Sliding
+// windows have no fused kernels: FusesLayers declines them and the model
+// composes those layers from the base ops.
 
 var _ ml.LayerFuser = (*Backend)(nil)
 
 // FusesLayers implements ml.LayerFuser.
 func (b *Backend) FusesLayers(spec ml.LayerSpec) bool {
-	if spec.QKNorm || spec.Hidden <= 0 || spec.HeadDim <= 0 || spec.HeadDim%2 != 0 {
+	if spec.Hidden <= 0 || spec.HeadDim <= 0 || spec.HeadDim%2 != 0 {
 		return false
 	}
 	for _, w := range spec.Windows {
@@ -34,7 +36,7 @@ func (b *Backend) FusesLayers(spec ml.LayerSpec) bool {
 // FuseLayers implements ml.LayerFuser.
 func (b *Backend) FuseLayers(spec ml.LayerSpec, layers []ml.DecoderLayer, finalNorm, lmHead ml.Tensor) (ml.FusedLayers, error) {
 	if !b.FusesLayers(spec) {
-		return nil, fmt.Errorf("%w: fused layers with per-head q/k norms or sliding windows", ml.ErrUnsupported)
+		return nil, fmt.Errorf("%w: fused layers with sliding windows", ml.ErrUnsupported)
 	}
 	if len(layers) == 0 || finalNorm == nil || lmHead == nil {
 		return nil, fmt.Errorf("%w: fused layers need layers, a final norm and an lm_head", ErrShape)
@@ -44,11 +46,14 @@ func (b *Backend) FuseLayers(spec ml.LayerSpec, layers []ml.DecoderLayer, finalN
 		if l.InNorm == nil || l.PostNorm == nil || l.QKV == nil || l.O == nil || l.GateUp == nil || l.Down == nil {
 			return nil, fmt.Errorf("%w: layer %d lacks a weight", ErrShape, i)
 		}
+		if spec.QKNorm && (l.QNorm == nil || l.KNorm == nil) {
+			return nil, fmt.Errorf("%w: layer %d lacks its q/k norms", ErrShape, i)
+		}
 		ws = append(ws, l.QKV, l.O, l.GateUp, l.Down)
 	}
 	f := &fusedLayers{b: b, spec: spec, layers: layers, finalNorm: finalNorm, lmHead: lmHead}
 	f.gemv = b.FusedDecode(1, spec.Hidden, ws...)
-	f.oneLaunch = f.gemv
+	f.oneLaunch = f.gemv && !spec.QKNorm
 	return f, nil
 }
 
@@ -90,7 +95,15 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 	b, s := f.b, &f.spec
 	for i := range f.layers {
 		l := &f.layers[i]
-		if err := b.NormQKVRoPEWriteKV(st.QKV, h, l.InNorm, s.Eps, l.QKV, l.QKVBias, st.Positions, st.InvFreq,
+		if s.QKNorm {
+			if err := b.NormMatMul(st.QKV, h, l.InNorm, s.Eps, l.QKV, l.QKVBias); err != nil {
+				return fmt.Errorf("layer %d: %w", i, err)
+			}
+			if err := b.qkNormRoPEWriteKV(st.QKV, nil, l.QNorm, l.KNorm, s.Eps, st.Positions, st.InvFreq,
+				s.NumHeads, s.NumKVHeads, s.HeadDim, st.Cache, i, st.Slots); err != nil {
+				return fmt.Errorf("layer %d: %w", i, err)
+			}
+		} else if err := b.NormQKVRoPEWriteKV(st.QKV, h, l.InNorm, s.Eps, l.QKV, l.QKVBias, st.Positions, st.InvFreq,
 			s.NumHeads, s.NumKVHeads, s.HeadDim, st.Cache, i, st.Slots); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
@@ -138,8 +151,14 @@ func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int) error {
 	if err := b.MatMul(st.QKV, st.XN, l.QKV, nil); err != nil {
 		return err
 	}
-	if err := b.QKVRoPEWriteKV(st.QKV, l.QKVBias, st.Positions, st.InvFreq, s.NumHeads, s.NumKVHeads, s.HeadDim,
-		st.Cache, i, st.Slots); err != nil {
+	if s.QKNorm {
+		err = b.qkNormRoPEWriteKV(st.QKV, l.QKVBias, l.QNorm, l.KNorm, s.Eps, st.Positions, st.InvFreq,
+			s.NumHeads, s.NumKVHeads, s.HeadDim, st.Cache, i, st.Slots)
+	} else {
+		err = b.QKVRoPEWriteKV(st.QKV, l.QKVBias, st.Positions, st.InvFreq, s.NumHeads, s.NumKVHeads, s.HeadDim,
+			st.Cache, i, st.Slots)
+	}
+	if err != nil {
 		return err
 	}
 	if err := b.Attention(st.Attn, st.QKV, st.Cache, i, st.Meta); err != nil {

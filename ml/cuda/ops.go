@@ -744,6 +744,78 @@ func (b *Backend) QKVRoPEWriteKV(qkv, bias, positions, invFreq ml.Tensor, numHea
 		kc, layer, x.ptr+qd+kvd, x.cols, sl.ptr, bp)
 }
 
+// qkNormRoPEWriteKV is QKVRoPEWriteKV for layers with per-head q/k
+// RMSNorm (weights qNorm and kNorm, [1, headDim]): each q and k head gets
+// its bias, is normed, then rotated (qknorm_rope_kv).
+func (b *Backend) qkNormRoPEWriteKV(qkv, bias, qNorm, kNorm ml.Tensor, eps float32, positions, invFreq ml.Tensor,
+	numHeads, numKVHeads, headDim int, c ml.KVCache, layer int, slots ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	kc, err := b.cache(c, layer)
+	if err != nil {
+		return err
+	}
+	x, err := b.f32(qkv, "qkv")
+	if err != nil {
+		return err
+	}
+	width := (numHeads + 2*numKVHeads) * headDim
+	if headDim <= 0 || headDim%2 != 0 || numHeads <= 0 || numKVHeads != kc.kvh || headDim != kc.hd || x.cols < width {
+		return shapeErr("qkv %dx%d, %d heads, %d kv heads of %d (cache %d of %d)", x.rows, x.cols, numHeads, numKVHeads, headDim, kc.kvh, kc.hd)
+	}
+	var bp uint64
+	if bias != nil {
+		bb, err := b.f32(bias, "qkv bias")
+		if err != nil {
+			return err
+		}
+		if bb.n() != width {
+			return shapeErr("qkv bias %dx%d for width %d", bb.rows, bb.cols, width)
+		}
+		bp = bb.ptr
+	}
+	qn, err := b.f32(qNorm, "q norm")
+	if err != nil {
+		return err
+	}
+	kn, err := b.f32(kNorm, "k norm")
+	if err != nil {
+		return err
+	}
+	if qn.n() != headDim || kn.n() != headDim {
+		return shapeErr("q/k norms of %d and %d for head dim %d", qn.n(), kn.n(), headDim)
+	}
+	pos, inv, sl, err := b.ropeOperands(positions, invFreq, slots, x.rows, headDim)
+	if err != nil {
+		return err
+	}
+	if x.rows == 0 {
+		return nil
+	}
+	b.invalidate(x.ptr, x.bytes())
+	b.ropeRec.valid = false
+	s, _ := dtSuffix(kc.dt)
+	st := b.argStart()
+	b.aP(x.ptr)
+	b.aI(x.cols)
+	b.aI(numHeads)
+	b.aI(numKVHeads)
+	b.aI(headDim)
+	b.aP(pos.ptr)
+	b.aP(inv.ptr)
+	b.aP(qn.ptr)
+	b.aP(kn.ptr)
+	b.aF(eps)
+	b.aP(bp)
+	b.aP(kc.k(layer))
+	b.aP(kc.v(layer))
+	b.aP(sl.ptr)
+	b.aL(int64(kc.numBlocks) * int64(kc.blockSize))
+	return b.push("qknorm_rope_kv_"+s, g1(x.rows), g1(32*min(8, numHeads+numKVHeads)), st)
+}
+
 // PadSteps reports that steps of a few padded shapes pay: a step whose
 // launches repeat an earlier one's replays from a CUDA graph.
 func (b *Backend) PadSteps() bool { return !b.opts.DisableGraphs }

@@ -190,6 +190,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	if meta == nil || meta.NumTokens != 1 || meta.NumSeqs != 1 {
 		return fmt.Errorf("%w: decode-step kernel runs one token", ml.ErrUnsupported)
 	}
+	if layers[0].QNorm != nil || layers[0].KNorm != nil {
+		return fmt.Errorf("%w: decode-step kernel without per-head q/k norms", ml.ErrUnsupported)
+	}
 	kc, err := b.cache(c, 0)
 	if err != nil {
 		return err

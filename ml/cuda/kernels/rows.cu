@@ -69,6 +69,76 @@ INST_ROPE(float, f32)
 INST_ROPE(bf16, bf16)
 #endif
 
+// qknorm_rope_kv is rope_kv for models with per-head q/k RMSNorm (Qwen3):
+// qkv [T, (nh+nkv+nkv)·hd] holds q's heads, k's, then v's; each q and k
+// head gets the bias (null: none), is RMS-normed with qn or kn, then
+// rotated, in place; k and v (with its bias) are stored into the cache at
+// slots[t]. Grid (T), a warp per head.
+template <typename KV>
+__device__ void qknorm_rope_kv(float* qkv, int stride, int nh, int nkv, int hd, const int* pos, const float* invFreq,
+                               const float* qn, const float* kn, float eps, const float* bias, KV* kc, KV* vc,
+                               const int* slots, long long numSlots) {
+  const int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int half = hd / 2;
+  const double p = (double)pos[t];
+  const int slot = slots[t];
+  const bool store = slot >= 0 && slot < numSlots;
+  float* row = qkv + (long long)t * stride;
+  for (int h = warp; h < nh + nkv; h += blockDim.x >> 5) {
+    const bool isK = h >= nh;
+    float* hp = row + h * hd;
+    const float* bp = bias ? bias + h * hd : nullptr;
+    const float* nw = isK ? kn : qn;
+    float ss = 0.f;
+    for (int d = lane; d < hd; d += 32) {
+      const float v = hp[d] + (bp ? bp[d] : 0.f);
+      ss += v * v;
+    }
+    ss = warpSum(ss);
+    const float r = 1.0f / sqrtf(ss / (float)hd + eps);
+    const int kh = h - nh;
+    const long long o = (long long)slot * nkv * hd + (long long)kh * hd;
+    for (int j = lane; j < half; j += 32) {
+      float a = hp[j], b = hp[j + half];
+      if (bp) {
+        a += bp[j];
+        b += bp[j + half];
+      }
+      a = (a * r) * nw[j];
+      b = (b * r) * nw[j + half];
+      // The angle in double, as rope_kv forms it.
+      double sd, cd;
+      sincos(p * (double)invFreq[j], &sd, &cd);
+      const float s = (float)sd, c = (float)cd;
+      const float na = a * c - b * s, nb = b * c + a * s;
+      hp[j] = na;
+      hp[j + half] = nb;
+      if (isK && store) {
+        stf(kc + o + j, na);
+        stf(kc + o + j + half, nb);
+      }
+    }
+    if (isK && store) {
+      const float* vr = row + (nh + nkv + kh) * hd;
+      const float* vb = bias ? bias + (nh + nkv + kh) * hd : nullptr;
+      for (int d = lane; d < hd; d += 32) stf(vc + o + d, vr[d] + (vb ? vb[d] : 0.f));
+    }
+  }
+}
+
+#define INST_QKNORM_ROPE(KV, S)                                                                                   \
+  extern "C" __global__ void qknorm_rope_kv_##S(float* qkv, int stride, int nh, int nkv, int hd, const int* pos, \
+                                                const float* invFreq, const float* qn, const float* kn, float eps, \
+                                                const float* bias, KV* kc, KV* vc, const int* slots,              \
+                                                long long numSlots) {                                             \
+    PDL_ENTRY();                                                                                                  \
+    qknorm_rope_kv<KV>(qkv, stride, nh, nkv, hd, pos, invFreq, qn, kn, eps, bias, kc, vc, slots, numSlots);       \
+  }
+#if KUNIT(0)
+INST_QKNORM_ROPE(float, f32)
+INST_QKNORM_ROPE(bf16, bf16)
+#endif
+
 // ---- SiLU-and-mul: dst[t, i] = silu(gu[t, i]) * gu[t, I+i] ----
 
 #if KUNIT(0)
