@@ -14,7 +14,7 @@ import (
 // step.go); larger steps run GEMMs with the q/k/v prologue in one launch
 // (QKVRoPEWriteKV). Layers with per-head q/k norms (Qwen3) norm, rotate
 // and store q/k/v in one kernel after the q/k/v projection
-// (qkNormRoPEWriteKV) and do not take the one-launch step yet. Sliding
+// (qkNormRoPEWriteKV; in the one-launch step, a phase of its own). Sliding
 // windows have no fused kernels: FusesLayers declines them and the model
 // composes those layers from the base ops.
 
@@ -53,7 +53,7 @@ func (b *Backend) FuseLayers(spec ml.LayerSpec, layers []ml.DecoderLayer, finalN
 	}
 	f := &fusedLayers{b: b, spec: spec, layers: layers, finalNorm: finalNorm, lmHead: lmHead}
 	f.gemv = b.FusedDecode(1, spec.Hidden, ws...)
-	f.oneLaunch = f.gemv && !spec.QKNorm
+	f.oneLaunch = f.gemv
 	return f, nil
 }
 

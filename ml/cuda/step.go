@@ -16,7 +16,7 @@ import (
 
 // stepLayer mirrors StepLayer in kernels/step.cu.
 type stepLayer struct {
-	qkv, o, gu, down, qkvb, ob, gub, downb, inNorm, postNorm uint64
+	qkv, o, gu, down, qkvb, ob, gub, downb, inNorm, postNorm, qn, kn uint64
 }
 
 // stepState is the decode-step kernel's device state.
@@ -81,7 +81,7 @@ type stepArgs struct {
 	layerBytes, numSlots                                                             int64
 	numLayers, hidden, inter, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns int
 	ksQKV, ksO, ksGU, ksDown                                                         int
-	syncMode                                                                         int
+	syncMode, qkNorm                                                                 int
 	eps, scale                                                                       float32
 }
 
@@ -190,9 +190,6 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	if meta == nil || meta.NumTokens != 1 || meta.NumSeqs != 1 {
 		return fmt.Errorf("%w: decode-step kernel runs one token", ml.ErrUnsupported)
 	}
-	if layers[0].QNorm != nil || layers[0].KNorm != nil {
-		return fmt.Errorf("%w: decode-step kernel without per-head q/k norms", ml.ErrUnsupported)
-	}
 	kc, err := b.cache(c, 0)
 	if err != nil {
 		return err
@@ -237,6 +234,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	}
 	tab := b.step.tab[:len(layers)]
 	nwdt := -1
+	qkNorm := layers[0].QNorm != nil
 	for i, l := range layers {
 		s := &tab[i]
 		for _, w := range []struct {
@@ -258,6 +256,24 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 			if *x.dst, err = b.stepBias(x.t, x.n, x.what); err != nil {
 				return err
 			}
+		}
+		if (l.QNorm != nil) != qkNorm || (l.KNorm != nil) != qkNorm {
+			return fmt.Errorf("%w: decode step with per-head q/k norms in some layers only", ml.ErrUnsupported)
+		}
+		s.qn, s.kn = 0, 0
+		if qkNorm {
+			qn, err := b.f32(l.QNorm, "q norm")
+			if err != nil {
+				return err
+			}
+			kn, err := b.f32(l.KNorm, "k norm")
+			if err != nil {
+				return err
+			}
+			if qn.n() != hd || kn.n() != hd {
+				return shapeErr("q/k norms of %d and %d for head dim %d", qn.n(), kn.n(), hd)
+			}
+			s.qn, s.kn = qn.ptr, kn.ptr
 		}
 		for _, n := range []struct {
 			dst *uint64
@@ -310,7 +326,11 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	if b.step.forceNS > 0 {
 		ns = b.step.forceNS
 	}
-	if err := b.ensure(&b.step.acts, int64(len(layers))*int64(2*H+qkvN+qd+I)*4); err != nil {
+	per := 2*H + qkvN + qd + I // a layer's activations (StepArgs.acts)
+	if qkNorm {
+		per += qd
+	}
+	if err := b.ensure(&b.step.acts, int64(len(layers))*int64(per)*4); err != nil {
 		return err
 	}
 	a := stepArgs{layers: b.step.table.ptr, h: hh.ptr, acts: b.step.acts.ptr,
@@ -323,6 +343,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		syncMode: stepSyncMode, eps: eps, scale: meta.Scale}
 	if b.step.syncSet {
 		a.syncMode = b.step.syncMode
+	}
+	if qkNorm {
+		a.qkNorm = 1
 	}
 	if ns > 1 {
 		nO := int64(nh) * int64(ns) * int64(hd)
@@ -351,7 +374,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	b.aL(a.layerBytes)
 	b.aL(a.numSlots)
 	for _, v := range []int{a.numLayers, a.hidden, a.inter, a.nh, a.nkv, a.hd, a.nwdt, a.maxBlocks, a.blockSize, a.numBlocks, a.ns,
-		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode} {
+		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm} {
 		b.aI(v)
 	}
 	b.aF(a.eps)

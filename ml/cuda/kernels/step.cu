@@ -19,6 +19,7 @@ struct StepLayer {
   const bf16 *qkv, *o, *gu, *down;
   const float *qkvb, *ob, *gub, *downb;  // null: no bias
   const void *inNorm, *postNorm;         // dtype nwdt
+  const float *qn, *kn;                  // per-head q/k RMSNorm weights [hd] (StepArgs.qkNorm)
 };
 
 struct StepArgs {
@@ -34,6 +35,7 @@ struct StepArgs {
   long long layerBytes, numSlots;
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
   int syncMode;  // the grid barrier's variant (gridMode)
+  int qkNorm;    // q and k are RMS-normed head by head before RoPE (Qwen3)
   float eps, scale;
 };
 
@@ -256,10 +258,54 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   }
 }
 
+// stepQKNorm is the phase that per-head q/k norms add after the q/k/v
+// GEMV (which then only stores): a warp per q or k head of raw norms it,
+// rotates it and stores it, q to qOut (a buffer of its own, as every
+// activation: see the top) and k, with v, to the KV cache.
+__device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, const float* kn, const float* raw,
+                                        float* qOut, char* kcl) {
+  const int nh = A.nh, nkv = A.nkv, hd = A.hd, half = hd / 2, lane = threadIdx.x & 31;
+  const double p = (double)A.pos[0];
+  const int slot = A.slots[0];
+  const bool store = slot >= 0 && slot < A.numSlots;
+  bf16* kc = (bf16*)kcl;
+  bf16* vc = (bf16*)(kcl + A.layerBytes);
+  for (int h = blockIdx.x * 8 + (threadIdx.x >> 5); h < nh + nkv; h += gridDim.x * 8) {
+    const bool isK = h >= nh;
+    const float* hp = raw + h * hd;
+    const float* nw = isK ? kn : qn;
+    float ss = 0.f;
+    for (int d = lane; d < hd; d += 32) ss += hp[d] * hp[d];
+    ss = warpSum(ss);
+    const float r = 1.0f / sqrtf(ss / (float)hd + A.eps);
+    const int kh = h - nh;
+    const long long o = (long long)slot * nkv * hd + (long long)kh * hd;
+    for (int j = lane; j < half; j += 32) {
+      const float a = (hp[j] * r) * nw[j], b = (hp[j + half] * r) * nw[j + half];
+      double sd, cd;
+      sincos(p * (double)A.invFreq[j], &sd, &cd);  // in double, as rope_kv
+      const float sn = (float)sd, cs = (float)cd;
+      const float na = a * cs - b * sn, nb = b * cs + a * sn;
+      if (!isK) {
+        qOut[h * hd + j] = na;
+        qOut[h * hd + j + half] = nb;
+      } else if (store) {
+        stf(kc + o + j, na);
+        stf(kc + o + j + half, nb);
+      }
+    }
+    if (isK && store) {
+      const float* vr = raw + (nh + nkv + kh) * hd;
+      for (int d = lane; d < hd; d += 32) stf(vc + o + d, vr[d]);
+    }
+  }
+}
+
 template <int EPL>
 __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   const int qkvN = (A.nh + 2 * A.nkv) * A.hd, qd = A.nh * A.hd;
-  const long long per = 2LL * A.H + qkvN + qd + A.I;  // a layer's activations
+  // A layer's activations (the normed q last, with qkNorm).
+  const long long per = 2LL * A.H + qkvN + qd + A.I + (A.qkNorm ? qd : 0);
   const float* hin = A.h;
   // The token's context and block table row, read once (uploaded before the launch).
   const int ctx = A.pos[0] + 1;
@@ -304,11 +350,20 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     a.nkv = A.nkv;
     a.hd = A.hd;
     // The embedding kernel wrote layer 0's input before this launch.
-    stepPhase<EPI_ROPE>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
+    const float* qAttn = q;
+    if (A.qkNorm) {
+      stepPhase<EPI_STORE>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
+      gridSync(A.bar);
+      float* qNormed = act + A.I;
+      stepQKNorm(A, L.qn, L.kn, q, qNormed, kcl);
+      qAttn = qNormed;
+    } else {
+      stepPhase<EPI_ROPE>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
+    }
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    stepAttention<EPL>(A, kcl, q, att, ctx, bt);
+    stepAttention<EPL>(A, kcl, qAttn, att, ctx, bt);
     STAMP(3);
 
     DArgs o = {};
