@@ -198,7 +198,9 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
             const int p = k0 + nt * 8 + tq * 2 + j;
-            const bool ok = rIn[ri] && p <= rPos[ri] && p >= rFirst[ri] && p < kHi;
+            // Keys past kHi or without a live KV block are absent, as in
+            // the per-token kernel.
+            const bool ok = rIn[ri] && p <= rPos[ri] && p >= rFirst[ri] && sBase[cb][p - k0] >= 0;
             const float v = ok ? s[nt][ri * 2 + j] * sl2 : NEG_INF;
             s[nt][ri * 2 + j] = v;
             mx = fmaxf(mx, v);
