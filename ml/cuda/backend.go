@@ -186,7 +186,7 @@ type Backend struct {
 		rows, cols int
 		valid      bool
 	}
-	useShadow  bool // a bf16 weight was loaded: norms also write bf16 copies
+	useShadow  bool // a bf16 weight was loaded under RoundActivations: norms also write bf16 copies
 	pdl        bool // kernels launch with programmatic stream serialization
 	launchCfg  launchConfig
 	launchPDL  launchAttr

@@ -436,7 +436,7 @@ func TestGraphReplayExact(t *testing.T) {
 // the norm's bf16 copy) equals one whose input was uploaded (cast path).
 func TestShadowCopyExact(t *testing.T) {
 	gpuOrSkip(t)
-	b := newTestBackend(t, Options{})
+	b := newTestBackend(t, Options{RoundActivations: true}) // the only mode that reads the copies
 	defer b.Close()
 	r := rand.New(rand.NewPCG(9, 9))
 	const T, K, N = 5, 96, 40

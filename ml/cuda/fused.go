@@ -238,9 +238,6 @@ func (b *Backend) NormGateUpSiLU(act, x, normW ml.Tensor, eps float32, gateUp, b
 	if a.dst16, err = b.setShadow(d); err != nil {
 		return err
 	}
-	if a.dst16 == 0 {
-		return fmt.Errorf("%w: fused SiLU without bf16 copies", ml.ErrUnsupported)
-	}
 	return b.pushDgemv("silu", a)
 }
 

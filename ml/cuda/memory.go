@@ -115,8 +115,8 @@ func (b *Backend) LoadWeight(rows, cols int, data []byte, src, store ml.DType) (
 	if err != nil {
 		return nil, err
 	}
-	if store == ml.BF16 {
-		b.useShadow = true
+	if store == ml.BF16 && b.opts.RoundActivations {
+		b.useShadow = true // only rounded activations read bf16 copies
 	}
 	if n == 0 {
 		return t, nil
