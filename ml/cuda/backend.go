@@ -58,6 +58,8 @@ var (
 	attentionCU []byte
 	//go:embed kernels/flash.cu
 	flashCU []byte
+	//go:embed kernels/fp8.cu
+	fp8CU []byte
 	//go:embed kernels/dgemv.cu
 	dgemvCU []byte
 	//go:embed kernels/step.cu
@@ -68,8 +70,8 @@ var (
 	kernelSource = joinSources(
 		kernelFile{"common.cu", commonCU}, kernelFile{"norm.cu", normCU}, kernelFile{"gemv.cu", gemvCU},
 		kernelFile{"rows.cu", rowsCU}, kernelFile{"grid.cu", gridCU}, kernelFile{"attention.cu", attentionCU},
-		kernelFile{"flash.cu", flashCU}, kernelFile{"dgemv.cu", dgemvCU}, kernelFile{"step.cu", stepCU},
-		kernelFile{"moe.cu", moeCU})
+		kernelFile{"flash.cu", flashCU}, kernelFile{"fp8.cu", fp8CU}, kernelFile{"dgemv.cu", dgemvCU},
+		kernelFile{"step.cu", stepCU}, kernelFile{"moe.cu", moeCU})
 )
 
 type kernelFile struct {
@@ -173,6 +175,8 @@ type Backend struct {
 	split32   devBuf // splitGemm's products of the hi and lo halves
 	sh16      devBuf // bf16 copy of the last normed / SiLU output
 	part      devBuf // attention split partials
+	f8W       devBuf // FP8 matmuls: a chunk of the weight widened to bf16
+	f8Out     devBuf // and its product, before the column scales
 	// flashMin: steps with at least this many tokens beyond one per
 	// sequence take the tensor-core flash attention (bf16 caches).
 	flashMin int
@@ -288,6 +292,7 @@ type tensor struct {
 	dt         ml.DType
 	rows, cols int
 	owned      bool
+	scales     uint64 // F8: the rows' f32 scales (in ptr's allocation)
 }
 
 func (t *tensor) DType() ml.DType { return t.dt }
@@ -564,6 +569,7 @@ func kernelNames() []string {
 			n = append(n, fmt.Sprintf("flash_attn_bf16_%d_%d", d, passes))
 		}
 	}
+	n = append(n, "gemv_f8", "dequant_f8_bf16", "scale_cols")
 	return n
 }
 

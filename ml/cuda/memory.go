@@ -107,8 +107,10 @@ func (b *Backend) LoadWeight(rows, cols int, data []byte, src, store ml.DType) (
 	}
 	switch store {
 	case ml.F32, ml.F16, ml.BF16:
+	case ml.F8:
+		return b.loadF8(rows, cols, data, src)
 	default:
-		return nil, fmt.Errorf("%w: weight storage %v on cuda (int8 and fp8 weights, from --quantization or an FP8 checkpoint, have CPU kernels only)", ml.ErrUnsupported, store)
+		return nil, fmt.Errorf("%w: weight storage %v on cuda (int8 weights have CPU kernels only)", ml.ErrUnsupported, store)
 	}
 	host := convertHost(data[:n*src.Size()], src, store)
 	t, err := b.newTensor(store, rows, cols)
@@ -146,7 +148,11 @@ func (b *Backend) View(t ml.Tensor, start, rows int) ml.Tensor {
 	}
 	start = min(max(start, 0), src.rows)
 	rows = min(max(rows, 0), src.rows-start)
-	return &tensor{owner: b, ptr: src.ptr + uint64(start*src.cols*src.dt.Size()), dt: src.dt, rows: rows, cols: src.cols}
+	v := &tensor{owner: b, ptr: src.ptr + uint64(start*src.cols*src.dt.Size()), dt: src.dt, rows: rows, cols: src.cols}
+	if src.scales != 0 {
+		v.scales = src.scales + uint64(start*4)
+	}
+	return v
 }
 
 func (b *Backend) tens(t ml.Tensor, what string) (*tensor, error) {

@@ -186,15 +186,16 @@ func TestModelMatchesCPU(t *testing.T) {
 	td := shareddata.Dir(t)
 	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16"} {
 		for _, tc := range []struct {
-			o  cuda.Options
-			kv string
-		}{{cuda.Options{ExactActivations: true}, "float32"}, {cuda.Options{ExactActivations: true}, "auto"}, {cuda.Options{}, "float32"}} {
+			o     cuda.Options
+			kv, q string // q: --quantization, the same on both backends
+		}{{cuda.Options{ExactActivations: true}, "float32", ""}, {cuda.Options{ExactActivations: true}, "auto", ""},
+			{cuda.Options{}, "float32", ""}, {cuda.Options{}, "float32", "fp8"}} {
 			o := tc.o
-			t.Run(fmt.Sprintf("%s/exact=%v/kv=%s", name, o.ExactActivations, tc.kv), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/exact=%v/kv=%s/q=%s", name, o.ExactActivations, tc.kv, tc.q), func(t *testing.T) {
 				dir := filepath.Join(td, "models", name)
 				g := shareddata.ReadModelGolden(t, dir)
 				run := func(be ml.Backend) [][]float32 {
-					m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: tc.kv})
+					m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: tc.kv, Quantization: tc.q})
 					s := &seqRun{m: m, blocks: scattered}
 					rows := s.step(t, g.PromptIDs)
 					for i := 1; i < len(g.Greedy); i++ {

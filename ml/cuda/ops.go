@@ -238,6 +238,16 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 	if T == 0 || N == 0 {
 		return nil
 	}
+	if ww.dt == ml.F8 {
+		return b.matMulF8(d, xx, ww, bb, bs)
+	}
+	return b.matMul(d, xx, ww, bb, bs)
+}
+
+// matMul is MatMul of checked operands, T and N not zero, w not FP8.
+func (b *Backend) matMul(d, xx, ww, bb *tensor, bs string) error {
+	T, K, N := xx.rows, xx.cols, ww.rows
+	var err error
 	if _, ok := dtSuffix(ww.dt); ok && xx.dt == ml.F32 &&
 		(T <= b.opts.SkinnyMaxT || (b.opts.ExactActivations && ww.dt != ml.F32)) {
 		sg, unfused := b.matVecSeg(d, ww, bb)
