@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"unsafe"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -45,21 +44,10 @@ func (b *Backend) loadF8(rows, cols int, data []byte, src ml.DType) (ml.Tensor, 
 	if err != nil {
 		return nil, err
 	}
-	t := &tensor{owner: b, ptr: p, dt: ml.F8, rows: rows, cols: cols, owned: true, scales: p + uint64(codeBytes)}
-	if err := b.flush(); err != nil {
+	if err := b.uploadWeight(p, host); err != nil {
 		return nil, err
 	}
-	if err := b.enter(); err != nil {
-		return nil, err
-	}
-	defer b.exit()
-	if err := b.streamSync(); err != nil {
-		return nil, err
-	}
-	if err := b.l.call(b.l.cuMemcpyHtoD, "cuMemcpyHtoD", uintptr(p), uintptr(unsafe.Pointer(&host[0])), uintptr(len(host))); err != nil {
-		return nil, err
-	}
-	return t, nil
+	return &tensor{owner: b, ptr: p, dt: ml.F8, rows: rows, cols: cols, owned: true, scales: p + uint64(codeBytes)}, nil
 }
 
 // matMulF8 is MatMul with FP8 weights (T and N not zero).

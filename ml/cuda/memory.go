@@ -123,20 +123,26 @@ func (b *Backend) LoadWeight(rows, cols int, data []byte, src, store ml.DType) (
 	if n == 0 {
 		return t, nil
 	}
-	if err := b.flush(); err != nil {
-		return nil, err
-	}
-	if err := b.enter(); err != nil {
-		return nil, err
-	}
-	defer b.exit()
-	if err := b.streamSync(); err != nil {
-		return nil, err
-	}
-	if err := b.l.call(b.l.cuMemcpyHtoD, "cuMemcpyHtoD", uintptr(t.ptr), uintptr(unsafe.Pointer(&host[0])), uintptr(len(host))); err != nil {
+	if err := b.uploadWeight(t.ptr, host); err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// uploadWeight copies host to device memory at p once the stream has
+// drained (a weight's bytes; the caller holds b.mu).
+func (b *Backend) uploadWeight(p uint64, host []byte) error {
+	if err := b.flush(); err != nil {
+		return err
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.exit()
+	if err := b.streamSync(); err != nil {
+		return err
+	}
+	return b.l.call(b.l.cuMemcpyHtoD, "cuMemcpyHtoD", uintptr(p), uintptr(unsafe.Pointer(&host[0])), uintptr(len(host)))
 }
 
 // View implements ml.Backend; out-of-range requests are clamped (ops then

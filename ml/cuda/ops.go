@@ -705,6 +705,49 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 	return b.push("write_kv_"+s, g1(kk.rows), g1(threadsFor(kvdim, 256)), st)
 }
 
+// qkvOperands checks the operands of a q/k/v prologue (QKVRoPEWriteKV,
+// qkNormRoPEWriteKV) and returns layer's cache, qkv and the bias pointer
+// (0: none).
+func (b *Backend) qkvOperands(qkv, bias ml.Tensor, numHeads, numKVHeads, headDim int, c ml.KVCache, layer int) (*kvCache, *tensor, uint64, error) {
+	kc, err := b.cache(c, layer)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	x, err := b.f32(qkv, "qkv")
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	width := (numHeads + 2*numKVHeads) * headDim
+	if headDim <= 0 || headDim%2 != 0 || numHeads <= 0 || numKVHeads != kc.kvh || headDim != kc.hd || x.cols < width {
+		return nil, nil, 0, shapeErr("qkv %dx%d, %d heads, %d kv heads of %d (cache %d of %d)", x.rows, x.cols, numHeads, numKVHeads, headDim, kc.kvh, kc.hd)
+	}
+	if bias == nil {
+		return kc, x, 0, nil
+	}
+	bb, err := b.f32(bias, "qkv bias")
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	if bb.n() != width {
+		return nil, nil, 0, shapeErr("qkv bias %dx%d for width %d", bb.rows, bb.cols, width)
+	}
+	return kc, x, bb.ptr, nil
+}
+
+// qkNormOperands checks per-head q/k norm weights: f32, headDim each.
+func (b *Backend) qkNormOperands(qNorm, kNorm ml.Tensor, headDim int) (qn, kn *tensor, err error) {
+	if qn, err = b.f32(qNorm, "q norm"); err != nil {
+		return nil, nil, err
+	}
+	if kn, err = b.f32(kNorm, "k norm"); err != nil {
+		return nil, nil, err
+	}
+	if qn.n() != headDim || kn.n() != headDim {
+		return nil, nil, shapeErr("q/k norms of %d and %d for head dim %d", qn.n(), kn.n(), headDim)
+	}
+	return qn, kn, nil
+}
+
 // QKVRoPEWriteKV is the attention prologue of a fused q/k/v projection in
 // one launch: qkv [T, (numHeads+2·numKVHeads)·headDim] holds q's heads, then
 // k's, then v's; bias (nil: none) [1, same] is added to all three, q and k
@@ -717,28 +760,9 @@ func (b *Backend) QKVRoPEWriteKV(qkv, bias, positions, invFreq ml.Tensor, numHea
 		return err
 	}
 	defer b.mu.Unlock()
-	kc, err := b.cache(c, layer)
+	kc, x, bp, err := b.qkvOperands(qkv, bias, numHeads, numKVHeads, headDim, c, layer)
 	if err != nil {
 		return err
-	}
-	x, err := b.f32(qkv, "qkv")
-	if err != nil {
-		return err
-	}
-	width := (numHeads + 2*numKVHeads) * headDim
-	if headDim <= 0 || headDim%2 != 0 || numHeads <= 0 || numKVHeads != kc.kvh || headDim != kc.hd || x.cols < width {
-		return shapeErr("qkv %dx%d, %d heads, %d kv heads of %d (cache %d of %d)", x.rows, x.cols, numHeads, numKVHeads, headDim, kc.kvh, kc.hd)
-	}
-	var bp uint64
-	if bias != nil {
-		bb, err := b.f32(bias, "qkv bias")
-		if err != nil {
-			return err
-		}
-		if bb.n() != width {
-			return shapeErr("qkv bias %dx%d for width %d", bb.rows, bb.cols, width)
-		}
-		bp = bb.ptr
 	}
 	pos, inv, sl, err := b.ropeOperands(positions, invFreq, slots, x.rows, headDim)
 	if err != nil {
@@ -763,39 +787,13 @@ func (b *Backend) qkNormRoPEWriteKV(qkv, bias, qNorm, kNorm ml.Tensor, eps float
 		return err
 	}
 	defer b.mu.Unlock()
-	kc, err := b.cache(c, layer)
+	kc, x, bp, err := b.qkvOperands(qkv, bias, numHeads, numKVHeads, headDim, c, layer)
 	if err != nil {
 		return err
 	}
-	x, err := b.f32(qkv, "qkv")
+	qn, kn, err := b.qkNormOperands(qNorm, kNorm, headDim)
 	if err != nil {
 		return err
-	}
-	width := (numHeads + 2*numKVHeads) * headDim
-	if headDim <= 0 || headDim%2 != 0 || numHeads <= 0 || numKVHeads != kc.kvh || headDim != kc.hd || x.cols < width {
-		return shapeErr("qkv %dx%d, %d heads, %d kv heads of %d (cache %d of %d)", x.rows, x.cols, numHeads, numKVHeads, headDim, kc.kvh, kc.hd)
-	}
-	var bp uint64
-	if bias != nil {
-		bb, err := b.f32(bias, "qkv bias")
-		if err != nil {
-			return err
-		}
-		if bb.n() != width {
-			return shapeErr("qkv bias %dx%d for width %d", bb.rows, bb.cols, width)
-		}
-		bp = bb.ptr
-	}
-	qn, err := b.f32(qNorm, "q norm")
-	if err != nil {
-		return err
-	}
-	kn, err := b.f32(kNorm, "k norm")
-	if err != nil {
-		return err
-	}
-	if qn.n() != headDim || kn.n() != headDim {
-		return shapeErr("q/k norms of %d and %d for head dim %d", qn.n(), kn.n(), headDim)
 	}
 	pos, inv, sl, err := b.ropeOperands(positions, invFreq, slots, x.rows, headDim)
 	if err != nil {
@@ -917,14 +915,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aP(partO)
 	b.aP(partML)
 	b.aP(qq.ptr)
-	b.aP(kc.k(layer))
-	b.aP(kc.v(layer))
-	b.aP(tokSeq.ptr)
-	b.aP(pos.ptr)
-	b.aP(bt.ptr)
-	b.aI(meta.MaxBlocks)
-	b.aI(kc.blockSize)
-	b.aI(kc.numBlocks)
+	b.aPaged(kc, layer, tokSeq, pos, bt, meta.MaxBlocks)
 	b.aI(H)
 	b.aI(KVH)
 	b.aI(D)
@@ -950,6 +941,19 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aI(d.cols)
 	b.aP(sh)
 	return b.push("attn_combine", g3(H, T, 1), g1(threadsFor(D, 256)), st)
+}
+
+// aPaged records the paged-cache arguments both attention kernels take:
+// layer's K and V, each token's sequence and position, the block tables.
+func (b *Backend) aPaged(kc *kvCache, layer int, tokSeq, pos, bt *tensor, maxBlocks int) {
+	b.aP(kc.k(layer))
+	b.aP(kc.v(layer))
+	b.aP(tokSeq.ptr)
+	b.aP(pos.ptr)
+	b.aP(bt.ptr)
+	b.aI(maxBlocks)
+	b.aI(kc.blockSize)
+	b.aI(kc.numBlocks)
 }
 
 // defaultFlashMin is Backend.flashMin's default: a step of one token per
@@ -991,14 +995,7 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(q.ptr)
-	b.aP(kc.k(layer))
-	b.aP(kc.v(layer))
-	b.aP(tokSeq.ptr)
-	b.aP(pos.ptr)
-	b.aP(bt.ptr)
-	b.aI(meta.MaxBlocks)
-	b.aI(kc.blockSize)
-	b.aI(kc.numBlocks)
+	b.aPaged(kc, layer, tokSeq, pos, bt, meta.MaxBlocks)
 	b.aI(T)
 	b.aI(H)
 	b.aI(meta.NumKVHeads)

@@ -262,16 +262,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		}
 		s.qn, s.kn = 0, 0
 		if qkNorm {
-			qn, err := b.f32(l.QNorm, "q norm")
+			qn, kn, err := b.qkNormOperands(l.QNorm, l.KNorm, hd)
 			if err != nil {
 				return err
-			}
-			kn, err := b.f32(l.KNorm, "k norm")
-			if err != nil {
-				return err
-			}
-			if qn.n() != hd || kn.n() != hd {
-				return shapeErr("q/k norms of %d and %d for head dim %d", qn.n(), kn.n(), hd)
 			}
 			s.qn, s.kn = qn.ptr, kn.ptr
 		}
