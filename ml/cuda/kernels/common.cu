@@ -103,6 +103,13 @@ __device__ __forceinline__ void split_bf16(float a, float b, unsigned& hi, unsig
   lo = pack_bf16(a - __uint_as_float((unsigned)ha << 16), b - __uint_as_float((unsigned)hb << 16));
 }
 
+// smemAddr is p's address in the shared window (inline PTX: no header).
+__device__ __forceinline__ unsigned smemAddr(const void* p) {
+  unsigned a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+
 __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -112,14 +119,14 @@ __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b
 }
 
 __device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
-  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  const unsigned a = smemAddr(p);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
 }
 
 __device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
-  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  const unsigned a = smemAddr(p);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
@@ -128,7 +135,7 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
 // cp16 copies 16 bytes from global to shared memory asynchronously, or
 // zero-fills them when !ok.
 __device__ __forceinline__ void cp16(void* dst, const void* src, bool ok) {
-  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  const unsigned d = smemAddr(dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
