@@ -133,12 +133,13 @@ func stepKS(P, K, grid int) int {
 }
 
 // stepSplits cuts attention's context into pieces of about 8 keys (a
-// warp's pass at head dims over 64), at most 32 per head: in a one-token
-// step attention is a chain of dependent loads, so it pays to spread it
-// wide, and the merge costs about one L2 round trip however many pieces
-// there are.
-func stepSplits(maxContext int) int {
-	return max(1, min((maxContext+7)/8, 32))
+// warp's pass at head dims over 64): in a one-token step attention is a
+// chain of dependent loads, so it pays to spread it wide. A head takes up
+// to as many pieces as the grid has warps per head, between 32 and 64: the
+// merge reads the pieces in batches of eight, an L2 round trip each, so
+// more pieces shorten the passes of a long context but lengthen its merge.
+func stepSplits(maxContext, warpsPerHead int) int {
+	return max(1, min((maxContext+7)/8, min(max(warpsPerHead, 32), 64)))
 }
 
 // stepWeight returns w's device pointer if it is a bf16 [rows, cols] matrix.
@@ -315,7 +316,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	if hd%epl != 0 {
 		return fmt.Errorf("%w: decode step with head dim %d", ml.ErrUnsupported, hd)
 	}
-	ns := stepSplits(meta.MaxContext)
+	ns := stepSplits(meta.MaxContext, grid*8/nh)
 	if b.step.forceNS > 0 {
 		ns = b.step.forceNS
 	}

@@ -24,9 +24,10 @@ func TestStepKS(t *testing.T) {
 
 // TestStepSplits: attention pieces of about 8 keys, at least one, at most 32.
 func TestStepSplits(t *testing.T) {
-	for _, c := range []struct{ ctx, want int }{{1, 1}, {8, 1}, {9, 2}, {100, 13}, {256, 32}, {4096, 32}} {
-		if got := stepSplits(c.ctx); got != c.want {
-			t.Errorf("stepSplits(%d) = %d, want %d", c.ctx, got, c.want)
+	for _, c := range []struct{ ctx, warps, want int }{{1, 176, 1}, {8, 176, 1}, {9, 176, 2}, {100, 176, 13}, {256, 176, 32},
+		{4096, 176, 64}, {4096, 40, 40}, {4096, 8, 32}, {8000, 500, 64}} {
+		if got := stepSplits(c.ctx, c.warps); got != c.want {
+			t.Errorf("stepSplits(%d, %d) = %d, want %d", c.ctx, c.warps, got, c.want)
 		}
 	}
 }

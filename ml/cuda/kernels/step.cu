@@ -224,31 +224,41 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
     }
     if (!__shfl_sync(0xffffffffu, last, 0)) continue;
     __syncwarp();  // lane 0's acquire, before every lane's loads
-    // Lane s holds piece s's (m, l); ns <= 32. Loads go out in batches of
-    // eight pieces before any is used: each costs an L2 round trip.
+    // Lane s holds pieces s, s+32, ... (any number of pieces). Loads go out
+    // in batches of eight pieces before any is used: each costs an L2
+    // round trip.
     const long long i0 = (long long)h * ns;
-    const float ms = lane < ns ? __ldcg(partML + 2 * (i0 + lane)) : NEG_INF;
-    const float ls = lane < ns ? __ldcg(partML + 2 * (i0 + lane) + 1) : 0.f;
-    float M = ms;
+    float M = NEG_INF;
+    for (int s = lane; s < ns; s += 32) M = fmaxf(M, __ldcg(partML + 2 * (i0 + s)));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-    const float fs = ms == NEG_INF ? 0.f : expf(ms - M);
-    const float L = warpSum(ls * fs);
+    float L = 0.f;
+    for (int s = lane; s < ns; s += 32) {
+      const float ms = __ldcg(partML + 2 * (i0 + s));
+      if (ms != NEG_INF) L += __ldcg(partML + 2 * (i0 + s) + 1) * expf(ms - M);
+    }
+    L = warpSum(L);
     float o[EPL];
 #pragma unroll
     for (int e = 0; e < EPL; ++e) o[e] = 0.f;
-    for (int b0 = 0; b0 < ns; b0 += 8) {
-      float pv[8][EPL];
+    for (int b0 = 0; b0 < ns; b0 += 32) {
+      // This lane's piece of the batch of 32, and its factor.
+      const float ms = b0 + lane < ns ? __ldcg(partML + 2 * (i0 + b0 + lane)) : NEG_INF;
+      const float fs = ms == NEG_INF ? 0.f : expf(ms - M);
+      const int nb = min(32, ns - b0);
+      for (int c0 = 0; c0 < nb; c0 += 8) {
+        float pv[8][EPL];
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < EPL; ++e)
-          pv[j][e] = (b0 + j < ns && dOK) ? __ldcg(partO + (i0 + b0 + j) * D + lane * EPL + e) : 0.f;
+          for (int e = 0; e < EPL; ++e)
+            pv[j][e] = (c0 + j < nb && dOK) ? __ldcg(partO + (i0 + b0 + c0 + j) * D + lane * EPL + e) : 0.f;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float f = __shfl_sync(0xffffffffu, fs, (b0 + j) & 31);
+        for (int j = 0; j < 8; ++j) {
+          const float f = __shfl_sync(0xffffffffu, fs, (c0 + j) & 31);
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) o[e] += pv[j][e] * f;
+          for (int e = 0; e < EPL; ++e) o[e] += pv[j][e] * f;
+        }
       }
     }
     if (dOK)
