@@ -886,8 +886,15 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	if T == 0 {
 		return nil
 	}
-	if b.useFlash(kc, T, meta.NumSeqs, D, qq.cols, d.cols) {
-		return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
+	// With flash, the per-token kernel still serves the tokens of sequences
+	// with few rows in a flash tile (flashServes in kernels/attention.cu);
+	// one sequence leaves it nothing.
+	flash, flashRows := b.useFlash(kc, T, meta.NumSeqs, D, qq.cols, d.cols), 0
+	if flash {
+		if meta.NumSeqs <= 1 {
+			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
+		}
+		flashRows = flashTileRows
 	}
 	epl := 1
 	for epl*32 < D {
@@ -925,10 +932,14 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aI(d.cols)
 	b.aP(sh)
 	b.aI(max(meta.Window, 0))
+	b.aI(flashRows)
 	if err := b.push(fmt.Sprintf("attention_%s_%d", s, epl), g3(KVH*ngc, T, ns), g1(128), st); err != nil {
 		return err
 	}
 	if ns == 1 {
+		if flash {
+			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
+		}
 		return nil
 	}
 	st = b.argStart()
@@ -940,7 +951,15 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aI(ns)
 	b.aI(d.cols)
 	b.aP(sh)
-	return b.push("attn_combine", g3(H, T, 1), g1(threadsFor(D, 256)), st)
+	if err := b.push("attn_combine", g3(H, T, 1), g1(threadsFor(D, 256)), st); err != nil {
+		return err
+	}
+	if flash {
+		// Last: it overwrites the rows it serves, which the combine wrote
+		// from partials no piece filled.
+		return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
+	}
+	return nil
 }
 
 // aPaged records the paged-cache arguments both attention kernels take:
@@ -960,6 +979,10 @@ func (b *Backend) aPaged(kc *kvCache, layer int, tokSeq, pos, bt *tensor, maxBlo
 // sequence (decode) reads each sequence's keys once in the per-token kernel
 // too, while prefill tokens share their keys' loads in the flash kernel.
 const defaultFlashMin = 64
+
+// flashTileRows is the flash kernel's tile of tokens (FA_BM in
+// kernels/flash.cu).
+const flashTileRows = 64
 
 // useFlash reports whether a step of T tokens from numSeqs sequences takes
 // the flash kernel: a bf16 cache, a head dim it is built for, an Ampere or
@@ -1004,8 +1027,7 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	b.aI(d.cols)
 	b.aP(sh)
 	b.aI(max(meta.Window, 0))
-	const rowsPerBlock = 64 // FA_BM in kernels/flash.cu
-	return b.push(fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), g3((T+rowsPerBlock-1)/rowsPerBlock, H, 1), g1(128), st)
+	return b.push(fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), g3((T+flashTileRows-1)/flashTileRows, H, 1), g1(128), st)
 }
 
 // SiLUMul implements ml.Backend.

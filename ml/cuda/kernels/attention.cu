@@ -14,11 +14,21 @@
 #define MAXG 8
 #define KU 2
 
+// flashServes is the rule by which the flash kernel takes a sequence's
+// rows of its tile (nSame of the tile's nValid rows): when they are many,
+// or the tile's only ones. The per-token kernel serves the rest (a few
+// decode tokens of many sequences would make the flash block run one pass
+// over each one's keys in turn).
+#define FA_MIN_ROWS 8
+__device__ __forceinline__ bool flashServes(int nSame, int nValid) {
+  return nSame >= FA_MIN_ROWS || nSame == nValid;
+}
+
 template <typename KV, int EPL>
 __device__ void attention(float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc,
                           const int* tokenSeq, const int* positions, const int* blockTables, int maxBlocks,
                           int blockSize, int numBlocks, int H, int KVH, int D, float scale, int numSplits,
-                          int qStride, int outStride, bf16* out16, int window) {
+                          int qStride, int outStride, bf16* out16, int window, int flashRows) {
   __shared__ float sAcc[NWARPS][32 * EPL];
   __shared__ float sM[NWARPS], sL[NWARPS];
   const int G = H / KVH;
@@ -30,6 +40,15 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
   const int t = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int seq = tokenSeq[t];
+  if (flashRows > 0) {
+    // The flash kernel runs too (flash.cu): leave it the tokens it serves,
+    // by the rule it applies to its tile of flashRows tokens.
+    const int t0 = t / flashRows * flashRows, r = threadIdx.x;
+    const bool valid = r < flashRows && t0 + r < (int)gridDim.y;
+    const int nValid = __syncthreads_count(valid);
+    const int nSame = __syncthreads_count(valid && tokenSeq[t0 + r] == seq);
+    if (flashServes(nSame, nValid)) return;
+  }
   const int ctx = positions[t] + 1;
   // A sliding window (window > 0) attends to the last window positions.
   const int first = window > 0 ? max(0, ctx - window) : 0;
@@ -140,10 +159,10 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
   extern "C" __global__ void __launch_bounds__(NWARPS * 32) attention_##S##_##EPL(                           \
       float* out, float* partO, float* partML, const float* q, const KV* kc, const KV* vc, const int* tokenSeq, \
       const int* positions, const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int H, int KVH, \
-      int D, float scale, int numSplits, int qStride, int outStride, bf16* out16, int window) {                 \
+      int D, float scale, int numSplits, int qStride, int outStride, bf16* out16, int window, int flashRows) {  \
     PDL_ENTRY();                                                                                                \
     attention<KV, EPL>(out, partO, partML, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize,   \
-                       numBlocks, H, KVH, D, scale, numSplits, qStride, outStride, out16, window);              \
+                       numBlocks, H, KVH, D, scale, numSplits, qStride, outStride, out16, window, flashRows);   \
   }
 
 #define INST_KV(KV, S)                                                                                          \

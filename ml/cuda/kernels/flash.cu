@@ -12,9 +12,9 @@
 // load overlaps P·V), each row keeping a running max and sum (online
 // softmax, in base 2). The rows of a block may belong to several sequences
 // (a tile that straddles two, or tokens in any order): the block makes one
-// pass over the keys per sequence present, masking the rows of the others,
-// so any step is served exactly; steps of single tokens from many
-// sequences should use the per-token kernel, which the host picks.
+// pass over the keys per sequence that flashServes (attention.cu), masking
+// the rows of the others; the per-token kernel, launched before it, serves
+// the rest (a few decode tokens of many sequences).
 //
 // PASSES 2 keeps f32 accuracy where the inputs are f32: q and the softmax
 // weights p are each split into two bf16 halves (hi + lo) and both are
@@ -53,7 +53,7 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   __shared__ __align__(16) bf16 sV[FA_BN * LD];
   __shared__ long long sBase[2][FA_BN];
   __shared__ int sSeq[FA_BM], sPos[FA_BM], sFirst[FA_BM];
-  __shared__ int sCur, sLo, sHi;
+  __shared__ int sCur, sLo, sHi, sValid;
 
   const int tile = gridDim.x - 1 - blockIdx.x;  // the longest contexts first
   const int h = blockIdx.y, kvh = h / (H / KVH);
@@ -74,6 +74,7 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
     sPos[r] = pos;
     sFirst[r] = window > 0 ? max(0, pos + 1 - window) : 0;
   }
+  if (threadIdx.x == 0) sValid = -1;  // counted once the rows are in
 
   // This warp's rows of q, as mma A fragments (hi and lo halves).
   unsigned qa[PASSES][KS][4];
@@ -99,16 +100,32 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   __syncthreads();
 
   for (;;) {
-    // The next sequence of this block's rows, and the keys its rows need.
+    // The next sequence of this block's rows that flashServes (the others'
+    // are the per-token kernel's), and the keys its rows need.
     if (threadIdx.x == 0) {
-      int cur = -1, lo = 0x7fffffff, hi = 0;
-      for (int r = 0; r < FA_BM; ++r) {
-        if (sSeq[r] < 0) continue;
-        if (cur < 0) cur = sSeq[r];
-        if (sSeq[r] == cur) {
-          lo = min(lo, sFirst[r]);
-          hi = max(hi, sPos[r] + 1);
+      if (sValid < 0) {
+        int n = 0;
+        for (int r = 0; r < FA_BM; ++r) n += sSeq[r] >= 0;
+        sValid = n;
+      }
+      int cur, lo, hi;
+      for (;;) {
+        cur = -1;
+        lo = 0x7fffffff;
+        hi = 0;
+        int same = 0;
+        for (int r = 0; r < FA_BM; ++r) {
+          if (sSeq[r] < 0) continue;
+          if (cur < 0) cur = sSeq[r];
+          if (sSeq[r] == cur) {
+            ++same;
+            lo = min(lo, sFirst[r]);
+            hi = max(hi, sPos[r] + 1);
+          }
         }
+        if (cur < 0 || flashServes(same, sValid)) break;
+        for (int r = 0; r < FA_BM; ++r)
+          if (sSeq[r] == cur) sSeq[r] = -1;
       }
       sCur = cur;
       sLo = lo;
