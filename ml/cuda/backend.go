@@ -175,8 +175,6 @@ type Backend struct {
 	split32   devBuf // splitGemm's products of the hi and lo halves
 	sh16      devBuf // bf16 copy of the last normed / SiLU output
 	part      devBuf // attention split partials
-	f8W       devBuf // FP8 matmuls: a chunk of the weight widened to bf16
-	f8Out     devBuf // and its product, before the column scales
 	// flashMin: steps with at least this many tokens beyond one per
 	// sequence take the tensor-core flash attention (bf16 caches).
 	flashMin int
@@ -569,7 +567,7 @@ func kernelNames() []string {
 			n = append(n, fmt.Sprintf("flash_attn_bf16_%d_%d", d, passes))
 		}
 	}
-	n = append(n, "gemv_f8", "dequant_f8_bf16", "scale_cols")
+	n = append(n, "gemv_f8")
 	return n
 }
 

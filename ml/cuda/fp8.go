@@ -2,7 +2,6 @@ package cuda
 
 import (
 	"encoding/binary"
-	"fmt"
 	"math"
 
 	"github.com/llmserve/llmserve/ml"
@@ -12,18 +11,12 @@ import (
 // value and an f32 scale per row, as the CPU backend stores them
 // (ml.QuantizeF8Row), in one allocation (codes, then scales at a 16-byte
 // boundary). Decode-sized products read the codes in gemv_f8 (half of
-// bf16's bytes); larger ones widen chunks of rows to bf16 (exact: every
-// E4M3 value is a bf16 value), multiply them on the bf16 path and scale
-// the product's columns (kernels/fp8.cu).
+// bf16's bytes); larger ones run expert_mma's dense form (kernels/moe.cu),
+// which widens the codes to bf16 (exact) for the tensor cores as it builds
+// their operands and scales each output row at the end.
 
 // f8GemvMaxT: products of at most this many rows take gemv_f8.
 const f8GemvMaxT = 8
-
-// f8ChunkBytes bounds the bf16 copy of a chunk of FP8 rows; f8Chunk, when
-// positive, sets the rows of a chunk instead (tests of the chunking).
-const f8ChunkBytes = 64 << 20
-
-var f8Chunk = 0
 
 // loadF8 quantizes a weight of dtype src row by row on the host and uploads
 // its codes and scales (the caller holds b.mu).
@@ -58,56 +51,44 @@ func (b *Backend) matMulF8(d, xx, ww, bb *tensor, bs string) error {
 	}
 	b.invalidate(d.ptr, d.bytes())
 	if T <= f8GemvMaxT {
-		st := b.argStart()
-		b.aP(d.ptr)
-		b.aI(d.cols)
-		b.aP(xx.ptr)
-		b.aI(xx.cols)
-		b.aP(ww.ptr)
-		b.aP(ww.scales)
-		b.aI(N)
-		b.aI(K)
-		b.aI(T)
-		if err := b.push("gemv_f8", g1((N+7)/8), g1(256), st); err != nil {
+		if err := b.pushGemvF8(d, xx, ww); err != nil {
 			return err
 		}
 		return b.biasAdd(d, bb, bs, T, N)
 	}
-	chunk := max(1, min(N, f8ChunkBytes/(2*K)))
-	if f8Chunk > 0 {
-		chunk = min(N, f8Chunk)
+	if K%16 != 0 || b.dev.major < 8 {
+		// No tensor-core form: gemv_f8 over groups of rows.
+		for t0 := 0; t0 < T; t0 += f8GemvMaxT {
+			rows := &tensor{owner: b, ptr: xx.ptr + uint64(t0*xx.cols*4), dt: ml.F32, rows: min(f8GemvMaxT, T-t0), cols: K}
+			out := &tensor{owner: b, ptr: d.ptr + uint64(t0*d.cols*4), dt: ml.F32, rows: rows.rows, cols: d.cols}
+			if err := b.pushGemvF8(out, rows, ww); err != nil {
+				return err
+			}
+		}
+		return b.biasAdd(d, bb, bs, T, N)
 	}
-	if err := b.ensure(&b.f8W, int64(chunk)*int64(K)*2); err != nil {
+	const tm = 64 // expert_mma's row tile
+	kernel, x16, err := b.expertMMA(ww, xx, tm)
+	if err != nil {
 		return err
 	}
-	if err := b.ensure(&b.f8Out, int64(T)*int64(chunk)*4); err != nil {
+	if err := b.pushExpertMMA(kernel, d, xx, ww, x16, 0, 0, 0, (T+tm-1)/tm, T, 1); err != nil {
 		return err
-	}
-	for n0 := 0; n0 < N; n0 += chunk {
-		nc := min(chunk, N-n0)
-		n := int64(nc) * int64(K)
-		st := b.argStart()
-		b.aP(b.f8W.ptr)
-		b.aP(ww.ptr + uint64(int64(n0)*int64(K)))
-		b.aL(n)
-		if err := b.push("dequant_f8_bf16", g1(gridFor(n, 256)), g1(256), st); err != nil {
-			return err
-		}
-		w16 := &tensor{owner: b, ptr: b.f8W.ptr, dt: ml.BF16, rows: nc, cols: K}
-		out := &tensor{owner: b, ptr: b.f8Out.ptr, dt: ml.F32, rows: T, cols: nc}
-		if err := b.matMul(out, xx, w16, nil, ""); err != nil {
-			return fmt.Errorf("fp8 matmul: %w", err)
-		}
-		st = b.argStart()
-		b.aP(d.ptr + uint64(n0*4))
-		b.aI(d.cols)
-		b.aP(out.ptr)
-		b.aI(nc)
-		b.aP(ww.scales + uint64(n0*4))
-		b.aI(nc)
-		if err := b.push("scale_cols", g3((nc+255)/256, T, 1), g1(256), st); err != nil {
-			return err
-		}
 	}
 	return b.biasAdd(d, bb, bs, T, N)
+}
+
+// pushGemvF8 records gemv_f8 of d = x·wᵀ (x of at most f8GemvMaxT rows).
+func (b *Backend) pushGemvF8(d, x, w *tensor) error {
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aI(d.cols)
+	b.aP(x.ptr)
+	b.aI(x.cols)
+	b.aP(w.ptr)
+	b.aP(w.scales)
+	b.aI(w.rows)
+	b.aI(x.cols)
+	b.aI(x.rows)
+	return b.push("gemv_f8", g1((w.rows+7)/8), g1(256), st)
 }

@@ -108,8 +108,8 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 	}
 }
 
-// TestExpertMMA checks the tensor-core grouped expert GEMM (bf16 weights)
-// at the f32 bar with x split into bf16 halves, and at the bf16 bar with x
+// TestExpertMMA checks the tensor-core grouped expert GEMM (bf16 and FP8
+// weights) at the f32 bar with x split into bf16 halves, and at the bf16 bar with x
 // rounded once, against the float64 reference, in shapes of both tile
 // sizes: decode batches over many experts and prefills.
 func TestExpertMMA(t *testing.T) {
@@ -119,59 +119,88 @@ func TestExpertMMA(t *testing.T) {
 		{8, 1536, 512, 40, 2},  // 8-row tiles, many output blocks
 		{16, 130, 256, 300, 4}, // 64-row tiles, several per expert
 		{4, 64, 2048, 500, 1},  // long K
+		{8, 96, 64, 3, 2},      // a decode of few rows
 	}
-	for _, round := range []bool{false, true} {
-		b := newTestBackend(t, Options{RoundActivations: round})
-		r := rand.New(rand.NewPCG(3, 4))
-		for _, c := range cases {
-			R := c.T * c.k
-			w := mltest.RandF32(r, c.E*c.N*c.K, 0.5)
-			for i := range w {
-				w[i] = mltest.Round(ml.BF16, w[i])
-			}
-			x := mltest.RandF32(r, c.T*c.K, 1)
-			ex := make([]int32, R)
-			for i := range ex {
-				ex[i] = int32(r.IntN(c.E))
-			}
-			wt, err := b.LoadWeight(c.E*c.N, c.K, mltest.Encode(ml.F32, w), ml.F32, ml.BF16)
-			if err != nil {
-				t.Fatal(err)
-			}
-			xt, _ := b.NewTensor(ml.F32, c.T, c.K)
-			et, _ := b.NewTensor(ml.I32, R, 1)
-			dst, _ := b.NewTensor(ml.F32, R, c.N)
-			if err := errors.Join(b.UploadF32(xt, x), b.UploadI32(et, ex), b.MatMulExperts(dst, xt, wt, et)); err != nil {
-				t.Fatal(err)
-			}
-			got := make([]float32, R*c.N)
-			if err := b.Download(got, dst); err != nil {
-				t.Fatal(err)
-			}
-			xin := x
-			tol := 2e-5
-			if round {
-				xin = make([]float32, len(x))
-				for i, v := range x {
-					xin[i] = mltest.Round(ml.BF16, v)
+	for _, wdt := range []ml.DType{ml.BF16, ml.F8} {
+		for _, round := range []bool{false, true} {
+			b := newTestBackend(t, Options{RoundActivations: round})
+			r := rand.New(rand.NewPCG(3, 4))
+			for _, c := range cases {
+				if wdt == ml.F8 && c.K%16 != 0 {
+					continue
 				}
-				tol = 1e-5 // the reference rounds x too; only the sums' order differs
+				if wdt == ml.BF16 && c.T*c.k <= expertGemvMaxR {
+					continue // the GEMV's
+				}
+				checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
 			}
-			want := mltest.RefMatMulExperts(xin, w, ex, c.N, c.K)
-			var worst, scale float64
-			for i, v := range want {
-				worst = max(worst, math.Abs(float64(got[i])-v))
-				scale = max(scale, math.Abs(v))
-			}
-			if e := worst / max(1, scale); e > tol {
-				t.Errorf("round=%v E=%d N=%d K=%d T=%d k=%d: error %.3g > %.3g", round, c.E, c.N, c.K, c.T, c.k, e, tol)
-			} else {
-				t.Logf("round=%v E=%d N=%d K=%d T=%d k=%d: error %.3g", round, c.E, c.N, c.K, c.T, c.k, e)
-			}
-			for _, x := range []ml.Tensor{wt, xt, et, dst} {
-				b.Free(x)
+			b.Close()
+		}
+	}
+}
+
+// checkExperts runs one MatMulExperts of random experts stored as wdt and
+// compares it with the float64 product of the values the weight holds.
+func checkExperts(t *testing.T, b *Backend, r *rand.Rand, wdt ml.DType, round bool, E, N, K, T, k int) {
+	t.Helper()
+	R := T * k
+	w := mltest.RandF32(r, E*N*K, 0.5)
+	if wdt == ml.BF16 {
+		for i := range w {
+			w[i] = mltest.Round(ml.BF16, w[i])
+		}
+	}
+	x := mltest.RandF32(r, T*K, 1)
+	ex := make([]int32, R)
+	for i := range ex {
+		ex[i] = int32(r.IntN(E))
+	}
+	wt, err := b.LoadWeight(E*N, K, mltest.Encode(ml.F32, w), ml.F32, wdt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wdt == ml.F8 {
+		// The values the weight holds: codes times their row's scale.
+		codes := make([]uint8, K)
+		for n := range E * N {
+			row := w[n*K : (n+1)*K]
+			s := ml.QuantizeF8Row(codes, row)
+			for i, q := range codes {
+				row[i] = ml.F8Value(q) * s
 			}
 		}
-		b.Close()
+	}
+	xt, _ := b.NewTensor(ml.F32, T, K)
+	et, _ := b.NewTensor(ml.I32, R, 1)
+	dst, _ := b.NewTensor(ml.F32, R, N)
+	if err := errors.Join(b.UploadF32(xt, x), b.UploadI32(et, ex), b.MatMulExperts(dst, xt, wt, et)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, R*N)
+	if err := b.Download(got, dst); err != nil {
+		t.Fatal(err)
+	}
+	xin := x
+	tol := 2e-5
+	if round {
+		xin = make([]float32, len(x))
+		for i, v := range x {
+			xin[i] = mltest.Round(ml.BF16, v)
+		}
+		tol = 1e-5 // the reference rounds x too; only the sums' order differs
+	}
+	want := mltest.RefMatMulExperts(xin, w, ex, N, K)
+	var worst, scale float64
+	for i, v := range want {
+		worst = max(worst, math.Abs(float64(got[i])-v))
+		scale = max(scale, math.Abs(v))
+	}
+	if e := worst / max(1, scale); e > tol {
+		t.Errorf("%s round=%v E=%d N=%d K=%d T=%d k=%d: error %.3g > %.3g", wdt, round, E, N, K, T, k, e, tol)
+	} else {
+		t.Logf("%s round=%v E=%d N=%d K=%d T=%d k=%d: error %.3g", wdt, round, E, N, K, T, k, e)
+	}
+	for _, x := range []ml.Tensor{wt, xt, et, dst} {
+		b.Free(x)
 	}
 }

@@ -29,9 +29,11 @@ func moeKernelNames() []string {
 	for _, s := range []string{"f32", "bf16", "f16"} {
 		n = append(n, "expert_gemv_"+s, "expert_gemm_"+s, "expert_gemm8_"+s)
 	}
-	for _, tok := range []int{8, 64} {
-		for _, passes := range []int{1, 2} {
-			n = append(n, fmt.Sprintf("expert_mma_bf16_%d_%d", tok, passes))
+	for _, w := range []string{"bf16", "f8"} {
+		for _, tok := range []int{8, 64} {
+			for _, passes := range []int{1, 2} {
+				n = append(n, fmt.Sprintf("expert_mma_%s_%d_%d", w, tok, passes))
+			}
 		}
 	}
 	return n
@@ -134,10 +136,14 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 		return err
 	}
 	s, ok := dtSuffix(ww.dt)
-	if !ok {
+	f8 := ww.dt == ml.F8
+	if !ok && !f8 {
 		return fmt.Errorf("%w: expert weight dtype %v", ml.ErrUnsupported, ww.dt)
 	}
 	R, N, K := d.rows, d.cols, xx.cols
+	if f8 && (K%16 != 0 || b.dev.major < 8) {
+		return fmt.Errorf("%w: fp8 experts of %d columns on sm_%d%d (need a multiple of 16 and sm_80 or later)", ml.ErrUnsupported, K, b.dev.major, b.dev.minor)
+	}
 	if ww.cols != K || N == 0 || ww.rows%N != 0 || xx.rows == 0 || R%xx.rows != 0 {
 		return shapeErr("experts dst %dx%d = x %dx%d · experts of %dx%d", d.rows, d.cols, xx.rows, xx.cols, ww.rows, ww.cols)
 	}
@@ -153,7 +159,7 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 		return fmt.Errorf("%w: %d expert rows over %d experts", ml.ErrUnsupported, R, E)
 	}
 	b.invalidate(d.ptr, d.bytes())
-	if R <= expertGemvMaxR {
+	if R <= expertGemvMaxR && !f8 {
 		st := b.argStart()
 		b.aP(d.ptr)
 		b.aP(xx.ptr)
@@ -172,23 +178,14 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	if few {
 		tm, kernel = 8, "expert_gemm8_"+s
 	}
-	mma := ww.dt == ml.BF16 && K%8 == 0 && b.dev.major >= 8 && !b.opts.ExactActivations
+	mma := f8 || (ww.dt == ml.BF16 && K%8 == 0 && b.dev.major >= 8 && !b.opts.ExactActivations)
 	var x16 uint64
 	if mma {
-		passes := 2 // x split into bf16 halves: f32 accuracy
-		if b.opts.RoundActivations {
-			passes = 1
-		}
 		tm = 64
 		if few {
 			tm = 8
 		}
-		kernel = fmt.Sprintf("expert_mma_bf16_%d_%d", tm, passes)
-		if passes == 1 {
-			if x16, err = b.castAct16(xx, "cast_f32_bf16"); err != nil {
-				return err
-			}
-		} else if x16, err = b.splitAct16(xx); err != nil {
+		if kernel, x16, err = b.expertMMA(ww, xx, tm); err != nil {
 			return err
 		}
 	}
@@ -216,14 +213,12 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	if err := b.push("moe_align", g1(1), g1(1024), st); err != nil {
 		return err
 	}
+	if mma {
+		return b.pushExpertMMA(kernel, d, xx, ww, x16, sorted, tileExp, numTiles, maxTiles, R, fan)
+	}
 	st = b.argStart()
 	b.aP(d.ptr)
-	if mma {
-		b.aP(x16)
-		b.aL(int64(xx.rows) * int64(K)) // the lo plane's offset
-	} else {
-		b.aP(xx.ptr)
-	}
+	b.aP(xx.ptr)
 	b.aP(ww.ptr)
 	b.aP(sorted)
 	b.aP(tileExp)
@@ -231,11 +226,44 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	b.aI(N)
 	b.aI(K)
 	b.aI(fan)
-	if mma {
-		const outputsPerBlock = 64 // EM_BN in kernels/moe.cu
-		return b.push(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, maxTiles, 1), g1(128), st)
-	}
 	return b.push(kernel, g3((N+moeTN-1)/moeTN, maxTiles, 1), g1(256), st)
+}
+
+// expertMMA picks the expert_mma kernel of weight w and tm-row tiles and
+// records x's bf16 planes (split into halves, or rounded once under
+// RoundActivations), returning the kernel and the planes' address.
+func (b *Backend) expertMMA(w, x *tensor, tm int) (string, uint64, error) {
+	wname := "bf16"
+	if w.dt == ml.F8 {
+		wname = "f8"
+	}
+	if b.opts.RoundActivations {
+		x16, err := b.castAct16(x, "cast_f32_bf16")
+		return fmt.Sprintf("expert_mma_%s_%d_1", wname, tm), x16, err
+	}
+	x16, err := b.splitAct16(x)
+	return fmt.Sprintf("expert_mma_%s_%d_2", wname, tm), x16, err
+}
+
+// pushExpertMMA records expert_mma over tiles rows of d (0 pointers for
+// sorted, tileExp and numTiles: a dense product of R rows of x).
+func (b *Backend) pushExpertMMA(kernel string, d, x, w *tensor, x16, sorted, tileExp, numTiles uint64, tiles, R, fan int) error {
+	N, K := d.cols, x.cols
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(x16)
+	b.aL(int64(x.rows) * int64(K)) // the lo plane's offset
+	b.aP(w.ptr)
+	b.aP(w.scales)
+	b.aP(sorted)
+	b.aP(tileExp)
+	b.aP(numTiles)
+	b.aI(R)
+	b.aI(N)
+	b.aI(K)
+	b.aI(fan)
+	const outputsPerBlock = 64 // EM_BN in kernels/moe.cu
+	return b.push(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, tiles, 1), g1(128), st)
 }
 
 // ScatterAdd implements ml.Backend. A run of equal adjacent indices is

@@ -3,7 +3,8 @@
 // The weight of row n is scales[n]·f8(w[n, k]); an f8 value is widened by
 // placing its exponent and mantissa bits in a float's low exponent bits
 // (2^-120 times the value, subnormal codes included) and multiplying by
-// 2^120. Products are summed unscaled and scaled once per row.
+// 2^120. Products are summed unscaled and scaled once per row. Larger
+// products take expert_mma's dense form (moe.cu).
 
 __device__ __forceinline__ float f8tof(unsigned v) {
   return __uint_as_float(((v & 0x80u) << 24) | ((v & 0x7fu) << 20)) * 1.329227995784916e36f;  // 2^120
@@ -58,25 +59,5 @@ extern "C" __global__ void gemv_f8(float* dst, int ldd, const float* x, int ldx,
       if (lane == 0) dst[(long long)t * ldd + n] = v * s;
     }
   }
-}
-#endif
-
-// dequant_f8_bf16 widens n FP8 codes to bf16, unscaled (every E4M3 value
-// is a bf16 value): the GEMM multiplies them and scale_cols scales.
-#if KUNIT(1)
-extern "C" __global__ void dequant_f8_bf16(bf16* dst, const unsigned char* w, long long n) {
-  PDL_ENTRY();
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-    dst[i].x = (u16)(__float_as_uint(f8tof(w[i])) >> 16);
-}
-#endif
-
-// scale_cols: dst[t, c] (row stride ldd) = src[t, c] (row stride lds) ·
-// scales[c] for c < C, t < T; grid (ceil(C/256), T).
-#if KUNIT(1)
-extern "C" __global__ void scale_cols(float* dst, int ldd, const float* src, int lds, const float* scales, int C) {
-  PDL_ENTRY();
-  const int c = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
-  if (c < C) dst[(long long)t * ldd + c] = src[(long long)t * lds + c] * scales[c];
 }
 #endif

@@ -229,45 +229,73 @@ __device__ void expert_gemm(float* dst, const float* x, const W* w, const int* s
   }
 }
 
-// expert_mma (bf16 weights, many rows): the grouped GEMM on tensor cores
-// (mma.sync m16n8k16, f32 accumulation), over the tiles of moe_align with
-// TOK rows each. Weights are the mma's A operand (16 outputs a warp) and
-// the rows its B (8 a fragment), so a tile of few rows (a decode batch over
-// many experts) wastes no weight load: every block streams 64 weight rows
-// of one expert through a STAGES-deep cp.async pipeline. x comes as bf16
-// planes (split_f32_bf16: PASSES 2 multiplies hi and lo, f32 accuracy;
-// cast_f32_bf16: PASSES 1). Grid (ceil(N/64), maxTiles), 4 warps; K % 8 == 0.
+// expert_mma (bf16 or FP8 weights, many rows): the grouped GEMM on tensor
+// cores (mma.sync m16n8k16, f32 accumulation), over the tiles of
+// moe_align with TOK rows each. Weights are the mma's A operand (16
+// outputs a warp) and the rows its B (8 a fragment), so a tile of few rows
+// (a decode batch over many experts) wastes no weight load: every block
+// streams 64 weight rows of one expert through a STAGES-deep cp.async
+// pipeline. x comes as bf16 planes (split_f32_bf16: PASSES 2 multiplies hi
+// and lo, f32 accuracy; cast_f32_bf16: PASSES 1). FP8 weights (F8) are
+// widened to bf16 as the A fragments are built (exact) and each output row
+// is scaled at the end (scales [E·N]). With sorted null it is a dense
+// product of R rows (one expert, row = tile·TOK + i). Grid (ceil(N/64),
+// tiles), 4 warps; K % 8 == 0 (bf16) or K % 16 == 0 (FP8).
 #define EM_BN 64
 #define EM_BK 32
 #define EM_STAGES 3
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-template <int TOK, int PASSES>
-__device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, const bf16* w, const int* sorted,
-                           const int* tileExp, const int* numTiles, int N, int K, int fan) {
-  constexpr int LD = EM_BK + 8;  // padded rows: ldmatrix reads hit distinct banks
-  constexpr int NT = TOK / 8;    // token n-tiles
-  __shared__ __align__(16) bf16 sW[EM_STAGES][EM_BN * LD];
+// f8x2 widens two FP8 codes (low byte first) to packed bf16.
+__device__ __forceinline__ unsigned f8x2(unsigned v) {
+  return (__float_as_uint(f8tof(v & 0xffu)) >> 16) | (__float_as_uint(f8tof((v >> 8) & 0xffu)) & 0xffff0000u);
+}
+
+template <int TOK, int PASSES, bool F8>
+__device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, const void* w, const float* scales,
+                           const int* sorted, const int* tileExp, const int* numTiles, int R, int N, int K, int fan) {
+  constexpr int LD = EM_BK + 8;   // bf16 rows, padded: ldmatrix reads hit distinct banks
+  constexpr int LDB = EM_BK + 16; // FP8 rows in bytes, padded, 16-byte aligned
+  constexpr int NT = TOK / 8;     // token n-tiles
+  constexpr int WBYTES = F8 ? EM_BN * LDB : EM_BN * LD * 2;
+  __shared__ __align__(16) unsigned char sW[EM_STAGES][WBYTES];
   __shared__ __align__(16) bf16 sX[EM_STAGES][PASSES][TOK * LD];
   __shared__ int rows[TOK];
   const int tile = blockIdx.y;
-  if (tile >= *numTiles) return;
-  const int e = tileExp[tile];
+  if (numTiles && tile >= *numTiles) return;
+  const int e = tileExp ? tileExp[tile] : 0;
   const int n0 = blockIdx.x * EM_BN;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, tq = lane & 3;
-  for (int i = threadIdx.x; i < TOK; i += blockDim.x) rows[i] = sorted[tile * TOK + i];
+  for (int i = threadIdx.x; i < TOK; i += blockDim.x) {
+    const int r = tile * TOK + i;
+    rows[i] = sorted ? sorted[r] : (r < R ? r : -1);
+  }
   __syncthreads();
-  const bf16* we = w + (long long)e * N * K;
+  const long long wBase = (long long)e * N * K;  // in elements
 
   // stage s <- columns [k0, k0+EM_BK) of the weight rows and of x's rows.
   auto load = [&](int st, int k0) {
-    constexpr int CPR = EM_BK / 8;  // 16-byte chunks per row
-    for (int c = threadIdx.x; c < EM_BN * CPR; c += blockDim.x) {
-      const int r = c / CPR, col = (c - r * CPR) * 8;
-      const int n = n0 + r, k = k0 + col;
-      const bool ok = n < N && k < K;
-      cp16(&sW[st][r * LD + col], we + (ok ? (long long)n * K + k : 0), ok);
+    if (F8) {
+      constexpr int CPR = EM_BK / 16;  // 16-byte chunks per row
+      const unsigned char* wb = (const unsigned char*)w + wBase;
+      for (int c = threadIdx.x; c < EM_BN * CPR; c += blockDim.x) {
+        const int r = c / CPR, col = (c - r * CPR) * 16;
+        const int n = n0 + r, k = k0 + col;
+        const bool ok = n < N && k < K;
+        cp16(&sW[st][r * LDB + col], wb + (ok ? (long long)n * K + k : 0), ok);
+      }
+    } else {
+      constexpr int CPR = EM_BK / 8;
+      const bf16* wb = (const bf16*)w + wBase;
+      bf16* sw = (bf16*)sW[st];
+      for (int c = threadIdx.x; c < EM_BN * CPR; c += blockDim.x) {
+        const int r = c / CPR, col = (c - r * CPR) * 8;
+        const int n = n0 + r, k = k0 + col;
+        const bool ok = n < N && k < K;
+        cp16(&sw[r * LD + col], wb + (ok ? (long long)n * K + k : 0), ok);
+      }
     }
+    constexpr int CPR = EM_BK / 8;
     for (int c = threadIdx.x; c < PASSES * TOK * CPR; c += blockDim.x) {
       const int pl = c / (TOK * CPR), rc = c - pl * TOK * CPR;
       const int r = rc / CPR, col = (rc - r * CPR) * 8;
@@ -298,8 +326,17 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
 #pragma unroll
     for (int kk = 0; kk < EM_BK / 16; ++kk) {
       unsigned a[4];
-      // matrices: outputs +0..7 / +8..15 at columns kk*16 and kk*16+8
-      ldsm_x4(a, &sW[st][(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8]);
+      if (F8) {
+        // a0..a3: (row g, k tq*2), (row g+8, same), (row g, k+8), (row g+8, k+8)
+        const unsigned char* r0 = &sW[st][(warp * 16 + g) * LDB + kk * 16 + tq * 2];
+        a[0] = f8x2(*(const unsigned short*)r0);
+        a[1] = f8x2(*(const unsigned short*)(r0 + 8 * LDB));
+        a[2] = f8x2(*(const unsigned short*)(r0 + 8));
+        a[3] = f8x2(*(const unsigned short*)(r0 + 8 * LDB + 8));
+      } else {
+        // matrices: outputs +0..7 / +8..15 at columns kk*16 and kk*16+8
+        ldsm_x4(a, (const bf16*)sW[st] + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8);
+      }
 #pragma unroll
       for (int j = 0; j < NT; j += 2) {
 #pragma unroll
@@ -321,35 +358,40 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
   cp_wait<0>();
   // acc[j]: outputs warp*16+g (c0, c1) and +8 (c2, c3), tokens j*8 + tq*2 + {0, 1}.
 #pragma unroll
-  for (int j = 0; j < NT; ++j) {
+  for (int i = 0; i < 4; ++i) {
+    const int n = n0 + warp * 16 + g + (i >> 1) * 8;
+    const float sc = (F8 && n < N) ? scales[(long long)e * N + n] : 1.f;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int n = n0 + warp * 16 + g + (i >> 1) * 8;
+    for (int j = 0; j < NT; ++j) {
       const int row = rows[j * 8 + tq * 2 + (i & 1)];
-      if (row >= 0 && n < N) dst[(long long)row * N + n] = acc[j][i];
+      if (row >= 0 && n < N) dst[(long long)row * N + n] = acc[j][i] * sc;
     }
   }
 }
 #endif
 
-#define INST_EXPERT_MMA(TOK, P)                                                                                  \
-  extern "C" __global__ void __launch_bounds__(128) expert_mma_bf16_##TOK##_##P(                               \
-      float* dst, const bf16* x16, long long planeStride, const bf16* w, const int* sorted, const int* tileExp, \
-      const int* numTiles, int N, int K, int fan) {                                                            \
-    PDL_ENTRY();                                                                                               \
-    EXPERT_MMA_BODY(TOK, P);                                                                                   \
+#define INST_EXPERT_MMA(S, W, F8, TOK, P)                                                                         \
+  extern "C" __global__ void __launch_bounds__(128) expert_mma_##S##_##TOK##_##P(                                \
+      float* dst, const bf16* x16, long long planeStride, const W* w, const float* scales, const int* sorted,    \
+      const int* tileExp, const int* numTiles, int R, int N, int K, int fan) {                                   \
+    PDL_ENTRY();                                                                                                 \
+    EXPERT_MMA_BODY(TOK, P, F8);                                                                                 \
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-#define EXPERT_MMA_BODY(TOK, P) \
-  expert_mma<TOK, P>(dst, x16, planeStride, w, sorted, tileExp, numTiles, N, K, fan)
+#define EXPERT_MMA_BODY(TOK, P, F8) \
+  expert_mma<TOK, P, F8>(dst, x16, planeStride, w, scales, sorted, tileExp, numTiles, R, N, K, fan)
 #else
-#define EXPERT_MMA_BODY(TOK, P) __trap()
+#define EXPERT_MMA_BODY(TOK, P, F8) __trap()
 #endif
 #if KUNIT(0)
-INST_EXPERT_MMA(8, 1)
-INST_EXPERT_MMA(8, 2)
-INST_EXPERT_MMA(64, 1)
-INST_EXPERT_MMA(64, 2)
+INST_EXPERT_MMA(bf16, bf16, false, 8, 1)
+INST_EXPERT_MMA(bf16, bf16, false, 8, 2)
+INST_EXPERT_MMA(bf16, bf16, false, 64, 1)
+INST_EXPERT_MMA(bf16, bf16, false, 64, 2)
+INST_EXPERT_MMA(f8, unsigned char, true, 8, 1)
+INST_EXPERT_MMA(f8, unsigned char, true, 8, 2)
+INST_EXPERT_MMA(f8, unsigned char, true, 64, 1)
+INST_EXPERT_MMA(f8, unsigned char, true, 64, 2)
 #endif
 
 #define INST_EXPERTS(T, S)                                                                                      \
