@@ -116,8 +116,10 @@ func (b *Backend) TopKSoftmax(weights, ids, logits ml.Tensor, k int, normalize b
 // MatMulExperts implements ml.Backend: a GEMV per row for a few rows
 // (reading only the chosen experts), else rows grouped by expert on the
 // device (moe_align) and a tiled GEMM per group of rows of one expert: on
-// tensor cores for bf16 weights (expert_mma; x split into bf16 halves
-// unless RoundActivations), else on CUDA cores. All launch shapes depend only on the operands' shapes (graph-safe).
+// tensor cores for bf16 and FP8 weights (expert_mma; x split into bf16
+// halves unless RoundActivations; FP8 takes it for any number of rows),
+// else on CUDA cores. All launch shapes depend only on the operands'
+// shapes (graph-safe).
 func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	if err := b.lock(); err != nil {
 		return err
