@@ -386,7 +386,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	g.section("Engine and memory")
 	fs.StringVar(&c.Device, "device", "auto", "auto|cpu|cuda")
 	fs.StringVar(&c.DType, "dtype", "auto", "auto|float32|bfloat16|float16 (half, float: vLLM's aliases)")
-	fs.StringVar(&c.KVCacheDType, "kv-cache-dtype", "auto", "auto|float32|bfloat16|float16|fp8 (E4M3, scale 1; CPU)")
+	fs.StringVar(&c.KVCacheDType, "kv-cache-dtype", "auto", "auto|float32|bfloat16|float16 (CPU)|fp8 (E4M3, scale 1)")
 	fs.StringVar(&c.Quantization, "quantization", "", `"", int8 (weight-only, CPU) or fp8 (weight-only); -q`)
 	fs.IntVar(&c.MaxModelLen, "max-model-len", 0, "max tokens per sequence, prompt plus output (default: the model's max_position_embeddings, lowered to what the KV cache holds)")
 	fs.IntVar(&c.MaxNumSeqs, "max-num-seqs", 256, "max sequences per engine step")

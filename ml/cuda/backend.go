@@ -562,6 +562,11 @@ func kernelNames() []string {
 			n = append(n, fmt.Sprintf("attention_%s_%d", s, e))
 		}
 	}
+	// An fp8 KV cache's kernels.
+	n = append(n, "write_kv_f8", "rope_kv_f8", "qknorm_rope_kv_f8")
+	for _, e := range []int{1, 2, 4, 8} {
+		n = append(n, fmt.Sprintf("attention_f8_%d", e))
+	}
 	for _, d := range []int{64, 128} {
 		for _, passes := range []int{1, 2} {
 			n = append(n, fmt.Sprintf("flash_attn_bf16_%d_%d", d, passes))

@@ -88,7 +88,7 @@ func TestConformance(t *testing.T) {
 		o := mltest.DefaultOptions()
 		o.Tol, o.MatMulTol, o.RoPETol = 1e-5, 5e-5, 2e-4
 		o.WeightDTypes = []ml.DType{ml.F32}
-		o.KVDTypes = []ml.DType{ml.F32, ml.BF16}
+		o.KVDTypes = []ml.DType{ml.F32, ml.BF16, ml.F8}
 		mltest.Run(t, newB, o)
 	})
 	t.Run("half", func(t *testing.T) {

@@ -33,6 +33,13 @@ func (b *Backend) FusesLayers(spec ml.LayerSpec) bool {
 	return true
 }
 
+// fusedKV reports whether the fused decode kernels write c (f32 and bf16
+// caches; an fp8 cache takes the GEMM path's prologue).
+func (b *Backend) fusedKV(c ml.KVCache) bool {
+	kc, ok := c.(*kvCache)
+	return ok && kc != nil && (kc.dt == ml.F32 || kc.dt == ml.BF16)
+}
+
 // FuseLayers implements ml.LayerFuser.
 func (b *Backend) FuseLayers(spec ml.LayerSpec, layers []ml.DecoderLayer, finalNorm, lmHead ml.Tensor) (ml.FusedLayers, error) {
 	if !b.FusesLayers(spec) {
@@ -74,7 +81,7 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 	}
 	st.Meta.Window = 0
 	T := h.Rows()
-	if !f.gemv || !f.b.FusedDecode(T, f.spec.Hidden) {
+	if !f.gemv || !f.b.FusedDecode(T, f.spec.Hidden) || !f.b.fusedKV(st.Cache) {
 		return f.forwardGEMM(h, st)
 	}
 	if f.oneLaunch && T == 1 {

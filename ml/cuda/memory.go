@@ -347,14 +347,15 @@ func (b *Backend) Free(t ml.Tensor) {
 	x.ptr = 0
 }
 
-// NewKVCache implements ml.Backend; dt is F32 or BF16.
+// NewKVCache implements ml.Backend; dt is F32, BF16 or F8 (E4M3, scale 1,
+// as the CPU's: fused decode kernels take f32 and bf16 caches only).
 func (b *Backend) NewKVCache(layers, numBlocks, blockSize, numKVHeads, headDim int, dt ml.DType) (ml.KVCache, error) {
 	if err := b.lock(); err != nil {
 		return nil, err
 	}
 	defer b.mu.Unlock()
-	if dt != ml.F32 && dt != ml.BF16 {
-		return nil, fmt.Errorf("%w: kv cache dtype %v on cuda (float32 or bfloat16; an fp8 cache runs on the CPU only)", ml.ErrUnsupported, dt)
+	if dt != ml.F32 && dt != ml.BF16 && dt != ml.F8 {
+		return nil, fmt.Errorf("%w: kv cache dtype %v on cuda (float32, bfloat16 or fp8)", ml.ErrUnsupported, dt)
 	}
 	if layers <= 0 || numBlocks <= 0 || blockSize <= 0 || numKVHeads <= 0 || headDim <= 0 {
 		return nil, fmt.Errorf("%w: kv cache %d layers %d blocks of %d, %d heads of %d", ErrShape, layers, numBlocks, blockSize, numKVHeads, headDim)

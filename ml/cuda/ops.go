@@ -18,6 +18,16 @@ func dtSuffix(dt ml.DType) (string, bool) {
 	return "", false
 }
 
+// kvSuffix names a KV cache dtype's kernels (f32, bf16, or f8: E4M3 with
+// scale 1).
+func kvSuffix(dt ml.DType) string {
+	if dt == ml.F8 {
+		return "f8"
+	}
+	s, _ := dtSuffix(dt)
+	return s
+}
+
 func g1(x int) [3]uint32       { return [3]uint32{uint32(x), 1, 1} }
 func g3(x, y, z int) [3]uint32 { return [3]uint32{uint32(x), uint32(y), uint32(z)} }
 
@@ -495,7 +505,7 @@ func (b *Backend) pushRopeKV(x0 uint64, nh0, s0 int, x1 uint64, nh1, s1 int, pos
 	var kc, vc uint64
 	var numSlots int64
 	if c != nil {
-		s, _ := dtSuffix(c.dt)
+		s := kvSuffix(c.dt)
 		name, kc, vc, numSlots = "rope_kv_"+s, c.k(layer), c.v(layer), int64(c.numBlocks)*int64(c.blockSize)
 	}
 	st := b.argStart()
@@ -691,7 +701,7 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 		return b.pushRopeKV(r.x0, r.nh0, r.stride0, r.x1, r.nh1, r.stride1, r.pos, r.inv, r.headDim, r.T,
 			kc, layer, vv.ptr, vv.cols, sl.ptr, 0)
 	}
-	s, _ := dtSuffix(kc.dt)
+	s := kvSuffix(kc.dt)
 	st := b.argStart()
 	b.aP(kc.k(layer))
 	b.aP(kc.v(layer))
@@ -804,7 +814,7 @@ func (b *Backend) qkNormRoPEWriteKV(qkv, bias, qNorm, kNorm ml.Tensor, eps float
 	}
 	b.invalidate(x.ptr, x.bytes())
 	b.ropeRec.valid = false
-	s, _ := dtSuffix(kc.dt)
+	s := kvSuffix(kc.dt)
 	st := b.argStart()
 	b.aP(x.ptr)
 	b.aI(x.cols)
@@ -916,7 +926,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	if err != nil {
 		return err
 	}
-	s, _ := dtSuffix(kc.dt)
+	s := kvSuffix(kc.dt)
 	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(partO)

@@ -179,6 +179,7 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
 #if KUNIT(1)
 INST_KV(float, f32)
 INST_KV(bf16, bf16)
+INST_KV(f8e4m3, f8)
 #endif
 
 // attn_combine merges the numSplits partials of each (token, head).

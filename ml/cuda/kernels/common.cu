@@ -61,7 +61,42 @@ __device__ __forceinline__ u16 f2h(float v) {
   return h;
 }
 
+// E4M3 (FP8): a KV cache of dtype F8 (scale 1) and FP8 weights (fp8.cu).
+struct f8e4m3 { unsigned char x; };
+
+// f8tof widens an E4M3 code: its exponent and mantissa bits placed in a
+// float's low exponent bits are 2^-120 times the value (subnormal codes
+// included), so one multiply by 2^120 finishes it.
+__device__ __forceinline__ float f8tof(unsigned v) {
+  return __uint_as_float(((v & 0x80u) << 24) | ((v & 0x7fu) << 20)) * 1.329227995784916e36f;  // 2^120
+}
+__device__ __forceinline__ float tof(f8e4m3 v) { return f8tof(v.x); }
+
+// f2e4m3 rounds to the nearest E4M3 value (ties to even), saturating at
+// ±448, as ml.F8Bits does on the host.
+__device__ __forceinline__ unsigned char f2e4m3(float f) {
+  if (f != f) return 0x7f;
+  unsigned char sign = 0;
+  if (__float_as_uint(f) >> 31) {
+    sign = 0x80;
+    f = -f;
+  }
+  if (f >= 448.f) return sign | 0x7e;
+  if (f < 0.015625f) return sign | (unsigned char)rintf(f * 512.f);  // subnormal: multiples of 2^-9
+  int e;
+  frexpf(f, &e);  // f in [2^(e-1), 2^e)
+  const int exp = e - 1;
+  float m = rintf(ldexpf(f, 3 - exp));
+  int ex = exp;
+  if (m == 16.f) {
+    ex += 1;
+    m = 8.f;
+  }
+  return sign | (unsigned char)((ex + 7) << 3) | (unsigned char)((int)m - 8);
+}
+
 __device__ __forceinline__ void stf(float* p, float v) { *p = v; }
+__device__ __forceinline__ void stf(f8e4m3* p, float v) { p->x = f2e4m3(v); }
 __device__ __forceinline__ void stf(bf16* p, float v) { p->x = f2bf(v); }
 __device__ __forceinline__ void stf(f16* p, float v) { p->x = f2h(v); }
 

@@ -1,14 +1,8 @@
 // ---- FP8 (E4M3) weights: one byte per value, a f32 scale per row ----
 //
-// The weight of row n is scales[n]·f8(w[n, k]); an f8 value is widened by
-// placing its exponent and mantissa bits in a float's low exponent bits
-// (2^-120 times the value, subnormal codes included) and multiplying by
-// 2^120. Products are summed unscaled and scaled once per row. Larger
+// The weight of row n is scales[n]·f8(w[n, k]) (f8tof: common.cu);
+// products are summed unscaled and scaled once per row. Larger
 // products take expert_mma's dense form (moe.cu).
-
-__device__ __forceinline__ float f8tof(unsigned v) {
-  return __uint_as_float(((v & 0x80u) << 24) | ((v & 0x7fu) << 20)) * 1.329227995784916e36f;  // 2^120
-}
 
 // gemv_f8: dst[t, n] (row stride ldd) = scales[n] · Σ_k x[t, k]·f8(w[n, k])
 // for t < T <= 8. Grid ceil(N/8), 8 warps a block, a warp per row, 16

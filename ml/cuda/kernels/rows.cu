@@ -67,6 +67,7 @@ __device__ void rope_kv(float* x0, int nh0, int stride0, float* x1, int nh1, int
 #if KUNIT(0)
 INST_ROPE(float, f32)
 INST_ROPE(bf16, bf16)
+INST_ROPE(f8e4m3, f8)
 #endif
 
 // qknorm_rope_kv is rope_kv for models with per-head q/k RMSNorm (Qwen3):
@@ -137,6 +138,7 @@ __device__ void qknorm_rope_kv(float* qkv, int stride, int nh, int nkv, int hd, 
 #if KUNIT(0)
 INST_QKNORM_ROPE(float, f32)
 INST_QKNORM_ROPE(bf16, bf16)
+INST_QKNORM_ROPE(f8e4m3, f8)
 #endif
 
 // ---- SiLU-and-mul: dst[t, i] = silu(gu[t, i]) * gu[t, I+i] ----
