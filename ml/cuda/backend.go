@@ -541,7 +541,7 @@ func kernelNames() []string {
 	for _, e := range []string{"store", "add", "addf", "silu", "rope"} {
 		for _, m := range []int{1, 2, 4} {
 			for _, ks := range []int{1, 2, 4, 8} {
-				n = append(n, fmt.Sprintf("dgemv_%s_%d_%d", e, m, ks))
+				n = append(n, fmt.Sprintf("dgemv_%s_%d_%d", e, m, ks), fmt.Sprintf("dgemv_%s_f8_%d_%d", e, m, ks))
 			}
 		}
 	}

@@ -44,7 +44,7 @@ func (b *Backend) FusedDecode(T, hidden int, weights ...ml.Tensor) bool {
 	}
 	for _, w := range weights {
 		t, ok := w.(*tensor)
-		if !ok || t == nil || t.owner != b || t.dt != ml.BF16 || t.cols%8 != 0 {
+		if !ok || t == nil || t.owner != b || (t.dt != ml.BF16 && t.dt != ml.F8) || t.cols%8 != 0 {
 			return false
 		}
 	}
@@ -54,6 +54,7 @@ func (b *Backend) FusedDecode(T, hidden int, weights ...ml.Tensor) bool {
 // dgemvArgs mirrors DArgs in kernels/dgemv.cu.
 type dgemvArgs struct {
 	w, bias, xg, xr, nw, dst, dst16, pos, invFreq, kc, vc, slots, res uint64
+	wscale                                                            uint64 // FP8 weights: the rows' scales
 	numSlots                                                          int64
 	n, k, t, ldx, ldxr, ldd, nwdt, nh, nkv, hd, kvdt                  int
 	eps                                                               float32
@@ -61,7 +62,7 @@ type dgemvArgs struct {
 
 func (b *Backend) pushDgemv(epi string, a *dgemvArgs) error {
 	st := b.argStart()
-	for _, p := range []uint64{a.w, a.bias, a.xg, a.xr, a.nw, a.dst, a.dst16, a.pos, a.invFreq, a.kc, a.vc, a.slots, a.res} {
+	for _, p := range []uint64{a.w, a.bias, a.xg, a.xr, a.nw, a.dst, a.dst16, a.pos, a.invFreq, a.kc, a.vc, a.slots, a.res, a.wscale} {
 		b.aP(p)
 	}
 	b.aL(a.numSlots)
@@ -75,6 +76,9 @@ func (b *Backend) pushDgemv(epi string, a *dgemvArgs) error {
 	ks := b.dgemvKS(pairs, a.k)
 	b.skinnyRec.valid, b.ropeRec.valid = false, false
 	per := 8 / ks // pairs per 8-warp block
+	if a.wscale != 0 {
+		epi += "_f8"
+	}
 	return b.push(fmt.Sprintf("dgemv_%s_%d_%d", epi, m, ks), g1((pairs+per-1)/per), g1(256), st)
 }
 
@@ -108,8 +112,8 @@ func (b *Backend) fusedOperands(op string, dst, x, w, bias ml.Tensor, wantN, out
 		return
 	}
 	T, K, N := xx.rows, xx.cols, ww.rows
-	if ww.dt != ml.BF16 || K%8 != 0 || T < 1 || T > b.opts.FusedDecodeMaxT {
-		return nil, nil, nil, 0, fmt.Errorf("%w: %s of %d tokens with %v weights %dx%d (fused decode takes ≤%d tokens, bf16, K%%8 == 0)",
+	if (ww.dt != ml.BF16 && ww.dt != ml.F8) || K%8 != 0 || T < 1 || T > b.opts.FusedDecodeMaxT {
+		return nil, nil, nil, 0, fmt.Errorf("%w: %s of %d tokens with %v weights %dx%d (fused decode takes ≤%d tokens, bf16 or fp8, K%%8 == 0)",
 			ml.ErrUnsupported, op, T, ww.dt, ww.rows, ww.cols, max(b.opts.FusedDecodeMaxT, 0))
 	}
 	if ww.cols != K || d.rows != T || d.cols < N/outDiv || (wantN > 0 && N != wantN) {
@@ -162,7 +166,7 @@ func (b *Backend) normedArgs(op string, dst, x, normW ml.Tensor, eps float32, w,
 		return nil, nil, err
 	}
 	b.invalidate(d.ptr, d.bytes())
-	return &dgemvArgs{w: ww.ptr, bias: bp, xr: xx.ptr, nw: nw.ptr, dst: d.ptr, n: ww.rows, k: xx.cols, t: xx.rows,
+	return &dgemvArgs{w: ww.ptr, wscale: ww.scales, bias: bp, xr: xx.ptr, nw: nw.ptr, dst: d.ptr, n: ww.rows, k: xx.cols, t: xx.rows,
 		ldxr: xx.cols, ldd: d.cols, nwdt: nwdt, eps: eps}, d, nil
 }
 
@@ -266,7 +270,7 @@ func (b *Backend) MatMulAdd(acc, x, w, bias ml.Tensor) error {
 		return shapeErr("matmul-add x %v", xx.dt)
 	case !b.opts.RoundActivations:
 		b.invalidate(d.ptr, d.bytes())
-		return b.pushDgemv("addf", &dgemvArgs{w: ww.ptr, bias: bp, xr: xx.ptr, dst: d.ptr, n: ww.rows, k: K, t: T, ldxr: K, ldd: d.cols})
+		return b.pushDgemv("addf", &dgemvArgs{w: ww.ptr, wscale: ww.scales, bias: bp, xr: xx.ptr, dst: d.ptr, n: ww.rows, k: K, t: T, ldxr: K, ldd: d.cols})
 	case b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
 		xg = b.sh16.ptr
 	default:
@@ -275,5 +279,5 @@ func (b *Backend) MatMulAdd(acc, x, w, bias ml.Tensor) error {
 		}
 	}
 	b.invalidate(d.ptr, d.bytes())
-	return b.pushDgemv("add", &dgemvArgs{w: ww.ptr, bias: bp, xg: xg, dst: d.ptr, n: ww.rows, k: K, t: T, ldx: ldx, ldd: d.cols})
+	return b.pushDgemv("add", &dgemvArgs{w: ww.ptr, wscale: ww.scales, bias: bp, xg: xg, dst: d.ptr, n: ww.rows, k: K, t: T, ldx: ldx, ldd: d.cols})
 }

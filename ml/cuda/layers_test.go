@@ -24,6 +24,10 @@ func TestFusedLayersMatchReference(t *testing.T) {
 		t.Run(fmt.Sprintf("maxT=%d/step-kernel=%v", o.FusedDecodeMaxT, !o.DisableStepKernel), func(t *testing.T) {
 			be := gpu(t, o)
 			mltest.CheckFusedLayers(t, be, be, 3e-2, mltest.FusedCases(ml.BF16, ml.BF16))
+			// FP8 weights: the fused GEMVs' fp8 forms against the unfused fp8 ops.
+			t.Run("fp8", func(t *testing.T) {
+				mltest.CheckFusedLayers(t, be, be, 3e-2, mltest.FusedCases(ml.F8, ml.BF16))
+			})
 		})
 	}
 }

@@ -17,8 +17,9 @@ import (
 // kernelUnits is the number of parallel NVRTC compiles of the kernel source
 // (KUNIT in kernels/common.cu): NVRTC compiles one program on one thread,
 // and the whole source takes about a minute that way. Units 9 to 12 each
-// hold one decode-step kernel (stepUnit), the largest compiles.
-const kernelUnits = 13
+// hold one decode-step kernel (stepUnit), the largest compiles; 13 to 15
+// the fused decode GEMVs of FP8 weights.
+const kernelUnits = 16
 
 // stepUnit is the kernel unit of the decode-step kernel for epl elements
 // per lane (1, 2, 4 or 8).

@@ -39,6 +39,7 @@ struct DArgs {
   void* vc;
   const int* slots;
   const float* res;  // EPI_ADD/ADDF: dst = res + acc (null: dst += acc)
+  const float* wscale;  // FP8 weights (F8W): each row's scale
   long long numSlots;
   int N, K, T, ldx, ldxr, ldd, nwdt, nh, nkv, hd, kvdt;
   float eps;
@@ -55,6 +56,25 @@ __device__ __forceinline__ void stKV(void* c, int dt, long long i, float v) {
     stf((bf16*)c + i, v);
   else
     ((float*)c)[i] = v;
+}
+
+// A dgemv vector is 8 weights of a row: 16 bytes of bf16, or 8 bytes of
+// FP8 codes (F8W, in the low half of the uint4) widened with f8tof.
+template <bool F8W>
+__device__ __forceinline__ uint4 ldwv(const unsigned char* p) {
+  if (!F8W) return ldw16(p);
+  uint4 r = make_uint4(0, 0, 0, 0);
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+  return r;
+}
+template <bool F8W>
+__device__ __forceinline__ void unpackw(const uint4 w, float* o) {
+  if (!F8W) {
+    unpack8(w, o);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[i] = f8tof(((i < 4 ? w.x : w.y) >> (8 * (i & 3))) & 0xffu);
 }
 
 // dgemvRows gives pair p's rows r0, r1 and the number of pairs P (see the
@@ -79,14 +99,14 @@ __device__ __forceinline__ void dgemvRows(const DArgs& a, int p, int& P, int& r0
 
 // dgemvDot adds 16-byte vector v of a pair's rows (wa, wb) dotted with x to
 // acc0, acc1 (and x's sums of squares to ss when x is normalized).
-template <int M, int EPI>
+template <int M, int EPI, bool F8W>
 __device__ __forceinline__ void dgemvDot(const DArgs& a, int v, int tn, const uint4 wa4, const uint4 wb4, float (&acc0)[M],
                                          float (&acc1)[M], float (&ss)[M]) {
   constexpr bool NORM = EPI != EPI_ADD && EPI != EPI_ADDF;
   constexpr bool XF32 = EPI != EPI_ADD;  // x is f32 (xr)
   float wa[8], wb[8];
-  unpack8(wa4, wa);
-  unpack8(wb4, wb);
+  unpackw<F8W>(wa4, wa);
+  unpackw<F8W>(wb4, wb);
   if (NORM) {
     // RMSNorm folded in: dot with x·nw in f32, scaled by each token's
     // 1/rms at the end; the sums of squares ride along.
@@ -172,6 +192,14 @@ __device__ __forceinline__ void dgemvFinish(const DArgs& a, float (&acc0)[M], fl
     if (more) __syncthreads();  // red is reused by the next task
   }
   if (ks == 0 && ok) {
+    if (a.wscale) {
+      const float s0 = a.wscale[r0], s1 = a.wscale[r1];
+#pragma unroll
+      for (int t = 0; t < M; ++t) {
+        acc0[t] *= s0;
+        acc1[t] *= s1;
+      }
+    }
     if (NORM) {
 #pragma unroll
       for (int t = 0; t < M; ++t) {
@@ -229,19 +257,20 @@ __device__ __forceinline__ void dgemvFinish(const DArgs& a, float (&acc0)[M], fl
 
 // dgemvFirstLoads issues a task's first batch of weight loads (rows w0, w1;
 // the second batch too with DB), when ok.
-template <int U, int S, bool DB>
-__device__ __forceinline__ void dgemvFirstLoads(const bf16* w0, const bf16* w1, bool ok, int v0, int nvec, uint4 (&ca)[U],
-                                                uint4 (&cb)[U], uint4 (&na)[U], uint4 (&nb)[U]) {
+template <int U, int S, bool DB, bool F8W>
+__device__ __forceinline__ void dgemvFirstLoads(const unsigned char* w0, const unsigned char* w1, bool ok, int v0, int nvec,
+                                                uint4 (&ca)[U], uint4 (&cb)[U], uint4 (&na)[U], uint4 (&nb)[U]) {
+  constexpr int VB = F8W ? 8 : 16;  // bytes per vector
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int v = v0 + u * S, vn = v + U * S;
     if (ok && v < nvec) {
-      ca[u] = ldw16(w0 + v * 8);
-      cb[u] = ldw16(w1 + v * 8);
+      ca[u] = ldwv<F8W>(w0 + v * VB);
+      cb[u] = ldwv<F8W>(w1 + v * VB);
     }
     if (DB && ok && vn < nvec) {
-      na[u] = ldw16(w0 + vn * 8);
-      nb[u] = ldw16(w1 + vn * 8);
+      na[u] = ldwv<F8W>(w0 + vn * VB);
+      nb[u] = ldwv<F8W>(w1 + vn * VB);
     }
   }
 }
@@ -253,9 +282,11 @@ __device__ __forceinline__ void dgemvFirstLoads(const bf16* w0, const bf16* w1, 
 // keeps its weights streaming from one task to the next. STEP (decode-step
 // kernel): when bar is set, waiting on the grid barrier (the block arrived
 // before these loads) takes the place of griddepcontrol.wait.
-template <int M, int EPI, int KS, bool STEP>
+template <int M, int EPI, int KS, bool STEP, bool F8W = false>
 __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
-  constexpr int U = 4;  // 16-byte loads per row per batch
+  constexpr int U = 4;  // vector loads per row per batch
+  constexpr int VB = F8W ? 8 : 16, WB = F8W ? 1 : 2;  // bytes per vector, per weight
+  const unsigned char* const wBase = (const unsigned char*)a.w;
   // Two batches in flight, except in the decode-step kernel, where the
   // second batch's registers would spill (its tasks are mostly one batch).
   constexpr bool DB = !STEP;
@@ -267,11 +298,11 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
   int p = blk * (8 / KS) + warp / KS, P, r0, r1;
   dgemvRows<EPI>(a, p, P, r0, r1);
   bool ok = p < P;
-  const bf16* w0 = a.w + (long long)(ok ? r0 : 0) * K;
-  const bf16* w1 = a.w + (long long)(ok ? r1 : 0) * K;
+  const unsigned char* w0 = wBase + (long long)(ok ? r0 : 0) * K * WB;
+  const unsigned char* w1 = wBase + (long long)(ok ? r1 : 0) * K * WB;
 
   uint4 ca[U], cb[U], na[U], nb[U];
-  dgemvFirstLoads<U, S, DB>(w0, w1, ok, v0, nvec, ca, cb, na, nb);
+  dgemvFirstLoads<U, S, DB, F8W>(w0, w1, ok, v0, nvec, ca, cb, na, nb);
   if (STEP) {
     if (bar) gridWait(bar);
   } else {
@@ -289,7 +320,7 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const int v = vb + u * S;
-          if (v < nvec) dgemvDot<M, EPI>(a, v, tn, ca[u], cb[u], acc0, acc1, ss);
+          if (v < nvec) dgemvDot<M, EPI, F8W>(a, v, tn, ca[u], cb[u], acc0, acc1, ss);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -300,11 +331,11 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
           const int vn = vb + ((DB ? 2 : 1) * U + u) * S;
           if (vn < nvec) {
             if (DB) {
-              na[u] = ldw16(w0 + vn * 8);
-              nb[u] = ldw16(w1 + vn * 8);
+              na[u] = ldwv<F8W>(w0 + vn * VB);
+              nb[u] = ldwv<F8W>(w1 + vn * VB);
             } else {
-              ca[u] = ldw16(w0 + vn * 8);
-              cb[u] = ldw16(w1 + vn * 8);
+              ca[u] = ldwv<F8W>(w0 + vn * VB);
+              cb[u] = ldwv<F8W>(w1 + vn * VB);
             }
           }
         }
@@ -320,8 +351,8 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
       int nP;
       dgemvRows<EPI>(a, np, nP, nr0, nr1);
       nok = np < nP;
-      dgemvFirstLoads<U, S, DB>(a.w + (long long)(nok ? nr0 : 0) * K, a.w + (long long)(nok ? nr1 : 0) * K, nok, v0,
-                                nvec, ca, cb, na, nb);
+      dgemvFirstLoads<U, S, DB, F8W>(wBase + (long long)(nok ? nr0 : 0) * K * WB, wBase + (long long)(nok ? nr1 : 0) * K * WB,
+                                     nok, v0, nvec, ca, cb, na, nb);
     }
     dgemvFinish<M, EPI, KS>(a, acc0, acc1, ss, ok, p, r0, r1, tn, more);
     if (!more) return;
@@ -330,8 +361,8 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
     r0 = nr0;
     r1 = nr1;
     ok = nok;
-    w0 = a.w + (long long)(ok ? r0 : 0) * K;
-    w1 = a.w + (long long)(ok ? r1 : 0) * K;
+    w0 = wBase + (long long)(ok ? r0 : 0) * K * WB;
+    w1 = wBase + (long long)(ok ? r1 : 0) * K * WB;
   }
 }
 
@@ -339,11 +370,26 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
   extern "C" __global__ void __launch_bounds__(256, 2) dgemv_##NAME##_##M##_##KS(const DArgs a) { \
     dgemv<M, EPI, KS, false>(a, blockIdx.x, 1, blockIdx.x + 1, nullptr);                             \
   }
+#define INST_DGEMV_F8(M, EPI, NAME, KS)                                                                 \
+  extern "C" __global__ void __launch_bounds__(256, 2) dgemv_##NAME##_f8_##M##_##KS(const DArgs a) { \
+    dgemv<M, EPI, KS, false, true>(a, blockIdx.x, 1, blockIdx.x + 1, nullptr);                          \
+  }
 #define INST_DGEMV_KS(M, EPI, NAME) \
   INST_DGEMV(M, EPI, NAME, 1)       \
   INST_DGEMV(M, EPI, NAME, 2)       \
   INST_DGEMV(M, EPI, NAME, 4)       \
   INST_DGEMV(M, EPI, NAME, 8)
+#define INST_DGEMV_F8_KS(M, EPI, NAME) \
+  INST_DGEMV_F8(M, EPI, NAME, 1)       \
+  INST_DGEMV_F8(M, EPI, NAME, 2)       \
+  INST_DGEMV_F8(M, EPI, NAME, 4)       \
+  INST_DGEMV_F8(M, EPI, NAME, 8)
+#define INST_DGEMV_F8_ALL(M)               \
+  INST_DGEMV_F8_KS(M, EPI_STORE, store)    \
+  INST_DGEMV_F8_KS(M, EPI_ADD, add)        \
+  INST_DGEMV_F8_KS(M, EPI_ADDF, addf)      \
+  INST_DGEMV_F8_KS(M, EPI_SILU, silu)      \
+  INST_DGEMV_F8_KS(M, EPI_ROPE, rope)
 // Instantiated in kernel units (KUNIT) small enough to compile in parallel.
 #define INST_DGEMV_A(M)                 \
   INST_DGEMV_KS(M, EPI_STORE, store)    \
@@ -367,4 +413,14 @@ INST_DGEMV_A(4)
 #endif
 #if KUNIT(8)
 INST_DGEMV_B(4)
+#endif
+// FP8 weights (dgemv_<epilogue>_f8_<M>_<KS>).
+#if KUNIT(13)
+INST_DGEMV_F8_ALL(1)
+#endif
+#if KUNIT(14)
+INST_DGEMV_F8_ALL(2)
+#endif
+#if KUNIT(15)
+INST_DGEMV_F8_ALL(4)
 #endif
