@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Verifies a build on a GPU machine in two parts (each fits one 10-minute
+# device call): part 1 runs the CUDA test binary, the prefill attention
+# benchmark and the cold start of each server binary; part 2 the HTTP
+# benchmarks (long context and structured outputs beside a baseline binary,
+# the Qwen3 models). Results go under OUTDIR, packed into one archive.
+#
+#   TEST_BIN=.gpu/cuda.test BIN=.gpu/llmserve BASE_BIN=.gpu/llmserve-main \
+#   LOADGEN=.gpu/loadgen LLMSERVE_TESTDATA=.gpu/testdata OUTDIR=$OUT \
+#   bash scripts/gpu-verify.sh 1   # then 2
+set -uo pipefail
+part=${1:?part 1 or 2}
+TEST_BIN=${TEST_BIN:-.gpu/cuda.test}
+BIN=${BIN:-.gpu/llmserve}
+BASE_BIN=${BASE_BIN:-}
+LOADGEN=${LOADGEN:-.gpu/loadgen}
+OUT=${OUTDIR:-results/gpu-verify}
+export LLMSERVE_TESTDATA=${LLMSERVE_TESTDATA:-$PWD/.gpu/testdata} LLMSERVE_REQUIRE_GPU=1
+TOKENIZER=${TOKENIZER:-$LLMSERVE_TESTDATA/tokenizers/qwen3}
+mkdir -p "$OUT/part$part"
+o="$(cd "$OUT/part$part" && pwd)"
+bins=("$BIN")
+[ -n "$BASE_BIN" ] && bins=("$BASE_BIN" "$BIN")
+
+if [ "$part" = 1 ]; then
+  nvidia-smi --query-gpu=name,memory.used --format=csv
+  test_bin="$(cd "$(dirname "$TEST_BIN")" && pwd)/$(basename "$TEST_BIN")"
+  (cd ml/cuda && timeout 330 "$test_bin" -test.v -test.timeout 320s > "$o/cuda.log" 2>&1; echo "cuda tests rc=$?")
+  grep -E "^(--- FAIL|ok|FAIL|PASS|panic)|^    --- FAIL" "$o/cuda.log" | head -60
+  (cd ml/cuda && timeout 60 "$test_bin" -test.run XXX -test.bench AttentionPrefill -test.benchtime 20x 2>&1 |
+    grep -E "^Benchmark|FAIL|panic" | tee "$o/bench-attention.log")
+  for bin in "${bins[@]}"; do
+    tag=$(basename "$bin")
+    for run in fresh warm; do
+      [ $run = fresh ] && rm -rf ~/.cache/llmserve
+      start=$(date +%s%N)
+      "$bin" serve Qwen/Qwen2.5-1.5B --load-format dummy --tokenizer "$TOKENIZER" --port 8011 > "$o/serve-$tag-$run.log" 2>&1 &
+      pid=$!
+      until curl -sf -o /dev/null localhost:8011/health; do
+        sleep 0.05
+        kill -0 $pid 2>/dev/null || { echo "$tag $run: server exited"; break; }
+      done
+      echo "$tag $run: ready after $(( ($(date +%s%N) - start) / 1000000 )) ms"
+      kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
+    done
+  done
+else
+  for bin in "${bins[@]}"; do
+    tag=$(basename "$bin")
+    echo "== $tag long context"
+    BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64" OUTDIR="$o/long-$tag" timeout 100 bash scripts/bench-gpu-long.sh
+  done
+  echo "== $(basename "$BIN") models"
+  BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS="Qwen/Qwen3-1.7B Qwen/Qwen3-8B Qwen/Qwen3-30B-A3B" OUTDIR="$o/models" timeout 200 bash scripts/bench-gpu-models.sh
+  for bin in "${bins[@]}"; do
+    tag=$(basename "$bin")
+    echo "== $tag structured"
+    BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER PAIRS=1 OUTDIR="$o/structured-$tag" timeout 70 bash scripts/bench-gpu-structured.sh
+  done
+fi
+tar -C "$OUT" -czf "$OUT/part$part.tgz" "part$part" && rm -rf "$o"
