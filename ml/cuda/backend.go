@@ -433,7 +433,7 @@ func (b *Backend) loadKernels() error {
 	defer b.exit()
 	lazy := b.opts.LazyStepKernels
 	for u, ku := range b.units {
-		if lazy && u >= stepUnit(1) {
+		if lazy && isStepUnit(u) {
 			continue
 		}
 		if err := b.loadUnit(ku); err != nil {
@@ -442,7 +442,7 @@ func (b *Backend) loadKernels() error {
 		}
 	}
 	isStep := map[string]bool{}
-	for _, k := range stepKernels {
+	for _, k := range append(stepKernels[:], stepKernelsF8[:]...) {
 		isStep[k] = k != ""
 	}
 	fns := map[string]uintptr{}
@@ -499,15 +499,15 @@ var errStepCompiling = fmt.Errorf("%w: decode-step kernel still compiling", ml.E
 // stepKernel is the decode-step kernel for epl elements per lane: loaded
 // with the others, or with LazyStepKernels once its unit has compiled
 // (errStepCompiling until then, without waiting).
-func (b *Backend) stepKernel(epl int) (uintptr, error) {
+func (b *Backend) stepKernel(epl int, f8 bool) (uintptr, error) {
 	if err := b.loadKernels(); err != nil {
 		return 0, err
 	}
-	name := stepKernels[epl]
+	name := stepKernelName(epl, f8)
 	if f := b.fns[name]; f != 0 {
 		return f, nil
 	}
-	ku := b.units[stepUnit(epl)]
+	ku := b.units[stepUnit(epl, f8)]
 	select {
 	case <-ku.done:
 	default:
@@ -545,7 +545,7 @@ func kernelNames() []string {
 			}
 		}
 	}
-	for _, k := range stepKernels {
+	for _, k := range append(stepKernels[:], stepKernelsF8[:]...) {
 		if k != "" {
 			n = append(n, k)
 		}

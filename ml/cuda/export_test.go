@@ -72,7 +72,8 @@ func SetStepTailPDL(b *Backend, on bool) { b.step.noTailPDL = !on }
 // WaitStepKernels waits until every decode-step kernel unit has compiled.
 func WaitStepKernels(b *Backend) {
 	for epl := 1; epl <= 8; epl *= 2 {
-		<-b.units[stepUnit(epl)].done
+		<-b.units[stepUnit(epl, false)].done
+		<-b.units[stepUnit(epl, true)].done
 	}
 }
 

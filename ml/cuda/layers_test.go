@@ -23,10 +23,23 @@ func TestFusedLayersMatchReference(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("maxT=%d/step-kernel=%v", o.FusedDecodeMaxT, !o.DisableStepKernel), func(t *testing.T) {
 			be := gpu(t, o)
+			stepKernel := !o.DisableStepKernel && o.FusedDecodeMaxT >= 0
+			checkSteps := func(t *testing.T, before int) {
+				if n := cuda.StepLaunches(be) - before; stepKernel && n == 0 {
+					t.Error("no one-token step took the decode-step kernel")
+				} else if !stepKernel && n != 0 {
+					t.Errorf("%d decode-step launches with the kernel off", n)
+				}
+			}
+			n0 := cuda.StepLaunches(be)
 			mltest.CheckFusedLayers(t, be, be, 3e-2, mltest.FusedCases(ml.BF16, ml.BF16))
-			// FP8 weights: the fused GEMVs' fp8 forms against the unfused fp8 ops.
+			checkSteps(t, n0)
+			// FP8 weights: the fused GEMVs' and the decode-step kernel's fp8
+			// forms against the unfused fp8 ops.
 			t.Run("fp8", func(t *testing.T) {
+				n0 := cuda.StepLaunches(be)
 				mltest.CheckFusedLayers(t, be, be, 3e-2, mltest.FusedCases(ml.F8, ml.BF16))
+				checkSteps(t, n0)
 			})
 		})
 	}

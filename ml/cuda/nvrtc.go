@@ -16,14 +16,23 @@ import (
 
 // kernelUnits is the number of parallel NVRTC compiles of the kernel source
 // (KUNIT in kernels/common.cu): NVRTC compiles one program on one thread,
-// and the whole source takes about a minute that way. Units 9 to 12 each
-// hold one decode-step kernel (stepUnit), the largest compiles; 13 to 15
-// the fused decode GEMVs of FP8 weights.
-const kernelUnits = 16
+// and the whole source takes about a minute that way. Units 9 to 12 and 16
+// to 19 each hold one decode-step kernel (stepUnit), the largest compiles;
+// 13 to 15 the fused decode GEMVs of FP8 weights.
+const kernelUnits = 20
 
 // stepUnit is the kernel unit of the decode-step kernel for epl elements
-// per lane (1, 2, 4 or 8).
-func stepUnit(epl int) int { return 9 + bits.TrailingZeros(uint(epl)) }
+// per lane (1, 2, 4 or 8) and bf16 or FP8 weights.
+func stepUnit(epl int, f8 bool) int {
+	u := 9 + bits.TrailingZeros(uint(epl))
+	if f8 {
+		u += 7
+	}
+	return u
+}
+
+// isStepUnit reports whether unit u holds a decode-step kernel.
+func isStepUnit(u int) bool { return u >= 9 && u <= 12 || u >= 16 && u <= 19 }
 
 // kernelUnit is one unit's compile, or its image from the cache: done is
 // closed once img or err is set; mod is its module once loaded.

@@ -17,6 +17,7 @@ import (
 // stepLayer mirrors StepLayer in kernels/step.cu.
 type stepLayer struct {
 	qkv, o, gu, down, qkvb, ob, gub, downb, inNorm, postNorm, qn, kn uint64
+	qkvs, os, gus, downs                                             uint64 // FP8 weights' row scales
 }
 
 // stepState is the decode-step kernel's device state.
@@ -64,6 +65,16 @@ const stepCounters = 64 // STEP_SPLITS in kernels/grid.cu: the split counters' o
 // stepKernels names the decode_step kernel of each elements-per-lane count
 // (a head dim of up to 32·EPL).
 var stepKernels = [...]string{1: "decode_step_1", 2: "decode_step_2", 4: "decode_step_4", 8: "decode_step_8"}
+
+// stepKernelsF8 are the same for FP8 weights.
+var stepKernelsF8 = [...]string{1: "decode_step_f8_1", 2: "decode_step_f8_2", 4: "decode_step_f8_4", 8: "decode_step_f8_8"}
+
+func stepKernelName(epl int, f8 bool) string {
+	if f8 {
+		return stepKernelsF8[epl]
+	}
+	return stepKernels[epl]
+}
 
 // stepEPL is a head's elements per lane: the power of two that spreads hd
 // over a warp.
@@ -142,16 +153,17 @@ func stepSplits(maxContext, warpsPerHead int) int {
 	return max(1, min((maxContext+7)/8, min(max(warpsPerHead, 32), 64)))
 }
 
-// stepWeight returns w's device pointer if it is a bf16 [rows, cols] matrix.
-func (b *Backend) stepWeight(w ml.Tensor, rows, cols int, what string) (uint64, error) {
+// stepWeight returns w's device pointer (and its rows' scales when FP8) if
+// it is a [rows, cols] matrix of dtype dt (bf16 or FP8).
+func (b *Backend) stepWeight(w ml.Tensor, dt ml.DType, rows, cols int, what string) (ptr, scales uint64, err error) {
 	t, err := b.tens(w, what)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	if t.dt != ml.BF16 || t.rows != rows || t.cols != cols {
-		return 0, fmt.Errorf("%w: decode step %s %v %dx%d, want bf16 %dx%d", ml.ErrUnsupported, what, t.dt, t.rows, t.cols, rows, cols)
+	if t.dt != dt || t.rows != rows || t.cols != cols {
+		return 0, 0, fmt.Errorf("%w: decode step %s %v %dx%d, want %v %dx%d", ml.ErrUnsupported, what, t.dt, t.rows, t.cols, dt, rows, cols)
 	}
-	return t.ptr, nil
+	return t.ptr, t.scales, nil
 }
 
 // stepBias returns a bias's pointer (0 for nil): f32 with n elements.
@@ -171,8 +183,8 @@ func (b *Backend) stepBias(bias ml.Tensor, n int, what string) (uint64, error) {
 
 // DecodeLayers runs every layer of a one-token step in one launch, on the
 // fused decode ops' terms: h [1, hidden] (f32) is the residual stream, taken
-// as the embedding and left as the last layer's output. Weights are bf16
-// (q/k/v fused, gate/up fused as gate rows then up rows), biases f32 or
+// as the embedding and left as the last layer's output. Weights are bf16,
+// or all FP8 (q/k/v fused, gate/up fused as gate rows then up rows), biases f32 or
 // nil, and every layer's norms of one dtype. It returns ml.ErrUnsupported
 // for anything else (more tokens, an f32 KV cache, no cooperative launch),
 // and the caller runs the layers one by one instead.
@@ -201,7 +213,12 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		return fmt.Errorf("%w: decode step with a %v cache of %d layers, %d heads, %d kv heads of %d",
 			ml.ErrUnsupported, kc.dt, kc.layers, nh, nkv, hd)
 	}
-	if _, err := b.stepKernel(stepEPL(hd)); err != nil {
+	wdt := ml.BF16
+	if t, ok := layers[0].QKV.(*tensor); ok && t != nil && t.dt == ml.F8 {
+		wdt = ml.F8
+	}
+	f8 := wdt == ml.F8
+	if _, err := b.stepKernel(stepEPL(hd), f8); err != nil {
 		return err // before any upload: errStepCompiling leaves the step to the GEMVs
 	}
 	hh, err := b.f32(h, "decode-step h")
@@ -239,12 +256,13 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	for i, l := range layers {
 		s := &tab[i]
 		for _, w := range []struct {
-			dst        *uint64
-			t          ml.Tensor
-			rows, cols int
-			what       string
-		}{{&s.qkv, l.QKV, qkvN, H, "qkv"}, {&s.o, l.O, H, qd, "o"}, {&s.gu, l.GateUp, 2 * I, H, "gate_up"}, {&s.down, l.Down, H, I, "down"}} {
-			if *w.dst, err = b.stepWeight(w.t, w.rows, w.cols, w.what); err != nil {
+			dst, scales *uint64
+			t           ml.Tensor
+			rows, cols  int
+			what        string
+		}{{&s.qkv, &s.qkvs, l.QKV, qkvN, H, "qkv"}, {&s.o, &s.os, l.O, H, qd, "o"}, {&s.gu, &s.gus, l.GateUp, 2 * I, H, "gate_up"},
+			{&s.down, &s.downs, l.Down, H, I, "down"}} {
+			if *w.dst, *w.scales, err = b.stepWeight(w.t, wdt, w.rows, w.cols, w.what); err != nil {
 				return err
 			}
 		}
@@ -304,8 +322,8 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	}
 
 	epl := stepEPL(hd)
-	name := stepKernels[epl]
-	fn, err := b.stepKernel(epl)
+	name := stepKernelName(epl, f8)
+	fn, err := b.stepKernel(epl, f8)
 	if err != nil {
 		return err
 	}

@@ -41,8 +41,10 @@ func TestStepKernelsAreLoaded(t *testing.T) {
 	}
 	for hd := 2; hd <= 256; hd += 2 {
 		epl := stepEPL(hd)
-		if name := stepKernels[epl]; name == "" || !loaded[name] {
-			t.Errorf("head dim %d: elements per lane %d has kernel %q, loaded %v", hd, epl, name, loaded[name])
+		for _, f8 := range []bool{false, true} {
+			if name := stepKernelName(epl, f8); name == "" || !loaded[name] {
+				t.Errorf("head dim %d, fp8 %v: elements per lane %d has kernel %q, loaded %v", hd, f8, epl, name, loaded[name])
+			}
 		}
 	}
 }

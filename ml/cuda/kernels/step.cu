@@ -16,10 +16,11 @@
 // a stale line of an address that is written while the kernel runs.
 
 struct StepLayer {
-  const bf16 *qkv, *o, *gu, *down;
+  const bf16 *qkv, *o, *gu, *down;       // bf16, or FP8 codes (decode_step_f8_*)
   const float *qkvb, *ob, *gub, *downb;  // null: no bias
   const void *inNorm, *postNorm;         // dtype nwdt
   const float *qn, *kn;                  // per-head q/k RMSNorm weights [hd] (StepArgs.qkNorm)
+  const float *qkvs, *os, *gus, *downs;  // FP8 weights: each row's scale (null for bf16)
 };
 
 struct StepArgs {
@@ -39,7 +40,7 @@ struct StepArgs {
   float eps, scale;
 };
 
-template <int EPI, int KS>
+template <int EPI, int KS, bool F8W>
 __device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar) {
   constexpr int per = 8 / KS;
   const int P = (EPI == EPI_SILU || EPI == EPI_ROPE) ? a.N >> 1 : (a.N + 1) >> 1;
@@ -50,25 +51,25 @@ __device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar) {
     gridWait(bar);
     return;
   }
-  dgemv<1, EPI, KS, true>(a, blk, gridDim.x, tasks, bar);
+  dgemv<1, EPI, KS, true, F8W>(a, blk, gridDim.x, tasks, bar);
 }
 
 // stepPhase runs one GEMV phase; bar (null: none) is the barrier that
 // separates it from the previous phase.
-template <int EPI>
+template <int EPI, bool F8W>
 __device__ __forceinline__ void stepPhase(const DArgs& a, int ks, unsigned* bar) {
   switch (ks) {
     case 1:
-      stepPhaseKS<EPI, 1>(a, bar);
+      stepPhaseKS<EPI, 1, F8W>(a, bar);
       break;
     case 2:
-      stepPhaseKS<EPI, 2>(a, bar);
+      stepPhaseKS<EPI, 2, F8W>(a, bar);
       break;
     case 4:
-      stepPhaseKS<EPI, 4>(a, bar);
+      stepPhaseKS<EPI, 4, F8W>(a, bar);
       break;
     default:
-      stepPhaseKS<EPI, 8>(a, bar);
+      stepPhaseKS<EPI, 8, F8W>(a, bar);
   }
 }
 
@@ -311,7 +312,7 @@ __device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, cons
   }
 }
 
-template <int EPL>
+template <int EPL, bool F8W>
 __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   const int qkvN = (A.nh + 2 * A.nkv) * A.hd, qd = A.nh * A.hd;
   // A layer's activations (the normed q last, with qkNorm).
@@ -341,6 +342,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     a.eps = A.eps;
     a.nwdt = A.nwdt;
     a.w = L.qkv;
+    a.wscale = L.qkvs;
     a.bias = L.qkvb;
     a.xr = hin;
     a.ldxr = A.H;
@@ -362,13 +364,13 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     // The embedding kernel wrote layer 0's input before this launch.
     const float* qAttn = q;
     if (A.qkNorm) {
-      stepPhase<EPI_STORE>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
+      stepPhase<EPI_STORE, F8W>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
       gridSync(A.bar);
       float* qNormed = act + A.I;
       stepQKNorm(A, L.qn, L.kn, q, qNormed, kcl);
       qAttn = qNormed;
     } else {
-      stepPhase<EPI_ROPE>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
+      stepPhase<EPI_ROPE, F8W>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
     }
     STAMP(1);
     gridSync(A.bar);
@@ -379,6 +381,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     DArgs o = {};
     o.T = 1;
     o.w = L.o;
+    o.wscale = L.os;
     o.bias = L.ob;
     o.xr = att;
     o.ldxr = qd;
@@ -387,13 +390,14 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     o.ldd = A.H;
     o.N = A.H;
     o.K = qd;
-    stepPhase<EPI_ADDF>(o, A.ksO, A.bar);
+    stepPhase<EPI_ADDF, F8W>(o, A.ksO, A.bar);
 
     DArgs g = {};
     g.T = 1;
     g.eps = A.eps;
     g.nwdt = A.nwdt;
     g.w = L.gu;
+    g.wscale = L.gus;
     g.bias = L.gub;
     g.xr = hmid;
     g.ldxr = A.H;
@@ -403,12 +407,13 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     g.N = 2 * A.I;
     g.K = A.H;
     STAMP(4);
-    stepPhase<EPI_SILU>(g, A.ksGU, A.bar);
+    stepPhase<EPI_SILU, F8W>(g, A.ksGU, A.bar);
     STAMP(5);
 
     DArgs d = {};
     d.T = 1;
     d.w = L.down;
+    d.wscale = L.downs;
     d.bias = L.downb;
     d.xr = act;
     d.ldxr = A.I;
@@ -417,7 +422,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     d.ldd = A.H;
     d.N = A.H;
     d.K = A.I;
-    stepPhase<EPI_ADDF>(d, A.ksDown, A.bar);
+    stepPhase<EPI_ADDF, F8W>(d, A.ksDown, A.bar);
     hin = hout;
   }
   gridExit(A.bar);
@@ -427,10 +432,16 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
 // A is a __grid_constant__ so that stepAttention (not inlined) can take
 // its address without the kernel copying it to local memory, where every
 // read of a field would be a local load.
-#define INST_STEP(EPL)                                                                                \
-  extern "C" __global__ void __launch_bounds__(256, 2) decode_step_##EPL(const __grid_constant__ StepArgs A) { \
-    decodeStep<EPL>(A);                                                                                \
+#define INST_STEP(EPL)                                                                                         \
+  extern "C" __global__ void __launch_bounds__(256, 2) decode_step_##EPL(const __grid_constant__ StepArgs A) {    \
+    decodeStep<EPL, false>(A);                                                                                  \
   }
+#define INST_STEP_F8(EPL)                                                                                      \
+  extern "C" __global__ void __launch_bounds__(256, 2) decode_step_f8_##EPL(const __grid_constant__ StepArgs A) { \
+    decodeStep<EPL, true>(A);                                                                                   \
+  }
+// One decode-step kernel per unit (the largest compiles): bf16 weights in
+// units 9 to 12, FP8 in 16 to 19.
 #if KUNIT(9)
 INST_STEP(1)
 #endif
@@ -442,4 +453,16 @@ INST_STEP(4)
 #endif
 #if KUNIT(12)
 INST_STEP(8)
+#endif
+#if KUNIT(16)
+INST_STEP_F8(1)
+#endif
+#if KUNIT(17)
+INST_STEP_F8(2)
+#endif
+#if KUNIT(18)
+INST_STEP_F8(4)
+#endif
+#if KUNIT(19)
+INST_STEP_F8(8)
 #endif
