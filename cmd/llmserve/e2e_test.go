@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -64,9 +65,18 @@ func startLive(t *testing.T, extra ...string) *live { return startLiveClient(t, 
 func startLiveClient(t *testing.T, client *http.Client, extra ...string) *live {
 	td := shareddata.Dir(t)
 	mdir := filepath.Join(td, "models", "qwen2-tiny")
+	// LLMSERVE_E2E_DEVICE=cuda runs the live tests on the CUDA backend (a
+	// GPU, or tools/cudaemu).
+	device := cmp.Or(os.Getenv("LLMSERVE_E2E_DEVICE"), "cpu")
 	args := append([]string{"--model", mdir, "--tokenizer", tinyTokenizer(t),
-		"--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--kv-cache-memory", "8MiB",
+		"--host", "127.0.0.1", "--port", "0", "--device", device, "--kv-cache-memory", "8MiB",
 		"--served-model-name", "tiny", "--max-num-seqs", "8"}, extra...)
+	ready := 60 * time.Second
+	if device != "cpu" {
+		// Short warm-up steps: the emulator runs a 2,048-token step slowly.
+		args = append(args[:len(args)-len(extra)], append([]string{"--max-model-len", "512", "--max-num-batched-tokens", "512"}, extra...)...)
+		ready = 10 * time.Minute
+	}
 	if slices.Contains(extra, "--skip-tokenizer-init") {
 		args = slices.Delete(args, 2, 4) // no --tokenizer
 	}
@@ -102,7 +112,7 @@ func startLiveClient(t *testing.T, client *http.Client, extra ...string) *live {
 	if client == nil {
 		client = http.DefaultClient
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(ready)
 	for {
 		resp, err := client.Get(l.url + "/health")
 		if err == nil {
