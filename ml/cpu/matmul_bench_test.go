@@ -8,9 +8,21 @@ import (
 )
 
 // BenchmarkMatVec is one decode-step matmul (T=1) of Qwen2.5-0.5B's shapes
-// over the pool, in GB/s of weights streamed.
+// over the pool, in GB/s of weights streamed, beside a single-threaded copy
+// of as many bytes as the bf16 weight (copy/...: GB/s of bytes copied), the
+// bandwidth one core reaches here.
 func BenchmarkMatVec(b *testing.B) {
 	for _, sh := range [][2]int{{9728, 896}, {151936, 896}} {
+		b.Run(fmt.Sprintf("copy/%dx%d", sh[0], sh[1]), func(b *testing.B) {
+			src, dst := make([]byte, sh[0]*sh[1]*2), make([]byte, sh[0]*sh[1]*2)
+			for i := range src {
+				src[i] = byte(i)
+			}
+			b.SetBytes(int64(len(src)))
+			for b.Loop() {
+				copy(dst, src)
+			}
+		})
 		for _, dt := range []ml.DType{ml.BF16, ml.I8} {
 			for _, th := range []int{1, 2} {
 				b.Run(fmt.Sprintf("%s/%dx%d/threads=%d", dt, sh[0], sh[1], th), func(b *testing.B) {

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds cudaemu into $1 (default .cudaemu): libcudaemu.so under every
+# name ml/cuda loads (libcuda.so.1, libnvrtc.so, libcublas.so,
+# libnccl.so.2), cudaemu-cc and the kernel headers beside it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-$here/../../.cudaemu}
+mkdir -p "$out/lib64"
+cxx=${CUDAEMU_CXX:-$(command -v clang++ || command -v clang++-15 || command -v g++)}
+"$cxx" -std=c++20 -O2 -g -fPIC -shared -Wall -Wl,-soname,libcudaemu.so -o "$out/lib64/libcudaemu.so" "$here/runtime.cc" -lpthread -ldl
+for n in libcuda.so.1 libcuda.so libnvrtc.so libcublas.so libnccl.so.2 libnccl.so; do
+  ln -sf libcudaemu.so "$out/lib64/$n"
+done
+(cd "$here/../.." && CGO_ENABLED=0 go build -o "$out/lib64/cudaemu-cc" ./tools/cudaemu/cc)
+cp "$here/emu_kernel.h" "$here/emu_rt.h" "$out/lib64/"
+echo "$out"
