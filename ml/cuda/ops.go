@@ -101,6 +101,9 @@ func (b *Backend) Embedding(dst, table, ids ml.Tensor) error {
 		return err
 	}
 	s, ok := dtSuffix(tb.dt)
+	if tb.dt == ml.F8 {
+		s, ok = "f8", true
+	}
 	if !ok {
 		return fmt.Errorf("%w: embedding table dtype %v", ml.ErrUnsupported, tb.dt)
 	}
@@ -118,6 +121,9 @@ func (b *Backend) Embedding(dst, table, ids ml.Tensor) error {
 	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(tb.ptr)
+	if tb.dt == ml.F8 {
+		b.aP(tb.scales)
+	}
 	b.aP(id.ptr)
 	b.aI(d.cols)
 	b.aI(tb.rows)

@@ -527,6 +527,10 @@ int sms() {
   const char* s = getenv("CUDAEMU_SMS");
   return s && atoi(s) > 0 ? atoi(s) : 4;
 }
+int occupancy() {
+  const char* s = getenv("CUDAEMU_OCCUPANCY");
+  return s && atoi(s) > 0 ? atoi(s) : 1;
+}
 int devices() {
   const char* s = getenv("CUDAEMU_DEVICES");
   return s && atoi(s) > 0 ? atoi(s) : 1;
@@ -726,8 +730,7 @@ CUresult cuModuleGetFunction(void** f, void* mod, const char* name) {
 }
 
 CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void*, int, size_t) {
-  const char* s = getenv("CUDAEMU_OCCUPANCY");
-  *n = s && atoi(s) > 0 ? atoi(s) : 1;
+  *n = occupancy();
   return CUDA_SUCCESS;
 }
 
@@ -740,7 +743,8 @@ static CUresult launch(Func* f, cudaemu_dim grid, cudaemu_dim block, void* strea
             grid.z, block.x, block.y, block.z);
     return CUDA_ERROR_INVALID_VALUE;
   }
-  if (coop && (int)(grid.x * grid.y * grid.z) > sms() * 64) return CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
+  // A cooperative launch may not exceed the blocks resident at once.
+  if (coop && (int)(grid.x * grid.y * grid.z) > sms() * occupancy()) return CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
   // Pack the arguments as the kernel's parameter buffer lays them out.
   std::vector<char> buf;
   std::vector<size_t> off(f->nargs);

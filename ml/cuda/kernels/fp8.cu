@@ -4,6 +4,25 @@
 // products are summed unscaled and scaled once per row. Larger
 // products take expert_mma's dense form (moe.cu).
 
+// embedding_f8: dst[r, :] = scales[id]·f8(table[id, :]) for id = ids[r]
+// (zeros for an id outside the vocabulary): a tied lm_head quantized to
+// FP8 is also the embedding table. One block per row.
+#if KUNIT(1)
+extern "C" __global__ void embedding_f8(float* dst, const unsigned char* table, const float* scales, const int* ids, int D,
+                                        int vocab) {
+  PDL_ENTRY();
+  const int r = blockIdx.x, id = ids[r];
+  float* o = dst + (long long)r * D;
+  if (id < 0 || id >= vocab) {
+    for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = 0.f;
+    return;
+  }
+  const unsigned char* t = table + (long long)id * D;
+  const float s = scales[id];
+  for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = f8tof(t[d]) * s;
+}
+#endif
+
 // gemv_f8: dst[t, n] (row stride ldd) = scales[n] · Σ_k x[t, k]·f8(w[n, k])
 // for t < T <= 8. Grid ceil(N/8), 8 warps a block, a warp per row, 16
 // weights (16 bytes) a lane per step when K % 16 == 0.

@@ -57,7 +57,7 @@ func compiler() string {
 	if c := os.Getenv("CUDAEMU_CXX"); c != "" {
 		return c
 	}
-	for _, c := range []string{"clang++", "clang++-19", "clang++-18", "clang++-17", "clang++-16", "clang++-15"} {
+	for _, c := range []string{"clang++", "clang++-19", "clang++-18", "clang++-17", "clang++-16", "clang++-15", "g++"} {
 		if p, err := exec.LookPath(c); err == nil {
 			return p
 		}
