@@ -66,8 +66,32 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 		}
 	}
 
+	// At most one compile per core (NVRTC uses one thread), the units every
+	// step needs first and the decode-step units (only one of which a model
+	// uses, loaded lazily) after them.
+	slots := make(chan struct{}, max(1, runtime.NumCPU()))
+	var order []int
+	for u := range kernelUnits {
+		if !isStepUnit(u) {
+			order = append(order, u)
+		}
+	}
+	for u := range kernelUnits {
+		if isStepUnit(u) {
+			order = append(order, u)
+		}
+	}
+	queue := make(chan func(), kernelUnits)
+	defer close(queue)
+	for range cap(slots) {
+		go func() {
+			for job := range queue {
+				job()
+			}
+		}()
+	}
 	units := make([]*kernelUnit, kernelUnits)
-	for u := range units {
+	for _, u := range order {
 		ku := &kernelUnit{done: make(chan struct{})}
 		units[u] = ku
 		var path string
@@ -79,7 +103,7 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 				continue
 			}
 		}
-		go func() {
+		queue <- func() {
 			defer close(ku.done)
 			start := time.Now()
 			uopts := append(slices.Clone(opts), fmt.Sprintf("-DKUNIT_ID=%d", u))
@@ -104,7 +128,7 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 					}
 				}
 			}
-		}()
+		}
 	}
 	go func() { // one line once every unit is there
 		secs := make([]float64, len(units))
