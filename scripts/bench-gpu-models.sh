@@ -11,6 +11,7 @@ LOADGEN=${LOADGEN:-./loadgen}
 MODELS=${MODELS:-"Qwen/Qwen2.5-1.5B Qwen/Qwen3-1.7B Qwen/Qwen3-8B Qwen/Qwen3-30B-A3B"}
 LEVELS=${LEVELS:-"1 64"}
 TOKENIZER=${TOKENIZER:-}
+SERVE_ARGS=${SERVE_ARGS:-} # e.g. "--quantization fp8" (the tag gets a suffix)
 PORT=${PORT:-8013}
 OUT=${OUTDIR:-results/models}
 mkdir -p "$OUT"
@@ -22,8 +23,9 @@ for l in json.load(open(sys.argv[1]))["levels"]:
 }
 
 for model in $MODELS; do
-  tag=${model//\//_}
-  args=(serve "$model" --load-format dummy --port "$PORT")
+  tag=${model//\//_}${SERVE_ARGS:+_${SERVE_ARGS//[ -]/}}
+  # shellcheck disable=SC2206
+  args=(serve "$model" --load-format dummy --port "$PORT" $SERVE_ARGS)
   [ -n "$TOKENIZER" ] && args+=(--tokenizer "$TOKENIZER")
   "$BIN" "${args[@]}" > "$OUT/$tag-server.log" 2>&1 &
   server=$!

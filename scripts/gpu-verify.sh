@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Verifies a build on a GPU machine in two parts (each fits one 10-minute
+# Verifies a build on a GPU machine in three parts (each fits one 10-minute
 # device call): part 1 runs the CUDA test binary, the prefill attention
 # benchmark and the cold start of each server binary; part 2 the HTTP
 # benchmarks (long context and structured outputs beside a baseline binary,
-# the Qwen3 models). Results go under OUTDIR, packed into one archive.
+# the Qwen3 models); part 3 Llama-3.1-8B in bf16 and fp8 (issue 22's FP8
+# figures). Results go under OUTDIR, packed into one archive.
 #
 #   TEST_BIN=.gpu/cuda.test BIN=.gpu/llmserve BASE_BIN=.gpu/llmserve-main \
 #   LOADGEN=.gpu/loadgen LLMSERVE_TESTDATA=.gpu/testdata OUTDIR=$OUT \
@@ -44,6 +45,13 @@ if [ "$part" = 1 ]; then
       kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
     done
   done
+elif [ "$part" = 3 ]; then
+  for q in "" "--quantization fp8"; do
+    echo "== $(basename "$BIN") Llama-3.1-8B ${q:-bf16}"
+    BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS=meta-llama/Llama-3.1-8B SERVE_ARGS="$q" OUTDIR="$o/llama8b" \
+      timeout 200 bash scripts/bench-gpu-models.sh
+  done
+  nvidia-smi --query-gpu=name --format=csv
 else
   for bin in "${bins[@]}"; do
     tag=$(basename "$bin")
