@@ -56,6 +56,10 @@ type live struct {
 	}
 }
 
+// e2eDevice is the live tests' --device: LLMSERVE_E2E_DEVICE=cuda runs
+// them on the CUDA backend (a GPU, or tools/cudaemu).
+func e2eDevice() string { return cmp.Or(os.Getenv("LLMSERVE_E2E_DEVICE"), "cpu") }
+
 // startLive runs the real stack (hub resolve, tokenizer, model, engine,
 // server) in process on the tiny Qwen2 checkpoint with the Qwen3 tokenizer.
 func startLive(t *testing.T, extra ...string) *live { return startLiveClient(t, nil, extra...) }
@@ -65,16 +69,14 @@ func startLive(t *testing.T, extra ...string) *live { return startLiveClient(t, 
 func startLiveClient(t *testing.T, client *http.Client, extra ...string) *live {
 	td := shareddata.Dir(t)
 	mdir := filepath.Join(td, "models", "qwen2-tiny")
-	// LLMSERVE_E2E_DEVICE=cuda runs the live tests on the CUDA backend (a
-	// GPU, or tools/cudaemu).
-	device := cmp.Or(os.Getenv("LLMSERVE_E2E_DEVICE"), "cpu")
+	device := e2eDevice()
 	args := append([]string{"--model", mdir, "--tokenizer", tinyTokenizer(t),
 		"--host", "127.0.0.1", "--port", "0", "--device", device, "--kv-cache-memory", "8MiB",
 		"--served-model-name", "tiny", "--max-num-seqs", "8"}, extra...)
 	ready := 60 * time.Second
 	if device != "cpu" {
 		// Short warm-up steps: the emulator runs a 2,048-token step slowly.
-		args = append(args[:len(args)-len(extra)], append([]string{"--max-model-len", "512", "--max-num-batched-tokens", "512"}, extra...)...)
+		args = append(args[:len(args)-len(extra)], append([]string{"--max-num-batched-tokens", "512"}, extra...)...)
 		ready = 10 * time.Minute
 	}
 	if slices.Contains(extra, "--skip-tokenizer-init") {
@@ -320,7 +322,7 @@ func TestLiveDrainFinishesStream(t *testing.T) {
 func TestLiveHealthMemory(t *testing.T) {
 	h := liveHealth(t, startLive(t).url)
 	// qwen2-tiny: 2 layers × 2 KV heads × head_dim 16 × (K+V) × 4 bytes (f32) = 512 bytes a token.
-	if h.Backend != "cpu" || h.WeightsBytes <= 0 || h.BlockSize != 16 || h.KVBlocksTotal <= 0 ||
+	if h.Backend != e2eDevice() || h.WeightsBytes <= 0 || h.BlockSize != 16 || h.KVBlocksTotal <= 0 ||
 		h.KVCacheCapacityTokens != h.KVBlocksTotal*16 || h.KVCacheBytes != int64(h.KVCacheCapacityTokens)*512 ||
 		h.MaxConcurrency != float64(h.KVCacheCapacityTokens)/float64(h.MaxModelLen) {
 		t.Fatalf("health %+v", h)

@@ -11,8 +11,9 @@ import (
 	"github.com/llmserve/llmserve/internal/shareddata"
 )
 
-// TestLiveTensorParallelCPU: --device cpu --tensor-parallel-size 2 serves
-// the tiny Qwen2 split over two in-process ranks, and its greedy
+// TestLiveTensorParallelCPU: --tensor-parallel-size 2 serves the tiny
+// Qwen2 split over two in-process CPU ranks (or, with
+// LLMSERVE_E2E_DEVICE=cuda, over two GPUs through NCCL), and its greedy
 // continuation is transformers' (up to the first near-tie).
 func TestLiveTensorParallelCPU(t *testing.T) {
 	l := startLive(t, "--tensor-parallel-size", "2")
