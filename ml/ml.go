@@ -111,7 +111,8 @@ type AttentionMeta struct {
 // DecoderLayer is one pre-norm decoder layer's weights in the layout a
 // LayerFuser takes them: q, k and v stacked into one [qd+2kvd, H] matrix,
 // gate and up into one [2I, H] (gate rows first). Biases and the per-head
-// norms may be nil.
+// norms may be nil. A layer whose GateUp and Down are both nil has a
+// sparse MLP (mixture of experts) that the model runs: FusedStep.MLP.
 type DecoderLayer struct {
 	InNorm, PostNorm                     Tensor
 	QKV, O, GateUp, Down                 Tensor
@@ -174,6 +175,10 @@ type FusedStep struct {
 	Cache                            KVCache
 	Meta                             *AttentionMeta
 	XN, QKV, Attn, Down, GateUp, Act Tensor
+	// MLP runs the sparse MLP of layer i (one without GateUp and Down):
+	// h is the residual stream after the layer's attention, xn is h after
+	// the layer's PostNorm, and MLP adds its output to h.
+	MLP func(i int, h, xn Tensor) error
 }
 
 // WeightAliaser is implemented by backends that can use host memory as a

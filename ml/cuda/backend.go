@@ -35,6 +35,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/llmserve/llmserve/ml"
@@ -159,11 +160,12 @@ type Options struct {
 // Backend is the CUDA ml.Backend. Its methods are safe for concurrent use
 // but serialise on one stream.
 type Backend struct {
-	mu   sync.Mutex
-	l    *libs
-	dev  *deviceInfo
-	opts Options
-	log  *slog.Logger
+	fusedForwards atomic.Int64 // steps run on fused layers (tests)
+	mu            sync.Mutex
+	l             *libs
+	dev           *deviceInfo
+	opts          Options
+	log           *slog.Logger
 
 	ctx, stream, blas uintptr
 	fns               map[string]uintptr // filled by loadKernels (and stepKernel)

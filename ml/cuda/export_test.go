@@ -6,6 +6,9 @@ import (
 	"github.com/llmserve/llmserve/ml"
 )
 
+// FusedForwards is the number of steps b's fused layers have run.
+func FusedForwards(b *Backend) int { return int(b.fusedForwards.Load()) }
+
 // StepLaunches is the number of decode-step kernel launches b has recorded.
 func StepLaunches(b *Backend) int { return b.step.launches }
 

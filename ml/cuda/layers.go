@@ -49,18 +49,25 @@ func (b *Backend) FuseLayers(spec ml.LayerSpec, layers []ml.DecoderLayer, finalN
 		return nil, fmt.Errorf("%w: fused layers need layers, a final norm and an lm_head", ErrShape)
 	}
 	ws := []ml.Tensor{lmHead}
+	sparse := false
 	for i, l := range layers {
-		if l.InNorm == nil || l.PostNorm == nil || l.QKV == nil || l.O == nil || l.GateUp == nil || l.Down == nil {
+		if l.InNorm == nil || l.PostNorm == nil || l.QKV == nil || l.O == nil || (l.GateUp == nil) != (l.Down == nil) {
 			return nil, fmt.Errorf("%w: layer %d lacks a weight", ErrShape, i)
 		}
 		if spec.QKNorm && (l.QNorm == nil || l.KNorm == nil) {
 			return nil, fmt.Errorf("%w: layer %d lacks its q/k norms", ErrShape, i)
 		}
-		ws = append(ws, l.QKV, l.O, l.GateUp, l.Down)
+		ws = append(ws, l.QKV, l.O)
+		if l.GateUp == nil {
+			sparse = true // the model's MLP hook (FusedStep.MLP)
+		} else {
+			ws = append(ws, l.GateUp, l.Down)
+		}
 	}
 	f := &fusedLayers{b: b, spec: spec, layers: layers, finalNorm: finalNorm, lmHead: lmHead}
 	f.gemv = b.FusedDecode(1, spec.Hidden, ws...)
-	f.oneLaunch = f.gemv
+	// The one-launch step has no way to call the model's sparse MLPs.
+	f.oneLaunch = f.gemv && !sparse
 	return f, nil
 }
 
@@ -80,6 +87,7 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 		return fmt.Errorf("%w: fused forward without a step", ErrShape)
 	}
 	st.Meta.Window = 0
+	f.b.fusedForwards.Add(1)
 	T := h.Rows()
 	if !f.gemv || !f.b.FusedDecode(T, f.spec.Hidden) || !f.b.fusedKV(st.Cache) {
 		return f.forwardGEMM(h, st)
@@ -120,6 +128,15 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 		if err := b.MatMulAdd(h, st.Attn, l.O, l.OBias); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
+		if l.GateUp == nil {
+			if err := b.RMSNorm(st.XN, h, l.PostNorm, s.Eps); err != nil {
+				return fmt.Errorf("layer %d: %w", i, err)
+			}
+			if err := sparseMLP(st, i, h); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := b.NormGateUpSiLU(st.Act, h, l.PostNorm, s.Eps, l.GateUp, l.GateUpBias); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
@@ -136,27 +153,34 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 // rows are not used: Head norms the rows it is given.
 func (f *fusedLayers) forwardGEMM(h ml.Tensor, st *ml.FusedStep) error {
 	b, s := f.b, &f.spec
+	pending := false // a dense MLP's output waits in Down
 	for i := range f.layers {
-		if err := f.layerGEMM(h, st, i); err != nil {
+		var err error
+		if pending, err = f.layerGEMM(h, st, i, pending); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
+	}
+	if !pending {
+		return nil // Head norms the rows it is given
 	}
 	return b.AddRMSNorm(h, st.XN, st.Down, f.finalNorm, s.Eps)
 }
 
-func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int) error {
+// layerGEMM runs layer i, adding the previous layer's MLP output to h
+// first when it is pending; it reports whether this layer's is.
+func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int, pending bool) (bool, error) {
 	b, s, l := f.b, &f.spec, &f.layers[i]
 	var err error
-	if i == 0 {
+	if !pending {
 		err = b.RMSNorm(st.XN, h, l.InNorm, s.Eps)
 	} else {
 		err = b.AddRMSNorm(h, st.XN, st.Down, l.InNorm, s.Eps)
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := b.MatMul(st.QKV, st.XN, l.QKV, nil); err != nil {
-		return err
+		return false, err
 	}
 	if s.QKNorm {
 		err = b.qkNormRoPEWriteKV(st.QKV, l.QKVBias, l.QNorm, l.KNorm, s.Eps, st.Positions, st.InvFreq,
@@ -166,25 +190,40 @@ func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int) error {
 			st.Cache, i, st.Slots)
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := b.Attention(st.Attn, st.QKV, st.Cache, i, st.Meta); err != nil {
-		return err
+		return false, err
 	}
 	// The o projection lands in Down, free until the MLP.
 	if err := b.MatMul(st.Down, st.Attn, l.O, l.OBias); err != nil {
-		return err
+		return false, err
 	}
 	if err := b.AddRMSNorm(h, st.XN, st.Down, l.PostNorm, s.Eps); err != nil {
-		return err
+		return false, err
+	}
+	if l.GateUp == nil {
+		return false, sparseMLP(st, i, h)
 	}
 	if err := b.MatMul(st.GateUp, st.XN, l.GateUp, l.GateUpBias); err != nil {
-		return err
+		return false, err
 	}
 	if err := b.SiLUMul(st.Act, st.GateUp); err != nil {
-		return err
+		return false, err
 	}
-	return b.MatMul(st.Down, st.Act, l.Down, l.DownBias)
+	return true, b.MatMul(st.Down, st.Act, l.Down, l.DownBias)
+}
+
+// sparseMLP runs layer i's sparse MLP through the step's hook (h the
+// residual after attention, st.XN its post-attention norm).
+func sparseMLP(st *ml.FusedStep, i int, h ml.Tensor) error {
+	if st.MLP == nil {
+		return fmt.Errorf("%w: layer %d has a sparse MLP and the step no MLP hook", ErrShape, i)
+	}
+	if err := st.MLP(i, h, st.XN); err != nil {
+		return fmt.Errorf("layer %d: sparse MLP: %w", i, err)
+	}
+	return nil
 }
 
 // Head implements ml.FusedLayers.

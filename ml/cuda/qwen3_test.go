@@ -40,13 +40,19 @@ func TestQwen3Golden(t *testing.T) {
 				if !exact {
 					o.SkinnyMaxT = -1
 				}
-				m := loadOn(t, gpu(t, o), dir, model.LoadOptions{KVCacheDType: "float32"})
+				be := gpu(t, o)
+				m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: "float32"})
 				// loadOn allocated 32 blocks of 4: room for the 55 positions.
 				gopts := modeltest.GoldenOptions{Tol: 2e-3, Margin: 4e-3, Blocks: scattered}
 				if !exact {
 					gopts = modeltest.GoldenOptions{Logprobs: true, Tol: 0.15, Margin: 0.3, Blocks: scattered}
 				}
 				modeltest.CheckGolden(t, m, g, gopts)
+				// Both run on the fused layers, the MoE one with its sparse
+				// MLPs through the step's hook.
+				if cuda.FusedForwards(be) == 0 {
+					t.Error("no step ran on the fused layers")
+				}
 			})
 		}
 	}

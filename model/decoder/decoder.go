@@ -64,7 +64,11 @@ type Model struct {
 	// (ml.LayerFuser); the layers are then loaded in ml.DecoderLayer's
 	// layout (qkv, qkvb).
 	fused ml.FusedLayers
-	pad   bool // pad prefill/mixed steps to bucket sizes
+	// fusedMLPFn is fusedMLP bound (the fused layers' sparse-MLP hook) and
+	// fusedVW the views of the step it runs in.
+	fusedMLPFn func(int, ml.Tensor, ml.Tensor) error
+	fusedVW    *stepViews
+	pad        bool // pad prefill/mixed steps to bucket sizes
 
 	tp *shard // this rank's place in a tensor-parallel group (nil: none)
 }

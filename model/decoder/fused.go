@@ -27,11 +27,12 @@ func (m *Model) layerSpec() ml.LayerSpec {
 }
 
 // fuser is the backend's ml.LayerFuser when it takes this model's layers:
-// dense MLPs only, and not a tensor-parallel shard, whose o and down
-// projections are partial sums to reduce before the residual add.
+// not a tensor-parallel shard, whose o and down projections are partial
+// sums to reduce before the residual add. Sparse MLPs run on the base ops
+// through the step's hook (fusedMLP), between the fused attention halves.
 func (m *Model) fuser(sharded bool) ml.LayerFuser {
 	f, ok := m.be.(ml.LayerFuser)
-	if !ok || sharded || m.spec.MoE != nil || !f.FusesLayers(m.layerSpec()) {
+	if !ok || sharded || !f.FusesLayers(m.layerSpec()) {
 		return nil
 	}
 	return f
@@ -51,7 +52,18 @@ func (m *Model) bindFused(f ml.LayerFuser) error {
 		return fmt.Errorf("decoder: binding the fused layers: %w", err)
 	}
 	m.fused = fl
+	m.fusedMLPFn = m.fusedMLP // bound once: a step does not allocate it
 	return nil
+}
+
+// fusedMLP is the fused layers' hook for layer i's sparse MLP, on the
+// step's views (h and xn are the step's h and xn).
+func (m *Model) fusedMLP(i int, h, xn ml.Tensor) error {
+	vw := m.fusedVW
+	if vw == nil || h != vw.h || xn != vw.xn {
+		return fmt.Errorf("decoder: sparse MLP of layer %d outside its step", i)
+	}
+	return m.moe(&m.layers[i], vw)
 }
 
 // forwardFused runs the layers and the lm_head of a step on the backend's
@@ -61,8 +73,11 @@ func (m *Model) forwardFused(ctx context.Context, vw *stepViews, L int, rowsInOr
 		return err
 	}
 	st := &ml.FusedStep{Positions: vw.pos, InvFreq: m.invFreq, Slots: vw.slots, Cache: m.kv, Meta: &m.s.meta,
-		XN: vw.xn, QKV: vw.q, Attn: vw.attn, Down: vw.down, GateUp: vw.gu, Act: vw.act}
-	if err := m.fused.Forward(vw.h, st); err != nil {
+		XN: vw.xn, QKV: vw.q, Attn: vw.attn, Down: vw.down, GateUp: vw.gu, Act: vw.act, MLP: m.fusedMLPFn}
+	m.fusedVW = vw
+	err := m.fused.Forward(vw.h, st)
+	m.fusedVW = nil
+	if err != nil {
 		return fmt.Errorf("decoder: fused layers: %w", err)
 	}
 	if L == 0 {

@@ -22,14 +22,15 @@ func loadFused(t *testing.T, dir string, o model.LoadOptions) (model.Model, *mlt
 	return modeltest.LoadOn(t, dir, o, be), be
 }
 
-// TestFusedLayersPath: on each dense checkpoint, the fused-layer path
+// TestFusedLayersPath: on each checkpoint (the MoE one through the sparse
+// MLP hook), the fused-layer path
 // matches transformers' float64 golden as the base-op path does (every
 // prompt position and greedy step within 2e-3 in float32), and mixed
 // batched steps on it give the logits of each sequence run alone on the
 // base-op path within 1e-4.
 func TestFusedLayersPath(t *testing.T) {
 	td := shareddata.Dir(t)
-	for i, name := range []string{"qwen2-tiny", "llama3-tiny-bf16", "qwen3-tiny-bf16"} {
+	for i, name := range []string{"qwen2-tiny", "llama3-tiny-bf16", "qwen3-tiny-bf16", "qwen3-moe-tiny"} {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(td, "models", name)
 			o := model.LoadOptions{DType: "float32", KVCacheDType: "float32"}
