@@ -120,6 +120,14 @@ type DecoderLayer struct {
 	// QNorm and KNorm are the [1, HeadDim] per-head RMSNorm weights of q
 	// and k (LayerSpec.QKNorm), applied before RoPE.
 	QNorm, KNorm Tensor
+	// A sparse MLP's weights, for fusions that run it themselves (the hook
+	// runs it otherwise): the router [E, H], the experts' gate/up stacked
+	// [E·2I, H] (each expert's gate rows, then its up rows) and down
+	// [E·H, I]; each token takes its TopK experts, their softmax weights
+	// renormalized when NormTopK.
+	Router, ExpGateUp, ExpDown Tensor
+	TopK                       int
+	NormTopK                   bool
 }
 
 // LayerSpec is the shape of a model's decoder layers as a fused

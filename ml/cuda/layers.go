@@ -49,7 +49,6 @@ func (b *Backend) FuseLayers(spec ml.LayerSpec, layers []ml.DecoderLayer, finalN
 		return nil, fmt.Errorf("%w: fused layers need layers, a final norm and an lm_head", ErrShape)
 	}
 	ws := []ml.Tensor{lmHead}
-	sparse := false
 	for i, l := range layers {
 		if l.InNorm == nil || l.PostNorm == nil || l.QKV == nil || l.O == nil || (l.GateUp == nil) != (l.Down == nil) {
 			return nil, fmt.Errorf("%w: layer %d lacks a weight", ErrShape, i)
@@ -58,16 +57,20 @@ func (b *Backend) FuseLayers(spec ml.LayerSpec, layers []ml.DecoderLayer, finalN
 			return nil, fmt.Errorf("%w: layer %d lacks its q/k norms", ErrShape, i)
 		}
 		ws = append(ws, l.QKV, l.O)
-		if l.GateUp == nil {
-			sparse = true // the model's MLP hook (FusedStep.MLP)
-		} else {
+		if l.GateUp != nil { // else the model's MLP hook (FusedStep.MLP)
 			ws = append(ws, l.GateUp, l.Down)
 		}
 	}
 	f := &fusedLayers{b: b, spec: spec, layers: layers, finalNorm: finalNorm, lmHead: lmHead}
 	f.gemv = b.FusedDecode(1, spec.Hidden, ws...)
-	// The one-launch step has no way to call the model's sparse MLPs.
-	f.oneLaunch = f.gemv && !sparse
+	// The one-launch step runs sparse MLPs itself when the layers carry
+	// their weights; it cannot call the model's hook.
+	f.oneLaunch = f.gemv
+	for _, l := range layers {
+		if l.GateUp == nil && (l.Router == nil || l.ExpGateUp == nil || l.ExpDown == nil) {
+			f.oneLaunch = false
+		}
+	}
 	return f, nil
 }
 

@@ -610,36 +610,41 @@ func TestModelStepKernelRefusedFallsBack(t *testing.T) {
 // decode-step kernel really ran every decode step.
 func TestModelStepKernelMatchesLayerByLayer(t *testing.T) {
 	td := shareddata.Dir(t)
-	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
-	g := shareddata.ReadModelGolden(t, dir)
-	const steps = 110
-	run := func(o cuda.Options) ([][]float32, int) {
-		be := gpu(t, o)
-		m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: "bfloat16"})
-		s := &seqRun{m: m, blocks: scattered}
-		rows := s.step(t, g.PromptIDs[:4])
-		V := int32(m.Config().VocabSize)
-		for i := 0; i < steps; i++ {
-			rows = append(rows, s.step(t, []int32{(int32(i)*7919 + 13) % V})...)
-		}
-		return rows, cuda.StepLaunches(be)
-	}
-	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8})
-	got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8})
-	if launches != steps {
-		t.Fatalf("decode-step kernel ran %d times for %d one-token steps", launches, steps)
-	}
-	worst, at := 0.0, 0
-	for i := range want {
-		for j := range want[i] {
-			if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
-				worst, at = d, i
+	// qwen3 adds per-head q/k norms, qwen3-moe (loaded in bf16) sparse MLPs.
+	for _, name := range []string{"llama3-tiny-bf16", "qwen3-tiny-bf16", "qwen3-moe-tiny"} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(td, "models", name)
+			g := shareddata.ReadModelGolden(t, dir)
+			const steps = 110
+			run := func(o cuda.Options) ([][]float32, int) {
+				be := gpu(t, o)
+				m := loadOn(t, be, dir, model.LoadOptions{DType: "bfloat16", KVCacheDType: "bfloat16"})
+				s := &seqRun{m: m, blocks: scattered}
+				rows := s.step(t, g.PromptIDs[:4])
+				V := int32(m.Config().VocabSize)
+				for i := 0; i < steps; i++ {
+					rows = append(rows, s.step(t, []int32{(int32(i)*7919 + 13) % V})...)
+				}
+				return rows, cuda.StepLaunches(be)
 			}
-		}
-	}
-	t.Logf("%d positions: max |step kernel - unfused| logit diff %.3g (position %d)", len(want), worst, at)
-	if worst > 0.05 {
-		t.Errorf("decode-step kernel logits differ from the unfused ops by %.3g > 0.05 at position %d", worst, at)
+			want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8})
+			got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8})
+			if launches != steps {
+				t.Fatalf("decode-step kernel ran %d times for %d one-token steps", launches, steps)
+			}
+			worst, at := 0.0, 0
+			for i := range want {
+				for j := range want[i] {
+					if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
+						worst, at = d, i
+					}
+				}
+			}
+			t.Logf("%d positions: max |step kernel - unfused| logit diff %.3g (position %d)", len(want), worst, at)
+			if worst > 0.05 {
+				t.Errorf("decode-step kernel logits differ from the unfused ops by %.3g > 0.05 at position %d", worst, at)
+			}
+		})
 	}
 }
 

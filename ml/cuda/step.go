@@ -18,6 +18,7 @@ import (
 type stepLayer struct {
 	qkv, o, gu, down, qkvb, ob, gub, downb, inNorm, postNorm, qn, kn uint64
 	qkvs, os, gus, downs                                             uint64 // FP8 weights' row scales
+	router, expGU, expDown                                           uint64 // a sparse MLP (gu, down 0)
 }
 
 // stepState is the decode-step kernel's device state.
@@ -93,6 +94,7 @@ type stepArgs struct {
 	numLayers, hidden, inter, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns int
 	ksQKV, ksO, ksGU, ksDown                                                         int
 	syncMode, qkNorm                                                                 int
+	experts, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown                          int
 	eps, scale                                                                       float32
 }
 
@@ -226,11 +228,28 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		return err
 	}
 	H, qkvN, qd := hh.cols, (nh+2*nkv)*hd, nh*hd
-	I := 0
-	if t, ok := layers[0].Down.(*tensor); ok && t != nil {
-		I = t.cols
+	// The dense MLPs' intermediate size, and the sparse ones' shape.
+	I, E, topK, moeI, normTopK := 0, 0, 0, 0, false
+	for _, l := range layers {
+		if t, ok := l.Down.(*tensor); ok && t != nil {
+			I = t.cols
+		}
+		if l.GateUp == nil {
+			r, ok1 := l.Router.(*tensor)
+			d, ok2 := l.ExpDown.(*tensor)
+			if !ok1 || !ok2 || r == nil || d == nil || f8 {
+				return fmt.Errorf("%w: decode step of a sparse MLP without bf16 expert weights", ml.ErrUnsupported)
+			}
+			if E != 0 && (E != r.rows || topK != l.TopK || moeI != d.cols || normTopK != l.NormTopK) {
+				return fmt.Errorf("%w: decode step of sparse MLPs of different shapes", ml.ErrUnsupported)
+			}
+			E, topK, moeI, normTopK = r.rows, l.TopK, d.cols, l.NormTopK
+		}
 	}
-	if hh.rows != 1 || H%8 != 0 || qd%8 != 0 || I%8 != 0 || I == 0 {
+	if E > 0 && (E > 256 || topK < 1 || topK > 32 || topK > E || moeI%8 != 0 || moeI == 0) {
+		return fmt.Errorf("%w: decode step of %d experts, top %d, intermediate %d", ml.ErrUnsupported, E, topK, moeI)
+	}
+	if hh.rows != 1 || H%8 != 0 || qd%8 != 0 || I%8 != 0 || (I == 0 && E == 0) {
 		return fmt.Errorf("%w: decode step of %dx%d h, %d q columns, intermediate %d", ml.ErrUnsupported, hh.rows, hh.cols, qd, I)
 	}
 	pos, inv, sl, err := b.ropeOperands(positions, invFreq, slots, 1, hd)
@@ -255,13 +274,23 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	qkNorm := layers[0].QNorm != nil
 	for i, l := range layers {
 		s := &tab[i]
-		for _, w := range []struct {
+		type weight struct {
 			dst, scales *uint64
 			t           ml.Tensor
 			rows, cols  int
 			what        string
-		}{{&s.qkv, &s.qkvs, l.QKV, qkvN, H, "qkv"}, {&s.o, &s.os, l.O, H, qd, "o"}, {&s.gu, &s.gus, l.GateUp, 2 * I, H, "gate_up"},
-			{&s.down, &s.downs, l.Down, H, I, "down"}} {
+		}
+		ws := []weight{{&s.qkv, &s.qkvs, l.QKV, qkvN, H, "qkv"}, {&s.o, &s.os, l.O, H, qd, "o"}}
+		s.gu, s.gus, s.down, s.downs, s.router, s.expGU, s.expDown = 0, 0, 0, 0, 0, 0, 0
+		var unscaled uint64 // bf16 weights have no scales
+		if l.GateUp != nil {
+			ws = append(ws, weight{&s.gu, &s.gus, l.GateUp, 2 * I, H, "gate_up"}, weight{&s.down, &s.downs, l.Down, H, I, "down"})
+		} else {
+			ws = append(ws, weight{&s.router, &unscaled, l.Router, E, H, "router"},
+				weight{&s.expGU, &unscaled, l.ExpGateUp, E * 2 * moeI, H, "experts' gate_up"},
+				weight{&s.expDown, &unscaled, l.ExpDown, E * H, moeI, "experts' down"})
+		}
+		for _, w := range ws {
 			if *w.dst, *w.scales, err = b.stepWeight(w.t, wdt, w.rows, w.cols, w.what); err != nil {
 				return err
 			}
@@ -342,6 +371,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	if qkNorm {
 		per += qd
 	}
+	if E > 0 {
+		per += E + topK*(moeI+H)
+	}
 	if err := b.ensure(&b.step.acts, int64(len(layers))*int64(per)*4); err != nil {
 		return err
 	}
@@ -353,6 +385,13 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		ksQKV: b.step.ks(0, stepKS(qkvN/2, H, grid)), ksO: b.step.ks(1, stepKS((H+1)/2, qd, grid)),
 		ksGU: b.step.ks(2, stepKS(I, H, grid)), ksDown: b.step.ks(3, stepKS((H+1)/2, I, grid)),
 		syncMode: stepSyncMode, eps: eps, scale: meta.Scale}
+	if E > 0 {
+		a.experts, a.topK, a.moeI = E, topK, moeI
+		if normTopK {
+			a.normTopK = 1
+		}
+		a.ksRouter, a.ksEGU, a.ksEDown = stepKS((E+1)/2, H, grid), stepKS(moeI, H, grid), stepKS((H+1)/2, moeI, grid)
+	}
 	if b.step.syncSet {
 		a.syncMode = b.step.syncMode
 	}
@@ -386,7 +425,8 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	b.aL(a.layerBytes)
 	b.aL(a.numSlots)
 	for _, v := range []int{a.numLayers, a.hidden, a.inter, a.nh, a.nkv, a.hd, a.nwdt, a.maxBlocks, a.blockSize, a.numBlocks, a.ns,
-		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm} {
+		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
+		a.ksEGU, a.ksEDown} {
 		b.aI(v)
 	}
 	b.aF(a.eps)

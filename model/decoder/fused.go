@@ -46,6 +46,10 @@ func (m *Model) bindFused(f ml.LayerFuser) error {
 		layers[i] = ml.DecoderLayer{InNorm: l.inNorm, PostNorm: l.postNorm,
 			QKV: l.qkv, O: l.o, GateUp: l.gateUp, Down: l.down,
 			QKVBias: l.qkvb, OBias: l.ob, GateUpBias: l.gub, DownBias: l.db, QNorm: l.qNorm, KNorm: l.kNorm}
+		if l.router != nil {
+			layers[i].Router, layers[i].ExpGateUp, layers[i].ExpDown = l.router, l.expGateUp, l.expDown
+			layers[i].TopK, layers[i].NormTopK = m.topK, m.spec.MoE.NormTopKProb
+		}
 	}
 	fl, err := f.FuseLayers(m.layerSpec(), layers, m.finalNorm, m.lmHead)
 	if err != nil {

@@ -19,12 +19,11 @@ extern "C" __global__ void rmsnorm_heads(float* x, const float* w, int hd, float
 // ---- topk_softmax: softmax over E experts, the k largest (lower index on
 // ties), optionally renormalized. Grid T, one warp per token; E <= MOE_MAXE.
 #define MOE_MAXE 1024
-#if KUNIT(0)
-extern "C" __global__ void topk_softmax(float* weights, int* ids, const float* logits, int E, int k, int normalize) {
-  PDL_ENTRY();
-  __shared__ float p[MOE_MAXE];
-  const int t = blockIdx.x, lane = threadIdx.x;
-  const float* lr = logits + (long long)t * E;
+// topkRow is one token's topk_softmax, run by one warp (lane = threadIdx.x
+// & 31) with p as scratch for E values: the k experts (ids) and their
+// weights (w), which the decode-step kernel also computes this way.
+__device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, float* w, int* ids) {
+  const int lane = threadIdx.x & 31;
   float mx = NEG_INF;
   for (int i = lane; i < E; i += 32) mx = fmaxf(mx, lr[i]);
 #pragma unroll
@@ -59,14 +58,23 @@ extern "C" __global__ void topk_softmax(float* weights, int* ids, const float* l
       }
     }
     if (lane == 0) {
-      ids[(long long)t * k + j] = bi;
-      weights[(long long)t * k + j] = bv;
+      ids[j] = bi;
+      w[j] = bv;
       p[bi] = -1.f;
     }
     tot += bv;
     __syncwarp();
   }
-  if (normalize && lane < k) weights[(long long)t * k + lane] /= tot;
+  if (normalize && lane < k) w[lane] /= tot;
+  __syncwarp();
+}
+
+#if KUNIT(0)
+extern "C" __global__ void topk_softmax(float* weights, int* ids, const float* logits, int E, int k, int normalize) {
+  PDL_ENTRY();
+  __shared__ float p[MOE_MAXE];
+  const int t = blockIdx.x;
+  topkRow(p, logits + (long long)t * E, E, k, normalize, weights + (long long)t * k, ids + (long long)t * k);
 }
 #endif
 

@@ -21,6 +21,10 @@ struct StepLayer {
   const void *inNorm, *postNorm;         // dtype nwdt
   const float *qn, *kn;                  // per-head q/k RMSNorm weights [hd] (StepArgs.qkNorm)
   const float *qkvs, *os, *gus, *downs;  // FP8 weights: each row's scale (null for bf16)
+  // A sparse MLP (gu and down null): the router [E, H] and every expert's
+  // gate/up [E·2I', H] (expert e's gate rows, then its up rows) and down
+  // [E·H, I'], I' = StepArgs.moeI. bf16 only.
+  const bf16 *router, *expGU, *expDown;
 };
 
 struct StepArgs {
@@ -37,6 +41,10 @@ struct StepArgs {
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
   int syncMode;  // the grid barrier's variant (gridMode)
   int qkNorm;    // q and k are RMS-normed head by head before RoPE (Qwen3)
+  // Sparse MLPs: E experts (0: none), the topK a token takes (weights
+  // renormalized when normTopK), each expert's intermediate size, and the
+  // router's, the experts' gate/up and down phases' split-K factors.
+  int E, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown;
   float eps, scale;
 };
 
@@ -312,11 +320,85 @@ __device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, cons
   }
 }
 
+// moe.cu: one token's top-k softmax by one warp.
+__device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, float* w, int* ids);
+#define STEP_MAXE 256  // experts a decode step routes over
+#define STEP_MAXK 32
+
+// stepMoE is a layer's sparse MLP (after the o phase wrote hmid): the
+// router's logits, the top-k computed by every block for itself (no
+// barrier), each chosen expert's gate/up with SiLU and its down
+// projection as GEMV phases of their own (an expert's weights are a base
+// pointer into the stacked experts), then the residual plus the experts'
+// weighted sum, in the order the unfused scatter_add sums them.
+template <bool F8W>
+__device__ __noinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
+                                     float* eact, float* eout) {
+  __shared__ float sP[STEP_MAXE];
+  __shared__ float sW[STEP_MAXK];
+  __shared__ int sId[STEP_MAXK];
+  const int H = A.H, I = A.moeI, k = A.topK;
+  // The down phases add into eout (dgemv's plain store normalizes x): zero
+  // it now, two barriers before they run.
+  for (long long n = blockIdx.x * blockDim.x + threadIdx.x; n < (long long)k * H; n += gridDim.x * blockDim.x)
+    eout[n] = 0.f;
+  DArgs r = {};
+  r.T = 1;
+  r.eps = A.eps;
+  r.nwdt = A.nwdt;
+  r.w = L.router;
+  r.xr = hmid;
+  r.ldxr = H;
+  r.nw = L.postNorm;
+  r.dst = rlog;
+  r.ldd = A.E;
+  r.N = A.E;
+  r.K = H;
+  stepPhase<EPI_STORE, false>(r, A.ksRouter, A.bar);
+  gridSync(A.bar);
+  if (threadIdx.x < 32) topkRow(sP, rlog, A.E, k, A.normTopK, sW, sId);
+  __syncthreads();
+  for (int j = 0; j < k; ++j) {
+    DArgs g = {};
+    g.T = 1;
+    g.eps = A.eps;
+    g.nwdt = A.nwdt;
+    g.w = L.expGU + (long long)sId[j] * 2 * I * H;
+    g.xr = hmid;
+    g.ldxr = H;
+    g.nw = L.postNorm;
+    g.dst = eact + (long long)j * I;
+    g.ldd = I;
+    g.N = 2 * I;
+    g.K = H;
+    stepPhase<EPI_SILU, false>(g, A.ksEGU, nullptr);  // no barrier: the experts' outputs are disjoint
+  }
+  for (int j = 0; j < k; ++j) {
+    DArgs d = {};
+    d.T = 1;
+    d.w = L.expDown + (long long)sId[j] * H * I;
+    d.xr = eact + (long long)j * I;
+    d.ldxr = I;
+    d.dst = eout + (long long)j * H;
+    d.ldd = H;
+    d.N = H;
+    d.K = I;
+    stepPhase<EPI_ADDF, false>(d, A.ksEDown, j == 0 ? A.bar : nullptr);
+  }
+  gridSync(A.bar);
+  for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < H; n += gridDim.x * blockDim.x) {
+    float acc = 0.f;
+    for (int j = 0; j < k; ++j) acc += sW[j] * __ldcg(eout + (long long)j * H + n);
+    hout[n] = hmid[n] + acc;
+  }
+}
+
 template <int EPL, bool F8W>
 __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   const int qkvN = (A.nh + 2 * A.nkv) * A.hd, qd = A.nh * A.hd;
   // A layer's activations (the normed q last, with qkNorm).
-  const long long per = 2LL * A.H + qkvN + qd + A.I + (A.qkNorm ? qd : 0);
+  const long long per = 2LL * A.H + qkvN + qd + A.I + (A.qkNorm ? qd : 0) +
+                        (A.E ? A.E + (long long)A.topK * (A.moeI + A.H) : 0);
   const float* hin = A.h;
   // The token's context and block table row, read once (uploaded before the launch).
   const int ctx = A.pos[0] + 1;
@@ -391,6 +473,13 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     o.N = A.H;
     o.K = qd;
     stepPhase<EPI_ADDF, F8W>(o, A.ksO, A.bar);
+    if (!L.gu) {
+      float* rlog = act + A.I + (A.qkNorm ? qd : 0);
+      float* eact = rlog + A.E;
+      stepMoE<F8W>(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI);
+      hin = hout;
+      continue;
+    }
 
     DArgs g = {};
     g.T = 1;
