@@ -602,8 +602,9 @@ func TestModelStepKernelRefusedFallsBack(t *testing.T) {
 	}
 }
 
-// TestModelStepKernelMatchesLayerByLayer: the bf16 checkpoint (bf16 KV
-// cache) decoding 110 teacher-forced tokens after 4 prompt tokens, so
+// TestModelStepKernelMatchesLayerByLayer: each checkpoint in bf16 (bf16 KV
+// cache; the MoE one's sparse MLPs included) decoding 110 teacher-forced
+// tokens after 4 prompt tokens, so
 // attention's piece count grows from 1 to 15, in one decode-step launch per
 // token and with the
 // unfused ops on f32 activations: close logits at every position, and the
