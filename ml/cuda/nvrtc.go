@@ -69,7 +69,7 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 	// At most one compile per core (NVRTC uses one thread), the units every
 	// step needs first and the decode-step units (only one of which a model
 	// uses, loaded lazily) after them.
-	slots := make(chan struct{}, max(1, runtime.NumCPU()))
+	workers := max(1, runtime.NumCPU())
 	var order []int
 	for u := range kernelUnits {
 		if !isStepUnit(u) {
@@ -83,7 +83,7 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 	}
 	queue := make(chan func(), kernelUnits)
 	defer close(queue)
-	for range cap(slots) {
+	for range workers {
 		go func() {
 			for job := range queue {
 				job()
