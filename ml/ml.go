@@ -189,6 +189,18 @@ type FusedStep struct {
 	MLP func(i int, h, xn Tensor) error
 }
 
+// SparseMLP runs layer i's sparse MLP through the step's hook (h the
+// residual after the layer's attention, XN its post-attention norm).
+func (st *FusedStep) SparseMLP(i int, h Tensor) error {
+	if st.MLP == nil {
+		return fmt.Errorf("%w: layer %d has a sparse MLP and the step no MLP hook", ErrUnsupported, i)
+	}
+	if err := st.MLP(i, h, st.XN); err != nil {
+		return fmt.Errorf("layer %d: sparse MLP: %w", i, err)
+	}
+	return nil
+}
+
 // WeightAliaser is implemented by backends that can use host memory as a
 // weight in place, without a copy: a memory-mapped checkpoint whose tensors
 // are stored in the weight dtype. The weight is parts stacked row-wise (each

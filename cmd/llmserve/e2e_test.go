@@ -70,15 +70,16 @@ func startLiveClient(t *testing.T, client *http.Client, extra ...string) *live {
 	td := shareddata.Dir(t)
 	mdir := filepath.Join(td, "models", "qwen2-tiny")
 	device := e2eDevice()
-	args := append([]string{"--model", mdir, "--tokenizer", tinyTokenizer(t),
+	args := []string{"--model", mdir, "--tokenizer", tinyTokenizer(t),
 		"--host", "127.0.0.1", "--port", "0", "--device", device, "--kv-cache-memory", "8MiB",
-		"--served-model-name", "tiny", "--max-num-seqs", "8"}, extra...)
+		"--served-model-name", "tiny", "--max-num-seqs", "8"}
 	ready := 60 * time.Second
 	if device != "cpu" {
 		// Short warm-up steps: the emulator runs a 2,048-token step slowly.
-		args = append(args[:len(args)-len(extra)], append([]string{"--max-num-batched-tokens", "512"}, extra...)...)
+		args = append(args, "--max-num-batched-tokens", "512")
 		ready = 10 * time.Minute
 	}
+	args = append(args, extra...)
 	if slices.Contains(extra, "--skip-tokenizer-init") {
 		args = slices.Delete(args, 2, 4) // no --tokenizer
 	}

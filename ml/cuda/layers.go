@@ -135,7 +135,7 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 			if err := b.RMSNorm(st.XN, h, l.PostNorm, s.Eps); err != nil {
 				return fmt.Errorf("layer %d: %w", i, err)
 			}
-			if err := sparseMLP(st, i, h); err != nil {
+			if err := st.SparseMLP(i, h); err != nil {
 				return err
 			}
 			continue
@@ -206,7 +206,7 @@ func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int, pending bo
 		return false, err
 	}
 	if l.GateUp == nil {
-		return false, sparseMLP(st, i, h)
+		return false, st.SparseMLP(i, h)
 	}
 	if err := b.MatMul(st.GateUp, st.XN, l.GateUp, l.GateUpBias); err != nil {
 		return false, err
@@ -215,18 +215,6 @@ func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int, pending bo
 		return false, err
 	}
 	return true, b.MatMul(st.Down, st.Act, l.Down, l.DownBias)
-}
-
-// sparseMLP runs layer i's sparse MLP through the step's hook (h the
-// residual after attention, st.XN its post-attention norm).
-func sparseMLP(st *ml.FusedStep, i int, h ml.Tensor) error {
-	if st.MLP == nil {
-		return fmt.Errorf("%w: layer %d has a sparse MLP and the step no MLP hook", ErrShape, i)
-	}
-	if err := st.MLP(i, h, st.XN); err != nil {
-		return fmt.Errorf("layer %d: sparse MLP: %w", i, err)
-	}
-	return nil
 }
 
 // Head implements ml.FusedLayers.

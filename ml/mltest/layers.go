@@ -125,7 +125,7 @@ func (r *refLayers) layer(h ml.Tensor, st *ml.FusedStep, i, T int) error {
 		return err
 	}
 	if l.GateUp == nil && l.Down == nil {
-		return sparseMLP(st, i, h)
+		return st.SparseMLP(i, h)
 	}
 	if err := be.MatMul(st.GateUp, st.XN, l.GateUp, l.GateUpBias); err != nil {
 		return err
@@ -139,14 +139,6 @@ func (r *refLayers) layer(h ml.Tensor, st *ml.FusedStep, i, T int) error {
 	// The base ops have no plain add: AddRMSNorm adds, and its normed rows
 	// are not used.
 	return be.AddRMSNorm(h, st.XN, st.Down, l.PostNorm, s.Eps)
-}
-
-// sparseMLP runs layer i's sparse MLP through the step's hook.
-func sparseMLP(st *ml.FusedStep, i int, h ml.Tensor) error {
-	if st.MLP == nil {
-		return fmt.Errorf("mltest: layer %d has a sparse MLP and the step no MLP hook", i)
-	}
-	return st.MLP(i, h, st.XN)
 }
 
 // split copies the q, k and v columns of the stacked projection qkv apart.

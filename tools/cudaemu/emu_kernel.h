@@ -63,26 +63,10 @@ inline typename std::common_type<A, B>::type max(A a, B b) {
   return a > b ? a : b;
 }
 
-inline float __int_as_float(int v) {
-  float f;
-  memcpy(&f, &v, 4);
-  return f;
-}
-inline float __uint_as_float(unsigned v) {
-  float f;
-  memcpy(&f, &v, 4);
-  return f;
-}
-inline unsigned __float_as_uint(float f) {
-  unsigned v;
-  memcpy(&v, &f, 4);
-  return v;
-}
-inline int __float_as_int(float f) {
-  int v;
-  memcpy(&v, &f, 4);
-  return v;
-}
+inline float __int_as_float(int v) { return __builtin_bit_cast(float, v); }
+inline float __uint_as_float(unsigned v) { return __builtin_bit_cast(float, v); }
+inline unsigned __float_as_uint(float f) { return __builtin_bit_cast(unsigned, f); }
+inline int __float_as_int(float f) { return __builtin_bit_cast(int, f); }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __powf(float a, float b) { return powf(a, b); }

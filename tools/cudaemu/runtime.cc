@@ -907,9 +907,14 @@ bool read_file(const std::string& p, std::string* out) {
 
 extern "C" {
 
+#ifndef CUDAEMU_BUILD
+#define CUDAEMU_BUILD 0
+#endif
+// The minor version is the emulator's build (build.sh): the backend's
+// kernel cache key includes it.
 int nvrtcVersion(int* maj, int* min) {
   *maj = 13;
-  *min = 0;
+  *min = CUDAEMU_BUILD;
   return 0;
 }
 int nvrtcCreateProgram(void** prog, const char* src, const char*, int, const char* const*, const char* const*) {
