@@ -225,6 +225,21 @@ type ActivationDTyper interface {
 	ActivationDType(weights DType) DType
 }
 
+// KernelPreparer is implemented by backends that compile kernels at run
+// time and only those a model asks for (ml/cuda with LazyKernels): the
+// loader tells them, before the weights load, what the model will run, so
+// that those compiles overlap the load.
+type KernelPreparer interface {
+	PrepareKernels(KernelNeeds)
+}
+
+// KernelNeeds is what a model will run: its attention head dim, the dtype
+// its matmul weights are stored in, and its KV cache's.
+type KernelNeeds struct {
+	HeadDim     int
+	Weights, KV DType
+}
+
 // Backend creates tensors and runs ops on them.
 type Backend interface {
 	Name() string

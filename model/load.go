@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/llmserve/llmserve/ml"
 	"github.com/llmserve/llmserve/ml/cpu"
@@ -207,7 +209,7 @@ func LoadContext(ctx context.Context, path string, opts LoadOptions) (Model, err
 		return nil, err
 	}
 	w := &Weights{Config: cfg, DType: r.store, Compute: r.compute, KVDType: r.kv, Logger: log,
-		ckpt: r.ckpt, seed: uint64(opts.Seed), ctx: ctx, prequantized: r.prequantized}
+		ckpt: r.ckpt, seed: uint64(opts.Seed), ctx: ctx, prequantized: r.prequantized, times: &loadTimes{}}
 	if r.format == "safetensors" {
 		if dir == "" {
 			return nil, fmt.Errorf("%w: %q is a built-in config without local weights; use --load-format dummy or download the model", ErrNotFound, path)
@@ -249,8 +251,19 @@ func LoadContext(ctx context.Context, path string, opts LoadOptions) (Model, err
 			r.kv = w.KVDType
 		}
 	}
+	needs := ml.KernelNeeds{HeadDim: cfg.HeadDim, Weights: r.store, KV: r.kv}
+	backends := []ml.Backend{be}
+	if w.TP != nil {
+		backends = w.TP.Backends
+	}
+	for _, b := range backends {
+		if p, ok := b.(ml.KernelPreparer); ok {
+			p.PrepareKernels(needs)
+		}
+	}
 	log.Info("loading model", "path", path, "arch", arch, "format", r.format,
 		"dtype", r.compute, "weights", r.store, "kv_cache_dtype", r.kv, "backend", be.Name())
+	start := time.Now()
 	m, err := factory(cfg, w)
 	if err != nil {
 		if opts.Backend == nil {
@@ -258,6 +271,9 @@ func LoadContext(ctx context.Context, path string, opts LoadOptions) (Model, err
 		}
 		return nil, err
 	}
+	log.Info("weights loaded", "seconds", fmt.Sprintf("%.3f", time.Since(start).Seconds()),
+		"get_seconds", fmt.Sprintf("%.3f", time.Duration(w.times.get.Load()).Seconds()),
+		"upload_seconds", fmt.Sprintf("%.3f", time.Duration(w.times.upload.Load()).Seconds()))
 	if tp := opts.TensorParallel; tp != nil {
 		if p, ok := m.(TensorParalleler); !ok || p.TensorParallelSize() != tp.Size() {
 			m.Close()
@@ -327,6 +343,21 @@ type Weights struct {
 	// backend); a factory loads rank r's shard through ForRank(r).
 	TP   *TensorParallel
 	rank int
+	// times is shared by every rank's loader (ForRank copies the pointer).
+	times *loadTimes
+}
+
+// loadTimes adds up where a load's time goes: getting the tensors (read
+// from the checkpoint, dequantized, or generated) and handing them to the
+// backend (converted and copied to the device). Ranks load concurrently,
+// so with several the sums can exceed the wall time.
+type loadTimes struct{ get, upload atomic.Int64 } // nanoseconds
+
+// since adds the time since start to d (a nil loadTimes counts nothing).
+func (lt *loadTimes) since(d *atomic.Int64, start time.Time) {
+	if lt != nil {
+		d.Add(int64(time.Since(start)))
+	}
 }
 
 // Ranks is the size of the tensor-parallel group (1 without one).
@@ -416,6 +447,9 @@ func (w *Weights) Has(name string) bool {
 func (w *Weights) Get(name string, shape ...int) (*weights.Tensor, error) {
 	if err := w.cancelled(); err != nil {
 		return nil, err
+	}
+	if w.times != nil {
+		defer w.times.since(&w.times.get, time.Now())
 	}
 	if w.src == nil {
 		t := w.dummy(name, shape)
@@ -607,6 +641,9 @@ func (w *Weights) upload(name string, parts [][]byte, src, store ml.DType, rows,
 		// Left unquantized in the checkpoint (its quantization_config's
 		// ignore list: lm_head, say): kept so, as vLLM keeps it.
 		store = w.Compute
+	}
+	if w.times != nil {
+		defer w.times.since(&w.times.upload, time.Now())
 	}
 	var x ml.Tensor
 	// Generated (dummy) parts are separate garbage-collected objects: a

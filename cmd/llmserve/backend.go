@@ -21,7 +21,7 @@ import (
 // enforceEager (vLLM's --enforce-eager) turns CUDA graphs off.
 func newBackend(device string, enforceEager bool) (ml.Backend, error) {
 	// Serving may start before the decode-step kernels have compiled.
-	copts := cuda.Options{Logger: slog.Default(), DisableGraphs: enforceEager, LazyStepKernels: true}
+	copts := cuda.Options{Logger: slog.Default(), DisableGraphs: enforceEager, LazyKernels: true}
 	switch device {
 	case "cpu":
 		return cpu.New(cpu.Options{Logger: slog.Default()}), nil
@@ -87,7 +87,7 @@ func newGroup(device string, enforceEager bool, n int) (*model.TensorParallel, e
 		return nil, err
 	}
 	for r := range n {
-		b, err := cuda.NewBackend(cuda.Options{Device: r, Logger: log, DisableGraphs: enforceEager, LazyStepKernels: true})
+		b, err := cuda.NewBackend(cuda.Options{Device: r, Logger: log, DisableGraphs: enforceEager, LazyKernels: true})
 		if err != nil {
 			return fail(fmt.Errorf("CUDA backend for GPU %d: %w", r, err))
 		}

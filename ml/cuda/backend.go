@@ -34,6 +34,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -119,12 +120,15 @@ type Options struct {
 	// grid sized to the SMs), 1, 2, 4 or 8 one launch block per 8/KS rows
 	// with KS warps splitting each row's K. For benchmarks.
 	GemvKS int
-	// LazyStepKernels lets the first steps run before the one-launch
-	// decode-step kernels have compiled (the largest compiles, on a machine
-	// without the kernel cache): one-token steps take the fused GEMVs until
-	// the kernel for the model's head dim is there. The server sets it;
-	// without it the first kernel launch waits for every kernel.
-	LazyStepKernels bool
+	// LazyKernels compiles (on a machine without the kernel cache) only the
+	// kernels every model needs from the start: the one-launch decode-step
+	// kernels, the largest compiles, and the FP8 kernels wait until
+	// PrepareKernels or a step asks for them. The first steps run before
+	// the model's decode-step kernel is there (one-token steps take the
+	// fused GEMVs meanwhile); an FP8 kernel's first launch waits for its
+	// units. The server sets it; without it every kernel compiles at once
+	// and the first kernel launch waits for all of them.
+	LazyKernels bool
 	// ExactActivations runs every bf16/f16 MatMul on the f32-activation GEMV
 	// kernels (f32 arithmetic throughout, slow for large batches) instead
 	// of the tensor-core GEMMs, and makes the cache of KV dtype "auto" f32:
@@ -168,7 +172,8 @@ type Backend struct {
 	log           *slog.Logger
 
 	ctx, stream, blas uintptr
-	fns               map[string]uintptr // filled by loadKernels (and stepKernel)
+	fns               map[string]uintptr // filled by loadKernels (and stepKernel, fp8Kernels)
+	fp8Loaded         bool               // fp8Kernels has run
 	units             []*kernelUnit      // the kernel units' compiles and modules
 	kernelErr         error              // loading them failed
 
@@ -384,7 +389,8 @@ func NewBackend(opts Options) (*Backend, error) {
 	}
 	// The kernels compile (or come from the cache) in the background while
 	// the caller loads weights; the first kernel launch waits for them.
-	if b.units, err = l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, log); err != nil {
+	deferred := func(u int) bool { return opts.LazyKernels && (isStepUnit(u) || isFP8Unit(u)) }
+	if b.units, err = l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, deferred, log); err != nil {
 		return fail(err)
 	}
 	if err := l.blascall(l.cublasCreate, "cublasCreate", uintptr(unsafe.Pointer(&b.blas))); err != nil {
@@ -420,8 +426,9 @@ func NewBackend(opts Options) (*Backend, error) {
 }
 
 // loadKernels waits for the kernel units to compile and loads them, once;
-// every kernel launch goes through it. With LazyStepKernels it does not
-// wait for the decode-step units: stepKernel loads each when it is there.
+// every kernel launch goes through it. With LazyKernels it does not wait
+// for the decode-step and FP8 units: stepKernel and fp8Kernels load them
+// when asked.
 func (b *Backend) loadKernels() error {
 	if b.fns != nil {
 		return nil
@@ -433,9 +440,9 @@ func (b *Backend) loadKernels() error {
 		return err
 	}
 	defer b.exit()
-	lazy := b.opts.LazyStepKernels
+	lazy := b.opts.LazyKernels
 	for u, ku := range b.units {
-		if lazy && isStepUnit(u) {
+		if lazy && (isStepUnit(u) || isFP8Unit(u)) {
 			continue
 		}
 		if err := b.loadUnit(ku); err != nil {
@@ -443,13 +450,9 @@ func (b *Backend) loadKernels() error {
 			return err
 		}
 	}
-	isStep := map[string]bool{}
-	for _, k := range append(stepKernels[:], stepKernelsF8[:]...) {
-		isStep[k] = k != ""
-	}
 	fns := map[string]uintptr{}
 	for _, name := range kernelNames() {
-		if lazy && isStep[name] {
+		if lazy && isStepKernel(name) {
 			continue
 		}
 		for _, ku := range b.units {
@@ -458,13 +461,68 @@ func (b *Backend) loadKernels() error {
 				break
 			}
 		}
-		if fns[name] == 0 {
+		if fns[name] == 0 && !(lazy && isFP8Kernel(name)) {
 			b.kernelErr = fmt.Errorf("%w: kernel %s is in no compiled unit", ErrDriver, name)
 			return b.kernelErr
 		}
 	}
 	b.fns = fns
 	return nil
+}
+
+// fp8Kernels loads the FP8 units, waiting for their compile (started here
+// unless PrepareKernels did), and resolves the FP8 kernels in them: with
+// LazyKernels, the first launch of an FP8 kernel does this once.
+func (b *Backend) fp8Kernels() error {
+	if b.fp8Loaded {
+		return nil
+	}
+	for _, u := range fp8Units {
+		b.units[u].begin()
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.exit()
+	for _, u := range fp8Units {
+		if err := b.loadUnit(b.units[u]); err != nil {
+			return err
+		}
+	}
+	for _, name := range kernelNames() {
+		if b.fns[name] != 0 || !isFP8Kernel(name) || isStepKernel(name) {
+			continue
+		}
+		for _, u := range fp8Units {
+			if f := b.unitFunction(b.units[u], name); f != 0 {
+				b.fns[name] = f
+				break
+			}
+		}
+		if b.fns[name] == 0 {
+			return fmt.Errorf("%w: kernel %s is in no compiled unit", ErrDriver, name)
+		}
+	}
+	b.fp8Loaded = true
+	return nil
+}
+
+// PrepareKernels implements ml.KernelPreparer: with LazyKernels, the
+// compile of the decode-step kernel for the model's head dim and weights,
+// and of the FP8 kernels when it has FP8 weights or an FP8 cache, starts
+// now rather than at the first step that needs them.
+func (b *Backend) PrepareKernels(n ml.KernelNeeds) {
+	if !b.opts.LazyKernels {
+		return
+	}
+	if n.Weights == ml.F8 || n.KV == ml.F8 {
+		for _, u := range fp8Units {
+			b.units[u].begin()
+		}
+	}
+	if n.HeadDim > 0 && n.HeadDim <= 256 && (n.Weights == ml.BF16 || n.Weights == ml.F8) {
+		b.units[stepUnit(stepEPL(n.HeadDim), n.Weights == ml.F8)].begin()
+	}
 }
 
 // loadUnit waits for unit ku and loads its module (the context current).
@@ -494,13 +552,19 @@ func (b *Backend) unitFunction(ku *kernelUnit, name string) uintptr {
 	return f
 }
 
+// isStepKernel reports whether name is a decode-step kernel's.
+func isStepKernel(name string) bool {
+	return name != "" && (slices.Contains(stepKernels[:], name) || slices.Contains(stepKernelsF8[:], name))
+}
+
 // errStepCompiling: the decode-step kernel a step asks for is still being
-// compiled (LazyStepKernels); the step takes the fused GEMVs meanwhile.
+// compiled (LazyKernels); the step takes the fused GEMVs meanwhile.
 var errStepCompiling = fmt.Errorf("%w: decode-step kernel still compiling", ml.ErrUnsupported)
 
 // stepKernel is the decode-step kernel for epl elements per lane: loaded
-// with the others, or with LazyStepKernels once its unit has compiled
-// (errStepCompiling until then, without waiting).
+// with the others, or with LazyKernels once its unit has compiled (whose
+// compile the first ask starts; errStepCompiling until then, without
+// waiting).
 func (b *Backend) stepKernel(epl int, f8 bool) (uintptr, error) {
 	if err := b.loadKernels(); err != nil {
 		return 0, err
@@ -510,6 +574,7 @@ func (b *Backend) stepKernel(epl int, f8 bool) (uintptr, error) {
 		return f, nil
 	}
 	ku := b.units[stepUnit(epl, f8)]
+	ku.begin()
 	select {
 	case <-ku.done:
 	default:
@@ -664,7 +729,10 @@ func (b *Backend) Close() error {
 
 func (b *Backend) release() {
 	for _, ku := range b.units {
-		<-ku.done // no compile outlives the backend
+		ku.once.Do(func() {}) // a deferred compile not begun never starts now
+		if !ku.pending() {
+			<-ku.done // no compile outlives the backend
+		}
 	}
 	if b.ctx == 0 {
 		return

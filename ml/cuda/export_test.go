@@ -72,13 +72,35 @@ func SetStepSyncMode(b *Backend, mode int) { b.step.syncMode, b.step.syncSet = m
 // decode step (lm_head, argmax) on or off.
 func SetStepTailPDL(b *Backend, on bool) { b.step.noTailPDL = !on }
 
-// WaitStepKernels waits until every decode-step kernel unit has compiled.
+// WaitStepKernels waits until every decode-step kernel unit whose compile
+// has begun has compiled.
 func WaitStepKernels(b *Backend) {
 	for epl := 1; epl <= 8; epl *= 2 {
-		<-b.units[stepUnit(epl, false)].done
-		<-b.units[stepUnit(epl, true)].done
+		for _, f8 := range []bool{false, true} {
+			if ku := b.units[stepUnit(epl, f8)]; !ku.pending() {
+				<-ku.done
+			}
+		}
 	}
 }
+
+// PendingUnits are the kernel units whose compile LazyKernels deferred
+// and nothing has asked for.
+func PendingUnits(b *Backend) []int {
+	var us []int
+	for u, ku := range b.units {
+		if ku.pending() {
+			us = append(us, u)
+		}
+	}
+	return us
+}
+
+// StepUnit is the kernel unit of the decode-step kernel for a head dim.
+func StepUnit(headDim int, f8 bool) int { return stepUnit(stepEPL(headDim), f8) }
+
+// FP8Units are the units of the FP8 kernels outside the decode step.
+func FP8Units() []int { return fp8Units[:] }
 
 // SetFlashMin makes attention steps with at least n tokens beyond one per
 // sequence take the flash kernel (0: every step of a bf16 cache).

@@ -50,6 +50,13 @@ func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
 		return err
 	}
 	fn := b.fns[name]
+	if fn == 0 && b.opts.LazyKernels && isFP8Kernel(name) {
+		if err := b.fp8Kernels(); err != nil {
+			b.args = b.args[:start]
+			return err
+		}
+		fn = b.fns[name]
+	}
 	if fn == 0 {
 		b.args = b.args[:start]
 		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -695,36 +696,62 @@ func TestModelStepKernelAtScale(t *testing.T) {
 	}
 }
 
-// TestLazyStepKernels: with LazyStepKernels and an empty kernel cache,
-// decode steps run (on the fused GEMVs) while the decode-step kernels
-// compile, and once they are there the steps take the one-launch kernel;
-// the logits match a backend that waited for every kernel throughout.
-func TestLazyStepKernels(t *testing.T) {
+// TestLazyKernels: with LazyKernels and an empty kernel cache, only the
+// units the model asks for compile (its head dim's decode-step kernel, the
+// FP8 kernels only for FP8 weights); decode steps run (on the fused GEMVs)
+// while the decode-step kernel compiles, and once it is there the steps
+// take the one-launch kernel; the logits match a backend that waited for
+// every kernel throughout.
+func TestLazyKernels(t *testing.T) {
 	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
 	g := shareddata.ReadModelGolden(t, dir)
-	be := gpu(t, cuda.Options{LazyStepKernels: true, CacheDir: t.TempDir()})
-	lazy := &seqRun{m: loadOn(t, be, dir, model.LoadOptions{}), blocks: scattered}
-	ref := &seqRun{m: loadOn(t, gpu(t, cuda.Options{}), dir, model.LoadOptions{}), blocks: scattered}
-	check := func(step int, got, want [][]float32) {
-		t.Helper()
-		for i := range want {
-			if d := maxDiff(got[i], f64(want[i])); d > 1e-3 {
-				t.Fatalf("step %d row %d: lazy backend's logits differ by %.3g", step, i, d)
+	const headDim = 16 // llama3-tiny-bf16's
+	for _, q := range []string{"", "fp8"} {
+		t.Run("quantization="+q, func(t *testing.T) {
+			f8 := q == "fp8"
+			be := gpu(t, cuda.Options{LazyKernels: true, CacheDir: t.TempDir()})
+			lazy := &seqRun{m: loadOn(t, be, dir, model.LoadOptions{Quantization: q}), blocks: scattered}
+			ref := &seqRun{m: loadOn(t, gpu(t, cuda.Options{}), dir, model.LoadOptions{Quantization: q}), blocks: scattered}
+			check := func(step int, got, want [][]float32) {
+				t.Helper()
+				for i := range want {
+					if d := maxDiff(got[i], f64(want[i])); d > 1e-3 {
+						t.Fatalf("step %d row %d: lazy backend's logits differ by %.3g", step, i, d)
+					}
+				}
 			}
-		}
-	}
-	check(0, lazy.step(t, g.PromptIDs), ref.step(t, g.PromptIDs))
-	tok := g.Greedy[0].Token
-	for i := 1; i <= 40; i++ {
-		if i == 20 {
-			cuda.WaitStepKernels(be)
-		}
-		want := ref.step(t, []int32{tok})
-		check(i, lazy.step(t, []int32{tok}), want)
-		tok = argmax(want[0])
-	}
-	if cuda.StepLaunches(be) == 0 {
-		t.Error("no step took the decode-step kernel once it had compiled")
+			check(0, lazy.step(t, g.PromptIDs), ref.step(t, g.PromptIDs))
+			tok := g.Greedy[0].Token
+			for i := 1; i <= 40; i++ {
+				if i == 20 {
+					cuda.WaitStepKernels(be)
+				}
+				want := ref.step(t, []int32{tok})
+				check(i, lazy.step(t, []int32{tok}), want)
+				tok = argmax(want[0])
+			}
+			if cuda.StepLaunches(be) == 0 {
+				t.Error("no step took the decode-step kernel once it had compiled")
+			}
+			// Every other decode-step unit, and without FP8 weights the
+			// FP8 units, never compiled.
+			var want []int
+			for _, hd := range []int{32, 64, 128, 256} {
+				for _, k8 := range []bool{false, true} {
+					if u := cuda.StepUnit(hd, k8); u != cuda.StepUnit(headDim, f8) {
+						want = append(want, u)
+					}
+				}
+			}
+			if !f8 {
+				want = append(want, cuda.FP8Units()...)
+			}
+			slices.Sort(want)
+			want = slices.Compact(want)
+			if got := cuda.PendingUnits(be); !slices.Equal(got, want) {
+				t.Errorf("units never compiled: %v, want %v", got, want)
+			}
+		})
 	}
 }

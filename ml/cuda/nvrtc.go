@@ -10,16 +10,19 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
 
 // kernelUnits is the number of parallel NVRTC compiles of the kernel source
 // (KUNIT in kernels/common.cu): NVRTC compiles one program on one thread,
-// and the whole source takes about a minute that way. Units 9 to 12 and 16
-// to 19 each hold one decode-step kernel (stepUnit), the largest compiles;
-// 13 to 15 the fused decode GEMVs of FP8 weights.
-const kernelUnits = 20
+// and the whole source takes minutes that way. Units 9 to 12 and 16 to 19
+// each hold one decode-step kernel (stepUnit), the largest compiles; 13 to
+// 15 and 21 the kernels of FP8 weights and an FP8 KV cache (fp8Unit).
+const kernelUnits = 23
 
 // stepUnit is the kernel unit of the decode-step kernel for epl elements
 // per lane (1, 2, 4 or 8) and bf16 or FP8 weights.
@@ -34,6 +37,16 @@ func stepUnit(epl int, f8 bool) int {
 // isStepUnit reports whether unit u holds a decode-step kernel.
 func isStepUnit(u int) bool { return u >= 9 && u <= 12 || u >= 16 && u <= 19 }
 
+// fp8Units are the units of the FP8 kernels outside the decode step.
+var fp8Units = [...]int{13, 14, 15, 21}
+
+// isFP8Unit reports whether unit u is one of fp8Units.
+func isFP8Unit(u int) bool { return slices.Contains(fp8Units[:], u) }
+
+// isFP8Kernel reports whether a kernel of that name reads FP8 weights or
+// an FP8 cache (and may lie in an fp8Unit).
+func isFP8Kernel(name string) bool { return strings.Contains(name, "_f8") }
+
 // kernelUnit is one unit's compile, or its image from the cache: done is
 // closed once img or err is set; mod is its module once loaded.
 type kernelUnit struct {
@@ -42,14 +55,34 @@ type kernelUnit struct {
 	err  error
 	secs float64 // compile time; 0 when cached
 	mod  uintptr
+	// start starts a deferred compile (nil: started, or cached); begin
+	// calls it once.
+	start func()
+	once  sync.Once
+	begun atomic.Bool // begin was called
 }
 
+// begin starts ku's compile if it was deferred and has not started.
+func (ku *kernelUnit) begin() {
+	ku.once.Do(func() {
+		ku.begun.Store(true)
+		if ku.start != nil {
+			ku.start()
+		}
+	})
+}
+
+// pending reports whether ku's compile was deferred and never begun.
+func (ku *kernelUnit) pending() bool { return ku.start != nil && !ku.begun.Load() }
+
 // compileKernels starts getting src's kernel units for the device, each as
-// a loadable image (CUBIN, else PTX) from the on-disk cache or compiled, all
-// in parallel, and returns at once. The cache key covers the source, the
-// NVRTC version, the architecture, the options, the unit and the driver
-// version (a cached PTX image is JIT-compiled by the driver that loads it).
-func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir string, log *slog.Logger) ([]*kernelUnit, error) {
+// a loadable image (CUBIN, else PTX) from the on-disk cache or compiled, in
+// parallel, and returns at once. A unit for which deferred is true and that
+// is not in the cache compiles only once its begin is called. The cache
+// key covers the source, the NVRTC version, the architecture, the options,
+// the unit and the driver version (a cached PTX image is JIT-compiled by
+// the driver that loads it).
+func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir string, deferred func(u int) bool, log *slog.Logger) ([]*kernelUnit, error) {
 	t0 := time.Now()
 	var vmaj, vmin int32
 	if err := l.nvcall(l.nvrtcVersion, "nvrtcVersion", uintptr(unsafe.Pointer(&vmaj)), uintptr(unsafe.Pointer(&vmin))); err != nil {
@@ -68,7 +101,7 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 
 	// At most one compile per core (NVRTC uses one thread), the units every
 	// step needs first and the decode-step units (only one of which a model
-	// uses, loaded lazily) after them.
+	// uses) after them.
 	workers := max(1, runtime.NumCPU())
 	var order []int
 	for u := range kernelUnits {
@@ -103,7 +136,7 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 				continue
 			}
 		}
-		queue <- func() {
+		job := func() {
 			defer close(ku.done)
 			start := time.Now()
 			uopts := append(slices.Clone(opts), fmt.Sprintf("-DKUNIT_ID=%d", u))
@@ -129,10 +162,23 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 				}
 			}
 		}
+		if deferred != nil && deferred(u) {
+			ku.start = func() {
+				go func() {
+					job()
+					log.Info("cuda: kernel unit compiled", "unit", u, "seconds", fmt.Sprintf("%.3f", ku.secs), "err", ku.err)
+				}()
+			}
+			continue
+		}
+		queue <- job
 	}
-	go func() { // one line once every unit is there
+	go func() { // one line once every unit not deferred is there
 		secs := make([]float64, len(units))
 		for u, ku := range units {
+			if ku.start != nil {
+				continue
+			}
 			<-ku.done
 			secs[u] = ku.secs
 		}
@@ -140,10 +186,21 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 			log.Info("cuda: kernels from the cache", "dir", cacheDir, "seconds", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
 			return
 		}
-		log.Info("cuda: kernels compiled", "units", kernelUnits, "seconds", fmt.Sprintf("%.3f", time.Since(t0).Seconds()),
+		log.Info("cuda: kernels compiled", "units", kernelUnits, "deferred", deferredCount(units), "seconds", fmt.Sprintf("%.3f", time.Since(t0).Seconds()),
 			"slowest_unit_seconds", fmt.Sprintf("%.3f", slices.Max(secs)), "unit_seconds", fmt.Sprintf("%.1f", secs), "cache", cacheDir)
 	}()
 	return units, nil
+}
+
+// deferredCount is the number of units whose compile waits for begin.
+func deferredCount(units []*kernelUnit) int {
+	n := 0
+	for _, ku := range units {
+		if ku.start != nil {
+			n++
+		}
+	}
+	return n
 }
 
 func (l *libs) nvrtcCompile(src []byte, opts []string, cubin bool) ([]byte, error) {

@@ -7,7 +7,7 @@
 // embedding_f8: dst[r, :] = scales[id]·f8(table[id, :]) for id = ids[r]
 // (zeros for an id outside the vocabulary): a tied lm_head quantized to
 // FP8 is also the embedding table. One block per row.
-#if KUNIT(1)
+#if KUNIT(21)
 extern "C" __global__ void embedding_f8(float* dst, const unsigned char* table, const float* scales, const int* ids, int D,
                                         int vocab) {
   PDL_ENTRY();
@@ -26,7 +26,7 @@ extern "C" __global__ void embedding_f8(float* dst, const unsigned char* table, 
 // gemv_f8: dst[t, n] (row stride ldd) = scales[n] · Σ_k x[t, k]·f8(w[n, k])
 // for t < T <= 8. Grid ceil(N/8), 8 warps a block, a warp per row, 16
 // weights (16 bytes) a lane per step when K % 16 == 0.
-#if KUNIT(1)
+#if KUNIT(21)
 extern "C" __global__ void gemv_f8(float* dst, int ldd, const float* x, int ldx, const unsigned char* w,
                                    const float* scales, int N, int K, int T) {
   PDL_ENTRY();
