@@ -15,6 +15,39 @@ import (
 	"github.com/llmserve/llmserve/model"
 )
 
+// openedDevice is openDevice's result: the backend, and with
+// --tensor-parallel-size > 1 the group it is the first of.
+type openedDevice struct {
+	be    ml.Backend
+	group *model.TensorParallel
+	err   error
+}
+
+// openDevice opens the backend (or group of backends) cfg asks for.
+func openDevice(cfg *config) openedDevice {
+	if cfg.TensorParallelSize > 1 {
+		group, err := newGroup(cfg.Device, cfg.EnforceEager, cfg.TensorParallelSize)
+		if err != nil {
+			return openedDevice{err: err}
+		}
+		return openedDevice{be: group.Backends[0], group: group}
+	}
+	be, err := newBackend(cfg.Device, cfg.EnforceEager)
+	return openedDevice{be: be, err: err}
+}
+
+// close closes what openDevice opened.
+func (d openedDevice) close(log *slog.Logger) {
+	switch {
+	case d.group != nil:
+		closeGroup(d.group, log)
+	case d.be != nil:
+		if err := d.be.Close(); err != nil {
+			log.Warn("closing the backend", "err", err)
+		}
+	}
+}
+
 // newBackend opens the compute backend for --device: cpu, cuda, or auto
 // (CUDA when a usable GPU and its libraries are found, else the CPU).
 // The one place backends are chosen.

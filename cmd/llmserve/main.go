@@ -123,6 +123,16 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 			return err
 		}
 	}
+	// The device opens, and its kernels start compiling, while the
+	// tokenizer loads and the server starts listening.
+	devCh := make(chan openedDevice, 1)
+	go func() { devCh <- openDevice(cfg) }()
+	devTaken := false
+	defer func() {
+		if !devTaken { // an early return: nothing else will close it
+			(<-devCh).close(log)
+		}
+	}()
 	var tok *tokenizer.Tokenizer
 	if !cfg.SkipTokenizerInit {
 		tdir := cfg.Tokenizer
@@ -242,15 +252,12 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 		closeGroup(group, log)
 	}
 	loadErr := func() error {
-		var err error
-		if cfg.TensorParallelSize > 1 {
-			if group, err = newGroup(cfg.Device, cfg.EnforceEager, cfg.TensorParallelSize); err != nil {
-				return err
-			}
-			be = group.Backends[0]
-		} else if be, err = newBackend(cfg.Device, cfg.EnforceEager); err != nil {
-			return err
+		dev := <-devCh
+		devTaken = true
+		if dev.err != nil {
+			return dev.err
 		}
+		be, group = dev.be, dev.group
 		phases.done("device init", "backend", be.Name(), "tensor_parallel_size", cfg.TensorParallelSize)
 		path := dir
 		if path == "" {

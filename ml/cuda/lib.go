@@ -44,6 +44,9 @@ type libs struct {
 	// without programmatic dependent launch, and one-token steps run
 	// layer by layer (no cooperative decode-step kernel).
 	cuLaunchKernelEx, cuOccupancyMaxActiveBlocksPerMultiprocessor uintptr
+	// cuFuncGetAttribute is optional: it only adds a kernel's registers
+	// and spills to the decode-step kernel's log line.
+	cuFuncGetAttribute uintptr
 	// cuMemAllocHost and cuMemFreeHost are optional too: without them
 	// uploads and downloads go through pageable memory.
 	cuMemAllocHost, cuMemFreeHost uintptr
@@ -218,6 +221,7 @@ func loadLibs() (*libs, error) {
 	var optional []string
 	sym(h, "cuLaunchKernelEx", &l.cuLaunchKernelEx, &optional)
 	sym(h, "cuOccupancyMaxActiveBlocksPerMultiprocessor", &l.cuOccupancyMaxActiveBlocksPerMultiprocessor, &optional)
+	sym(h, "cuFuncGetAttribute", &l.cuFuncGetAttribute, &optional)
 	sym(h, "cuMemAllocHost_v2", &l.cuMemAllocHost, &optional)
 	sym(h, "cuMemFreeHost", &l.cuMemFreeHost, &optional)
 

@@ -21,8 +21,10 @@ import (
 // (KUNIT in kernels/common.cu): NVRTC compiles one program on one thread,
 // and the whole source takes minutes that way. Units 9 to 12 and 16 to 19
 // each hold one decode-step kernel (stepUnit), the largest compiles; 13 to
-// 15 and 21 the kernels of FP8 weights and an FP8 KV cache (fp8Unit).
-const kernelUnits = 23
+// 15 and 21 the kernels of FP8 weights and an FP8 KV cache (fp8Units).
+// The others each take a few seconds; the slowest of them is what a server
+// on a machine without the cache waits for.
+const kernelUnits = 25
 
 // stepUnit is the kernel unit of the decode-step kernel for epl elements
 // per lane (1, 2, 4 or 8) and bf16 or FP8 weights.

@@ -123,8 +123,31 @@ func (b *Backend) stepGrid(fn uintptr) (int, error) {
 		return 0, fmt.Errorf("%w: decode-step kernel does not fit on an SM", ml.ErrUnsupported)
 	}
 	b.step.grid, b.step.gridFn = int(per)*int(b.dev.sms)+b.step.overGrid, fn
+	attrs := []any{"blocks_per_sm", per, "grid", b.step.grid}
+	if b.l.cuFuncGetAttribute != 0 && b.enter() == nil {
+		// Spills (local memory) in the step kernel's GEMV loops cost it its
+		// bandwidth; the line shows them per build and device.
+		defer b.exit()
+		for _, a := range []struct {
+			name string
+			id   int
+		}{{"registers", funcAttrNumRegs}, {"local_bytes", funcAttrLocalSizeBytes}, {"static_shared_bytes", funcAttrSharedSizeBytes}} {
+			var v int32
+			if b.l.call(b.l.cuFuncGetAttribute, "cuFuncGetAttribute", uintptr(unsafe.Pointer(&v)), uintptr(a.id), fn) == nil {
+				attrs = append(attrs, a.name, v)
+			}
+		}
+	}
+	b.log.Info("cuda: decode-step kernel", attrs...)
 	return b.step.grid, nil
 }
+
+// CUfunction_attribute values read for the decode-step kernel's log line.
+const (
+	funcAttrSharedSizeBytes = 1
+	funcAttrLocalSizeBytes  = 3
+	funcAttrNumRegs         = 4
+)
 
 // stepKS picks a GEMV phase's split-K factor (warps per pair of rows) for
 // P pairs of K columns on a grid of blocks: the one whose busiest block

@@ -545,6 +545,10 @@ std::vector<std::pair<void*, size_t>> allocs;
 
 void run_op(Op* o);
 
+// CUDAEMU_TRACE set: every op run (and each graph launch) is written to
+// stderr, one line each: what a step launches, to compare two builds.
+const bool trace_ops = getenv("CUDAEMU_TRACE") != nullptr;
+
 bool record(void* stream, Op* o) {
   Stream* s = (Stream*)stream;
   if (s && s->capturing) {
@@ -846,6 +850,7 @@ CUresult cuGraphExecDestroy(void* g) { return cuGraphDestroy(g); }
 CUresult cuGraphLaunch(void* exec, void* s) {
   Graph* g = (Graph*)exec;
   if (record(s, nullptr)) return CUDA_ERROR_INVALID_VALUE;  // no graph in a graph
+  if (trace_ops) fprintf(stderr, "cudaemu: graph of %zu ops\n", g->ops.size());
   for (Op* o : g->ops) run_op(o);
   return CUDA_SUCCESS;
 }
@@ -1189,6 +1194,20 @@ const char* ncclGetErrorString(int) { return "nccl error (cudaemu)"; }
 
 namespace {
 void run_op(Op* o) {
+  if (trace_ops) {
+    switch (o->kind) {
+      case Op::Kernel:
+        fprintf(stderr, "cudaemu: kernel %s grid (%u,%u,%u) block (%u,%u,%u)%s\n", o->fn->name.c_str(), o->grid.x,
+                o->grid.y, o->grid.z, o->block.x, o->block.y, o->block.z, o->coop ? " cooperative" : "");
+        break;
+      case Op::HtoD: fprintf(stderr, "cudaemu: copy to the device, %zu bytes\n", (size_t)o->n); break;
+      case Op::DtoH: fprintf(stderr, "cudaemu: copy to the host, %zu bytes\n", (size_t)o->n); break;
+      case Op::DtoD: fprintf(stderr, "cudaemu: copy on the device, %zu bytes\n", (size_t)o->n); break;
+      case Op::Memset: fprintf(stderr, "cudaemu: memset, %zu bytes\n", (size_t)o->n); break;
+      case Op::Gemm: fprintf(stderr, "cudaemu: gemm m %d n %d k %d\n", o->m, o->nn, o->k); break;
+      case Op::AllReduce: fprintf(stderr, "cudaemu: all-reduce\n"); break;
+    }
+  }
   switch (o->kind) {
     case Op::Kernel: {
       std::lock_guard<std::mutex> l(launch_mu);

@@ -400,6 +400,8 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
   INST_DGEMV_KS(M, EPI_ROPE, rope)
 #if KUNIT(4)
 INST_DGEMV_A(1)
+#endif
+#if KUNIT(23)
 INST_DGEMV_B(1)
 #endif
 #if KUNIT(5)
@@ -412,7 +414,10 @@ INST_DGEMV_B(2)
 INST_DGEMV_A(4)
 #endif
 #if KUNIT(8)
-INST_DGEMV_B(4)
+INST_DGEMV_KS(4, EPI_SILU, silu)
+#endif
+#if KUNIT(24)
+INST_DGEMV_KS(4, EPI_ROPE, rope)
 #endif
 // FP8 weights (dgemv_<epilogue>_f8_<M>_<KS>).
 #if KUNIT(13)
