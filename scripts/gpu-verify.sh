@@ -44,6 +44,9 @@ if [ "$part" = 1 ]; then
       echo "$tag $run: ready after $(( ($(date +%s%N) - start) / 1000000 )) ms"
       kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
     done
+    # With the kernel cache warm, warm-up ran the decode-step kernel: its
+    # occupancy, registers and spills (builds that log them).
+    grep -h 'msg="cuda: decode-step kernel" ' "$o/serve-$tag-warm.log" | sed 's/^time=[^ ]* level=INFO //'
   done
 elif [ "$part" = 3 ]; then
   for q in "" "--quantization fp8"; do
