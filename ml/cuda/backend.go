@@ -188,9 +188,13 @@ type Backend struct {
 	step     stepState
 	amPart   devBuf // argmax partials (values, then indices)
 	pinned   pinnedStage
-	amCount  devBuf // argmax per-row block counters
-	moeGroup devBuf // MatMulExperts' rows grouped by expert (moe_align)
-	shadow   struct {
+	// wstage: the pinned weight buffers (uploadWeight), one allocation;
+	// wstageFailed: it could not be made.
+	wstage       [2][]byte
+	wstageFailed bool
+	amCount      devBuf // argmax per-row block counters
+	moeGroup     devBuf // MatMulExperts' rows grouped by expert (moe_align)
+	shadow       struct {
 		ptr        uint64
 		rows, cols int
 		valid      bool
@@ -758,6 +762,10 @@ func (b *Backend) release() {
 	if b.pinned.buf != nil {
 		_ = b.l.call(b.l.cuMemFreeHost, "cuMemFreeHost", uintptr(unsafe.Pointer(&b.pinned.buf[0])))
 		b.pinned.buf = nil
+	}
+	if b.wstage[0] != nil {
+		_ = b.l.call(b.l.cuMemFreeHost, "cuMemFreeHost", uintptr(unsafe.Pointer(&b.wstage[0][0])))
+		b.wstage = [2][]byte{}
 	}
 	for _, ku := range b.units {
 		if ku.mod != 0 {

@@ -130,7 +130,10 @@ func (b *Backend) LoadWeight(rows, cols int, data []byte, src, store ml.DType) (
 }
 
 // uploadWeight copies host to device memory at p once the stream has
-// drained (a weight's bytes; the caller holds b.mu).
+// drained (a weight's bytes; the caller holds b.mu). A large weight goes
+// through the two pinned weight buffers: the host fills one while the
+// copy engine reads the other, where a copy from pageable memory stages
+// through the driver's buffers one chunk after the other.
 func (b *Backend) uploadWeight(p uint64, host []byte) error {
 	if err := b.flush(); err != nil {
 		return err
@@ -142,7 +145,48 @@ func (b *Backend) uploadWeight(p uint64, host []byte) error {
 	if err := b.streamSync(); err != nil {
 		return err
 	}
-	return b.l.call(b.l.cuMemcpyHtoD, "cuMemcpyHtoD", uintptr(p), uintptr(unsafe.Pointer(&host[0])), uintptr(len(host)))
+	if len(host) < 2*weightStageBytes || !b.weightStage() {
+		return b.l.call(b.l.cuMemcpyHtoD, "cuMemcpyHtoD", uintptr(p), uintptr(unsafe.Pointer(&host[0])), uintptr(len(host)))
+	}
+	for off, k := 0, 0; off < len(host); k++ {
+		n := min(weightStageBytes, len(host)-off)
+		// Free: the copy that last read it was waited for one chunk ago.
+		buf := b.wstage[k%2]
+		copy(buf, host[off:off+n])
+		// Waits for the previous chunk's copy, which ran while this one
+		// was filled, before the next fill reuses its buffer.
+		if err := b.streamSync(); err != nil {
+			return err
+		}
+		if err := b.l.call(b.l.cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync", uintptr(p)+uintptr(off),
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(n), b.stream); err != nil {
+			return err
+		}
+		off += n
+	}
+	return b.streamSync()
+}
+
+// weightStageBytes is the size of each pinned weight buffer.
+const weightStageBytes = 8 << 20
+
+// weightStage allocates the pinned weight buffers on first use; false
+// when there is no pinned memory (the copies then use pageable memory).
+func (b *Backend) weightStage() bool {
+	if b.wstage[0] != nil {
+		return true
+	}
+	if b.wstageFailed || b.l.cuMemAllocHost == 0 {
+		return false
+	}
+	var p unsafe.Pointer
+	if err := b.l.call(b.l.cuMemAllocHost, "cuMemAllocHost", uintptr(unsafe.Pointer(&p)), 2*weightStageBytes); err != nil || p == nil {
+		b.wstageFailed = true
+		return false
+	}
+	all := unsafe.Slice((*byte)(p), 2*weightStageBytes)
+	b.wstage = [2][]byte{all[:weightStageBytes:weightStageBytes], all[weightStageBytes:]}
+	return true
 }
 
 // View implements ml.Backend; out-of-range requests are clamped (ops then

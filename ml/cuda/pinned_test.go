@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"testing"
+	"unsafe"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -71,6 +72,64 @@ func TestUploadsBetweenSyncs(t *testing.T) {
 	}
 	if b.pinned.buf == nil {
 		t.Log("no pinned stage on this driver: every copy went through pageable memory")
+	}
+}
+
+// TestStagedWeightUpload: a weight larger than two pinned weight buffers
+// (so through each of them more than once, the last chunk short) lands
+// intact, as does a small one copied straight from pageable memory.
+func TestStagedWeightUpload(t *testing.T) {
+	gpuOrSkip(t)
+	b := newTestBackend(t, Options{})
+	defer b.Close()
+	// 40 MB (4.77 buffers), then 4 KB.
+	for _, rows := range []int{10000, 1} {
+		n := rows * 1000
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(i%100003) - 0.5
+		}
+		x, err := b.LoadWeight(rows, 1000, unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*n), ml.F32, ml.F32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]float32, n)
+		if err := b.Download(got, x); err != nil {
+			t.Fatal(err)
+		}
+		for i := range got {
+			if got[i] != v[i] {
+				t.Fatalf("%d floats: element %d is %v, want %v", n, i, got[i], v[i])
+			}
+		}
+		b.Free(x)
+	}
+	if b.wstage[0] == nil {
+		t.Log("no pinned memory on this driver: the weight went through pageable memory")
+	}
+}
+
+// BenchmarkWeightUpload times LoadWeight of a 64 MiB bf16 matrix: through
+// the pinned weight buffers, and straight from pageable memory.
+func BenchmarkWeightUpload(bm *testing.B) {
+	gpuOrSkip(bm)
+	b := newTestBackend(bm, Options{})
+	defer b.Close()
+	const rows, cols = 8192, 4096
+	data := make([]byte, rows*cols*2)
+	// Pageable first: the buffers, once made, are used from then on.
+	for _, staged := range []bool{false, true} {
+		bm.Run(map[bool]string{true: "staged", false: "pageable"}[staged], func(bm *testing.B) {
+			b.wstageFailed = !staged
+			bm.SetBytes(int64(len(data)))
+			for bm.Loop() {
+				x, err := b.LoadWeight(rows, cols, data, ml.BF16, ml.BF16)
+				if err != nil {
+					bm.Fatal(err)
+				}
+				b.Free(x)
+			}
+		})
 	}
 }
 
