@@ -8,12 +8,17 @@
 #
 #   TEST_BIN=.gpu/cuda.test BIN=.gpu/llmserve BASE_BIN=.gpu/llmserve-main \
 #   LOADGEN=.gpu/loadgen LLMSERVE_TESTDATA=.gpu/testdata OUTDIR=$OUT \
-#   bash scripts/gpu-verify.sh 1   # then 2
+#   bash scripts/gpu-verify.sh 1   # then 2, 3
+#
+# Part 4 (BASE_TEST_BIN: the baseline's cuda.test) looks for the one-token
+# decode regression: the step kernel's phases in both builds, and c=1 at
+# two --max-model-len.
 set -uo pipefail
-part=${1:?part 1 or 2}
+part=${1:?part 1, 2, 3 or 4}
 TEST_BIN=${TEST_BIN:-.gpu/cuda.test}
 BIN=${BIN:-.gpu/llmserve}
 BASE_BIN=${BASE_BIN:-}
+BASE_TEST_BIN=${BASE_TEST_BIN:-.gpu/cuda.test-base}
 LOADGEN=${LOADGEN:-.gpu/loadgen}
 OUT=${OUTDIR:-results/gpu-verify}
 export LLMSERVE_TESTDATA=${LLMSERVE_TESTDATA:-$PWD/.gpu/testdata} LLMSERVE_REQUIRE_GPU=1
@@ -47,6 +52,33 @@ if [ "$part" = 1 ]; then
     # With the kernel cache warm, warm-up ran the decode-step kernel: its
     # occupancy, registers and spills (builds that log them).
     grep -h 'msg="cuda: decode-step kernel" ' "$o/serve-$tag-warm.log" | sed 's/^time=[^ ]* level=INFO //'
+  done
+elif [ "$part" = 4 ]; then
+  # The one-token decode regression since a9b74b0 (c=1 TPOT 2.33 against
+  # 1.45 ms on an H200): the step kernel's phases, SM kilocycles per layer,
+  # from both builds' test binaries (BASE_TEST_BIN: cuda.test built at
+  # a9b74b0), alternated; then c=1 over HTTP at two --max-model-len.
+  test_bin="$(cd "$(dirname "$TEST_BIN")" && pwd)/$(basename "$TEST_BIN")"
+  base_test="$(cd "$(dirname "$BASE_TEST_BIN")" && pwd)/$(basename "$BASE_TEST_BIN")"
+  for round in 1 2; do
+    for tb in "$base_test" "$test_bin"; do
+      echo "== $(basename "$tb") round $round"
+      (cd ml/cuda && timeout 100 "$tb" -test.run XXX -test.bench 'BenchmarkModelDecode/(step|step-stamped)$/T=1$' \
+        -test.benchtime 200x 2>&1 | grep -E "^Benchmark|FAIL|panic" | tee -a "$o/step-phases.log")
+    done
+  done
+  for bin in "${bins[@]}"; do
+    for mml in 131072 8192; do
+      tag=$(basename "$bin")-mml$mml
+      "$bin" serve Qwen/Qwen2.5-1.5B --load-format dummy --tokenizer "$TOKENIZER" --port 8011 --max-model-len $mml > "$o/serve-$tag.log" 2>&1 &
+      pid=$!
+      until curl -sf -o /dev/null localhost:8011/health; do sleep 0.1; kill -0 $pid 2>/dev/null || break; done
+      "$LOADGEN" --url http://localhost:8011 --endpoint completions --concurrency-levels 1 --requests 10 --warmup 2 \
+        --input-len 12 --max-tokens 100 --ignore-eos --output "$o/c1-$tag.json" > /dev/null 2>&1
+      python3 -c 'import json,sys;l=json.load(open(sys.argv[1]))["levels"][0];print(sys.argv[2], "c=1 %.0f tok/s, TPOT p50 %.3f ms" % (l["output_throughput"], l["tpot_ms"]["p50"]))' "$o/c1-$tag.json" "$tag"
+      grep -h 'msg="cuda: decode-step kernel" ' "$o/serve-$tag.log" | sed 's/^time=[^ ]* level=INFO //'
+      kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
+    done
   done
 elif [ "$part" = 3 ]; then
   for q in "" "--quantization fp8"; do
