@@ -353,12 +353,8 @@ type Weights struct {
 // so with several the sums can exceed the wall time.
 type loadTimes struct{ get, upload atomic.Int64 } // nanoseconds
 
-// since adds the time since start to d (a nil loadTimes counts nothing).
-func (lt *loadTimes) since(d *atomic.Int64, start time.Time) {
-	if lt != nil {
-		d.Add(int64(time.Since(start)))
-	}
-}
+// addElapsed adds the time since start to d.
+func addElapsed(d *atomic.Int64, start time.Time) { d.Add(int64(time.Since(start))) }
 
 // Ranks is the size of the tensor-parallel group (1 without one).
 func (w *Weights) Ranks() int {
@@ -449,7 +445,7 @@ func (w *Weights) Get(name string, shape ...int) (*weights.Tensor, error) {
 		return nil, err
 	}
 	if w.times != nil {
-		defer w.times.since(&w.times.get, time.Now())
+		defer addElapsed(&w.times.get, time.Now())
 	}
 	if w.src == nil {
 		t := w.dummy(name, shape)
@@ -643,7 +639,7 @@ func (w *Weights) upload(name string, parts [][]byte, src, store ml.DType, rows,
 		store = w.Compute
 	}
 	if w.times != nil {
-		defer w.times.since(&w.times.upload, time.Now())
+		defer addElapsed(&w.times.upload, time.Now())
 	}
 	var x ml.Tensor
 	// Generated (dummy) parts are separate garbage-collected objects: a

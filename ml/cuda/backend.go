@@ -393,7 +393,7 @@ func NewBackend(opts Options) (*Backend, error) {
 	}
 	// The kernels compile (or come from the cache) in the background while
 	// the caller loads weights; the first kernel launch waits for them.
-	deferred := func(u int) bool { return opts.LazyKernels && (isStepUnit(u) || isFP8Unit(u)) }
+	deferred := func(u int) bool { return opts.LazyKernels && isOnDemandUnit(u) }
 	if b.units, err = l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, deferred, log); err != nil {
 		return fail(err)
 	}
@@ -446,7 +446,7 @@ func (b *Backend) loadKernels() error {
 	defer b.exit()
 	lazy := b.opts.LazyKernels
 	for u, ku := range b.units {
-		if lazy && (isStepUnit(u) || isFP8Unit(u)) {
+		if lazy && isOnDemandUnit(u) {
 			continue
 		}
 		if err := b.loadUnit(ku); err != nil {
@@ -459,12 +459,7 @@ func (b *Backend) loadKernels() error {
 		if lazy && isStepKernel(name) {
 			continue
 		}
-		for _, ku := range b.units {
-			if f := b.unitFunction(ku, name); f != 0 {
-				fns[name] = f
-				break
-			}
-		}
+		fns[name] = b.findKernel(name)
 		if fns[name] == 0 && !(lazy && isFP8Kernel(name)) {
 			b.kernelErr = fmt.Errorf("%w: kernel %s is in no compiled unit", ErrDriver, name)
 			return b.kernelErr
@@ -497,13 +492,7 @@ func (b *Backend) fp8Kernels() error {
 		if b.fns[name] != 0 || !isFP8Kernel(name) || isStepKernel(name) {
 			continue
 		}
-		for _, u := range fp8Units {
-			if f := b.unitFunction(b.units[u], name); f != 0 {
-				b.fns[name] = f
-				break
-			}
-		}
-		if b.fns[name] == 0 {
+		if b.fns[name] = b.findKernel(name); b.fns[name] == 0 {
 			return fmt.Errorf("%w: kernel %s is in no compiled unit", ErrDriver, name)
 		}
 	}
@@ -524,7 +513,8 @@ func (b *Backend) PrepareKernels(n ml.KernelNeeds) {
 			b.units[u].begin()
 		}
 	}
-	if n.HeadDim > 0 && n.HeadDim <= 256 && (n.Weights == ml.BF16 || n.Weights == ml.F8) {
+	// The step kernel runs over a bf16 cache only (see DecodeLayers).
+	if n.HeadDim > 0 && n.HeadDim <= 256 && n.KV == ml.BF16 && (n.Weights == ml.BF16 || n.Weights == ml.F8) {
 		b.units[stepUnit(stepEPL(n.HeadDim), n.Weights == ml.F8)].begin()
 	}
 }
@@ -540,6 +530,16 @@ func (b *Backend) loadUnit(ku *kernelUnit) error {
 	}
 	ku.img = nil
 	return nil
+}
+
+// findKernel is the kernel name in the first loaded unit that has it, or 0.
+func (b *Backend) findKernel(name string) uintptr {
+	for _, ku := range b.units {
+		if f := b.unitFunction(ku, name); f != 0 {
+			return f
+		}
+	}
+	return 0
 }
 
 // unitFunction is the kernel name in ku's loaded module, or 0.

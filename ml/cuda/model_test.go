@@ -697,22 +697,22 @@ func TestModelStepKernelAtScale(t *testing.T) {
 }
 
 // TestLazyKernels: with LazyKernels and an empty kernel cache, only the
-// units the model asks for compile (its head dim's decode-step kernel, the
-// FP8 kernels only for FP8 weights); decode steps run (on the fused GEMVs)
-// while the decode-step kernel compiles, and once it is there the steps
-// take the one-launch kernel; the logits match a backend that waited for
-// every kernel throughout.
+// units the model asks for compile (its head dim's decode-step kernel for
+// a bf16 cache, the FP8 kernels only for FP8 weights or an FP8 cache);
+// decode steps run (on the fused GEMVs) while the decode-step kernel
+// compiles, and once it is there the steps take the one-launch kernel;
+// the logits match a backend that waited for every kernel throughout.
 func TestLazyKernels(t *testing.T) {
 	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
 	g := shareddata.ReadModelGolden(t, dir)
 	const headDim = 16 // llama3-tiny-bf16's
-	for _, q := range []string{"", "fp8"} {
-		t.Run("quantization="+q, func(t *testing.T) {
-			f8 := q == "fp8"
+	for _, o := range []model.LoadOptions{{}, {Quantization: "fp8"}, {KVCacheDType: "fp8"}} {
+		t.Run(fmt.Sprintf("quantization=%s/kv=%s", o.Quantization, o.KVCacheDType), func(t *testing.T) {
+			f8, stepped := o.Quantization == "fp8", o.KVCacheDType == "" // the step kernel reads a bf16 cache only
 			be := gpu(t, cuda.Options{LazyKernels: true, CacheDir: t.TempDir()})
-			lazy := &seqRun{m: loadOn(t, be, dir, model.LoadOptions{Quantization: q}), blocks: scattered}
-			ref := &seqRun{m: loadOn(t, gpu(t, cuda.Options{}), dir, model.LoadOptions{Quantization: q}), blocks: scattered}
+			lazy := &seqRun{m: loadOn(t, be, dir, o), blocks: scattered}
+			ref := &seqRun{m: loadOn(t, gpu(t, cuda.Options{}), dir, o), blocks: scattered}
 			check := func(step int, got, want [][]float32) {
 				t.Helper()
 				for i := range want {
@@ -731,20 +731,20 @@ func TestLazyKernels(t *testing.T) {
 				check(i, lazy.step(t, []int32{tok}), want)
 				tok = argmax(want[0])
 			}
-			if cuda.StepLaunches(be) == 0 {
+			if stepped && cuda.StepLaunches(be) == 0 {
 				t.Error("no step took the decode-step kernel once it had compiled")
 			}
-			// Every other decode-step unit, and without FP8 weights the
-			// FP8 units, never compiled.
+			// Every decode-step unit but the model's (none over an fp8
+			// cache), and without anything FP8 the FP8 units, never compiled.
 			var want []int
 			for _, hd := range []int{32, 64, 128, 256} {
 				for _, k8 := range []bool{false, true} {
-					if u := cuda.StepUnit(hd, k8); u != cuda.StepUnit(headDim, f8) {
+					if u := cuda.StepUnit(hd, k8); !stepped || u != cuda.StepUnit(headDim, f8) {
 						want = append(want, u)
 					}
 				}
 			}
-			if !f8 {
+			if !f8 && stepped {
 				want = append(want, cuda.FP8Units()...)
 			}
 			slices.Sort(want)

@@ -45,6 +45,10 @@ var fp8Units = [...]int{13, 14, 15, 21}
 // isFP8Unit reports whether unit u is one of fp8Units.
 func isFP8Unit(u int) bool { return slices.Contains(fp8Units[:], u) }
 
+// isOnDemandUnit reports whether unit u compiles only when asked for under
+// LazyKernels.
+func isOnDemandUnit(u int) bool { return isStepUnit(u) || isFP8Unit(u) }
+
 // isFP8Kernel reports whether a kernel of that name reads FP8 weights or
 // an FP8 cache (and may lie in an fp8Unit).
 func isFP8Kernel(name string) bool { return strings.Contains(name, "_f8") }
