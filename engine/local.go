@@ -420,6 +420,20 @@ func (e *Local) stepFailed(err error) {
 	e.stepFailures++
 	e.log.Error("engine: model step failed; failing its requests", "err", err,
 		"tokens", len(e.batch.Tokens), "seqs", len(e.batch.Seqs), "failures_in_a_row", e.stepFailures)
+	// Unhealthy is published before any request ends, so a client that
+	// has seen its request fail and then asks /health sees the failure.
+	var uerr error
+	var inbox []*request
+	if errors.Is(err, ml.ErrDeviceLost) || e.stepFailures >= e.opts.MaxStepFailures {
+		uerr = fmt.Errorf("%w: %w", ErrUnhealthy, err)
+		e.log.Error("engine: unhealthy, refusing work until restarted", "err", err)
+		e.mu.Lock()
+		e.unhealthy = uerr
+		inbox = e.inbox
+		e.inbox = nil
+		e.numInbox = 0
+		e.mu.Unlock()
+	}
 	ferr := fmt.Errorf("%w: %w", ErrStepFailed, err)
 	for _, s := range e.scheduled {
 		e.endRequest(s.req, ferr)
@@ -427,15 +441,7 @@ func (e *Local) stepFailed(err error) {
 	clear(e.scheduled)
 	e.scheduled = e.scheduled[:0]
 	e.compactRunning()
-	if errors.Is(err, ml.ErrDeviceLost) || e.stepFailures >= e.opts.MaxStepFailures {
-		uerr := fmt.Errorf("%w: %w", ErrUnhealthy, err)
-		e.log.Error("engine: unhealthy, refusing work until restarted", "err", err)
-		e.mu.Lock()
-		e.unhealthy = uerr
-		inbox := e.inbox
-		e.inbox = nil
-		e.numInbox = 0
-		e.mu.Unlock()
+	if uerr != nil {
 		for _, r := range inbox {
 			e.admit(r)
 		}
