@@ -234,10 +234,12 @@ type KernelPreparer interface {
 }
 
 // KernelNeeds is what a model will run: its attention head dim, the dtype
-// its matmul weights are stored in, and its KV cache's.
+// its matmul weights are stored in, its KV cache's, and whether any layer
+// has a sparse (MoE) MLP.
 type KernelNeeds struct {
 	HeadDim     int
 	Weights, KV DType
+	MoE         bool
 }
 
 // Backend creates tensors and runs ops on them.

@@ -252,6 +252,9 @@ func LoadContext(ctx context.Context, path string, opts LoadOptions) (Model, err
 		}
 	}
 	needs := ml.KernelNeeds{HeadDim: cfg.HeadDim, Weights: r.store, KV: r.kv}
+	for i := range cfg.NumHiddenLayers {
+		needs.MoE = needs.MoE || cfg.SparseLayer(i)
+	}
 	backends := []ml.Backend{be}
 	if w.TP != nil {
 		backends = w.TP.Backends

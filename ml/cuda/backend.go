@@ -34,7 +34,6 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -514,8 +513,15 @@ func (b *Backend) PrepareKernels(n ml.KernelNeeds) {
 		}
 	}
 	// The step kernel runs over a bf16 cache only (see DecodeLayers).
-	if n.HeadDim > 0 && n.HeadDim <= 256 && n.KV == ml.BF16 && (n.Weights == ml.BF16 || n.Weights == ml.F8) {
-		b.units[stepUnit(stepEPL(n.HeadDim), n.Weights == ml.F8)].begin()
+	if n.HeadDim > 0 && n.HeadDim <= 256 && n.KV == ml.BF16 {
+		switch {
+		case n.Weights == ml.F8 && !n.MoE:
+			b.units[stepUnit(stepEPL(n.HeadDim), stepDenseF8)].begin()
+		case n.Weights == ml.BF16 && n.MoE:
+			b.units[stepUnit(stepEPL(n.HeadDim), stepMoE)].begin()
+		case n.Weights == ml.BF16:
+			b.units[stepUnit(stepEPL(n.HeadDim), stepDense)].begin()
+		}
 	}
 }
 
@@ -558,26 +564,34 @@ func (b *Backend) unitFunction(ku *kernelUnit, name string) uintptr {
 
 // isStepKernel reports whether name is a decode-step kernel's.
 func isStepKernel(name string) bool {
-	return name != "" && (slices.Contains(stepKernels[:], name) || slices.Contains(stepKernelsF8[:], name))
+	for epl := 1; epl <= 8; epl *= 2 {
+		for _, v := range stepVariants {
+			if name == stepKernelName(epl, v) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // errStepCompiling: the decode-step kernel a step asks for is still being
 // compiled (LazyKernels); the step takes the fused GEMVs meanwhile.
 var errStepCompiling = fmt.Errorf("%w: decode-step kernel still compiling", ml.ErrUnsupported)
 
-// stepKernel is the decode-step kernel for epl elements per lane: loaded
+// stepKernel is the decode-step kernel for epl elements per lane and
+// variant v: loaded
 // with the others, or with LazyKernels once its unit has compiled (whose
 // compile the first ask starts; errStepCompiling until then, without
 // waiting).
-func (b *Backend) stepKernel(epl int, f8 bool) (uintptr, error) {
+func (b *Backend) stepKernel(epl int, v stepVariant) (uintptr, error) {
 	if err := b.loadKernels(); err != nil {
 		return 0, err
 	}
-	name := stepKernelName(epl, f8)
+	name := stepKernelName(epl, v)
 	if f := b.fns[name]; f != 0 {
 		return f, nil
 	}
-	ku := b.units[stepUnit(epl, f8)]
+	ku := b.units[stepUnit(epl, v)]
 	ku.begin()
 	select {
 	case <-ku.done:
@@ -616,9 +630,9 @@ func kernelNames() []string {
 			}
 		}
 	}
-	for _, k := range append(stepKernels[:], stepKernelsF8[:]...) {
-		if k != "" {
-			n = append(n, k)
+	for epl := 1; epl <= 8; epl *= 2 {
+		for _, v := range stepVariants {
+			n = append(n, stepKernelName(epl, v))
 		}
 	}
 	for _, s := range []string{"f32", "bf16"} {

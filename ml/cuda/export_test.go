@@ -75,11 +75,9 @@ func SetStepTailPDL(b *Backend, on bool) { b.step.noTailPDL = !on }
 // WaitStepKernels waits until every decode-step kernel unit whose compile
 // has begun has compiled.
 func WaitStepKernels(b *Backend) {
-	for epl := 1; epl <= 8; epl *= 2 {
-		for _, f8 := range []bool{false, true} {
-			if ku := b.units[stepUnit(epl, f8)]; !ku.pending() {
-				<-ku.done
-			}
+	for _, u := range StepUnits() {
+		if ku := b.units[u]; !ku.pending() {
+			<-ku.done
 		}
 	}
 }
@@ -96,8 +94,28 @@ func PendingUnits(b *Backend) []int {
 	return us
 }
 
-// StepUnit is the kernel unit of the decode-step kernel for a head dim.
-func StepUnit(headDim int, f8 bool) int { return stepUnit(stepEPL(headDim), f8) }
+// StepUnit is the kernel unit of the decode-step kernel for a head dim,
+// FP8 weights or not, sparse MLPs or not.
+func StepUnit(headDim int, f8, moe bool) int {
+	v := stepDense
+	if f8 {
+		v = stepDenseF8
+	} else if moe {
+		v = stepMoE
+	}
+	return stepUnit(stepEPL(headDim), v)
+}
+
+// StepUnits are the units of every decode-step kernel.
+func StepUnits() []int {
+	var us []int
+	for epl := 1; epl <= 8; epl *= 2 {
+		for _, v := range stepVariants {
+			us = append(us, stepUnit(epl, v))
+		}
+	}
+	return us
+}
 
 // FP8Units are the units of the FP8 kernels outside the decode step.
 func FP8Units() []int { return fp8Units[:] }

@@ -225,27 +225,8 @@ func loadLibs() (*libs, error) {
 	sym(h, "cuMemAllocHost_v2", &l.cuMemAllocHost, &optional)
 	sym(h, "cuMemFreeHost", &l.cuMemFreeHost, &optional)
 
-	h, p, err = openNVRTC()
-	if err != nil {
+	if err := l.loadNVRTC(); err != nil {
 		return nil, err
-	}
-	l.nvrtcPath = p
-	for _, s := range []struct {
-		name string
-		dst  *uintptr
-	}{
-		{"nvrtcVersion", &l.nvrtcVersion}, {"nvrtcCreateProgram", &l.nvrtcCreateProgram},
-		{"nvrtcCompileProgram", &l.nvrtcCompileProgram},
-		{"nvrtcGetProgramLogSize", &l.nvrtcGetProgramLogSize},
-		{"nvrtcGetProgramLog", &l.nvrtcGetProgramLog}, {"nvrtcGetCUBINSize", &l.nvrtcGetCUBINSize},
-		{"nvrtcGetCUBIN", &l.nvrtcGetCUBIN}, {"nvrtcGetPTXSize", &l.nvrtcGetPTXSize},
-		{"nvrtcGetPTX", &l.nvrtcGetPTX}, {"nvrtcDestroyProgram", &l.nvrtcDestroyProgram},
-		{"nvrtcGetErrorString", &l.nvrtcGetErrorString},
-	} {
-		sym(h, s.name, s.dst, &missing)
-	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("%w: %s lacks %s", ErrLibrary, p, strings.Join(missing, ", "))
 	}
 
 	h, p, err = openCublas()
@@ -269,69 +250,76 @@ func loadLibs() (*libs, error) {
 	return l, nil
 }
 
+// loadNVRTC loads NVRTC's functions into l.
+func (l *libs) loadNVRTC() error {
+	h, p, err := openNVRTC()
+	if err != nil {
+		return err
+	}
+	l.nvrtcPath = p
+	var missing []string
+	for _, s := range []struct {
+		name string
+		dst  *uintptr
+	}{
+		{"nvrtcVersion", &l.nvrtcVersion}, {"nvrtcCreateProgram", &l.nvrtcCreateProgram},
+		{"nvrtcCompileProgram", &l.nvrtcCompileProgram},
+		{"nvrtcGetProgramLogSize", &l.nvrtcGetProgramLogSize},
+		{"nvrtcGetProgramLog", &l.nvrtcGetProgramLog}, {"nvrtcGetCUBINSize", &l.nvrtcGetCUBINSize},
+		{"nvrtcGetCUBIN", &l.nvrtcGetCUBIN}, {"nvrtcGetPTXSize", &l.nvrtcGetPTXSize},
+		{"nvrtcGetPTX", &l.nvrtcGetPTX}, {"nvrtcDestroyProgram", &l.nvrtcDestroyProgram},
+		{"nvrtcGetErrorString", &l.nvrtcGetErrorString},
+	} {
+		sym(h, s.name, s.dst, &missing)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: %s lacks %s", ErrLibrary, p, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
 var nvrtcNames = []string{"libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"}
 
 // openNVRTC loads NVRTC. NVRTC dlopens its builtins library by soname at
-// compile time; preloading it RTLD_GLOBAL from the same directory makes that
-// work when the directory is not on the loader path (pip wheels, CUDA_HOME).
+// compile time; preloading it from the same directory makes that work when
+// the directory is not on the loader path (pip wheels, CUDA_HOME).
 func openNVRTC() (uintptr, string, error) {
-	for _, d := range searchDirs() {
-		m, _ := filepath.Glob(filepath.Join(d, "libnvrtc-builtins.so.*"))
-		if len(m) == 0 {
-			continue
-		}
-		// A matching libnvrtc must sit beside it.
-		n, _ := filepath.Glob(filepath.Join(d, "libnvrtc.so*"))
-		if len(n) == 0 {
-			continue
-		}
-		sort.Sort(sort.Reverse(sort.StringSlice(m)))
-		sort.Sort(sort.Reverse(sort.StringSlice(n)))
-		for _, b := range m {
-			if strings.Contains(b, "alt") {
-				continue
-			}
-			if _, err := purego.Dlopen(b, rtldNowGlobal); err != nil {
-				continue
-			}
-			for _, p := range n {
-				if strings.Contains(filepath.Base(p), "builtins") || strings.Contains(filepath.Base(p), "alt") {
-					continue
-				}
-				if h, err := purego.Dlopen(p, rtldNowGlobal); err == nil {
-					return h, p, nil
-				}
-			}
-		}
-	}
-	return openFirst(nvrtcNames, "libnvrtc")
+	return openBeside("libnvrtc.so", "libnvrtc-builtins.so.", nvrtcNames, "libnvrtc")
 }
 
 // openCublas loads cuBLAS, preloading cuBLASLt from the same directory.
 func openCublas() (uintptr, string, error) {
+	return openBeside("libcublas.so", "libcublasLt.so",
+		[]string{"libcublas.so", "libcublas.so.13", "libcublas.so.12", "libcublas.so.11"}, "libcublas")
+}
+
+// openBeside loads the newest name* in the first search dir that has one
+// (CUDA_HOME first, so that a toolkit or tools/cudaemu named there wins
+// over a system copy), first preloading RTLD_GLOBAL the newest companion*
+// beside it, if any; with none in the search dirs, it tries openFirst.
+func openBeside(name, companion string, names []string, ldPrefix string) (uintptr, string, error) {
 	for _, d := range searchDirs() {
-		lt, _ := filepath.Glob(filepath.Join(d, "libcublasLt.so*"))
-		bl, _ := filepath.Glob(filepath.Join(d, "libcublas.so*"))
-		if len(lt) == 0 || len(bl) == 0 {
+		libs, _ := filepath.Glob(filepath.Join(d, name+"*"))
+		if len(libs) == 0 {
 			continue
 		}
-		sort.Sort(sort.Reverse(sort.StringSlice(lt)))
-		sort.Sort(sort.Reverse(sort.StringSlice(bl)))
-		for _, p := range lt {
+		comp, _ := filepath.Glob(filepath.Join(d, companion+"*"))
+		sort.Sort(sort.Reverse(sort.StringSlice(comp)))
+		for _, p := range comp {
 			if _, err := purego.Dlopen(p, rtldNowGlobal); err == nil {
 				break
 			}
 		}
-		for _, p := range bl {
+		sort.Sort(sort.Reverse(sort.StringSlice(libs)))
+		for _, p := range libs {
 			if h, err := purego.Dlopen(p, rtldNowGlobal); err == nil {
 				return h, p, nil
 			}
 		}
 	}
-	return openFirst([]string{"libcublas.so", "libcublas.so.13", "libcublas.so.12", "libcublas.so.11"}, "libcublas")
+	return openFirst(names, ldPrefix)
 }
 
-// cstr returns a NUL-terminated copy of s.
 func cstr(s string) []byte { return append([]byte(s), 0) }
 
 // gostr reads a NUL-terminated C string.

@@ -704,12 +704,22 @@ func TestModelStepKernelAtScale(t *testing.T) {
 // the logits match a backend that waited for every kernel throughout.
 func TestLazyKernels(t *testing.T) {
 	td := shareddata.Dir(t)
-	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
-	g := shareddata.ReadModelGolden(t, dir)
-	const headDim = 16 // llama3-tiny-bf16's
-	for _, o := range []model.LoadOptions{{}, {Quantization: "fp8"}, {KVCacheDType: "fp8"}} {
-		t.Run(fmt.Sprintf("quantization=%s/kv=%s", o.Quantization, o.KVCacheDType), func(t *testing.T) {
+	const headDim = 16 // both checkpoints'
+	for _, c := range []struct {
+		model string
+		o     model.LoadOptions
+	}{
+		{"llama3-tiny-bf16", model.LoadOptions{}},
+		{"llama3-tiny-bf16", model.LoadOptions{Quantization: "fp8"}},
+		{"llama3-tiny-bf16", model.LoadOptions{KVCacheDType: "fp8"}},
+		{"qwen3-moe-tiny", model.LoadOptions{DType: "bfloat16"}}, // an f32 checkpoint
+	} {
+		o := c.o
+		t.Run(fmt.Sprintf("%s/quantization=%s/kv=%s", c.model, o.Quantization, o.KVCacheDType), func(t *testing.T) {
+			dir := filepath.Join(td, "models", c.model)
+			g := shareddata.ReadModelGolden(t, dir)
 			f8, stepped := o.Quantization == "fp8", o.KVCacheDType == "" // the step kernel reads a bf16 cache only
+			moe := c.model == "qwen3-moe-tiny"
 			be := gpu(t, cuda.Options{LazyKernels: true, CacheDir: t.TempDir()})
 			lazy := &seqRun{m: loadOn(t, be, dir, o), blocks: scattered}
 			ref := &seqRun{m: loadOn(t, gpu(t, cuda.Options{}), dir, o), blocks: scattered}
@@ -737,18 +747,15 @@ func TestLazyKernels(t *testing.T) {
 			// Every decode-step unit but the model's (none over an fp8
 			// cache), and without anything FP8 the FP8 units, never compiled.
 			var want []int
-			for _, hd := range []int{32, 64, 128, 256} {
-				for _, k8 := range []bool{false, true} {
-					if u := cuda.StepUnit(hd, k8); !stepped || u != cuda.StepUnit(headDim, f8) {
-						want = append(want, u)
-					}
+			for _, u := range cuda.StepUnits() {
+				if !stepped || u != cuda.StepUnit(headDim, f8, moe) {
+					want = append(want, u)
 				}
 			}
 			if !f8 && stepped {
 				want = append(want, cuda.FP8Units()...)
 			}
 			slices.Sort(want)
-			want = slices.Compact(want)
 			if got := cuda.PendingUnits(be); !slices.Equal(got, want) {
 				t.Errorf("units never compiled: %v, want %v", got, want)
 			}

@@ -19,25 +19,38 @@ import (
 
 // kernelUnits is the number of parallel NVRTC compiles of the kernel source
 // (KUNIT in kernels/common.cu): NVRTC compiles one program on one thread,
-// and the whole source takes minutes that way. Units 9 to 12 and 16 to 19
-// each hold one decode-step kernel (stepUnit), the largest compiles; 13 to
-// 15 and 21 the kernels of FP8 weights and an FP8 KV cache (fp8Units).
-// The others each take a few seconds; the slowest of them is what a server
-// on a machine without the cache waits for.
-const kernelUnits = 25
+// and the whole source takes minutes that way. Units 9 to 12, 16 to 19 and
+// 25 to 28 each hold one decode-step kernel (stepUnit), the largest
+// compiles; 13 to 15 and 21 the kernels of FP8 weights and an FP8 KV cache
+// (fp8Units). The others each take a few seconds; the slowest of them is
+// what a server on a machine without the cache waits for.
+const kernelUnits = 29
+
+// stepVariant is a decode-step kernel's kind of layer: dense with bf16 or
+// FP8 weights, or bf16 with sparse (MoE) MLPs, each a kernel of its own
+// (see decodeStep in kernels/step.cu).
+type stepVariant int
+
+const (
+	stepDense stepVariant = iota
+	stepDenseF8
+	stepMoE
+)
+
+// stepVariants are every variant, in the order of their units.
+var stepVariants = [...]stepVariant{stepDense, stepDenseF8, stepMoE}
 
 // stepUnit is the kernel unit of the decode-step kernel for epl elements
-// per lane (1, 2, 4 or 8) and bf16 or FP8 weights.
-func stepUnit(epl int, f8 bool) int {
-	u := 9 + bits.TrailingZeros(uint(epl))
-	if f8 {
-		u += 7
-	}
-	return u
+// per lane (1, 2, 4 or 8) and variant v.
+func stepUnit(epl int, v stepVariant) int {
+	return [...]int{stepDense: 9, stepDenseF8: 16, stepMoE: 25}[v] + bits.TrailingZeros(uint(epl))
 }
 
+// nvrtcOptions are the options of every kernel unit's compile.
+var nvrtcOptions = []string{"-std=c++17", "-default-device", "--extra-device-vectorization"}
+
 // isStepUnit reports whether unit u holds a decode-step kernel.
-func isStepUnit(u int) bool { return u >= 9 && u <= 12 || u >= 16 && u <= 19 }
+func isStepUnit(u int) bool { return u >= 9 && u <= 12 || u >= 16 && u <= 19 || u >= 25 && u <= 28 }
 
 // fp8Units are the units of the FP8 kernels outside the decode step.
 var fp8Units = [...]int{13, 14, 15, 21}
@@ -94,7 +107,7 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 	if err := l.nvcall(l.nvrtcVersion, "nvrtcVersion", uintptr(unsafe.Pointer(&vmaj)), uintptr(unsafe.Pointer(&vmin))); err != nil {
 		return nil, err
 	}
-	opts := []string{"-std=c++17", "-default-device", "--extra-device-vectorization"}
+	opts := nvrtcOptions
 	h := sha256.New()
 	fmt.Fprintf(h, "nvrtc %d.%d sm_%d%d driver %d %v units %d\n", vmaj, vmin, major, minor, driver, opts, kernelUnits)
 	h.Write(src)
@@ -210,12 +223,19 @@ func deferredCount(units []*kernelUnit) int {
 }
 
 func (l *libs) nvrtcCompile(src []byte, opts []string, cubin bool) ([]byte, error) {
+	img, _, err := l.nvrtcCompileLog(src, opts, cubin)
+	return img, err
+}
+
+// nvrtcCompileLog is nvrtcCompile that also returns NVRTC's log (warnings,
+// and ptxas's report when opts ask for it).
+func (l *libs) nvrtcCompileLog(src []byte, opts []string, cubin bool) ([]byte, string, error) {
 	csrc := append(append([]byte(nil), src...), 0)
 	cname := cstr("llmserve_kernels.cu")
 	var prog uintptr
 	if err := l.nvcall(l.nvrtcCreateProgram, "nvrtcCreateProgram", uintptr(unsafe.Pointer(&prog)),
 		uintptr(unsafe.Pointer(&csrc[0])), uintptr(unsafe.Pointer(&cname[0])), 0, 0, 0); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer l.nvcall(l.nvrtcDestroyProgram, "nvrtcDestroyProgram", uintptr(unsafe.Pointer(&prog))) //nolint:errcheck
 
@@ -227,12 +247,13 @@ func (l *libs) nvrtcCompile(src []byte, opts []string, cubin bool) ([]byte, erro
 	}
 	cerr := l.nvcall(l.nvrtcCompileProgram, "nvrtcCompileProgram", prog, uintptr(len(ptrs)), uintptr(unsafe.Pointer(&ptrs[0])))
 	runtime.KeepAlive(copts)
+	var logSize uint64
+	_ = l.nvcall(l.nvrtcGetProgramLogSize, "nvrtcGetProgramLogSize", prog, uintptr(unsafe.Pointer(&logSize)))
+	logb := make([]byte, logSize+1)
+	_ = l.nvcall(l.nvrtcGetProgramLog, "nvrtcGetProgramLog", prog, uintptr(unsafe.Pointer(&logb[0])))
+	log := trimNUL(logb)
 	if cerr != nil {
-		var n uint64
-		_ = l.nvcall(l.nvrtcGetProgramLogSize, "nvrtcGetProgramLogSize", prog, uintptr(unsafe.Pointer(&n)))
-		logb := make([]byte, n+1)
-		_ = l.nvcall(l.nvrtcGetProgramLog, "nvrtcGetProgramLog", prog, uintptr(unsafe.Pointer(&logb[0])))
-		return nil, fmt.Errorf("%w\n%s", cerr, trimNUL(logb))
+		return nil, log, fmt.Errorf("%w\n%s", cerr, log)
 	}
 	var n uint64
 	sizeFn, getFn, what := l.nvrtcGetPTXSize, l.nvrtcGetPTX, "PTX"
@@ -240,14 +261,14 @@ func (l *libs) nvrtcCompile(src []byte, opts []string, cubin bool) ([]byte, erro
 		sizeFn, getFn, what = l.nvrtcGetCUBINSize, l.nvrtcGetCUBIN, "CUBIN"
 	}
 	if err := l.nvcall(sizeFn, "nvrtcGet"+what+"Size", prog, uintptr(unsafe.Pointer(&n))); err != nil {
-		return nil, err
+		return nil, log, err
 	}
 	if n == 0 {
-		return nil, fmt.Errorf("%w: NVRTC produced an empty %s", ErrDriver, what)
+		return nil, log, fmt.Errorf("%w: NVRTC produced an empty %s", ErrDriver, what)
 	}
 	img := make([]byte, n)
 	if err := l.nvcall(getFn, "nvrtcGet"+what, prog, uintptr(unsafe.Pointer(&img[0]))); err != nil {
-		return nil, err
+		return nil, log, err
 	}
 	if !cubin {
 		// PTX must stay NUL-terminated for cuModuleLoadData.
@@ -255,7 +276,7 @@ func (l *libs) nvrtcCompile(src []byte, opts []string, cubin bool) ([]byte, erro
 			img = append(img, 0)
 		}
 	}
-	return img, nil
+	return img, log, nil
 }
 
 func trimNUL(b []byte) string {

@@ -3,6 +3,7 @@ package cuda
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"github.com/llmserve/llmserve/ml"
@@ -63,18 +64,10 @@ const stepSyncMode = 3
 
 const stepCounters = 64 // STEP_SPLITS in kernels/grid.cu: the split counters' offset
 
-// stepKernels names the decode_step kernel of each elements-per-lane count
-// (a head dim of up to 32·EPL).
-var stepKernels = [...]string{1: "decode_step_1", 2: "decode_step_2", 4: "decode_step_4", 8: "decode_step_8"}
-
-// stepKernelsF8 are the same for FP8 weights.
-var stepKernelsF8 = [...]string{1: "decode_step_f8_1", 2: "decode_step_f8_2", 4: "decode_step_f8_4", 8: "decode_step_f8_8"}
-
-func stepKernelName(epl int, f8 bool) string {
-	if f8 {
-		return stepKernelsF8[epl]
-	}
-	return stepKernels[epl]
+// stepKernelName is the decode-step kernel for epl elements per lane (a
+// head dim of up to 32·epl) and variant v.
+func stepKernelName(epl int, v stepVariant) string {
+	return fmt.Sprintf("%s%d", [...]string{stepDense: "decode_step_", stepDenseF8: "decode_step_f8_", stepMoE: "decode_step_moe_"}[v], epl)
 }
 
 // stepEPL is a head's elements per lane: the power of two that spreads hd
@@ -243,7 +236,14 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		wdt = ml.F8
 	}
 	f8 := wdt == ml.F8
-	if _, err := b.stepKernel(stepEPL(hd), f8); err != nil {
+	variant := stepDense
+	switch {
+	case f8:
+		variant = stepDenseF8 // a sparse MLP is refused below
+	case slices.ContainsFunc(layers, func(l ml.DecoderLayer) bool { return l.GateUp == nil }):
+		variant = stepMoE
+	}
+	if _, err := b.stepKernel(stepEPL(hd), variant); err != nil {
 		return err // before any upload: errStepCompiling leaves the step to the GEMVs
 	}
 	hh, err := b.f32(h, "decode-step h")
@@ -374,8 +374,8 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	}
 
 	epl := stepEPL(hd)
-	name := stepKernelName(epl, f8)
-	fn, err := b.stepKernel(epl, f8)
+	name := stepKernelName(epl, variant)
+	fn, err := b.stepKernel(epl, variant)
 	if err != nil {
 		return err
 	}

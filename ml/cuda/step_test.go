@@ -41,9 +41,10 @@ func TestStepKernelsAreLoaded(t *testing.T) {
 	}
 	for hd := 2; hd <= 256; hd += 2 {
 		epl := stepEPL(hd)
-		for _, f8 := range []bool{false, true} {
-			if name := stepKernelName(epl, f8); name == "" || !loaded[name] {
-				t.Errorf("head dim %d, fp8 %v: elements per lane %d has kernel %q, loaded %v", hd, f8, epl, name, loaded[name])
+		for _, v := range stepVariants {
+			if name := stepKernelName(epl, v); !loaded[name] || !isStepUnit(stepUnit(epl, v)) {
+				t.Errorf("head dim %d, variant %d: elements per lane %d has kernel %q in unit %d, loaded %v",
+					hd, v, epl, name, stepUnit(epl, v), loaded[name])
 			}
 		}
 	}

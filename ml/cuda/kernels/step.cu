@@ -331,8 +331,9 @@ __device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, 
 // projection as GEMV phases of their own (an expert's weights are a base
 // pointer into the stacked experts), then the residual plus the experts'
 // weighted sum, in the order the unfused scatter_add sums them.
-template <bool F8W>
-__device__ __noinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
+// Inlined: called as a function, every value live across the call was
+// spilled, in the GEMV loops too (ptxas --verbose: 8 KB of spill stores).
+__device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
                                      float* eact, float* eout) {
   __shared__ float sP[STEP_MAXE];
   __shared__ float sW[STEP_MAXK];
@@ -393,7 +394,11 @@ __device__ __noinline__ void stepMoE(const StepArgs& A, const StepLayer& L, cons
   }
 }
 
-template <int EPL, bool F8W>
+// MOE: the kernel takes sparse MLPs too. Only a MoE model's kernel has
+// that branch: it raises register pressure over the whole layer loop,
+// and spills (ptxas --verbose) cost a dense model's step in every GEMV
+// phase.
+template <int EPL, bool F8W, bool MOE>
 __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   const int qkvN = (A.nh + 2 * A.nkv) * A.hd, qd = A.nh * A.hd;
   // A layer's activations (the normed q last, with qkNorm).
@@ -473,12 +478,14 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     o.N = A.H;
     o.K = qd;
     stepPhase<EPI_ADDF, F8W>(o, A.ksO, A.bar);
-    if (!L.gu) {
-      float* rlog = act + A.I + (A.qkNorm ? qd : 0);
-      float* eact = rlog + A.E;
-      stepMoE<F8W>(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI);
-      hin = hout;
-      continue;
+    if constexpr (MOE) {
+      if (!L.gu) {
+        float* rlog = act + A.I + (A.qkNorm ? qd : 0);
+        float* eact = rlog + A.E;
+        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI);
+        hin = hout;
+        continue;
+      }
     }
 
     DArgs g = {};
@@ -521,37 +528,46 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
 // A is a __grid_constant__ so that stepAttention (not inlined) can take
 // its address without the kernel copying it to local memory, where every
 // read of a field would be a local load.
-#define INST_STEP(EPL)                                                                                         \
-  extern "C" __global__ void __launch_bounds__(256, 2) decode_step_##EPL(const __grid_constant__ StepArgs A) {    \
-    decodeStep<EPL, false>(A);                                                                                  \
+#define INST_STEP(NAME, EPL, F8W, MOE)                                                                      \
+  extern "C" __global__ void __launch_bounds__(256, 2) NAME##EPL(const __grid_constant__ StepArgs A) { \
+    decodeStep<EPL, F8W, MOE>(A);                                                                     \
   }
-#define INST_STEP_F8(EPL)                                                                                      \
-  extern "C" __global__ void __launch_bounds__(256, 2) decode_step_f8_##EPL(const __grid_constant__ StepArgs A) { \
-    decodeStep<EPL, true>(A);                                                                                   \
-  }
-// One decode-step kernel per unit (the largest compiles): bf16 weights in
-// units 9 to 12, FP8 in 16 to 19.
+// One decode-step kernel per unit (the largest compiles): dense bf16
+// weights in units 9 to 12, FP8 in 16 to 19, bf16 with sparse MLPs in 25
+// to 28 (stepUnit in nvrtc.go).
 #if KUNIT(9)
-INST_STEP(1)
+INST_STEP(decode_step_, 1, false, false)
 #endif
 #if KUNIT(10)
-INST_STEP(2)
+INST_STEP(decode_step_, 2, false, false)
 #endif
 #if KUNIT(11)
-INST_STEP(4)
+INST_STEP(decode_step_, 4, false, false)
 #endif
 #if KUNIT(12)
-INST_STEP(8)
+INST_STEP(decode_step_, 8, false, false)
 #endif
 #if KUNIT(16)
-INST_STEP_F8(1)
+INST_STEP(decode_step_f8_, 1, true, false)
 #endif
 #if KUNIT(17)
-INST_STEP_F8(2)
+INST_STEP(decode_step_f8_, 2, true, false)
 #endif
 #if KUNIT(18)
-INST_STEP_F8(4)
+INST_STEP(decode_step_f8_, 4, true, false)
 #endif
 #if KUNIT(19)
-INST_STEP_F8(8)
+INST_STEP(decode_step_f8_, 8, true, false)
+#endif
+#if KUNIT(25)
+INST_STEP(decode_step_moe_, 1, false, true)
+#endif
+#if KUNIT(26)
+INST_STEP(decode_step_moe_, 2, false, true)
+#endif
+#if KUNIT(27)
+INST_STEP(decode_step_moe_, 4, false, true)
+#endif
+#if KUNIT(28)
+INST_STEP(decode_step_moe_, 8, false, true)
 #endif

@@ -1,0 +1,104 @@
+package cuda
+
+import (
+	"os"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+	"unsafe"
+)
+
+// stepSpillBound is the most bytes of spill stores, and twice that of spill
+// loads, a decode-step kernel may have. The kernel runs every GEMV phase of
+// a one-token step with 128 registers a thread (two 256-thread blocks an
+// SM); a spill inside a phase's weight loop costs every step. The bound
+// sits far above today's kernels and far below the regression it guards
+// against: calling the MoE MLP as a function, in the dense kernel too,
+// spilled 8 KB, most of it in the GEMV loops, and cost a third of the
+// one-token decode rate.
+const stepSpillBound = 1024
+
+// TestStepKernelSpills compiles the decode-step kernels for sm_90 (head
+// dim 128) with NVRTC alone, no GPU needed, and checks ptxas's report of
+// their spills. It skips without NVRTC, unless LLMSERVE_REQUIRE_NVRTC is
+// set (CI installs one).
+func TestStepKernelSpills(t *testing.T) {
+	require := os.Getenv("LLMSERVE_REQUIRE_NVRTC") != ""
+	l := &libs{}
+	if err := l.loadNVRTC(); err != nil {
+		if require {
+			t.Fatalf("LLMSERVE_REQUIRE_NVRTC is set: %v", err)
+		}
+		t.Skipf("no NVRTC: %v", err)
+	}
+	var major, minor int32
+	if err := l.nvcall(l.nvrtcVersion, "nvrtcVersion", uintptr(unsafe.Pointer(&major)), uintptr(unsafe.Pointer(&minor))); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("NVRTC %d.%d at %s", major, minor, l.nvrtcPath)
+	const epl = 4
+	type result struct {
+		log   string
+		err   error
+		entry string
+	}
+	results := make([]result, len(stepVariants))
+	var wg sync.WaitGroup
+	for i, v := range stepVariants {
+		wg.Go(func() {
+			opts := append(append([]string(nil), nvrtcOptions...), "-DKUNIT_ID="+strconv.Itoa(stepUnit(epl, v)),
+				"--gpu-architecture=sm_90", "--ptxas-options=--verbose")
+			_, log, err := l.nvrtcCompileLog(kernelSource, opts, true)
+			results[i] = result{log, err, stepKernelName(epl, v)}
+		})
+	}
+	wg.Wait()
+	for _, r := range results {
+		if r.err != nil {
+			t.Fatalf("%s: %v", r.entry, r.err)
+		}
+		stores, loads, ok := entrySpills(r.log, r.entry)
+		if !ok {
+			if !require && regexp.MustCompile(`ptxas`).FindString(r.log) == "" {
+				t.Skipf("the NVRTC at %s prints no ptxas report (an emulator?)", l.nvrtcPath)
+			}
+			t.Fatalf("%s: no ptxas report of the entry in NVRTC's log:\n%s", r.entry, r.log)
+		}
+		t.Logf("%s: %d bytes spill stores, %d bytes spill loads", r.entry, stores, loads)
+		if stores > stepSpillBound || loads > 2*stepSpillBound {
+			t.Errorf("%s spills %d bytes (stores) and %d (loads), over %d and %d", r.entry, stores, loads,
+				stepSpillBound, 2*stepSpillBound)
+		}
+	}
+}
+
+// entrySpills reads ptxas's verbose report in an NVRTC log: the spill
+// stores and loads of entry function entry.
+func entrySpills(log, entry string) (stores, loads int, ok bool) {
+	re := regexp.MustCompile(`(?s)Compiling entry function '` + regexp.QuoteMeta(entry) +
+		`'.*?Function properties for ` + regexp.QuoteMeta(entry) + `\s*\n[^\n]*?(\d+) bytes spill stores, (\d+) bytes spill loads`)
+	m := re.FindStringSubmatch(log)
+	if m == nil {
+		return 0, 0, false
+	}
+	stores, _ = strconv.Atoi(m[1])
+	loads, _ = strconv.Atoi(m[2])
+	return stores, loads, true
+}
+
+func TestEntrySpills(t *testing.T) {
+	log := `ptxas info    : Compiling entry function 'decode_step_4' for 'sm_90'
+ptxas info    : Function properties for decode_step_4
+ptxas         .     488 bytes stack frame, 208 bytes spill stores, 840 bytes spill loads
+ptxas info    : Used 128 registers, 872 bytes smem
+ptxas info    : Function properties for _Z13stepAttentionILi4EEvRK8StepArgsPKcPKfPfiPKi
+ptxas         .     0 bytes stack frame, 300 bytes spill stores, 480 bytes spill loads
+`
+	if s, l, ok := entrySpills(log, "decode_step_4"); !ok || s != 208 || l != 840 {
+		t.Errorf("decode_step_4: %d %d %v", s, l, ok)
+	}
+	if _, _, ok := entrySpills(log, "decode_step_8"); ok {
+		t.Error("decode_step_8 found in a log without it")
+	}
+}
