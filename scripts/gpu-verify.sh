@@ -10,9 +10,11 @@
 #   LOADGEN=.gpu/loadgen LLMSERVE_TESTDATA=.gpu/testdata OUTDIR=$OUT \
 #   bash scripts/gpu-verify.sh 1   # then 2, 3
 #
-# Part 4 (BASE_TEST_BIN: the baseline's cuda.test) looks for the one-token
-# decode regression: the step kernel's phases in both builds, and c=1 at
-# two --max-model-len.
+# Part 4 (BASE_TEST_BIN: the baseline's cuda.test) checks the one-token
+# decode regression's fix: ptxas's spill report of the step kernels from
+# the device's NVRTC, the step kernel's phases in both builds, and c=1 at
+# two --max-model-len; with PREV_TEST_BIN (cuda.test of the commit before
+# the GQA-packed flash kernel) also the prefill attention of both.
 set -uo pipefail
 part=${1:?part 1, 2, 3 or 4}
 TEST_BIN=${TEST_BIN:-.gpu/cuda.test}
@@ -60,6 +62,17 @@ elif [ "$part" = 4 ]; then
   # a9b74b0), alternated; then c=1 over HTTP at two --max-model-len.
   test_bin="$(cd "$(dirname "$TEST_BIN")" && pwd)/$(basename "$TEST_BIN")"
   base_test="$(cd "$(dirname "$BASE_TEST_BIN")" && pwd)/$(basename "$BASE_TEST_BIN")"
+  (cd ml/cuda && timeout 120 "$test_bin" -test.run 'TestStepKernelSpills' -test.v 2>&1 | tee "$o/spills.log" | grep -E "spill|NVRTC|FAIL|ok|PASS")
+  if [ -n "${PREV_TEST_BIN:-}" ]; then
+    prev_test="$(cd "$(dirname "$PREV_TEST_BIN")" && pwd)/$(basename "$PREV_TEST_BIN")"
+    for round in 1 2; do
+      for tb in "$prev_test" "$test_bin"; do
+        echo "== $(basename "$tb") attention round $round"
+        (cd ml/cuda && timeout 60 "$tb" -test.run XXX -test.bench AttentionPrefill -test.benchtime 20x 2>&1 |
+          grep -E "^Benchmark|FAIL|panic" | tee -a "$o/attention-ab.log")
+      done
+    done
+  fi
   for round in 1 2; do
     for tb in "$base_test" "$test_bin"; do
       echo "== $(basename "$tb") round $round"

@@ -208,26 +208,28 @@ func checkExperts(t *testing.T, b *Backend, r *rand.Rand, wdt ml.DType, round bo
 // TestUseFlash: which attention steps take the flash kernel (no GPU needed).
 func TestUseFlash(t *testing.T) {
 	b := &Backend{dev: &deviceInfo{major: 9}, flashMin: defaultFlashMin}
-	bf16, f32 := &kvCache{dt: ml.BF16}, &kvCache{dt: ml.F32}
+	bf16, f32 := &kvCache{dt: ml.BF16, kvh: 2}, &kvCache{dt: ml.F32, kvh: 2}
 	for _, c := range []struct {
-		name                           string
-		kc                             *kvCache
-		T, seqs, D, qStride, outStride int
-		major                          int32
-		want                           bool
+		name                              string
+		kc                                *kvCache
+		T, seqs, H, D, qStride, outStride int
+		major                             int32
+		want                              bool
 	}{
-		{"prefill", bf16, 1024, 1, 128, 2048, 1536, 9, true},
-		{"prefill, head dim 64", bf16, 200, 2, 64, 1152, 896, 9, true},
-		{"decode batch", bf16, 64, 64, 128, 2048, 1536, 9, false},
-		{"decodes and a short chunk", bf16, 100, 64, 128, 2048, 1536, 9, false},
-		{"decodes and a long chunk", bf16, 1100, 64, 128, 2048, 1536, 9, true},
-		{"f32 cache", f32, 1024, 1, 128, 2048, 1536, 9, false},
-		{"head dim 96", bf16, 1024, 1, 96, 2048, 1536, 9, false},
-		{"odd stride", bf16, 1024, 1, 128, 2049, 1536, 9, false},
-		{"Turing", bf16, 1024, 1, 128, 2048, 1536, 7, false},
+		{"prefill", bf16, 1024, 1, 12, 128, 2048, 1536, 9, true},
+		{"prefill, head dim 64", bf16, 200, 2, 14, 64, 1152, 896, 9, true},
+		{"decode batch", bf16, 64, 64, 12, 128, 2048, 1536, 9, false},
+		{"decodes and a short chunk", bf16, 100, 64, 12, 128, 2048, 1536, 9, false},
+		{"decodes and a long chunk", bf16, 1100, 64, 12, 128, 2048, 1536, 9, true},
+		{"f32 cache", f32, 1024, 1, 12, 128, 2048, 1536, 9, false},
+		{"head dim 96", bf16, 1024, 1, 12, 96, 2048, 1536, 9, false},
+		{"odd stride", bf16, 1024, 1, 12, 128, 2049, 1536, 9, false},
+		{"Turing", bf16, 1024, 1, 12, 128, 2048, 1536, 7, false},
+		{"GQA group of 64", bf16, 1024, 1, 128, 128, 2048, 1536, 9, true},
+		{"GQA group of 65", bf16, 1024, 1, 130, 128, 2048, 1536, 9, false},
 	} {
 		b.dev.major = c.major
-		if got := b.useFlash(c.kc, c.T, c.seqs, c.D, c.qStride, c.outStride); got != c.want {
+		if got := b.useFlash(c.kc, c.T, c.seqs, c.H, c.D, c.qStride, c.outStride); got != c.want {
 			t.Errorf("%s: useFlash = %v, want %v", c.name, got, c.want)
 		}
 	}

@@ -905,12 +905,12 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	// With flash, the per-token kernel still serves the tokens of sequences
 	// with few rows in a flash tile (flashServes in kernels/attention.cu);
 	// one sequence leaves it nothing.
-	flash, flashRows := b.useFlash(kc, T, meta.NumSeqs, D, qq.cols, d.cols), 0
+	flash, flashRows := b.useFlash(kc, T, meta.NumSeqs, H, D, qq.cols, d.cols), 0
 	if flash {
 		if meta.NumSeqs <= 1 {
 			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
 		}
-		flashRows = flashTileRows
+		flashRows = flashTileTokens(H / KVH)
 	}
 	epl := 1
 	for epl*32 < D {
@@ -996,16 +996,16 @@ func (b *Backend) aPaged(kc *kvCache, layer int, tokSeq, pos, bt *tensor, maxBlo
 // too, while prefill tokens share their keys' loads in the flash kernel.
 const defaultFlashMin = 64
 
-// flashTileRows is the flash kernel's tile of tokens (FA_BM in
-// kernels/flash.cu).
-const flashTileRows = 64
+// flashTileTokens is the flash kernel's tile of tokens for GQA groups of
+// g query heads: its FA_BM rows (kernels/flash.cu) are each token's g heads.
+func flashTileTokens(g int) int { return 64 / g }
 
 // useFlash reports whether a step of T tokens from numSeqs sequences takes
 // the flash kernel: a bf16 cache, a head dim it is built for, an Ampere or
 // later GPU, and enough tokens per sequence to share key loads.
-func (b *Backend) useFlash(kc *kvCache, T, numSeqs, D, qStride, outStride int) bool {
-	return kc.dt == ml.BF16 && (D == 64 || D == 128) && b.dev.major >= 8 &&
-		qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
+func (b *Backend) useFlash(kc *kvCache, T, numSeqs, H, D, qStride, outStride int) bool {
+	return kc.dt == ml.BF16 && (D == 64 || D == 128) && b.dev.major >= 8 && kc.kvh > 0 && H%kc.kvh == 0 &&
+		flashTileTokens(H/kc.kvh) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
 }
 
 // attnOutput prepares d for T tokens of attention output and returns the
@@ -1043,7 +1043,8 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	b.aI(d.cols)
 	b.aP(sh)
 	b.aI(max(meta.Window, 0))
-	return b.push(fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), g3((T+flashTileRows-1)/flashTileRows, H, 1), g1(128), st)
+	tb := flashTileTokens(H / meta.NumKVHeads)
+	return b.push(fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), g3((T+tb-1)/tb, meta.NumKVHeads, 1), g1(128), st)
 }
 
 // SiLUMul implements ml.Backend.

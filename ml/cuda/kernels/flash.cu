@@ -5,16 +5,21 @@
 // (prefill, chunked prefill, prefix-cache hits): the per-token kernel in
 // attention.cu reads every key once per token, this one once per 64 tokens.
 //
-// Grid (ceil(T/FA_BM), H), FA_WARPS warps per block. A block serves FA_BM
-// consecutive tokens of the step and one query head; warp w owns rows
-// [16w, 16w+16). Keys stream through shared memory in tiles of FA_BN (K
+// Grid (ceil(T/TB), KVH), FA_WARPS warps per block. A block serves the
+// query heads of one KV head (a GQA group of G = H/KVH) for TB = FA_BM/G
+// consecutive tokens of the step: row r is token r/G's head r%G of the
+// group (rows past TB·G are idle), so every K/V tile a block loads serves
+// all G heads, and the cache is read once per group rather than once per
+// query head. Warp w owns rows [16w, 16w+16). Keys stream through shared
+// memory in tiles of FA_BN (K
 // and V in separate buffers, so V's load overlaps Q·Kᵀ and the next K's
 // load overlaps P·V), each row keeping a running max and sum (online
 // softmax, in base 2). The rows of a block may belong to several sequences
 // (a tile that straddles two, or tokens in any order): the block makes one
-// pass over the keys per sequence that flashServes (attention.cu), masking
-// the rows of the others; the per-token kernel, launched before it, serves
-// the rest (a few decode tokens of many sequences).
+// pass over the keys per sequence that flashServes (attention.cu, which
+// counts tokens, not rows), masking the rows of the others; the per-token
+// kernel, launched before it, serves the rest (a few decode tokens of many
+// sequences).
 //
 // PASSES 2 keeps f32 accuracy where the inputs are f32: q and the softmax
 // weights p are each split into two bf16 halves (hi + lo) and both are
@@ -56,17 +61,17 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   __shared__ int sCur, sLo, sHi, sValid;
 
   const int tile = gridDim.x - 1 - blockIdx.x;  // the longest contexts first
-  const int h = blockIdx.y, kvh = h / (H / KVH);
-  const int t0 = tile * FA_BM;
+  const int kvh = blockIdx.y, G = H / KVH, TB = FA_BM / G;
+  const int t0 = tile * TB;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, tq = lane & 3;
   const float sl2 = scale * 1.4426950408889634f;  // scores in base 2
   const long long kvRow = (long long)KVH * D;
 
   for (int r = threadIdx.x; r < FA_BM; r += blockDim.x) {
-    const int t = t0 + r;
+    const int t = t0 + r / G;
     int seq = -1, pos = 0;
-    if (t < T) {
+    if (r < TB * G && t < T) {
       seq = tokenSeq[t];
       pos = positions[t];
     }
@@ -76,10 +81,20 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   }
   if (threadIdx.x == 0) sValid = -1;  // counted once the rows are in
 
+  // This thread's rows (g, g+8 of its warp's 16): token and query head,
+  // -1 for an idle row.
+  int rTok[2], rHead[2];
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    const int r = warp * 16 + g + ri * 8, t = t0 + r / G;
+    const bool live = r < TB * G && t < T;
+    rTok[ri] = live ? t : -1;
+    rHead[ri] = kvh * G + r % G;
+  }
+
   // This warp's rows of q, as mma A fragments (hi and lo halves).
   unsigned qa[PASSES][KS][4];
   {
-    const int rows[2] = {t0 + warp * 16 + g, t0 + warp * 16 + g + 8};
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
@@ -87,8 +102,8 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
 #pragma unroll
         for (int ri = 0; ri < 2; ++ri) {          // rows g / g+8
           float2 v = make_float2(0.f, 0.f);
-          if (rows[ri] < T)
-            v = *(const float2*)(q + (long long)rows[ri] * qStride + (long long)h * D + kk * 16 + half * 8 + tq * 2);
+          if (rTok[ri] >= 0)
+            v = *(const float2*)(q + (long long)rTok[ri] * qStride + (long long)rHead[ri] * D + kk * 16 + half * 8 + tq * 2);
           unsigned hi, lo;
           split_bf16(v.x, v.y, hi, lo);
           qa[0][kk][half * 2 + ri] = hi;
@@ -103,9 +118,11 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
     // The next sequence of this block's rows that flashServes (the others'
     // are the per-token kernel's), and the keys its rows need.
     if (threadIdx.x == 0) {
+      // Counted in tokens (a token's G rows share its sequence), as the
+      // per-token kernel counts them.
       if (sValid < 0) {
         int n = 0;
-        for (int r = 0; r < FA_BM; ++r) n += sSeq[r] >= 0;
+        for (int r = 0; r < FA_BM; r += G) n += sSeq[r] >= 0;
         sValid = n;
       }
       int cur, lo, hi;
@@ -114,7 +131,7 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
         lo = 0x7fffffff;
         hi = 0;
         int same = 0;
-        for (int r = 0; r < FA_BM; ++r) {
+        for (int r = 0; r < FA_BM; r += G) {
           if (sSeq[r] < 0) continue;
           if (cur < 0) cur = sSeq[r];
           if (sSeq[r] == cur) {
@@ -289,10 +306,9 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
       float L = l[ri];
       L += __shfl_xor_sync(0xffffffffu, L, 1);
       L += __shfl_xor_sync(0xffffffffu, L, 2);
-      const int t = t0 + warp * 16 + g + ri * 8;
-      if (!rIn[ri] || t >= T) continue;
+      if (!rIn[ri] || rTok[ri] < 0) continue;
       const float inv = L > 0.f ? 1.f / L : 0.f;
-      const long long ob = (long long)t * outStride + (long long)h * D + tq * 2;
+      const long long ob = (long long)rTok[ri] * outStride + (long long)rHead[ri] * D + tq * 2;
 #pragma unroll
       for (int dn = 0; dn < DN; ++dn) {
         const float y0 = o[dn][ri * 2] * inv, y1 = o[dn][ri * 2 + 1] * inv;
