@@ -88,13 +88,19 @@ func maxDiff(got []float32, want []float64) float64 {
 
 func loadOn(t testing.TB, be ml.Backend, dir string, o model.LoadOptions) model.Model {
 	t.Helper()
+	return loadOnKV(t, be, dir, o, 32, 4)
+}
+
+// loadOnKV is loadOn with a KV cache of blocks blocks of blockSize tokens.
+func loadOnKV(t testing.TB, be ml.Backend, dir string, o model.LoadOptions, blocks, blockSize int) model.Model {
+	t.Helper()
 	o.Backend = be
 	m, err := model.Load(dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	if err := m.AllocateKV(32, 4); err != nil {
+	if err := m.AllocateKV(blocks, blockSize); err != nil {
 		t.Fatal(err)
 	}
 	return m
@@ -647,6 +653,56 @@ func TestModelStepKernelMatchesLayerByLayer(t *testing.T) {
 				t.Errorf("decode-step kernel logits differ from the unfused ops by %.3g > 0.05 at position %d", worst, at)
 			}
 		})
+	}
+}
+
+// TestStepAttentionPieces: the decode-step kernel's attention with its
+// context forced into 1, 3 and 40 pieces per head (40: three merge groups,
+// the last of them empty), over a cache of one-token blocks in scattered
+// order, so that a piece spans more blocks than the 32 whose table entries
+// a warp holds at once: llama3-tiny-bf16 decoding 150 tokens after 4
+// prompt tokens gives the unfused ops' logits at every position.
+func TestStepAttentionPieces(t *testing.T) {
+	td := shareddata.Dir(t)
+	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
+	g := shareddata.ReadModelGolden(t, dir)
+	const blocks, steps = 200, 150
+	table := make([]int32, blocks)
+	for i := range table {
+		table[i] = int32((i*77 + 3) % blocks) // 77 is coprime with 200
+	}
+	run := func(o cuda.Options, pieces int) ([][]float32, int) {
+		be := gpu(t, o)
+		if pieces > 0 {
+			cuda.SetStepSplits(be, pieces)
+		}
+		m := loadOnKV(t, be, dir, model.LoadOptions{DType: "bfloat16", KVCacheDType: "bfloat16"}, blocks, 1)
+		s := &seqRun{m: m, blocks: table}
+		rows := s.step(t, g.PromptIDs[:4])
+		V := int32(m.Config().VocabSize)
+		for i := range steps {
+			rows = append(rows, s.step(t, []int32{(int32(i)*7919 + 13) % V})...)
+		}
+		return rows, cuda.StepLaunches(be)
+	}
+	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8}, 0)
+	for _, pieces := range []int{1, 3, 40} {
+		got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, pieces)
+		if launches != steps {
+			t.Fatalf("%d pieces: decode-step kernel ran %d times for %d one-token steps", pieces, launches, steps)
+		}
+		worst, at := 0.0, 0
+		for i := range want {
+			for j := range want[i] {
+				if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
+					worst, at = d, i
+				}
+			}
+		}
+		t.Logf("%d pieces: max |step kernel - unfused| logit diff %.3g (position %d)", pieces, worst, at)
+		if worst > 0.05 {
+			t.Errorf("%d pieces: decode-step kernel logits differ from the unfused ops by %.3g > 0.05 at position %d", pieces, worst, at)
+		}
 	}
 }
 

@@ -161,15 +161,25 @@ func stepKS(P, K, grid int) int {
 	return best
 }
 
-// stepSplits cuts attention's context into pieces of about 8 keys (a
-// warp's pass at head dims over 64): in a one-token step attention is a
-// chain of dependent loads, so it pays to spread it wide. A head takes up
-// to as many pieces as the grid has warps per head, between 32 and 64: the
-// merge reads the pieces in batches of eight, an L2 round trip each, so
-// more pieces shorten the passes of a long context but lengthen its merge.
+// stepSplits cuts attention's context into pieces (stepAttention rounds
+// their length up to whole passes of 8 keys, a warp's pass at head dims
+// over 64): in a one-token step attention is a chain of dependent loads,
+// so it pays to spread it wide. A head takes up to as many pieces as the
+// grid has warps per head (at least 32, at most stepMaxSplits); the pieces
+// merge in groups of stepMergeGroup and then the groups, so many pieces
+// cost a long context little merging. The count only changes every 8
+// tokens of context, and not at all past 8 keys a piece: each count is a
+// step graph of its own.
 func stepSplits(maxContext, warpsPerHead int) int {
-	return max(1, min((maxContext+7)/8, min(max(warpsPerHead, 32), 64)))
+	return max(1, min((maxContext+7)/8, min(max(warpsPerHead, 32), stepMaxSplits)))
 }
+
+// stepMaxSplits bounds the pieces per head (two merge levels of
+// stepMergeGroup cover 256).
+const stepMaxSplits = 256
+
+// stepMergeGroup is STEP_MERGE_GROUP in kernels/step.cu.
+const stepMergeGroup = 16
 
 // stepWeight returns w's device pointer (and its rows' scales when FP8) if
 // it is a [rows, cols] matrix of dtype dt (bf16 or FP8).
@@ -428,7 +438,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 		}
 		a.partO, a.partML = b.part.ptr, b.part.ptr+uint64(nO*4)
 	}
-	if err := b.ensure(&b.step.bar, int64(stepCounters+nh)*4); err != nil {
+	// The barrier words, then a counter per (head, merge group) and per head.
+	groups := (ns + stepMergeGroup - 1) / stepMergeGroup
+	if err := b.ensure(&b.step.bar, int64(stepCounters+nh*(groups+1))*4); err != nil {
 		return err
 	}
 	a.bar = b.step.bar.ptr

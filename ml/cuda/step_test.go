@@ -22,10 +22,11 @@ func TestStepKS(t *testing.T) {
 	}
 }
 
-// TestStepSplits: attention pieces of about 8 keys, at least one, at most 32.
+// TestStepSplits: one piece per 8 keys of context, at least one, at most
+// the warps per head (at least 32) and stepMaxSplits.
 func TestStepSplits(t *testing.T) {
 	for _, c := range []struct{ ctx, warps, want int }{{1, 176, 1}, {8, 176, 1}, {9, 176, 2}, {100, 176, 13}, {256, 176, 32},
-		{4096, 176, 64}, {4096, 40, 40}, {4096, 8, 32}, {8000, 500, 64}} {
+		{4096, 176, 176}, {4096, 40, 40}, {4096, 8, 32}, {8000, 500, 256}, {131072, 176, 176}} {
 		if got := stepSplits(c.ctx, c.warps); got != c.want {
 			t.Errorf("stepSplits(%d, %d) = %d, want %d", c.ctx, c.warps, got, c.want)
 		}

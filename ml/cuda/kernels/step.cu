@@ -106,20 +106,115 @@ __device__ __forceinline__ void widenRow(const uint4 r, float* o) {
   for (int e = 0; e < EPL; ++e) o[e] = __uint_as_float(e & 1 ? w[e >> 1] & 0xffff0000u : w[e >> 1] << 16);
 }
 
+// stepMergeGroup is the number of pieces of a head that one warp merges
+// (the pieces of a group, then, with more than one group, the groups'
+// results): a two-level merge keeps a long context's many pieces from
+// queueing all their L2 round trips behind one warp.
+#define STEP_MERGE_GROUP 16
+
+// stepMerge merges n partial results of head h (one warp): those at piece
+// slots first, first+stride, ... of partO/partML, each an unnormalized
+// output row and its (max, sum). With out set it writes the normalized
+// row there; otherwise it writes the merged partial to slot first. Loads
+// go out in batches of eight pieces before any is used: each costs an L2
+// round trip. Partials are rewritten by every layer: coherent loads.
+template <int EPL>
+__device__ __forceinline__ void stepMerge(float* partO, float* partML, long long i0, int first, int stride, int n, int D,
+                                          float* out) {
+  const int lane = threadIdx.x & 31;
+  const bool dOK = lane * EPL < D;
+  float M = NEG_INF;
+  for (int s = lane; s < n; s += 32) M = fmaxf(M, __ldcg(partML + 2 * (i0 + first + s * stride)));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+  float L = 0.f;
+  for (int s = lane; s < n; s += 32) {
+    const long long pi = i0 + first + s * stride;
+    const float ms = __ldcg(partML + 2 * pi);
+    if (ms != NEG_INF) L += __ldcg(partML + 2 * pi + 1) * expf(ms - M);
+  }
+  L = warpSum(L);
+  float o[EPL];
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) o[e] = 0.f;
+  for (int b0 = 0; b0 < n; b0 += 32) {
+    // This lane's piece of the batch of 32, and its factor.
+    const float ms = b0 + lane < n ? __ldcg(partML + 2 * (i0 + first + (b0 + lane) * stride)) : NEG_INF;
+    const float fs = ms == NEG_INF ? 0.f : expf(ms - M);
+    const int nb = min(32, n - b0);
+    for (int c0 = 0; c0 < nb; c0 += 8) {
+      float pv[8][EPL];
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < EPL; ++e)
+          pv[j][e] = (c0 + j < nb && dOK)
+                         ? __ldcg(partO + (i0 + first + (long long)(b0 + c0 + j) * stride) * D + lane * EPL + e)
+                         : 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float f = __shfl_sync(0xffffffffu, fs, (c0 + j) & 31);
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) o[e] += pv[j][e] * f;
+      }
+    }
+  }
+  if (out) {
+    if (dOK)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) out[lane * EPL + e] = L > 0.f ? o[e] / L : 0.f;
+    return;
+  }
+  if (dOK)
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) partO[(i0 + first) * D + lane * EPL + e] = o[e];
+  if (lane == 0) {
+    partML[2 * (i0 + first)] = M;
+    partML[2 * (i0 + first) + 1] = L;
+  }
+}
+
+// stepArrive counts a finished piece (or group) at counter c, whose last
+// of n arrivals it reports to the whole warp (after acquiring the others'
+// partials, so that every lane may read them). Lane 0's release count
+// publishes the warp's partials, which __syncwarp orders before it; the
+// last acquires the others' by an acquire load of the count (it reads the
+// last add of the release sequence that every arrival's add continues),
+// which costs less than a fence (gridMode 4 keeps the fence, for the
+// benchmarks). The last resets the counter for the next layer.
+__device__ __forceinline__ bool stepArrive(unsigned* c, int n) {
+  const int lane = threadIdx.x & 31;
+  __syncwarp();
+  unsigned last = 0;
+  if (lane == 0) {
+    last = addRelease(c, 1u) == (unsigned)n - 1;
+    if (last) {
+      if (gridMode == 3)
+        ldAcquire(c);
+      else
+        fenceAcqRel();
+      *c = 0;
+    }
+  }
+  last = __shfl_sync(0xffffffffu, last, 0);
+  __syncwarp();  // lane 0's acquire, before every lane's loads
+  return last;
+}
+
 // stepAttention is a one-token step's attention: one warp per (head,
 // split) piece of up to 16 keys at a time, with no block-wide reductions,
-// so a pass over a piece's keys is two rounds of independent loads (the
-// block table entries, then all the K and V rows) and a few shuffles. The
-// last piece of a head to finish merges the head's pieces (a thread per
-// element, independent loads). It is a separate (not inlined) function so
-// that it gets its own register allocation. Lane l holds elements
-// [l·EPL, l·EPL+EPL) of a head.
+// so a pass over a piece's keys is one round of independent loads (all
+// its K and V rows: the block table entries of 32 blocks at a time are
+// held a lane each) and a few shuffles. The last piece of a group of
+// STEP_MERGE_GROUP merges the group's pieces, and with several groups the
+// last group merges their results (stepMerge). It is a separate (not
+// inlined) function so that it gets its own register allocation. Lane l
+// holds elements [l·EPL, l·EPL+EPL) of a head.
 //
 // A is the kernel's parameter block seen through a pointer: each field
 // read is a load, and one in a key's address chain made every key wait
 // for its own round trips (a pass cost ~16 of them). So every field is
-// read once, up front, and a pass loads all its block table entries before
-// any K/V row.
+// read once, up front.
 template <int EPL>
 __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
                                            const int* bt) {
@@ -128,10 +223,14 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   const float scale = A.scale;
   float* const partO = A.partO;
   float* const partML = A.partML;
-  unsigned* const split0 = A.bar + STEP_SPLITS;
+  const int ng = (ns + STEP_MERGE_GROUP - 1) / STEP_MERGE_GROUP;
+  // Counters: each (head, group)'s finished pieces, then each head's
+  // finished groups.
+  unsigned* const groupCount = A.bar + STEP_SPLITS;
+  unsigned* const headCount = groupCount + nh * ng;
   const int lane = threadIdx.x & 31, G = nh / nkv;
   const bool dOK = lane * EPL < D;
-  const int per = (ctx + ns - 1) / ns;
+  const int per = ((ctx + ns - 1) / ns + 7) & ~7;  // whole passes of 8 keys (stepSplits)
   const bf16* kc = (const bf16*)kcl;
   const bf16* vc = (const bf16*)(kcl + A.layerBytes);
   const long long kvRow = (long long)nkv * D;
@@ -145,24 +244,27 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       acc[e] = 0.f;
     }
     float m = NEG_INF, l = 0.f;
+    // Block table entries b0 .. b0+31, lane i holding b0+i's (-1: none).
+    int b0 = -32, myBlk = -1;
     for (int c0 = k0; c0 < k1; c0 += KW) {
       uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
       float sc[KW];
       unsigned valid = 0;  // keys in the piece with a live KV block
-      int blk[KW];
-#pragma unroll
-      for (int j = 0; j < KW; ++j) {
-        const int p = c0 + j, bi = p / bs;
-        blk[j] = (p < k1 && bi < maxB) ? bt[bi] : -1;
+      if ((c0 + KW - 1) / bs - b0 >= 32) {  // warp-uniform: this pass's last block is not held
+        b0 = c0 / bs;
+        const int bi = b0 + lane;
+        myBlk = bi < maxB ? bt[bi] : -1;
+        if (myBlk >= numB) myBlk = -1;
       }
 #pragma unroll
       for (int j = 0; j < KW; ++j) {
-        const int p = c0 + j;
-        if (blk[j] >= numB) blk[j] = -1;
-        if (blk[j] >= 0) valid |= 1u << j;
-        const long long row = ((long long)blk[j] * bs + (p - (p / bs) * bs)) * kvRow + (long long)kvh * D;
+        const int p = c0 + j, bi = p / bs;
+        int blk = __shfl_sync(0xffffffffu, myBlk, (bi - b0) & 31);
+        if (p >= k1) blk = -1;
+        if (blk >= 0) valid |= 1u << j;
+        const long long row = ((long long)blk * bs + (p - bi * bs)) * kvRow + (long long)kvh * D;
         kr[j] = vr[j] = make_uint4(0, 0, 0, 0);
-        if (blk[j] >= 0 && dOK) {
+        if (blk >= 0 && dOK) {
           kr[j] = loadRow<EPL>(kc + row + lane * EPL);
           vr[j] = loadRow<EPL>(vc + row + lane * EPL);
         }
@@ -205,7 +307,7 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
         for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l > 0.f ? acc[e] / l : 0.f;
       continue;
     }
-    const long long pi = (long long)h * ns + split;
+    const long long i0 = (long long)h * ns, pi = i0 + split;
     if (dOK)
 #pragma unroll
       for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[e];
@@ -213,67 +315,20 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       partML[2 * pi] = m;
       partML[2 * pi + 1] = l;
     }
-    // The last piece of head h merges its pieces. The partials and the
-    // counter are rewritten by every layer: coherent loads. Lane 0's
-    // release count publishes the warp's partials, which __syncwarp orders
-    // before it; the last piece acquires the other pieces' by an acquire
-    // load of the count (it reads the last add of the release sequence
-    // that every piece's add continues), which costs less than a fence
-    // (gridMode 4 keeps the fence, for the benchmarks).
-    __syncwarp();
-    unsigned last = 0;
-    if (lane == 0) {
-      last = addRelease(split0 + h, 1u) == (unsigned)ns - 1;
-      if (last) {
-        if (gridMode == 3)
-          ldAcquire(split0 + h);
-        else
-          fenceAcqRel();
-      }
+    // The last piece of the group merges it; with one group that is the
+    // head's output, else the group's partial, and the last group merges
+    // the groups' partials.
+    const int grp = split / STEP_MERGE_GROUP, first = grp * STEP_MERGE_GROUP;
+    const int inGroup = min(STEP_MERGE_GROUP, ns - first);
+    if (!stepArrive(groupCount + h * ng + grp, inGroup)) continue;
+    float* const head = out + (long long)h * D;
+    if (ng == 1) {
+      stepMerge<EPL>(partO, partML, i0, 0, 1, ns, D, head);
+      continue;
     }
-    if (!__shfl_sync(0xffffffffu, last, 0)) continue;
-    __syncwarp();  // lane 0's acquire, before every lane's loads
-    // Lane s holds pieces s, s+32, ... (any number of pieces). Loads go out
-    // in batches of eight pieces before any is used: each costs an L2
-    // round trip.
-    const long long i0 = (long long)h * ns;
-    float M = NEG_INF;
-    for (int s = lane; s < ns; s += 32) M = fmaxf(M, __ldcg(partML + 2 * (i0 + s)));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-    float L = 0.f;
-    for (int s = lane; s < ns; s += 32) {
-      const float ms = __ldcg(partML + 2 * (i0 + s));
-      if (ms != NEG_INF) L += __ldcg(partML + 2 * (i0 + s) + 1) * expf(ms - M);
-    }
-    L = warpSum(L);
-    float o[EPL];
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) o[e] = 0.f;
-    for (int b0 = 0; b0 < ns; b0 += 32) {
-      // This lane's piece of the batch of 32, and its factor.
-      const float ms = b0 + lane < ns ? __ldcg(partML + 2 * (i0 + b0 + lane)) : NEG_INF;
-      const float fs = ms == NEG_INF ? 0.f : expf(ms - M);
-      const int nb = min(32, ns - b0);
-      for (int c0 = 0; c0 < nb; c0 += 8) {
-        float pv[8][EPL];
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-          for (int e = 0; e < EPL; ++e)
-            pv[j][e] = (c0 + j < nb && dOK) ? __ldcg(partO + (i0 + b0 + c0 + j) * D + lane * EPL + e) : 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float f = __shfl_sync(0xffffffffu, fs, (c0 + j) & 31);
-#pragma unroll
-          for (int e = 0; e < EPL; ++e) o[e] += pv[j][e] * f;
-        }
-      }
-    }
-    if (dOK)
-#pragma unroll
-      for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = L > 0.f ? o[e] / L : 0.f;
-    if (lane == 0) split0[h] = 0;
+    stepMerge<EPL>(partO, partML, i0, first, 1, inGroup, D, nullptr);
+    if (!stepArrive(headCount + h, ng)) continue;
+    stepMerge<EPL>(partO, partML, i0, 0, STEP_MERGE_GROUP, ng, D, head);
   }
 }
 
