@@ -108,6 +108,11 @@ else
     echo "== $tag long context"
     BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64" OUTDIR="$o/long-$tag" timeout 100 bash scripts/bench-gpu-long.sh
   done
+  # vLLM's precision (one bf16 rounding of GEMM inputs) and larger steps:
+  # the prompt-bound figures' other lever.
+  echo "== $(basename "$BIN") long context, --gemm-activations bf16 --max-num-batched-tokens 8192"
+  BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64" SERVER_FLAGS="--gemm-activations bf16 --max-num-batched-tokens 8192" \
+    OUTDIR="$o/long-bf16-8192" timeout 100 bash scripts/bench-gpu-long.sh
   echo "== $(basename "$BIN") models"
   BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS="Qwen/Qwen3-1.7B Qwen/Qwen3-8B Qwen/Qwen3-30B-A3B" OUTDIR="$o/models" timeout 200 bash scripts/bench-gpu-models.sh
   for bin in "${bins[@]}"; do

@@ -26,13 +26,13 @@ type openedDevice struct {
 // openDevice opens the backend (or group of backends) cfg asks for.
 func openDevice(cfg *config) openedDevice {
 	if cfg.TensorParallelSize > 1 {
-		group, err := newGroup(cfg.Device, cfg.EnforceEager, cfg.TensorParallelSize)
+		group, err := newGroup(cfg.Device, cfg.gpuOptions(), cfg.TensorParallelSize)
 		if err != nil {
 			return openedDevice{err: err}
 		}
 		return openedDevice{be: group.Backends[0], group: group}
 	}
-	be, err := newBackend(cfg.Device, cfg.EnforceEager)
+	be, err := newBackend(cfg.Device, cfg.gpuOptions())
 	return openedDevice{be: be, err: err}
 }
 
@@ -48,15 +48,41 @@ func (d openedDevice) close(log *slog.Logger) {
 	}
 }
 
+// gpuOptions are the flags that set up the CUDA backend.
+type gpuOptions struct {
+	EnforceEager     bool // vLLM's --enforce-eager: no CUDA graphs
+	RoundActivations bool // --gemm-activations bf16
+}
+
+func (c *config) gpuOptions() gpuOptions {
+	return gpuOptions{EnforceEager: c.EnforceEager, RoundActivations: c.GemmActivations == "bf16"}
+}
+
+// cuda is the CUDA backend's options for GPU device.
+func (o gpuOptions) cuda(device int) cuda.Options {
+	// Serving may start before the decode-step kernels have compiled.
+	return cuda.Options{Device: device, Logger: slog.Default(), DisableGraphs: o.EnforceEager,
+		RoundActivations: o.RoundActivations, LazyKernels: true}
+}
+
+// cpuRefused says why the CPU backend cannot serve with o, or nil.
+func (o gpuOptions) cpuRefused() error {
+	if o.RoundActivations {
+		return errors.New("--gemm-activations bf16 needs the CUDA backend: the CPU keeps activations in f32")
+	}
+	return nil
+}
+
 // newBackend opens the compute backend for --device: cpu, cuda, or auto
 // (CUDA when a usable GPU and its libraries are found, else the CPU).
 // The one place backends are chosen.
-// enforceEager (vLLM's --enforce-eager) turns CUDA graphs off.
-func newBackend(device string, enforceEager bool) (ml.Backend, error) {
-	// Serving may start before the decode-step kernels have compiled.
-	copts := cuda.Options{Logger: slog.Default(), DisableGraphs: enforceEager, LazyKernels: true}
+func newBackend(device string, o gpuOptions) (ml.Backend, error) {
+	copts := o.cuda(0)
 	switch device {
 	case "cpu":
+		if err := o.cpuRefused(); err != nil {
+			return nil, err
+		}
 		return cpu.New(cpu.Options{Logger: slog.Default()}), nil
 	case "cuda":
 		b, err := cuda.New(copts)
@@ -65,11 +91,14 @@ func newBackend(device string, enforceEager bool) (ml.Backend, error) {
 		}
 		return b, nil
 	case "auto", "":
-		if b, err := cuda.New(copts); err == nil {
+		b, err := cuda.New(copts)
+		if err == nil {
 			return b, nil
-		} else {
-			slog.Default().Info("no usable CUDA device, using the CPU", "reason", err.Error())
 		}
+		if rerr := o.cpuRefused(); rerr != nil {
+			return nil, fmt.Errorf("no usable CUDA device (%v), and %w", err, rerr)
+		}
+		slog.Default().Info("no usable CUDA device, using the CPU", "reason", err.Error())
 		return cpu.New(cpu.Options{Logger: slog.Default()}), nil
 	}
 	return nil, fmt.Errorf("--device %q: want auto, cpu or cuda", device)
@@ -80,7 +109,7 @@ func newBackend(device string, enforceEager bool) (ml.Backend, error) {
 // --device cpu n CPU backends sharing the cores, joined by the in-process
 // all-reduce. --device auto takes the GPUs when CUDA is usable, else the
 // CPU. Every failure is a start-up error saying what is missing.
-func newGroup(device string, enforceEager bool, n int) (*model.TensorParallel, error) {
+func newGroup(device string, o gpuOptions, n int) (*model.TensorParallel, error) {
 	log := slog.Default()
 	cpuGroup := func() *model.TensorParallel {
 		tp := &model.TensorParallel{Comms: cpu.NewCollectives(n)}
@@ -93,6 +122,9 @@ func newGroup(device string, enforceEager bool, n int) (*model.TensorParallel, e
 	}
 	switch device {
 	case "cpu":
+		if err := o.cpuRefused(); err != nil {
+			return nil, err
+		}
 		return cpuGroup(), nil
 	case "cuda", "auto", "":
 	default:
@@ -101,6 +133,9 @@ func newGroup(device string, enforceEager bool, n int) (*model.TensorParallel, e
 	if err := cuda.Available(); err != nil {
 		if device == "cuda" {
 			return nil, fmt.Errorf("CUDA backend not available: %w", err)
+		}
+		if rerr := o.cpuRefused(); rerr != nil {
+			return nil, fmt.Errorf("no usable CUDA device (%v), and %w", err, rerr)
 		}
 		log.Info("no usable CUDA device, using the CPU", "reason", err.Error())
 		return cpuGroup(), nil
@@ -120,7 +155,7 @@ func newGroup(device string, enforceEager bool, n int) (*model.TensorParallel, e
 		return nil, err
 	}
 	for r := range n {
-		b, err := cuda.NewBackend(cuda.Options{Device: r, Logger: log, DisableGraphs: enforceEager, LazyKernels: true})
+		b, err := cuda.NewBackend(o.cuda(r))
 		if err != nil {
 			return fail(fmt.Errorf("CUDA backend for GPU %d: %w", r, err))
 		}

@@ -40,8 +40,13 @@ func TestParseFlags(t *testing.T) {
 		t.Fatalf("transport defaults %+v", c)
 	}
 	c, err = parseFlags([]string{"--api-key", "flag", "Qwen/Qwen2.5-0.5B"}, func(k string) string { return env[k] }, io.Discard)
-	if err != nil || c.APIKey != "flag" || c.Model != "Qwen/Qwen2.5-0.5B" || !c.EnablePrefixCaching {
+	if err != nil || c.APIKey != "flag" || c.Model != "Qwen/Qwen2.5-0.5B" || !c.EnablePrefixCaching ||
+		c.GemmActivations != "split" || c.gpuOptions().RoundActivations {
 		t.Fatalf("%+v %v", c, err)
+	}
+	c, err = parseFlags([]string{"--gemm-activations", "bf16", "m"}, func(string) string { return "" }, io.Discard)
+	if err != nil || !c.gpuOptions().RoundActivations {
+		t.Fatalf("--gemm-activations bf16: %+v %v", c, err)
 	}
 	for _, bad := range [][]string{
 		{}, {"--model", "m", "--device", "tpu"}, {"--model", "m", "--gpu-memory-utilization", "1.5"},
@@ -50,6 +55,7 @@ func TestParseFlags(t *testing.T) {
 		{"--model", "m", "--quantization", "fp4"}, {"--model", "m", "--load-format", "gguf"},
 		{"--model", "m", "--kv-cache-dtype", "int4"}, {"--model", "m", "--stream-write-timeout", "-1s"},
 		{"--model", "m", "--max-connections", "-1"}, {"--model", "m", "--idle-timeout", "-1s"},
+		{"--model", "m", "--gemm-activations", "fp8"},
 	} {
 		if _, err := parseFlags(bad, func(string) string { return "" }, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
@@ -58,12 +64,20 @@ func TestParseFlags(t *testing.T) {
 }
 
 func TestNewBackendCPUAndErrors(t *testing.T) {
-	b, err := newBackend("cpu", false)
+	b, err := newBackend("cpu", gpuOptions{})
 	if err != nil || b.Name() != "cpu" {
 		t.Fatal(b, err)
 	}
 	b.Close()
-	if _, err := newBackend("tpu", false); err == nil {
+	if _, err := newBackend("tpu", gpuOptions{}); err == nil {
 		t.Fatal("tpu accepted")
+	}
+	// An option only the GPU honours is refused on the CPU, not ignored.
+	round := gpuOptions{RoundActivations: true}
+	if _, err := newBackend("cpu", round); err == nil || !strings.Contains(err.Error(), "--gemm-activations bf16") {
+		t.Fatalf("cpu with bf16 GEMM activations: %v", err)
+	}
+	if _, err := newGroup("cpu", round, 2); err == nil || !strings.Contains(err.Error(), "--gemm-activations bf16") {
+		t.Fatalf("cpu ranks with bf16 GEMM activations: %v", err)
 	}
 }

@@ -45,11 +45,11 @@ func TestTensorParallelStartupErrors(t *testing.T) {
 		}
 	}
 	// More GPUs than present (none here; with CUDA, more than the host has).
-	if _, err := newGroup("cuda", false, 64); err == nil ||
+	if _, err := newGroup("cuda", gpuOptions{}, 64); err == nil ||
 		!(strings.Contains(err.Error(), "CUDA backend not available") || strings.Contains(err.Error(), "only")) {
 		t.Errorf("64 GPUs: %v", err)
 	}
-	if _, err := newGroup("tpu", false, 2); err == nil {
+	if _, err := newGroup("tpu", gpuOptions{}, 2); err == nil {
 		t.Error("--device tpu accepted")
 	}
 }
