@@ -10,13 +10,16 @@
 #   LOADGEN=.gpu/loadgen LLMSERVE_TESTDATA=.gpu/testdata OUTDIR=$OUT \
 #   bash scripts/gpu-verify.sh 1   # then 2, 3
 #
+# Part 5 runs the long-context workloads with --max-num-batched-tokens
+# 8192, --gemm-activations bf16, and both.
+#
 # Part 4 (BASE_TEST_BIN: the baseline's cuda.test) checks the one-token
 # decode regression's fix: ptxas's spill report of the step kernels from
 # the device's NVRTC, the step kernel's phases in both builds, and c=1 at
 # two --max-model-len; with PREV_TEST_BIN (cuda.test of the commit before
 # the GQA-packed flash kernel) also the prefill attention of both.
 set -uo pipefail
-part=${1:?part 1, 2, 3 or 4}
+part=${1:?part 1, 2, 3, 4 or 5}
 TEST_BIN=${TEST_BIN:-.gpu/cuda.test}
 BIN=${BIN:-.gpu/llmserve}
 BASE_BIN=${BASE_BIN:-}
@@ -93,6 +96,15 @@ elif [ "$part" = 4 ]; then
       kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
     done
   done
+elif [ "$part" = 5 ]; then
+  # The prompt-bound figures' levers, one server each: larger steps, vLLM's
+  # precision (one bf16 rounding of GEMM inputs), both.
+  for flags in "--max-num-batched-tokens 8192" "--gemm-activations bf16" "--gemm-activations bf16 --max-num-batched-tokens 8192"; do
+    tag=$(echo "$flags" | tr -d '-' | tr ' ' '_')
+    echo "== $(basename "$BIN") long context, $flags"
+    BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64" SERVER_FLAGS="$flags" \
+      OUTDIR="$o/long-$tag" timeout 150 bash scripts/bench-gpu-long.sh
+  done
 elif [ "$part" = 3 ]; then
   for q in "" "--quantization fp8"; do
     echo "== $(basename "$BIN") Llama-3.1-8B ${q:-bf16}"
@@ -108,11 +120,7 @@ else
     echo "== $tag long context"
     BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64" OUTDIR="$o/long-$tag" timeout 100 bash scripts/bench-gpu-long.sh
   done
-  # vLLM's precision (one bf16 rounding of GEMM inputs) and larger steps:
-  # the prompt-bound figures' other lever.
-  echo "== $(basename "$BIN") long context, --gemm-activations bf16 --max-num-batched-tokens 8192"
-  BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64" SERVER_FLAGS="--gemm-activations bf16 --max-num-batched-tokens 8192" \
-    OUTDIR="$o/long-bf16-8192" timeout 100 bash scripts/bench-gpu-long.sh
+
   echo "== $(basename "$BIN") models"
   BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS="Qwen/Qwen3-1.7B Qwen/Qwen3-8B Qwen/Qwen3-30B-A3B" OUTDIR="$o/models" timeout 200 bash scripts/bench-gpu-models.sh
   for bin in "${bins[@]}"; do

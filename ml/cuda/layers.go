@@ -14,23 +14,15 @@ import (
 // step.go); larger steps run GEMMs with the q/k/v prologue in one launch
 // (QKVRoPEWriteKV). Layers with per-head q/k norms (Qwen3) norm, rotate
 // and store q/k/v in one kernel after the q/k/v projection
-// (qkNormRoPEWriteKV; in the one-launch step, a phase of its own). Sliding
-// windows have no fused kernels: FusesLayers declines them and the model
-// composes those layers from the base ops.
+// (qkNormRoPEWriteKV; in the one-launch step, a phase of its own). A
+// layer's sliding window (LayerSpec.Windows) goes to its attention: the
+// attention kernels and the one-launch step's attention take one.
 
 var _ ml.LayerFuser = (*Backend)(nil)
 
 // FusesLayers implements ml.LayerFuser.
 func (b *Backend) FusesLayers(spec ml.LayerSpec) bool {
-	if spec.Hidden <= 0 || spec.HeadDim <= 0 || spec.HeadDim%2 != 0 {
-		return false
-	}
-	for _, w := range spec.Windows {
-		if w > 0 {
-			return false
-		}
-	}
-	return true
+	return spec.Hidden > 0 && spec.HeadDim > 0 && spec.HeadDim%2 == 0
 }
 
 // fusedKV reports whether the fused decode kernels write c (f32 and bf16
@@ -43,7 +35,7 @@ func (b *Backend) fusedKV(c ml.KVCache) bool {
 // FuseLayers implements ml.LayerFuser.
 func (b *Backend) FuseLayers(spec ml.LayerSpec, layers []ml.DecoderLayer, finalNorm, lmHead ml.Tensor) (ml.FusedLayers, error) {
 	if !b.FusesLayers(spec) {
-		return nil, fmt.Errorf("%w: fused layers with sliding windows", ml.ErrUnsupported)
+		return nil, fmt.Errorf("%w: fused layers of hidden size %d, head dim %d", ml.ErrUnsupported, spec.Hidden, spec.HeadDim)
 	}
 	if len(layers) == 0 || finalNorm == nil || lmHead == nil {
 		return nil, fmt.Errorf("%w: fused layers need layers, a final norm and an lm_head", ErrShape)
@@ -89,14 +81,13 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 	if st == nil || st.Meta == nil || h == nil {
 		return fmt.Errorf("%w: fused forward without a step", ErrShape)
 	}
-	st.Meta.Window = 0
 	f.b.fusedForwards.Add(1)
 	T := h.Rows()
 	if !f.gemv || !f.b.FusedDecode(T, f.spec.Hidden) || !f.b.fusedKV(st.Cache) {
 		return f.forwardGEMM(h, st)
 	}
 	if f.oneLaunch && T == 1 {
-		err := f.b.DecodeLayers(h, f.layers, f.spec.Eps, st.Positions, st.InvFreq, st.Slots, st.Cache, st.Meta)
+		err := f.b.DecodeLayers(h, f.layers, f.spec.Windows, f.spec.Eps, st.Positions, st.InvFreq, st.Slots, st.Cache, st.Meta)
 		switch {
 		case err == nil:
 			return nil
@@ -125,6 +116,7 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 			s.NumHeads, s.NumKVHeads, s.HeadDim, st.Cache, i, st.Slots); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
+		st.Meta.Window = f.window(i)
 		if err := b.Attention(st.Attn, st.QKV, st.Cache, i, st.Meta); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
@@ -148,6 +140,14 @@ func (f *fusedLayers) Forward(h ml.Tensor, st *ml.FusedStep) error {
 		}
 	}
 	return nil
+}
+
+// window is layer i's sliding attention window (0: full attention).
+func (f *fusedLayers) window(i int) int {
+	if i < len(f.spec.Windows) {
+		return max(f.spec.Windows[i], 0)
+	}
+	return 0
 }
 
 // forwardGEMM runs the layers of a larger step on GEMMs. The MLP's output
@@ -195,6 +195,7 @@ func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int, pending bo
 	if err != nil {
 		return false, err
 	}
+	st.Meta.Window = f.window(i)
 	if err := b.Attention(st.Attn, st.QKV, st.Cache, i, st.Meta); err != nil {
 		return false, err
 	}

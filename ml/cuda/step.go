@@ -20,6 +20,7 @@ type stepLayer struct {
 	qkv, o, gu, down, qkvb, ob, gub, downb, inNorm, postNorm, qn, kn uint64
 	qkvs, os, gus, downs                                             uint64 // FP8 weights' row scales
 	router, expGU, expDown                                           uint64 // a sparse MLP (gu, down 0)
+	window                                                           int64  // sliding attention window (0: full)
 }
 
 // stepState is the decode-step kernel's device state.
@@ -213,10 +214,11 @@ func (b *Backend) stepBias(bias ml.Tensor, n int, what string) (uint64, error) {
 // fused decode ops' terms: h [1, hidden] (f32) is the residual stream, taken
 // as the embedding and left as the last layer's output. Weights are bf16,
 // or all FP8 (q/k/v fused, gate/up fused as gate rows then up rows), biases f32 or
-// nil, and every layer's norms of one dtype. It returns ml.ErrUnsupported
-// for anything else (more tokens, an f32 KV cache, no cooperative launch),
-// and the caller runs the layers one by one instead.
-func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float32,
+// nil, and every layer's norms of one dtype. windows holds each layer's
+// sliding attention window (0 or missing: full attention). It returns
+// ml.ErrUnsupported for anything else (more tokens, an f32 KV cache, no
+// cooperative launch), and the caller runs the layers one by one instead.
+func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []int, eps float32,
 	positions, invFreq, slots ml.Tensor, c ml.KVCache, meta *ml.AttentionMeta) error {
 	if err := b.lock(); err != nil {
 		return err
@@ -307,6 +309,10 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, eps float3
 	qkNorm := layers[0].QNorm != nil
 	for i, l := range layers {
 		s := &tab[i]
+		s.window = 0
+		if i < len(windows) {
+			s.window = int64(max(windows[i], 0))
+		}
 		type weight struct {
 			dst, scales *uint64
 			t           ml.Tensor

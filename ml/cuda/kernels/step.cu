@@ -25,6 +25,7 @@ struct StepLayer {
   // gate/up [E·2I', H] (expert e's gate rows, then its up rows) and down
   // [E·H, I'], I' = StepArgs.moeI. bf16 only.
   const bf16 *router, *expGU, *expDown;
+  long long window;  // sliding attention window: the last window positions (0: all)
 };
 
 struct StepArgs {
@@ -217,7 +218,7 @@ __device__ __forceinline__ bool stepArrive(unsigned* c, int n) {
 // read once, up front.
 template <int EPL>
 __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
-                                           const int* bt) {
+                                           const int* bt, int window) {
   constexpr int KW = EPL <= 2 ? 16 : 8;  // keys per pass (more would spill)
   const int nh = A.nh, nkv = A.nkv, D = A.hd, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
   const float scale = A.scale;
@@ -230,13 +231,15 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   unsigned* const headCount = groupCount + nh * ng;
   const int lane = threadIdx.x & 31, G = nh / nkv;
   const bool dOK = lane * EPL < D;
-  const int per = ((ctx + ns - 1) / ns + 7) & ~7;  // whole passes of 8 keys (stepSplits)
+  // A window attends to the last window positions; the pieces cut those.
+  const int first = window > 0 ? max(0, ctx - window) : 0;
+  const int per = ((ctx - first + ns - 1) / ns + 7) & ~7;  // whole passes of 8 keys (stepSplits)
   const bf16* kc = (const bf16*)kcl;
   const bf16* vc = (const bf16*)(kcl + A.layerBytes);
   const long long kvRow = (long long)nkv * D;
   for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nh * ns; it += gridDim.x * 8) {
     const int h = it % nh, split = it / nh, kvh = h / G;
-    const int k0 = split * per, k1 = min(ctx, k0 + per);
+    const int k0 = first + split * per, k1 = min(ctx, k0 + per);
     float qv[EPL], acc[EPL];
 #pragma unroll
     for (int e = 0; e < EPL; ++e) {
@@ -517,7 +520,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    stepAttention<EPL>(A, kcl, qAttn, att, ctx, bt);
+    stepAttention<EPL>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
     STAMP(3);
 
     DArgs o = {};
