@@ -67,9 +67,19 @@ const stepCounters = 64 // STEP_SPLITS in kernels/grid.cu: the split counters' o
 
 // stepKernelName is the decode-step kernel for epl elements per lane (a
 // head dim of up to 32·epl) and variant v.
-func stepKernelName(epl int, v stepVariant) string {
-	return fmt.Sprintf("%s%d", [...]string{stepDense: "decode_step_", stepDenseF8: "decode_step_f8_", stepMoE: "decode_step_moe_"}[v], epl)
-}
+func stepKernelName(epl int, v stepVariant) string { return stepKernelNames[v][epl] }
+
+// stepKernelNames are stepKernelName's answers, built once: a step asks
+// for its kernel by name.
+var stepKernelNames = func() (n [len(stepVariants)][9]string) {
+	prefix := [...]string{stepDense: "decode_step_", stepDenseF8: "decode_step_f8_", stepMoE: "decode_step_moe_"}
+	for _, v := range stepVariants {
+		for epl := 1; epl <= 8; epl *= 2 {
+			n[v][epl] = fmt.Sprintf("%s%d", prefix[v], epl)
+		}
+	}
+	return n
+}()
 
 // stepEPL is a head's elements per lane: the power of two that spreads hd
 // over a warp.
