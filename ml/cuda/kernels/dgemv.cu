@@ -411,7 +411,11 @@ INST_DGEMV_A(2)
 INST_DGEMV_B(2)
 #endif
 #if KUNIT(7)
-INST_DGEMV_A(4)
+INST_DGEMV_KS(4, EPI_STORE, store)
+INST_DGEMV_KS(4, EPI_ADD, add)
+#endif
+#if KUNIT(33)
+INST_DGEMV_KS(4, EPI_ADDF, addf)
 #endif
 #if KUNIT(8)
 INST_DGEMV_KS(4, EPI_SILU, silu)

@@ -344,6 +344,8 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
 #if KUNIT(22)
 INST_FLASH(64, 1)
 INST_FLASH(64, 2)
+#endif
+#if KUNIT(32)
 INST_FLASH(128, 1)
 INST_FLASH(128, 2)
 #endif

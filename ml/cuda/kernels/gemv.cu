@@ -113,7 +113,7 @@ __device__ void skinny(const float* x, int T, int K, int ldx, Seg3 sg) {
     skinny<W, TT>(x, T, K, ldx, sg);                                                             \
   }
 #define INST_SKINNY_ALL(W, S) INST_SKINNY(W, S, 1) INST_SKINNY(W, S, 2) INST_SKINNY(W, S, 4) INST_SKINNY(W, S, 8)
-#if KUNIT(0)
+#if KUNIT(34)
 INST_SKINNY_ALL(float, f32)
 INST_SKINNY_ALL(bf16, bf16)
 INST_SKINNY_ALL(f16, f16)
@@ -300,10 +300,17 @@ INST_GEMVP(float, f32, 1) INST_GEMVP(float, f32, 2) INST_GEMVP(float, f32, 4) IN
     gemv_bf16<X, M, KS>(x, T, K, ldx, sg);                                                               \
   }
 #define INST_GEMV_KS(X, XS, M) INST_GEMV(X, XS, M, 1) INST_GEMV(X, XS, M, 2) INST_GEMV(X, XS, M, 4) INST_GEMV(X, XS, M, 8)
-#define INST_GEMV_M(X, XS) INST_GEMV_KS(X, XS, 1) INST_GEMV_KS(X, XS, 2) INST_GEMV_KS(X, XS, 4) INST_GEMV_KS(X, XS, 8)
+// Each x type's GEMVs in two units (2 and 30, 3 and 31), so that no unit
+// of a cold start's compile is much longer than the others.
 #if KUNIT(2)
-INST_GEMV_M(bf16, bf16)
+INST_GEMV_KS(bf16, bf16, 1) INST_GEMV_KS(bf16, bf16, 2)
+#endif
+#if KUNIT(30)
+INST_GEMV_KS(bf16, bf16, 4) INST_GEMV_KS(bf16, bf16, 8)
 #endif
 #if KUNIT(3)
-INST_GEMV_M(float, f32)
+INST_GEMV_KS(float, f32, 1) INST_GEMV_KS(float, f32, 2)
+#endif
+#if KUNIT(31)
+INST_GEMV_KS(float, f32, 4) INST_GEMV_KS(float, f32, 8)
 #endif
