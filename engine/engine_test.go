@@ -182,10 +182,14 @@ func TestChunkedPrefill(t *testing.T) {
 	chA := submit(t, e, context.Background(), &Request{ID: "a", PromptIDs: prA, Params: greedyParams(200)})
 	stepper.step()
 	<-chA // a is decoding
-	stepper.run()
+	// b arrives before the steps run freely: a, 200 tokens long, must still
+	// be decoding through all of b's prefill however slowly b's submission
+	// goes (under -race on a busy machine a once finished first).
 	prB := prompt(50, 2)
 	pB := greedyParams(3)
-	resB := collect(t, submit(t, e, context.Background(), &Request{ID: "b", PromptIDs: prB, Params: pB}), 1)[0]
+	chB := submit(t, e, context.Background(), &Request{ID: "b", PromptIDs: prB, Params: pB})
+	stepper.run()
+	resB := collect(t, chB, 1)[0]
 	checkRef(t, "b", resB, pB, 0, prB, opts)
 	collect(t, chA, 1)
 
