@@ -157,9 +157,20 @@ func TestBuiltinConfigs(t *testing.T) {
 	}
 }
 
+// registerForTest registers arch until the test ends, so that the test
+// runs again under -count.
+func registerForTest(t *testing.T, arch string, f Factory) {
+	Register(arch, f)
+	t.Cleanup(func() {
+		registry.Lock()
+		delete(registry.m, arch)
+		registry.Unlock()
+	})
+}
+
 func TestRegisterPanicsOnDuplicate(t *testing.T) {
 	f := func(*Config, *Weights) (Model, error) { return nil, errors.New("fake") }
-	Register("TestDupForCausalLM", f)
+	registerForTest(t, "TestDupForCausalLM", f)
 	defer func() {
 		if recover() == nil {
 			t.Error("duplicate Register did not panic")
@@ -198,7 +209,7 @@ func TestResolveOptions(t *testing.T) {
 }
 
 func TestLoadUnknownArchNamesSupported(t *testing.T) {
-	Register("TestKnownForCausalLM", func(*Config, *Weights) (Model, error) { return nil, errors.New("fake") })
+	registerForTest(t, "TestKnownForCausalLM", func(*Config, *Weights) (Model, error) { return nil, errors.New("fake") })
 	dir := writeConfig(t, `{"architectures":["GPT2LMHeadModel"],"vocab_size":10,"hidden_size":64,
 		"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":8}`)
 	_, err := Load(dir, LoadOptions{LoadFormat: "dummy"})
