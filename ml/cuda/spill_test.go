@@ -3,7 +3,9 @@ package cuda
 import (
 	"os"
 	"regexp"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"unsafe"
@@ -100,5 +102,83 @@ ptxas         .     0 bytes stack frame, 300 bytes spill stores, 480 bytes spill
 	}
 	if _, _, ok := entrySpills(log, "decode_step_8"); ok {
 		t.Error("decode_step_8 found in a log without it")
+	}
+}
+
+// TestKernelUnits compiles every kernel unit but the decode-step ones
+// (their placement is stepUnit's, checked by TestStepKernelsAreLoaded)
+// with NVRTC alone and checks that each kernel the backend loads is in
+// exactly one unit and that no unit holds a kernel it does not load: the
+// units are split by hand for compile time, and a kernel lost or doubled
+// in a split would show only at run time. With -v it logs each kernel's
+// registers and spills (sm_90).
+func TestKernelUnits(t *testing.T) {
+	require := os.Getenv("LLMSERVE_REQUIRE_NVRTC") != ""
+	l := &libs{}
+	if err := l.loadNVRTC(); err != nil {
+		if require {
+			t.Fatalf("LLMSERVE_REQUIRE_NVRTC is set: %v", err)
+		}
+		t.Skipf("no NVRTC: %v", err)
+	}
+	var units []int
+	for u := range kernelUnits {
+		if !isStepUnit(u) {
+			units = append(units, u)
+		}
+	}
+	logs := make([]string, kernelUnits)
+	errs := make([]error, kernelUnits)
+	jobs := make(chan int, len(units))
+	for _, u := range units {
+		jobs <- u
+	}
+	close(jobs)
+	var wg sync.WaitGroup
+	for range max(1, runtime.NumCPU()) {
+		wg.Go(func() {
+			for u := range jobs {
+				opts := append(append([]string(nil), nvrtcOptions...), "-DKUNIT_ID="+strconv.Itoa(u),
+					"--gpu-architecture=sm_90", "--ptxas-options=--verbose")
+				_, logs[u], errs[u] = l.nvrtcCompileLog(kernelSource, opts, true)
+			}
+		})
+	}
+	wg.Wait()
+	entry := regexp.MustCompile(`Compiling entry function '([^']+)'`)
+	report := regexp.MustCompile(`(?s)Compiling entry function '([^']+)'.*?(\d+) bytes spill stores, (\d+) bytes spill loads\s*\nptxas info\s*: Used (\d+) registers`)
+	where := map[string][]int{}
+	for _, u := range units {
+		if errs[u] != nil {
+			t.Fatalf("unit %d: %v", u, errs[u])
+		}
+		ms := entry.FindAllStringSubmatch(logs[u], -1)
+		if len(ms) == 0 {
+			if !require && !strings.Contains(logs[u], "ptxas") {
+				t.Skipf("the NVRTC at %s prints no ptxas report (an emulator?)", l.nvrtcPath)
+			}
+			t.Errorf("unit %d: no kernel in its ptxas report", u)
+		}
+		for _, m := range ms {
+			where[m[1]] = append(where[m[1]], u)
+		}
+		for _, m := range report.FindAllStringSubmatch(logs[u], -1) {
+			t.Logf("unit %d %s: %s registers, %s bytes spill stores, %s loads", u, m[1], m[4], m[2], m[3])
+		}
+	}
+	loaded := map[string]bool{}
+	for _, name := range kernelNames() {
+		if isStepKernel(name) {
+			continue
+		}
+		loaded[name] = true
+		if us := where[name]; len(us) != 1 {
+			t.Errorf("kernel %s is in units %v, want exactly one", name, us)
+		}
+	}
+	for name, us := range where {
+		if !loaded[name] {
+			t.Errorf("unit %v holds %s, which the backend never loads", us, name)
+		}
 	}
 }
