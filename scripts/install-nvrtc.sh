@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs NVRTC from Debian's non-free archive when no NVRTC is on the
-# machine: TestStepKernelSpills (ml/cuda) compiles the decode-step kernels
-# with it and reads ptxas's register report. No GPU or driver is needed.
+# machine: TestStepKernelSpills and TestKernelUnits (ml/cuda) compile the
+# kernels with it and read ptxas's report. No GPU or driver is needed.
 set -euo pipefail
-if ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
+if "$ldconfig" -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
   exit 0
 fi
 sudo=
@@ -14,5 +15,5 @@ opts=
 if [ -f $keyring ]; then opts="[signed-by=$keyring] "; fi
 echo "deb ${opts}http://deb.debian.org/debian ${VERSION_CODENAME:-bookworm} non-free" | $sudo tee /etc/apt/sources.list.d/llmserve-nvrtc.list >/dev/null
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libnvrtc11.2 >/dev/null
-ldconfig -p | grep -q 'libnvrtc\.so' || { echo "install-nvrtc: libnvrtc not found after the install" >&2; exit 1; }
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libnvrtc11.2 >/dev/null
+"$ldconfig" -p | grep -q 'libnvrtc\.so' || { echo "install-nvrtc: libnvrtc not found after the install" >&2; exit 1; }
