@@ -26,19 +26,7 @@ const stepSpillBound = 1024
 // their spills. It skips without NVRTC, unless LLMSERVE_REQUIRE_NVRTC is
 // set (CI installs one).
 func TestStepKernelSpills(t *testing.T) {
-	require := os.Getenv("LLMSERVE_REQUIRE_NVRTC") != ""
-	l := &libs{}
-	if err := l.loadNVRTC(); err != nil {
-		if require {
-			t.Fatalf("LLMSERVE_REQUIRE_NVRTC is set: %v", err)
-		}
-		t.Skipf("no NVRTC: %v", err)
-	}
-	var major, minor int32
-	if err := l.nvcall(l.nvrtcVersion, "nvrtcVersion", uintptr(unsafe.Pointer(&major)), uintptr(unsafe.Pointer(&minor))); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("NVRTC %d.%d at %s", major, minor, l.nvrtcPath)
+	l, require := nvrtcForTest(t)
 	const epl = 4
 	type result struct {
 		log   string
@@ -49,9 +37,7 @@ func TestStepKernelSpills(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, v := range stepVariants {
 		wg.Go(func() {
-			opts := append(append([]string(nil), nvrtcOptions...), "-DKUNIT_ID="+strconv.Itoa(stepUnit(epl, v)),
-				"--gpu-architecture=sm_90", "--ptxas-options=--verbose")
-			_, log, err := l.nvrtcCompileLog(kernelSource, opts, true)
+			log, err := compileUnitReport(l, stepUnit(epl, v))
 			results[i] = result{log, err, stepKernelName(epl, v)}
 		})
 	}
@@ -73,6 +59,35 @@ func TestStepKernelSpills(t *testing.T) {
 				stepSpillBound, 2*stepSpillBound)
 		}
 	}
+}
+
+// nvrtcForTest loads NVRTC alone (no GPU or driver needed) and logs its
+// version. Without NVRTC it skips the test, unless LLMSERVE_REQUIRE_NVRTC
+// is set (CI installs one); require tells whether it is.
+func nvrtcForTest(t *testing.T) (l *libs, require bool) {
+	require = os.Getenv("LLMSERVE_REQUIRE_NVRTC") != ""
+	l = &libs{}
+	if err := l.loadNVRTC(); err != nil {
+		if require {
+			t.Fatalf("LLMSERVE_REQUIRE_NVRTC is set: %v", err)
+		}
+		t.Skipf("no NVRTC: %v", err)
+	}
+	var major, minor int32
+	if err := l.nvcall(l.nvrtcVersion, "nvrtcVersion", uintptr(unsafe.Pointer(&major)), uintptr(unsafe.Pointer(&minor))); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("NVRTC %d.%d at %s", major, minor, l.nvrtcPath)
+	return l, require
+}
+
+// compileUnitReport compiles kernel unit u for sm_90 and returns NVRTC's
+// log with ptxas's report of each kernel.
+func compileUnitReport(l *libs, u int) (string, error) {
+	opts := append(append([]string(nil), nvrtcOptions...), "-DKUNIT_ID="+strconv.Itoa(u),
+		"--gpu-architecture=sm_90", "--ptxas-options=--verbose")
+	_, log, err := l.nvrtcCompileLog(kernelSource, opts, true)
+	return log, err
 }
 
 // entrySpills reads ptxas's verbose report in an NVRTC log: the spill
@@ -113,14 +128,7 @@ ptxas         .     0 bytes stack frame, 300 bytes spill stores, 480 bytes spill
 // in a split would show only at run time. With -v it logs each kernel's
 // registers and spills (sm_90).
 func TestKernelUnits(t *testing.T) {
-	require := os.Getenv("LLMSERVE_REQUIRE_NVRTC") != ""
-	l := &libs{}
-	if err := l.loadNVRTC(); err != nil {
-		if require {
-			t.Fatalf("LLMSERVE_REQUIRE_NVRTC is set: %v", err)
-		}
-		t.Skipf("no NVRTC: %v", err)
-	}
+	l, require := nvrtcForTest(t)
 	var units []int
 	for u := range kernelUnits {
 		if !isStepUnit(u) {
@@ -138,9 +146,7 @@ func TestKernelUnits(t *testing.T) {
 	for range max(1, runtime.NumCPU()) {
 		wg.Go(func() {
 			for u := range jobs {
-				opts := append(append([]string(nil), nvrtcOptions...), "-DKUNIT_ID="+strconv.Itoa(u),
-					"--gpu-architecture=sm_90", "--ptxas-options=--verbose")
-				_, logs[u], errs[u] = l.nvrtcCompileLog(kernelSource, opts, true)
+				logs[u], errs[u] = compileUnitReport(l, u)
 			}
 		})
 	}
