@@ -513,14 +513,9 @@ func (b *Backend) PrepareKernels(n ml.KernelNeeds) {
 		}
 	}
 	// The step kernel runs over a bf16 cache only (see DecodeLayers).
-	if n.HeadDim > 0 && n.HeadDim <= 256 && n.KV == ml.BF16 {
-		switch {
-		case n.Weights == ml.F8 && !n.MoE:
-			b.units[stepUnit(stepEPL(n.HeadDim), stepDenseF8)].begin()
-		case n.Weights == ml.BF16 && n.MoE:
-			b.units[stepUnit(stepEPL(n.HeadDim), stepMoE)].begin()
-		case n.Weights == ml.BF16:
-			b.units[stepUnit(stepEPL(n.HeadDim), stepDense)].begin()
+	if n.HeadDim > 0 && n.HeadDim <= 256 && n.KV == ml.BF16 && (n.Weights == ml.BF16 || n.Weights == ml.F8) {
+		if v, ok := stepVariantFor(n.Weights == ml.F8, n.MoE); ok {
+			b.units[stepUnit(stepEPL(n.HeadDim), v)].begin()
 		}
 	}
 }
@@ -579,10 +574,9 @@ func isStepKernel(name string) bool {
 var errStepCompiling = fmt.Errorf("%w: decode-step kernel still compiling", ml.ErrUnsupported)
 
 // stepKernel is the decode-step kernel for epl elements per lane and
-// variant v: loaded
-// with the others, or with LazyKernels once its unit has compiled (whose
-// compile the first ask starts; errStepCompiling until then, without
-// waiting).
+// variant v: loaded with the others, or with LazyKernels once its unit has
+// compiled (whose compile the first ask starts; errStepCompiling until
+// then, without waiting).
 func (b *Backend) stepKernel(epl int, v stepVariant) (uintptr, error) {
 	if err := b.loadKernels(); err != nil {
 		return 0, err

@@ -97,12 +97,7 @@ func PendingUnits(b *Backend) []int {
 // StepUnit is the kernel unit of the decode-step kernel for a head dim,
 // FP8 weights or not, sparse MLPs or not.
 func StepUnit(headDim int, f8, moe bool) int {
-	v := stepDense
-	if f8 {
-		v = stepDenseF8
-	} else if moe {
-		v = stepMoE
-	}
+	v, _ := stepVariantFor(f8, moe)
 	return stepUnit(stepEPL(headDim), v)
 }
 

@@ -40,6 +40,21 @@ const (
 // stepVariants are every variant, in the order of their units.
 var stepVariants = [...]stepVariant{stepDense, stepDenseF8, stepMoE}
 
+// stepVariantFor is the decode-step kernel for FP8 or bf16 weights, with
+// sparse MLPs or not; false when there is none (the step's sparse MLPs
+// read bf16 experts only).
+func stepVariantFor(f8, moe bool) (stepVariant, bool) {
+	switch {
+	case f8 && moe:
+		return 0, false
+	case f8:
+		return stepDenseF8, true
+	case moe:
+		return stepMoE, true
+	}
+	return stepDense, true
+}
+
 // stepUnit is the kernel unit of the decode-step kernel for epl elements
 // per lane (1, 2, 4 or 8) and variant v.
 func stepUnit(epl int, v stepVariant) int {

@@ -258,12 +258,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		wdt = ml.F8
 	}
 	f8 := wdt == ml.F8
-	variant := stepDense
-	switch {
-	case f8:
-		variant = stepDenseF8 // a sparse MLP is refused below
-	case slices.ContainsFunc(layers, func(l ml.DecoderLayer) bool { return l.GateUp == nil }):
-		variant = stepMoE
+	variant, ok := stepVariantFor(f8, slices.ContainsFunc(layers, func(l ml.DecoderLayer) bool { return l.GateUp == nil }))
+	if !ok {
+		return fmt.Errorf("%w: decode step of a sparse MLP without bf16 expert weights", ml.ErrUnsupported)
 	}
 	if _, err := b.stepKernel(stepEPL(hd), variant); err != nil {
 		return err // before any upload: errStepCompiling leaves the step to the GEMVs

@@ -113,9 +113,9 @@ __device__ __forceinline__ void widenRow(const uint4 r, float* o) {
 // queueing all their L2 round trips behind one warp.
 #define STEP_MERGE_GROUP 16
 
-// stepMerge merges n partial results of head h (one warp): those at piece
-// slots first, first+stride, ... of partO/partML, each an unnormalized
-// output row and its (max, sum). With out set it writes the normalized
+// stepMerge merges, in one warp, n partial results of the head whose
+// piece slots start at i0: those at slots first, first+stride, ... of
+// partO/partML, each an unnormalized output row and its (max, sum). With out set it writes the normalized
 // row there; otherwise it writes the merged partial to slot first. Loads
 // go out in batches of eight pieces before any is used: each costs an L2
 // round trip. Partials are rewritten by every layer: coherent loads.
