@@ -2,7 +2,7 @@
 # Verifies a build on a GPU machine in three parts (each fits one 10-minute
 # device call): part 1 runs the CUDA test binary, the prefill attention
 # benchmark and the cold start of each server binary; part 2 the HTTP
-# benchmarks (long context and structured outputs beside a baseline binary,
+# benchmarks (long context, the 12-token decode beside a baseline binary,
 # the Qwen3 models); part 3 Llama-3.1-8B in bf16 and fp8 (issue 22's FP8
 # figures). Results go under OUTDIR, packed into one archive.
 #
@@ -102,7 +102,7 @@ elif [ "$part" = 5 ]; then
   for flags in "--max-num-batched-tokens 8192" "--gemm-activations bf16" "--gemm-activations bf16 --max-num-batched-tokens 8192"; do
     tag=$(echo "$flags" | tr -d '-' | tr ' ' '_')
     echo "== $(basename "$BIN") long context, $flags"
-    BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64" SERVER_FLAGS="$flags" \
+    BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64 mix-c64" SERVER_FLAGS="$flags" \
       OUTDIR="$o/long-$tag" timeout 150 bash scripts/bench-gpu-long.sh
   done
 elif [ "$part" = 3 ]; then
@@ -115,18 +115,17 @@ elif [ "$part" = 3 ]; then
   done
   nvidia-smi --query-gpu=name --format=csv
 else
+  # The long-context workloads (the mix too) from this build; the 12-token
+  # decode sweep from the baseline beside it; the Qwen3 models.
   for bin in "${bins[@]}"; do
     tag=$(basename "$bin")
-    echo "== $tag long context"
-    BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64" OUTDIR="$o/long-$tag" timeout 100 bash scripts/bench-gpu-long.sh
+    only="decode12 long8k p1024-c64 mix-c64"
+    [ "$bin" = "$BIN" ] || only=decode12
+    echo "== $tag long context ($only)"
+    BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="$only" OUTDIR="$o/long-$tag" timeout 150 bash scripts/bench-gpu-long.sh
   done
 
   echo "== $(basename "$BIN") models"
-  BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS="Qwen/Qwen3-1.7B Qwen/Qwen3-8B Qwen/Qwen3-30B-A3B" OUTDIR="$o/models" timeout 200 bash scripts/bench-gpu-models.sh
-  for bin in "${bins[@]}"; do
-    tag=$(basename "$bin")
-    echo "== $tag structured"
-    BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER PAIRS=1 OUTDIR="$o/structured-$tag" timeout 70 bash scripts/bench-gpu-structured.sh
-  done
+  BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS="Qwen/Qwen3-1.7B Qwen/Qwen3-8B Qwen/Qwen3-30B-A3B" OUTDIR="$o/models" timeout 240 bash scripts/bench-gpu-models.sh
 fi
 tar -C "$OUT" -czf "$OUT/part$part.tgz" "part$part" && rm -rf "$o"
