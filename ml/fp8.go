@@ -14,28 +14,28 @@ const F8Max = 448
 // ±F8Max as vLLM's fp8 quantization clamps.
 func F8Bits(f float32) uint8 { return f8Bits(float64(f)) }
 
-// f8Bits is F8Bits of a float64, rounded once.
+// f8Bits is F8Bits of a float64, rounded once. It rounds on the bits
+// (ties to even by the usual add-half-minus-one-plus-lsb carry): loading
+// --quantization fp8 runs it on every weight.
 func f8Bits(a float64) uint8 {
 	if a != a {
 		return 0x7f
 	}
-	var sign uint8
-	if math.Signbit(a) {
-		sign, a = 0x80, -a
-	}
+	bits := math.Float64bits(a)
+	sign := uint8(bits>>56) & 0x80
+	bits &^= 1 << 63
+	a = math.Float64frombits(bits)
 	if a >= F8Max {
 		return sign | 0x7e
 	}
 	if a < 0x1p-6 { // subnormal: multiples of 2^-9 (8 of them is the smallest normal, 0x08)
-		return sign | uint8(math.RoundToEven(a/0x1p-9))
+		return sign | uint8(math.RoundToEven(a*0x1p9))
 	}
-	_, e := math.Frexp(a) // a = fr·2^e, fr in [0.5, 1)
-	exp := e - 1          // a in [2^exp, 2^(exp+1))
-	m := math.RoundToEven(math.Ldexp(a, 3-exp))
-	if m == 16 {
-		exp, m = exp+1, 8
-	}
-	return sign | uint8(exp+7)<<3 | uint8(m-8)
+	// Keep 3 of the 52 mantissa bits; a carry out of the mantissa bumps
+	// the exponent, which is the right result (m = 16 is 8 at exp+1).
+	bits += 1<<48 - 1 + (bits>>49)&1
+	exp := int(bits>>52) - 1023
+	return sign | uint8(exp+7)<<3 | uint8(bits>>49)&7
 }
 
 // F8Value widens an E4M3 value.
@@ -73,17 +73,29 @@ func QuantizeF8Row(q []uint8, row []float32) float32 {
 	// Each value is rounded once, from float64: through float32 first, a
 	// quotient just off a midpoint could land on it and round the other way.
 	s := m / F8Max
+	const minNormal, maxBits = 0x3f90000000000000, 0x407c000000000000 // 2^-6 and 448 as float64 bits
 	for i, v := range row {
-		q[i] = f8Bits(float64(v) / s)
+		x := float64(v) / s
+		bits := math.Float64bits(x)
+		if mag := bits &^ (1 << 63); mag >= minNormal && mag < maxBits {
+			// f8Bits' normal case, inlined: this loop is the load's hot spot.
+			mag += 1<<48 - 1 + (mag>>49)&1
+			q[i] = uint8(bits>>56)&0x80 | uint8((mag>>52)-1016)<<3 | uint8(mag>>49)&7
+			continue
+		}
+		q[i] = f8Bits(x)
 	}
 	return float32(s)
 }
 
-// MaxAbs is the largest magnitude in row (the per-row quantizers' range).
+// MaxAbs is the largest magnitude in row (the per-row quantizers' range),
+// NaN if row holds one. It compares the bits: for magnitudes (sign
+// cleared) their order as integers is the floats' order, with NaNs above
+// the infinities.
 func MaxAbs(row []float32) float64 {
-	var m float64
+	var m uint32
 	for _, v := range row {
-		m = math.Max(m, math.Abs(float64(v)))
+		m = max(m, math.Float32bits(v)&0x7fffffff)
 	}
-	return m
+	return float64(math.Float32frombits(m))
 }

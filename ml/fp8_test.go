@@ -75,3 +75,68 @@ func TestQuantizeF8Row(t *testing.T) {
 		t.Errorf("the largest magnitude quantizes to %v", F8Value(q[1]))
 	}
 }
+
+// BenchmarkQuantizeF8Row: one 4,096-wide row of random values (the load
+// path quantizes every matmul weight of --quantization fp8 this way).
+func BenchmarkQuantizeF8Row(b *testing.B) {
+	row := make([]float32, 4096)
+	for i := range row {
+		row[i] = float32(math.Sin(float64(i)*0.37)) * 0.02
+	}
+	q := make([]uint8, len(row))
+	b.SetBytes(int64(len(row)))
+	for b.Loop() {
+		QuantizeF8Row(q, row)
+	}
+}
+
+// refF8Bits is the plain statement of f8Bits (frexp and ldexp), which the
+// bit-level rounding must match on every input.
+func refF8Bits(a float64) uint8 {
+	if a != a {
+		return 0x7f
+	}
+	var sign uint8
+	if math.Signbit(a) {
+		sign, a = 0x80, -a
+	}
+	if a >= F8Max {
+		return sign | 0x7e
+	}
+	if a < 0x1p-6 {
+		return sign | uint8(math.RoundToEven(a/0x1p-9))
+	}
+	_, e := math.Frexp(a)
+	exp := e - 1
+	m := math.RoundToEven(math.Ldexp(a, 3-exp))
+	if m == 16 {
+		exp, m = exp+1, 8
+	}
+	return sign | uint8(exp+7)<<3 | uint8(m-8)
+}
+
+// TestF8BitsMatchesReference: every E4M3 value, its neighbours in float64
+// and the midpoints between values with theirs, and a sweep of float32 bit
+// patterns over the whole range round as the reference does.
+func TestF8BitsMatchesReference(t *testing.T) {
+	var in []float64
+	for i := range 256 {
+		v := float64(F8Value(uint8(i)))
+		w := float64(F8Value(uint8(i + 1)))
+		in = append(in, v, math.Nextafter(v, 0), math.Nextafter(v, 1000))
+		if mid := (v + w) / 2; mid == mid {
+			in = append(in, mid, math.Nextafter(mid, 0), math.Nextafter(mid, 1000))
+		}
+	}
+	in = append(in, 0, math.Inf(1), math.Inf(-1), math.NaN(), 447.99, 464, 480, 1e-30, 0x1p-6, 0x1p-10)
+	for u := uint64(0); u < 1<<32; u += 1<<32/2_000_003 + 1 {
+		in = append(in, float64(math.Float32frombits(uint32(u))))
+	}
+	for _, a := range in {
+		for _, v := range []float64{a, -a} {
+			if got, want := f8Bits(v), refF8Bits(v); got != want {
+				t.Errorf("f8Bits(%v) = %#x, want %#x", v, got, want)
+			}
+		}
+	}
+}

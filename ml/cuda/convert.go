@@ -37,6 +37,24 @@ func convertHost(data []byte, src, store ml.DType) []byte {
 	return out
 }
 
+// widenHost decodes len(dst) values of dtype src (f32, bf16 or f16) from data.
+func widenHost(dst []float32, data []byte, src ml.DType) {
+	switch src {
+	case ml.F32:
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
+		}
+	case ml.BF16:
+		for i := range dst {
+			dst[i] = bf16ToF32(binary.LittleEndian.Uint16(data[2*i:]))
+		}
+	case ml.F16:
+		for i := range dst {
+			dst[i] = f16ToF32(binary.LittleEndian.Uint16(data[2*i:]))
+		}
+	}
+}
+
 func bf16ToF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
 
 // f32ToBF16 rounds to nearest even (NaN stays NaN).

@@ -3,6 +3,8 @@ package cuda
 import (
 	"encoding/binary"
 	"math"
+	"runtime"
+	"sync"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -19,20 +21,28 @@ import (
 const f8GemvMaxT = 8
 
 // loadF8 quantizes a weight of dtype src row by row on the host and uploads
-// its codes and scales (the caller holds b.mu).
+// its codes and scales (the caller holds b.mu). The rows are quantized in
+// parallel: for an 8B model this is every weight byte of the load.
 func (b *Backend) loadF8(rows, cols int, data []byte, src ml.DType) (ml.Tensor, error) {
 	n := rows * cols
 	codeBytes := (int64(n) + 15) &^ 15
 	host := make([]byte, codeBytes+int64(rows)*4)
-	row := make([]float32, cols)
-	f32 := convertHost(data[:n*src.Size()], src, ml.F32)
-	for r := range rows {
-		for c := range row {
-			row[c] = math.Float32frombits(binary.LittleEndian.Uint32(f32[4*(r*cols+c):]))
-		}
-		s := ml.QuantizeF8Row(host[r*cols:(r+1)*cols], row)
-		binary.LittleEndian.PutUint32(host[codeBytes+int64(4*r):], math.Float32bits(s))
+	es := src.Size()
+	workers := min(runtime.GOMAXPROCS(0), max(1, rows/16))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			row := make([]float32, cols)
+			for r := w * rows / workers; r < (w+1)*rows/workers; r++ {
+				widenHost(row, data[r*cols*es:(r+1)*cols*es], src)
+				s := ml.QuantizeF8Row(host[r*cols:(r+1)*cols], row)
+				binary.LittleEndian.PutUint32(host[codeBytes+int64(4*r):], math.Float32bits(s))
+			}
+		}()
 	}
+	wg.Wait()
 	p, err := b.alloc(int64(len(host)))
 	if err != nil {
 		return nil, err
