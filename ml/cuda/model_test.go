@@ -657,8 +657,8 @@ func TestModelStepKernelMatchesLayerByLayer(t *testing.T) {
 }
 
 // TestStepAttentionPieces: the decode-step kernel's attention with its
-// context forced into 1, 3 and 40 pieces per head (40: three merge groups,
-// the last of them empty), over a cache of one-token blocks in scattered
+// context forced into 1, 3, 16 and 40 pieces per head (16: one full merge
+// group; 40: three groups, the last of them empty), over a cache of one-token blocks in scattered
 // order, so that a piece spans more blocks than the 32 whose table entries
 // a warp holds at once: llama3-tiny-bf16 decoding 150 tokens after 4
 // prompt tokens gives the unfused ops' logits at every position.
@@ -686,7 +686,7 @@ func TestStepAttentionPieces(t *testing.T) {
 		return rows, cuda.StepLaunches(be)
 	}
 	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8}, 0)
-	for _, pieces := range []int{1, 3, 40} {
+	for _, pieces := range []int{1, 3, 16, 40} {
 		got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, pieces)
 		if launches != steps {
 			t.Fatalf("%d pieces: decode-step kernel ran %d times for %d one-token steps", pieces, launches, steps)

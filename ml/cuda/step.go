@@ -411,7 +411,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	}
 	ns := stepSplits(meta.MaxContext, grid*8/nh)
 	if b.step.forceNS > 0 {
-		ns = b.step.forceNS
+		ns = min(b.step.forceNS, stepMaxSplits) // the merge's bound
 	}
 	per := 2*H + qkvN + qd + I // a layer's activations (StepArgs.acts)
 	if qkNorm {

@@ -113,51 +113,45 @@ __device__ __forceinline__ void widenRow(const uint4 r, float* o) {
 // queueing all their L2 round trips behind one warp.
 #define STEP_MERGE_GROUP 16
 
-// stepMerge merges, in one warp, n partial results of the head whose
-// piece slots start at i0: those at slots first, first+stride, ... of
-// partO/partML, each an unnormalized output row and its (max, sum). With out set it writes the normalized
-// row there; otherwise it writes the merged partial to slot first. Loads
-// go out in batches of eight pieces before any is used: each costs an L2
-// round trip. Partials are rewritten by every layer: coherent loads.
+// stepMerge merges, in one warp, n <= 32 partial results of the head
+// whose piece slots start at i0: those at slots first, first+stride, ... of
+// partO/partML, each an unnormalized output row and its (max, sum). With
+// out set it writes the normalized row there; otherwise it writes the
+// merged partial to slot first. It sits on the step's critical path (the
+// grid waits for the last head's merge), so it costs as few L2 round
+// trips as it can: lane s loads piece s's (max, sum) once, and the rows'
+// loads go out in batches of eight pieces before any is used. Partials
+// are rewritten by every layer: coherent loads. n is at most
+// STEP_MERGE_GROUP (a group, or the groups of stepMaxSplits pieces).
 template <int EPL>
 __device__ __forceinline__ void stepMerge(float* partO, float* partML, long long i0, int first, int stride, int n, int D,
                                           float* out) {
   const int lane = threadIdx.x & 31;
   const bool dOK = lane * EPL < D;
-  float M = NEG_INF;
-  for (int s = lane; s < n; s += 32) M = fmaxf(M, __ldcg(partML + 2 * (i0 + first + s * stride)));
+  const long long mine = i0 + first + (long long)lane * stride;
+  const float ms = lane < n ? __ldcg(partML + 2 * mine) : NEG_INF;
+  const float ls = lane < n ? __ldcg(partML + 2 * mine + 1) : 0.f;
+  float M = ms;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-  float L = 0.f;
-  for (int s = lane; s < n; s += 32) {
-    const long long pi = i0 + first + s * stride;
-    const float ms = __ldcg(partML + 2 * pi);
-    if (ms != NEG_INF) L += __ldcg(partML + 2 * pi + 1) * expf(ms - M);
-  }
-  L = warpSum(L);
+  const float fs = ms == NEG_INF ? 0.f : expf(ms - M);
+  const float L = warpSum(ls * fs);
   float o[EPL];
 #pragma unroll
   for (int e = 0; e < EPL; ++e) o[e] = 0.f;
-  for (int b0 = 0; b0 < n; b0 += 32) {
-    // This lane's piece of the batch of 32, and its factor.
-    const float ms = b0 + lane < n ? __ldcg(partML + 2 * (i0 + first + (b0 + lane) * stride)) : NEG_INF;
-    const float fs = ms == NEG_INF ? 0.f : expf(ms - M);
-    const int nb = min(32, n - b0);
-    for (int c0 = 0; c0 < nb; c0 += 8) {
-      float pv[8][EPL];
+  for (int c0 = 0; c0 < n; c0 += 8) {
+    float pv[8][EPL];
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < EPL; ++e)
-          pv[j][e] = (c0 + j < nb && dOK)
-                         ? __ldcg(partO + (i0 + first + (long long)(b0 + c0 + j) * stride) * D + lane * EPL + e)
-                         : 0.f;
+      for (int e = 0; e < EPL; ++e)
+        pv[j][e] = (c0 + j < n && dOK) ? __ldcg(partO + (i0 + first + (long long)(c0 + j) * stride) * D + lane * EPL + e)
+                                       : 0.f;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float f = __shfl_sync(0xffffffffu, fs, (c0 + j) & 31);
+    for (int j = 0; j < 8; ++j) {
+      const float f = __shfl_sync(0xffffffffu, fs, (c0 + j) & 31);
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) o[e] += pv[j][e] * f;
-      }
+      for (int e = 0; e < EPL; ++e) o[e] += pv[j][e] * f;
     }
   }
   if (out) {
