@@ -846,15 +846,31 @@ func (b *Backend) PadSteps() bool { return !b.opts.DisableGraphs }
 
 const attnMaxG = 8 // MAXG in kernels/attention.cu
 
-// attnSplits picks how many pieces each token's context is cut into: enough
-// blocks to fill the GPU when the batch is small, never pieces under ~32
-// keys. It depends on MaxContext only while that is small, so steps of one
-// batch size soon repeat exactly (and replay from a graph).
-func (b *Backend) attnSplits(T, blocksPerToken, maxContext int) int {
-	want := (2*int(b.dev.sms) + T*blocksPerToken - 1) / (T * blocksPerToken)
-	want = min(want, 32, max(1, (maxContext+31)/32))
-	return max(want, 1)
+// attnSplits picks how many pieces each token's context is cut into, for
+// a step of T tokens of which rows take the per-token kernel (the others
+// are flash's; their blocks return at once): enough blocks to fill the GPU
+// when those rows are few, and pieces of at most attnPieceKeys keys (a
+// block walks its piece's keys in a chain, and one long context would keep
+// the whole step waiting), but never pieces under ~32 keys, and never so
+// many pieces that the blocks flash leaves to return swamp the launch. It
+// depends on MaxContext only while that is small or changes by a piece's
+// length, so steps of one batch size soon repeat exactly (and replay from
+// a graph).
+func attnSplits(sms, rows, T, blocksPerToken, maxContext int) int {
+	rows = max(rows, 1)
+	fill := (2*sms + rows*blocksPerToken - 1) / (rows * blocksPerToken)
+	long := (maxContext + attnPieceKeys - 1) / attnPieceKeys
+	ns := min(max(fill, long), attnMaxSplits, (maxContext+31)/32)
+	ns = min(ns, 64*sms/(max(T, 1)*blocksPerToken))
+	return max(ns, 1)
 }
+
+const (
+	// attnPieceKeys bounds the keys of one per-token attention piece.
+	attnPieceKeys = 256
+	// attnMaxSplits bounds the pieces of a token's context.
+	attnMaxSplits = 32
+)
 
 // Attention implements ml.Backend.
 func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.AttentionMeta) error {
@@ -918,7 +934,11 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	}
 	G := H / KVH
 	ngc := (G + attnMaxG - 1) / attnMaxG
-	ns := b.attnSplits(T, KVH*ngc, meta.MaxContext)
+	rows := T
+	if flash {
+		rows = meta.NumSeqs // decode rows, and the few of a prompt's that flash leaves
+	}
+	ns := attnSplits(int(b.dev.sms), rows, T, KVH*ngc, meta.MaxContext)
 	var partO, partML uint64
 	if ns > 1 {
 		nO := int64(T) * int64(H) * int64(ns) * int64(D)

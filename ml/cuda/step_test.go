@@ -33,6 +33,32 @@ func TestStepSplits(t *testing.T) {
 	}
 }
 
+// TestAttnSplits: the batched path's pieces per token on an H100 (132
+// SMs) with two KV heads: a decode batch at a short context fills the GPU
+// as before; long contexts get pieces of at most 256 keys; in a step whose
+// prompt rows go to flash only the decode rows count, but the step's
+// blocks stay bounded; never pieces under ~32 keys.
+func TestAttnSplits(t *testing.T) {
+	for _, c := range []struct {
+		name               string
+		rows, T, ctx, want int
+	}{
+		{"c=64 decode at 112 keys", 64, 64, 112, 3},
+		{"c=64 decode at 4,600 keys", 64, 64, 4600, 18},
+		{"c=256 decode at 8k keys", 256, 256, 8000, 16},
+		{"one row at 40 keys", 1, 1, 40, 2},
+		{"one row at 32k keys", 1, 1, 32768, 32},
+		{"65 decode rows beside a 225-token chunk", 65, 290, 4600, 14},
+		{"65 decode rows beside a 2,048-token chunk", 65, 2112, 4600, 2},
+		{"decode rows beside the longest step", 65, 65535, 4600, 1},
+		{"empty context", 1, 1, 0, 1},
+	} {
+		if got := attnSplits(132, c.rows, c.T, 2, c.ctx); got != c.want {
+			t.Errorf("%s: attnSplits(132, %d, %d, 2, %d) = %d, want %d", c.name, c.rows, c.T, c.ctx, got, c.want)
+		}
+	}
+}
+
 // TestStepKernelsAreLoaded: every head dim DecodeLayers takes (up to 256)
 // maps to a decode_step kernel that the backend loads at start-up.
 func TestStepKernelsAreLoaded(t *testing.T) {
