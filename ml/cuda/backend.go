@@ -392,7 +392,9 @@ func NewBackend(opts Options) (*Backend, error) {
 	}
 	// The kernels compile (or come from the cache) in the background while
 	// the caller loads weights; the first kernel launch waits for them.
-	deferred := func(u int) bool { return opts.LazyKernels && isOnDemandUnit(u) }
+	// Units of fused GEMVs for more rows than FusedDecodeMaxT are never
+	// begun (deferred, and no launch asks for them).
+	deferred := func(u int) bool { return isDeferredUnit(u, opts.LazyKernels, opts.FusedDecodeMaxT) }
 	if b.units, err = l.compileKernels(kernelSource, dev.major, dev.minor, dev.driver, opts.CacheDir, deferred, log); err != nil {
 		return fail(err)
 	}
@@ -445,7 +447,7 @@ func (b *Backend) loadKernels() error {
 	defer b.exit()
 	lazy := b.opts.LazyKernels
 	for u, ku := range b.units {
-		if lazy && isOnDemandUnit(u) {
+		if isDeferredUnit(u, lazy, b.opts.FusedDecodeMaxT) {
 			continue
 		}
 		if err := b.loadUnit(ku); err != nil {
@@ -455,7 +457,7 @@ func (b *Backend) loadKernels() error {
 	}
 	fns := map[string]uintptr{}
 	for _, name := range kernelNames() {
-		if lazy && isStepKernel(name) {
+		if lazy && isStepKernel(name) || b.unusedKernel(name) {
 			continue
 		}
 		fns[name] = b.findKernel(name)
@@ -475,20 +477,21 @@ func (b *Backend) fp8Kernels() error {
 	if b.fp8Loaded {
 		return nil
 	}
-	for _, u := range fp8Units {
+	units := b.usedFP8Units()
+	for _, u := range units {
 		b.units[u].begin()
 	}
 	if err := b.enter(); err != nil {
 		return err
 	}
 	defer b.exit()
-	for _, u := range fp8Units {
+	for _, u := range units {
 		if err := b.loadUnit(b.units[u]); err != nil {
 			return err
 		}
 	}
 	for _, name := range kernelNames() {
-		if b.fns[name] != 0 || !isFP8Kernel(name) || isStepKernel(name) {
+		if b.fns[name] != 0 || !isFP8Kernel(name) || isStepKernel(name) || b.unusedKernel(name) {
 			continue
 		}
 		if b.fns[name] = b.findKernel(name); b.fns[name] == 0 {
@@ -497,6 +500,23 @@ func (b *Backend) fp8Kernels() error {
 	}
 	b.fp8Loaded = true
 	return nil
+}
+
+// usedFP8Units are the fp8Units this backend's launches can need.
+func (b *Backend) usedFP8Units() []int {
+	var us []int
+	for _, u := range fp8Units {
+		if !unusedUnit(u, b.opts.FusedDecodeMaxT) {
+			us = append(us, u)
+		}
+	}
+	return us
+}
+
+// unusedKernel reports whether no launch of this backend asks for the
+// kernel: a fused GEMV for more rows than FusedDecodeMaxT.
+func (b *Backend) unusedKernel(name string) bool {
+	return dgemvRows(name) > dgemvM(max(b.opts.FusedDecodeMaxT, 1))
 }
 
 // PrepareKernels implements ml.KernelPreparer: with LazyKernels, the
@@ -508,7 +528,7 @@ func (b *Backend) PrepareKernels(n ml.KernelNeeds) {
 		return
 	}
 	if n.Weights == ml.F8 || n.KV == ml.F8 {
-		for _, u := range fp8Units {
+		for _, u := range b.usedFP8Units() {
 			b.units[u].begin()
 		}
 	}

@@ -115,6 +115,18 @@ func StepUnits() []int {
 // FP8Units are the units of the FP8 kernels outside the decode step.
 func FP8Units() []int { return fp8Units[:] }
 
+// UnusedUnits are the units of fused GEMVs for more rows than b's
+// FusedDecodeMaxT, which b never compiles.
+func UnusedUnits(b *Backend) []int {
+	var us []int
+	for u := range kernelUnits {
+		if unusedUnit(u, b.opts.FusedDecodeMaxT) {
+			us = append(us, u)
+		}
+	}
+	return us
+}
+
 // SetFlashMin makes attention steps with at least n tokens beyond one per
 // sequence take the flash kernel (0: every step of a bf16 cache).
 func SetFlashMin(b *Backend, n int) { b.flashMin = n }

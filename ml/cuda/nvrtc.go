@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,42 @@ var fp8Units = [...]int{13, 14, 15, 21}
 
 // isFP8Unit reports whether unit u is one of fp8Units.
 func isFP8Unit(u int) bool { return slices.Contains(fp8Units[:], u) }
+
+// isDeferredUnit reports whether a backend with these options leaves unit
+// u's compile until something asks for it (never, for an unused unit).
+func isDeferredUnit(u int, lazy bool, fusedMaxT int) bool {
+	return lazy && isOnDemandUnit(u) || unusedUnit(u, fusedMaxT)
+}
+
+// dgemvRowUnits are the units of the fused GEMVs for steps of 2 and of 3-4
+// rows (dgemvM), bf16 and FP8: a backend whose FusedDecodeMaxT never
+// launches them does not compile them (a third of the compile work).
+var dgemvRowUnits = map[int][]int{2: {5, 6, 14}, 4: {7, 8, 24, 33, 15}}
+
+// unusedUnit reports whether unit u holds only fused GEMVs for more rows
+// than a step of fusedMaxT tokens takes.
+func unusedUnit(u, fusedMaxT int) bool {
+	for m, us := range dgemvRowUnits {
+		if dgemvM(max(fusedMaxT, 1)) < m && slices.Contains(us, u) {
+			return true
+		}
+	}
+	return false
+}
+
+// dgemvRows is the M of a fused GEMV kernel's name (dgemv_<epi>[_f8]_<M>_<KS>),
+// 0 for other kernels.
+func dgemvRows(name string) int {
+	f := strings.Split(name, "_")
+	if len(f) < 4 || f[0] != "dgemv" {
+		return 0
+	}
+	m, err := strconv.Atoi(f[len(f)-2])
+	if err != nil {
+		return 0
+	}
+	return m
+}
 
 // isOnDemandUnit reports whether unit u compiles only when asked for under
 // LazyKernels.

@@ -1,9 +1,11 @@
 package cuda
 
 import (
+	"fmt"
 	"os"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,7 +66,7 @@ func TestStepKernelSpills(t *testing.T) {
 // nvrtcForTest loads NVRTC alone (no GPU or driver needed) and logs its
 // version. Without NVRTC it skips the test, unless LLMSERVE_REQUIRE_NVRTC
 // is set (CI installs one); require tells whether it is.
-func nvrtcForTest(t *testing.T) (l *libs, require bool) {
+func nvrtcForTest(t testing.TB) (l *libs, require bool) {
 	require = os.Getenv("LLMSERVE_REQUIRE_NVRTC") != ""
 	l = &libs{}
 	if err := l.loadNVRTC(); err != nil {
@@ -186,5 +188,41 @@ func TestKernelUnits(t *testing.T) {
 		if !loaded[name] {
 			t.Errorf("unit %v holds %s, which the backend never loads", us, name)
 		}
+		// A unit a backend skips for its FusedDecodeMaxT holds only the
+		// fused GEMVs of its row count, and holds all of them.
+		for m, rowUnits := range dgemvRowUnits {
+			for _, u := range us {
+				if in := slices.Contains(rowUnits, u); in != (dgemvRows(name) == m) {
+					t.Errorf("kernel %s (%d rows) is in unit %d; dgemvRowUnits[%d] = %v", name, dgemvRows(name), u, m, rowUnits)
+				}
+			}
+		}
+	}
+}
+
+// BenchmarkEagerUnits compiles, one at a time with NVRTC alone (sm_90), the
+// units a lazy backend compiles at start-up, for FusedDecodeMaxT 1 (the
+// server's) and 4: eager-s is their compile time in all, a cold start's
+// compile work.
+func BenchmarkEagerUnits(bm *testing.B) {
+	l, _ := nvrtcForTest(bm)
+	for _, fusedMaxT := range []int{1, 4} {
+		bm.Run(fmt.Sprintf("fused-max-t=%d", fusedMaxT), func(bm *testing.B) {
+			var units []int
+			for u := range kernelUnits {
+				if !isDeferredUnit(u, true, fusedMaxT) {
+					units = append(units, u)
+				}
+			}
+			for bm.Loop() {
+				for _, u := range units {
+					if _, err := compileUnitReport(l, u); err != nil {
+						bm.Fatal(err)
+					}
+				}
+			}
+			bm.ReportMetric(bm.Elapsed().Seconds()/float64(bm.N), "eager-s")
+			bm.ReportMetric(float64(len(units)), "units")
+		})
 	}
 }

@@ -1,6 +1,9 @@
 package cuda
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // TestStepKS: the decode-step kernel's split-K choice for Qwen2.5-1.5B's
 // matrices on an H100's 264 resident blocks, and its limits.
@@ -55,6 +58,31 @@ func TestAttnSplits(t *testing.T) {
 	} {
 		if got := attnSplits(132, c.rows, c.T, 2, c.ctx); got != c.want {
 			t.Errorf("%s: attnSplits(132, %d, %d, 2, %d) = %d, want %d", c.name, c.rows, c.T, c.ctx, got, c.want)
+		}
+	}
+}
+
+// TestUnusedUnits: a backend fusing one-token steps only skips the fused
+// GEMV units of 2 and 4 rows, one fusing up to 2 rows those of 4, one
+// fusing up to 3 or 4 none; kernel names give their row count.
+func TestUnusedUnits(t *testing.T) {
+	for _, c := range []struct {
+		fusedMaxT int
+		want      []int
+	}{{-1, []int{5, 6, 7, 8, 14, 15, 24, 33}}, {1, []int{5, 6, 7, 8, 14, 15, 24, 33}}, {2, []int{7, 8, 15, 24, 33}}, {3, nil}, {4, nil}} {
+		var got []int
+		for u := range kernelUnits {
+			if unusedUnit(u, c.fusedMaxT) {
+				got = append(got, u)
+			}
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("FusedDecodeMaxT %d: unused units %v, want %v", c.fusedMaxT, got, c.want)
+		}
+	}
+	for name, want := range map[string]int{"dgemv_silu_f8_4_2": 4, "dgemv_store_1_8": 1, "dgemv_addf_2_1": 2, "gemv_bf16_xbf16_2_8": 0, "decode_step_4": 0} {
+		if got := dgemvRows(name); got != want {
+			t.Errorf("dgemvRows(%q) = %d, want %d", name, got, want)
 		}
 	}
 }
