@@ -658,10 +658,11 @@ func TestModelStepKernelMatchesLayerByLayer(t *testing.T) {
 
 // TestStepAttentionPieces: the decode-step kernel's attention with its
 // context forced into 1, 3, 16 and 40 pieces per head (16: one full merge
-// group; 40: three groups, the last of them empty), over a cache of one-token blocks in scattered
-// order, so that a piece spans more blocks than the 32 whose table entries
-// a warp holds at once: llama3-tiny-bf16 decoding 150 tokens after 4
-// prompt tokens gives the unfused ops' logits at every position.
+// group; 40: three groups, the last of them empty), over a cache of
+// one-token blocks in scattered order, so that a piece spans more blocks
+// than the 32 whose table entries a warp holds at once: llama3-tiny-bf16
+// decoding 150 tokens after 4 prompt tokens gives the unfused ops' logits
+// at every position.
 func TestStepAttentionPieces(t *testing.T) {
 	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
