@@ -13,8 +13,14 @@ func convertHost(data []byte, src, store ml.DType) []byte {
 	if src == store {
 		return data
 	}
+	out := make([]byte, len(data)/src.Size()*store.Size())
+	convertHostTo(out, data, src, store)
+	return out
+}
+
+// convertHostTo is convertHost into out (len(data)/src.Size() values of store).
+func convertHostTo(out, data []byte, src, store ml.DType) {
 	n := len(data) / src.Size()
-	out := make([]byte, n*store.Size())
 	for i := 0; i < n; i++ {
 		var f float32
 		switch src {
@@ -32,25 +38,6 @@ func convertHost(data []byte, src, store ml.DType) []byte {
 			binary.LittleEndian.PutUint16(out[2*i:], f32ToBF16(f))
 		case ml.F16:
 			binary.LittleEndian.PutUint16(out[2*i:], f32ToF16(f))
-		}
-	}
-	return out
-}
-
-// widenHost decodes len(dst) values of dtype src (f32, bf16 or f16) from data.
-func widenHost(dst []float32, data []byte, src ml.DType) {
-	switch src {
-	case ml.F32:
-		for i := range dst {
-			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
-		}
-	case ml.BF16:
-		for i := range dst {
-			dst[i] = bf16ToF32(binary.LittleEndian.Uint16(data[2*i:]))
-		}
-	case ml.F16:
-		for i := range dst {
-			dst[i] = f16ToF32(binary.LittleEndian.Uint16(data[2*i:]))
 		}
 	}
 }

@@ -34,9 +34,12 @@ func (b *Backend) loadF8(rows, cols int, data []byte, src ml.DType) (ml.Tensor, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			row := make([]float32, cols)
+			row, f32 := make([]float32, cols), make([]byte, 4*cols)
 			for r := w * rows / workers; r < (w+1)*rows/workers; r++ {
-				widenHost(row, data[r*cols*es:(r+1)*cols*es], src)
+				convertHostTo(f32, data[r*cols*es:(r+1)*cols*es], src, ml.F32)
+				for c := range row {
+					row[c] = math.Float32frombits(binary.LittleEndian.Uint32(f32[4*c:]))
+				}
 				s := ml.QuantizeF8Row(host[r*cols:(r+1)*cols], row)
 				binary.LittleEndian.PutUint32(host[codeBytes+int64(4*r):], math.Float32bits(s))
 			}
