@@ -69,6 +69,42 @@ func (f *fakeDevice) FreeKVCache(c ml.KVCache) {
 
 func (f *fakeDevice) MemInfo() (free, total int64, err error) { return f.total - f.used, f.total, nil }
 
+// namedDevice is a fakeDevice with a GPU's name.
+type namedDevice struct {
+	*fakeDevice
+	name string
+}
+
+func (d namedDevice) DeviceName() string { return d.name }
+
+// TestDefaultBatchedTokens: vLLM's default step budget, 8192 tokens on a
+// GPU of at least 70 GiB that is not an A100, else 2048 (the CPU too).
+func TestDefaultBatchedTokens(t *testing.T) {
+	cpuBe, err := newBackend("cpu", gpuOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cpuBe.Close()
+	for _, c := range []struct {
+		name  string
+		total int64
+		want  int
+	}{
+		{"NVIDIA H100 80GB HBM3", 80 << 30, 8192},
+		{"NVIDIA H200", 141 << 30, 8192},
+		{"NVIDIA A100-SXM4-80GB", 80 << 30, 2048},
+		{"NVIDIA L4", 24 << 30, 2048},
+	} {
+		be := namedDevice{&fakeDevice{Backend: cpuBe, total: c.total}, c.name}
+		if got := defaultBatchedTokens(be); got != c.want {
+			t.Errorf("%s with %d GiB: %d, want %d", c.name, c.total>>30, got, c.want)
+		}
+	}
+	if got := defaultBatchedTokens(cpuBe); got != 2048 {
+		t.Errorf("CPU: %d, want 2048", got)
+	}
+}
+
 // TestKVBlocksProfilesTheLargestStep: on a device, the KV cache gets what
 // --gpu-memory-utilization leaves after the weights, the step buffers of a
 // --max-num-batched-tokens profile step (measured, not guessed) and the

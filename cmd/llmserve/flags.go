@@ -391,7 +391,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.StringVar(&c.Quantization, "quantization", "", `"", int8 (weight-only, CPU) or fp8 (weight-only); -q`)
 	fs.IntVar(&c.MaxModelLen, "max-model-len", 0, "max tokens per sequence, prompt plus output (default: the model's max_position_embeddings, lowered to what the KV cache holds)")
 	fs.IntVar(&c.MaxNumSeqs, "max-num-seqs", 256, "max sequences per engine step")
-	fs.IntVar(&c.MaxNumBatchedTokens, "max-num-batched-tokens", 2048, "max tokens per engine step (long prompts are chunked)")
+	fs.IntVar(&c.MaxNumBatchedTokens, "max-num-batched-tokens", 0, "max tokens per engine step (long prompts are chunked); default, as vLLM's: 8192 on a GPU of at least 70 GiB other than an A100, else 2048")
 	fs.IntVar(&c.BlockSize, "block-size", 16, "tokens per KV cache block")
 	fs.Float64Var(&c.GPUMemoryUtilization, "gpu-memory-utilization", 0.9, "fraction of GPU memory for weights, activations and KV cache (CUDA)")
 	fs.Var(bytesFlag{&c.KVCacheMemory}, "kv-cache-memory", "KV cache size, e.g. 2GiB (default: 1GiB on CPU; from --gpu-memory-utilization on CUDA)")
@@ -668,7 +668,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	if c.Port < 0 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--port %d out of range", c.Port))
 	}
-	if c.MaxModelLen < 0 || c.MaxNumSeqs < 1 || c.MaxNumBatchedTokens < 1 || c.BlockSize < 1 {
+	if c.MaxModelLen < 0 || c.MaxNumSeqs < 1 || c.MaxNumBatchedTokens < 0 || set["max-num-batched-tokens"] && c.MaxNumBatchedTokens == 0 || c.BlockSize < 1 {
 		errs = append(errs, errors.New("--max-model-len, --max-num-seqs, --max-num-batched-tokens and --block-size must be positive"))
 	}
 	if c.GemmActivations != "split" && c.GemmActivations != "bf16" {

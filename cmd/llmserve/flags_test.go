@@ -44,6 +44,9 @@ func TestParseFlags(t *testing.T) {
 		c.GemmActivations != "split" || c.gpuOptions().RoundActivations {
 		t.Fatalf("%+v %v", c, err)
 	}
+	if c.MaxNumBatchedTokens != 0 {
+		t.Fatalf("--max-num-batched-tokens unset: %d, want 0 (the device's default, chosen at start-up)", c.MaxNumBatchedTokens)
+	}
 	c, err = parseFlags([]string{"--gemm-activations", "bf16", "m"}, func(string) string { return "" }, io.Discard)
 	if err != nil || !c.gpuOptions().RoundActivations {
 		t.Fatalf("--gemm-activations bf16: %+v %v", c, err)
@@ -55,7 +58,8 @@ func TestParseFlags(t *testing.T) {
 		{"--model", "m", "--quantization", "fp4"}, {"--model", "m", "--load-format", "gguf"},
 		{"--model", "m", "--kv-cache-dtype", "int4"}, {"--model", "m", "--stream-write-timeout", "-1s"},
 		{"--model", "m", "--max-connections", "-1"}, {"--model", "m", "--idle-timeout", "-1s"},
-		{"--model", "m", "--gemm-activations", "fp8"},
+		{"--model", "m", "--gemm-activations", "fp8"}, {"--model", "m", "--max-num-batched-tokens", "0"},
+		{"--model", "m", "--max-num-batched-tokens", "-1"},
 	} {
 		if _, err := parseFlags(bad, func(string) string { return "" }, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)

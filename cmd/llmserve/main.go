@@ -258,7 +258,11 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, onListen func(add
 			return dev.err
 		}
 		be, group = dev.be, dev.group
-		phases.done("device init", "backend", be.Name(), "tensor_parallel_size", cfg.TensorParallelSize)
+		if cfg.MaxNumBatchedTokens == 0 {
+			cfg.MaxNumBatchedTokens = defaultBatchedTokens(be)
+		}
+		phases.done("device init", "backend", be.Name(), "tensor_parallel_size", cfg.TensorParallelSize,
+			"max_num_batched_tokens", cfg.MaxNumBatchedTokens)
 		path := dir
 		if path == "" {
 			path = cfg.Model // a built-in config with dummy weights
