@@ -853,13 +853,17 @@ const attnMaxG = 8 // MAXG in kernels/attention.cu
 // block walks its piece's keys in a chain, and one long context would keep
 // the whole step waiting), but never pieces under ~32 keys, and never so
 // many pieces that the blocks flash leaves to return swamp the launch. It
-// depends on MaxContext only while that is small or changes by a piece's
-// length, so steps of one batch size soon repeat exactly (and replay from
-// a graph).
+// depends on MaxContext only while that is small, or by powers of two
+// beyond attnPieceKeys, so steps of one batch size soon repeat exactly and
+// replay from a graph (a backend caches at most Options.MaxGraphs, each
+// shape of a step its own).
 func attnSplits(sms, rows, T, blocksPerToken, maxContext int) int {
 	rows = max(rows, 1)
 	fill := (2*sms + rows*blocksPerToken - 1) / (rows * blocksPerToken)
-	long := (maxContext + attnPieceKeys - 1) / attnPieceKeys
+	long := 1
+	for long*attnPieceKeys < maxContext && long < attnMaxSplits {
+		long *= 2
+	}
 	ns := min(max(fill, long), attnMaxSplits, (maxContext+31)/32)
 	ns = min(ns, 64*sms/(max(T, 1)*blocksPerToken))
 	return max(ns, 1)

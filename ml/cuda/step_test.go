@@ -38,7 +38,8 @@ func TestStepSplits(t *testing.T) {
 
 // TestAttnSplits: the batched path's pieces per token on an H100 (132
 // SMs) with two KV heads: a decode batch at a short context fills the GPU
-// as before; long contexts get pieces of at most 256 keys; in a step whose
+// as before; long contexts get pieces of at most 256 keys, their count a
+// power of two (each count is a graph of its own); in a step whose
 // prompt rows go to flash only the decode rows count, but the step's
 // blocks stay bounded; never pieces under ~32 keys.
 func TestAttnSplits(t *testing.T) {
@@ -47,7 +48,9 @@ func TestAttnSplits(t *testing.T) {
 		rows, T, ctx, want int
 	}{
 		{"c=64 decode at 112 keys", 64, 64, 112, 3},
-		{"c=64 decode at 4,600 keys", 64, 64, 4600, 18},
+		{"c=64 decode at 4,600 keys", 64, 64, 4600, 32},
+		{"c=64 decode at 1,000 keys", 64, 64, 1000, 4},
+		{"c=64 decode at 1,100 keys", 64, 64, 1100, 8},
 		{"c=256 decode at 8k keys", 256, 256, 8000, 16},
 		{"one row at 40 keys", 1, 1, 40, 2},
 		{"one row at 32k keys", 1, 1, 32768, 32},
