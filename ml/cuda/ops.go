@@ -865,8 +865,15 @@ func attnSplits(sms, rows, T, blocksPerToken, maxContext int) int {
 		long *= 2
 	}
 	ns := min(max(fill, long), attnMaxSplits, (maxContext+31)/32)
-	ns = min(ns, 64*sms/(max(T, 1)*blocksPerToken))
-	return max(ns, 1)
+	ns = max(1, min(ns, 64*sms/(max(T, 1)*blocksPerToken)))
+	if rows < T {
+		// Beside flash the count follows the step's sequences, which vary
+		// from step to step: a power of two keeps its graphs few.
+		for ns&(ns-1) != 0 {
+			ns &= ns - 1
+		}
+	}
+	return ns
 }
 
 const (

@@ -40,8 +40,9 @@ func TestStepSplits(t *testing.T) {
 // SMs) with two KV heads: a decode batch at a short context fills the GPU
 // as before; long contexts get pieces of at most 256 keys, their count a
 // power of two (each count is a graph of its own); in a step whose
-// prompt rows go to flash only the decode rows count, but the step's
-// blocks stay bounded; never pieces under ~32 keys.
+// prompt rows go to flash only the decode rows count, in powers of two
+// (the rows vary from step to step), and the step's blocks stay bounded;
+// never pieces under ~32 keys.
 func TestAttnSplits(t *testing.T) {
 	for _, c := range []struct {
 		name               string
@@ -54,7 +55,8 @@ func TestAttnSplits(t *testing.T) {
 		{"c=256 decode at 8k keys", 256, 256, 8000, 16},
 		{"one row at 40 keys", 1, 1, 40, 2},
 		{"one row at 32k keys", 1, 1, 32768, 32},
-		{"65 decode rows beside a 225-token chunk", 65, 290, 4600, 14},
+		{"65 decode rows beside a 225-token chunk", 65, 290, 4600, 8},
+		{"3 decode rows beside a 225-token chunk", 3, 228, 900, 16},
 		{"65 decode rows beside a 2,048-token chunk", 65, 2112, 4600, 2},
 		{"decode rows beside the longest step", 65, 65535, 4600, 1},
 		{"empty context", 1, 1, 0, 1},
