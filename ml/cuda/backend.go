@@ -104,7 +104,8 @@ type Options struct {
 	DisableGraphs bool
 	// GraphMinOps is the fewest launches a step must have to be captured (default 24).
 	GraphMinOps int
-	// MaxGraphs bounds the number of cached graphs (default 1024).
+	// MaxGraphs bounds the number of cached graphs (default 1024); past
+	// it, a new step shape takes the place of the least recently used.
 	MaxGraphs int
 	// CublasWorkspace is cuBLAS's workspace in bytes (default 32 MiB).
 	CublasWorkspace int
@@ -216,9 +217,12 @@ type Backend struct {
 	one    float32
 	zero   float32
 
-	seed     maphash.Seed
-	graphs   map[uint64]*graphEntry
-	numGraph int
+	seed       maphash.Seed
+	graphs     map[uint64]*graphEntry
+	numGraph   int
+	graphClock uint64 // flushes so far (graphEntry.used)
+	// graphEvictions counts entries evicted for new ones (tests).
+	graphEvictions int
 
 	closed bool
 	nccl   *ncclLib // loaded by the first all-reduce launched
@@ -292,6 +296,7 @@ type graphEntry struct {
 	seen   int
 	exec   uintptr
 	failed bool
+	used   uint64 // Backend.graphClock at its last flush: the least recent goes first
 }
 
 type tensor struct {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/llmserve/llmserve/ml"
@@ -429,6 +430,64 @@ func TestGraphReplayExact(t *testing.T) {
 				t.Fatalf("step %d logit %d: direct %v, graph %v", s, j, res[0][s][j], res[1][s][j])
 			}
 		}
+	}
+}
+
+// TestGraphCacheEvictsLeastRecent: with room for two graphs, a third step
+// shape takes the place of the least recently used, and a shape seen again
+// after its eviction is captured anew; every product equals the one
+// launched without graphs.
+func TestGraphCacheEvictsLeastRecent(t *testing.T) {
+	gpuOrSkip(t)
+	g := newTestBackend(t, Options{MaxGraphs: 2, GraphMinOps: 1})
+	defer g.Close()
+	direct := newTestBackend(t, Options{DisableGraphs: true})
+	defer direct.Close()
+	r := rand.New(rand.NewPCG(3, 4))
+	const K, N = 64, 48
+	wData := mltest.Encode(ml.F32, mltest.RandF32(r, N*K, 1))
+	// One weight and one input and output per shape, so that a shape's
+	// steps repeat exactly.
+	type bufs struct{ x, dst ml.Tensor }
+	type dev struct {
+		b   *Backend
+		w   ml.Tensor
+		per map[int]bufs
+	}
+	setup := func(b *Backend) *dev {
+		w, err := b.LoadWeight(N, K, wData, ml.F32, ml.BF16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &dev{b, w, map[int]bufs{}}
+	}
+	graphed, plain := setup(g), setup(direct)
+	product := func(d *dev, x []float32, T int) []float32 {
+		bs, ok := d.per[T]
+		if !ok {
+			bs.x, _ = d.b.NewTensor(ml.F32, T, K)
+			bs.dst, _ = d.b.NewTensor(ml.F32, T, N)
+			d.per[T] = bs
+		}
+		if err := errors.Join(d.b.UploadF32(bs.x, x), d.b.MatMul(bs.dst, bs.x, d.w, nil)); err != nil {
+			t.Fatal(err)
+		}
+		out := make([]float32, T*N)
+		if err := d.b.Download(out, bs.dst); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	// Shapes A A B B C C A A: C evicts A, then A evicts B.
+	for i, T := range []int{3, 3, 5, 5, 7, 7, 3, 3} {
+		x := mltest.RandF32(r, T*K, 1)
+		got, want := product(graphed, x, T), product(plain, x, T)
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d (%d rows): the graph backend's product differs", i, T)
+		}
+	}
+	if entries, captured, evictions := GraphCache(g); entries != 2 || captured != 2 || evictions != 2 {
+		t.Errorf("%d entries, %d captured, %d evictions; want 2, 2, 2", entries, captured, evictions)
 	}
 }
 

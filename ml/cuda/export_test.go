@@ -130,3 +130,14 @@ func UnusedUnits(b *Backend) []int {
 // SetFlashMin makes attention steps with at least n tokens beyond one per
 // sequence take the flash kernel (0: every step of a bf16 cache).
 func SetFlashMin(b *Backend, n int) { b.flashMin = n }
+
+// GraphCache reports b's cached graph entries, how many of them hold a
+// captured graph, and how many entries were evicted for new ones.
+func GraphCache(b *Backend) (entries, captured, evictions int) {
+	for _, e := range b.graphs {
+		if e.exec != 0 {
+			captured++
+		}
+	}
+	return len(b.graphs), captured, b.graphEvictions
+}

@@ -118,12 +118,17 @@ func (b *Backend) flush() error {
 	if !b.opts.DisableGraphs && len(b.ops) >= b.opts.GraphMinOps {
 		h := maphash.Bytes(b.seed, b.trace)
 		e := b.graphs[h]
+		b.graphClock++
+		if e != nil {
+			e.used = b.graphClock
+		}
 		switch {
 		case e == nil:
-			if b.numGraph < b.opts.MaxGraphs {
-				b.graphs[h] = &graphEntry{trace: bytes.Clone(b.trace), seen: 1}
-				b.numGraph++
+			if b.numGraph >= b.opts.MaxGraphs {
+				b.evictGraph()
 			}
+			b.graphs[h] = &graphEntry{trace: bytes.Clone(b.trace), seen: 1, used: b.graphClock}
+			b.numGraph++
 		case !bytes.Equal(e.trace, b.trace) || e.failed:
 		case e.exec != 0:
 			return b.l.call(b.l.cuGraphLaunch, "cuGraphLaunch", e.exec, b.stream)
@@ -141,6 +146,29 @@ func (b *Backend) flush() error {
 		}
 	}
 	return b.launchAll()
+}
+
+// evictGraph drops the least recently used graph entry (the context
+// current): a long-running server meets new step shapes (batch sizes,
+// attention piece counts) long after its first MaxGraphs, and they should
+// replay too. A graph still running is freed when it completes.
+func (b *Backend) evictGraph() {
+	var oldest uint64
+	var e *graphEntry
+	for k, g := range b.graphs {
+		if e == nil || g.used < e.used {
+			oldest, e = k, g
+		}
+	}
+	if e == nil {
+		return
+	}
+	if e.exec != 0 {
+		_ = b.l.call(b.l.cuGraphExecDestroy, "cuGraphExecDestroy", e.exec)
+	}
+	delete(b.graphs, oldest)
+	b.numGraph--
+	b.graphEvictions++
 }
 
 func (b *Backend) capture() (uintptr, error) {
