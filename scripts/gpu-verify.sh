@@ -11,7 +11,10 @@
 #   bash scripts/gpu-verify.sh 1   # then 2, 3
 #
 # Part 5 runs the long-context workloads with --max-num-batched-tokens
-# 8192, --gemm-activations bf16, and both.
+# 8192, --gemm-activations bf16, and both. PREV_BIN (part 2): an earlier
+# server binary whose long-context workloads run beside this build's, with
+# PREV_FLAGS (e.g. --max-num-batched-tokens 8192, today's default on an
+# H100 or H200, which older builds did not choose).
 #
 # Part 4 (BASE_TEST_BIN: the baseline's cuda.test) checks the one-token
 # decode regression's fix: ptxas's spill report of the step kernels from
@@ -116,13 +119,17 @@ elif [ "$part" = 3 ]; then
   nvidia-smi --query-gpu=name --format=csv
 else
   # The long-context workloads (the mix too) from this build; the 12-token
-  # decode sweep from the baseline beside it; the Qwen3 models.
-  for bin in "${bins[@]}"; do
+  # decode sweep from the baseline beside it; with PREV_BIN (an earlier
+  # server) its long-context workloads too, for an A/B; the Qwen3 models.
+  for bin in "${bins[@]}" ${PREV_BIN:+"$PREV_BIN"}; do
     tag=$(basename "$bin")
     only="decode12 long8k p1024-c64 mix-c64"
-    [ "$bin" = "$BIN" ] || only=decode12
-    echo "== $tag long context ($only)"
-    BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="$only" OUTDIR="$o/long-$tag" timeout 150 bash scripts/bench-gpu-long.sh
+    [ "$bin" = "$BASE_BIN" ] && only=decode12
+    flags=""
+    [ "$bin" = "${PREV_BIN:-}" ] && flags=${PREV_FLAGS:-}
+    echo "== $tag long context ($only) $flags"
+    BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="$only" SERVER_FLAGS="$flags" OUTDIR="$o/long-$tag" \
+      timeout 150 bash scripts/bench-gpu-long.sh
   done
 
   echo "== $(basename "$BIN") models"
