@@ -19,8 +19,8 @@
 # Part 4 (BASE_TEST_BIN: the baseline's cuda.test) checks the one-token
 # decode regression's fix: ptxas's spill report of the step kernels from
 # the device's NVRTC, the step kernel's phases in both builds, and c=1 at
-# two --max-model-len; with PREV_TEST_BIN (cuda.test of the commit before
-# the GQA-packed flash kernel) also the prefill attention of both.
+# two --max-model-len; with PREV_TEST_BIN (an earlier build's cuda.test)
+# also its step phases and the prefill attention of both.
 set -uo pipefail
 part=${1:?part 1, 2, 3, 4 or 5}
 TEST_BIN=${TEST_BIN:-.gpu/cuda.test}
@@ -69,6 +69,7 @@ elif [ "$part" = 4 ]; then
   test_bin="$(cd "$(dirname "$TEST_BIN")" && pwd)/$(basename "$TEST_BIN")"
   base_test="$(cd "$(dirname "$BASE_TEST_BIN")" && pwd)/$(basename "$BASE_TEST_BIN")"
   (cd ml/cuda && timeout 120 "$test_bin" -test.run 'TestStepKernelSpills' -test.v 2>&1 | tee "$o/spills.log" | grep -E "spill|NVRTC|FAIL|ok|PASS")
+  prev_test=""
   if [ -n "${PREV_TEST_BIN:-}" ]; then
     prev_test="$(cd "$(dirname "$PREV_TEST_BIN")" && pwd)/$(basename "$PREV_TEST_BIN")"
     for round in 1 2; do
@@ -80,7 +81,7 @@ elif [ "$part" = 4 ]; then
     done
   fi
   for round in 1 2; do
-    for tb in "$base_test" "$test_bin"; do
+    for tb in "$base_test" ${prev_test:+"$prev_test"} "$test_bin"; do
       echo "== $(basename "$tb") round $round"
       (cd ml/cuda && timeout 100 "$tb" -test.run XXX -test.bench 'BenchmarkModelDecode/(step|step-stamped)$/T=1$' \
         -test.benchtime 200x 2>&1 | grep -E "^Benchmark|FAIL|panic" | tee -a "$o/step-phases.log")
