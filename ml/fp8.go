@@ -14,9 +14,8 @@ const F8Max = 448
 // ±F8Max as vLLM's fp8 quantization clamps.
 func F8Bits(f float32) uint8 { return f8Bits(float64(f)) }
 
-// f8Bits is F8Bits of a float64, rounded once. It rounds on the bits
-// (ties to even by the usual add-half-minus-one-plus-lsb carry): loading
-// --quantization fp8 runs it on every weight.
+// f8Bits is F8Bits of a float64, rounded once, on the bits (f8Normal):
+// loading --quantization fp8 runs it on every weight.
 func f8Bits(a float64) uint8 {
 	if a != a {
 		return 0x7f
@@ -31,11 +30,21 @@ func f8Bits(a float64) uint8 {
 	if a < 0x1p-6 { // subnormal: multiples of 2^-9 (8 of them is the smallest normal, 0x08)
 		return sign | uint8(math.RoundToEven(a*0x1p9))
 	}
-	// Keep 3 of the 52 mantissa bits; a carry out of the mantissa bumps
-	// the exponent, which is the right result (m = 16 is 8 at exp+1).
-	bits += 1<<48 - 1 + (bits>>49)&1
-	exp := int(bits>>52) - 1023
-	return sign | uint8(exp+7)<<3 | uint8(bits>>49)&7
+	return f8Normal(math.Float64bits(a)) | sign
+}
+
+// Float64 bits of E4M3's normal range [2^-6, 448).
+const f8MinNormalBits, f8MaxBits = 0x3f90000000000000, 0x407c000000000000
+
+// f8Normal rounds a float64, given by its bits, whose magnitude is in E4M3's
+// normal range (ties to even). It keeps 3 of the 52 mantissa bits by the
+// add-half-minus-one-plus-lsb carry; a carry out of the mantissa bumps the
+// exponent, which is the right result (m = 16 is 8 at exp+1). Small enough
+// to inline into QuantizeF8Row's loop, the load's hot spot.
+func f8Normal(bits uint64) uint8 {
+	mag := bits &^ (1 << 63)
+	mag += 1<<48 - 1 + (mag>>49)&1
+	return uint8(bits>>56)&0x80 | uint8((mag>>52)-1016)<<3 | uint8(mag>>49)&7
 }
 
 // F8Value widens an E4M3 value.
@@ -73,14 +82,10 @@ func QuantizeF8Row(q []uint8, row []float32) float32 {
 	// Each value is rounded once, from float64: through float32 first, a
 	// quotient just off a midpoint could land on it and round the other way.
 	s := m / F8Max
-	const minNormal, maxBits = 0x3f90000000000000, 0x407c000000000000 // 2^-6 and 448 as float64 bits
 	for i, v := range row {
 		x := float64(v) / s
-		bits := math.Float64bits(x)
-		if mag := bits &^ (1 << 63); mag >= minNormal && mag < maxBits {
-			// f8Bits' normal case, inlined: this loop is the load's hot spot.
-			mag += 1<<48 - 1 + (mag>>49)&1
-			q[i] = uint8(bits>>56)&0x80 | uint8((mag>>52)-1016)<<3 | uint8(mag>>49)&7
+		if mag := math.Float64bits(x) &^ (1 << 63); mag >= f8MinNormalBits && mag < f8MaxBits {
+			q[i] = f8Normal(math.Float64bits(x))
 			continue
 		}
 		q[i] = f8Bits(x)
