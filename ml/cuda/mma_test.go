@@ -120,6 +120,7 @@ func TestExpertMMA(t *testing.T) {
 		{16, 130, 256, 300, 4}, // 64-row tiles, several per expert
 		{4, 64, 2048, 500, 1},  // long K
 		{8, 96, 64, 3, 2},      // a decode of few rows
+		{128, 16, 16, 8200, 8}, // more than 65535 expert rows (an 8192-token step of top-8)
 	}
 	for _, wdt := range []ml.DType{ml.BF16, ml.F8} {
 		for _, round := range []bool{false, true} {

@@ -157,7 +157,9 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	if R == 0 {
 		return nil
 	}
-	if R > 65535 || (R > expertGemvMaxR && E > moeMaxE) {
+	// The GEMV's grid holds one row a block in y (at most 65535); the
+	// grouped path's tiles are bounded below.
+	if R > expertGemvMaxR && E > moeMaxE {
 		return fmt.Errorf("%w: %d expert rows over %d experts", ml.ErrUnsupported, R, E)
 	}
 	b.invalidate(d.ptr, d.bytes())
