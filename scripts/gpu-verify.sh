@@ -21,8 +21,12 @@
 # the device's NVRTC, the step kernel's phases in both builds, and c=1 at
 # two --max-model-len; with PREV_TEST_BIN (an earlier build's cuda.test)
 # also its step phases and the prefill attention of both.
+#
+# Part 6 (FP8 and mixture-of-experts products): the dense FP8 and grouped
+# expert matmul benchmarks, Llama-3.1-8B fp8 from this build and from
+# PREV_BIN beside this build's bf16, and Qwen3-30B-A3B.
 set -uo pipefail
-part=${1:?part 1, 2, 3, 4 or 5}
+part=${1:?part 1, 2, 3, 4, 5 or 6}
 TEST_BIN=${TEST_BIN:-.gpu/cuda.test}
 BIN=${BIN:-.gpu/llmserve}
 BASE_BIN=${BASE_BIN:-}
@@ -35,10 +39,10 @@ mkdir -p "$OUT/part$part"
 o="$(cd "$OUT/part$part" && pwd)"
 bins=("$BIN")
 [ -n "$BASE_BIN" ] && bins=("$BASE_BIN" "$BIN")
+test_bin="$(cd "$(dirname "$TEST_BIN")" && pwd)/$(basename "$TEST_BIN")"
 
 if [ "$part" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.used --format=csv
-  test_bin="$(cd "$(dirname "$TEST_BIN")" && pwd)/$(basename "$TEST_BIN")"
   (cd ml/cuda && timeout 330 "$test_bin" -test.v -test.timeout 320s > "$o/cuda.log" 2>&1; echo "cuda tests rc=$?")
   grep -E "^(--- FAIL|ok|FAIL|PASS|panic)|^    --- FAIL" "$o/cuda.log" | head -60
   (cd ml/cuda && timeout 60 "$test_bin" -test.run XXX -test.bench AttentionPrefill -test.benchtime 20x 2>&1 |
@@ -66,7 +70,6 @@ elif [ "$part" = 4 ]; then
   # 1.45 ms on an H200): the step kernel's phases, SM kilocycles per layer,
   # from both builds' test binaries (BASE_TEST_BIN: cuda.test built at
   # a9b74b0), alternated; then c=1 over HTTP at two --max-model-len.
-  test_bin="$(cd "$(dirname "$TEST_BIN")" && pwd)/$(basename "$TEST_BIN")"
   base_test="$(cd "$(dirname "$BASE_TEST_BIN")" && pwd)/$(basename "$BASE_TEST_BIN")"
   (cd ml/cuda && timeout 120 "$test_bin" -test.run 'TestStepKernelSpills' -test.v 2>&1 | tee "$o/spills.log" | grep -E "spill|NVRTC|FAIL|ok|PASS")
   prev_test=""
@@ -109,6 +112,18 @@ elif [ "$part" = 5 ]; then
     BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64 mix-c64" SERVER_FLAGS="$flags" \
       OUTDIR="$o/long-$tag" timeout 150 bash scripts/bench-gpu-long.sh
   done
+elif [ "$part" = 6 ]; then
+  echo "== $(basename "$TEST_BIN") FP8 and expert matmuls"
+  (cd ml/cuda && timeout 200 "$test_bin" -test.run XXX -test.bench 'MatMulF8|MatMulExperts' -test.benchtime 20x 2>&1 |
+    grep -E "^Benchmark|FAIL|panic" > "$o/bench-matmul.log"; echo "matmul benchmarks rc=$?")
+  for spec in "$BIN|--quantization fp8" ${PREV_BIN:+"$PREV_BIN|--quantization fp8"} "$BIN|"; do
+    bin=${spec%%|*} q=${spec#*|}
+    echo "== $(basename "$bin") Llama-3.1-8B ${q:-bf16}"
+    BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$LLMSERVE_TESTDATA/tokenizers/mistral-sp MODELS=meta-llama/Llama-3.1-8B SERVE_ARGS="$q" \
+      OUTDIR="$o/llama8b-$(basename "$bin")" timeout 150 bash scripts/bench-gpu-models.sh
+  done
+  echo "== $(basename "$BIN") Qwen3-30B-A3B"
+  BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS=Qwen/Qwen3-30B-A3B OUTDIR="$o/moe" timeout 200 bash scripts/bench-gpu-models.sh
 elif [ "$part" = 3 ]; then
   for q in "" "--quantization fp8"; do
     echo "== $(basename "$BIN") Llama-3.1-8B ${q:-bf16}"

@@ -194,6 +194,7 @@ type Backend struct {
 	wstageFailed bool
 	amCount      devBuf // argmax per-row block counters
 	moeGroup     devBuf // MatMulExperts' rows grouped by expert (moe_align)
+	mmaPart      devBuf // split-K partial sums of dense FP8 products (f8Slices)
 	shadow       struct {
 		ptr        uint64
 		rows, cols int
@@ -787,7 +788,7 @@ func (b *Backend) release() {
 	if b.blas != 0 {
 		_ = b.l.blascall(b.l.cublasDestroy, "cublasDestroy", b.blas)
 	}
-	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.split32, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.moeGroup, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
+	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.split32, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.moeGroup, &b.mmaPart, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
 		if d.ptr != 0 {
 			_ = b.l.call(b.l.cuMemFree, "cuMemFree", uintptr(d.ptr))
 		}

@@ -20,6 +20,10 @@ import (
 // f8GemvMaxT: products of at most this many rows take gemv_f8.
 const f8GemvMaxT = 8
 
+// f8SplitK lets dense FP8 products split K (f8Slices); BenchmarkMatMulF8
+// turns it off to measure what the split buys.
+var f8SplitK = true
+
 // loadF8 quantizes a weight of dtype src row by row on the host and uploads
 // its codes and scales (the caller holds b.mu). The rows are quantized in
 // parallel: for an 8B model this is every weight byte of the load.
@@ -85,10 +89,49 @@ func (b *Backend) matMulF8(d, xx, ww, bb *tensor, bs string) error {
 	if err != nil {
 		return err
 	}
-	if err := b.pushExpertMMA(kernel, d, xx, ww, x16, 0, 0, 0, (T+tm-1)/tm, T, 1); err != nil {
+	tiles := (T + tm - 1) / tm
+	slices := 1
+	if f8SplitK {
+		slices = f8Slices(int(b.dev.sms), (N+63)/64*tiles, K, T*N)
+	}
+	if slices == 1 {
+		if err := b.pushExpertMMA(kernel, d.ptr, d, xx, ww, x16, 0, 0, 0, tiles, 1, T, 1); err != nil {
+			return err
+		}
+		return b.biasAdd(d, bb, bs, T, N)
+	}
+	n := int64(T) * int64(N)
+	if err := b.ensure(&b.mmaPart, int64(slices)*n*4); err != nil {
+		return err
+	}
+	if err := b.pushExpertMMA(kernel, b.mmaPart.ptr, d, xx, ww, x16, 0, 0, 0, tiles, slices, T, 1); err != nil {
+		return err
+	}
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(b.mmaPart.ptr)
+	b.aI(slices)
+	b.aL(n)
+	b.aI(N)
+	b.aP(ww.scales)
+	if err := b.push("splitk_sum", g1(gridFor(n, 256)), g1(256), st); err != nil {
 		return err
 	}
 	return b.biasAdd(d, bb, bs, T, N)
+}
+
+// f8Slices splits K of a dense FP8 product of blocks output blocks (64
+// weight rows by 64 rows of x each) until there are about four blocks an
+// SM: fewer leave too few weight bytes in flight to stream at HBM speed
+// (a decode batch's o and down projections make one block per 64 outputs).
+// Each slice keeps at least 8 of the kernel's 32-column steps, and the
+// partial sums (slices planes of outputs f32 values) stay within 64 MiB.
+func f8Slices(sms, blocks, K, outputs int) int {
+	slices := 1
+	for slices < 16 && blocks*slices < 4*sms && K/(2*slices) >= 8*32 && 2*slices*outputs*4 <= 64<<20 {
+		slices *= 2
+	}
+	return slices
 }
 
 // pushGemvF8 records gemv_f8 of d = x·wᵀ (x of at most f8GemvMaxT rows).

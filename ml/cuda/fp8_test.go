@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -15,9 +16,30 @@ import (
 // rows, K a multiple of 16 or not), the tensor-core product (more rows),
 // and the GEMV over groups of rows where K rules the tensor cores out, at
 // the f32 bar with split activations and at the bf16 bar with rounded ones.
+// TestF8Slices pins the split-K choice on an H100's 132 SMs for
+// Llama-3.1-8B's projections: a decode batch's few output blocks are split,
+// a prompt's many are not.
+func TestF8Slices(t *testing.T) {
+	for _, c := range []struct{ T, N, K, want int }{
+		{64, 4096, 4096, 16},   // o: 64 blocks
+		{64, 4096, 14336, 16},  // down
+		{64, 28672, 4096, 2},   // gate and up: 448 blocks
+		{1024, 4096, 4096, 1},  // a prompt's o: 1024 blocks
+		{16, 4096, 256, 1},     // K too short to split
+		{256, 128256, 4096, 1}, // the LM head
+	} {
+		blocks := (c.N + 63) / 64 * ((c.T + 63) / 64)
+		if got := f8Slices(132, blocks, c.K, c.T*c.N); got != c.want {
+			t.Errorf("T=%d N=%d K=%d: %d slices, want %d", c.T, c.N, c.K, got, c.want)
+		}
+	}
+}
+
 func TestF8MatMul(t *testing.T) {
 	gpuOrSkip(t)
-	cases := []struct{ T, N, K int }{{1, 300, 512}, {3, 40, 72}, {8, 1000, 1536}, {9, 200, 136}, {40, 130, 96}, {300, 520, 2048}}
+	cases := []struct{ T, N, K int }{{1, 300, 512}, {3, 40, 72}, {8, 1000, 1536}, {9, 200, 136}, {40, 130, 96}, {300, 520, 2048},
+		{16, 72, 4112}} // K split into slices (f8Slices), the last one ending mid-step
+
 	for _, round := range []bool{false, true} {
 		b := newTestBackend(t, Options{RoundActivations: round})
 		r := rand.New(rand.NewPCG(5, 6))
@@ -76,6 +98,61 @@ func TestF8MatMul(t *testing.T) {
 			}
 			for _, x := range []ml.Tensor{wt, xt, bt, dst} {
 				b.Free(x)
+			}
+		}
+		b.Close()
+	}
+}
+
+// BenchmarkMatMulF8 times Llama-3.1-8B's projections with bf16 weights
+// (cuBLAS or the GEMV) and FP8 weights (gemv_f8 or expert_mma's dense
+// form, with and without the split of K), x split into bf16 halves or
+// rounded once. GB/s counts the weight's bytes.
+func BenchmarkMatMulF8(bm *testing.B) {
+	gpuOrSkip(bm)
+	defer func() { f8SplitK = true }()
+	for _, round := range []bool{false, true} {
+		b := newTestBackend(bm, Options{DisableGraphs: true, RoundActivations: round})
+		r := rand.New(rand.NewPCG(1, 1))
+		for _, sh := range []struct {
+			name string
+			N, K int
+		}{{"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gateup", 28672, 4096}, {"down", 4096, 14336}} {
+			for _, wdt := range []ml.DType{ml.BF16, ml.F8} {
+				w, err := b.LoadWeight(sh.N, sh.K, randBytes(r, sh.N*sh.K, ml.BF16, 0.05), ml.BF16, wdt)
+				if err != nil {
+					bm.Fatal(err)
+				}
+				for _, T := range []int{1, 16, 64, 256, 1024} {
+					x, _ := b.NewTensor(ml.F32, T, sh.K)
+					d, _ := b.NewTensor(ml.F32, T, sh.N)
+					for _, split := range []bool{true, false} {
+						if !split && (wdt != ml.F8 || T <= f8GemvMaxT) {
+							continue
+						}
+						name := fmt.Sprintf("round=%v/%s/%s/T=%d", round, sh.name, wdt, T)
+						if wdt == ml.F8 && T > f8GemvMaxT {
+							name += fmt.Sprintf("/splitK=%v", split)
+						}
+						bm.Run(name, func(bm *testing.B) {
+							f8SplitK = split
+							for i := 0; i < bm.N; i++ {
+								if err := b.MatMul(d, x, w, nil); err != nil {
+									bm.Fatal(err)
+								}
+							}
+							if err := b.Sync(); err != nil {
+								bm.Fatal(err)
+							}
+							sec := bm.Elapsed().Seconds() / float64(bm.N)
+							bm.ReportMetric(sec*1e3, "ms/op")
+							bm.ReportMetric(float64(sh.N*sh.K*wdt.Size())/sec/1e9, "GB/s")
+						})
+					}
+					b.Free(x)
+					b.Free(d)
+				}
+				b.Free(w)
 			}
 		}
 		b.Close()

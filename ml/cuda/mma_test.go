@@ -235,3 +235,60 @@ func TestUseFlash(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkMatMulExperts times Qwen3-30B-A3B's grouped expert products (128
+// experts, top-8) for a decode batch of T tokens and a prompt. GB/s counts
+// the bytes of the experts the batch routes to, each read once.
+func BenchmarkMatMulExperts(bm *testing.B) {
+	gpuOrSkip(bm)
+	for _, round := range []bool{false, true} {
+		b := newTestBackend(bm, Options{DisableGraphs: true, RoundActivations: round})
+		r := rand.New(rand.NewPCG(1, 1))
+		const E, topK = 128, 8
+		for _, sh := range []struct {
+			name string
+			N, K int
+		}{{"gateup", 1536, 2048}, {"down", 2048, 768}} {
+			w, err := b.LoadWeight(E*sh.N, sh.K, randBytes(r, E*sh.N*sh.K, ml.BF16, 0.05), ml.BF16, ml.BF16)
+			if err != nil {
+				bm.Fatal(err)
+			}
+			for _, T := range []int{1, 8, 64, 256, 2048} {
+				R := T * topK
+				ex := make([]int32, R)
+				used := map[int32]bool{}
+				for t := range T {
+					perm := r.Perm(E)
+					for j := range topK {
+						ex[t*topK+j] = int32(perm[j])
+						used[int32(perm[j])] = true
+					}
+				}
+				x, _ := b.NewTensor(ml.F32, T, sh.K)
+				et, _ := b.NewTensor(ml.I32, R, 1)
+				d, _ := b.NewTensor(ml.F32, R, sh.N)
+				if err := b.UploadI32(et, ex); err != nil {
+					bm.Fatal(err)
+				}
+				bm.Run(fmt.Sprintf("round=%v/%s/T=%d", round, sh.name, T), func(bm *testing.B) {
+					for i := 0; i < bm.N; i++ {
+						if err := b.MatMulExperts(d, x, w, et); err != nil {
+							bm.Fatal(err)
+						}
+					}
+					if err := b.Sync(); err != nil {
+						bm.Fatal(err)
+					}
+					sec := bm.Elapsed().Seconds() / float64(bm.N)
+					bm.ReportMetric(sec*1e3, "ms/op")
+					bm.ReportMetric(float64(len(used)*sh.N*sh.K*2)/sec/1e9, "GB/s")
+				})
+				for _, t := range []ml.Tensor{x, et, d} {
+					b.Free(t)
+				}
+			}
+			b.Free(w)
+		}
+		b.Close()
+	}
+}

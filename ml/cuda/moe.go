@@ -25,7 +25,7 @@ const (
 
 // moeKernelNames are moe.cu's entry points.
 func moeKernelNames() []string {
-	n := []string{"rmsnorm_heads", "topk_softmax", "scatter_add", "moe_align"}
+	n := []string{"rmsnorm_heads", "topk_softmax", "scatter_add", "moe_align", "splitk_sum"}
 	for _, s := range []string{"f32", "bf16", "f16"} {
 		n = append(n, "expert_gemv_"+s, "expert_gemm_"+s, "expert_gemm8_"+s)
 	}
@@ -218,7 +218,7 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 		return err
 	}
 	if mma {
-		return b.pushExpertMMA(kernel, d, xx, ww, x16, sorted, tileExp, numTiles, maxTiles, R, fan)
+		return b.pushExpertMMA(kernel, d.ptr, d, xx, ww, x16, sorted, tileExp, numTiles, maxTiles, 1, R, fan)
 	}
 	st = b.argStart()
 	b.aP(d.ptr)
@@ -250,11 +250,12 @@ func (b *Backend) expertMMA(w, x *tensor, tm int) (string, uint64, error) {
 }
 
 // pushExpertMMA records expert_mma over tiles rows of d (0 pointers for
-// sorted, tileExp and numTiles: a dense product of R rows of x).
-func (b *Backend) pushExpertMMA(kernel string, d, x, w *tensor, x16, sorted, tileExp, numTiles uint64, tiles, R, fan int) error {
+// sorted, tileExp and numTiles: a dense product of R rows of x), into dst
+// (d's address, or slices planes of R×N partial sums when slices > 1).
+func (b *Backend) pushExpertMMA(kernel string, dst uint64, d, x, w *tensor, x16, sorted, tileExp, numTiles uint64, tiles, slices, R, fan int) error {
 	N, K := d.cols, x.cols
 	st := b.argStart()
-	b.aP(d.ptr)
+	b.aP(dst)
 	b.aP(x16)
 	b.aL(int64(x.rows) * int64(K)) // the lo plane's offset
 	b.aP(w.ptr)
@@ -267,7 +268,7 @@ func (b *Backend) pushExpertMMA(kernel string, d, x, w *tensor, x16, sorted, til
 	b.aI(K)
 	b.aI(fan)
 	const outputsPerBlock = 64 // EM_BN in kernels/moe.cu
-	return b.push(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, tiles, 1), g1(128), st)
+	return b.push(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, tiles, slices), g1(128), st)
 }
 
 // ScatterAdd implements ml.Backend. A run of equal adjacent indices is

@@ -248,7 +248,10 @@ __device__ void expert_gemm(float* dst, const float* x, const W* w, const int* s
 // widened to bf16 as the A fragments are built (exact) and each output row
 // is scaled at the end (scales [E·N]). With sorted null it is a dense
 // product of R rows (one expert, row = tile·TOK + i). Grid (ceil(N/64),
-// tiles), 4 warps; K % 8 == 0 (bf16) or K % 16 == 0 (FP8).
+// tiles, S), 4 warps; K % 8 == 0 (bf16) or K % 16 == 0 (FP8). With S > 1
+// (split K: too few blocks to keep enough weight bytes in flight) block z
+// sums its slice of K into the z-th R×N plane of dst, unscaled, and
+// splitk_sum adds the planes and scales.
 #define EM_BN 64
 #define EM_BK 32
 #define EM_STAGES 3
@@ -280,6 +283,10 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
   }
   __syncthreads();
   const long long wBase = (long long)e * N * K;  // in elements
+  const int chunks = (K + EM_BK - 1) / EM_BK, per = (chunks + gridDim.z - 1) / gridDim.z;
+  const int c0 = blockIdx.z * per, nK = max(0, min(chunks, c0 + per) - c0);
+  const int kEnd = min(K, (c0 + nK) * EM_BK);
+  if (gridDim.z > 1) dst += (long long)blockIdx.z * R * N;
 
   // stage s <- columns [k0, k0+EM_BK) of the weight rows and of x's rows.
   auto load = [&](int st, int k0) {
@@ -289,7 +296,7 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
       for (int c = threadIdx.x; c < EM_BN * CPR; c += blockDim.x) {
         const int r = c / CPR, col = (c - r * CPR) * 16;
         const int n = n0 + r, k = k0 + col;
-        const bool ok = n < N && k < K;
+        const bool ok = n < N && k < kEnd;
         cp16(&sW[st][r * LDB + col], wb + (ok ? (long long)n * K + k : 0), ok);
       }
     } else {
@@ -299,7 +306,7 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
       for (int c = threadIdx.x; c < EM_BN * CPR; c += blockDim.x) {
         const int r = c / CPR, col = (c - r * CPR) * 8;
         const int n = n0 + r, k = k0 + col;
-        const bool ok = n < N && k < K;
+        const bool ok = n < N && k < kEnd;
         cp16(&sw[r * LD + col], wb + (ok ? (long long)n * K + k : 0), ok);
       }
     }
@@ -308,7 +315,7 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
       const int pl = c / (TOK * CPR), rc = c - pl * TOK * CPR;
       const int r = rc / CPR, col = (rc - r * CPR) * 8;
       const int row = rows[r], k = k0 + col;
-      const bool ok = row >= 0 && k < K;
+      const bool ok = row >= 0 && k < kEnd;
       cp16(&sX[st][pl][r * LD + col], x16 + (ok ? pl * planeStride + (long long)(row / fan) * K + k : 0), ok);
     }
   };
@@ -316,10 +323,9 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
   float acc[NT][4];
 #pragma unroll
   for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-  const int nK = (K + EM_BK - 1) / EM_BK;
 #pragma unroll
   for (int st = 0; st < EM_STAGES - 1; ++st) {
-    if (st < nK) load(st, st * EM_BK);
+    if (st < nK) load(st, (c0 + st) * EM_BK);
     cp_commit();
   }
   for (int it = 0; it < nK; ++it) {
@@ -327,7 +333,7 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
     __syncthreads();  // stage it is in; every warp is done with stage it-1
     {
       const int nxt = it + EM_STAGES - 1;
-      if (nxt < nK) load(nxt % EM_STAGES, nxt * EM_BK);
+      if (nxt < nK) load(nxt % EM_STAGES, (c0 + nxt) * EM_BK);
       cp_commit();
     }
     const int st = it % EM_STAGES;
@@ -368,7 +374,7 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int n = n0 + warp * 16 + g + (i >> 1) * 8;
-    const float sc = (F8 && n < N) ? scales[(long long)e * N + n] : 1.f;
+    const float sc = (F8 && n < N && gridDim.z == 1) ? scales[(long long)e * N + n] : 1.f;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       const int row = rows[j * 8 + tq * 2 + (i & 1)];
@@ -394,6 +400,16 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
 // The grouped expert products are a unit of their own (29): in unit 0 with
 // the small kernels they made it the slowest compile of a cold start.
 #if KUNIT(29)
+// splitk_sum: dst[i] = (sum over z of part[z·n + i]) · scales[i % N] (no
+// scales: 1), the planes added in order (deterministic).
+extern "C" __global__ void splitk_sum(float* dst, const float* part, int S, long long n, int N, const float* scales) {
+  PDL_ENTRY();
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    float acc = part[i];
+    for (int z = 1; z < S; ++z) acc += part[z * n + i];
+    dst[i] = scales ? acc * scales[i % N] : acc;
+  }
+}
 INST_EXPERT_MMA(bf16, bf16, false, 8, 1)
 INST_EXPERT_MMA(bf16, bf16, false, 8, 2)
 INST_EXPERT_MMA(bf16, bf16, false, 64, 1)
