@@ -195,6 +195,7 @@ type Backend struct {
 	amCount      devBuf // argmax per-row block counters
 	moeGroup     devBuf // MatMulExperts' rows grouped by expert (moe_align)
 	mmaPart      devBuf // split-K partial sums of dense FP8 products (f8Slices)
+	w16          devBuf // FP8 weight rows widened to bf16 for cuBLAS (matMulF8Wide)
 	shadow       struct {
 		ptr        uint64
 		rows, cols int
@@ -257,6 +258,7 @@ type op struct {
 }
 
 type gemmArgs struct {
+	accumulate              bool // C += A·B (beta 1), else C = A·B
 	transa, transb, m, n, k int32
 	a                       uint64
 	atype, lda              int32
@@ -788,7 +790,7 @@ func (b *Backend) release() {
 	if b.blas != 0 {
 		_ = b.l.blascall(b.l.cublasDestroy, "cublasDestroy", b.blas)
 	}
-	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.split32, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.moeGroup, &b.mmaPart, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
+	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.split32, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.moeGroup, &b.mmaPart, &b.w16, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
 		if d.ptr != 0 {
 			_ = b.l.call(b.l.cuMemFree, "cuMemFree", uintptr(d.ptr))
 		}

@@ -20,6 +20,16 @@ import (
 // f8GemvMaxT: products of at most this many rows take gemv_f8.
 const f8GemvMaxT = 8
 
+// f8WideMinT: FP8 products of at least this many rows take matMulF8Wide.
+// There cuBLAS's tensor-core GEMM outruns expert_mma by more than the
+// widening costs (3 bytes a weight: 1 read, 2 written); below it the
+// product is bound by the weight's bytes, which expert_mma reads once. A
+// variable for BenchmarkMatMulF8.
+var f8WideMinT = 128
+
+// f8WideScratch bounds matMulF8Wide's chunk of widened weight rows (bytes).
+var f8WideScratch = 64 << 20
+
 // f8SplitK lets dense FP8 products split K (f8Slices); BenchmarkMatMulF8
 // turns it off to measure what the split buys.
 var f8SplitK = true
@@ -84,6 +94,12 @@ func (b *Backend) matMulF8(d, xx, ww, bb *tensor, bs string) error {
 		}
 		return b.biasAdd(d, bb, bs, T, N)
 	}
+	if T >= f8WideMinT {
+		if err := b.matMulF8Wide(d, xx, ww); err != nil {
+			return err
+		}
+		return b.biasAdd(d, bb, bs, T, N)
+	}
 	const tm = 64 // expert_mma's row tile
 	kernel, x16, err := b.expertMMA(ww, xx, tm)
 	if err != nil {
@@ -118,6 +134,57 @@ func (b *Backend) matMulF8(d, xx, ww, bb *tensor, bs string) error {
 		return err
 	}
 	return b.biasAdd(d, bb, bs, T, N)
+}
+
+// matMulF8Wide is matMulF8 for many rows (K % 16 == 0): chunks of the
+// weight's rows widened to bf16 (exact) in the w16 scratch, cuBLAS's
+// product of each with x's bf16 planes (one rounded, or hi and lo added
+// into the same output), then each output column scaled.
+func (b *Backend) matMulF8Wide(d, xx, ww *tensor) error {
+	T, K, N := xx.rows, xx.cols, ww.rows
+	// Whole 64-row groups keep each chunk's output columns 256-byte aligned.
+	chunk := min(N, max(64, f8WideScratch/(2*K)/64*64))
+	if err := b.ensure(&b.w16, int64(chunk)*int64(K)*2); err != nil {
+		return err
+	}
+	var x16 uint64
+	var err error
+	planes := 1
+	if b.opts.RoundActivations {
+		x16, err = b.castAct16(xx, "cast_f32_bf16")
+	} else {
+		x16, err = b.splitAct16(xx)
+		planes = 2
+	}
+	if err != nil {
+		return err
+	}
+	for n0 := 0; n0 < N; n0 += chunk {
+		rows := min(chunk, N-n0)
+		n := int64(rows) * int64(K)
+		st := b.argStart()
+		b.aP(b.w16.ptr)
+		b.aP(ww.ptr + uint64(int64(n0)*int64(K)))
+		b.aL(n)
+		if err := b.push("f8_to_bf16", g1(gridFor(n/16, 256)), g1(256), st); err != nil {
+			return err
+		}
+		for p := range planes {
+			// Column-major C(rows×T) = W16(K×rows)ᵀ·x(K×T): d's columns n0.. (ldc N).
+			b.pushGemm(gemmArgs{accumulate: p > 0, transa: cublasOpT, transb: cublasOpN, m: int32(rows), n: int32(T), k: int32(K),
+				a: b.w16.ptr, atype: cudaR16BF, lda: int32(K), b: x16 + uint64(int64(p)*int64(T)*int64(K)*2), btype: cudaR16BF, ldb: int32(K),
+				c: d.ptr + uint64(n0*4), ctype: cudaR32F, ldc: int32(N)})
+		}
+	}
+	n := int64(T) * int64(N)
+	st := b.argStart()
+	b.aP(d.ptr)
+	b.aP(d.ptr)
+	b.aI(1)
+	b.aL(n)
+	b.aI(N)
+	b.aP(ww.scales)
+	return b.push("splitk_sum", g1(gridFor(n, 256)), g1(256), st)
 }
 
 // f8Slices splits K of a dense FP8 product of blocks output blocks (64

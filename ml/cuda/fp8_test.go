@@ -37,6 +37,10 @@ func TestF8Slices(t *testing.T) {
 
 func TestF8MatMul(t *testing.T) {
 	gpuOrSkip(t)
+	// Widen a few rows at a time: the 300-row case takes several chunks,
+	// the last one short.
+	defer func(v int) { f8WideScratch = v }(f8WideScratch)
+	f8WideScratch = 64 * 2048 * 2
 	cases := []struct{ T, N, K int }{{1, 300, 512}, {3, 40, 72}, {8, 1000, 1536}, {9, 200, 136}, {40, 130, 96}, {300, 520, 2048},
 		{16, 72, 4112}} // K split into slices (f8Slices), the last one ending mid-step
 
@@ -105,12 +109,12 @@ func TestF8MatMul(t *testing.T) {
 }
 
 // BenchmarkMatMulF8 times Llama-3.1-8B's projections with bf16 weights
-// (cuBLAS or the GEMV) and FP8 weights (gemv_f8 or expert_mma's dense
-// form, with and without the split of K), x split into bf16 halves or
-// rounded once. GB/s counts the weight's bytes.
+// (cuBLAS or the GEMV) and FP8 weights (gemv_f8; for more rows expert_mma's
+// dense form with and without the split of K, and matMulF8Wide), x split
+// into bf16 halves or rounded once. GB/s counts the weight's bytes.
 func BenchmarkMatMulF8(bm *testing.B) {
 	gpuOrSkip(bm)
-	defer func() { f8SplitK = true }()
+	defer func(minT int) { f8SplitK, f8WideMinT = true, minT }(f8WideMinT)
 	for _, round := range []bool{false, true} {
 		b := newTestBackend(bm, Options{DisableGraphs: true, RoundActivations: round})
 		r := rand.New(rand.NewPCG(1, 1))
@@ -126,16 +130,21 @@ func BenchmarkMatMulF8(bm *testing.B) {
 				for _, T := range []int{1, 16, 64, 256, 1024} {
 					x, _ := b.NewTensor(ml.F32, T, sh.K)
 					d, _ := b.NewTensor(ml.F32, T, sh.N)
-					for _, split := range []bool{true, false} {
-						if !split && (wdt != ml.F8 || T <= f8GemvMaxT) {
+					// FP8 products of more than f8GemvMaxT rows: expert_mma with
+					// and without the split of K, and widened for cuBLAS.
+					for _, path := range []string{"", "mma-split", "mma", "wide"} {
+						if (path == "") != (wdt != ml.F8 || T <= f8GemvMaxT) {
 							continue
 						}
 						name := fmt.Sprintf("round=%v/%s/%s/T=%d", round, sh.name, wdt, T)
-						if wdt == ml.F8 && T > f8GemvMaxT {
-							name += fmt.Sprintf("/splitK=%v", split)
+						if path != "" {
+							name += "/" + path
 						}
 						bm.Run(name, func(bm *testing.B) {
-							f8SplitK = split
+							f8SplitK, f8WideMinT = path != "mma", 1<<30
+							if path == "wide" {
+								f8WideMinT = 0
+							}
 							for i := 0; i < bm.N; i++ {
 								if err := b.MatMul(d, x, w, nil); err != nil {
 									bm.Fatal(err)

@@ -83,7 +83,11 @@ func (b *Backend) pushGemm(g gemmArgs) {
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, g.a)
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, g.b)
 	b.trace = binary.LittleEndian.AppendUint64(b.trace, g.c)
-	for _, v := range []int32{g.transa, g.transb, g.m, g.n, g.k, g.atype, g.lda, g.btype, g.ldb, g.ctype, g.ldc} {
+	acc := int32(0)
+	if g.accumulate {
+		acc = 1
+	}
+	for _, v := range []int32{acc, g.transa, g.transb, g.m, g.n, g.k, g.atype, g.lda, g.btype, g.ldb, g.ctype, g.ldc} {
 		b.trace = binary.LittleEndian.AppendUint32(b.trace, uint32(v))
 	}
 }
@@ -230,11 +234,15 @@ func (b *Backend) launchAll() error {
 			}
 		case opGemm:
 			g := &o.g
+			beta := &b.zero
+			if g.accumulate {
+				beta = &b.one
+			}
 			if err := b.l.blascall(b.l.cublasGemmEx, "cublasGemmEx", b.blas,
 				uintptr(g.transa), uintptr(g.transb), uintptr(g.m), uintptr(g.n), uintptr(g.k),
 				uintptr(unsafe.Pointer(&b.one)), uintptr(g.a), uintptr(g.atype), uintptr(g.lda),
 				uintptr(g.b), uintptr(g.btype), uintptr(g.ldb),
-				uintptr(unsafe.Pointer(&b.zero)), uintptr(g.c), uintptr(g.ctype), uintptr(g.ldc),
+				uintptr(unsafe.Pointer(beta)), uintptr(g.c), uintptr(g.ctype), uintptr(g.ldc),
 				uintptr(cublasCompute32), uintptr(gemmAlgoDefault)); err != nil {
 				return err
 			}

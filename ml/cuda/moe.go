@@ -25,7 +25,7 @@ const (
 
 // moeKernelNames are moe.cu's entry points.
 func moeKernelNames() []string {
-	n := []string{"rmsnorm_heads", "topk_softmax", "scatter_add", "moe_align", "splitk_sum"}
+	n := []string{"rmsnorm_heads", "topk_softmax", "scatter_add", "moe_align", "splitk_sum", "f8_to_bf16"}
 	for _, s := range []string{"f32", "bf16", "f16"} {
 		n = append(n, "expert_gemv_"+s, "expert_gemm_"+s, "expert_gemm8_"+s)
 	}

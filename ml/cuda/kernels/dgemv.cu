@@ -284,10 +284,10 @@ __device__ __forceinline__ void dgemvFirstLoads(const unsigned char* w0, const u
 // before these loads) takes the place of griddepcontrol.wait.
 template <int M, int EPI, int KS, bool STEP, bool F8W = false>
 __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
-  // Vector loads per row per batch: an FP8 vector is half of bf16's bytes,
-  // so twice as many keep as many bytes in flight (the same registers: the
-  // upper half of an FP8 vector's uint4 is a constant zero).
-  constexpr int U = F8W ? 8 : 4;
+  // Vector loads per row per batch. Eight for FP8 (as many bytes in flight
+  // as bf16's four) made the FP8 decode step slower on an H100 (more
+  // registers, spills), so FP8 keeps four.
+  constexpr int U = 4;
   constexpr int VB = F8W ? 8 : 16, WB = F8W ? 1 : 2;  // bytes per vector, per weight
   const unsigned char* const wBase = (const unsigned char*)a.w;
   // Two batches in flight, except in the decode-step kernel, where the

@@ -410,6 +410,24 @@ extern "C" __global__ void splitk_sum(float* dst, const float* part, int S, long
     dst[i] = scales ? acc * scales[i % N] : acc;
   }
 }
+// f8_to_bf16 widens n FP8 codes (n % 16 == 0, 16-byte aligned) to bf16,
+// exactly: FP8 products of many rows run cuBLAS on the widened weight.
+extern "C" __global__ void f8_to_bf16(bf16* dst, const unsigned char* codes, long long n) {
+  PDL_ENTRY();
+  for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 16; i < n;
+       i += (long long)gridDim.x * blockDim.x * 16) {
+    const uint4 c = *(const uint4*)(codes + i);
+    const unsigned w[4] = {c.x, c.y, c.z, c.w};
+    unsigned out[8];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      out[2 * j] = (__float_as_uint(f8tof(w[j] & 0xffu)) >> 16) | (__float_as_uint(f8tof((w[j] >> 8) & 0xffu)) & 0xffff0000u);
+      out[2 * j + 1] = (__float_as_uint(f8tof((w[j] >> 16) & 0xffu)) >> 16) | (__float_as_uint(f8tof(w[j] >> 24)) & 0xffff0000u);
+    }
+    *(uint4*)(dst + i) = make_uint4(out[0], out[1], out[2], out[3]);
+    *(uint4*)(dst + i + 8) = make_uint4(out[4], out[5], out[6], out[7]);
+  }
+}
 INST_EXPERT_MMA(bf16, bf16, false, 8, 1)
 INST_EXPERT_MMA(bf16, bf16, false, 8, 2)
 INST_EXPERT_MMA(bf16, bf16, false, 64, 1)
