@@ -256,10 +256,6 @@ __device__ void expert_gemm(float* dst, const float* x, const W* w, const int* s
 #define EM_BK 32
 #define EM_STAGES 3
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-// f8x2 widens two FP8 codes (low byte first) to packed bf16.
-__device__ __forceinline__ unsigned f8x2(unsigned v) {
-  return (__float_as_uint(f8tof(v & 0xffu)) >> 16) | (__float_as_uint(f8tof((v >> 8) & 0xffu)) & 0xffff0000u);
-}
 
 template <int TOK, int PASSES, bool F8>
 __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, const void* w, const float* scales,
@@ -343,10 +339,10 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
       if (F8) {
         // a0..a3: (row g, k tq*2), (row g+8, same), (row g, k+8), (row g+8, k+8)
         const unsigned char* r0 = &sW[st][(warp * 16 + g) * LDB + kk * 16 + tq * 2];
-        a[0] = f8x2(*(const unsigned short*)r0);
-        a[1] = f8x2(*(const unsigned short*)(r0 + 8 * LDB));
-        a[2] = f8x2(*(const unsigned short*)(r0 + 8));
-        a[3] = f8x2(*(const unsigned short*)(r0 + 8 * LDB + 8));
+        a[0] = f8x2bf(*(const unsigned short*)r0);
+        a[1] = f8x2bf(*(const unsigned short*)(r0 + 8 * LDB));
+        a[2] = f8x2bf(*(const unsigned short*)(r0 + 8));
+        a[3] = f8x2bf(*(const unsigned short*)(r0 + 8 * LDB + 8));
       } else {
         // matrices: outputs +0..7 / +8..15 at columns kk*16 and kk*16+8
         ldsm_x4(a, (const bf16*)sW[st] + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8);
@@ -421,8 +417,8 @@ extern "C" __global__ void f8_to_bf16(bf16* dst, const unsigned char* codes, lon
     unsigned out[8];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      out[2 * j] = (__float_as_uint(f8tof(w[j] & 0xffu)) >> 16) | (__float_as_uint(f8tof((w[j] >> 8) & 0xffu)) & 0xffff0000u);
-      out[2 * j + 1] = (__float_as_uint(f8tof((w[j] >> 16) & 0xffu)) >> 16) | (__float_as_uint(f8tof(w[j] >> 24)) & 0xffff0000u);
+      out[2 * j] = f8x2bf(w[j]);
+      out[2 * j + 1] = f8x2bf(w[j] >> 16);
     }
     *(uint4*)(dst + i) = make_uint4(out[0], out[1], out[2], out[3]);
     *(uint4*)(dst + i + 8) = make_uint4(out[4], out[5], out[6], out[7]);
