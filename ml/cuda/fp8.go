@@ -13,9 +13,11 @@ import (
 // value and an f32 scale per row, as the CPU backend stores them
 // (ml.QuantizeF8Row), in one allocation (codes, then scales at a 16-byte
 // boundary). Decode-sized products read the codes in gemv_f8 (half of
-// bf16's bytes); larger ones run expert_mma's dense form (kernels/moe.cu),
-// which widens the codes to bf16 (exact) for the tensor cores as it builds
-// their operands and scales each output row at the end.
+// bf16's bytes); up to f8WideMinT rows they run expert_mma's dense form
+// (kernels/moe.cu), which widens the codes to bf16 (exact) for the tensor
+// cores as it builds their operands and scales each output row at the end,
+// with K split when it has too few blocks; more rows widen the weight to
+// bf16 for cuBLAS (matMulF8Wide).
 
 // f8GemvMaxT: products of at most this many rows take gemv_f8.
 const f8GemvMaxT = 8
