@@ -111,7 +111,8 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 // TestExpertMMA checks the tensor-core grouped expert GEMM (bf16 and FP8
 // weights) at the f32 bar with x split into bf16 halves, and at the bf16 bar with x
 // rounded once, against the float64 reference, in shapes of both tile
-// sizes: decode batches over many experts and prefills.
+// sizes (8-row tiles in the _deep form too): decode batches over many
+// experts and prefills.
 func TestExpertMMA(t *testing.T) {
 	gpuOrSkip(t)
 	cases := []struct{ E, N, K, T, k int }{
@@ -134,6 +135,18 @@ func TestExpertMMA(t *testing.T) {
 					continue // the GEMV's
 				}
 				checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
+				if wdt == ml.BF16 {
+					// The experiments: K split in three slices, and for
+					// 8-row tiles the _deep form.
+					expertSplitK = 3
+					checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
+					expertSplitK = 1
+					if c.T*c.k < moeSmallTileRows*c.E {
+						expertMMADeep = true
+						checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
+						expertMMADeep = false
+					}
+				}
 			}
 			b.Close()
 		}
@@ -270,19 +283,30 @@ func BenchmarkMatMulExperts(bm *testing.B) {
 				if err := b.UploadI32(et, ex); err != nil {
 					bm.Fatal(err)
 				}
-				bm.Run(fmt.Sprintf("round=%v/%s/T=%d", round, sh.name, T), func(bm *testing.B) {
-					for i := 0; i < bm.N; i++ {
-						if err := b.MatMulExperts(d, x, w, et); err != nil {
+				// The experiments (expertMMADeep, expertSplitK) where they apply.
+				for _, v := range []string{"base", "deep", "split2"} {
+					if v != "base" && R <= expertGemvMaxR || v == "deep" && R >= moeSmallTileRows*E {
+						continue
+					}
+					bm.Run(fmt.Sprintf("round=%v/%s/T=%d/%s", round, sh.name, T, v), func(bm *testing.B) {
+						defer func() { expertMMADeep, expertSplitK = false, 1 }()
+						expertMMADeep = v == "deep"
+						if v == "split2" {
+							expertSplitK = 2
+						}
+						for i := 0; i < bm.N; i++ {
+							if err := b.MatMulExperts(d, x, w, et); err != nil {
+								bm.Fatal(err)
+							}
+						}
+						if err := b.Sync(); err != nil {
 							bm.Fatal(err)
 						}
-					}
-					if err := b.Sync(); err != nil {
-						bm.Fatal(err)
-					}
-					sec := bm.Elapsed().Seconds() / float64(bm.N)
-					bm.ReportMetric(sec*1e3, "ms/op")
-					bm.ReportMetric(float64(len(used)*sh.N*sh.K*2)/sec/1e9, "GB/s")
-				})
+						sec := bm.Elapsed().Seconds() / float64(bm.N)
+						bm.ReportMetric(sec*1e3, "ms/op")
+						bm.ReportMetric(float64(len(used)*sh.N*sh.K*2)/sec/1e9, "GB/s")
+					})
+				}
 				for _, t := range []ml.Tensor{x, et, d} {
 					b.Free(t)
 				}

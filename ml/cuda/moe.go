@@ -36,8 +36,20 @@ func moeKernelNames() []string {
 			}
 		}
 	}
-	return n
+	return append(n, "expert_mma_bf16_8_1_deep", "expert_mma_bf16_8_2_deep")
 }
+
+// expertMMADeep makes bf16 experts' 8-row tiles (a decode batch over many
+// experts) take expert_mma's _deep form: 64 columns a stage and four stages
+// instead of 32 and three, twice the bytes in flight a block. Off until a
+// GPU shows it pays (BenchmarkMatMulExperts runs both).
+var expertMMADeep = false
+
+// expertSplitK splits K of bf16 experts' grouped products into this many
+// slices (summed by splitk_sum), for more, shorter blocks: a decode batch
+// over 128 experts makes about 2.3 waves of blocks on an H100, the last one
+// partly idle. 1 (off) until a GPU shows it pays.
+var expertSplitK = 1
 
 // RMSNormHeads implements ml.Backend.
 func (b *Backend) RMSNormHeads(x, w ml.Tensor, headDim int, eps float32) error {
@@ -217,6 +229,23 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	if err := b.push("moe_align", g1(1), g1(1024), st); err != nil {
 		return err
 	}
+	if mma && expertSplitK > 1 && !f8 {
+		n := int64(R) * int64(N)
+		if err := b.ensure(&b.mmaPart, int64(expertSplitK)*n*4); err != nil {
+			return err
+		}
+		if err := b.pushExpertMMA(kernel, b.mmaPart.ptr, d, xx, ww, x16, sorted, tileExp, numTiles, maxTiles, expertSplitK, R, fan); err != nil {
+			return err
+		}
+		st := b.argStart()
+		b.aP(d.ptr)
+		b.aP(b.mmaPart.ptr)
+		b.aI(expertSplitK)
+		b.aL(n)
+		b.aI(N)
+		b.aP(0)
+		return b.push("splitk_sum", g1(gridFor(n, 256)), g1(256), st)
+	}
 	if mma {
 		return b.pushExpertMMA(kernel, d.ptr, d, xx, ww, x16, sorted, tileExp, numTiles, maxTiles, 1, R, fan)
 	}
@@ -241,12 +270,16 @@ func (b *Backend) expertMMA(w, x *tensor, tm int) (string, uint64, error) {
 	if w.dt == ml.F8 {
 		wname = "f8"
 	}
+	deep := ""
+	if expertMMADeep && tm == 8 && w.dt == ml.BF16 {
+		deep = "_deep"
+	}
 	if b.opts.RoundActivations {
 		x16, err := b.castAct16(x, "cast_f32_bf16")
-		return fmt.Sprintf("expert_mma_%s_%d_1", wname, tm), x16, err
+		return fmt.Sprintf("expert_mma_%s_%d_1%s", wname, tm, deep), x16, err
 	}
 	x16, err := b.splitAct16(x)
-	return fmt.Sprintf("expert_mma_%s_%d_2", wname, tm), x16, err
+	return fmt.Sprintf("expert_mma_%s_%d_2%s", wname, tm, deep), x16, err
 }
 
 // pushExpertMMA records expert_mma over tiles rows of d (0 pointers for
