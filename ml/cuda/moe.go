@@ -2,6 +2,8 @@ package cuda
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -301,7 +303,32 @@ func (b *Backend) pushExpertMMA(kernel string, dst uint64, d, x, w *tensor, x16,
 	b.aI(K)
 	b.aI(fan)
 	const outputsPerBlock = 64 // EM_BN in kernels/moe.cu
-	return b.push(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, tiles, slices), g1(128), st)
+	return b.pushShared(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, tiles, slices), g1(128), expertMMAShared(kernel), st)
+}
+
+// expertMMAShared is the dynamic shared memory of expert_mma kernel name
+// (expert_mma_<w>_<tok>_<passes>[_deep]), as kernels/moe.cu lays it out:
+// per stage 64 weight rows of BK columns (bf16 rows padded by 8 elements,
+// FP8 rows by 16 bytes) and each x plane's tok rows of BK+8 bf16.
+func expertMMAShared(name string) uint32 {
+	f := strings.Split(strings.TrimSuffix(strings.TrimPrefix(name, "expert_mma_"), "_deep"), "_")
+	if len(f) != 3 {
+		return 0
+	}
+	tok, err1 := strconv.Atoi(f[1])
+	passes, err2 := strconv.Atoi(f[2])
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	bk, stages := 32, 3
+	if strings.HasSuffix(name, "_deep") {
+		bk, stages = 64, 4
+	}
+	wBytes := 64 * (bk + 8) * 2
+	if f[0] == "f8" {
+		wBytes = 64 * (bk + 16)
+	}
+	return uint32(stages * (wBytes + passes*tok*(bk+8)*2))
 }
 
 // ScatterAdd implements ml.Backend. A run of equal adjacent indices is

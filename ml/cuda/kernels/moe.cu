@@ -264,8 +264,11 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
   constexpr int LDB = BK + 16; // FP8 rows in bytes, padded, 16-byte aligned
   constexpr int NT = TOK / 8;     // token n-tiles
   constexpr int WBYTES = F8 ? EM_BN * LDB : EM_BN * LD * 2;
-  __shared__ __align__(16) unsigned char sW[STAGES][WBYTES];
-  __shared__ __align__(16) bf16 sX[STAGES][PASSES][TOK * LD];
+  // Dynamic shared memory (expertMMAShared in moe.go): the weight stages,
+  // then x's. A multiple of 16 bytes each.
+  extern __shared__ __align__(16) unsigned char em_smem[];
+  auto sW = reinterpret_cast<unsigned char (*)[WBYTES]>(em_smem);
+  auto sX = reinterpret_cast<bf16 (*)[PASSES][TOK * LD]>(em_smem + STAGES * WBYTES);
   __shared__ int rows[TOK];
   const int tile = blockIdx.y;
   if (numTiles && tile >= *numTiles) return;

@@ -77,6 +77,7 @@ func run(src, out, arch string, defines []string) error {
 	if err != nil {
 		return err
 	}
+	rewritten = rewriteDynShared(rewritten)
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -145,6 +146,16 @@ var ptx = map[string]string{
 	"st.release.gpu.global.u32[%0],%1;":                      "cudaemu_st_release(%0, %1)",
 	"fence.acq_rel.gpu;":                                     "cudaemu_fence()",
 	"atom.add.release.gpu.global.u32%0,[%1],%2;":             "%0 = cudaemu_atom_add_release(%1, %2)",
+}
+
+// dynSharedRe matches a block-scope extern __shared__ array (dynamic shared
+// memory): `extern __shared__ [__align__(n)] T name[];`.
+var dynSharedRe = regexp.MustCompile(`extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?([A-Za-z_][\w ]*?)\s+(\w+)\s*\[\s*\]\s*;`)
+
+// rewriteDynShared points each extern __shared__ array at the running
+// block's dynamic shared memory (cudaemu_dynsmem: 128-byte aligned).
+func rewriteDynShared(src string) string {
+	return dynSharedRe.ReplaceAllString(src, "$1* const $2 = ($1*)cudaemu_dynsmem();")
 }
 
 var asmStart = regexp.MustCompile(`\basm\s*(volatile\s*)?\(`)
