@@ -365,7 +365,7 @@ func TestDynamicSharedOptIn(t *testing.T) {
 		b.aL(int64(len(want)))
 		b.aI(64)
 		b.aP(0)
-		return b.pushShared("splitk_sum", g1(1), g1(256), shmem, st)
+		return b.pushShared("splitk_sum", g1(1), g1(256), shmem, st) // splitk_sum's arguments (pushSplitKSum)
 	}
 	if err := sum(64 << 10); err != nil {
 		t.Fatalf("64 KiB: %v", err)

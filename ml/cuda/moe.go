@@ -239,14 +239,7 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 		if err := b.pushExpertMMA(kernel, b.mmaPart.ptr, d, xx, ww, x16, sorted, tileExp, numTiles, maxTiles, expertSplitK, R, fan); err != nil {
 			return err
 		}
-		st := b.argStart()
-		b.aP(d.ptr)
-		b.aP(b.mmaPart.ptr)
-		b.aI(expertSplitK)
-		b.aL(n)
-		b.aI(N)
-		b.aP(0)
-		return b.push("splitk_sum", g1(gridFor(n, 256)), g1(256), st)
+		return b.pushSplitKSum(d.ptr, b.mmaPart.ptr, expertSplitK, n, N, 0)
 	}
 	if mma {
 		return b.pushExpertMMA(kernel, d.ptr, d, xx, ww, x16, sorted, tileExp, numTiles, maxTiles, 1, R, fan)
