@@ -173,6 +173,7 @@ type Backend struct {
 
 	ctx, stream, blas uintptr
 	fns               map[string]uintptr // filled by loadKernels (and stepKernel, fp8Kernels)
+	dynShared         map[uintptr]uint32 // kernels opted in to more than 48 KiB of dynamic shared memory (optInShared)
 	fp8Loaded         bool               // fp8Kernels has run
 	units             []*kernelUnit      // the kernel units' compiles and modules
 	kernelErr         error              // loading them failed
@@ -252,6 +253,7 @@ type op struct {
 	traceOff      int
 	fn            uintptr
 	grid, block   [3]uint32
+	shmem         uint32 // dynamic shared memory, bytes
 	argOff, argSz int
 	g             gemmArgs
 	coll          collArgs

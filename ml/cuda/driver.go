@@ -15,11 +15,15 @@ const (
 	attrMultiprocessorCount = 16
 	attrComputeMajor        = 75
 	attrComputeMinor        = 76
-	streamNonBlocking       = 1
-	captureModeThreadLocal  = 1
-	launchParamEnd          = 0
-	launchParamBufPtr       = 1
-	launchParamBufSize      = 2
+	// The most shared memory a block may opt in to (static and dynamic).
+	attrMaxSharedPerBlockOptin = 97
+	// cuFuncSetAttribute: a kernel's dynamic shared memory limit.
+	funcAttrMaxDynamicShared = 8
+	streamNonBlocking        = 1
+	captureModeThreadLocal   = 1
+	launchParamEnd           = 0
+	launchParamBufPtr        = 1
+	launchParamBufSize       = 2
 )
 
 // cuBLAS constants (cublas_api.h, library_types.h).
@@ -133,6 +137,7 @@ type deviceInfo struct {
 	name         string
 	major, minor int32
 	sms          int32
+	sharedOptin  int32 // the most shared memory a block may opt in to
 	totalMem     uint64
 	driver       int32
 }
@@ -170,7 +175,8 @@ func (l *libs) probe(ordinal int) (*deviceInfo, error) {
 	for _, a := range []struct {
 		attr int
 		dst  *int32
-	}{{attrComputeMajor, &d.major}, {attrComputeMinor, &d.minor}, {attrMultiprocessorCount, &d.sms}} {
+	}{{attrComputeMajor, &d.major}, {attrComputeMinor, &d.minor}, {attrMultiprocessorCount, &d.sms},
+		{attrMaxSharedPerBlockOptin, &d.sharedOptin}} {
 		if err := l.call(l.cuDeviceGetAttribute, "cuDeviceGetAttribute", uintptr(unsafe.Pointer(a.dst)), uintptr(a.attr), uintptr(d.dev)); err != nil {
 			return nil, err
 		}

@@ -125,14 +125,7 @@ func (b *Backend) matMulF8(d, xx, ww, bb *tensor, bs string) error {
 	if err := b.pushExpertMMA(kernel, b.mmaPart.ptr, d, xx, ww, x16, 0, 0, 0, tiles, slices, T, 1); err != nil {
 		return err
 	}
-	st := b.argStart()
-	b.aP(d.ptr)
-	b.aP(b.mmaPart.ptr)
-	b.aI(slices)
-	b.aL(n)
-	b.aI(N)
-	b.aP(ww.scales)
-	if err := b.push("splitk_sum", g1(gridFor(n, 256)), g1(256), st); err != nil {
+	if err := b.pushSplitKSum(d.ptr, b.mmaPart.ptr, slices, n, N, ww.scales); err != nil {
 		return err
 	}
 	return b.biasAdd(d, bb, bs, T, N)
@@ -178,14 +171,20 @@ func (b *Backend) matMulF8Wide(d, xx, ww *tensor) error {
 				c: d.ptr + uint64(n0*4), ctype: cudaR32F, ldc: int32(N)})
 		}
 	}
-	n := int64(T) * int64(N)
+	return b.pushSplitKSum(d.ptr, d.ptr, 1, int64(T)*int64(N), N, ww.scales)
+}
+
+// pushSplitKSum records splitk_sum: dst's n values (rows of N) are the sum
+// of slices planes of n partial sums at part, times each column's scale
+// (none when scales is 0). part may be dst when slices is 1.
+func (b *Backend) pushSplitKSum(dst, part uint64, slices int, n int64, N int, scales uint64) error {
 	st := b.argStart()
-	b.aP(d.ptr)
-	b.aP(d.ptr)
-	b.aI(1)
+	b.aP(dst)
+	b.aP(part)
+	b.aI(slices)
 	b.aL(n)
 	b.aI(N)
-	b.aP(ww.scales)
+	b.aP(scales)
 	return b.push("splitk_sum", g1(gridFor(n, 256)), g1(256), st)
 }
 

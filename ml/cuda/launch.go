@@ -45,6 +45,16 @@ func (b *Backend) aF(v float32) {
 
 // push records a kernel launch whose arguments were appended since start.
 func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
+	return b.pushShared(name, grid, block, 0, start)
+}
+
+// defaultDynShared is the dynamic shared memory any kernel may take; more
+// needs the kernel's opt-in (cuFuncSetAttribute).
+const defaultDynShared = 48 << 10
+
+// pushShared is push for a kernel with shmem bytes of dynamic shared memory
+// (extern __shared__).
+func (b *Backend) pushShared(name string, grid, block [3]uint32, shmem uint32, start int) error {
 	if err := b.loadKernels(); err != nil {
 		b.args = b.args[:start]
 		return err
@@ -61,7 +71,13 @@ func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
 		b.args = b.args[:start]
 		return fmt.Errorf("%w: kernel %s", ml.ErrUnsupported, name)
 	}
-	o := op{kind: opKernel, fn: fn, grid: grid, block: block, argOff: start, argSz: len(b.args) - start, traceOff: len(b.trace)}
+	if shmem > defaultDynShared && b.dynShared[fn] < shmem {
+		if err := b.optInShared(fn, name, shmem); err != nil {
+			b.args = b.args[:start]
+			return err
+		}
+	}
+	o := op{kind: opKernel, fn: fn, grid: grid, block: block, shmem: shmem, argOff: start, argSz: len(b.args) - start, traceOff: len(b.trace)}
 	o.coop, b.nextCoop = b.nextCoop, false
 	o.pdl = !o.coop && b.step.recorded && !b.step.noTailPDL && b.l.cuLaunchKernelEx != 0 && b.dev.major >= 9
 	b.ops = append(b.ops, o)
@@ -72,8 +88,30 @@ func (b *Backend) push(name string, grid, block [3]uint32, start int) error {
 	for _, v := range block {
 		b.trace = binary.LittleEndian.AppendUint32(b.trace, v)
 	}
+	b.trace = binary.LittleEndian.AppendUint32(b.trace, shmem)
 	b.trace = binary.LittleEndian.AppendUint32(b.trace, uint32(o.argSz))
 	b.trace = append(b.trace, b.args[start:]...)
+	return nil
+}
+
+// optInShared lets kernel fn (name) launch with shmem bytes of dynamic
+// shared memory, past the 48 KiB every kernel may take.
+func (b *Backend) optInShared(fn uintptr, name string, shmem uint32) error {
+	if b.l.cuFuncSetAttribute == 0 || int64(shmem) > int64(b.dev.sharedOptin) {
+		return fmt.Errorf("%w: kernel %s with %d bytes of shared memory (this device allows %d)", ml.ErrUnsupported,
+			name, shmem, b.dev.sharedOptin)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.exit()
+	if err := b.l.call(b.l.cuFuncSetAttribute, "cuFuncSetAttribute", fn, funcAttrMaxDynamicShared, uintptr(shmem)); err != nil {
+		return err
+	}
+	if b.dynShared == nil {
+		b.dynShared = map[uintptr]uint32{}
+	}
+	b.dynShared[fn] = shmem
 	return nil
 }
 
@@ -211,7 +249,7 @@ func (b *Backend) launchAll() error {
 					attr = &b.launchCoop
 				}
 				b.launchCfg = launchConfig{gridX: o.grid[0], gridY: o.grid[1], gridZ: o.grid[2],
-					blockX: o.block[0], blockY: o.block[1], blockZ: o.block[2],
+					blockX: o.block[0], blockY: o.block[1], blockZ: o.block[2], shmem: o.shmem,
 					stream: b.stream, attrs: attr, numAttrs: 1}
 				if err := b.l.call(b.l.cuLaunchKernelEx, "cuLaunchKernelEx", uintptr(unsafe.Pointer(&b.launchCfg)),
 					o.fn, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
@@ -229,7 +267,7 @@ func (b *Backend) launchAll() error {
 			if err := b.l.call(b.l.cuLaunchKernel, "cuLaunchKernel", o.fn,
 				uintptr(o.grid[0]), uintptr(o.grid[1]), uintptr(o.grid[2]),
 				uintptr(o.block[0]), uintptr(o.block[1]), uintptr(o.block[2]),
-				0, b.stream, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
+				uintptr(o.shmem), b.stream, 0, uintptr(unsafe.Pointer(&b.extra[0]))); err != nil {
 				return err
 			}
 		case opGemm:

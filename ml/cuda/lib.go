@@ -47,6 +47,9 @@ type libs struct {
 	// cuFuncGetAttribute is optional: it only adds a kernel's registers
 	// and spills to the decode-step kernel's log line.
 	cuFuncGetAttribute uintptr
+	// cuFuncSetAttribute is optional: without it no kernel launches with
+	// more than 48 KiB of dynamic shared memory.
+	cuFuncSetAttribute uintptr
 	// cuMemAllocHost and cuMemFreeHost are optional too: without them
 	// uploads and downloads go through pageable memory.
 	cuMemAllocHost, cuMemFreeHost uintptr
@@ -222,6 +225,7 @@ func loadLibs() (*libs, error) {
 	sym(h, "cuLaunchKernelEx", &l.cuLaunchKernelEx, &optional)
 	sym(h, "cuOccupancyMaxActiveBlocksPerMultiprocessor", &l.cuOccupancyMaxActiveBlocksPerMultiprocessor, &optional)
 	sym(h, "cuFuncGetAttribute", &l.cuFuncGetAttribute, &optional)
+	sym(h, "cuFuncSetAttribute", &l.cuFuncSetAttribute, &optional)
 	sym(h, "cuMemAllocHost_v2", &l.cuMemAllocHost, &optional)
 	sym(h, "cuMemFreeHost", &l.cuMemFreeHost, &optional)
 

@@ -108,10 +108,34 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 	}
 }
 
+// TestExpertMMAShared pins expert_mma's dynamic shared memory (as
+// kernels/moe.cu lays it out) and keeps every form within the 48 KiB any
+// kernel may take without opting in.
+func TestExpertMMAShared(t *testing.T) {
+	for name, want := range map[string]uint32{
+		"expert_mma_bf16_64_2":      3 * (64*40*2 + 2*64*40*2),
+		"expert_mma_f8_64_1":        3 * (64*48 + 64*40*2),
+		"expert_mma_bf16_8_2_deep":  4 * (64*72*2 + 2*8*72*2),
+		"expert_mma_f8_8_2":         3 * (64*48 + 2*8*40*2),
+		"expert_gemm_bf16":          0,
+		"expert_mma_bf16_8_2_extra": 0,
+	} {
+		if got := expertMMAShared(name); got != want {
+			t.Errorf("%s: %d bytes, want %d", name, got, want)
+		}
+	}
+	for _, name := range moeKernelNames() {
+		if n := expertMMAShared(name); n > defaultDynShared {
+			t.Errorf("%s: %d bytes of dynamic shared memory, over %d", name, n, defaultDynShared)
+		}
+	}
+}
+
 // TestExpertMMA checks the tensor-core grouped expert GEMM (bf16 and FP8
 // weights) at the f32 bar with x split into bf16 halves, and at the bf16 bar with x
 // rounded once, against the float64 reference, in shapes of both tile
-// sizes: decode batches over many experts and prefills.
+// sizes (8-row tiles in the _deep form too): decode batches over many
+// experts and prefills.
 func TestExpertMMA(t *testing.T) {
 	gpuOrSkip(t)
 	cases := []struct{ E, N, K, T, k int }{
@@ -134,6 +158,18 @@ func TestExpertMMA(t *testing.T) {
 					continue // the GEMV's
 				}
 				checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
+				if wdt == ml.BF16 {
+					// The experiments: K split in three slices, and for
+					// 8-row tiles the _deep form.
+					expertSplitK = 3
+					checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
+					expertSplitK = 1
+					if c.T*c.k < moeSmallTileRows*c.E {
+						expertMMADeep = true
+						checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
+						expertMMADeep = false
+					}
+				}
 			}
 			b.Close()
 		}
@@ -270,19 +306,30 @@ func BenchmarkMatMulExperts(bm *testing.B) {
 				if err := b.UploadI32(et, ex); err != nil {
 					bm.Fatal(err)
 				}
-				bm.Run(fmt.Sprintf("round=%v/%s/T=%d", round, sh.name, T), func(bm *testing.B) {
-					for i := 0; i < bm.N; i++ {
-						if err := b.MatMulExperts(d, x, w, et); err != nil {
+				// The experiments (expertMMADeep, expertSplitK) where they apply.
+				for _, v := range []string{"base", "deep", "split2"} {
+					if v != "base" && R <= expertGemvMaxR || v == "deep" && R >= moeSmallTileRows*E {
+						continue
+					}
+					bm.Run(fmt.Sprintf("round=%v/%s/T=%d/%s", round, sh.name, T, v), func(bm *testing.B) {
+						defer func() { expertMMADeep, expertSplitK = false, 1 }()
+						expertMMADeep = v == "deep"
+						if v == "split2" {
+							expertSplitK = 2
+						}
+						for i := 0; i < bm.N; i++ {
+							if err := b.MatMulExperts(d, x, w, et); err != nil {
+								bm.Fatal(err)
+							}
+						}
+						if err := b.Sync(); err != nil {
 							bm.Fatal(err)
 						}
-					}
-					if err := b.Sync(); err != nil {
-						bm.Fatal(err)
-					}
-					sec := bm.Elapsed().Seconds() / float64(bm.N)
-					bm.ReportMetric(sec*1e3, "ms/op")
-					bm.ReportMetric(float64(len(used)*sh.N*sh.K*2)/sec/1e9, "GB/s")
-				})
+						sec := bm.Elapsed().Seconds() / float64(bm.N)
+						bm.ReportMetric(sec*1e3, "ms/op")
+						bm.ReportMetric(float64(len(used)*sh.N*sh.K*2)/sec/1e9, "GB/s")
+					})
+				}
 				for _, t := range []ml.Tensor{x, et, d} {
 					b.Free(t)
 				}
@@ -290,5 +337,52 @@ func BenchmarkMatMulExperts(bm *testing.B) {
 			b.Free(w)
 		}
 		b.Close()
+	}
+}
+
+// TestDynamicSharedOptIn launches a kernel with more dynamic shared memory
+// than the 48 KiB any kernel may take (the launch opts the kernel in
+// first), and refuses more than the device allows.
+func TestDynamicSharedOptIn(t *testing.T) {
+	gpuOrSkip(t)
+	b := newTestBackend(t, Options{DisableGraphs: true})
+	defer b.Close()
+	x, _ := b.NewTensor(ml.F32, 4, 64)
+	want := mltest.RandF32(rand.New(rand.NewPCG(1, 2)), 4*64, 1)
+	if err := b.UploadF32(x, want); err != nil {
+		t.Fatal(err)
+	}
+	sum := func(shmem uint32) error {
+		if err := b.lock(); err != nil {
+			return err
+		}
+		defer b.mu.Unlock()
+		xx := x.(*tensor)
+		st := b.argStart()
+		b.aP(xx.ptr)
+		b.aP(xx.ptr)
+		b.aI(1)
+		b.aL(int64(len(want)))
+		b.aI(64)
+		b.aP(0)
+		return b.pushShared("splitk_sum", g1(1), g1(256), shmem, st) // splitk_sum's arguments (pushSplitKSum)
+	}
+	if err := sum(64 << 10); err != nil {
+		t.Fatalf("64 KiB: %v", err)
+	}
+	if err := sum(uint32(b.dev.sharedOptin) + 1); !errors.Is(err, ml.ErrUnsupported) {
+		t.Errorf("%d bytes: %v, want ErrUnsupported", b.dev.sharedOptin+1, err)
+	}
+	got := make([]float32, len(want))
+	if err := b.Download(got, x); err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("element %d: %v after an in-place sum of one plane, want %v", i, got[i], want[i])
+		}
+	}
+	if b.dynShared[b.fns["splitk_sum"]] != 64<<10 {
+		t.Errorf("splitk_sum opted in to %d bytes, want %d", b.dynShared[b.fns["splitk_sum"]], 64<<10)
 	}
 }

@@ -2,6 +2,8 @@ package cuda
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -36,8 +38,20 @@ func moeKernelNames() []string {
 			}
 		}
 	}
-	return n
+	return append(n, "expert_mma_bf16_8_1_deep", "expert_mma_bf16_8_2_deep")
 }
+
+// expertMMADeep makes bf16 experts' 8-row tiles (a decode batch over many
+// experts) take expert_mma's _deep form: 64 columns a stage and four stages
+// instead of 32 and three, twice the bytes in flight a block. Off until a
+// GPU shows it pays (BenchmarkMatMulExperts runs both).
+var expertMMADeep = false
+
+// expertSplitK splits K of bf16 experts' grouped products into this many
+// slices (summed by splitk_sum), for more, shorter blocks: a decode batch
+// over 128 experts makes about 2.3 waves of blocks on an H100, the last one
+// partly idle. 1 (off) until a GPU shows it pays.
+var expertSplitK = 1
 
 // RMSNormHeads implements ml.Backend.
 func (b *Backend) RMSNormHeads(x, w ml.Tensor, headDim int, eps float32) error {
@@ -217,6 +231,16 @@ func (b *Backend) MatMulExperts(dst, x, w, experts ml.Tensor) error {
 	if err := b.push("moe_align", g1(1), g1(1024), st); err != nil {
 		return err
 	}
+	if mma && expertSplitK > 1 && !f8 {
+		n := int64(R) * int64(N)
+		if err := b.ensure(&b.mmaPart, int64(expertSplitK)*n*4); err != nil {
+			return err
+		}
+		if err := b.pushExpertMMA(kernel, b.mmaPart.ptr, d, xx, ww, x16, sorted, tileExp, numTiles, maxTiles, expertSplitK, R, fan); err != nil {
+			return err
+		}
+		return b.pushSplitKSum(d.ptr, b.mmaPart.ptr, expertSplitK, n, N, 0)
+	}
 	if mma {
 		return b.pushExpertMMA(kernel, d.ptr, d, xx, ww, x16, sorted, tileExp, numTiles, maxTiles, 1, R, fan)
 	}
@@ -241,12 +265,16 @@ func (b *Backend) expertMMA(w, x *tensor, tm int) (string, uint64, error) {
 	if w.dt == ml.F8 {
 		wname = "f8"
 	}
+	deep := ""
+	if expertMMADeep && tm == 8 && w.dt == ml.BF16 {
+		deep = "_deep"
+	}
 	if b.opts.RoundActivations {
 		x16, err := b.castAct16(x, "cast_f32_bf16")
-		return fmt.Sprintf("expert_mma_%s_%d_1", wname, tm), x16, err
+		return fmt.Sprintf("expert_mma_%s_%d_1%s", wname, tm, deep), x16, err
 	}
 	x16, err := b.splitAct16(x)
-	return fmt.Sprintf("expert_mma_%s_%d_2", wname, tm), x16, err
+	return fmt.Sprintf("expert_mma_%s_%d_2%s", wname, tm, deep), x16, err
 }
 
 // pushExpertMMA records expert_mma over tiles rows of d (0 pointers for
@@ -268,7 +296,32 @@ func (b *Backend) pushExpertMMA(kernel string, dst uint64, d, x, w *tensor, x16,
 	b.aI(K)
 	b.aI(fan)
 	const outputsPerBlock = 64 // EM_BN in kernels/moe.cu
-	return b.push(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, tiles, slices), g1(128), st)
+	return b.pushShared(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, tiles, slices), g1(128), expertMMAShared(kernel), st)
+}
+
+// expertMMAShared is the dynamic shared memory of expert_mma kernel name
+// (expert_mma_<w>_<tok>_<passes>[_deep]), as kernels/moe.cu lays it out:
+// per stage 64 weight rows of BK columns (bf16 rows padded by 8 elements,
+// FP8 rows by 16 bytes) and each x plane's tok rows of BK+8 bf16.
+func expertMMAShared(name string) uint32 {
+	f := strings.Split(strings.TrimSuffix(strings.TrimPrefix(name, "expert_mma_"), "_deep"), "_")
+	if len(f) != 3 {
+		return 0
+	}
+	tok, err1 := strconv.Atoi(f[1])
+	passes, err2 := strconv.Atoi(f[2])
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	bk, stages := 32, 3
+	if strings.HasSuffix(name, "_deep") {
+		bk, stages = 64, 4
+	}
+	wBytes := 64 * (bk + 8) * 2
+	if f[0] == "f8" {
+		wBytes = 64 * (bk + 16)
+	}
+	return uint32(stages * (wBytes + passes*tok*(bk+8)*2))
 }
 
 // ScatterAdd implements ml.Backend. A run of equal adjacent indices is

@@ -184,6 +184,18 @@ inline unsigned short cudaemu_f2h(float f) {
   memcpy(&r, &h, 2);
   return r;
 }
+// cvt.rn.f16x2.e4m3x2: the low byte's E4M3 value to the low half, the high
+// byte's to the high half (exact: every E4M3 value is a half).
+inline unsigned cudaemu_e4m3x2_f16x2(unsigned short pair) {
+  unsigned r = 0;
+  for (int j = 0; j < 2; ++j) {
+    const unsigned c = (pair >> (8 * j)) & 0xffu, e = (c >> 3) & 15u, m = c & 7u;
+    float v = e ? ldexpf(1.0f + m / 8.0f, (int)e - 7) : ldexpf(m / 8.0f, -6);
+    if ((c & 0x7fu) == 0x7fu) v = NAN;
+    r |= (unsigned)cudaemu_f2h((c & 0x80u) ? -v : v) << (16 * j);
+  }
+  return r;
+}
 inline void cudaemu_cp16(unsigned dst, const void* src, int n) {
   char* d = (char*)cudaemu_smem_ptr(dst);
   if (n == 16)

@@ -17,7 +17,7 @@ struct cudaemu_thread {
   void* sp;             // saved stack pointer while switched out
   void* stack;          // its stack (owned by the worker's cache)
   int done;
-  uint64_t smem_hi;     // high 32 bits of this thread's shared window
+  uint64_t smem_win[2];  // this thread's shared windows: 2 GiB-aligned bases >> 31, plus 1 (0: unset)
   unsigned colls;       // warp collectives this thread has joined (buffer parity)
   cudaemu_thread* next; // the next live fiber of the block (a ring)
 };
@@ -61,5 +61,6 @@ void cudaemu_mma_bf16(float* c0, float* c1, float* c2, float* c3, unsigned a0, u
 void cudaemu_ldsm_x4(unsigned* r0, unsigned* r1, unsigned* r2, unsigned* r3, unsigned addr, int trans);
 unsigned cudaemu_smem32(const void* p);
 void* cudaemu_smem_ptr(unsigned a);
+void* cudaemu_dynsmem(void);
 void cudaemu_trap(const char* where);
 }

@@ -18,6 +18,7 @@
 
 #include <math.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -83,6 +84,9 @@ struct Worker {  // per OS thread
   cudaemu_block blk;
   Thunk thunk = nullptr;
   void** params = nullptr;
+  unsigned shmem = 0;            // the launch's dynamic shared memory, bytes
+  unsigned char* dyn = nullptr;  // the block's dynamic shared memory
+  unsigned dyncap = 0;
 };
 CUDAEMU_TLS thread_local Worker* tw;
 
@@ -183,6 +187,14 @@ void block_exit_check(cudaemu_block* b) {
 // run_block runs one block to completion on this OS thread.
 void run_block(cudaemu_dim bid, cudaemu_dim bdim, cudaemu_dim gdim) {
   Worker* w = tw;
+  if (w->shmem > w->dyncap) {
+    free(w->dyn);
+    w->dyncap = (w->shmem + 127) & ~127u;
+    w->dyn = (unsigned char*)aligned_alloc(128, w->dyncap);
+  }
+  // Shared memory starts undefined: 0xff bytes (NaN) show a read of what
+  // nobody wrote.
+  if (w->shmem) memset(w->dyn, 0xff, w->shmem);
   const int n = (int)(bdim.x * bdim.y * bdim.z);
   while ((int)w->stacks.size() < n) w->stacks.push_back(new_stack());
   w->threads.resize(n);
@@ -212,6 +224,13 @@ void run_block(cudaemu_dim bid, cudaemu_dim bdim, cudaemu_dim gdim) {
 }  // namespace
 
 extern "C" void cudaemu_syncthreads(void) { (void)cudaemu_syncthreads_count(0); }
+
+// cudaemu_dynsmem is the running block's dynamic shared memory (extern
+// __shared__ arrays).
+extern "C" void* cudaemu_dynsmem(void) {
+  if (!tw->shmem) die("extern __shared__ used by a launch of no dynamic shared memory");
+  return tw->dyn;
+}
 
 extern "C" int cudaemu_syncthreads_count(int pred) {
   cudaemu_thread* t = cudaemu_cur;
@@ -353,20 +372,26 @@ extern "C" void cudaemu_ldsm_x4(unsigned* r0, unsigned* r1, unsigned* r2, unsign
   }
 }
 
+// A 32-bit shared address is a window slot (bit 31) and the low 31 bits of
+// the host address. Static __shared__ (thread-local storage of the kernel's
+// module) and the dynamic buffer (the worker's heap) may lie in different
+// 2 GiB windows; each thread maps up to two.
 extern "C" unsigned cudaemu_smem32(const void* p) {
   cudaemu_thread* t = cudaemu_cur;
-  const uint64_t hi = (uint64_t)p >> 32;
-  if (t->smem_hi == 0)
-    t->smem_hi = hi;
-  else if (t->smem_hi != hi)
-    die("shared memory spans a 4 GiB boundary of the address space (rerun)");
-  return (unsigned)(uint64_t)p;
+  const uint64_t win = ((uint64_t)p >> 31) + 1;
+  for (unsigned slot = 0; slot < 2; slot++) {
+    if (t->smem_win[slot] == 0) t->smem_win[slot] = win;
+    if (t->smem_win[slot] == win) return (slot << 31) | (unsigned)((uint64_t)p & 0x7fffffffu);
+  }
+  die("shared memory spans more than two 2 GiB windows of the address space (rerun)");
+  return 0;
 }
 
 extern "C" void* cudaemu_smem_ptr(unsigned a) {
   cudaemu_thread* t = cudaemu_cur;
-  if (t->smem_hi == 0) die("a shared-window address used before cvta.to.shared");
-  return (void*)((t->smem_hi << 32) | a);
+  const uint64_t win = t->smem_win[a >> 31];
+  if (win == 0) die("a shared-window address used before cvta.to.shared");
+  return (void*)(((win - 1) << 31) | (a & 0x7fffffffu));
 }
 
 extern "C" void cudaemu_trap(const char* where) { die("__trap() in %s", where); }
@@ -379,6 +404,7 @@ struct Job {
   Thunk thunk;
   void** params;
   cudaemu_dim grid, block;
+  unsigned shmem;
   int nblocks;
   std::atomic<int> next;
 };
@@ -412,6 +438,7 @@ void worker_main(int id) {
     }
     tw->thunk = j->thunk;
     tw->params = j->params;
+    tw->shmem = j->shmem;
     for (;;) {
       const int i = j->next.fetch_add(1);
       if (i >= j->nblocks) break;
@@ -433,12 +460,13 @@ int default_workers() {
 
 // run_grid runs every block of a launch; coop puts each block on its own
 // worker, all at once (their grid barriers spin on one another).
-void run_grid(Thunk th, void** params, cudaemu_dim grid, cudaemu_dim block, bool coop) {
+void run_grid(Thunk th, void** params, cudaemu_dim grid, cudaemu_dim block, unsigned shmem, bool coop) {
   Job j;
   j.thunk = th;
   j.params = params;
   j.grid = grid;
   j.block = block;
+  j.shmem = shmem;
   j.nblocks = (int)(grid.x * grid.y * grid.z);
   j.next = 0;
   const int want = coop ? j.nblocks : std::min(j.nblocks, default_workers());
@@ -484,6 +512,7 @@ struct Func {
   const unsigned* aligns;
   unsigned nargs;
   std::string name;
+  int maxDynShared = 0;  // cuFuncSetAttribute's opt-in
 };
 
 struct Module {
@@ -506,6 +535,7 @@ struct Op {
   // Kernel
   Func* fn = nullptr;
   cudaemu_dim grid{}, block{};
+  unsigned shmem = 0;
   bool coop = false;
   std::vector<char> args;
   // copies and memset
@@ -729,7 +759,7 @@ CUresult cuModuleGetFunction(void** f, void* mod, const char* name) {
   void* al = dlsym(m->handle, ("cudaemu_argaligns_" + n).c_str());
   void* na = dlsym(m->handle, ("cudaemu_nargs_" + n).c_str());
   if (!th || !sz || !al || !na) return CUDA_ERROR_NOT_FOUND;
-  *f = new Func{(Thunk)th, (const unsigned*)sz, (const unsigned*)al, *(const unsigned*)na, n};
+  *f = new Func{(Thunk)th, (const unsigned*)sz, (const unsigned*)al, *(const unsigned*)na, n, 0};
   return CUDA_SUCCESS;
 }
 
@@ -738,9 +768,15 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void*, int, size_t)
   return CUDA_SUCCESS;
 }
 
-static CUresult launch(Func* f, cudaemu_dim grid, cudaemu_dim block, void* stream, void** params, void** extra,
-                       bool coop) {
+static CUresult launch(Func* f, cudaemu_dim grid, cudaemu_dim block, unsigned shmem, void* stream, void** params,
+                       void** extra, bool coop) {
   if (!f) return CUDA_ERROR_INVALID_HANDLE;
+  // Past 48 KiB a kernel must have opted in (cuFuncSetAttribute), as on a GPU.
+  if (shmem > (unsigned)std::max(49152, f->maxDynShared)) {
+    fprintf(stderr, "cudaemu: %s: %u bytes of dynamic shared memory, %d allowed\n", f->name.c_str(), shmem,
+            std::max(49152, f->maxDynShared));
+    return CUDA_ERROR_INVALID_VALUE;
+  }
   const unsigned nt = block.x * block.y * block.z;
   if (nt == 0 || nt > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0) {
     fprintf(stderr, "cudaemu: %s: bad launch shape grid (%u,%u,%u) block (%u,%u,%u)\n", f->name.c_str(), grid.x, grid.y,
@@ -784,6 +820,7 @@ static CUresult launch(Func* f, cudaemu_dim grid, cudaemu_dim block, void* strea
   op->grid = grid;
   op->block = block;
   op->coop = coop;
+  op->shmem = shmem;
   op->args = std::move(buf);
   op->n = o;
   submit(stream, op);
@@ -791,8 +828,8 @@ static CUresult launch(Func* f, cudaemu_dim grid, cudaemu_dim block, void* strea
 }
 
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned, void* stream, void** params, void** extra) {
-  return launch((Func*)f, {gx, gy, gz}, {bx, by, bz}, stream, params, extra, false);
+                        unsigned shmem, void* stream, void** params, void** extra) {
+  return launch((Func*)f, {gx, gy, gz}, {bx, by, bz}, shmem, stream, params, extra, false);
 }
 
 struct LaunchConfig {
@@ -808,7 +845,17 @@ CUresult cuLaunchKernelEx(const LaunchConfig* c, void* f, void** params, void** 
   bool coop = false;
   for (unsigned i = 0; i < c->nattrs; i++)
     if (c->attrs[i].id == 2 && *(int*)c->attrs[i].val) coop = true;
-  return launch((Func*)f, {c->gx, c->gy, c->gz}, {c->bx, c->by, c->bz}, c->stream, params, extra, coop);
+  return launch((Func*)f, {c->gx, c->gy, c->gz}, {c->bx, c->by, c->bz}, c->shmem, c->stream, params, extra, coop);
+}
+
+// cuFuncSetAttribute: CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (8),
+// up to the opt-in limit cuDeviceGetAttribute reports (97).
+CUresult cuFuncSetAttribute(void* f, int attr, int v) {
+  if (!f) return CUDA_ERROR_INVALID_HANDLE;
+  if (attr != 8) return CUDA_ERROR_INVALID_VALUE;
+  if (v < 0 || v > 232448) return CUDA_ERROR_INVALID_VALUE;
+  ((Func*)f)->maxDynShared = v;
+  return CUDA_SUCCESS;
 }
 
 CUresult cuStreamCreate(void** s, unsigned) {
@@ -1219,7 +1266,7 @@ void run_op(Op* o) {
         params[i] = args.data() + off;
         off += o->fn->sizes[i];
       }
-      run_grid(o->fn->thunk, params.data(), o->grid, o->block, o->coop);
+      run_grid(o->fn->thunk, params.data(), o->grid, o->block, o->shmem, o->coop);
       break;
     }
     case Op::HtoD:

@@ -72,6 +72,38 @@ __device__ __forceinline__ float f8tof(unsigned v) {
 }
 __device__ __forceinline__ float tof(f8e4m3 v) { return f8tof(v.x); }
 
+// f8x8 widens the eight FP8 codes of lo, hi (low byte first) to floats. On
+// sm_89 and later one cvt widens two codes to halves (exact: every E4M3
+// value is a half), a fraction of f8tof's integer work a weight.
+__device__ __forceinline__ void f8x8(unsigned lo, unsigned hi, float* o) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const unsigned w = j < 2 ? lo : hi;
+    const u16 pair = (u16)((j & 1) ? w >> 16 : w & 0xffffu);
+    unsigned h;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h) : "h"(pair));
+    o[2 * j] = tof(f16{(u16)(h & 0xffffu)});
+    o[2 * j + 1] = tof(f16{(u16)(h >> 16)});
+  }
+#else
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[i] = f8tof(((i < 4 ? lo : hi) >> (8 * (i & 3))) & 0xffu);
+#endif
+}
+
+// f8x2bf widens two FP8 codes (the low 16 bits of v, low byte first) to a
+// packed bf16 pair (exact: every E4M3 value is a bf16).
+__device__ __forceinline__ unsigned f8x2bf(unsigned v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  unsigned h;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h) : "h"((u16)(v & 0xffffu)));
+  return (__float_as_uint(tof(f16{(u16)(h & 0xffffu)})) >> 16) | (__float_as_uint(tof(f16{(u16)(h >> 16)})) & 0xffff0000u);
+#else
+  return (__float_as_uint(f8tof(v & 0xffu)) >> 16) | (__float_as_uint(f8tof((v >> 8) & 0xffu)) & 0xffff0000u);
+#endif
+}
+
 // f2e4m3 rounds to the nearest E4M3 value (ties to even), saturating at
 // ±448, as ml.F8Bits does on the host.
 __device__ __forceinline__ unsigned char f2e4m3(float f) {

@@ -59,22 +59,13 @@ __device__ __forceinline__ void stKV(void* c, int dt, long long i, float v) {
 }
 
 // A dgemv vector is 8 weights of a row: 16 bytes of bf16, or 8 bytes of
-// FP8 codes (F8W, in the low half of the uint4) widened with f8tof.
+// FP8 codes (F8W, in the low half of the uint4) widened with f8x8.
 template <bool F8W>
 __device__ __forceinline__ uint4 ldwv(const unsigned char* p) {
   if (!F8W) return ldw16(p);
   uint4 r = make_uint4(0, 0, 0, 0);
   asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
   return r;
-}
-template <bool F8W>
-__device__ __forceinline__ void unpackw(const uint4 w, float* o) {
-  if (!F8W) {
-    unpack8(w, o);
-    return;
-  }
-#pragma unroll
-  for (int i = 0; i < 8; ++i) o[i] = f8tof(((i < 4 ? w.x : w.y) >> (8 * (i & 3))) & 0xffu);
 }
 
 // dgemvRows gives pair p's rows r0, r1 and the number of pairs P (see the
@@ -97,30 +88,27 @@ __device__ __forceinline__ void dgemvRows(const DArgs& a, int p, int& P, int& r0
   }
 }
 
-// dgemvDot adds 16-byte vector v of a pair's rows (wa, wb) dotted with x to
-// acc0, acc1 (and x's sums of squares to ss when x is normalized).
-template <int M, int EPI, bool F8W>
-__device__ __forceinline__ void dgemvDot(const DArgs& a, int v, int tn, const uint4 wa4, const uint4 wb4, float (&acc0)[M],
-                                         float (&acc1)[M], float (&ss)[M]) {
+// dgemvDot8 adds eight weights of a pair's rows (wa, wb) at x's columns
+// c.. dotted with x (see dgemvDot).
+template <int M, int EPI>
+__device__ __forceinline__ void dgemvDot8(const DArgs& a, int c, int tn, const float (&wa)[8], const float (&wb)[8],
+                                          float (&acc0)[M], float (&acc1)[M], float (&ss)[M]) {
   constexpr bool NORM = EPI != EPI_ADD && EPI != EPI_ADDF;
   constexpr bool XF32 = EPI != EPI_ADD;  // x is f32 (xr)
-  float wa[8], wb[8];
-  unpackw<F8W>(wa4, wa);
-  unpackw<F8W>(wb4, wb);
   if (NORM) {
     // RMSNorm folded in: dot with x·nw in f32, scaled by each token's
     // 1/rms at the end; the sums of squares ride along.
     float nk[8];
     if (a.nwdt == 0)
-      load8((const float*)a.nw + v * 8, nk);
+      load8((const float*)a.nw + c, nk);
     else
 #pragma unroll
-      for (int i = 0; i < 8; ++i) nk[i] = nwAt(a.nw, a.nwdt, v * 8 + i);
+      for (int i = 0; i < 8; ++i) nk[i] = nwAt(a.nw, a.nwdt, c + i);
 #pragma unroll
     for (int t = 0; t < M; ++t) {
       if (t < tn) {
         float xv[8];
-        load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
+        load8(a.xr + (long long)t * a.ldxr + c, xv);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
           ss[t] += xv[i] * xv[i];
@@ -136,9 +124,9 @@ __device__ __forceinline__ void dgemvDot(const DArgs& a, int v, int tn, const ui
       if (t < tn) {
         float xv[8];
         if (XF32)
-          load8(a.xr + (long long)t * a.ldxr + v * 8, xv);
+          load8(a.xr + (long long)t * a.ldxr + c, xv);
         else
-          load8(a.xg + (long long)t * a.ldx + v * 8, xv);
+          load8(a.xg + (long long)t * a.ldx + c, xv);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
           acc0[t] += wa[i] * xv[i];
@@ -147,6 +135,23 @@ __device__ __forceinline__ void dgemvDot(const DArgs& a, int v, int tn, const ui
       }
     }
   }
+}
+
+// dgemvDot adds vector v of a pair's rows (wa4, wb4: eight weights each)
+// dotted with x to acc0, acc1 (and x's sums of squares to ss when x is
+// normalized).
+template <int M, int EPI, bool F8W>
+__device__ __forceinline__ void dgemvDot(const DArgs& a, int v, int tn, const uint4 wa4, const uint4 wb4, float (&acc0)[M],
+                                         float (&acc1)[M], float (&ss)[M]) {
+  float wa[8], wb[8];
+  if (F8W) {
+    f8x8(wa4.x, wa4.y, wa);
+    f8x8(wb4.x, wb4.y, wb);
+  } else {
+    unpack8(wa4, wa);
+    unpack8(wb4, wb);
+  }
+  dgemvDot8<M, EPI>(a, v * 8, tn, wa, wb, acc0, acc1, ss);
 }
 
 // dgemvFinish reduces a pair's sums over the lanes and the KS warps that
@@ -284,9 +289,8 @@ __device__ __forceinline__ void dgemvFirstLoads(const unsigned char* w0, const u
 // before these loads) takes the place of griddepcontrol.wait.
 template <int M, int EPI, int KS, bool STEP, bool F8W = false>
 __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
-  // Vector loads per row per batch. Eight for FP8 (as many bytes in flight
-  // as bf16's four) made the FP8 decode step slower on an H100 (more
-  // registers, spills), so FP8 keeps four.
+  // Vector loads per row per batch (eight for FP8, as many bytes in flight
+  // as bf16's four, made the FP8 step slower on an H100).
   constexpr int U = 4;
   constexpr int VB = F8W ? 8 : 16, WB = F8W ? 1 : 2;  // bytes per vector, per weight
   const unsigned char* const wBase = (const unsigned char*)a.w;

@@ -42,8 +42,8 @@ extern "C" __global__ void gemv_f8(float* dst, int ldd, const float* x, int ldx,
       const uint4 wv = *(const uint4*)(wr + k);
       const unsigned words[4] = {wv.x, wv.y, wv.z, wv.w};
       float wf[16];
-#pragma unroll
-      for (int i = 0; i < 16; ++i) wf[i] = f8tof(words[i >> 2] >> (8 * (i & 3)) & 0xffu);
+      f8x8(words[0], words[1], wf);
+      f8x8(words[2], words[3], wf + 8);
 #pragma unroll
       for (int t = 0; t < 8; ++t) {
         if (t < T) {

@@ -253,23 +253,22 @@ __device__ void expert_gemm(float* dst, const float* x, const W* w, const int* s
 // sums its slice of K into the z-th R×N plane of dst, unscaled, and
 // splitk_sum adds the planes and scales.
 #define EM_BN 64
-#define EM_BK 32
-#define EM_STAGES 3
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-// f8x2 widens two FP8 codes (low byte first) to packed bf16.
-__device__ __forceinline__ unsigned f8x2(unsigned v) {
-  return (__float_as_uint(f8tof(v & 0xffu)) >> 16) | (__float_as_uint(f8tof((v >> 8) & 0xffu)) & 0xffff0000u);
-}
 
-template <int TOK, int PASSES, bool F8>
+// BK columns a stage, STAGES stages: 32 and 3, or 64 and 4 (the _deep
+// variants of 8-row tiles, an experiment: more bytes in flight a block).
+template <int TOK, int PASSES, bool F8, int BK = 32, int STAGES = 3>
 __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, const void* w, const float* scales,
                            const int* sorted, const int* tileExp, const int* numTiles, int R, int N, int K, int fan) {
-  constexpr int LD = EM_BK + 8;   // bf16 rows, padded: ldmatrix reads hit distinct banks
-  constexpr int LDB = EM_BK + 16; // FP8 rows in bytes, padded, 16-byte aligned
+  constexpr int LD = BK + 8;   // bf16 rows, padded: ldmatrix reads hit distinct banks
+  constexpr int LDB = BK + 16; // FP8 rows in bytes, padded, 16-byte aligned
   constexpr int NT = TOK / 8;     // token n-tiles
   constexpr int WBYTES = F8 ? EM_BN * LDB : EM_BN * LD * 2;
-  __shared__ __align__(16) unsigned char sW[EM_STAGES][WBYTES];
-  __shared__ __align__(16) bf16 sX[EM_STAGES][PASSES][TOK * LD];
+  // Dynamic shared memory (expertMMAShared in moe.go): the weight stages,
+  // then x's. A multiple of 16 bytes each.
+  extern __shared__ __align__(16) unsigned char em_smem[];
+  auto sW = reinterpret_cast<unsigned char (*)[WBYTES]>(em_smem);
+  auto sX = reinterpret_cast<bf16 (*)[PASSES][TOK * LD]>(em_smem + STAGES * WBYTES);
   __shared__ int rows[TOK];
   const int tile = blockIdx.y;
   if (numTiles && tile >= *numTiles) return;
@@ -283,15 +282,15 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
   }
   __syncthreads();
   const long long wBase = (long long)e * N * K;  // in elements
-  const int chunks = (K + EM_BK - 1) / EM_BK, per = (chunks + gridDim.z - 1) / gridDim.z;
+  const int chunks = (K + BK - 1) / BK, per = (chunks + gridDim.z - 1) / gridDim.z;
   const int c0 = blockIdx.z * per, nK = max(0, min(chunks, c0 + per) - c0);
-  const int kEnd = min(K, (c0 + nK) * EM_BK);
+  const int kEnd = min(K, (c0 + nK) * BK);
   if (gridDim.z > 1) dst += (long long)blockIdx.z * R * N;
 
-  // stage s <- columns [k0, k0+EM_BK) of the weight rows and of x's rows.
+  // stage s <- columns [k0, k0+BK) of the weight rows and of x's rows.
   auto load = [&](int st, int k0) {
     if (F8) {
-      constexpr int CPR = EM_BK / 16;  // 16-byte chunks per row
+      constexpr int CPR = BK / 16;  // 16-byte chunks per row
       const unsigned char* wb = (const unsigned char*)w + wBase;
       for (int c = threadIdx.x; c < EM_BN * CPR; c += blockDim.x) {
         const int r = c / CPR, col = (c - r * CPR) * 16;
@@ -300,7 +299,7 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
         cp16(&sW[st][r * LDB + col], wb + (ok ? (long long)n * K + k : 0), ok);
       }
     } else {
-      constexpr int CPR = EM_BK / 8;
+      constexpr int CPR = BK / 8;
       const bf16* wb = (const bf16*)w + wBase;
       bf16* sw = (bf16*)sW[st];
       for (int c = threadIdx.x; c < EM_BN * CPR; c += blockDim.x) {
@@ -310,7 +309,7 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
         cp16(&sw[r * LD + col], wb + (ok ? (long long)n * K + k : 0), ok);
       }
     }
-    constexpr int CPR = EM_BK / 8;
+    constexpr int CPR = BK / 8;
     for (int c = threadIdx.x; c < PASSES * TOK * CPR; c += blockDim.x) {
       const int pl = c / (TOK * CPR), rc = c - pl * TOK * CPR;
       const int r = rc / CPR, col = (rc - r * CPR) * 8;
@@ -324,29 +323,29 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
 #pragma unroll
   for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
-  for (int st = 0; st < EM_STAGES - 1; ++st) {
-    if (st < nK) load(st, (c0 + st) * EM_BK);
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < nK) load(st, (c0 + st) * BK);
     cp_commit();
   }
   for (int it = 0; it < nK; ++it) {
-    cp_wait<EM_STAGES - 2>();
+    cp_wait<STAGES - 2>();
     __syncthreads();  // stage it is in; every warp is done with stage it-1
     {
-      const int nxt = it + EM_STAGES - 1;
-      if (nxt < nK) load(nxt % EM_STAGES, (c0 + nxt) * EM_BK);
+      const int nxt = it + STAGES - 1;
+      if (nxt < nK) load(nxt % STAGES, (c0 + nxt) * BK);
       cp_commit();
     }
-    const int st = it % EM_STAGES;
+    const int st = it % STAGES;
 #pragma unroll
-    for (int kk = 0; kk < EM_BK / 16; ++kk) {
+    for (int kk = 0; kk < BK / 16; ++kk) {
       unsigned a[4];
       if (F8) {
         // a0..a3: (row g, k tq*2), (row g+8, same), (row g, k+8), (row g+8, k+8)
         const unsigned char* r0 = &sW[st][(warp * 16 + g) * LDB + kk * 16 + tq * 2];
-        a[0] = f8x2(*(const unsigned short*)r0);
-        a[1] = f8x2(*(const unsigned short*)(r0 + 8 * LDB));
-        a[2] = f8x2(*(const unsigned short*)(r0 + 8));
-        a[3] = f8x2(*(const unsigned short*)(r0 + 8 * LDB + 8));
+        a[0] = f8x2bf(*(const unsigned short*)r0);
+        a[1] = f8x2bf(*(const unsigned short*)(r0 + 8 * LDB));
+        a[2] = f8x2bf(*(const unsigned short*)(r0 + 8));
+        a[3] = f8x2bf(*(const unsigned short*)(r0 + 8 * LDB + 8));
       } else {
         // matrices: outputs +0..7 / +8..15 at columns kk*16 and kk*16+8
         ldsm_x4(a, (const bf16*)sW[st] + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8);
@@ -384,18 +383,19 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
 }
 #endif
 
-#define INST_EXPERT_MMA(S, W, F8, TOK, P)                                                                         \
-  extern "C" __global__ void __launch_bounds__(128) expert_mma_##S##_##TOK##_##P(                                \
+#define INST_EXPERT_MMA_CFG(S, W, F8, TOK, P, SUFFIX, BK, STAGES)                                                \
+  extern "C" __global__ void __launch_bounds__(128) expert_mma_##S##_##TOK##_##P##SUFFIX(                        \
       float* dst, const bf16* x16, long long planeStride, const W* w, const float* scales, const int* sorted,    \
       const int* tileExp, const int* numTiles, int R, int N, int K, int fan) {                                   \
     PDL_ENTRY();                                                                                                 \
-    EXPERT_MMA_BODY(TOK, P, F8);                                                                                 \
+    EXPERT_MMA_BODY(TOK, P, F8, BK, STAGES);                                                                     \
   }
+#define INST_EXPERT_MMA(S, W, F8, TOK, P) INST_EXPERT_MMA_CFG(S, W, F8, TOK, P, , 32, 3)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-#define EXPERT_MMA_BODY(TOK, P, F8) \
-  expert_mma<TOK, P, F8>(dst, x16, planeStride, w, scales, sorted, tileExp, numTiles, R, N, K, fan)
+#define EXPERT_MMA_BODY(TOK, P, F8, BK, STAGES) \
+  expert_mma<TOK, P, F8, BK, STAGES>(dst, x16, planeStride, w, scales, sorted, tileExp, numTiles, R, N, K, fan)
 #else
-#define EXPERT_MMA_BODY(TOK, P, F8) __trap()
+#define EXPERT_MMA_BODY(TOK, P, F8, BK, STAGES) __trap()
 #endif
 // The grouped expert products are a unit of their own (29): in unit 0 with
 // the small kernels they made it the slowest compile of a cold start.
@@ -421,8 +421,8 @@ extern "C" __global__ void f8_to_bf16(bf16* dst, const unsigned char* codes, lon
     unsigned out[8];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      out[2 * j] = (__float_as_uint(f8tof(w[j] & 0xffu)) >> 16) | (__float_as_uint(f8tof((w[j] >> 8) & 0xffu)) & 0xffff0000u);
-      out[2 * j + 1] = (__float_as_uint(f8tof((w[j] >> 16) & 0xffu)) >> 16) | (__float_as_uint(f8tof(w[j] >> 24)) & 0xffff0000u);
+      out[2 * j] = f8x2bf(w[j]);
+      out[2 * j + 1] = f8x2bf(w[j] >> 16);
     }
     *(uint4*)(dst + i) = make_uint4(out[0], out[1], out[2], out[3]);
     *(uint4*)(dst + i + 8) = make_uint4(out[4], out[5], out[6], out[7]);
@@ -436,6 +436,8 @@ INST_EXPERT_MMA(f8, unsigned char, true, 8, 1)
 INST_EXPERT_MMA(f8, unsigned char, true, 8, 2)
 INST_EXPERT_MMA(f8, unsigned char, true, 64, 1)
 INST_EXPERT_MMA(f8, unsigned char, true, 64, 2)
+INST_EXPERT_MMA_CFG(bf16, bf16, false, 8, 1, _deep, 64, 4)
+INST_EXPERT_MMA_CFG(bf16, bf16, false, 8, 2, _deep, 64, 4)
 #endif
 
 #define INST_EXPERTS(T, S)                                                                                      \

@@ -77,6 +77,7 @@ func run(src, out, arch string, defines []string) error {
 	if err != nil {
 		return err
 	}
+	rewritten = rewriteDynShared(rewritten)
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -129,6 +130,7 @@ var ptx = map[string]string{
 	"griddepcontrol.launch_dependents;":                   "cudaemu_nop()",
 	"cvt.f32.f16%0,%1;":                                   "%0 = cudaemu_h2f(%1)",
 	"cvt.rn.f16.f32%0,%1;":                                "%0 = cudaemu_f2h(%1)",
+	"cvt.rn.f16x2.e4m3x2%0,%1;":                           "%0 = cudaemu_e4m3x2_f16x2(%1)",
 	"{.reg.u64t;cvta.to.shared.u64t,%1;cvt.u32.u64%0,t;}": "%0 = cudaemu_smem32(%1)",
 	"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32{%0,%1,%2,%3},{%4,%5,%6,%7},{%8,%9},{%0,%1,%2,%3};": "cudaemu_mma_bf16(&%0, &%1, &%2, &%3, %4, %5, %6, %7, %8, %9)",
 	"ldmatrix.sync.aligned.m8n8.x4.shared.b16{%0,%1,%2,%3},[%4];":                                           "cudaemu_ldsm_x4(&%0, &%1, &%2, &%3, %4, 0)",
@@ -144,6 +146,16 @@ var ptx = map[string]string{
 	"st.release.gpu.global.u32[%0],%1;":                      "cudaemu_st_release(%0, %1)",
 	"fence.acq_rel.gpu;":                                     "cudaemu_fence()",
 	"atom.add.release.gpu.global.u32%0,[%1],%2;":             "%0 = cudaemu_atom_add_release(%1, %2)",
+}
+
+// dynSharedRe matches a block-scope extern __shared__ array (dynamic shared
+// memory): `extern __shared__ [__align__(n)] T name[];`.
+var dynSharedRe = regexp.MustCompile(`extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?([A-Za-z_][\w ]*?)\s+(\w+)\s*\[\s*\]\s*;`)
+
+// rewriteDynShared points each extern __shared__ array at the running
+// block's dynamic shared memory (cudaemu_dynsmem: 128-byte aligned).
+func rewriteDynShared(src string) string {
+	return dynSharedRe.ReplaceAllString(src, "$1* const $2 = ($1*)cudaemu_dynsmem();")
 }
 
 var asmStart = regexp.MustCompile(`\basm\s*(volatile\s*)?\(`)
