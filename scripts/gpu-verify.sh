@@ -116,7 +116,8 @@ elif [ "$part" = 6 ]; then
   echo "== $(basename "$TEST_BIN") FP8 and expert matmuls"
   (cd ml/cuda && timeout 200 "$test_bin" -test.run XXX -test.bench 'MatMulF8|MatMulExperts' -test.benchtime 20x 2>&1 |
     grep -E "^Benchmark|FAIL|panic" > "$o/bench-matmul.log"; echo "matmul benchmarks rc=$?")
-  for spec in "$BIN|--quantization fp8" ${PREV_BIN:+"$PREV_BIN|--quantization fp8"} "$BIN|"; do
+  # LLAMA_BF16=0 leaves out the bf16 server when its figures are current.
+  for spec in "$BIN|--quantization fp8" ${PREV_BIN:+"$PREV_BIN|--quantization fp8"} $([ "${LLAMA_BF16:-1}" = 1 ] && echo "$BIN|"); do
     bin=${spec%%|*} q=${spec#*|}
     echo "== $(basename "$bin") Llama-3.1-8B ${q:-bf16}"
     BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$LLMSERVE_TESTDATA/tokenizers/mistral-sp MODELS=meta-llama/Llama-3.1-8B SERVE_ARGS="$q" \

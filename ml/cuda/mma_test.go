@@ -158,17 +158,11 @@ func TestExpertMMA(t *testing.T) {
 					continue // the GEMV's
 				}
 				checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
-				if wdt == ml.BF16 {
-					// The experiments: K split in three slices, and for
-					// 8-row tiles the _deep form.
-					expertSplitK = 3
+				if wdt == ml.BF16 && c.T*c.k < moeSmallTileRows*c.E {
+					// 8-row tiles: the plain form too (the default is _deep).
+					expertMMADeep = false
 					checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
-					expertSplitK = 1
-					if c.T*c.k < moeSmallTileRows*c.E {
-						expertMMADeep = true
-						checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
-						expertMMADeep = false
-					}
+					expertMMADeep = true
 				}
 			}
 			b.Close()
@@ -306,17 +300,14 @@ func BenchmarkMatMulExperts(bm *testing.B) {
 				if err := b.UploadI32(et, ex); err != nil {
 					bm.Fatal(err)
 				}
-				// The experiments (expertMMADeep, expertSplitK) where they apply.
-				for _, v := range []string{"base", "deep", "split2"} {
-					if v != "base" && R <= expertGemvMaxR || v == "deep" && R >= moeSmallTileRows*E {
+				// 8-row tiles in both forms (base: expertMMADeep off).
+				for _, v := range []string{"base", "deep"} {
+					if v == "deep" && (R <= expertGemvMaxR || R >= moeSmallTileRows*E) {
 						continue
 					}
 					bm.Run(fmt.Sprintf("round=%v/%s/T=%d/%s", round, sh.name, T, v), func(bm *testing.B) {
-						defer func() { expertMMADeep, expertSplitK = false, 1 }()
+						defer func() { expertMMADeep = true }()
 						expertMMADeep = v == "deep"
-						if v == "split2" {
-							expertSplitK = 2
-						}
 						for i := 0; i < bm.N; i++ {
 							if err := b.MatMulExperts(d, x, w, et); err != nil {
 								bm.Fatal(err)

@@ -1,6 +1,7 @@
 package cuda_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
@@ -394,9 +395,11 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-ks2121", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ks2124", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ks4444", cuda.Options{FusedDecodeMaxT: 4}},
+		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
+		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) {
-			benchDecode(bm, v.o, strings.HasPrefix(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
+			benchDecode(bm, v.o, strings.Contains(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
 		})
 	}
 	for _, mode := range []int{0, 1, 2, 3, 4} {
@@ -416,9 +419,11 @@ func BenchmarkModelDecode(bm *testing.B) {
 
 // benchDecode times greedy decode steps (token ids downloaded, as the
 // engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
-// context. With stamped, one-token steps also report the decode-step
-// kernel's mean SM kilocycles per layer in each phase; "ns-N" forces N
-// attention pieces per head.
+// context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48). With stamped,
+// one-token steps also report the decode-step kernel's mean SM kilocycles
+// per layer in each phase (a sparse MLP's router with its top-k, then its
+// experts, in place of gate/up and down); "ns-N" forces N attention pieces
+// per head.
 func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
 	if i := strings.Index(name, "-ks"); i >= 0 {
@@ -444,7 +449,22 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 	if oneBlockPerSM {
 		cuda.SetStepGridPerSM(be, 1)
 	}
-	lm, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
+	path, phases := "Qwen/Qwen2.5-1.5B", []string{"qkv", "sync", "attn", "o", "gateup", "down"}
+	if strings.HasPrefix(name, "moe-") {
+		cfg, _ := model.BuiltinConfig("Qwen/Qwen3-30B-A3B")
+		cfg = cfg.Clone()
+		cfg.NumHiddenLayers = 12
+		js, err := json.Marshal(cfg)
+		if err != nil {
+			bm.Fatal(err)
+		}
+		path = bm.TempDir()
+		if err := os.WriteFile(filepath.Join(path, "config.json"), js, 0o644); err != nil {
+			bm.Fatal(err)
+		}
+		phases[4], phases[5] = "router", "experts"
+	}
+	lm, err := model.Load(path, model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
 	if err != nil {
 		bm.Fatal(err)
 	}
@@ -491,7 +511,7 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 				if err != nil {
 					bm.Fatal(err)
 				}
-				for i, name := range []string{"qkv", "sync", "attn", "o", "gateup", "down"} {
+				for i, name := range phases {
 					bm.ReportMetric(cyc[i]/1e3, name+"-kcyc")
 				}
 			}

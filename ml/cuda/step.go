@@ -156,14 +156,16 @@ const (
 // stepKS picks a GEMV phase's split-K factor (warps per pair of rows) for
 // P pairs of K columns on a grid of blocks: the one whose busiest block
 // streams the fewest rows (a block's task is 8/ks pairs), among those that
-// leave each lane at least two 16-byte loads per row.
-func stepKS(P, K, grid int) int {
+// leave each lane at least two 16-byte loads per row. phases GEMVs of that
+// shape share one barrier interval (a sparse MLP's experts), their tasks
+// spread over the grid one after the other (stepPhase's first block).
+func stepKS(P, K, grid, phases int) int {
 	best, bestCost := 1, 0
 	for ks := 1; ks <= 8; ks *= 2 {
 		if ks > 1 && K/8 < 2*32*ks {
 			break
 		}
-		tasks := (P + 8/ks - 1) / (8 / ks)
+		tasks := phases * ((P + 8/ks - 1) / (8 / ks))
 		cost := (tasks + grid - 1) / grid * (8 / ks)
 		if ks == 1 || cost < bestCost {
 			best, bestCost = ks, cost
@@ -428,15 +430,16 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		layerBytes: kc.layerBytes, numSlots: int64(kc.numBlocks) * int64(kc.blockSize),
 		numLayers: len(layers), hidden: H, inter: I, nh: nh, nkv: nkv, hd: hd, nwdt: nwdt,
 		maxBlocks: meta.MaxBlocks, blockSize: kc.blockSize, numBlocks: kc.numBlocks, ns: ns,
-		ksQKV: b.step.ks(0, stepKS(qkvN/2, H, grid)), ksO: b.step.ks(1, stepKS((H+1)/2, qd, grid)),
-		ksGU: b.step.ks(2, stepKS(I, H, grid)), ksDown: b.step.ks(3, stepKS((H+1)/2, I, grid)),
+		ksQKV: b.step.ks(0, stepKS(qkvN/2, H, grid, 1)), ksO: b.step.ks(1, stepKS((H+1)/2, qd, grid, 1)),
+		ksGU: b.step.ks(2, stepKS(I, H, grid, 1)), ksDown: b.step.ks(3, stepKS((H+1)/2, I, grid, 1)),
 		syncMode: stepSyncMode, eps: eps, scale: meta.Scale}
 	if E > 0 {
 		a.experts, a.topK, a.moeI = E, topK, moeI
 		if normTopK {
 			a.normTopK = 1
 		}
-		a.ksRouter, a.ksEGU, a.ksEDown = stepKS((E+1)/2, H, grid), stepKS(moeI, H, grid), stepKS((H+1)/2, moeI, grid)
+		a.ksRouter = stepKS((E+1)/2, H, grid, 1)
+		a.ksEGU, a.ksEDown = stepKS(moeI, H, grid, topK), stepKS((H+1)/2, moeI, grid, topK)
 	}
 	if b.step.syncSet {
 		a.syncMode = b.step.syncMode

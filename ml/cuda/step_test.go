@@ -6,21 +6,26 @@ import (
 )
 
 // TestStepKS: the decode-step kernel's split-K choice for Qwen2.5-1.5B's
-// matrices on an H100's 264 resident blocks, and its limits.
+// and Qwen3-30B-A3B's matrices on an H100's 264 resident blocks, and its
+// limits.
 func TestStepKS(t *testing.T) {
 	for _, c := range []struct {
-		name       string
-		P, K, grid int
-		want       int
+		name               string
+		P, K, grid, phases int
+		want               int
 	}{
-		{"qkv", 1024, 1536, 264, 2},     // 256 tasks of 4 pairs: one per block
-		{"o", 768, 1536, 264, 2},        // 192 tasks; ks 4 would leave lanes one load per row
-		{"gate_up", 8960, 1536, 264, 2}, // 9 rounds of 4 pairs beat 5 of 8
-		{"down", 768, 8960, 264, 8},     // 3 rounds of one pair beat 1 of 4 (ks 2)
-		{"tiny", 48, 96, 264, 1},        // K too short to split
+		{"qkv", 1024, 1536, 264, 1, 2},                         // 256 tasks of 4 pairs: one per block
+		{"o", 768, 1536, 264, 1, 2},                            // 192 tasks; ks 4 would leave lanes one load per row
+		{"gate_up", 8960, 1536, 264, 1, 2},                     // 9 rounds of 4 pairs beat 5 of 8
+		{"down", 768, 8960, 264, 1, 8},                         // 3 rounds of one pair beat 1 of 4 (ks 2)
+		{"tiny", 48, 96, 264, 1, 1},                            // K too short to split
+		{"router", 64, 2048, 264, 1, 4},                        // 32 tasks of 2 pairs beat 8 of 8
+		{"experts' gate_up", 768, 2048, 264, 8, 1},             // 768 tasks of 8 pairs: 3 rounds, as ks 2 and 4 (a tie keeps the smallest)
+		{"experts' gate_up, one expert", 768, 2048, 264, 1, 2}, // alone, 96 tasks would leave 168 blocks idle
+		{"experts' down", 1024, 768, 264, 8, 1},                // K too short to split
 	} {
-		if got := stepKS(c.P, c.K, c.grid); got != c.want {
-			t.Errorf("%s: stepKS(%d, %d, %d) = %d, want %d", c.name, c.P, c.K, c.grid, got, c.want)
+		if got := stepKS(c.P, c.K, c.grid, c.phases); got != c.want {
+			t.Errorf("%s: stepKS(%d, %d, %d, %d) = %d, want %d", c.name, c.P, c.K, c.grid, c.phases, got, c.want)
 		}
 	}
 }

@@ -37,7 +37,8 @@ struct StepArgs {
   const int *pos, *slots, *tokSeq, *bt;
   const float* invFreq;
   char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
-  unsigned long long* stamps;  // null, or block 0's clock at each phase's start (6 per layer; benchmarks)
+  unsigned long long* stamps;  // null, or block 0's clock at each phase's start (6 per layer; benchmarks;
+                               // a sparse MLP's router and experts take gate/up's and down's)
   long long layerBytes, numSlots;
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
   int syncMode;  // the grid barrier's variant (gridMode)
@@ -49,12 +50,23 @@ struct StepArgs {
   float eps, scale;
 };
 
-template <int EPI, int KS, bool F8W>
-__device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar) {
+// stepTasks is the number of block tasks of a GEMV phase (a task is 8/KS
+// pairs of rows; see dgemvRows).
+template <int EPI, int KS>
+__device__ __forceinline__ int stepTasks(const DArgs& a) {
   constexpr int per = 8 / KS;
   const int P = (EPI == EPI_SILU || EPI == EPI_ROPE) ? a.N >> 1 : (a.N + 1) >> 1;
-  const int tasks = (P + per - 1) / per;
+  return (P + per - 1) / per;
+}
+
+template <int EPI, int KS, bool F8W>
+__device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar, int first) {
+  const int tasks = stepTasks<EPI, KS>(a);
+  // Block first takes task 0: phases that share a barrier interval (the
+  // experts of a sparse MLP) start where the previous one's tasks ended,
+  // so their tasks spread over the whole grid instead of its first blocks.
   int blk = blockIdx.x;
+  if (first) blk = blk >= first ? blk - first : blk + gridDim.x - first;
   gridArrive(bar);
   if (blk >= tasks) {
     gridWait(bar);
@@ -69,17 +81,43 @@ template <int EPI, bool F8W>
 __device__ __forceinline__ void stepPhase(const DArgs& a, int ks, unsigned* bar) {
   switch (ks) {
     case 1:
-      stepPhaseKS<EPI, 1, F8W>(a, bar);
+      stepPhaseKS<EPI, 1, F8W>(a, bar, 0);
       break;
     case 2:
-      stepPhaseKS<EPI, 2, F8W>(a, bar);
+      stepPhaseKS<EPI, 2, F8W>(a, bar, 0);
       break;
     case 4:
-      stepPhaseKS<EPI, 4, F8W>(a, bar);
+      stepPhaseKS<EPI, 4, F8W>(a, bar, 0);
       break;
     default:
-      stepPhaseKS<EPI, 8, F8W>(a, bar);
+      stepPhaseKS<EPI, 8, F8W>(a, bar, 0);
   }
+}
+
+// stepExpertPhase is stepPhase for one expert of a sparse MLP, its first
+// task at block first (below gridDim.x); it returns the block after its
+// last task, where the next expert's tasks start.
+template <int EPI>
+__device__ __forceinline__ int stepExpertPhase(const DArgs& a, int ks, unsigned* bar, int first) {
+  int tasks;
+  switch (ks) {
+    case 1:
+      stepPhaseKS<EPI, 1, false>(a, bar, first);
+      tasks = stepTasks<EPI, 1>(a);
+      break;
+    case 2:
+      stepPhaseKS<EPI, 2, false>(a, bar, first);
+      tasks = stepTasks<EPI, 2>(a);
+      break;
+    case 4:
+      stepPhaseKS<EPI, 4, false>(a, bar, first);
+      tasks = stepTasks<EPI, 4>(a);
+      break;
+    default:
+      stepPhaseKS<EPI, 8, false>(a, bar, first);
+      tasks = stepTasks<EPI, 8>(a);
+  }
+  return (first + tasks) % gridDim.x;
 }
 
 // loadRow loads EPL bf16 values at p (EPL·2-byte aligned), packed as they
@@ -386,7 +424,7 @@ __device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, 
 // Inlined: called as a function, every value live across the call was
 // spilled, in the GEMV loops too (ptxas --verbose: 8 KB of spill stores).
 __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
-                                     float* eact, float* eout) {
+                                     float* eact, float* eout, unsigned long long* stamp) {
   __shared__ float sP[STEP_MAXE];
   __shared__ float sW[STEP_MAXK];
   __shared__ int sId[STEP_MAXK];
@@ -411,6 +449,10 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
   gridSync(A.bar);
   if (threadIdx.x < 32) topkRow(sP, rlog, A.E, k, A.normTopK, sW, sId);
   __syncthreads();
+  if (stamp) *stamp = clock64();
+  // The k experts' GEMVs follow each other without a barrier, each
+  // starting at the block after the previous one's tasks.
+  int first = 0;
   for (int j = 0; j < k; ++j) {
     DArgs g = {};
     g.T = 1;
@@ -424,8 +466,9 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     g.ldd = I;
     g.N = 2 * I;
     g.K = H;
-    stepPhase<EPI_SILU, false>(g, A.ksEGU, nullptr);  // no barrier: the experts' outputs are disjoint
+    first = stepExpertPhase<EPI_SILU>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
   }
+  first = 0;
   for (int j = 0; j < k; ++j) {
     DArgs d = {};
     d.T = 1;
@@ -436,7 +479,7 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     d.ldd = H;
     d.N = H;
     d.K = I;
-    stepPhase<EPI_ADDF, false>(d, A.ksEDown, j == 0 ? A.bar : nullptr);
+    first = stepExpertPhase<EPI_ADDF>(d, A.ksEDown, j == 0 ? A.bar : nullptr, first);
   }
   gridSync(A.bar);
   for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < H; n += gridDim.x * blockDim.x) {
@@ -534,7 +577,8 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
       if (!L.gu) {
         float* rlog = act + A.I + (A.qkNorm ? qd : 0);
         float* eact = rlog + A.E;
-        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI);
+        STAMP(4);
+        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI, stamp ? A.stamps + 6 * l + 5 : nullptr);
         hin = hout;
         continue;
       }
