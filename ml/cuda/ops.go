@@ -1075,7 +1075,16 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	b.aP(sh)
 	b.aI(max(meta.Window, 0))
 	tb := flashTileTokens(H / meta.NumKVHeads)
-	return b.push(fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), g3((T+tb-1)/tb, meta.NumKVHeads, 1), g1(128), st)
+	return b.pushShared(fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), g3((T+tb-1)/tb, meta.NumKVHeads, 1), g1(128),
+		flashShared(D, passes), st)
+}
+
+// flashShared is flash_attn's dynamic shared memory (kernels/flash.cu): q's
+// 64 rows in passes bf16 planes, a K and a V tile of 64 keys, rows of
+// headDim+8 bf16.
+func flashShared(headDim, passes int) uint32 {
+	const rows, keys = 64, 64 // FA_BM, FA_BN
+	return uint32((passes*rows + 2*keys) * (headDim + 8) * 2)
 }
 
 // SiLUMul implements ml.Backend.

@@ -30,6 +30,9 @@
 #define FA_BM 64
 #define FA_BN 64
 #define FA_WARPS 4
+// Three blocks an SM (the registers of each thread bounded to fit): twelve
+// warps hide the latency of one another's loads and barriers.
+#define FA_MIN_BLOCKS 3
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 
@@ -54,8 +57,12 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   constexpr int LD = D + 8;  // padded rows: ldmatrix reads hit 8 distinct bank groups
   constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
   constexpr int DN = D / 8;   // n-tiles of P·V
-  __shared__ __align__(16) bf16 sK[FA_BN * LD];
-  __shared__ __align__(16) bf16 sV[FA_BN * LD];
+  // Dynamic shared memory (flashShared in ops.go): q's bf16 planes, then
+  // the K and V tiles.
+  extern __shared__ __align__(16) unsigned char fa_smem[];
+  bf16* const sQ = (bf16*)fa_smem;  // [PASSES][FA_BM * LD]
+  bf16* const sK = sQ + PASSES * FA_BM * LD;
+  bf16* const sV = sK + FA_BN * LD;
   __shared__ long long sBase[2][FA_BN];
   __shared__ int sSeq[FA_BM], sPos[FA_BM], sFirst[FA_BM];
   __shared__ int sCur, sLo, sHi, sValid;
@@ -81,36 +88,17 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   }
   if (threadIdx.x == 0) sValid = -1;  // counted once the rows are in
 
-  // This thread's rows (g, g+8 of its warp's 16): token and query head,
-  // -1 for an idle row.
-  int rTok[2], rHead[2];
-#pragma unroll
-  for (int ri = 0; ri < 2; ++ri) {
-    const int r = warp * 16 + g + ri * 8, t = t0 + r / G;
-    const bool live = r < TB * G && t < T;
-    rTok[ri] = live ? t : -1;
-    rHead[ri] = kvh * G + r % G;
-  }
-
-  // This warp's rows of q, as mma A fragments (hi and lo halves).
-  unsigned qa[PASSES][KS][4];
-  {
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {      // columns +0 / +8
-#pragma unroll
-        for (int ri = 0; ri < 2; ++ri) {          // rows g / g+8
-          float2 v = make_float2(0.f, 0.f);
-          if (rTok[ri] >= 0)
-            v = *(const float2*)(q + (long long)rTok[ri] * qStride + (long long)rHead[ri] * D + kk * 16 + half * 8 + tq * 2);
-          unsigned hi, lo;
-          split_bf16(v.x, v.y, hi, lo);
-          qa[0][kk][half * 2 + ri] = hi;
-          if (PASSES > 1) qa[PASSES - 1][kk][half * 2 + ri] = lo;
-        }
-      }
-    }
+  // The block's rows of q in shared memory as bf16 planes (hi, and lo
+  // with PASSES 2), read as mma A fragments with ldmatrix: in registers
+  // they took 32 (64) of them a thread, which now go to a third block an SM.
+  for (int c = threadIdx.x; c < FA_BM * (D / 2); c += blockDim.x) {
+    const int r = c / (D / 2), col = (c - r * (D / 2)) * 2, t = t0 + r / G;
+    float2 v = make_float2(0.f, 0.f);
+    if (r < TB * G && t < T) v = *(const float2*)(q + (long long)t * qStride + (long long)(kvh * G + r % G) * D + col);
+    unsigned hi, lo;
+    split_bf16(v.x, v.y, hi, lo);
+    *(unsigned*)(sQ + r * LD + col) = hi;
+    if (PASSES > 1) *(unsigned*)(sQ + (PASSES - 1) * FA_BM * LD + r * LD + col) = lo;
   }
   __syncthreads();
 
@@ -204,16 +192,25 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
       for (int nt = 0; nt < FA_BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
       if (warpIn) {
 #pragma unroll
-        for (int nt = 0; nt < FA_BN / 8; ++nt) {
+        for (int kk = 0; kk < KS; kk += 2) {
+          // q's A fragments of k-steps kk and kk+1. matrices: rows +0..7 /
+          // +8..15 of the warp's 16, at columns kk*16 and kk*16+8.
+          unsigned qa[PASSES][2][4];
 #pragma unroll
-          for (int kk = 0; kk < KS; kk += 2) {
+          for (int ps = 0; ps < PASSES; ++ps)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+              ldsm_x4(qa[ps][h], sQ + ps * FA_BM * LD + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                     (kk + h) * 16 + (lane >> 4) * 8);
+#pragma unroll
+          for (int nt = 0; nt < FA_BN / 8; ++nt) {
             unsigned b[4];
             // matrices: keys nt*8.., columns kk*16, kk*16+8, (kk+1)*16, (kk+1)*16+8
             ldsm_x4(b, sK + (nt * 8 + (lane & 7)) * LD + kk * 16 + (lane >> 3) * 8);
 #pragma unroll
             for (int ps = 0; ps < PASSES; ++ps) {
-              mma_bf16(s[nt], qa[ps][kk], b[0], b[1]);
-              mma_bf16(s[nt], qa[ps][kk + 1], b[2], b[3]);
+              mma_bf16(s[nt], qa[ps][0], b[0], b[1]);
+              mma_bf16(s[nt], qa[ps][1], b[2], b[3]);
             }
           }
         }
@@ -222,7 +219,15 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
       if (it + 1 < nTiles) fa_load<D>(sK, kc, sBase[cb ^ 1]);
       cp_commit();
 
-      // Online softmax over this tile, rows g and g+8.
+      // Online softmax over this tile, rows g and g+8. A tile whose keys
+      // all have a live KV block and lie in the range of each of the
+      // warp's rows of this pass (most of a long prompt's) needs no mask:
+      // rows of other passes are not written, their values do not matter.
+      bool interior = sBase[cb][lane] >= 0 && sBase[cb][lane + 32] >= 0;
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri)
+        interior = interior && (!rIn[ri] || (k0 + FA_BN - 1 <= rPos[ri] && k0 >= rFirst[ri]));
+      interior = __all_sync(0xffffffffu, interior);
       float mNew[2], corr[2];
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
@@ -231,11 +236,14 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
         for (int nt = 0; nt < FA_BN / 8; ++nt) {
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int p = k0 + nt * 8 + tq * 2 + j;
-            // Keys past kHi or without a live KV block are absent, as in
-            // the per-token kernel.
-            const bool ok = rIn[ri] && p <= rPos[ri] && p >= rFirst[ri] && sBase[cb][p - k0] >= 0;
-            const float v = ok ? s[nt][ri * 2 + j] * sl2 : NEG_INF;
+            float v = s[nt][ri * 2 + j] * sl2;
+            if (!interior) {
+              const int p = k0 + nt * 8 + tq * 2 + j;
+              // Keys past kHi or without a live KV block are absent, as in
+              // the per-token kernel.
+              const bool ok = rIn[ri] && p <= rPos[ri] && p >= rFirst[ri] && sBase[cb][p - k0] >= 0;
+              v = ok ? v : NEG_INF;
+            }
             s[nt][ri * 2 + j] = v;
             mx = fmaxf(mx, v);
           }
@@ -306,9 +314,11 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
       float L = l[ri];
       L += __shfl_xor_sync(0xffffffffu, L, 1);
       L += __shfl_xor_sync(0xffffffffu, L, 2);
-      if (!rIn[ri] || rTok[ri] < 0) continue;
+      if (!rIn[ri]) continue;  // not this pass's, or idle (sSeq -1)
+      // This thread's row (g or g+8 of its warp's 16): token and query head.
+      const int r = warp * 16 + g + ri * 8;
       const float inv = L > 0.f ? 1.f / L : 0.f;
-      const long long ob = (long long)rTok[ri] * outStride + (long long)rHead[ri] * D + tq * 2;
+      const long long ob = (long long)(t0 + r / G) * outStride + (long long)(kvh * G + r % G) * D + tq * 2;
 #pragma unroll
       for (int dn = 0; dn < DN; ++dn) {
         const float y0 = o[dn][ri * 2] * inv, y1 = o[dn][ri * 2 + 1] * inv;
@@ -325,7 +335,7 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
 #endif
 
 #define INST_FLASH(D, P)                                                                                       \
-  extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attn_bf16_##D##_##P(                     \
+  extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_MIN_BLOCKS) flash_attn_bf16_##D##_##P(                     \
       float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq, const int* positions,   \
       const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int T, int H, int KVH, float scale, \
       int qStride, int outStride, bf16* out16, int window) {                                                   \
