@@ -17,13 +17,15 @@ const (
 	attrComputeMinor        = 76
 	// The most shared memory a block may opt in to (static and dynamic).
 	attrMaxSharedPerBlockOptin = 97
-	// cuFuncSetAttribute: a kernel's dynamic shared memory limit.
-	funcAttrMaxDynamicShared = 8
-	streamNonBlocking        = 1
-	captureModeThreadLocal   = 1
-	launchParamEnd           = 0
-	launchParamBufPtr        = 1
-	launchParamBufSize       = 2
+	// cuFuncSetAttribute: a kernel's dynamic shared memory limit, and the
+	// part of L1 it prefers as shared memory (a percentage).
+	funcAttrMaxDynamicShared  = 8
+	funcAttrPreferredCarveout = 9
+	streamNonBlocking         = 1
+	captureModeThreadLocal    = 1
+	launchParamEnd            = 0
+	launchParamBufPtr         = 1
+	launchParamBufSize        = 2
 )
 
 // cuBLAS constants (cublas_api.h, library_types.h).

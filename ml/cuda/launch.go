@@ -108,6 +108,11 @@ func (b *Backend) optInShared(fn uintptr, name string, shmem uint32) error {
 	if err := b.l.call(b.l.cuFuncSetAttribute, "cuFuncSetAttribute", fn, funcAttrMaxDynamicShared, uintptr(shmem)); err != nil {
 		return err
 	}
+	// The whole unified L1 as shared memory: such a kernel's blocks an SM
+	// are bounded by it, and the default carveout may hold some back.
+	if err := b.l.call(b.l.cuFuncSetAttribute, "cuFuncSetAttribute", fn, funcAttrPreferredCarveout, 100); err != nil {
+		return err
+	}
 	if b.dynShared == nil {
 		b.dynShared = map[uintptr]uint32{}
 	}

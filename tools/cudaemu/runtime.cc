@@ -849,9 +849,12 @@ CUresult cuLaunchKernelEx(const LaunchConfig* c, void* f, void** params, void** 
 }
 
 // cuFuncSetAttribute: CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (8),
-// up to the opt-in limit cuDeviceGetAttribute reports (97).
+// up to the opt-in limit cuDeviceGetAttribute reports (97), and
+// CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT (9), a hint (-1 or a
+// percentage) with nothing to emulate.
 CUresult cuFuncSetAttribute(void* f, int attr, int v) {
   if (!f) return CUDA_ERROR_INVALID_HANDLE;
+  if (attr == 9) return v >= -1 && v <= 100 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
   if (attr != 8) return CUDA_ERROR_INVALID_VALUE;
   if (v < 0 || v > 232448) return CUDA_ERROR_INVALID_VALUE;
   ((Func*)f)->maxDynShared = v;
