@@ -24,9 +24,15 @@
 #
 # Part 6 (FP8 and mixture-of-experts products): the dense FP8 and grouped
 # expert matmul benchmarks, Llama-3.1-8B fp8 from this build and from
-# PREV_BIN beside this build's bf16, and Qwen3-30B-A3B.
+# PREV_BIN beside this build's bf16 (LLAMA_BF16=0 leaves it out), and
+# Qwen3-30B-A3B.
+#
+# Part 7 (kernel benchmarks): prefill attention from this build and
+# PREV_TEST_BIN alternated, the grouped expert products in each of this
+# build's forms, the MoE decode step's phases. Part 8 (servers): the
+# long-context workloads from this build and PREV_BIN, and Qwen3-30B-A3B.
 set -uo pipefail
-part=${1:?part 1, 2, 3, 4, 5 or 6}
+part=${1:?part 1 to 8}
 TEST_BIN=${TEST_BIN:-.gpu/cuda.test}
 BIN=${BIN:-.gpu/llmserve}
 BASE_BIN=${BASE_BIN:-}
@@ -122,6 +128,34 @@ elif [ "$part" = 6 ]; then
     echo "== $(basename "$bin") Llama-3.1-8B ${q:-bf16}"
     BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$LLMSERVE_TESTDATA/tokenizers/mistral-sp MODELS=meta-llama/Llama-3.1-8B SERVE_ARGS="$q" \
       OUTDIR="$o/llama8b-$(basename "$bin")" timeout 150 bash scripts/bench-gpu-models.sh
+  done
+  echo "== $(basename "$BIN") Qwen3-30B-A3B"
+  BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS=Qwen/Qwen3-30B-A3B OUTDIR="$o/moe" timeout 200 bash scripts/bench-gpu-models.sh
+elif [ "$part" = 7 ]; then
+  # Kernel benchmarks, this build against PREV_TEST_BIN alternated where
+  # both have the benchmark: prefill attention, the grouped expert
+  # products (this build's forms), the MoE decode step's phases.
+  prev_test="$(cd "$(dirname "$PREV_TEST_BIN")" && pwd)/$(basename "$PREV_TEST_BIN")"
+  for round in 1 2; do
+    for tb in "$prev_test" "$test_bin"; do
+      echo "== $(basename "$tb") attention round $round"
+      (cd ml/cuda && timeout 60 "$tb" -test.run XXX -test.bench AttentionPrefill -test.benchtime 20x 2>&1 |
+        grep -E "^Benchmark|FAIL|panic" | tee -a "$o/attention-ab.log")
+    done
+  done
+  (cd ml/cuda && timeout 150 "$test_bin" -test.run XXX -test.bench 'MatMulExperts' -test.benchtime 20x 2>&1 |
+    grep -E "^Benchmark|FAIL|panic" > "$o/bench-experts.log"; echo "expert benchmarks rc=$?")
+  (cd ml/cuda && timeout 150 "$test_bin" -test.run XXX -test.bench 'BenchmarkModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \
+    -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic" | tee "$o/moe-step.log")
+elif [ "$part" = 8 ]; then
+  # Servers: the long-context workloads from this build and PREV_BIN (with
+  # PREV_FLAGS), then Qwen3-30B-A3B from this build.
+  for bin in "$BIN" ${PREV_BIN:+"$PREV_BIN"}; do
+    flags=""
+    [ "$bin" = "${PREV_BIN:-}" ] && flags=${PREV_FLAGS:-}
+    echo "== $(basename "$bin") long context $flags"
+    BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64 mix-c64" SERVER_FLAGS="$flags" \
+      OUTDIR="$o/long-$(basename "$bin")" timeout 150 bash scripts/bench-gpu-long.sh
   done
   echo "== $(basename "$BIN") Qwen3-30B-A3B"
   BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS=Qwen/Qwen3-30B-A3B OUTDIR="$o/moe" timeout 200 bash scripts/bench-gpu-models.sh
