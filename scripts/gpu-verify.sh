@@ -47,6 +47,18 @@ bins=("$BIN")
 [ -n "$BASE_BIN" ] && bins=("$BASE_BIN" "$BIN")
 test_bin="$(cd "$(dirname "$TEST_BIN")" && pwd)/$(basename "$TEST_BIN")"
 
+# attention_ab PREV_TEST: the prefill attention benchmark from PREV_TEST and
+# this build's test binary, alternated, twice.
+attention_ab() {
+  for round in 1 2; do
+    for tb in "$1" "$test_bin"; do
+      echo "== $(basename "$tb") attention round $round"
+      (cd ml/cuda && timeout 60 "$tb" -test.run XXX -test.bench AttentionPrefill -test.benchtime 20x 2>&1 |
+        grep -E "^Benchmark|FAIL|panic" | tee -a "$o/attention-ab.log")
+    done
+  done
+}
+
 if [ "$part" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.used --format=csv
   (cd ml/cuda && timeout 330 "$test_bin" -test.v -test.timeout 320s > "$o/cuda.log" 2>&1; echo "cuda tests rc=$?")
@@ -81,13 +93,7 @@ elif [ "$part" = 4 ]; then
   prev_test=""
   if [ -n "${PREV_TEST_BIN:-}" ]; then
     prev_test="$(cd "$(dirname "$PREV_TEST_BIN")" && pwd)/$(basename "$PREV_TEST_BIN")"
-    for round in 1 2; do
-      for tb in "$prev_test" "$test_bin"; do
-        echo "== $(basename "$tb") attention round $round"
-        (cd ml/cuda && timeout 60 "$tb" -test.run XXX -test.bench AttentionPrefill -test.benchtime 20x 2>&1 |
-          grep -E "^Benchmark|FAIL|panic" | tee -a "$o/attention-ab.log")
-      done
-    done
+    attention_ab "$prev_test"
   fi
   for round in 1 2; do
     for tb in "$base_test" ${prev_test:+"$prev_test"} "$test_bin"; do
@@ -136,13 +142,7 @@ elif [ "$part" = 7 ]; then
   # both have the benchmark: prefill attention, the grouped expert
   # products (this build's forms), the MoE decode step's phases.
   prev_test="$(cd "$(dirname "$PREV_TEST_BIN")" && pwd)/$(basename "$PREV_TEST_BIN")"
-  for round in 1 2; do
-    for tb in "$prev_test" "$test_bin"; do
-      echo "== $(basename "$tb") attention round $round"
-      (cd ml/cuda && timeout 60 "$tb" -test.run XXX -test.bench AttentionPrefill -test.benchtime 20x 2>&1 |
-        grep -E "^Benchmark|FAIL|panic" | tee -a "$o/attention-ab.log")
-    done
-  done
+  attention_ab "$prev_test"
   (cd ml/cuda && timeout 150 "$test_bin" -test.run XXX -test.bench 'MatMulExperts' -test.benchtime 20x 2>&1 |
     grep -E "^Benchmark|FAIL|panic" > "$o/bench-experts.log"; echo "expert benchmarks rc=$?")
   (cd ml/cuda && timeout 150 "$test_bin" -test.run XXX -test.bench 'BenchmarkModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \
