@@ -67,38 +67,55 @@ func TestF8MatMul(t *testing.T) {
 			xt, _ := b.NewTensor(ml.F32, c.T, c.K)
 			bt, _ := b.NewTensor(ml.F32, 1, c.N)
 			dst, _ := b.NewTensor(ml.F32, c.T, c.N)
-			if err := errors.Join(b.UploadF32(xt, x), b.UploadF32(bt, bias), b.MatMul(dst, xt, wt, bt)); err != nil {
+			if err := errors.Join(b.UploadF32(xt, x), b.UploadF32(bt, bias)); err != nil {
 				t.Fatal(err)
 			}
-			got := make([]float32, c.T*c.N)
-			if err := b.Download(got, dst); err != nil {
-				t.Fatal(err)
+			// expert_mma's products: its 64-row form too (the default is _wide).
+			forms := []bool{true}
+			if c.T > f8GemvMaxT && c.T < f8WideMinT && c.K%16 == 0 {
+				forms = append(forms, false)
 			}
-			xin := x
-			tol := 2e-5
-			if round && c.T > f8GemvMaxT && c.K%16 == 0 {
-				xin = make([]float32, len(x))
-				for i, v := range x {
-					xin[i] = mltest.Round(ml.BF16, v)
+			nan := make([]float32, c.T*c.N)
+			for i := range nan {
+				nan[i] = float32(math.NaN())
+			}
+			for _, wide := range forms {
+				expertMMAWide = wide
+				err := errors.Join(b.UploadF32(dst, nan), b.MatMul(dst, xt, wt, bt)) // no output left from the last form
+				expertMMAWide = true
+				if err != nil {
+					t.Fatal(err)
 				}
-				tol = 1e-5
-			}
-			var worst, size float64
-			for ti := range c.T {
-				for n := range c.N {
-					var want float64
-					for k := range c.K {
-						want += float64(xin[ti*c.K+k]) * float64(deq[n*c.K+k])
+				got := make([]float32, c.T*c.N)
+				if err := b.Download(got, dst); err != nil {
+					t.Fatal(err)
+				}
+				xin := x
+				tol := 2e-5
+				if round && c.T > f8GemvMaxT && c.K%16 == 0 {
+					xin = make([]float32, len(x))
+					for i, v := range x {
+						xin[i] = mltest.Round(ml.BF16, v)
 					}
-					want = want*float64(scales[n]) + float64(bias[n])
-					worst = max(worst, math.Abs(float64(got[ti*c.N+n])-want))
-					size = max(size, math.Abs(want))
+					tol = 1e-5
 				}
-			}
-			if e := worst / max(1, size); e > tol {
-				t.Errorf("round=%v T=%d N=%d K=%d: error %.3g > %.3g", round, c.T, c.N, c.K, e, tol)
-			} else {
-				t.Logf("round=%v T=%d N=%d K=%d: error %.3g", round, c.T, c.N, c.K, e)
+				var worst, size float64
+				for ti := range c.T {
+					for n := range c.N {
+						var want float64
+						for k := range c.K {
+							want += float64(xin[ti*c.K+k]) * float64(deq[n*c.K+k])
+						}
+						want = want*float64(scales[n]) + float64(bias[n])
+						worst = max(worst, math.Abs(float64(got[ti*c.N+n])-want))
+						size = max(size, math.Abs(want))
+					}
+				}
+				if e := worst / max(1, size); e > tol {
+					t.Errorf("round=%v T=%d N=%d K=%d wide=%v: error %.3g > %.3g", round, c.T, c.N, c.K, wide, e, tol)
+				} else {
+					t.Logf("round=%v T=%d N=%d K=%d wide=%v: error %.3g", round, c.T, c.N, c.K, wide, e)
+				}
 			}
 			for _, x := range []ml.Tensor{wt, xt, bt, dst} {
 				b.Free(x)
