@@ -127,11 +127,12 @@ func TestF8MatMul(t *testing.T) {
 
 // BenchmarkMatMulF8 times Llama-3.1-8B's projections with bf16 weights
 // (cuBLAS or the GEMV) and FP8 weights (gemv_f8; for more rows expert_mma's
-// dense form with and without the split of K, and matMulF8Wide), x split
+// dense form with and without the split of K, and in its 64-row form
+// (mma-narrow, split) beside the default _wide, and matMulF8Wide), x split
 // into bf16 halves or rounded once. GB/s counts the weight's bytes.
 func BenchmarkMatMulF8(bm *testing.B) {
 	gpuOrSkip(bm)
-	defer func(minT int) { f8SplitK, f8WideMinT = true, minT }(f8WideMinT)
+	defer func(minT int) { f8SplitK, f8WideMinT, expertMMAWide = true, minT, true }(f8WideMinT)
 	for _, round := range []bool{false, true} {
 		b := newTestBackend(bm, Options{DisableGraphs: true, RoundActivations: round})
 		r := rand.New(rand.NewPCG(1, 1))
@@ -149,7 +150,7 @@ func BenchmarkMatMulF8(bm *testing.B) {
 					d, _ := b.NewTensor(ml.F32, T, sh.N)
 					// FP8 products of more than f8GemvMaxT rows: expert_mma with
 					// and without the split of K, and widened for cuBLAS.
-					for _, path := range []string{"", "mma-split", "mma", "wide"} {
+					for _, path := range []string{"", "mma-split", "mma", "mma-narrow", "wide"} {
 						if (path == "") != (wdt != ml.F8 || T <= f8GemvMaxT) {
 							continue
 						}
@@ -158,7 +159,7 @@ func BenchmarkMatMulF8(bm *testing.B) {
 							name += "/" + path
 						}
 						bm.Run(name, func(bm *testing.B) {
-							f8SplitK, f8WideMinT = path != "mma", 1<<30
+							f8SplitK, f8WideMinT, expertMMAWide = path != "mma", 1<<30, path != "mma-narrow"
 							if path == "wide" {
 								f8WideMinT = 0
 							}

@@ -58,9 +58,9 @@ var expertMMADeep = true
 // expertMMAWide makes 64-row tiles (prefills, and the dense FP8 products
 // of fp8.go) take expert_mma's _wide form: 128 weight rows a block instead
 // of 64 and warps of 64 (FP8: 32) weight rows, so that each ldmatrix feeds
-// more mma (the 64-row form is bound by shared-memory reads). It needs more
-// than 100 KiB of shared memory a block; a device that allows less keeps the
-// 64-row form. A variable so that the benchmark and the tests can run both.
+// more mma (the 64-row form is bound by shared-memory reads). It takes 76
+// to 112 KiB of shared memory a block; a device that allows less keeps the
+// 64-row form. A variable so that the benchmarks and the tests can run both.
 var expertMMAWide = true
 
 // RMSNormHeads implements ml.Backend.

@@ -398,7 +398,10 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
 // Dynamic shared memory (expertMMAShared in moe.go): STAGES weight stages
 // of EMW_BM rows (bf16 padded by 8 elements, FP8 by 16 bytes), then x's
 // stages, each plane 64 rows of EMW_BK+8 bf16. STAGES is 4 where four fit
-// in 112 KiB, else 3, so that two blocks share an H100's SM. Grid
+// in 112 KiB, else 3, so that two blocks share an H100's SM. The copies'
+// row addresses are computed once a block and the shared ones taken as
+// window addresses (ldsm_x4_at, cp16_at), so a stage's copies and
+// ldmatrix are little more than the instructions themselves. Grid
 // (ceil(N/EMW_BM), tiles, S); everything else as expert_mma.
 #define EMW_BM 128
 #define EMW_BK 64
