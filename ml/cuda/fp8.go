@@ -110,7 +110,8 @@ func (b *Backend) matMulF8(d, xx, ww, bb *tensor, bs string) error {
 	tiles := (T + tm - 1) / tm
 	slices := 1
 	if f8SplitK {
-		slices = f8Slices(int(b.dev.sms), (N+63)/64*tiles, K, T*N)
+		bm := expertMMARows(kernel)
+		slices = f8Slices(int(b.dev.sms), (N+bm-1)/bm*tiles, K, T*N)
 	}
 	if slices == 1 {
 		if err := b.pushExpertMMA(kernel, d.ptr, d, xx, ww, x16, 0, 0, 0, tiles, 1, T, 1); err != nil {
@@ -188,12 +189,13 @@ func (b *Backend) pushSplitKSum(dst, part uint64, slices int, n int64, N int, sc
 	return b.push("splitk_sum", g1(gridFor(n, 256)), g1(256), st)
 }
 
-// f8Slices splits K of a dense FP8 product of blocks output blocks (64
-// weight rows by 64 rows of x each) until there are about four blocks an
-// SM: fewer leave too few weight bytes in flight to stream at HBM speed
-// (a decode batch's o and down projections make one block per 64 outputs).
-// Each slice keeps at least 8 of the kernel's 32-column steps, and the
-// partial sums (slices planes of outputs f32 values) stay within 64 MiB.
+// f8Slices splits K of a dense FP8 product of blocks output blocks (64 or
+// 128 weight rows by 64 rows of x each: expertMMARows) until there are about
+// four blocks an SM: fewer leave too few weight bytes in flight to stream at
+// HBM speed (a decode batch's o and down projections make one block per 64
+// or 128 outputs). Each slice keeps at least 256 columns (8 of the 64-row
+// form's 32-column steps, 4 of the wide form's 64), and the partial sums
+// (slices planes of outputs f32 values) stay within 64 MiB.
 func f8Slices(sms, blocks, K, outputs int) int {
 	slices := 1
 	for slices < 16 && blocks*slices < 4*sms && K/(2*slices) >= 8*32 && 2*slices*outputs*4 <= 64<<20 {

@@ -67,38 +67,55 @@ func TestF8MatMul(t *testing.T) {
 			xt, _ := b.NewTensor(ml.F32, c.T, c.K)
 			bt, _ := b.NewTensor(ml.F32, 1, c.N)
 			dst, _ := b.NewTensor(ml.F32, c.T, c.N)
-			if err := errors.Join(b.UploadF32(xt, x), b.UploadF32(bt, bias), b.MatMul(dst, xt, wt, bt)); err != nil {
+			if err := errors.Join(b.UploadF32(xt, x), b.UploadF32(bt, bias)); err != nil {
 				t.Fatal(err)
 			}
-			got := make([]float32, c.T*c.N)
-			if err := b.Download(got, dst); err != nil {
-				t.Fatal(err)
+			// expert_mma's products: its 64-row form too (the default is _wide).
+			forms := []bool{true}
+			if c.T > f8GemvMaxT && c.T < f8WideMinT && c.K%16 == 0 {
+				forms = append(forms, false)
 			}
-			xin := x
-			tol := 2e-5
-			if round && c.T > f8GemvMaxT && c.K%16 == 0 {
-				xin = make([]float32, len(x))
-				for i, v := range x {
-					xin[i] = mltest.Round(ml.BF16, v)
+			nan := make([]float32, c.T*c.N)
+			for i := range nan {
+				nan[i] = float32(math.NaN())
+			}
+			for _, wide := range forms {
+				expertMMAWide = wide
+				err := errors.Join(b.UploadF32(dst, nan), b.MatMul(dst, xt, wt, bt)) // no output left from the last form
+				expertMMAWide = true
+				if err != nil {
+					t.Fatal(err)
 				}
-				tol = 1e-5
-			}
-			var worst, size float64
-			for ti := range c.T {
-				for n := range c.N {
-					var want float64
-					for k := range c.K {
-						want += float64(xin[ti*c.K+k]) * float64(deq[n*c.K+k])
+				got := make([]float32, c.T*c.N)
+				if err := b.Download(got, dst); err != nil {
+					t.Fatal(err)
+				}
+				xin := x
+				tol := 2e-5
+				if round && c.T > f8GemvMaxT && c.K%16 == 0 {
+					xin = make([]float32, len(x))
+					for i, v := range x {
+						xin[i] = mltest.Round(ml.BF16, v)
 					}
-					want = want*float64(scales[n]) + float64(bias[n])
-					worst = max(worst, math.Abs(float64(got[ti*c.N+n])-want))
-					size = max(size, math.Abs(want))
+					tol = 1e-5
 				}
-			}
-			if e := worst / max(1, size); e > tol {
-				t.Errorf("round=%v T=%d N=%d K=%d: error %.3g > %.3g", round, c.T, c.N, c.K, e, tol)
-			} else {
-				t.Logf("round=%v T=%d N=%d K=%d: error %.3g", round, c.T, c.N, c.K, e)
+				var worst, size float64
+				for ti := range c.T {
+					for n := range c.N {
+						var want float64
+						for k := range c.K {
+							want += float64(xin[ti*c.K+k]) * float64(deq[n*c.K+k])
+						}
+						want = want*float64(scales[n]) + float64(bias[n])
+						worst = max(worst, math.Abs(float64(got[ti*c.N+n])-want))
+						size = max(size, math.Abs(want))
+					}
+				}
+				if e := worst / max(1, size); e > tol {
+					t.Errorf("round=%v T=%d N=%d K=%d wide=%v: error %.3g > %.3g", round, c.T, c.N, c.K, wide, e, tol)
+				} else {
+					t.Logf("round=%v T=%d N=%d K=%d wide=%v: error %.3g", round, c.T, c.N, c.K, wide, e)
+				}
 			}
 			for _, x := range []ml.Tensor{wt, xt, bt, dst} {
 				b.Free(x)
@@ -110,11 +127,12 @@ func TestF8MatMul(t *testing.T) {
 
 // BenchmarkMatMulF8 times Llama-3.1-8B's projections with bf16 weights
 // (cuBLAS or the GEMV) and FP8 weights (gemv_f8; for more rows expert_mma's
-// dense form with and without the split of K, and matMulF8Wide), x split
+// dense form with and without the split of K, and in its 64-row form
+// (mma-narrow, split) beside the default _wide, and matMulF8Wide), x split
 // into bf16 halves or rounded once. GB/s counts the weight's bytes.
 func BenchmarkMatMulF8(bm *testing.B) {
 	gpuOrSkip(bm)
-	defer func(minT int) { f8SplitK, f8WideMinT = true, minT }(f8WideMinT)
+	defer func(minT int) { f8SplitK, f8WideMinT, expertMMAWide = true, minT, true }(f8WideMinT)
 	for _, round := range []bool{false, true} {
 		b := newTestBackend(bm, Options{DisableGraphs: true, RoundActivations: round})
 		r := rand.New(rand.NewPCG(1, 1))
@@ -132,7 +150,7 @@ func BenchmarkMatMulF8(bm *testing.B) {
 					d, _ := b.NewTensor(ml.F32, T, sh.N)
 					// FP8 products of more than f8GemvMaxT rows: expert_mma with
 					// and without the split of K, and widened for cuBLAS.
-					for _, path := range []string{"", "mma-split", "mma", "wide"} {
+					for _, path := range []string{"", "mma-split", "mma", "mma-narrow", "wide"} {
 						if (path == "") != (wdt != ml.F8 || T <= f8GemvMaxT) {
 							continue
 						}
@@ -141,7 +159,7 @@ func BenchmarkMatMulF8(bm *testing.B) {
 							name += "/" + path
 						}
 						bm.Run(name, func(bm *testing.B) {
-							f8SplitK, f8WideMinT = path != "mma", 1<<30
+							f8SplitK, f8WideMinT, expertMMAWide = path != "mma", 1<<30, path != "mma-narrow"
 							if path == "wide" {
 								f8WideMinT = 0
 							}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/llmserve/llmserve/ml"
@@ -109,24 +110,34 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 }
 
 // TestExpertMMAShared pins expert_mma's dynamic shared memory (as
-// kernels/moe.cu lays it out) and keeps every form within the 48 KiB any
-// kernel may take without opting in.
+// kernels/moe.cu lays it out), keeps every form but the wide ones within
+// the 48 KiB any kernel may take without opting in, and the wide ones
+// within 112 KiB (two blocks an H100 SM).
 func TestExpertMMAShared(t *testing.T) {
 	for name, want := range map[string]uint32{
 		"expert_mma_bf16_64_2":      3 * (64*40*2 + 2*64*40*2),
 		"expert_mma_f8_64_1":        3 * (64*48 + 64*40*2),
 		"expert_mma_bf16_8_2_deep":  4 * (64*72*2 + 2*8*72*2),
 		"expert_mma_f8_8_2":         3 * (64*48 + 2*8*40*2),
+		"expert_mma_bf16_64_1_wide": 4 * (128*72*2 + 64*72*2),
+		"expert_mma_bf16_64_2_wide": 3 * (128*72*2 + 2*64*72*2),
+		"expert_mma_f8_64_1_wide":   4 * (128*80 + 64*72*2),
+		"expert_mma_f8_64_2_wide":   4 * (128*80 + 2*64*72*2),
 		"expert_gemm_bf16":          0,
 		"expert_mma_bf16_8_2_extra": 0,
+		"expert_mma_bf16_8_2_wide":  0,
 	} {
 		if got := expertMMAShared(name); got != want {
 			t.Errorf("%s: %d bytes, want %d", name, got, want)
 		}
 	}
 	for _, name := range moeKernelNames() {
-		if n := expertMMAShared(name); n > defaultDynShared {
-			t.Errorf("%s: %d bytes of dynamic shared memory, over %d", name, n, defaultDynShared)
+		bound := uint32(defaultDynShared)
+		if strings.HasSuffix(name, "_wide") {
+			bound = 112 << 10
+		}
+		if n := expertMMAShared(name); n > bound {
+			t.Errorf("%s: %d bytes of dynamic shared memory, over %d", name, n, bound)
 		}
 	}
 }
@@ -134,8 +145,8 @@ func TestExpertMMAShared(t *testing.T) {
 // TestExpertMMA checks the tensor-core grouped expert GEMM (bf16 and FP8
 // weights) at the f32 bar with x split into bf16 halves, and at the bf16 bar with x
 // rounded once, against the float64 reference, in shapes of both tile
-// sizes (8-row tiles in the _deep form too): decode batches over many
-// experts and prefills.
+// sizes (8-row tiles in the _deep form too, 64-row tiles in the 64-row
+// form too): decode batches over many experts and prefills.
 func TestExpertMMA(t *testing.T) {
 	gpuOrSkip(t)
 	cases := []struct{ E, N, K, T, k int }{
@@ -143,6 +154,7 @@ func TestExpertMMA(t *testing.T) {
 		{8, 1536, 512, 40, 2},  // 8-row tiles, many output blocks
 		{16, 130, 256, 300, 4}, // 64-row tiles, several per expert
 		{4, 64, 2048, 500, 1},  // long K
+		{8, 200, 336, 400, 2},  // 64-row tiles, the last weight block and K step short
 		{8, 96, 64, 3, 2},      // a decode of few rows
 		{128, 16, 16, 8200, 8}, // more than 65535 expert rows (an 8192-token step of top-8)
 	}
@@ -163,6 +175,12 @@ func TestExpertMMA(t *testing.T) {
 					expertMMADeep = false
 					checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
 					expertMMADeep = true
+				}
+				if c.T*c.k >= moeSmallTileRows*c.E {
+					// 64-row tiles: the 64-row form too (the default is _wide).
+					expertMMAWide = false
+					checkExperts(t, b, r, wdt, round, c.E, c.N, c.K, c.T, c.k)
+					expertMMAWide = true
 				}
 			}
 			b.Close()
@@ -268,7 +286,8 @@ func TestUseFlash(t *testing.T) {
 
 // BenchmarkMatMulExperts times Qwen3-30B-A3B's grouped expert products (128
 // experts, top-8) for a decode batch of T tokens and a prompt. GB/s counts
-// the bytes of the experts the batch routes to, each read once.
+// the bytes of the experts the batch routes to, each read once; TFLOP/s
+// the product's 2·R·N·K (one pass).
 func BenchmarkMatMulExperts(bm *testing.B) {
 	gpuOrSkip(bm)
 	for _, round := range []bool{false, true} {
@@ -300,14 +319,16 @@ func BenchmarkMatMulExperts(bm *testing.B) {
 				if err := b.UploadI32(et, ex); err != nil {
 					bm.Fatal(err)
 				}
-				// 8-row tiles in both forms (base: expertMMADeep off).
-				for _, v := range []string{"base", "deep"} {
-					if v == "deep" && (R <= expertGemvMaxR || R >= moeSmallTileRows*E) {
+				// 8-row tiles in both forms (base: expertMMADeep off), 64-row
+				// tiles too (base: expertMMAWide off).
+				for _, v := range []string{"base", "deep", "wide"} {
+					if v == "deep" && (R <= expertGemvMaxR || R >= moeSmallTileRows*E) ||
+						v == "wide" && R < moeSmallTileRows*E {
 						continue
 					}
 					bm.Run(fmt.Sprintf("round=%v/%s/T=%d/%s", round, sh.name, T, v), func(bm *testing.B) {
-						defer func() { expertMMADeep = true }()
-						expertMMADeep = v == "deep"
+						defer func() { expertMMADeep, expertMMAWide = true, true }()
+						expertMMADeep, expertMMAWide = v == "deep", v == "wide"
 						for i := 0; i < bm.N; i++ {
 							if err := b.MatMulExperts(d, x, w, et); err != nil {
 								bm.Fatal(err)
@@ -319,6 +340,7 @@ func BenchmarkMatMulExperts(bm *testing.B) {
 						sec := bm.Elapsed().Seconds() / float64(bm.N)
 						bm.ReportMetric(sec*1e3, "ms/op")
 						bm.ReportMetric(float64(len(used)*sh.N*sh.K*2)/sec/1e9, "GB/s")
+						bm.ReportMetric(2*float64(R)*float64(sh.N)*float64(sh.K)/sec/1e12, "TFLOP/s")
 					})
 				}
 				for _, t := range []ml.Tensor{x, et, d} {

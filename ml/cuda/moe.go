@@ -38,7 +38,13 @@ func moeKernelNames() []string {
 			}
 		}
 	}
-	return append(n, "expert_mma_bf16_8_1_deep", "expert_mma_bf16_8_2_deep")
+	n = append(n, "expert_mma_bf16_8_1_deep", "expert_mma_bf16_8_2_deep")
+	for _, w := range []string{"bf16", "f8"} {
+		for _, passes := range []int{1, 2} {
+			n = append(n, fmt.Sprintf("expert_mma_%s_64_%d_wide", w, passes))
+		}
+	}
+	return n
 }
 
 // expertMMADeep makes bf16 experts' 8-row tiles (a decode batch over many
@@ -48,6 +54,14 @@ func moeKernelNames() []string {
 // routed experts 1.3 to 1.4 times as fast at 8 and 64 tokens. A variable so
 // that the benchmark and the tests can run the plain form beside it.
 var expertMMADeep = true
+
+// expertMMAWide makes 64-row tiles (prefills, and the dense FP8 products
+// of fp8.go) take expert_mma's _wide form: 128 weight rows a block instead
+// of 64 and warps of 64 (FP8: 32) weight rows, so that each ldmatrix feeds
+// more mma (the 64-row form is bound by shared-memory reads). It takes 76
+// to 112 KiB of shared memory a block; a device that allows less keeps the
+// 64-row form. A variable so that the benchmarks and the tests can run both.
+var expertMMAWide = true
 
 // RMSNormHeads implements ml.Backend.
 func (b *Backend) RMSNormHeads(x, w ml.Tensor, headDim int, eps float32) error {
@@ -251,16 +265,34 @@ func (b *Backend) expertMMA(w, x *tensor, tm int) (string, uint64, error) {
 	if w.dt == ml.F8 {
 		wname = "f8"
 	}
-	deep := ""
-	if expertMMADeep && tm == 8 && w.dt == ml.BF16 {
-		deep = "_deep"
-	}
+	passes := 2
 	if b.opts.RoundActivations {
-		x16, err := b.castAct16(x, "cast_f32_bf16")
-		return fmt.Sprintf("expert_mma_%s_%d_1%s", wname, tm, deep), x16, err
+		passes = 1
 	}
-	x16, err := b.splitAct16(x)
-	return fmt.Sprintf("expert_mma_%s_%d_2%s", wname, tm, deep), x16, err
+	kernel := fmt.Sprintf("expert_mma_%s_%d_%d", wname, tm, passes)
+	switch {
+	case expertMMADeep && tm == 8 && w.dt == ml.BF16:
+		kernel += "_deep"
+	case expertMMAWide && tm == 64 && int64(expertMMAShared(kernel+"_wide")) <= int64(b.dev.sharedOptin):
+		kernel += "_wide"
+	}
+	var x16 uint64
+	var err error
+	if passes == 1 {
+		x16, err = b.castAct16(x, "cast_f32_bf16")
+	} else {
+		x16, err = b.splitAct16(x)
+	}
+	return kernel, x16, err
+}
+
+// expertMMARows is the weight rows (outputs) a block of expert_mma kernel
+// name computes: EMW_BM for the _wide forms, else EM_BN (kernels/moe.cu).
+func expertMMARows(name string) int {
+	if strings.HasSuffix(name, "_wide") {
+		return 128
+	}
+	return 64
 }
 
 // pushExpertMMA records expert_mma over tiles rows of d (0 pointers for
@@ -281,16 +313,20 @@ func (b *Backend) pushExpertMMA(kernel string, dst uint64, d, x, w *tensor, x16,
 	b.aI(N)
 	b.aI(K)
 	b.aI(fan)
-	const outputsPerBlock = 64 // EM_BN in kernels/moe.cu
-	return b.pushShared(kernel, g3((N+outputsPerBlock-1)/outputsPerBlock, tiles, slices), g1(128), expertMMAShared(kernel), st)
+	bm := expertMMARows(kernel)
+	return b.pushShared(kernel, g3((N+bm-1)/bm, tiles, slices), g1(128), expertMMAShared(kernel), st)
 }
 
 // expertMMAShared is the dynamic shared memory of expert_mma kernel name
-// (expert_mma_<w>_<tok>_<passes>[_deep]), as kernels/moe.cu lays it out:
-// per stage 64 weight rows of BK columns (bf16 rows padded by 8 elements,
-// FP8 rows by 16 bytes) and each x plane's tok rows of BK+8 bf16.
+// (expert_mma_<w>_<tok>_<passes>[_deep|_wide]), as kernels/moe.cu lays it
+// out: per stage expertMMARows weight rows of BK columns (bf16 rows padded
+// by 8 elements, FP8 rows by 16 bytes) and each x plane's tok rows of BK+8
+// bf16. The _wide forms take four stages where they fit in 112 KiB (two
+// blocks an H100 SM), else three.
 func expertMMAShared(name string) uint32 {
-	f := strings.Split(strings.TrimSuffix(strings.TrimPrefix(name, "expert_mma_"), "_deep"), "_")
+	base := strings.TrimPrefix(name, "expert_mma_")
+	deep, wide := strings.HasSuffix(base, "_deep"), strings.HasSuffix(base, "_wide")
+	f := strings.Split(strings.TrimSuffix(strings.TrimSuffix(base, "_deep"), "_wide"), "_")
 	if len(f) != 3 {
 		return 0
 	}
@@ -299,15 +335,22 @@ func expertMMAShared(name string) uint32 {
 	if err1 != nil || err2 != nil {
 		return 0
 	}
-	bk, stages := 32, 3
-	if strings.HasSuffix(name, "_deep") {
+	if wide && tok != 64 {
+		return 0
+	}
+	bk, stages, rows := 32, 3, expertMMARows(name)
+	if deep || wide {
 		bk, stages = 64, 4
 	}
-	wBytes := 64 * (bk + 8) * 2
+	wBytes := rows * (bk + 8) * 2
 	if f[0] == "f8" {
-		wBytes = 64 * (bk + 16)
+		wBytes = rows * (bk + 16)
 	}
-	return uint32(stages * (wBytes + passes*tok*(bk+8)*2))
+	stage := wBytes + passes*tok*(bk+8)*2
+	if wide && 4*stage > 112<<10 {
+		stages = 3
+	}
+	return uint32(stages * stage)
 }
 
 // ScatterAdd implements ml.Backend. A run of equal adjacent indices is

@@ -383,6 +383,193 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
 }
 #endif
 
+// expert_mma_wide: expert_mma's form for 64-row tiles (prefill), where
+// many rows share each weight tile and the product is bound by the tensor
+// cores' operand traffic: with 64 weight rows a block each warp fed 8 mma
+// a k16 step from 1 A and 4 B ldmatrix_x4 a pass. Here a block computes
+// EMW_BM (128) weight rows × the tile's 64 rows of x through EMW_BK (64)
+// columns a stage, its 4 warps WM × WN over (weight rows, tokens), a warp
+// MT m16 tiles × NT n8 tiles:
+//   bf16 (WN 2): 2 × 2 warps of 64 weight rows × 32 tokens; a k16 step
+//     loads 4 A ldmatrix_x4 (shared by the passes) and 2 B a pass, feeding
+//     16 mma a pass.
+//   FP8 (WN 1): 4 × 1 warps of 32 × 64, so that every code is widened
+//     (f8x2bf, the costly part of its A fragments) by one warp only.
+// Dynamic shared memory (expertMMAShared in moe.go): STAGES weight stages
+// of EMW_BM rows (bf16 padded by 8 elements, FP8 by 16 bytes), then x's
+// stages, each plane 64 rows of EMW_BK+8 bf16. STAGES is 4 where four fit
+// in 112 KiB, else 3, so that two blocks share an H100's SM. The copies'
+// row addresses are computed once a block and the shared ones taken as
+// window addresses (ldsm_x4_at, cp16_at), so a stage's copies and
+// ldmatrix are little more than the instructions themselves. Grid
+// (ceil(N/EMW_BM), tiles, S); everything else as expert_mma.
+#define EMW_BM 128
+#define EMW_BK 64
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+template <int PASSES, bool F8, int STAGES, int WN>
+__device__ void expert_mma_wide(float* dst, const bf16* x16, long long planeStride, const void* w, const float* scales,
+                                const int* sorted, const int* tileExp, const int* numTiles, int R, int N, int K,
+                                int fan) {
+  constexpr int TOK = 64, BM = EMW_BM, BK = EMW_BK, THREADS = 128;
+  constexpr int WM = 4 / WN, MT = BM / (WM * 16), NT = TOK / (WN * 8);
+  static_assert(WM * WN == 4 && MT * WM * 16 == BM && NT * WN * 8 == TOK && NT % 2 == 0, "4 warps cover the tile");
+  constexpr int LD = BK + 8;    // bf16 rows, padded: ldmatrix reads hit distinct banks
+  constexpr int LDB = BK + 16;  // FP8 rows in bytes, padded, 16-byte aligned
+  constexpr int WROW = F8 ? LDB : LD * 2;  // a weight row's bytes in a stage
+  constexpr int WBYTES = BM * WROW, XBYTES = TOK * LD * 2;
+  // Copies: a thread moves 16-byte chunks at one column of its rows, WPT
+  // weight rows WSTEP apart and XPT rows of x XSTEP apart (each plane).
+  constexpr int ES = F8 ? 1 : 2;                   // a weight's bytes
+  constexpr int WCPR = BK * ES / 16, XCPR = BK / 8;  // 16-byte chunks a row
+  constexpr int WSTEP = THREADS / WCPR, WPT = BM / WSTEP, XSTEP = THREADS / XCPR, XPT = TOK / XSTEP;
+  static_assert(WPT * WSTEP == BM && XPT * XSTEP == TOK, "threads cover a stage");
+  extern __shared__ __align__(16) unsigned char em_smem[];
+  __shared__ int rows[TOK];
+  const int tile = blockIdx.y;
+  if (numTiles && tile >= *numTiles) return;
+  const int e = tileExp ? tileExp[tile] : 0;
+  const int n0 = blockIdx.x * BM;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, tq = lane & 3;
+  const int wm = warp / WN, wn = warp % WN;
+  if (threadIdx.x < TOK) {
+    const int r = tile * TOK + threadIdx.x;
+    rows[threadIdx.x] = sorted ? sorted[r] : (r < R ? r : -1);
+  }
+  __syncthreads();
+  const int chunks = (K + BK - 1) / BK, per = (chunks + gridDim.z - 1) / gridDim.z;
+  const int c0 = blockIdx.z * per, nK = max(0, min(chunks, c0 + per) - c0);
+  const int kEnd = min(K, (c0 + nK) * BK);
+  if (gridDim.z > 1) dst += (long long)blockIdx.z * R * N;
+
+  // Each copied row's start (a row past N or a padding row of x: a valid
+  // row, not copied), so that a stage adds only its column.
+  const int wr = threadIdx.x / WCPR, wc = (threadIdx.x % WCPR) * (16 / ES);  // first row; column (elements)
+  const int xr = threadIdx.x / XCPR, xc = (threadIdx.x % XCPR) * 8;
+  const unsigned char* wRow[WPT];
+  unsigned wOk = 0;  // bit i: weight row i is inside N
+#pragma unroll
+  for (int i = 0; i < WPT; ++i) {
+    const int n = n0 + wr + i * WSTEP;
+    wOk |= (n < N ? 1u : 0u) << i;
+    wRow[i] = (const unsigned char*)w + ((long long)e * N + min(n, N - 1)) * K * ES;
+  }
+  const bf16* xRow[XPT];
+  unsigned xOk = 0;  // bit j: x row j is a row, not padding
+#pragma unroll
+  for (int j = 0; j < XPT; ++j) {
+    const int row = rows[xr + j * XSTEP];
+    xOk |= (row >= 0 ? 1u : 0u) << j;
+    xRow[j] = x16 + (row >= 0 ? (long long)(row / fan) * K : 0);
+  }
+  // Shared-window addresses: stage st's weights at sW + st·WBYTES, plane pl
+  // of its x at sX + (st·PASSES + pl)·XBYTES.
+  const unsigned sW = smemAddr(em_smem), sX = sW + STAGES * WBYTES;
+
+  // stage st <- columns [k0, k0+BK) of the weight rows and of x's rows.
+  auto load = [&](int st, int k0) {
+    const bool wk = k0 + wc < kEnd, xk = k0 + xc < kEnd;
+    const long long wo = wk ? (long long)(k0 + wc) * ES : 0, xo = xk ? k0 + xc : 0;
+    const unsigned ws = sW + st * WBYTES + wr * WROW + wc * ES;
+#pragma unroll
+    for (int i = 0; i < WPT; ++i) cp16_at(ws + i * WSTEP * WROW, wRow[i] + wo, wk && (wOk >> i & 1));
+    const unsigned xs = sX + st * PASSES * XBYTES + (xr * LD + xc) * 2;
+#pragma unroll
+    for (int pl = 0; pl < PASSES; ++pl)
+#pragma unroll
+      for (int j = 0; j < XPT; ++j)
+        cp16_at(xs + pl * XBYTES + j * XSTEP * LD * 2, xRow[j] + pl * planeStride + xo, xk && (xOk >> j & 1));
+  };
+
+  // ldmatrix addresses within a stage (bytes). A: matrices rows +0..7 /
+  // +8..15 of the warp's first m16 tile at columns 0 and 8. B: tokens
+  // wn*NT*8 + 0..7 at columns 0, 8, then the next 8 tokens at the same.
+  const unsigned aOff = ((wm * MT * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8) * 2;
+  const unsigned bOff = (((wn * NT + (lane >> 4)) * 8 + (lane & 7)) * LD + ((lane >> 3) & 1) * 8) * 2;
+  // F8: a thread's A bytes, (row g, k tq*2) of the warp's first m16 tile.
+  const unsigned aF8 = (wm * MT * 16 + g) * LDB + tq * 2;
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < nK) load(st, (c0 + st) * BK);
+    cp_commit();
+  }
+  int st = 0;
+  for (int it = 0; it < nK; ++it) {
+    cp_wait<STAGES - 2>();
+    __syncthreads();  // stage it is in; every warp is done with stage it-1
+    {
+      const int nxt = it + STAGES - 1;
+      if (nxt < nK) load(st == 0 ? STAGES - 1 : st - 1, (c0 + nxt) * BK);
+      cp_commit();
+    }
+    const unsigned ws = sW + st * WBYTES, xs = sX + st * PASSES * XBYTES;
+    const unsigned char* wf = em_smem + st * WBYTES + aF8;
+    // The fragments of k16 step kk + 1 load while step kk's mma run.
+    unsigned a[2][MT][4], b[2][PASSES][NT / 2][4];
+    auto frags = [&](int f, int kk) {
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        if (F8) {
+          // a0..a3: (row g, k tq*2), (row g+8, same), (row g, k+8), (row g+8, k+8)
+          const unsigned char* r0 = wf + i * 16 * LDB + kk * 16;
+          a[f][i][0] = f8x2bf(*(const unsigned short*)r0);
+          a[f][i][1] = f8x2bf(*(const unsigned short*)(r0 + 8 * LDB));
+          a[f][i][2] = f8x2bf(*(const unsigned short*)(r0 + 8));
+          a[f][i][3] = f8x2bf(*(const unsigned short*)(r0 + 8 * LDB + 8));
+        } else {
+          ldsm_x4_at(a[f][i], ws + aOff + (i * 16 * LD + kk * 16) * 2);
+        }
+      }
+#pragma unroll
+      for (int pl = 0; pl < PASSES; ++pl)
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) ldsm_x4_at(b[f][pl][j / 2], xs + pl * XBYTES + bOff + (j * 8 * LD + kk * 16) * 2);
+    };
+    frags(0, 0);
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      if (kk + 1 < BK / 16) frags((kk + 1) & 1, kk + 1);
+      const int f = kk & 1;
+#pragma unroll
+      for (int pl = 0; pl < PASSES; ++pl)
+#pragma unroll
+        for (int j = 0; j < NT; j += 2)
+#pragma unroll
+          for (int i = 0; i < MT; ++i) {
+            mma_bf16(acc[i][j], a[f][i], b[f][pl][j / 2][0], b[f][pl][j / 2][1]);
+            mma_bf16(acc[i][j + 1], a[f][i], b[f][pl][j / 2][2], b[f][pl][j / 2][3]);
+          }
+    }
+    st = st == STAGES - 1 ? 0 : st + 1;
+  }
+  cp_wait<0>();
+  // acc[i][j]: weight rows (wm*MT + i)*16 + g (c0, c1) and +8 (c2, c3),
+  // tokens (wn*NT + j)*8 + tq*2 + {0, 1}.
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int n = n0 + (wm * MT + i) * 16 + g + h * 8;
+      const float sc = (F8 && n < N && gridDim.z == 1) ? scales[(long long)e * N + n] : 1.f;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int row = rows[(wn * NT + j) * 8 + tq * 2 + q];
+          if (row >= 0 && n < N) dst[(long long)row * N + n] = acc[i][j][h * 2 + q] * sc;
+        }
+      }
+    }
+  }
+}
+#endif
+
 #define INST_EXPERT_MMA_CFG(S, W, F8, TOK, P, SUFFIX, BK, STAGES)                                                \
   extern "C" __global__ void __launch_bounds__(128) expert_mma_##S##_##TOK##_##P##SUFFIX(                        \
       float* dst, const bf16* x16, long long planeStride, const W* w, const float* scales, const int* sorted,    \
@@ -391,11 +578,22 @@ __device__ void expert_mma(float* dst, const bf16* x16, long long planeStride, c
     EXPERT_MMA_BODY(TOK, P, F8, BK, STAGES);                                                                     \
   }
 #define INST_EXPERT_MMA(S, W, F8, TOK, P) INST_EXPERT_MMA_CFG(S, W, F8, TOK, P, , 32, 3)
+// The wide forms of 64-row tiles: STAGES stages, WN warps across the tokens.
+#define INST_EXPERT_MMA_WIDE(S, W, F8, P, STAGES, WN)                                                           \
+  extern "C" __global__ void __launch_bounds__(128) expert_mma_##S##_64_##P##_wide(                             \
+      float* dst, const bf16* x16, long long planeStride, const W* w, const float* scales, const int* sorted,    \
+      const int* tileExp, const int* numTiles, int R, int N, int K, int fan) {                                   \
+    PDL_ENTRY();                                                                                                 \
+    EXPERT_MMA_WIDE_BODY(P, F8, STAGES, WN);                                                                     \
+  }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define EXPERT_MMA_BODY(TOK, P, F8, BK, STAGES) \
   expert_mma<TOK, P, F8, BK, STAGES>(dst, x16, planeStride, w, scales, sorted, tileExp, numTiles, R, N, K, fan)
+#define EXPERT_MMA_WIDE_BODY(P, F8, STAGES, WN) \
+  expert_mma_wide<P, F8, STAGES, WN>(dst, x16, planeStride, w, scales, sorted, tileExp, numTiles, R, N, K, fan)
 #else
 #define EXPERT_MMA_BODY(TOK, P, F8, BK, STAGES) __trap()
+#define EXPERT_MMA_WIDE_BODY(P, F8, STAGES, WN) __trap()
 #endif
 // The grouped expert products are a unit of their own (29): in unit 0 with
 // the small kernels they made it the slowest compile of a cold start.
@@ -438,6 +636,10 @@ INST_EXPERT_MMA(f8, unsigned char, true, 64, 1)
 INST_EXPERT_MMA(f8, unsigned char, true, 64, 2)
 INST_EXPERT_MMA_CFG(bf16, bf16, false, 8, 1, _deep, 64, 4)
 INST_EXPERT_MMA_CFG(bf16, bf16, false, 8, 2, _deep, 64, 4)
+INST_EXPERT_MMA_WIDE(bf16, bf16, false, 1, 4, 2)
+INST_EXPERT_MMA_WIDE(bf16, bf16, false, 2, 3, 2)
+INST_EXPERT_MMA_WIDE(f8, unsigned char, true, 1, 4, 1)
+INST_EXPERT_MMA_WIDE(f8, unsigned char, true, 2, 4, 1)
 #endif
 
 #define INST_EXPERTS(T, S)                                                                                      \
