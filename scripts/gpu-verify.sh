@@ -29,10 +29,11 @@
 #
 # Part 7 (kernel benchmarks): prefill attention from this build and
 # PREV_TEST_BIN alternated, the grouped expert products in each of this
-# build's forms, the MoE decode step's phases. Part 8 (servers): the
-# long-context workloads from this build and PREV_BIN, and Qwen3-30B-A3B.
+# build's forms, the dense FP8 product's two tile forms, the MoE decode
+# step's phases. Part 8: the long-context workloads from this build and
+# PREV_BIN. Part 9: Qwen3-30B-A3B and Llama-3.1-8B fp8 from this build.
 set -uo pipefail
-part=${1:?part 1 to 8}
+part=${1:?part 1 to 9}
 TEST_BIN=${TEST_BIN:-.gpu/cuda.test}
 BIN=${BIN:-.gpu/llmserve}
 BASE_BIN=${BASE_BIN:-}
@@ -145,11 +146,13 @@ elif [ "$part" = 7 ]; then
   attention_ab "$prev_test"
   (cd ml/cuda && timeout 150 "$test_bin" -test.run XXX -test.bench 'MatMulExperts' -test.benchtime 20x 2>&1 |
     grep -E "^Benchmark|FAIL|panic" > "$o/bench-experts.log"; echo "expert benchmarks rc=$?")
+  (cd ml/cuda && timeout 100 "$test_bin" -test.run XXX -test.bench 'MatMulF8/round=.*/.*/.*/T=(16|64)/(mma-split|mma-narrow)$' \
+    -test.benchtime 20x 2>&1 | grep -E "^Benchmark|FAIL|panic" > "$o/bench-f8.log"; echo "fp8 benchmarks rc=$?")
   (cd ml/cuda && timeout 150 "$test_bin" -test.run XXX -test.bench 'BenchmarkModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \
     -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic" | tee "$o/moe-step.log")
 elif [ "$part" = 8 ]; then
   # Servers: the long-context workloads from this build and PREV_BIN (with
-  # PREV_FLAGS), then Qwen3-30B-A3B from this build.
+  # PREV_FLAGS).
   for bin in "$BIN" ${PREV_BIN:+"$PREV_BIN"}; do
     flags=""
     [ "$bin" = "${PREV_BIN:-}" ] && flags=${PREV_FLAGS:-}
@@ -157,8 +160,12 @@ elif [ "$part" = 8 ]; then
     BIN=$bin LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64 mix-c64" SERVER_FLAGS="$flags" \
       OUTDIR="$o/long-$(basename "$bin")" timeout 150 bash scripts/bench-gpu-long.sh
   done
+elif [ "$part" = 9 ]; then
   echo "== $(basename "$BIN") Qwen3-30B-A3B"
   BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER MODELS=Qwen/Qwen3-30B-A3B OUTDIR="$o/moe" timeout 200 bash scripts/bench-gpu-models.sh
+  echo "== $(basename "$BIN") Llama-3.1-8B fp8"
+  BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$LLMSERVE_TESTDATA/tokenizers/mistral-sp MODELS=meta-llama/Llama-3.1-8B \
+    SERVE_ARGS="--quantization fp8" OUTDIR="$o/llama8b-fp8" timeout 150 bash scripts/bench-gpu-models.sh
 elif [ "$part" = 3 ]; then
   for q in "" "--quantization fp8"; do
     echo "== $(basename "$BIN") Llama-3.1-8B ${q:-bf16}"
