@@ -153,6 +153,9 @@ const (
 	funcAttrNumRegs         = 4
 )
 
+// stepStamps is STEP_STAMPS in kernels/step.cu: clock stamps a layer.
+const stepStamps = 8
+
 // stepKS picks a GEMV phase's split-K factor (warps per pair of rows) for
 // P pairs of K columns on a grid of blocks: the one whose busiest block
 // streams the fewest rows (a block's task is 8/ks pairs), among those that
@@ -461,7 +464,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	}
 	a.bar = b.step.bar.ptr
 	if b.step.stamping {
-		if err := b.ensure(&b.step.stamps, int64(len(layers))*6*8); err != nil {
+		if err := b.ensure(&b.step.stamps, int64(len(layers))*stepStamps*8); err != nil {
 			return err
 		}
 		a.stamps = b.step.stamps.ptr

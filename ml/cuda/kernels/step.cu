@@ -28,6 +28,11 @@ struct StepLayer {
   long long window;  // sliding attention window: the last window positions (0: all)
 };
 
+// Clock stamps a layer (StepArgs.stamps): q/k/v, barrier, attention, o,
+// then gate/up and down; a sparse MLP's router, top-k, experts' gate/up,
+// experts' down and the sum instead of the last two.
+#define STEP_STAMPS 8
+
 struct StepArgs {
   const StepLayer* layers;
   float* h;     // layer 0's input; the last layer's output
@@ -37,8 +42,7 @@ struct StepArgs {
   const int *pos, *slots, *tokSeq, *bt;
   const float* invFreq;
   char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
-  unsigned long long* stamps;  // null, or block 0's clock at each phase's start (6 per layer; benchmarks;
-                               // a sparse MLP's router and experts take gate/up's and down's)
+  unsigned long long* stamps;  // null, or block 0's clock at each phase's start (STEP_STAMPS a layer; benchmarks)
   long long layerBytes, numSlots;
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
   int syncMode;  // the grid barrier's variant (gridMode)
@@ -424,7 +428,7 @@ __device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, 
 // Inlined: called as a function, every value live across the call was
 // spilled, in the GEMV loops too (ptxas --verbose: 8 KB of spill stores).
 __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
-                                     float* eact, float* eout, unsigned long long* stamp) {
+                                     float* eact, float* eout, unsigned long long* stamps) {
   __shared__ float sP[STEP_MAXE];
   __shared__ float sW[STEP_MAXK];
   __shared__ int sId[STEP_MAXK];
@@ -447,9 +451,10 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
   r.K = H;
   stepPhase<EPI_STORE, false>(r, A.ksRouter, A.bar);
   gridSync(A.bar);
+  if (stamps) stamps[5] = clock64();
   if (threadIdx.x < 32) topkRow(sP, rlog, A.E, k, A.normTopK, sW, sId);
   __syncthreads();
-  if (stamp) *stamp = clock64();
+  if (stamps) stamps[6] = clock64();
   // The k experts' GEMVs follow each other without a barrier, each
   // starting at the block after the previous one's tasks.
   int first = 0;
@@ -468,6 +473,7 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     g.K = H;
     first = stepExpertPhase<EPI_SILU>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
   }
+  if (stamps) stamps[7] = clock64();
   first = 0;
   for (int j = 0; j < k; ++j) {
     DArgs d = {};
@@ -516,7 +522,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     float* act = att + qd;
     const bool stamp = A.stamps && blockIdx.x == 0 && threadIdx.x == 0;
 #define STAMP(k) \
-  if (stamp) A.stamps[6 * l + (k)] = clock64()
+  if (stamp) A.stamps[STEP_STAMPS * l + (k)] = clock64()
     STAMP(0);
 
     DArgs a = {};
@@ -578,7 +584,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
         float* rlog = act + A.I + (A.qkNorm ? qd : 0);
         float* eact = rlog + A.E;
         STAMP(4);
-        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI, stamp ? A.stamps + 6 * l + 5 : nullptr);
+        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI, stamp ? A.stamps + STEP_STAMPS * l : nullptr);
         hin = hout;
         continue;
       }
