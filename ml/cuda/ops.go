@@ -1035,6 +1035,18 @@ const defaultFlashMin = 64
 // faster; a variable so that the benchmark and the tests can run both.
 var flashWide = false
 
+// bf16Planes records x's activations as bf16 planes for a tensor-core
+// product: one rounded plane under RoundActivations, else hi and lo halves
+// (f32 accuracy). It returns their address and their number.
+func (b *Backend) bf16Planes(x *tensor) (uint64, int, error) {
+	if b.opts.RoundActivations {
+		x16, err := b.castAct16(x, "cast_f32_bf16")
+		return x16, 1, err
+	}
+	x16, err := b.splitAct16(x)
+	return x16, 2, err
+}
+
 // flashPasses is flash_attn's PASSES: 2 splits q and p into bf16 halves
 // (f32 accuracy), 1 rounds them (RoundActivations).
 func (b *Backend) flashPasses() int {

@@ -63,8 +63,9 @@ __device__ __forceinline__ int stepTasks(const DArgs& a) {
   return (P + per - 1) / per;
 }
 
+// stepPhaseKS returns the phase's number of tasks.
 template <int EPI, int KS, bool F8W>
-__device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar, int first) {
+__device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int first) {
   const int tasks = stepTasks<EPI, KS>(a);
   // Block first takes task 0: phases that share a barrier interval (the
   // experts of a sparse MLP) start where the previous one's tasks ended,
@@ -74,52 +75,32 @@ __device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar, int f
   gridArrive(bar);
   if (blk >= tasks) {
     gridWait(bar);
-    return;
+    return tasks;
   }
   dgemv<1, EPI, KS, true, F8W>(a, blk, gridDim.x, tasks, bar);
+  return tasks;
 }
 
-// stepPhase runs one GEMV phase; bar (null: none) is the barrier that
-// separates it from the previous phase.
+// stepPhase runs one GEMV phase split ks ways along K, its first task at
+// block first (below gridDim.x); bar (null: none) is the barrier that
+// separates it from the previous phase. It returns the block after its
+// last task, where a next phase in the same barrier interval (the next
+// expert of a sparse MLP) starts.
 template <int EPI, bool F8W>
-__device__ __forceinline__ void stepPhase(const DArgs& a, int ks, unsigned* bar) {
-  switch (ks) {
-    case 1:
-      stepPhaseKS<EPI, 1, F8W>(a, bar, 0);
-      break;
-    case 2:
-      stepPhaseKS<EPI, 2, F8W>(a, bar, 0);
-      break;
-    case 4:
-      stepPhaseKS<EPI, 4, F8W>(a, bar, 0);
-      break;
-    default:
-      stepPhaseKS<EPI, 8, F8W>(a, bar, 0);
-  }
-}
-
-// stepExpertPhase is stepPhase for one expert of a sparse MLP, its first
-// task at block first (below gridDim.x); it returns the block after its
-// last task, where the next expert's tasks start.
-template <int EPI>
-__device__ __forceinline__ int stepExpertPhase(const DArgs& a, int ks, unsigned* bar, int first) {
+__device__ __forceinline__ int stepPhase(const DArgs& a, int ks, unsigned* bar, int first = 0) {
   int tasks;
   switch (ks) {
     case 1:
-      stepPhaseKS<EPI, 1, false>(a, bar, first);
-      tasks = stepTasks<EPI, 1>(a);
+      tasks = stepPhaseKS<EPI, 1, F8W>(a, bar, first);
       break;
     case 2:
-      stepPhaseKS<EPI, 2, false>(a, bar, first);
-      tasks = stepTasks<EPI, 2>(a);
+      tasks = stepPhaseKS<EPI, 2, F8W>(a, bar, first);
       break;
     case 4:
-      stepPhaseKS<EPI, 4, false>(a, bar, first);
-      tasks = stepTasks<EPI, 4>(a);
+      tasks = stepPhaseKS<EPI, 4, F8W>(a, bar, first);
       break;
     default:
-      stepPhaseKS<EPI, 8, false>(a, bar, first);
-      tasks = stepTasks<EPI, 8>(a);
+      tasks = stepPhaseKS<EPI, 8, F8W>(a, bar, first);
   }
   return (first + tasks) % gridDim.x;
 }
@@ -471,7 +452,7 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     g.ldd = I;
     g.N = 2 * I;
     g.K = H;
-    first = stepExpertPhase<EPI_SILU>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
+    first = stepPhase<EPI_SILU, false>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
   }
   if (stamps) stamps[7] = clock64();
   first = 0;
@@ -485,7 +466,7 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     d.ldd = H;
     d.N = H;
     d.K = I;
-    first = stepExpertPhase<EPI_ADDF>(d, A.ksEDown, j == 0 ? A.bar : nullptr, first);
+    first = stepPhase<EPI_ADDF, false>(d, A.ksEDown, j == 0 ? A.bar : nullptr, first);
   }
   gridSync(A.bar);
   for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < H; n += gridDim.x * blockDim.x) {
