@@ -134,40 +134,42 @@ func (b *Backend) WriteKV(c ml.KVCache, layer int, k, v, slots ml.Tensor) error 
 		for g := range kc.kvHeads {
 			src := kt.f32[i*dim+g*hd : i*dim+(g+1)*hd]
 			vsrc := vt.f32[i*dim+g*hd : i*dim+(g+1)*hd]
+			// A block holds its keys transposed ([hd][bs]) and its values
+			// as rows ([bs][hd]): see flash.go.
 			base := (blk*kc.kvHeads + g) * bs * hd
-			ko := base + off*hd // key row
+			vo := base + off*hd // value row
 			switch kc.dt {
 			case ml.F32:
-				copy(kc.kf[layer][ko:ko+hd], src)
-				vdst := kc.vf[layer][base:]
-				for d, x := range vsrc {
-					vdst[d*bs+off] = x
+				copy(kc.vf[layer][vo:vo+hd], vsrc)
+				kdst := kc.kf[layer][base:]
+				for d, x := range src {
+					kdst[d*bs+off] = x
 				}
 			case ml.F8:
 				// vLLM's fp8 cache without calibrated scales: scale 1,
 				// saturating at ±448.
-				kdst, vdst := kc.k8[layer][ko:ko+hd], kc.v8[layer][base:]
+				kdst, vdst := kc.k8[layer][base:], kc.v8[layer][vo:vo+hd]
 				for d, x := range src {
-					kdst[d] = ml.F8Bits(x)
+					kdst[d*bs+off] = ml.F8Bits(x)
 				}
 				for d, x := range vsrc {
-					vdst[d*bs+off] = ml.F8Bits(x)
+					vdst[d] = ml.F8Bits(x)
 				}
 			case ml.BF16, ml.F16:
-				vdst := kc.vu[layer][base:]
+				kdst := kc.ku[layer][base:]
 				for d0 := 0; d0 < hd; d0 += len(wkvTmp) {
 					d1 := min(hd, d0+len(wkvTmp))
 					// Direct calls (not a func value) keep tmp on the stack.
 					tmp := wkvTmp[:d1-d0]
 					if kc.dt == ml.BF16 {
-						kernels.F32ToBF16(kc.ku[layer][ko+d0:ko+d1], src[d0:d1])
-						kernels.F32ToBF16(tmp, vsrc[d0:d1])
+						kernels.F32ToBF16(kc.vu[layer][vo+d0:vo+d1], vsrc[d0:d1])
+						kernels.F32ToBF16(tmp, src[d0:d1])
 					} else {
-						kernels.F32ToF16(kc.ku[layer][ko+d0:ko+d1], src[d0:d1])
-						kernels.F32ToF16(tmp, vsrc[d0:d1])
+						kernels.F32ToF16(kc.vu[layer][vo+d0:vo+d1], vsrc[d0:d1])
+						kernels.F32ToF16(tmp, src[d0:d1])
 					}
 					for d := d0; d < d1; d++ {
-						vdst[d*bs+off] = tmp[d-d0]
+						kdst[d*bs+off] = tmp[d-d0]
 					}
 				}
 			}

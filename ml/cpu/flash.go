@@ -13,32 +13,36 @@ import (
 // Flash-style attention. A step's tokens are grouped by sequence (in
 // position order) into tiles of up to tq tokens; one work item is a (tile,
 // KV head) pair. The tile's tokens × the group's query heads (the heads
-// sharing that KV head) are the item's M query rows, held in the vector
-// lanes: Qᵀ is headDim×Mp (Mp = M rounded up to the kernels' vector
-// length), scores are Sᵀ (one row per key, one lane per query row) and the
-// output accumulates as Oᵀ (headDim×Mp). So each K/V block is read once per
-// tile and KV head, for every query row of the tile at once, and:
+// sharing that KV head) are the item's M query rows, and each K/V block is
+// read once per tile and KV head for all of them. The cache keeps each
+// block's keys transposed ([headDim][slot]) and its values as rows
+// ([slot][headDim]), so that both products are broadcast GEMMs
+// (kernels.GemmNN) with no horizontal sums and no padding of the query
+// rows: a decode step's few rows (Qwen3's GQA group of 2) cost their own
+// work, not a vector's worth:
 //
-//   - Sᵀ = K·Qᵀ and Oᵀ += V·Pᵀ are broadcast GEMMs (kernels.GemmNN) straight
-//     from the cache's layouts (keys [slot][headDim], values transposed
-//     [headDim][slot]; 16-bit blocks are widened to f32 first), reading only
-//     a partial block's valid slots: stale slots never enter a product;
-//   - the softmax is online over chunks of blocks (kernels.SoftmaxCols: a
-//     running max and sum per row, vertical vector ops, a vector exp), and
-//     Oᵀ is rescaled only when some row's max moved;
-//   - causal masking is by position: lanes whose token's position is below a
-//     key's position get -Inf (exactly 0 after the exp). Tokens may attend
-//     to a cached prefix: a tile reads keys 0..its largest position. A
-//     sliding window (meta.Window) starts the keys at the window of the
-//     tile's first token (earlier blocks are never read) and masks the keys
-//     before each lane's own window the same way.
+//   - S = Q·Kᵀ against the transposed keys (keys in the vector lanes), a
+//     whole block at a time (16-bit blocks widened to f32 first);
+//   - the softmax is online over chunks of blocks, row by row (a running
+//     max and sum per query row, kernels.ExpSum), and a row of O is
+//     rescaled only when its max moved;
+//   - O += P·V against the value rows (head dims in the lanes), valid keys
+//     only: stale slots never enter a product;
+//   - causal masking is by position: a row's keys above its token's
+//     position get -Inf (exactly 0 after the exp), which also hides a
+//     partial block's stale slots. Tokens may attend to a cached prefix: a
+//     tile reads keys 0..its largest position. A sliding window
+//     (meta.Window) starts the keys at the window of the tile's first
+//     token (earlier blocks are never read) and masks the keys before each
+//     row's own window the same way.
 //
 // Every output row is computed by the same sequence of operations
-// whatever tile it lands in (chunks are aligned to positions, masked keys
-// add exact zeros), so batching does not change results.
+// whatever tile it lands in (chunks are aligned to positions and always
+// span their whole width, masked keys add exact zeros), so batching does
+// not change results.
 
-// flashLanes is the number of query rows a tile aims for.
-const flashLanes = 128
+// flashRows is the number of query rows a tile aims for.
+const flashRows = 128
 
 // flashChunk is the number of keys a softmax chunk aims for (whole blocks).
 const flashChunk = 64
@@ -53,10 +57,10 @@ type flashTile struct {
 
 // flashScratch is one worker's buffers, grown (rarely) before a dispatch.
 type flashScratch struct {
-	qt, o        []float32 // headDim × Mp: Qᵀ (scaled), Oᵀ
-	s            []float32 // chunk keys × Mp: Sᵀ, then Pᵀ
-	mx, l, alpha []float32 // Mp: running max and sum, rescale factors
-	kf, vf       []float32 // a 16-bit K or V block widened to f32
+	q, o   []float32 // M × headDim: Q (scaled), O
+	s      []float32 // M × chunk keys: S, then P
+	mx, l  []float32 // M: running max and sum
+	kf, vf []float32 // a 16-bit K or V block widened to f32
 }
 
 // flashTask is the Attention op's state, reused by every call.
@@ -188,7 +192,7 @@ func (a *flashTask) plan(tokSeq, pos []int32, S, group int) {
 		start[s] = start[s-1]
 	}
 	start[0] = 0
-	tqMax := max(1, flashLanes/group)
+	tqMax := max(1, flashRows/group)
 	a.tiles = a.tiles[:0]
 	for s := range S {
 		toks := order[start[s]:start[s+1]]
@@ -214,21 +218,21 @@ func (a *flashTask) plan(tokSeq, pos []int32, S, group int) {
 
 // grow sizes every worker's scratch for the planned tiles.
 func (a *flashTask) grow(group, hd, bs int) {
-	mp := 0
+	rows := 0
 	for _, t := range a.tiles {
-		mp = max(mp, lanesFor(int(t.n)*group))
+		rows = max(rows, int(t.n)*group)
 	}
 	ck := chunkBlocks(bs) * bs
 	for i := range a.scratch {
 		sc := &a.scratch[i]
-		if len(sc.qt) < hd*mp {
-			sc.qt, sc.o = make([]float32, hd*mp), make([]float32, hd*mp)
+		if len(sc.q) < hd*rows {
+			sc.q, sc.o = make([]float32, hd*rows), make([]float32, hd*rows)
 		}
-		if len(sc.s) < ck*mp {
-			sc.s = make([]float32, ck*mp)
+		if len(sc.s) < ck*rows {
+			sc.s = make([]float32, ck*rows)
 		}
-		if len(sc.mx) < mp {
-			sc.mx, sc.l, sc.alpha = make([]float32, mp), make([]float32, mp), make([]float32, mp)
+		if len(sc.mx) < rows {
+			sc.mx, sc.l = make([]float32, rows), make([]float32, rows)
 		}
 		if len(sc.kf) < bs*hd {
 			sc.kf, sc.vf = make([]float32, bs*hd), make([]float32, bs*hd)
@@ -244,12 +248,6 @@ func (a *flashTask) firstKey(p int32) int {
 	return 0
 }
 
-// lanesFor rounds m query rows up to whole vectors.
-func lanesFor(m int) int {
-	l := kernels.Lanes()
-	return (m + l - 1) / l * l
-}
-
 // chunkBlocks is the number of blocks of a softmax chunk.
 func chunkBlocks(bs int) int { return max(1, flashChunk/bs) }
 
@@ -260,39 +258,29 @@ func (a *flashTask) item(w, item int) {
 func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 	kc, hd, group, bs := a.kc, a.hd, a.heads/a.kvHeads, a.kc.blockSize
 	toks := a.order[t.start : t.start+t.n]
-	M := len(toks) * group
-	mp := lanesFor(M)
+	M := len(toks) * group // row ti·group+h: token ti, head g·group+h
 
-	// Qᵀ, scaled; padding lanes are 0 (never masked: their scores stay
-	// finite and their results are dropped).
-	qt := sc.qt[:hd*mp]
+	// Q, scaled.
+	q := sc.q[:M*hd]
 	for ti, tok := range toks {
 		qrow := a.q.f32[int(tok)*a.q.cols+g*group*hd:]
-		for h := range group {
-			m := ti*group + h
-			qh := qrow[h*hd : (h+1)*hd]
-			for d, v := range qh {
-				qt[d*mp+m] = v * a.scale
-			}
+		for i, v := range qrow[:group*hd] {
+			q[ti*group*hd+i] = v * a.scale
 		}
 	}
-	for m := M; m < mp; m++ {
-		for d := range hd {
-			qt[d*mp+m] = 0
-		}
-	}
-	mx, l, alpha := sc.mx[:mp], sc.l[:mp], sc.alpha[:mp]
+	mx, l := sc.mx[:M], sc.l[:M]
 	for i := range mx {
 		mx[i] = float32(math.Inf(-1))
 	}
 	clear(l)
-	o := sc.o[:hd*mp]
+	o := sc.o[:M*hd]
 	clear(o)
 
 	n := int(t.maxPos) + 1 // keys firstKey(minPos)..maxPos
 	nb := (n + bs - 1) / bs
 	bFirst := a.firstKey(t.minPos) / bs
 	cb := chunkBlocks(bs)
+	ck := cb * bs // a chunk's keys: the width of every row of S
 	table := a.bt[int(t.seq)*a.maxBlocks:]
 	kvBase := func(b int) int { return (int(table[b])*kc.kvHeads + g) * bs * hd }
 	kf, vf := layerOf(kc.kf, a.layer), layerOf(kc.vf, a.layer)
@@ -301,96 +289,96 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 	negInf := float32(math.Inf(-1))
 	// Chunks are aligned to positions (cb blocks from key 0), whatever the
 	// tile, so that a row's sums do not depend on its tile; blocks before
-	// the window are skipped (they hold only keys masked for every lane).
-	first := true
+	// the window are skipped (they hold only keys masked for every row).
 	for c0 := bFirst / cb * cb; c0 < nb; c0 += cb {
 		b0, b1 := max(c0, bFirst), min(nb, c0+cb)
-		k0 := b0 * bs // the chunk's first key position
-		rows := min(n, b1*bs) - k0
-		s := sc.s[:rows*mp]
-		// Sᵀ = K·Qᵀ, block by block, valid keys only.
+		k0 := c0 * bs // the chunk's first key position
+		s := sc.s[:M*ck]
+		// S = Q·Kᵀ, whole blocks (a partial block's stale slots are masked
+		// below); the chunk's blocks outside b0..b1 are masked throughout.
 		for b := b0; b < b1; b++ {
-			valid := min(bs, n-b*bs)
 			base := kvBase(b)
 			var keys []float32
 			switch kc.dt {
 			case ml.F32:
-				keys = kf[base : base+valid*hd]
+				keys = kf[base : base+hd*bs]
 			case ml.BF16:
-				keys = sc.kf[:valid*hd]
-				kernels.BF16ToF32(keys, ku[base:base+valid*hd])
+				keys = sc.kf[:hd*bs]
+				kernels.BF16ToF32(keys, ku[base:base+hd*bs])
 			case ml.F16:
-				keys = sc.kf[:valid*hd]
-				kernels.F16ToF32(keys, ku[base:base+valid*hd])
+				keys = sc.kf[:hd*bs]
+				kernels.F16ToF32(keys, ku[base:base+hd*bs])
 			case ml.F8:
-				keys = sc.kf[:valid*hd]
-				f8ToF32(keys, k8[base:base+valid*hd])
+				keys = sc.kf[:hd*bs]
+				f8ToF32(keys, k8[base:base+hd*bs])
 			}
-			kernels.GemmNN(s[(b-b0)*bs*mp:], mp, keys, hd, qt, mp, valid, mp, hd, false)
+			kernels.GemmNN(s[(b-c0)*bs:], ck, q, hd, keys, bs, M, bs, hd, false)
 		}
-		// Causal mask: key k0+j is hidden from the tokens at positions
-		// below it, a prefix of the tile's (position-sorted) tokens: their
-		// lanes come first.
-		hidden := 0
-		for j := max(0, int(t.minPos)+1-k0); j < rows; j++ {
-			kp := int32(k0 + j)
-			for hidden < len(toks) && a.pos[toks[hidden]] < kp {
-				hidden++
-			}
-			row := s[j*mp : j*mp+hidden*group]
-			for m := range row {
-				row[m] = negInf
-			}
-		}
-		// Window mask: key kp is hidden from the tokens at positions kp+window
-		// and above, a suffix of the tile's tokens.
-		if w := a.window; w > 0 {
-			from := 0 // the first token that no longer sees the key
-			for j := 0; j < rows && k0+j+w <= int(t.maxPos); j++ {
-				kp := int32(k0 + j + w)
-				for from < len(toks) && a.pos[toks[from]] < kp {
-					from++
+		for ti, tok := range toks {
+			// Row ti's keys: from its window's first to its position.
+			p := int(a.pos[tok])
+			lo, hi := max(b0*bs, a.firstKey(int32(p)))-k0, min(b1*bs, p+1)-k0
+			for h := range group {
+				m := ti*group + h
+				row := s[m*ck : (m+1)*ck]
+				if hi <= lo {
+					clear(row) // no key of this chunk: P = 0, max and sum stay
+					continue
 				}
-				row := s[j*mp+from*group : j*mp+M]
-				for m := range row {
-					row[m] = negInf
+				for j := range lo {
+					row[j] = negInf
 				}
+				for j := hi; j < ck; j++ {
+					row[j] = negInf
+				}
+				// Online softmax (a NaN score poisons the row through
+				// ExpSum whatever the max).
+				mOld := mx[m]
+				mNew := kernels.RowMax(row[lo:hi], mOld)
+				alpha := float32(1)
+				if mNew != mOld {
+					alpha = kernels.Exp(mOld - mNew)
+					mx[m] = mNew
+					if alpha != 1 {
+						orow := o[m*hd : (m+1)*hd]
+						for d := range orow {
+							orow[d] *= alpha
+						}
+					}
+				}
+				l[m] = l[m]*alpha + kernels.ExpSum(row, mNew)
 			}
 		}
-		if kernels.SoftmaxCols(s, rows, mp, mx, l, alpha) && !first {
-			kernels.ScaleCols(o, hd, mp, alpha)
-		}
-		first = false
-		// Oᵀ += V·Pᵀ against the transposed values, valid keys only.
+		// O += P·V against the value rows, valid keys only.
 		for b := b0; b < b1; b++ {
 			valid := min(bs, n-b*bs)
 			base := kvBase(b)
 			var vals []float32
 			switch kc.dt {
 			case ml.F32:
-				vals = vf[base : base+hd*bs]
+				vals = vf[base : base+valid*hd]
 			case ml.BF16:
-				vals = sc.vf[:hd*bs]
-				kernels.BF16ToF32(vals, vu[base:base+hd*bs])
+				vals = sc.vf[:valid*hd]
+				kernels.BF16ToF32(vals, vu[base:base+valid*hd])
 			case ml.F16:
-				vals = sc.vf[:hd*bs]
-				kernels.F16ToF32(vals, vu[base:base+hd*bs])
+				vals = sc.vf[:valid*hd]
+				kernels.F16ToF32(vals, vu[base:base+valid*hd])
 			case ml.F8:
-				vals = sc.vf[:hd*bs]
-				f8ToF32(vals, v8[base:base+hd*bs])
+				vals = sc.vf[:valid*hd]
+				f8ToF32(vals, v8[base:base+valid*hd])
 			}
-			kernels.GemmNN(o, mp, vals, bs, s[(b-b0)*bs*mp:], mp, hd, mp, valid, true)
+			kernels.GemmNN(o, hd, s[(b-c0)*bs:], ck, vals, hd, M, hd, valid, true)
 		}
 	}
-	// out = Oᵀ / l, back to [token][head][dim].
+	// out = O / l, back to [token][head][dim].
 	for ti, tok := range toks {
 		out := a.dst.f32[int(tok)*a.dst.cols+g*group*hd:]
 		for h := range group {
 			m := ti*group + h
 			inv := 1 / l[m]
 			oh := out[h*hd : (h+1)*hd]
-			for d := range oh {
-				oh[d] = o[d*mp+m] * inv
+			for d, v := range o[m*hd : (m+1)*hd] {
+				oh[d] = v * inv
 			}
 		}
 	}

@@ -5,39 +5,30 @@ import (
 	"math"
 )
 
-// The kernels of the CPU's flash attention (ml/cpu/flash.go), which keeps
-// a tile's query rows in the vector lanes: scores are held transposed
-// (Sᵀ: one row per key, one lane per query row), so the softmax's max and
-// sum are plain vertical vector ops and both products are broadcast GEMMs
-// (GemmNN) without horizontal sums.
+// The kernels of the CPU's flash attention (ml/cpu/flash.go): both of its
+// products are broadcast GEMMs (GemmNN) without horizontal sums, against
+// the cache's transposed keys (keys in the lanes) and value rows (head
+// dims in the lanes); the online softmax runs row by row (RowMax, ExpSum).
 
 // flashImpl is one set of flash kernels; the exported functions check
 // their arguments and call the selected one.
 type flashImpl struct {
-	name        string
-	lanes       int
-	gemmNN      func(dst []float32, ldd int, a []float32, lda int, b []float32, ldb int, R, N, K int, acc bool)
-	expSum      func(x []float32, m float32) float32
-	softmaxCols func(s []float32, rows, ld int, mx, l, alpha []float32) bool
-	scaleCols   func(x []float32, rows, ld int, alpha []float32)
-	siluMul     func(dst, g, u []float32)
+	name    string
+	gemmNN  func(dst []float32, ldd int, a []float32, lda int, b []float32, ldb int, R, N, K int, acc bool)
+	expSum  func(x []float32, m float32) float32
+	rowMax  func(x []float32, m float32) float32
+	siluMul func(dst, g, u []float32)
 }
 
 var activeFlash = selectFlash()
 
 var genericFlash = flashImpl{
-	name:        "generic",
-	lanes:       8,
-	gemmNN:      gemmNNGeneric,
-	expSum:      expSumGeneric,
-	softmaxCols: softmaxColsGeneric,
-	scaleCols:   scaleColsGeneric,
-	siluMul:     siluMulGeneric,
+	name:    "generic",
+	gemmNN:  gemmNNGeneric,
+	expSum:  expSumGeneric,
+	rowMax:  rowMaxGeneric,
+	siluMul: siluMulGeneric,
 }
-
-// Lanes is the f32 vector length of the selected kernels: GemmNN and the
-// column kernels are fastest when N (the columns) is a multiple of it.
-func Lanes() int { return activeFlash.lanes }
 
 // GemmNN computes dst[r*ldd+n] = sum_k a[r*lda+k] * b[k*ldb+n] for r < R,
 // n < N (acc: dst += instead). b is row-major K×N (not transposed, unlike
@@ -67,41 +58,10 @@ func GemmNN(dst []float32, ldd int, a []float32, lda int, b []float32, ldb int, 
 // NaN. m = -Inf counts as 0, so an all -Inf row comes out all 0.
 func ExpSum(x []float32, m float32) float32 { return activeFlash.expSum(x, m) }
 
-// SoftmaxCols is one step of an online softmax over columns: for each of
-// the n = len(mx) columns c of the rows×n scores s (row stride ld), with
-// the running max mx[c] and sum l[c] of the earlier rows,
-//
-//	m' = max(mx[c], s[r*ld+c] for r < rows)
-//	alpha[c] = e^(mx[c]-m') (exactly 1 when m' == mx[c])
-//	s[r*ld+c] = e^(s[r*ld+c]-m')  (ExpSum's exp: -Inf gives exactly 0)
-//	l[c] = l[c]*alpha[c] + sum_r s[r*ld+c];  mx[c] = m'
-//
-// It reports whether any alpha[c] != 1 (an accumulator of the earlier
-// rows' weighted values must then be scaled by alpha). Start with mx = -Inf
-// and l = 0.
-func SoftmaxCols(s []float32, rows, ld int, mx, l, alpha []float32) bool {
-	n := len(mx)
-	if len(l) < n || len(alpha) < n || rows < 0 || (rows > 0 && (ld < n || len(s) < (rows-1)*ld+n)) {
-		panic(fmt.Sprintf("kernels: SoftmaxCols rows=%d ld=%d n=%d does not fit len(s)=%d len(l)=%d len(alpha)=%d",
-			rows, ld, n, len(s), len(l), len(alpha)))
-	}
-	if n == 0 {
-		return false
-	}
-	return activeFlash.softmaxCols(s, rows, ld, mx, l[:n], alpha[:n])
-}
-
-// ScaleCols sets x[r*ld+c] *= alpha[c] for r < rows, c < len(alpha).
-func ScaleCols(x []float32, rows, ld int, alpha []float32) {
-	n := len(alpha)
-	if rows < 0 || (rows > 0 && (ld < n || len(x) < (rows-1)*ld+n)) {
-		panic(fmt.Sprintf("kernels: ScaleCols rows=%d ld=%d n=%d does not fit len(x)=%d", rows, ld, n, len(x)))
-	}
-	if rows == 0 || n == 0 {
-		return
-	}
-	activeFlash.scaleCols(x, rows, ld, alpha)
-}
+// RowMax returns the largest of m and x's elements (a softmax row's
+// running max). NaNs are not ordered: whether one wins depends on where it
+// lies, and a row that holds one comes out NaN through ExpSum anyway.
+func RowMax(x []float32, m float32) float32 { return activeFlash.rowMax(x, m) }
 
 // SiLUMul sets dst[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i]
 // over len(dst) elements (ExpSum's exp).
@@ -192,43 +152,13 @@ func expSumGeneric(x []float32, m float32) float32 {
 	return s
 }
 
-func softmaxColsGeneric(s []float32, rows, ld int, mx, l, alpha []float32) bool {
-	moved := false
-	for c := range mx {
-		m := mx[c]
-		for r := range rows {
-			// NaN wins, as the vector max does.
-			if v := s[r*ld+c]; v > m || v != v {
-				m = v
-			}
-		}
-		a := float32(1)
-		if m != mx[c] {
-			a = Exp(mx[c] - m)
-			moved = true
-		}
-		alpha[c], mx[c] = a, m
-		if math.IsInf(float64(m), -1) {
-			m = 0
-		}
-		var sum float32
-		for r := range rows {
-			e := Exp(s[r*ld+c] - m)
-			s[r*ld+c] = e
-			sum += e
-		}
-		l[c] = l[c]*a + sum
-	}
-	return moved
-}
-
-func scaleColsGeneric(x []float32, rows, ld int, alpha []float32) {
-	for r := range rows {
-		row := x[r*ld : r*ld+len(alpha)]
-		for c, a := range alpha {
-			row[c] *= a
+func rowMaxGeneric(x []float32, m float32) float32 {
+	for _, v := range x {
+		if v > m {
+			m = v
 		}
 	}
+	return m
 }
 
 func siluMulGeneric(dst, g, u []float32) {

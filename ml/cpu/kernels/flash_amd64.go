@@ -63,7 +63,6 @@ func avx512Flash() flashImpl {
 	d := &nnDriver{tiles: nnTiles_avx512[:], vl: 16, rmax: []int{0, 16, 12, 8, 6}}
 	return flashImpl{
 		name:   "avx512",
-		lanes:  16,
 		gemmNN: d.gemmNN,
 		expSum: func(x []float32, m float32) float32 {
 			n := len(x) &^ 15
@@ -76,12 +75,7 @@ func avx512Flash() flashImpl {
 			}
 			return s
 		},
-		softmaxCols: func(s []float32, rows, ld int, mx, l, alpha []float32) bool {
-			return softmaxColsVec(16, softmaxCols_avx512, s, rows, ld, mx, l, alpha)
-		},
-		scaleCols: func(x []float32, rows, ld int, alpha []float32) {
-			scaleColsVec(16, scaleCols_avx512, x, rows, ld, alpha)
-		},
+		rowMax:  func(x []float32, m float32) float32 { return rowMaxVec(16, rowMax_avx512, x, m) },
 		siluMul: func(dst, g, u []float32) { siluMulVec(16, siluMul_avx512, dst, g, u) },
 	}
 }
@@ -90,7 +84,6 @@ func avx2Flash() flashImpl {
 	d := &nnDriver{tiles: nnTiles_avx2[:], vl: 8, rmax: []int{0, 12, 6, 4}}
 	return flashImpl{
 		name:   "avx2+fma",
-		lanes:  8,
 		gemmNN: d.gemmNN,
 		expSum: func(x []float32, m float32) float32 {
 			n := len(x) &^ 7
@@ -103,47 +96,17 @@ func avx2Flash() flashImpl {
 			}
 			return s
 		},
-		softmaxCols: func(s []float32, rows, ld int, mx, l, alpha []float32) bool {
-			return softmaxColsVec(8, softmaxCols_avx2, s, rows, ld, mx, l, alpha)
-		},
-		scaleCols: func(x []float32, rows, ld int, alpha []float32) {
-			scaleColsVec(8, scaleCols_avx2, x, rows, ld, alpha)
-		},
+		rowMax:  func(x []float32, m float32) float32 { return rowMaxVec(8, rowMax_avx2, x, m) },
 		siluMul: func(dst, g, u []float32) { siluMulVec(8, siluMul_avx2, dst, g, u) },
 	}
 }
 
-func softmaxColsVec(vl int, k func(s *float32, rows, ld, n int, mx, l, alpha *float32) int,
-	s []float32, rows, ld int, mx, l, alpha []float32) bool {
-	n := len(mx)
-	nm := n &^ (vl - 1)
-	moved := false
+func rowMaxVec(vl int, k func(x *float32, n int, m float32) float32, x []float32, m float32) float32 {
+	nm := len(x) &^ (vl - 1)
 	if nm > 0 {
-		var sp *float32
-		if rows > 0 {
-			sp = unsafe.SliceData(s)
-		}
-		moved = k(sp, rows, ld, nm, unsafe.SliceData(mx), unsafe.SliceData(l), unsafe.SliceData(alpha)) != 0
+		m = k(unsafe.SliceData(x), nm, m)
 	}
-	if nm < n {
-		var st []float32
-		if rows > 0 {
-			st = s[nm:]
-		}
-		moved = softmaxColsGeneric(st, rows, ld, mx[nm:], l[nm:], alpha[nm:]) || moved
-	}
-	return moved
-}
-
-func scaleColsVec(vl int, k func(x *float32, rows, ld, n int, alpha *float32), x []float32, rows, ld int, alpha []float32) {
-	n := len(alpha)
-	nm := n &^ (vl - 1)
-	if nm > 0 {
-		k(unsafe.SliceData(x), rows, ld, nm, unsafe.SliceData(alpha))
-	}
-	if nm < n {
-		scaleColsGeneric(x[nm:], rows, ld, alpha[nm:])
-	}
+	return rowMaxGeneric(x[nm:], m)
 }
 
 func siluMulVec(vl int, k func(dst, g, u *float32, n int), dst, g, u []float32) {

@@ -307,139 +307,28 @@ done:
 	VZEROUPPER
 	RET
 
-// func softmaxCols_avx512(s *float32, rows, ld, n int, mx, l, alpha *float32) int
-TEXT ·softmaxCols_avx512(SB), NOSPLIT, $0-64
-	VBROADCASTSS expHi<>(SB), Z8
-	VBROADCASTSS expLo<>(SB), Z9
-	MOVQ s+0(FP), SI
-	MOVQ ld+16(FP), DI
-	SHLQ $2, DI
-	MOVQ n+24(FP), DX
-	SHRQ $4, DX
-	MOVQ mx+32(FP), R8
-	MOVQ l+40(FP), R9
-	MOVQ alpha+48(FP), R10
-	XORQ AX, AX
-	TESTQ DX, DX
-	JZ done
-col:
-	VMOVUPS (R8), Z1
-	VMOVAPS Z1, Z0
-	MOVQ SI, BX
-	MOVQ rows+8(FP), CX
-	TESTQ CX, CX
-	JZ maxdone
-max:
-	VMAXPS (BX), Z0, Z0
-	ADDQ DI, BX
-	DECQ CX
-	JNZ max
-maxdone:
-	VSUBPS Z0, Z1, Z2
-	VCMPPS $0x15, Z9, Z2, K1
-	VMINPS Z2, Z8, Z2
-	VMAXPS Z2, Z9, Z2
-	VMOVUPS expMagic<>(SB), Z10
-	VFMADD231PS expLog2e<>(SB), Z2, Z10
-	VSUBPS expMagic<>(SB), Z10, Z10
-	VFNMADD231PS expLn2Hi<>(SB), Z10, Z2
-	VFNMADD231PS expLn2Lo<>(SB), Z10, Z2
-	VMOVUPS expP0<>(SB), Z11
-	VFMADD213PS expP1<>(SB), Z2, Z11
-	VFMADD213PS expP2<>(SB), Z2, Z11
-	VFMADD213PS expP3<>(SB), Z2, Z11
-	VFMADD213PS expP4<>(SB), Z2, Z11
-	VFMADD213PS expP5<>(SB), Z2, Z11
-	VFMADD213PS expOne<>(SB), Z2, Z11
-	VFMADD213PS expOne<>(SB), Z2, Z11
-	VSCALEFPS Z10, Z11, Z11
-	VMOVAPS.Z Z11, K1, Z2
-	VCMPPS $0, Z0, Z1, K3
-	VBROADCASTSS expOne<>(SB), Z4
-	VMOVAPS Z4, K3, Z2
-	KMOVW K3, BX
-	CMPL BX, $0xffff
-	JEQ same
-	MOVQ $1, AX
-same:
-	VMOVUPS Z0, (R8)
-	VMOVUPS Z2, (R10)
-	VCMPPS $4, expNegInf<>(SB), Z0, K2
-	VMOVAPS.Z Z0, K2, Z0
-	VPXORD Z3, Z3, Z3
-	MOVQ SI, BX
-	MOVQ rows+8(FP), CX
-	TESTQ CX, CX
-	JZ expdone
-exp:
-	VMOVUPS (BX), Z4
-	VSUBPS Z0, Z4, Z4
-	VCMPPS $0x15, Z9, Z4, K1
-	VMINPS Z4, Z8, Z4
-	VMAXPS Z4, Z9, Z4
-	VMOVUPS expMagic<>(SB), Z10
-	VFMADD231PS expLog2e<>(SB), Z4, Z10
-	VSUBPS expMagic<>(SB), Z10, Z10
-	VFNMADD231PS expLn2Hi<>(SB), Z10, Z4
-	VFNMADD231PS expLn2Lo<>(SB), Z10, Z4
-	VMOVUPS expP0<>(SB), Z11
-	VFMADD213PS expP1<>(SB), Z4, Z11
-	VFMADD213PS expP2<>(SB), Z4, Z11
-	VFMADD213PS expP3<>(SB), Z4, Z11
-	VFMADD213PS expP4<>(SB), Z4, Z11
-	VFMADD213PS expP5<>(SB), Z4, Z11
-	VFMADD213PS expOne<>(SB), Z4, Z11
-	VFMADD213PS expOne<>(SB), Z4, Z11
-	VSCALEFPS Z10, Z11, Z11
-	VMOVAPS.Z Z11, K1, Z4
-	VMOVUPS Z4, (BX)
-	VADDPS Z4, Z3, Z3
-	ADDQ DI, BX
-	DECQ CX
-	JNZ exp
-expdone:
-	VMULPS (R9), Z2, Z4
-	VADDPS Z3, Z4, Z4
-	VMOVUPS Z4, (R9)
-	ADDQ $64, SI
-	ADDQ $64, R8
-	ADDQ $64, R9
-	ADDQ $64, R10
-	DECQ DX
-	JNZ col
-done:
-	MOVQ AX, ret+56(FP)
-	VZEROUPPER
-	RET
-
-// func scaleCols_avx512(x *float32, rows, ld, n int, alpha *float32)
-TEXT ·scaleCols_avx512(SB), NOSPLIT, $0-40
+// func rowMax_avx512(x *float32, n int, m float32) float32
+TEXT ·rowMax_avx512(SB), NOSPLIT, $0-28
 	MOVQ x+0(FP), SI
-	MOVQ rows+8(FP), CX
-	MOVQ ld+16(FP), DI
-	SHLQ $2, DI
-	MOVQ n+24(FP), DX
-	SHRQ $4, DX
-	TESTQ CX, CX
+	MOVQ n+8(FP), CX
+	VBROADCASTSS m+16(FP), Z0
+	SHRQ $4, CX
 	JZ done
-	TESTQ DX, DX
-	JZ done
-row:
-	MOVQ SI, BX
-	MOVQ alpha+32(FP), R8
-	MOVQ DX, AX
-col:
-	VMOVUPS (BX), Z0
-	VMULPS (R8), Z0, Z0
-	VMOVUPS Z0, (BX)
-	ADDQ $64, BX
-	ADDQ $64, R8
-	DECQ AX
-	JNZ col
-	ADDQ DI, SI
+loop:
+	VMAXPS (SI), Z0, Z0
+	ADDQ $64, SI
 	DECQ CX
-	JNZ row
+	JNZ loop
 done:
+	VEXTRACTF64X4 $1, Z0, Y1
+	VMAXPS Y1, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VMAXPS X1, X0, X0
+	VMOVHLPS X0, X1, X1
+	VMAXPS X1, X0, X0
+	VMOVSHDUP X0, X1
+	VMAXSS X1, X0, X0
+	VMOVSS X0, ret+24(FP)
 	VZEROUPPER
 	RET
 
@@ -7624,142 +7513,26 @@ done:
 	VZEROUPPER
 	RET
 
-// func softmaxCols_avx2(s *float32, rows, ld, n int, mx, l, alpha *float32) int
-TEXT ·softmaxCols_avx2(SB), NOSPLIT, $0-64
-	VBROADCASTSS expHi<>(SB), Y8
-	VBROADCASTSS expLo<>(SB), Y9
-	MOVQ s+0(FP), SI
-	MOVQ ld+16(FP), DI
-	SHLQ $2, DI
-	MOVQ n+24(FP), DX
-	SHRQ $3, DX
-	MOVQ mx+32(FP), R8
-	MOVQ l+40(FP), R9
-	MOVQ alpha+48(FP), R10
-	XORQ AX, AX
-	TESTQ DX, DX
-	JZ done
-col:
-	VMOVUPS (R8), Y1
-	VMOVAPS Y1, Y0
-	MOVQ SI, BX
-	MOVQ rows+8(FP), CX
-	TESTQ CX, CX
-	JZ maxdone
-max:
-	VMAXPS (BX), Y0, Y0
-	ADDQ DI, BX
-	DECQ CX
-	JNZ max
-maxdone:
-	VSUBPS Y0, Y1, Y2
-	VCMPPS $1, Y9, Y2, Y12
-	VMINPS Y2, Y8, Y2
-	VMAXPS Y2, Y9, Y2
-	VMOVUPS expMagic<>(SB), Y10
-	VFMADD231PS expLog2e<>(SB), Y2, Y10
-	VPSLLD $23, Y10, Y11
-	VPADDD expOne<>(SB), Y11, Y11
-	VSUBPS expMagic<>(SB), Y10, Y10
-	VFNMADD231PS expLn2Hi<>(SB), Y10, Y2
-	VFNMADD231PS expLn2Lo<>(SB), Y10, Y2
-	VMOVUPS expP0<>(SB), Y10
-	VFMADD213PS expP1<>(SB), Y2, Y10
-	VFMADD213PS expP2<>(SB), Y2, Y10
-	VFMADD213PS expP3<>(SB), Y2, Y10
-	VFMADD213PS expP4<>(SB), Y2, Y10
-	VFMADD213PS expP5<>(SB), Y2, Y10
-	VFMADD213PS expOne<>(SB), Y2, Y10
-	VFMADD213PS expOne<>(SB), Y2, Y10
-	VMULPS Y10, Y11, Y2
-	VANDNPS Y2, Y12, Y2
-	VCMPPS $0, Y0, Y1, Y4
-	VBLENDVPS Y4, expOne<>(SB), Y2, Y2
-	VMOVMSKPS Y4, BX
-	CMPL BX, $0xff
-	JEQ same
-	MOVQ $1, AX
-same:
-	VMOVUPS Y0, (R8)
-	VMOVUPS Y2, (R10)
-	VCMPPS $4, expNegInf<>(SB), Y0, Y4
-	VANDPS Y4, Y0, Y0
-	VXORPS Y3, Y3, Y3
-	MOVQ SI, BX
-	MOVQ rows+8(FP), CX
-	TESTQ CX, CX
-	JZ expdone
-exp:
-	VMOVUPS (BX), Y4
-	VSUBPS Y0, Y4, Y4
-	VCMPPS $1, Y9, Y4, Y12
-	VMINPS Y4, Y8, Y4
-	VMAXPS Y4, Y9, Y4
-	VMOVUPS expMagic<>(SB), Y10
-	VFMADD231PS expLog2e<>(SB), Y4, Y10
-	VPSLLD $23, Y10, Y11
-	VPADDD expOne<>(SB), Y11, Y11
-	VSUBPS expMagic<>(SB), Y10, Y10
-	VFNMADD231PS expLn2Hi<>(SB), Y10, Y4
-	VFNMADD231PS expLn2Lo<>(SB), Y10, Y4
-	VMOVUPS expP0<>(SB), Y10
-	VFMADD213PS expP1<>(SB), Y4, Y10
-	VFMADD213PS expP2<>(SB), Y4, Y10
-	VFMADD213PS expP3<>(SB), Y4, Y10
-	VFMADD213PS expP4<>(SB), Y4, Y10
-	VFMADD213PS expP5<>(SB), Y4, Y10
-	VFMADD213PS expOne<>(SB), Y4, Y10
-	VFMADD213PS expOne<>(SB), Y4, Y10
-	VMULPS Y10, Y11, Y4
-	VANDNPS Y4, Y12, Y4
-	VMOVUPS Y4, (BX)
-	VADDPS Y4, Y3, Y3
-	ADDQ DI, BX
-	DECQ CX
-	JNZ exp
-expdone:
-	VMULPS (R9), Y2, Y4
-	VADDPS Y3, Y4, Y4
-	VMOVUPS Y4, (R9)
-	ADDQ $32, SI
-	ADDQ $32, R8
-	ADDQ $32, R9
-	ADDQ $32, R10
-	DECQ DX
-	JNZ col
-done:
-	MOVQ AX, ret+56(FP)
-	VZEROUPPER
-	RET
-
-// func scaleCols_avx2(x *float32, rows, ld, n int, alpha *float32)
-TEXT ·scaleCols_avx2(SB), NOSPLIT, $0-40
+// func rowMax_avx2(x *float32, n int, m float32) float32
+TEXT ·rowMax_avx2(SB), NOSPLIT, $0-28
 	MOVQ x+0(FP), SI
-	MOVQ rows+8(FP), CX
-	MOVQ ld+16(FP), DI
-	SHLQ $2, DI
-	MOVQ n+24(FP), DX
-	SHRQ $3, DX
-	TESTQ CX, CX
+	MOVQ n+8(FP), CX
+	VBROADCASTSS m+16(FP), Y0
+	SHRQ $3, CX
 	JZ done
-	TESTQ DX, DX
-	JZ done
-row:
-	MOVQ SI, BX
-	MOVQ alpha+32(FP), R8
-	MOVQ DX, AX
-col:
-	VMOVUPS (BX), Y0
-	VMULPS (R8), Y0, Y0
-	VMOVUPS Y0, (BX)
-	ADDQ $32, BX
-	ADDQ $32, R8
-	DECQ AX
-	JNZ col
-	ADDQ DI, SI
+loop:
+	VMAXPS (SI), Y0, Y0
+	ADDQ $32, SI
 	DECQ CX
-	JNZ row
+	JNZ loop
 done:
+	VEXTRACTF128 $1, Y0, X1
+	VMAXPS X1, X0, X0
+	VMOVHLPS X0, X1, X1
+	VMAXPS X1, X0, X0
+	VMOVSHDUP X0, X1
+	VMAXSS X1, X0, X0
+	VMOVSS X0, ret+24(FP)
 	VZEROUPPER
 	RET
 

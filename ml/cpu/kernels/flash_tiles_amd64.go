@@ -8,10 +8,7 @@ package kernels
 func expSum_avx512(x *float32, n int, m float32) float32
 
 //go:noescape
-func softmaxCols_avx512(s *float32, rows, ld, n int, mx, l, alpha *float32) int
-
-//go:noescape
-func scaleCols_avx512(x *float32, rows, ld, n int, alpha *float32)
+func rowMax_avx512(x *float32, n int, m float32) float32
 
 //go:noescape
 func siluMul_avx512(dst, gate, u *float32, n int)
@@ -146,10 +143,7 @@ func nnTile_6x4_avx512(dst *float32, ldd int, a *float32, lda int, b *float32, l
 func expSum_avx2(x *float32, n int, m float32) float32
 
 //go:noescape
-func softmaxCols_avx2(s *float32, rows, ld, n int, mx, l, alpha *float32) int
-
-//go:noescape
-func scaleCols_avx2(x *float32, rows, ld, n int, alpha *float32)
+func rowMax_avx2(x *float32, n int, m float32) float32
 
 //go:noescape
 func siluMul_avx2(dst, gate, u *float32, n int)

@@ -326,130 +326,37 @@ func (g *gen) hsum(is isa, x, tmp string) {
 	g.p("VADDSS %s, %s, %s", tn, xn, xn)
 }
 
-// softmaxCols writes
-//
-//	func softmaxCols_isa(s *float32, rows, ld, n int, mx, l, alpha *float32) int
-//
-// the online softmax update of n columns (a multiple of the vector length)
-// over rows×ld scores s (see SoftmaxCols). It returns 1 when some column's
-// max moved (alpha != 1), else 0.
-func (g *gen) softmaxCols(is isa) {
+// rowMax writes func rowMax_isa(x *float32, n int, m float32) float32:
+// the max of m and x's n elements (a multiple of the vector length).
+func (g *gen) rowMax(is isa) {
 	v := func(i int) string { return fmt.Sprintf("%s%d", is.reg, i) }
-	name := "softmaxCols_" + is.name
-	fmt.Fprintf(&g.b, "\n// func %s(s *float32, rows, ld, n int, mx, l, alpha *float32) int\n", name)
-	fmt.Fprintf(&g.b, "TEXT ·%s(SB), NOSPLIT, $0-64\n", name)
-	e := expRegs{hi: v(8), lo: v(9), t1: v(10), t2: v(11), t3: v(12), k: "K1"}
-	g.loadExpConsts(e)
-	g.p("MOVQ s+0(FP), SI")
-	g.p("MOVQ ld+16(FP), DI")
-	g.p("SHLQ $2, DI")
-	g.p("MOVQ n+24(FP), DX")
-	g.p("SHRQ $%d, DX", log2(is.vl))
-	g.p("MOVQ mx+32(FP), R8")
-	g.p("MOVQ l+40(FP), R9")
-	g.p("MOVQ alpha+48(FP), R10")
-	g.p("XORQ AX, AX")
-	g.p("TESTQ DX, DX")
-	g.p("JZ done")
-	m, mold, alpha, sum, x := v(0), v(1), v(2), v(3), v(4)
-	g.label("col")
-	g.p("VMOVUPS (R8), %s", mold)
-	g.p("VMOVAPS %s, %s", mold, m)
-	// Column max.
-	g.p("MOVQ SI, BX")
-	g.p("MOVQ rows+8(FP), CX")
-	g.p("TESTQ CX, CX")
-	g.p("JZ maxdone")
-	g.label("max")
-	g.p("VMAXPS (BX), %s, %s", m, m)
-	g.p("ADDQ DI, BX")
-	g.p("DECQ CX")
-	g.p("JNZ max")
-	g.label("maxdone")
-	// alpha = e^(mold - m), 1 where the max did not move.
-	g.p("VSUBPS %s, %s, %s", m, mold, alpha)
-	g.exp(is, e, alpha)
-	if is.reg == "Z" {
-		g.p("VCMPPS $0, %s, %s, K3", m, mold) // EQ_OQ
-		g.p("VBROADCASTSS expOne<>(SB), %s", x)
-		g.p("VMOVAPS %s, K3, %s", x, alpha)
-		g.p("KMOVW K3, BX")
-		g.p("CMPL BX, $0xffff")
-	} else {
-		g.p("VCMPPS $0, %s, %s, %s", m, mold, x)
-		g.p("VBLENDVPS %s, expOne<>(SB), %s, %s", x, alpha, alpha)
-		g.p("VMOVMSKPS %s, BX", x)
-		g.p("CMPL BX, $0xff")
-	}
-	g.p("JEQ same")
-	g.p("MOVQ $1, AX")
-	g.label("same")
-	g.p("VMOVUPS %s, (R8)", m)
-	g.p("VMOVUPS %s, (R10)", alpha)
-	g.mInfToZero(is, m, x)
-	// Exponentials and their column sums.
-	g.zero(is, sum)
-	g.p("MOVQ SI, BX")
-	g.p("MOVQ rows+8(FP), CX")
-	g.p("TESTQ CX, CX")
-	g.p("JZ expdone")
-	g.label("exp")
-	g.p("VMOVUPS (BX), %s", x)
-	g.p("VSUBPS %s, %s, %s", m, x, x)
-	g.exp(is, e, x)
-	g.p("VMOVUPS %s, (BX)", x)
-	g.p("VADDPS %s, %s, %s", x, sum, sum)
-	g.p("ADDQ DI, BX")
-	g.p("DECQ CX")
-	g.p("JNZ exp")
-	g.label("expdone")
-	g.p("VMULPS (R9), %s, %s", alpha, x)
-	g.p("VADDPS %s, %s, %s", sum, x, x)
-	g.p("VMOVUPS %s, (R9)", x)
-	for _, r := range []string{"SI", "R8", "R9", "R10"} {
-		g.p("ADDQ $%d, %s", is.vl*4, r)
-	}
-	g.p("DECQ DX")
-	g.p("JNZ col")
-	g.label("done")
-	g.p("MOVQ AX, ret+56(FP)")
-	g.p("VZEROUPPER")
-	g.p("RET")
-}
-
-// scaleCols writes func scaleCols_isa(x *float32, rows, ld, n int, alpha *float32):
-// x[r*ld+c] *= alpha[c] for r < rows, c < n (a multiple of the vector length).
-func (g *gen) scaleCols(is isa) {
-	v := func(i int) string { return fmt.Sprintf("%s%d", is.reg, i) }
-	name := "scaleCols_" + is.name
-	fmt.Fprintf(&g.b, "\n// func %s(x *float32, rows, ld, n int, alpha *float32)\n", name)
-	fmt.Fprintf(&g.b, "TEXT ·%s(SB), NOSPLIT, $0-40\n", name)
+	name := "rowMax_" + is.name
+	fmt.Fprintf(&g.b, "\n// func %s(x *float32, n int, m float32) float32\n", name)
+	fmt.Fprintf(&g.b, "TEXT ·%s(SB), NOSPLIT, $0-28\n", name)
 	g.p("MOVQ x+0(FP), SI")
-	g.p("MOVQ rows+8(FP), CX")
-	g.p("MOVQ ld+16(FP), DI")
-	g.p("SHLQ $2, DI")
-	g.p("MOVQ n+24(FP), DX")
-	g.p("SHRQ $%d, DX", log2(is.vl))
-	g.p("TESTQ CX, CX")
+	g.p("MOVQ n+8(FP), CX")
+	g.p("VBROADCASTSS m+16(FP), %s", v(0))
+	g.p("SHRQ $%d, CX", log2(is.vl))
 	g.p("JZ done")
-	g.p("TESTQ DX, DX")
-	g.p("JZ done")
-	g.label("row")
-	g.p("MOVQ SI, BX")
-	g.p("MOVQ alpha+32(FP), R8")
-	g.p("MOVQ DX, AX")
-	g.label("col")
-	g.p("VMOVUPS (BX), %s", v(0))
-	g.p("VMULPS (R8), %s, %s", v(0), v(0))
-	g.p("VMOVUPS %s, (BX)", v(0))
-	g.p("ADDQ $%d, BX", is.vl*4)
-	g.p("ADDQ $%d, R8", is.vl*4)
-	g.p("DECQ AX")
-	g.p("JNZ col")
-	g.p("ADDQ DI, SI")
+	g.label("loop")
+	g.p("VMAXPS (SI), %s, %s", v(0), v(0))
+	g.p("ADDQ $%d, SI", is.vl*4)
 	g.p("DECQ CX")
-	g.p("JNZ row")
+	g.p("JNZ loop")
 	g.label("done")
+	// Fold the lanes: halves, then pairs, then neighbours.
+	x0, x1, y0, y1 := "X0", "X1", "Y0", "Y1"
+	if is.reg == "Z" {
+		g.p("VEXTRACTF64X4 $1, Z0, Y1")
+		g.p("VMAXPS %s, %s, %s", y1, y0, y0)
+	}
+	g.p("VEXTRACTF128 $1, %s, %s", y0, x1)
+	g.p("VMAXPS %s, %s, %s", x1, x0, x0)
+	g.p("VMOVHLPS %s, %s, %s", x0, x1, x1)
+	g.p("VMAXPS %s, %s, %s", x1, x0, x0)
+	g.p("VMOVSHDUP %s, %s", x0, x1)
+	g.p("VMAXSS %s, %s, %s", x1, x0, x0)
+	g.p("VMOVSS X0, ret+24(FP)")
 	g.p("VZEROUPPER")
 	g.p("RET")
 }
@@ -520,12 +427,10 @@ func main() {
 	gob.WriteString("// Code generated by gen_flash.go; DO NOT EDIT.\n\n//go:build amd64 && !purego\n\npackage kernels\n\n")
 	for _, is := range isas {
 		s.expSum(is)
-		s.softmaxCols(is)
-		s.scaleCols(is)
+		s.rowMax(is)
 		s.siluMul(is)
 		fmt.Fprintf(&gob, "//go:noescape\nfunc expSum_%s(x *float32, n int, m float32) float32\n\n", is.name)
-		fmt.Fprintf(&gob, "//go:noescape\nfunc softmaxCols_%s(s *float32, rows, ld, n int, mx, l, alpha *float32) int\n\n", is.name)
-		fmt.Fprintf(&gob, "//go:noescape\nfunc scaleCols_%s(x *float32, rows, ld, n int, alpha *float32)\n\n", is.name)
+		fmt.Fprintf(&gob, "//go:noescape\nfunc rowMax_%s(x *float32, n int, m float32) float32\n\n", is.name)
 		fmt.Fprintf(&gob, "//go:noescape\nfunc siluMul_%s(dst, gate, u *float32, n int)\n\n", is.name)
 		for nv := 1; nv < len(is.rmax); nv++ {
 			for r := 1; r <= is.rmax[nv]; r++ {
