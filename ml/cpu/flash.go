@@ -298,6 +298,12 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 		// below); the chunk's blocks outside b0..b1 are masked throughout.
 		for b := b0; b < b1; b++ {
 			base := kvBase(b)
+			// The blocks are scattered: ask for the next keys and these
+			// values ahead of use.
+			if b+1 < nb {
+				prefetchBlock(kc, kf, ku, k8, kvBase(b+1), hd*bs)
+			}
+			prefetchBlock(kc, vf, vu, v8, base, min(bs, n-b*bs)*hd)
 			var keys []float32
 			switch kc.dt {
 			case ml.F32:
@@ -381,6 +387,19 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 				oh[d] = v * inv
 			}
 		}
+	}
+}
+
+// prefetchBlock prefetches n elements at base of one layer's K or V
+// cache (f32, 16-bit or fp8 as the cache's dtype).
+func prefetchBlock(kc *KVCache, f []float32, u []uint16, b8 []uint8, base, n int) {
+	switch kc.dt {
+	case ml.F32:
+		kernels.Prefetch(f[base : base+n])
+	case ml.BF16, ml.F16:
+		kernels.Prefetch(u[base : base+n])
+	case ml.F8:
+		kernels.Prefetch(b8[base : base+n])
 	}
 }
 

@@ -3,6 +3,7 @@ package kernels
 import (
 	"fmt"
 	"math"
+	"unsafe"
 )
 
 // The kernels of the CPU's flash attention (ml/cpu/flash.go): both of its
@@ -57,6 +58,14 @@ func GemmNN(dst []float32, ldd int, a []float32, lda int, b []float32, ldb int, 
 // (-Inf included) are exactly 0, t above 88 saturates at e^88, NaN stays
 // NaN. m = -Inf counts as 0, so an all -Inf row comes out all 0.
 func ExpSum(x []float32, m float32) float32 { return activeFlash.expSum(x, m) }
+
+// Prefetch asks for the cache lines of x to be brought into L2 ahead of use: a hint, nothing where the
+// CPU has no such instruction.
+func Prefetch[T float32 | uint16 | uint8](x []T) {
+	if len(x) > 0 {
+		prefetch(unsafe.Pointer(unsafe.SliceData(x)), len(x)*int(unsafe.Sizeof(x[0])))
+	}
+}
 
 // RowMax returns the largest of m and x's elements (a softmax row's
 // running max). NaNs are not ordered: whether one wins depends on where it

@@ -140,3 +140,5 @@ func flashImpls() []flashImpl {
 	}
 	return l
 }
+
+func prefetch(p unsafe.Pointer, n int) { prefetchL2(p, n) }
