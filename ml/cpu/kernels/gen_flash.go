@@ -309,21 +309,25 @@ func (g *gen) mInfToZero(is isa, m, tmp string) {
 }
 
 // hsum leaves the sum of x's lanes in the low lane of x (as X register).
-func (g *gen) hsum(is isa, x, tmp string) {
+func (g *gen) hsum(is isa, x, tmp string) { g.hfold(is, "ADD", x, tmp) }
+
+// hfold folds x's lanes with op (ADD or MAX): halves, then pairs, then
+// neighbours, leaving the result in the low lane of x (as X register).
+func (g *gen) hfold(is isa, op, x, tmp string) {
 	xn := "X" + x[1:]
 	tn := "X" + tmp[1:]
 	yn := "Y" + x[1:]
 	ytn := "Y" + tmp[1:]
 	if is.reg == "Z" {
 		g.p("VEXTRACTF64X4 $1, %s, %s", x, ytn)
-		g.p("VADDPS %s, %s, %s", ytn, yn, yn)
+		g.p("V%sPS %s, %s, %s", op, ytn, yn, yn)
 	}
 	g.p("VEXTRACTF128 $1, %s, %s", yn, tn)
-	g.p("VADDPS %s, %s, %s", tn, xn, xn)
+	g.p("V%sPS %s, %s, %s", op, tn, xn, xn)
 	g.p("VMOVHLPS %s, %s, %s", xn, tn, tn)
-	g.p("VADDPS %s, %s, %s", tn, xn, xn)
+	g.p("V%sPS %s, %s, %s", op, tn, xn, xn)
 	g.p("VMOVSHDUP %s, %s", xn, tn)
-	g.p("VADDSS %s, %s, %s", tn, xn, xn)
+	g.p("V%sSS %s, %s, %s", op, tn, xn, xn)
 }
 
 // rowMax writes func rowMax_isa(x *float32, n int, m float32) float32:
@@ -344,18 +348,7 @@ func (g *gen) rowMax(is isa) {
 	g.p("DECQ CX")
 	g.p("JNZ loop")
 	g.label("done")
-	// Fold the lanes: halves, then pairs, then neighbours.
-	x0, x1, y0, y1 := "X0", "X1", "Y0", "Y1"
-	if is.reg == "Z" {
-		g.p("VEXTRACTF64X4 $1, Z0, Y1")
-		g.p("VMAXPS %s, %s, %s", y1, y0, y0)
-	}
-	g.p("VEXTRACTF128 $1, %s, %s", y0, x1)
-	g.p("VMAXPS %s, %s, %s", x1, x0, x0)
-	g.p("VMOVHLPS %s, %s, %s", x0, x1, x1)
-	g.p("VMAXPS %s, %s, %s", x1, x0, x0)
-	g.p("VMOVSHDUP %s, %s", x0, x1)
-	g.p("VMAXSS %s, %s, %s", x1, x0, x0)
+	g.hfold(is, "MAX", v(0), v(1))
 	g.p("VMOVSS X0, ret+24(FP)")
 	g.p("VZEROUPPER")
 	g.p("RET")
