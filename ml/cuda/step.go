@@ -190,6 +190,20 @@ func stepSplits(maxContext, warpsPerHead int) int {
 	return max(1, min((maxContext+7)/8, min(max(warpsPerHead, 32), stepMaxSplits)))
 }
 
+// stepGroupHeads mirrors stepGroupHeads in kernels/step.cu: the heads of
+// a GQA group of g that one warp of stepAttention takes at once.
+func stepGroupHeads(g, epl int) int {
+	switch {
+	case epl > 4:
+		return 1
+	case g%3 == 0:
+		return 3
+	case g%2 == 0:
+		return 2
+	}
+	return 1
+}
+
 // stepMaxSplits bounds the pieces per head (two merge levels of
 // stepMergeGroup cover 256).
 const stepMaxSplits = 256
@@ -414,7 +428,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	if hd%epl != 0 {
 		return fmt.Errorf("%w: decode step with head dim %d", ml.ErrUnsupported, hd)
 	}
-	ns := stepSplits(meta.MaxContext, grid*8/nh)
+	// A warp takes stepGroupHeads heads of a GQA group: as many pieces per
+	// head as warps per such set of heads.
+	ns := stepSplits(meta.MaxContext, grid*8*stepGroupHeads(nh/nkv, epl)/nh)
 	if b.step.forceNS > 0 {
 		ns = min(b.step.forceNS, stepMaxSplits) // the merge's bound
 	}

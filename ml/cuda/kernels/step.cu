@@ -219,24 +219,29 @@ __device__ __forceinline__ bool stepArrive(unsigned* c, int n) {
   return last;
 }
 
-// stepAttention is a one-token step's attention: one warp per (head,
-// split) piece of up to 16 keys at a time, with no block-wide reductions,
-// so a pass over a piece's keys is one round of independent loads (all
-// its K and V rows: the block table entries of 32 blocks at a time are
-// held a lane each) and a few shuffles. The last piece of a group of
-// STEP_MERGE_GROUP merges the group's pieces, and with several groups the
-// last group merges their results (stepMerge). It is a separate (not
-// inlined) function so that it gets its own register allocation. Lane l
-// holds elements [l·EPL, l·EPL+EPL) of a head.
+// stepAttention is a one-token step's attention: one warp per (GH heads
+// of a GQA group, split) piece of up to 16 keys at a time, with no
+// block-wide reductions, so a pass over a piece's keys is one round of
+// independent loads (all its K and V rows: the block table entries of 32
+// blocks at a time are held a lane each) and a few shuffles. The GH heads
+// share the pass's K and V rows, which a head alone would read again for
+// every head of its group (from L2, at a long context the pass's cost).
+// The last piece of a group of STEP_MERGE_GROUP merges the group's pieces,
+// and with several groups the last group merges their results
+// (stepMerge). It is a separate (not inlined) function so that it gets its
+// own register allocation. Lane l holds elements [l·EPL, l·EPL+EPL) of a
+// head.
 //
 // A is the kernel's parameter block seen through a pointer: each field
 // read is a load, and one in a key's address chain made every key wait
 // for its own round trips (a pass cost ~16 of them). So every field is
 // read once, up front.
-template <int EPL>
+template <int EPL, int GH>
 __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
                                            const int* bt, int window) {
-  constexpr int KW = EPL <= 2 ? 16 : 8;  // keys per pass (more would spill)
+  // Keys per pass: more would spill (with several heads, each key's
+  // scores take registers of their own).
+  constexpr int KW = (EPL <= 2 ? 16 : 8) / (GH > 1 ? 2 : 1);
   const int nh = A.nh, nkv = A.nkv, D = A.hd, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
   const float scale = A.scale;
   float* const partO = A.partO;
@@ -246,7 +251,7 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   // finished groups.
   unsigned* const groupCount = A.bar + STEP_SPLITS;
   unsigned* const headCount = groupCount + nh * ng;
-  const int lane = threadIdx.x & 31, G = nh / nkv;
+  const int lane = threadIdx.x & 31, G = nh / nkv, nhg = nh / GH;
   const bool dOK = lane * EPL < D;
   // A window attends to the last window positions; the pieces cut those.
   const int first = window > 0 ? max(0, ctx - window) : 0;
@@ -254,22 +259,25 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   const bf16* kc = (const bf16*)kcl;
   const bf16* vc = (const bf16*)(kcl + A.layerBytes);
   const long long kvRow = (long long)nkv * D;
-  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nh * ns; it += gridDim.x * 8) {
-    const int h = it % nh, split = it / nh, kvh = h / G;
+  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nhg * ns; it += gridDim.x * 8) {
+    const int h0 = (it % nhg) * GH, split = it / nhg, kvh = h0 / G;
     const int k0 = first + split * per, k1 = min(ctx, k0 + per);
-    float qv[EPL], acc[EPL];
+    float qv[GH][EPL], acc[GH][EPL], m[GH], l[GH];
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) {
-      qv[e] = dOK ? q[(long long)h * D + lane * EPL + e] * scale : 0.f;
-      acc[e] = 0.f;
+    for (int i = 0; i < GH; ++i) {
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) {
+        qv[i][e] = dOK ? q[(long long)(h0 + i) * D + lane * EPL + e] * scale : 0.f;
+        acc[i][e] = 0.f;
+      }
+      m[i] = NEG_INF;
+      l[i] = 0.f;
     }
-    float m = NEG_INF, l = 0.f;
     // Block table entries b0 .. b0+31, lane i holding b0+i's (-1: none).
     int b0 = -32, myBlk = -1;
     for (int c0 = k0; c0 < k1; c0 += KW) {
       uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
-      float sc[KW];
-      unsigned valid = 0;  // keys in the piece with a live KV block
+      unsigned valid = 0;    // keys in the piece with a live KV block
       if ((c0 + KW - 1) / bs - b0 >= 32) {  // warp-uniform: this pass's last block is not held
         b0 = c0 / bs;
         const int bi = b0 + lane;
@@ -289,67 +297,97 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
           vr[j] = loadRow<EPL>(vc + row + lane * EPL);
         }
       }
+      if (!valid) continue;  // warp-uniform: no live keys in this pass
+      float sc[GH][KW];
 #pragma unroll
       for (int j = 0; j < KW; ++j) {
-        float kf[EPL], d = 0.f;
+        float kf[EPL];
         widenRow<EPL>(kr[j], kf);
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) d += qv[e] * kf[e];
-        sc[j] = d;
+        for (int i = 0; i < GH; ++i) {
+          float d = 0.f;
+#pragma unroll
+          for (int e = 0; e < EPL; ++e) d += qv[i][e] * kf[e];
+          sc[i][j] = d;
+        }
       }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
-        for (int j = 0; j < KW; ++j) sc[j] += __shfl_xor_sync(0xffffffffu, sc[j], o);
-      float mc = m;
+        for (int i = 0; i < GH; ++i)
 #pragma unroll
-      for (int j = 0; j < KW; ++j)
-        if (valid >> j & 1) mc = fmaxf(mc, sc[j]);
-      if (mc == NEG_INF) continue;  // no live keys yet
-      const float f = expf(m - mc);  // 0 on the first live pass (m = -inf)
-      l *= f;
+          for (int j = 0; j < KW; ++j) sc[i][j] += __shfl_xor_sync(0xffffffffu, sc[i][j], o);
+      float f[GH];
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) acc[e] *= f;
+      for (int i = 0; i < GH; ++i) {
+        float mc = m[i];
+#pragma unroll
+        for (int j = 0; j < KW; ++j)
+          if (valid >> j & 1) mc = fmaxf(mc, sc[i][j]);
+        f[i] = mc == NEG_INF ? 1.f : expf(m[i] - mc);  // 0 on the first live pass (m = -inf)
+        l[i] *= f[i];
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) acc[i][e] *= f[i];
+#pragma unroll
+        for (int j = 0; j < KW; ++j) sc[i][j] = (valid >> j & 1) && mc != NEG_INF ? expf(sc[i][j] - mc) : 0.f;
+        m[i] = mc;
+      }
 #pragma unroll
       for (int j = 0; j < KW; ++j) {
-        const float pj = (valid >> j & 1) ? expf(sc[j] - mc) : 0.f;
         float vf[EPL];
         widenRow<EPL>(vr[j], vf);
-        l += pj;
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) acc[e] += pj * vf[e];
+        for (int i = 0; i < GH; ++i) {
+          l[i] += sc[i][j];
+#pragma unroll
+          for (int e = 0; e < EPL; ++e) acc[i][e] += sc[i][j] * vf[e];
+        }
       }
-      m = mc;
     }
-    if (ns == 1) {
+#pragma unroll
+    for (int i = 0; i < GH; ++i) {
+      const int h = h0 + i;
+      if (ns == 1) {
+        if (dOK)
+#pragma unroll
+          for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l[i] > 0.f ? acc[i][e] / l[i] : 0.f;
+        continue;
+      }
+      const long long i0 = (long long)h * ns, pi = i0 + split;
       if (dOK)
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l > 0.f ? acc[e] / l : 0.f;
-      continue;
+        for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[i][e];
+      if (lane == 0) {
+        partML[2 * pi] = m[i];
+        partML[2 * pi + 1] = l[i];
+      }
+      // The last piece of the group merges it; with one group that is the
+      // head's output, else the group's partial, and the last group merges
+      // the groups' partials.
+      const int grp = split / STEP_MERGE_GROUP, gFirst = grp * STEP_MERGE_GROUP;
+      const int inGroup = min(STEP_MERGE_GROUP, ns - gFirst);
+      if (!stepArrive(groupCount + h * ng + grp, inGroup)) continue;
+      float* const head = out + (long long)h * D;
+      if (ng == 1) {
+        stepMerge<EPL>(partO, partML, i0, 0, 1, ns, D, head);
+        continue;
+      }
+      stepMerge<EPL>(partO, partML, i0, gFirst, 1, inGroup, D, nullptr);
+      if (!stepArrive(headCount + h, ng)) continue;
+      stepMerge<EPL>(partO, partML, i0, 0, STEP_MERGE_GROUP, ng, D, head);
     }
-    const long long i0 = (long long)h * ns, pi = i0 + split;
-    if (dOK)
-#pragma unroll
-      for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[e];
-    if (lane == 0) {
-      partML[2 * pi] = m;
-      partML[2 * pi + 1] = l;
-    }
-    // The last piece of the group merges it; with one group that is the
-    // head's output, else the group's partial, and the last group merges
-    // the groups' partials.
-    const int grp = split / STEP_MERGE_GROUP, first = grp * STEP_MERGE_GROUP;
-    const int inGroup = min(STEP_MERGE_GROUP, ns - first);
-    if (!stepArrive(groupCount + h * ng + grp, inGroup)) continue;
-    float* const head = out + (long long)h * D;
-    if (ng == 1) {
-      stepMerge<EPL>(partO, partML, i0, 0, 1, ns, D, head);
-      continue;
-    }
-    stepMerge<EPL>(partO, partML, i0, first, 1, inGroup, D, nullptr);
-    if (!stepArrive(headCount + h, ng)) continue;
-    stepMerge<EPL>(partO, partML, i0, 0, STEP_MERGE_GROUP, ng, D, head);
   }
+}
+
+// stepGroupHeads is the heads of a GQA group of G that stepAttention's
+// warp takes at once (it must divide G): 3 or 2 where they divide it,
+// more would spill; 1 at head dims over 128 (EPL 8), whose K and V rows
+// already fill the registers. stepGroupHeads in step.go mirrors it.
+__device__ __forceinline__ int stepGroupHeads(int G, int EPL) {
+  if (EPL > 4) return 1;
+  if (G % 3 == 0 && EPL < 4) return 3;
+  if (G % 2 == 0) return 2;
+  return 1;
 }
 
 // stepQKNorm is the phase that per-head q/k norms add after the q/k/v
@@ -544,7 +582,16 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    stepAttention<EPL>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+    switch (stepGroupHeads(A.nh / A.nkv, EPL)) {
+      case 3:
+        stepAttention<EPL, 3>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        break;
+      case 2:
+        stepAttention<EPL, 2>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        break;
+      default:
+        stepAttention<EPL, 1>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+    }
     STAMP(3);
 
     DArgs o = {};
