@@ -219,6 +219,52 @@ __device__ __forceinline__ bool stepArrive(unsigned* c, int n) {
   return last;
 }
 
+// stepPiece writes head h's piece split of stepAttention (its unnormalized
+// output acc and its max and sum), or with one piece the head's output;
+// the last piece of a group merges the group, and the last group the
+// head. Not inlined: the merge's registers stay out of the passes'.
+template <int EPL>
+__device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[EPL], float m, float l, int h, int split,
+                                       float* out) {
+  const int ns = A.ns, D = A.hd, nh = A.nh, lane = threadIdx.x & 31;
+  const bool dOK = lane * EPL < D;
+  if (ns == 1) {
+    if (dOK)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l > 0.f ? acc[e] / l : 0.f;
+    return;
+  }
+  float* const partO = A.partO;
+  float* const partML = A.partML;
+  const int ng = (ns + STEP_MERGE_GROUP - 1) / STEP_MERGE_GROUP;
+  // Counters: each (head, group)'s finished pieces, then each head's
+  // finished groups.
+  unsigned* const groupCount = A.bar + STEP_SPLITS;
+  unsigned* const headCount = groupCount + nh * ng;
+  const long long i0 = (long long)h * ns, pi = i0 + split;
+  if (dOK)
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[e];
+  if (lane == 0) {
+    partML[2 * pi] = m;
+    partML[2 * pi + 1] = l;
+  }
+  // The last piece of the group merges it; with one group that is the
+  // head's output, else the group's partial, and the last group merges
+  // the groups' partials.
+  const int grp = split / STEP_MERGE_GROUP, gFirst = grp * STEP_MERGE_GROUP;
+  const int inGroup = min(STEP_MERGE_GROUP, ns - gFirst);
+  if (!stepArrive(groupCount + h * ng + grp, inGroup)) return;
+  float* const head = out + (long long)h * D;
+  if (ng == 1) {
+    stepMerge<EPL>(partO, partML, i0, 0, 1, ns, D, head);
+    return;
+  }
+  stepMerge<EPL>(partO, partML, i0, gFirst, 1, inGroup, D, nullptr);
+  if (!stepArrive(headCount + h, ng)) return;
+  stepMerge<EPL>(partO, partML, i0, 0, STEP_MERGE_GROUP, ng, D, head);
+}
+
 // stepAttention is a one-token step's attention: one warp per (GH heads
 // of a GQA group, split) piece of up to 16 keys at a time, with no
 // block-wide reductions, so a pass over a piece's keys is one round of
@@ -244,13 +290,6 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   constexpr int KW = (EPL <= 2 ? 16 : 8) / (GH > 1 ? 2 : 1);
   const int nh = A.nh, nkv = A.nkv, D = A.hd, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
   const float scale = A.scale;
-  float* const partO = A.partO;
-  float* const partML = A.partML;
-  const int ng = (ns + STEP_MERGE_GROUP - 1) / STEP_MERGE_GROUP;
-  // Counters: each (head, group)'s finished pieces, then each head's
-  // finished groups.
-  unsigned* const groupCount = A.bar + STEP_SPLITS;
-  unsigned* const headCount = groupCount + nh * ng;
   const int lane = threadIdx.x & 31, G = nh / nkv, nhg = nh / GH;
   const bool dOK = lane * EPL < D;
   // A window attends to the last window positions; the pieces cut those.
@@ -345,37 +384,7 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       }
     }
 #pragma unroll
-    for (int i = 0; i < GH; ++i) {
-      const int h = h0 + i;
-      if (ns == 1) {
-        if (dOK)
-#pragma unroll
-          for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l[i] > 0.f ? acc[i][e] / l[i] : 0.f;
-        continue;
-      }
-      const long long i0 = (long long)h * ns, pi = i0 + split;
-      if (dOK)
-#pragma unroll
-        for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[i][e];
-      if (lane == 0) {
-        partML[2 * pi] = m[i];
-        partML[2 * pi + 1] = l[i];
-      }
-      // The last piece of the group merges it; with one group that is the
-      // head's output, else the group's partial, and the last group merges
-      // the groups' partials.
-      const int grp = split / STEP_MERGE_GROUP, gFirst = grp * STEP_MERGE_GROUP;
-      const int inGroup = min(STEP_MERGE_GROUP, ns - gFirst);
-      if (!stepArrive(groupCount + h * ng + grp, inGroup)) continue;
-      float* const head = out + (long long)h * D;
-      if (ng == 1) {
-        stepMerge<EPL>(partO, partML, i0, 0, 1, ns, D, head);
-        continue;
-      }
-      stepMerge<EPL>(partO, partML, i0, gFirst, 1, inGroup, D, nullptr);
-      if (!stepArrive(headCount + h, ng)) continue;
-      stepMerge<EPL>(partO, partML, i0, 0, STEP_MERGE_GROUP, ng, D, head);
-    }
+    for (int i = 0; i < GH; ++i) stepPiece<EPL>(A, acc[i], m[i], l[i], h0 + i, split, out);
   }
 }
 
@@ -385,7 +394,7 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
 // already fill the registers. stepGroupHeads in step.go mirrors it.
 __device__ __forceinline__ int stepGroupHeads(int G, int EPL) {
   if (EPL > 4) return 1;
-  if (G % 3 == 0 && EPL < 4) return 3;
+  if (G % 3 == 0) return 3;
   if (G % 2 == 0) return 2;
   return 1;
 }
