@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine, from the repository root, with .gpu/ carried (see
+# scripts/gpu-bundle.sh): unpacks the bundle once, then runs the named
+# steps in order. Results go to $OUT/r.tar.gz, rewritten after every step
+# so that a call cut short still returns what ran.
+#
+#   bash .gpu/steps.sh peerbuild suite attn step-context
+#
+# Steps:
+#   suite        the CUDA test binary (TEST_BIN, default .gpu/cuda.test),
+#                prefill attention and the server's cold start
+#                (scripts/gpu-verify.sh 1)
+#   attn         BenchmarkAttentionPrefill's flash forms at T=8000,
+#                cuda.test-prev and cuda.test alternated
+#   step-context BenchmarkDecodeStepContext, cuda.test and cuda.test-NAME
+#                (STEP_AB, default gqa) alternated
+#   moestep      the MoE decode step's phases (BenchmarkModelDecode)
+#   peerbuild    starts building llama.cpp's CUDA llama-bench in the
+#                background (minutes) from .gpu/llama-src.tar.xz
+#   peer         waits for that build, then scripts/bench-gpu-peer.sh
+set -uo pipefail
+[ -x .gpu/cuda.test ] || (cd .gpu && tar xJf bundle.tar.xz)
+export LLMSERVE_TESTDATA=$PWD/.gpu/testdata
+R=/tmp/r
+mkdir -p $R
+nvidia-smi --query-gpu=name --format=csv,noheader | tee $R/gpu.txt
+ab() { # ab LOG BENCH BENCHTIME BIN...: the binaries' benchmark alternated, twice
+  local log=$1 bench=$2 n=$3
+  shift 3
+  for round in 1 2; do
+    for tb in "$@"; do
+      echo "== $tb round $round"
+      (cd ml/cuda && timeout 120 "../../.gpu/$tb" -test.run XXX -test.bench "$bench" -test.benchtime "$n" 2>&1 |
+        grep -E "^Benchmark|FAIL|panic") | tee -a "$R/$log"
+    done
+  done
+}
+for step in "$@"; do
+  case $step in
+  suite) TEST_BIN=${TEST_BIN:-.gpu/cuda.test} OUTDIR=$R bash scripts/gpu-verify.sh 1 2>&1 | tail -30 ;;
+  attn) ab attn-ab.log 'AttentionPrefill/flash/T=8000$' 20x cuda.test-prev cuda.test ;;
+  step-context) ab step-context-ab.log DecodeStepContext 200x cuda.test "cuda.test-${STEP_AB:-gqa}" ;;
+  moestep)
+    (cd ml/cuda && timeout 150 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \
+      -test.benchtime 100x -test.v 2>&1 | grep -vE '^=== ' | tail -60) | tee $R/moe-step.log ;;
+  peerbuild)
+    if [ ! -d /tmp/llama/src ]; then mkdir -p /tmp/llama/src && tar xJf .gpu/llama-src.tar.xz -C /tmp/llama/src; fi
+    root=$PWD
+    (cd /tmp/llama && LLAMA_CPP_DIR=/tmp/llama/src BUILD_ONLY=1 OUT_DIR=/tmp/llama/out \
+      setsid nohup bash "$root/scripts/bench-gpu-peer.sh" >/tmp/llama/build.log 2>&1 </dev/null &)
+    echo "peer build started" ;;
+  peer)
+    for _ in $(seq 1 100); do
+      [ -x /tmp/llama/src/build-cuda/bin/llama-bench ] && break
+      pgrep -f bench-gpu-peer >/dev/null || break
+      sleep 5
+    done
+    tail -3 /tmp/llama/build.log
+    cp /tmp/llama/build.log $R/ 2>/dev/null
+    cp /tmp/llama/out/run.log $R/peer-build-run.log 2>/dev/null
+    LLAMA_CPP_DIR=/tmp/llama/src BIN=.gpu/llmserve LOADGEN=.gpu/loadgen DUMMYCKPT=.gpu/dummyckpt OUT_DIR=$R/peer \
+      PAIRS=${PAIRS:-2} timeout "${PEER_T:-400}" bash scripts/bench-gpu-peer.sh 2>&1 | tail -30
+    cat $R/peer/peer.md 2>/dev/null ;;
+  *) echo "unknown step $step" ;;
+  esac
+  tar czf "$OUT/r.tar.gz" -C $R .
+done
