@@ -304,20 +304,7 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 				prefetchBlock(kc, kf, ku, k8, kvBase(b+1), hd*bs)
 			}
 			prefetchBlock(kc, vf, vu, v8, base, min(bs, n-b*bs)*hd)
-			var keys []float32
-			switch kc.dt {
-			case ml.F32:
-				keys = kf[base : base+hd*bs]
-			case ml.BF16:
-				keys = sc.kf[:hd*bs]
-				kernels.BF16ToF32(keys, ku[base:base+hd*bs])
-			case ml.F16:
-				keys = sc.kf[:hd*bs]
-				kernels.F16ToF32(keys, ku[base:base+hd*bs])
-			case ml.F8:
-				keys = sc.kf[:hd*bs]
-				f8ToF32(keys, k8[base:base+hd*bs])
-			}
+			keys := blockF32(kc, kf, ku, k8, base, hd*bs, sc.kf)
 			kernels.GemmNN(s[(b-c0)*bs:], ck, q, hd, keys, bs, M, bs, hd, false)
 		}
 		for ti, tok := range toks {
@@ -359,20 +346,7 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 		for b := b0; b < b1; b++ {
 			valid := min(bs, n-b*bs)
 			base := kvBase(b)
-			var vals []float32
-			switch kc.dt {
-			case ml.F32:
-				vals = vf[base : base+valid*hd]
-			case ml.BF16:
-				vals = sc.vf[:valid*hd]
-				kernels.BF16ToF32(vals, vu[base:base+valid*hd])
-			case ml.F16:
-				vals = sc.vf[:valid*hd]
-				kernels.F16ToF32(vals, vu[base:base+valid*hd])
-			case ml.F8:
-				vals = sc.vf[:valid*hd]
-				f8ToF32(vals, v8[base:base+valid*hd])
-			}
+			vals := blockF32(kc, vf, vu, v8, base, valid*hd, sc.vf)
 			kernels.GemmNN(o, hd, s[(b-c0)*bs:], ck, vals, hd, M, hd, valid, true)
 		}
 	}
@@ -388,6 +362,23 @@ func (a *flashTask) tile(t *flashTile, g int, sc *flashScratch) {
 			}
 		}
 	}
+}
+
+// blockF32 returns n elements at base of one layer's K or V cache (f32,
+// 16-bit or fp8 as the cache's dtype) as f32: the cache itself, or the
+// elements widened into scratch.
+func blockF32(kc *KVCache, f []float32, u []uint16, b8 []uint8, base, n int, scratch []float32) []float32 {
+	switch kc.dt {
+	case ml.BF16:
+		kernels.BF16ToF32(scratch[:n], u[base:base+n])
+	case ml.F16:
+		kernels.F16ToF32(scratch[:n], u[base:base+n])
+	case ml.F8:
+		f8ToF32(scratch[:n], b8[base:base+n])
+	default:
+		return f[base : base+n]
+	}
+	return scratch[:n]
 }
 
 // prefetchBlock prefetches n elements at base of one layer's K or V
