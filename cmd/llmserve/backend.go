@@ -51,24 +51,30 @@ func (d openedDevice) close(log *slog.Logger) {
 
 // gpuOptions are the flags that set up the CUDA backend.
 type gpuOptions struct {
-	EnforceEager     bool // vLLM's --enforce-eager: no CUDA graphs
-	RoundActivations bool // --gemm-activations bf16
+	EnforceEager bool   // vLLM's --enforce-eager: no CUDA graphs
+	Activations  string // --gemm-activations: auto (""), bf16 or split
 }
 
 func (c *config) gpuOptions() gpuOptions {
-	return gpuOptions{EnforceEager: c.EnforceEager, RoundActivations: c.GemmActivations == "bf16"}
+	return gpuOptions{EnforceEager: c.EnforceEager, Activations: c.GemmActivations}
 }
+
+// roundActivations says whether the GEMMs take activations rounded once to
+// bf16. auto does, as vLLM and a bf16 transformers forward compute; split
+// keeps f32-grade products at twice the tensor-core work.
+func (o gpuOptions) roundActivations() bool { return o.Activations != "split" }
 
 // cuda is the CUDA backend's options for GPU device.
 func (o gpuOptions) cuda(device int) cuda.Options {
 	// Serving may start before the decode-step kernels have compiled.
 	return cuda.Options{Device: device, Logger: slog.Default(), DisableGraphs: o.EnforceEager,
-		RoundActivations: o.RoundActivations, LazyKernels: true}
+		RoundActivations: o.roundActivations(), LazyKernels: true}
 }
 
 // cpuRefused says why the CPU backend cannot serve with o, or nil.
 func (o gpuOptions) cpuRefused() error {
-	if o.RoundActivations {
+	// auto means f32 on the CPU; only an explicit bf16 cannot be honoured.
+	if o.Activations == "bf16" {
 		return errors.New("--gemm-activations bf16 needs the CUDA backend: the CPU keeps activations in f32")
 	}
 	return nil

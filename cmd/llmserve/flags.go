@@ -54,7 +54,7 @@ type config struct {
 
 	// vLLM flags with a meaning here.
 	EnforceEager           bool   // no CUDA graphs (also from --compilation-config, -O0)
-	GemmActivations        string // split (f32-grade GEMM inputs) or bf16 (rounded once, as vLLM)
+	GemmActivations        string // auto (bf16 on CUDA, f32 on the CPU), bf16 (rounded once, as vLLM) or split (f32-grade GEMM inputs)
 	ReturnTokensAsTokenIDs bool   // logprobs tokens as "token_id:<id>" unless a request says otherwise
 	ChatTemplate           string // a file or an inline Jinja template; "" = the tokenizer's
 	GenerationConfig       string // auto (the model's generation_config.json), vllm (none), or a directory
@@ -400,7 +400,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.BoolVar(&c.EnablePrefixCaching, "enable-prefix-caching", true, "reuse KV blocks of shared prompt prefixes")
 	noPrefix := fs.Bool("no-enable-prefix-caching", false, "disable prefix caching")
 	fs.BoolVar(&c.EnforceEager, "enforce-eager", false, "no CUDA graphs: every step launches its kernels (less start-up time, slower decode)")
-	fs.StringVar(&c.GemmActivations, "gemm-activations", "split", "how f32 activations meet bf16 weights on the GPU: split (two bf16 halves, f32-grade products) or bf16 (rounded once, as vLLM computes: about twice the prompt rate, ~2^-9 relative error per input)")
+	fs.StringVar(&c.GemmActivations, "gemm-activations", "auto", "how f32 activations meet bf16 weights on the GPU: bf16 (rounded once, as vLLM computes: ~2^-9 relative error per input), split (two bf16 halves, f32-grade products at half the prompt rate) or auto (bf16 on CUDA, f32 on the CPU)")
 	var compilation map[string]json.RawMessage
 	fs.Var(compilationConfigFlag{&compilation}, "compilation-config", `vLLM's (-cc): only what asks for CUDA graphs or none: {"cudagraph_mode": "NONE"} or {"mode": 0} (as --enforce-eager), {"cudagraph_mode": "FULL_DECODE_ONLY"}, {"mode": 3}, {}`)
 	optLevel := fs.Int("optimization-level", 2, "vLLM's -O0..-O3: 0 = no CUDA graphs (as --enforce-eager); 2, 3 = the default; 1 is refused")
@@ -671,8 +671,8 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	if c.MaxModelLen < 0 || c.MaxNumSeqs < 1 || c.MaxNumBatchedTokens < 0 || set["max-num-batched-tokens"] && c.MaxNumBatchedTokens == 0 || c.BlockSize < 1 {
 		errs = append(errs, errors.New("--max-model-len, --max-num-seqs, --max-num-batched-tokens and --block-size must be positive"))
 	}
-	if c.GemmActivations != "split" && c.GemmActivations != "bf16" {
-		errs = append(errs, fmt.Errorf("--gemm-activations %q: want split or bf16", c.GemmActivations))
+	if c.GemmActivations != "auto" && c.GemmActivations != "split" && c.GemmActivations != "bf16" {
+		errs = append(errs, fmt.Errorf("--gemm-activations %q: want auto, bf16 or split", c.GemmActivations))
 	}
 	if c.GPUMemoryUtilization <= 0 || c.GPUMemoryUtilization > 1 {
 		errs = append(errs, fmt.Errorf("--gpu-memory-utilization %v must be in (0, 1]", c.GPUMemoryUtilization))

@@ -41,15 +41,19 @@ func TestParseFlags(t *testing.T) {
 	}
 	c, err = parseFlags([]string{"--api-key", "flag", "Qwen/Qwen2.5-0.5B"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil || c.APIKey != "flag" || c.Model != "Qwen/Qwen2.5-0.5B" || !c.EnablePrefixCaching ||
-		c.GemmActivations != "split" || c.gpuOptions().RoundActivations {
+		c.GemmActivations != "auto" || !c.gpuOptions().roundActivations() || c.gpuOptions().cpuRefused() != nil {
 		t.Fatalf("%+v %v", c, err)
 	}
 	if c.MaxNumBatchedTokens != 0 {
 		t.Fatalf("--max-num-batched-tokens unset: %d, want 0 (the device's default, chosen at start-up)", c.MaxNumBatchedTokens)
 	}
 	c, err = parseFlags([]string{"--gemm-activations", "bf16", "m"}, func(string) string { return "" }, io.Discard)
-	if err != nil || !c.gpuOptions().RoundActivations {
+	if err != nil || !c.gpuOptions().roundActivations() {
 		t.Fatalf("--gemm-activations bf16: %+v %v", c, err)
+	}
+	c, err = parseFlags([]string{"--gemm-activations", "split", "m"}, func(string) string { return "" }, io.Discard)
+	if err != nil || c.gpuOptions().roundActivations() || c.gpuOptions().cpuRefused() != nil {
+		t.Fatalf("--gemm-activations split: %+v %v", c, err)
 	}
 	for _, bad := range [][]string{
 		{}, {"--model", "m", "--device", "tpu"}, {"--model", "m", "--gpu-memory-utilization", "1.5"},
@@ -77,7 +81,7 @@ func TestNewBackendCPUAndErrors(t *testing.T) {
 		t.Fatal("tpu accepted")
 	}
 	// An option only the GPU honours is refused on the CPU, not ignored.
-	round := gpuOptions{RoundActivations: true}
+	round := gpuOptions{Activations: "bf16"}
 	if _, err := newBackend("cpu", round); err == nil || !strings.Contains(err.Error(), "--gemm-activations bf16") {
 		t.Fatalf("cpu with bf16 GEMM activations: %v", err)
 	}
