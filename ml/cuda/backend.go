@@ -679,6 +679,7 @@ func kernelNames() []string {
 	for _, d := range []int{64, 128} {
 		for _, passes := range []int{1, 2} {
 			n = append(n, fmt.Sprintf("flash_attn_bf16_%d_%d", d, passes))
+			n = append(n, fmt.Sprintf("flash_attn_bf16_%d_%d_wide", d, passes))
 		}
 	}
 	n = append(n, "gemv_f8")

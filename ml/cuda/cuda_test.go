@@ -691,6 +691,26 @@ func BenchmarkDecodeStep(bm *testing.B) {
 	}
 }
 
+// BenchmarkDecodeStepContext times one sequence's one-token decode step
+// at a short and at long contexts (Qwen2.5-1.5B's shape): what the
+// one-launch step's attention adds as the context grows.
+//
+//	go test ./ml/cuda -run '^$' -bench DecodeStepContext -benchtime 200x
+func BenchmarkDecodeStepContext(bm *testing.B) {
+	gpuOrSkip(bm)
+	c := qwen15
+	c.maxBlocks, c.numBlocks = 520, 1100
+	b := newTestBackend(bm, Options{})
+	defer b.Close()
+	m := newSynth(bm, b, c, 1, 1)
+	for _, ctx := range []int{100, 2000, 8000} {
+		bm.Run(fmt.Sprintf("ctx=%d", ctx), func(bm *testing.B) {
+			s := makeStep(c, rand.New(rand.NewPCG(1, 2)), []int{ctx}, []int{1}, 0)
+			timeSteps(bm, m, s, make([]float32, c.vocab), make([]int32, 1), 1)
+		})
+	}
+}
+
 // timeSteps runs step s three times (capturing its graph), then times bm.N
 // runs and reports ms per step and tokens (of tokens per step) per second.
 func timeSteps(bm *testing.B, m *synthModel, s synthStep, out []float32, greedy []int32, tokens int) {

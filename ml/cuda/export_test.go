@@ -16,32 +16,34 @@ func StepLaunches(b *Backend) int { return b.step.launches }
 // start of each phase.
 func StampSteps(b *Backend) { b.step.stamping = true }
 
-// StepPhaseCycles returns, for the last decode-step launch, the mean SM
-// cycles per layer of each phase: q/k/v, barrier before attention,
-// attention, o, gate/up, down (the last layer's down is not stamped).
-func StepPhaseCycles(b *Backend) ([6]float64, error) {
-	var out [6]float64
-	n := int(b.step.stamps.size / 8)
-	if n < 12 {
+// StepPhaseCycles returns the decode-step kernel's mean SM cycles a layer
+// in each of its first n stamped phases (6: a dense layer's; 8: a sparse
+// MLP's), the last one ending at the next layer's first stamp, over the
+// last stamped launch (layers after the first).
+func StepPhaseCycles(b *Backend, n int) ([]float64, error) {
+	out := make([]float64, n)
+	count := int(b.step.stamps.size / 8)
+	if count < 2*stepStamps {
 		return out, nil
 	}
-	raw := make([]float32, 2*n)
-	t := &tensor{owner: b, ptr: b.step.stamps.ptr, dt: ml.F32, rows: 1, cols: 2 * n}
+	raw := make([]float32, 2*count)
+	t := &tensor{owner: b, ptr: b.step.stamps.ptr, dt: ml.F32, rows: 1, cols: 2 * count}
 	if err := b.Download(raw, t); err != nil {
 		return out, err
 	}
-	st := make([]uint64, n)
+	st := make([]uint64, count)
 	for i := range st {
 		st[i] = uint64(math.Float32bits(raw[2*i])) | uint64(math.Float32bits(raw[2*i+1]))<<32
 	}
-	L := n / 6
+	L := count / stepStamps
 	for l := 0; l < L-1; l++ {
-		for k := 0; k < 6; k++ {
-			next := st[6*l+k+1]
-			if k == 5 {
-				next = st[6*(l+1)]
+		for k := 0; k < n; k++ {
+			next := st[stepStamps*l+k+1]
+			if k == n-1 {
+				next = st[stepStamps*(l+1)]
 			}
-			out[k] += float64(next-st[6*l+k]) / float64(L-1)
+			// Signed: a stamp out of order (or missing) shows as negative.
+			out[k] += float64(int64(next-st[stepStamps*l+k])) / float64(L-1)
 		}
 	}
 	return out, nil

@@ -143,15 +143,7 @@ func (b *Backend) matMulF8Wide(d, xx, ww *tensor) error {
 	if err := b.ensure(&b.w16, int64(chunk)*int64(K)*2); err != nil {
 		return err
 	}
-	var x16 uint64
-	var err error
-	planes := 1
-	if b.opts.RoundActivations {
-		x16, err = b.castAct16(xx, "cast_f32_bf16")
-	} else {
-		x16, err = b.splitAct16(xx)
-		planes = 2
-	}
+	x16, planes, err := b.bf16Planes(xx)
 	if err != nil {
 		return err
 	}

@@ -15,35 +15,80 @@ import (
 // TestFlashConformance runs the conformance suite with every attention
 // step of a bf16 cache on the flash kernel, decodes and interleaved
 // sequences included: at the f32 bar with q and p split into bf16 halves,
-// and at the half bar with both rounded once (RoundActivations).
+// and at the half bar with both rounded once (RoundActivations); in the
+// 64-row form and in the wide one.
 func TestFlashConformance(t *testing.T) {
 	gpuOrSkip(t)
-	flash := func(o Options) func() ml.Backend {
+	flash := func(o Options, wide bool) func() ml.Backend {
 		return func() ml.Backend {
 			b := newTestBackend(t, o)
 			SetFlashMin(b, 0)
+			if wide && !b.flashWideFor(64) {
+				t.Fatalf("the device's %d bytes of shared memory a block leave no wide flash form", b.dev.sharedOptin)
+			}
 			return b
 		}
 	}
-	t.Run("split", func(t *testing.T) {
-		o := mltest.DefaultOptions()
-		o.Tol, o.MatMulTol, o.RoPETol = 1e-5, 5e-5, 2e-4
-		o.WeightDTypes = []ml.DType{ml.F32}
-		o.KVDTypes = []ml.DType{ml.BF16} // the long-context and window cases use the first
-		mltest.Run(t, flash(Options{}), o)
-	})
-	t.Run("round", func(t *testing.T) {
-		o := mltest.DefaultOptions()
-		o.Tol, o.MatMulTol, o.RoPETol = 1e-5, 6e-3, 2e-4
-		o.WeightDTypes = []ml.DType{ml.BF16}
-		o.KVDTypes = []ml.DType{ml.BF16}
-		mltest.Run(t, flash(Options{RoundActivations: true}), o)
-	})
+	defer func(w bool) { flashWide = w }(flashWide)
+	for _, wide := range []bool{false, true} {
+		suffix := ""
+		if wide {
+			suffix = "-wide"
+		}
+		flashWide = wide
+		t.Run("split"+suffix, func(t *testing.T) {
+			o := mltest.DefaultOptions()
+			o.Tol, o.MatMulTol, o.RoPETol = 1e-5, 5e-5, 2e-4
+			o.WeightDTypes = []ml.DType{ml.F32}
+			o.KVDTypes = []ml.DType{ml.BF16} // the long-context and window cases use the first
+			mltest.Run(t, flash(Options{}, wide), o)
+		})
+		t.Run("round"+suffix, func(t *testing.T) {
+			o := mltest.DefaultOptions()
+			o.Tol, o.MatMulTol, o.RoPETol = 1e-5, 6e-3, 2e-4
+			o.WeightDTypes = []ml.DType{ml.BF16}
+			o.KVDTypes = []ml.DType{ml.BF16}
+			mltest.Run(t, flash(Options{RoundActivations: true}, wide), o)
+		})
+	}
+}
+
+// TestFlashShared pins flash_attn's dynamic shared memory (as
+// kernels/flash.cu lays it out): the 64-row forms within the 48 KiB any
+// kernel may take at head dim 64, the wide forms within two blocks an H100
+// SM (228 KiB, less up to 5 KiB a block of static and reserved memory).
+func TestFlashShared(t *testing.T) {
+	for _, c := range []struct {
+		d, passes int
+		wide      bool
+		want      uint32
+	}{
+		{64, 1, false, (64 + 2*64) * 72 * 2},
+		{64, 2, false, (2*64 + 2*64) * 72 * 2},
+		{128, 1, false, (64 + 2*64) * 136 * 2},
+		{128, 2, false, (2*64 + 2*64) * 136 * 2},
+		{64, 1, true, (128 + 4*64) * 72 * 2},     // two stages
+		{64, 2, true, (2*128 + 4*64) * 72 * 2},   // two stages
+		{128, 1, true, (128 + 4*64) * 136 * 2},   // two stages
+		{128, 2, true, (2*128 + 2*64) * 136 * 2}, // one stage
+	} {
+		got := flashShared(c.d, c.passes, c.wide)
+		if got != c.want {
+			t.Errorf("head dim %d, %d passes, wide %v: %d bytes, want %d", c.d, c.passes, c.wide, got, c.want)
+		}
+		if bound := uint32(228<<10/2 - 5<<10); c.wide && got > bound {
+			t.Errorf("head dim %d, %d passes, wide: %d bytes, over %d", c.d, c.passes, got, bound)
+		}
+		if bound := uint32(defaultDynShared); !c.wide && c.d == 64 && got > bound {
+			t.Errorf("head dim 64, %d passes: %d bytes, over %d", c.passes, got, bound)
+		}
+	}
 }
 
 // BenchmarkAttentionPrefill times one layer's attention for a prompt of T
 // tokens of one sequence in Qwen2.5-1.5B's heads (12 q, 2 kv, dim 128),
-// on the flash kernel (split and rounded) and on the per-token kernel.
+// on the flash kernel (split and rounded; the 64-row form and the wide
+// one) and on the per-token kernel.
 func BenchmarkAttentionPrefill(bm *testing.B) {
 	gpuOrSkip(bm)
 	const H, KVH, D, blockSize = 12, 2, 128, 16
@@ -51,11 +96,19 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 		name     string
 		o        Options
 		flashMin int
-	}{{"flash", Options{}, 0}, {"flash-round", Options{RoundActivations: true}, 0}, {"per-token", Options{}, math.MaxInt32}} {
+		wide     bool
+	}{{"flash", Options{}, 0, false}, {"flash-round", Options{RoundActivations: true}, 0, false},
+		{"flash-wide", Options{}, 0, true}, {"flash-round-wide", Options{RoundActivations: true}, 0, true},
+		{"per-token", Options{}, math.MaxInt32, false}} {
 		b := newTestBackend(bm, v.o)
 		SetFlashMin(b, v.flashMin)
 		for _, T := range []int{1024, 8000} {
 			bm.Run(fmt.Sprintf("%s/T=%d", v.name, T), func(bm *testing.B) {
+				defer func(w bool) { flashWide = w }(flashWide)
+				flashWide = v.wide
+				if v.wide && !b.flashWideFor(D) {
+					bm.Skipf("the device's %d bytes of shared memory a block leave no wide flash form", b.dev.sharedOptin)
+				}
 				r := rand.New(rand.NewPCG(1, 2))
 				nb := (T + blockSize - 1) / blockSize
 				cache, err := b.NewKVCache(1, nb, blockSize, KVH, D, ml.BF16)
@@ -254,10 +307,40 @@ func checkExperts(t *testing.T, b *Backend, r *rand.Rand, wdt ml.DType, round bo
 	}
 }
 
-// TestUseFlash: which attention steps take the flash kernel (no GPU needed).
+// TestUseFlash: which attention steps take the flash kernel (no GPU
+// needed), and its form's tile of tokens: the wide form's only where
+// flashWide is on and the device allows its shared memory.
 func TestUseFlash(t *testing.T) {
 	b := &Backend{dev: &deviceInfo{major: 9}, flashMin: defaultFlashMin}
 	bf16, f32 := &kvCache{dt: ml.BF16, kvh: 2}, &kvCache{dt: ml.F32, kvh: 2}
+	defer func(w bool) { flashWide = w }(flashWide)
+	for _, c := range []struct {
+		wide         bool
+		optin        int32
+		round        bool
+		D, g, want   int
+		wantUseFlash bool
+	}{
+		{false, 232448, false, 128, 6, 10, true},
+		{true, 232448, false, 128, 6, 21, true},
+		{true, 232448, true, 128, 6, 21, true},
+		{true, 232448, false, 64, 64, 2, true},
+		{true, 232448, false, 128, 65, 1, true}, // the narrow form takes none
+		{true, 232448, false, 128, 129, 0, false},
+		{true, 101376, false, 128, 6, 10, true}, // an sm_86's opt-in: the narrow form
+		{true, 101376, false, 64, 6, 21, true},
+		{true, 101376, true, 128, 65, 0, false},
+	} {
+		flashWide, b.dev.sharedOptin, b.opts.RoundActivations = c.wide, c.optin, c.round
+		H := c.g * bf16.kvh
+		tb := flashTileTokens(c.g, b.flashWideFor(c.D))
+		got := b.useFlash(bf16, 1024, 1, H, c.D, H*c.D, H*c.D)
+		if tb != c.want || got != c.wantUseFlash {
+			t.Errorf("wide %v, opt-in %d, round %v, head dim %d, group %d: %d tokens a tile, useFlash %v; want %d, %v",
+				c.wide, c.optin, c.round, c.D, c.g, tb, got, c.want, c.wantUseFlash)
+		}
+	}
+	flashWide, b.dev.sharedOptin, b.opts.RoundActivations = false, 0, false
 	for _, c := range []struct {
 		name                              string
 		kc                                *kvCache

@@ -421,9 +421,9 @@ func BenchmarkModelDecode(bm *testing.B) {
 // engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
 // context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48). With stamped,
 // one-token steps also report the decode-step kernel's mean SM kilocycles
-// per layer in each phase (a sparse MLP's router with its top-k, then its
-// experts, in place of gate/up and down); "ns-N" forces N attention pieces
-// per head.
+// per layer in each phase (a sparse MLP's router, top-k, experts' gate/up,
+// and experts' down with the weighted sum, in place of gate/up and down);
+// "ns-N" forces N attention pieces per head.
 func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
 	if i := strings.Index(name, "-ks"); i >= 0 {
@@ -462,7 +462,7 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 		if err := os.WriteFile(filepath.Join(path, "config.json"), js, 0o644); err != nil {
 			bm.Fatal(err)
 		}
-		phases[4], phases[5] = "router", "experts"
+		phases = append(phases[:4], "router", "topk", "expgateup", "expdown")
 	}
 	lm, err := model.Load(path, model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
 	if err != nil {
@@ -507,7 +507,7 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 			bm.ReportMetric(sec*1e3, "ms/step")
 			bm.ReportMetric(float64(T)/sec, "tok/s")
 			if stamped && T == 1 {
-				cyc, err := cuda.StepPhaseCycles(be)
+				cyc, err := cuda.StepPhaseCycles(be, len(phases))
 				if err != nil {
 					bm.Fatal(err)
 				}

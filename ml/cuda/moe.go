@@ -265,9 +265,9 @@ func (b *Backend) expertMMA(w, x *tensor, tm int) (string, uint64, error) {
 	if w.dt == ml.F8 {
 		wname = "f8"
 	}
-	passes := 2
-	if b.opts.RoundActivations {
-		passes = 1
+	x16, passes, err := b.bf16Planes(x)
+	if err != nil {
+		return "", 0, err
 	}
 	kernel := fmt.Sprintf("expert_mma_%s_%d_%d", wname, tm, passes)
 	switch {
@@ -276,14 +276,7 @@ func (b *Backend) expertMMA(w, x *tensor, tm int) (string, uint64, error) {
 	case expertMMAWide && tm == 64 && int64(expertMMAShared(kernel+"_wide")) <= int64(b.dev.sharedOptin):
 		kernel += "_wide"
 	}
-	var x16 uint64
-	var err error
-	if passes == 1 {
-		x16, err = b.castAct16(x, "cast_f32_bf16")
-	} else {
-		x16, err = b.splitAct16(x)
-	}
-	return kernel, x16, err
+	return kernel, x16, nil
 }
 
 // expertMMARows is the weight rows (outputs) a block of expert_mma kernel

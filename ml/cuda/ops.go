@@ -937,7 +937,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 		if meta.NumSeqs <= 1 {
 			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
 		}
-		flashRows = flashTileTokens(H / KVH)
+		flashRows = flashTileTokens(H/KVH, b.flashWideFor(D))
 	}
 	epl := 1
 	for epl*32 < D {
@@ -1027,16 +1027,59 @@ func (b *Backend) aPaged(kc *kvCache, layer int, tokSeq, pos, bt *tensor, maxBlo
 // too, while prefill tokens share their keys' loads in the flash kernel.
 const defaultFlashMin = 64
 
+// flashWide makes prefill attention take flash_attn's _wide form
+// (FlashAttention-2's layout: 128 rows a block, warps of 32 rows, K and V
+// in two stages where they fit) instead of the 64-row form, where the
+// device allows its shared memory. Off until an H100 A/B
+// (BenchmarkAttentionPrefill's flash-wide against flash) says it is
+// faster; a variable so that the benchmark and the tests can run both.
+var flashWide = false
+
+// bf16Planes records x's activations as bf16 planes for a tensor-core
+// product: one rounded plane under RoundActivations, else hi and lo halves
+// (f32 accuracy). It returns their address and their number.
+func (b *Backend) bf16Planes(x *tensor) (uint64, int, error) {
+	if b.opts.RoundActivations {
+		x16, err := b.castAct16(x, "cast_f32_bf16")
+		return x16, 1, err
+	}
+	x16, err := b.splitAct16(x)
+	return x16, 2, err
+}
+
+// flashPasses is flash_attn's PASSES: 2 splits q and p into bf16 halves
+// (f32 accuracy), 1 rounds them (RoundActivations).
+func (b *Backend) flashPasses() int {
+	if b.opts.RoundActivations {
+		return 1
+	}
+	return 2
+}
+
+// flashWideFor reports whether flash attention at head dim d takes the
+// _wide form. The per-token kernel's flashRows follows it: both must cut
+// the tokens into the same tiles.
+func (b *Backend) flashWideFor(d int) bool {
+	return flashWide && int64(flashShared(d, b.flashPasses(), true)) <= int64(b.dev.sharedOptin)
+}
+
 // flashTileTokens is the flash kernel's tile of tokens for GQA groups of
-// g query heads: its FA_BM rows (kernels/flash.cu) are each token's g heads.
-func flashTileTokens(g int) int { return 64 / g }
+// g query heads: its FA_BM (wide: FW_BM) rows (kernels/flash.cu) are each
+// token's g heads. At most 128, the per-token kernel's threads a block,
+// which count a tile's tokens one each (flashRows in kernels/attention.cu).
+func flashTileTokens(g int, wide bool) int {
+	if wide {
+		return 128 / g
+	}
+	return 64 / g
+}
 
 // useFlash reports whether a step of T tokens from numSeqs sequences takes
 // the flash kernel: a bf16 cache, a head dim it is built for, an Ampere or
 // later GPU, and enough tokens per sequence to share key loads.
 func (b *Backend) useFlash(kc *kvCache, T, numSeqs, H, D, qStride, outStride int) bool {
 	return kc.dt == ml.BF16 && (D == 64 || D == 128) && b.dev.major >= 8 && kc.kvh > 0 && H%kc.kvh == 0 &&
-		flashTileTokens(H/kc.kvh) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
+		flashTileTokens(H/kc.kvh, b.flashWideFor(D)) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
 }
 
 // attnOutput prepares d for T tokens of attention output and returns the
@@ -1058,10 +1101,7 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	if err != nil {
 		return err
 	}
-	passes := 2 // q and p split into bf16 halves: f32 accuracy
-	if b.opts.RoundActivations {
-		passes = 1
-	}
+	passes, wide := b.flashPasses(), b.flashWideFor(D)
 	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(q.ptr)
@@ -1074,17 +1114,28 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	b.aI(d.cols)
 	b.aP(sh)
 	b.aI(max(meta.Window, 0))
-	tb := flashTileTokens(H / meta.NumKVHeads)
-	return b.pushShared(fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), g3((T+tb-1)/tb, meta.NumKVHeads, 1), g1(128),
-		flashShared(D, passes), st)
+	name, tb := fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), flashTileTokens(H/meta.NumKVHeads, wide)
+	if wide {
+		name += "_wide"
+	}
+	return b.pushShared(name, g3((T+tb-1)/tb, meta.NumKVHeads, 1), g1(128), flashShared(D, passes, wide), st)
 }
 
 // flashShared is flash_attn's dynamic shared memory (kernels/flash.cu): q's
-// 64 rows in passes bf16 planes, a K and a V tile of 64 keys, rows of
-// headDim+8 bf16.
-func flashShared(headDim, passes int) uint32 {
-	const rows, keys = 64, 64 // FA_BM, FA_BN
-	return uint32((passes*rows + 2*keys) * (headDim + 8) * 2)
+// rows in passes bf16 planes, then K and V tiles of 64 keys, rows of
+// headDim+8 bf16. The 64-row form has one K and one V tile; the wide form
+// (128 rows) two of each where q's planes and they fit two blocks an SM
+// (fw_cfg), else one.
+func flashShared(headDim, passes int, wide bool) uint32 {
+	const keys = 64 // FA_BN, fw_cfg's BN
+	rows, stages := 64, 1
+	if wide {
+		rows = 128
+		if headDim*passes <= 128 {
+			stages = 2
+		}
+	}
+	return uint32((passes*rows + 2*stages*keys) * (headDim + 8) * 2)
 }
 
 // SiLUMul implements ml.Backend.

@@ -121,3 +121,30 @@ func TestQwen3BatchedEqualsSingle(t *testing.T) {
 		})
 	}
 }
+
+// TestStepStampsMoE: the decode-step kernel of a sparse MLP, stamped (as
+// BenchmarkModelDecode/moe-step-stamped runs it), records each of a
+// layer's eight phases in order: every phase's mean length is positive.
+func TestStepStampsMoE(t *testing.T) {
+	dir := filepath.Join(shareddata.Dir(t), "models", "qwen3-moe-tiny")
+	be := gpu(t, cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8})
+	cuda.StampSteps(be)
+	m := loadOn(t, be, dir, model.LoadOptions{DType: "bfloat16", KVCacheDType: "bfloat16"})
+	s := &seqRun{m: m, blocks: scattered}
+	s.step(t, []int32{3, 14, 15, 92})
+	for i := range 4 {
+		s.step(t, []int32{int32(i*31+7) % int32(m.Config().VocabSize)})
+	}
+	if n := cuda.StepLaunches(be); n == 0 {
+		t.Fatal("the decode-step kernel did not run")
+	}
+	cyc, err := cuda.StepPhaseCycles(be, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"qkv", "barrier", "attention", "o", "router", "top-k", "experts' gate/up", "experts' down"} {
+		if !(cyc[i] > 0) {
+			t.Errorf("phase %s: %v cycles, want > 0 (all: %v)", name, cyc[i], cyc)
+		}
+	}
+}

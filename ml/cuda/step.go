@@ -153,6 +153,9 @@ const (
 	funcAttrNumRegs         = 4
 )
 
+// stepStamps is STEP_STAMPS in kernels/step.cu: clock stamps a layer.
+const stepStamps = 8
+
 // stepKS picks a GEMV phase's split-K factor (warps per pair of rows) for
 // P pairs of K columns on a grid of blocks: the one whose busiest block
 // streams the fewest rows (a block's task is 8/ks pairs), among those that
@@ -185,6 +188,20 @@ func stepKS(P, K, grid, phases int) int {
 // step graph of its own.
 func stepSplits(maxContext, warpsPerHead int) int {
 	return max(1, min((maxContext+7)/8, min(max(warpsPerHead, 32), stepMaxSplits)))
+}
+
+// stepGroupHeads mirrors stepGroupHeads in kernels/step.cu: the heads of
+// a GQA group of g that one warp of stepAttention takes at once.
+func stepGroupHeads(g, epl int) int {
+	switch {
+	case epl > 4:
+		return 1
+	case g%3 == 0:
+		return 3
+	case g%2 == 0:
+		return 2
+	}
+	return 1
 }
 
 // stepMaxSplits bounds the pieces per head (two merge levels of
@@ -411,7 +428,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	if hd%epl != 0 {
 		return fmt.Errorf("%w: decode step with head dim %d", ml.ErrUnsupported, hd)
 	}
-	ns := stepSplits(meta.MaxContext, grid*8/nh)
+	// A warp takes stepGroupHeads heads of a GQA group: as many pieces per
+	// head as warps per such set of heads.
+	ns := stepSplits(meta.MaxContext, grid*8*stepGroupHeads(nh/nkv, epl)/nh)
 	if b.step.forceNS > 0 {
 		ns = min(b.step.forceNS, stepMaxSplits) // the merge's bound
 	}
@@ -461,7 +480,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	}
 	a.bar = b.step.bar.ptr
 	if b.step.stamping {
-		if err := b.ensure(&b.step.stamps, int64(len(layers))*6*8); err != nil {
+		if err := b.ensure(&b.step.stamps, int64(len(layers))*stepStamps*8); err != nil {
 			return err
 		}
 		a.stamps = b.step.stamps.ptr

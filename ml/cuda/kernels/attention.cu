@@ -42,7 +42,8 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
   const int seq = tokenSeq[t];
   if (flashRows > 0) {
     // The flash kernel runs too (flash.cu): leave it the tokens it serves,
-    // by the rule it applies to its tile of flashRows tokens.
+    // by the rule it applies to its tile of flashRows tokens (its form's
+    // FA_BM or FW_BM rows over G: at most 128, a thread a token).
     const int t0 = t / flashRows * flashRows, r = threadIdx.x;
     const bool valid = r < flashRows && t0 + r < (int)gridDim.y;
     const int nValid = __syncthreads_count(valid);

@@ -205,10 +205,16 @@ __device__ __forceinline__ void cp16(void* dst, const void* src, bool ok) {
   const unsigned d = smemAddr(dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
 }
-// ldsm_x4_at and cp16_at take a shared-window address (smemAddr): offsets
-// added to one base fold into the instructions' immediates.
+// ldsm_x4_at, ldsm_x4_t_at and cp16_at take a shared-window address
+// (smemAddr): offsets added to one base fold into the instructions'
+// immediates.
 __device__ __forceinline__ void ldsm_x4_at(unsigned* r, unsigned a) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t_at(unsigned* r, unsigned a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
 }

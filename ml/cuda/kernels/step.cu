@@ -28,6 +28,11 @@ struct StepLayer {
   long long window;  // sliding attention window: the last window positions (0: all)
 };
 
+// Clock stamps a layer (StepArgs.stamps): q/k/v, barrier, attention, o,
+// then gate/up and down; a sparse MLP's router, top-k, experts' gate/up,
+// experts' down and the sum instead of the last two.
+#define STEP_STAMPS 8
+
 struct StepArgs {
   const StepLayer* layers;
   float* h;     // layer 0's input; the last layer's output
@@ -37,8 +42,7 @@ struct StepArgs {
   const int *pos, *slots, *tokSeq, *bt;
   const float* invFreq;
   char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
-  unsigned long long* stamps;  // null, or block 0's clock at each phase's start (6 per layer; benchmarks;
-                               // a sparse MLP's router and experts take gate/up's and down's)
+  unsigned long long* stamps;  // null, or block 0's clock at each phase's start (STEP_STAMPS a layer; benchmarks)
   long long layerBytes, numSlots;
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
   int syncMode;  // the grid barrier's variant (gridMode)
@@ -59,8 +63,9 @@ __device__ __forceinline__ int stepTasks(const DArgs& a) {
   return (P + per - 1) / per;
 }
 
+// stepPhaseKS returns the phase's number of tasks.
 template <int EPI, int KS, bool F8W>
-__device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar, int first) {
+__device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int first) {
   const int tasks = stepTasks<EPI, KS>(a);
   // Block first takes task 0: phases that share a barrier interval (the
   // experts of a sparse MLP) start where the previous one's tasks ended,
@@ -70,52 +75,32 @@ __device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar, int f
   gridArrive(bar);
   if (blk >= tasks) {
     gridWait(bar);
-    return;
+    return tasks;
   }
   dgemv<1, EPI, KS, true, F8W>(a, blk, gridDim.x, tasks, bar);
+  return tasks;
 }
 
-// stepPhase runs one GEMV phase; bar (null: none) is the barrier that
-// separates it from the previous phase.
+// stepPhase runs one GEMV phase split ks ways along K, its first task at
+// block first (below gridDim.x); bar (null: none) is the barrier that
+// separates it from the previous phase. It returns the block after its
+// last task, where a next phase in the same barrier interval (the next
+// expert of a sparse MLP) starts.
 template <int EPI, bool F8W>
-__device__ __forceinline__ void stepPhase(const DArgs& a, int ks, unsigned* bar) {
-  switch (ks) {
-    case 1:
-      stepPhaseKS<EPI, 1, F8W>(a, bar, 0);
-      break;
-    case 2:
-      stepPhaseKS<EPI, 2, F8W>(a, bar, 0);
-      break;
-    case 4:
-      stepPhaseKS<EPI, 4, F8W>(a, bar, 0);
-      break;
-    default:
-      stepPhaseKS<EPI, 8, F8W>(a, bar, 0);
-  }
-}
-
-// stepExpertPhase is stepPhase for one expert of a sparse MLP, its first
-// task at block first (below gridDim.x); it returns the block after its
-// last task, where the next expert's tasks start.
-template <int EPI>
-__device__ __forceinline__ int stepExpertPhase(const DArgs& a, int ks, unsigned* bar, int first) {
+__device__ __forceinline__ int stepPhase(const DArgs& a, int ks, unsigned* bar, int first = 0) {
   int tasks;
   switch (ks) {
     case 1:
-      stepPhaseKS<EPI, 1, false>(a, bar, first);
-      tasks = stepTasks<EPI, 1>(a);
+      tasks = stepPhaseKS<EPI, 1, F8W>(a, bar, first);
       break;
     case 2:
-      stepPhaseKS<EPI, 2, false>(a, bar, first);
-      tasks = stepTasks<EPI, 2>(a);
+      tasks = stepPhaseKS<EPI, 2, F8W>(a, bar, first);
       break;
     case 4:
-      stepPhaseKS<EPI, 4, false>(a, bar, first);
-      tasks = stepTasks<EPI, 4>(a);
+      tasks = stepPhaseKS<EPI, 4, F8W>(a, bar, first);
       break;
     default:
-      stepPhaseKS<EPI, 8, false>(a, bar, first);
-      tasks = stepTasks<EPI, 8>(a);
+      tasks = stepPhaseKS<EPI, 8, F8W>(a, bar, first);
   }
   return (first + tasks) % gridDim.x;
 }
@@ -234,26 +219,21 @@ __device__ __forceinline__ bool stepArrive(unsigned* c, int n) {
   return last;
 }
 
-// stepAttention is a one-token step's attention: one warp per (head,
-// split) piece of up to 16 keys at a time, with no block-wide reductions,
-// so a pass over a piece's keys is one round of independent loads (all
-// its K and V rows: the block table entries of 32 blocks at a time are
-// held a lane each) and a few shuffles. The last piece of a group of
-// STEP_MERGE_GROUP merges the group's pieces, and with several groups the
-// last group merges their results (stepMerge). It is a separate (not
-// inlined) function so that it gets its own register allocation. Lane l
-// holds elements [l·EPL, l·EPL+EPL) of a head.
-//
-// A is the kernel's parameter block seen through a pointer: each field
-// read is a load, and one in a key's address chain made every key wait
-// for its own round trips (a pass cost ~16 of them). So every field is
-// read once, up front.
+// stepPiece writes head h's piece split of stepAttention (its unnormalized
+// output acc and its max and sum), or with one piece the head's output;
+// the last piece of a group merges the group, and the last group the
+// head. Not inlined: the merge's registers stay out of the passes'.
 template <int EPL>
-__device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
-                                           const int* bt, int window) {
-  constexpr int KW = EPL <= 2 ? 16 : 8;  // keys per pass (more would spill)
-  const int nh = A.nh, nkv = A.nkv, D = A.hd, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
-  const float scale = A.scale;
+__device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[EPL], float m, float l, int h, int split,
+                                       float* out) {
+  const int ns = A.ns, D = A.hd, nh = A.nh, lane = threadIdx.x & 31;
+  const bool dOK = lane * EPL < D;
+  if (ns == 1) {
+    if (dOK)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l > 0.f ? acc[e] / l : 0.f;
+    return;
+  }
   float* const partO = A.partO;
   float* const partML = A.partML;
   const int ng = (ns + STEP_MERGE_GROUP - 1) / STEP_MERGE_GROUP;
@@ -261,7 +241,56 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   // finished groups.
   unsigned* const groupCount = A.bar + STEP_SPLITS;
   unsigned* const headCount = groupCount + nh * ng;
-  const int lane = threadIdx.x & 31, G = nh / nkv;
+  const long long i0 = (long long)h * ns, pi = i0 + split;
+  if (dOK)
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[e];
+  if (lane == 0) {
+    partML[2 * pi] = m;
+    partML[2 * pi + 1] = l;
+  }
+  // The last piece of the group merges it; with one group that is the
+  // head's output, else the group's partial, and the last group merges
+  // the groups' partials.
+  const int grp = split / STEP_MERGE_GROUP, gFirst = grp * STEP_MERGE_GROUP;
+  const int inGroup = min(STEP_MERGE_GROUP, ns - gFirst);
+  if (!stepArrive(groupCount + h * ng + grp, inGroup)) return;
+  float* const head = out + (long long)h * D;
+  if (ng == 1) {
+    stepMerge<EPL>(partO, partML, i0, 0, 1, ns, D, head);
+    return;
+  }
+  stepMerge<EPL>(partO, partML, i0, gFirst, 1, inGroup, D, nullptr);
+  if (!stepArrive(headCount + h, ng)) return;
+  stepMerge<EPL>(partO, partML, i0, 0, STEP_MERGE_GROUP, ng, D, head);
+}
+
+// stepAttention is a one-token step's attention: one warp per (GH heads
+// of a GQA group, split) piece of up to 16 keys at a time, with no
+// block-wide reductions, so a pass over a piece's keys is one round of
+// independent loads (all its K and V rows: the block table entries of 32
+// blocks at a time are held a lane each) and a few shuffles. The GH heads
+// share the pass's K and V rows, which a head alone would read again for
+// every head of its group (from L2, at a long context the pass's cost).
+// The last piece of a group of STEP_MERGE_GROUP merges the group's pieces,
+// and with several groups the last group merges their results
+// (stepMerge). It is a separate (not inlined) function so that it gets its
+// own register allocation. Lane l holds elements [l·EPL, l·EPL+EPL) of a
+// head.
+//
+// A is the kernel's parameter block seen through a pointer: each field
+// read is a load, and one in a key's address chain made every key wait
+// for its own round trips (a pass cost ~16 of them). So every field is
+// read once, up front.
+template <int EPL, int GH>
+__device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
+                                           const int* bt, int window) {
+  // Keys per pass: more would spill (with several heads, each key's
+  // scores take registers of their own).
+  constexpr int KW = (EPL <= 2 ? 16 : 8) / (GH > 1 ? 2 : 1);
+  const int nh = A.nh, nkv = A.nkv, D = A.hd, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
+  const float scale = A.scale;
+  const int lane = threadIdx.x & 31, G = nh / nkv, nhg = nh / GH;
   const bool dOK = lane * EPL < D;
   // A window attends to the last window positions; the pieces cut those.
   const int first = window > 0 ? max(0, ctx - window) : 0;
@@ -269,22 +298,25 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   const bf16* kc = (const bf16*)kcl;
   const bf16* vc = (const bf16*)(kcl + A.layerBytes);
   const long long kvRow = (long long)nkv * D;
-  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nh * ns; it += gridDim.x * 8) {
-    const int h = it % nh, split = it / nh, kvh = h / G;
+  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nhg * ns; it += gridDim.x * 8) {
+    const int h0 = (it % nhg) * GH, split = it / nhg, kvh = h0 / G;
     const int k0 = first + split * per, k1 = min(ctx, k0 + per);
-    float qv[EPL], acc[EPL];
+    float qv[GH][EPL], acc[GH][EPL], m[GH], l[GH];
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) {
-      qv[e] = dOK ? q[(long long)h * D + lane * EPL + e] * scale : 0.f;
-      acc[e] = 0.f;
+    for (int i = 0; i < GH; ++i) {
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) {
+        qv[i][e] = dOK ? q[(long long)(h0 + i) * D + lane * EPL + e] * scale : 0.f;
+        acc[i][e] = 0.f;
+      }
+      m[i] = NEG_INF;
+      l[i] = 0.f;
     }
-    float m = NEG_INF, l = 0.f;
     // Block table entries b0 .. b0+31, lane i holding b0+i's (-1: none).
     int b0 = -32, myBlk = -1;
     for (int c0 = k0; c0 < k1; c0 += KW) {
       uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
-      float sc[KW];
-      unsigned valid = 0;  // keys in the piece with a live KV block
+      unsigned valid = 0;    // keys in the piece with a live KV block
       if ((c0 + KW - 1) / bs - b0 >= 32) {  // warp-uniform: this pass's last block is not held
         b0 = c0 / bs;
         const int bi = b0 + lane;
@@ -304,67 +336,67 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
           vr[j] = loadRow<EPL>(vc + row + lane * EPL);
         }
       }
+      if (!valid) continue;  // warp-uniform: no live keys in this pass
+      float sc[GH][KW];
 #pragma unroll
       for (int j = 0; j < KW; ++j) {
-        float kf[EPL], d = 0.f;
+        float kf[EPL];
         widenRow<EPL>(kr[j], kf);
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) d += qv[e] * kf[e];
-        sc[j] = d;
+        for (int i = 0; i < GH; ++i) {
+          float d = 0.f;
+#pragma unroll
+          for (int e = 0; e < EPL; ++e) d += qv[i][e] * kf[e];
+          sc[i][j] = d;
+        }
       }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
-        for (int j = 0; j < KW; ++j) sc[j] += __shfl_xor_sync(0xffffffffu, sc[j], o);
-      float mc = m;
+        for (int i = 0; i < GH; ++i)
 #pragma unroll
-      for (int j = 0; j < KW; ++j)
-        if (valid >> j & 1) mc = fmaxf(mc, sc[j]);
-      if (mc == NEG_INF) continue;  // no live keys yet
-      const float f = expf(m - mc);  // 0 on the first live pass (m = -inf)
-      l *= f;
+          for (int j = 0; j < KW; ++j) sc[i][j] += __shfl_xor_sync(0xffffffffu, sc[i][j], o);
+      float f[GH];
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) acc[e] *= f;
+      for (int i = 0; i < GH; ++i) {
+        float mc = m[i];
+#pragma unroll
+        for (int j = 0; j < KW; ++j)
+          if (valid >> j & 1) mc = fmaxf(mc, sc[i][j]);
+        f[i] = mc == NEG_INF ? 1.f : expf(m[i] - mc);  // 0 on the first live pass (m = -inf)
+        l[i] *= f[i];
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) acc[i][e] *= f[i];
+#pragma unroll
+        for (int j = 0; j < KW; ++j) sc[i][j] = (valid >> j & 1) && mc != NEG_INF ? expf(sc[i][j] - mc) : 0.f;
+        m[i] = mc;
+      }
 #pragma unroll
       for (int j = 0; j < KW; ++j) {
-        const float pj = (valid >> j & 1) ? expf(sc[j] - mc) : 0.f;
         float vf[EPL];
         widenRow<EPL>(vr[j], vf);
-        l += pj;
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) acc[e] += pj * vf[e];
+        for (int i = 0; i < GH; ++i) {
+          l[i] += sc[i][j];
+#pragma unroll
+          for (int e = 0; e < EPL; ++e) acc[i][e] += sc[i][j] * vf[e];
+        }
       }
-      m = mc;
     }
-    if (ns == 1) {
-      if (dOK)
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l > 0.f ? acc[e] / l : 0.f;
-      continue;
-    }
-    const long long i0 = (long long)h * ns, pi = i0 + split;
-    if (dOK)
-#pragma unroll
-      for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[e];
-    if (lane == 0) {
-      partML[2 * pi] = m;
-      partML[2 * pi + 1] = l;
-    }
-    // The last piece of the group merges it; with one group that is the
-    // head's output, else the group's partial, and the last group merges
-    // the groups' partials.
-    const int grp = split / STEP_MERGE_GROUP, first = grp * STEP_MERGE_GROUP;
-    const int inGroup = min(STEP_MERGE_GROUP, ns - first);
-    if (!stepArrive(groupCount + h * ng + grp, inGroup)) continue;
-    float* const head = out + (long long)h * D;
-    if (ng == 1) {
-      stepMerge<EPL>(partO, partML, i0, 0, 1, ns, D, head);
-      continue;
-    }
-    stepMerge<EPL>(partO, partML, i0, first, 1, inGroup, D, nullptr);
-    if (!stepArrive(headCount + h, ng)) continue;
-    stepMerge<EPL>(partO, partML, i0, 0, STEP_MERGE_GROUP, ng, D, head);
+    for (int i = 0; i < GH; ++i) stepPiece<EPL>(A, acc[i], m[i], l[i], h0 + i, split, out);
   }
+}
+
+// stepGroupHeads is the heads of a GQA group of G that stepAttention's
+// warp takes at once (it must divide G): 3 or 2 where they divide it,
+// more would spill; 1 at head dims over 128 (EPL 8), whose K and V rows
+// already fill the registers. stepGroupHeads in step.go mirrors it.
+__device__ __forceinline__ int stepGroupHeads(int G, int EPL) {
+  if (EPL > 4) return 1;
+  if (G % 3 == 0) return 3;
+  if (G % 2 == 0) return 2;
+  return 1;
 }
 
 // stepQKNorm is the phase that per-head q/k norms add after the q/k/v
@@ -424,7 +456,7 @@ __device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, 
 // Inlined: called as a function, every value live across the call was
 // spilled, in the GEMV loops too (ptxas --verbose: 8 KB of spill stores).
 __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
-                                     float* eact, float* eout, unsigned long long* stamp) {
+                                     float* eact, float* eout, unsigned long long* stamps) {
   __shared__ float sP[STEP_MAXE];
   __shared__ float sW[STEP_MAXK];
   __shared__ int sId[STEP_MAXK];
@@ -447,9 +479,10 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
   r.K = H;
   stepPhase<EPI_STORE, false>(r, A.ksRouter, A.bar);
   gridSync(A.bar);
+  if (stamps) stamps[5] = clock64();
   if (threadIdx.x < 32) topkRow(sP, rlog, A.E, k, A.normTopK, sW, sId);
   __syncthreads();
-  if (stamp) *stamp = clock64();
+  if (stamps) stamps[6] = clock64();
   // The k experts' GEMVs follow each other without a barrier, each
   // starting at the block after the previous one's tasks.
   int first = 0;
@@ -466,8 +499,9 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     g.ldd = I;
     g.N = 2 * I;
     g.K = H;
-    first = stepExpertPhase<EPI_SILU>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
+    first = stepPhase<EPI_SILU, false>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
   }
+  if (stamps) stamps[7] = clock64();
   first = 0;
   for (int j = 0; j < k; ++j) {
     DArgs d = {};
@@ -479,7 +513,7 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     d.ldd = H;
     d.N = H;
     d.K = I;
-    first = stepExpertPhase<EPI_ADDF>(d, A.ksEDown, j == 0 ? A.bar : nullptr, first);
+    first = stepPhase<EPI_ADDF, false>(d, A.ksEDown, j == 0 ? A.bar : nullptr, first);
   }
   gridSync(A.bar);
   for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < H; n += gridDim.x * blockDim.x) {
@@ -516,7 +550,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     float* act = att + qd;
     const bool stamp = A.stamps && blockIdx.x == 0 && threadIdx.x == 0;
 #define STAMP(k) \
-  if (stamp) A.stamps[6 * l + (k)] = clock64()
+  if (stamp) A.stamps[STEP_STAMPS * l + (k)] = clock64()
     STAMP(0);
 
     DArgs a = {};
@@ -557,7 +591,16 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    stepAttention<EPL>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+    switch (stepGroupHeads(A.nh / A.nkv, EPL)) {
+      case 3:
+        stepAttention<EPL, 3>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        break;
+      case 2:
+        stepAttention<EPL, 2>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        break;
+      default:
+        stepAttention<EPL, 1>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+    }
     STAMP(3);
 
     DArgs o = {};
@@ -578,7 +621,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
         float* rlog = act + A.I + (A.qkNorm ? qd : 0);
         float* eact = rlog + A.E;
         STAMP(4);
-        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI, stamp ? A.stamps + 6 * l + 5 : nullptr);
+        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI, stamp ? A.stamps + STEP_STAMPS * l : nullptr);
         hin = hout;
         continue;
       }
