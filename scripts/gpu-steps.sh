@@ -14,6 +14,12 @@
 #                cuda.test-prev and cuda.test alternated
 #   step-context BenchmarkDecodeStepContext, cuda.test and cuda.test-NAME
 #                (STEP_AB, default gqa) alternated
+#   attn-sweep   BenchmarkAttentionPrefill in every form and length, twice
+#   long         the long-context workloads (scripts/bench-gpu-long.sh) from
+#                llmserve, then from LONG_PREV (e.g. llmserve-prev) if set
+#   models       the decode sweep of MODELS (default Qwen3-8B and
+#                Qwen3-30B-A3B; scripts/bench-gpu-models.sh), and
+#                Llama-3.1-8B in bf16 and fp8 where MODELS names it
 #   moestep      the MoE decode step's phases (BenchmarkModelDecode)
 #   peerbuild    starts building llama.cpp's CUDA llama-bench in the
 #                background (minutes) from .gpu/llama-src.tar.xz
@@ -39,6 +45,24 @@ for step in "$@"; do
   case $step in
   suite) TEST_BIN=${TEST_BIN:-.gpu/cuda.test} OUTDIR=$R bash scripts/gpu-verify.sh 1 2>&1 | tail -30 ;;
   attn) ab attn-ab.log 'AttentionPrefill/flash/T=8000$' 20x cuda.test-prev cuda.test ;;
+  attn-sweep) ab attn-sweep.log AttentionPrefill 20x cuda.test ;;
+  long)
+    for bin in llmserve ${LONG_PREV:-}; do
+      echo "== $bin long context"
+      BIN=.gpu/$bin LOADGEN=.gpu/loadgen TOKENIZER=$LLMSERVE_TESTDATA/tokenizers/qwen3 OUTDIR=$R/long-$bin \
+        timeout 200 bash scripts/bench-gpu-long.sh 2>&1 | tail -8
+    done ;;
+  models)
+    for model in ${MODELS:-Qwen/Qwen3-8B Qwen/Qwen3-30B-A3B}; do
+      tok=$LLMSERVE_TESTDATA/tokenizers/qwen3 args=("")
+      # Llama's vocabulary (128,256) is smaller than the Qwen tokenizer's.
+      [[ $model == meta-llama/* ]] && tok=$LLMSERVE_TESTDATA/tokenizers/mistral-sp args=("" "--quantization fp8")
+      for q in "${args[@]}"; do
+        echo "== $model ${q:-bf16}"
+        BIN=.gpu/llmserve LOADGEN=.gpu/loadgen TOKENIZER=$tok MODELS=$model SERVE_ARGS="$q" OUTDIR=$R/models \
+          timeout 200 bash scripts/bench-gpu-models.sh 2>&1 | grep -E "c=|exited|FAIL" | tail -4
+      done
+    done ;;
   step-context) ab step-context-ab.log DecodeStepContext 200x cuda.test "cuda.test-${STEP_AB:-gqa}" ;;
   moestep)
     (cd ml/cuda && timeout 150 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \

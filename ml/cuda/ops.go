@@ -937,7 +937,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 		if meta.NumSeqs <= 1 {
 			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
 		}
-		flashRows = flashTileTokens(H/KVH, b.flashWideFor(D))
+		flashRows = flashTileTokens(H/KVH, b.flashWideFor(D, T))
 	}
 	epl := 1
 	for epl*32 < D {
@@ -1027,13 +1027,16 @@ func (b *Backend) aPaged(kc *kvCache, layer int, tokSeq, pos, bt *tensor, maxBlo
 // too, while prefill tokens share their keys' loads in the flash kernel.
 const defaultFlashMin = 64
 
-// flashWide makes prefill attention take flash_attn's _wide form
-// (FlashAttention-2's layout: 128 rows a block, warps of 32 rows, K and V
-// in two stages where they fit) instead of the 64-row form, where the
-// device allows its shared memory. Off until an H100 A/B
-// (BenchmarkAttentionPrefill's flash-wide against flash) says it is
-// faster; a variable so that the benchmark and the tests can run both.
-var flashWide = false
+// flashWideMin is the fewest tokens a step must have for prefill attention
+// to take flash_attn's _wide form (FlashAttention-2's layout: 128 rows a
+// block, warps of 32 rows, K and V in two stages where they fit) instead
+// of the 64-row form, where the device allows its shared memory. The wide
+// form reuses each K/V fragment across twice the rows but has half the
+// blocks: on an H100 (BenchmarkAttentionPrefill, Qwen2.5-1.5B's heads) it
+// is the faster at 8,000 tokens and the slower at 1,024, whose wide grid
+// is under one wave. A variable so that the tests and the benchmark can
+// force either form.
+var flashWideMin = 2048
 
 // bf16Planes records x's activations as bf16 planes for a tensor-core
 // product: one rounded plane under RoundActivations, else hi and lo halves
@@ -1056,11 +1059,11 @@ func (b *Backend) flashPasses() int {
 	return 2
 }
 
-// flashWideFor reports whether flash attention at head dim d takes the
-// _wide form. The per-token kernel's flashRows follows it: both must cut
-// the tokens into the same tiles.
-func (b *Backend) flashWideFor(d int) bool {
-	return flashWide && int64(flashShared(d, b.flashPasses(), true)) <= int64(b.dev.sharedOptin)
+// flashWideFor reports whether flash attention at head dim d in a step of
+// T tokens takes the _wide form. The per-token kernel's flashRows follows
+// it: both must cut the tokens into the same tiles.
+func (b *Backend) flashWideFor(d, T int) bool {
+	return T >= flashWideMin && int64(flashShared(d, b.flashPasses(), true)) <= int64(b.dev.sharedOptin)
 }
 
 // flashTileTokens is the flash kernel's tile of tokens for GQA groups of
@@ -1079,7 +1082,7 @@ func flashTileTokens(g int, wide bool) int {
 // later GPU, and enough tokens per sequence to share key loads.
 func (b *Backend) useFlash(kc *kvCache, T, numSeqs, H, D, qStride, outStride int) bool {
 	return kc.dt == ml.BF16 && (D == 64 || D == 128) && b.dev.major >= 8 && kc.kvh > 0 && H%kc.kvh == 0 &&
-		flashTileTokens(H/kc.kvh, b.flashWideFor(D)) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
+		flashTileTokens(H/kc.kvh, b.flashWideFor(D, T)) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
 }
 
 // attnOutput prepares d for T tokens of attention output and returns the
@@ -1101,7 +1104,7 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	if err != nil {
 		return err
 	}
-	passes, wide := b.flashPasses(), b.flashWideFor(D)
+	passes, wide := b.flashPasses(), b.flashWideFor(D, T)
 	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(q.ptr)
