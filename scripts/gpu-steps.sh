@@ -20,6 +20,9 @@
 #   models       the decode sweep of MODELS (default Qwen3-8B and
 #                Qwen3-30B-A3B; scripts/bench-gpu-models.sh), and
 #                Llama-3.1-8B in bf16 and fp8 where MODELS names it
+#   ncu-prefill  an 8,000-token prompt step's kernels timed by Nsight
+#                Compute (BenchmarkPrefill, rounded activations), summed by
+#                kernel over its four steps
 #   moestep      the MoE decode step's phases (BenchmarkModelDecode)
 #   peerbuild    starts building llama.cpp's CUDA llama-bench in the
 #                background (minutes) from .gpu/llama-src.tar.xz
@@ -64,6 +67,10 @@ for step in "$@"; do
       done
     done ;;
   step-context) ab step-context-ab.log DecodeStepContext 200x cuda.test "cuda.test-${STEP_AB:-gqa}" ;;
+  ncu-prefill)
+    (cd ml/cuda && timeout 400 ncu --metrics gpu__time_duration.sum --csv --clock-control none ../../.gpu/cuda.test \
+      -test.run XXX -test.bench 'Prefill/round=true/seqs=1/new=8000$' -test.benchtime 1x >$R/ncu-prefill.csv 2>$R/ncu-prefill.err)
+    python3 scripts/ncu-sum.py $R/ncu-prefill.csv 4 | tee $R/ncu-prefill.txt ;;
   moestep)
     (cd ml/cuda && timeout 150 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \
       -test.benchtime 100x -test.v 2>&1 | grep -vE '^=== ' | tail -60) | tee $R/moe-step.log ;;
