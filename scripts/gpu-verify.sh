@@ -10,8 +10,8 @@
 #   LOADGEN=.gpu/loadgen LLMSERVE_TESTDATA=.gpu/testdata OUTDIR=$OUT \
 #   bash scripts/gpu-verify.sh 1   # then 2, 3
 #
-# Part 5 runs the long-context workloads with --max-num-batched-tokens
-# 8192, --gemm-activations bf16, and both. PREV_BIN (part 2): an earlier
+# Part 5 runs the long-context workloads with the defaults and with
+# --gemm-activations split (the default before d2bc5aa). PREV_BIN (part 2): an earlier
 # server binary whose long-context workloads run beside this build's, with
 # PREV_FLAGS (e.g. --max-num-batched-tokens 8192, today's default on an
 # H100 or H200, which older builds did not choose).
@@ -117,10 +117,10 @@ elif [ "$part" = 4 ]; then
     done
   done
 elif [ "$part" = 5 ]; then
-  # The prompt-bound figures' levers, one server each: larger steps, vLLM's
-  # precision (one bf16 rounding of GEMM inputs), both.
-  for flags in "--max-num-batched-tokens 8192" "--gemm-activations bf16" "--gemm-activations bf16 --max-num-batched-tokens 8192"; do
-    tag=$(echo "$flags" | tr -d '-' | tr ' ' '_')
+  # The prompt-bound figures with the defaults (one bf16 rounding of GEMM
+  # inputs, as vLLM) and with f32-grade split products, one server each.
+  for flags in "" "--gemm-activations split"; do
+    tag=$(echo "${flags:-defaults}" | tr -d '-' | tr ' ' '_')
     echo "== $(basename "$BIN") long context, $flags"
     BIN=$BIN LOADGEN=$LOADGEN TOKENIZER=$TOKENIZER ONLY="decode12 long8k p1024-c64 mix-c64" SERVER_FLAGS="$flags" \
       OUTDIR="$o/long-$tag" timeout 150 bash scripts/bench-gpu-long.sh
