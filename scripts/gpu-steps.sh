@@ -22,7 +22,8 @@
 #                Llama-3.1-8B in bf16 and fp8 where MODELS names it
 #   ncu-prefill  an 8,000-token prompt step's kernels timed by Nsight
 #                Compute (BenchmarkPrefill, rounded activations), summed by
-#                kernel over its four steps
+#                kernel over its four steps (the 8,000-token benchmark comes
+#                back with git revert 610f8df)
 #   moestep      the MoE decode step's phases (BenchmarkModelDecode)
 #   peerbuild    starts building llama.cpp's CUDA llama-bench in the
 #                background (minutes) from .gpu/llama-src.tar.xz
