@@ -731,15 +731,16 @@ func timeSteps(bm *testing.B, m *synthModel, s synthStep, out []float32, greedy 
 	bm.ReportMetric(float64(tokens)/sec, "tok/s")
 }
 
-// BenchmarkPrefill times prompt steps (one sequence of 1024 new tokens, four
-// of 512) with split activations (the default) and with one bf16 rounding
-// (RoundActivations), which does half the tensor-core work.
+// BenchmarkPrefill times prompt steps (one sequence of 1024 or 8000 new
+// tokens, four of 512) with split activations and with one bf16 rounding
+// (RoundActivations, the server's default), which does half the
+// tensor-core work.
 func BenchmarkPrefill(bm *testing.B) {
 	gpuOrSkip(bm)
 	for _, round := range []bool{false, true} {
 		b := newTestBackend(bm, Options{RoundActivations: round})
-		m := newSynth(bm, b, qwen15, 2048, 1)
-		for _, sh := range [][2]int{{1, 1024}, {4, 512}} {
+		m := newSynth(bm, b, qwen15, 8192, 1)
+		for _, sh := range [][2]int{{1, 1024}, {4, 512}, {1, 8000}} {
 			bm.Run(fmt.Sprintf("round=%v/seqs=%d/new=%d", round, sh[0], sh[1]), func(bm *testing.B) {
 				r := rand.New(rand.NewPCG(1, 2))
 				lens, news := make([]int, sh[0]), make([]int, sh[0])

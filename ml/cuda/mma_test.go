@@ -23,19 +23,20 @@ func TestFlashConformance(t *testing.T) {
 		return func() ml.Backend {
 			b := newTestBackend(t, o)
 			SetFlashMin(b, 0)
-			if wide && !b.flashWideFor(64) {
+			if wide && !b.flashWideFor(64, 1<<20, 1, 1) {
 				t.Fatalf("the device's %d bytes of shared memory a block leave no wide flash form", b.dev.sharedOptin)
 			}
 			return b
 		}
 	}
-	defer func(w bool) { flashWide = w }(flashWide)
+	defer func(w float64) { flashWideWaves = w }(flashWideWaves)
 	for _, wide := range []bool{false, true} {
 		suffix := ""
+		flashWideWaves = math.Inf(1)
 		if wide {
 			suffix = "-wide"
+			flashWideWaves = 0
 		}
-		flashWide = wide
 		t.Run("split"+suffix, func(t *testing.T) {
 			o := mltest.DefaultOptions()
 			o.Tol, o.MatMulTol, o.RoPETol = 1e-5, 5e-5, 2e-4
@@ -102,11 +103,17 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 		{"per-token", Options{}, math.MaxInt32, false}} {
 		b := newTestBackend(bm, v.o)
 		SetFlashMin(b, v.flashMin)
-		for _, T := range []int{1024, 8000} {
+		for _, T := range []int{1024, 2048, 4096, 8000} {
+			if v.flashMin > 0 && T > 1024 && T < 8000 {
+				continue // the per-token kernel is the slow reference, at the ends only
+			}
 			bm.Run(fmt.Sprintf("%s/T=%d", v.name, T), func(bm *testing.B) {
-				defer func(w bool) { flashWide = w }(flashWide)
-				flashWide = v.wide
-				if v.wide && !b.flashWideFor(D) {
+				defer func(w float64) { flashWideWaves = w }(flashWideWaves)
+				flashWideWaves = math.Inf(1)
+				if v.wide {
+					flashWideWaves = 0
+				}
+				if v.wide && !b.flashWideFor(D, T, H/KVH, KVH) {
 					bm.Skipf("the device's %d bytes of shared memory a block leave no wide flash form", b.dev.sharedOptin)
 				}
 				r := rand.New(rand.NewPCG(1, 2))
@@ -308,39 +315,42 @@ func checkExperts(t *testing.T, b *Backend, r *rand.Rand, wdt ml.DType, round bo
 }
 
 // TestUseFlash: which attention steps take the flash kernel (no GPU
-// needed), and its form's tile of tokens: the wide form's only where
-// flashWide is on and the device allows its shared memory.
+// needed), and its form's tile of tokens: the wide form's only where its
+// grid fills flashWideWaves waves and the device allows its shared memory.
 func TestUseFlash(t *testing.T) {
-	b := &Backend{dev: &deviceInfo{major: 9}, flashMin: defaultFlashMin}
+	b := &Backend{dev: &deviceInfo{major: 9, sms: 132}, flashMin: defaultFlashMin}
 	bf16, f32 := &kvCache{dt: ml.BF16, kvh: 2}, &kvCache{dt: ml.F32, kvh: 2}
-	defer func(w bool) { flashWide = w }(flashWide)
+	defer func(w float64) { flashWideWaves = w }(flashWideWaves)
+	flashWideWaves = 2 // 528 blocks of an H100's 132 SMs
 	for _, c := range []struct {
-		wide         bool
+		T            int
 		optin        int32
 		round        bool
 		D, g, want   int
 		wantUseFlash bool
 	}{
-		{false, 232448, false, 128, 6, 10, true},
-		{true, 232448, false, 128, 6, 21, true},
-		{true, 232448, true, 128, 6, 21, true},
-		{true, 232448, false, 64, 64, 2, true},
-		{true, 232448, false, 128, 65, 1, true}, // the narrow form takes none
-		{true, 232448, false, 128, 129, 0, false},
-		{true, 101376, false, 128, 6, 10, true}, // an sm_86's opt-in: the narrow form
-		{true, 101376, false, 64, 6, 21, true},
-		{true, 101376, true, 128, 65, 0, false},
+		{1024, 232448, false, 128, 6, 10, true}, // 98 wide blocks (tiles of 21 tokens, 2 KV heads): narrow
+		{5523, 232448, false, 128, 6, 10, true}, // 263 tiles, 526 blocks
+		{5524, 232448, false, 128, 6, 21, true}, // 264 tiles, 528 blocks: two waves
+		{8000, 232448, true, 128, 6, 21, true},
+		{8000, 232448, false, 64, 64, 2, true},
+		{8000, 232448, false, 128, 65, 1, true}, // the narrow form takes none
+		{200, 232448, false, 128, 65, 0, false}, // 400 wide blocks: narrow, which takes none
+		{8000, 232448, false, 128, 129, 0, false},
+		{8000, 101376, false, 128, 6, 10, true}, // an sm_86's opt-in: the narrow form
+		{8000, 101376, false, 64, 6, 21, true},
+		{8000, 101376, true, 128, 65, 0, false},
 	} {
-		flashWide, b.dev.sharedOptin, b.opts.RoundActivations = c.wide, c.optin, c.round
+		b.dev.sharedOptin, b.opts.RoundActivations = c.optin, c.round
 		H := c.g * bf16.kvh
-		tb := flashTileTokens(c.g, b.flashWideFor(c.D))
-		got := b.useFlash(bf16, 1024, 1, H, c.D, H*c.D, H*c.D)
+		tb := flashTileTokens(c.g, b.flashWideFor(c.D, c.T, c.g, bf16.kvh))
+		got := b.useFlash(bf16, c.T, 1, H, c.D, H*c.D, H*c.D)
 		if tb != c.want || got != c.wantUseFlash {
-			t.Errorf("wide %v, opt-in %d, round %v, head dim %d, group %d: %d tokens a tile, useFlash %v; want %d, %v",
-				c.wide, c.optin, c.round, c.D, c.g, tb, got, c.want, c.wantUseFlash)
+			t.Errorf("%d tokens, opt-in %d, round %v, head dim %d, group %d: %d tokens a tile, useFlash %v; want %d, %v",
+				c.T, c.optin, c.round, c.D, c.g, tb, got, c.want, c.wantUseFlash)
 		}
 	}
-	flashWide, b.dev.sharedOptin, b.opts.RoundActivations = false, 0, false
+	flashWideWaves, b.dev.sharedOptin, b.opts.RoundActivations = math.Inf(1), 0, false
 	for _, c := range []struct {
 		name                              string
 		kc                                *kvCache

@@ -132,7 +132,7 @@ var scattered = func() []int32 {
 func TestModelGolden(t *testing.T) {
 	td := shareddata.Dir(t)
 	for _, name := range []string{"qwen2-tiny", "llama3-tiny-bf16"} {
-		for _, mode := range []string{"exact", "default", "default-kv-auto", "round"} {
+		for _, mode := range []string{"exact", "default", "default-kv-auto", "round", "served"} {
 			tol, margin := 1e-3, 2e-3
 			diff := maxDiff
 			switch mode {
@@ -140,7 +140,7 @@ func TestModelGolden(t *testing.T) {
 				tol, margin, diff = 0.15, 0.3, reference.LogprobDiff
 			case "default-kv-auto":
 				tol, margin, diff = 0.5, 1.0, reference.LogprobDiff
-			case "round":
+			case "round", "served":
 				tol, margin, diff = 1.0, 1.0, reference.LogprobDiff
 			}
 			exact := mode == "exact"
@@ -148,14 +148,16 @@ func TestModelGolden(t *testing.T) {
 				dir := filepath.Join(td, "models", name)
 				g := shareddata.ReadModelGolden(t, dir)
 				// SkinnyMaxT -1: prefill and decode both take the path under test.
-				o := cuda.Options{ExactActivations: exact, RoundActivations: mode == "round"}
+				o := cuda.Options{ExactActivations: exact, RoundActivations: mode == "round" || mode == "served"}
 				if !exact {
 					o.SkinnyMaxT = -1
 				}
 				be := gpu(t, o)
 				kv := "float32"
-				if mode == "default-kv-auto" {
-					kv = "auto" // the served default: the cache in the model's dtype
+				if mode == "default-kv-auto" || mode == "served" {
+					// The cache in the model's dtype; served adds rounded
+					// GEMM inputs: the server's defaults (--gemm-activations auto).
+					kv = "auto"
 				}
 				m := loadOn(t, be, dir, model.LoadOptions{KVCacheDType: kv})
 				s := &seqRun{m: m, blocks: scattered}

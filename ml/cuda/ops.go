@@ -937,7 +937,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 		if meta.NumSeqs <= 1 {
 			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
 		}
-		flashRows = flashTileTokens(H/KVH, b.flashWideFor(D))
+		flashRows = flashTileTokens(H/KVH, b.flashWideFor(D, T, H/KVH, KVH))
 	}
 	epl := 1
 	for epl*32 < D {
@@ -1027,13 +1027,18 @@ func (b *Backend) aPaged(kc *kvCache, layer int, tokSeq, pos, bt *tensor, maxBlo
 // too, while prefill tokens share their keys' loads in the flash kernel.
 const defaultFlashMin = 64
 
-// flashWide makes prefill attention take flash_attn's _wide form
+// flashWideWaves is how many waves (two blocks an SM) the grid of
+// flash_attn's _wide form must fill for prefill attention to take it
 // (FlashAttention-2's layout: 128 rows a block, warps of 32 rows, K and V
 // in two stages where they fit) instead of the 64-row form, where the
-// device allows its shared memory. Off until an H100 A/B
-// (BenchmarkAttentionPrefill's flash-wide against flash) says it is
-// faster; a variable so that the benchmark and the tests can run both.
-var flashWide = false
+// device allows its shared memory. The wide form reuses each K/V fragment
+// across twice the rows but has half the blocks: on an H100
+// (BenchmarkAttentionPrefill, Qwen2.5-1.5B's heads) it was the faster at
+// 8,000 tokens (2.9 waves) and the slower at 1,024 (0.37 waves). Counting
+// waves, not tokens, carries that to other head counts; where between the
+// two the forms cross is not measured yet. A variable so that the tests
+// and the benchmark can force either form (0: always, +Inf: never).
+var flashWideWaves = 2.0
 
 // bf16Planes records x's activations as bf16 planes for a tensor-core
 // product: one rounded plane under RoundActivations, else hi and lo halves
@@ -1057,10 +1062,16 @@ func (b *Backend) flashPasses() int {
 }
 
 // flashWideFor reports whether flash attention at head dim d takes the
-// _wide form. The per-token kernel's flashRows follows it: both must cut
+// _wide form in a step of T tokens with GQA groups of g query heads and
+// kvh KV heads. The per-token kernel's flashRows follows it: both must cut
 // the tokens into the same tiles.
-func (b *Backend) flashWideFor(d int) bool {
-	return flashWide && int64(flashShared(d, b.flashPasses(), true)) <= int64(b.dev.sharedOptin)
+func (b *Backend) flashWideFor(d, T, g, kvh int) bool {
+	tile := flashTileTokens(g, true)
+	if tile == 0 || int64(flashShared(d, b.flashPasses(), true)) > int64(b.dev.sharedOptin) {
+		return false
+	}
+	blocks := (T + tile - 1) / tile * kvh
+	return float64(blocks) >= flashWideWaves*2*float64(b.dev.sms)
 }
 
 // flashTileTokens is the flash kernel's tile of tokens for GQA groups of
@@ -1079,7 +1090,7 @@ func flashTileTokens(g int, wide bool) int {
 // later GPU, and enough tokens per sequence to share key loads.
 func (b *Backend) useFlash(kc *kvCache, T, numSeqs, H, D, qStride, outStride int) bool {
 	return kc.dt == ml.BF16 && (D == 64 || D == 128) && b.dev.major >= 8 && kc.kvh > 0 && H%kc.kvh == 0 &&
-		flashTileTokens(H/kc.kvh, b.flashWideFor(D)) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
+		flashTileTokens(H/kc.kvh, b.flashWideFor(D, T, H/kc.kvh, kc.kvh)) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
 }
 
 // attnOutput prepares d for T tokens of attention output and returns the
@@ -1101,7 +1112,7 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	if err != nil {
 		return err
 	}
-	passes, wide := b.flashPasses(), b.flashWideFor(D)
+	passes, wide := b.flashPasses(), b.flashWideFor(D, T, H/meta.NumKVHeads, meta.NumKVHeads)
 	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(q.ptr)
