@@ -90,6 +90,65 @@ __device__ void fa_next(int G, int* sSeq, const int* sPos, const int* sFirst, in
   }
 }
 
+// fa_rows fills a block's BM rows (TB = BM/G tokens from t0, G query
+// heads each; -1: no token): each row's sequence, position and first key
+// (sliding window), and q's rows in shared memory as bf16 planes (hi, and
+// lo with PASSES 2) of BM rows of LD, read as mma A fragments with
+// ldmatrix: in registers they took 32 (64) of them a thread, which now go
+// to another block an SM.
+template <int D, int PASSES, int BM>
+__device__ __forceinline__ void fa_rows(const float* q, const int* tokenSeq, const int* positions, int T, int G,
+                                        int t0, int kvh, int qStride, int window, int* sSeq, int* sPos,
+                                        int* sFirst, bf16* sQ) {
+  constexpr int LD = D + 8;
+  const int TB = BM / G;
+  for (int r = threadIdx.x; r < BM; r += blockDim.x) {
+    const int t = t0 + r / G;
+    int seq = -1, pos = 0;
+    if (r < TB * G && t < T) {
+      seq = tokenSeq[t];
+      pos = positions[t];
+    }
+    sSeq[r] = seq;
+    sPos[r] = pos;
+    sFirst[r] = window > 0 ? max(0, pos + 1 - window) : 0;
+  }
+  for (int c = threadIdx.x; c < BM * (D / 2); c += blockDim.x) {
+    const int r = c / (D / 2), col = (c - r * (D / 2)) * 2, t = t0 + r / G;
+    float2 v = make_float2(0.f, 0.f);
+    if (r < TB * G && t < T) v = *(const float2*)(q + (long long)t * qStride + (long long)(kvh * G + r % G) * D + col);
+    unsigned hi, lo;
+    split_bf16(v.x, v.y, hi, lo);
+    *(unsigned*)(sQ + r * LD + col) = hi;
+    if (PASSES > 1) *(unsigned*)(sQ + (PASSES - 1) * BM * LD + r * LD + col) = lo;
+  }
+}
+
+// fa_store writes this thread's part of row r's output: half h (row g or
+// g+8) of the C fragments o of its m tile, divided by the row's sum L
+// (summed over the quad here), to out and, when given, out16.
+template <int D>
+__device__ __forceinline__ void fa_store(float* out, bf16* out16, const float (&o)[D / 8][4], int h, float L,
+                                         int r, int t0, int G, int kvh, int outStride, int tq) {
+  const float inv = L > 0.f ? 1.f / L : 0.f;
+  const long long ob = (long long)(t0 + r / G) * outStride + (long long)(kvh * G + r % G) * D + tq * 2;
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) {
+    const float y0 = o[dn][h * 2] * inv, y1 = o[dn][h * 2 + 1] * inv;
+    *(float2*)(out + ob + dn * 8) = make_float2(y0, y1);
+    if (out16) *(unsigned*)(out16 + ob + dn * 8) = pack_bf16(y0, y1);
+  }
+}
+
+// fa_done retires sequence cur's rows once they are written.
+template <int BM>
+__device__ __forceinline__ void fa_done(int* sSeq, int cur) {
+  __syncthreads();
+  for (int r = threadIdx.x; r < BM; r += blockDim.x)
+    if (sSeq[r] == cur) sSeq[r] = -1;
+  __syncthreads();
+}
+
 template <int D, int PASSES>
 __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq,
                            const int* positions, const int* blockTables, int maxBlocks, int blockSize,
@@ -116,31 +175,8 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   const float sl2 = scale * 1.4426950408889634f;  // scores in base 2
   const long long kvRow = (long long)KVH * D;
 
-  for (int r = threadIdx.x; r < FA_BM; r += blockDim.x) {
-    const int t = t0 + r / G;
-    int seq = -1, pos = 0;
-    if (r < TB * G && t < T) {
-      seq = tokenSeq[t];
-      pos = positions[t];
-    }
-    sSeq[r] = seq;
-    sPos[r] = pos;
-    sFirst[r] = window > 0 ? max(0, pos + 1 - window) : 0;
-  }
+  fa_rows<D, PASSES, FA_BM>(q, tokenSeq, positions, T, G, t0, kvh, qStride, window, sSeq, sPos, sFirst, sQ);
   if (threadIdx.x == 0) sValid = -1;  // counted once the rows are in
-
-  // The block's rows of q in shared memory as bf16 planes (hi, and lo
-  // with PASSES 2), read as mma A fragments with ldmatrix: in registers
-  // they took 32 (64) of them a thread, which now go to a third block an SM.
-  for (int c = threadIdx.x; c < FA_BM * (D / 2); c += blockDim.x) {
-    const int r = c / (D / 2), col = (c - r * (D / 2)) * 2, t = t0 + r / G;
-    float2 v = make_float2(0.f, 0.f);
-    if (r < TB * G && t < T) v = *(const float2*)(q + (long long)t * qStride + (long long)(kvh * G + r % G) * D + col);
-    unsigned hi, lo;
-    split_bf16(v.x, v.y, hi, lo);
-    *(unsigned*)(sQ + r * LD + col) = hi;
-    if (PASSES > 1) *(unsigned*)(sQ + (PASSES - 1) * FA_BM * LD + r * LD + col) = lo;
-  }
   __syncthreads();
 
   for (;;) {
@@ -326,21 +362,10 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
       L += __shfl_xor_sync(0xffffffffu, L, 1);
       L += __shfl_xor_sync(0xffffffffu, L, 2);
       if (!rIn[ri]) continue;  // not this pass's, or idle (sSeq -1)
-      // This thread's row (g or g+8 of its warp's 16): token and query head.
-      const int r = warp * 16 + g + ri * 8;
-      const float inv = L > 0.f ? 1.f / L : 0.f;
-      const long long ob = (long long)(t0 + r / G) * outStride + (long long)(kvh * G + r % G) * D + tq * 2;
-#pragma unroll
-      for (int dn = 0; dn < DN; ++dn) {
-        const float y0 = o[dn][ri * 2] * inv, y1 = o[dn][ri * 2 + 1] * inv;
-        *(float2*)(out + ob + dn * 8) = make_float2(y0, y1);
-        if (out16) *(unsigned*)(out16 + ob + dn * 8) = pack_bf16(y0, y1);
-      }
+      // This thread's row (g or g+8 of its warp's 16).
+      fa_store<D>(out, out16, o, ri, L, warp * 16 + g + ri * 8, t0, G, kvh, outStride, tq);
     }
-    __syncthreads();
-    for (int r = threadIdx.x; r < FA_BM; r += blockDim.x)
-      if (sSeq[r] == cur) sSeq[r] = -1;
-    __syncthreads();
+    fa_done<FA_BM>(sSeq, cur);
   }
 }
 
@@ -393,28 +418,8 @@ __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, cons
   const float sl2 = scale * 1.4426950408889634f;  // scores in base 2
   const long long kvRow = (long long)KVH * D;
 
-  for (int r = threadIdx.x; r < FW_BM; r += blockDim.x) {
-    const int t = t0 + r / G;
-    int seq = -1, pos = 0;
-    if (r < TB * G && t < T) {
-      seq = tokenSeq[t];
-      pos = positions[t];
-    }
-    sSeq[r] = seq;
-    sPos[r] = pos;
-    sFirst[r] = window > 0 ? max(0, pos + 1 - window) : 0;
-  }
+  fa_rows<D, PASSES, FW_BM>(q, tokenSeq, positions, T, G, t0, kvh, qStride, window, sSeq, sPos, sFirst, sQ);
   if (threadIdx.x == 0) sValid = -1;
-
-  for (int c = threadIdx.x; c < FW_BM * (D / 2); c += blockDim.x) {
-    const int r = c / (D / 2), col = (c - r * (D / 2)) * 2, t = t0 + r / G;
-    float2 v = make_float2(0.f, 0.f);
-    if (r < TB * G && t < T) v = *(const float2*)(q + (long long)t * qStride + (long long)(kvh * G + r % G) * D + col);
-    unsigned hi, lo;
-    split_bf16(v.x, v.y, hi, lo);
-    *(unsigned*)(sQ + r * LD + col) = hi;
-    if (PASSES > 1) *(unsigned*)(sQ + (PASSES - 1) * QP + r * LD + col) = lo;
-  }
 
   // ldmatrix addresses of this lane (bytes in the shared window). q (A,
   // x4): rows +0..7 / +8..15 of an m tile at columns +0 / +8. K (B, x4):
@@ -647,19 +652,9 @@ __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, cons
       L += __shfl_xor_sync(0xffffffffu, L, 2);
       const int mt = i >> 1, h = i & 1, r = warp * 32 + mt * 16 + g + h * 8;
       if (sSeq[r] != cur) continue;  // not this pass's, or idle (sSeq -1)
-      const float inv = L > 0.f ? 1.f / L : 0.f;
-      const long long ob = (long long)(t0 + r / G) * outStride + (long long)(kvh * G + r % G) * D + tq * 2;
-#pragma unroll
-      for (int dn = 0; dn < DN; ++dn) {
-        const float y0 = o[mt][dn][h * 2] * inv, y1 = o[mt][dn][h * 2 + 1] * inv;
-        *(float2*)(out + ob + dn * 8) = make_float2(y0, y1);
-        if (out16) *(unsigned*)(out16 + ob + dn * 8) = pack_bf16(y0, y1);
-      }
+      fa_store<D>(out, out16, o[mt], h, L, r, t0, G, kvh, outStride, tq);
     }
-    __syncthreads();
-    for (int r = threadIdx.x; r < FW_BM; r += blockDim.x)
-      if (sSeq[r] == cur) sSeq[r] = -1;
-    __syncthreads();
+    fa_done<FW_BM>(sSeq, cur);
   }
 }
 
