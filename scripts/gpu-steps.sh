@@ -24,6 +24,9 @@
 #                Compute (BenchmarkPrefill, rounded activations), summed by
 #                kernel over its four steps (the 8,000-token benchmark comes
 #                back with git revert 610f8df)
+#   ncu-flash    Nsight Compute's detailed sections (speed of light, warp
+#                stalls, source counters) for one launch of the wide and
+#                one of the narrow flash form at T=8000, rounded
 #   moestep      the MoE decode step's phases (BenchmarkModelDecode)
 #   peerbuild    starts building llama.cpp's CUDA llama-bench in the
 #                background (minutes) from .gpu/llama-src.tar.xz
@@ -72,6 +75,13 @@ for step in "$@"; do
     (cd ml/cuda && timeout 400 ncu --metrics gpu__time_duration.sum --csv --clock-control none ../../.gpu/cuda.test \
       -test.run XXX -test.bench 'Prefill/round=true/seqs=1/new=8000$' -test.benchtime 1x >$R/ncu-prefill.csv 2>$R/ncu-prefill.err)
     python3 scripts/ncu-sum.py $R/ncu-prefill.csv 4 | tee $R/ncu-prefill.txt ;;
+  ncu-flash)
+    for form in flash-round-wide flash-round; do
+      (cd ml/cuda && timeout 200 ncu --set full --import-source no -k regex:flash_attn -c 1 --clock-control none \
+        ../../.gpu/cuda.test -test.run XXX -test.bench "AttentionPrefill/$form/T=8000\$" -test.benchtime 1x \
+        >$R/ncu-$form.txt 2>&1)
+      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form.txt | head -40
+    done ;;
   moestep)
     (cd ml/cuda && timeout 150 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \
       -test.benchtime 100x -test.v 2>&1 | grep -vE '^=== ' | tail -60) | tee $R/moe-step.log ;;
