@@ -202,6 +202,7 @@ type Backend struct {
 		rows, cols int
 		valid      bool
 	}
+	gateUp16   int  // MLPs recorded by gateUpSiLU16 (tests)
 	useShadow  bool // a bf16 weight was loaded under RoundActivations: norms also write bf16 copies
 	pdl        bool // kernels launch with programmatic stream serialization
 	launchCfg  launchConfig
@@ -639,7 +640,7 @@ func (b *Backend) stepKernel(epl int, v stepVariant) (uintptr, error) {
 }
 
 func kernelNames() []string {
-	n := []string{"embedding_f8", "cast_f32_bf16", "cast_f32_f16", "split_f32_bf16", "add_halves", "rope_kv_f32", "rope_kv_bf16", "silu_mul", "gather_rows", "argmax_rows", "attn_combine"}
+	n := []string{"embedding_f8", "cast_f32_bf16", "cast_f32_f16", "split_f32_bf16", "add_halves", "rope_kv_f32", "rope_kv_bf16", "silu_mul", "silu_mul16", "gather_rows", "argmax_rows", "attn_combine"}
 	n = append(n, moeKernelNames()...)
 	for _, s := range []string{"f32", "bf16", "f16"} {
 		n = append(n, "embedding_"+s, "rmsnorm_"+s, "add_rmsnorm_"+s, "bias_add_"+s)

@@ -12,6 +12,10 @@ func FusedForwards(b *Backend) int { return int(b.fusedForwards.Load()) }
 // StepLaunches is the number of decode-step kernel launches b has recorded.
 func StepLaunches(b *Backend) int { return b.step.launches }
 
+// GateUpBF16Steps is the number of MLPs b has recorded with the gate/up
+// product and SiLU in bf16 (gateUpSiLU16).
+func GateUpBF16Steps(b *Backend) int { return b.gateUp16 }
+
 // StampSteps makes later decode-step launches record block 0's clock at the
 // start of each phase.
 func StampSteps(b *Backend) { b.step.stamping = true }

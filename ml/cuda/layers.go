@@ -209,10 +209,9 @@ func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int, pending bo
 	if l.GateUp == nil {
 		return false, st.SparseMLP(i, h)
 	}
-	if err := b.MatMul(st.GateUp, st.XN, l.GateUp, l.GateUpBias); err != nil {
-		return false, err
-	}
-	if err := b.SiLUMul(st.Act, st.GateUp); err != nil {
+	// Act is read by the down projection alone, so it may be left as its
+	// bf16 copy only (gateUpSiLU).
+	if err := b.gateUpSiLU(st.Act, st.GateUp, st.XN, l.GateUp, l.GateUpBias, l.Down); err != nil {
 		return false, err
 	}
 	return true, b.MatMul(st.Down, st.Act, l.Down, l.DownBias)

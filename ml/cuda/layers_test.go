@@ -20,9 +20,20 @@ func TestFusedLayersMatchReference(t *testing.T) {
 		{FusedDecodeMaxT: 4}, // the fused GEMVs up to 4 tokens
 		{FusedDecodeMaxT: 4, DisableStepKernel: true},
 		{FusedDecodeMaxT: -1}, // GEMMs only
+		// GEMMs with rounded activations: the gate/up product and SiLU in bf16
+		{FusedDecodeMaxT: -1, RoundActivations: true},
 	} {
-		t.Run(fmt.Sprintf("maxT=%d/step-kernel=%v", o.FusedDecodeMaxT, !o.DisableStepKernel), func(t *testing.T) {
+		name := fmt.Sprintf("maxT=%d/step-kernel=%v/round=%v", o.FusedDecodeMaxT, !o.DisableStepKernel, o.RoundActivations)
+		t.Run(name, func(t *testing.T) {
 			be := gpu(t, o)
+			g0 := cuda.GateUpBF16Steps(be)
+			defer func() {
+				if n := cuda.GateUpBF16Steps(be) - g0; o.RoundActivations && n == 0 {
+					t.Error("no layer took the bf16 gate/up product with rounded activations")
+				} else if !o.RoundActivations && n != 0 {
+					t.Errorf("%d layers took the bf16 gate/up product with f32 activations", n)
+				}
+			}()
 			stepKernel := !o.DisableStepKernel && o.FusedDecodeMaxT >= 0
 			checkSteps := func(t *testing.T, before int) {
 				if n := cuda.StepLaunches(be) - before; stepKernel && n == 0 {

@@ -1169,6 +1169,11 @@ func (b *Backend) SiLUMul(dst, gateUp ml.Tensor) error {
 	if d.n() == 0 {
 		return nil
 	}
+	return b.siluMul(d, gu)
+}
+
+// siluMul records SiLUMul of checked operands.
+func (b *Backend) siluMul(d, gu *tensor) error {
 	b.invalidate(d.ptr, d.bytes())
 	sh, err := b.setShadow(d)
 	if err != nil {
@@ -1182,6 +1187,86 @@ func (b *Backend) SiLUMul(dst, gateUp ml.Tensor) error {
 	b.aI(d.cols)
 	b.aL(n)
 	return b.push("silu_mul", g1(gridFor(n, 256)), g1(256), st)
+}
+
+// gateUpSiLU is MatMul(gateUp, xn, w, bias) then SiLUMul(act, gateUp) of a
+// GEMM-sized step. With rounded activations and bf16 weights, where the
+// down projection reads act's bf16 copy only, the product is written in
+// bf16 into gateUp's first half and act only as its bf16 copy: act's f32
+// rows are not written. That halves the largest intermediate's traffic (at
+// 8k tokens, 2I·T f32 written and read) and is the precision vLLM keeps;
+// the caller must read act through MatMul by the bf16 weight down alone.
+func (b *Backend) gateUpSiLU(act, gateUp, xn, w, bias, down ml.Tensor) error {
+	if err := b.lock(); err != nil {
+		return err
+	}
+	ok, err := b.gateUpSiLU16(act, gateUp, xn, w, bias, down)
+	b.mu.Unlock()
+	if ok || err != nil {
+		return err
+	}
+	if err := b.MatMul(gateUp, xn, w, bias); err != nil {
+		return err
+	}
+	return b.SiLUMul(act, gateUp)
+}
+
+// gateUpSiLU16 records gateUpSiLU's bf16 form and reports whether it did;
+// false (no error) leaves the step to MatMul and SiLUMul.
+func (b *Backend) gateUpSiLU16(act, gateUp, xn, w, bias, down ml.Tensor) (bool, error) {
+	if bias != nil || !b.useShadow || !b.opts.RoundActivations || b.opts.ExactActivations {
+		return false, nil
+	}
+	d, err := b.f32(act, "silu dst")
+	if err != nil {
+		return false, err
+	}
+	gu, err := b.f32(gateUp, "matmul dst")
+	if err != nil {
+		return false, err
+	}
+	xx, err := b.f32(xn, "matmul x")
+	if err != nil {
+		return false, err
+	}
+	ww, err := b.tens(w, "matmul w")
+	if err != nil {
+		return false, err
+	}
+	dw, err := b.tens(down, "matmul w")
+	if err != nil {
+		return false, err
+	}
+	T, K, I := xx.rows, xx.cols, d.cols
+	if ww.dt != ml.BF16 || dw.dt != ml.BF16 || T <= max(b.opts.SkinnyMaxT, b.opts.GemvMaxT) || I%8 != 0 {
+		return false, nil // the GEMV paths, or no whole uint4 of act per thread
+	}
+	if ww.cols != K || ww.rows != 2*I || gu.rows != T || gu.cols != 2*I || d.rows != T {
+		return false, shapeErr("gate/up %dx%d = x %dx%d · w %dx%dᵀ, act %dx%d", gu.rows, gu.cols, T, K, ww.rows, ww.cols, d.rows, d.cols)
+	}
+	xp := b.sh16.ptr // the producing norm already wrote x in bf16
+	if !b.shadow.valid || b.shadow.ptr != xx.ptr || b.shadow.rows != T || b.shadow.cols != K {
+		if xp, err = b.castAct16(xx, "cast_f32_bf16"); err != nil {
+			return false, err
+		}
+	}
+	b.invalidate(gu.ptr, gu.bytes())
+	b.pushGemm(gemmArgs{transa: cublasOpT, transb: cublasOpN, m: int32(2 * I), n: int32(T), k: int32(K),
+		a: ww.ptr, atype: cudaR16BF, lda: int32(K), b: xp, btype: cudaR16BF, ldb: int32(K),
+		c: gu.ptr, ctype: cudaR16BF, ldc: int32(2 * I)})
+	b.invalidate(d.ptr, d.bytes())
+	sh, err := b.setShadow(d)
+	if err != nil {
+		return false, err
+	}
+	b.gateUp16++
+	n8 := int64(d.n()) / 8
+	st := b.argStart()
+	b.aP(sh)
+	b.aP(gu.ptr)
+	b.aI(I)
+	b.aL(n8)
+	return true, b.push("silu_mul16", g1(gridFor(n8, 256)), g1(256), st)
 }
 
 // GatherRows implements ml.Backend.

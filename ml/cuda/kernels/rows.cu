@@ -158,6 +158,32 @@ extern "C" __global__ void silu_mul(float* dst, bf16* dst16, const float* gu, in
 }
 #endif
 
+// ---- SiLU-and-mul of a bf16 gate/up product, into bf16 (rounded
+// activations): dst16[t, i] = bf16(silu(gu[t, i]) * gu[t, I+i]), eight
+// values a thread (I a multiple of 8); n8 = T·I/8 ----
+
+#if KUNIT(0)
+extern "C" __global__ void silu_mul16(bf16* dst16, const bf16* gu, int I, long long n8) {
+  PDL_ENTRY();
+  const int I8 = I / 8;
+  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n8; idx += (long long)gridDim.x * blockDim.x) {
+    const long long t = idx / I8;
+    const int i = (int)(idx - t * I8) * 8;
+    const uint4 g = *(const uint4*)(gu + t * 2 * I + i);
+    const uint4 u = *(const uint4*)(gu + t * 2 * I + I + i);
+    const unsigned gs[4] = {g.x, g.y, g.z, g.w}, us[4] = {u.x, u.y, u.z, u.w};
+    unsigned o[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float g0 = __uint_as_float(gs[k] << 16), g1 = __uint_as_float(gs[k] & 0xffff0000u);
+      const float u0 = __uint_as_float(us[k] << 16), u1 = __uint_as_float(us[k] & 0xffff0000u);
+      o[k] = (unsigned)f2bf(g0 / (1.0f + expf(-g0)) * u0) | ((unsigned)f2bf(g1 / (1.0f + expf(-g1)) * u1) << 16);
+    }
+    *(uint4*)(dst16 + t * I + i) = make_uint4(o[0], o[1], o[2], o[3]);
+  }
+}
+#endif
+
 // ---- GatherRows: dst[r] = src[idx[r]] (zeros when out of range) ----
 
 #if KUNIT(0)
