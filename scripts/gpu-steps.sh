@@ -10,8 +10,8 @@
 #   suite        the CUDA test binary (TEST_BIN, default .gpu/cuda.test),
 #                prefill attention and the server's cold start
 #                (scripts/gpu-verify.sh 1)
-#   attn         BenchmarkAttentionPrefill's flash forms at T=8000,
-#                cuda.test-prev and cuda.test alternated
+#   attn         BenchmarkAttentionPrefill's flash forms at T=8000 (ATTN
+#                narrows them), cuda.test-prev and cuda.test alternated
 #   step-context BenchmarkDecodeStepContext, cuda.test and cuda.test-NAME
 #                (STEP_AB, default gqa) alternated
 #   attn-sweep   BenchmarkAttentionPrefill in every form and length, twice
@@ -51,7 +51,7 @@ ab() { # ab LOG BENCH BENCHTIME BIN...: the binaries' benchmark alternated, twic
 for step in "$@"; do
   case $step in
   suite) TEST_BIN=${TEST_BIN:-.gpu/cuda.test} OUTDIR=$R bash scripts/gpu-verify.sh 1 2>&1 | tail -30 ;;
-  attn) ab attn-ab.log 'AttentionPrefill/flash/T=8000$' 20x cuda.test-prev cuda.test ;;
+  attn) ab attn-ab.log "${ATTN:-AttentionPrefill/flash[a-z-]*/T=8000\$}" 20x cuda.test-prev cuda.test ;;
   attn-sweep) ab attn-sweep.log AttentionPrefill 20x cuda.test ;;
   long)
     for bin in llmserve ${LONG_PREV:-}; do
