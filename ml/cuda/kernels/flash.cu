@@ -315,12 +315,16 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
         }
         l[ri] = l[ri] * corr[ri] + sum;
       }
+      // Once the rows' maxima settle (most tiles of a long prompt), every
+      // corr is 1 and the rescale is skipped, warp by warp.
+      if (__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) {
 #pragma unroll
-      for (int dn = 0; dn < DN; ++dn) {
-        o[dn][0] *= corr[0];
-        o[dn][1] *= corr[0];
-        o[dn][2] *= corr[1];
-        o[dn][3] *= corr[1];
+        for (int dn = 0; dn < DN; ++dn) {
+          o[dn][0] *= corr[0];
+          o[dn][1] *= corr[0];
+          o[dn][2] *= corr[1];
+          o[dn][3] *= corr[1];
+        }
       }
 
       cp_wait<1>();  // V of this tile
@@ -594,15 +598,17 @@ __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, cons
         }
         l[i] = l[i] * corr[i] + sum;
       }
+      if (__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f || corr[2] != 1.f || corr[3] != 1.f)) {
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
+        for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-        for (int dn = 0; dn < DN; ++dn) {
-          o[mt][dn][0] *= corr[mt * 2];
-          o[mt][dn][1] *= corr[mt * 2];
-          o[mt][dn][2] *= corr[mt * 2 + 1];
-          o[mt][dn][3] *= corr[mt * 2 + 1];
-        }
+          for (int dn = 0; dn < DN; ++dn) {
+            o[mt][dn][0] *= corr[mt * 2];
+            o[mt][dn][1] *= corr[mt * 2];
+            o[mt][dn][2] *= corr[mt * 2 + 1];
+            o[mt][dn][3] *= corr[mt * 2 + 1];
+          }
+      }
 
       if constexpr (ST == 1) {
         cp_wait<1>();  // V of this tile
