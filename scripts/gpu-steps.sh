@@ -10,6 +10,9 @@
 #   suite        the CUDA test binary (TEST_BIN, default .gpu/cuda.test),
 #                prefill attention and the server's cold start
 #                (scripts/gpu-verify.sh 1)
+#   tests        the CUDA tests TESTS names (a -test.run pattern), with
+#                LLMSERVE_REQUIRE_GPU set: a short check of the kernels a
+#                change touched where the whole suite would not fit
 #   attn         BenchmarkAttentionPrefill's flash forms at T=8000 (ATTN
 #                narrows them), cuda.test-prev and cuda.test alternated
 #   step-context BenchmarkDecodeStepContext, cuda.test and cuda.test-NAME
@@ -54,6 +57,9 @@ ab() { # ab LOG BENCH BENCHTIME BIN...: the binaries' benchmark alternated, twic
 for step in "$@"; do
   case $step in
   suite) TEST_BIN=${TEST_BIN:-.gpu/cuda.test} OUTDIR=$R bash scripts/gpu-verify.sh 1 2>&1 | tail -30 ;;
+  tests)
+    (cd ml/cuda && LLMSERVE_REQUIRE_GPU=1 timeout 300 ../../.gpu/cuda.test -test.run "${TESTS:?}" -test.v >$R/tests.log 2>&1)
+    echo "tests exit $?"; grep -E "^(--- |PASS|FAIL|ok)" $R/tests.log | tail -40 ;;
   attn) ab attn-ab.log "${ATTN:-AttentionPrefill/flash[a-z-]*/T=8000\$}" 20x cuda.test-prev cuda.test ;;
   attn-sweep) ab attn-sweep.log AttentionPrefill 20x cuda.test ;;
   long)
