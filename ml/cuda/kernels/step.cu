@@ -47,7 +47,6 @@ struct StepArgs {
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
   int syncMode;  // the grid barrier's variant (gridMode)
   int qkNorm;    // q and k are RMS-normed head by head before RoPE (Qwen3)
-  int gh;        // heads of a GQA group an attention warp takes (stepGroupHeads in step.go: 1, 2 or 3)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
   // router's, the experts' gate/up and down phases' split-K factors.
@@ -389,6 +388,17 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   }
 }
 
+// stepGroupHeads is the heads of a GQA group of G that stepAttention's
+// warp takes at once (it must divide G): 3 or 2 where they divide it,
+// more would spill; 1 at head dims over 128 (EPL 8), whose K and V rows
+// already fill the registers. stepGroupHeads in step.go mirrors it.
+__device__ __forceinline__ int stepGroupHeads(int G, int EPL) {
+  if (EPL > 4) return 1;
+  if (G % 3 == 0) return 3;
+  if (G % 2 == 0) return 2;
+  return 1;
+}
+
 // stepQKNorm is the phase that per-head q/k norms add after the q/k/v
 // GEMV (which then only stores): a warp per q or k head of raw norms it,
 // rotates it and stores it, q to qOut (a buffer of its own, as every
@@ -581,7 +591,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    switch (A.gh) {
+    switch (stepGroupHeads(A.nh / A.nkv, EPL)) {
       case 3:
         stepAttention<EPL, 3>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
         break;

@@ -131,8 +131,6 @@ var ptx = map[string]string{
 	"cvt.f32.f16%0,%1;":                                   "%0 = cudaemu_h2f(%1)",
 	"cvt.rn.f16.f32%0,%1;":                                "%0 = cudaemu_f2h(%1)",
 	"cvt.rn.f16x2.e4m3x2%0,%1;":                           "%0 = cudaemu_e4m3x2_f16x2(%1)",
-	"cvt.rn.bf16x2.f32%0,%1,%2;":                          "%0 = cudaemu_f2bf2(%1, %2)",
-	"ex2.approx.ftz.f32%0,%1;":                            "%0 = cudaemu_ex2_ftz(%1)",
 	"{.reg.u64t;cvta.to.shared.u64t,%1;cvt.u32.u64%0,t;}": "%0 = cudaemu_smem32(%1)",
 	"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32{%0,%1,%2,%3},{%4,%5,%6,%7},{%8,%9},{%0,%1,%2,%3};": "cudaemu_mma_bf16(&%0, &%1, &%2, &%3, %4, %5, %6, %7, %8, %9)",
 	"ldmatrix.sync.aligned.m8n8.x4.shared.b16{%0,%1,%2,%3},[%4];":                                           "cudaemu_ldsm_x4(&%0, &%1, &%2, &%3, %4, 0)",
