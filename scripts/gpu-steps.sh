@@ -30,9 +30,6 @@
 #   ncu-flash    Nsight Compute's detailed sections (speed of light, warp
 #                stalls, source counters) for one launch of the wide and
 #                one of the narrow flash form at T=8000, rounded
-#   pf           the decode step with and without its L2 prefetch of the o
-#                and gate/up weights (BenchmarkModelDecode *-nopf), dense
-#                and MoE, T=1 and 32, two rounds
 #   moestep      the MoE decode step's phases (BenchmarkModelDecode)
 #   peerbuild    starts building llama.cpp's CUDA llama-bench in the
 #                background (minutes) from .gpu/llama-src.tar.xz
@@ -90,12 +87,6 @@ for step in "$@"; do
         ../../.gpu/cuda.test -test.run XXX -test.bench "AttentionPrefill/$form/T=8000\$" -test.benchtime 1x \
         >$R/ncu-$form.txt 2>&1)
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form.txt | head -40
-    done ;;
-  pf)
-    for round in 1 2; do
-      (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
-        -test.bench 'ModelDecode/(moe-)?step-stamped(-nopf)?$/T=(1|32)$' -test.benchtime 100x 2>&1 |
-        grep -E "^Benchmark|FAIL|panic") | tee -a $R/pf-ab.log
     done ;;
   moestep)
     (cd ml/cuda && timeout 150 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \

@@ -399,9 +399,6 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-ks4444", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
-		// Without the L2 prefetch of each layer's o and gate/up weights.
-		{"step-stamped-nopf", cuda.Options{FusedDecodeMaxT: 4}},
-		{"moe-step-stamped-nopf", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) {
 			benchDecode(bm, v.o, strings.Contains(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
@@ -427,12 +424,10 @@ func BenchmarkModelDecode(bm *testing.B) {
 // context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48). With stamped,
 // one-token steps also report the decode-step kernel's mean SM kilocycles
 // per layer in each phase (a sparse MLP's router, top-k, experts' gate/up,
-// and experts' down with the weighted sum, in place of gate/up and down;
-// "-nopf": without the step's L2 prefetch of the o and gate/up weights);
+// and experts' down with the weighted sum, in place of gate/up and down);
 // "ns-N" forces N attention pieces per head.
 func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
-	cuda.SetStepPrefetch(be, !strings.HasSuffix(name, "-nopf"))
 	if i := strings.Index(name, "-ks"); i >= 0 {
 		k := name[i+3:]
 		cuda.SetStepKS(be, int(k[0]-'0'), int(k[1]-'0'), int(k[2]-'0'), int(k[3]-'0'))

@@ -137,7 +137,6 @@ var ptx = map[string]string{
 	"ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16{%0,%1,%2,%3},[%4];":                                     "cudaemu_ldsm_x4(&%0, &%1, &%2, &%3, %4, 1)",
 	"cp.async.cg.shared.global[%0],[%1],16,%2;":                                                             "cudaemu_cp16(%0, %1, %2)",
 	"cp.async.commit_group;":                                 "cudaemu_nop()",
-	"cp.async.bulk.prefetch.L2.global[%0],%1;":               "cudaemu_nop()",
 	"cp.async.wait_group%0;":                                 "cudaemu_nop()",
 	"ld.global.nc.L1::no_allocate.v2.u32{%0,%1},[%2];":       "cudaemu_ld_v2(%0, %1, %2)",
 	"ld.global.nc.L1::no_allocate.v4.u32{%0,%1,%2,%3},[%4];": "cudaemu_ld_v4(%0, %1, %2, %3, %4)",
