@@ -44,15 +44,39 @@ struct StepArgs {
   char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
   unsigned long long* stamps;  // null, or block 0's clock at each phase's start (STEP_STAMPS a layer; benchmarks)
   long long layerBytes, numSlots;
+  // Bytes of each layer's gate/up weights asked into L2 at the layer's
+  // start, beside all of its o weights (stepPrefetchL2); -1: nothing.
+  long long pfGU;
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
   int syncMode;  // the grid barrier's variant (gridMode)
   int qkNorm;    // q and k are RMS-normed head by head before RoPE (Qwen3)
+  int gh;        // heads of a GQA group an attention warp takes (stepGroupHeads in step.go: 1, 2 or 3)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
   // router's, the experts' gate/up and down phases' split-K factors.
   int E, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown;
   float eps, scale;
 };
+
+// stepPrefetchL2 asks L2 for the n bytes at p (from sm_90: one bulk
+// prefetch a thread, the range cut over the grid's threads in 16-byte
+// aligned chunks). It does not wait: a layer's q/k/v, attention and o
+// phases are chains of latency with HBM mostly idle, and the o and gate/up
+// weights they prefetch stream meanwhile, so the bandwidth-bound gate/up
+// phase finds part of its weights in L2.
+__device__ __forceinline__ void stepPrefetchL2(const void* p, long long n) {
+  // CUDA 12's PTX has the instruction; older NVRTCs (Debian's 11.8, the
+  // spill tests') compile no prefetch.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12
+  n &= ~15LL;
+  if (n <= 0 || ((unsigned long long)p & 15)) return;
+  const long long nthr = (long long)gridDim.x * blockDim.x, t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const long long chunk = ((n + nthr - 1) / nthr + 15) & ~15LL, off = t * chunk;
+  if (off < n)
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char*)p + off), "r"((unsigned)min(chunk, n - off))
+                 : "memory");
+#endif
+}
 
 // stepTasks is the number of block tasks of a GEMV phase (a task is 8/KS
 // pairs of rows; see dgemvRows).
@@ -388,17 +412,6 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   }
 }
 
-// stepGroupHeads is the heads of a GQA group of G that stepAttention's
-// warp takes at once (it must divide G): 3 or 2 where they divide it,
-// more would spill; 1 at head dims over 128 (EPL 8), whose K and V rows
-// already fill the registers. stepGroupHeads in step.go mirrors it.
-__device__ __forceinline__ int stepGroupHeads(int G, int EPL) {
-  if (EPL > 4) return 1;
-  if (G % 3 == 0) return 3;
-  if (G % 2 == 0) return 2;
-  return 1;
-}
-
 // stepQKNorm is the phase that per-head q/k norms add after the q/k/v
 // GEMV (which then only stores): a warp per q or k head of raw norms it,
 // rotates it and stores it, q to qOut (a buffer of its own, as every
@@ -552,6 +565,11 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
 #define STAMP(k) \
   if (stamp) A.stamps[STEP_STAMPS * l + (k)] = clock64()
     STAMP(0);
+    if (A.pfGU >= 0) {
+      constexpr long long wb = F8W ? 1 : 2;  // bytes a weight
+      stepPrefetchL2(L.o, (long long)A.H * A.nh * A.hd * wb);
+      if (L.gu) stepPrefetchL2(L.gu, min(A.pfGU, 2LL * A.I * A.H * wb));
+    }
 
     DArgs a = {};
     a.T = 1;
@@ -591,7 +609,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    switch (stepGroupHeads(A.nh / A.nkv, EPL)) {
+    switch (A.gh) {
       case 3:
         stepAttention<EPL, 3>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
         break;
