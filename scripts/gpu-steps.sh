@@ -30,6 +30,9 @@
 #   ncu-flash    Nsight Compute's detailed sections (speed of light, warp
 #                stalls, source counters) for one launch of the wide and
 #                one of the narrow flash form at T=8000, rounded
+#   stepab       the one-token decode step (BenchmarkModelDecode
+#                step-stamped, T=1, 100 tokens of context) of cuda.test-prev
+#                and cuda.test alternated
 #   pf           the decode step with and without its L2 prefetch of the o
 #                and gate/up weights (BenchmarkModelDecode *-nopf), dense
 #                and MoE, T=1 and 32, two rounds
@@ -94,6 +97,7 @@ for step in "$@"; do
         >$R/ncu-$form.txt 2>&1)
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form.txt | head -40
     done ;;
+  stepab) ab step-ab.log 'ModelDecode/step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
   pf)
     for round in 1 2; do
       (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
