@@ -932,7 +932,9 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	// With flash, the per-token kernel still serves the tokens of sequences
 	// with few rows in a flash tile (flashServes in kernels/attention.cu);
 	// one sequence leaves it nothing.
-	flash, flashRows := b.useFlash(kc, T, meta.NumSeqs, H, D, qq.cols, d.cols), 0
+	// The flash kernels scale scores after taking their maximum: a
+	// positive scale only.
+	flash, flashRows := meta.Scale > 0 && b.useFlash(kc, T, meta.NumSeqs, H, D, qq.cols, d.cols), 0
 	if flash {
 		if meta.NumSeqs <= 1 {
 			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
