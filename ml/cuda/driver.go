@@ -17,6 +17,7 @@ const (
 	attrComputeMinor        = 76
 	// The most shared memory a block may opt in to (static and dynamic).
 	attrMaxSharedPerBlockOptin = 97
+	attrL2CacheSize            = 38
 	// cuFuncSetAttribute: a kernel's dynamic shared memory limit, and the
 	// part of L1 it prefers as shared memory (a percentage).
 	funcAttrMaxDynamicShared  = 8
@@ -140,6 +141,7 @@ type deviceInfo struct {
 	major, minor int32
 	sms          int32
 	sharedOptin  int32 // the most shared memory a block may opt in to
+	l2           int32 // L2 cache bytes
 	totalMem     uint64
 	driver       int32
 }
@@ -178,7 +180,7 @@ func (l *libs) probe(ordinal int) (*deviceInfo, error) {
 		attr int
 		dst  *int32
 	}{{attrComputeMajor, &d.major}, {attrComputeMinor, &d.minor}, {attrMultiprocessorCount, &d.sms},
-		{attrMaxSharedPerBlockOptin, &d.sharedOptin}} {
+		{attrMaxSharedPerBlockOptin, &d.sharedOptin}, {attrL2CacheSize, &d.l2}} {
 		if err := l.call(l.cuDeviceGetAttribute, "cuDeviceGetAttribute", uintptr(unsafe.Pointer(a.dst)), uintptr(a.attr), uintptr(d.dev)); err != nil {
 			return nil, err
 		}

@@ -16,6 +16,14 @@ func StepLaunches(b *Backend) int { return b.step.launches }
 // product and SiLU in bf16 (gateUpSiLU16).
 func GateUpBF16Steps(b *Backend) int { return b.gateUp16 }
 
+// SetStepPrefetch turns the decode step's L2 prefetch of each layer's o
+// and gate/up weights on or off.
+func SetStepPrefetch(b *Backend, on bool) { b.step.noPrefetch = !on }
+
+// SetStepOneHead makes the decode step's attention warps take one query
+// head each instead of sharing K/V loads across a GQA group's heads.
+func SetStepOneHead(b *Backend) { b.step.oneHead = true }
+
 // StampSteps makes later decode-step launches record block 0's clock at the
 // start of each phase.
 func StampSteps(b *Backend) { b.step.stamping = true }

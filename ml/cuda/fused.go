@@ -271,7 +271,7 @@ func (b *Backend) MatMulAdd(acc, x, w, bias ml.Tensor) error {
 	case !b.opts.RoundActivations:
 		b.invalidate(d.ptr, d.bytes())
 		return b.pushDgemv("addf", &dgemvArgs{w: ww.ptr, wscale: ww.scales, bias: bp, xr: xx.ptr, dst: d.ptr, n: ww.rows, k: K, t: T, ldxr: K, ldd: d.cols})
-	case b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
+	case b.shadowed(xx):
 		xg = b.sh16.ptr
 	default:
 		if xg, err = b.castAct16(xx, "cast_f32_bf16"); err != nil {

@@ -397,8 +397,16 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-ks2121", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ks2124", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ks4444", cuda.Options{FusedDecodeMaxT: 4}},
+		// One-token steps at long contexts, the attention warps sharing a
+		// GQA group's K/V loads and not (gh1).
+		{"step-stamped-ctx2000", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-gh1", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
+		// Without the L2 prefetch of each layer's o and gate/up weights.
+		{"step-stamped-nopf", cuda.Options{FusedDecodeMaxT: 4}},
+		{"moe-step-stamped-nopf", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) {
 			benchDecode(bm, v.o, strings.Contains(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
@@ -421,13 +429,17 @@ func BenchmarkModelDecode(bm *testing.B) {
 
 // benchDecode times greedy decode steps (token ids downloaded, as the
 // engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
-// context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48). With stamped,
+// context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48; "-ctxN": N
+// tokens of context, at the batch sizes the cache holds; "-gh1": the
+// step's attention warps take one head each). With stamped,
 // one-token steps also report the decode-step kernel's mean SM kilocycles
 // per layer in each phase (a sparse MLP's router, top-k, experts' gate/up,
-// and experts' down with the weighted sum, in place of gate/up and down);
+// and experts' down with the weighted sum, in place of gate/up and down;
+// "-nopf": without the step's L2 prefetch of the o and gate/up weights);
 // "ns-N" forces N attention pieces per head.
 func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
+	cuda.SetStepPrefetch(be, !strings.HasSuffix(name, "-nopf"))
 	if i := strings.Index(name, "-ks"); i >= 0 {
 		k := name[i+3:]
 		cuda.SetStepKS(be, int(k[0]-'0'), int(k[1]-'0'), int(k[2]-'0'), int(k[3]-'0'))
@@ -444,6 +456,17 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 			bm.Fatalf("benchmark %s: %v", name, err)
 		}
 		cuda.SetStepSplits(be, ns)
+	}
+	if strings.HasSuffix(name, "-gh1") {
+		cuda.SetStepOneHead(be)
+	}
+	ctx := 100
+	if _, c, ok := strings.Cut(name, "-ctx"); ok {
+		c, _, _ = strings.Cut(c, "-")
+		var err error
+		if ctx, err = strconv.Atoi(c); err != nil {
+			bm.Fatalf("benchmark %s: %v", name, err)
+		}
 	}
 	if stamped {
 		cuda.StampSteps(be)
@@ -472,20 +495,24 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 	}
 	defer lm.Close()
 	m := lm.(model.DeviceArgmaxer)
-	const bs, ctx = 16, 100
-	if err := lm.AllocateKV(256*8+8, bs); err != nil {
+	const bs, kvBlocks = 16, 256*8 + 8
+	if err := lm.AllocateKV(kvBlocks, bs); err != nil {
 		bm.Fatal(err)
 	}
+	nb := ctx/bs + 1 // blocks a sequence holds: its context and the new token
 	for _, T := range []int{1, 2, 4, 32} {
+		if T*nb > kvBlocks {
+			continue
+		}
 		bm.Run(fmt.Sprintf("T=%d", T), func(bm *testing.B) {
 			b := &model.Batch{}
 			for i := 0; i < T; i++ {
-				bt := make([]int32, 8)
+				bt := make([]int32, nb)
 				for j := range bt {
-					bt[j] = int32(i*8 + j)
+					bt[j] = int32(i*nb + j)
 				}
 				b.Tokens = append(b.Tokens, int32(i+7))
-				b.Positions = append(b.Positions, ctx)
+				b.Positions = append(b.Positions, int32(ctx))
 				b.Seqs = append(b.Seqs, model.SeqChunk{Start: i, Len: 1, BlockTable: bt})
 				b.LogitIndices = append(b.LogitIndices, int32(i))
 			}

@@ -86,6 +86,12 @@ func (b *Backend) setShadow(dst *tensor) (uint64, error) {
 	return b.sh16.ptr, nil
 }
 
+// shadowed reports whether the bf16 copy buffer holds all of f32 x: the
+// norm or SiLU that wrote x wrote it there too, and nothing wrote x since.
+func (b *Backend) shadowed(x *tensor) bool {
+	return b.shadow.valid && b.shadow.ptr == x.ptr && b.shadow.rows == x.rows && b.shadow.cols == x.cols
+}
+
 // Embedding implements ml.Backend.
 func (b *Backend) Embedding(dst, table, ids ml.Tensor) error {
 	if err := b.lock(); err != nil {
@@ -278,7 +284,7 @@ func (b *Backend) matMul(d, xx, ww, bb *tensor, bs string) error {
 		xp, xdt, ldx := xx.ptr, xx.dt, xx.cols
 		switch {
 		case xx.dt != ml.F32 || !b.opts.RoundActivations:
-		case b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
+		case b.shadowed(xx):
 			xp, xdt, ldx = b.sh16.ptr, ml.BF16, K // the producing norm/SiLU already wrote x in bf16
 		default:
 			if xp, err = b.castAct16(xx, "cast_f32_bf16"); err != nil {
@@ -320,7 +326,7 @@ func (b *Backend) matMul(d, xx, ww, bb *tensor, bs string) error {
 				return err
 			}
 			return b.biasAdd(d, bb, bs, T, N)
-		case ww.dt == ml.BF16 && b.shadow.valid && b.shadow.ptr == xx.ptr && b.shadow.rows == T && b.shadow.cols == K:
+		case ww.dt == ml.BF16 && b.shadowed(xx):
 			bptr = b.sh16.ptr // the producing norm/SiLU already wrote x in bf16
 		default:
 			if bptr, err = b.castAct16(xx, cast); err != nil {
@@ -932,7 +938,9 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	// With flash, the per-token kernel still serves the tokens of sequences
 	// with few rows in a flash tile (flashServes in kernels/attention.cu);
 	// one sequence leaves it nothing.
-	flash, flashRows := b.useFlash(kc, T, meta.NumSeqs, H, D, qq.cols, d.cols), 0
+	// The flash kernels scale scores after taking their maximum: a
+	// positive scale only.
+	flash, flashRows := meta.Scale > 0 && b.useFlash(kc, T, meta.NumSeqs, H, D, qq.cols, d.cols), 0
 	if flash {
 		if meta.NumSeqs <= 1 {
 			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
@@ -1169,11 +1177,6 @@ func (b *Backend) SiLUMul(dst, gateUp ml.Tensor) error {
 	if d.n() == 0 {
 		return nil
 	}
-	return b.siluMul(d, gu)
-}
-
-// siluMul records SiLUMul of checked operands.
-func (b *Backend) siluMul(d, gu *tensor) error {
 	b.invalidate(d.ptr, d.bytes())
 	sh, err := b.setShadow(d)
 	if err != nil {
@@ -1245,7 +1248,7 @@ func (b *Backend) gateUpSiLU16(act, gateUp, xn, w, bias, down ml.Tensor) (bool, 
 		return false, shapeErr("gate/up %dx%d = x %dx%d · w %dx%dᵀ, act %dx%d", gu.rows, gu.cols, T, K, ww.rows, ww.cols, d.rows, d.cols)
 	}
 	xp := b.sh16.ptr // the producing norm already wrote x in bf16
-	if !b.shadow.valid || b.shadow.ptr != xx.ptr || b.shadow.rows != T || b.shadow.cols != K {
+	if !b.shadowed(xx) {
 		if xp, err = b.castAct16(xx, "cast_f32_bf16"); err != nil {
 			return false, err
 		}

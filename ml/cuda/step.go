@@ -41,7 +41,10 @@ type stepState struct {
 	overGrid int    // tests: blocks launched beyond those resident at once
 	syncMode int    // benchmarks: the grid barrier's variant (StepArgs.syncMode)
 	syncSet  bool   // syncMode was set (else stepSyncMode)
-	refused  bool   // a cooperative launch was refused (see launchAll): decline from now on
+	oneHead  bool   // benchmarks: attention warps take one head each (StepArgs.gh 1)
+	// benchmarks: no L2 prefetch of the o and gate/up weights (StepArgs.pfGU -1)
+	noPrefetch bool
+	refused    bool // a cooperative launch was refused (see launchAll): decline from now on
 	// The kernels recorded after a decode step in the same flush (the
 	// lm_head GEMV, argmax) launch with programmatic dependent launch, so
 	// that each starts as its predecessor's blocks exit (the lm_head
@@ -94,10 +97,10 @@ func stepEPL(hd int) int {
 // stepArgs mirrors StepArgs in kernels/step.cu.
 type stepArgs struct {
 	layers, h, acts, partO, partML, bar, pos, slots, tokSeq, bt, invFreq, kv, stamps uint64
-	layerBytes, numSlots                                                             int64
+	layerBytes, numSlots, pfGU                                                       int64
 	numLayers, hidden, inter, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns int
 	ksQKV, ksO, ksGU, ksDown                                                         int
-	syncMode, qkNorm                                                                 int
+	syncMode, qkNorm, gh                                                             int
 	experts, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown                          int
 	eps, scale                                                                       float32
 }
@@ -190,8 +193,11 @@ func stepSplits(maxContext, warpsPerHead int) int {
 	return max(1, min((maxContext+7)/8, min(max(warpsPerHead, 32), stepMaxSplits)))
 }
 
-// stepGroupHeads mirrors stepGroupHeads in kernels/step.cu: the heads of
-// a GQA group of g that one warp of stepAttention takes at once.
+// stepGroupHeads is the heads of a GQA group of g that one warp of
+// stepAttention (kernels/step.cu) takes at once, sharing their K and V
+// loads (StepArgs.gh; it must divide g): 3 or 2 where they divide it, more
+// would spill; 1 at head dims over 128 (epl 8), whose K and V rows already
+// fill the registers.
 func stepGroupHeads(g, epl int) int {
 	switch {
 	case epl > 4:
@@ -202,6 +208,18 @@ func stepGroupHeads(g, epl int) int {
 		return 2
 	}
 	return 1
+}
+
+// stepPrefetchGU is StepArgs.pfGU: the gate/up bytes a layer of the step
+// asks into L2 at its start, a third of the L2 (the o weights and the
+// layer's activations and K/V take some of the rest, and lines asked for
+// too early would be evicted before the gate/up phase reads them); -1
+// where the device reports no L2 or a benchmark turned prefetching off.
+func (b *Backend) stepPrefetchGU() int64 {
+	if b.step.noPrefetch || b.dev.l2 <= 0 {
+		return -1
+	}
+	return int64(b.dev.l2) / 3
 }
 
 // stepMaxSplits bounds the pieces per head (two merge levels of
@@ -430,7 +448,11 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	}
 	// A warp takes stepGroupHeads heads of a GQA group: as many pieces per
 	// head as warps per such set of heads.
-	ns := stepSplits(meta.MaxContext, grid*8*stepGroupHeads(nh/nkv, epl)/nh)
+	gh := stepGroupHeads(nh/nkv, epl)
+	if b.step.oneHead {
+		gh = 1
+	}
+	ns := stepSplits(meta.MaxContext, grid*8*gh/nh)
 	if b.step.forceNS > 0 {
 		ns = min(b.step.forceNS, stepMaxSplits) // the merge's bound
 	}
@@ -451,7 +473,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		maxBlocks: meta.MaxBlocks, blockSize: kc.blockSize, numBlocks: kc.numBlocks, ns: ns,
 		ksQKV: b.step.ks(0, stepKS(qkvN/2, H, grid, 1)), ksO: b.step.ks(1, stepKS((H+1)/2, qd, grid, 1)),
 		ksGU: b.step.ks(2, stepKS(I, H, grid, 1)), ksDown: b.step.ks(3, stepKS((H+1)/2, I, grid, 1)),
-		syncMode: stepSyncMode, eps: eps, scale: meta.Scale}
+		syncMode: stepSyncMode, gh: gh, pfGU: b.stepPrefetchGU(), eps: eps, scale: meta.Scale}
 	if E > 0 {
 		a.experts, a.topK, a.moeI = E, topK, moeI
 		if normTopK {
@@ -494,8 +516,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	}
 	b.aL(a.layerBytes)
 	b.aL(a.numSlots)
+	b.aL(a.pfGU)
 	for _, v := range []int{a.numLayers, a.hidden, a.inter, a.nh, a.nkv, a.hd, a.nwdt, a.maxBlocks, a.blockSize, a.numBlocks, a.ns,
-		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
+		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.gh, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
 		a.ksEGU, a.ksEDown} {
 		b.aI(v)
 	}

@@ -2,6 +2,7 @@
 // included by cudaemu-cc). Each CUDA thread is a fiber; a block's fibers
 // share one OS thread, so __shared__ is static thread_local storage.
 #pragma once
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -183,6 +184,21 @@ inline unsigned short cudaemu_f2h(float f) {
   unsigned short r;
   memcpy(&r, &h, 2);
   return r;
+}
+// cvt.rn.bf16x2.f32 d, a, b: a rounded (nearest even) to d's high half, b
+// to its low half; NaN to the canonical 0x7fff.
+inline unsigned short cudaemu_f2bf(float f) {
+  unsigned u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
+  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+inline unsigned cudaemu_f2bf2(float a, float b) { return (unsigned)cudaemu_f2bf(a) << 16 | cudaemu_f2bf(b); }
+// ex2.approx.ftz.f32: 2^x, subnormal inputs and results flushed to 0.
+inline float cudaemu_ex2_ftz(float x) {
+  if (fabsf(x) < FLT_MIN) x = 0.f;
+  const float y = exp2f(x);
+  return y < FLT_MIN ? 0.f : y;
 }
 // cvt.rn.f16x2.e4m3x2: the low byte's E4M3 value to the low half, the high
 // byte's to the high half (exact: every E4M3 value is a half).

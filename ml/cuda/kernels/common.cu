@@ -158,16 +158,29 @@ __device__ float blockSum(float v) {
 // ---- tensor-core helpers (Ampere and later: flash.cu, moe.cu) ----
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 
+// pack_bf16 rounds (lo, hi) to nearest even into a bf16 pair in one
+// instruction (f2bf's integer rounding takes a dozen; flash attention packs
+// every softmax weight).
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-  return (unsigned)f2bf(lo) | ((unsigned)f2bf(hi) << 16);
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
 }
 
 // split_bf16 packs the bf16 halves of (a, b): hi rounds them, lo rounds
 // what hi missed.
 __device__ __forceinline__ void split_bf16(float a, float b, unsigned& hi, unsigned& lo) {
-  const u16 ha = f2bf(a), hb = f2bf(b);
-  hi = (unsigned)ha | ((unsigned)hb << 16);
-  lo = pack_bf16(a - __uint_as_float((unsigned)ha << 16), b - __uint_as_float((unsigned)hb << 16));
+  hi = pack_bf16(a, b);
+  lo = pack_bf16(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+}
+
+// fast_exp2 is 2^x by the MUFU unit alone (results below 2^-126 flush to
+// 0): exp2f adds the scaling that keeps such results, which softmax
+// weights beside a maximum of 1 do not need.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // smemAddr is p's address in the shared window (inline PTX: no header).

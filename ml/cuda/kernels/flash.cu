@@ -25,7 +25,9 @@
 // weights p are each split into two bf16 halves (hi + lo) and both are
 // multiplied, so only K and V (bf16 in the cache) are rounded, as in the
 // per-token kernel. PASSES 1 rounds q and p to bf16 once (FlashAttention's
-// own precision, Options.RoundActivations).
+// own precision, Options.RoundActivations). Scores stay unscaled until
+// the FMA that feeds the exp (m and l are in base 2 of scaled scores), so
+// the scale must be positive (useFlash).
 //
 // Two forms: flash_attn below (64 rows a block, 16 a warp) and
 // flash_attn_wide (128 rows a block, 32 a warp; flashWide in ops.go picks
@@ -283,7 +285,7 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
         for (int nt = 0; nt < FA_BN / 8; ++nt) {
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            float v = s[nt][ri * 2 + j] * sl2;
+            float v = s[nt][ri * 2 + j];  // scaled into base 2 below, in the FMA before the exp
             if (!interior) {
               const int p = k0 + nt * 8 + tq * 2 + j;
               // Keys past kHi or without a live KV block are absent, as in
@@ -297,28 +299,32 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        mNew[ri] = fmaxf(m[ri], mx);
+        mNew[ri] = fmaxf(m[ri], mx * sl2);  // scale > 0 (useFlash): the raw maximum scales to the scaled one
         const float base = mNew[ri] == NEG_INF ? 0.f : mNew[ri];
-        corr[ri] = exp2f(m[ri] - base);  // 0 while nothing was seen
+        corr[ri] = fast_exp2(m[ri] - base);  // 0 while nothing was seen
         m[ri] = mNew[ri];
         float sum = 0.f;
 #pragma unroll
         for (int nt = 0; nt < FA_BN / 8; ++nt) {
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const float pe = exp2f(s[nt][ri * 2 + j] - base);
+            const float pe = fast_exp2(fmaf(s[nt][ri * 2 + j], sl2, -base));
             s[nt][ri * 2 + j] = pe;
             sum += pe;
           }
         }
         l[ri] = l[ri] * corr[ri] + sum;
       }
+      // Once the rows' maxima settle (most tiles of a long prompt), every
+      // corr is 1 and the rescale is skipped, warp by warp.
+      if (__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) {
 #pragma unroll
-      for (int dn = 0; dn < DN; ++dn) {
-        o[dn][0] *= corr[0];
-        o[dn][1] *= corr[0];
-        o[dn][2] *= corr[1];
-        o[dn][3] *= corr[1];
+        for (int dn = 0; dn < DN; ++dn) {
+          o[dn][0] *= corr[0];
+          o[dn][1] *= corr[0];
+          o[dn][2] *= corr[1];
+          o[dn][3] *= corr[1];
+        }
       }
 
       cp_wait<1>();  // V of this tile
@@ -564,7 +570,7 @@ __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, cons
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            float v = s[mt][nt][h * 2 + j] * sl2;
+            float v = s[mt][nt][h * 2 + j];  // scaled into base 2 in the FMA before the exp
             if (!interior) {
               const int p = k0 + nt * 8 + tq * 2 + j;
               const bool ok = rIn && p <= rPos && p >= rFirst && sBase[slot][p - k0] >= 0;
@@ -576,31 +582,33 @@ __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, cons
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mNew = fmaxf(m[i], mx);
+        const float mNew = fmaxf(m[i], mx * sl2);  // scale > 0 (useFlash)
         const float base = mNew == NEG_INF ? 0.f : mNew;
-        corr[i] = exp2f(m[i] - base);  // 0 while nothing was seen
+        corr[i] = fast_exp2(m[i] - base);  // 0 while nothing was seen
         m[i] = mNew;
         float sum = 0.f;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const float pe = exp2f(s[mt][nt][h * 2 + j] - base);
+            const float pe = fast_exp2(fmaf(s[mt][nt][h * 2 + j], sl2, -base));
             s[mt][nt][h * 2 + j] = pe;
             sum += pe;
           }
         }
         l[i] = l[i] * corr[i] + sum;
       }
+      if (__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f || corr[2] != 1.f || corr[3] != 1.f)) {
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
+        for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-        for (int dn = 0; dn < DN; ++dn) {
-          o[mt][dn][0] *= corr[mt * 2];
-          o[mt][dn][1] *= corr[mt * 2];
-          o[mt][dn][2] *= corr[mt * 2 + 1];
-          o[mt][dn][3] *= corr[mt * 2 + 1];
-        }
+          for (int dn = 0; dn < DN; ++dn) {
+            o[mt][dn][0] *= corr[mt * 2];
+            o[mt][dn][1] *= corr[mt * 2];
+            o[mt][dn][2] *= corr[mt * 2 + 1];
+            o[mt][dn][3] *= corr[mt * 2 + 1];
+          }
+      }
 
       if constexpr (ST == 1) {
         cp_wait<1>();  // V of this tile

@@ -44,15 +44,39 @@ struct StepArgs {
   char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
   unsigned long long* stamps;  // null, or block 0's clock at each phase's start (STEP_STAMPS a layer; benchmarks)
   long long layerBytes, numSlots;
+  // Bytes of each layer's gate/up weights asked into L2 at the layer's
+  // start, beside all of its o weights (stepPrefetchL2); -1: nothing.
+  long long pfGU;
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
   int syncMode;  // the grid barrier's variant (gridMode)
   int qkNorm;    // q and k are RMS-normed head by head before RoPE (Qwen3)
+  int gh;        // heads of a GQA group an attention warp takes (stepGroupHeads in step.go: 1, 2 or 3)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
   // router's, the experts' gate/up and down phases' split-K factors.
   int E, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown;
   float eps, scale;
 };
+
+// stepPrefetchL2 asks L2 for the n bytes at p (from sm_90: one bulk
+// prefetch a thread, the range cut over the grid's threads in 16-byte
+// aligned chunks). It does not wait: a layer's q/k/v, attention and o
+// phases are chains of latency with HBM mostly idle, and the o and gate/up
+// weights they prefetch stream meanwhile, so the bandwidth-bound gate/up
+// phase finds part of its weights in L2.
+__device__ __forceinline__ void stepPrefetchL2(const void* p, long long n) {
+  // CUDA 12's PTX has the instruction; older NVRTCs (Debian's 11.8, the
+  // spill tests') compile no prefetch.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12
+  n &= ~15LL;
+  if (n <= 0 || ((unsigned long long)p & 15)) return;
+  const long long nthr = (long long)gridDim.x * blockDim.x, t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const long long chunk = ((n + nthr - 1) / nthr + 15) & ~15LL, off = t * chunk;
+  if (off < n)
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char*)p + off), "r"((unsigned)min(chunk, n - off))
+                 : "memory");
+#endif
+}
 
 // stepTasks is the number of block tasks of a GEMV phase (a task is 8/KS
 // pairs of rows; see dgemvRows).
@@ -136,59 +160,76 @@ __device__ __forceinline__ void widenRow(const uint4 r, float* o) {
 // queueing all their L2 round trips behind one warp.
 #define STEP_MERGE_GROUP 16
 
-// stepMerge merges, in one warp, n <= 32 partial results of the head
-// whose piece slots start at i0: those at slots first, first+stride, ... of
+// stepMerge merges, in one warp, n <= 32 partial results of each of the
+// GH heads h0.. (a GQA set whose pieces one warp computed together): the
+// pieces at slots first, first+stride, ... of each head's ns in
 // partO/partML, each an unnormalized output row and its (max, sum). With
-// out set it writes the normalized row there; otherwise it writes the
-// merged partial to slot first. It sits on the step's critical path (the
-// grid waits for the last head's merge), so it costs as few L2 round
-// trips as it can: lane s loads piece s's (max, sum) once, and the rows'
-// loads go out in batches of eight pieces before any is used. Partials
-// are rewritten by every layer: coherent loads. n is at most
+// out set it writes the normalized rows there; otherwise it writes each
+// head's merged partial to its slot first. It sits on the step's critical
+// path (the grid waits for the last head's merge), so it costs as few L2
+// round trips as it can: lane s loads piece s's (max, sum) of every head
+// once, and the rows' loads go out in batches (8 pieces of one head, 4 of
+// several) before any is used; the heads share the round trips, which a
+// merge per head would queue one behind another in the warp. Partials are
+// rewritten by every layer: coherent loads. n is at most
 // STEP_MERGE_GROUP (a group, or the groups of stepMaxSplits pieces).
-template <int EPL>
-__device__ __forceinline__ void stepMerge(float* partO, float* partML, long long i0, int first, int stride, int n, int D,
+template <int EPL, int GH>
+__device__ __forceinline__ void stepMerge(float* partO, float* partML, int h0, int ns, int first, int stride, int n, int D,
                                           float* out) {
+  constexpr int B = GH == 1 ? 8 : 4;  // pieces a batch of loads
   const int lane = threadIdx.x & 31;
   const bool dOK = lane * EPL < D;
-  const long long mine = i0 + first + (long long)lane * stride;
-  const float ms = lane < n ? __ldcg(partML + 2 * mine) : NEG_INF;
-  const float ls = lane < n ? __ldcg(partML + 2 * mine + 1) : 0.f;
-  float M = ms;
+  float M[GH], fs[GH], L[GH], o[GH][EPL];
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-  const float fs = ms == NEG_INF ? 0.f : expf(ms - M);
-  const float L = warpSum(ls * fs);
-  float o[EPL];
+  for (int i = 0; i < GH; ++i) {
+    const long long mine = (long long)(h0 + i) * ns + first + (long long)lane * stride;
+    const float ms = lane < n ? __ldcg(partML + 2 * mine) : NEG_INF;
+    const float ls = lane < n ? __ldcg(partML + 2 * mine + 1) : 0.f;
+    M[i] = ms;
 #pragma unroll
-  for (int e = 0; e < EPL; ++e) o[e] = 0.f;
-  for (int c0 = 0; c0 < n; c0 += 8) {
-    float pv[8][EPL];
+    for (int x = 16; x > 0; x >>= 1) M[i] = fmaxf(M[i], __shfl_xor_sync(0xffffffffu, M[i], x));
+    fs[i] = ms == NEG_INF ? 0.f : expf(ms - M[i]);
+    L[i] = warpSum(ls * fs[i]);
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < EPL; ++e)
-        pv[j][e] = (c0 + j < n && dOK) ? __ldcg(partO + (i0 + first + (long long)(c0 + j) * stride) * D + lane * EPL + e)
-                                       : 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float f = __shfl_sync(0xffffffffu, fs, (c0 + j) & 31);
-#pragma unroll
-      for (int e = 0; e < EPL; ++e) o[e] += pv[j][e] * f;
-    }
+    for (int e = 0; e < EPL; ++e) o[i][e] = 0.f;
   }
-  if (out) {
+  for (int c0 = 0; c0 < n; c0 += B) {
+    float pv[B][GH][EPL];
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+#pragma unroll
+      for (int i = 0; i < GH; ++i)
+#pragma unroll
+        for (int e = 0; e < EPL; ++e)
+          pv[j][i][e] = (c0 + j < n && dOK)
+                            ? __ldcg(partO + ((long long)(h0 + i) * ns + first + (long long)(c0 + j) * stride) * D +
+                                     lane * EPL + e)
+                            : 0.f;
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+#pragma unroll
+      for (int i = 0; i < GH; ++i) {
+        const float f = __shfl_sync(0xffffffffu, fs[i], (c0 + j) & 31);
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) o[i][e] += pv[j][i][e] * f;
+      }
+  }
+#pragma unroll
+  for (int i = 0; i < GH; ++i) {
+    const long long hs = (long long)(h0 + i) * ns + first;
+    if (out) {
+      if (dOK)
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) out[(long long)(h0 + i) * D + lane * EPL + e] = L[i] > 0.f ? o[i][e] / L[i] : 0.f;
+      continue;
+    }
     if (dOK)
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) out[lane * EPL + e] = L > 0.f ? o[e] / L : 0.f;
-    return;
-  }
-  if (dOK)
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) partO[(i0 + first) * D + lane * EPL + e] = o[e];
-  if (lane == 0) {
-    partML[2 * (i0 + first)] = M;
-    partML[2 * (i0 + first) + 1] = L;
+      for (int e = 0; e < EPL; ++e) partO[hs * D + lane * EPL + e] = o[i][e];
+    if (lane == 0) {
+      partML[2 * hs] = M[i];
+      partML[2 * hs + 1] = L[i];
+    }
   }
 }
 
@@ -219,19 +260,24 @@ __device__ __forceinline__ bool stepArrive(unsigned* c, int n) {
   return last;
 }
 
-// stepPiece writes head h's piece split of stepAttention (its unnormalized
-// output acc and its max and sum), or with one piece the head's output;
-// the last piece of a group merges the group, and the last group the
-// head. Not inlined: the merge's registers stay out of the passes'.
-template <int EPL>
-__device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[EPL], float m, float l, int h, int split,
-                                       float* out) {
+// stepPiece writes piece split of stepAttention for the GH heads h0..
+// (their unnormalized outputs acc and their max and sum), or with one
+// piece the heads' outputs; the last piece of a group merges the group,
+// and the last group the heads. A warp computes a piece of all GH heads at
+// once, so head h0's counters count the set's arrivals (the other heads'
+// stay 0). Not inlined: the merge's registers stay out of the passes'.
+template <int EPL, int GH>
+__device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[GH][EPL], const float (&m)[GH],
+                                       const float (&l)[GH], int h0, int split, float* out) {
   const int ns = A.ns, D = A.hd, nh = A.nh, lane = threadIdx.x & 31;
   const bool dOK = lane * EPL < D;
   if (ns == 1) {
     if (dOK)
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) out[(long long)h * D + lane * EPL + e] = l > 0.f ? acc[e] / l : 0.f;
+      for (int i = 0; i < GH; ++i)
+#pragma unroll
+        for (int e = 0; e < EPL; ++e)
+          out[(long long)(h0 + i) * D + lane * EPL + e] = l[i] > 0.f ? acc[i][e] / l[i] : 0.f;
     return;
   }
   float* const partO = A.partO;
@@ -241,28 +287,30 @@ __device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[EPL
   // finished groups.
   unsigned* const groupCount = A.bar + STEP_SPLITS;
   unsigned* const headCount = groupCount + nh * ng;
-  const long long i0 = (long long)h * ns, pi = i0 + split;
-  if (dOK)
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[e];
-  if (lane == 0) {
-    partML[2 * pi] = m;
-    partML[2 * pi + 1] = l;
+  for (int i = 0; i < GH; ++i) {
+    const long long pi = (long long)(h0 + i) * ns + split;
+    if (dOK)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) partO[pi * D + lane * EPL + e] = acc[i][e];
+    if (lane == 0) {
+      partML[2 * pi] = m[i];
+      partML[2 * pi + 1] = l[i];
+    }
   }
   // The last piece of the group merges it; with one group that is the
-  // head's output, else the group's partial, and the last group merges
+  // heads' output, else the group's partials, and the last group merges
   // the groups' partials.
   const int grp = split / STEP_MERGE_GROUP, gFirst = grp * STEP_MERGE_GROUP;
   const int inGroup = min(STEP_MERGE_GROUP, ns - gFirst);
-  if (!stepArrive(groupCount + h * ng + grp, inGroup)) return;
-  float* const head = out + (long long)h * D;
+  if (!stepArrive(groupCount + h0 * ng + grp, inGroup)) return;
   if (ng == 1) {
-    stepMerge<EPL>(partO, partML, i0, 0, 1, ns, D, head);
+    stepMerge<EPL, GH>(partO, partML, h0, ns, 0, 1, ns, D, out);
     return;
   }
-  stepMerge<EPL>(partO, partML, i0, gFirst, 1, inGroup, D, nullptr);
-  if (!stepArrive(headCount + h, ng)) return;
-  stepMerge<EPL>(partO, partML, i0, 0, STEP_MERGE_GROUP, ng, D, head);
+  stepMerge<EPL, GH>(partO, partML, h0, ns, gFirst, 1, inGroup, D, nullptr);
+  if (!stepArrive(headCount + h0, ng)) return;
+  stepMerge<EPL, GH>(partO, partML, h0, ns, 0, STEP_MERGE_GROUP, ng, D, out);
 }
 
 // stepAttention is a one-token step's attention: one warp per (GH heads
@@ -383,20 +431,8 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
         }
       }
     }
-#pragma unroll
-    for (int i = 0; i < GH; ++i) stepPiece<EPL>(A, acc[i], m[i], l[i], h0 + i, split, out);
+    stepPiece<EPL, GH>(A, acc, m, l, h0, split, out);
   }
-}
-
-// stepGroupHeads is the heads of a GQA group of G that stepAttention's
-// warp takes at once (it must divide G): 3 or 2 where they divide it,
-// more would spill; 1 at head dims over 128 (EPL 8), whose K and V rows
-// already fill the registers. stepGroupHeads in step.go mirrors it.
-__device__ __forceinline__ int stepGroupHeads(int G, int EPL) {
-  if (EPL > 4) return 1;
-  if (G % 3 == 0) return 3;
-  if (G % 2 == 0) return 2;
-  return 1;
 }
 
 // stepQKNorm is the phase that per-head q/k norms add after the q/k/v
@@ -552,6 +588,11 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
 #define STAMP(k) \
   if (stamp) A.stamps[STEP_STAMPS * l + (k)] = clock64()
     STAMP(0);
+    if (A.pfGU >= 0) {
+      constexpr long long wb = F8W ? 1 : 2;  // bytes a weight
+      stepPrefetchL2(L.o, (long long)A.H * A.nh * A.hd * wb);
+      if (L.gu) stepPrefetchL2(L.gu, min(A.pfGU, 2LL * A.I * A.H * wb));
+    }
 
     DArgs a = {};
     a.T = 1;
@@ -591,7 +632,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    switch (stepGroupHeads(A.nh / A.nkv, EPL)) {
+    switch (A.gh) {
       case 3:
         stepAttention<EPL, 3>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
         break;
