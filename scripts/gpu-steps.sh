@@ -34,11 +34,12 @@
 #                step-stamped, T=1, 100 tokens of context) of cuda.test-prev
 #                and cuda.test alternated
 #   pf           the decode step with and without its L2 prefetch of the o
-#                and gate/up weights (BenchmarkModelDecode *-nopf), dense
+#                and gate/up weights (BenchmarkModelDecode *-pf), dense
 #                and MoE, T=1 and 32, two rounds
 #   stepctx      the one-token decode step's phases at 100, 2,000 and
-#                8,000 tokens of context, and at 8,000 with one head a
-#                warp (BenchmarkModelDecode step-stamped*, T=1)
+#                8,000 tokens of context, with one head a warp (gh1) and
+#                fixed pieces per head (nsN), two rounds
+#                (BenchmarkModelDecode step-stamped*, T=1)
 #   moestep      the MoE decode step's phases (BenchmarkModelDecode)
 #   peerbuild    starts building llama.cpp's CUDA llama-bench in the
 #                background (minutes) from .gpu/llama-src.tar.xz
@@ -101,12 +102,15 @@ for step in "$@"; do
   pf)
     for round in 1 2; do
       (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
-        -test.bench 'ModelDecode/(moe-)?step-stamped(-nopf)?$/T=(1|32)$' -test.benchtime 100x 2>&1 |
+        -test.bench 'ModelDecode/(moe-)?step-stamped(-pf)?$/T=(1|32)$' -test.benchtime 100x 2>&1 |
         grep -E "^Benchmark|FAIL|panic") | tee -a $R/pf-ab.log
     done ;;
   stepctx)
-    (cd ml/cuda && timeout 200 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/step-stamped(-ctx[0-9]+(-gh1)?)?$/T=1$' \
-      -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee $R/step-ctx.log ;;
+    for round in 1 2; do
+      (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
+        -test.bench 'ModelDecode/step-stamped(-ctx[0-9]+)?(-gh1)?(-ns[0-9]+)?$/T=1$' \
+        -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee -a $R/step-ctx.log
+    done ;;
   moestep)
     (cd ml/cuda && timeout 150 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \
       -test.benchtime 100x -test.v 2>&1 | grep -vE '^=== ' | tail -60) | tee $R/moe-step.log ;;

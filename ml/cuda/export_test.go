@@ -17,8 +17,8 @@ func StepLaunches(b *Backend) int { return b.step.launches }
 func GateUpBF16Steps(b *Backend) int { return b.gateUp16 }
 
 // SetStepPrefetch turns the decode step's L2 prefetch of each layer's o
-// and gate/up weights on or off.
-func SetStepPrefetch(b *Backend, on bool) { b.step.noPrefetch = !on }
+// and gate/up weights on or off (off by default).
+func SetStepPrefetch(b *Backend, on bool) { b.step.prefetch = on }
 
 // SetStepOneHead makes the decode step's attention warps take one query
 // head each instead of sharing K/V loads across a GQA group's heads.

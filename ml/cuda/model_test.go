@@ -398,15 +398,21 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-ks2124", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ks4444", cuda.Options{FusedDecodeMaxT: 4}},
 		// One-token steps at long contexts, the attention warps sharing a
-		// GQA group's K/V loads and not (gh1).
+		// GQA group's K/V loads and not (gh1), and with fixed pieces per
+		// head (ns).
+		{"step-stamped-gh1", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx2000", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx2000-gh1", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000-gh1", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-ns64", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-ns128", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-gh1-ns128", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
-		// Without the L2 prefetch of each layer's o and gate/up weights.
-		{"step-stamped-nopf", cuda.Options{FusedDecodeMaxT: 4}},
-		{"moe-step-stamped-nopf", cuda.Options{FusedDecodeMaxT: 4}},
+		// With the L2 prefetch of each layer's o and gate/up weights.
+		{"step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
+		{"moe-step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) {
 			benchDecode(bm, v.o, strings.Contains(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
@@ -431,15 +437,16 @@ func BenchmarkModelDecode(bm *testing.B) {
 // engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
 // context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48; "-ctxN": N
 // tokens of context, at the batch sizes the cache holds; "-gh1": the
-// step's attention warps take one head each). With stamped,
-// one-token steps also report the decode-step kernel's mean SM kilocycles
-// per layer in each phase (a sparse MLP's router, top-k, experts' gate/up,
-// and experts' down with the weighted sum, in place of gate/up and down;
-// "-nopf": without the step's L2 prefetch of the o and gate/up weights);
-// "ns-N" forces N attention pieces per head.
+// step's attention warps take one head each; "-nsN" and "ns-N": N
+// attention pieces per head; "-pf": with the step's L2 prefetch of the o
+// and gate/up weights). With stamped, one-token steps also report the
+// decode-step kernel's mean SM kilocycles per layer in each phase (a
+// sparse MLP's router, top-k, experts' gate/up, and experts' down with the
+// weighted sum, in place of gate/up and down).
 func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
-	cuda.SetStepPrefetch(be, !strings.HasSuffix(name, "-nopf"))
+	parts := strings.Split(name, "-")
+	cuda.SetStepPrefetch(be, slices.Contains(parts, "pf"))
 	if i := strings.Index(name, "-ks"); i >= 0 {
 		k := name[i+3:]
 		cuda.SetStepKS(be, int(k[0]-'0'), int(k[1]-'0'), int(k[2]-'0'), int(k[3]-'0'))
@@ -450,24 +457,33 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 	if strings.HasPrefix(name, "sync") {
 		cuda.SetStepSyncMode(be, int(name[len(name)-1]-'0'))
 	}
+	// number is the integer after prefix in one of name's dash-separated
+	// parts ("ctx8000"), or def.
+	number := func(prefix string, def int) int {
+		for _, p := range parts {
+			if v, ok := strings.CutPrefix(p, prefix); ok && v != "" {
+				n, err := strconv.Atoi(v)
+				if err != nil {
+					bm.Fatalf("benchmark %s: %v", name, err)
+				}
+				return n
+			}
+		}
+		return def
+	}
 	if n, ok := strings.CutPrefix(name, "ns-"); ok {
 		ns, err := strconv.Atoi(n)
 		if err != nil {
 			bm.Fatalf("benchmark %s: %v", name, err)
 		}
 		cuda.SetStepSplits(be, ns)
+	} else if ns := number("ns", 0); ns > 0 {
+		cuda.SetStepSplits(be, ns)
 	}
-	if strings.HasSuffix(name, "-gh1") {
+	if slices.Contains(parts, "gh1") {
 		cuda.SetStepOneHead(be)
 	}
-	ctx := 100
-	if _, c, ok := strings.Cut(name, "-ctx"); ok {
-		c, _, _ = strings.Cut(c, "-")
-		var err error
-		if ctx, err = strconv.Atoi(c); err != nil {
-			bm.Fatalf("benchmark %s: %v", name, err)
-		}
-	}
+	ctx := number("ctx", 100)
 	if stamped {
 		cuda.StampSteps(be)
 	}

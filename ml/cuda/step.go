@@ -42,9 +42,11 @@ type stepState struct {
 	syncMode int    // benchmarks: the grid barrier's variant (StepArgs.syncMode)
 	syncSet  bool   // syncMode was set (else stepSyncMode)
 	oneHead  bool   // benchmarks: attention warps take one head each (StepArgs.gh 1)
-	// benchmarks: no L2 prefetch of the o and gate/up weights (StepArgs.pfGU -1)
-	noPrefetch bool
-	refused    bool // a cooperative launch was refused (see launchAll): decline from now on
+	// benchmarks: the L2 prefetch of the o and gate/up weights
+	// (StepArgs.pfGU). Off by default: on an H100 it slowed the q/k/v phase
+	// more than it sped up o and gate/up (results/h100/2026-12-06-a142972).
+	prefetch bool
+	refused  bool // a cooperative launch was refused (see launchAll): decline from now on
 	// The kernels recorded after a decode step in the same flush (the
 	// lm_head GEMV, argmax) launch with programmatic dependent launch, so
 	// that each starts as its predecessor's blocks exit (the lm_head
@@ -214,9 +216,10 @@ func stepGroupHeads(g, epl int) int {
 // asks into L2 at its start, a third of the L2 (the o weights and the
 // layer's activations and K/V take some of the rest, and lines asked for
 // too early would be evicted before the gate/up phase reads them); -1
-// where the device reports no L2 or a benchmark turned prefetching off.
+// unless a benchmark turned prefetching on, or where the device reports no
+// L2.
 func (b *Backend) stepPrefetchGU() int64 {
-	if b.step.noPrefetch || b.dev.l2 <= 0 {
+	if !b.step.prefetch || b.dev.l2 <= 0 {
 		return -1
 	}
 	return int64(b.dev.l2) / 3
