@@ -37,7 +37,7 @@
 #                and gate/up weights (BenchmarkModelDecode *-pf), dense
 #                and MoE, T=1 and 32, two rounds
 #   stepctx      the one-token decode step's phases at 100, 2,000 and
-#                8,000 tokens of context, with one head a warp (gh1) and
+#                8,000 tokens of context, with GQA heads sharing a warp (gqa) and
 #                fixed pieces per head (nsN), two rounds
 #                (BenchmarkModelDecode step-stamped*, T=1)
 #   moestep      the MoE decode step's phases (BenchmarkModelDecode)
@@ -108,7 +108,7 @@ for step in "$@"; do
   stepctx)
     for round in 1 2; do
       (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
-        -test.bench 'ModelDecode/step-stamped(-ctx[0-9]+)?(-gh1)?(-ns[0-9]+)?$/T=1$' \
+        -test.bench 'ModelDecode/step-stamped(-ctx[0-9]+)?(-gqa)?(-ns[0-9]+)?$/T=1$' \
         -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee -a $R/step-ctx.log
     done ;;
   moestep)

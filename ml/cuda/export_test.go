@@ -20,9 +20,10 @@ func GateUpBF16Steps(b *Backend) int { return b.gateUp16 }
 // and gate/up weights on or off (off by default).
 func SetStepPrefetch(b *Backend, on bool) { b.step.prefetch = on }
 
-// SetStepOneHead makes the decode step's attention warps take one query
-// head each instead of sharing K/V loads across a GQA group's heads.
-func SetStepOneHead(b *Backend) { b.step.oneHead = true }
+// SetStepGroupHeads makes the decode step's attention warps share K/V
+// loads across a GQA group's heads (on) or take one query head each (off,
+// the default).
+func SetStepGroupHeads(b *Backend, on bool) { b.step.groupHeads = on }
 
 // StampSteps makes later decode-step launches record block 0's clock at the
 // start of each phase.

@@ -397,17 +397,13 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-ks2121", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ks2124", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ks4444", cuda.Options{FusedDecodeMaxT: 4}},
-		// One-token steps at long contexts, the attention warps sharing a
-		// GQA group's K/V loads and not (gh1), and with fixed pieces per
-		// head (ns).
-		{"step-stamped-gh1", cuda.Options{FusedDecodeMaxT: 4}},
+		// One-token steps at long contexts, the attention warps taking
+		// one head each and sharing a GQA group's K/V loads (gqa).
+		{"step-stamped-gqa", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx2000", cuda.Options{FusedDecodeMaxT: 4}},
-		{"step-stamped-ctx2000-gh1", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx2000-gqa", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000", cuda.Options{FusedDecodeMaxT: 4}},
-		{"step-stamped-ctx8000-gh1", cuda.Options{FusedDecodeMaxT: 4}},
-		{"step-stamped-ctx8000-ns64", cuda.Options{FusedDecodeMaxT: 4}},
-		{"step-stamped-ctx8000-ns128", cuda.Options{FusedDecodeMaxT: 4}},
-		{"step-stamped-ctx8000-gh1-ns128", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-gqa", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		// With the L2 prefetch of each layer's o and gate/up weights.
@@ -436,8 +432,8 @@ func BenchmarkModelDecode(bm *testing.B) {
 // benchDecode times greedy decode steps (token ids downloaded, as the
 // engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
 // context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48; "-ctxN": N
-// tokens of context, at the batch sizes the cache holds; "-gh1": the
-// step's attention warps take one head each; "-nsN" and "ns-N": N
+// tokens of context, at the batch sizes the cache holds; "-gqa": the
+// step's attention warps share a GQA group's K/V loads; "-nsN" and "ns-N": N
 // attention pieces per head; "-pf": with the step's L2 prefetch of the o
 // and gate/up weights). With stamped, one-token steps also report the
 // decode-step kernel's mean SM kilocycles per layer in each phase (a
@@ -480,9 +476,7 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 	} else if ns := number("ns", 0); ns > 0 {
 		cuda.SetStepSplits(be, ns)
 	}
-	if slices.Contains(parts, "gh1") {
-		cuda.SetStepOneHead(be)
-	}
+	cuda.SetStepGroupHeads(be, slices.Contains(parts, "gqa"))
 	ctx := number("ctx", 100)
 	if stamped {
 		cuda.StampSteps(be)
@@ -737,11 +731,12 @@ func TestStepAttentionPieces(t *testing.T) {
 	for i := range table {
 		table[i] = int32((i*77 + 3) % blocks) // 77 is coprime with 200
 	}
-	run := func(o cuda.Options, pieces int) ([][]float32, int) {
+	run := func(o cuda.Options, pieces int, groupHeads bool) ([][]float32, int) {
 		be := gpu(t, o)
 		if pieces > 0 {
 			cuda.SetStepSplits(be, pieces)
 		}
+		cuda.SetStepGroupHeads(be, groupHeads)
 		m := loadOnKV(t, be, dir, model.LoadOptions{DType: "bfloat16", KVCacheDType: "bfloat16"}, blocks, 1)
 		s := &seqRun{m: m, blocks: table}
 		rows := s.step(t, g.PromptIDs[:4])
@@ -751,11 +746,15 @@ func TestStepAttentionPieces(t *testing.T) {
 		}
 		return rows, cuda.StepLaunches(be)
 	}
-	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8}, 0)
-	for _, pieces := range []int{1, 3, 16, 40} {
-		got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, pieces)
+	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8}, 0, false)
+	for _, c := range []struct {
+		pieces     int
+		groupHeads bool // the attention warps share the GQA group's K/V loads
+	}{{1, false}, {3, false}, {16, false}, {40, false}, {3, true}, {40, true}} {
+		got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, c.pieces, c.groupHeads)
+		name := fmt.Sprintf("%d pieces (group heads %v)", c.pieces, c.groupHeads)
 		if launches != steps {
-			t.Fatalf("%d pieces: decode-step kernel ran %d times for %d one-token steps", pieces, launches, steps)
+			t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
 		}
 		worst, at := 0.0, 0
 		for i := range want {
@@ -765,9 +764,9 @@ func TestStepAttentionPieces(t *testing.T) {
 				}
 			}
 		}
-		t.Logf("%d pieces: max |step kernel - unfused| logit diff %.3g (position %d)", pieces, worst, at)
+		t.Logf("%s: max |step kernel - unfused| logit diff %.3g (position %d)", name, worst, at)
 		if worst > 0.05 {
-			t.Errorf("%d pieces: decode-step kernel logits differ from the unfused ops by %.3g > 0.05 at position %d", pieces, worst, at)
+			t.Errorf("%s: decode-step kernel logits differ from the unfused ops by %.3g > 0.05 at position %d", name, worst, at)
 		}
 	}
 }

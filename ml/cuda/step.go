@@ -41,7 +41,10 @@ type stepState struct {
 	overGrid int    // tests: blocks launched beyond those resident at once
 	syncMode int    // benchmarks: the grid barrier's variant (StepArgs.syncMode)
 	syncSet  bool   // syncMode was set (else stepSyncMode)
-	oneHead  bool   // benchmarks: attention warps take one head each (StepArgs.gh 1)
+	// benchmarks and tests: attention warps share a GQA group's K/V loads
+	// (stepGroupHeads). Off by default: on an H100 it was slower at every
+	// context measured, 100 to 8,000 tokens (results/h100/2026-12-06-stepctx).
+	groupHeads bool
 	// benchmarks: the L2 prefetch of the o and gate/up weights
 	// (StepArgs.pfGU). Off by default: on an H100 it slowed the q/k/v phase
 	// more than it sped up o and gate/up (results/h100/2026-12-06-a142972).
@@ -449,11 +452,11 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	if hd%epl != 0 {
 		return fmt.Errorf("%w: decode step with head dim %d", ml.ErrUnsupported, hd)
 	}
-	// A warp takes stepGroupHeads heads of a GQA group: as many pieces per
-	// head as warps per such set of heads.
-	gh := stepGroupHeads(nh/nkv, epl)
-	if b.step.oneHead {
-		gh = 1
+	// A warp takes one head, or stepGroupHeads heads of a GQA group: as
+	// many pieces per head as warps per such set of heads.
+	gh := 1
+	if b.step.groupHeads {
+		gh = stepGroupHeads(nh/nkv, epl)
 	}
 	ns := stepSplits(meta.MaxContext, grid*8*gh/nh)
 	if b.step.forceNS > 0 {
