@@ -30,6 +30,9 @@
 #   ncu-flash    Nsight Compute's detailed sections (speed of light, warp
 #                stalls, source counters) for one launch of the wide and
 #                one of the narrow flash form at T=8000, rounded
+#   ncu-step     Nsight Compute's full sections and per-instruction SASS
+#                counters for one launch of the decode step: bf16 at 100 and
+#                8,000 tokens of context, FP8 weights at 100
 #   stepab       the one-token decode step (BenchmarkModelDecode
 #                step-stamped, T=1, 100 tokens of context) of cuda.test-prev
 #                and cuda.test alternated
@@ -97,6 +100,18 @@ for step in "$@"; do
         ../../.gpu/cuda.test -test.run XXX -test.bench "AttentionPrefill/$form/T=8000\$" -test.benchtime 1x \
         >$R/ncu-$form.txt 2>&1)
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form.txt | head -40
+    done ;;
+  ncu-step)
+    # One decode-step launch each: bf16 at 8,000 tokens of context, FP8 at
+    # 100; the report's details, and its SASS with per-instruction stall
+    # counters (to tell attention's and the merge's stalls apart).
+    for b in step-stamped step-stamped-ctx8000 step-stamped-fp8; do
+      (cd ml/cuda && timeout 150 ncu --set full --import-source no -k regex:decode_step --launch-skip 12 -c 1 \
+        --clock-control none -f -o /tmp/ncu-$b ../../.gpu/cuda.test -test.run XXX \
+        -test.bench "ModelDecode/$b/T=1\$" -test.benchtime 20x >$R/ncu-$b.log 2>&1)
+      ncu -i /tmp/ncu-$b.ncu-rep >$R/ncu-$b.txt 2>&1
+      ncu -i /tmp/ncu-$b.ncu-rep --page source --csv --print-source sass 2>&1 | gzip >$R/ncu-$b-sass.csv.gz
+      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Issued|Executed Ipc" $R/ncu-$b.txt | head -20
     done ;;
   stepab) ab step-ab.log 'ModelDecode/step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
   pf)

@@ -408,6 +408,8 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		// With the L2 prefetch of each layer's o and gate/up weights.
 		{"step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
+		// FP8 weights (--quantization fp8), whose step reads half the bytes.
+		{"step-stamped-fp8", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) {
@@ -435,7 +437,7 @@ func BenchmarkModelDecode(bm *testing.B) {
 // tokens of context, at the batch sizes the cache holds; "-gqa": the
 // step's attention warps share a GQA group's K/V loads; "-nsN" and "ns-N": N
 // attention pieces per head; "-pf": with the step's L2 prefetch of the o
-// and gate/up weights). With stamped, one-token steps also report the
+// and gate/up weights; "-fp8": FP8 weights). With stamped, one-token steps also report the
 // decode-step kernel's mean SM kilocycles per layer in each phase (a
 // sparse MLP's router, top-k, experts' gate/up, and experts' down with the
 // weighted sum, in place of gate/up and down).
@@ -499,7 +501,11 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 		}
 		phases = append(phases[:4], "router", "topk", "expgateup", "expdown")
 	}
-	lm, err := model.Load(path, model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
+	lo := model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"}
+	if slices.Contains(parts, "fp8") {
+		lo.Quantization = "fp8"
+	}
+	lm, err := model.Load(path, lo)
 	if err != nil {
 		bm.Fatal(err)
 	}
