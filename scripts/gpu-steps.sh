@@ -30,6 +30,8 @@
 #   ncu-flash    Nsight Compute's detailed sections (speed of light, warp
 #                stalls, source counters) for one launch of the wide and
 #                one of the narrow flash form at T=8000, rounded
+#   fp8step      the one-token decode step's phases with bf16 and FP8
+#                weights, two rounds
 #   ncu-step     Nsight Compute's full sections and per-instruction SASS
 #                counters for one launch of the decode step: bf16 at 100 and
 #                8,000 tokens of context, FP8 weights at 100
@@ -100,6 +102,11 @@ for step in "$@"; do
         ../../.gpu/cuda.test -test.run XXX -test.bench "AttentionPrefill/$form/T=8000\$" -test.benchtime 1x \
         >$R/ncu-$form.txt 2>&1)
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form.txt | head -40
+    done ;;
+  fp8step)
+    for round in 1 2; do
+      (cd ml/cuda && timeout 100 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/step-stamped(-fp8)?$/T=1$' \
+        -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee -a $R/fp8-step.log
     done ;;
   ncu-step)
     # One decode-step launch each: bf16 at 8,000 tokens of context, FP8 at
