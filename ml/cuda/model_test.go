@@ -404,6 +404,14 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-ctx2000-gqa", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000-gqa", cuda.Options{FusedDecodeMaxT: 4}},
+		// The one-head attention's other pass forms: pipelined loads, and
+		// twice the keys a pass.
+		{"step-stamped-pipe", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx2000-pipe", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-pipe", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-wide", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx2000-wide", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-wide", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		// With the L2 prefetch of each layer's o and gate/up weights.
@@ -435,7 +443,8 @@ func BenchmarkModelDecode(bm *testing.B) {
 // engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
 // context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48; "-ctxN": N
 // tokens of context, at the batch sizes the cache holds; "-gqa": the
-// step's attention warps share a GQA group's K/V loads; "-nsN" and "ns-N": N
+// step's attention warps share a GQA group's K/V loads; "-pipe" and
+// "-wide": the one-head attention's pipelined and wide passes; "-nsN" and "ns-N": N
 // attention pieces per head; "-pf": with the step's L2 prefetch of the o
 // and gate/up weights; "-fp8": FP8 weights). With stamped, one-token steps also report the
 // decode-step kernel's mean SM kilocycles per layer in each phase (a
@@ -479,6 +488,12 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 		cuda.SetStepSplits(be, ns)
 	}
 	cuda.SetStepGroupHeads(be, slices.Contains(parts, "gqa"))
+	switch {
+	case slices.Contains(parts, "pipe"):
+		cuda.SetStepAttnForm(be, cuda.StepAttnPipe)
+	case slices.Contains(parts, "wide"):
+		cuda.SetStepAttnForm(be, cuda.StepAttnWide)
+	}
 	ctx := number("ctx", 100)
 	if stamped {
 		cuda.StampSteps(be)
@@ -737,12 +752,13 @@ func TestStepAttentionPieces(t *testing.T) {
 	for i := range table {
 		table[i] = int32((i*77 + 3) % blocks) // 77 is coprime with 200
 	}
-	run := func(o cuda.Options, pieces int, groupHeads bool) ([][]float32, int) {
+	run := func(o cuda.Options, pieces int, groupHeads bool, form int) ([][]float32, int) {
 		be := gpu(t, o)
 		if pieces > 0 {
 			cuda.SetStepSplits(be, pieces)
 		}
 		cuda.SetStepGroupHeads(be, groupHeads)
+		cuda.SetStepAttnForm(be, form)
 		m := loadOnKV(t, be, dir, model.LoadOptions{DType: "bfloat16", KVCacheDType: "bfloat16"}, blocks, 1)
 		s := &seqRun{m: m, blocks: table}
 		rows := s.step(t, g.PromptIDs[:4])
@@ -752,13 +768,19 @@ func TestStepAttentionPieces(t *testing.T) {
 		}
 		return rows, cuda.StepLaunches(be)
 	}
-	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8}, 0, false)
+	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8}, 0, false, cuda.StepAttnPasses)
 	for _, c := range []struct {
 		pieces     int
 		groupHeads bool // the attention warps share the GQA group's K/V loads
-	}{{1, false}, {3, false}, {16, false}, {40, false}, {3, true}, {40, true}} {
-		got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, c.pieces, c.groupHeads)
-		name := fmt.Sprintf("%d pieces (group heads %v)", c.pieces, c.groupHeads)
+		form       int  // how one-head warps run their passes
+	}{
+		{1, false, cuda.StepAttnPasses}, {3, false, cuda.StepAttnPasses}, {16, false, cuda.StepAttnPasses},
+		{40, false, cuda.StepAttnPasses}, {3, true, cuda.StepAttnPasses}, {40, true, cuda.StepAttnPasses},
+		{1, false, cuda.StepAttnPipe}, {3, false, cuda.StepAttnPipe}, {40, false, cuda.StepAttnPipe},
+		{3, false, cuda.StepAttnWide}, {40, false, cuda.StepAttnWide},
+	} {
+		got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, c.pieces, c.groupHeads, c.form)
+		name := fmt.Sprintf("%d pieces (group heads %v, form %d)", c.pieces, c.groupHeads, c.form)
 		if launches != steps {
 			t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
 		}
@@ -786,8 +808,12 @@ func TestStepAttentionPieces(t *testing.T) {
 // by the logits' own size.
 func TestModelStepKernelAtScale(t *testing.T) {
 	const steps = 40
-	run := func(o cuda.Options) ([][]float32, int) {
+	run := func(o cuda.Options, form, pieces int) ([][]float32, int) {
 		be := gpu(t, o)
+		cuda.SetStepAttnForm(be, form)
+		if pieces > 0 {
+			cuda.SetStepSplits(be, pieces)
+		}
 		m, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
 		if err != nil {
 			t.Fatal(err)
@@ -803,23 +829,31 @@ func TestModelStepKernelAtScale(t *testing.T) {
 		}
 		return rows, cuda.StepLaunches(be)
 	}
-	want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true})
-	got, launches := run(cuda.Options{FusedDecodeMaxT: 4})
-	if launches != steps {
-		t.Fatalf("decode-step kernel ran %d times for %d one-token steps", launches, steps)
-	}
-	worst, scale := 0.0, 0.0
-	for i := range want {
-		for j := range want[i] {
-			scale = max(scale, math.Abs(float64(want[i][j])))
-			if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
-				worst = d
+	want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}, cuda.StepAttnPasses, 0)
+	// Each attention form, with the default pieces and with one piece a
+	// head (up to 44 keys: several passes, at head dim 128).
+	for _, c := range []struct{ form, pieces int }{
+		{cuda.StepAttnPasses, 0}, {cuda.StepAttnPasses, 1}, {cuda.StepAttnPipe, 1}, {cuda.StepAttnPipe, 3},
+		{cuda.StepAttnWide, 1},
+	} {
+		got, launches := run(cuda.Options{FusedDecodeMaxT: 4}, c.form, c.pieces)
+		if launches != steps {
+			t.Fatalf("form %d, %d pieces: decode-step kernel ran %d times for %d one-token steps", c.form, c.pieces, launches, steps)
+		}
+		worst, scale := 0.0, 0.0
+		for i := range want {
+			for j := range want[i] {
+				scale = max(scale, math.Abs(float64(want[i][j])))
+				if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
+					worst = d
+				}
 			}
 		}
-	}
-	t.Logf("max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", worst, scale)
-	if !(worst <= 0.05*scale) || scale == 0 {
-		t.Errorf("decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", worst, scale)
+		t.Logf("form %d, %d pieces: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", c.form, c.pieces, worst, scale)
+		if !(worst <= 0.05*scale) || scale == 0 {
+			t.Errorf("form %d, %d pieces: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)",
+				c.form, c.pieces, worst, scale)
+		}
 	}
 }
 

@@ -51,6 +51,7 @@ struct StepArgs {
   int syncMode;  // the grid barrier's variant (gridMode)
   int qkNorm;    // q and k are RMS-normed head by head before RoPE (Qwen3)
   int gh;        // heads of a GQA group an attention warp takes (stepGroupHeads in step.go: 1, 2 or 3)
+  int attnForm;  // with gh 1, how a piece's passes run (STEP_ATTN_*, see stepAttention)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
   // router's, the experts' gate/up and down phases' split-K factors.
@@ -313,6 +314,96 @@ __device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[GH]
   stepMerge<EPL, GH>(partO, partML, h0, ns, 0, STEP_MERGE_GROUP, ng, D, out);
 }
 
+// stepLoadPass issues the K and V row loads of the pass of KW keys from c0
+// of a piece that ends at k1 (keys past k1, or in blocks the table does not
+// hold, load nothing) and returns the mask of its live keys. Lane i holds
+// block-table entry b0+i in myBlk; the window moves (warp-uniformly) when
+// the pass's last block is not in it.
+template <int EPL, int KW>
+__device__ __forceinline__ unsigned stepLoadPass(const bf16* kc, const bf16* vc, const int* bt, int c0, int k1, int bs,
+                                                 int maxB, int numB, long long kvRow, long long kvOff, bool dOK, int& b0,
+                                                 int& myBlk, uint4 (&kr)[KW], uint4 (&vr)[KW]) {
+  const int lane = threadIdx.x & 31;
+  unsigned valid = 0;
+  if ((c0 + KW - 1) / bs - b0 >= 32) {
+    b0 = c0 / bs;
+    const int bi = b0 + lane;
+    myBlk = bi < maxB ? bt[bi] : -1;
+    if (myBlk >= numB) myBlk = -1;
+  }
+#pragma unroll
+  for (int j = 0; j < KW; ++j) {
+    const int p = c0 + j, bi = p / bs;
+    int blk = __shfl_sync(0xffffffffu, myBlk, (bi - b0) & 31);
+    if (p >= k1) blk = -1;
+    if (blk >= 0) valid |= 1u << j;
+    const long long row = ((long long)blk * bs + (p - bi * bs)) * kvRow + kvOff;
+    kr[j] = vr[j] = make_uint4(0, 0, 0, 0);
+    if (blk >= 0 && dOK) {
+      kr[j] = loadRow<EPL>(kc + row + lane * EPL);
+      vr[j] = loadRow<EPL>(vc + row + lane * EPL);
+    }
+  }
+  return valid;
+}
+
+// stepPassMath folds a pass's live keys (valid) into the GH heads' online
+// softmax: their scores against qv, the running max m and sum l, and the
+// unnormalized output acc.
+template <int EPL, int GH, int KW>
+__device__ __forceinline__ void stepPassMath(const uint4 (&kr)[KW], const uint4 (&vr)[KW], unsigned valid,
+                                             const float (&qv)[GH][EPL], float (&acc)[GH][EPL], float (&m)[GH],
+                                             float (&l)[GH]) {
+  float sc[GH][KW];
+#pragma unroll
+  for (int j = 0; j < KW; ++j) {
+    float kf[EPL];
+    widenRow<EPL>(kr[j], kf);
+#pragma unroll
+    for (int i = 0; i < GH; ++i) {
+      float d = 0.f;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) d += qv[i][e] * kf[e];
+      sc[i][j] = d;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int i = 0; i < GH; ++i)
+#pragma unroll
+      for (int j = 0; j < KW; ++j) sc[i][j] += __shfl_xor_sync(0xffffffffu, sc[i][j], o);
+#pragma unroll
+  for (int i = 0; i < GH; ++i) {
+    float mc = m[i];
+#pragma unroll
+    for (int j = 0; j < KW; ++j)
+      if (valid >> j & 1) mc = fmaxf(mc, sc[i][j]);
+    const float f = mc == NEG_INF ? 1.f : expf(m[i] - mc);  // 0 on the first live pass (m = -inf)
+    l[i] *= f;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) acc[i][e] *= f;
+#pragma unroll
+    for (int j = 0; j < KW; ++j) sc[i][j] = (valid >> j & 1) && mc != NEG_INF ? expf(sc[i][j] - mc) : 0.f;
+    m[i] = mc;
+  }
+#pragma unroll
+  for (int j = 0; j < KW; ++j) {
+    float vf[EPL];
+    widenRow<EPL>(vr[j], vf);
+#pragma unroll
+    for (int i = 0; i < GH; ++i) {
+      l[i] += sc[i][j];
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) acc[i][e] += sc[i][j] * vf[e];
+    }
+  }
+}
+
+#define STEP_ATTN_PASSES 0
+#define STEP_ATTN_PIPE 1
+#define STEP_ATTN_WIDE 2
+
 // stepAttention is a one-token step's attention: one warp per (GH heads
 // of a GQA group, split) piece of up to 16 keys at a time, with no
 // block-wide reductions, so a pass over a piece's keys is one round of
@@ -326,16 +417,23 @@ __device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[GH]
 // own register allocation. Lane l holds elements [l·EPL, l·EPL+EPL) of a
 // head.
 //
+// FORM (StepArgs.attnForm) is how a piece's passes run: one after another
+// (STEP_ATTN_PASSES), the next pass's loads issued before this one's
+// arithmetic (STEP_ATTN_PIPE), or twice the keys a pass (STEP_ATTN_WIDE).
+//
 // A is the kernel's parameter block seen through a pointer: each field
 // read is a load, and one in a key's address chain made every key wait
 // for its own round trips (a pass cost ~16 of them). So every field is
 // read once, up front.
-template <int EPL, int GH>
+template <int EPL, int GH, int FORM>
 __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
                                            const int* bt, int window) {
   // Keys per pass: more would spill (with several heads, each key's
-  // scores take registers of their own).
-  constexpr int KW = (EPL <= 2 ? 16 : 8) / (GH > 1 ? 2 : 1);
+  // scores take registers of their own). STEP_ATTN_WIDE takes twice as
+  // many, for the benchmarks to weigh fewer round trips against spills;
+  // STEP_ATTN_PIPE half as many, two passes' rows being held at once.
+  constexpr int KW = (EPL <= 2 ? 16 : 8) / (GH > 1 ? 2 : 1) * (FORM == STEP_ATTN_WIDE ? 2 : 1) /
+                     (FORM == STEP_ATTN_PIPE ? 2 : 1);
   const int nh = A.nh, nkv = A.nkv, D = A.hd, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
   const float scale = A.scale;
   const int lane = threadIdx.x & 31, G = nh / nkv, nhg = nh / GH;
@@ -362,73 +460,31 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
     }
     // Block table entries b0 .. b0+31, lane i holding b0+i's (-1: none).
     int b0 = -32, myBlk = -1;
-    for (int c0 = k0; c0 < k1; c0 += KW) {
-      uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
-      unsigned valid = 0;    // keys in the piece with a live KV block
-      if ((c0 + KW - 1) / bs - b0 >= 32) {  // warp-uniform: this pass's last block is not held
-        b0 = c0 / bs;
-        const int bi = b0 + lane;
-        myBlk = bi < maxB ? bt[bi] : -1;
-        if (myBlk >= numB) myBlk = -1;
-      }
+    const long long kvOff = (long long)kvh * D;
+    if (FORM == STEP_ATTN_PIPE) {
+      // The next pass's loads go out before this pass's arithmetic, so a
+      // piece of n passes waits for about one round trip, not n.
+      uint4 kr[KW], vr[KW], kn[KW], vn[KW];
+      unsigned valid = stepLoadPass<EPL, KW>(kc, vc, bt, k0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
+      for (int c0 = k0; c0 < k1; c0 += KW) {
+        unsigned nextValid = 0;
+        if (c0 + KW < k1)  // warp-uniform
+          nextValid =
+              stepLoadPass<EPL, KW>(kc, vc, bt, c0 + KW, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kn, vn);
+        if (valid) stepPassMath<EPL, GH, KW>(kr, vr, valid, qv, acc, m, l);
 #pragma unroll
-      for (int j = 0; j < KW; ++j) {
-        const int p = c0 + j, bi = p / bs;
-        int blk = __shfl_sync(0xffffffffu, myBlk, (bi - b0) & 31);
-        if (p >= k1) blk = -1;
-        if (blk >= 0) valid |= 1u << j;
-        const long long row = ((long long)blk * bs + (p - bi * bs)) * kvRow + (long long)kvh * D;
-        kr[j] = vr[j] = make_uint4(0, 0, 0, 0);
-        if (blk >= 0 && dOK) {
-          kr[j] = loadRow<EPL>(kc + row + lane * EPL);
-          vr[j] = loadRow<EPL>(vc + row + lane * EPL);
+        for (int j = 0; j < KW; ++j) {
+          kr[j] = kn[j];
+          vr[j] = vn[j];
         }
+        valid = nextValid;
       }
-      if (!valid) continue;  // warp-uniform: no live keys in this pass
-      float sc[GH][KW];
-#pragma unroll
-      for (int j = 0; j < KW; ++j) {
-        float kf[EPL];
-        widenRow<EPL>(kr[j], kf);
-#pragma unroll
-        for (int i = 0; i < GH; ++i) {
-          float d = 0.f;
-#pragma unroll
-          for (int e = 0; e < EPL; ++e) d += qv[i][e] * kf[e];
-          sc[i][j] = d;
-        }
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int i = 0; i < GH; ++i)
-#pragma unroll
-          for (int j = 0; j < KW; ++j) sc[i][j] += __shfl_xor_sync(0xffffffffu, sc[i][j], o);
-      float f[GH];
-#pragma unroll
-      for (int i = 0; i < GH; ++i) {
-        float mc = m[i];
-#pragma unroll
-        for (int j = 0; j < KW; ++j)
-          if (valid >> j & 1) mc = fmaxf(mc, sc[i][j]);
-        f[i] = mc == NEG_INF ? 1.f : expf(m[i] - mc);  // 0 on the first live pass (m = -inf)
-        l[i] *= f[i];
-#pragma unroll
-        for (int e = 0; e < EPL; ++e) acc[i][e] *= f[i];
-#pragma unroll
-        for (int j = 0; j < KW; ++j) sc[i][j] = (valid >> j & 1) && mc != NEG_INF ? expf(sc[i][j] - mc) : 0.f;
-        m[i] = mc;
-      }
-#pragma unroll
-      for (int j = 0; j < KW; ++j) {
-        float vf[EPL];
-        widenRow<EPL>(vr[j], vf);
-#pragma unroll
-        for (int i = 0; i < GH; ++i) {
-          l[i] += sc[i][j];
-#pragma unroll
-          for (int e = 0; e < EPL; ++e) acc[i][e] += sc[i][j] * vf[e];
-        }
+    } else {
+      for (int c0 = k0; c0 < k1; c0 += KW) {
+        uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
+        const unsigned valid =
+            stepLoadPass<EPL, KW>(kc, vc, bt, c0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
+        if (valid) stepPassMath<EPL, GH, KW>(kr, vr, valid, qv, acc, m, l);  // warp-uniform
       }
     }
     stepPiece<EPL, GH>(A, acc, m, l, h0, split, out);
@@ -632,15 +688,21 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    switch (A.gh) {
-      case 3:
-        stepAttention<EPL, 3>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
-        break;
-      case 2:
-        stepAttention<EPL, 2>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
-        break;
-      default:
-        stepAttention<EPL, 1>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+    {
+      int form = A.gh == 1 ? A.attnForm : STEP_ATTN_PASSES;
+      if constexpr (EPL > 4) form = STEP_ATTN_PASSES;  // at EPL 8 two passes' rows would spill
+      if (A.gh == 3)
+        stepAttention<EPL, 3, STEP_ATTN_PASSES>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      else if (A.gh == 2)
+        stepAttention<EPL, 2, STEP_ATTN_PASSES>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      else if (form == STEP_ATTN_PASSES)
+        stepAttention<EPL, 1, STEP_ATTN_PASSES>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      else if constexpr (EPL <= 4) {
+        if (form == STEP_ATTN_PIPE)
+          stepAttention<EPL, 1, STEP_ATTN_PIPE>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        else
+          stepAttention<EPL, 1, STEP_ATTN_WIDE>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      }
     }
     STAMP(3);
 
