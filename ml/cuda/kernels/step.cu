@@ -52,6 +52,7 @@ struct StepArgs {
   int qkNorm;    // q and k are RMS-normed head by head before RoPE (Qwen3)
   int gh;        // heads of a GQA group an attention warp takes (stepGroupHeads in step.go: 1, 2 or 3)
   int attnForm;  // with gh 1, how a piece's passes run (STEP_ATTN_*, see stepAttention)
+  int kvdt;      // the KV cache's dtype: 1 bf16, 2 FP8 E4M3 with scale 1 (stKV)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
   // router's, the experts' gate/up and down phases' split-K factors.
@@ -153,6 +154,30 @@ __device__ __forceinline__ void widenRow(const uint4 r, float* o) {
   const unsigned w[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
   for (int e = 0; e < EPL; ++e) o[e] = __uint_as_float(e & 1 ? w[e >> 1] & 0xffff0000u : w[e >> 1] << 16);
+}
+
+// loadRow8 and widenRow8 are loadRow and widenRow for an FP8 cache: EPL
+// E4M3 codes (scale 1) at p, low byte first.
+template <int EPL>
+__device__ __forceinline__ uint4 loadRow8(const unsigned char* p) {
+  uint4 r = make_uint4(0, 0, 0, 0);
+  if (EPL == 8) {
+    const uint2 h = *(const uint2*)p;
+    r.x = h.x;
+    r.y = h.y;
+  } else if (EPL == 4) {
+    r.x = *(const unsigned*)p;
+  } else if (EPL == 2) {
+    r.x = *(const unsigned short*)p;
+  } else {
+    r.x = *p;
+  }
+  return r;
+}
+template <int EPL>
+__device__ __forceinline__ void widenRow8(const uint4 r, float* o) {
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) o[e] = f8tof(((e < 4 ? r.x : r.y) >> (8 * (e & 3))) & 0xffu);
 }
 
 // stepMergeGroup is the number of pieces of a head that one warp merges
@@ -319,8 +344,8 @@ __device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[GH]
 // hold, load nothing) and returns the mask of its live keys. Lane i holds
 // block-table entry b0+i in myBlk; the window moves (warp-uniformly) when
 // the pass's last block is not in it.
-template <int EPL, int KW>
-__device__ __forceinline__ unsigned stepLoadPass(const bf16* kc, const bf16* vc, const int* bt, int c0, int k1, int bs,
+template <int EPL, int KW, bool KV8>
+__device__ __forceinline__ unsigned stepLoadPass(const char* kc, const char* vc, const int* bt, int c0, int k1, int bs,
                                                  int maxB, int numB, long long kvRow, long long kvOff, bool dOK, int& b0,
                                                  int& myBlk, uint4 (&kr)[KW], uint4 (&vr)[KW]) {
   const int lane = threadIdx.x & 31;
@@ -340,8 +365,14 @@ __device__ __forceinline__ unsigned stepLoadPass(const bf16* kc, const bf16* vc,
     const long long row = ((long long)blk * bs + (p - bi * bs)) * kvRow + kvOff;
     kr[j] = vr[j] = make_uint4(0, 0, 0, 0);
     if (blk >= 0 && dOK) {
-      kr[j] = loadRow<EPL>(kc + row + lane * EPL);
-      vr[j] = loadRow<EPL>(vc + row + lane * EPL);
+      const long long at = row + lane * EPL;  // elements
+      if (KV8) {
+        kr[j] = loadRow8<EPL>((const unsigned char*)kc + at);
+        vr[j] = loadRow8<EPL>((const unsigned char*)vc + at);
+      } else {
+        kr[j] = loadRow<EPL>((const bf16*)kc + at);
+        vr[j] = loadRow<EPL>((const bf16*)vc + at);
+      }
     }
   }
   return valid;
@@ -350,7 +381,7 @@ __device__ __forceinline__ unsigned stepLoadPass(const bf16* kc, const bf16* vc,
 // stepPassMath folds a pass's live keys (valid) into the GH heads' online
 // softmax: their scores against qv, the running max m and sum l, and the
 // unnormalized output acc.
-template <int EPL, int GH, int KW>
+template <int EPL, int GH, int KW, bool KV8>
 __device__ __forceinline__ void stepPassMath(const uint4 (&kr)[KW], const uint4 (&vr)[KW], unsigned valid,
                                              const float (&qv)[GH][EPL], float (&acc)[GH][EPL], float (&m)[GH],
                                              float (&l)[GH]) {
@@ -358,7 +389,10 @@ __device__ __forceinline__ void stepPassMath(const uint4 (&kr)[KW], const uint4 
 #pragma unroll
   for (int j = 0; j < KW; ++j) {
     float kf[EPL];
-    widenRow<EPL>(kr[j], kf);
+    if (KV8)
+      widenRow8<EPL>(kr[j], kf);
+    else
+      widenRow<EPL>(kr[j], kf);
 #pragma unroll
     for (int i = 0; i < GH; ++i) {
       float d = 0.f;
@@ -390,7 +424,10 @@ __device__ __forceinline__ void stepPassMath(const uint4 (&kr)[KW], const uint4 
 #pragma unroll
   for (int j = 0; j < KW; ++j) {
     float vf[EPL];
-    widenRow<EPL>(vr[j], vf);
+    if (KV8)
+      widenRow8<EPL>(vr[j], vf);
+    else
+      widenRow<EPL>(vr[j], vf);
 #pragma unroll
     for (int i = 0; i < GH; ++i) {
       l[i] += sc[i][j];
@@ -425,7 +462,7 @@ __device__ __forceinline__ void stepPassMath(const uint4 (&kr)[KW], const uint4 
 // read is a load, and one in a key's address chain made every key wait
 // for its own round trips (a pass cost ~16 of them). So every field is
 // read once, up front.
-template <int EPL, int GH, int FORM>
+template <int EPL, int GH, int FORM, bool KV8>
 __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
                                            const int* bt, int window) {
   // Keys per pass: more would spill (with several heads, each key's
@@ -441,8 +478,8 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   // A window attends to the last window positions; the pieces cut those.
   const int first = window > 0 ? max(0, ctx - window) : 0;
   const int per = ((ctx - first + ns - 1) / ns + 7) & ~7;  // whole passes of 8 keys (stepSplits)
-  const bf16* kc = (const bf16*)kcl;
-  const bf16* vc = (const bf16*)(kcl + A.layerBytes);
+  const char* kc = kcl;
+  const char* vc = kcl + A.layerBytes;
   const long long kvRow = (long long)nkv * D;
   for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nhg * ns; it += gridDim.x * 8) {
     const int h0 = (it % nhg) * GH, split = it / nhg, kvh = h0 / G;
@@ -465,13 +502,13 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       // The next pass's loads go out before this pass's arithmetic, so a
       // piece of n passes waits for about one round trip, not n.
       uint4 kr[KW], vr[KW], kn[KW], vn[KW];
-      unsigned valid = stepLoadPass<EPL, KW>(kc, vc, bt, k0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
+      unsigned valid = stepLoadPass<EPL, KW, KV8>(kc, vc, bt, k0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
       for (int c0 = k0; c0 < k1; c0 += KW) {
         unsigned nextValid = 0;
         if (c0 + KW < k1)  // warp-uniform
           nextValid =
-              stepLoadPass<EPL, KW>(kc, vc, bt, c0 + KW, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kn, vn);
-        if (valid) stepPassMath<EPL, GH, KW>(kr, vr, valid, qv, acc, m, l);
+              stepLoadPass<EPL, KW, KV8>(kc, vc, bt, c0 + KW, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kn, vn);
+        if (valid) stepPassMath<EPL, GH, KW, KV8>(kr, vr, valid, qv, acc, m, l);
 #pragma unroll
         for (int j = 0; j < KW; ++j) {
           kr[j] = kn[j];
@@ -483,8 +520,8 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       for (int c0 = k0; c0 < k1; c0 += KW) {
         uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
         const unsigned valid =
-            stepLoadPass<EPL, KW>(kc, vc, bt, c0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
-        if (valid) stepPassMath<EPL, GH, KW>(kr, vr, valid, qv, acc, m, l);  // warp-uniform
+            stepLoadPass<EPL, KW, KV8>(kc, vc, bt, c0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
+        if (valid) stepPassMath<EPL, GH, KW, KV8>(kr, vr, valid, qv, acc, m, l);  // warp-uniform
       }
     }
     stepPiece<EPL, GH>(A, acc, m, l, h0, split, out);
@@ -501,8 +538,8 @@ __device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, cons
   const double p = (double)A.pos[0];
   const int slot = A.slots[0];
   const bool store = slot >= 0 && slot < A.numSlots;
-  bf16* kc = (bf16*)kcl;
-  bf16* vc = (bf16*)(kcl + A.layerBytes);
+  const int kvdt = A.kvdt;
+  char* vcl = kcl + A.layerBytes;
   for (int h = blockIdx.x * 8 + (threadIdx.x >> 5); h < nh + nkv; h += gridDim.x * 8) {
     const bool isK = h >= nh;
     const float* hp = raw + h * hd;
@@ -523,13 +560,13 @@ __device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, cons
         qOut[h * hd + j] = na;
         qOut[h * hd + j + half] = nb;
       } else if (store) {
-        stf(kc + o + j, na);
-        stf(kc + o + j + half, nb);
+        stKV(kcl, kvdt, o + j, na);
+        stKV(kcl, kvdt, o + j + half, nb);
       }
     }
     if (isK && store) {
       const float* vr = raw + (nh + nkv + kh) * hd;
-      for (int d = lane; d < hd; d += 32) stf(vc + o + d, vr[d]);
+      for (int d = lane; d < hd; d += 32) stKV(vcl, kvdt, o + d, vr[d]);
     }
   }
 }
@@ -668,7 +705,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     a.invFreq = A.invFreq;
     a.kc = kcl;
     a.vc = kcl + A.layerBytes;
-    a.kvdt = 1;
+    a.kvdt = A.kvdt;
     a.slots = A.slots;
     a.numSlots = A.numSlots;
     a.nh = A.nh;
@@ -691,17 +728,19 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     {
       int form = A.gh == 1 ? A.attnForm : STEP_ATTN_PASSES;
       if constexpr (EPL > 4) form = STEP_ATTN_PASSES;  // at EPL 8 two passes' rows would spill
-      if (A.gh == 3)
-        stepAttention<EPL, 3, STEP_ATTN_PASSES>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      if (A.kvdt == 2)  // an FP8 cache: one head a warp (step.go sets gh 1), passes as they are
+        stepAttention<EPL, 1, STEP_ATTN_PASSES, true>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      else if (A.gh == 3)
+        stepAttention<EPL, 3, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       else if (A.gh == 2)
-        stepAttention<EPL, 2, STEP_ATTN_PASSES>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        stepAttention<EPL, 2, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       else if (form == STEP_ATTN_PASSES)
-        stepAttention<EPL, 1, STEP_ATTN_PASSES>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        stepAttention<EPL, 1, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       else if constexpr (EPL <= 4) {
         if (form == STEP_ATTN_PIPE)
-          stepAttention<EPL, 1, STEP_ATTN_PIPE>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+          stepAttention<EPL, 1, STEP_ATTN_PIPE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
         else
-          stepAttention<EPL, 1, STEP_ATTN_WIDE>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+          stepAttention<EPL, 1, STEP_ATTN_WIDE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       }
     }
     STAMP(3);
