@@ -32,7 +32,8 @@
 #                one of the narrow flash form at T=8000, rounded
 #   attnform     the one-token decode step at 100, 2,000 and 8,000 tokens of
 #                context with each form of the one-head attention's passes
-#                (as they are, pipelined, wide), two rounds
+#                (as they are, pipelined, wide), and with an FP8 cache at
+#                8,000, two rounds
 #   fp8step      the one-token decode step's phases with bf16 and FP8
 #                weights, two rounds
 #   ncu-step     Nsight Compute's full sections and per-instruction SASS
@@ -109,7 +110,7 @@ for step in "$@"; do
   attnform)
     for round in 1 2; do
       (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
-        -test.bench 'ModelDecode/step-stamped(-ctx[0-9]+)?(-pipe|-wide)?$/T=1$' \
+        -test.bench 'ModelDecode/step-stamped(-ctx[0-9]+)?(-pipe|-wide|-kv8)?$/T=1$' \
         -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee -a $R/attn-form.log
     done ;;
   fp8step)

@@ -416,8 +416,10 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		// With the L2 prefetch of each layer's o and gate/up weights.
 		{"step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
-		// FP8 weights (--quantization fp8), whose step reads half the bytes.
+		// FP8 weights (--quantization fp8), whose step reads half the bytes,
+		// and an FP8 KV cache (--kv-cache-dtype fp8) at long context.
 		{"step-stamped-fp8", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-kv8", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) {
@@ -446,7 +448,7 @@ func BenchmarkModelDecode(bm *testing.B) {
 // step's attention warps share a GQA group's K/V loads; "-pipe" and
 // "-wide": the one-head attention's pipelined and wide passes; "-nsN" and "ns-N": N
 // attention pieces per head; "-pf": with the step's L2 prefetch of the o
-// and gate/up weights; "-fp8": FP8 weights). With stamped, one-token steps also report the
+// and gate/up weights; "-fp8": FP8 weights; "-kv8": an FP8 KV cache). With stamped, one-token steps also report the
 // decode-step kernel's mean SM kilocycles per layer in each phase (a
 // sparse MLP's router, top-k, experts' gate/up, and experts' down with the
 // weighted sum, in place of gate/up and down).
@@ -519,6 +521,9 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 	lo := model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"}
 	if slices.Contains(parts, "fp8") {
 		lo.Quantization = "fp8"
+	}
+	if slices.Contains(parts, "kv8") {
+		lo.KVCacheDType = "fp8"
 	}
 	lm, err := model.Load(path, lo)
 	if err != nil {
