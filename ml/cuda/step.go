@@ -43,7 +43,7 @@ type stepState struct {
 	syncSet  bool   // syncMode was set (else stepSyncMode)
 	// benchmarks and tests: attention warps share a GQA group's K/V loads
 	// (stepGroupHeads). Off by default: on an H100 it was slower at every
-	// context measured, 100 to 8,000 tokens (results/h100/2026-12-06-stepctx).
+	// context measured, 100 to 8,000 tokens (results/h100/2026-12-06-9d4cd22).
 	groupHeads bool
 	// benchmarks: the L2 prefetch of the o and gate/up weights
 	// (StepArgs.pfGU). Off by default: on an H100 it slowed the q/k/v phase
