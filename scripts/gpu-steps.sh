@@ -31,10 +31,12 @@
 #                stalls, source counters) for one launch of the wide and
 #                one of the narrow flash form at T=8000, rounded
 #   fp8step      the one-token decode step's phases with bf16 and FP8
-#                weights, two rounds
+#                weights, Qwen2.5-1.5B's and 12 of Qwen3-8B's layers, two
+#                rounds
 #   ncu-step     Nsight Compute's full sections and per-instruction SASS
 #                counters for one launch of the decode step: bf16 at 100 and
-#                8,000 tokens of context, FP8 weights at 100
+#                8,000 tokens of context, FP8 weights at 100; and 12 layers
+#                of Qwen3-8B and of Qwen3-30B-A3B
 #   stepab       the one-token decode step (BenchmarkModelDecode
 #                step-stamped, T=1, 100 tokens of context) of cuda.test-prev
 #                and cuda.test alternated
@@ -105,14 +107,14 @@ for step in "$@"; do
     done ;;
   fp8step)
     for round in 1 2; do
-      (cd ml/cuda && timeout 100 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/step-stamped(-fp8)?$/T=1$' \
+      (cd ml/cuda && timeout 150 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/(q8b-)?step-stamped(-fp8)?$/T=1$' \
         -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee -a $R/fp8-step.log
     done ;;
   ncu-step)
     # One decode-step launch each: bf16 at 8,000 tokens of context, FP8 at
     # 100; the report's details, and its SASS with per-instruction stall
     # counters (to tell attention's and the merge's stalls apart).
-    for b in step-stamped step-stamped-ctx8000 step-stamped-fp8; do
+    for b in step-stamped step-stamped-ctx8000 step-stamped-fp8 q8b-step-stamped moe-step-stamped; do
       (cd ml/cuda && timeout 150 ncu --set full --import-source no -k regex:decode_step --launch-skip 12 -c 1 \
         --clock-control none -f -o /tmp/ncu-$b ../../.gpu/cuda.test -test.run XXX \
         -test.bench "ModelDecode/$b/T=1\$" -test.benchtime 20x >$R/ncu-$b.log 2>&1)

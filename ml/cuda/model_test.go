@@ -406,6 +406,7 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-ctx8000-gqa", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
+		{"q8b-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		// With the L2 prefetch of each layer's o and gate/up weights.
 		{"step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
 		// FP8 weights (--quantization fp8), whose step reads half the bytes.
@@ -433,7 +434,8 @@ func BenchmarkModelDecode(bm *testing.B) {
 
 // benchDecode times greedy decode steps (token ids downloaded, as the
 // engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
-// context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48; "-ctxN": N
+// context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48; "q8b-": Qwen3-8B's,
+// 12 of its 36; "-ctxN": N
 // tokens of context, at the batch sizes the cache holds; "-gqa": the
 // step's attention warps share a GQA group's K/V loads; "-nsN" and "ns-N": N
 // attention pieces per head; "-pf": with the step's L2 prefetch of the o
@@ -487,8 +489,11 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 		cuda.SetStepGridPerSM(be, 1)
 	}
 	path, phases := "Qwen/Qwen2.5-1.5B", []string{"qkv", "sync", "attn", "o", "gateup", "down"}
-	if strings.HasPrefix(name, "moe-") {
-		cfg, _ := model.BuiltinConfig("Qwen/Qwen3-30B-A3B")
+	// Larger models' layers, 12 of them: Qwen3-30B-A3B's sparse MLPs and
+	// Qwen3-8B's dense ones.
+	larger := map[string]string{"moe-": "Qwen/Qwen3-30B-A3B", "q8b-": "Qwen/Qwen3-8B"}
+	if m, ok := larger[name[:min(4, len(name))]]; ok {
+		cfg, _ := model.BuiltinConfig(m)
 		cfg = cfg.Clone()
 		cfg.NumHiddenLayers = 12
 		js, err := json.Marshal(cfg)
@@ -499,7 +504,9 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 		if err := os.WriteFile(filepath.Join(path, "config.json"), js, 0o644); err != nil {
 			bm.Fatal(err)
 		}
-		phases = append(phases[:4], "router", "topk", "expgateup", "expdown")
+		if cfg.NumExperts > 0 {
+			phases = append(phases[:4], "router", "topk", "expgateup", "expdown")
+		}
 	}
 	lo := model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"}
 	if slices.Contains(parts, "fp8") {
