@@ -407,6 +407,7 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		{"q8b-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
+		{"q8b-step-stamped-fp8", cuda.Options{FusedDecodeMaxT: 4}},
 		// With the L2 prefetch of each layer's o and gate/up weights.
 		{"step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
 		// FP8 weights (--quantization fp8), whose step reads half the bytes.
