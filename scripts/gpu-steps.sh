@@ -37,7 +37,7 @@
 #                counters for one launch of the decode step: bf16 at 100 and
 #                8,000 tokens of context, FP8 weights at 100; and 12 layers
 #                of Qwen3-8B and of Qwen3-30B-A3B
-#   stepab       the one-token decode step (BenchmarkModelDecode
+#   stepab       the one-token decode step, dense and MoE (BenchmarkModelDecode
 #                step-stamped, T=1, 100 tokens of context) of cuda.test-prev
 #                and cuda.test alternated
 #   pf           the decode step with and without its L2 prefetch of the o
@@ -122,7 +122,7 @@ for step in "$@"; do
       ncu -i /tmp/ncu-$b.ncu-rep --page source --csv --print-source sass 2>&1 | gzip >$R/ncu-$b-sass.csv.gz
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Issued|Executed Ipc" $R/ncu-$b.txt | head -20
     done ;;
-  stepab) ab step-ab.log 'ModelDecode/step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
+  stepab) ab step-ab.log 'ModelDecode/(moe-)?step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
   pf)
     for round in 1 2; do
       (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \

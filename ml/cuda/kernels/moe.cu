@@ -20,31 +20,43 @@ extern "C" __global__ void rmsnorm_heads(float* x, const float* w, int hd, float
 // ties), optionally renormalized. Grid T, one warp per token; E <= MOE_MAXE.
 #define MOE_MAXE 1024
 // topkRow is one token's topk_softmax, run by one warp (lane = threadIdx.x
-// & 31) with p as scratch for E values: the k experts (ids) and their
-// weights (w), which the decode-step kernel also computes this way.
-__device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, float* w, int* ids) {
+// & 31): the k experts (ids) and their weights (w), which the decode-step
+// kernel also computes this way. Lane l holds the probabilities of experts
+// l, l+32, ... (E <= 32·Q) in registers, so that each of the k rounds is a
+// warp argmax with no shared-memory round trip; the arithmetic and its
+// order are those of a scratch-array version.
+template <int Q>
+__device__ void topkRow(const float* lr, int E, int k, int normalize, float* w, int* ids) {
   const int lane = threadIdx.x & 31;
+  float p[Q];
   float mx = NEG_INF;
-  for (int i = lane; i < E; i += 32) mx = fmaxf(mx, lr[i]);
+#pragma unroll
+  for (int q = 0; q < Q; ++q) {
+    p[q] = lane + 32 * q < E ? lr[lane + 32 * q] : NEG_INF;
+    mx = fmaxf(mx, p[q]);
+  }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   float sum = 0.f;
-  for (int i = lane; i < E; i += 32) {
-    const float e = expf(lr[i] - mx);
-    p[i] = e;
-    sum += e;
-  }
+#pragma unroll
+  for (int q = 0; q < Q; ++q)
+    if (lane + 32 * q < E) {
+      p[q] = expf(p[q] - mx);
+      sum += p[q];
+    }
   sum = warpSum(sum);
-  for (int i = lane; i < E; i += 32) p[i] /= sum;
-  __syncwarp();
+#pragma unroll
+  for (int q = 0; q < Q; ++q)
+    if (lane + 32 * q < E) p[q] /= sum;
   float tot = 0.f;
   for (int j = 0; j < k; ++j) {
     float bv = -1.f;
     int bi = 0x7fffffff;
-    for (int i = lane; i < E; i += 32) {
-      const float v = p[i];
-      if (v > bv || (v == bv && i < bi)) {
-        bv = v;
+#pragma unroll
+    for (int q = 0; q < Q; ++q) {
+      const int i = lane + 32 * q;
+      if (i < E && (p[q] > bv || (p[q] == bv && i < bi))) {
+        bv = p[q];
         bi = i;
       }
     }
@@ -60,11 +72,13 @@ __device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, 
     if (lane == 0) {
       ids[j] = bi;
       w[j] = bv;
-      p[bi] = -1.f;
     }
+#pragma unroll
+    for (int q = 0; q < Q; ++q)
+      if (lane + 32 * q == bi) p[q] = -1.f;  // taken
     tot += bv;
-    __syncwarp();
   }
+  __syncwarp();  // lane 0's weights, before the lanes that renormalize them
   if (normalize && lane < k) w[lane] /= tot;
   __syncwarp();
 }
@@ -72,9 +86,8 @@ __device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, 
 #if KUNIT(0)
 extern "C" __global__ void topk_softmax(float* weights, int* ids, const float* logits, int E, int k, int normalize) {
   PDL_ENTRY();
-  __shared__ float p[MOE_MAXE];
   const int t = blockIdx.x;
-  topkRow(p, logits + (long long)t * E, E, k, normalize, weights + (long long)t * k, ids + (long long)t * k);
+  topkRow<MOE_MAXE / 32>(logits + (long long)t * E, E, k, normalize, weights + (long long)t * k, ids + (long long)t * k);
 }
 #endif
 

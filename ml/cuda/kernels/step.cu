@@ -479,7 +479,8 @@ __device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, cons
 }
 
 // moe.cu: one token's top-k softmax by one warp.
-__device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, float* w, int* ids);
+template <int Q>
+__device__ void topkRow(const float* lr, int E, int k, int normalize, float* w, int* ids);
 #define STEP_MAXE 256  // experts a decode step routes over
 #define STEP_MAXK 32
 
@@ -493,7 +494,6 @@ __device__ void topkRow(float* p, const float* lr, int E, int k, int normalize, 
 // spilled, in the GEMV loops too (ptxas --verbose: 8 KB of spill stores).
 __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
                                      float* eact, float* eout, unsigned long long* stamps) {
-  __shared__ float sP[STEP_MAXE];
   __shared__ float sW[STEP_MAXK];
   __shared__ int sId[STEP_MAXK];
   const int H = A.H, I = A.moeI, k = A.topK;
@@ -516,7 +516,7 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
   stepPhase<EPI_STORE, false>(r, A.ksRouter, A.bar);
   gridSync(A.bar);
   if (stamps) stamps[5] = clock64();
-  if (threadIdx.x < 32) topkRow(sP, rlog, A.E, k, A.normTopK, sW, sId);
+  if (threadIdx.x < 32) topkRow<STEP_MAXE / 32>(rlog, A.E, k, A.normTopK, sW, sId);
   __syncthreads();
   if (stamps) stamps[6] = clock64();
   // The k experts' GEMVs follow each other without a barrier, each
