@@ -30,6 +30,10 @@
 #   ncu-flash    Nsight Compute's detailed sections (speed of light, warp
 #                stalls, source counters) for one launch of the wide and
 #                one of the narrow flash form at T=8000, rounded
+#   attnform     the one-token decode step at 100, 2,000 and 8,000 tokens of
+#                context with each form of the one-head attention's passes
+#                (as they are, pipelined, wide), and with an FP8 cache at
+#                8,000, two rounds
 #   fp8step      the one-token decode step's phases with bf16 and FP8
 #                weights, Qwen2.5-1.5B's and 12 of Qwen3-8B's layers, two
 #                rounds
@@ -104,6 +108,12 @@ for step in "$@"; do
         ../../.gpu/cuda.test -test.run XXX -test.bench "AttentionPrefill/$form/T=8000\$" -test.benchtime 1x \
         >$R/ncu-$form.txt 2>&1)
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form.txt | head -40
+    done ;;
+  attnform)
+    for round in 1 2; do
+      (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
+        -test.bench 'ModelDecode/step-stamped(-ctx[0-9]+)?(-pipe|-wide|-kv8)?$/T=1$' \
+        -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee -a $R/attn-form.log
     done ;;
   fp8step)
     for round in 1 2; do

@@ -543,8 +543,8 @@ func (b *Backend) PrepareKernels(n ml.KernelNeeds) {
 			b.units[u].begin()
 		}
 	}
-	// The step kernel runs over a bf16 cache only (see DecodeLayers).
-	if n.HeadDim > 0 && n.HeadDim <= 256 && n.KV == ml.BF16 && (n.Weights == ml.BF16 || n.Weights == ml.F8) {
+	// The step kernel runs over bf16 and FP8 caches (see DecodeLayers).
+	if n.HeadDim > 0 && n.HeadDim <= 256 && (n.KV == ml.BF16 || n.KV == ml.F8) && (n.Weights == ml.BF16 || n.Weights == ml.F8) {
 		if v, ok := stepVariantFor(n.Weights == ml.F8, n.MoE); ok {
 			b.units[stepUnit(stepEPL(n.HeadDim), v)].begin()
 		}

@@ -25,6 +25,17 @@ func SetStepPrefetch(b *Backend, on bool) { b.step.prefetch = on }
 // the default).
 func SetStepGroupHeads(b *Backend, on bool) { b.step.groupHeads = on }
 
+// Forms of the decode step's one-head attention passes (SetStepAttnForm).
+const (
+	StepAttnPasses = stepAttnPasses // one after another (the default)
+	StepAttnPipe   = stepAttnPipe   // the next pass's loads before this one's arithmetic
+	StepAttnWide   = stepAttnWide   // twice the keys a pass
+)
+
+// SetStepAttnForm sets how the decode step's one-head attention warps run
+// a piece's passes.
+func SetStepAttnForm(b *Backend, form int) { b.step.attnForm = form }
+
 // StampSteps makes later decode-step launches record block 0's clock at the
 // start of each phase.
 func StampSteps(b *Backend) { b.step.stamping = true }

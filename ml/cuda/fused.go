@@ -206,6 +206,8 @@ func (b *Backend) NormQKVRoPEWriteKV(qkv, x, normW ml.Tensor, eps float32, w, bi
 	case ml.F32:
 	case ml.BF16:
 		kvdt = 1
+	case ml.F8:
+		kvdt = 2
 	default:
 		return fmt.Errorf("%w: KV cache dtype %v", ml.ErrUnsupported, kc.dt)
 	}

@@ -25,11 +25,11 @@ func (b *Backend) FusesLayers(spec ml.LayerSpec) bool {
 	return spec.Hidden > 0 && spec.HeadDim > 0 && spec.HeadDim%2 == 0
 }
 
-// fusedKV reports whether the fused decode kernels write c (f32 and bf16
-// caches; an fp8 cache takes the GEMM path's prologue).
+// fusedKV reports whether the fused decode kernels write c (f32, bf16 and
+// FP8 caches).
 func (b *Backend) fusedKV(c ml.KVCache) bool {
 	kc, ok := c.(*kvCache)
-	return ok && kc != nil && (kc.dt == ml.F32 || kc.dt == ml.BF16)
+	return ok && kc != nil && (kc.dt == ml.F32 || kc.dt == ml.BF16 || kc.dt == ml.F8)
 }
 
 // FuseLayers implements ml.LayerFuser.

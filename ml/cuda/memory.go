@@ -392,7 +392,7 @@ func (b *Backend) Free(t ml.Tensor) {
 }
 
 // NewKVCache implements ml.Backend; dt is F32, BF16 or F8 (E4M3, scale 1,
-// as the CPU's: fused decode kernels take f32 and bf16 caches only).
+// as the CPU's).
 func (b *Backend) NewKVCache(layers, numBlocks, blockSize, numKVHeads, headDim int, dt ml.DType) (ml.KVCache, error) {
 	if err := b.lock(); err != nil {
 		return nil, err

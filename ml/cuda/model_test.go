@@ -404,14 +404,24 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-ctx2000-gqa", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000-gqa", cuda.Options{FusedDecodeMaxT: 4}},
+		// The one-head attention's other pass forms: pipelined loads, and
+		// twice the keys a pass.
+		{"step-stamped-pipe", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx2000-pipe", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-pipe", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-wide", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx2000-wide", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-wide", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		{"q8b-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		{"q8b-step-stamped-fp8", cuda.Options{FusedDecodeMaxT: 4}},
 		// With the L2 prefetch of each layer's o and gate/up weights.
 		{"step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
-		// FP8 weights (--quantization fp8), whose step reads half the bytes.
+		// FP8 weights (--quantization fp8), whose step reads half the bytes,
+		// and an FP8 KV cache (--kv-cache-dtype fp8) at long context.
 		{"step-stamped-fp8", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-kv8", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) {
@@ -438,9 +448,10 @@ func BenchmarkModelDecode(bm *testing.B) {
 // context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48; "q8b-": Qwen3-8B's,
 // 12 of its 36; "-ctxN": N
 // tokens of context, at the batch sizes the cache holds; "-gqa": the
-// step's attention warps share a GQA group's K/V loads; "-nsN" and "ns-N": N
+// step's attention warps share a GQA group's K/V loads; "-pipe" and
+// "-wide": the one-head attention's pipelined and wide passes; "-nsN" and "ns-N": N
 // attention pieces per head; "-pf": with the step's L2 prefetch of the o
-// and gate/up weights; "-fp8": FP8 weights). With stamped, one-token steps also report the
+// and gate/up weights; "-fp8": FP8 weights; "-kv8": an FP8 KV cache). With stamped, one-token steps also report the
 // decode-step kernel's mean SM kilocycles per layer in each phase (a
 // sparse MLP's router, top-k, experts' gate/up, and experts' down with the
 // weighted sum, in place of gate/up and down).
@@ -482,6 +493,12 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 		cuda.SetStepSplits(be, ns)
 	}
 	cuda.SetStepGroupHeads(be, slices.Contains(parts, "gqa"))
+	switch {
+	case slices.Contains(parts, "pipe"):
+		cuda.SetStepAttnForm(be, cuda.StepAttnPipe)
+	case slices.Contains(parts, "wide"):
+		cuda.SetStepAttnForm(be, cuda.StepAttnWide)
+	}
 	ctx := number("ctx", 100)
 	if stamped {
 		cuda.StampSteps(be)
@@ -512,6 +529,9 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 	lo := model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"}
 	if slices.Contains(parts, "fp8") {
 		lo.Quantization = "fp8"
+	}
+	if slices.Contains(parts, "kv8") {
+		lo.KVCacheDType = "fp8"
 	}
 	lm, err := model.Load(path, lo)
 	if err != nil {
@@ -573,41 +593,51 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 }
 
 // TestModelFusedDecodeMatchesUnfused: the bf16 checkpoint's prompt and 24
-// teacher-forced decode steps with the fused decode ops and without them
-// (decode MatMuls on f32 activations, as the fused norms keep them) give
-// the same logits up to f32 rounding (every fused op keeps f32
-// activations) and the same greedy tokens where the golden's margin is
-// clear.
+// teacher-forced decode steps with the fused decode ops (layer by layer:
+// no decode-step kernel) and without them (decode MatMuls on f32
+// activations, as the fused norms keep them) give the same logits up to
+// f32 rounding (every fused op keeps f32 activations) and the same greedy
+// tokens where the golden's margin is clear. With an FP8 cache the fused
+// q/k/v epilogue writes the E4M3 codes: a key that f32 rounding moves
+// across a rounding boundary takes the next code, so the bar is the
+// decode-step test's.
 func TestModelFusedDecodeMatchesUnfused(t *testing.T) {
 	td := shareddata.Dir(t)
 	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
 	g := shareddata.ReadModelGolden(t, dir)
-	run := func(o cuda.Options) [][]float32 {
-		m := loadOn(t, gpu(t, o), dir, model.LoadOptions{KVCacheDType: "float32"})
-		s := &seqRun{m: m, blocks: scattered}
-		rows := s.step(t, g.PromptIDs)
-		for i := 1; i < len(g.Greedy); i++ {
-			rows = append(rows, s.step(t, []int32{g.Greedy[i-1].Token})...)
-		}
-		return rows
-	}
-	want := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8})
-	got := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8})
-	worst := 0.0
-	for i := range want {
-		for j := range want[i] {
-			worst = math.Max(worst, math.Abs(float64(got[i][j]-want[i][j])))
-		}
-	}
-	t.Logf("%d positions: max |fused-unfused| logit diff %.3g", len(want), worst)
-	if worst > 1e-3 {
-		t.Errorf("fused decode logits differ from the unfused ops by %.3g > 1e-3", worst)
-	}
-	np := len(g.PromptIDs)
-	for i, st := range g.Greedy[:len(g.Greedy)-1] {
-		if st.Margin > 0.3 && argmax(got[np-1+i]) != argmax(want[np-1+i]) {
-			t.Errorf("step %d: fused token %d, unfused %d", i, argmax(got[np-1+i]), argmax(want[np-1+i]))
-		}
+	for _, c := range []struct {
+		kv  string
+		bar float64
+	}{{"float32", 1e-3}, {"fp8", 0.05}} {
+		t.Run("kv="+c.kv, func(t *testing.T) {
+			run := func(o cuda.Options) [][]float32 {
+				m := loadOn(t, gpu(t, o), dir, model.LoadOptions{KVCacheDType: c.kv})
+				s := &seqRun{m: m, blocks: scattered}
+				rows := s.step(t, g.PromptIDs)
+				for i := 1; i < len(g.Greedy); i++ {
+					rows = append(rows, s.step(t, []int32{g.Greedy[i-1].Token})...)
+				}
+				return rows
+			}
+			want := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8})
+			got := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8, DisableStepKernel: true})
+			worst := 0.0
+			for i := range want {
+				for j := range want[i] {
+					worst = math.Max(worst, math.Abs(float64(got[i][j]-want[i][j])))
+				}
+			}
+			t.Logf("%d positions: max |fused-unfused| logit diff %.3g", len(want), worst)
+			if !(worst <= c.bar) {
+				t.Errorf("fused decode logits differ from the unfused ops by %.3g > %g", worst, c.bar)
+			}
+			np := len(g.PromptIDs)
+			for i, st := range g.Greedy[:len(g.Greedy)-1] {
+				if st.Margin > 0.3 && argmax(got[np-1+i]) != argmax(want[np-1+i]) {
+					t.Errorf("step %d: fused token %d, unfused %d", i, argmax(got[np-1+i]), argmax(want[np-1+i]))
+				}
+			}
+		})
 	}
 }
 
@@ -683,23 +713,28 @@ func TestModelStepKernelRefusedFallsBack(t *testing.T) {
 }
 
 // TestModelStepKernelMatchesLayerByLayer: each checkpoint in bf16 (bf16 KV
-// cache; the MoE one's sparse MLPs included) decoding 110 teacher-forced
-// tokens after 4 prompt tokens, so
-// attention's piece count grows from 1 to 15, in one decode-step launch per
-// token and with the
-// unfused ops on f32 activations: close logits at every position, and the
-// decode-step kernel really ran every decode step.
+// cache, and FP8 for the dense ones; the MoE one's sparse MLPs included)
+// decoding 110 teacher-forced tokens after 4 prompt tokens, so attention's
+// piece count grows from 1 to 15, in one decode-step launch per token and
+// with the unfused ops on f32 activations: close logits at every position,
+// and the decode-step kernel really ran every decode step.
 func TestModelStepKernelMatchesLayerByLayer(t *testing.T) {
 	td := shareddata.Dir(t)
-	// qwen3 adds per-head q/k norms, qwen3-moe (loaded in bf16) sparse MLPs.
-	for _, name := range []string{"llama3-tiny-bf16", "qwen3-tiny-bf16", "qwen3-moe-tiny"} {
-		t.Run(name, func(t *testing.T) {
+	// qwen3 adds per-head q/k norms, qwen3-moe (loaded in bf16) sparse MLPs;
+	// an FP8 cache is written by the q/k/v GEMV's epilogue (llama3) and by
+	// the q/k norm phase (qwen3).
+	for _, c := range []struct{ name, kv string }{
+		{"llama3-tiny-bf16", "bfloat16"}, {"qwen3-tiny-bf16", "bfloat16"}, {"qwen3-moe-tiny", "bfloat16"},
+		{"llama3-tiny-bf16", "fp8"}, {"qwen3-tiny-bf16", "fp8"},
+	} {
+		name := c.name
+		t.Run(name+"/kv="+c.kv, func(t *testing.T) {
 			dir := filepath.Join(td, "models", name)
 			g := shareddata.ReadModelGolden(t, dir)
 			const steps = 110
 			run := func(o cuda.Options) ([][]float32, int) {
 				be := gpu(t, o)
-				m := loadOn(t, be, dir, model.LoadOptions{DType: "bfloat16", KVCacheDType: "bfloat16"})
+				m := loadOn(t, be, dir, model.LoadOptions{DType: "bfloat16", KVCacheDType: c.kv})
 				s := &seqRun{m: m, blocks: scattered}
 				rows := s.step(t, g.PromptIDs[:4])
 				V := int32(m.Config().VocabSize)
@@ -745,12 +780,13 @@ func TestStepAttentionPieces(t *testing.T) {
 	for i := range table {
 		table[i] = int32((i*77 + 3) % blocks) // 77 is coprime with 200
 	}
-	run := func(o cuda.Options, pieces int, groupHeads bool) ([][]float32, int) {
+	run := func(o cuda.Options, pieces int, groupHeads bool, form int) ([][]float32, int) {
 		be := gpu(t, o)
 		if pieces > 0 {
 			cuda.SetStepSplits(be, pieces)
 		}
 		cuda.SetStepGroupHeads(be, groupHeads)
+		cuda.SetStepAttnForm(be, form)
 		m := loadOnKV(t, be, dir, model.LoadOptions{DType: "bfloat16", KVCacheDType: "bfloat16"}, blocks, 1)
 		s := &seqRun{m: m, blocks: table}
 		rows := s.step(t, g.PromptIDs[:4])
@@ -760,13 +796,19 @@ func TestStepAttentionPieces(t *testing.T) {
 		}
 		return rows, cuda.StepLaunches(be)
 	}
-	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8}, 0, false)
+	want, _ := run(cuda.Options{FusedDecodeMaxT: -1, SkinnyMaxT: 1, GraphMinOps: 8}, 0, false, cuda.StepAttnPasses)
 	for _, c := range []struct {
 		pieces     int
 		groupHeads bool // the attention warps share the GQA group's K/V loads
-	}{{1, false}, {3, false}, {16, false}, {40, false}, {3, true}, {40, true}} {
-		got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, c.pieces, c.groupHeads)
-		name := fmt.Sprintf("%d pieces (group heads %v)", c.pieces, c.groupHeads)
+		form       int  // how one-head warps run their passes
+	}{
+		{1, false, cuda.StepAttnPasses}, {3, false, cuda.StepAttnPasses}, {16, false, cuda.StepAttnPasses},
+		{40, false, cuda.StepAttnPasses}, {3, true, cuda.StepAttnPasses}, {40, true, cuda.StepAttnPasses},
+		{1, false, cuda.StepAttnPipe}, {3, false, cuda.StepAttnPipe}, {40, false, cuda.StepAttnPipe},
+		{3, false, cuda.StepAttnWide}, {40, false, cuda.StepAttnWide},
+	} {
+		got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, c.pieces, c.groupHeads, c.form)
+		name := fmt.Sprintf("%d pieces (group heads %v, form %d)", c.pieces, c.groupHeads, c.form)
 		if launches != steps {
 			t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
 		}
@@ -794,8 +836,12 @@ func TestStepAttentionPieces(t *testing.T) {
 // by the logits' own size.
 func TestModelStepKernelAtScale(t *testing.T) {
 	const steps = 40
-	run := func(o cuda.Options) ([][]float32, int) {
+	run := func(o cuda.Options, form, pieces int) ([][]float32, int) {
 		be := gpu(t, o)
+		cuda.SetStepAttnForm(be, form)
+		if pieces > 0 {
+			cuda.SetStepSplits(be, pieces)
+		}
 		m, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
 		if err != nil {
 			t.Fatal(err)
@@ -811,23 +857,31 @@ func TestModelStepKernelAtScale(t *testing.T) {
 		}
 		return rows, cuda.StepLaunches(be)
 	}
-	want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true})
-	got, launches := run(cuda.Options{FusedDecodeMaxT: 4})
-	if launches != steps {
-		t.Fatalf("decode-step kernel ran %d times for %d one-token steps", launches, steps)
-	}
-	worst, scale := 0.0, 0.0
-	for i := range want {
-		for j := range want[i] {
-			scale = max(scale, math.Abs(float64(want[i][j])))
-			if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
-				worst = d
+	want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}, cuda.StepAttnPasses, 0)
+	// Each attention form, with the default pieces and with one piece a
+	// head (up to 44 keys: several passes, at head dim 128).
+	for _, c := range []struct{ form, pieces int }{
+		{cuda.StepAttnPasses, 0}, {cuda.StepAttnPasses, 1}, {cuda.StepAttnPipe, 1}, {cuda.StepAttnPipe, 3},
+		{cuda.StepAttnWide, 1},
+	} {
+		got, launches := run(cuda.Options{FusedDecodeMaxT: 4}, c.form, c.pieces)
+		if launches != steps {
+			t.Fatalf("form %d, %d pieces: decode-step kernel ran %d times for %d one-token steps", c.form, c.pieces, launches, steps)
+		}
+		worst, scale := 0.0, 0.0
+		for i := range want {
+			for j := range want[i] {
+				scale = max(scale, math.Abs(float64(want[i][j])))
+				if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
+					worst = d
+				}
 			}
 		}
-	}
-	t.Logf("max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", worst, scale)
-	if !(worst <= 0.05*scale) || scale == 0 {
-		t.Errorf("decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", worst, scale)
+		t.Logf("form %d, %d pieces: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", c.form, c.pieces, worst, scale)
+		if !(worst <= 0.05*scale) || scale == 0 {
+			t.Errorf("form %d, %d pieces: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)",
+				c.form, c.pieces, worst, scale)
+		}
 	}
 }
 
@@ -853,7 +907,7 @@ func TestLazyKernels(t *testing.T) {
 		t.Run(fmt.Sprintf("%s/quantization=%s/kv=%s", c.model, o.Quantization, o.KVCacheDType), func(t *testing.T) {
 			dir := filepath.Join(td, "models", c.model)
 			g := shareddata.ReadModelGolden(t, dir)
-			f8, stepped := o.Quantization == "fp8", o.KVCacheDType == "" // the step kernel reads a bf16 cache only
+			f8, f8KV := o.Quantization == "fp8", o.KVCacheDType == "fp8"
 			moe := c.model == "qwen3-moe-tiny"
 			be := gpu(t, cuda.Options{LazyKernels: true, CacheDir: t.TempDir()})
 			lazy := &seqRun{m: loadOn(t, be, dir, o), blocks: scattered}
@@ -876,19 +930,19 @@ func TestLazyKernels(t *testing.T) {
 				check(i, lazy.step(t, []int32{tok}), want)
 				tok = argmax(want[0])
 			}
-			if stepped && cuda.StepLaunches(be) == 0 {
+			if cuda.StepLaunches(be) == 0 {
 				t.Error("no step took the decode-step kernel once it had compiled")
 			}
-			// Every decode-step unit but the model's (none over an fp8
-			// cache), without anything FP8 the FP8 units, and the fused
-			// GEMVs of more rows than one never compiled.
+			// Every decode-step unit but the model's, without anything FP8
+			// the FP8 units, and the fused GEMVs of more rows than one
+			// never compiled.
 			want := cuda.UnusedUnits(be)
 			for _, u := range cuda.StepUnits() {
-				if !stepped || u != cuda.StepUnit(headDim, f8, moe) {
+				if u != cuda.StepUnit(headDim, f8, moe) {
 					want = append(want, u)
 				}
 			}
-			if !f8 && stepped {
+			if !f8 && !f8KV {
 				want = append(want, cuda.FP8Units()...)
 			}
 			slices.Sort(want)

@@ -45,6 +45,10 @@ type stepState struct {
 	// (stepGroupHeads). Off by default: on an H100 it was slower at every
 	// context measured, 100 to 8,000 tokens (results/h100/2026-12-06-9d4cd22).
 	groupHeads bool
+	// benchmarks and tests: how one-head attention warps run a piece's
+	// passes (StepArgs.attnForm): stepAttnPasses, stepAttnPipe or
+	// stepAttnWide.
+	attnForm int
 	// benchmarks: the L2 prefetch of the o and gate/up weights
 	// (StepArgs.pfGU). Off by default: on an H100 it slowed the q/k/v phase
 	// more than it sped up o and gate/up (results/h100/2026-12-06-a142972).
@@ -105,7 +109,7 @@ type stepArgs struct {
 	layerBytes, numSlots, pfGU                                                       int64
 	numLayers, hidden, inter, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns int
 	ksQKV, ksO, ksGU, ksDown                                                         int
-	syncMode, qkNorm, gh                                                             int
+	syncMode, qkNorm, gh, attnForm, kvdt                                             int
 	experts, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown                          int
 	eps, scale                                                                       float32
 }
@@ -215,6 +219,16 @@ func stepGroupHeads(g, epl int) int {
 	return 1
 }
 
+// The forms of the one-head step attention's passes (STEP_ATTN_* in
+// kernels/step.cu): one after another; the next pass's loads issued before
+// this one's arithmetic; twice the keys a pass. Head dims over 128 run the
+// first.
+const (
+	stepAttnPasses = iota
+	stepAttnPipe
+	stepAttnWide
+)
+
 // stepPrefetchGU is StepArgs.pfGU: the gate/up bytes a layer of the step
 // asks into L2 at its start, a third of the L2 (the o weights and the
 // layer's activations and K/V take some of the rest, and lines asked for
@@ -291,7 +305,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		return err
 	}
 	nh, nkv, hd := meta.NumHeads, meta.NumKVHeads, meta.HeadDim
-	if kc.dt != ml.BF16 || kc.layers < len(layers) || nkv != kc.kvh || hd != kc.hd || hd%2 != 0 || hd > 256 ||
+	if (kc.dt != ml.BF16 && kc.dt != ml.F8) || kc.layers < len(layers) || nkv != kc.kvh || hd != kc.hd || hd%2 != 0 || hd > 256 ||
 		nh <= 0 || nkv <= 0 || nh%nkv != 0 || meta.MaxBlocks <= 0 {
 		return fmt.Errorf("%w: decode step with a %v cache of %d layers, %d heads, %d kv heads of %d",
 			ml.ErrUnsupported, kc.dt, kc.layers, nh, nkv, hd)
@@ -454,8 +468,11 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	}
 	// A warp takes one head, or stepGroupHeads heads of a GQA group: as
 	// many pieces per head as warps per such set of heads.
-	gh := 1
-	if b.step.groupHeads {
+	// An FP8 cache's rows are read by one head a warp only.
+	gh, kvdt := 1, 1
+	if kc.dt == ml.F8 {
+		kvdt = 2
+	} else if b.step.groupHeads {
 		gh = stepGroupHeads(nh/nkv, epl)
 	}
 	ns := stepSplits(meta.MaxContext, grid*8*gh/nh)
@@ -479,7 +496,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		maxBlocks: meta.MaxBlocks, blockSize: kc.blockSize, numBlocks: kc.numBlocks, ns: ns,
 		ksQKV: b.step.ks(0, stepKS(qkvN/2, H, grid, 1)), ksO: b.step.ks(1, stepKS((H+1)/2, qd, grid, 1)),
 		ksGU: b.step.ks(2, stepKS(I, H, grid, 1)), ksDown: b.step.ks(3, stepKS((H+1)/2, I, grid, 1)),
-		syncMode: stepSyncMode, gh: gh, pfGU: b.stepPrefetchGU(), eps: eps, scale: meta.Scale}
+		syncMode: stepSyncMode, gh: gh, attnForm: b.step.attnForm, kvdt: kvdt, pfGU: b.stepPrefetchGU(), eps: eps, scale: meta.Scale}
 	if E > 0 {
 		a.experts, a.topK, a.moeI = E, topK, moeI
 		if normTopK {
@@ -524,7 +541,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	b.aL(a.numSlots)
 	b.aL(a.pfGU)
 	for _, v := range []int{a.numLayers, a.hidden, a.inter, a.nh, a.nkv, a.hd, a.nwdt, a.maxBlocks, a.blockSize, a.numBlocks, a.ns,
-		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.gh, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
+		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.gh, a.attnForm, a.kvdt, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
 		a.ksEGU, a.ksEDown} {
 		b.aI(v)
 	}

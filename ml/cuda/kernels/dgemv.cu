@@ -35,7 +35,7 @@ struct DArgs {
   bf16* dst16;        // EPI_SILU's bf16 copy
   const int* pos;     // EPI_ROPE
   const float* invFreq;
-  void* kc;           // layer's K cache, dtype kvdt (0 f32, 1 bf16)
+  void* kc;           // layer's K cache, dtype kvdt (0 f32, 1 bf16, 2 FP8 E4M3 with scale 1)
   void* vc;
   const int* slots;
   const float* res;  // EPI_ADD/ADDF: dst = res + acc (null: dst += acc)
@@ -54,6 +54,8 @@ __device__ __forceinline__ float nwAt(const void* w, int dt, int k) {
 __device__ __forceinline__ void stKV(void* c, int dt, long long i, float v) {
   if (dt == 1)
     stf((bf16*)c + i, v);
+  else if (dt == 2)
+    stf((f8e4m3*)c + i, v);
   else
     ((float*)c)[i] = v;
 }

@@ -51,6 +51,8 @@ struct StepArgs {
   int syncMode;  // the grid barrier's variant (gridMode)
   int qkNorm;    // q and k are RMS-normed head by head before RoPE (Qwen3)
   int gh;        // heads of a GQA group an attention warp takes (stepGroupHeads in step.go: 1, 2 or 3)
+  int attnForm;  // with gh 1, how a piece's passes run (STEP_ATTN_*, see stepAttention)
+  int kvdt;      // the KV cache's dtype: 1 bf16, 2 FP8 E4M3 with scale 1 (stKV)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
   // router's, the experts' gate/up and down phases' split-K factors.
@@ -152,6 +154,30 @@ __device__ __forceinline__ void widenRow(const uint4 r, float* o) {
   const unsigned w[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
   for (int e = 0; e < EPL; ++e) o[e] = __uint_as_float(e & 1 ? w[e >> 1] & 0xffff0000u : w[e >> 1] << 16);
+}
+
+// loadRow8 and widenRow8 are loadRow and widenRow for an FP8 cache: EPL
+// E4M3 codes (scale 1) at p, low byte first.
+template <int EPL>
+__device__ __forceinline__ uint4 loadRow8(const unsigned char* p) {
+  uint4 r = make_uint4(0, 0, 0, 0);
+  if (EPL == 8) {
+    const uint2 h = *(const uint2*)p;
+    r.x = h.x;
+    r.y = h.y;
+  } else if (EPL == 4) {
+    r.x = *(const unsigned*)p;
+  } else if (EPL == 2) {
+    r.x = *(const unsigned short*)p;
+  } else {
+    r.x = *p;
+  }
+  return r;
+}
+template <int EPL>
+__device__ __forceinline__ void widenRow8(const uint4 r, float* o) {
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) o[e] = f8tof(((e < 4 ? r.x : r.y) >> (8 * (e & 3))) & 0xffu);
 }
 
 // stepMergeGroup is the number of pieces of a head that one warp merges
@@ -313,6 +339,108 @@ __device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[GH]
   stepMerge<EPL, GH>(partO, partML, h0, ns, 0, STEP_MERGE_GROUP, ng, D, out);
 }
 
+// stepLoadPass issues the K and V row loads of the pass of KW keys from c0
+// of a piece that ends at k1 (keys past k1, or in blocks the table does not
+// hold, load nothing) and returns the mask of its live keys. Lane i holds
+// block-table entry b0+i in myBlk; the window moves (warp-uniformly) when
+// the pass's last block is not in it.
+template <int EPL, int KW, bool KV8>
+__device__ __forceinline__ unsigned stepLoadPass(const char* kc, const char* vc, const int* bt, int c0, int k1, int bs,
+                                                 int maxB, int numB, long long kvRow, long long kvOff, bool dOK, int& b0,
+                                                 int& myBlk, uint4 (&kr)[KW], uint4 (&vr)[KW]) {
+  const int lane = threadIdx.x & 31;
+  unsigned valid = 0;
+  if ((c0 + KW - 1) / bs - b0 >= 32) {
+    b0 = c0 / bs;
+    const int bi = b0 + lane;
+    myBlk = bi < maxB ? bt[bi] : -1;
+    if (myBlk >= numB) myBlk = -1;
+  }
+#pragma unroll
+  for (int j = 0; j < KW; ++j) {
+    const int p = c0 + j, bi = p / bs;
+    int blk = __shfl_sync(0xffffffffu, myBlk, (bi - b0) & 31);
+    if (p >= k1) blk = -1;
+    if (blk >= 0) valid |= 1u << j;
+    const long long row = ((long long)blk * bs + (p - bi * bs)) * kvRow + kvOff;
+    kr[j] = vr[j] = make_uint4(0, 0, 0, 0);
+    if (blk >= 0 && dOK) {
+      const long long at = row + lane * EPL;  // elements
+      if (KV8) {
+        kr[j] = loadRow8<EPL>((const unsigned char*)kc + at);
+        vr[j] = loadRow8<EPL>((const unsigned char*)vc + at);
+      } else {
+        kr[j] = loadRow<EPL>((const bf16*)kc + at);
+        vr[j] = loadRow<EPL>((const bf16*)vc + at);
+      }
+    }
+  }
+  return valid;
+}
+
+// stepPassMath folds a pass's live keys (valid) into the GH heads' online
+// softmax: their scores against qv, the running max m and sum l, and the
+// unnormalized output acc.
+template <int EPL, int GH, int KW, bool KV8>
+__device__ __forceinline__ void stepPassMath(const uint4 (&kr)[KW], const uint4 (&vr)[KW], unsigned valid,
+                                             const float (&qv)[GH][EPL], float (&acc)[GH][EPL], float (&m)[GH],
+                                             float (&l)[GH]) {
+  float sc[GH][KW];
+#pragma unroll
+  for (int j = 0; j < KW; ++j) {
+    float kf[EPL];
+    if (KV8)
+      widenRow8<EPL>(kr[j], kf);
+    else
+      widenRow<EPL>(kr[j], kf);
+#pragma unroll
+    for (int i = 0; i < GH; ++i) {
+      float d = 0.f;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) d += qv[i][e] * kf[e];
+      sc[i][j] = d;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int i = 0; i < GH; ++i)
+#pragma unroll
+      for (int j = 0; j < KW; ++j) sc[i][j] += __shfl_xor_sync(0xffffffffu, sc[i][j], o);
+#pragma unroll
+  for (int i = 0; i < GH; ++i) {
+    float mc = m[i];
+#pragma unroll
+    for (int j = 0; j < KW; ++j)
+      if (valid >> j & 1) mc = fmaxf(mc, sc[i][j]);
+    const float f = mc == NEG_INF ? 1.f : expf(m[i] - mc);  // 0 on the first live pass (m = -inf)
+    l[i] *= f;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) acc[i][e] *= f;
+#pragma unroll
+    for (int j = 0; j < KW; ++j) sc[i][j] = (valid >> j & 1) && mc != NEG_INF ? expf(sc[i][j] - mc) : 0.f;
+    m[i] = mc;
+  }
+#pragma unroll
+  for (int j = 0; j < KW; ++j) {
+    float vf[EPL];
+    if (KV8)
+      widenRow8<EPL>(vr[j], vf);
+    else
+      widenRow<EPL>(vr[j], vf);
+#pragma unroll
+    for (int i = 0; i < GH; ++i) {
+      l[i] += sc[i][j];
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) acc[i][e] += sc[i][j] * vf[e];
+    }
+  }
+}
+
+#define STEP_ATTN_PASSES 0
+#define STEP_ATTN_PIPE 1
+#define STEP_ATTN_WIDE 2
+
 // stepAttention is a one-token step's attention: one warp per (GH heads
 // of a GQA group, split) piece of up to 16 keys at a time, with no
 // block-wide reductions, so a pass over a piece's keys is one round of
@@ -326,16 +454,23 @@ __device__ __noinline__ void stepPiece(const StepArgs& A, const float (&acc)[GH]
 // own register allocation. Lane l holds elements [l·EPL, l·EPL+EPL) of a
 // head.
 //
+// FORM (StepArgs.attnForm) is how a piece's passes run: one after another
+// (STEP_ATTN_PASSES), the next pass's loads issued before this one's
+// arithmetic (STEP_ATTN_PIPE), or twice the keys a pass (STEP_ATTN_WIDE).
+//
 // A is the kernel's parameter block seen through a pointer: each field
 // read is a load, and one in a key's address chain made every key wait
 // for its own round trips (a pass cost ~16 of them). So every field is
 // read once, up front.
-template <int EPL, int GH>
+template <int EPL, int GH, int FORM, bool KV8>
 __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
                                            const int* bt, int window) {
   // Keys per pass: more would spill (with several heads, each key's
-  // scores take registers of their own).
-  constexpr int KW = (EPL <= 2 ? 16 : 8) / (GH > 1 ? 2 : 1);
+  // scores take registers of their own). STEP_ATTN_WIDE takes twice as
+  // many, for the benchmarks to weigh fewer round trips against spills;
+  // STEP_ATTN_PIPE half as many, two passes' rows being held at once.
+  constexpr int KW = (EPL <= 2 ? 16 : 8) / (GH > 1 ? 2 : 1) * (FORM == STEP_ATTN_WIDE ? 2 : 1) /
+                     (FORM == STEP_ATTN_PIPE ? 2 : 1);
   const int nh = A.nh, nkv = A.nkv, D = A.hd, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
   const float scale = A.scale;
   const int lane = threadIdx.x & 31, G = nh / nkv, nhg = nh / GH;
@@ -343,8 +478,8 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   // A window attends to the last window positions; the pieces cut those.
   const int first = window > 0 ? max(0, ctx - window) : 0;
   const int per = ((ctx - first + ns - 1) / ns + 7) & ~7;  // whole passes of 8 keys (stepSplits)
-  const bf16* kc = (const bf16*)kcl;
-  const bf16* vc = (const bf16*)(kcl + A.layerBytes);
+  const char* kc = kcl;
+  const char* vc = kcl + A.layerBytes;
   const long long kvRow = (long long)nkv * D;
   for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nhg * ns; it += gridDim.x * 8) {
     const int h0 = (it % nhg) * GH, split = it / nhg, kvh = h0 / G;
@@ -362,73 +497,31 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
     }
     // Block table entries b0 .. b0+31, lane i holding b0+i's (-1: none).
     int b0 = -32, myBlk = -1;
-    for (int c0 = k0; c0 < k1; c0 += KW) {
-      uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
-      unsigned valid = 0;    // keys in the piece with a live KV block
-      if ((c0 + KW - 1) / bs - b0 >= 32) {  // warp-uniform: this pass's last block is not held
-        b0 = c0 / bs;
-        const int bi = b0 + lane;
-        myBlk = bi < maxB ? bt[bi] : -1;
-        if (myBlk >= numB) myBlk = -1;
-      }
+    const long long kvOff = (long long)kvh * D;
+    if (FORM == STEP_ATTN_PIPE) {
+      // The next pass's loads go out before this pass's arithmetic, so a
+      // piece of n passes waits for about one round trip, not n.
+      uint4 kr[KW], vr[KW], kn[KW], vn[KW];
+      unsigned valid = stepLoadPass<EPL, KW, KV8>(kc, vc, bt, k0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
+      for (int c0 = k0; c0 < k1; c0 += KW) {
+        unsigned nextValid = 0;
+        if (c0 + KW < k1)  // warp-uniform
+          nextValid =
+              stepLoadPass<EPL, KW, KV8>(kc, vc, bt, c0 + KW, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kn, vn);
+        if (valid) stepPassMath<EPL, GH, KW, KV8>(kr, vr, valid, qv, acc, m, l);
 #pragma unroll
-      for (int j = 0; j < KW; ++j) {
-        const int p = c0 + j, bi = p / bs;
-        int blk = __shfl_sync(0xffffffffu, myBlk, (bi - b0) & 31);
-        if (p >= k1) blk = -1;
-        if (blk >= 0) valid |= 1u << j;
-        const long long row = ((long long)blk * bs + (p - bi * bs)) * kvRow + (long long)kvh * D;
-        kr[j] = vr[j] = make_uint4(0, 0, 0, 0);
-        if (blk >= 0 && dOK) {
-          kr[j] = loadRow<EPL>(kc + row + lane * EPL);
-          vr[j] = loadRow<EPL>(vc + row + lane * EPL);
+        for (int j = 0; j < KW; ++j) {
+          kr[j] = kn[j];
+          vr[j] = vn[j];
         }
+        valid = nextValid;
       }
-      if (!valid) continue;  // warp-uniform: no live keys in this pass
-      float sc[GH][KW];
-#pragma unroll
-      for (int j = 0; j < KW; ++j) {
-        float kf[EPL];
-        widenRow<EPL>(kr[j], kf);
-#pragma unroll
-        for (int i = 0; i < GH; ++i) {
-          float d = 0.f;
-#pragma unroll
-          for (int e = 0; e < EPL; ++e) d += qv[i][e] * kf[e];
-          sc[i][j] = d;
-        }
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int i = 0; i < GH; ++i)
-#pragma unroll
-          for (int j = 0; j < KW; ++j) sc[i][j] += __shfl_xor_sync(0xffffffffu, sc[i][j], o);
-      float f[GH];
-#pragma unroll
-      for (int i = 0; i < GH; ++i) {
-        float mc = m[i];
-#pragma unroll
-        for (int j = 0; j < KW; ++j)
-          if (valid >> j & 1) mc = fmaxf(mc, sc[i][j]);
-        f[i] = mc == NEG_INF ? 1.f : expf(m[i] - mc);  // 0 on the first live pass (m = -inf)
-        l[i] *= f[i];
-#pragma unroll
-        for (int e = 0; e < EPL; ++e) acc[i][e] *= f[i];
-#pragma unroll
-        for (int j = 0; j < KW; ++j) sc[i][j] = (valid >> j & 1) && mc != NEG_INF ? expf(sc[i][j] - mc) : 0.f;
-        m[i] = mc;
-      }
-#pragma unroll
-      for (int j = 0; j < KW; ++j) {
-        float vf[EPL];
-        widenRow<EPL>(vr[j], vf);
-#pragma unroll
-        for (int i = 0; i < GH; ++i) {
-          l[i] += sc[i][j];
-#pragma unroll
-          for (int e = 0; e < EPL; ++e) acc[i][e] += sc[i][j] * vf[e];
-        }
+    } else {
+      for (int c0 = k0; c0 < k1; c0 += KW) {
+        uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
+        const unsigned valid =
+            stepLoadPass<EPL, KW, KV8>(kc, vc, bt, c0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
+        if (valid) stepPassMath<EPL, GH, KW, KV8>(kr, vr, valid, qv, acc, m, l);  // warp-uniform
       }
     }
     stepPiece<EPL, GH>(A, acc, m, l, h0, split, out);
@@ -445,8 +538,8 @@ __device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, cons
   const double p = (double)A.pos[0];
   const int slot = A.slots[0];
   const bool store = slot >= 0 && slot < A.numSlots;
-  bf16* kc = (bf16*)kcl;
-  bf16* vc = (bf16*)(kcl + A.layerBytes);
+  const int kvdt = A.kvdt;
+  char* vcl = kcl + A.layerBytes;
   for (int h = blockIdx.x * 8 + (threadIdx.x >> 5); h < nh + nkv; h += gridDim.x * 8) {
     const bool isK = h >= nh;
     const float* hp = raw + h * hd;
@@ -467,13 +560,13 @@ __device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, cons
         qOut[h * hd + j] = na;
         qOut[h * hd + j + half] = nb;
       } else if (store) {
-        stf(kc + o + j, na);
-        stf(kc + o + j + half, nb);
+        stKV(kcl, kvdt, o + j, na);
+        stKV(kcl, kvdt, o + j + half, nb);
       }
     }
     if (isK && store) {
       const float* vr = raw + (nh + nkv + kh) * hd;
-      for (int d = lane; d < hd; d += 32) stf(vc + o + d, vr[d]);
+      for (int d = lane; d < hd; d += 32) stKV(vcl, kvdt, o + d, vr[d]);
     }
   }
 }
@@ -612,7 +705,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     a.invFreq = A.invFreq;
     a.kc = kcl;
     a.vc = kcl + A.layerBytes;
-    a.kvdt = 1;
+    a.kvdt = A.kvdt;
     a.slots = A.slots;
     a.numSlots = A.numSlots;
     a.nh = A.nh;
@@ -632,15 +725,23 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    switch (A.gh) {
-      case 3:
-        stepAttention<EPL, 3>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
-        break;
-      case 2:
-        stepAttention<EPL, 2>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
-        break;
-      default:
-        stepAttention<EPL, 1>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+    {
+      int form = A.gh == 1 ? A.attnForm : STEP_ATTN_PASSES;
+      if constexpr (EPL > 4) form = STEP_ATTN_PASSES;  // at EPL 8 two passes' rows would spill
+      if (A.kvdt == 2)  // an FP8 cache: one head a warp (step.go sets gh 1), passes as they are
+        stepAttention<EPL, 1, STEP_ATTN_PASSES, true>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      else if (A.gh == 3)
+        stepAttention<EPL, 3, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      else if (A.gh == 2)
+        stepAttention<EPL, 2, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      else if (form == STEP_ATTN_PASSES)
+        stepAttention<EPL, 1, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      else if constexpr (EPL <= 4) {
+        if (form == STEP_ATTN_PIPE)
+          stepAttention<EPL, 1, STEP_ATTN_PIPE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        else
+          stepAttention<EPL, 1, STEP_ATTN_WIDE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      }
     }
     STAMP(3);
 
