@@ -35,27 +35,16 @@ func dgemvM(T int) int {
 	return 4
 }
 
-// dgemvVector is the elements of a dgemv vector of weights of dtype dt (16
-// bytes, dgemvWeightsPerVector in kernels/dgemv.cu): weight rows, and so
-// the input's columns, are a whole number of them.
-func dgemvVector(dt ml.DType) int {
-	if dt == ml.F8 {
-		return 16
-	}
-	return 8
-}
-
 // FusedDecode reports whether a step of T tokens of a model with the given
 // hidden size takes the fused decode ops, and, when weights are given,
-// whether those weights suit them (bf16 rows a multiple of 8 elements, FP8
-// of 16).
+// whether those weights suit them (bf16, rows a multiple of 8 elements).
 func (b *Backend) FusedDecode(T, hidden int, weights ...ml.Tensor) bool {
 	if T < 1 || T > b.opts.FusedDecodeMaxT || hidden <= 0 || hidden%8 != 0 {
 		return false
 	}
 	for _, w := range weights {
 		t, ok := w.(*tensor)
-		if !ok || t == nil || t.owner != b || (t.dt != ml.BF16 && t.dt != ml.F8) || t.cols%dgemvVector(t.dt) != 0 {
+		if !ok || t == nil || t.owner != b || (t.dt != ml.BF16 && t.dt != ml.F8) || t.cols%8 != 0 {
 			return false
 		}
 	}
@@ -123,8 +112,8 @@ func (b *Backend) fusedOperands(op string, dst, x, w, bias ml.Tensor, wantN, out
 		return
 	}
 	T, K, N := xx.rows, xx.cols, ww.rows
-	if (ww.dt != ml.BF16 && ww.dt != ml.F8) || K%dgemvVector(ww.dt) != 0 || T < 1 || T > b.opts.FusedDecodeMaxT {
-		return nil, nil, nil, 0, fmt.Errorf("%w: %s of %d tokens with %v weights %dx%d (fused decode takes ≤%d tokens, bf16 with K%%8 == 0 or fp8 with K%%16 == 0)",
+	if (ww.dt != ml.BF16 && ww.dt != ml.F8) || K%8 != 0 || T < 1 || T > b.opts.FusedDecodeMaxT {
+		return nil, nil, nil, 0, fmt.Errorf("%w: %s of %d tokens with %v weights %dx%d (fused decode takes ≤%d tokens, bf16 or fp8, K%%8 == 0)",
 			ml.ErrUnsupported, op, T, ww.dt, ww.rows, ww.cols, max(b.opts.FusedDecodeMaxT, 0))
 	}
 	if ww.cols != K || d.rows != T || d.cols < N/outDiv || (wantN > 0 && N != wantN) {

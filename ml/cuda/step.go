@@ -348,7 +348,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	if E > 0 && (E > 256 || topK < 1 || topK > 32 || topK > E || moeI%8 != 0 || moeI == 0) {
 		return fmt.Errorf("%w: decode step of %d experts, top %d, intermediate %d", ml.ErrUnsupported, E, topK, moeI)
 	}
-	if vec := dgemvVector(wdt); hh.rows != 1 || H%vec != 0 || qd%vec != 0 || I%vec != 0 || (I == 0 && E == 0) {
+	if hh.rows != 1 || H%8 != 0 || qd%8 != 0 || I%8 != 0 || (I == 0 && E == 0) {
 		return fmt.Errorf("%w: decode step of %dx%d h, %d q columns, intermediate %d", ml.ErrUnsupported, hh.rows, hh.cols, qd, I)
 	}
 	pos, inv, sl, err := b.ropeOperands(positions, invFreq, slots, 1, hd)

@@ -60,13 +60,14 @@ __device__ __forceinline__ void stKV(void* c, int dt, long long i, float v) {
     ((float*)c)[i] = v;
 }
 
-// A dgemv vector is 16 bytes of a row: 8 bf16 weights, or 16 FP8 codes
-// (F8W, K % 16 == 0) widened with f8x8, so that an FP8 row keeps as many
-// bytes in flight a lane as a bf16 one (with 8-byte FP8 vectors the FP8
-// GEMV waited on half as many bytes and gained little on bf16).
+// A dgemv vector is 8 weights of a row: 16 bytes of bf16, or 8 bytes of
+// FP8 codes (F8W, in the low half of the uint4) widened with f8x8.
 template <bool F8W>
-constexpr int dgemvWeightsPerVector() {
-  return F8W ? 16 : 8;
+__device__ __forceinline__ uint4 ldwv(const unsigned char* p) {
+  if (!F8W) return ldw16(p);
+  uint4 r = make_uint4(0, 0, 0, 0);
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+  return r;
 }
 
 // dgemvRows gives pair p's rows r0, r1 and the number of pairs P (see the
@@ -138,9 +139,9 @@ __device__ __forceinline__ void dgemvDot8(const DArgs& a, int c, int tn, const f
   }
 }
 
-// dgemvDot adds vector v of a pair's rows (wa4, wb4: eight bf16 weights
-// or sixteen FP8 codes each) dotted with x to acc0, acc1 (and x's sums of
-// squares to ss when x is normalized).
+// dgemvDot adds vector v of a pair's rows (wa4, wb4: eight weights each)
+// dotted with x to acc0, acc1 (and x's sums of squares to ss when x is
+// normalized).
 template <int M, int EPI, bool F8W>
 __device__ __forceinline__ void dgemvDot(const DArgs& a, int v, int tn, const uint4 wa4, const uint4 wb4, float (&acc0)[M],
                                          float (&acc1)[M], float (&ss)[M]) {
@@ -148,15 +149,11 @@ __device__ __forceinline__ void dgemvDot(const DArgs& a, int v, int tn, const ui
   if (F8W) {
     f8x8(wa4.x, wa4.y, wa);
     f8x8(wb4.x, wb4.y, wb);
-    dgemvDot8<M, EPI>(a, v * 16, tn, wa, wb, acc0, acc1, ss);
-    f8x8(wa4.z, wa4.w, wa);
-    f8x8(wb4.z, wb4.w, wb);
-    dgemvDot8<M, EPI>(a, v * 16 + 8, tn, wa, wb, acc0, acc1, ss);
   } else {
     unpack8(wa4, wa);
     unpack8(wb4, wb);
-    dgemvDot8<M, EPI>(a, v * 8, tn, wa, wb, acc0, acc1, ss);
   }
+  dgemvDot8<M, EPI>(a, v * 8, tn, wa, wb, acc0, acc1, ss);
 }
 
 // dgemvFinish reduces a pair's sums over the lanes and the KS warps that
@@ -267,19 +264,20 @@ __device__ __forceinline__ void dgemvFinish(const DArgs& a, float (&acc0)[M], fl
 
 // dgemvFirstLoads issues a task's first batch of weight loads (rows w0, w1;
 // the second batch too with DB), when ok.
-template <int U, int S, bool DB>
+template <int U, int S, bool DB, bool F8W>
 __device__ __forceinline__ void dgemvFirstLoads(const unsigned char* w0, const unsigned char* w1, bool ok, int v0, int nvec,
                                                 uint4 (&ca)[U], uint4 (&cb)[U], uint4 (&na)[U], uint4 (&nb)[U]) {
+  constexpr int VB = F8W ? 8 : 16;  // bytes per vector
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int v = v0 + u * S, vn = v + U * S;
     if (ok && v < nvec) {
-      ca[u] = ldw16(w0 + v * 16);
-      cb[u] = ldw16(w1 + v * 16);
+      ca[u] = ldwv<F8W>(w0 + v * VB);
+      cb[u] = ldwv<F8W>(w1 + v * VB);
     }
     if (DB && ok && vn < nvec) {
-      na[u] = ldw16(w0 + vn * 16);
-      nb[u] = ldw16(w1 + vn * 16);
+      na[u] = ldwv<F8W>(w0 + vn * VB);
+      nb[u] = ldwv<F8W>(w1 + vn * VB);
     }
   }
 }
@@ -293,15 +291,17 @@ __device__ __forceinline__ void dgemvFirstLoads(const unsigned char* w0, const u
 // before these loads) takes the place of griddepcontrol.wait.
 template <int M, int EPI, int KS, bool STEP, bool F8W = false>
 __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
-  constexpr int U = 4;  // 16-byte vector loads per row per batch
-  constexpr int WB = F8W ? 1 : 2;  // bytes a weight
+  // Vector loads per row per batch (eight for FP8, as many bytes in flight
+  // as bf16's four, made the FP8 step slower on an H100).
+  constexpr int U = 4;
+  constexpr int VB = F8W ? 8 : 16, WB = F8W ? 1 : 2;  // bytes per vector, per weight
   const unsigned char* const wBase = (const unsigned char*)a.w;
   // Two batches in flight, except in the decode-step kernel, where the
   // second batch's registers would spill (its tasks are mostly one batch).
   constexpr bool DB = !STEP;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int ks = warp % KS;
-  const int K = a.K, nvec = K / dgemvWeightsPerVector<F8W>();
+  const int K = a.K, nvec = K >> 3;
   constexpr int S = 32 * KS;  // a lane's vector stride
   const int v0 = ks * 32 + lane;
   int p = blk * (8 / KS) + warp / KS, P, r0, r1;
@@ -311,7 +311,7 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
   const unsigned char* w1 = wBase + (long long)(ok ? r1 : 0) * K * WB;
 
   uint4 ca[U], cb[U], na[U], nb[U];
-  dgemvFirstLoads<U, S, DB>(w0, w1, ok, v0, nvec, ca, cb, na, nb);
+  dgemvFirstLoads<U, S, DB, F8W>(w0, w1, ok, v0, nvec, ca, cb, na, nb);
   if (STEP) {
     if (bar) gridWait(bar);
   } else {
@@ -340,11 +340,11 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
           const int vn = vb + ((DB ? 2 : 1) * U + u) * S;
           if (vn < nvec) {
             if (DB) {
-              na[u] = ldw16(w0 + vn * 16);
-              nb[u] = ldw16(w1 + vn * 16);
+              na[u] = ldwv<F8W>(w0 + vn * VB);
+              nb[u] = ldwv<F8W>(w1 + vn * VB);
             } else {
-              ca[u] = ldw16(w0 + vn * 16);
-              cb[u] = ldw16(w1 + vn * 16);
+              ca[u] = ldwv<F8W>(w0 + vn * VB);
+              cb[u] = ldwv<F8W>(w1 + vn * VB);
             }
           }
         }
@@ -360,7 +360,7 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
       int nP;
       dgemvRows<EPI>(a, np, nP, nr0, nr1);
       nok = np < nP;
-      dgemvFirstLoads<U, S, DB>(wBase + (long long)(nok ? nr0 : 0) * K * WB, wBase + (long long)(nok ? nr1 : 0) * K * WB,
+      dgemvFirstLoads<U, S, DB, F8W>(wBase + (long long)(nok ? nr0 : 0) * K * WB, wBase + (long long)(nok ? nr1 : 0) * K * WB,
                                      nok, v0, nvec, ca, cb, na, nb);
     }
     dgemvFinish<M, EPI, KS>(a, acc0, acc1, ss, ok, p, r0, r1, tn, more);
