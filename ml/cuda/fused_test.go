@@ -52,9 +52,9 @@ func closeRows(t *testing.T, what string, got, want []float32, cols int) {
 // TestFusedDecodeMatchesUnfused checks each fused decode op against the
 // unfused ops it replaces (themselves checked against the CPU backend; with
 // SkinnyMaxT their MatMuls keep f32 activations, as the fused norms do), for
-// 1 to 4 tokens, with and without biases, GQA head layouts and widths at
-// the edges of the GEMV's vector loop, PDL on and off, launched directly and
-// replayed from a CUDA graph.
+// 1 to 4 tokens, bf16 and FP8 weights, with and without biases, GQA head
+// layouts and widths at the edges of the GEMV's vector loop, PDL on and
+// off, launched directly and replayed from a CUDA graph.
 func TestFusedDecodeMatchesUnfused(t *testing.T) {
 	gpuOrSkip(t)
 	type shape struct{ H, I, nh, nkv, hd int }
@@ -64,16 +64,18 @@ func TestFusedDecodeMatchesUnfused(t *testing.T) {
 		{FusedDecodeMaxT: 4, SkinnyMaxT: 4, GraphMinOps: 1}} {
 		b := newTestBackend(t, o)
 		for si, sh := range []shape{{96, 256, 6, 2, 16}, {1536, 8960, 12, 2, 128}, {264, 520, 4, 4, 66}, {8, 24, 1, 1, 8}} {
-			for T := 1; T <= 4; T++ {
-				for _, withBias := range []bool{false, true} {
-					name := fmt.Sprintf("pdl=%v/graphs=%v/shape=%d/T=%d/bias=%v", o.EnablePDL, !o.DisableGraphs, si, T, withBias)
-					r := rand.New(rand.NewPCG(uint64(si*10+T), 7))
-					reps := 1
-					if !o.DisableGraphs {
-						reps = 3 // the same recorded ops captured, then replayed
-					}
-					for rep := 0; rep < reps; rep++ {
-						fusedCase(t, b, r, name, T, sh.H, sh.I, sh.nh, sh.nkv, sh.hd, withBias)
+			for _, wdt := range []ml.DType{ml.BF16, ml.F8} {
+				for T := 1; T <= 4; T++ {
+					for _, withBias := range []bool{false, true} {
+						name := fmt.Sprintf("pdl=%v/graphs=%v/shape=%d/%v/T=%d/bias=%v", o.EnablePDL, !o.DisableGraphs, si, wdt, T, withBias)
+						r := rand.New(rand.NewPCG(uint64(si*10+T), 7))
+						reps := 1
+						if !o.DisableGraphs {
+							reps = 3 // the same recorded ops captured, then replayed
+						}
+						for rep := 0; rep < reps; rep++ {
+							fusedCase(t, b, r, name, wdt, T, sh.H, sh.I, sh.nh, sh.nkv, sh.hd, withBias)
+						}
 					}
 				}
 			}
@@ -82,7 +84,7 @@ func TestFusedDecodeMatchesUnfused(t *testing.T) {
 	}
 }
 
-func fusedCase(t *testing.T, b *Backend, r *rand.Rand, name string, T, H, I, nh, nkv, hd int, withBias bool) {
+func fusedCase(t *testing.T, b *Backend, r *rand.Rand, name string, wdt ml.DType, T, H, I, nh, nkv, hd int, withBias bool) {
 	t.Helper()
 	var free []ml.Tensor
 	defer func() {
@@ -105,7 +107,7 @@ func fusedCase(t *testing.T, b *Backend, r *rand.Rand, name string, T, H, I, nh,
 		return x, v
 	}
 	weight := func(rows, cols int) ml.Tensor {
-		w, err := b.LoadWeight(rows, cols, mltest.Encode(ml.F32, mltest.RandF32(r, rows*cols, 1)), ml.F32, ml.BF16)
+		w, err := b.LoadWeight(rows, cols, mltest.Encode(ml.F32, mltest.RandF32(r, rows*cols, 1)), ml.F32, wdt)
 		if err != nil {
 			t.Fatal(err)
 		}
