@@ -348,8 +348,10 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
   constexpr int VB = F8W ? 8 : 16, WB = F8W ? 1 : 2;  // bytes per vector, per weight
   const unsigned char* const wBase = (const unsigned char*)a.w;
   // Two batches in flight, except in the decode-step kernel, where the
-  // second batch's registers would spill (its tasks are mostly one batch).
-  constexpr bool DB = !STEP;
+  // second batch's registers would spill (its tasks are mostly one batch),
+  // unless the weights are FP8: their vectors take half a uint4, so two
+  // batches hold as many registers and bytes in flight as one of bf16.
+  constexpr bool DB = !STEP || F8W;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int ks = warp % KS;
   const int K = a.K, nvec = K >> 3;
