@@ -43,7 +43,7 @@
 #                of Qwen3-8B and of Qwen3-30B-A3B
 #   stepab8      the one-token decode step's phases, Qwen2.5-1.5B, MoE and 12
 #                of Qwen3-8B's layers, bf16 and FP8 weights, cuda.test-prev
-#                and cuda.test alternated
+#                and cuda.test alternated (AB_BINS: other binaries of .gpu/)
 #   stepab       the one-token decode step, dense and MoE (BenchmarkModelDecode
 #                step-stamped, T=1, 100 tokens of context) of cuda.test-prev
 #                and cuda.test alternated
@@ -135,7 +135,7 @@ for step in "$@"; do
       ncu -i /tmp/ncu-$b.ncu-rep --page source --csv --print-source sass 2>&1 | gzip >$R/ncu-$b-sass.csv.gz
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Issued|Executed Ipc" $R/ncu-$b.txt | head -20
     done ;;
-  stepab8) ab step-ab8.log 'ModelDecode/(q8b-|moe-)?step-stamped(-fp8)?$/T=1$' 100x cuda.test-prev cuda.test ;;
+  stepab8) ab step-ab8.log 'ModelDecode/(q8b-|moe-)?step-stamped(-fp8)?$/T=1$' 100x ${AB_BINS:-cuda.test-prev cuda.test} ;;
   stepab) ab step-ab.log 'ModelDecode/(moe-)?step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
   pf)
     for round in 1 2; do
