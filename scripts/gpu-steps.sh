@@ -75,6 +75,12 @@ ab() { # ab LOG BENCH BENCHTIME BIN...: the binaries' benchmark alternated, twic
     done
   done
 }
+rounds() { # rounds LOG BENCH TIMEOUT: cuda.test's benchmark BENCH, 100 iterations, twice
+  for round in 1 2; do
+    (cd ml/cuda && timeout "$3" ../../.gpu/cuda.test -test.run XXX -test.bench "$2" -test.benchtime 100x 2>&1 |
+      grep -E "^Benchmark|FAIL|panic") | tee -a "$R/$1"
+  done
+}
 for step in "$@"; do
   case $step in
   suite) TEST_BIN=${TEST_BIN:-.gpu/cuda.test} OUTDIR=$R bash scripts/gpu-verify.sh 1 2>&1 | tail -30 ;;
@@ -113,16 +119,9 @@ for step in "$@"; do
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form.txt | head -40
     done ;;
   attnform)
-    for round in 1 2; do
-      (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
-        -test.bench 'ModelDecode/step-stamped(-ctx[0-9]+)?(-pipe|-wide|-kv8)?$/T=1$' \
-        -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee -a $R/attn-form.log
-    done ;;
+    rounds attn-form.log 'ModelDecode/step-stamped(-ctx[0-9]+)?(-pipe|-wide|-kv8)?$/T=1$' 250 ;;
   fp8step)
-    for round in 1 2; do
-      (cd ml/cuda && timeout 150 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/(q8b-)?step-stamped(-fp8)?$/T=1$' \
-        -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee -a $R/fp8-step.log
-    done ;;
+    rounds fp8-step.log 'ModelDecode/(q8b-)?step-stamped(-fp8)?$/T=1$' 150 ;;
   ncu-step)
     # One decode-step launch each: bf16 at 8,000 tokens of context, FP8 at
     # 100; the report's details, and its SASS with per-instruction stall
@@ -138,17 +137,9 @@ for step in "$@"; do
   stepab8) ab step-ab8.log 'ModelDecode/(q8b-|moe-)?step-stamped(-fp8)?$/T=1$' 100x ${AB_BINS:-cuda.test-prev cuda.test} ;;
   stepab) ab step-ab.log 'ModelDecode/(moe-)?step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
   pf)
-    for round in 1 2; do
-      (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
-        -test.bench 'ModelDecode/(moe-)?step-stamped(-pf)?$/T=(1|32)$' -test.benchtime 100x 2>&1 |
-        grep -E "^Benchmark|FAIL|panic") | tee -a $R/pf-ab.log
-    done ;;
+    rounds pf-ab.log 'ModelDecode/(moe-)?step-stamped(-pf)?$/T=(1|32)$' 250 ;;
   stepctx)
-    for round in 1 2; do
-      (cd ml/cuda && timeout 250 ../../.gpu/cuda.test -test.run XXX \
-        -test.bench 'ModelDecode/step-stamped(-ctx[0-9]+)?(-gqa)?(-ns[0-9]+)?$/T=1$' \
-        -test.benchtime 100x 2>&1 | grep -E "^Benchmark|FAIL|panic") | tee -a $R/step-ctx.log
-    done ;;
+    rounds step-ctx.log 'ModelDecode/step-stamped(-ctx[0-9]+)?(-gqa)?(-ns[0-9]+)?$/T=1$' 250 ;;
   moestep)
     (cd ml/cuda && timeout 150 ../../.gpu/cuda.test -test.run XXX -test.bench 'ModelDecode/(moe-step|moe-step-stamped)$/T=(1|32)$' \
       -test.benchtime 100x -test.v 2>&1 | grep -vE '^=== ' | tail -60) | tee $R/moe-step.log ;;
