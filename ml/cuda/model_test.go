@@ -833,9 +833,17 @@ func TestStepAttentionPieces(t *testing.T) {
 // and layer by layer with the same fused GEMVs. The layer-by-layer o and
 // down projections read bf16 copies of their inputs, so the logits agree
 // to bf16 rounding, not exactly; a wrong split or row pairing would be off
-// by the logits' own size.
+// by the logits' own size. With -short (the CUDA emulator, where a step of
+// these shapes is slow) it runs the default form for 4 steps.
 func TestModelStepKernelAtScale(t *testing.T) {
-	const steps = 40
+	steps := 40
+	cases := []struct{ form, pieces int }{
+		{cuda.StepAttnPasses, 0}, {cuda.StepAttnPasses, 1}, {cuda.StepAttnPipe, 1}, {cuda.StepAttnPipe, 3},
+		{cuda.StepAttnWide, 1},
+	}
+	if testing.Short() {
+		steps, cases = 4, cases[:1]
+	}
 	run := func(o cuda.Options, form, pieces int) ([][]float32, int) {
 		be := gpu(t, o)
 		cuda.SetStepAttnForm(be, form)
@@ -860,10 +868,7 @@ func TestModelStepKernelAtScale(t *testing.T) {
 	want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}, cuda.StepAttnPasses, 0)
 	// Each attention form, with the default pieces and with one piece a
 	// head (up to 44 keys: several passes, at head dim 128).
-	for _, c := range []struct{ form, pieces int }{
-		{cuda.StepAttnPasses, 0}, {cuda.StepAttnPasses, 1}, {cuda.StepAttnPipe, 1}, {cuda.StepAttnPipe, 3},
-		{cuda.StepAttnWide, 1},
-	} {
+	for _, c := range cases {
 		got, launches := run(cuda.Options{FusedDecodeMaxT: 4}, c.form, c.pieces)
 		if launches != steps {
 			t.Fatalf("form %d, %d pieces: decode-step kernel ran %d times for %d one-token steps", c.form, c.pieces, launches, steps)
