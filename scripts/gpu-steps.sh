@@ -40,7 +40,7 @@
 #   ncu-step     Nsight Compute's full sections and per-instruction SASS
 #                counters for one launch of the decode step: bf16 at 100 and
 #                8,000 tokens of context, FP8 weights at 100; and 12 layers
-#                of Qwen3-8B and of Qwen3-30B-A3B
+#                of Qwen3-8B and of Qwen3-30B-A3B (NCU_BENCH narrows them)
 #   stepab8      the one-token decode step's phases, Qwen2.5-1.5B, MoE and 12
 #                of Qwen3-8B's layers, bf16 and FP8 weights, cuda.test-prev
 #                and cuda.test alternated (AB_BINS: other binaries of .gpu/)
@@ -61,7 +61,9 @@
 set -uo pipefail
 [ -x .gpu/cuda.test ] || (cd .gpu && tar xJf bundle.tar.xz)
 export LLMSERVE_TESTDATA=$PWD/.gpu/testdata
-R=/tmp/r
+# A results folder per bundle: a machine can outlive a session, and an
+# earlier bundle's files must not come back as this one's.
+R=/tmp/r-$(cksum <.gpu/bundle.tar.xz | cut -d' ' -f1)
 mkdir -p $R
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $R/gpu.txt
 ab() { # ab LOG BENCH BENCHTIME BIN...: the binaries' benchmark alternated, twice
@@ -126,13 +128,16 @@ for step in "$@"; do
     # One decode-step launch each: bf16 at 8,000 tokens of context, FP8 at
     # 100; the report's details, and its SASS with per-instruction stall
     # counters (to tell attention's and the merge's stalls apart).
-    for b in step-stamped step-stamped-ctx8000 step-stamped-fp8 q8b-step-stamped moe-step-stamped; do
+    # NCU_BENCH narrows the launches; the archive is rewritten after each,
+    # as the whole list can outrun a call.
+    for b in ${NCU_BENCH:-step-stamped step-stamped-ctx8000 step-stamped-fp8 q8b-step-stamped moe-step-stamped}; do
       (cd ml/cuda && timeout 150 ncu --set full --import-source no -k regex:decode_step --launch-skip 12 -c 1 \
         --clock-control none -f -o /tmp/ncu-$b ../../.gpu/cuda.test -test.run XXX \
         -test.bench "ModelDecode/$b/T=1\$" -test.benchtime 20x >$R/ncu-$b.log 2>&1)
       ncu -i /tmp/ncu-$b.ncu-rep >$R/ncu-$b.txt 2>&1
       ncu -i /tmp/ncu-$b.ncu-rep --page source --csv --print-source sass 2>&1 | gzip >$R/ncu-$b-sass.csv.gz
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Issued|Executed Ipc" $R/ncu-$b.txt | head -20
+      tar czf "$OUT/r.tar.gz" -C $R .
     done ;;
   stepab8) ab step-ab8.log 'ModelDecode/(q8b-|moe-)?step-stamped(-fp8)?$/T=1$' 100x ${AB_BINS:-cuda.test-prev cuda.test} ;;
   stepab) ab step-ab.log 'ModelDecode/(moe-)?step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
