@@ -438,23 +438,23 @@ func BenchmarkModelDecode(bm *testing.B) {
 		}
 	}
 	for _, ns := range []int{1, 2, 4, 8, 16, 32} {
-		name := fmt.Sprintf("ns-%d", ns)
+		name := fmt.Sprintf("ns%d", ns)
 		bm.Run(name, func(bm *testing.B) { benchDecode(bm, cuda.Options{FusedDecodeMaxT: 4}, true, false, name) })
 	}
 }
 
 // benchDecode times greedy decode steps (token ids downloaded, as the
 // engine runs them) of Qwen2.5-1.5B with dummy weights at 100 tokens of
-// context ("moe-": Qwen3-30B-A3B's layers, 12 of its 48; "q8b-": Qwen3-8B's,
-// 12 of its 36; "-ctxN": N
-// tokens of context, at the batch sizes the cache holds; "-gqa": the
-// step's attention warps share a GQA group's K/V loads; "-pipe" and
-// "-wide": the one-head attention's pipelined and wide passes; "-nsN" and "ns-N": N
-// attention pieces per head; "-pf": with the step's L2 prefetch of the o
-// and gate/up weights; "-fp8": FP8 weights; "-kv8": an FP8 KV cache). With stamped, one-token steps also report the
-// decode-step kernel's mean SM kilocycles per layer in each phase (a
-// sparse MLP's router, top-k, experts' gate/up, and experts' down with the
-// weighted sum, in place of gate/up and down).
+// context. The name's dash-separated parts choose: "moe-" Qwen3-30B-A3B's
+// layers (12 of its 48), "q8b-" Qwen3-8B's (12 of its 36); "ctxN" N tokens
+// of context, at the batch sizes the cache holds; "gqa" attention warps
+// sharing a GQA group's K/V loads; "pipe" and "wide" the one-head
+// attention's pipelined and wide passes; "nsN" N attention pieces per
+// head; "pf" the step's L2 prefetch of the o and gate/up weights; "fp8"
+// FP8 weights; "kv8" an FP8 KV cache. With stamped, one-token steps also
+// report the decode-step kernel's mean SM kilocycles per layer in each
+// phase (a sparse MLP's router, top-k, experts' gate/up, and experts' down
+// with the weighted sum, in place of gate/up and down).
 func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
 	parts := strings.Split(name, "-")
@@ -483,13 +483,7 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 		}
 		return def
 	}
-	if n, ok := strings.CutPrefix(name, "ns-"); ok {
-		ns, err := strconv.Atoi(n)
-		if err != nil {
-			bm.Fatalf("benchmark %s: %v", name, err)
-		}
-		cuda.SetStepSplits(be, ns)
-	} else if ns := number("ns", 0); ns > 0 {
+	if ns := number("ns", 0); ns > 0 {
 		cuda.SetStepSplits(be, ns)
 	}
 	cuda.SetStepGroupHeads(be, slices.Contains(parts, "gqa"))
