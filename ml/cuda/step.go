@@ -25,22 +25,23 @@ type stepLayer struct {
 
 // stepState is the decode-step kernel's device state.
 type stepState struct {
-	table    devBuf      // []stepLayer of the layers last run
-	host     []byte      // the table's bytes, to upload only when they change
-	tab      []stepLayer // the table being built (reused: it is built every step)
-	acts     devBuf      // every layer's activations (see StepArgs.acts)
-	bar      devBuf      // grid barrier and split counters (zeroed at allocation)
-	grid     int         // resident 256-thread blocks of gridFn (0: not yet known)
-	gridFn   uintptr     // the kernel grid was computed for (each head dim has its own)
-	forceBPS int         // benchmarks: blocks per SM instead of the occupancy's
-	launches int         // decode-step launches recorded (tests check the path runs)
-	stamps   devBuf      // with stamping on (benchmarks), block 0's clock at each phase's start
-	stamping bool
-	forceKS  [4]int // benchmarks: the q/k/v, o, gate/up and down split-K factors (0: stepKS's)
-	forceNS  int    // benchmarks: attention's pieces per head (0: stepSplits's)
-	overGrid int    // tests: blocks launched beyond those resident at once
-	syncMode int    // benchmarks: the grid barrier's variant (StepArgs.syncMode)
-	syncSet  bool   // syncMode was set (else stepSyncMode)
+	table      devBuf      // []stepLayer of the layers last run
+	host       []byte      // the table's bytes, to upload only when they change
+	tab        []stepLayer // the table being built (reused: it is built every step)
+	acts       devBuf      // every layer's activations (see StepArgs.acts)
+	bar        devBuf      // grid barrier and split counters (zeroed at allocation)
+	grid       int         // resident 256-thread blocks of gridFn (0: not yet known)
+	gridFn     uintptr     // the kernel grid was computed for (each head dim has its own)
+	gridShared uint32      // and its dynamic shared memory a block
+	forceBPS   int         // benchmarks: blocks per SM instead of the occupancy's
+	launches   int         // decode-step launches recorded (tests check the path runs)
+	stamps     devBuf      // with stamping on (benchmarks), block 0's clock at each phase's start
+	stamping   bool
+	forceKS    [4]int // benchmarks: the q/k/v, o, gate/up and down split-K factors (0: stepKS's)
+	forceNS    int    // benchmarks: attention's pieces per head (0: stepSplits's)
+	overGrid   int    // tests: blocks launched beyond those resident at once
+	syncMode   int    // benchmarks: the grid barrier's variant (StepArgs.syncMode)
+	syncSet    bool   // syncMode was set (else stepSyncMode)
 	// benchmarks and tests: attention warps share a GQA group's K/V loads
 	// (stepGroupHeads). Off by default: on an H100 it was slower at every
 	// context measured, 100 to 8,000 tokens (results/h100/2026-12-06-9d4cd22).
@@ -114,11 +115,44 @@ type stepArgs struct {
 	eps, scale                                                                       float32
 }
 
-// stepGrid is the number of 256-thread decode-step blocks that are resident
-// at once, all of which a cooperative launch requires.
-func (b *Backend) stepGrid(fn uintptr) (int, error) {
-	if b.step.grid > 0 && b.step.gridFn == fn {
+// stepRingBytes is DGEMV_RING_BYTES in kernels/dgemv.cu: the bf16 GEMVs'
+// rings of weight loads, 8 warps' of 2 batches of 4 16-byte vectors of 2
+// rows a lane.
+const stepRingBytes = 8 * 2 * 4 * 2 * 32 * 16
+
+// stepShared is the decode-step kernel's dynamic shared memory a block:
+// the bf16 GEMVs' rings (from sm_80, where cp.async is), then the
+// normalized GEMVs' copy of x·nw (dgemvNormX), hidden floats.
+func (b *Backend) stepShared(hidden int, f8 bool) uint32 {
+	n := uint32(hidden * 4)
+	if !f8 && b.dev.major >= 8 {
+		n += stepRingBytes
+	}
+	return n
+}
+
+// stepGrid is the number of 256-thread decode-step blocks with shmem bytes
+// of dynamic shared memory each that are resident at once, all of which a
+// cooperative launch requires.
+func (b *Backend) stepGrid(fn uintptr, name string, shmem uint32) (int, error) {
+	if b.step.grid > 0 && b.step.gridFn == fn && b.step.gridShared == shmem {
 		return b.step.grid, nil
+	}
+	if shmem > defaultDynShared && b.dynShared[fn] < shmem {
+		if err := b.optInShared(fn, name, shmem); err != nil {
+			return 0, err
+		}
+		// Only two blocks' share of the unified L1 as shared memory: the
+		// rest stays L1, for the activations every pair of rows re-reads.
+		pct := min(100, (2*(int(shmem)+2048)*100+int(b.dev.sharedOptin))/(int(b.dev.sharedOptin)+1024))
+		if err := b.enter(); err != nil {
+			return 0, err
+		}
+		err := b.l.call(b.l.cuFuncSetAttribute, "cuFuncSetAttribute", fn, funcAttrPreferredCarveout, uintptr(pct))
+		b.exit()
+		if err != nil {
+			return 0, err
+		}
 	}
 	per := int32(1)
 	if b.l.cuOccupancyMaxActiveBlocksPerMultiprocessor != 0 {
@@ -126,7 +160,7 @@ func (b *Backend) stepGrid(fn uintptr) (int, error) {
 			return 0, err
 		}
 		err := b.l.call(b.l.cuOccupancyMaxActiveBlocksPerMultiprocessor, "cuOccupancyMaxActiveBlocksPerMultiprocessor",
-			uintptr(unsafe.Pointer(&per)), fn, 256, 0)
+			uintptr(unsafe.Pointer(&per)), fn, 256, uintptr(shmem))
 		b.exit()
 		if err != nil {
 			return 0, err
@@ -138,8 +172,8 @@ func (b *Backend) stepGrid(fn uintptr) (int, error) {
 	if per < 1 {
 		return 0, fmt.Errorf("%w: decode-step kernel does not fit on an SM", ml.ErrUnsupported)
 	}
-	b.step.grid, b.step.gridFn = int(per)*int(b.dev.sms)+b.step.overGrid, fn
-	attrs := []any{"blocks_per_sm", per, "grid", b.step.grid}
+	b.step.grid, b.step.gridFn, b.step.gridShared = int(per)*int(b.dev.sms)+b.step.overGrid, fn, shmem
+	attrs := []any{"blocks_per_sm", per, "grid", b.step.grid, "dynamic_shared_bytes", shmem}
 	if b.l.cuFuncGetAttribute != 0 && b.enter() == nil {
 		// Spills (local memory) in the step kernel's GEMV loops cost it its
 		// bandwidth; the line shows them per build and device.
@@ -459,7 +493,8 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	if err != nil {
 		return err
 	}
-	grid, err := b.stepGrid(fn)
+	shmem := b.stepShared(H, f8)
+	grid, err := b.stepGrid(fn, name, shmem)
 	if err != nil {
 		return err
 	}
@@ -549,7 +584,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	b.aF(a.scale)
 	b.align(8)
 	b.nextCoop = true
-	if err := b.push(name, g1(grid), g1(256), st); err != nil {
+	if err := b.pushShared(name, g1(grid), g1(256), shmem, st); err != nil {
 		b.nextCoop = false
 		return err
 	}
