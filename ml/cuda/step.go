@@ -115,22 +115,6 @@ type stepArgs struct {
 	eps, scale                                                                       float32
 }
 
-// stepRingBytes is DGEMV_RING_BYTES in kernels/dgemv.cu: the bf16 GEMVs'
-// rings of weight loads, 8 warps' of 2 batches of 4 16-byte vectors of 2
-// rows a lane.
-const stepRingBytes = 8 * 2 * 4 * 2 * 32 * 16
-
-// stepShared is the decode-step kernel's dynamic shared memory a block:
-// the bf16 GEMVs' rings (from sm_80, where cp.async is), then the
-// normalized GEMVs' copy of x·nw (dgemvNormX), hidden floats.
-func (b *Backend) stepShared(hidden int, f8 bool) uint32 {
-	n := uint32(hidden * 4)
-	if !f8 && b.dev.major >= 8 {
-		n += stepRingBytes
-	}
-	return n
-}
-
 // stepGrid is the number of 256-thread decode-step blocks with shmem bytes
 // of dynamic shared memory each that are resident at once, all of which a
 // cooperative launch requires.
@@ -140,17 +124,6 @@ func (b *Backend) stepGrid(fn uintptr, name string, shmem uint32) (int, error) {
 	}
 	if shmem > defaultDynShared && b.dynShared[fn] < shmem {
 		if err := b.optInShared(fn, name, shmem); err != nil {
-			return 0, err
-		}
-		// Only two blocks' share of the unified L1 as shared memory: the
-		// rest stays L1, for the activations every pair of rows re-reads.
-		pct := min(100, (2*(int(shmem)+2048)*100+int(b.dev.sharedOptin))/(int(b.dev.sharedOptin)+1024))
-		if err := b.enter(); err != nil {
-			return 0, err
-		}
-		err := b.l.call(b.l.cuFuncSetAttribute, "cuFuncSetAttribute", fn, funcAttrPreferredCarveout, uintptr(pct))
-		b.exit()
-		if err != nil {
 			return 0, err
 		}
 	}
@@ -493,7 +466,8 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	if err != nil {
 		return err
 	}
-	shmem := b.stepShared(H, f8)
+	// The normalized GEMVs' copy of x·nw (dgemvNormX in kernels/dgemv.cu).
+	shmem := uint32(H * 4)
 	grid, err := b.stepGrid(fn, name, shmem)
 	if err != nil {
 		return err

@@ -333,124 +333,6 @@ __device__ __forceinline__ void dgemvFirstLoads(const unsigned char* w0, const u
   }
 }
 
-// The decode-step kernel's bf16 GEMVs stream their weights through a ring
-// in shared memory (cp.async, sm_80 and later): DGEMV_RING_NST batches of
-// DGEMV_RING_U vectors a row in flight a warp, without holding registers,
-// where one batch in registers was all the step's register budget allowed.
-// The ring takes the first DGEMV_RING_BYTES of the step's dynamic shared
-// memory, the normalized copy of x (dgemvNormX) the rest (step.go's
-// stepShared sizes both).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-#define DGEMV_RING 1
-#else
-#define DGEMV_RING 0
-#endif
-#define DGEMV_RING_NST 2
-#define DGEMV_RING_U 4
-#define DGEMV_RING_WARP (DGEMV_RING_NST * DGEMV_RING_U * 2 * 32 * 16)  // bytes a warp
-#define DGEMV_RING_BYTES (8 * DGEMV_RING_WARP)
-
-#if DGEMV_RING
-// The ring's cp.async, commit and wait, with memory clobbers: the ring is
-// read with plain loads, which must neither move above the wait that lands
-// their batch nor below the copy that refills their slots.
-__device__ __forceinline__ void ringCopy(unsigned d, const void* src, bool ok) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(ok ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void ringCommit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void ringWait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
-// dgemvRing is dgemv for the decode-step kernel's bf16 weights (one token):
-// a producer, NST batches ahead of the arithmetic, copies each batch of the
-// warp's rows (its tasks' pairs one after another, across tasks) into the
-// warp's ring; the arithmetic waits for the oldest batch, reads it, and
-// hands its slots back to the producer.
-template <int EPI, int KS>
-__device__ __forceinline__ void dgemvRing(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
-  constexpr int U = DGEMV_RING_U, NST = DGEMV_RING_NST, S = 32 * KS;  // S: a lane's vector stride
-  constexpr int STAGE = U * 2 * 32 * 16;                               // bytes of a batch
-  constexpr bool XS = EPI != EPI_ADD && EPI != EPI_ADDF;
-  extern __shared__ float4 dgemvXs[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int K = a.K, nvec = K >> 3, v0 = (warp % KS) * 32 + lane;
-  const int nb = (nvec + U * S - 1) / (U * S);  // batches a task, the same for every warp
-  const unsigned char* const wBase = (const unsigned char*)a.w;
-  // Vector u of row r of stage s is this lane's 16 bytes at ring + s·STAGE
-  // + (2u + r)·512: ringAt in the shared window (cp.async), ring as a pointer.
-  const char* const ring = (const char*)dgemvXs + warp * DGEMV_RING_WARP + lane * 16;
-  const unsigned ringAt = smemAddr(ring);
-  float* xs = (float*)((char*)dgemvXs + DGEMV_RING_BYTES);
-  // rowsOf points w0, w1 at task tb's pair of rows; false past the tasks or the rows.
-  auto rowsOf = [&](int tb, const unsigned char*& w0, const unsigned char*& w1) {
-    int P, r0, r1;
-    dgemvRows<EPI>(a, tb * (8 / KS) + warp / KS, P, r0, r1);
-    const bool ok = tb < tasks && tb * (8 / KS) + warp / KS < P;
-    w0 = wBase + (long long)(ok ? r0 : 0) * K * 2;
-    w1 = wBase + (long long)(ok ? r1 : 0) * K * 2;
-    return ok;
-  };
-  int pblk = blk, pb = 0, pst = 0;
-  const unsigned char *pw0, *pw1;
-  bool pok = rowsOf(pblk, pw0, pw1);
-  // produce copies the next batch into stage pst (an empty group past the
-  // last task: every wait then counts NST groups).
-  auto produce = [&]() {
-    if (pblk < tasks) {
-      const unsigned st = ringAt + pst * STAGE;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int v = (pb * U + u) * S + v0;
-        const bool ok = pok && v < nvec;
-        ringCopy(st + (2 * u) * 512, ok ? pw0 + v * 16 : wBase, ok);
-        ringCopy(st + (2 * u + 1) * 512, ok ? pw1 + v * 16 : wBase, ok);
-      }
-    }
-    ringCommit();
-    pst = pst + 1 == NST ? 0 : pst + 1;
-    if (++pb == nb) {
-      pb = 0;
-      pblk += stride;
-      pok = rowsOf(pblk, pw0, pw1);
-    }
-  };
-#pragma unroll
-  for (int s = 0; s < NST; ++s) produce();  // weights need no barrier
-  if (bar) gridWait(bar);
-  if constexpr (XS) dgemvNormX(a, xs);
-  int cst = 0;
-  while (blk < tasks) {  // block-uniform
-    const int p = blk * (8 / KS) + warp / KS;
-    int P, r0, r1;
-    dgemvRows<EPI>(a, p, P, r0, r1);
-    const bool ok = p < P;
-    float acc0[1] = {0.f}, acc1[1] = {0.f}, ss[1] = {0.f};
-    for (int b = 0; b < nb; ++b) {
-      ringWait<NST - 1>();  // this lane's oldest batch has landed
-      const char* st = ring + cst * STAGE;
-      uint4 wa[U], wb[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        wa[u] = *(const uint4*)(st + (2 * u) * 512);
-        wb[u] = *(const uint4*)(st + (2 * u + 1) * 512);
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int v = (b * U + u) * S + v0;
-        if (ok && v < nvec) dgemvDot<1, EPI, false, XS>(a, xs, v, 1, wa[u], wb[u], acc0, acc1, ss);
-      }
-      produce();  // after the arithmetic has read the stage's registers
-      cst = cst + 1 == NST ? 0 : cst + 1;
-    }
-    blk += stride;
-    dgemvFinish<1, EPI, KS, XS>(a, acc0, acc1, ss, ok, p, r0, r1, 1, blk < tasks);
-  }
-  ringWait<0>();  // nothing lands in the ring after the phase
-}
-#endif
-
 // dgemv runs the block's tasks blk, blk+stride, ... below tasks (a task is
 // 8/KS pairs of rows; the kernels run one task per block). The first two
 // batches of a task's weight loads (one in the decode-step kernel) are
@@ -460,22 +342,14 @@ __device__ __forceinline__ void dgemvRing(const DArgs& a, int blk, int stride, i
 // before these loads) takes the place of griddepcontrol.wait.
 template <int M, int EPI, int KS, bool STEP, bool F8W = false>
 __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
-#if DGEMV_RING
-  if constexpr (STEP && !F8W && M == 1) {
-    dgemvRing<EPI, KS>(a, blk, stride, tasks, bar);
-    return;
-  }
-#endif
   // Vector loads per row per batch (eight for FP8, as many bytes in flight
   // as bf16's four, made the FP8 step slower on an H100).
   constexpr int U = 4;
   constexpr int VB = F8W ? 8 : 16, WB = F8W ? 1 : 2;  // bytes per vector, per weight
   const unsigned char* const wBase = (const unsigned char*)a.w;
   // Two batches in flight, except in the decode-step kernel, where the
-  // second batch's registers would spill (its tasks are mostly one batch),
-  // unless the weights are FP8: their vectors take half a uint4, so two
-  // batches hold as many registers and bytes in flight as one of bf16.
-  constexpr bool DB = !STEP || F8W;
+  // second batch's registers would spill (its tasks are mostly one batch).
+  constexpr bool DB = !STEP;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int ks = warp % KS;
   const int K = a.K, nvec = K >> 3;
