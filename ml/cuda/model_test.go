@@ -828,23 +828,33 @@ func TestStepAttentionPieces(t *testing.T) {
 // down projections read bf16 copies of their inputs, so the logits agree
 // to bf16 rounding, not exactly; a wrong split or row pairing would be off
 // by the logits' own size. With -short (the CUDA emulator, where a step of
-// these shapes is slow) it runs the default form for 4 steps.
+// these shapes is slow) it runs the default form for 4 steps. The sparse
+// case takes Qwen3-30B-A3B's layer shapes (hidden 2048, experts'
+// intermediate 768, top 8) with 16 experts, 2 layers and a smaller
+// vocabulary: the decode step's experts' phases at the shapes they are
+// tuned for, where the tiny MoE checkpoint's take one task an expert.
 func TestModelStepKernelAtScale(t *testing.T) {
 	steps := 40
-	cases := []struct{ form, pieces int }{
-		{cuda.StepAttnPasses, 0}, {cuda.StepAttnPasses, 1}, {cuda.StepAttnPipe, 1}, {cuda.StepAttnPipe, 3},
-		{cuda.StepAttnWide, 1},
+	moe := moeAtScale(t)
+	cases := []struct {
+		model        string
+		form, pieces int
+	}{
+		{moe, cuda.StepAttnPasses, 0},
+		{"Qwen/Qwen2.5-1.5B", cuda.StepAttnPasses, 0}, {"Qwen/Qwen2.5-1.5B", cuda.StepAttnPasses, 1},
+		{"Qwen/Qwen2.5-1.5B", cuda.StepAttnPipe, 1}, {"Qwen/Qwen2.5-1.5B", cuda.StepAttnPipe, 3},
+		{"Qwen/Qwen2.5-1.5B", cuda.StepAttnWide, 1},
 	}
 	if testing.Short() {
-		steps, cases = 4, cases[:1]
+		steps, cases = 4, cases[:2]
 	}
-	run := func(o cuda.Options, form, pieces int) ([][]float32, int) {
+	run := func(path string, o cuda.Options, form, pieces int) ([][]float32, int) {
 		be := gpu(t, o)
 		cuda.SetStepAttnForm(be, form)
 		if pieces > 0 {
 			cuda.SetStepSplits(be, pieces)
 		}
-		m, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
+		m, err := model.Load(path, model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -853,35 +863,59 @@ func TestModelStepKernelAtScale(t *testing.T) {
 			t.Fatal(err)
 		}
 		s := &seqRun{m: m, blocks: scattered}
-		rows := s.step(t, []int32{9, 99, 999, 9999})
+		vocab := int32(m.Config().VocabSize)
+		rows := s.step(t, []int32{9, 99, 999, 9999 % vocab})
 		for i := 0; i < steps; i++ {
-			rows = append(rows, s.step(t, []int32{int32(i*7919+13) % 150000})...)
+			rows = append(rows, s.step(t, []int32{int32(i*7919+13) % vocab})...)
 		}
 		return rows, cuda.StepLaunches(be)
 	}
-	want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}, cuda.StepAttnPasses, 0)
+	want := map[string][][]float32{}
 	// Each attention form, with the default pieces and with one piece a
 	// head (up to 44 keys: several passes, at head dim 128).
 	for _, c := range cases {
-		got, launches := run(cuda.Options{FusedDecodeMaxT: 4}, c.form, c.pieces)
+		if want[c.model] == nil {
+			want[c.model], _ = run(c.model, cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}, cuda.StepAttnPasses, 0)
+		}
+		name := fmt.Sprintf("%s, form %d, %d pieces", filepath.Base(c.model), c.form, c.pieces)
+		got, launches := run(c.model, cuda.Options{FusedDecodeMaxT: 4}, c.form, c.pieces)
 		if launches != steps {
-			t.Fatalf("form %d, %d pieces: decode-step kernel ran %d times for %d one-token steps", c.form, c.pieces, launches, steps)
+			t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
 		}
 		worst, scale := 0.0, 0.0
-		for i := range want {
-			for j := range want[i] {
-				scale = max(scale, math.Abs(float64(want[i][j])))
-				if d := math.Abs(float64(got[i][j] - want[i][j])); d > worst || d != d {
+		for i, row := range want[c.model] {
+			for j := range row {
+				scale = max(scale, math.Abs(float64(row[j])))
+				if d := math.Abs(float64(got[i][j] - row[j])); d > worst || d != d {
 					worst = d
 				}
 			}
 		}
-		t.Logf("form %d, %d pieces: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", c.form, c.pieces, worst, scale)
+		t.Logf("%s: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", name, worst, scale)
 		if !(worst <= 0.05*scale) || scale == 0 {
-			t.Errorf("form %d, %d pieces: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)",
-				c.form, c.pieces, worst, scale)
+			t.Errorf("%s: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", name, worst, scale)
 		}
 	}
+}
+
+// moeAtScale writes the config of TestModelStepKernelAtScale's sparse
+// model to a temporary directory and returns it.
+func moeAtScale(t *testing.T) string {
+	cfg, ok := model.BuiltinConfig("Qwen/Qwen3-30B-A3B")
+	if !ok {
+		t.Fatal("no built-in Qwen/Qwen3-30B-A3B config")
+	}
+	cfg = cfg.Clone()
+	cfg.NumHiddenLayers, cfg.NumExperts, cfg.VocabSize = 2, 16, 4096
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), js, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // TestLazyKernels: with LazyKernels and an empty kernel cache, only the
