@@ -43,7 +43,8 @@
 #                of Qwen3-8B and of Qwen3-30B-A3B (NCU_BENCH narrows them)
 #   stepab8      the one-token decode step's phases, Qwen2.5-1.5B, MoE and 12
 #                of Qwen3-8B's layers, bf16 and FP8 weights, cuda.test-prev
-#                and cuda.test alternated (AB_BINS: other binaries of .gpu/)
+#                and cuda.test alternated (AB_BINS: other binaries of .gpu/;
+#                AB_RE: another BenchmarkModelDecode pattern)
 #   stepab       the one-token decode step, dense and MoE (BenchmarkModelDecode
 #                step-stamped, T=1, 100 tokens of context) of cuda.test-prev
 #                and cuda.test alternated
@@ -139,7 +140,7 @@ for step in "$@"; do
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Issued|Executed Ipc" $R/ncu-$b.txt | head -20
       tar czf "$OUT/r.tar.gz" -C $R .
     done ;;
-  stepab8) ab step-ab8.log 'ModelDecode/(q8b-|moe-)?step-stamped(-fp8)?$/T=1$' 100x ${AB_BINS:-cuda.test-prev cuda.test} ;;
+  stepab8) ab step-ab8.log "${AB_RE:-ModelDecode/(q8b-|moe-)?step-stamped(-fp8)?\$/T=1\$}" 100x ${AB_BINS:-cuda.test-prev cuda.test} ;;
   stepab) ab step-ab.log 'ModelDecode/(moe-)?step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
   pf)
     rounds pf-ab.log 'ModelDecode/(moe-)?step-stamped(-pf)?$/T=(1|32)$' 250 ;;
