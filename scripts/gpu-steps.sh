@@ -41,6 +41,7 @@
 #                counters for one launch of the decode step: bf16 at 100 and
 #                8,000 tokens of context, FP8 weights at 100; and 12 layers
 #                of Qwen3-8B and of Qwen3-30B-A3B (NCU_BENCH narrows them)
+#   copybw       the device-to-device copy rate (scripts/gpu-copy-bw.py)
 #   stepab8      the one-token decode step's phases, Qwen2.5-1.5B, MoE and 12
 #                of Qwen3-8B's layers, bf16 and FP8 weights, cuda.test-prev
 #                and cuda.test alternated (AB_BINS: other binaries of .gpu/;
@@ -140,6 +141,7 @@ for step in "$@"; do
       grep -E "Duration|Throughput|Registers|Achieved Occupancy|Issued|Executed Ipc" $R/ncu-$b.txt | head -20
       tar czf "$OUT/r.tar.gz" -C $R .
     done ;;
+  copybw) python3 scripts/gpu-copy-bw.py | tee -a $R/copy-bw.txt ;;
   stepab8) ab step-ab8.log "${AB_RE:-ModelDecode/(q8b-|moe-)?step-stamped(-fp8)?\$/T=1\$}" 100x ${AB_BINS:-cuda.test-prev cuda.test} ;;
   stepab) ab step-ab.log 'ModelDecode/(moe-)?step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
   pf)
