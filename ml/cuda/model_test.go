@@ -836,14 +836,15 @@ func TestStepAttentionPieces(t *testing.T) {
 func TestModelStepKernelAtScale(t *testing.T) {
 	steps := 40
 	moe := moeAtScale(t)
+	const dense = "Qwen/Qwen2.5-1.5B"
 	cases := []struct {
 		model        string
 		form, pieces int
 	}{
 		{moe, cuda.StepAttnPasses, 0},
-		{"Qwen/Qwen2.5-1.5B", cuda.StepAttnPasses, 0}, {"Qwen/Qwen2.5-1.5B", cuda.StepAttnPasses, 1},
-		{"Qwen/Qwen2.5-1.5B", cuda.StepAttnPipe, 1}, {"Qwen/Qwen2.5-1.5B", cuda.StepAttnPipe, 3},
-		{"Qwen/Qwen2.5-1.5B", cuda.StepAttnWide, 1},
+		{dense, cuda.StepAttnPasses, 0}, {dense, cuda.StepAttnPasses, 1},
+		{dense, cuda.StepAttnPipe, 1}, {dense, cuda.StepAttnPipe, 3},
+		{dense, cuda.StepAttnWide, 1},
 	}
 	if testing.Short() {
 		steps, cases = 4, cases[:2]
@@ -877,7 +878,10 @@ func TestModelStepKernelAtScale(t *testing.T) {
 		if want[c.model] == nil {
 			want[c.model], _ = run(c.model, cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}, cuda.StepAttnPasses, 0)
 		}
-		name := fmt.Sprintf("%s, form %d, %d pieces", filepath.Base(c.model), c.form, c.pieces)
+		name := fmt.Sprintf("%s, form %d, %d pieces", c.model, c.form, c.pieces)
+		if c.model == moe {
+			name = fmt.Sprintf("Qwen3-30B-A3B's shapes, form %d, %d pieces", c.form, c.pieces)
+		}
 		got, launches := run(c.model, cuda.Options{FusedDecodeMaxT: 4}, c.form, c.pieces)
 		if launches != steps {
 			t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
