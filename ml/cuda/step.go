@@ -179,8 +179,8 @@ const stepStamps = 8
 // P pairs of K columns on a grid of blocks: the one whose busiest block
 // streams the fewest rows (a block's task is 8/ks pairs), among those that
 // leave each lane at least two 16-byte loads per row. phases GEMVs of that
-// shape run as one phase (a sparse MLP's experts' gate/up: stepPhaseKS
-// with EXP), their tasks one after the other.
+// shape share one barrier interval (a sparse MLP's experts), their tasks
+// spread over the grid one after the other (stepPhase's first block).
 func stepKS(P, K, grid, phases int) int {
 	best, bestCost := 1, 0
 	for ks := 1; ks <= 8; ks *= 2 {

@@ -333,49 +333,20 @@ __device__ __forceinline__ void dgemvFirstLoads(const unsigned char* w0, const u
   }
 }
 
-// dgemvTask places task blk's pair of rows for this warp: rows r0 and r1,
-// ok when the pair exists, and out, the pair's index (dgemvRows' p) in
-// dst. EXP (the decode step's sparse MLP, EPI_SILU): tasks eTasks at a
-// time are those of expert ids[0], ids[1], ... (matrices of N rows stacked
-// in w, dgemvBase), whose outputs follow each other in dst.
-template <int EPI, int KS, bool EXP>
-__device__ __forceinline__ void dgemvTask(const DArgs& a, int blk, int eTasks, int& r0, int& r1, bool& ok, int& out) {
-  int j = 0;
-  if (EXP) {
-    j = blk / eTasks;
-    blk -= j * eTasks;
-  }
-  int P;
-  const int p = blk * (8 / KS) + (threadIdx.x >> 5) / KS;
-  dgemvRows<EPI>(a, p, P, r0, r1);
-  ok = p < P;
-  out = p + j * P;
-}
-
-// dgemvBase is task blk's matrix: w, or with EXP its expert's (dgemvTask).
-template <bool EXP>
-__device__ __forceinline__ const unsigned char* dgemvBase(const DArgs& a, int blk, const int* ids, int eTasks, int WB) {
-  const unsigned char* base = (const unsigned char*)a.w;
-  if (EXP) base += (long long)ids[blk / eTasks] * a.N * a.K * WB;
-  return base;
-}
-
 // dgemv runs the block's tasks blk, blk+stride, ... below tasks (a task is
 // 8/KS pairs of rows; the kernels run one task per block). The first two
 // batches of a task's weight loads (one in the decode-step kernel) are
 // issued before the previous task's reductions and epilogue, so a block
 // keeps its weights streaming from one task to the next. STEP (decode-step
 // kernel): when bar is set, waiting on the grid barrier (the block arrived
-// before these loads) takes the place of griddepcontrol.wait. EXP: the
-// tasks span experts (dgemvTask).
-template <int M, int EPI, int KS, bool STEP, bool F8W = false, bool EXP = false>
-__device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar,
-                                      const int* ids = nullptr, int eTasks = 0) {
-  static_assert(!EXP || (STEP && EPI == EPI_SILU && !F8W), "experts: the decode step's bf16 gate/up only");
+// before these loads) takes the place of griddepcontrol.wait.
+template <int M, int EPI, int KS, bool STEP, bool F8W = false>
+__device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
   // Vector loads per row per batch (eight for FP8, as many bytes in flight
   // as bf16's four, made the FP8 step slower on an H100).
   constexpr int U = 4;
   constexpr int VB = F8W ? 8 : 16, WB = F8W ? 1 : 2;  // bytes per vector, per weight
+  const unsigned char* const wBase = (const unsigned char*)a.w;
   // Two batches in flight, except in the decode-step kernel, where the
   // second batch's registers would spill (its tasks are mostly one batch).
   constexpr bool DB = !STEP;
@@ -384,12 +355,11 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
   const int K = a.K, nvec = K >> 3;
   constexpr int S = 32 * KS;  // a lane's vector stride
   const int v0 = ks * 32 + lane;
-  int r0, r1, out;
-  bool ok;
-  dgemvTask<EPI, KS, EXP>(a, blk, eTasks, r0, r1, ok, out);
-  const unsigned char* base = dgemvBase<EXP>(a, blk, ids, eTasks, WB);
-  const unsigned char* w0 = base + (long long)(ok ? r0 : 0) * K * WB;
-  const unsigned char* w1 = base + (long long)(ok ? r1 : 0) * K * WB;
+  int p = blk * (8 / KS) + warp / KS, P, r0, r1;
+  dgemvRows<EPI>(a, p, P, r0, r1);
+  bool ok = p < P;
+  const unsigned char* w0 = wBase + (long long)(ok ? r0 : 0) * K * WB;
+  const unsigned char* w1 = wBase + (long long)(ok ? r1 : 0) * K * WB;
 
   uint4 ca[U], cb[U], na[U], nb[U];
   dgemvFirstLoads<U, S, DB, F8W>(w0, w1, ok, v0, nvec, ca, cb, na, nb);
@@ -442,23 +412,25 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
     // The next task's first loads, ahead of this one's reductions.
     const int nblk = blk + stride;
     const bool more = nblk < tasks;
-    int nr0 = 0, nr1 = 0, nout = 0;
+    int np = 0, nr0 = 0, nr1 = 0;
     bool nok = false;
     if (more) {
-      dgemvTask<EPI, KS, EXP>(a, nblk, eTasks, nr0, nr1, nok, nout);
-      base = dgemvBase<EXP>(a, nblk, ids, eTasks, WB);
-      dgemvFirstLoads<U, S, DB, F8W>(base + (long long)(nok ? nr0 : 0) * K * WB, base + (long long)(nok ? nr1 : 0) * K * WB,
+      np = nblk * (8 / KS) + warp / KS;
+      int nP;
+      dgemvRows<EPI>(a, np, nP, nr0, nr1);
+      nok = np < nP;
+      dgemvFirstLoads<U, S, DB, F8W>(wBase + (long long)(nok ? nr0 : 0) * K * WB, wBase + (long long)(nok ? nr1 : 0) * K * WB,
                                      nok, v0, nvec, ca, cb, na, nb);
     }
-    dgemvFinish<M, EPI, KS, XS>(a, acc0, acc1, ss, ok, out, r0, r1, tn, more);
+    dgemvFinish<M, EPI, KS, XS>(a, acc0, acc1, ss, ok, p, r0, r1, tn, more);
     if (!more) return;
     blk = nblk;
+    p = np;
     r0 = nr0;
     r1 = nr1;
-    out = nout;
     ok = nok;
-    w0 = base + (long long)(ok ? r0 : 0) * K * WB;
-    w1 = base + (long long)(ok ? r1 : 0) * K * WB;
+    w0 = wBase + (long long)(ok ? r0 : 0) * K * WB;
+    w1 = wBase + (long long)(ok ? r1 : 0) * K * WB;
   }
 }
 

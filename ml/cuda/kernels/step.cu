@@ -89,38 +89,46 @@ __device__ __forceinline__ int stepTasks(const DArgs& a) {
   return (P + per - 1) / per;
 }
 
-// stepPhaseKS runs a GEMV phase's tasks: a's, or with EXP (a sparse MLP's
-// gate/up) those of experts ids[0], ..., ids[k-1] one after the other
-// (dgemvTask), so that a block's loads run on from one expert's rows to
-// the next's.
-template <int EPI, int KS, bool F8W, bool EXP>
-__device__ __forceinline__ void stepPhaseKS(const DArgs& a, unsigned* bar, const int* ids, int k) {
-  const int et = stepTasks<EPI, KS>(a), tasks = EXP ? k * et : et;
+// stepPhaseKS returns the phase's number of tasks.
+template <int EPI, int KS, bool F8W>
+__device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int first) {
+  const int tasks = stepTasks<EPI, KS>(a);
+  // Block first takes task 0: phases that share a barrier interval (the
+  // experts of a sparse MLP) start where the previous one's tasks ended,
+  // so their tasks spread over the whole grid instead of its first blocks.
+  int blk = blockIdx.x;
+  if (first) blk = blk >= first ? blk - first : blk + gridDim.x - first;
   gridArrive(bar);
-  if (blockIdx.x >= tasks) {
+  if (blk >= tasks) {
     gridWait(bar);
-    return;
+    return tasks;
   }
-  dgemv<1, EPI, KS, true, F8W, EXP>(a, blockIdx.x, gridDim.x, tasks, bar, ids, et);
+  dgemv<1, EPI, KS, true, F8W>(a, blk, gridDim.x, tasks, bar);
+  return tasks;
 }
 
-// stepPhase runs one GEMV phase split ks ways along K; bar (null: none) is
-// the barrier that separates it from the previous phase.
-template <int EPI, bool F8W, bool EXP = false>
-__device__ __forceinline__ void stepPhase(const DArgs& a, int ks, unsigned* bar, const int* ids = nullptr, int k = 0) {
+// stepPhase runs one GEMV phase split ks ways along K, its first task at
+// block first (below gridDim.x); bar (null: none) is the barrier that
+// separates it from the previous phase. It returns the block after its
+// last task, where a next phase in the same barrier interval (the next
+// expert of a sparse MLP) starts.
+template <int EPI, bool F8W>
+__device__ __forceinline__ int stepPhase(const DArgs& a, int ks, unsigned* bar, int first = 0) {
+  int tasks;
   switch (ks) {
     case 1:
-      stepPhaseKS<EPI, 1, F8W, EXP>(a, bar, ids, k);
+      tasks = stepPhaseKS<EPI, 1, F8W>(a, bar, first);
       break;
     case 2:
-      stepPhaseKS<EPI, 2, F8W, EXP>(a, bar, ids, k);
+      tasks = stepPhaseKS<EPI, 2, F8W>(a, bar, first);
       break;
     case 4:
-      stepPhaseKS<EPI, 4, F8W, EXP>(a, bar, ids, k);
+      tasks = stepPhaseKS<EPI, 4, F8W>(a, bar, first);
       break;
     default:
-      stepPhaseKS<EPI, 8, F8W, EXP>(a, bar, ids, k);
+      tasks = stepPhaseKS<EPI, 8, F8W>(a, bar, first);
   }
+  return (first + tasks) % gridDim.x;
 }
 
 // loadRow loads EPL bf16 values at p (EPL·2-byte aligned), packed as they
@@ -756,21 +764,24 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
   if (stamps) stamps[5] = clock64();
   stepTopK(rlog, A.E, k, A.normTopK, sW, sId);
   if (stamps) stamps[6] = clock64();
-  // The k experts' gate/up products are one phase (no barrier: the top-k
-  // is every block's own), x·nw formed once for all of them.
-  DArgs g = {};
-  g.T = 1;
-  g.eps = A.eps;
-  g.nwdt = A.nwdt;
-  g.w = L.expGU;
-  g.xr = hmid;
-  g.ldxr = H;
-  g.nw = L.postNorm;
-  g.dst = eact;
-  g.ldd = I;
-  g.N = 2 * I;
-  g.K = H;
-  stepPhase<EPI_SILU, false, true>(g, A.ksEGU, nullptr, sId, k);
+  // The k experts' GEMVs follow each other without a barrier, each
+  // starting at the block after the previous one's tasks.
+  int first = 0;
+  for (int j = 0; j < k; ++j) {
+    DArgs g = {};
+    g.T = 1;
+    g.eps = A.eps;
+    g.nwdt = A.nwdt;
+    g.w = L.expGU + (long long)sId[j] * 2 * I * H;
+    g.xr = hmid;
+    g.ldxr = H;
+    g.nw = L.postNorm;
+    g.dst = eact + (long long)j * I;
+    g.ldd = I;
+    g.N = 2 * I;
+    g.K = H;
+    first = stepPhase<EPI_SILU, false>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
+  }
   if (stamps) stamps[7] = clock64();
   stepExpertDown(A, L.expDown, sId, sW, eact, hmid, hout);
 }
