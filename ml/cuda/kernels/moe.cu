@@ -21,7 +21,7 @@ extern "C" __global__ void rmsnorm_heads(float* x, const float* w, int hd, float
 #define MOE_MAXE 1024
 // topkRow is one token's topk_softmax, run by one warp (lane = threadIdx.x
 // & 31): the k experts (ids) and their weights (w), which the decode-step
-// kernel computes with the same arithmetic (stepTopK). Lane l holds the probabilities of experts
+// kernel also computes this way. Lane l holds the probabilities of experts
 // l, l+32, ... (E <= 32·Q) in registers, so that each of the k rounds is a
 // warp argmax with no shared-memory round trip; the arithmetic and its
 // order are those of a scratch-array version.

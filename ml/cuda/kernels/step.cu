@@ -571,63 +571,11 @@ __device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, cons
   }
 }
 
-#define STEP_MAXE 256  // experts a decode step routes over (at most the block's threads)
+// moe.cu: one token's top-k softmax by one warp.
+template <int Q>
+__device__ void topkRow(const float* lr, int E, int k, int normalize, float* w, int* ids);
+#define STEP_MAXE 256  // experts a decode step routes over
 #define STEP_MAXK 32
-
-// stepTopK is topkRow's result, with its arithmetic and its order of sums,
-// computed by the whole block: thread i takes expert i's probability and
-// its rank among the others (higher first, the lower index on ties), and
-// the k ranked first are the top k. topkRow's k rounds of a warp argmax,
-// each a chain of shuffles, held every block of the step for longer than
-// the router's GEMV.
-__device__ __forceinline__ void stepTopK(const float* lr, int E, int k, int normalize, float* w, int* ids) {
-  __shared__ float sp[STEP_MAXE];
-  __shared__ float sred[8];
-  const int i = threadIdx.x, lane = i & 31, warp = i >> 5;
-  const float l = i < E ? lr[i] : NEG_INF;
-  float mx = l;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  if (lane == 0) sred[warp] = mx;
-  __syncthreads();
-  mx = sred[0];
-#pragma unroll
-  for (int j = 1; j < 8; ++j) mx = fmaxf(mx, sred[j]);
-  const float e = i < E ? expf(l - mx) : 0.f;
-  sp[i] = e;
-  __syncthreads();
-  if (warp == 0) {
-    // topkRow's sum: lane l adds experts l, l+32, ... in order, then the lanes.
-    float sum = 0.f;
-    for (int j = lane; j < E; j += 32) sum += sp[j];
-    sum = warpSum(sum);
-    if (lane == 0) sred[0] = sum;
-  }
-  __syncthreads();
-  const float p = e / sred[0];
-  sp[i] = p;
-  __syncthreads();
-  if (i < E) {
-    int rank = 0;
-    for (int j = 0; j < E; ++j) {
-      const float q = sp[j];
-      rank += q > p || (q == p && j < i);
-    }
-    if (rank < k) {
-      w[rank] = p;
-      ids[rank] = i;
-    }
-  }
-  __syncthreads();
-  if (normalize) {
-    float tot = 0.f;
-    if (i < k)
-      for (int j = 0; j < k; ++j) tot += w[j];
-    __syncthreads();
-    if (i < k) w[i] /= tot;
-    __syncthreads();
-  }
-}
 
 // A warp's rows a task in stepExpertDown, and its vector loads a row a
 // batch: with a down projection's K of 768 (Qwen3-30B-A3B) one batch is a
@@ -762,7 +710,8 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
   stepPhase<EPI_STORE, false>(r, A.ksRouter, A.bar);
   gridSync(A.bar);
   if (stamps) stamps[5] = clock64();
-  stepTopK(rlog, A.E, k, A.normTopK, sW, sId);
+  if (threadIdx.x < 32) topkRow<STEP_MAXE / 32>(rlog, A.E, k, A.normTopK, sW, sId);
+  __syncthreads();
   if (stamps) stamps[6] = clock64();
   // The k experts' GEMVs follow each other without a barrier, each
   // starting at the block after the previous one's tasks.
