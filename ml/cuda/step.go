@@ -527,9 +527,10 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		}
 		a.partO, a.partML = b.part.ptr, b.part.ptr+uint64(nO*4)
 	}
-	// The barrier words, then a counter per (head, merge group) and per head.
+	// The barrier words, then a counter per (head, merge group) and per
+	// head, then one per q and k head (per-head q/k norms).
 	groups := (ns + stepMergeGroup - 1) / stepMergeGroup
-	if err := b.ensure(&b.step.bar, int64(stepCounters+nh*(groups+1))*4); err != nil {
+	if err := b.ensure(&b.step.bar, int64(stepCounters+nh*(groups+1)+nh+nkv)*4); err != nil {
 		return err
 	}
 	a.bar = b.step.bar.ptr

@@ -38,7 +38,7 @@ struct StepArgs {
   float* h;     // layer 0's input; the last layer's output
   float* acts;  // per layer: h after attention [H], after the MLP [H], q/k/v, attention output, SiLU output
   float *partO, *partML;
-  unsigned* bar;  // [0] arrivals, [STEP_EXIT] blocks done, [STEP_GEN] generation, [STEP_SPLITS+h] finished pieces of head h
+  unsigned* bar;  // [0] arrivals, [STEP_EXIT] blocks done, [STEP_GEN] generation, from [STEP_SPLITS] attention's and q/k norms' counters
   const int *pos, *slots, *tokSeq, *bt;
   const float* invFreq;
   char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
@@ -90,8 +90,8 @@ __device__ __forceinline__ int stepTasks(const DArgs& a) {
 }
 
 // stepPhaseKS returns the phase's number of tasks.
-template <int EPI, int KS, bool F8W>
-__device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int first) {
+template <int EPI, int KS, bool F8W, class Done>
+__device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int first, const Done& done) {
   const int tasks = stepTasks<EPI, KS>(a);
   // Block first takes task 0: phases that share a barrier interval (the
   // experts of a sparse MLP) start where the previous one's tasks ended,
@@ -103,7 +103,7 @@ __device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int fi
     gridWait(bar);
     return tasks;
   }
-  dgemv<1, EPI, KS, true, F8W>(a, blk, gridDim.x, tasks, bar);
+  dgemv<1, EPI, KS, true, F8W, Done>(a, blk, gridDim.x, tasks, bar, done);
   return tasks;
 }
 
@@ -111,22 +111,22 @@ __device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int fi
 // block first (below gridDim.x); bar (null: none) is the barrier that
 // separates it from the previous phase. It returns the block after its
 // last task, where a next phase in the same barrier interval (the next
-// expert of a sparse MLP) starts.
-template <int EPI, bool F8W>
-__device__ __forceinline__ int stepPhase(const DArgs& a, int ks, unsigned* bar, int first = 0) {
+// expert of a sparse MLP) starts. done is dgemv's per-task hook.
+template <int EPI, bool F8W, class Done = DgemvNoDone>
+__device__ __forceinline__ int stepPhase(const DArgs& a, int ks, unsigned* bar, int first = 0, const Done& done = Done()) {
   int tasks;
   switch (ks) {
     case 1:
-      tasks = stepPhaseKS<EPI, 1, F8W>(a, bar, first);
+      tasks = stepPhaseKS<EPI, 1, F8W, Done>(a, bar, first, done);
       break;
     case 2:
-      tasks = stepPhaseKS<EPI, 2, F8W>(a, bar, first);
+      tasks = stepPhaseKS<EPI, 2, F8W, Done>(a, bar, first, done);
       break;
     case 4:
-      tasks = stepPhaseKS<EPI, 4, F8W>(a, bar, first);
+      tasks = stepPhaseKS<EPI, 4, F8W, Done>(a, bar, first, done);
       break;
     default:
-      tasks = stepPhaseKS<EPI, 8, F8W>(a, bar, first);
+      tasks = stepPhaseKS<EPI, 8, F8W, Done>(a, bar, first, done);
   }
   return (first + tasks) % gridDim.x;
 }
@@ -528,48 +528,94 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   }
 }
 
-// stepQKNorm is the phase that per-head q/k norms add after the q/k/v
-// GEMV (which then only stores): a warp per q or k head of raw norms it,
-// rotates it and stores it, q to qOut (a buffer of its own, as every
-// activation: see the top) and k, with v, to the KV cache.
-__device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, const float* kn, const float* raw,
-                                        float* qOut, char* kcl) {
+// Per-head q/k norms (Qwen3) need a head's whole q or k row before RoPE,
+// so the q/k/v GEMV only stores; the block that stores a head's last rows
+// (a counter per q and k head after the attention's, StepArgs.bar) then
+// norms, rotates and stores that head, q to a buffer of its own (as every
+// activation: see the top) and k to the KV cache, while the other blocks'
+// GEMV tasks go on; a v head's rows go to the cache as their task stores
+// them. No barrier separates the GEMV from the norms.
+
+// stepQKNormHead norms, rotates and stores q or k head h of raw (one warp),
+// whose rows other blocks stored: read through L2, after the counter's
+// acquire.
+__device__ __noinline__ void stepQKNormHead(const StepArgs& A, int l, int h, const float* raw, float* qOut) {
   const int nh = A.nh, nkv = A.nkv, hd = A.hd, half = hd / 2, lane = threadIdx.x & 31;
-  const double p = (double)A.pos[0];
+  const StepLayer& L = A.layers[l];
   const int slot = A.slots[0];
-  const bool store = slot >= 0 && slot < A.numSlots;
-  const int kvdt = A.kvdt;
-  char* vcl = kcl + A.layerBytes;
-  for (int h = blockIdx.x * 8 + (threadIdx.x >> 5); h < nh + nkv; h += gridDim.x * 8) {
-    const bool isK = h >= nh;
-    const float* hp = raw + h * hd;
-    const float* nw = isK ? kn : qn;
-    float ss = 0.f;
-    for (int d = lane; d < hd; d += 32) ss += hp[d] * hp[d];
-    ss = warpSum(ss);
-    const float r = 1.0f / sqrtf(ss / (float)hd + A.eps);
-    const int kh = h - nh;
-    const long long o = (long long)slot * nkv * hd + (long long)kh * hd;
-    for (int j = lane; j < half; j += 32) {
-      const float a = (hp[j] * r) * nw[j], b = (hp[j + half] * r) * nw[j + half];
-      double sd, cd;
-      sincos(p * (double)A.invFreq[j], &sd, &cd);  // in double, as rope_kv
-      const float sn = (float)sd, cs = (float)cd;
-      const float na = a * cs - b * sn, nb = b * cs + a * sn;
-      if (!isK) {
-        qOut[h * hd + j] = na;
-        qOut[h * hd + j + half] = nb;
-      } else if (store) {
-        stKV(kcl, kvdt, o + j, na);
-        stKV(kcl, kvdt, o + j + half, nb);
-      }
-    }
-    if (isK && store) {
-      const float* vr = raw + (nh + nkv + kh) * hd;
-      for (int d = lane; d < hd; d += 32) stKV(vcl, kvdt, o + d, vr[d]);
+  const bool isK = h >= nh;
+  if (isK && !(slot >= 0 && slot < A.numSlots)) return;
+  char* kcl = A.kv + 2LL * l * A.layerBytes;
+  const double p = (double)A.pos[0];
+  const float* hp = raw + h * hd;
+  const float* nw = isK ? L.kn : L.qn;
+  float ss = 0.f;
+  for (int d = lane; d < hd; d += 32) {
+    const float v = __ldcg(hp + d);
+    ss += v * v;
+  }
+  ss = warpSum(ss);
+  const float r = 1.0f / sqrtf(ss / (float)hd + A.eps);
+  const long long o = (long long)slot * nkv * hd + (long long)(h - nh) * hd;
+  for (int j = lane; j < half; j += 32) {
+    const float a = (__ldcg(hp + j) * r) * nw[j], b = (__ldcg(hp + j + half) * r) * nw[j + half];
+    double sd, cd;
+    sincos(p * (double)A.invFreq[j], &sd, &cd);  // in double, as rope_kv
+    const float sn = (float)sd, cs = (float)cd;
+    const float na = a * cs - b * sn, nb = b * cs + a * sn;
+    if (!isK) {
+      qOut[h * hd + j] = na;
+      qOut[h * hd + j + half] = nb;
+    } else {
+      stKV(kcl, A.kvdt, o + j, na);
+      stKV(kcl, A.kvdt, o + j + half, nb);
     }
   }
 }
+
+// stepStoreV copies rows row0..row0+n of v head h (raw, this block's own
+// stores) to the V cache.
+__device__ __noinline__ void stepStoreV(const StepArgs& A, int l, int h, int row0, int n, const float* raw) {
+  const int nh = A.nh, nkv = A.nkv, hd = A.hd;
+  const int slot = A.slots[0];
+  if (!(slot >= 0 && slot < A.numSlots)) return;
+  char* vcl = A.kv + (2LL * l + 1) * A.layerBytes;
+  const long long o = (long long)slot * nkv * hd + (long long)(h - nh - nkv) * hd - (long long)h * hd;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) stKV(vcl, A.kvdt, o + row0 + i, raw[row0 + i]);
+}
+
+// StepQKNormDone is the q/k/v GEMV's per-task hook under per-head q/k
+// norms (see above). Its fields are few: the GEMV loop holds them.
+struct StepQKNormDone {
+  static constexpr bool on = true;
+  const StepArgs* A;
+  const float* raw;  // the GEMV's output: q, k and v as stored; the normed q follows at qOff
+  int l, qOff;
+  template <int KS>
+  __device__ __forceinline__ void task(int blk) const {
+    __shared__ unsigned stepQKLast;
+    constexpr int rows = 16 / KS;  // a task's rows: 8/KS pairs of consecutive rows (EPI_STORE)
+    const int hd = A->hd, nq = A->nh + A->nkv;
+    const int row0 = blk * rows, h = row0 / hd;
+    __syncthreads();  // the task's rows are stored
+    if (h >= nq) {
+      stepStoreV(*A, l, h, row0, rows, raw);
+      return;
+    }
+    if (threadIdx.x == 0) {
+      const int ng = (A->ns + STEP_MERGE_GROUP - 1) / STEP_MERGE_GROUP;
+      unsigned* c = A->bar + STEP_SPLITS + A->nh * (ng + 1) + h;
+      const unsigned last = addRelease(c, 1u) == (unsigned)(hd / rows) - 1;
+      if (last) {
+        fenceAcqRel();  // the head's other rows, stored by other blocks
+        *c = 0;         // for the next layer
+      }
+      stepQKLast = last;
+    }
+    __syncthreads();
+    if (stepQKLast && threadIdx.x < 32) stepQKNormHead(*A, l, h, raw, (float*)raw + qOff);
+  }
+};
 
 // moe.cu: one token's top-k softmax by one warp.
 template <int Q>
@@ -797,10 +843,9 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     // The embedding kernel wrote layer 0's input before this launch.
     const float* qAttn = q;
     if (A.qkNorm) {
-      stepPhase<EPI_STORE, F8W>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
-      gridSync(A.bar);
       float* qNormed = act + A.I;
-      stepQKNorm(A, L.qn, L.kn, q, qNormed, kcl);
+      const StepQKNormDone done{&A, q, l, (int)(qNormed - q)};
+      stepPhase<EPI_STORE, F8W>(a, A.ksQKV, l > 0 ? A.bar : nullptr, 0, done);
       qAttn = qNormed;
     } else {
       stepPhase<EPI_ROPE, F8W>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
