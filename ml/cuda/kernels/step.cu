@@ -28,9 +28,10 @@ struct StepLayer {
   long long window;  // sliding attention window: the last window positions (0: all)
 };
 
-// Clock stamps a layer (StepArgs.stamps): q/k/v, barrier, attention, o,
-// then gate/up and down; a sparse MLP's router, top-k, experts' gate/up
-// and experts' down with the sum instead of the last two.
+// Clock stamps a layer (StepArgs.stamps): q/k/v, the barrier's arrival,
+// attention (with the barrier's wait), o, then gate/up and down; a sparse
+// MLP's router, top-k, experts' gate/up and experts' down with the sum
+// instead of the last two.
 #define STEP_STAMPS 8
 
 struct StepArgs {
@@ -462,9 +463,16 @@ __device__ __forceinline__ void stepPassMath(const uint4 (&kr)[KW], const uint4 
 // read is a load, and one in a key's address chain made every key wait
 // for its own round trips (a pass cost ~16 of them). So every field is
 // read once, up front.
+//
+// The block arrived at barrier bar (after the q/k/v phase) before the
+// call. Only q and the step's own key and value depend on that phase, so
+// with STEP_ATTN_PASSES a warp issues its first piece's first pass of
+// older keys (block table entries, K and V rows) before it waits, as the
+// GEMV phases issue their weights: that pass's round trips overlap the
+// barrier instead of following it.
 template <int EPL, int GH, int FORM, bool KV8>
 __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
-                                           const int* bt, int window) {
+                                           const int* bt, int window, unsigned* bar) {
   // Keys per pass: more would spill (with several heads, each key's
   // scores take registers of their own). STEP_ATTN_WIDE takes twice as
   // many, for the benchmarks to weigh fewer round trips against spills;
@@ -481,7 +489,21 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   const char* kc = kcl;
   const char* vc = kcl + A.layerBytes;
   const long long kvRow = (long long)nkv * D;
-  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nhg * ns; it += gridDim.x * 8) {
+  const int it0 = blockIdx.x * 8 + (threadIdx.x >> 5);
+  uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
+  unsigned preValid = 0;
+  bool pre = false;  // kr, vr hold the first pass of piece it0
+  int preB0 = -32, preBlk = -1;
+  if (FORM == STEP_ATTN_PASSES && it0 < nhg * ns) {
+    const int k0 = first + (it0 / nhg) * per, k1 = min(ctx, k0 + per);
+    if (k0 < k1 && min(k0 + KW, k1) < ctx) {  // the pass ends before the step's own key, ctx - 1
+      const long long kvOff = (long long)((it0 % nhg) * GH / G) * D;
+      preValid = stepLoadPass<EPL, KW, KV8>(kc, vc, bt, k0, k1, bs, maxB, numB, kvRow, kvOff, dOK, preB0, preBlk, kr, vr);
+      pre = true;
+    }
+  }
+  gridWait(bar);
+  for (int it = it0; it < nhg * ns; it += gridDim.x * 8) {
     const int h0 = (it % nhg) * GH, split = it / nhg, kvh = h0 / G;
     const int k0 = first + split * per, k1 = min(ctx, k0 + per);
     float qv[GH][EPL], acc[GH][EPL], m[GH], l[GH];
@@ -496,12 +518,12 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       l[i] = 0.f;
     }
     // Block table entries b0 .. b0+31, lane i holding b0+i's (-1: none).
-    int b0 = -32, myBlk = -1;
+    int b0 = pre ? preB0 : -32, myBlk = pre ? preBlk : -1;
     const long long kvOff = (long long)kvh * D;
     if (FORM == STEP_ATTN_PIPE) {
       // The next pass's loads go out before this pass's arithmetic, so a
       // piece of n passes waits for about one round trip, not n.
-      uint4 kr[KW], vr[KW], kn[KW], vn[KW];
+      uint4 kn[KW], vn[KW];
       unsigned valid = stepLoadPass<EPL, KW, KV8>(kc, vc, bt, k0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
       for (int c0 = k0; c0 < k1; c0 += KW) {
         unsigned nextValid = 0;
@@ -518,9 +540,10 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       }
     } else {
       for (int c0 = k0; c0 < k1; c0 += KW) {
-        uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
         const unsigned valid =
-            stepLoadPass<EPL, KW, KV8>(kc, vc, bt, c0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
+            pre ? preValid
+                : stepLoadPass<EPL, KW, KV8>(kc, vc, bt, c0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
+        pre = false;
         if (valid) stepPassMath<EPL, GH, KW, KV8>(kr, vr, valid, qv, acc, m, l);  // warp-uniform
       }
     }
@@ -851,24 +874,24 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
       stepPhase<EPI_ROPE, F8W>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
     }
     STAMP(1);
-    gridSync(A.bar);
+    gridArrive(A.bar);  // stepAttention waits, after its first loads
     STAMP(2);
     {
       int form = A.gh == 1 ? A.attnForm : STEP_ATTN_PASSES;
       if constexpr (EPL > 4) form = STEP_ATTN_PASSES;  // at EPL 8 two passes' rows would spill
       if (A.kvdt == 2)  // an FP8 cache: one head a warp (step.go sets gh 1), passes as they are
-        stepAttention<EPL, 1, STEP_ATTN_PASSES, true>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        stepAttention<EPL, 1, STEP_ATTN_PASSES, true>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
       else if (A.gh == 3)
-        stepAttention<EPL, 3, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        stepAttention<EPL, 3, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
       else if (A.gh == 2)
-        stepAttention<EPL, 2, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        stepAttention<EPL, 2, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
       else if (form == STEP_ATTN_PASSES)
-        stepAttention<EPL, 1, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        stepAttention<EPL, 1, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
       else if constexpr (EPL <= 4) {
         if (form == STEP_ATTN_PIPE)
-          stepAttention<EPL, 1, STEP_ATTN_PIPE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+          stepAttention<EPL, 1, STEP_ATTN_PIPE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
         else
-          stepAttention<EPL, 1, STEP_ATTN_WIDE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+          stepAttention<EPL, 1, STEP_ATTN_WIDE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
       }
     }
     STAMP(3);
