@@ -333,15 +333,6 @@ __device__ __forceinline__ void dgemvFirstLoads(const unsigned char* w0, const u
   }
 }
 
-// DgemvNoDone is dgemv's default per-task hook: none. A hook's task<KS>(blk)
-// runs on the whole block after task blk's epilogue (the decode step's
-// per-head q/k norms: StepQKNormDone).
-struct DgemvNoDone {
-  static constexpr bool on = false;
-  template <int KS>
-  __device__ __forceinline__ void task(int) const {}
-};
-
 // dgemv runs the block's tasks blk, blk+stride, ... below tasks (a task is
 // 8/KS pairs of rows; the kernels run one task per block). The first two
 // batches of a task's weight loads (one in the decode-step kernel) are
@@ -349,9 +340,8 @@ struct DgemvNoDone {
 // keeps its weights streaming from one task to the next. STEP (decode-step
 // kernel): when bar is set, waiting on the grid barrier (the block arrived
 // before these loads) takes the place of griddepcontrol.wait.
-template <int M, int EPI, int KS, bool STEP, bool F8W = false, class Done = DgemvNoDone>
-__device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar,
-                                      const Done& done = Done()) {
+template <int M, int EPI, int KS, bool STEP, bool F8W = false>
+__device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int tasks, unsigned* bar) {
   // Vector loads per row per batch (eight for FP8, as many bytes in flight
   // as bf16's four, made the FP8 step slower on an H100).
   constexpr int U = 4;
@@ -433,7 +423,6 @@ __device__ __forceinline__ void dgemv(const DArgs& a, int blk, int stride, int t
                                      nok, v0, nvec, ca, cb, na, nb);
     }
     dgemvFinish<M, EPI, KS, XS>(a, acc0, acc1, ss, ok, p, r0, r1, tn, more);
-    if constexpr (Done::on) done.template task<KS>(blk);
     if (!more) return;
     blk = nblk;
     p = np;

@@ -28,10 +28,9 @@ struct StepLayer {
   long long window;  // sliding attention window: the last window positions (0: all)
 };
 
-// Clock stamps a layer (StepArgs.stamps): q/k/v, the barrier's arrival,
-// attention (with the barrier's wait), o, then gate/up and down; a sparse
-// MLP's router, top-k, experts' gate/up and experts' down with the sum
-// instead of the last two.
+// Clock stamps a layer (StepArgs.stamps): q/k/v, barrier, attention, o,
+// then gate/up and down; a sparse MLP's router, top-k, experts' gate/up,
+// experts' down and the sum instead of the last two.
 #define STEP_STAMPS 8
 
 struct StepArgs {
@@ -39,7 +38,7 @@ struct StepArgs {
   float* h;     // layer 0's input; the last layer's output
   float* acts;  // per layer: h after attention [H], after the MLP [H], q/k/v, attention output, SiLU output
   float *partO, *partML;
-  unsigned* bar;  // [0] arrivals, [STEP_EXIT] blocks done, [STEP_GEN] generation, from [STEP_SPLITS] attention's and q/k norms' counters
+  unsigned* bar;  // [0] arrivals, [STEP_EXIT] blocks done, [STEP_GEN] generation, [STEP_SPLITS+h] finished pieces of head h
   const int *pos, *slots, *tokSeq, *bt;
   const float* invFreq;
   char* kv;  // layer l's K cache at kv + 2l·layerBytes, its V cache layerBytes further
@@ -56,8 +55,8 @@ struct StepArgs {
   int kvdt;      // the KV cache's dtype: 1 bf16, 2 FP8 E4M3 with scale 1 (stKV)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
-  // router's and the experts' gate/up phases' split-K factors.
-  int E, topK, normTopK, moeI, ksRouter, ksEGU;
+  // router's, the experts' gate/up and down phases' split-K factors.
+  int E, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown;
   float eps, scale;
 };
 
@@ -91,8 +90,8 @@ __device__ __forceinline__ int stepTasks(const DArgs& a) {
 }
 
 // stepPhaseKS returns the phase's number of tasks.
-template <int EPI, int KS, bool F8W, class Done>
-__device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int first, const Done& done) {
+template <int EPI, int KS, bool F8W>
+__device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int first) {
   const int tasks = stepTasks<EPI, KS>(a);
   // Block first takes task 0: phases that share a barrier interval (the
   // experts of a sparse MLP) start where the previous one's tasks ended,
@@ -104,7 +103,7 @@ __device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int fi
     gridWait(bar);
     return tasks;
   }
-  dgemv<1, EPI, KS, true, F8W, Done>(a, blk, gridDim.x, tasks, bar, done);
+  dgemv<1, EPI, KS, true, F8W>(a, blk, gridDim.x, tasks, bar);
   return tasks;
 }
 
@@ -112,22 +111,22 @@ __device__ __forceinline__ int stepPhaseKS(const DArgs& a, unsigned* bar, int fi
 // block first (below gridDim.x); bar (null: none) is the barrier that
 // separates it from the previous phase. It returns the block after its
 // last task, where a next phase in the same barrier interval (the next
-// expert of a sparse MLP) starts. done is dgemv's per-task hook.
-template <int EPI, bool F8W, class Done = DgemvNoDone>
-__device__ __forceinline__ int stepPhase(const DArgs& a, int ks, unsigned* bar, int first = 0, const Done& done = Done()) {
+// expert of a sparse MLP) starts.
+template <int EPI, bool F8W>
+__device__ __forceinline__ int stepPhase(const DArgs& a, int ks, unsigned* bar, int first = 0) {
   int tasks;
   switch (ks) {
     case 1:
-      tasks = stepPhaseKS<EPI, 1, F8W, Done>(a, bar, first, done);
+      tasks = stepPhaseKS<EPI, 1, F8W>(a, bar, first);
       break;
     case 2:
-      tasks = stepPhaseKS<EPI, 2, F8W, Done>(a, bar, first, done);
+      tasks = stepPhaseKS<EPI, 2, F8W>(a, bar, first);
       break;
     case 4:
-      tasks = stepPhaseKS<EPI, 4, F8W, Done>(a, bar, first, done);
+      tasks = stepPhaseKS<EPI, 4, F8W>(a, bar, first);
       break;
     default:
-      tasks = stepPhaseKS<EPI, 8, F8W, Done>(a, bar, first, done);
+      tasks = stepPhaseKS<EPI, 8, F8W>(a, bar, first);
   }
   return (first + tasks) % gridDim.x;
 }
@@ -463,16 +462,9 @@ __device__ __forceinline__ void stepPassMath(const uint4 (&kr)[KW], const uint4 
 // read is a load, and one in a key's address chain made every key wait
 // for its own round trips (a pass cost ~16 of them). So every field is
 // read once, up front.
-//
-// The block arrived at barrier bar (after the q/k/v phase) before the
-// call. Only q and the step's own key and value depend on that phase, so
-// with STEP_ATTN_PASSES a warp issues its first piece's first pass of
-// older keys (block table entries, K and V rows) before it waits, as the
-// GEMV phases issue their weights: that pass's round trips overlap the
-// barrier instead of following it.
 template <int EPL, int GH, int FORM, bool KV8>
 __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
-                                           const int* bt, int window, unsigned* bar) {
+                                           const int* bt, int window) {
   // Keys per pass: more would spill (with several heads, each key's
   // scores take registers of their own). STEP_ATTN_WIDE takes twice as
   // many, for the benchmarks to weigh fewer round trips against spills;
@@ -489,21 +481,7 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   const char* kc = kcl;
   const char* vc = kcl + A.layerBytes;
   const long long kvRow = (long long)nkv * D;
-  const int it0 = blockIdx.x * 8 + (threadIdx.x >> 5);
-  uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
-  unsigned preValid = 0;
-  bool pre = false;  // kr, vr hold the first pass of piece it0
-  int preB0 = -32, preBlk = -1;
-  if (FORM == STEP_ATTN_PASSES && it0 < nhg * ns) {
-    const int k0 = first + (it0 / nhg) * per, k1 = min(ctx, k0 + per);
-    if (k0 < k1 && min(k0 + KW, k1) < ctx) {  // the pass ends before the step's own key, ctx - 1
-      const long long kvOff = (long long)((it0 % nhg) * GH / G) * D;
-      preValid = stepLoadPass<EPL, KW, KV8>(kc, vc, bt, k0, k1, bs, maxB, numB, kvRow, kvOff, dOK, preB0, preBlk, kr, vr);
-      pre = true;
-    }
-  }
-  gridWait(bar);
-  for (int it = it0; it < nhg * ns; it += gridDim.x * 8) {
+  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nhg * ns; it += gridDim.x * 8) {
     const int h0 = (it % nhg) * GH, split = it / nhg, kvh = h0 / G;
     const int k0 = first + split * per, k1 = min(ctx, k0 + per);
     float qv[GH][EPL], acc[GH][EPL], m[GH], l[GH];
@@ -518,12 +496,12 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       l[i] = 0.f;
     }
     // Block table entries b0 .. b0+31, lane i holding b0+i's (-1: none).
-    int b0 = pre ? preB0 : -32, myBlk = pre ? preBlk : -1;
+    int b0 = -32, myBlk = -1;
     const long long kvOff = (long long)kvh * D;
     if (FORM == STEP_ATTN_PIPE) {
       // The next pass's loads go out before this pass's arithmetic, so a
       // piece of n passes waits for about one round trip, not n.
-      uint4 kn[KW], vn[KW];
+      uint4 kr[KW], vr[KW], kn[KW], vn[KW];
       unsigned valid = stepLoadPass<EPL, KW, KV8>(kc, vc, bt, k0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
       for (int c0 = k0; c0 < k1; c0 += KW) {
         unsigned nextValid = 0;
@@ -540,10 +518,9 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
       }
     } else {
       for (int c0 = k0; c0 < k1; c0 += KW) {
+        uint4 kr[KW], vr[KW];  // packed: two keys' floats would not fit in registers
         const unsigned valid =
-            pre ? preValid
-                : stepLoadPass<EPL, KW, KV8>(kc, vc, bt, c0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
-        pre = false;
+            stepLoadPass<EPL, KW, KV8>(kc, vc, bt, c0, k1, bs, maxB, numB, kvRow, kvOff, dOK, b0, myBlk, kr, vr);
         if (valid) stepPassMath<EPL, GH, KW, KV8>(kr, vr, valid, qv, acc, m, l);  // warp-uniform
       }
     }
@@ -551,94 +528,48 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   }
 }
 
-// Per-head q/k norms (Qwen3) need a head's whole q or k row before RoPE,
-// so the q/k/v GEMV only stores; the block that stores a head's last rows
-// (a counter per q and k head after the attention's, StepArgs.bar) then
-// norms, rotates and stores that head, q to a buffer of its own (as every
-// activation: see the top) and k to the KV cache, while the other blocks'
-// GEMV tasks go on; a v head's rows go to the cache as their task stores
-// them. No barrier separates the GEMV from the norms.
-
-// stepQKNormHead norms, rotates and stores q or k head h of raw (one warp),
-// whose rows other blocks stored: read through L2, after the counter's
-// acquire.
-__device__ __noinline__ void stepQKNormHead(const StepArgs& A, int l, int h, const float* raw, float* qOut) {
+// stepQKNorm is the phase that per-head q/k norms add after the q/k/v
+// GEMV (which then only stores): a warp per q or k head of raw norms it,
+// rotates it and stores it, q to qOut (a buffer of its own, as every
+// activation: see the top) and k, with v, to the KV cache.
+__device__ __noinline__ void stepQKNorm(const StepArgs& A, const float* qn, const float* kn, const float* raw,
+                                        float* qOut, char* kcl) {
   const int nh = A.nh, nkv = A.nkv, hd = A.hd, half = hd / 2, lane = threadIdx.x & 31;
-  const StepLayer& L = A.layers[l];
-  const int slot = A.slots[0];
-  const bool isK = h >= nh;
-  if (isK && !(slot >= 0 && slot < A.numSlots)) return;
-  char* kcl = A.kv + 2LL * l * A.layerBytes;
   const double p = (double)A.pos[0];
-  const float* hp = raw + h * hd;
-  const float* nw = isK ? L.kn : L.qn;
-  float ss = 0.f;
-  for (int d = lane; d < hd; d += 32) {
-    const float v = __ldcg(hp + d);
-    ss += v * v;
-  }
-  ss = warpSum(ss);
-  const float r = 1.0f / sqrtf(ss / (float)hd + A.eps);
-  const long long o = (long long)slot * nkv * hd + (long long)(h - nh) * hd;
-  for (int j = lane; j < half; j += 32) {
-    const float a = (__ldcg(hp + j) * r) * nw[j], b = (__ldcg(hp + j + half) * r) * nw[j + half];
-    double sd, cd;
-    sincos(p * (double)A.invFreq[j], &sd, &cd);  // in double, as rope_kv
-    const float sn = (float)sd, cs = (float)cd;
-    const float na = a * cs - b * sn, nb = b * cs + a * sn;
-    if (!isK) {
-      qOut[h * hd + j] = na;
-      qOut[h * hd + j + half] = nb;
-    } else {
-      stKV(kcl, A.kvdt, o + j, na);
-      stKV(kcl, A.kvdt, o + j + half, nb);
-    }
-  }
-}
-
-// stepStoreV copies rows row0..row0+n of v head h (raw, this block's own
-// stores) to the V cache.
-__device__ __noinline__ void stepStoreV(const StepArgs& A, int l, int h, int row0, int n, const float* raw) {
-  const int nh = A.nh, nkv = A.nkv, hd = A.hd;
   const int slot = A.slots[0];
-  if (!(slot >= 0 && slot < A.numSlots)) return;
-  char* vcl = A.kv + (2LL * l + 1) * A.layerBytes;
-  const long long o = (long long)slot * nkv * hd + (long long)(h - nh - nkv) * hd - (long long)h * hd;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) stKV(vcl, A.kvdt, o + row0 + i, raw[row0 + i]);
-}
-
-// StepQKNormDone is the q/k/v GEMV's per-task hook under per-head q/k
-// norms (see above). Its fields are few: the GEMV loop holds them.
-struct StepQKNormDone {
-  static constexpr bool on = true;
-  const StepArgs* A;
-  const float* raw;  // the GEMV's output: q, k and v as stored; the normed q follows at qOff
-  int l, qOff;
-  template <int KS>
-  __device__ __forceinline__ void task(int blk) const {
-    __shared__ unsigned stepQKLast;
-    constexpr int rows = 16 / KS;  // a task's rows: 8/KS pairs of consecutive rows (EPI_STORE)
-    const int hd = A->hd, nq = A->nh + A->nkv;
-    const int row0 = blk * rows, h = row0 / hd;
-    __syncthreads();  // the task's rows are stored
-    if (h >= nq) {
-      stepStoreV(*A, l, h, row0, rows, raw);
-      return;
-    }
-    if (threadIdx.x == 0) {
-      const int ng = (A->ns + STEP_MERGE_GROUP - 1) / STEP_MERGE_GROUP;
-      unsigned* c = A->bar + STEP_SPLITS + A->nh * (ng + 1) + h;
-      const unsigned last = addRelease(c, 1u) == (unsigned)(hd / rows) - 1;
-      if (last) {
-        fenceAcqRel();  // the head's other rows, stored by other blocks
-        *c = 0;         // for the next layer
+  const bool store = slot >= 0 && slot < A.numSlots;
+  const int kvdt = A.kvdt;
+  char* vcl = kcl + A.layerBytes;
+  for (int h = blockIdx.x * 8 + (threadIdx.x >> 5); h < nh + nkv; h += gridDim.x * 8) {
+    const bool isK = h >= nh;
+    const float* hp = raw + h * hd;
+    const float* nw = isK ? kn : qn;
+    float ss = 0.f;
+    for (int d = lane; d < hd; d += 32) ss += hp[d] * hp[d];
+    ss = warpSum(ss);
+    const float r = 1.0f / sqrtf(ss / (float)hd + A.eps);
+    const int kh = h - nh;
+    const long long o = (long long)slot * nkv * hd + (long long)kh * hd;
+    for (int j = lane; j < half; j += 32) {
+      const float a = (hp[j] * r) * nw[j], b = (hp[j + half] * r) * nw[j + half];
+      double sd, cd;
+      sincos(p * (double)A.invFreq[j], &sd, &cd);  // in double, as rope_kv
+      const float sn = (float)sd, cs = (float)cd;
+      const float na = a * cs - b * sn, nb = b * cs + a * sn;
+      if (!isK) {
+        qOut[h * hd + j] = na;
+        qOut[h * hd + j + half] = nb;
+      } else if (store) {
+        stKV(kcl, kvdt, o + j, na);
+        stKV(kcl, kvdt, o + j + half, nb);
       }
-      stepQKLast = last;
     }
-    __syncthreads();
-    if (stepQKLast && threadIdx.x < 32) stepQKNormHead(*A, l, h, raw, (float*)raw + qOff);
+    if (isK && store) {
+      const float* vr = raw + (nh + nkv + kh) * hd;
+      for (int d = lane; d < hd; d += 32) stKV(vcl, kvdt, o + d, vr[d]);
+    }
   }
-};
+}
 
 // moe.cu: one token's top-k softmax by one warp.
 template <int Q>
@@ -646,124 +577,23 @@ __device__ void topkRow(const float* lr, int E, int k, int normalize, float* w, 
 #define STEP_MAXE 256  // experts a decode step routes over
 #define STEP_MAXK 32
 
-// A warp's rows a task in stepExpertDown, and its vector loads a row a
-// batch: with a down projection's K of 768 (Qwen3-30B-A3B) one batch is a
-// whole row. More registers for loads spilled (ptxas --verbose).
-#define STEP_DOWN_ROWS 2
-#define STEP_DOWN_VECS 3
-
-// stepDownLoads issues a warp's batch of stepExpertDown's weight loads:
-// rows n0.. of expert e, vectors vb, vb + 32, ... of each.
-template <int R, int U>
-__device__ __forceinline__ void stepDownLoads(uint4 (&wv)[R][U], const bf16* expDown, int e, int n0, int vb, int H, int I) {
-  const bf16* base = expDown + ((long long)e * H + n0) * I;
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int v = vb + u * 32;
-      if (n0 + r < H && v < (I >> 3)) wv[r][u] = ldw16(base + (long long)r * I + v * 8);
-    }
-}
-
-// stepExpertDown is a sparse MLP's down projections and the residual as one
-// GEMV phase after barrier bar: hout = hmid + sum_j w[j] * down_j(eact_j)
-// over the k chosen experts, in expert order as the unfused scatter_add
-// sums them. A task is rows of hout for all k experts: warp w takes row
-// group w % rg (rg = 8 / k groups of STEP_DOWN_ROWS rows when k < 8, else
-// one) for experts w / rg, w / rg + 8 / rg, ... . Each row's experts meet
-// in the block that owns it, so their outputs do not round-trip through
-// memory and no barrier separates the products from the sum. A lane's
-// products and the warp's sum run in dgemv's order. The next batch of a
-// warp's weight loads (the next expert's or task's when this one's are
-// done) is issued before the current batch's reductions, as in dgemv.
-__device__ __forceinline__ void stepExpertDown(const StepArgs& A, const bf16* expDown, const int* ids, const float* wts,
-                                               const float* eact, const float* hmid, float* hout) {
-  constexpr int R = STEP_DOWN_ROWS, U = STEP_DOWN_VECS;
-  __shared__ float red[STEP_MAXK][8 * R];
-  const int H = A.H, I = A.moeI, k = A.topK, nvec = I >> 3;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int rg = k >= 8 ? 1 : 8 / k, rows = R * rg;
-  const int g = warp % rg, j0 = warp / rg, jstep = 8 / rg;
-  const int tasks = (H + rows - 1) / rows;
-  uint4 wv[R][U];
-  int t = blockIdx.x;
-  gridArrive(A.bar);
-  if (t >= tasks) {
-    gridWait(A.bar);
-    return;
-  }
-  if (j0 < k) stepDownLoads<R, U>(wv, expDown, ids[j0], t * rows + g * R, lane, H, I);
-  gridWait(A.bar);
-  for (;;) {
-    for (int j = j0; j < k; j += jstep) {
-      const float* x = eact + (long long)j * I;
-      float acc[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r) acc[r] = 0.f;
-      for (int vb = lane; vb < nvec; vb += 32 * U) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int v = vb + u * 32;
-          if (v < nvec) {
-            float xv[8];
-            load8(x + v * 8, xv);
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-              float wf[8];
-              unpack8(wv[r][u], wf);
-#pragma unroll
-              for (int i = 0; i < 8; ++i) acc[r] += wf[i] * xv[i];
-            }
-          }
-        }
-        // This warp's next batch: the rest of this expert's rows, else its
-        // next expert's, else its first expert's in the block's next task.
-        int nt = t, nj = j, nvb = vb + 32 * U;
-        if (nvb >= nvec) {
-          nvb = lane;
-          nj = j + jstep;
-          if (nj >= k) {
-            nj = j0;
-            nt = t + gridDim.x;
-          }
-        }
-        if (nt < tasks) stepDownLoads<R, U>(wv, expDown, ids[nj], nt * rows + g * R, nvb, H, I);
-      }
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float sum = warpSum(acc[r]);
-        if (lane == 0) red[j][g * R + r] = sum;
-      }
-    }
-    __syncthreads();
-    if (threadIdx.x < rows) {
-      const int n = t * rows + threadIdx.x;
-      if (n < H) {
-        float acc = 0.f;
-        for (int j = 0; j < k; ++j) acc += wts[j] * red[j][threadIdx.x];
-        hout[n] = hmid[n] + acc;
-      }
-    }
-    t += gridDim.x;
-    if (t >= tasks) return;
-    __syncthreads();  // red is rewritten by the next task
-  }
-}
-
 // stepMoE is a layer's sparse MLP (after the o phase wrote hmid): the
 // router's logits, the top-k computed by every block for itself (no
-// barrier), each chosen expert's gate/up with SiLU as a GEMV phase of its
-// own (an expert's weights are a base pointer into the stacked experts),
-// then the experts' down projections, weighted sum and residual in one
-// phase (stepExpertDown).
+// barrier), each chosen expert's gate/up with SiLU and its down
+// projection as GEMV phases of their own (an expert's weights are a base
+// pointer into the stacked experts), then the residual plus the experts'
+// weighted sum, in the order the unfused scatter_add sums them.
 // Inlined: called as a function, every value live across the call was
 // spilled, in the GEMV loops too (ptxas --verbose: 8 KB of spill stores).
 __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
-                                     float* eact, unsigned long long* stamps) {
+                                     float* eact, float* eout, unsigned long long* stamps) {
   __shared__ float sW[STEP_MAXK];
   __shared__ int sId[STEP_MAXK];
   const int H = A.H, I = A.moeI, k = A.topK;
+  // The down phases add into eout (dgemv's plain store normalizes x): zero
+  // it now, two barriers before they run.
+  for (long long n = blockIdx.x * blockDim.x + threadIdx.x; n < (long long)k * H; n += gridDim.x * blockDim.x)
+    eout[n] = 0.f;
   DArgs r = {};
   r.T = 1;
   r.eps = A.eps;
@@ -801,7 +631,25 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     first = stepPhase<EPI_SILU, false>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
   }
   if (stamps) stamps[7] = clock64();
-  stepExpertDown(A, L.expDown, sId, sW, eact, hmid, hout);
+  first = 0;
+  for (int j = 0; j < k; ++j) {
+    DArgs d = {};
+    d.T = 1;
+    d.w = L.expDown + (long long)sId[j] * H * I;
+    d.xr = eact + (long long)j * I;
+    d.ldxr = I;
+    d.dst = eout + (long long)j * H;
+    d.ldd = H;
+    d.N = H;
+    d.K = I;
+    first = stepPhase<EPI_ADDF, false>(d, A.ksEDown, j == 0 ? A.bar : nullptr, first);
+  }
+  gridSync(A.bar);
+  for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < H; n += gridDim.x * blockDim.x) {
+    float acc = 0.f;
+    for (int j = 0; j < k; ++j) acc += sW[j] * __ldcg(eout + (long long)j * H + n);
+    hout[n] = hmid[n] + acc;
+  }
 }
 
 // MOE: the kernel takes sparse MLPs too. Only a MoE model's kernel has
@@ -813,7 +661,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   const int qkvN = (A.nh + 2 * A.nkv) * A.hd, qd = A.nh * A.hd;
   // A layer's activations (the normed q last, with qkNorm).
   const long long per = 2LL * A.H + qkvN + qd + A.I + (A.qkNorm ? qd : 0) +
-                        (A.E ? A.E + (long long)A.topK * A.moeI : 0);
+                        (A.E ? A.E + (long long)A.topK * (A.moeI + A.H) : 0);
   const float* hin = A.h;
   // The token's context and block table row, read once (uploaded before the launch).
   const int ctx = A.pos[0] + 1;
@@ -866,32 +714,33 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     // The embedding kernel wrote layer 0's input before this launch.
     const float* qAttn = q;
     if (A.qkNorm) {
+      stepPhase<EPI_STORE, F8W>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
+      gridSync(A.bar);
       float* qNormed = act + A.I;
-      const StepQKNormDone done{&A, q, l, (int)(qNormed - q)};
-      stepPhase<EPI_STORE, F8W>(a, A.ksQKV, l > 0 ? A.bar : nullptr, 0, done);
+      stepQKNorm(A, L.qn, L.kn, q, qNormed, kcl);
       qAttn = qNormed;
     } else {
       stepPhase<EPI_ROPE, F8W>(a, A.ksQKV, l > 0 ? A.bar : nullptr);
     }
     STAMP(1);
-    gridArrive(A.bar);  // stepAttention waits, after its first loads
+    gridSync(A.bar);
     STAMP(2);
     {
       int form = A.gh == 1 ? A.attnForm : STEP_ATTN_PASSES;
       if constexpr (EPL > 4) form = STEP_ATTN_PASSES;  // at EPL 8 two passes' rows would spill
       if (A.kvdt == 2)  // an FP8 cache: one head a warp (step.go sets gh 1), passes as they are
-        stepAttention<EPL, 1, STEP_ATTN_PASSES, true>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
+        stepAttention<EPL, 1, STEP_ATTN_PASSES, true>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       else if (A.gh == 3)
-        stepAttention<EPL, 3, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
+        stepAttention<EPL, 3, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       else if (A.gh == 2)
-        stepAttention<EPL, 2, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
+        stepAttention<EPL, 2, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       else if (form == STEP_ATTN_PASSES)
-        stepAttention<EPL, 1, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
+        stepAttention<EPL, 1, STEP_ATTN_PASSES, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       else if constexpr (EPL <= 4) {
         if (form == STEP_ATTN_PIPE)
-          stepAttention<EPL, 1, STEP_ATTN_PIPE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
+          stepAttention<EPL, 1, STEP_ATTN_PIPE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
         else
-          stepAttention<EPL, 1, STEP_ATTN_WIDE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window, A.bar);
+          stepAttention<EPL, 1, STEP_ATTN_WIDE, false>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       }
     }
     STAMP(3);
@@ -914,7 +763,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
         float* rlog = act + A.I + (A.qkNorm ? qd : 0);
         float* eact = rlog + A.E;
         STAMP(4);
-        stepMoE(A, L, hmid, hout, rlog, eact, stamp ? A.stamps + STEP_STAMPS * l : nullptr);
+        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI, stamp ? A.stamps + STEP_STAMPS * l : nullptr);
         hin = hout;
         continue;
       }
