@@ -505,17 +505,8 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 	// Qwen3-8B's dense ones.
 	larger := map[string]string{"moe-": "Qwen/Qwen3-30B-A3B", "q8b-": "Qwen/Qwen3-8B"}
 	if m, ok := larger[name[:min(4, len(name))]]; ok {
-		cfg, _ := model.BuiltinConfig(m)
-		cfg = cfg.Clone()
-		cfg.NumHiddenLayers = 12
-		js, err := json.Marshal(cfg)
-		if err != nil {
-			bm.Fatal(err)
-		}
-		path = bm.TempDir()
-		if err := os.WriteFile(filepath.Join(path, "config.json"), js, 0o644); err != nil {
-			bm.Fatal(err)
-		}
+		var cfg *model.Config
+		path, cfg = builtinVariant(bm, m, func(c *model.Config) { c.NumHiddenLayers = 12 })
 		if cfg.NumExperts > 0 {
 			phases = append(phases[:4], "router", "topk", "expgateup", "expdown")
 		}
@@ -835,7 +826,9 @@ func TestStepAttentionPieces(t *testing.T) {
 // tuned for, where the tiny MoE checkpoint's take one task an expert.
 func TestModelStepKernelAtScale(t *testing.T) {
 	steps := 40
-	moe := moeAtScale(t)
+	moe, _ := builtinVariant(t, "Qwen/Qwen3-30B-A3B", func(c *model.Config) {
+		c.NumHiddenLayers, c.NumExperts, c.VocabSize = 2, 16, 4096
+	})
 	const dense = "Qwen/Qwen2.5-1.5B"
 	cases := []struct {
 		model        string
@@ -902,24 +895,24 @@ func TestModelStepKernelAtScale(t *testing.T) {
 	}
 }
 
-// moeAtScale writes the config of TestModelStepKernelAtScale's sparse
-// model to a temporary directory and returns it.
-func moeAtScale(t *testing.T) string {
-	cfg, ok := model.BuiltinConfig("Qwen/Qwen3-30B-A3B")
+// builtinVariant writes built-in config name, as edit changes it, to a
+// temporary directory for model.Load (dummy weights) and returns the
+// directory and the config.
+func builtinVariant(tb testing.TB, name string, edit func(*model.Config)) (string, *model.Config) {
+	cfg, ok := model.BuiltinConfig(name)
 	if !ok {
-		t.Fatal("no built-in Qwen/Qwen3-30B-A3B config")
+		tb.Fatalf("no built-in %s config", name)
 	}
-	cfg = cfg.Clone()
-	cfg.NumHiddenLayers, cfg.NumExperts, cfg.VocabSize = 2, 16, 4096
+	edit(cfg) // BuiltinConfig returns a copy
 	js, err := json.Marshal(cfg)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	dir := t.TempDir()
+	dir := tb.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), js, 0o644); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	return dir
+	return dir, cfg
 }
 
 // TestLazyKernels: with LazyKernels and an empty kernel cache, only the
