@@ -111,7 +111,7 @@ type stepArgs struct {
 	numLayers, hidden, inter, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns int
 	ksQKV, ksO, ksGU, ksDown                                                         int
 	syncMode, qkNorm, gh, attnForm, kvdt                                             int
-	experts, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown                          int
+	experts, topK, normTopK, moeI, ksRouter, ksEGU                                   int
 	eps, scale                                                                       float32
 }
 
@@ -493,7 +493,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		per += qd
 	}
 	if E > 0 {
-		per += E + topK*(moeI+H)
+		per += E + topK*moeI
 	}
 	if err := b.ensure(&b.step.acts, int64(len(layers))*int64(per)*4); err != nil {
 		return err
@@ -512,7 +512,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 			a.normTopK = 1
 		}
 		a.ksRouter = stepKS((E+1)/2, H, grid, 1)
-		a.ksEGU, a.ksEDown = stepKS(moeI, H, grid, topK), stepKS((H+1)/2, moeI, grid, topK)
+		a.ksEGU = stepKS(moeI, H, grid, topK)
 	}
 	if b.step.syncSet {
 		a.syncMode = b.step.syncMode
@@ -551,7 +551,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	b.aL(a.pfGU)
 	for _, v := range []int{a.numLayers, a.hidden, a.inter, a.nh, a.nkv, a.hd, a.nwdt, a.maxBlocks, a.blockSize, a.numBlocks, a.ns,
 		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.gh, a.attnForm, a.kvdt, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
-		a.ksEGU, a.ksEDown} {
+		a.ksEGU} {
 		b.aI(v)
 	}
 	b.aF(a.eps)

@@ -29,8 +29,8 @@ struct StepLayer {
 };
 
 // Clock stamps a layer (StepArgs.stamps): q/k/v, barrier, attention, o,
-// then gate/up and down; a sparse MLP's router, top-k, experts' gate/up,
-// experts' down and the sum instead of the last two.
+// then gate/up and down; a sparse MLP's router, top-k, experts' gate/up
+// and experts' down with the sum instead of the last two.
 #define STEP_STAMPS 8
 
 struct StepArgs {
@@ -55,8 +55,8 @@ struct StepArgs {
   int kvdt;      // the KV cache's dtype: 1 bf16, 2 FP8 E4M3 with scale 1 (stKV)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
-  // router's, the experts' gate/up and down phases' split-K factors.
-  int E, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown;
+  // router's and the experts' gate/up phases' split-K factors.
+  int E, topK, normTopK, moeI, ksRouter, ksEGU;
   float eps, scale;
 };
 
@@ -577,23 +577,124 @@ __device__ void topkRow(const float* lr, int E, int k, int normalize, float* w, 
 #define STEP_MAXE 256  // experts a decode step routes over
 #define STEP_MAXK 32
 
+// A warp's rows a task in stepExpertDown, and its vector loads a row a
+// batch: with a down projection's K of 768 (Qwen3-30B-A3B) one batch is a
+// whole row. More registers for loads spilled (ptxas --verbose).
+#define STEP_DOWN_ROWS 2
+#define STEP_DOWN_VECS 3
+
+// stepDownLoads issues a warp's batch of stepExpertDown's weight loads:
+// rows n0.. of expert e, vectors vb, vb + 32, ... of each.
+template <int R, int U>
+__device__ __forceinline__ void stepDownLoads(uint4 (&wv)[R][U], const bf16* expDown, int e, int n0, int vb, int H, int I) {
+  const bf16* base = expDown + ((long long)e * H + n0) * I;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int v = vb + u * 32;
+      if (n0 + r < H && v < (I >> 3)) wv[r][u] = ldw16(base + (long long)r * I + v * 8);
+    }
+}
+
+// stepExpertDown is a sparse MLP's down projections and the residual as one
+// GEMV phase after barrier bar: hout = hmid + sum_j w[j] * down_j(eact_j)
+// over the k chosen experts, in expert order as the unfused scatter_add
+// sums them. A task is rows of hout for all k experts: warp w takes row
+// group w % rg (rg = 8 / k groups of STEP_DOWN_ROWS rows when k < 8, else
+// one) for experts w / rg, w / rg + 8 / rg, ... . Each row's experts meet
+// in the block that owns it, so their outputs do not round-trip through
+// memory and no barrier separates the products from the sum. A lane's
+// products and the warp's sum run in dgemv's order. The next batch of a
+// warp's weight loads (the next expert's or task's when this one's are
+// done) is issued before the current batch's reductions, as in dgemv.
+__device__ __forceinline__ void stepExpertDown(const StepArgs& A, const bf16* expDown, const int* ids, const float* wts,
+                                               const float* eact, const float* hmid, float* hout) {
+  constexpr int R = STEP_DOWN_ROWS, U = STEP_DOWN_VECS;
+  __shared__ float red[STEP_MAXK][8 * R];
+  const int H = A.H, I = A.moeI, k = A.topK, nvec = I >> 3;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int rg = k >= 8 ? 1 : 8 / k, rows = R * rg;
+  const int g = warp % rg, j0 = warp / rg, jstep = 8 / rg;
+  const int tasks = (H + rows - 1) / rows;
+  uint4 wv[R][U];
+  int t = blockIdx.x;
+  gridArrive(A.bar);
+  if (t >= tasks) {
+    gridWait(A.bar);
+    return;
+  }
+  if (j0 < k) stepDownLoads<R, U>(wv, expDown, ids[j0], t * rows + g * R, lane, H, I);
+  gridWait(A.bar);
+  for (;;) {
+    for (int j = j0; j < k; j += jstep) {
+      const float* x = eact + (long long)j * I;
+      float acc[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] = 0.f;
+      for (int vb = lane; vb < nvec; vb += 32 * U) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int v = vb + u * 32;
+          if (v < nvec) {
+            float xv[8];
+            load8(x + v * 8, xv);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+              float wf[8];
+              unpack8(wv[r][u], wf);
+#pragma unroll
+              for (int i = 0; i < 8; ++i) acc[r] += wf[i] * xv[i];
+            }
+          }
+        }
+        // This warp's next batch: the rest of this expert's rows, else its
+        // next expert's, else its first expert's in the block's next task.
+        int nt = t, nj = j, nvb = vb + 32 * U;
+        if (nvb >= nvec) {
+          nvb = lane;
+          nj = j + jstep;
+          if (nj >= k) {
+            nj = j0;
+            nt = t + gridDim.x;
+          }
+        }
+        if (nt < tasks) stepDownLoads<R, U>(wv, expDown, ids[nj], nt * rows + g * R, nvb, H, I);
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float sum = warpSum(acc[r]);
+        if (lane == 0) red[j][g * R + r] = sum;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < rows) {
+      const int n = t * rows + threadIdx.x;
+      if (n < H) {
+        float acc = 0.f;
+        for (int j = 0; j < k; ++j) acc += wts[j] * red[j][threadIdx.x];
+        hout[n] = hmid[n] + acc;
+      }
+    }
+    t += gridDim.x;
+    if (t >= tasks) return;
+    __syncthreads();  // red is rewritten by the next task
+  }
+}
+
 // stepMoE is a layer's sparse MLP (after the o phase wrote hmid): the
 // router's logits, the top-k computed by every block for itself (no
-// barrier), each chosen expert's gate/up with SiLU and its down
-// projection as GEMV phases of their own (an expert's weights are a base
-// pointer into the stacked experts), then the residual plus the experts'
-// weighted sum, in the order the unfused scatter_add sums them.
+// barrier), each chosen expert's gate/up with SiLU as a GEMV phase of its
+// own (an expert's weights are a base pointer into the stacked experts),
+// then the experts' down projections, weighted sum and residual in one
+// phase (stepExpertDown).
 // Inlined: called as a function, every value live across the call was
 // spilled, in the GEMV loops too (ptxas --verbose: 8 KB of spill stores).
 __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
-                                     float* eact, float* eout, unsigned long long* stamps) {
+                                     float* eact, unsigned long long* stamps) {
   __shared__ float sW[STEP_MAXK];
   __shared__ int sId[STEP_MAXK];
   const int H = A.H, I = A.moeI, k = A.topK;
-  // The down phases add into eout (dgemv's plain store normalizes x): zero
-  // it now, two barriers before they run.
-  for (long long n = blockIdx.x * blockDim.x + threadIdx.x; n < (long long)k * H; n += gridDim.x * blockDim.x)
-    eout[n] = 0.f;
   DArgs r = {};
   r.T = 1;
   r.eps = A.eps;
@@ -631,25 +732,7 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     first = stepPhase<EPI_SILU, false>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
   }
   if (stamps) stamps[7] = clock64();
-  first = 0;
-  for (int j = 0; j < k; ++j) {
-    DArgs d = {};
-    d.T = 1;
-    d.w = L.expDown + (long long)sId[j] * H * I;
-    d.xr = eact + (long long)j * I;
-    d.ldxr = I;
-    d.dst = eout + (long long)j * H;
-    d.ldd = H;
-    d.N = H;
-    d.K = I;
-    first = stepPhase<EPI_ADDF, false>(d, A.ksEDown, j == 0 ? A.bar : nullptr, first);
-  }
-  gridSync(A.bar);
-  for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < H; n += gridDim.x * blockDim.x) {
-    float acc = 0.f;
-    for (int j = 0; j < k; ++j) acc += sW[j] * __ldcg(eout + (long long)j * H + n);
-    hout[n] = hmid[n] + acc;
-  }
+  stepExpertDown(A, L.expDown, sId, sW, eact, hmid, hout);
 }
 
 // MOE: the kernel takes sparse MLPs too. Only a MoE model's kernel has
@@ -661,7 +744,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   const int qkvN = (A.nh + 2 * A.nkv) * A.hd, qd = A.nh * A.hd;
   // A layer's activations (the normed q last, with qkNorm).
   const long long per = 2LL * A.H + qkvN + qd + A.I + (A.qkNorm ? qd : 0) +
-                        (A.E ? A.E + (long long)A.topK * (A.moeI + A.H) : 0);
+                        (A.E ? A.E + (long long)A.topK * A.moeI : 0);
   const float* hin = A.h;
   // The token's context and block table row, read once (uploaded before the launch).
   const int ctx = A.pos[0] + 1;
@@ -763,7 +846,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
         float* rlog = act + A.I + (A.qkNorm ? qd : 0);
         float* eact = rlog + A.E;
         STAMP(4);
-        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI, stamp ? A.stamps + STEP_STAMPS * l : nullptr);
+        stepMoE(A, L, hmid, hout, rlog, eact, stamp ? A.stamps + STEP_STAMPS * l : nullptr);
         hin = hout;
         continue;
       }
