@@ -44,7 +44,8 @@
 #   copybw       the device-to-device copy rate (scripts/gpu-copy-bw.py)
 #   tcform       the one-token decode step's phases with the tensor-core
 #                attention (the default) and the lane-per-dims one (-lane),
-#                at 100, 2,000 and 8,000 tokens of context, two rounds
+#                at 100, 2,000 and 8,000 tokens of context (and at 8,000 with
+#                64 and 128 pieces a KV head), two rounds
 #   longtpot     scripts/bench-gpu-long.sh's decode12 and long8k (TPOT at
 #                12 and 8,000 tokens of context) from llmserve and llmserve-prev
 #   stepab8      the one-token decode step's phases, Qwen2.5-1.5B, MoE and 12
@@ -130,7 +131,7 @@ for step in "$@"; do
   attnform)
     rounds attn-form.log 'ModelDecode/step-stamped(-ctx[0-9]+)?(-pipe|-wide|-kv8)?$/T=1$' 250 ;;
   tcform)
-    rounds tc-form.log 'ModelDecode/(q8b-|moe-)?step-stamped(-ctx[0-9]+)?(-lane)?$/T=1$' 300 ;;
+    rounds tc-form.log 'ModelDecode/(q8b-|moe-)?step-stamped(-ctx[0-9]+)?(-lane|-ns64|-ns128)?$/T=1$' 300 ;;
   longtpot)
     for bin in llmserve llmserve-prev; do
       echo "== $bin"

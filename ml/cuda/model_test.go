@@ -421,6 +421,8 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"q8b-step-stamped-lane", cuda.Options{FusedDecodeMaxT: 4}},
 		{"q8b-step-stamped-ctx8000", cuda.Options{FusedDecodeMaxT: 4}},
 		{"q8b-step-stamped-ctx8000-lane", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-ns64", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-ns128", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		{"q8b-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
