@@ -914,6 +914,79 @@ func TestModelStepKernelAtScale(t *testing.T) {
 	}
 }
 
+// TestStepAttentionShapes: the decode step's tensor-core attention at the
+// head dims and GQA groups it takes (head dims 32, 64 and 128; groups of
+// 1, 2, 5, 8 and 12 query heads, 12 being two sets of a warp's 8 and 4),
+// with its default pieces and forced to 3 and 7 a KV head, after a
+// 37-token prompt in blocks of 4 in scattered order: 2-layer models of
+// dummy bf16 weights decode 8 tokens in the one-launch kernel and layer by
+// layer, and the logits agree to the layer-by-layer path's bf16 rounding
+// (see TestModelStepKernelAtScale).
+func TestStepAttentionShapes(t *testing.T) {
+	const steps = 8
+	for _, c := range []struct {
+		base                string
+		hidden, nh, nkv, hd int
+	}{
+		{"Qwen/Qwen2.5-1.5B", 256, 4, 4, 64},
+		{"Qwen/Qwen3-8B", 384, 6, 3, 32},
+		{"Qwen/Qwen2.5-1.5B", 640, 10, 2, 64},
+		{"Qwen/Qwen3-8B", 1024, 8, 1, 128},
+		{"Qwen/Qwen2.5-1.5B", 1536, 12, 1, 128},
+	} {
+		dir, _ := builtinVariant(t, c.base, func(cfg *model.Config) {
+			cfg.NumHiddenLayers, cfg.VocabSize, cfg.IntermediateSize = 2, 2048, 512
+			cfg.HiddenSize, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim = c.hidden, c.nh, c.nkv, c.hd
+		})
+		run := func(o cuda.Options, form, pieces int) ([][]float32, int) {
+			be := gpu(t, o)
+			cuda.SetStepAttnForm(be, form)
+			if pieces > 0 {
+				cuda.SetStepSplits(be, pieces)
+			}
+			m, err := model.Load(dir, model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if err := m.AllocateKV(32, 4); err != nil {
+				t.Fatal(err)
+			}
+			s := &seqRun{m: m, blocks: scattered}
+			prompt := make([]int32, 37)
+			for i := range prompt {
+				prompt[i] = int32(i*131+7) % 2048
+			}
+			rows := s.step(t, prompt)[36:]
+			for i := 0; i < steps; i++ {
+				rows = append(rows, s.step(t, []int32{int32(i*7919+13) % 2048})...)
+			}
+			return rows, cuda.StepLaunches(be)
+		}
+		want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}, cuda.StepAttnPasses, 0)
+		for _, pieces := range []int{0, 3, 7} {
+			name := fmt.Sprintf("%s's layers, %d heads, %d KV heads, head dim %d, %d pieces", c.base, c.nh, c.nkv, c.hd, pieces)
+			got, launches := run(cuda.Options{FusedDecodeMaxT: 4}, cuda.StepAttnTC, pieces)
+			if launches != steps {
+				t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
+			}
+			worst, scale := 0.0, 0.0
+			for i, row := range want {
+				for j := range row {
+					scale = max(scale, math.Abs(float64(row[j])))
+					if d := math.Abs(float64(got[i][j] - row[j])); d > worst || d != d {
+						worst = d
+					}
+				}
+			}
+			t.Logf("%s: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", name, worst, scale)
+			if !(worst <= 0.05*scale) || scale == 0 {
+				t.Errorf("%s: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", name, worst, scale)
+			}
+		}
+	}
+}
+
 // builtinVariant writes built-in config name, as edit changes it, to a
 // temporary directory for model.Load (dummy weights) and returns the
 // directory and the config.
