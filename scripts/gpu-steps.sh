@@ -42,6 +42,12 @@
 #                8,000 tokens of context, FP8 weights at 100; and 12 layers
 #                of Qwen3-8B and of Qwen3-30B-A3B (NCU_BENCH narrows them)
 #   copybw       the device-to-device copy rate (scripts/gpu-copy-bw.py)
+#   tcform       the one-token decode step's phases with the tensor-core
+#                attention (the default) and the lane-per-dims one (-lane),
+#                at 100, 2,000 and 8,000 tokens of context (and at 8,000 with
+#                64 and 128 pieces a KV head), two rounds
+#   longtpot     scripts/bench-gpu-long.sh's decode12 and long8k (TPOT at
+#                12 and 8,000 tokens of context) from llmserve and llmserve-prev
 #   stepab8      the one-token decode step's phases, Qwen2.5-1.5B, MoE and 12
 #                of Qwen3-8B's layers, bf16 and FP8 weights, cuda.test-prev
 #                and cuda.test alternated (AB_BINS: other binaries of .gpu/;
@@ -124,6 +130,14 @@ for step in "$@"; do
     done ;;
   attnform)
     rounds attn-form.log 'ModelDecode/step-stamped(-ctx[0-9]+)?(-pipe|-wide|-kv8)?$/T=1$' 250 ;;
+  tcform)
+    rounds tc-form.log 'ModelDecode/(q8b-|moe-)?step-stamped(-ctx[0-9]+)?(-lane|-ns64|-ns128)?$/T=1$' 300 ;;
+  longtpot)
+    for bin in llmserve llmserve-prev; do
+      echo "== $bin"
+      BIN=.gpu/$bin LOADGEN=.gpu/loadgen TOKENIZER=$LLMSERVE_TESTDATA/tokenizers/qwen3 OUTDIR=$R/longtpot-$bin \
+        ONLY="decode12 long8k" timeout 200 bash scripts/bench-gpu-long.sh 2>&1 | tail -4
+    done ;;
   fp8step)
     rounds fp8-step.log 'ModelDecode/(q8b-)?step-stamped(-fp8)?$/T=1$' 150 ;;
   ncu-step)

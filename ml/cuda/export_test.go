@@ -30,11 +30,12 @@ const (
 	StepAttnPasses = stepAttnPasses // one after another (the default)
 	StepAttnPipe   = stepAttnPipe   // the next pass's loads before this one's arithmetic
 	StepAttnWide   = stepAttnWide   // twice the keys a pass
+	StepAttnTC     = stepAttnTC     // a warp per KV head's query heads on tensor cores (the default where it applies)
 )
 
-// SetStepAttnForm sets how the decode step's one-head attention warps run
-// a piece's passes.
-func SetStepAttnForm(b *Backend, form int) { b.step.attnForm = form }
+// SetStepAttnForm sets the decode step's attention form: how one-head
+// warps run a piece's passes, or StepAttnTC.
+func SetStepAttnForm(b *Backend, form int) { b.step.attnForm, b.step.attnFormSet = form, true }
 
 // StampSteps makes later decode-step launches record block 0's clock at the
 // start of each phase.

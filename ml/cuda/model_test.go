@@ -412,6 +412,17 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-wide", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx2000-wide", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000-wide", cuda.Options{FusedDecodeMaxT: 4}},
+		// The lane-per-dims attention where the tensor-core one is the
+		// default.
+		{"step-stamped-lane", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx2000-lane", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-lane", cuda.Options{FusedDecodeMaxT: 4}},
+		{"moe-step-stamped-lane", cuda.Options{FusedDecodeMaxT: 4}},
+		{"q8b-step-stamped-lane", cuda.Options{FusedDecodeMaxT: 4}},
+		{"q8b-step-stamped-ctx8000", cuda.Options{FusedDecodeMaxT: 4}},
+		{"q8b-step-stamped-ctx8000-lane", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-ns64", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-ctx8000-ns128", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
 		{"q8b-step-stamped", cuda.Options{FusedDecodeMaxT: 4}},
@@ -449,8 +460,9 @@ func BenchmarkModelDecode(bm *testing.B) {
 // layers (12 of its 48), "q8b-" Qwen3-8B's (12 of its 36); "ctxN" N tokens
 // of context, at the batch sizes the cache holds; "gqa" attention warps
 // sharing a GQA group's K/V loads; "pipe" and "wide" the one-head
-// attention's pipelined and wide passes; "nsN" N attention pieces per
-// head; "pf" the step's L2 prefetch of the o and gate/up weights; "fp8"
+// attention's pipelined and wide passes, "lane" its passes as they are
+// (the tensor-core attention is the default where it applies); "nsN" N
+// attention pieces per head (per KV head in the tensor-core form); "pf" the step's L2 prefetch of the o and gate/up weights; "fp8"
 // FP8 weights; "kv8" an FP8 KV cache. With stamped, one-token steps also
 // report the decode-step kernel's mean SM kilocycles per layer in each
 // phase (a sparse MLP's router, top-k, experts' gate/up, and experts' down
@@ -492,6 +504,8 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 		cuda.SetStepAttnForm(be, cuda.StepAttnPipe)
 	case slices.Contains(parts, "wide"):
 		cuda.SetStepAttnForm(be, cuda.StepAttnWide)
+	case slices.Contains(parts, "lane"):
+		cuda.SetStepAttnForm(be, cuda.StepAttnPasses)
 	}
 	ctx := number("ctx", 100)
 	if stamped {
@@ -751,7 +765,9 @@ func TestModelStepKernelMatchesLayerByLayer(t *testing.T) {
 
 // TestStepAttentionPieces: the decode-step kernel's attention with its
 // context forced into 1, 3, 16 and 40 pieces per head (16: one full merge
-// group; 40: three groups, the last of them empty), over a cache of
+// group; 40: three groups, the last of them empty), and the tensor-core
+// form's into 1, 3 and 40 pieces per KV head (40: half of them empty,
+// merged by their own phase), over a cache of
 // one-token blocks in scattered order, so that a piece spans more blocks
 // than the 32 whose table entries a warp holds at once: llama3-tiny-bf16
 // decoding 150 tokens after 4 prompt tokens gives the unfused ops' logits
@@ -791,6 +807,7 @@ func TestStepAttentionPieces(t *testing.T) {
 		{40, false, cuda.StepAttnPasses}, {3, true, cuda.StepAttnPasses}, {40, true, cuda.StepAttnPasses},
 		{1, false, cuda.StepAttnPipe}, {3, false, cuda.StepAttnPipe}, {40, false, cuda.StepAttnPipe},
 		{3, false, cuda.StepAttnWide}, {40, false, cuda.StepAttnWide},
+		{1, false, cuda.StepAttnTC}, {3, false, cuda.StepAttnTC}, {40, false, cuda.StepAttnTC},
 	} {
 		got, launches := run(cuda.Options{FusedDecodeMaxT: 1, GraphMinOps: 8}, c.pieces, c.groupHeads, c.form)
 		name := fmt.Sprintf("%d pieces (group heads %v, form %d)", c.pieces, c.groupHeads, c.form)
@@ -819,7 +836,8 @@ func TestStepAttentionPieces(t *testing.T) {
 // down projections read bf16 copies of their inputs, so the logits agree
 // to bf16 rounding, not exactly; a wrong split or row pairing would be off
 // by the logits' own size. With -short (the CUDA emulator, where a step of
-// these shapes is slow) it runs the default form for 4 steps. The sparse
+// these shapes is slow) it runs the default form, the tensor-core
+// attention, for 4 steps of each model. The sparse
 // case takes Qwen3-30B-A3B's layer shapes (hidden 2048, experts'
 // intermediate 768, top 8) with 16 experts, 2 layers and a smaller
 // vocabulary: the decode step's experts' phases at the shapes they are
@@ -834,7 +852,8 @@ func TestModelStepKernelAtScale(t *testing.T) {
 		model        string
 		form, pieces int
 	}{
-		{moe, cuda.StepAttnPasses, 0},
+		{moe, cuda.StepAttnTC, 0}, {dense, cuda.StepAttnTC, 0},
+		{dense, cuda.StepAttnTC, 3}, {moe, cuda.StepAttnPasses, 0},
 		{dense, cuda.StepAttnPasses, 0}, {dense, cuda.StepAttnPasses, 1},
 		{dense, cuda.StepAttnPipe, 1}, {dense, cuda.StepAttnPipe, 3},
 		{dense, cuda.StepAttnWide, 1},
@@ -891,6 +910,79 @@ func TestModelStepKernelAtScale(t *testing.T) {
 		t.Logf("%s: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", name, worst, scale)
 		if !(worst <= 0.05*scale) || scale == 0 {
 			t.Errorf("%s: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", name, worst, scale)
+		}
+	}
+}
+
+// TestStepAttentionShapes: the decode step's tensor-core attention at the
+// head dims and GQA groups it takes (head dims 32, 64 and 128; groups of
+// 1, 2, 5, 8 and 12 query heads, 12 being two sets of a warp's 8 and 4),
+// with its default pieces and forced to 3 and 7 a KV head, after a
+// 37-token prompt in blocks of 4 in scattered order: 2-layer models of
+// dummy bf16 weights decode 8 tokens in the one-launch kernel and layer by
+// layer, and the logits agree to the layer-by-layer path's bf16 rounding
+// (see TestModelStepKernelAtScale).
+func TestStepAttentionShapes(t *testing.T) {
+	const steps = 8
+	for _, c := range []struct {
+		base                string
+		hidden, nh, nkv, hd int
+	}{
+		{"Qwen/Qwen2.5-1.5B", 256, 4, 4, 64},
+		{"Qwen/Qwen3-8B", 384, 6, 3, 32},
+		{"Qwen/Qwen2.5-1.5B", 640, 10, 2, 64},
+		{"Qwen/Qwen3-8B", 1024, 8, 1, 128},
+		{"Qwen/Qwen2.5-1.5B", 1536, 12, 1, 128},
+	} {
+		dir, _ := builtinVariant(t, c.base, func(cfg *model.Config) {
+			cfg.NumHiddenLayers, cfg.VocabSize, cfg.IntermediateSize = 2, 2048, 512
+			cfg.HiddenSize, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim = c.hidden, c.nh, c.nkv, c.hd
+		})
+		run := func(o cuda.Options, form, pieces int) ([][]float32, int) {
+			be := gpu(t, o)
+			cuda.SetStepAttnForm(be, form)
+			if pieces > 0 {
+				cuda.SetStepSplits(be, pieces)
+			}
+			m, err := model.Load(dir, model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if err := m.AllocateKV(32, 4); err != nil {
+				t.Fatal(err)
+			}
+			s := &seqRun{m: m, blocks: scattered}
+			prompt := make([]int32, 37)
+			for i := range prompt {
+				prompt[i] = int32(i*131+7) % 2048
+			}
+			rows := s.step(t, prompt)[36:]
+			for i := 0; i < steps; i++ {
+				rows = append(rows, s.step(t, []int32{int32(i*7919+13) % 2048})...)
+			}
+			return rows, cuda.StepLaunches(be)
+		}
+		want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}, cuda.StepAttnPasses, 0)
+		for _, pieces := range []int{0, 3, 7} {
+			name := fmt.Sprintf("%s's layers, %d heads, %d KV heads, head dim %d, %d pieces", c.base, c.nh, c.nkv, c.hd, pieces)
+			got, launches := run(cuda.Options{FusedDecodeMaxT: 4}, cuda.StepAttnTC, pieces)
+			if launches != steps {
+				t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
+			}
+			worst, scale := 0.0, 0.0
+			for i, row := range want {
+				for j := range row {
+					scale = max(scale, math.Abs(float64(row[j])))
+					if d := math.Abs(float64(got[i][j] - row[j])); d > worst || d != d {
+						worst = d
+					}
+				}
+			}
+			t.Logf("%s: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", name, worst, scale)
+			if !(worst <= 0.05*scale) || scale == 0 {
+				t.Errorf("%s: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", name, worst, scale)
+			}
 		}
 	}
 }

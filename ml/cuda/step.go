@@ -46,10 +46,12 @@ type stepState struct {
 	// (stepGroupHeads). Off by default: on an H100 it was slower at every
 	// context measured, 100 to 8,000 tokens (results/h100/2026-12-06-9d4cd22).
 	groupHeads bool
-	// benchmarks and tests: how one-head attention warps run a piece's
-	// passes (StepArgs.attnForm): stepAttnPasses, stepAttnPipe or
-	// stepAttnWide.
-	attnForm int
+	// benchmarks and tests: the attention's form (StepArgs.attnForm) when
+	// attnFormSet, else stepAttnTC where stepTCAttention allows it:
+	// stepAttnPasses, stepAttnPipe or stepAttnWide (how one-head warps run
+	// a piece's passes), or stepAttnTC.
+	attnForm    int
+	attnFormSet bool
 	// benchmarks: the L2 prefetch of the o and gate/up weights
 	// (StepArgs.pfGU). Off by default: on an H100 it slowed the q/k/v phase
 	// more than it sped up o and gate/up (results/h100/2026-12-06-a142972).
@@ -111,7 +113,7 @@ type stepArgs struct {
 	numLayers, hidden, inter, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns int
 	ksQKV, ksO, ksGU, ksDown                                                         int
 	syncMode, qkNorm, gh, attnForm, kvdt                                             int
-	experts, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown                          int
+	experts, topK, normTopK, moeI, ksRouter, ksEGU                                   int
 	eps, scale                                                                       float32
 }
 
@@ -226,15 +228,51 @@ func stepGroupHeads(g, epl int) int {
 	return 1
 }
 
-// The forms of the one-head step attention's passes (STEP_ATTN_* in
-// kernels/step.cu): one after another; the next pass's loads issued before
-// this one's arithmetic; twice the keys a pass. Head dims over 128 run the
-// first.
+// The forms of the step's attention (STEP_ATTN_* in kernels/step.cu): a
+// lane per head dims, its passes one after another, the next pass's loads
+// issued before this one's arithmetic, or twice the keys a pass (head dims
+// over 128 run the first); or a warp per KV head's query heads on tensor
+// cores (stepAttentionTC).
 const (
 	stepAttnPasses = iota
 	stepAttnPipe
 	stepAttnWide
+	stepAttnTC
 )
+
+// stepTCAttention reports whether stepAttentionTC (kernels/step.cu) takes
+// a step's attention: a bf16 cache, head dims of 16, 32, 64 or 128, and
+// mma.sync (sm_80 and later).
+func (b *Backend) stepTCAttention(hd int, kv ml.DType) bool {
+	return kv == ml.BF16 && (hd == 16 || hd == 32 || hd == 64 || hd == 128) && b.dev.major >= 8
+}
+
+// stepTCMaxSplits is the most pieces a KV head's keys take in
+// stepAttentionTC: 32·STEP_MERGE_LANE, what stepMergePieces's lanes hold.
+const stepTCMaxSplits = 256
+
+// stepTCSplits cuts the context into pieces for stepAttentionTC, a warp
+// each taking up to 8 keys a pass for all of a KV head's (up to 8) query
+// heads, sets of which there are sets: a pass each (keys come a pass a
+// round trip), up to the grid's warps per set and stepTCMaxSplits. The
+// count is one of 1, 2, 3, 4, 6, 8, 12, ... 256 (2^k or 3·2^(k-1)), so
+// that a growing context changes it, and the step graph, a few times
+// rather than every 8 tokens: the next one up (some pieces empty), or
+// where that is over the bound the next one down.
+func stepTCSplits(maxContext, warps, sets int) int {
+	bound := max(1, min(warps/max(sets, 1), stepTCMaxSplits))
+	n := min((maxContext+7)/8, bound)
+	down := 1
+	for _, v := range []int{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256} {
+		if v >= n && v <= bound {
+			return v
+		}
+		if v <= n {
+			down = v
+		}
+	}
+	return down
+}
 
 // stepPrefetchGU is StepArgs.pfGU: the gate/up bytes a layer of the step
 // asks into L2 at its start, a third of the L2 (the o weights and the
@@ -484,16 +522,29 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	} else if b.step.groupHeads {
 		gh = stepGroupHeads(nh/nkv, epl)
 	}
+	form := b.step.attnForm
+	if !b.step.attnFormSet {
+		form = stepAttnTC
+	}
+	if form == stepAttnTC && !b.stepTCAttention(hd, kc.dt) {
+		form = stepAttnPasses
+	}
 	ns := stepSplits(meta.MaxContext, grid*8*gh/nh)
+	maxNS := stepMaxSplits // the merge's bound
+	if form == stepAttnTC {
+		gh = 1
+		ns = stepTCSplits(meta.MaxContext, grid*8, nkv*((nh/nkv+7)/8))
+		maxNS = stepTCMaxSplits
+	}
 	if b.step.forceNS > 0 {
-		ns = min(b.step.forceNS, stepMaxSplits) // the merge's bound
+		ns = min(b.step.forceNS, maxNS)
 	}
 	per := 2*H + qkvN + qd + I // a layer's activations (StepArgs.acts)
 	if qkNorm {
 		per += qd
 	}
 	if E > 0 {
-		per += E + topK*(moeI+H)
+		per += E + topK*moeI
 	}
 	if err := b.ensure(&b.step.acts, int64(len(layers))*int64(per)*4); err != nil {
 		return err
@@ -505,14 +556,14 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		maxBlocks: meta.MaxBlocks, blockSize: kc.blockSize, numBlocks: kc.numBlocks, ns: ns,
 		ksQKV: b.step.ks(0, stepKS(qkvN/2, H, grid, 1)), ksO: b.step.ks(1, stepKS((H+1)/2, qd, grid, 1)),
 		ksGU: b.step.ks(2, stepKS(I, H, grid, 1)), ksDown: b.step.ks(3, stepKS((H+1)/2, I, grid, 1)),
-		syncMode: stepSyncMode, gh: gh, attnForm: b.step.attnForm, kvdt: kvdt, pfGU: b.stepPrefetchGU(), eps: eps, scale: meta.Scale}
+		syncMode: stepSyncMode, gh: gh, attnForm: form, kvdt: kvdt, pfGU: b.stepPrefetchGU(), eps: eps, scale: meta.Scale}
 	if E > 0 {
 		a.experts, a.topK, a.moeI = E, topK, moeI
 		if normTopK {
 			a.normTopK = 1
 		}
 		a.ksRouter = stepKS((E+1)/2, H, grid, 1)
-		a.ksEGU, a.ksEDown = stepKS(moeI, H, grid, topK), stepKS((H+1)/2, moeI, grid, topK)
+		a.ksEGU = stepKS(moeI, H, grid, topK)
 	}
 	if b.step.syncSet {
 		a.syncMode = b.step.syncMode
@@ -551,7 +602,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	b.aL(a.pfGU)
 	for _, v := range []int{a.numLayers, a.hidden, a.inter, a.nh, a.nkv, a.hd, a.nwdt, a.maxBlocks, a.blockSize, a.numBlocks, a.ns,
 		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.gh, a.attnForm, a.kvdt, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
-		a.ksEGU, a.ksEDown} {
+		a.ksEGU} {
 		b.aI(v)
 	}
 	b.aF(a.eps)

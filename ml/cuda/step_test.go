@@ -41,6 +41,23 @@ func TestStepSplits(t *testing.T) {
 	}
 }
 
+// TestStepTCSplits: the tensor-core attention's pieces per set of query
+// heads (2,112 warps: an H100's 264 resident blocks): a pass of 8 keys
+// each, the count one of 1, 2, 3, 4, 6, 8, ... 256 rounded up (the
+// surplus pieces empty), or down where up passes the warps per set or 256.
+func TestStepTCSplits(t *testing.T) {
+	for _, c := range []struct{ ctx, warps, sets, want int }{
+		{1, 2112, 2, 1}, {8, 2112, 2, 1}, {9, 2112, 2, 2}, {17, 2112, 2, 3}, {25, 2112, 2, 4}, {33, 2112, 2, 6},
+		{100, 2112, 2, 16}, {2000, 2112, 2, 256}, {8000, 2112, 2, 256}, {131072, 2112, 8, 256},
+		{8000, 2112, 16, 128}, // 132 warps a set: 192 would pass it
+		{8000, 40, 1, 32}, {8000, 8, 16, 1},
+	} {
+		if got := stepTCSplits(c.ctx, c.warps, c.sets); got != c.want {
+			t.Errorf("stepTCSplits(%d, %d, %d) = %d, want %d", c.ctx, c.warps, c.sets, got, c.want)
+		}
+	}
+}
+
 // TestAttnSplits: the batched path's pieces per token on an H100 (132
 // SMs) with two KV heads: a decode batch at a short context fills the GPU
 // as before; long contexts get pieces of at most 256 keys, their count a

@@ -29,8 +29,8 @@ struct StepLayer {
 };
 
 // Clock stamps a layer (StepArgs.stamps): q/k/v, barrier, attention, o,
-// then gate/up and down; a sparse MLP's router, top-k, experts' gate/up,
-// experts' down and the sum instead of the last two.
+// then gate/up and down; a sparse MLP's router, top-k, experts' gate/up
+// and experts' down with the sum instead of the last two.
 #define STEP_STAMPS 8
 
 struct StepArgs {
@@ -55,8 +55,8 @@ struct StepArgs {
   int kvdt;      // the KV cache's dtype: 1 bf16, 2 FP8 E4M3 with scale 1 (stKV)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
-  // router's, the experts' gate/up and down phases' split-K factors.
-  int E, topK, normTopK, moeI, ksRouter, ksEGU, ksEDown;
+  // router's and the experts' gate/up phases' split-K factors.
+  int E, topK, normTopK, moeI, ksRouter, ksEGU;
   float eps, scale;
 };
 
@@ -528,6 +528,244 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
   }
 }
 
+// ---- tensor-core attention for a long context (STEP_ATTN_TC) ----
+//
+// stepAttention's lanes hold a head's dims, so every key costs a warp
+// shuffle reduction per head, and each head of a GQA group reads the
+// group's K/V rows again: at thousands of keys of context the phase waits
+// on its own instructions and on L2. Here a warp takes a piece of up to 8
+// keys a pass for all (up to 8) query heads of a KV head with two mma.sync
+// m16n8k16 products per head-dim tile, and the pieces' partials are merged
+// by a phase of their own (stepMergePieces, after a grid barrier) instead
+// of by counters and the last piece.
+//
+// Fragments (g = lane/4, c = lane%4):
+// - S = Q·Kᵀ: A = q, row g head h0+g's bf16 high half, row g+8 its low
+//   half (the rows past the group's heads are free, so the split costs no
+//   product: S = rows g + g+8); B = Kᵀ, column g key c0+g. The k index of
+//   k-step s is mapped to dims so that a lane's K values over all steps
+//   are one run: k 2c+j is dim c·D/4+4s+j, k 2c+8+j dim c·D/4+4s+2+j.
+// - O = P·V, computed as Oᵀ = Vᵀ·Pᵀ (M = dims, N = heads, K = keys): B =
+//   Pᵀ, column g head h0+g, k 2c and 2c+1 its weights of keys c0+2c and
+//   c0+2c+1 (the lane's own S values), k 2c+8.. the weights' low halves
+//   against the same V (a = the same rows), so P keeps f32 accuracy too.
+//   Row g of tile t is dim g·D/8+2t, row g+8 dim g·D/8+2t+1: a lane's V
+//   values are one run of D/8 dims of each of its two keys.
+// The accumulator c0..c3 of tile t is O of heads h0+2c and h0+2c+1 at
+// the lane's dims 2t (c0, c1) and 2t+1 (c2, c3). Scores stay unscaled
+// until the exponent; m and l are in base 2 of scaled scores.
+#define STEP_ATTN_TC 3
+// A lane of stepMergePieces takes up to this many pieces of a head:
+// ns <= 32·STEP_MERGE_LANE (stepTCMaxSplits in step.go).
+#define STEP_MERGE_LANE 8
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// ld4 and st4 move four floats at p, as one vector where p is 16-byte
+// aligned (an activation buffer need not be: its offset in a layer's
+// activations follows the model's sizes).
+__device__ __forceinline__ float4 ld4(const float* p) {
+  if (((unsigned long long)p & 15) == 0) return *(const float4*)p;
+  return make_float4(p[0], p[1], p[2], p[3]);
+}
+__device__ __forceinline__ void st4(float* p, float4 v) {
+  if (((unsigned long long)p & 15) == 0) {
+    *(float4*)p = v;
+    return;
+  }
+  p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w;
+}
+
+// ldWords loads the N 32-bit words at p in the widest vectors its
+// alignment (4·N bytes, N a power of two) allows, or zeros without ok.
+template <int N>
+__device__ __forceinline__ void ldWords(const void* p, bool ok, unsigned (&w)[N]) {
+  if constexpr (N >= 4) {
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      const uint4 v = ok ? ((const uint4*)p)[i / 4] : make_uint4(0, 0, 0, 0);
+      w[i] = v.x, w[i + 1] = v.y, w[i + 2] = v.z, w[i + 3] = v.w;
+    }
+  } else if constexpr (N == 2) {
+    const uint2 v = ok ? *(const uint2*)p : make_uint2(0, 0);
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    w[0] = ok ? *(const unsigned*)p : 0u;
+  }
+}
+
+template <int DK>
+__device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
+                                             const int* bt, int window) {
+  static_assert(DK == 1 || DK == 2 || DK == 4 || DK == 8, "head dims 16, 32, 64 and 128");
+  constexpr int D = 16 * DK;
+  const int nh = A.nh, nkv = A.nkv, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
+  const int G = nh / nkv, perKV = (G + 7) >> 3, sets = nkv * perKV;  // sets of up to 8 heads of a group
+  const float sl2 = A.scale * 1.4426950408889634f;
+  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int first = window > 0 ? max(0, ctx - window) : 0;
+  const int per = ((ctx - first + ns - 1) / ns + 7) & ~7;
+  const long long kvRow = (long long)nkv * D;
+  const bf16* kc = (const bf16*)kcl;
+  const bf16* vc = (const bf16*)(kcl + A.layerBytes);
+  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < sets * ns; it += gridDim.x * 8) {
+    const int set = it % sets, split = it / sets, kvh = set / perKV;
+    const int h0 = kvh * G + (set % perKV) * 8, nhs = min(8, kvh * G + G - h0);
+    const int k0 = first + split * per, k1 = min(ctx, k0 + per);
+    unsigned qa[DK][4];
+    {
+      const float* qh = q + (long long)(h0 + min(g, nhs - 1)) * D + c * (D / 4);
+#pragma unroll
+      for (int s = 0; s < DK; ++s) {
+        const float4 v = g < nhs ? ld4(qh + 4 * s) : make_float4(0.f, 0.f, 0.f, 0.f);
+        split_bf16(v.x, v.y, qa[s][0], qa[s][1]);
+        split_bf16(v.z, v.w, qa[s][2], qa[s][3]);
+      }
+    }
+    float o[DK][4];
+#pragma unroll
+    for (int t = 0; t < DK; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+    float m = NEG_INF, l = 0.f;  // head h0+g's running max and this lane's part of its sum
+    int b0 = -32, myBlk = -1;    // lane i holds block table entry b0+i (-1: none)
+    const long long kvOff = (long long)kvh * D;
+    for (int c0 = k0; c0 < k1; c0 += 8) {
+      if ((c0 + 7) / bs - b0 >= 32) {  // warp-uniform
+        b0 = c0 / bs;
+        const int bi = b0 + lane;
+        myBlk = bi < maxB ? bt[bi] : -1;
+        if (myBlk >= numB) myBlk = -1;
+      }
+      // This lane's keys: c0+g (its K run), c0+2c and c0+2c+1 (its V
+      // runs), each as a block (of the table's window) and a slot in it,
+      // counted on from c0's (one division a pass: a block of 8 slots or
+      // more takes at most one step).
+      const int bc = c0 / bs, rc = c0 - bc * bs;
+      const int dk[3] = {g, 2 * c, 2 * c + 1};
+      int blk[3], slot[3];
+#pragma unroll
+      for (int j = 0; j < 3; ++j) {
+        int bi = bc, r = rc + dk[j];
+        while (r >= bs) r -= bs, ++bi;
+        blk[j] = __shfl_sync(0xffffffffu, myBlk, (bi - b0) & 31);
+        if (c0 + dk[j] >= k1) blk[j] = -1;
+        slot[j] = r;
+      }
+      unsigned kw[2 * DK], vw[2][DK];  // K dims c·D/4 + [0, D/4); V dims g·D/8 + [0, D/8)
+      ldWords<2 * DK>(kc + ((long long)blk[0] * bs + slot[0]) * kvRow + kvOff + c * (D / 4), blk[0] >= 0, kw);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        ldWords<DK>(vc + ((long long)blk[1 + i] * bs + slot[1 + i]) * kvRow + kvOff + g * (D / 8), blk[1 + i] >= 0,
+                    vw[i]);
+      float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int s = 0; s < DK; ++s) mma_bf16(sc, qa[s], kw[2 * s], kw[2 * s + 1]);
+      // Head h0+g's scores of keys c0+2c and c0+2c+1 (high plus low rows).
+      const float s0 = blk[1] >= 0 ? (sc[0] + sc[2]) * sl2 : NEG_INF;
+      const float s1 = blk[2] >= 0 ? (sc[1] + sc[3]) * sl2 : NEG_INF;
+      float mt = fmaxf(s0, s1);
+      mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+      mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+      const float mn = fmaxf(m, mt);
+      const bool none = mn == NEG_INF;  // no live key of this head yet
+      const float f = none ? 1.f : fast_exp2(m - mn);  // 0 on the first live pass
+      const float p0 = none ? 0.f : fast_exp2(s0 - mn), p1 = none ? 0.f : fast_exp2(s1 - mn);
+      m = mn;
+      l = l * f + p0 + p1;
+      unsigned ph, pl;
+      split_bf16(p0, p1, ph, pl);
+      // The accumulator's heads are h0+2c and h0+2c+1: their factors live
+      // in lanes 8c and 8c+4.
+      const float fa = __shfl_sync(0xffffffffu, f, 8 * c), fb = __shfl_sync(0xffffffffu, f, 8 * c + 4);
+#pragma unroll
+      for (int t = 0; t < DK; ++t) {
+        o[t][0] *= fa, o[t][1] *= fb, o[t][2] *= fa, o[t][3] *= fb;
+        const unsigned x = vw[0][t], y = vw[1][t];  // dims 2t, 2t+1 of keys c0+2c and c0+2c+1
+        unsigned a[4];
+        a[0] = (x & 0xffffu) | (y << 16);      // dim 2t
+        a[1] = (x >> 16) | (y & 0xffff0000u);  // dim 2t+1
+        a[2] = a[0], a[3] = a[1];
+        mma_bf16(o[t], a, ph, pl);
+      }
+    }
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    // This lane's accumulator columns are heads h0+2c and h0+2c+1, at dims
+    // g·D/8 + 2t and 2t+1 (the rows of tile t).
+    const int ha = 2 * c, hb = 2 * c + 1;
+    float ia = 1.f, ib = 1.f;
+    float* oa = nullptr;
+    float* ob = nullptr;
+    if (ns == 1) {
+      const float la = __shfl_sync(0xffffffffu, l, 8 * c), lb = __shfl_sync(0xffffffffu, l, 8 * c + 4);
+      ia = la > 0.f ? 1.f / la : 0.f, ib = lb > 0.f ? 1.f / lb : 0.f;
+      oa = out + (long long)(h0 + ha) * D + g * (D / 8);
+      ob = out + (long long)(h0 + hb) * D + g * (D / 8);
+    } else {
+      oa = A.partO + ((long long)(h0 + ha) * ns + split) * D + g * (D / 8);
+      ob = A.partO + ((long long)(h0 + hb) * ns + split) * D + g * (D / 8);
+      if (c == 0 && g < nhs) *(float2*)(A.partML + 2 * ((long long)(h0 + g) * ns + split)) = make_float2(m, l);
+    }
+#pragma unroll
+    for (int t = 0; t < DK; t += 2) {
+      if constexpr (DK == 1) {
+        if (ha < nhs) oa[0] = o[0][0] * ia, oa[1] = o[0][2] * ia;
+        if (hb < nhs) ob[0] = o[0][1] * ib, ob[1] = o[0][3] * ib;
+      } else {
+        if (ha < nhs)
+          st4(oa + 2 * t, make_float4(o[t][0] * ia, o[t][2] * ia, o[t + 1][0] * ia, o[t + 1][2] * ia));
+        if (hb < nhs)
+          st4(ob + 2 * t, make_float4(o[t][1] * ib, o[t][3] * ib, o[t + 1][1] * ib, o[t + 1][3] * ib));
+      }
+    }
+  }
+}
+
+// stepMergePieces is the phase after stepAttentionTC's pieces (and a grid
+// barrier): a warp per (head, 4 dims), lane i taking pieces i, i+32, ...,
+// so that a head's merge is one round of loads spread over many warps
+// rather than a chain of them in the last piece's warp. Every warp of a
+// head reads the head's (max, sum) pairs; they are few.
+__device__ __noinline__ void stepMergePieces(const StepArgs& A, float* out) {
+  const int ns = A.ns, D = A.hd, nh = A.nh, lane = threadIdx.x & 31;
+  const float* partO = A.partO;
+  const float* partML = A.partML;
+  const int chunks = D >> 2;
+  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nh * chunks; it += gridDim.x * 8) {
+    const int h = it / chunks, ch = it % chunks;
+    float2 ml[STEP_MERGE_LANE];
+    float4 po[STEP_MERGE_LANE];
+    float M = NEG_INF;
+#pragma unroll
+    for (int j = 0; j < STEP_MERGE_LANE; ++j) {
+      const int p = lane + 32 * j;
+      ml[j] = make_float2(NEG_INF, 0.f);
+      po[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (p < ns) {
+        const long long at = (long long)h * ns + p;
+        ml[j] = __ldcg((const float2*)(partML + 2 * at));
+        po[j] = __ldcg((const float4*)(partO + at * D + 4 * ch));
+      }
+      M = fmaxf(M, ml[j].x);
+    }
+#pragma unroll
+    for (int x = 16; x > 0; x >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, x));
+    float L = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int j = 0; j < STEP_MERGE_LANE; ++j) {
+      const float w = ml[j].x == NEG_INF ? 0.f : fast_exp2(ml[j].x - M);
+      L += w * ml[j].y;
+      acc.x += w * po[j].x, acc.y += w * po[j].y, acc.z += w * po[j].z, acc.w += w * po[j].w;
+    }
+    L = warpSum(L);
+    acc.x = warpSum(acc.x), acc.y = warpSum(acc.y), acc.z = warpSum(acc.z), acc.w = warpSum(acc.w);
+    if (lane == 0) {
+      const float inv = L > 0.f ? 1.f / L : 0.f;
+      st4(out + (long long)h * D + 4 * ch, make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv));
+    }
+  }
+}
+#endif
+
 // stepQKNorm is the phase that per-head q/k norms add after the q/k/v
 // GEMV (which then only stores): a warp per q or k head of raw norms it,
 // rotates it and stores it, q to qOut (a buffer of its own, as every
@@ -577,23 +815,124 @@ __device__ void topkRow(const float* lr, int E, int k, int normalize, float* w, 
 #define STEP_MAXE 256  // experts a decode step routes over
 #define STEP_MAXK 32
 
+// A warp's rows a task in stepExpertDown, and its vector loads a row a
+// batch: with a down projection's K of 768 (Qwen3-30B-A3B) one batch is a
+// whole row. More registers for loads spilled (ptxas --verbose).
+#define STEP_DOWN_ROWS 2
+#define STEP_DOWN_VECS 3
+
+// stepDownLoads issues a warp's batch of stepExpertDown's weight loads:
+// rows n0.. of expert e, vectors vb, vb + 32, ... of each.
+template <int R, int U>
+__device__ __forceinline__ void stepDownLoads(uint4 (&wv)[R][U], const bf16* expDown, int e, int n0, int vb, int H, int I) {
+  const bf16* base = expDown + ((long long)e * H + n0) * I;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int v = vb + u * 32;
+      if (n0 + r < H && v < (I >> 3)) wv[r][u] = ldw16(base + (long long)r * I + v * 8);
+    }
+}
+
+// stepExpertDown is a sparse MLP's down projections and the residual as one
+// GEMV phase after barrier bar: hout = hmid + sum_j w[j] * down_j(eact_j)
+// over the k chosen experts, in expert order as the unfused scatter_add
+// sums them. A task is rows of hout for all k experts: warp w takes row
+// group w % rg (rg = 8 / k groups of STEP_DOWN_ROWS rows when k < 8, else
+// one) for experts w / rg, w / rg + 8 / rg, ... . Each row's experts meet
+// in the block that owns it, so their outputs do not round-trip through
+// memory and no barrier separates the products from the sum. A lane's
+// products and the warp's sum run in dgemv's order. The next batch of a
+// warp's weight loads (the next expert's or task's when this one's are
+// done) is issued before the current batch's reductions, as in dgemv.
+__device__ __forceinline__ void stepExpertDown(const StepArgs& A, const bf16* expDown, const int* ids, const float* wts,
+                                               const float* eact, const float* hmid, float* hout) {
+  constexpr int R = STEP_DOWN_ROWS, U = STEP_DOWN_VECS;
+  __shared__ float red[STEP_MAXK][8 * R];
+  const int H = A.H, I = A.moeI, k = A.topK, nvec = I >> 3;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int rg = k >= 8 ? 1 : 8 / k, rows = R * rg;
+  const int g = warp % rg, j0 = warp / rg, jstep = 8 / rg;
+  const int tasks = (H + rows - 1) / rows;
+  uint4 wv[R][U];
+  int t = blockIdx.x;
+  gridArrive(A.bar);
+  if (t >= tasks) {
+    gridWait(A.bar);
+    return;
+  }
+  if (j0 < k) stepDownLoads<R, U>(wv, expDown, ids[j0], t * rows + g * R, lane, H, I);
+  gridWait(A.bar);
+  for (;;) {
+    for (int j = j0; j < k; j += jstep) {
+      const float* x = eact + (long long)j * I;
+      float acc[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] = 0.f;
+      for (int vb = lane; vb < nvec; vb += 32 * U) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int v = vb + u * 32;
+          if (v < nvec) {
+            float xv[8];
+            load8(x + v * 8, xv);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+              float wf[8];
+              unpack8(wv[r][u], wf);
+#pragma unroll
+              for (int i = 0; i < 8; ++i) acc[r] += wf[i] * xv[i];
+            }
+          }
+        }
+        // This warp's next batch: the rest of this expert's rows, else its
+        // next expert's, else its first expert's in the block's next task.
+        int nt = t, nj = j, nvb = vb + 32 * U;
+        if (nvb >= nvec) {
+          nvb = lane;
+          nj = j + jstep;
+          if (nj >= k) {
+            nj = j0;
+            nt = t + gridDim.x;
+          }
+        }
+        if (nt < tasks) stepDownLoads<R, U>(wv, expDown, ids[nj], nt * rows + g * R, nvb, H, I);
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float sum = warpSum(acc[r]);
+        if (lane == 0) red[j][g * R + r] = sum;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < rows) {
+      const int n = t * rows + threadIdx.x;
+      if (n < H) {
+        float acc = 0.f;
+        for (int j = 0; j < k; ++j) acc += wts[j] * red[j][threadIdx.x];
+        hout[n] = hmid[n] + acc;
+      }
+    }
+    t += gridDim.x;
+    if (t >= tasks) return;
+    __syncthreads();  // red is rewritten by the next task
+  }
+}
+
 // stepMoE is a layer's sparse MLP (after the o phase wrote hmid): the
 // router's logits, the top-k computed by every block for itself (no
-// barrier), each chosen expert's gate/up with SiLU and its down
-// projection as GEMV phases of their own (an expert's weights are a base
-// pointer into the stacked experts), then the residual plus the experts'
-// weighted sum, in the order the unfused scatter_add sums them.
+// barrier), each chosen expert's gate/up with SiLU as a GEMV phase of its
+// own (an expert's weights are a base pointer into the stacked experts),
+// then the experts' down projections, weighted sum and residual in one
+// phase (stepExpertDown).
 // Inlined: called as a function, every value live across the call was
 // spilled, in the GEMV loops too (ptxas --verbose: 8 KB of spill stores).
 __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, const float* hmid, float* hout, float* rlog,
-                                     float* eact, float* eout, unsigned long long* stamps) {
+                                     float* eact, unsigned long long* stamps) {
   __shared__ float sW[STEP_MAXK];
   __shared__ int sId[STEP_MAXK];
   const int H = A.H, I = A.moeI, k = A.topK;
-  // The down phases add into eout (dgemv's plain store normalizes x): zero
-  // it now, two barriers before they run.
-  for (long long n = blockIdx.x * blockDim.x + threadIdx.x; n < (long long)k * H; n += gridDim.x * blockDim.x)
-    eout[n] = 0.f;
   DArgs r = {};
   r.T = 1;
   r.eps = A.eps;
@@ -631,25 +970,7 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
     first = stepPhase<EPI_SILU, false>(g, A.ksEGU, nullptr, first);  // no barrier: the experts' outputs are disjoint
   }
   if (stamps) stamps[7] = clock64();
-  first = 0;
-  for (int j = 0; j < k; ++j) {
-    DArgs d = {};
-    d.T = 1;
-    d.w = L.expDown + (long long)sId[j] * H * I;
-    d.xr = eact + (long long)j * I;
-    d.ldxr = I;
-    d.dst = eout + (long long)j * H;
-    d.ldd = H;
-    d.N = H;
-    d.K = I;
-    first = stepPhase<EPI_ADDF, false>(d, A.ksEDown, j == 0 ? A.bar : nullptr, first);
-  }
-  gridSync(A.bar);
-  for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < H; n += gridDim.x * blockDim.x) {
-    float acc = 0.f;
-    for (int j = 0; j < k; ++j) acc += sW[j] * __ldcg(eout + (long long)j * H + n);
-    hout[n] = hmid[n] + acc;
-  }
+  stepExpertDown(A, L.expDown, sId, sW, eact, hmid, hout);
 }
 
 // MOE: the kernel takes sparse MLPs too. Only a MoE model's kernel has
@@ -661,7 +982,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
   const int qkvN = (A.nh + 2 * A.nkv) * A.hd, qd = A.nh * A.hd;
   // A layer's activations (the normed q last, with qkNorm).
   const long long per = 2LL * A.H + qkvN + qd + A.I + (A.qkNorm ? qd : 0) +
-                        (A.E ? A.E + (long long)A.topK * (A.moeI + A.H) : 0);
+                        (A.E ? A.E + (long long)A.topK * A.moeI : 0);
   const float* hin = A.h;
   // The token's context and block table row, read once (uploaded before the launch).
   const int ctx = A.pos[0] + 1;
@@ -725,6 +1046,22 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (A.attnForm == STEP_ATTN_TC) {  // step.go sets it for head dims 16·DK and a bf16 cache only
+      if constexpr (EPL == 1) {
+        if (A.hd == 16)
+          stepAttentionTC<1>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        else
+          stepAttentionTC<2>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      } else if constexpr (EPL <= 4) {
+        stepAttentionTC<2 * EPL>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+      }
+      if (A.ns > 1) {
+        gridSync(A.bar);
+        stepMergePieces(A, att);
+      }
+    } else
+#endif
     {
       int form = A.gh == 1 ? A.attnForm : STEP_ATTN_PASSES;
       if constexpr (EPL > 4) form = STEP_ATTN_PASSES;  // at EPL 8 two passes' rows would spill
@@ -763,7 +1100,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
         float* rlog = act + A.I + (A.qkNorm ? qd : 0);
         float* eact = rlog + A.E;
         STAMP(4);
-        stepMoE(A, L, hmid, hout, rlog, eact, eact + (long long)A.topK * A.moeI, stamp ? A.stamps + STEP_STAMPS * l : nullptr);
+        stepMoE(A, L, hmid, hout, rlog, eact, stamp ? A.stamps + STEP_STAMPS * l : nullptr);
         hin = hout;
         continue;
       }
