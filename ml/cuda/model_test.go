@@ -987,6 +987,51 @@ func TestStepAttentionShapes(t *testing.T) {
 	}
 }
 
+// TestStepAttentionTCAccuracy: the tensor-core attention of the decode
+// step against the f32 one (a lane per head's dims) on the real tiny
+// checkpoint whose logits move most with attention's rounding: 60
+// one-token steps, every one in the decode-step kernel. The typical
+// position agrees to f32 accuracy and the worst one to a few bf16 cache
+// roundings that went the other way. With q in two bf16 parts (16 bits)
+// the median position missed its bound by 3 times and the worst by 3.
+func TestStepAttentionTCAccuracy(t *testing.T) {
+	td := shareddata.Dir(t)
+	const steps = 60
+	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
+	g := shareddata.ReadModelGolden(t, dir)
+	run := func(form int) [][]float32 {
+		be := gpu(t, cuda.Options{})
+		cuda.SetStepAttnForm(be, form)
+		m := loadOn(t, be, dir, model.LoadOptions{})
+		s := &seqRun{m: m, blocks: scattered}
+		V := int32(m.Config().VocabSize)
+		rows := s.step(t, g.PromptIDs)
+		for i := 0; i < steps; i++ {
+			rows = append(rows, s.step(t, []int32{(int32(i)*7919 + 13) % V})...)
+		}
+		if n := cuda.StepLaunches(be); n != steps {
+			t.Fatalf("decode-step kernel ran %d times for %d one-token steps", n, steps)
+		}
+		return rows
+	}
+	lane, tc := run(cuda.StepAttnPasses), run(cuda.StepAttnTC)
+	per := make([]float64, len(lane)) // each position's largest logit difference
+	for i := range lane {
+		for j := range lane[i] {
+			if d := math.Abs(float64(tc[i][j] - lane[i][j])); d > per[i] || d != d {
+				per[i] = d
+			}
+		}
+	}
+	slices.Sort(per)
+	median, worst := per[len(per)/2], per[len(per)-1]
+	t.Logf("%d positions: |tensor cores - f32| logit diff median %.3g, max %.3g", len(per), median, worst)
+	if !(median <= 3e-5) || !(worst <= 5e-4) {
+		t.Errorf("tensor-core attention's logits differ from the f32 form's by %.3g at the median position, %.3g at most",
+			median, worst)
+	}
+}
+
 // builtinVariant writes built-in config name, as edit changes it, to a
 // temporary directory for model.Load (dummy weights) and returns the
 // directory and the config.

@@ -540,9 +540,13 @@ __device__ __noinline__ void stepAttention(const StepArgs& A, const char* kcl, c
 // of by counters and the last piece.
 //
 // Fragments (g = lane/4, c = lane%4):
-// - S = Q·Kᵀ: A = q, row g head h0+g's bf16 high half, row g+8 its low
-//   half (the rows past the group's heads are free, so the split costs no
-//   product: S = rows g + g+8); B = Kᵀ, column g key c0+g. The k index of
+// - S = Q·Kᵀ: A = q, row g head h0+g's bf16 high part, row g+8 its
+//   middle part (the rows past the group's heads are free: S = rows g +
+//   g+8), and a second product adds its low part (row g; rows g+8 zero).
+//   q in three parts keeps the scores at f32 accuracy: with two (16 bits)
+//   a score's error grows with its size and shifts the exponent, and the
+//   logits drifted from the f32 attention's by 50 times more. B = Kᵀ,
+//   column g key c0+g. The k index of
 //   k-step s is mapped to dims so that a lane's K values over all steps
 //   are one run: k 2c+j is dim c·D/4+4s+j, k 2c+8+j dim c·D/4+4s+2+j.
 // - O = P·V, computed as Oᵀ = Vᵀ·Pᵀ (M = dims, N = heads, K = keys): B =
@@ -611,7 +615,7 @@ __device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl,
     const int set = it % sets, split = it / sets, kvh = set / perKV;
     const int h0 = kvh * G + (set % perKV) * 8, nhs = min(8, kvh * G + G - h0);
     const int k0 = first + split * per, k1 = min(ctx, k0 + per);
-    unsigned qa[DK][4];
+    unsigned qa[DK][4], ql[DK][2];
     {
       const float* qh = q + (long long)(h0 + min(g, nhs - 1)) * D + c * (D / 4);
 #pragma unroll
@@ -619,6 +623,10 @@ __device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl,
         const float4 v = g < nhs ? ld4(qh + 4 * s) : make_float4(0.f, 0.f, 0.f, 0.f);
         split_bf16(v.x, v.y, qa[s][0], qa[s][1]);
         split_bf16(v.z, v.w, qa[s][2], qa[s][3]);
+        ql[s][0] = pack_bf16(v.x - __uint_as_float(qa[s][0] << 16) - __uint_as_float(qa[s][1] << 16),
+                             v.y - __uint_as_float(qa[s][0] & 0xffff0000u) - __uint_as_float(qa[s][1] & 0xffff0000u));
+        ql[s][1] = pack_bf16(v.z - __uint_as_float(qa[s][2] << 16) - __uint_as_float(qa[s][3] << 16),
+                             v.w - __uint_as_float(qa[s][2] & 0xffff0000u) - __uint_as_float(qa[s][3] & 0xffff0000u));
       }
     }
     float o[DK][4];
@@ -657,8 +665,12 @@ __device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl,
                     vw[i]);
       float sc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int s = 0; s < DK; ++s) mma_bf16(sc, qa[s], kw[2 * s], kw[2 * s + 1]);
-      // Head h0+g's scores of keys c0+2c and c0+2c+1 (high plus low rows).
+      for (int s = 0; s < DK; ++s) {
+        mma_bf16(sc, qa[s], kw[2 * s], kw[2 * s + 1]);
+        const unsigned a3[4] = {ql[s][0], 0u, ql[s][1], 0u};
+        mma_bf16(sc, a3, kw[2 * s], kw[2 * s + 1]);
+      }
+      // Head h0+g's scores of keys c0+2c and c0+2c+1 (rows g and g+8).
       const float s0 = blk[1] >= 0 ? (sc[0] + sc[2]) * sl2 : NEG_INF;
       const float s1 = blk[2] >= 0 ? (sc[1] + sc[3]) * sl2 : NEG_INF;
       float mt = fmaxf(s0, s1);
