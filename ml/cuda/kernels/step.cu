@@ -597,6 +597,12 @@ __device__ __forceinline__ void ldWords(const void* p, bool ok, unsigned (&w)[N]
   }
 }
 
+// spreadWarp numbers the grid's warps for a phase of fewer items than
+// warps: warp w of every block before warp w+1 of any, so that the items
+// spread over all SMs (and their share of memory bandwidth) instead of
+// filling the first blocks' warps. Items take it, it + gridDim.x·8, ...
+__device__ __forceinline__ int spreadWarp() { return (threadIdx.x >> 5) * gridDim.x + blockIdx.x; }
+
 template <int DK>
 __device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
                                              const int* bt, int window) {
@@ -611,7 +617,7 @@ __device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl,
   const long long kvRow = (long long)nkv * D;
   const bf16* kc = (const bf16*)kcl;
   const bf16* vc = (const bf16*)(kcl + A.layerBytes);
-  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < sets * ns; it += gridDim.x * 8) {
+  for (int it = spreadWarp(); it < sets * ns; it += gridDim.x * 8) {
     const int set = it % sets, split = it / sets, kvh = set / perKV;
     const int h0 = kvh * G + (set % perKV) * 8, nhs = min(8, kvh * G + G - h0);
     const int k0 = first + split * per, k1 = min(ctx, k0 + per);
@@ -741,7 +747,7 @@ __device__ __noinline__ void stepMergePieces(const StepArgs& A, float* out) {
   const float* partO = A.partO;
   const float* partML = A.partML;
   const int chunks = D >> 2;
-  for (int it = blockIdx.x * 8 + (threadIdx.x >> 5); it < nh * chunks; it += gridDim.x * 8) {
+  for (int it = spreadWarp(); it < nh * chunks; it += gridDim.x * 8) {
     const int h = it / chunks, ch = it % chunks;
     float2 ml[STEP_MERGE_LANE];
     float4 po[STEP_MERGE_LANE];
