@@ -33,6 +33,14 @@ const (
 	StepAttnTC     = stepAttnTC     // a warp per KV head's query heads on tensor cores (the default where it applies)
 )
 
+// HoldStepKernel makes one-token steps take the fused GEMVs, as while the
+// decode-step kernel compiles, until it is called with false.
+func HoldStepKernel(b *Backend, hold bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.step.hold = hold
+}
+
 // SetStepAttnForm sets the decode step's attention form: how one-head
 // warps run a piece's passes, or StepAttnTC.
 func SetStepAttnForm(b *Backend, form int) { b.step.attnForm, b.step.attnFormSet = form, true }

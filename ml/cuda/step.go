@@ -57,6 +57,9 @@ type stepState struct {
 	// more than it sped up o and gate/up (results/h100/2026-12-06-a142972).
 	prefetch bool
 	refused  bool // a cooperative launch was refused (see launchAll): decline from now on
+	// tests: decline one-token steps as while the kernel compiles
+	// (errStepCompiling: the fused GEMVs take them, and later ones try again)
+	hold bool
 	// The kernels recorded after a decode step in the same flush (the
 	// lm_head GEMV, argmax) launch with programmatic dependent launch, so
 	// that each starts as its predecessor's blocks exit (the lm_head
@@ -341,6 +344,9 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	}
 	if b.step.refused {
 		return fmt.Errorf("%w: the device refused the cooperative decode-step launch", ml.ErrUnsupported)
+	}
+	if b.step.hold {
+		return errStepCompiling
 	}
 	if meta == nil || meta.NumTokens != 1 || meta.NumSeqs != 1 {
 		return fmt.Errorf("%w: decode-step kernel runs one token", ml.ErrUnsupported)
