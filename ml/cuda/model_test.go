@@ -862,26 +862,8 @@ func TestModelStepKernelAtScale(t *testing.T) {
 		steps, cases = 4, cases[:2]
 	}
 	run := func(path string, o cuda.Options, form, pieces int) ([][]float32, int) {
-		be := gpu(t, o)
-		cuda.SetStepAttnForm(be, form)
-		if pieces > 0 {
-			cuda.SetStepSplits(be, pieces)
-		}
-		m, err := model.Load(path, model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
-		if err := m.AllocateKV(32, 4); err != nil {
-			t.Fatal(err)
-		}
-		s := &seqRun{m: m, blocks: scattered}
-		vocab := int32(m.Config().VocabSize)
-		rows := s.step(t, []int32{9, 99, 999, 9999 % vocab})
-		for i := 0; i < steps; i++ {
-			rows = append(rows, s.step(t, []int32{int32(i*7919+13) % vocab})...)
-		}
-		return rows, cuda.StepLaunches(be)
+		prompt := func(vocab int32) []int32 { return []int32{9, 99, 999, 9999 % vocab} }
+		return decodeDummy(t, path, o, form, pieces, prompt, 0, steps)
 	}
 	want := map[string][][]float32{}
 	// Each attention form, with the default pieces and with one piece a
@@ -895,22 +877,61 @@ func TestModelStepKernelAtScale(t *testing.T) {
 			name = fmt.Sprintf("Qwen3-30B-A3B's shapes, form %d, %d pieces", c.form, c.pieces)
 		}
 		got, launches := run(c.model, cuda.Options{FusedDecodeMaxT: 4}, c.form, c.pieces)
-		if launches != steps {
-			t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
-		}
-		worst, scale := 0.0, 0.0
-		for i, row := range want[c.model] {
-			for j := range row {
-				scale = max(scale, math.Abs(float64(row[j])))
-				if d := math.Abs(float64(got[i][j] - row[j])); d > worst || d != d {
-					worst = d
-				}
+		checkStepLogits(t, name, got, want[c.model], launches, steps)
+	}
+}
+
+// decodeDummy loads the checkpoint config at dir with dummy bf16 weights
+// on a backend of options o, attention form form and pieces pieces a head
+// (0: the default), feeds the prompt (of the model's vocabulary) in one
+// step and then steps one-token steps, and returns the logits from the
+// prompt's row fromRow on and the decode-step kernel's launches.
+func decodeDummy(t *testing.T, dir string, o cuda.Options, form, pieces int, prompt func(vocab int32) []int32,
+	fromRow, steps int) ([][]float32, int) {
+	t.Helper()
+	be := gpu(t, o)
+	cuda.SetStepAttnForm(be, form)
+	if pieces > 0 {
+		cuda.SetStepSplits(be, pieces)
+	}
+	m, err := model.Load(dir, model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.AllocateKV(32, 4); err != nil {
+		t.Fatal(err)
+	}
+	s := &seqRun{m: m, blocks: scattered}
+	vocab := int32(m.Config().VocabSize)
+	rows := s.step(t, prompt(vocab))[fromRow:]
+	for i := 0; i < steps; i++ {
+		rows = append(rows, s.step(t, []int32{int32(i*7919+13) % vocab})...)
+	}
+	return rows, cuda.StepLaunches(be)
+}
+
+// checkStepLogits: the decode-step kernel ran each of steps one-token
+// steps, and its logits got agree with the layer-by-layer path's want to
+// that path's bf16 rounding (5% of the largest logit; see
+// TestModelStepKernelAtScale).
+func checkStepLogits(t *testing.T, name string, got, want [][]float32, launches, steps int) {
+	t.Helper()
+	if launches != steps {
+		t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
+	}
+	worst, scale := 0.0, 0.0
+	for i, row := range want {
+		for j := range row {
+			scale = max(scale, math.Abs(float64(row[j])))
+			if d := math.Abs(float64(got[i][j] - row[j])); d > worst || d != d {
+				worst = d
 			}
 		}
-		t.Logf("%s: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", name, worst, scale)
-		if !(worst <= 0.05*scale) || scale == 0 {
-			t.Errorf("%s: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", name, worst, scale)
-		}
+	}
+	t.Logf("%s: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", name, worst, scale)
+	if !(worst <= 0.05*scale) || scale == 0 {
+		t.Errorf("%s: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", name, worst, scale)
 	}
 }
 
@@ -939,50 +960,20 @@ func TestStepAttentionShapes(t *testing.T) {
 			cfg.HiddenSize, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim = c.hidden, c.nh, c.nkv, c.hd
 		})
 		run := func(o cuda.Options, form, pieces int) ([][]float32, int) {
-			be := gpu(t, o)
-			cuda.SetStepAttnForm(be, form)
-			if pieces > 0 {
-				cuda.SetStepSplits(be, pieces)
+			prompt := func(vocab int32) []int32 {
+				p := make([]int32, 37)
+				for i := range p {
+					p[i] = int32(i*131+7) % vocab
+				}
+				return p
 			}
-			m, err := model.Load(dir, model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
-			if err := m.AllocateKV(32, 4); err != nil {
-				t.Fatal(err)
-			}
-			s := &seqRun{m: m, blocks: scattered}
-			prompt := make([]int32, 37)
-			for i := range prompt {
-				prompt[i] = int32(i*131+7) % 2048
-			}
-			rows := s.step(t, prompt)[36:]
-			for i := 0; i < steps; i++ {
-				rows = append(rows, s.step(t, []int32{int32(i*7919+13) % 2048})...)
-			}
-			return rows, cuda.StepLaunches(be)
+			return decodeDummy(t, dir, o, form, pieces, prompt, 36, steps)
 		}
 		want, _ := run(cuda.Options{FusedDecodeMaxT: 4, DisableStepKernel: true}, cuda.StepAttnPasses, 0)
 		for _, pieces := range []int{0, 3, 7} {
 			name := fmt.Sprintf("%s's layers, %d heads, %d KV heads, head dim %d, %d pieces", c.base, c.nh, c.nkv, c.hd, pieces)
 			got, launches := run(cuda.Options{FusedDecodeMaxT: 4}, cuda.StepAttnTC, pieces)
-			if launches != steps {
-				t.Fatalf("%s: decode-step kernel ran %d times for %d one-token steps", name, launches, steps)
-			}
-			worst, scale := 0.0, 0.0
-			for i, row := range want {
-				for j := range row {
-					scale = max(scale, math.Abs(float64(row[j])))
-					if d := math.Abs(float64(got[i][j] - row[j])); d > worst || d != d {
-						worst = d
-					}
-				}
-			}
-			t.Logf("%s: max |step kernel - layer by layer| logit diff %.3g (largest logit %.3g)", name, worst, scale)
-			if !(worst <= 0.05*scale) || scale == 0 {
-				t.Errorf("%s: decode-step and layer-by-layer logits differ by %.3g (largest logit %.3g)", name, worst, scale)
-			}
+			checkStepLogits(t, name, got, want, launches, steps)
 		}
 	}
 }
