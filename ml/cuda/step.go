@@ -254,11 +254,6 @@ func (b *Backend) stepTCAttention(hd int, kv ml.DType) bool {
 // stepAttentionTC: 32·STEP_MERGE_LANE, what stepMergePieces's lanes hold.
 const stepTCMaxSplits = 256
 
-// stepTCForcedMaxSplits bounds the pieces a benchmark or test may force
-// (SetStepSplits) on the tensor-core form: past stepTCMaxSplits the merge
-// is stepMergeManyPieces, which folds its pieces in rounds.
-const stepTCForcedMaxSplits = 1024
-
 // stepTCSplits cuts the context into pieces for stepAttentionTC, a warp
 // each taking up to 8 keys a pass for all of a KV head's (up to 8) query
 // heads, sets of which there are sets: a pass each (keys come a pass a
@@ -545,7 +540,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	if form == stepAttnTC {
 		gh = 1
 		ns = stepTCSplits(meta.MaxContext, grid*8, nkv*((nh/nkv+7)/8))
-		maxNS = stepTCForcedMaxSplits
+		maxNS = stepTCMaxSplits
 	}
 	if b.step.forceNS > 0 {
 		ns = min(b.step.forceNS, maxNS)

@@ -737,69 +737,12 @@ __device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl,
   }
 }
 
-// stepMergeManyPieces is stepMergePieces for more pieces than its lanes
-// hold at once (ns > 32·STEP_MERGE_LANE, which only benchmarks and tests
-// force for now): each lane folds its pieces, a few at a time, into a
-// running maximum, sum and output, and then the lanes combine theirs.
-__device__ __noinline__ void stepMergeManyPieces(const StepArgs& A, float* out) {
-  const int ns = A.ns, D = A.hd, nh = A.nh, lane = threadIdx.x & 31;
-  const float* partO = A.partO;
-  const float* partML = A.partML;
-  const int chunks = D >> 2;
-  for (int it = spreadWarp(); it < nh * chunks; it += gridDim.x * 8) {
-    const int h = it / chunks, ch = it % chunks;
-    float M = NEG_INF, L = 0.f;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int p0 = lane; p0 < ns; p0 += 32 * STEP_MERGE_LANE) {
-      float2 ml[STEP_MERGE_LANE];
-      float4 po[STEP_MERGE_LANE];
-      float Mn = M;
-#pragma unroll
-      for (int j = 0; j < STEP_MERGE_LANE; ++j) {
-        const int p = p0 + 32 * j;
-        ml[j] = make_float2(NEG_INF, 0.f);
-        po[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (p < ns) {
-          const long long at = (long long)h * ns + p;
-          ml[j] = __ldcg((const float2*)(partML + 2 * at));
-          po[j] = __ldcg((const float4*)(partO + at * D + 4 * ch));
-        }
-        Mn = fmaxf(Mn, ml[j].x);
-      }
-      if (Mn == NEG_INF) continue;  // no piece of this lane had a key yet
-      const float f = M == NEG_INF ? 0.f : fast_exp2(M - Mn);
-      L *= f, acc.x *= f, acc.y *= f, acc.z *= f, acc.w *= f;
-#pragma unroll
-      for (int j = 0; j < STEP_MERGE_LANE; ++j) {
-        const float w = ml[j].x == NEG_INF ? 0.f : fast_exp2(ml[j].x - Mn);
-        L += w * ml[j].y;
-        acc.x += w * po[j].x, acc.y += w * po[j].y, acc.z += w * po[j].z, acc.w += w * po[j].w;
-      }
-      M = Mn;
-    }
-    float Mw = M;
-#pragma unroll
-    for (int x = 16; x > 0; x >>= 1) Mw = fmaxf(Mw, __shfl_xor_sync(0xffffffffu, Mw, x));
-    const float f = M == NEG_INF ? 0.f : fast_exp2(M - Mw);
-    L = warpSum(L * f);
-    acc.x = warpSum(acc.x * f), acc.y = warpSum(acc.y * f), acc.z = warpSum(acc.z * f), acc.w = warpSum(acc.w * f);
-    if (lane == 0) {
-      const float inv = L > 0.f ? 1.f / L : 0.f;
-      st4(out + (long long)h * D + 4 * ch, make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv));
-    }
-  }
-}
-
 // stepMergePieces is the phase after stepAttentionTC's pieces (and a grid
 // barrier): a warp per (head, 4 dims), lane i taking pieces i, i+32, ...,
 // so that a head's merge is one round of loads spread over many warps
 // rather than a chain of them in the last piece's warp. Every warp of a
 // head reads the head's (max, sum) pairs; they are few.
 __device__ __noinline__ void stepMergePieces(const StepArgs& A, float* out) {
-  if (A.ns > 32 * STEP_MERGE_LANE) {
-    stepMergeManyPieces(A, out);
-    return;
-  }
   const int ns = A.ns, D = A.hd, nh = A.nh, lane = threadIdx.x & 31;
   const float* partO = A.partO;
   const float* partML = A.partML;
@@ -839,7 +782,6 @@ __device__ __noinline__ void stepMergePieces(const StepArgs& A, float* out) {
     }
   }
 }
-
 #endif
 
 // stepQKNorm is the phase that per-head q/k norms add after the q/k/v
