@@ -32,6 +32,7 @@ until curl -sf -o /dev/null "localhost:$PORT/health"; do
   kill -0 $server 2>/dev/null || { echo "server exited"; tail -20 "$OUT/server.log"; exit 1; }
   sleep 0.2
 done
+bash "$(dirname "$0")/wait-step-kernel.sh" "$PORT" "$MODEL" "$OUT/server.log"
 
 run() { # run NAME [loadgen flags...]
   local name=$1

@@ -33,6 +33,7 @@ for model in $MODELS; do
     kill -0 $server 2>/dev/null || { echo "$model: server exited"; tail -5 "$OUT/$tag-server.log"; continue 2; }
     sleep 0.2
   done
+  bash "$(dirname "$0")/wait-step-kernel.sh" "$PORT" "$model" "$OUT/$tag-server.log"
   for c in $LEVELS; do
     n=$(( c == 1 ? 20 : 4 * c ))
     "$LOADGEN" --url "http://localhost:$PORT" --endpoint completions --concurrency-levels "$c" --requests "$n" \

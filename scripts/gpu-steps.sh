@@ -103,7 +103,7 @@ for step in "$@"; do
     for bin in llmserve ${LONG_PREV:-}; do
       echo "== $bin long context"
       BIN=.gpu/$bin LOADGEN=.gpu/loadgen TOKENIZER=$LLMSERVE_TESTDATA/tokenizers/qwen3 OUTDIR=$R/long-$bin \
-        timeout 200 bash scripts/bench-gpu-long.sh 2>&1 | tail -8
+        timeout 400 bash scripts/bench-gpu-long.sh 2>&1 | tail -8
     done ;;
   models)
     for model in ${MODELS:-Qwen/Qwen3-8B Qwen/Qwen3-30B-A3B}; do
@@ -113,7 +113,7 @@ for step in "$@"; do
       for q in "${args[@]}"; do
         echo "== $model ${q:-bf16}"
         BIN=.gpu/llmserve LOADGEN=.gpu/loadgen TOKENIZER=$tok MODELS=$model SERVE_ARGS="$q" OUTDIR=$R/models \
-          timeout 200 bash scripts/bench-gpu-models.sh 2>&1 | grep -E "c=|exited|FAIL" | tail -4
+          timeout 400 bash scripts/bench-gpu-models.sh 2>&1 | grep -E "c=|exited|FAIL" | tail -4
       done
     done ;;
   step-context) ab step-context-ab.log DecodeStepContext 200x cuda.test "cuda.test-${STEP_AB:-gqa}" ;;
@@ -136,7 +136,7 @@ for step in "$@"; do
     for bin in llmserve llmserve-prev; do
       echo "== $bin"
       BIN=.gpu/$bin LOADGEN=.gpu/loadgen TOKENIZER=$LLMSERVE_TESTDATA/tokenizers/qwen3 OUTDIR=$R/longtpot-$bin \
-        ONLY="decode12 long8k" timeout 200 bash scripts/bench-gpu-long.sh 2>&1 | tail -4
+        ONLY="decode12 long8k" timeout 400 bash scripts/bench-gpu-long.sh 2>&1 | tail -4
     done ;;
   fp8step)
     rounds fp8-step.log 'ModelDecode/(q8b-)?step-stamped(-fp8)?$/T=1$' 150 ;;
