@@ -250,11 +250,6 @@ func (b *Backend) stepTCAttention(hd int, kv ml.DType) bool {
 	return kv == ml.BF16 && (hd == 16 || hd == 32 || hd == 64 || hd == 128) && b.dev.major >= 8
 }
 
-// stepTCSharedBytes is the shared memory stepAttentionTC's q fragments
-// take at head dims hd: three bf16 parts of 16 dims' pairs a lane and
-// k-step.
-func stepTCSharedBytes(hd int) int { return hd / 16 * 32 * 24 }
-
 // stepTCMaxSplits is the most pieces a KV head's keys take in
 // stepAttentionTC: 32·STEP_MERGE_LANE, what stepMergePieces's lanes hold.
 const stepTCMaxSplits = 256
@@ -515,20 +510,8 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	if err != nil {
 		return err
 	}
-	form := b.step.attnForm
-	if !b.step.attnFormSet {
-		form = stepAttnTC
-	}
-	if form == stepAttnTC && !b.stepTCAttention(hd, kc.dt) {
-		form = stepAttnPasses
-	}
-	// The normalized GEMVs' copy of x·nw (dgemvNormX in kernels/dgemv.cu),
-	// which the dense kernels' stepAttentionTC takes for its q fragments in
-	// between.
+	// The normalized GEMVs' copy of x·nw (dgemvNormX in kernels/dgemv.cu).
 	shmem := uint32(H * 4)
-	if form == stepAttnTC && E == 0 {
-		shmem = max(shmem, uint32(stepTCSharedBytes(hd)))
-	}
 	grid, err := b.stepGrid(fn, name, shmem)
 	if err != nil {
 		return err
@@ -544,6 +527,13 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		kvdt = 2
 	} else if b.step.groupHeads {
 		gh = stepGroupHeads(nh/nkv, epl)
+	}
+	form := b.step.attnForm
+	if !b.step.attnFormSet {
+		form = stepAttnTC
+	}
+	if form == stepAttnTC && !b.stepTCAttention(hd, kc.dt) {
+		form = stepAttnPasses
 	}
 	ns := stepSplits(meta.MaxContext, grid*8*gh/nh)
 	maxNS := stepMaxSplits // the merge's bound
