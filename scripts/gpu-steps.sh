@@ -55,10 +55,9 @@
 #   stepab       the one-token decode step, dense and MoE (BenchmarkModelDecode
 #                step-stamped, T=1, 100 tokens of context) of cuda.test-prev
 #                and cuda.test alternated
-#   pf           the one-token decode step without and with its L2 prefetch
-#                of the o and gate/up weights, at the layer's start (-pf)
-#                and after the q/k/v phase (-pfa): Qwen2.5-1.5B at 100 and
-#                8,000 tokens, 12 layers of Qwen3-8B and of the MoE, two rounds
+#   pf           the decode step with and without its L2 prefetch of the o
+#                and gate/up weights (BenchmarkModelDecode *-pf), dense
+#                and MoE, T=1 and 32, two rounds
 #   stepctx      the one-token decode step's phases at 100, 2,000 and
 #                8,000 tokens of context, with GQA heads sharing a warp (gqa) and
 #                fixed pieces per head (nsN), two rounds
@@ -160,7 +159,7 @@ for step in "$@"; do
   stepab8) ab step-ab8.log "${AB_RE:-ModelDecode/(q8b-|moe-)?step-stamped(-fp8)?\$/T=1\$}" 100x ${AB_BINS:-cuda.test-prev cuda.test} ;;
   stepab) ab step-ab.log 'ModelDecode/(moe-)?step-stamped$/T=1$' 200x cuda.test-prev cuda.test ;;
   pf)
-    rounds pf-ab.log 'ModelDecode/(q8b-|moe-)?step-stamped(-ctx8000)?(-pfa?)?$/T=1$' 250 ;;
+    rounds pf-ab.log 'ModelDecode/(moe-)?step-stamped(-pf)?$/T=(1|32)$' 250 ;;
   stepctx)
     rounds step-ctx.log 'ModelDecode/step-stamped(-ctx[0-9]+)?(-gqa)?(-ns[0-9]+)?$/T=1$' 250 ;;
   moestep)

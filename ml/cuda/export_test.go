@@ -20,10 +20,6 @@ func GateUpBF16Steps(b *Backend) int { return b.gateUp16 }
 // and gate/up weights on or off (off by default).
 func SetStepPrefetch(b *Backend, on bool) { b.step.prefetch = on }
 
-// SetStepPrefetchAfterQKV moves that prefetch to after the q/k/v phase's
-// barrier, where attention leaves HBM mostly idle.
-func SetStepPrefetchAfterQKV(b *Backend, on bool) { b.step.prefetchAttn = on }
-
 // SetStepGroupHeads makes the decode step's attention warps share K/V
 // loads across a GQA group's heads (on) or take one query head each (off,
 // the default).

@@ -434,10 +434,6 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-fp8", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000-kv8", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
-		{"step-stamped-pfa", cuda.Options{FusedDecodeMaxT: 4}},
-		{"step-stamped-ctx8000-pfa", cuda.Options{FusedDecodeMaxT: 4}},
-		{"q8b-step-stamped-pfa", cuda.Options{FusedDecodeMaxT: 4}},
-		{"moe-step-stamped-pfa", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) {
 			benchDecode(bm, v.o, strings.Contains(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
@@ -466,17 +462,15 @@ func BenchmarkModelDecode(bm *testing.B) {
 // sharing a GQA group's K/V loads; "pipe" and "wide" the one-head
 // attention's pipelined and wide passes, "lane" its passes as they are
 // (the tensor-core attention is the default where it applies); "nsN" N
-// attention pieces per head (per KV head in the tensor-core form); "pf"
-// the step's L2 prefetch of the o and gate/up weights, "pfa" the same
-// after the q/k/v phase; "fp8" FP8 weights; "kv8" an FP8 KV cache. With stamped, one-token steps also
+// attention pieces per head (per KV head in the tensor-core form); "pf" the step's L2 prefetch of the o and gate/up weights; "fp8"
+// FP8 weights; "kv8" an FP8 KV cache. With stamped, one-token steps also
 // report the decode-step kernel's mean SM kilocycles per layer in each
 // phase (a sparse MLP's router, top-k, experts' gate/up, and experts' down
 // with the weighted sum, in place of gate/up and down).
 func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
 	parts := strings.Split(name, "-")
-	cuda.SetStepPrefetch(be, slices.Contains(parts, "pf") || slices.Contains(parts, "pfa"))
-	cuda.SetStepPrefetchAfterQKV(be, slices.Contains(parts, "pfa"))
+	cuda.SetStepPrefetch(be, slices.Contains(parts, "pf"))
 	if i := strings.Index(name, "-ks"); i >= 0 {
 		k := name[i+3:]
 		cuda.SetStepKS(be, int(k[0]-'0'), int(k[1]-'0'), int(k[2]-'0'), int(k[3]-'0'))
@@ -996,12 +990,9 @@ func TestStepAttentionTCAccuracy(t *testing.T) {
 	const steps = 60
 	dir := filepath.Join(td, "models", "llama3-tiny-bf16")
 	g := shareddata.ReadModelGolden(t, dir)
-	run := func(form, splits int) [][]float32 {
+	run := func(form int) [][]float32 {
 		be := gpu(t, cuda.Options{})
 		cuda.SetStepAttnForm(be, form)
-		if splits > 0 {
-			cuda.SetStepSplits(be, splits)
-		}
 		m := loadOn(t, be, dir, model.LoadOptions{})
 		s := &seqRun{m: m, blocks: scattered}
 		V := int32(m.Config().VocabSize)
@@ -1014,28 +1005,21 @@ func TestStepAttentionTCAccuracy(t *testing.T) {
 		}
 		return rows
 	}
-	lane := run(cuda.StepAttnPasses, 0)
-	// The default pieces here are one pass each (q in registers); two
-	// pieces take several passes, and the dense kernel then keeps q's
-	// fragments in shared memory.
-	for _, splits := range []int{0, 2} {
-		tc := run(cuda.StepAttnTC, splits)
-		per := make([]float64, len(lane)) // each position's largest logit difference
-		for i := range lane {
-			for j := range lane[i] {
-				if d := math.Abs(float64(tc[i][j] - lane[i][j])); d > per[i] || d != d {
-					per[i] = d
-				}
+	lane, tc := run(cuda.StepAttnPasses), run(cuda.StepAttnTC)
+	per := make([]float64, len(lane)) // each position's largest logit difference
+	for i := range lane {
+		for j := range lane[i] {
+			if d := math.Abs(float64(tc[i][j] - lane[i][j])); d > per[i] || d != d {
+				per[i] = d
 			}
 		}
-		slices.Sort(per)
-		median, worst := per[len(per)/2], per[len(per)-1]
-		t.Logf("%d pieces (0: the default), %d positions: |tensor cores - f32| logit diff median %.3g, max %.3g",
-			splits, len(per), median, worst)
-		if !(median <= 3e-5) || !(worst <= 5e-4) {
-			t.Errorf("%d pieces: tensor-core attention's logits differ from the f32 form's by %.3g at the median position, %.3g at most",
-				splits, median, worst)
-		}
+	}
+	slices.Sort(per)
+	median, worst := per[len(per)/2], per[len(per)-1]
+	t.Logf("%d positions: |tensor cores - f32| logit diff median %.3g, max %.3g", len(per), median, worst)
+	if !(median <= 3e-5) || !(worst <= 5e-4) {
+		t.Errorf("tensor-core attention's logits differ from the f32 form's by %.3g at the median position, %.3g at most",
+			median, worst)
 	}
 }
 

@@ -56,10 +56,7 @@ type stepState struct {
 	// (StepArgs.pfGU). Off by default: on an H100 it slowed the q/k/v phase
 	// more than it sped up o and gate/up (results/h100/2026-12-06-a142972).
 	prefetch bool
-	// benchmarks: that prefetch after the q/k/v phase's barrier instead
-	// of at the layer's start (StepArgs.pfAttn)
-	prefetchAttn bool
-	refused      bool // a cooperative launch was refused (see launchAll): decline from now on
+	refused  bool // a cooperative launch was refused (see launchAll): decline from now on
 	// tests: decline one-token steps as while the kernel compiles
 	// (errStepCompiling: the fused GEMVs take them, and later ones try again)
 	hold bool
@@ -118,7 +115,7 @@ type stepArgs struct {
 	layerBytes, numSlots, pfGU                                                       int64
 	numLayers, hidden, inter, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns int
 	ksQKV, ksO, ksGU, ksDown                                                         int
-	syncMode, qkNorm, gh, attnForm, kvdt, pfAttn                                     int
+	syncMode, qkNorm, gh, attnForm, kvdt                                             int
 	experts, topK, normTopK, moeI, ksRouter, ksEGU                                   int
 	eps, scale                                                                       float32
 }
@@ -252,11 +249,6 @@ const (
 func (b *Backend) stepTCAttention(hd int, kv ml.DType) bool {
 	return kv == ml.BF16 && (hd == 16 || hd == 32 || hd == 64 || hd == 128) && b.dev.major >= 8
 }
-
-// stepTCSharedBytes is the shared memory stepAttentionTC's q fragments
-// take at head dims hd: three bf16 parts of 16 dims' pairs a lane and
-// k-step.
-func stepTCSharedBytes(hd int) int { return hd / 16 * 32 * 24 }
 
 // stepTCMaxSplits is the most pieces a KV head's keys take in
 // stepAttentionTC: 32·STEP_MERGE_LANE, what stepMergePieces's lanes hold.
@@ -518,20 +510,8 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	if err != nil {
 		return err
 	}
-	form := b.step.attnForm
-	if !b.step.attnFormSet {
-		form = stepAttnTC
-	}
-	if form == stepAttnTC && !b.stepTCAttention(hd, kc.dt) {
-		form = stepAttnPasses
-	}
-	// The normalized GEMVs' copy of x·nw (dgemvNormX in kernels/dgemv.cu),
-	// which the dense kernels' stepAttentionTC takes for its q fragments in
-	// between.
+	// The normalized GEMVs' copy of x·nw (dgemvNormX in kernels/dgemv.cu).
 	shmem := uint32(H * 4)
-	if form == stepAttnTC && E == 0 {
-		shmem = max(shmem, uint32(stepTCSharedBytes(hd)))
-	}
 	grid, err := b.stepGrid(fn, name, shmem)
 	if err != nil {
 		return err
@@ -547,6 +527,13 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		kvdt = 2
 	} else if b.step.groupHeads {
 		gh = stepGroupHeads(nh/nkv, epl)
+	}
+	form := b.step.attnForm
+	if !b.step.attnFormSet {
+		form = stepAttnTC
+	}
+	if form == stepAttnTC && !b.stepTCAttention(hd, kc.dt) {
+		form = stepAttnPasses
 	}
 	ns := stepSplits(meta.MaxContext, grid*8*gh/nh)
 	maxNS := stepMaxSplits // the merge's bound
@@ -575,11 +562,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		maxBlocks: meta.MaxBlocks, blockSize: kc.blockSize, numBlocks: kc.numBlocks, ns: ns,
 		ksQKV: b.step.ks(0, stepKS(qkvN/2, H, grid, 1)), ksO: b.step.ks(1, stepKS((H+1)/2, qd, grid, 1)),
 		ksGU: b.step.ks(2, stepKS(I, H, grid, 1)), ksDown: b.step.ks(3, stepKS((H+1)/2, I, grid, 1)),
-		syncMode: stepSyncMode, gh: gh, attnForm: form, kvdt: kvdt, pfGU: b.stepPrefetchGU(),
-		eps: eps, scale: meta.Scale}
-	if b.step.prefetchAttn {
-		a.pfAttn = 1
-	}
+		syncMode: stepSyncMode, gh: gh, attnForm: form, kvdt: kvdt, pfGU: b.stepPrefetchGU(), eps: eps, scale: meta.Scale}
 	if E > 0 {
 		a.experts, a.topK, a.moeI = E, topK, moeI
 		if normTopK {
@@ -624,7 +607,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	b.aL(a.numSlots)
 	b.aL(a.pfGU)
 	for _, v := range []int{a.numLayers, a.hidden, a.inter, a.nh, a.nkv, a.hd, a.nwdt, a.maxBlocks, a.blockSize, a.numBlocks, a.ns,
-		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.gh, a.attnForm, a.kvdt, a.pfAttn, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
+		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.gh, a.attnForm, a.kvdt, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
 		a.ksEGU} {
 		b.aI(v)
 	}

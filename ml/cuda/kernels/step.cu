@@ -53,7 +53,6 @@ struct StepArgs {
   int gh;        // heads of a GQA group an attention warp takes (stepGroupHeads in step.go: 1, 2 or 3)
   int attnForm;  // with gh 1, how a piece's passes run (STEP_ATTN_*, see stepAttention)
   int kvdt;      // the KV cache's dtype: 1 bf16, 2 FP8 E4M3 with scale 1 (stKV)
-  int pfAttn;    // pfGU's prefetch waits for the q/k/v phase's barrier (1) instead of the layer's start (0)
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
   // router's and the experts' gate/up phases' split-K factors.
@@ -79,17 +78,6 @@ __device__ __forceinline__ void stepPrefetchL2(const void* p, long long n) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char*)p + off), "r"((unsigned)min(chunk, n - off))
                  : "memory");
 #endif
-}
-
-// stepPrefetchLayer asks L2 for layer L's o weights and the first pfGU
-// bytes of its gate/up weights: at the layer's start (they compete with
-// the q/k/v phase's loads), or after the q/k/v barrier (pfAttn: while
-// attention, a chain of latency, leaves HBM mostly idle).
-template <bool F8W>
-__device__ __forceinline__ void stepPrefetchLayer(const StepArgs& A, const StepLayer& L) {
-  constexpr long long wb = F8W ? 1 : 2;  // bytes a weight
-  stepPrefetchL2(L.o, (long long)A.H * A.nh * A.hd * wb);
-  if (L.gu) stepPrefetchL2(L.gu, min(A.pfGU, 2LL * A.I * A.H * wb));
 }
 
 // stepTasks is the number of block tasks of a GEMV phase (a task is 8/KS
@@ -615,25 +603,43 @@ __device__ __forceinline__ void ldWords(const void* p, bool ok, unsigned (&w)[N]
 // filling the first blocks' warps. Items take it, it + gridDim.x·8, ...
 __device__ __forceinline__ int spreadWarp() { return (threadIdx.x >> 5) * gridDim.x + blockIdx.x; }
 
-// stepTCPiece is one warp's piece of stepAttentionTC: keys [k0, k1) of KV
-// head kvh for query heads h0..h0+nhs-1, its partial (or, with one piece,
-// the heads' output) stored. qf(s, a, a3) gives k-step s's q fragments:
-// a the high and middle parts (rows g and g+8), a3 the low ones (row g).
-// b0 and myBlk are the warp's block-table window (lane i holds entry b0+i,
-// -1 none), kept from piece to piece.
-template <int DK, class QF>
-__device__ __forceinline__ void stepTCPiece(const StepArgs& A, const bf16* kc, const bf16* vc, float* out, int kvh,
-                                            int h0, int nhs, int split, int k0, int k1, const int* bt, int& b0,
-                                            int& myBlk, QF qf) {
+template <int DK>
+__device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
+                                             const int* bt, int window) {
+  static_assert(DK == 1 || DK == 2 || DK == 4 || DK == 8, "head dims 16, 32, 64 and 128");
   constexpr int D = 16 * DK;
-  const int ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
+  const int nh = A.nh, nkv = A.nkv, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
+  const int G = nh / nkv, perKV = (G + 7) >> 3, sets = nkv * perKV;  // sets of up to 8 heads of a group
   const float sl2 = A.scale * 1.4426950408889634f;
   const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const long long kvRow = (long long)A.nkv * D;
+  const int first = window > 0 ? max(0, ctx - window) : 0;
+  const int per = ((ctx - first + ns - 1) / ns + 7) & ~7;
+  const long long kvRow = (long long)nkv * D;
+  const bf16* kc = (const bf16*)kcl;
+  const bf16* vc = (const bf16*)(kcl + A.layerBytes);
+  for (int it = spreadWarp(); it < sets * ns; it += gridDim.x * 8) {
+    const int set = it % sets, split = it / sets, kvh = set / perKV;
+    const int h0 = kvh * G + (set % perKV) * 8, nhs = min(8, kvh * G + G - h0);
+    const int k0 = first + split * per, k1 = min(ctx, k0 + per);
+    unsigned qa[DK][4], ql[DK][2];
+    {
+      const float* qh = q + (long long)(h0 + min(g, nhs - 1)) * D + c * (D / 4);
+#pragma unroll
+      for (int s = 0; s < DK; ++s) {
+        const float4 v = g < nhs ? ld4(qh + 4 * s) : make_float4(0.f, 0.f, 0.f, 0.f);
+        split_bf16(v.x, v.y, qa[s][0], qa[s][1]);
+        split_bf16(v.z, v.w, qa[s][2], qa[s][3]);
+        ql[s][0] = pack_bf16(v.x - __uint_as_float(qa[s][0] << 16) - __uint_as_float(qa[s][1] << 16),
+                             v.y - __uint_as_float(qa[s][0] & 0xffff0000u) - __uint_as_float(qa[s][1] & 0xffff0000u));
+        ql[s][1] = pack_bf16(v.z - __uint_as_float(qa[s][2] << 16) - __uint_as_float(qa[s][3] << 16),
+                             v.w - __uint_as_float(qa[s][2] & 0xffff0000u) - __uint_as_float(qa[s][3] & 0xffff0000u));
+      }
+    }
     float o[DK][4];
 #pragma unroll
     for (int t = 0; t < DK; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
     float m = NEG_INF, l = 0.f;  // head h0+g's running max and this lane's part of its sum
+    int b0 = -32, myBlk = -1;    // lane i holds block table entry b0+i (-1: none)
     const long long kvOff = (long long)kvh * D;
     for (int c0 = k0; c0 < k1; c0 += 8) {
       if ((c0 + 7) / bs - b0 >= 32) {  // warp-uniform
@@ -666,9 +672,8 @@ __device__ __forceinline__ void stepTCPiece(const StepArgs& A, const bf16* kc, c
       float sc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int s = 0; s < DK; ++s) {
-        unsigned a[4], a3[4];
-        qf(s, a, a3);
-        mma_bf16(sc, a, kw[2 * s], kw[2 * s + 1]);
+        mma_bf16(sc, qa[s], kw[2 * s], kw[2 * s + 1]);
+        const unsigned a3[4] = {ql[s][0], 0u, ql[s][1], 0u};
         mma_bf16(sc, a3, kw[2 * s], kw[2 * s + 1]);
       }
       // Head h0+g's scores of keys c0+2c and c0+2c+1 (rows g and g+8).
@@ -729,124 +734,7 @@ __device__ __forceinline__ void stepTCPiece(const StepArgs& A, const bf16* kc, c
           st4(ob + 2 * t, make_float4(o[t][1] * ib, o[t][3] * ib, o[t + 1][1] * ib, o[t + 1][3] * ib));
       }
     }
-}
-
-// stepAttentionTC: SHQ puts q's fragments in shared memory, a block taking
-// one set (see below); without it a warp takes any (set, piece) and holds
-// q in registers. The dense kernels take SHQ where pieces take more than
-// one pass (stepAttentionTCForm). The MoE kernel keeps the
-// registers: with SHQ its expert phases ran slower (ptxas spills more
-// across that kernel), by more than its attention gains.
-template <int DK, bool SHQ>
-__device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
-                                             const int* bt, int window) {
-  static_assert(DK == 1 || DK == 2 || DK == 4 || DK == 8, "head dims 16, 32, 64 and 128");
-  constexpr int D = 16 * DK;
-  const int nh = A.nh, nkv = A.nkv, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
-  const int G = nh / nkv, perKV = (G + 7) >> 3, sets = nkv * perKV;  // sets of up to 8 heads of a group
-  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const int first = window > 0 ? max(0, ctx - window) : 0;
-  const int per = ((ctx - first + ns - 1) / ns + 7) & ~7;
-  const bf16* kc = (const bf16*)kcl;
-  const bf16* vc = (const bf16*)(kcl + A.layerBytes);
-  if constexpr (!SHQ) {
-    for (int it = spreadWarp(); it < sets * ns; it += gridDim.x * 8) {
-      const int set = it % sets, split = it / sets, kvh = set / perKV;
-      const int h0 = kvh * G + (set % perKV) * 8, nhs = min(8, kvh * G + G - h0);
-      const int k0 = first + split * per, k1 = min(ctx, k0 + per);
-      unsigned qa[DK][4], ql[DK][2];
-      const float* qr = q + (long long)(h0 + min(g, nhs - 1)) * D + c * (D / 4);
-#pragma unroll
-      for (int s = 0; s < DK; ++s) {
-        const float4 v = g < nhs ? ld4(qr + 4 * s) : make_float4(0.f, 0.f, 0.f, 0.f);
-        split_bf16(v.x, v.y, qa[s][0], qa[s][1]);
-        split_bf16(v.z, v.w, qa[s][2], qa[s][3]);
-        ql[s][0] = pack_bf16(v.x - __uint_as_float(qa[s][0] << 16) - __uint_as_float(qa[s][1] << 16),
-                             v.y - __uint_as_float(qa[s][0] & 0xffff0000u) - __uint_as_float(qa[s][1] & 0xffff0000u));
-        ql[s][1] = pack_bf16(v.z - __uint_as_float(qa[s][2] << 16) - __uint_as_float(qa[s][3] << 16),
-                             v.w - __uint_as_float(qa[s][2] & 0xffff0000u) - __uint_as_float(qa[s][3] & 0xffff0000u));
-      }
-      int b0 = -32, myBlk = -1;
-      stepTCPiece<DK>(A, kc, vc, out, kvh, h0, nhs, split, k0, k1, bt, b0, myBlk,
-                      [&](int s, unsigned (&a)[4], unsigned (&a3)[4]) {
-                        a[0] = qa[s][0], a[1] = qa[s][1], a[2] = qa[s][2], a[3] = qa[s][3];
-                        a3[0] = ql[s][0], a3[1] = 0u, a3[2] = ql[s][1], a3[3] = 0u;
-                      });
-    }
-    return;
   }
-  // A block takes one set (or, on a grid smaller than the sets, several
-  // in turn) and its warps that set's pieces, so that q is split into its
-  // fragments once a block, in shared memory: held in registers beside the
-  // accumulator and a pass's K and V words they would spill. Blocks past
-  // the last whole round of sets sit the phase out. The fragments take the
-  // normalized GEMVs' x·nw buffer (idle from the q/k/v phase's barrier to
-  // the next normalized GEMV's; step.go sizes it for both): more static
-  // shared memory would move the kernel to a larger shared-memory carveout.
-  extern __shared__ float4 dgemvXs[];
-  uint4* sQ = (uint4*)dgemvXs;  // [DK][32]: a lane's k-step, q's high parts (rows g) and middle parts (rows g+8)
-  uint2* sQL = (uint2*)(sQ + DK * 32);  // [DK][32]: its low parts (rows g)
-  const int bps = max(1, (int)gridDim.x / sets);  // blocks a set
-  if ((int)gridDim.x >= sets && (int)blockIdx.x >= bps * sets) return;
-  const int warp = threadIdx.x >> 5, rank = (int)gridDim.x >= sets ? blockIdx.x / sets : 0;
-  for (int set = (int)gridDim.x >= sets ? blockIdx.x % sets : blockIdx.x; set < sets; set += gridDim.x) {
-    const int kvh = set / perKV;
-    const int h0 = kvh * G + (set % perKV) * 8, nhs = min(8, kvh * G + G - h0);
-    // The warp's first block-table window, asked before the barriers so
-    // that its round trip overlaps q's (the first pass would wait for it).
-    int split = rank + bps * warp, b0 = -32, myBlk = -1;  // lane i holds block table entry b0+i (-1: none)
-    if (split < ns) {
-      b0 = (first + split * per) / bs;
-      const int bi = b0 + lane;
-      myBlk = bi < maxB ? bt[bi] : -1;
-      if (myBlk >= numB) myBlk = -1;
-    }
-    __syncthreads();  // the previous set's readers are done with sQ
-    if (warp == 0) {
-      const float* qr = q + (long long)(h0 + min(g, nhs - 1)) * D + c * (D / 4);
-#pragma unroll
-      for (int s = 0; s < DK; ++s) {
-        const float4 v = g < nhs ? ld4(qr + 4 * s) : make_float4(0.f, 0.f, 0.f, 0.f);
-        unsigned hi0, mid0, hi1, mid1;
-        split_bf16(v.x, v.y, hi0, mid0);
-        split_bf16(v.z, v.w, hi1, mid1);
-        sQ[s * 32 + lane] = make_uint4(hi0, mid0, hi1, mid1);
-        sQL[s * 32 + lane] = make_uint2(pack_bf16(v.x - __uint_as_float(hi0 << 16) - __uint_as_float(mid0 << 16),
-                                            v.y - __uint_as_float(hi0 & 0xffff0000u) - __uint_as_float(mid0 & 0xffff0000u)),
-                                  pack_bf16(v.z - __uint_as_float(hi1 << 16) - __uint_as_float(mid1 << 16),
-                                            v.w - __uint_as_float(hi1 & 0xffff0000u) - __uint_as_float(mid1 & 0xffff0000u)));
-      }
-    }
-    __syncthreads();
-    for (; split < ns; split += bps * 8) {
-      const int k0 = first + split * per, k1 = min(ctx, k0 + per);
-      stepTCPiece<DK>(A, kc, vc, out, kvh, h0, nhs, split, k0, k1, bt, b0, myBlk,
-                      [&](int s, unsigned (&a)[4], unsigned (&a3)[4]) {
-                        const uint4 qa = sQ[s * 32 + lane];
-                        const uint2 ql = sQL[s * 32 + lane];
-                        a[0] = qa.x, a[1] = qa.y, a[2] = qa.z, a[3] = qa.w;
-                        a3[0] = ql.x, a3[1] = 0u, a3[2] = ql.y, a3[3] = 0u;
-                      });
-    }
-  }
-}
-
-// stepAttentionTCForm runs stepAttentionTC with q's fragments in shared
-// memory where the pieces take more than one pass, else in registers: in
-// a piece of one pass the spills cost little, and the q barrier would
-// keep its K/V loads from overlapping q's. The MoE kernel keeps them in
-// registers.
-template <int DK, bool MOE>
-__device__ __forceinline__ void stepAttentionTCForm(const StepArgs& A, const char* kcl, const float* q, float* out,
-                                                    int ctx, const int* bt, int window) {
-  if constexpr (!MOE) {
-    const int first = window > 0 ? max(0, ctx - window) : 0;
-    if ((ctx - first + A.ns - 1) / A.ns > 8) {
-      stepAttentionTC<DK, true>(A, kcl, q, out, ctx, bt, window);
-      return;
-    }
-  }
-  stepAttentionTC<DK, false>(A, kcl, q, out, ctx, bt, window);
 }
 
 // stepMergePieces is the phase after stepAttentionTC's pieces (and a grid
@@ -1132,7 +1020,11 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
 #define STAMP(k) \
   if (stamp) A.stamps[STEP_STAMPS * l + (k)] = clock64()
     STAMP(0);
-    if (A.pfGU >= 0 && !A.pfAttn) stepPrefetchLayer<F8W>(A, L);
+    if (A.pfGU >= 0) {
+      constexpr long long wb = F8W ? 1 : 2;  // bytes a weight
+      stepPrefetchL2(L.o, (long long)A.H * A.nh * A.hd * wb);
+      if (L.gu) stepPrefetchL2(L.gu, min(A.pfGU, 2LL * A.I * A.H * wb));
+    }
 
     DArgs a = {};
     a.T = 1;
@@ -1172,16 +1064,15 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
-    if (A.pfGU >= 0 && A.pfAttn) stepPrefetchLayer<F8W>(A, L);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     if (A.attnForm == STEP_ATTN_TC) {  // step.go sets it for head dims 16·DK and a bf16 cache only
       if constexpr (EPL == 1) {
         if (A.hd == 16)
-          stepAttentionTCForm<1, MOE>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+          stepAttentionTC<1>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
         else
-          stepAttentionTCForm<2, MOE>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+          stepAttentionTC<2>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       } else if constexpr (EPL <= 4) {
-        stepAttentionTCForm<2 * EPL, MOE>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
+        stepAttentionTC<2 * EPL>(A, kcl, qAttn, att, ctx, bt, (int)L.window);
       }
       if (A.ns > 1) {
         gridSync(A.bar);
