@@ -79,7 +79,7 @@ ab() { # ab LOG BENCH BENCHTIME BIN...: the binaries' benchmark alternated, twic
   shift 3
   for round in 1 2; do
     for tb in "$@"; do
-      echo "== $tb round $round"
+      echo "== $tb round $round" | tee -a "$R/$log"
       (cd ml/cuda && timeout 120 "../../.gpu/$tb" -test.run XXX -test.bench "$bench" -test.benchtime "$n" 2>&1 |
         grep -E "^Benchmark|FAIL|panic") | tee -a "$R/$log"
     done
