@@ -6,7 +6,7 @@
 #
 #   scripts/wait-step-kernel.sh PORT MODEL SERVER_LOG [TIMEOUT_SECONDS]
 set -uo pipefail
-port=$1 model=$2 log=$3 timeout=${4:-300}
+port=$1 model=$2 log=$3 timeout=${4:-120}
 deadline=$((SECONDS + timeout))
 until grep -q 'decode-step kernel loaded' "$log"; do
   if [ $SECONDS -ge $deadline ]; then
