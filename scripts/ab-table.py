@@ -15,7 +15,7 @@ import sys
 from collections import OrderedDict
 
 
-def runs(lines, names):
+def runs(lines):
     """Yields (binary, [(benchmark, ms)]) in the order the log has them."""
     cur, bench, labelled = None, [], False
     for line in lines:
@@ -44,7 +44,7 @@ def main():
     names = sys.argv[2:]
     table = OrderedDict()  # benchmark -> binary -> [ms]
     order = []
-    for i, (binary, bench) in enumerate(runs(open(sys.argv[1]), names)):
+    for i, (binary, bench) in enumerate(runs(open(sys.argv[1]))):
         if binary is None:
             if not names:
                 sys.exit("the log names no binaries: name them in the order they ran")
