@@ -27,6 +27,11 @@
 #                Compute (BenchmarkPrefill, rounded activations), summed by
 #                kernel over its four steps (the 8,000-token benchmark comes
 #                back with git revert 610f8df)
+#   ncu-serve    the steps of the c=64 load of 1,024-token prompts
+#                (BenchmarkModelServeSteps: 64 decode rows at 100 and 1,100
+#                tokens of context, eight 1,024-token prompts, both mixed),
+#                their kernels timed by Nsight Compute and summed, then the
+#                steps timed without it (TEST_BIN, default .gpu/cuda.test)
 #   ncu-flash    Nsight Compute's detailed sections (speed of light, warp
 #                stalls, source counters) for one launch of the wide and
 #                one of the narrow flash form at T=8000, rounded
@@ -121,6 +126,18 @@ for step in "$@"; do
     (cd ml/cuda && timeout 400 ncu --metrics gpu__time_duration.sum --csv --clock-control none ../../.gpu/cuda.test \
       -test.run XXX -test.bench 'Prefill/round=true/seqs=1/new=8000$' -test.benchtime 1x >$R/ncu-prefill.csv 2>$R/ncu-prefill.err)
     python3 scripts/ncu-sum.py $R/ncu-prefill.csv 4 | tee $R/ncu-prefill.txt ;;
+  ncu-serve)
+    tb=${TEST_BIN:-.gpu/cuda.test}
+    for c in decode64-ctx100 decode64-ctx1100 prefill8x1024 mixed64x1100+8x1016; do
+      (cd ml/cuda && timeout 200 ncu --metrics gpu__time_duration.sum --csv --clock-control none ../../$tb \
+        -test.run XXX -test.bench "ModelServeSteps/$c\$" -test.benchtime 1x >$R/ncu-$c.csv 2>$R/ncu-$c.err)
+      echo "== $c (4 steps)" | tee -a $R/ncu-serve.txt
+      python3 scripts/ncu-sum.py $R/ncu-$c.csv 4 | head -25 | tee -a $R/ncu-serve.txt
+      gzip -f $R/ncu-$c.csv
+      tar czf "$OUT/r.tar.gz" -C $R .
+    done
+    (cd ml/cuda && timeout 200 ../../$tb -test.run XXX -test.bench ModelServeSteps -test.benchtime 20x 2>&1 |
+      grep -E "^Benchmark|FAIL|panic") | tee -a $R/serve-steps.log ;;
   ncu-flash)
     for form in flash-round-wide flash-round; do
       (cd ml/cuda && timeout 200 ncu --set full --import-source no -k regex:flash_attn -c 1 --clock-control none \
