@@ -186,6 +186,9 @@ type Backend struct {
 	// flashMin: steps with at least this many tokens beyond one per
 	// sequence take the tensor-core flash attention (bf16 caches).
 	flashMin int
+	// laneAttn: per-token attention pieces stay on the lane-per-dims
+	// kernel where the tensor-core one applies (tests and benchmarks).
+	laneAttn bool
 	step     stepState
 	amPart   devBuf // argmax partials (values, then indices)
 	pinned   pinnedStage
@@ -684,6 +687,9 @@ func kernelNames() []string {
 		}
 	}
 	n = append(n, "gemv_f8")
+	for _, dk := range []int{1, 2, 4, 8} {
+		n = append(n, fmt.Sprintf("attn_tc_bf16_%d", dk))
+	}
 	return n
 }
 
