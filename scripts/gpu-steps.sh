@@ -31,7 +31,10 @@
 #                (BenchmarkModelServeSteps: 64 decode rows at 100 and 1,100
 #                tokens of context, eight 1,024-token prompts, both mixed),
 #                their kernels timed by Nsight Compute and summed, then the
-#                steps timed without it (TEST_BIN, default .gpu/cuda.test)
+#                steps timed without it (TEST_BIN, default .gpu/cuda.test;
+#                NCU_CASES narrows the steps)
+#   serveab      BenchmarkModelServeSteps, cuda.test-prev and cuda.test
+#                alternated
 #   ncu-flash    Nsight Compute's detailed sections (speed of light, warp
 #                stalls, source counters) for one launch of the wide and
 #                one of the narrow flash form at T=8000, rounded
@@ -128,7 +131,7 @@ for step in "$@"; do
     python3 scripts/ncu-sum.py $R/ncu-prefill.csv 4 | tee $R/ncu-prefill.txt ;;
   ncu-serve)
     tb=${TEST_BIN:-.gpu/cuda.test}
-    for c in decode64-ctx100 decode64-ctx1100 prefill8x1024 mixed64x1100+8x1016; do
+    for c in ${NCU_CASES:-decode64-ctx100 decode64-ctx1100 prefill8x1024 mixed64x1100-8x1016}; do
       (cd ml/cuda && timeout 200 ncu --metrics gpu__time_duration.sum --csv --clock-control none ../../$tb \
         -test.run XXX -test.bench "ModelServeSteps/$c\$" -test.benchtime 1x >$R/ncu-$c.csv 2>$R/ncu-$c.err)
       echo "== $c (4 steps)" | tee -a $R/ncu-serve.txt
@@ -138,6 +141,7 @@ for step in "$@"; do
     done
     (cd ml/cuda && timeout 200 ../../$tb -test.run XXX -test.bench ModelServeSteps -test.benchtime 20x 2>&1 |
       grep -E "^Benchmark|FAIL|panic") | tee -a $R/serve-steps.log ;;
+  serveab) ab serve-ab.log ModelServeSteps 20x ${AB_BINS:-cuda.test-prev cuda.test} ;;
   ncu-flash)
     for form in flash-round-wide flash-round; do
       (cd ml/cuda && timeout 200 ncu --set full --import-source no -k regex:flash_attn -c 1 --clock-control none \

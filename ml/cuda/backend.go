@@ -206,6 +206,7 @@ type Backend struct {
 		valid      bool
 	}
 	gateUp16   int  // MLPs recorded by gateUpSiLU16 (tests)
+	tcAttn     int  // Attention calls recorded on attn_tc (tests)
 	useShadow  bool // a bf16 weight was loaded under RoundActivations: norms also write bf16 copies
 	pdl        bool // kernels launch with programmatic stream serialization
 	launchCfg  launchConfig

@@ -979,6 +979,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	mUnit := float32(1)
 	if tc {
 		mUnit = math.Ln2 // attn_tc's maxima are base 2
+		b.tcAttn++
 		st := b.argStart()
 		b.aP(qq.ptr)
 		b.aP(kc.k(layer))
