@@ -559,23 +559,7 @@ func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, nam
 				b.Seqs = append(b.Seqs, model.SeqChunk{Start: i, Len: 1, BlockTable: bt})
 				b.LogitIndices = append(b.LogitIndices, int32(i))
 			}
-			greedy, toks := make([]bool, T), make([]int32, T)
-			out := make([]float32, T*lm.Config().VocabSize) // not downloaded: every row is greedy
-			for i := range greedy {
-				greedy[i] = true
-			}
-			for i := 0; i < 3; i++ {
-				if err := m.ForwardArgmax(bm.Context(), b, greedy, toks, out); err != nil {
-					bm.Fatal(err)
-				}
-			}
-			bm.ResetTimer()
-			for i := 0; i < bm.N; i++ {
-				if err := m.ForwardArgmax(bm.Context(), b, greedy, toks, out); err != nil {
-					bm.Fatal(err)
-				}
-			}
-			sec := bm.Elapsed().Seconds() / float64(bm.N)
+			sec := timeGreedySteps(bm, m, b, lm.Config().VocabSize)
 			bm.ReportMetric(sec*1e3, "ms/step")
 			bm.ReportMetric(float64(T)/sec, "tok/s")
 			if stamped && T == 1 {
@@ -1192,28 +1176,35 @@ func BenchmarkModelServeSteps(bm *testing.B) {
 					}
 					b.LogitIndices = append(b.LogitIndices, int32(len(b.Tokens)-1))
 				}
-				rows := len(b.LogitIndices)
-				greedy, toks := make([]bool, rows), make([]int32, rows)
-				for i := range greedy {
-					greedy[i] = true
-				}
-				out := make([]float32, rows*lm.Config().VocabSize)
-				for i := 0; i < 3; i++ {
-					if err := m.ForwardArgmax(bm.Context(), b, greedy, toks, out); err != nil {
-						bm.Fatal(err)
-					}
-				}
-				bm.ResetTimer()
-				for i := 0; i < bm.N; i++ {
-					if err := m.ForwardArgmax(bm.Context(), b, greedy, toks, out); err != nil {
-						bm.Fatal(err)
-					}
-				}
-				sec := bm.Elapsed().Seconds() / float64(bm.N)
+				sec := timeGreedySteps(bm, m, b, lm.Config().VocabSize)
 				bm.ReportMetric(sec*1e3, "ms/step")
 				bm.ReportMetric(float64(len(b.Tokens))/sec, "tok/s")
 			})
 		}
 		lm.Close()
 	}
+}
+
+// timeGreedySteps runs step b three times (its graph captured), then times
+// bm.N runs of it, every logit row greedy (token ids downloaded, as the
+// engine runs them), and returns the seconds a step.
+func timeGreedySteps(bm *testing.B, m model.DeviceArgmaxer, b *model.Batch, vocab int) float64 {
+	rows := len(b.LogitIndices)
+	greedy, toks := make([]bool, rows), make([]int32, rows)
+	for i := range greedy {
+		greedy[i] = true
+	}
+	out := make([]float32, rows*vocab) // not downloaded: every row is greedy
+	for i := 0; i < 3; i++ {
+		if err := m.ForwardArgmax(bm.Context(), b, greedy, toks, out); err != nil {
+			bm.Fatal(err)
+		}
+	}
+	bm.ResetTimer()
+	for i := 0; i < bm.N; i++ {
+		if err := m.ForwardArgmax(bm.Context(), b, greedy, toks, out); err != nil {
+			bm.Fatal(err)
+		}
+	}
+	return bm.Elapsed().Seconds() / float64(bm.N)
 }
