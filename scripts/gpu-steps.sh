@@ -82,10 +82,10 @@ export LLMSERVE_TESTDATA=$PWD/.gpu/testdata
 R=/tmp/r-$(cksum <.gpu/bundle.tar.xz | cut -d' ' -f1)
 mkdir -p $R
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $R/gpu.txt
-ab() { # ab LOG BENCH BENCHTIME BIN...: the binaries' benchmark alternated, twice
+ab() { # ab LOG BENCH BENCHTIME BIN...: the binaries' benchmark alternated, ROUNDS (2) times
   local log=$1 bench=$2 n=$3
   shift 3
-  for round in 1 2; do
+  for round in $(seq 1 "${ROUNDS:-2}"); do
     for tb in "$@"; do
       echo "== $tb round $round" | tee -a "$R/$log"
       (cd ml/cuda && timeout 120 "../../.gpu/$tb" -test.run XXX -test.bench "$bench" -test.benchtime "$n" 2>&1 |
