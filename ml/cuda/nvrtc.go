@@ -225,12 +225,7 @@ func (l *libs) compileKernels(src []byte, major, minor, driver int32, cacheDir s
 			}
 			ku.img, ku.secs = img, time.Since(start).Seconds()
 			if path != "" {
-				if err := os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
-					tmp := path + fmt.Sprintf(".tmp%d", os.Getpid())
-					if os.WriteFile(tmp, img, 0o644) == nil {
-						_ = os.Rename(tmp, path)
-					}
-				}
+				_ = writeCacheFile(path, img)
 			}
 		}
 		if deferred != nil && deferred(u) {
@@ -338,4 +333,33 @@ func trimNUL(b []byte) string {
 		}
 	}
 	return string(b)
+}
+
+// writeCacheFile puts img at path whole or not at all: it is written to a
+// temporary file of its own and renamed over path. Backends of one process
+// compile the same unit at once (tensor parallelism opens one a GPU); a
+// temporary name shared by them let one rename a file another was still
+// writing, and a third read a unit cut short.
+func writeCacheFile(path string, img []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(img)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Chmod(f.Name(), 0o644)
+	}
+	if werr == nil {
+		werr = os.Rename(f.Name(), path)
+	}
+	if werr != nil {
+		_ = os.Remove(f.Name())
+	}
+	return werr
 }
