@@ -186,6 +186,9 @@ type Backend struct {
 	// flashMin: steps with at least this many tokens beyond one per
 	// sequence take the tensor-core flash attention (bf16 caches).
 	flashMin int
+	// laneAttn: per-token attention pieces stay on the lane-per-dims
+	// kernel where the tensor-core one applies (tests and benchmarks).
+	laneAttn bool
 	step     stepState
 	amPart   devBuf // argmax partials (values, then indices)
 	pinned   pinnedStage
@@ -203,6 +206,7 @@ type Backend struct {
 		valid      bool
 	}
 	gateUp16   int  // MLPs recorded by gateUpSiLU16 (tests)
+	tcAttn     int  // Attention calls recorded on attn_tc (tests)
 	useShadow  bool // a bf16 weight was loaded under RoundActivations: norms also write bf16 copies
 	pdl        bool // kernels launch with programmatic stream serialization
 	launchCfg  launchConfig
@@ -684,6 +688,9 @@ func kernelNames() []string {
 		}
 	}
 	n = append(n, "gemv_f8")
+	for _, dk := range []int{1, 2, 4, 8} {
+		n = append(n, fmt.Sprintf("attn_tc_bf16_%d", dk))
+	}
 	return n
 }
 

@@ -166,6 +166,10 @@ func UnusedUnits(b *Backend) []int {
 // sequence take the flash kernel (0: every step of a bf16 cache).
 func SetFlashMin(b *Backend, n int) { b.flashMin = n }
 
+// SetLaneAttention keeps a batched step's per-token attention pieces on the
+// lane-per-dims kernel (on) or lets the tensor-core one take them (off).
+func SetLaneAttention(b *Backend, on bool) { b.laneAttn = on }
+
 // GraphCache reports b's cached graph entries, how many of them hold a
 // captured graph, and how many entries were evicted for new ones.
 func GraphCache(b *Backend) (entries, captured, evictions int) {

@@ -1125,7 +1125,9 @@ func TestLazyKernels(t *testing.T) {
 // rounded GEMM activations as served): 64 greedy decode rows at 100 and
 // 1,100 tokens of context, a prompt step of eight 1,024-token prompts, and
 // the mixed step of 64 decode rows beside eight prompts of 1,016 tokens
-// (8,192 tokens in all). Under Nsight Compute it gives each step's kernels.
+// (8,192 tokens in all); "-lane" keeps the per-token attention pieces on
+// the lane-per-dims kernel. Under Nsight Compute it gives each step's
+// kernels.
 func BenchmarkModelServeSteps(bm *testing.B) {
 	type seq struct{ ctx, n int } // tokens cached before the step, new tokens
 	decodes := func(ctx int) []seq { return slices.Repeat([]seq{{ctx, 1}}, 64) }
@@ -1139,40 +1141,47 @@ func BenchmarkModelServeSteps(bm *testing.B) {
 		{"prefill8x1024", prompts(1024)},
 		{"mixed64x1100-8x1016", append(decodes(1100), prompts(1016)...)},
 	}
-	be := gpu(bm, cuda.Options{RoundActivations: true})
-	lm, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
-	if err != nil {
-		bm.Fatal(err)
-	}
-	defer lm.Close()
-	const bs, kvBlocks = 16, 5200
-	if err := lm.AllocateKV(kvBlocks, bs); err != nil {
-		bm.Fatal(err)
-	}
-	m := lm.(model.DeviceArgmaxer)
-	for _, c := range cases {
-		bm.Run(c.name, func(bm *testing.B) {
-			b, next := &model.Batch{}, int32(0)
-			for _, s := range c.seqs {
-				bt := make([]int32, (s.ctx+s.n+bs-1)/bs)
-				for j := range bt {
-					bt[j] = next
-					next++
+	for _, lane := range []bool{false, true} {
+		suffix := ""
+		if lane {
+			suffix = "-lane"
+		}
+		be := gpu(bm, cuda.Options{RoundActivations: true})
+		cuda.SetLaneAttention(be, lane)
+		lm, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
+		if err != nil {
+			bm.Fatal(err)
+		}
+		const bs, kvBlocks = 16, 5200
+		if err := lm.AllocateKV(kvBlocks, bs); err != nil {
+			bm.Fatal(err)
+		}
+		m := lm.(model.DeviceArgmaxer)
+		for _, c := range cases {
+			bm.Run(c.name+suffix, func(bm *testing.B) {
+				b, next := &model.Batch{}, int32(0)
+				for _, s := range c.seqs {
+					bt := make([]int32, (s.ctx+s.n+bs-1)/bs)
+					for j := range bt {
+						bt[j] = next
+						next++
+					}
+					if int(next) > kvBlocks {
+						bm.Fatalf("%d KV blocks needed, %d allocated", next, kvBlocks)
+					}
+					b.Seqs = append(b.Seqs, model.SeqChunk{Start: len(b.Tokens), Len: s.n, BlockTable: bt})
+					for p := s.ctx; p < s.ctx+s.n; p++ {
+						b.Tokens = append(b.Tokens, int32(7+p%1000))
+						b.Positions = append(b.Positions, int32(p))
+					}
+					b.LogitIndices = append(b.LogitIndices, int32(len(b.Tokens)-1))
 				}
-				if int(next) > kvBlocks {
-					bm.Fatalf("%d KV blocks needed, %d allocated", next, kvBlocks)
-				}
-				b.Seqs = append(b.Seqs, model.SeqChunk{Start: len(b.Tokens), Len: s.n, BlockTable: bt})
-				for p := s.ctx; p < s.ctx+s.n; p++ {
-					b.Tokens = append(b.Tokens, int32(7+p%1000))
-					b.Positions = append(b.Positions, int32(p))
-				}
-				b.LogitIndices = append(b.LogitIndices, int32(len(b.Tokens)-1))
-			}
-			sec := timeGreedySteps(bm, m, b, lm.Config().VocabSize)
-			bm.ReportMetric(sec*1e3, "ms/step")
-			bm.ReportMetric(float64(len(b.Tokens))/sec, "tok/s")
-		})
+				sec := timeGreedySteps(bm, m, b, lm.Config().VocabSize)
+				bm.ReportMetric(sec*1e3, "ms/step")
+				bm.ReportMetric(float64(len(b.Tokens))/sec, "tok/s")
+			})
+		}
+		lm.Close()
 	}
 }
 

@@ -25,7 +25,7 @@ import (
 // compiles; 13 to 15 and 21 the kernels of FP8 weights and an FP8 KV cache
 // (fp8Units). The others each take a few seconds; the slowest of them is
 // what a server on a machine without the cache waits for.
-const kernelUnits = 37
+const kernelUnits = 38
 
 // stepVariant is a decode-step kernel's kind of layer: dense with bf16 or
 // FP8 weights, or bf16 with sparse (MoE) MLPs, each a kernel of its own

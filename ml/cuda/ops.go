@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -971,25 +972,49 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	if err != nil {
 		return err
 	}
-	s := kvSuffix(kc.dt)
-	st := b.argStart()
-	b.aP(d.ptr)
-	b.aP(partO)
-	b.aP(partML)
-	b.aP(qq.ptr)
-	b.aPaged(kc, layer, tokSeq, pos, bt, meta.MaxBlocks)
-	b.aI(H)
-	b.aI(KVH)
-	b.aI(D)
-	b.aF(meta.Scale)
-	b.aI(ns)
-	b.aI(qq.cols)
-	b.aI(d.cols)
-	b.aP(sh)
-	b.aI(max(meta.Window, 0))
-	b.aI(flashRows)
-	if err := b.push(fmt.Sprintf("attention_%s_%d", s, epl), g3(KVH*ngc, T, ns), g1(128), st); err != nil {
-		return err
+	// Pieces of a bf16 cache go to the tensor cores (attn_tc, the decode
+	// step's form): the lane-per-dims kernel's per-key warp sums and
+	// exponents per head made it the batched step's largest cost.
+	tc := ns > 1 && b.tcAttention(kc, D)
+	mUnit := float32(1)
+	if tc {
+		mUnit = math.Ln2 // attn_tc's maxima are base 2
+		b.tcAttn++
+		st := b.argStart()
+		b.aP(qq.ptr)
+		b.aPaged(kc, layer, tokSeq, pos, bt, meta.MaxBlocks)
+		b.aI(H)
+		b.aI(KVH)
+		b.aF(meta.Scale)
+		b.aI(ns)
+		b.aI(qq.cols)
+		b.aP(partO)
+		b.aP(partML)
+		b.aI(max(meta.Window, 0))
+		b.aI(flashRows)
+		if err := b.push(fmt.Sprintf("attn_tc_bf16_%d", D/16), g3(KVH*ngc, T, (ns+3)/4), g1(128), st); err != nil {
+			return err
+		}
+	} else {
+		st := b.argStart()
+		b.aP(d.ptr)
+		b.aP(partO)
+		b.aP(partML)
+		b.aP(qq.ptr)
+		b.aPaged(kc, layer, tokSeq, pos, bt, meta.MaxBlocks)
+		b.aI(H)
+		b.aI(KVH)
+		b.aI(D)
+		b.aF(meta.Scale)
+		b.aI(ns)
+		b.aI(qq.cols)
+		b.aI(d.cols)
+		b.aP(sh)
+		b.aI(max(meta.Window, 0))
+		b.aI(flashRows)
+		if err := b.push(fmt.Sprintf("attention_%s_%d", kvSuffix(kc.dt), epl), g3(KVH*ngc, T, ns), g1(128), st); err != nil {
+			return err
+		}
 	}
 	if ns == 1 {
 		if flash {
@@ -997,7 +1022,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 		}
 		return nil
 	}
-	st = b.argStart()
+	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(partO)
 	b.aP(partML)
@@ -1006,6 +1031,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aI(ns)
 	b.aI(d.cols)
 	b.aP(sh)
+	b.aF(mUnit)
 	if err := b.push("attn_combine", g3(H, T, 1), g1(threadsFor(D, 256)), st); err != nil {
 		return err
 	}
@@ -1099,6 +1125,13 @@ func flashTileTokens(g int, wide bool) int {
 func (b *Backend) useFlash(kc *kvCache, T, numSeqs, H, D, qStride, outStride int) bool {
 	return kc.dt == ml.BF16 && (D == 64 || D == 128) && b.dev.major >= 8 && kc.kvh > 0 && H%kc.kvh == 0 &&
 		flashTileTokens(H/kc.kvh, b.flashWideFor(D, T, H/kc.kvh, kc.kvh)) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
+}
+
+// tcAttention reports whether attn_tc takes the per-token attention
+// pieces of cache kc at head dim D: a bf16 cache, head dims 16 to 128 (a
+// power of two), Ampere or later.
+func (b *Backend) tcAttention(kc *kvCache, D int) bool {
+	return !b.laneAttn && kc.dt == ml.BF16 && b.dev.major >= 8 && D >= 16 && D <= 128 && D&(D-1) == 0
 }
 
 // attnOutput prepares d for T tokens of attention output and returns the

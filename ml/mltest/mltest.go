@@ -662,6 +662,11 @@ func (s *suite) testAttention(t *testing.T, b ml.Backend) {
 			{ctx: 70, nNew: 70}, {ctx: 100, nNew: 1}, {ctx: 50, nNew: 17}}},
 		// Llama's head_dim 128.
 		{heads: 8, kvHeads: 2, hd: 128, blockSize: 8, numBlocks: 32, seqs: []attnSeq{{ctx: 33, nNew: 9}, {ctx: 17, nNew: 1}}},
+		// Groups of 6: prompt chunks whose last or first few tokens share a
+		// tile of 10 or 21 tokens (a tensor-core kernel's 64 or 128 rows)
+		// with another sequence's, a decode between them.
+		{heads: 12, kvHeads: 2, hd: 64, blockSize: 16, numBlocks: 16, seqs: []attnSeq{
+			{ctx: 23, nNew: 23}, {ctx: 40, nNew: 23}, {ctx: 30, nNew: 1}, {ctx: 23, nNew: 23}}},
 	}
 	for _, kvdt := range s.o.KVDTypes {
 		for _, c := range cases {

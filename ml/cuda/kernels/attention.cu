@@ -16,12 +16,36 @@
 
 // flashServes is the rule by which the flash kernel takes a sequence's
 // rows of its tile (nSame of the tile's nValid rows): when they are many,
-// or the tile's only ones. The per-token kernel serves the rest (a few
-// decode tokens of many sequences would make the flash block run one pass
-// over each one's keys in turn).
+// the tile's only ones, or part of a chunk that goes on past the tile's
+// edge (spans: a prompt's rows, whose keys the neighbouring tiles walk
+// anyway). The per-token kernel serves the rest: a few decode tokens of
+// many sequences would make the flash block run one pass over each one's
+// keys in turn. (Left to it, a prompt's last few rows had one block walk
+// the whole context for them, after every other block was done.)
 #define FA_MIN_ROWS 8
-__device__ __forceinline__ bool flashServes(int nSame, int nValid) {
-  return nSame >= FA_MIN_ROWS || nSame == nValid;
+__device__ __forceinline__ bool flashServes(int nSame, int nValid, bool spans) {
+  return nSame >= FA_MIN_ROWS || nSame == nValid || spans;
+}
+
+// tileEdgeSeqs gives the sequences of the tokens just before and just
+// after the tile of tokens [t0, t0+n) of a step of T (-1: none).
+__device__ __forceinline__ int2 tileEdgeSeqs(const int* tokenSeq, int t0, int n, int T) {
+  return make_int2(t0 > 0 ? tokenSeq[t0 - 1] : -1, t0 + n < T ? tokenSeq[t0 + n] : -1);
+}
+
+// leftToFlash reports whether the flash kernel, which runs too where
+// flashRows > 0 (flash.cu), serves token t (of sequence seq): by the rule
+// it applies to its tile of flashRows tokens (its form's FA_BM or FW_BM
+// rows over G: at most 128, a thread of the block a token). Every thread
+// of the block calls it.
+__device__ __forceinline__ bool leftToFlash(const int* tokenSeq, int t, int seq, int flashRows) {
+  if (flashRows <= 0) return false;
+  const int t0 = t / flashRows * flashRows, r = threadIdx.x;
+  const bool valid = r < flashRows && t0 + r < (int)gridDim.y;
+  const int nValid = __syncthreads_count(valid);
+  const int nSame = __syncthreads_count(valid && tokenSeq[t0 + r] == seq);
+  const int2 edge = tileEdgeSeqs(tokenSeq, t0, flashRows, gridDim.y);
+  return flashServes(nSame, nValid, edge.x == seq || edge.y == seq);
 }
 
 template <typename KV, int EPL>
@@ -40,16 +64,7 @@ __device__ void attention(float* out, float* partO, float* partML, const float* 
   const int t = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int seq = tokenSeq[t];
-  if (flashRows > 0) {
-    // The flash kernel runs too (flash.cu): leave it the tokens it serves,
-    // by the rule it applies to its tile of flashRows tokens (its form's
-    // FA_BM or FW_BM rows over G: at most 128, a thread a token).
-    const int t0 = t / flashRows * flashRows, r = threadIdx.x;
-    const bool valid = r < flashRows && t0 + r < (int)gridDim.y;
-    const int nValid = __syncthreads_count(valid);
-    const int nSame = __syncthreads_count(valid && tokenSeq[t0 + r] == seq);
-    if (flashServes(nSame, nValid)) return;
-  }
+  if (leftToFlash(tokenSeq, t, seq, flashRows)) return;
   const int ctx = positions[t] + 1;
   // A sliding window (window > 0) attends to the last window positions.
   const int first = window > 0 ? max(0, ctx - window) : 0;
@@ -189,11 +204,13 @@ INST_KV(bf16, bf16)
 INST_KV(f8e4m3, f8)
 #endif
 
-// attn_combine merges the numSplits partials of each (token, head).
-// Grid (H, T), block >= 32 threads.
+// attn_combine merges the numSplits partials of each (token, head). mUnit
+// turns a difference of their maxima into natural-log units: 1 for
+// attention's, ln 2 for attn_tc's (base 2). Grid (H, T), block >= 32
+// threads.
 #if KUNIT(0)
 extern "C" __global__ void attn_combine(float* out, const float* partO, const float* partML, int H, int D,
-                                        int numSplits, int outStride, bf16* out16) {
+                                        int numSplits, int outStride, bf16* out16, float mUnit) {
   PDL_ENTRY();
   const int h = blockIdx.x, t = blockIdx.y;
   const long long i0 = ((long long)t * H + h) * numSplits;
@@ -202,13 +219,13 @@ extern "C" __global__ void attn_combine(float* out, const float* partO, const fl
   float L = 0.f;
   for (int s = 0; s < numSplits; ++s) {
     const float ms = partML[2 * (i0 + s)];
-    if (ms != NEG_INF) L += partML[2 * (i0 + s) + 1] * expf(ms - M);
+    if (ms != NEG_INF) L += partML[2 * (i0 + s) + 1] * expf((ms - M) * mUnit);
   }
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float o = 0.f;
     for (int s = 0; s < numSplits; ++s) {
       const float ms = partML[2 * (i0 + s)];
-      if (ms != NEG_INF) o += partO[(i0 + s) * D + d] * expf(ms - M);
+      if (ms != NEG_INF) o += partO[(i0 + s) * D + d] * expf((ms - M) * mUnit);
     }
     const long long oi = (long long)t * outStride + (long long)h * D + d;
     const float y = L > 0.f ? o / L : 0.f;

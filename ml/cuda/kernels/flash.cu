@@ -63,10 +63,11 @@ __device__ __forceinline__ void fa_load(bf16* buf, const bf16* cache, const long
 // flashServes (the others' are the per-token kernel's) and the keys its
 // rows need: sequence cur (-1: none left), keys [lo, hi). It counts tokens,
 // not rows (a token's G rows share its sequence), as the per-token kernel
-// does; valid < 0 asks it to count the block's tokens first.
+// does; valid < 0 asks it to count the block's tokens first. edge is the
+// sequences of the tokens just outside the block's (tileEdgeSeqs).
 template <int BM>
-__device__ void fa_next(int G, int* sSeq, const int* sPos, const int* sFirst, int& valid, int& cur, int& lo,
-                        int& hi) {
+__device__ void fa_next(int G, int* sSeq, const int* sPos, const int* sFirst, int2 edge, int& valid, int& cur,
+                        int& lo, int& hi) {
   if (valid < 0) {
     int n = 0;
     for (int r = 0; r < BM; r += G) n += sSeq[r] >= 0;
@@ -86,7 +87,7 @@ __device__ void fa_next(int G, int* sSeq, const int* sPos, const int* sFirst, in
         hi = max(hi, sPos[r] + 1);
       }
     }
-    if (cur < 0 || flashServes(same, valid)) break;
+    if (cur < 0 || flashServes(same, valid, edge.x == cur || edge.y == cur)) break;
     for (int r = 0; r < BM; ++r)
       if (sSeq[r] == cur) sSeq[r] = -1;
   }
@@ -172,6 +173,7 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   const int tile = gridDim.x - 1 - blockIdx.x;  // the longest contexts first
   const int kvh = blockIdx.y, G = H / KVH, TB = FA_BM / G;
   const int t0 = tile * TB;
+  const int2 edge = threadIdx.x == 0 ? tileEdgeSeqs(tokenSeq, t0, TB, T) : make_int2(-1, -1);  // fa_next's
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, tq = lane & 3;
   const float sl2 = scale * 1.4426950408889634f;  // scores in base 2
@@ -184,7 +186,7 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   for (;;) {
     // The next sequence of this block's rows that flashServes (the others'
     // are the per-token kernel's), and the keys its rows need.
-    if (threadIdx.x == 0) fa_next<FA_BM>(G, sSeq, sPos, sFirst, sValid, sCur, sLo, sHi);
+    if (threadIdx.x == 0) fa_next<FA_BM>(G, sSeq, sPos, sFirst, edge, sValid, sCur, sLo, sHi);
     __syncthreads();
     const int cur = sCur;
     if (cur < 0) break;
@@ -419,6 +421,7 @@ __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, cons
   const int tile = gridDim.x - 1 - blockIdx.x;  // the longest contexts first
   const int kvh = blockIdx.y, G = H / KVH, TB = FW_BM / G;
   const int t0 = tile * TB;
+  const int2 edge = threadIdx.x == 0 ? tileEdgeSeqs(tokenSeq, t0, TB, T) : make_int2(-1, -1);  // fa_next's
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, tq = lane & 3;
   const float sl2 = scale * 1.4426950408889634f;  // scores in base 2
@@ -438,7 +441,7 @@ __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, cons
   __syncthreads();
 
   for (;;) {
-    if (threadIdx.x == 0) fa_next<FW_BM>(G, sSeq, sPos, sFirst, sValid, sCur, sLo, sHi);
+    if (threadIdx.x == 0) fa_next<FW_BM>(G, sSeq, sPos, sFirst, edge, sValid, sCur, sLo, sHi);
     __syncthreads();
     const int cur = sCur;
     if (cur < 0) break;

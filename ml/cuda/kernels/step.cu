@@ -603,18 +603,153 @@ __device__ __forceinline__ void ldWords(const void* p, bool ok, unsigned (&w)[N]
 // filling the first blocks' warps. Items take it, it + gridDim.x·8, ...
 __device__ __forceinline__ int spreadWarp() { return (threadIdx.x >> 5) * gridDim.x + blockIdx.x; }
 
+// splitQ4 splits four q values (one k-step of a lane's fragment) into the
+// three bf16 parts the tensor-core attention takes: the high and middle
+// parts of (x, y) and (z, w), and the low parts, what those two missed.
+__device__ __forceinline__ void splitQ4(float4 v, unsigned (&hm)[4], unsigned (&lo)[2]) {
+  split_bf16(v.x, v.y, hm[0], hm[1]);
+  split_bf16(v.z, v.w, hm[2], hm[3]);
+  lo[0] = pack_bf16(v.x - __uint_as_float(hm[0] << 16) - __uint_as_float(hm[1] << 16),
+                    v.y - __uint_as_float(hm[0] & 0xffff0000u) - __uint_as_float(hm[1] & 0xffff0000u));
+  lo[1] = pack_bf16(v.z - __uint_as_float(hm[2] << 16) - __uint_as_float(hm[3] << 16),
+                    v.w - __uint_as_float(hm[2] & 0xffff0000u) - __uint_as_float(hm[3] & 0xffff0000u));
+}
+
+// TCPieceArgs are what a tensor-core attention piece reads of its launch
+// (the decode step's StepArgs has these fields too): the pieces of a head,
+// the paged cache's shape, the score scale and the partials.
+struct TCPieceArgs {
+  int ns, blockSize, maxBlocks, numBlocks, nkv;
+  float scale;
+  float *partO, *partML;
+};
+
+// stepTCPiece is one warp's piece of the tensor-core attention: keys
+// [k0, k1) of KV head kvh for query heads h0..h0+nhs-1 (nhs <= 8), with
+// q's fragments in qa and ql (splitQ4's parts; k-step s from dims
+// c·D/4 + 4s of head h0+g). With one piece a head (A.ns == 1) it writes
+// the heads' output at out, else its unnormalized partial at A.partO and
+// its (max, sum) at A.partML, the max in base 2 of scaled scores.
+template <int DK, class ARGS>
+__device__ __forceinline__ void stepTCPiece(const ARGS& A, const bf16* kc, const bf16* vc, float* out, int kvh,
+                                            int h0, int nhs, int split, int k0, int k1, const int* bt,
+                                            const unsigned (&qa)[DK][4], const unsigned (&ql)[DK][2]) {
+  constexpr int D = 16 * DK;
+  const int ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
+  const float sl2 = A.scale * 1.4426950408889634f;
+  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const long long kvRow = (long long)A.nkv * D;
+  float o[DK][4];
+#pragma unroll
+  for (int t = 0; t < DK; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+  float m = NEG_INF, l = 0.f;  // head h0+g's running max and this lane's part of its sum
+  int b0 = -32, myBlk = -1;    // lane i holds block table entry b0+i (-1: none)
+  const long long kvOff = (long long)kvh * D;
+  for (int c0 = k0; c0 < k1; c0 += 8) {
+    if ((c0 + 7) / bs - b0 >= 32) {  // warp-uniform
+      b0 = c0 / bs;
+      const int bi = b0 + lane;
+      myBlk = bi < maxB ? bt[bi] : -1;
+      if (myBlk >= numB) myBlk = -1;
+    }
+    // This lane's keys: c0+g (its K run), c0+2c and c0+2c+1 (its V
+    // runs), each as a block (of the table's window) and a slot in it,
+    // counted on from c0's (one division a pass: a block of 8 slots or
+    // more takes at most one step).
+    const int bc = c0 / bs, rc = c0 - bc * bs;
+    const int dk[3] = {g, 2 * c, 2 * c + 1};
+    int blk[3], slot[3];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+      int bi = bc, r = rc + dk[j];
+      while (r >= bs) r -= bs, ++bi;
+      blk[j] = __shfl_sync(0xffffffffu, myBlk, (bi - b0) & 31);
+      if (c0 + dk[j] >= k1) blk[j] = -1;
+      slot[j] = r;
+    }
+    unsigned kw[2 * DK], vw[2][DK];  // K dims c·D/4 + [0, D/4); V dims g·D/8 + [0, D/8)
+    ldWords<2 * DK>(kc + ((long long)blk[0] * bs + slot[0]) * kvRow + kvOff + c * (D / 4), blk[0] >= 0, kw);
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+      ldWords<DK>(vc + ((long long)blk[1 + i] * bs + slot[1 + i]) * kvRow + kvOff + g * (D / 8), blk[1 + i] >= 0,
+                  vw[i]);
+    float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int s = 0; s < DK; ++s) {
+      mma_bf16(sc, qa[s], kw[2 * s], kw[2 * s + 1]);
+      const unsigned a3[4] = {ql[s][0], 0u, ql[s][1], 0u};
+      mma_bf16(sc, a3, kw[2 * s], kw[2 * s + 1]);
+    }
+    // Head h0+g's scores of keys c0+2c and c0+2c+1 (rows g and g+8).
+    const float s0 = blk[1] >= 0 ? (sc[0] + sc[2]) * sl2 : NEG_INF;
+    const float s1 = blk[2] >= 0 ? (sc[1] + sc[3]) * sl2 : NEG_INF;
+    float mt = fmaxf(s0, s1);
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+    const float mn = fmaxf(m, mt);
+    const bool none = mn == NEG_INF;  // no live key of this head yet
+    const float f = none ? 1.f : fast_exp2(m - mn);  // 0 on the first live pass
+    const float p0 = none ? 0.f : fast_exp2(s0 - mn), p1 = none ? 0.f : fast_exp2(s1 - mn);
+    m = mn;
+    l = l * f + p0 + p1;
+    unsigned ph, pl;
+    split_bf16(p0, p1, ph, pl);
+    // The accumulator's heads are h0+2c and h0+2c+1: their factors live
+    // in lanes 8c and 8c+4.
+    const float fa = __shfl_sync(0xffffffffu, f, 8 * c), fb = __shfl_sync(0xffffffffu, f, 8 * c + 4);
+#pragma unroll
+    for (int t = 0; t < DK; ++t) {
+      o[t][0] *= fa, o[t][1] *= fb, o[t][2] *= fa, o[t][3] *= fb;
+      const unsigned x = vw[0][t], y = vw[1][t];  // dims 2t, 2t+1 of keys c0+2c and c0+2c+1
+      unsigned a[4];
+      a[0] = (x & 0xffffu) | (y << 16);      // dim 2t
+      a[1] = (x >> 16) | (y & 0xffff0000u);  // dim 2t+1
+      a[2] = a[0], a[3] = a[1];
+      mma_bf16(o[t], a, ph, pl);
+    }
+  }
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  // This lane's accumulator columns are heads h0+2c and h0+2c+1, at dims
+  // g·D/8 + 2t and 2t+1 (the rows of tile t).
+  const int ha = 2 * c, hb = 2 * c + 1;
+  float ia = 1.f, ib = 1.f;
+  float* oa = nullptr;
+  float* ob = nullptr;
+  if (ns == 1) {
+    const float la = __shfl_sync(0xffffffffu, l, 8 * c), lb = __shfl_sync(0xffffffffu, l, 8 * c + 4);
+    ia = la > 0.f ? 1.f / la : 0.f, ib = lb > 0.f ? 1.f / lb : 0.f;
+    oa = out + (long long)(h0 + ha) * D + g * (D / 8);
+    ob = out + (long long)(h0 + hb) * D + g * (D / 8);
+  } else {
+    oa = A.partO + ((long long)(h0 + ha) * ns + split) * D + g * (D / 8);
+    ob = A.partO + ((long long)(h0 + hb) * ns + split) * D + g * (D / 8);
+    if (c == 0 && g < nhs) *(float2*)(A.partML + 2 * ((long long)(h0 + g) * ns + split)) = make_float2(m, l);
+  }
+#pragma unroll
+  for (int t = 0; t < DK; t += 2) {
+    if constexpr (DK == 1) {
+      if (ha < nhs) oa[0] = o[0][0] * ia, oa[1] = o[0][2] * ia;
+      if (hb < nhs) ob[0] = o[0][1] * ib, ob[1] = o[0][3] * ib;
+    } else {
+      if (ha < nhs)
+        st4(oa + 2 * t, make_float4(o[t][0] * ia, o[t][2] * ia, o[t + 1][0] * ia, o[t + 1][2] * ia));
+      if (hb < nhs)
+        st4(ob + 2 * t, make_float4(o[t][1] * ib, o[t][3] * ib, o[t + 1][1] * ib, o[t + 1][3] * ib));
+    }
+  }
+}
+
 template <int DK>
 __device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl, const float* q, float* out, int ctx,
                                              const int* bt, int window) {
   static_assert(DK == 1 || DK == 2 || DK == 4 || DK == 8, "head dims 16, 32, 64 and 128");
   constexpr int D = 16 * DK;
-  const int nh = A.nh, nkv = A.nkv, ns = A.ns, bs = A.blockSize, maxB = A.maxBlocks, numB = A.numBlocks;
+  const int nh = A.nh, nkv = A.nkv, ns = A.ns;
   const int G = nh / nkv, perKV = (G + 7) >> 3, sets = nkv * perKV;  // sets of up to 8 heads of a group
-  const float sl2 = A.scale * 1.4426950408889634f;
   const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int first = window > 0 ? max(0, ctx - window) : 0;
   const int per = ((ctx - first + ns - 1) / ns + 7) & ~7;
-  const long long kvRow = (long long)nkv * D;
   const bf16* kc = (const bf16*)kcl;
   const bf16* vc = (const bf16*)(kcl + A.layerBytes);
   for (int it = spreadWarp(); it < sets * ns; it += gridDim.x * 8) {
@@ -622,119 +757,42 @@ __device__ __noinline__ void stepAttentionTC(const StepArgs& A, const char* kcl,
     const int h0 = kvh * G + (set % perKV) * 8, nhs = min(8, kvh * G + G - h0);
     const int k0 = first + split * per, k1 = min(ctx, k0 + per);
     unsigned qa[DK][4], ql[DK][2];
-    {
-      const float* qh = q + (long long)(h0 + min(g, nhs - 1)) * D + c * (D / 4);
+    const float* qh = q + (long long)(h0 + min(g, nhs - 1)) * D + c * (D / 4);
 #pragma unroll
-      for (int s = 0; s < DK; ++s) {
-        const float4 v = g < nhs ? ld4(qh + 4 * s) : make_float4(0.f, 0.f, 0.f, 0.f);
-        split_bf16(v.x, v.y, qa[s][0], qa[s][1]);
-        split_bf16(v.z, v.w, qa[s][2], qa[s][3]);
-        ql[s][0] = pack_bf16(v.x - __uint_as_float(qa[s][0] << 16) - __uint_as_float(qa[s][1] << 16),
-                             v.y - __uint_as_float(qa[s][0] & 0xffff0000u) - __uint_as_float(qa[s][1] & 0xffff0000u));
-        ql[s][1] = pack_bf16(v.z - __uint_as_float(qa[s][2] << 16) - __uint_as_float(qa[s][3] << 16),
-                             v.w - __uint_as_float(qa[s][2] & 0xffff0000u) - __uint_as_float(qa[s][3] & 0xffff0000u));
-      }
-    }
-    float o[DK][4];
-#pragma unroll
-    for (int t = 0; t < DK; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
-    float m = NEG_INF, l = 0.f;  // head h0+g's running max and this lane's part of its sum
-    int b0 = -32, myBlk = -1;    // lane i holds block table entry b0+i (-1: none)
-    const long long kvOff = (long long)kvh * D;
-    for (int c0 = k0; c0 < k1; c0 += 8) {
-      if ((c0 + 7) / bs - b0 >= 32) {  // warp-uniform
-        b0 = c0 / bs;
-        const int bi = b0 + lane;
-        myBlk = bi < maxB ? bt[bi] : -1;
-        if (myBlk >= numB) myBlk = -1;
-      }
-      // This lane's keys: c0+g (its K run), c0+2c and c0+2c+1 (its V
-      // runs), each as a block (of the table's window) and a slot in it,
-      // counted on from c0's (one division a pass: a block of 8 slots or
-      // more takes at most one step).
-      const int bc = c0 / bs, rc = c0 - bc * bs;
-      const int dk[3] = {g, 2 * c, 2 * c + 1};
-      int blk[3], slot[3];
-#pragma unroll
-      for (int j = 0; j < 3; ++j) {
-        int bi = bc, r = rc + dk[j];
-        while (r >= bs) r -= bs, ++bi;
-        blk[j] = __shfl_sync(0xffffffffu, myBlk, (bi - b0) & 31);
-        if (c0 + dk[j] >= k1) blk[j] = -1;
-        slot[j] = r;
-      }
-      unsigned kw[2 * DK], vw[2][DK];  // K dims c·D/4 + [0, D/4); V dims g·D/8 + [0, D/8)
-      ldWords<2 * DK>(kc + ((long long)blk[0] * bs + slot[0]) * kvRow + kvOff + c * (D / 4), blk[0] >= 0, kw);
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-        ldWords<DK>(vc + ((long long)blk[1 + i] * bs + slot[1 + i]) * kvRow + kvOff + g * (D / 8), blk[1 + i] >= 0,
-                    vw[i]);
-      float sc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int s = 0; s < DK; ++s) {
-        mma_bf16(sc, qa[s], kw[2 * s], kw[2 * s + 1]);
-        const unsigned a3[4] = {ql[s][0], 0u, ql[s][1], 0u};
-        mma_bf16(sc, a3, kw[2 * s], kw[2 * s + 1]);
-      }
-      // Head h0+g's scores of keys c0+2c and c0+2c+1 (rows g and g+8).
-      const float s0 = blk[1] >= 0 ? (sc[0] + sc[2]) * sl2 : NEG_INF;
-      const float s1 = blk[2] >= 0 ? (sc[1] + sc[3]) * sl2 : NEG_INF;
-      float mt = fmaxf(s0, s1);
-      mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
-      mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
-      const float mn = fmaxf(m, mt);
-      const bool none = mn == NEG_INF;  // no live key of this head yet
-      const float f = none ? 1.f : fast_exp2(m - mn);  // 0 on the first live pass
-      const float p0 = none ? 0.f : fast_exp2(s0 - mn), p1 = none ? 0.f : fast_exp2(s1 - mn);
-      m = mn;
-      l = l * f + p0 + p1;
-      unsigned ph, pl;
-      split_bf16(p0, p1, ph, pl);
-      // The accumulator's heads are h0+2c and h0+2c+1: their factors live
-      // in lanes 8c and 8c+4.
-      const float fa = __shfl_sync(0xffffffffu, f, 8 * c), fb = __shfl_sync(0xffffffffu, f, 8 * c + 4);
-#pragma unroll
-      for (int t = 0; t < DK; ++t) {
-        o[t][0] *= fa, o[t][1] *= fb, o[t][2] *= fa, o[t][3] *= fb;
-        const unsigned x = vw[0][t], y = vw[1][t];  // dims 2t, 2t+1 of keys c0+2c and c0+2c+1
-        unsigned a[4];
-        a[0] = (x & 0xffffu) | (y << 16);      // dim 2t
-        a[1] = (x >> 16) | (y & 0xffff0000u);  // dim 2t+1
-        a[2] = a[0], a[3] = a[1];
-        mma_bf16(o[t], a, ph, pl);
-      }
-    }
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    // This lane's accumulator columns are heads h0+2c and h0+2c+1, at dims
-    // g·D/8 + 2t and 2t+1 (the rows of tile t).
-    const int ha = 2 * c, hb = 2 * c + 1;
-    float ia = 1.f, ib = 1.f;
-    float* oa = nullptr;
-    float* ob = nullptr;
-    if (ns == 1) {
-      const float la = __shfl_sync(0xffffffffu, l, 8 * c), lb = __shfl_sync(0xffffffffu, l, 8 * c + 4);
-      ia = la > 0.f ? 1.f / la : 0.f, ib = lb > 0.f ? 1.f / lb : 0.f;
-      oa = out + (long long)(h0 + ha) * D + g * (D / 8);
-      ob = out + (long long)(h0 + hb) * D + g * (D / 8);
-    } else {
-      oa = A.partO + ((long long)(h0 + ha) * ns + split) * D + g * (D / 8);
-      ob = A.partO + ((long long)(h0 + hb) * ns + split) * D + g * (D / 8);
-      if (c == 0 && g < nhs) *(float2*)(A.partML + 2 * ((long long)(h0 + g) * ns + split)) = make_float2(m, l);
-    }
-#pragma unroll
-    for (int t = 0; t < DK; t += 2) {
-      if constexpr (DK == 1) {
-        if (ha < nhs) oa[0] = o[0][0] * ia, oa[1] = o[0][2] * ia;
-        if (hb < nhs) ob[0] = o[0][1] * ib, ob[1] = o[0][3] * ib;
-      } else {
-        if (ha < nhs)
-          st4(oa + 2 * t, make_float4(o[t][0] * ia, o[t][2] * ia, o[t + 1][0] * ia, o[t + 1][2] * ia));
-        if (hb < nhs)
-          st4(ob + 2 * t, make_float4(o[t][1] * ib, o[t][3] * ib, o[t + 1][1] * ib, o[t + 1][3] * ib));
-      }
-    }
+    for (int s = 0; s < DK; ++s) splitQ4(g < nhs ? ld4(qh + 4 * s) : make_float4(0.f, 0.f, 0.f, 0.f), qa[s], ql[s]);
+    stepTCPiece<DK>(A, kc, vc, out, kvh, h0, nhs, split, k0, k1, bt, qa, ql);
   }
+}
+
+// attnTC is a batched step's per-token attention on tensor cores, as the
+// decode step's (stepTCPiece): grid (sets, T, ceil(numSplits/4)), four
+// warps a block, warp w taking piece blockIdx.z·4+w of token blockIdx.y's
+// set (up to 8 query heads of one KV head), q's fragments in registers.
+// It writes partials only (numSplits > 1), for attn_combine.
+template <int DK>
+__device__ __forceinline__ void attnTC(const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq,
+                                       const int* positions, const int* blockTables, int maxBlocks, int blockSize,
+                                       int numBlocks, int H, int KVH, float scale, int numSplits, int qStride,
+                                       float* partO, float* partML, int window, int flashRows) {
+  constexpr int D = 16 * DK;
+  const int t = blockIdx.y, seq = tokenSeq[t];
+  if (leftToFlash(tokenSeq, t, seq, flashRows)) return;
+  const int split = blockIdx.z * 4 + (threadIdx.x >> 5);
+  if (split >= numSplits) return;
+  const int G = H / KVH, perKV = (G + 7) >> 3, kvh = blockIdx.x / perKV;
+  const int h0 = kvh * G + (blockIdx.x % perKV) * 8, nhs = min(8, kvh * G + G - h0);
+  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int ctx = positions[t] + 1;
+  const int first = window > 0 ? max(0, ctx - window) : 0;
+  const int per = ((ctx - first + numSplits - 1) / numSplits + 7) & ~7;
+  const int k0 = first + split * per, k1 = min(ctx, k0 + per);
+  const long long part = (long long)t * H * numSplits;
+  const TCPieceArgs A{numSplits, blockSize, maxBlocks, numBlocks, KVH, scale, partO + part * D, partML + part * 2};
+  unsigned qa[DK][4], ql[DK][2];
+  const float* qh = q + (long long)t * qStride + (long long)(h0 + min(g, nhs - 1)) * D + c * (D / 4);
+#pragma unroll
+  for (int s = 0; s < DK; ++s) splitQ4(g < nhs ? ld4(qh + 4 * s) : make_float4(0.f, 0.f, 0.f, 0.f), qa[s], ql[s]);
+  stepTCPiece<DK>(A, kc, vc, nullptr, kvh, h0, nhs, split, k0, k1, blockTables + (long long)seq * maxBlocks, qa, ql);
 }
 
 // stepMergePieces is the phase after stepAttentionTC's pieces (and a grid
@@ -1206,4 +1264,28 @@ INST_STEP(decode_step_moe_, 4, false, true)
 #endif
 #if KUNIT(28)
 INST_STEP(decode_step_moe_, 8, false, true)
+#endif
+
+// attn_tc_bf16_<DK>: attnTC for head dims 16·DK (a bf16 cache); a trap
+// before Ampere, where the backend does not launch it.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define ATTN_TC_BODY(DK)                                                                                       \
+  attnTC<DK>(q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize, numBlocks, H, KVH, scale,     \
+             numSplits, qStride, partO, partML, window, flashRows)
+#else
+#define ATTN_TC_BODY(DK) __trap()
+#endif
+#define INST_ATTN_TC(DK)                                                                                       \
+  extern "C" __global__ void __launch_bounds__(128) attn_tc_bf16_##DK(                                       \
+      const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq, const int* positions,               \
+      const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int H, int KVH, float scale,        \
+      int numSplits, int qStride, float* partO, float* partML, int window, int flashRows) {                    \
+    PDL_ENTRY();                                                                                               \
+    ATTN_TC_BODY(DK);                                                                                          \
+  }
+#if KUNIT(37)
+INST_ATTN_TC(1)
+INST_ATTN_TC(2)
+INST_ATTN_TC(4)
+INST_ATTN_TC(8)
 #endif
