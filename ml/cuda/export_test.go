@@ -16,9 +16,12 @@ func StepLaunches(b *Backend) int { return b.step.launches }
 // product and SiLU in bf16 (gateUpSiLU16).
 func GateUpBF16Steps(b *Backend) int { return b.gateUp16 }
 
-// SetStepPrefetch turns the decode step's L2 prefetch of each layer's o
-// and gate/up weights on or off (off by default).
-func SetStepPrefetch(b *Backend, on bool) { b.step.prefetch = on }
+// SetStepPrefetch sets the decode step's L2 prefetch of each layer's o
+// and gate/up weights by its benchmark name: "pf" at the layer's start,
+// "pfa" at its attention's, "pfo" the o weights alone there, "" none.
+func SetStepPrefetch(b *Backend, mode string) {
+	b.step.prefetch = map[string]int{"pf": prefetchAtStart, "pfa": prefetchAtAttention, "pfo": prefetchOnlyO}[mode]
+}
 
 // SetStepGroupHeads makes the decode step's attention warps share K/V
 // loads across a GQA group's heads (on) or take one query head each (off,

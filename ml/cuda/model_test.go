@@ -434,6 +434,14 @@ func BenchmarkModelDecode(bm *testing.B) {
 		{"step-stamped-fp8", cuda.Options{FusedDecodeMaxT: 4}},
 		{"step-stamped-ctx8000-kv8", cuda.Options{FusedDecodeMaxT: 4}},
 		{"moe-step-stamped-pf", cuda.Options{FusedDecodeMaxT: 4}},
+		// The prefetch issued once the layer's q/k/v are in (the attention
+		// phase leaves HBM mostly idle): o and gate/up, or o alone.
+		{"step-stamped-pfa", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-pfo", cuda.Options{FusedDecodeMaxT: 4}},
+		{"q8b-step-stamped-pfa", cuda.Options{FusedDecodeMaxT: 4}},
+		{"q8b-step-stamped-pfo", cuda.Options{FusedDecodeMaxT: 4}},
+		{"moe-step-stamped-pfo", cuda.Options{FusedDecodeMaxT: 4}},
+		{"step-stamped-fp8-pfo", cuda.Options{FusedDecodeMaxT: 4}},
 	} {
 		bm.Run(v.name, func(bm *testing.B) {
 			benchDecode(bm, v.o, strings.Contains(v.name, "step-stamped"), strings.HasSuffix(v.name, "1bps"), v.name)
@@ -462,7 +470,7 @@ func BenchmarkModelDecode(bm *testing.B) {
 // sharing a GQA group's K/V loads; "pipe" and "wide" the one-head
 // attention's pipelined and wide passes, "lane" its passes as they are
 // (the tensor-core attention is the default where it applies); "nsN" N
-// attention pieces per head (per KV head in the tensor-core form); "pf" the step's L2 prefetch of the o and gate/up weights; "fp8"
+// attention pieces per head (per KV head in the tensor-core form); "pf" the step's L2 prefetch of the o and gate/up weights at a layer's start, "pfa" at its attention's, "pfo" of the o weights alone there; "fp8"
 // FP8 weights; "kv8" an FP8 KV cache. With stamped, one-token steps also
 // report the decode-step kernel's mean SM kilocycles per layer in each
 // phase (a sparse MLP's router, top-k, experts' gate/up, and experts' down
@@ -470,7 +478,13 @@ func BenchmarkModelDecode(bm *testing.B) {
 func benchDecode(bm *testing.B, o cuda.Options, stamped, oneBlockPerSM bool, name string) {
 	be := gpu(bm, o)
 	parts := strings.Split(name, "-")
-	cuda.SetStepPrefetch(be, slices.Contains(parts, "pf"))
+	pf := ""
+	for _, m := range []string{"pf", "pfa", "pfo"} {
+		if slices.Contains(parts, m) {
+			pf = m
+		}
+	}
+	cuda.SetStepPrefetch(be, pf)
 	if i := strings.Index(name, "-ks"); i >= 0 {
 		k := name[i+3:]
 		cuda.SetStepKS(be, int(k[0]-'0'), int(k[1]-'0'), int(k[2]-'0'), int(k[3]-'0'))

@@ -53,9 +53,11 @@ type stepState struct {
 	attnForm    int
 	attnFormSet bool
 	// benchmarks: the L2 prefetch of the o and gate/up weights
-	// (StepArgs.pfGU). Off by default: on an H100 it slowed the q/k/v phase
+	// (StepArgs.pfGU, pfAt), at a layer's start (prefetchAtStart) or its
+	// attention's (prefetchAtAttention; prefetchOnlyO: no gate/up). Off by
+	// default: at the layer's start, on an H100, it slowed the q/k/v phase
 	// more than it sped up o and gate/up (results/h100/2026-12-06-a142972).
-	prefetch bool
+	prefetch int
 	refused  bool // a cooperative launch was refused (see launchAll): decline from now on
 	// tests: decline one-token steps as while the kernel compiles
 	// (errStepCompiling: the fused GEMVs take them, and later ones try again)
@@ -115,7 +117,7 @@ type stepArgs struct {
 	layerBytes, numSlots, pfGU                                                       int64
 	numLayers, hidden, inter, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns int
 	ksQKV, ksO, ksGU, ksDown                                                         int
-	syncMode, qkNorm, gh, attnForm, kvdt                                             int
+	syncMode, qkNorm, gh, attnForm, kvdt, pfAt                                       int
 	experts, topK, normTopK, moeI, ksRouter, ksEGU                                   int
 	eps, scale                                                                       float32
 }
@@ -284,11 +286,31 @@ func stepTCSplits(maxContext, warps, sets int) int {
 // unless a benchmark turned prefetching on, or where the device reports no
 // L2.
 func (b *Backend) stepPrefetchGU() int64 {
-	if !b.step.prefetch || b.dev.l2 <= 0 {
+	switch {
+	case b.step.prefetch == prefetchOff || b.dev.l2 <= 0:
 		return -1
+	case b.step.prefetch == prefetchOnlyO:
+		return 0
 	}
 	return int64(b.dev.l2) / 3
 }
+
+// stepPrefetchAt is StepArgs.pfAt: 1 where the prefetch waits for the
+// attention phase.
+func (b *Backend) stepPrefetchAt() int {
+	if b.step.prefetch >= prefetchAtAttention {
+		return 1
+	}
+	return 0
+}
+
+// The decode step's L2 prefetch (Backend.step.prefetch; benchmarks).
+const (
+	prefetchOff = iota
+	prefetchAtStart
+	prefetchAtAttention
+	prefetchOnlyO // the o weights alone, at the attention's start
+)
 
 // stepMaxSplits bounds the pieces per head (two merge levels of
 // stepMergeGroup cover 256).
@@ -562,7 +584,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 		maxBlocks: meta.MaxBlocks, blockSize: kc.blockSize, numBlocks: kc.numBlocks, ns: ns,
 		ksQKV: b.step.ks(0, stepKS(qkvN/2, H, grid, 1)), ksO: b.step.ks(1, stepKS((H+1)/2, qd, grid, 1)),
 		ksGU: b.step.ks(2, stepKS(I, H, grid, 1)), ksDown: b.step.ks(3, stepKS((H+1)/2, I, grid, 1)),
-		syncMode: stepSyncMode, gh: gh, attnForm: form, kvdt: kvdt, pfGU: b.stepPrefetchGU(), eps: eps, scale: meta.Scale}
+		syncMode: stepSyncMode, gh: gh, attnForm: form, kvdt: kvdt, pfGU: b.stepPrefetchGU(), pfAt: b.stepPrefetchAt(), eps: eps, scale: meta.Scale}
 	if E > 0 {
 		a.experts, a.topK, a.moeI = E, topK, moeI
 		if normTopK {
@@ -607,7 +629,7 @@ func (b *Backend) DecodeLayers(h ml.Tensor, layers []ml.DecoderLayer, windows []
 	b.aL(a.numSlots)
 	b.aL(a.pfGU)
 	for _, v := range []int{a.numLayers, a.hidden, a.inter, a.nh, a.nkv, a.hd, a.nwdt, a.maxBlocks, a.blockSize, a.numBlocks, a.ns,
-		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.gh, a.attnForm, a.kvdt, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
+		a.ksQKV, a.ksO, a.ksGU, a.ksDown, a.syncMode, a.qkNorm, a.gh, a.attnForm, a.kvdt, a.pfAt, a.experts, a.topK, a.normTopK, a.moeI, a.ksRouter,
 		a.ksEGU} {
 		b.aI(v)
 	}

@@ -45,7 +45,9 @@ struct StepArgs {
   unsigned long long* stamps;  // null, or block 0's clock at each phase's start (STEP_STAMPS a layer; benchmarks)
   long long layerBytes, numSlots;
   // Bytes of each layer's gate/up weights asked into L2 at the layer's
-  // start, beside all of its o weights (stepPrefetchL2); -1: nothing.
+  // start (pfAt 0) or once its q/k/v are in (pfAt 1: the attention phase
+  // leaves HBM mostly idle), beside all of its o weights
+  // (stepPrefetchL2); -1: nothing.
   long long pfGU;
   int numLayers, H, I, nh, nkv, hd, nwdt, maxBlocks, blockSize, numBlocks, ns, ksQKV, ksO, ksGU, ksDown;
   int syncMode;  // the grid barrier's variant (gridMode)
@@ -53,6 +55,7 @@ struct StepArgs {
   int gh;        // heads of a GQA group an attention warp takes (stepGroupHeads in step.go: 1, 2 or 3)
   int attnForm;  // with gh 1, how a piece's passes run (STEP_ATTN_*, see stepAttention)
   int kvdt;      // the KV cache's dtype: 1 bf16, 2 FP8 E4M3 with scale 1 (stKV)
+  int pfAt;      // where pfGU's prefetch is issued: 0 the layer's start, 1 its attention's
   // Sparse MLPs: E experts (0: none), the topK a token takes (weights
   // renormalized when normTopK), each expert's intermediate size, and the
   // router's and the experts' gate/up phases' split-K factors.
@@ -1049,6 +1052,15 @@ __device__ __forceinline__ void stepMoE(const StepArgs& A, const StepLayer& L, c
   stepExpertDown(A, L.expDown, sId, sW, eact, hmid, hout);
 }
 
+// stepPrefetchLayer asks L2 for layer L's o weights and the first
+// A.pfGU bytes of its gate/up weights (StepArgs.pfGU).
+template <bool F8W>
+__device__ __forceinline__ void stepPrefetchLayer(const StepArgs& A, const StepLayer& L) {
+  constexpr long long wb = F8W ? 1 : 2;  // bytes a weight
+  stepPrefetchL2(L.o, (long long)A.H * A.nh * A.hd * wb);
+  if (L.gu) stepPrefetchL2(L.gu, min(A.pfGU, 2LL * A.I * A.H * wb));
+}
+
 // MOE: the kernel takes sparse MLPs too. Only a MoE model's kernel has
 // that branch: it raises register pressure over the whole layer loop,
 // and spills (ptxas --verbose) cost a dense model's step in every GEMV
@@ -1078,11 +1090,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
 #define STAMP(k) \
   if (stamp) A.stamps[STEP_STAMPS * l + (k)] = clock64()
     STAMP(0);
-    if (A.pfGU >= 0) {
-      constexpr long long wb = F8W ? 1 : 2;  // bytes a weight
-      stepPrefetchL2(L.o, (long long)A.H * A.nh * A.hd * wb);
-      if (L.gu) stepPrefetchL2(L.gu, min(A.pfGU, 2LL * A.I * A.H * wb));
-    }
+    if (A.pfGU >= 0 && A.pfAt == 0) stepPrefetchLayer<F8W>(A, L);
 
     DArgs a = {};
     a.T = 1;
@@ -1122,6 +1130,7 @@ __device__ __forceinline__ void decodeStep(const StepArgs& A) {
     STAMP(1);
     gridSync(A.bar);
     STAMP(2);
+    if (A.pfGU >= 0 && A.pfAt == 1) stepPrefetchLayer<F8W>(A, L);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     if (A.attnForm == STEP_ATTN_TC) {  // step.go sets it for head dims 16·DK and a bf16 cache only
       if constexpr (EPL == 1) {
