@@ -173,6 +173,14 @@ func SetFlashMin(b *Backend, n int) { b.flashMin = n }
 // lane-per-dims kernel (on) or lets the tensor-core one take them (off).
 func SetLaneAttention(b *Backend, on bool) { b.laneAttn = on }
 
+// SetFlashWideWaves sets how many waves flash's wide form needs (+Inf:
+// the narrow form always) and returns the value before.
+func SetFlashWideWaves(w float64) float64 {
+	old := flashWideWaves
+	flashWideWaves = w
+	return old
+}
+
 // GraphCache reports b's cached graph entries, how many of them hold a
 // captured graph, and how many entries were evicted for new ones.
 func GraphCache(b *Backend) (entries, captured, evictions int) {

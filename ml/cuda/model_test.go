@@ -1155,13 +1155,14 @@ func BenchmarkModelServeSteps(bm *testing.B) {
 		{"prefill8x1024", prompts(1024)},
 		{"mixed64x1100-8x1016", append(decodes(1100), prompts(1016)...)},
 	}
-	for _, lane := range []bool{false, true} {
-		suffix := ""
-		if lane {
-			suffix = "-lane"
-		}
+	// "-lane": the per-token pieces on the lane-per-dims kernel; "-narrow":
+	// flash's narrow form (64 rows a block) for the prompts.
+	for _, suffix := range []string{"", "-lane", "-narrow"} {
 		be := gpu(bm, cuda.Options{RoundActivations: true})
-		cuda.SetLaneAttention(be, lane)
+		cuda.SetLaneAttention(be, suffix == "-lane")
+		if suffix == "-narrow" {
+			defer cuda.SetFlashWideWaves(cuda.SetFlashWideWaves(math.Inf(1)))
+		}
 		lm, err := model.Load("Qwen/Qwen2.5-1.5B", model.LoadOptions{Backend: be, LoadFormat: "dummy", DType: "bfloat16"})
 		if err != nil {
 			bm.Fatal(err)
@@ -1172,6 +1173,9 @@ func BenchmarkModelServeSteps(bm *testing.B) {
 		}
 		m := lm.(model.DeviceArgmaxer)
 		for _, c := range cases {
+			if suffix == "-narrow" && !strings.Contains(c.name, "x1024") && !strings.Contains(c.name, "mixed") {
+				continue // no prompt: flash does not run
+			}
 			bm.Run(c.name+suffix, func(bm *testing.B) {
 				b, next := &model.Batch{}, int32(0)
 				for _, s := range c.seqs {
