@@ -174,10 +174,12 @@ func (f *fusedLayers) forwardGEMM(h ml.Tensor, st *ml.FusedStep) error {
 func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int, pending bool) (bool, error) {
 	b, s, l := f.b, &f.spec, &f.layers[i]
 	var err error
+	// XN's readers are the q/k/v product, then a dense MLP's gate/up
+	// product: where they take its bf16 copy, the norms write only that.
 	if !pending {
-		err = b.RMSNorm(st.XN, h, l.InNorm, s.Eps)
+		err = b.rmsNorm(st.XN, h, l.InNorm, s.Eps, l.QKV)
 	} else {
-		err = b.AddRMSNorm(h, st.XN, st.Down, l.InNorm, s.Eps)
+		err = b.addRMSNorm(h, st.XN, st.Down, l.InNorm, s.Eps, l.QKV)
 	}
 	if err != nil {
 		return false, err
@@ -203,7 +205,7 @@ func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int, pending bo
 	if err := b.MatMul(st.Down, st.Attn, l.O, l.OBias); err != nil {
 		return false, err
 	}
-	if err := b.AddRMSNorm(h, st.XN, st.Down, l.PostNorm, s.Eps); err != nil {
+	if err := b.addRMSNorm(h, st.XN, st.Down, l.PostNorm, s.Eps, l.GateUp); err != nil {
 		return false, err
 	}
 	if l.GateUp == nil {

@@ -162,6 +162,13 @@ func (b *Backend) normArgs(dst, x, w ml.Tensor) (*tensor, *tensor, *tensor, stri
 
 // RMSNorm implements ml.Backend.
 func (b *Backend) RMSNorm(dst, x, w ml.Tensor, eps float32) error {
+	return b.rmsNorm(dst, x, w, eps, nil)
+}
+
+// rmsNorm is RMSNorm; with next (the weight of the product that alone
+// reads dst) where normBF16Only allows, dst's rows are written in bf16
+// only (its shadow), and its f32 rows are left as they were.
+func (b *Backend) rmsNorm(dst, x, w ml.Tensor, eps float32, next ml.Tensor) error {
 	if err := b.lock(); err != nil {
 		return err
 	}
@@ -176,7 +183,7 @@ func (b *Backend) RMSNorm(dst, x, w ml.Tensor, eps float32) error {
 		return err
 	}
 	st := b.argStart()
-	b.aP(d.ptr)
+	b.aP(b.normF32Dst(d, sh, next))
 	b.aP(sh)
 	b.aP(xx.ptr)
 	b.aP(ww.ptr)
@@ -187,6 +194,30 @@ func (b *Backend) RMSNorm(dst, x, w ml.Tensor, eps float32) error {
 
 // AddRMSNorm implements ml.Backend.
 func (b *Backend) AddRMSNorm(residual, dst, x, w ml.Tensor, eps float32) error {
+	return b.addRMSNorm(residual, dst, x, w, eps, nil)
+}
+
+// normF32Dst is the f32 output pointer of a norm into d whose bf16 copy
+// goes to sh: 0 (none) where normBF16Only allows it for next.
+func (b *Backend) normF32Dst(d *tensor, sh uint64, next ml.Tensor) uint64 {
+	if sh != 0 && next != nil && b.normBF16Only(d.rows, next) {
+		return 0
+	}
+	return d.ptr
+}
+
+// normBF16Only reports whether a norm's T rows may be written in bf16
+// alone when only the product with weight w reads them: MatMul takes the
+// norm's bf16 copy (cuBLAS on bf16 operands) for bf16 weights past the
+// GEMV sizes under rounded activations, so the f32 rows would go unread.
+func (b *Backend) normBF16Only(T int, w ml.Tensor) bool {
+	ww, ok := w.(*tensor)
+	return ok && ww != nil && ww.dt == ml.BF16 && b.useShadow && b.opts.RoundActivations && !b.opts.ExactActivations &&
+		T > max(b.opts.SkinnyMaxT, b.opts.GemvMaxT)
+}
+
+// addRMSNorm is AddRMSNorm; next as in rmsNorm.
+func (b *Backend) addRMSNorm(residual, dst, x, w ml.Tensor, eps float32, next ml.Tensor) error {
 	if err := b.lock(); err != nil {
 		return err
 	}
@@ -213,7 +244,7 @@ func (b *Backend) AddRMSNorm(residual, dst, x, w ml.Tensor, eps float32) error {
 	}
 	st := b.argStart()
 	b.aP(r.ptr)
-	b.aP(d.ptr)
+	b.aP(b.normF32Dst(d, sh, next))
 	b.aP(sh)
 	b.aP(xx.ptr)
 	b.aP(ww.ptr)

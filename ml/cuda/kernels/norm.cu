@@ -53,7 +53,8 @@ __device__ void embedding(float* dst, const T* table, const int* ids, int D, int
 }
 
 // ---- RMSNorm (optionally after a residual add); dst16 (may be null) gets a
-// bf16 copy of dst for the GEMM that usually follows ----
+// bf16 copy of dst for the GEMM that usually follows, and dst may be null
+// where that GEMM is its only reader ----
 
 template <typename W>
 __device__ void rmsnorm(float* dst, bf16* dst16, const float* x, const W* w, int D, float eps) {
@@ -68,7 +69,7 @@ __device__ void rmsnorm(float* dst, bf16* dst16, const float* x, const W* w, int
   const float r = 1.0f / sqrtf(ss / (float)D + eps);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     const float y = (xr[d] * r) * tof(w[d]);
-    dst[off + d] = y;
+    if (dst) dst[off + d] = y;
     if (dst16) dst16[off + d].x = f2bf(y);
   }
 }
@@ -88,7 +89,7 @@ __device__ void add_rmsnorm(float* residual, float* dst, bf16* dst16, const floa
   const float r = 1.0f / sqrtf(ss / (float)D + eps);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     const float y = (rr[d] * r) * tof(w[d]);
-    dst[off + d] = y;
+    if (dst) dst[off + d] = y;
     if (dst16) dst16[off + d].x = f2bf(y);
   }
 }
