@@ -186,6 +186,9 @@ type Backend struct {
 	// flashMin: steps with at least this many tokens beyond one per
 	// sequence take the tensor-core flash attention (bf16 caches).
 	flashMin int
+	// flashLeft: the rows a step's flash leaves to the per-token kernels
+	// (Attention), kept across the step's layers.
+	flashLeft flashLeftPlan
 	// laneAttn: per-token attention pieces stay on the lane-per-dims
 	// kernel where the tensor-core one applies (tests and benchmarks).
 	laneAttn bool
