@@ -210,6 +210,7 @@ type Backend struct {
 	}
 	gateUp16   int  // MLPs recorded by gateUpSiLU16 (tests)
 	tcAttn     int  // Attention calls recorded on attn_tc (tests)
+	prefixAttn int  // Attention calls beside flash whose per-token grid was a prefix of the step (tests)
 	useShadow  bool // a bf16 weight was loaded under RoundActivations: norms also write bf16 copies
 	pdl        bool // kernels launch with programmatic stream serialization
 	launchCfg  launchConfig

@@ -1069,6 +1069,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 			// The prefix's rows all go to the per-token kernels (flashRows
 			// 0); flash, last, rewrites those of them it serves.
 			grid, rows, flashRows = p, p, 0
+			b.prefixAttn++
 		}
 	}
 	ns := attnSplits(int(b.dev.sms), rows, grid, KVH*ngc, meta.MaxContext)
