@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"container/heap"
 	"runtime"
 	"slices"
@@ -145,6 +146,11 @@ func (e *Local) buildBatch() {
 	e.rowSeq = e.rowSeq[:0]
 	e.greedy, e.anyGreedy = e.greedy[:0], false
 	rows := 0
+	// Decodes first, then the prompt chunks by size, as vLLM lays out its
+	// batches: a backend may then serve the rows of few-token sequences
+	// apart from the prompts' (the CUDA backend's per-token attention
+	// beside flash).
+	slices.SortStableFunc(e.scheduled, func(a, b *sequence) int { return cmp.Compare(a.newToks, b.newToks) })
 	for _, s := range e.scheduled {
 		start := len(b.Tokens)
 		for p := s.numComputed; p < s.numComputed+s.newToks; p++ {

@@ -100,6 +100,9 @@ type AttentionMeta struct {
 	NumKVHeads  int
 	HeadDim     int
 	Scale       float32
+	// HostTokenSeq, when not nil, is a host copy of TokenSeq's NumTokens
+	// entries, which a backend may use to plan its launches.
+	HostTokenSeq []int32
 	// Window, when positive, is a sliding attention window: a token at
 	// position p attends to keys at positions max(0, p-Window+1)..p only
 	// (Mistral's and Qwen's sliding_window, as transformers masks it).

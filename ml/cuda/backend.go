@@ -186,6 +186,9 @@ type Backend struct {
 	// flashMin: steps with at least this many tokens beyond one per
 	// sequence take the tensor-core flash attention (bf16 caches).
 	flashMin int
+	// flashLeft: the rows a step's flash leaves to the per-token kernels
+	// (Attention), kept across the step's layers.
+	flashLeft flashLeftPlan
 	// laneAttn: per-token attention pieces stay on the lane-per-dims
 	// kernel where the tensor-core one applies (tests and benchmarks).
 	laneAttn bool
@@ -207,6 +210,7 @@ type Backend struct {
 	}
 	gateUp16   int  // MLPs recorded by gateUpSiLU16 (tests)
 	tcAttn     int  // Attention calls recorded on attn_tc (tests)
+	prefixAttn int  // Attention calls beside flash whose per-token grid was a prefix of the step (tests)
 	useShadow  bool // a bf16 weight was loaded under RoundActivations: norms also write bf16 copies
 	pdl        bool // kernels launch with programmatic stream serialization
 	launchCfg  launchConfig

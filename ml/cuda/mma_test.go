@@ -19,9 +19,11 @@ import (
 // 64-row form and in the wide one.
 func TestFlashConformance(t *testing.T) {
 	gpuOrSkip(t)
+	var made []*Backend
 	flash := func(o Options, wide bool) func() ml.Backend {
 		return func() ml.Backend {
 			b := newTestBackend(t, o)
+			made = append(made, b)
 			SetFlashMin(b, 0)
 			if wide && !b.flashWideFor(64, 1<<20, 1, 1) {
 				t.Fatalf("the device's %d bytes of shared memory a block leave no wide flash form", b.dev.sharedOptin)
@@ -51,6 +53,15 @@ func TestFlashConformance(t *testing.T) {
 			o.KVDTypes = []ml.DType{ml.BF16}
 			mltest.Run(t, flash(Options{RoundActivations: true}, wide), o)
 		})
+	}
+	// The cases laid out as the engine lays out a step (decodes first)
+	// ran their per-token rows over a prefix of the step beside flash.
+	prefix := 0
+	for _, b := range made {
+		prefix += b.prefixAttn
+	}
+	if len(made) > 0 && prefix == 0 {
+		t.Error("no attention call beside flash took a prefix of the step")
 	}
 }
 

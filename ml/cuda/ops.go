@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/llmserve/llmserve/ml"
 )
@@ -914,6 +915,70 @@ func attnSplits(sms, rows, T, blocksPerToken, maxContext int) int {
 	return ns
 }
 
+// attnPrefixRows is the per-token kernels' grid for a step whose rows
+// that flash leaves lie in its first left tokens: left rounded up to a
+// power of two (at least 8), so that steps of a few sizes share graphs.
+func attnPrefixRows(left int) int {
+	p := 8
+	for p < left {
+		p *= 2
+	}
+	return p
+}
+
+// flashLeftPlan finds, from a host copy of a step's TokenSeq, one past the
+// last token that the flash kernel leaves to the per-token kernels (by
+// flashServes in kernels/attention.cu, over tiles of tile tokens). A step
+// calls Attention once a layer with the same tokens: the last answer is
+// kept, and reused while the tokens and tile are the same.
+type flashLeftPlan struct {
+	seqs       []int32
+	tile, left int
+	count      []int // a tile's tokens per sequence, zero between tiles
+}
+
+// faMinRows is FA_MIN_ROWS in kernels/attention.cu.
+const faMinRows = 8
+
+// end returns the plan's answer for tokSeq (a step of numSeqs sequences)
+// and flash tiles of tile tokens.
+func (f *flashLeftPlan) end(tokSeq []int32, numSeqs, tile int) int {
+	if tile == f.tile && slices.Equal(tokSeq, f.seqs) {
+		return f.left
+	}
+	f.seqs, f.tile, f.left = append(f.seqs[:0], tokSeq...), tile, 0
+	T := len(tokSeq)
+	if slices.Min(tokSeq) < 0 || int(slices.Max(tokSeq)) >= numSeqs { // not sequence indices: plan for every token
+		f.left = T
+		return T
+	}
+	if n := int(slices.Max(tokSeq)) + 1; n > len(f.count) {
+		f.count = make([]int, n)
+	}
+	for t0 := 0; t0 < T; t0 += tile {
+		tok := tokSeq[t0:min(t0+tile, T)]
+		before, after := int32(-1), int32(-1)
+		if t0 > 0 {
+			before = tokSeq[t0-1]
+		}
+		if t0+len(tok) < T {
+			after = tokSeq[t0+len(tok)]
+		}
+		for _, s := range tok {
+			f.count[s]++
+		}
+		for r, s := range tok {
+			if n := f.count[s]; !(n >= faMinRows || n == len(tok) || s == before || s == after) {
+				f.left = t0 + r + 1
+			}
+		}
+		for _, s := range tok {
+			f.count[s] = 0
+		}
+	}
+	return f.left
+}
+
 const (
 	// attnPieceKeys bounds the keys of one per-token attention piece.
 	attnPieceKeys = 256
@@ -989,11 +1054,29 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	if flash {
 		rows = meta.NumSeqs // decode rows, and the few of a prompt's that flash leaves
 	}
-	ns := attnSplits(int(b.dev.sms), rows, T, KVH*ngc, meta.MaxContext)
+	// The per-token kernels' grid: every token (those flash serves return
+	// at once), or, where the host copy of TokenSeq shows that the rows
+	// flash leaves all come first (decodes laid out before prompts), just
+	// those: a grid of all the step's tokens allows them one piece each
+	// (attnSplits), and one piece walks a whole context in a chain.
+	grid := T
+	if flash && len(meta.HostTokenSeq) == T {
+		left := b.flashLeft.end(meta.HostTokenSeq, meta.NumSeqs, flashRows)
+		if left == 0 {
+			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
+		}
+		if p := attnPrefixRows(left); p <= T/2 {
+			// The prefix's rows all go to the per-token kernels (flashRows
+			// 0); flash, last, rewrites those of them it serves.
+			grid, rows, flashRows = p, p, 0
+			b.prefixAttn++
+		}
+	}
+	ns := attnSplits(int(b.dev.sms), rows, grid, KVH*ngc, meta.MaxContext)
 	var partO, partML uint64
 	if ns > 1 {
-		nO := int64(T) * int64(H) * int64(ns) * int64(D)
-		nML := int64(T) * int64(H) * int64(ns) * 2
+		nO := int64(grid) * int64(H) * int64(ns) * int64(D)
+		nML := int64(grid) * int64(H) * int64(ns) * 2
 		if err := b.ensure(&b.part, (nO+nML)*4); err != nil {
 			return err
 		}
@@ -1023,7 +1106,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 		b.aP(partML)
 		b.aI(max(meta.Window, 0))
 		b.aI(flashRows)
-		if err := b.push(fmt.Sprintf("attn_tc_bf16_%d", D/16), g3(KVH*ngc, T, (ns+3)/4), g1(128), st); err != nil {
+		if err := b.push(fmt.Sprintf("attn_tc_bf16_%d", D/16), g3(KVH*ngc, grid, (ns+3)/4), g1(128), st); err != nil {
 			return err
 		}
 	} else {
@@ -1043,7 +1126,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 		b.aP(sh)
 		b.aI(max(meta.Window, 0))
 		b.aI(flashRows)
-		if err := b.push(fmt.Sprintf("attention_%s_%d", kvSuffix(kc.dt), epl), g3(KVH*ngc, T, ns), g1(128), st); err != nil {
+		if err := b.push(fmt.Sprintf("attention_%s_%d", kvSuffix(kc.dt), epl), g3(KVH*ngc, grid, ns), g1(128), st); err != nil {
 			return err
 		}
 	}
@@ -1063,7 +1146,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	b.aI(d.cols)
 	b.aP(sh)
 	b.aF(mUnit)
-	if err := b.push("attn_combine", g3(H, T, 1), g1(threadsFor(D, 256)), st); err != nil {
+	if err := b.push("attn_combine", g3(H, grid, 1), g1(threadsFor(D, 256)), st); err != nil {
 		return err
 	}
 	if flash {

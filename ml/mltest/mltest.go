@@ -485,6 +485,12 @@ type attnCase struct {
 	numBlocks          int
 	window             int       // sliding window (0: none)
 	seqs               []attnSeq // blocks filled in by the test
+	// contiguous lays the step's tokens out sequence by sequence (the
+	// engine's layout) instead of interleaved; pad appends that many
+	// padding tokens as the decoder pads a step (position 0 of the last
+	// sequence, no KV written).
+	contiguous bool
+	pad        int
 }
 
 // runAttention writes history KV and this step's KV for every sequence of c
@@ -576,9 +582,9 @@ func (s *suite) runAttention(t *testing.T, b ml.Backend, r *rand.Rand, c attnCas
 	}
 	write(hist)
 
-	// This step's tokens, interleaved across sequences.
+	// This step's tokens, interleaved across sequences (or contiguous).
 	var toks [][2]int
-	for round := 0; ; round++ {
+	for round := 0; !c.contiguous; round++ {
 		added := false
 		for i, sq := range c.seqs {
 			if round < sq.nNew {
@@ -590,7 +596,15 @@ func (s *suite) runAttention(t *testing.T, b ml.Backend, r *rand.Rand, c attnCas
 			break
 		}
 	}
+	for i, sq := range c.seqs {
+		for p := sq.ctx - sq.nNew; c.contiguous && p < sq.ctx; p++ {
+			toks = append(toks, [2]int{i, p})
+		}
+	}
 	write(toks)
+	for range c.pad {
+		toks = append(toks, [2]int{len(c.seqs) - 1, 0})
+	}
 
 	T := len(toks)
 	q := RandF32(r, T*qDim, 1.5)
@@ -610,18 +624,19 @@ func (s *suite) runAttention(t *testing.T, b ml.Backend, r *rand.Rand, c attnCas
 	}
 	qt := newF32(t, b, T, qDim, q)
 	meta := &ml.AttentionMeta{
-		NumTokens:   T,
-		NumSeqs:     len(c.seqs),
-		TokenSeq:    newI32(t, b, 1, T, tokSeq),
-		Positions:   newI32(t, b, 1, T, pos),
-		BlockTables: newI32(t, b, len(c.seqs), maxBlocks, bt),
-		MaxBlocks:   maxBlocks,
-		MaxContext:  maxCtx,
-		NumHeads:    c.heads,
-		NumKVHeads:  c.kvHeads,
-		HeadDim:     c.hd,
-		Scale:       float32(1 / math.Sqrt(float64(c.hd))),
-		Window:      c.window,
+		NumTokens:    T,
+		NumSeqs:      len(c.seqs),
+		TokenSeq:     newI32(t, b, 1, T, tokSeq),
+		HostTokenSeq: tokSeq,
+		Positions:    newI32(t, b, 1, T, pos),
+		BlockTables:  newI32(t, b, len(c.seqs), maxBlocks, bt),
+		MaxBlocks:    maxBlocks,
+		MaxContext:   maxCtx,
+		NumHeads:     c.heads,
+		NumKVHeads:   c.kvHeads,
+		HeadDim:      c.hd,
+		Scale:        float32(1 / math.Sqrt(float64(c.hd))),
+		Window:       c.window,
 	}
 	big := newF32(t, b, T+2, qDim, nil)
 	dst := b.View(big, 0, T)
@@ -667,6 +682,13 @@ func (s *suite) testAttention(t *testing.T, b ml.Backend) {
 		// with another sequence's, a decode between them.
 		{heads: 12, kvHeads: 2, hd: 64, blockSize: 16, numBlocks: 16, seqs: []attnSeq{
 			{ctx: 23, nNew: 23}, {ctx: 40, nNew: 23}, {ctx: 30, nNew: 1}, {ctx: 23, nNew: 23}}},
+		// The engine's layout: decodes first, then prompt chunks by size
+		// (a backend may serve the few-token rows apart), and padding.
+		{heads: 12, kvHeads: 2, hd: 64, blockSize: 16, numBlocks: 32, contiguous: true, pad: 5, seqs: []attnSeq{
+			{ctx: 40, nNew: 1}, {ctx: 100, nNew: 1}, {ctx: 30, nNew: 1}, {ctx: 61, nNew: 1}, {ctx: 9, nNew: 1},
+			{ctx: 23, nNew: 23}, {ctx: 80, nNew: 40}}},
+		{heads: 8, kvHeads: 2, hd: 128, blockSize: 8, numBlocks: 24, contiguous: true, seqs: []attnSeq{
+			{ctx: 33, nNew: 1}, {ctx: 17, nNew: 1}, {ctx: 5, nNew: 1}, {ctx: 20, nNew: 3}, {ctx: 50, nNew: 50}}},
 	}
 	for _, kvdt := range s.o.KVDTypes {
 		for _, c := range cases {

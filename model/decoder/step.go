@@ -316,12 +316,17 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 		}
 	}
 	if padded {
-		// Padding tokens: token 0 at position 0 of sequence 0 (whose block 0
-		// exists), with no KV slot; padding logit rows read token 0.
+		// Padding tokens: token 0 at position 0 of the last sequence (whose
+		// block 0 exists), with no KV slot; padding logit rows read token
+		// 0. The last sequence's, not the first's: a flash tile of a
+		// prompt's last rows and padding then holds one sequence, whose
+		// rows flash serves (the first is a decode where decodes come first).
 		clear(toks[T:])
 		clear(poss[T:])
 		clear(lidx[L:])
-		clear(tokSeq[T:])
+		for j := T; j < Tp; j++ {
+			tokSeq[j] = int32(S - 1)
+		}
 		for j := T; j < Tp; j++ {
 			slots[j] = -1
 		}
@@ -337,7 +342,7 @@ func (m *Model) runStep(ctx context.Context, b *model.Batch, greedy []bool, toke
 	}
 	meta := &s.meta
 	*meta = ml.AttentionMeta{
-		NumTokens: Tp, NumSeqs: S, TokenSeq: vw.tokSeq, Positions: vw.pos, BlockTables: vw.bt,
+		NumTokens: Tp, NumSeqs: S, TokenSeq: vw.tokSeq, HostTokenSeq: tokSeq, Positions: vw.pos, BlockTables: vw.bt,
 		MaxBlocks: s.capB, MaxContext: maxCtx, NumHeads: m.nh, NumKVHeads: m.nkv, HeadDim: m.hd, Scale: m.scale,
 	}
 

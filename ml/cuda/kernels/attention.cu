@@ -22,6 +22,7 @@
 // many sequences would make the flash block run one pass over each one's
 // keys in turn. (Left to it, a prompt's last few rows had one block walk
 // the whole context for them, after every other block was done.)
+// flashLeftPlan (ops.go) applies the same rule on the host.
 #define FA_MIN_ROWS 8
 __device__ __forceinline__ bool flashServes(int nSame, int nValid, bool spans) {
   return nSame >= FA_MIN_ROWS || nSame == nValid || spans;
