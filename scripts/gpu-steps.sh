@@ -37,7 +37,8 @@
 #                alternated
 #   ncu-flash    Nsight Compute's detailed sections (speed of light, warp
 #                stalls, source counters) for one launch of the wide and
-#                one of the narrow flash form at T=8000, rounded
+#                one of the narrow flash form at T=8000 (NCU_FLASH: another
+#                BenchmarkAttentionPrefill case, e.g. 8x1024), rounded
 #   attnform     the one-token decode step at 100, 2,000 and 8,000 tokens of
 #                context with each form of the one-head attention's passes
 #                (as they are, pipelined, wide), and with an FP8 cache at
@@ -145,9 +146,9 @@ for step in "$@"; do
   ncu-flash)
     for form in flash-round-wide flash-round; do
       (cd ml/cuda && timeout 200 ncu --set full --import-source no -k regex:flash_attn -c 1 --clock-control none \
-        ../../.gpu/cuda.test -test.run XXX -test.bench "AttentionPrefill/$form/T=8000\$" -test.benchtime 1x \
-        >$R/ncu-$form.txt 2>&1)
-      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form.txt | head -40
+        ../../.gpu/cuda.test -test.run XXX -test.bench "AttentionPrefill/$form/${NCU_FLASH:-T=8000}\$" -test.benchtime 1x \
+        >$R/ncu-$form-${NCU_FLASH:-T=8000}.txt 2>&1)
+      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form-${NCU_FLASH:-T=8000}.txt | head -40
     done ;;
   attnform)
     rounds attn-form.log 'ModelDecode/step-stamped(-ctx[0-9]+)?(-pipe|-wide|-kv8)?$/T=1$' 250 ;;

@@ -114,11 +114,18 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 		{"per-token", Options{}, math.MaxInt32, false}} {
 		b := newTestBackend(bm, v.o)
 		SetFlashMin(b, v.flashMin)
-		for _, T := range []int{1024, 2048, 4096, 8000} {
+		// One prompt of each length, and eight 1,024-token prompts in one
+		// step (a c=64 load's prompt step).
+		for _, c := range []struct {
+			name    string
+			T, seqs int
+		}{
+			{"T=1024", 1024, 1}, {"T=2048", 2048, 1}, {"T=4096", 4096, 1}, {"T=8000", 8000, 1}, {"8x1024", 8192, 8}} {
+			T, seqs := c.T, c.seqs
 			if v.flashMin > 0 && T > 1024 && T < 8000 {
 				continue // the per-token kernel is the slow reference, at the ends only
 			}
-			bm.Run(fmt.Sprintf("%s/T=%d", v.name, T), func(bm *testing.B) {
+			bm.Run(fmt.Sprintf("%s/%s", v.name, c.name), func(bm *testing.B) {
 				defer func(w float64) { flashWideWaves = w }(flashWideWaves)
 				flashWideWaves = math.Inf(1)
 				if v.wide {
@@ -128,7 +135,9 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 					bm.Skipf("the device's %d bytes of shared memory a block leave no wide flash form", b.dev.sharedOptin)
 				}
 				r := rand.New(rand.NewPCG(1, 2))
-				nb := (T + blockSize - 1) / blockSize
+				L := T / seqs // each prompt's tokens
+				perSeq := (L + blockSize - 1) / blockSize
+				nb := seqs * perSeq
 				cache, err := b.NewKVCache(1, nb, blockSize, KVH, D, ml.BF16)
 				if err != nil {
 					bm.Fatal(err)
@@ -136,7 +145,8 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 				defer b.FreeKVCache(cache)
 				seq, pos, slots, tbl := make([]int32, T), make([]int32, T), make([]int32, T), make([]int32, nb)
 				for i := range T {
-					pos[i], slots[i] = int32(i), int32(i)
+					s, p := i/L, i%L
+					seq[i], pos[i], slots[i] = int32(s), int32(p), int32(s*perSeq*blockSize+p)
 				}
 				for i := range tbl {
 					tbl[i] = int32(i)
@@ -155,8 +165,8 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 					b.UploadI32(ss, slots), b.UploadI32(bt, tbl), b.WriteKV(cache, 0, k, vv, ss)); err != nil {
 					bm.Fatal(err)
 				}
-				meta := &ml.AttentionMeta{NumTokens: T, NumSeqs: 1, TokenSeq: ts, Positions: ps, BlockTables: bt, MaxBlocks: nb,
-					MaxContext: T, NumHeads: H, NumKVHeads: KVH, HeadDim: D, Scale: float32(1 / math.Sqrt(D))}
+				meta := &ml.AttentionMeta{NumTokens: T, NumSeqs: seqs, TokenSeq: ts, Positions: ps, BlockTables: bt, MaxBlocks: perSeq,
+					MaxContext: L, HostTokenSeq: seq, NumHeads: H, NumKVHeads: KVH, HeadDim: D, Scale: float32(1 / math.Sqrt(D))}
 				bm.ResetTimer()
 				for range bm.N {
 					if err := b.Attention(dst, q, cache, 0, meta); err != nil {
@@ -168,9 +178,9 @@ func BenchmarkAttentionPrefill(bm *testing.B) {
 				}
 				bm.StopTimer()
 				sec := bm.Elapsed().Seconds() / float64(bm.N)
-				// Causal: T²/2 scores per head, 2 FLOPs each in Q·Kᵀ and in P·V.
+				// Causal: L²/2 scores per head and prompt, 2 FLOPs each in Q·Kᵀ and in P·V.
 				bm.ReportMetric(sec*1e3, "ms/op")
-				bm.ReportMetric(4*float64(T)*float64(T)/2*H*D/sec/1e12, "TFLOP/s")
+				bm.ReportMetric(4*float64(seqs)*float64(L)*float64(L)/2*H*D/sec/1e12, "TFLOP/s")
 				for _, x := range []ml.Tensor{q, k, vv, dst, ts, ps, ss, bt} {
 					b.Free(x)
 				}
@@ -377,6 +387,7 @@ func TestUseFlash(t *testing.T) {
 		{"f32 cache", f32, 1024, 1, 12, 128, 2048, 1536, 9, false},
 		{"head dim 96", bf16, 1024, 1, 12, 96, 2048, 1536, 9, false},
 		{"odd stride", bf16, 1024, 1, 12, 128, 2049, 1536, 9, false},
+		{"stride of 2 mod 4", bf16, 1024, 1, 12, 128, 2050, 1536, 9, false},
 		{"Turing", bf16, 1024, 1, 12, 128, 2048, 1536, 7, false},
 		{"GQA group of 64", bf16, 1024, 1, 128, 128, 2048, 1536, 9, true},
 		{"GQA group of 65", bf16, 1024, 1, 130, 128, 2048, 1536, 9, false},

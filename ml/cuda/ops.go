@@ -1094,7 +1094,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	// one sequence leaves it nothing.
 	// The flash kernels scale scores after taking their maximum: a
 	// positive scale only.
-	flash, flashRows := meta.Scale > 0 && b.useFlash(kc, T, meta.NumSeqs, H, D, qq.cols, d.cols), 0
+	flash, flashRows := meta.Scale > 0 && qq.ptr%16 == 0 && b.useFlash(kc, T, meta.NumSeqs, H, D, qq.cols, d.cols), 0
 	if flash {
 		if meta.NumSeqs <= 1 {
 			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
@@ -1292,10 +1292,11 @@ func flashTileTokens(g int, wide bool) int {
 
 // useFlash reports whether a step of T tokens from numSeqs sequences takes
 // the flash kernel: a bf16 cache, a head dim it is built for, an Ampere or
-// later GPU, and enough tokens per sequence to share key loads.
+// later GPU, q's rows 16-byte aligned (qStride a multiple of 4 floats),
+// and enough tokens per sequence to share key loads.
 func (b *Backend) useFlash(kc *kvCache, T, numSeqs, H, D, qStride, outStride int) bool {
 	return kc.dt == ml.BF16 && (D == 64 || D == 128) && b.dev.major >= 8 && kc.kvh > 0 && H%kc.kvh == 0 &&
-		flashTileTokens(H/kc.kvh, b.flashWideFor(D, T, H/kc.kvh, kc.kvh)) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
+		flashTileTokens(H/kc.kvh, b.flashWideFor(D, T, H/kc.kvh, kc.kvh)) > 0 && qStride%4 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
 }
 
 // tcAttention reports whether attn_tc takes the per-token attention
