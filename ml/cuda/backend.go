@@ -209,6 +209,7 @@ type Backend struct {
 		valid      bool
 	}
 	gateUp16   int  // MLPs recorded by gateUpSiLU16 (tests)
+	gemmAdds   int  // products added to the residual by their GEMM (matMulAddGEMM; tests)
 	tcAttn     int  // Attention calls recorded on attn_tc (tests)
 	prefixAttn int  // Attention calls beside flash whose per-token grid was a prefix of the step (tests)
 	useShadow  bool // a bf16 weight was loaded under RoundActivations: norms also write bf16 copies

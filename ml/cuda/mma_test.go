@@ -387,6 +387,7 @@ func TestUseFlash(t *testing.T) {
 		{"f32 cache", f32, 1024, 1, 12, 128, 2048, 1536, 9, false},
 		{"head dim 96", bf16, 1024, 1, 12, 96, 2048, 1536, 9, false},
 		{"odd stride", bf16, 1024, 1, 12, 128, 2049, 1536, 9, false},
+		{"stride of 2 mod 4", bf16, 1024, 1, 12, 128, 2050, 1536, 9, false},
 		{"Turing", bf16, 1024, 1, 12, 128, 2048, 1536, 7, false},
 		{"GQA group of 64", bf16, 1024, 1, 128, 128, 2048, 1536, 9, true},
 		{"GQA group of 65", bf16, 1024, 1, 130, 128, 2048, 1536, 9, false},

@@ -116,14 +116,30 @@ __device__ __forceinline__ void fa_rows(const float* q, const int* tokenSeq, con
     sPos[r] = pos;
     sFirst[r] = window > 0 ? max(0, pos + 1 - window) : 0;
   }
-  for (int c = threadIdx.x; c < BM * (D / 2); c += blockDim.x) {
-    const int r = c / (D / 2), col = (c - r * (D / 2)) * 2, t = t0 + r / G;
-    float2 v = make_float2(0.f, 0.f);
-    if (r < TB * G && t < T) v = *(const float2*)(q + (long long)t * qStride + (long long)(kvh * G + r % G) * D + col);
-    unsigned hi, lo;
-    split_bf16(v.x, v.y, hi, lo);
-    *(unsigned*)(sQ + r * LD + col) = hi;
-    if (PASSES > 1) *(unsigned*)(sQ + (PASSES - 1) * BM * LD + r * LD + col) = lo;
+  // A thread's loads of q go out in batches of QB before any is used: one
+  // at a time, a block's first tile waited for a chain of them, as long as
+  // several tiles of a short prompt. (qStride and D are multiples of 4, so
+  // q's rows are 16-byte aligned.)
+  constexpr int NV = BM * (D / 4), QB = 8;
+  for (int c0 = threadIdx.x; c0 < NV; c0 += QB * blockDim.x) {
+    float4 v[QB];
+#pragma unroll
+    for (int u = 0; u < QB; ++u) {
+      const int c = c0 + u * blockDim.x, r = c / (D / 4), col = (c - r * (D / 4)) * 4, t = t0 + r / G;
+      v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (c < NV && r < TB * G && t < T)
+        v[u] = *(const float4*)(q + (long long)t * qStride + (long long)(kvh * G + r % G) * D + col);
+    }
+#pragma unroll
+    for (int u = 0; u < QB; ++u) {
+      const int c = c0 + u * blockDim.x, r = c / (D / 4), col = (c - r * (D / 4)) * 4;
+      if (c >= NV) break;
+      uint2 hi, lo;
+      split_bf16(v[u].x, v[u].y, hi.x, lo.x);
+      split_bf16(v[u].z, v[u].w, hi.y, lo.y);
+      *(uint2*)(sQ + r * LD + col) = hi;
+      if (PASSES > 1) *(uint2*)(sQ + (PASSES - 1) * BM * LD + r * LD + col) = lo;
+    }
   }
 }
 
