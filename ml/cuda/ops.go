@@ -1326,6 +1326,29 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 		return err
 	}
 	passes, wide := b.flashPasses(), b.flashWideFor(D, T, H/meta.NumKVHeads, meta.NumKVHeads)
+	name, tb := fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), flashTileTokens(H/meta.NumKVHeads, wide)
+	if wide {
+		name += "_wide"
+	}
+	tiles := (T + tb - 1) / tb
+	// Several sequences: their tiles longest first (flash_order); one
+	// prompt's already are, from the step's end.
+	var order uint64
+	if meta.NumSeqs > 1 && tiles > 1 {
+		if err := b.ensure(&b.flashTiles, int64(tiles)*4); err != nil {
+			return err
+		}
+		order = b.flashTiles.ptr
+		b.flashOrdered++
+		st := b.argStart()
+		b.aP(order)
+		b.aP(pos.ptr)
+		b.aI(T)
+		b.aI(tb)
+		if err := b.push("flash_order", g1(1), g1(flashOrderThreads), st); err != nil {
+			return err
+		}
+	}
 	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(q.ptr)
@@ -1338,12 +1361,13 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	b.aI(d.cols)
 	b.aP(sh)
 	b.aI(max(meta.Window, 0))
-	name, tb := fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), flashTileTokens(H/meta.NumKVHeads, wide)
-	if wide {
-		name += "_wide"
-	}
-	return b.pushShared(name, g3((T+tb-1)/tb, meta.NumKVHeads, 1), g1(128), flashShared(D, passes, wide), st)
+	b.aP(order)
+	return b.pushShared(name, g1(tiles*meta.NumKVHeads), g1(128), flashShared(D, passes, wide), st)
 }
+
+// flashOrderThreads is flash_order's block: one thread a key of its
+// counting sort (FLASH_ORDER_KEYS in kernels/attention.cu).
+const flashOrderThreads = 1024
 
 // flashShared is flash_attn's dynamic shared memory (kernels/flash.cu): q's
 // rows in passes bf16 planes, then K and V tiles of 64 keys, rows of

@@ -5,7 +5,8 @@
 // (prefill, chunked prefill, prefix-cache hits): the per-token kernel in
 // attention.cu reads every key once per token, this one once per 64 tokens.
 //
-// Grid (ceil(T/TB), KVH), FA_WARPS warps per block. A block serves the
+// Grid ceil(T/TB)·KVH (a tile's KV heads side by side), FA_WARPS warps a block, tiles
+// longest first (flash_order). A block serves the
 // query heads of one KV head (a GQA group of G = H/KVH) for TB = FA_BM/G
 // consecutive tokens of the step: row r is token r/G's head r%G of the
 // group (rows past TB·G are idle), so every K/V tile a block loads serves
@@ -172,7 +173,7 @@ template <int D, int PASSES>
 __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq,
                            const int* positions, const int* blockTables, int maxBlocks, int blockSize,
                            int numBlocks, int T, int H, int KVH, float scale, int qStride, int outStride,
-                           bf16* out16, int window) {
+                           bf16* out16, int window, const int* order) {
   constexpr int LD = D + 8;  // padded rows: ldmatrix reads hit 8 distinct bank groups
   constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
   constexpr int DN = D / 8;   // n-tiles of P·V
@@ -186,8 +187,10 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   __shared__ int sSeq[FA_BM], sPos[FA_BM], sFirst[FA_BM];
   __shared__ int sCur, sLo, sHi, sValid;
 
-  const int tile = gridDim.x - 1 - blockIdx.x;  // the longest contexts first
-  const int kvh = blockIdx.y, G = H / KVH, TB = FA_BM / G;
+  // A 1-D grid, the KV heads of a tile side by side; the tiles longest
+  // first: in order (flash_order) when given, else from the step's end.
+  const int kvh = blockIdx.x % KVH, rank = blockIdx.x / KVH, G = H / KVH, TB = FA_BM / G;
+  const int tile = order ? order[rank] : gridDim.x / KVH - 1 - rank;
   const int t0 = tile * TB;
   const int2 edge = threadIdx.x == 0 ? tileEdgeSeqs(tokenSeq, t0, TB, T) : make_int2(-1, -1);  // fa_next's
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -418,7 +421,7 @@ template <int D, int PASSES, int BN, int ST>
 __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq,
                                 const int* positions, const int* blockTables, int maxBlocks, int blockSize,
                                 int numBlocks, int T, int H, int KVH, float scale, int qStride, int outStride,
-                                bf16* out16, int window) {
+                                bf16* out16, int window, const int* order) {
   constexpr int LD = D + 8;  // padded rows: ldmatrix reads hit 8 distinct bank groups
   constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
   constexpr int DN = D / 8;   // n-tiles of P·V
@@ -434,8 +437,10 @@ __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, cons
   __shared__ int sSeq[FW_BM], sPos[FW_BM], sFirst[FW_BM];
   __shared__ int sCur, sLo, sHi, sValid;
 
-  const int tile = gridDim.x - 1 - blockIdx.x;  // the longest contexts first
-  const int kvh = blockIdx.y, G = H / KVH, TB = FW_BM / G;
+  // A 1-D grid, the KV heads of a tile side by side; the tiles longest
+  // first: in order (flash_order) when given, else from the step's end.
+  const int kvh = blockIdx.x % KVH, rank = blockIdx.x / KVH, G = H / KVH, TB = FW_BM / G;
+  const int tile = order ? order[rank] : gridDim.x / KVH - 1 - rank;
   const int t0 = tile * TB;
   const int2 edge = threadIdx.x == 0 ? tileEdgeSeqs(tokenSeq, t0, TB, T) : make_int2(-1, -1);  // fa_next's
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -700,7 +705,7 @@ struct fw_cfg {
   extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_MIN_BLOCKS) flash_attn_bf16_##D##_##P(                     \
       float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq, const int* positions,   \
       const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int T, int H, int KVH, float scale, \
-      int qStride, int outStride, bf16* out16, int window) {                                                   \
+      int qStride, int outStride, bf16* out16, int window, const int* order) {                                 \
     PDL_ENTRY();                                                                                               \
     FLASH_BODY(D, P);                                                                                          \
   }
@@ -709,7 +714,7 @@ struct fw_cfg {
   extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FW_MIN_BLOCKS) flash_attn_bf16_##D##_##P##_wide(         \
       float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq, const int* positions,   \
       const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int T, int H, int KVH, float scale, \
-      int qStride, int outStride, bf16* out16, int window) {                                                   \
+      int qStride, int outStride, bf16* out16, int window, const int* order) {                                 \
     PDL_ENTRY();                                                                                               \
     FLASH_WIDE_BODY(D, P);                                                                                     \
   }
@@ -717,11 +722,11 @@ struct fw_cfg {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define FLASH_BODY(D, P)                                                                                     \
   flash_attn<D, P>(out, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize, numBlocks, T, H, \
-                   KVH, scale, qStride, outStride, out16, window)
+                   KVH, scale, qStride, outStride, out16, window, order)
 #define FLASH_WIDE_BODY(D, P)                                                                                 \
   flash_attn_wide<D, P, fw_cfg<D, P>::BN, fw_cfg<D, P>::ST>(out, q, kc, vc, tokenSeq, positions, blockTables, \
                                                            maxBlocks, blockSize, numBlocks, T, H, KVH, scale,  \
-                                                           qStride, outStride, out16, window)
+                                                           qStride, outStride, out16, window, order)
 #else
 #define FLASH_BODY(D, P) __trap()
 #define FLASH_WIDE_BODY(D, P) __trap()
