@@ -213,8 +213,14 @@ func (b *Backend) normF32Dst(d *tensor, sh uint64, next ml.Tensor) uint64 {
 // GEMV sizes under rounded activations, so the f32 rows would go unread.
 func (b *Backend) normBF16Only(T int, w ml.Tensor) bool {
 	ww, ok := w.(*tensor)
-	return ok && ww != nil && ww.dt == ml.BF16 && b.useShadow && b.opts.RoundActivations && !b.opts.ExactActivations &&
-		T > max(b.opts.SkinnyMaxT, b.opts.GemvMaxT)
+	return ok && ww != nil && ww.dt == ml.BF16 && b.useShadow && b.bf16GEMMRows(T)
+}
+
+// bf16GEMMRows reports whether MatMul runs a product of T rows and bf16
+// weights as one cuBLAS GEMM of its input's bf16 copy: rounded
+// activations, past the GEMV sizes.
+func (b *Backend) bf16GEMMRows(T int) bool {
+	return b.opts.RoundActivations && !b.opts.ExactActivations && T > max(b.opts.SkinnyMaxT, b.opts.GemvMaxT)
 }
 
 // addRMSNorm is AddRMSNorm; next as in rmsNorm.
@@ -301,11 +307,10 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 
 // matMulAddGEMM records acc += x·wᵀ (+bias) as one cuBLAS GEMM that adds
 // into acc (beta 1) and reports true, where MatMul would run one GEMM of
-// x's bf16 copy: bf16 weights, rounded activations, a step past the GEMV
-// sizes (normBF16Only's rule). A prompt step's o and down projections then
-// reach the residual without a product of their own that a norm must add
-// back (one pass over the residual rows fewer each). It records nothing
-// and reports false elsewhere.
+// x's bf16 copy (bf16 weights, bf16GEMMRows). A prompt step's o and down
+// projections then reach the residual without a product of their own that
+// a norm must add back (one pass over the residual rows fewer each). It
+// records nothing and reports false elsewhere.
 func (b *Backend) matMulAddGEMM(acc, x, w, bias ml.Tensor) (bool, error) {
 	if err := b.lock(); err != nil {
 		return false, err
@@ -324,8 +329,7 @@ func (b *Backend) matMulAddGEMM(acc, x, w, bias ml.Tensor) (bool, error) {
 		return false, err
 	}
 	T, K, N := xx.rows, xx.cols, ww.rows
-	if ww.dt != ml.BF16 || xx.dt != ml.F32 || !b.opts.RoundActivations || b.opts.ExactActivations ||
-		T <= max(b.opts.SkinnyMaxT, b.opts.GemvMaxT) {
+	if ww.dt != ml.BF16 || xx.dt != ml.F32 || !b.bf16GEMMRows(T) {
 		return false, nil
 	}
 	if ww.cols != K || d.rows != T || d.cols != N {
@@ -1470,7 +1474,7 @@ func (b *Backend) gateUpSiLU16(act, gateUp, xn, w, bias, down ml.Tensor) (bool, 
 		return false, err
 	}
 	T, K, I := xx.rows, xx.cols, d.cols
-	if ww.dt != ml.BF16 || dw.dt != ml.BF16 || T <= max(b.opts.SkinnyMaxT, b.opts.GemvMaxT) || I%8 != 0 {
+	if ww.dt != ml.BF16 || dw.dt != ml.BF16 || !b.bf16GEMMRows(T) || I%8 != 0 {
 		return false, nil // the GEMV paths, or no whole uint4 of act per thread
 	}
 	if ww.cols != K || ww.rows != 2*I || gu.rows != T || gu.cols != 2*I || d.rows != T {
