@@ -183,8 +183,6 @@ type Backend struct {
 	split32   devBuf // splitGemm's products of the hi and lo halves
 	sh16      devBuf // bf16 copy of the last normed / SiLU output
 	part      devBuf // attention split partials
-	// flashTiles: flash_order's order of a flash launch's tiles.
-	flashTiles devBuf
 	// flashMin: steps with at least this many tokens beyond one per
 	// sequence take the tensor-core flash attention (bf16 caches).
 	flashMin int
@@ -210,19 +208,17 @@ type Backend struct {
 		rows, cols int
 		valid      bool
 	}
-	gateUp16     int  // MLPs recorded by gateUpSiLU16 (tests)
-	gemmAdds     int  // products added to the residual by their GEMM (matMulAddGEMM; tests)
-	tcAttn       int  // Attention calls recorded on attn_tc (tests)
-	prefixAttn   int  // Attention calls beside flash whose per-token grid was a prefix of the step (tests)
-	flashOrdered int  // flash launches whose tiles flash_order laid out (tests)
-	useShadow    bool // a bf16 weight was loaded under RoundActivations: norms also write bf16 copies
-	pdl          bool // kernels launch with programmatic stream serialization
-	launchCfg    launchConfig
-	launchPDL    launchAttr
-	launchCoop   launchAttr
-	nextCoop     bool // the next push is a cooperative launch
-	skinnyRec    skinnyRec
-	ropeRec      ropeRec
+	gateUp16   int  // MLPs recorded by gateUpSiLU16 (tests)
+	tcAttn     int  // Attention calls recorded on attn_tc (tests)
+	prefixAttn int  // Attention calls beside flash whose per-token grid was a prefix of the step (tests)
+	useShadow  bool // a bf16 weight was loaded under RoundActivations: norms also write bf16 copies
+	pdl        bool // kernels launch with programmatic stream serialization
+	launchCfg  launchConfig
+	launchPDL  launchAttr
+	launchCoop launchAttr
+	nextCoop   bool // the next push is a cooperative launch
+	skinnyRec  skinnyRec
+	ropeRec    ropeRec
 
 	// recording
 	ops    []op
@@ -652,7 +648,7 @@ func (b *Backend) stepKernel(epl int, v stepVariant) (uintptr, error) {
 }
 
 func kernelNames() []string {
-	n := []string{"embedding_f8", "cast_f32_bf16", "cast_f32_f16", "split_f32_bf16", "add_halves", "flash_order", "rope_kv_f32", "rope_kv_bf16", "silu_mul", "silu_mul16", "gather_rows", "argmax_rows", "attn_combine"}
+	n := []string{"embedding_f8", "cast_f32_bf16", "cast_f32_f16", "split_f32_bf16", "add_halves", "rope_kv_f32", "rope_kv_bf16", "silu_mul", "silu_mul16", "gather_rows", "argmax_rows", "attn_combine"}
 	n = append(n, moeKernelNames()...)
 	for _, s := range []string{"f32", "bf16", "f16"} {
 		n = append(n, "embedding_"+s, "rmsnorm_"+s, "add_rmsnorm_"+s, "bias_add_"+s)
@@ -809,7 +805,7 @@ func (b *Backend) release() {
 	if b.blas != 0 {
 		_ = b.l.blascall(b.l.cublasDestroy, "cublasDestroy", b.blas)
 	}
-	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.split32, &b.sh16, &b.part, &b.flashTiles, &b.amPart, &b.amCount, &b.moeGroup, &b.mmaPart, &b.w16, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
+	for _, d := range []*devBuf{&b.workspace, &b.act16, &b.split32, &b.sh16, &b.part, &b.amPart, &b.amCount, &b.moeGroup, &b.mmaPart, &b.w16, &b.step.table, &b.step.acts, &b.step.bar, &b.step.stamps} {
 		if d.ptr != 0 {
 			_ = b.l.call(b.l.cuMemFree, "cuMemFree", uintptr(d.ptr))
 		}

@@ -16,10 +16,6 @@ func StepLaunches(b *Backend) int { return b.step.launches }
 // product and SiLU in bf16 (gateUpSiLU16).
 func GateUpBF16Steps(b *Backend) int { return b.gateUp16 }
 
-// GEMMAdds is the number of products b has added to the residual in their
-// GEMM (matMulAddGEMM).
-func GEMMAdds(b *Backend) int { return b.gemmAdds }
-
 // SetStepPrefetch sets the decode step's L2 prefetch of each layer's o
 // and gate/up weights by its benchmark name: "pf" at the layer's start,
 // "pfa" at its attention's, "pfo" the o weights alone there, "" none.

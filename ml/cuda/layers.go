@@ -201,20 +201,11 @@ func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int, pending bo
 	if err := b.Attention(st.Attn, st.QKV, st.Cache, i, st.Meta); err != nil {
 		return false, err
 	}
-	// The o projection is added to h by its GEMM where it can be
-	// (matMulAddGEMM), else it lands in Down, free until the MLP.
-	added, err := b.matMulAddGEMM(h, st.Attn, l.O, l.OBias)
-	switch {
-	case err != nil:
+	// The o projection lands in Down, free until the MLP.
+	if err := b.MatMul(st.Down, st.Attn, l.O, l.OBias); err != nil {
 		return false, err
-	case added:
-		err = b.rmsNorm(st.XN, h, l.PostNorm, s.Eps, l.GateUp)
-	default:
-		if err = b.MatMul(st.Down, st.Attn, l.O, l.OBias); err == nil {
-			err = b.addRMSNorm(h, st.XN, st.Down, l.PostNorm, s.Eps, l.GateUp)
-		}
 	}
-	if err != nil {
+	if err := b.addRMSNorm(h, st.XN, st.Down, l.PostNorm, s.Eps, l.GateUp); err != nil {
 		return false, err
 	}
 	if l.GateUp == nil {
@@ -223,9 +214,6 @@ func (f *fusedLayers) layerGEMM(h ml.Tensor, st *ml.FusedStep, i int, pending bo
 	// Act is read by the down projection alone, so it may be left as its
 	// bf16 copy only (gateUpSiLU).
 	if err := b.gateUpSiLU(st.Act, st.GateUp, st.XN, l.GateUp, l.GateUpBias, l.Down); err != nil {
-		return false, err
-	}
-	if added, err := b.matMulAddGEMM(h, st.Act, l.Down, l.DownBias); added || err != nil {
 		return false, err
 	}
 	return true, b.MatMul(st.Down, st.Act, l.Down, l.DownBias)

@@ -26,17 +26,12 @@ func TestFusedLayersMatchReference(t *testing.T) {
 		name := fmt.Sprintf("maxT=%d/step-kernel=%v/round=%v", o.FusedDecodeMaxT, !o.DisableStepKernel, o.RoundActivations)
 		t.Run(name, func(t *testing.T) {
 			be := gpu(t, o)
-			g0, a0 := cuda.GateUpBF16Steps(be), cuda.GEMMAdds(be)
+			g0 := cuda.GateUpBF16Steps(be)
 			defer func() {
 				if n := cuda.GateUpBF16Steps(be) - g0; o.RoundActivations && n == 0 {
 					t.Error("no layer took the bf16 gate/up product with rounded activations")
 				} else if !o.RoundActivations && n != 0 {
 					t.Errorf("%d layers took the bf16 gate/up product with f32 activations", n)
-				}
-				if n := cuda.GEMMAdds(be) - a0; o.RoundActivations && n == 0 {
-					t.Error("no o or down product was added to the residual by its GEMM with rounded activations")
-				} else if !o.RoundActivations && n != 0 {
-					t.Errorf("%d products were added to the residual by their GEMM with f32 activations", n)
 				}
 			}()
 			stepKernel := !o.DisableStepKernel && o.FusedDecodeMaxT >= 0

@@ -56,17 +56,12 @@ func TestFlashConformance(t *testing.T) {
 	}
 	// The cases laid out as the engine lays out a step (decodes first)
 	// ran their per-token rows over a prefix of the step beside flash.
-	prefix, ordered := 0, 0
+	prefix := 0
 	for _, b := range made {
 		prefix += b.prefixAttn
-		ordered += b.flashOrdered
 	}
 	if len(made) > 0 && prefix == 0 {
 		t.Error("no attention call beside flash took a prefix of the step")
-	}
-	// Cases of several sequences ran flash over flash_order's tiles.
-	if len(made) > 0 && ordered == 0 {
-		t.Error("no flash launch took flash_order's tiles")
 	}
 }
 
@@ -392,7 +387,6 @@ func TestUseFlash(t *testing.T) {
 		{"f32 cache", f32, 1024, 1, 12, 128, 2048, 1536, 9, false},
 		{"head dim 96", bf16, 1024, 1, 12, 96, 2048, 1536, 9, false},
 		{"odd stride", bf16, 1024, 1, 12, 128, 2049, 1536, 9, false},
-		{"stride of 2 mod 4", bf16, 1024, 1, 12, 128, 2050, 1536, 9, false},
 		{"Turing", bf16, 1024, 1, 12, 128, 2048, 1536, 7, false},
 		{"GQA group of 64", bf16, 1024, 1, 128, 128, 2048, 1536, 9, true},
 		{"GQA group of 65", bf16, 1024, 1, 130, 128, 2048, 1536, 9, false},
@@ -517,83 +511,5 @@ func TestDynamicSharedOptIn(t *testing.T) {
 	}
 	if b.dynShared[b.fns["splitk_sum"]] != 64<<10 {
 		t.Errorf("splitk_sum opted in to %d bytes, want %d", b.dynShared[b.fns["splitk_sum"]], 64<<10)
-	}
-}
-
-// TestFlashOrder: flash_order's order of a step's tiles is a permutation
-// of them, longest first by the largest position of each tile's tokens in
-// units of 64 keys (its sort key).
-func TestFlashOrder(t *testing.T) {
-	gpuOrSkip(t)
-	b := newTestBackend(t, Options{})
-	defer b.Close()
-	// Three decodes at long contexts, then prompts of 37, 700 and 1,500
-	// tokens laid out as the engine lays out a step, in tiles of 10.
-	var pos []int32
-	pos = append(pos, 5000, 90, 3000)
-	for _, n := range []int{37, 700, 1500} {
-		for p := range n {
-			pos = append(pos, int32(p))
-		}
-	}
-	T, tb := len(pos), 10
-	tiles := (T + tb - 1) / tb
-	ps, err := b.NewTensor(ml.I32, 1, T)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.UploadI32(ps, pos); err != nil {
-		t.Fatal(err)
-	}
-	ord, err := b.NewTensor(ml.I32, 1, tiles)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.lock(); err != nil {
-		t.Fatal(err)
-	}
-	pt, err := b.i32(ps, "positions", T)
-	if err != nil {
-		b.mu.Unlock()
-		t.Fatal(err)
-	}
-	ot, err := b.i32(ord, "order", tiles)
-	if err != nil {
-		b.mu.Unlock()
-		t.Fatal(err)
-	}
-	st := b.argStart()
-	b.aP(ot.ptr)
-	b.aP(pt.ptr)
-	b.aI(T)
-	b.aI(tb)
-	err = b.push("flash_order", g1(1), g1(flashOrderThreads), st)
-	b.mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make([]int32, tiles)
-	if err := b.DownloadI32(got, ord); err != nil {
-		t.Fatal(err)
-	}
-	key := func(tile int32) int32 {
-		m := int32(0)
-		for i := int(tile) * tb; i < min(T, int(tile)*tb+tb); i++ {
-			m = max(m, pos[i])
-		}
-		return min(m>>6, 1023)
-	}
-	seen := make([]bool, tiles)
-	for r, tile := range got {
-		if tile < 0 || int(tile) >= tiles || seen[tile] {
-			t.Fatalf("order[%d] = %d: not a permutation of %d tiles (%v)", r, tile, tiles, got)
-		}
-		seen[tile] = true
-		if r > 0 && key(tile) > key(got[r-1]) {
-			t.Errorf("order[%d] = tile %d (key %d) after tile %d (key %d): not longest first", r, tile, key(tile), got[r-1], key(got[r-1]))
-		}
-	}
-	if got[0] != 0 {
-		t.Errorf("first tile %d, want 0 (the decode at 5,000)", got[0])
 	}
 }

@@ -213,14 +213,8 @@ func (b *Backend) normF32Dst(d *tensor, sh uint64, next ml.Tensor) uint64 {
 // GEMV sizes under rounded activations, so the f32 rows would go unread.
 func (b *Backend) normBF16Only(T int, w ml.Tensor) bool {
 	ww, ok := w.(*tensor)
-	return ok && ww != nil && ww.dt == ml.BF16 && b.useShadow && b.bf16GEMMRows(T)
-}
-
-// bf16GEMMRows reports whether MatMul runs a product of T rows and bf16
-// weights as one cuBLAS GEMM of its input's bf16 copy: rounded
-// activations, past the GEMV sizes.
-func (b *Backend) bf16GEMMRows(T int) bool {
-	return b.opts.RoundActivations && !b.opts.ExactActivations && T > max(b.opts.SkinnyMaxT, b.opts.GemvMaxT)
+	return ok && ww != nil && ww.dt == ml.BF16 && b.useShadow && b.opts.RoundActivations && !b.opts.ExactActivations &&
+		T > max(b.opts.SkinnyMaxT, b.opts.GemvMaxT)
 }
 
 // addRMSNorm is AddRMSNorm; next as in rmsNorm.
@@ -303,61 +297,6 @@ func (b *Backend) MatMul(dst, x, w, bias ml.Tensor) error {
 		return b.matMulF8(d, xx, ww, bb, bs)
 	}
 	return b.matMul(d, xx, ww, bb, bs)
-}
-
-// matMulAddGEMM records acc += x·wᵀ (+bias) as one cuBLAS GEMM that adds
-// into acc (beta 1) and reports true, where MatMul would run one GEMM of
-// x's bf16 copy (bf16 weights, bf16GEMMRows). A prompt step's o and down
-// projections then reach the residual without a product of their own that
-// a norm must add back (one pass over the residual rows fewer each). It
-// records nothing and reports false elsewhere.
-func (b *Backend) matMulAddGEMM(acc, x, w, bias ml.Tensor) (bool, error) {
-	if err := b.lock(); err != nil {
-		return false, err
-	}
-	defer b.mu.Unlock()
-	d, err := b.f32(acc, "matmul-add acc")
-	if err != nil {
-		return false, err
-	}
-	xx, err := b.tens(x, "matmul-add x")
-	if err != nil {
-		return false, err
-	}
-	ww, err := b.tens(w, "matmul-add w")
-	if err != nil {
-		return false, err
-	}
-	T, K, N := xx.rows, xx.cols, ww.rows
-	if ww.dt != ml.BF16 || xx.dt != ml.F32 || !b.bf16GEMMRows(T) {
-		return false, nil
-	}
-	if ww.cols != K || d.rows != T || d.cols != N {
-		return false, shapeErr("matmul-add acc %dx%d += x %dx%d · w %dx%dᵀ", d.rows, d.cols, xx.rows, xx.cols, ww.rows, ww.cols)
-	}
-	var bb *tensor
-	var bs string
-	if bias != nil {
-		if bb, err = b.tens(bias, "matmul-add bias"); err != nil {
-			return false, err
-		}
-		var ok bool
-		if bs, ok = dtSuffix(bb.dt); !ok || bb.n() != N {
-			return false, shapeErr("matmul-add bias %dx%d %v for N=%d", bb.rows, bb.cols, bb.dt, N)
-		}
-	}
-	bptr := b.sh16.ptr // the producing norm/SiLU already wrote x in bf16
-	if !b.shadowed(xx) {
-		if bptr, err = b.castAct16(xx, "cast_f32_bf16"); err != nil {
-			return false, err
-		}
-	}
-	b.invalidate(d.ptr, d.bytes())
-	b.gemmAdds++
-	b.pushGemm(gemmArgs{accumulate: true, transa: cublasOpT, transb: cublasOpN, m: int32(N), n: int32(T), k: int32(K),
-		a: ww.ptr, atype: cudaR16BF, lda: int32(K), b: bptr, btype: cudaR16BF, ldb: int32(K),
-		c: d.ptr, ctype: cudaR32F, ldc: int32(N)})
-	return true, b.biasAdd(d, bb, bs, T, N)
 }
 
 // matMul is MatMul of checked operands, T and N not zero, w not FP8.
@@ -1098,7 +1037,7 @@ func (b *Backend) Attention(dst, q ml.Tensor, c ml.KVCache, layer int, meta *ml.
 	// one sequence leaves it nothing.
 	// The flash kernels scale scores after taking their maximum: a
 	// positive scale only.
-	flash, flashRows := meta.Scale > 0 && qq.ptr%16 == 0 && b.useFlash(kc, T, meta.NumSeqs, H, D, qq.cols, d.cols), 0
+	flash, flashRows := meta.Scale > 0 && b.useFlash(kc, T, meta.NumSeqs, H, D, qq.cols, d.cols), 0
 	if flash {
 		if meta.NumSeqs <= 1 {
 			return b.flashAttention(d, qq, kc, layer, meta, tokSeq, pos, bt)
@@ -1296,11 +1235,10 @@ func flashTileTokens(g int, wide bool) int {
 
 // useFlash reports whether a step of T tokens from numSeqs sequences takes
 // the flash kernel: a bf16 cache, a head dim it is built for, an Ampere or
-// later GPU, q's rows 16-byte aligned (qStride a multiple of 4 floats),
-// and enough tokens per sequence to share key loads.
+// later GPU, and enough tokens per sequence to share key loads.
 func (b *Backend) useFlash(kc *kvCache, T, numSeqs, H, D, qStride, outStride int) bool {
 	return kc.dt == ml.BF16 && (D == 64 || D == 128) && b.dev.major >= 8 && kc.kvh > 0 && H%kc.kvh == 0 &&
-		flashTileTokens(H/kc.kvh, b.flashWideFor(D, T, H/kc.kvh, kc.kvh)) > 0 && qStride%4 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
+		flashTileTokens(H/kc.kvh, b.flashWideFor(D, T, H/kc.kvh, kc.kvh)) > 0 && qStride%2 == 0 && outStride%2 == 0 && T-max(numSeqs, 1) >= b.flashMin
 }
 
 // tcAttention reports whether attn_tc takes the per-token attention
@@ -1330,29 +1268,6 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 		return err
 	}
 	passes, wide := b.flashPasses(), b.flashWideFor(D, T, H/meta.NumKVHeads, meta.NumKVHeads)
-	name, tb := fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), flashTileTokens(H/meta.NumKVHeads, wide)
-	if wide {
-		name += "_wide"
-	}
-	tiles := (T + tb - 1) / tb
-	// Several sequences: their tiles longest first (flash_order); one
-	// prompt's already are, from the step's end.
-	var order uint64
-	if meta.NumSeqs > 1 && tiles > 1 {
-		if err := b.ensure(&b.flashTiles, int64(tiles)*4); err != nil {
-			return err
-		}
-		order = b.flashTiles.ptr
-		b.flashOrdered++
-		st := b.argStart()
-		b.aP(order)
-		b.aP(pos.ptr)
-		b.aI(T)
-		b.aI(tb)
-		if err := b.push("flash_order", g1(1), g1(flashOrderThreads), st); err != nil {
-			return err
-		}
-	}
 	st := b.argStart()
 	b.aP(d.ptr)
 	b.aP(q.ptr)
@@ -1365,13 +1280,12 @@ func (b *Backend) flashAttention(d, q *tensor, kc *kvCache, layer int, meta *ml.
 	b.aI(d.cols)
 	b.aP(sh)
 	b.aI(max(meta.Window, 0))
-	b.aP(order)
-	return b.pushShared(name, g1(tiles*meta.NumKVHeads), g1(128), flashShared(D, passes, wide), st)
+	name, tb := fmt.Sprintf("flash_attn_bf16_%d_%d", D, passes), flashTileTokens(H/meta.NumKVHeads, wide)
+	if wide {
+		name += "_wide"
+	}
+	return b.pushShared(name, g3((T+tb-1)/tb, meta.NumKVHeads, 1), g1(128), flashShared(D, passes, wide), st)
 }
-
-// flashOrderThreads is flash_order's block: one thread a key of its
-// counting sort (FLASH_ORDER_KEYS in kernels/attention.cu).
-const flashOrderThreads = 1024
 
 // flashShared is flash_attn's dynamic shared memory (kernels/flash.cu): q's
 // rows in passes bf16 planes, then K and V tiles of 64 keys, rows of
@@ -1474,7 +1388,7 @@ func (b *Backend) gateUpSiLU16(act, gateUp, xn, w, bias, down ml.Tensor) (bool, 
 		return false, err
 	}
 	T, K, I := xx.rows, xx.cols, d.cols
-	if ww.dt != ml.BF16 || dw.dt != ml.BF16 || !b.bf16GEMMRows(T) || I%8 != 0 {
+	if ww.dt != ml.BF16 || dw.dt != ml.BF16 || T <= max(b.opts.SkinnyMaxT, b.opts.GemvMaxT) || I%8 != 0 {
 		return false, nil // the GEMV paths, or no whole uint4 of act per thread
 	}
 	if ww.cols != K || ww.rows != 2*I || gu.rows != T || gu.cols != 2*I || d.rows != T {

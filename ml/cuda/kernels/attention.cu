@@ -205,46 +205,6 @@ INST_KV(bf16, bf16)
 INST_KV(f8e4m3, f8)
 #endif
 
-// flash_order lays out a flash launch's tiles (tiles of TB tokens of a
-// step of T) longest first: order[r] is the tile that the r-th block of
-// each KV head takes (flash.cu), by the largest position among the tile's
-// tokens in units of 64 keys (a counting sort, descending; ties in any
-// order, which only moves when a tile runs). The blocks of a step of many
-// prompts otherwise came in the step's token order: each prompt's longest
-// tiles first, but the last prompts' long tiles after the first prompts'
-// short ones, a tail of long blocks on a few SMs. One block of 1,024
-// threads.
-#define FLASH_ORDER_KEYS 1024
-#if KUNIT(0)
-extern "C" __global__ void flash_order(int* order, const int* positions, int T, int TB) {
-  PDL_ENTRY();
-  __shared__ int count[FLASH_ORDER_KEYS];
-  const int tiles = (T + TB - 1) / TB;
-  for (int k = threadIdx.x; k < FLASH_ORDER_KEYS; k += blockDim.x) count[k] = 0;
-  __syncthreads();
-  auto key = [&](int tile) {  // 0: the longest
-    int m = 0;
-    for (int t = tile * TB, e = min(T, t + TB); t < e; ++t) m = max(m, positions[t]);
-    return FLASH_ORDER_KEYS - 1 - min(m >> 6, FLASH_ORDER_KEYS - 1);
-  };
-  for (int i = threadIdx.x; i < tiles; i += blockDim.x) atomicAdd(&count[key(i)], 1);
-  __syncthreads();
-  // Exclusive prefix sum of count, in place: one thread a key (blockDim.x
-  // == FLASH_ORDER_KEYS), Hillis-Steele over shared memory.
-  const int k = threadIdx.x;
-  int own = count[k];
-  for (int d = 1; d < FLASH_ORDER_KEYS; d <<= 1) {
-    const int add = k >= d ? count[k - d] : 0;
-    __syncthreads();
-    count[k] += add;
-    __syncthreads();
-  }
-  count[k] -= own;  // inclusive to exclusive
-  __syncthreads();
-  for (int i = threadIdx.x; i < tiles; i += blockDim.x) order[atomicAdd(&count[key(i)], 1)] = i;
-}
-#endif
-
 // attn_combine merges the numSplits partials of each (token, head). mUnit
 // turns a difference of their maxima into natural-log units: 1 for
 // attention's, ln 2 for attn_tc's (base 2). Grid (H, T), block >= 32

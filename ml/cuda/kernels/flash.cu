@@ -5,8 +5,7 @@
 // (prefill, chunked prefill, prefix-cache hits): the per-token kernel in
 // attention.cu reads every key once per token, this one once per 64 tokens.
 //
-// Grid ceil(T/TB)·KVH (a tile's KV heads side by side), FA_WARPS warps a block, tiles
-// longest first (flash_order). A block serves the
+// Grid (ceil(T/TB), KVH), FA_WARPS warps per block. A block serves the
 // query heads of one KV head (a GQA group of G = H/KVH) for TB = FA_BM/G
 // consecutive tokens of the step: row r is token r/G's head r%G of the
 // group (rows past TB·G are idle), so every K/V tile a block loads serves
@@ -117,30 +116,14 @@ __device__ __forceinline__ void fa_rows(const float* q, const int* tokenSeq, con
     sPos[r] = pos;
     sFirst[r] = window > 0 ? max(0, pos + 1 - window) : 0;
   }
-  // A thread's loads of q go out in batches of QB before any is used: one
-  // at a time, a block's first tile waited for a chain of them, as long as
-  // several tiles of a short prompt. (qStride and D are multiples of 4, so
-  // q's rows are 16-byte aligned.)
-  constexpr int NV = BM * (D / 4), QB = 8;
-  for (int c0 = threadIdx.x; c0 < NV; c0 += QB * blockDim.x) {
-    float4 v[QB];
-#pragma unroll
-    for (int u = 0; u < QB; ++u) {
-      const int c = c0 + u * blockDim.x, r = c / (D / 4), col = (c - r * (D / 4)) * 4, t = t0 + r / G;
-      v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (c < NV && r < TB * G && t < T)
-        v[u] = *(const float4*)(q + (long long)t * qStride + (long long)(kvh * G + r % G) * D + col);
-    }
-#pragma unroll
-    for (int u = 0; u < QB; ++u) {
-      const int c = c0 + u * blockDim.x, r = c / (D / 4), col = (c - r * (D / 4)) * 4;
-      if (c >= NV) break;
-      uint2 hi, lo;
-      split_bf16(v[u].x, v[u].y, hi.x, lo.x);
-      split_bf16(v[u].z, v[u].w, hi.y, lo.y);
-      *(uint2*)(sQ + r * LD + col) = hi;
-      if (PASSES > 1) *(uint2*)(sQ + (PASSES - 1) * BM * LD + r * LD + col) = lo;
-    }
+  for (int c = threadIdx.x; c < BM * (D / 2); c += blockDim.x) {
+    const int r = c / (D / 2), col = (c - r * (D / 2)) * 2, t = t0 + r / G;
+    float2 v = make_float2(0.f, 0.f);
+    if (r < TB * G && t < T) v = *(const float2*)(q + (long long)t * qStride + (long long)(kvh * G + r % G) * D + col);
+    unsigned hi, lo;
+    split_bf16(v.x, v.y, hi, lo);
+    *(unsigned*)(sQ + r * LD + col) = hi;
+    if (PASSES > 1) *(unsigned*)(sQ + (PASSES - 1) * BM * LD + r * LD + col) = lo;
   }
 }
 
@@ -173,7 +156,7 @@ template <int D, int PASSES>
 __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq,
                            const int* positions, const int* blockTables, int maxBlocks, int blockSize,
                            int numBlocks, int T, int H, int KVH, float scale, int qStride, int outStride,
-                           bf16* out16, int window, const int* order) {
+                           bf16* out16, int window) {
   constexpr int LD = D + 8;  // padded rows: ldmatrix reads hit 8 distinct bank groups
   constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
   constexpr int DN = D / 8;   // n-tiles of P·V
@@ -187,10 +170,8 @@ __device__ void flash_attn(float* out, const float* q, const bf16* kc, const bf1
   __shared__ int sSeq[FA_BM], sPos[FA_BM], sFirst[FA_BM];
   __shared__ int sCur, sLo, sHi, sValid;
 
-  // A 1-D grid, the KV heads of a tile side by side; the tiles longest
-  // first: in order (flash_order) when given, else from the step's end.
-  const int kvh = blockIdx.x % KVH, rank = blockIdx.x / KVH, G = H / KVH, TB = FA_BM / G;
-  const int tile = order ? order[rank] : gridDim.x / KVH - 1 - rank;
+  const int tile = gridDim.x - 1 - blockIdx.x;  // the longest contexts first
+  const int kvh = blockIdx.y, G = H / KVH, TB = FA_BM / G;
   const int t0 = tile * TB;
   const int2 edge = threadIdx.x == 0 ? tileEdgeSeqs(tokenSeq, t0, TB, T) : make_int2(-1, -1);  // fa_next's
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -421,7 +402,7 @@ template <int D, int PASSES, int BN, int ST>
 __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq,
                                 const int* positions, const int* blockTables, int maxBlocks, int blockSize,
                                 int numBlocks, int T, int H, int KVH, float scale, int qStride, int outStride,
-                                bf16* out16, int window, const int* order) {
+                                bf16* out16, int window) {
   constexpr int LD = D + 8;  // padded rows: ldmatrix reads hit 8 distinct bank groups
   constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
   constexpr int DN = D / 8;   // n-tiles of P·V
@@ -437,10 +418,8 @@ __device__ void flash_attn_wide(float* out, const float* q, const bf16* kc, cons
   __shared__ int sSeq[FW_BM], sPos[FW_BM], sFirst[FW_BM];
   __shared__ int sCur, sLo, sHi, sValid;
 
-  // A 1-D grid, the KV heads of a tile side by side; the tiles longest
-  // first: in order (flash_order) when given, else from the step's end.
-  const int kvh = blockIdx.x % KVH, rank = blockIdx.x / KVH, G = H / KVH, TB = FW_BM / G;
-  const int tile = order ? order[rank] : gridDim.x / KVH - 1 - rank;
+  const int tile = gridDim.x - 1 - blockIdx.x;  // the longest contexts first
+  const int kvh = blockIdx.y, G = H / KVH, TB = FW_BM / G;
   const int t0 = tile * TB;
   const int2 edge = threadIdx.x == 0 ? tileEdgeSeqs(tokenSeq, t0, TB, T) : make_int2(-1, -1);  // fa_next's
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -705,7 +684,7 @@ struct fw_cfg {
   extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_MIN_BLOCKS) flash_attn_bf16_##D##_##P(                     \
       float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq, const int* positions,   \
       const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int T, int H, int KVH, float scale, \
-      int qStride, int outStride, bf16* out16, int window, const int* order) {                                 \
+      int qStride, int outStride, bf16* out16, int window) {                                                   \
     PDL_ENTRY();                                                                                               \
     FLASH_BODY(D, P);                                                                                          \
   }
@@ -714,7 +693,7 @@ struct fw_cfg {
   extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FW_MIN_BLOCKS) flash_attn_bf16_##D##_##P##_wide(         \
       float* out, const float* q, const bf16* kc, const bf16* vc, const int* tokenSeq, const int* positions,   \
       const int* blockTables, int maxBlocks, int blockSize, int numBlocks, int T, int H, int KVH, float scale, \
-      int qStride, int outStride, bf16* out16, int window, const int* order) {                                 \
+      int qStride, int outStride, bf16* out16, int window) {                                                   \
     PDL_ENTRY();                                                                                               \
     FLASH_WIDE_BODY(D, P);                                                                                     \
   }
@@ -722,11 +701,11 @@ struct fw_cfg {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define FLASH_BODY(D, P)                                                                                     \
   flash_attn<D, P>(out, q, kc, vc, tokenSeq, positions, blockTables, maxBlocks, blockSize, numBlocks, T, H, \
-                   KVH, scale, qStride, outStride, out16, window, order)
+                   KVH, scale, qStride, outStride, out16, window)
 #define FLASH_WIDE_BODY(D, P)                                                                                 \
   flash_attn_wide<D, P, fw_cfg<D, P>::BN, fw_cfg<D, P>::ST>(out, q, kc, vc, tokenSeq, positions, blockTables, \
                                                            maxBlocks, blockSize, numBlocks, T, H, KVH, scale,  \
-                                                           qStride, outStride, out16, window, order)
+                                                           qStride, outStride, out16, window)
 #else
 #define FLASH_BODY(D, P) __trap()
 #define FLASH_WIDE_BODY(D, P) __trap()
