@@ -144,11 +144,12 @@ for step in "$@"; do
       grep -E "^Benchmark|FAIL|panic") | tee -a $R/serve-steps.log ;;
   serveab) ab serve-ab.log ModelServeSteps 20x ${AB_BINS:-cuda.test-prev cuda.test} ;;
   ncu-flash)
+    fcase=${NCU_FLASH:-T=8000}
     for form in flash-round-wide flash-round; do
       (cd ml/cuda && timeout 200 ncu --set full --import-source no -k regex:flash_attn -c 1 --clock-control none \
-        ../../.gpu/cuda.test -test.run XXX -test.bench "AttentionPrefill/$form/${NCU_FLASH:-T=8000}\$" -test.benchtime 1x \
-        >$R/ncu-$form-${NCU_FLASH:-T=8000}.txt 2>&1)
-      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form-${NCU_FLASH:-T=8000}.txt | head -40
+        ../../.gpu/cuda.test -test.run XXX -test.bench "AttentionPrefill/$form/$fcase\$" -test.benchtime 1x \
+        >$R/ncu-$form-$fcase.txt 2>&1)
+      grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Warp Cycles|Issued|Executed Ipc|Bank" $R/ncu-$form-$fcase.txt | head -40
     done ;;
   attnform)
     rounds attn-form.log 'ModelDecode/step-stamped(-ctx[0-9]+)?(-pipe|-wide|-kv8)?$/T=1$' 250 ;;
